@@ -1,0 +1,438 @@
+"""softmax, log_softmax, logsumexp, entropy, kl_div and their VJPs.
+
+Public functions validate once, move the reduced axis to the end, convert to
+the working dtype, call the shared formulas in ``_numerics`` and round once to
+the output dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from softmaxkit import _numerics as num
+from softmaxkit import _validate as v
+from softmaxkit._layout import Layout
+
+
+def _prepare(x: Any, axis: Any, where: Any = None, name: str = "x", allow_many: bool = True):
+    xp, x, out_dtype = v.real_array(x, name)
+    axes = v.axis(axis, x.ndim, allow_many=allow_many)
+    valid = v.where_mask(xp, where, tuple(x.shape))
+    work, extra = num.working_dtype(xp, out_dtype)
+    layout = Layout(xp, tuple(x.shape), axes)
+    xw = layout.forward(xp.astype(x, work))
+    valid = None if valid is None else layout.forward(valid)
+    return xp, layout, xw, valid, out_dtype, extra
+
+
+@v.quiet
+def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = None) -> Any:
+    r"""Softmax: probabilities from logits, exact and NaN-free.
+
+    .. math:: \mathrm{softmax}(x)_i = \frac{e^{x_i/T}}{\sum_j e^{x_j/T}}
+              = \frac{e^{z_i}}{1 + s},\quad z_i = \frac{x_i - a}{T},\;
+              s = \sum_{i \ne k} e^{z_i}
+
+    with ``a = x_k`` the row maximum.
+
+    Parameters
+    ----------
+    x : array_like or array-API array
+        Logits.  Integer input is promoted to float64.
+    axis : int, tuple of ints or None, default -1
+        Axis (or axes) that each distribution runs along; None means all.
+    temperature : float, default 1.0
+        ``T > 0``, finite.  ``softmax(x, temperature=T)`` equals
+        ``softmax(x / T)``; apply it to logits, never to probabilities.
+    where : bool array, optional
+        Broadcastable to ``x``; False entries take no part (as if ``-inf``)
+        and get probability 0.
+
+    Returns
+    -------
+    array of ``x``'s shape and floating dtype, of the same array kind.
+
+    Notes
+    -----
+    Shift by the max with the max term left out of the sum, and divide
+    (Blanchard, Higham & Higham 2021).  Accuracy: within 2 ULP for float16,
+    bfloat16 and float32 (computed in float64, rounded once) and 4 ULP for
+    float64 (exact shift, compensated sum), at any margin and width, down into
+    the subnormal range.
+
+    Edge behaviour: a fully masked row (all ``-inf`` or ``where=False``)
+    gives 0 everywhere; a row with ``+inf`` entries shares its mass equally
+    among them; a NaN makes its own row NaN; an empty axis gives an empty
+    array.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxkit as smk
+    >>> smk.softmax(np.array([1000.0, 0.0]))
+    array([1., 0.])
+    >>> smk.softmax(np.array([[-np.inf, -np.inf], [np.inf, 1.0]]))
+    array([[0., 0.],
+           [1., 0.]])
+    """
+    T = v.temperature(temperature)
+    xp, layout, xw, valid, out_dtype, extra = _prepare(x, axis, where)
+    st = num.row_stats(xp, xw, valid, T, extra)
+    return layout.back(xp.astype(num.softmax(xp, st), out_dtype))
+
+
+@v.quiet
+def log_softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = None) -> Any:
+    r"""Log-softmax: log-probabilities from logits, exact at any margin.
+
+    .. math:: \log\mathrm{softmax}(x)_i = z_i - \operatorname{log1p}(s)
+
+    (notation as in :func:`softmax`).  Both terms are ``<= 0``, so nothing
+    cancels, and at the argmax the value is ``-log1p(s)``: exact even when
+    the probability rounds to 1, where ``x - logsumexp(x)`` returns 0.
+
+    Parameters
+    ----------
+    x, axis, temperature, where
+        As in :func:`softmax`.
+
+    Returns
+    -------
+    array of ``x``'s shape and floating dtype.
+
+    Notes
+    -----
+    Accuracy: 2 ULP (float16, bfloat16, float32), 4 ULP (float64).  Fully
+    masked rows and ``where=False`` entries give ``-inf``; a row with ``+inf``
+    gives ``-log(count)`` at its ``+inf`` entries and ``-inf`` elsewhere.
+
+    Examples
+    --------
+    The naive ``x - logsumexp(x)`` gives 0 at the argmax of a confident
+    float32 row; the true value is about ``-2.06e-9``:
+
+    >>> import numpy as np, softmaxkit as smk
+    >>> x = np.array([20.0, 0.0], dtype=np.float32)
+    >>> smk.log_softmax(x)[0]
+    np.float32(-2.0611537e-09)
+    """
+    T = v.temperature(temperature)
+    xp, layout, xw, valid, out_dtype, extra = _prepare(x, axis, where)
+    st = num.row_stats(xp, xw, valid, T, extra)
+    out = num.log_softmax(xp, st)
+    if valid is not None:
+        out = xp.where(valid, out, xp.full_like(out, -float("inf")))
+    return layout.back(xp.astype(out, out_dtype))
+
+
+@v.quiet
+def logsumexp(
+    x: Any,
+    axis: Any = -1,
+    *,
+    b: Any = None,
+    keepdims: bool = False,
+    return_sign: bool = False,
+    where: Any = None,
+) -> Any:
+    r"""Log of the sum of exponentials, as in ``scipy.special.logsumexp``.
+
+    .. math:: \operatorname{lse}(x) = \log\sum_i b_i e^{x_i} = a + \operatorname{log1p}(s)
+
+    Parameters
+    ----------
+    x : array_like or array-API array
+        Input.  Integer input is promoted to float64.
+    axis : int, tuple of ints or None, default -1
+        Axes to reduce; None reduces all.
+    b : array_like, optional
+        Weights broadcastable to ``x``; may be negative.  Entries with
+        ``b == 0`` are ignored, even where ``x`` is inf or NaN.
+    keepdims : bool, default False
+        Keep the reduced axes with size 1.
+    return_sign : bool, default False
+        Return ``(log|sum|, sign)``; the sign is +1, -1, or 0 for a zero sum.
+        Without it a negative sum gives NaN.
+    where : bool array, optional
+        Broadcastable to ``x``; only True entries are summed.
+
+    Returns
+    -------
+    array, or ``(array, sign array)`` with ``return_sign``.
+
+    Notes
+    -----
+    Algorithm 4.1 of Blanchard, Higham & Higham (2021); with weights the sum
+    is written ``b_k (1 + r)`` around the weighted max term.  Accuracy for
+    ``b >= 0``: 2 ULP (float16, bfloat16, float32), 4 ULP (float64), except
+    that a float64 result near 0 through cancellation may be off by 4 ULP of
+    ``max|x|``.  Mixed-sign weights are as accurate as the cancellation in
+    the sum allows.
+
+    Edge behaviour: a fully masked row or an empty axis gives ``-inf`` (sign
+    0); ``+inf`` gives ``+inf``; NaN gives NaN.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxkit as smk
+    >>> float(smk.logsumexp(np.array([1000.0, 1000.0])))
+    1000.6931471805599
+    >>> smk.logsumexp(np.array([1.0, 2.0]), b=np.array([1.0, -1.0]), return_sign=True)
+    (array(1.54132485), array(-1.))
+    """
+    keepdims = v.flag(keepdims, "keepdims")
+    return_sign = v.flag(return_sign, "return_sign")
+    xp, arr, out_dtype = v.real_array(x, "x")
+    if b is not None:
+        b = v.same_namespace(xp, b, "b")
+        _, b, b_dtype = v.real_array(b, "b")
+        out_dtype = xp.result_type(out_dtype, b_dtype)
+        arr = xp.astype(arr, out_dtype)
+        b = v.broadcast_to(xp, xp.astype(b, out_dtype), tuple(arr.shape), "b", "x")
+        shape = tuple(b.shape)
+        arr = xp.broadcast_to(arr, shape)
+    xp, layout, xw, valid, out_dtype, extra = _prepare(arr, axis, where)
+    if b is None:
+        st = num.row_stats(xp, xw, valid, 1.0, extra)
+        out = num.logsumexp(xp, st)
+        sign = xp.where(xp.isnan(out), out, xp.where(st.masked_row, xp.zeros_like(out), xp.ones_like(out)))
+    else:
+        bw = layout.forward(xp.astype(b, xw.dtype))
+        nonzero = bw != 0
+        valid = nonzero if valid is None else (valid & nonzero)
+        st = num.row_stats(xp, xw, valid, 1.0, extra)
+        out, sign = num.logsumexp_weighted(xp, st, bw)
+        if not return_sign:
+            out = xp.where(sign < 0, xp.full_like(out, float("nan")), out)
+    out = layout.back_reduced(xp.astype(out, out_dtype), keepdims)
+    if return_sign:
+        return out, layout.back_reduced(xp.astype(sign, out_dtype), keepdims)
+    return out
+
+
+@v.quiet
+def entropy(logits: Any, axis: int = -1) -> Any:
+    r"""Shannon entropy (nats) of ``softmax(logits)`` along ``axis``.
+
+    .. math:: H = -\sum_j p_j \log p_j = \sum_j p_j\,((a - x_j) + \operatorname{log1p}(s))
+
+    A sum of non-negative terms; classes with ``p_j = 0`` (``-inf`` logits)
+    contribute 0.
+
+    Parameters
+    ----------
+    logits : array_like or array-API array
+    axis : int, default -1
+
+    Returns
+    -------
+    array with ``axis`` removed.
+
+    Notes
+    -----
+    Accuracy: 2 ULP (float16, bfloat16, float32), 4 ULP (float64).  A fully
+    masked row has entropy 0; a row with ``c`` entries at ``+inf`` has
+    ``log c``; NaN gives NaN.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxkit as smk
+    >>> float(smk.entropy(np.zeros(4)))  # log 4
+    1.3862943611198906
+    """
+    xp, layout, xw, _, out_dtype, extra = _prepare(logits, axis, name="logits", allow_many=False)
+    st = num.row_stats(xp, xw, None, 1.0, extra)
+    out = num.entropy(xp, st)
+    return xp.astype(out, out_dtype)
+
+
+@v.quiet
+def kl_div(p: Any, q: Any, axis: int = -1, *, log_probs: bool = False) -> Any:
+    r"""Kullback-Leibler divergence ``KL(P || Q)`` between two rows of logits.
+
+    .. math:: \mathrm{KL}(P\,\|\,Q) = \sum_j P_j (\log P_j - \log Q_j),
+              \quad P = \mathrm{softmax}(p),\; Q = \mathrm{softmax}(q)
+
+    Parameters
+    ----------
+    p, q : array_like or array-API arrays of the same shape
+        Logits (or, with ``log_probs=True``, log-probabilities) of the two
+        distributions.
+    axis : int, default -1
+        The class axis.
+    log_probs : bool, default False
+        Take ``p`` and ``q`` as normalised log-probabilities (such as
+        :func:`log_softmax` output) instead of logits.
+
+    Returns
+    -------
+    array with ``axis`` removed: one divergence per row.
+
+    Notes
+    -----
+    Both log-probabilities come from :func:`log_softmax`, so confident rows
+    keep their accuracy; the terms are summed with compensation.  The
+    divergence of two nearly equal distributions is a difference of nearly
+    equal numbers: its absolute error is a few ULP of ``sum_j P_j |log P_j|``.
+    Classes where ``P_j = 0`` contribute 0 (also where ``Q_j = 0``); a class
+    with ``P_j > 0 = Q_j`` gives ``+inf``; a fully masked ``P`` row gives 0.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxkit as smk
+    >>> float(smk.kl_div(np.array([0.0, 0.0]), np.array([0.0, 0.0])))
+    0.0
+    >>> float(smk.kl_div(np.array([0.0, 0.0]), np.array([0.0, -np.inf])))
+    inf
+    """
+    log_probs = v.flag(log_probs, "log_probs")
+    xp, layout, pw, _, p_dtype, extra = _prepare(p, axis, name="p", allow_many=False)
+    q = v.same_namespace(xp, q, "q")
+    _, q_layout, qw, _, q_dtype, _ = _prepare(q, axis, name="q", allow_many=False)
+    if tuple(q.shape) != layout.shape:
+        raise ValueError(f"q must have the shape of p {layout.shape}; got {tuple(q.shape)}")
+    out_dtype = xp.result_type(p_dtype, q_dtype)
+    work, extra = num.working_dtype(xp, out_dtype)
+    pw, qw = xp.astype(pw, work), xp.astype(qw, work)
+    if log_probs:
+        log_p, log_q = pw, qw
+        prob = xp.exp(log_p)
+    else:
+        sp = num.row_stats(xp, pw, None, 1.0, extra)
+        log_p, prob = num.log_softmax(xp, sp), num.softmax(xp, sp)
+        log_q = num.log_softmax(xp, num.row_stats(xp, qw, None, 1.0, extra))
+    terms = xp.where(prob == 0, xp.zeros_like(prob), prob * (log_p - log_q))
+    out = num.compensated_sum(xp, terms, extra)[..., 0]
+    return xp.astype(out, out_dtype)
+
+
+def _vjp_inputs(primal: Any, cotangent: Any, axis: Any, primal_name: str, same_shape: bool):
+    xp, layout, pw, _, out_dtype, extra = _prepare(primal, axis, name=primal_name, allow_many=False)
+    ct = v.same_namespace(xp, cotangent, "cotangent")
+    _, ct, ct_dtype = v.real_array(ct, "cotangent")
+    out_dtype = xp.result_type(out_dtype, ct_dtype)
+    work, extra = num.working_dtype(xp, out_dtype)
+    if same_shape:
+        if tuple(ct.shape) != layout.shape:
+            raise ValueError(f"cotangent must have the shape of {primal_name} {layout.shape}; got {tuple(ct.shape)}")
+        ctw = layout.forward(ct)
+    else:
+        rows = layout.rest_shape
+        kept = tuple(1 if i in layout.axes else s for i, s in enumerate(layout.shape))
+        if tuple(ct.shape) == kept:
+            ct = xp.reshape(ct, rows)
+        elif tuple(ct.shape) != rows:
+            raise ValueError(f"cotangent must have shape {rows} (or {kept}); got {tuple(ct.shape)}")
+        ctw = xp.reshape(ct, rows + (1,))
+    return xp, layout, xp.astype(pw, work), xp.astype(ctw, work), out_dtype, extra
+
+
+@v.quiet
+def softmax_vjp(probs: Any, cotangent: Any, axis: int = -1) -> Any:
+    r"""Vector-Jacobian product of softmax, from its output.
+
+    .. math:: \bar x = p \odot (\bar p - \langle p, \bar p \rangle)
+
+    Parameters
+    ----------
+    probs : array
+        ``softmax(x)`` output.
+    cotangent : array of the same shape
+        Gradient with respect to the probabilities.
+    axis : int, default -1
+
+    Returns
+    -------
+    array of ``probs``' shape: the gradient with respect to ``x``.
+
+    Notes
+    -----
+    Computed in float64 for narrower inputs, with a compensated dot product
+    for float64.  Entries with ``p = 0`` (masked classes, fully masked rows)
+    get 0, whatever their cotangent.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxkit as smk
+    >>> p = smk.softmax(np.array([0.0, 0.0]))
+    >>> smk.softmax_vjp(p, np.array([1.0, 0.0]))
+    array([ 0.25, -0.25])
+    """
+    xp, layout, p, g, out_dtype, extra = _vjp_inputs(probs, cotangent, axis, "probs", True)
+    zero = xp.zeros_like(p)
+    dot = num.compensated_sum(xp, xp.where(p == 0, zero, p * g), extra)
+    out = xp.where(p == 0, zero, p * (g - dot))
+    return layout.back(xp.astype(out, out_dtype))
+
+
+@v.quiet
+def log_softmax_vjp(log_probs: Any, cotangent: Any, axis: int = -1) -> Any:
+    r"""Vector-Jacobian product of log_softmax, from its output.
+
+    .. math:: \bar x_j = \bar y_j - p_j \sum_i \bar y_i,\quad p = e^{y}
+
+    Parameters
+    ----------
+    log_probs : array
+        ``log_softmax(x)`` output.
+    cotangent : array of the same shape
+        Gradient with respect to the log-probabilities.
+    axis : int, default -1
+
+    Returns
+    -------
+    array of ``log_probs``' shape: the gradient with respect to ``x``.
+
+    Notes
+    -----
+    Entries whose log-probability is ``-inf`` are masked classes: they get
+    0 and their cotangent is left out of the sum, so fully masked rows give
+    zeros, never NaN.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxkit as smk
+    >>> y = smk.log_softmax(np.array([0.0, 0.0, -np.inf]))
+    >>> smk.log_softmax_vjp(y, np.array([1.0, 0.0, 5.0]))
+    array([ 0.5, -0.5,  0. ])
+    """
+    xp, layout, y, g, out_dtype, extra = _vjp_inputs(log_probs, cotangent, axis, "log_probs", True)
+    live = y != -float("inf")
+    zero = xp.zeros_like(y)
+    total = num.compensated_sum(xp, xp.where(live, g, zero), extra)
+    out = xp.where(live, g - xp.exp(y) * total, zero)
+    return layout.back(xp.astype(out, out_dtype))
+
+
+@v.quiet
+def logsumexp_vjp(x: Any, cotangent: Any, axis: int = -1) -> Any:
+    r"""Vector-Jacobian product of logsumexp: ``cotangent * softmax(x)``.
+
+    Parameters
+    ----------
+    x : array
+        The logsumexp input.
+    cotangent : array
+        Gradient with respect to ``logsumexp(x, axis)``: ``x``'s shape with
+        ``axis`` removed (or kept with size 1).
+    axis : int, default -1
+
+    Returns
+    -------
+    array of ``x``'s shape.
+
+    Notes
+    -----
+    Fully masked rows give zeros; rows with ``+inf`` share the cotangent
+    equally among their ``+inf`` entries.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxkit as smk
+    >>> smk.logsumexp_vjp(np.array([[0.0, 0.0], [-np.inf, -np.inf]]), np.array([2.0, 1.0]))
+    array([[1., 1.],
+           [0., 0.]])
+    """
+    xp, layout, xw, g, out_dtype, extra = _vjp_inputs(x, cotangent, axis, "x", False)
+    p = num.softmax(xp, num.row_stats(xp, xw, None, 1.0, extra))
+    out = xp.where(p == 0, xp.zeros_like(p), g * p)
+    return layout.back(xp.astype(out, out_dtype))

@@ -1,0 +1,330 @@
+"""The formulas: one statement of each, written against an array namespace ``xp``.
+
+Every function here works along the **last axis** of arrays that are already in
+the *working dtype* (see :func:`working_dtype`); the public layer moves the
+class axis to the end, validates, and rounds the result once to the output
+dtype.  Backends (NumPy, PyTorch, JAX, the native kernels) share these
+formulas rather than copying them.
+
+Techniques
+----------
+For a row ``x`` with maximum ``a`` at index ``k`` let ``z_i = x_i - a`` (or
+``(x_i - a)/T`` with a temperature) and ``s = sum_{i != k} exp(z_i)``; the
+max term, exactly 1, is left out of ``s``.
+
+* logsumexp ``= a + log1p(s)`` (Blanchard, Higham & Higham, "Accurately
+  computing the log-sum-exp and softmax functions", IMA J. Numer. Anal. 41,
+  2021, Algorithm 4.1).  ``log1p`` keeps full relative accuracy when ``s`` is
+  tiny, i.e. on confident rows.
+* log_softmax ``= (z_i - log1p(s))``: both terms are <= 0, so nothing cancels,
+  and at ``i = k`` it is ``-log1p(s)``, exact even when ``p_k`` rounds to 1.
+* softmax ``= exp(z_i) / (1 + s)``: dividing is more accurate than
+  ``exp(x_i - logsumexp)`` (Blanchard et al., Thm 3.4 vs 4.3).
+* cross-entropy with class coefficients ``c`` (a one-hot target, a smoothed
+  target, class weights or probabilities) is ``sum_j c_j * (-log_softmax_j)``,
+  a sum of non-negative terms.  Its gradient ``C p - c`` (``C = sum c``) is
+  never formed as ``p_t - 1`` at the argmax, which in float32 rounds to 0 once
+  the margin exceeds about 17 ("softmax collapse", Prieto et al. 2025).  At
+  ``k`` it is ``(C - c_k) - C * s / (1 + s)``, with ``C - c_k`` summed from the
+  other coefficients.
+
+Precision
+---------
+* float16, bfloat16 and float32 inputs are computed in float64 and rounded
+  once: the difference of two float32 numbers is exact in float64, and the
+  float64 rounding errors are far below half a float32 ULP.
+* float64 inputs (and any input whose namespace has no wider type) use
+  compensated arithmetic: ``x_i - a`` is formed exactly as ``hi + lo``
+  (TwoSum, Knuth/Møller) and ``exp(hi + lo)`` as ``exp(hi) * (1 + lo)``, which
+  removes the ``|x_i - a| * u`` error of the plain shift; with a temperature
+  the quotient's remainder is recovered with Dekker's TwoProduct (Veltkamp
+  splitting).  Sums use a TwoSum halving tree whose rounding errors are added
+  back (cascaded summation), so they are accurate to about one rounding
+  whatever the width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+_INF = float("inf")
+
+
+def working_dtype(xp: Any, dtype: Any) -> tuple[Any, bool]:
+    """The dtype to compute in, and whether it is wider than ``dtype``.
+
+    float64 is used for every floating input; when it is narrower than
+    float64 the result is "extra precise" and the compensations below are
+    skipped.  A namespace that cannot hold float64 (JAX without x64) works in
+    the input's own precision with the compensations.
+    """
+    if dtype == xp.float64:
+        return xp.float64, False
+    if _has_float64(xp):
+        return xp.float64, True
+    return xp.float32, dtype != xp.float32
+
+
+def _has_float64(xp: Any) -> bool:
+    if xp.__name__.startswith("jax"):
+        import jax
+
+        return bool(jax.config.read("jax_enable_x64"))
+    return True
+
+
+# --- error-free transformations ---------------------------------------------
+
+
+def two_diff(xp, x, a):
+    """``hi + lo == x - a`` exactly (TwoSum of ``x`` and ``-a``)."""
+    hi = x - a
+    bb = hi - x
+    lo = (x - (hi - bb)) - (a + bb)
+    # x = -inf gives hi = -inf and a NaN remainder; the remainder of an
+    # infinite difference is 0.
+    return hi, xp.where(xp.isfinite(hi), lo, xp.zeros_like(lo))
+
+
+def _split(xp, v):
+    # Veltkamp splitting: v == high + low with each half fitting in half the
+    # significand, so products of halves are exact.
+    factor = 134217729.0 if v.dtype == xp.float64 else 4097.0
+    c = factor * v
+    high = c - (c - v)
+    return high, v - high
+
+
+def two_prod(xp, u, v):
+    """``p + e == u * v`` exactly (Dekker's TwoProduct)."""
+    p = u * v
+    uh, ul = _split(xp, u)
+    vh, vl = _split(xp, v)
+    e = ((uh * vh - p) + uh * vl + ul * vh) + ul * vl
+    return p, e
+
+
+def compensated_sum(xp, v, extra: bool):
+    """Sum over the last axis, keeping the axis.
+
+    With ``extra`` the inputs carry spare precision and a plain (pairwise)
+    sum suffices.  Otherwise a halving tree of TwoSums is summed exactly and
+    its rounding errors are added back: the result is within about one
+    rounding of the exact sum for any width.
+    """
+    if extra or v.shape[-1] <= 2:
+        return xp.sum(v, axis=-1, keepdims=True)
+    hi = v
+    err = xp.zeros(v.shape[:-1] + (1,), dtype=v.dtype)
+    while hi.shape[-1] > 1:
+        n = hi.shape[-1]
+        h = n // 2
+        u, w = hi[..., :h], hi[..., h : 2 * h]
+        t = u + w
+        bb = t - u
+        e = (u - (t - bb)) + (w - bb)
+        # inf + x gives a NaN remainder; an infinite sum has nothing to add.
+        e = xp.where(xp.isfinite(t), e, xp.zeros_like(e))
+        err = err + xp.sum(e, axis=-1, keepdims=True)
+        hi = t if n == 2 * h else xp.concat([t, hi[..., 2 * h :]], axis=-1)
+    return hi + err
+
+
+# --- the shared row statistics ----------------------------------------------
+
+
+@dataclass
+class RowStats:
+    """Everything the softmax family needs about each row (last axis).
+
+    ``hi + lo`` is the shifted (and scaled) logit ``z``; ``e = exp(z)``;
+    ``is_k`` marks the one argmax left out of ``s``; ``L = log1p(s)``.
+    Row flags keep their axis (size 1).
+    """
+
+    hi: Any
+    lo: Any
+    e: Any
+    is_k: Any
+    s: Any
+    L: Any
+    a: Any
+    masked_row: Any
+    inf_row: Any
+    extra: bool
+
+
+def row_stats(xp, x, valid=None, temperature: float = 1.0, extra: bool = True) -> RowStats:
+    """Shift, exponentiate and sum each row of ``x`` (working dtype).
+
+    Entries where ``valid`` is False are treated as ``-inf``.  Rows that are
+    fully masked (every entry ``-inf`` or invalid) and rows holding ``+inf``
+    are replaced by stand-ins whose formulas give the limits: a row with
+    ``+inf`` becomes 0 at the ``+inf`` entries and ``-inf`` elsewhere, so the
+    mass is shared equally among them.  NaN propagates through the max.
+    """
+    neg_inf = xp.asarray(-_INF, dtype=x.dtype)
+    if valid is not None:
+        x = xp.where(valid, x, neg_inf)
+    a = xp.max(x, axis=-1, keepdims=True) if x.shape[-1] else xp.full(x.shape[:-1] + (1,), -_INF, dtype=x.dtype)
+    masked_row = a == -_INF
+    inf_row = a == _INF
+    zero = xp.zeros_like(x)
+    x = xp.where(inf_row, xp.where(x == _INF, zero, xp.full_like(x, -_INF)), x)
+    x = xp.where(masked_row, zero, x)
+    shift = xp.where(masked_row | inf_row, xp.zeros_like(a), a)
+    if extra:
+        hi = x - shift
+        if temperature != 1.0:
+            hi = hi / temperature
+        lo = None
+        e = xp.exp(hi)
+    else:
+        hi, lo = two_diff(xp, x, shift)
+        if temperature != 1.0:
+            q = hi / temperature
+            p, perr = two_prod(xp, q, xp.asarray(temperature, dtype=x.dtype))
+            rem = ((hi - p) - perr + lo) / temperature
+            hi, lo = q, xp.where(xp.isfinite(q), rem, xp.zeros_like(rem))
+        e = xp.exp(hi) * (1.0 + lo)
+    n = x.shape[-1]
+    if n:
+        k = xp.argmax(x, axis=-1, keepdims=True)
+        is_k = xp.arange(n, dtype=k.dtype) == k
+    else:
+        is_k = xp.zeros(x.shape, dtype=xp.bool)
+    s = compensated_sum(xp, xp.where(is_k, zero, e), extra)
+    return RowStats(hi, lo, e, is_k, s, xp.log1p(s), a, masked_row, inf_row, extra)
+
+
+# --- the softmax family -----------------------------------------------------
+
+
+def softmax(xp, st: RowStats):
+    p = st.e / (1.0 + st.s)
+    return xp.where(st.masked_row, xp.zeros_like(p), p)
+
+
+def log_softmax(xp, st: RowStats):
+    out = st.hi - st.L
+    if st.lo is not None:
+        out = out + st.lo
+    return xp.where(st.masked_row, xp.full_like(out, -_INF), out)
+
+
+def neg_log_softmax(xp, st: RowStats):
+    """``-log_softmax``, >= 0: ``(-z) + log1p(s)`` with no cancellation."""
+    out = st.L - st.hi
+    if st.lo is not None:
+        out = out - st.lo
+    return xp.where(st.masked_row, xp.full_like(out, _INF), out)
+
+
+def logsumexp(xp, st: RowStats):
+    """``a + log1p(s)`` with the limits of masked and ``+inf`` rows (axis kept)."""
+    out = xp.where(st.masked_row | st.inf_row, st.a, st.a + st.L)
+    return out
+
+
+def logsumexp_weighted(xp, st: RowStats, b):
+    """``log|sum_i b_i exp(x_i)|`` and its sign, axis kept.
+
+    ``row_stats`` must have been given ``valid`` that excludes ``b == 0``.
+    The sum is written as ``b_k * (1 + r)`` with
+    ``r = sum_{i != k} b_i e_i / b_k``, so positive weights keep the
+    ``log1p`` accuracy and mixed signs cancel only as much as the data does.
+    """
+    zero = xp.zeros_like(b)
+    b_k = xp.sum(xp.where(st.is_k, b, zero), axis=-1, keepdims=True)
+    rest = compensated_sum(xp, xp.where(st.is_k | (st.e == 0), zero, b * st.e), st.extra)
+    safe_bk = xp.where(b_k == 0, xp.ones_like(b_k), b_k)
+    r = rest / safe_bk
+    one_plus_r = 1.0 + r
+    near_one = r > -0.5
+    log_abs = xp.where(near_one, xp.log1p(xp.where(near_one, r, xp.zeros_like(r))), xp.log(xp.abs(one_plus_r)))
+    sign = xp.sign(b_k) * xp.sign(one_plus_r)
+    out = st.a + xp.log(xp.abs(safe_bk)) + log_abs
+    out = xp.where(sign == 0, xp.full_like(out, -_INF), out)
+    out = xp.where(st.inf_row, xp.where(sign == 0, xp.full_like(out, xp.nan), xp.full_like(out, _INF)), out)
+    out = xp.where(st.masked_row, xp.full_like(out, -_INF), out)
+    sign = xp.where(st.masked_row, xp.zeros_like(sign), sign)
+    sign = xp.where(xp.isnan(out), xp.full_like(sign, xp.nan), sign)
+    return out, sign
+
+
+def entropy(xp, st: RowStats):
+    """``sum_j p_j * (-log p_j)``: non-negative terms, 0 where ``p_j = 0``."""
+    p = softmax(xp, st)
+    nlp = neg_log_softmax(xp, st)
+    terms = xp.where(p == 0, xp.zeros_like(p), p * nlp)
+    return compensated_sum(xp, terms, st.extra)[..., 0]
+
+
+# --- cross-entropy ------------------------------------------------------------
+
+
+def cross_entropy_rows(xp, st: RowStats, coef, z_loss: float, row_weight, want_grad: bool):
+    """Per-row loss ``sum_j c_j (-log p_j) + z * w * lse**2`` and its gradient.
+
+    ``coef`` (non-negative, working dtype, same shape as the logits) holds the
+    class coefficients: a weighted one-hot target, a smoothed target, or
+    weighted probabilities.  ``row_weight`` (axis kept) scales the z-loss.
+    The gradient is ``(C + 2 z w lse) p - c`` with ``C = sum_j c_j``; at the
+    argmax it is assembled from the other classes (see module docstring), so a
+    confident row keeps its exact, non-zero target gradient.
+    """
+    zero = xp.zeros_like(coef)
+    nlp = neg_log_softmax(xp, st)
+    terms = xp.where(coef == 0, zero, coef * nlp)
+    loss = compensated_sum(xp, terms, st.extra)
+    lse = logsumexp(xp, st)
+    if z_loss:
+        zl = z_loss * row_weight * lse * lse
+        loss = loss + xp.where(row_weight == 0, xp.zeros_like(zl), zl)
+    loss = loss[..., 0]
+    if not want_grad:
+        return loss, None
+    p = softmax(xp, st)
+    c_sum = compensated_sum(xp, coef, st.extra)
+    c_rest = compensated_sum(xp, xp.where(st.is_k, zero, coef), st.extra)
+    grad = c_sum * p - coef
+    at_k = c_rest - c_sum * (st.s / (1.0 + st.s))
+    if z_loss:
+        zg = 2.0 * z_loss * row_weight * xp.where(st.masked_row | st.inf_row, xp.zeros_like(lse), lse)
+        grad = grad + zg * p
+        at_k = at_k + zg * p
+    grad = xp.where(st.is_k, at_k, grad)
+    # A fully masked row is constant in its logits: zero gradient.
+    grad = xp.where(st.masked_row, zero, grad)
+    return loss, grad
+
+
+# --- elementwise: sigmoid, softplus, binary cross-entropy ---------------------
+
+
+def softplus(xp, x):
+    """``log(1 + e^x) = max(x, 0) + log1p(e^{-|x|})``: two non-negative terms."""
+    return xp.maximum(x, xp.zeros_like(x)) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
+def sigmoid(xp, x):
+    """``1 / (1 + e^{-x})``, written with ``e^{-|x|}`` so nothing overflows."""
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def binary_cross_entropy(xp, x, y, beta, want_grad: bool):
+    """``beta y softplus(-x) + (1 - y) softplus(x)`` and its gradient.
+
+    Each term is skipped where its target factor is 0, so an infinite logit
+    on the side the target agrees with gives 0, not ``0 * inf``.
+    """
+    zero = xp.zeros_like(x)
+    pos = y if beta is None else beta * y
+    neg = 1.0 - y
+    loss = xp.where(pos == 0, zero, pos * softplus(xp, -x)) + xp.where(neg == 0, zero, neg * softplus(xp, x))
+    if not want_grad:
+        return loss, None
+    grad = xp.where(neg == 0, zero, neg * sigmoid(xp, x)) - xp.where(pos == 0, zero, pos * sigmoid(xp, -x))
+    return loss, grad

@@ -1,0 +1,209 @@
+"""Argument checking at the public boundary.
+
+Every check raises ``TypeError`` for the wrong kind of thing and
+``ValueError`` for a bad value; the message names the argument, shows the
+value and says what is allowed.  Nothing here uses ``assert``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def quiet(func):
+    """Silence NumPy's floating-point warnings inside a public function.
+
+    The formulas meet ``inf - inf`` and ``0 * inf`` on purpose (masked rows,
+    infinite logits) and replace the results with the defined limits; the
+    warnings would only be noise.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def namespace_of(x: Any, name: str) -> tuple[Any, Any]:
+    """The array namespace of ``x`` and ``x`` as an array of that namespace.
+
+    Array-API arrays (NumPy, PyTorch, JAX, CuPy, ...) are kept as they are;
+    anything else (lists, scalars) goes through ``numpy.asarray``.
+    """
+    if not array_api_compat.is_array_api_obj(x) or isinstance(x, np.generic):
+        try:
+            x = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be an array of real numbers; got {_describe(x)} ({exc})") from None
+    return array_api_compat.array_namespace(x), x
+
+
+def _kind(xp: Any, dtype: Any) -> str:
+    """'float', 'int', 'bool' or 'other' for a dtype of namespace ``xp``."""
+    if isinstance(dtype, np.dtype):
+        if dtype.kind == "f" or dtype.name == "bfloat16":
+            return "float"
+        if dtype.kind in "iu":
+            return "int"
+        return "bool" if dtype.kind == "b" else "other"
+    if xp.isdtype(dtype, "real floating"):
+        return "float"
+    if xp.isdtype(dtype, "integral"):
+        return "int"
+    return "bool" if xp.isdtype(dtype, "bool") else "other"
+
+
+def real_array(x: Any, name: str) -> tuple[Any, Any, Any]:
+    """``(xp, x, out_dtype)`` for a real-valued input.
+
+    Integer arrays are promoted to float64 (float32 where the namespace has
+    no float64); bool, complex, string and object arrays raise ``TypeError``.
+    """
+    xp, arr = namespace_of(x, name)
+    kind = _kind(xp, arr.dtype)
+    if kind == "float":
+        return xp, arr, arr.dtype
+    if kind == "int":
+        from softmaxkit._numerics import working_dtype
+
+        wide, _ = working_dtype(xp, xp.float32)
+        return xp, xp.astype(arr, wide), wide
+    raise TypeError(f"{name} must be a real floating or integer array; got dtype {arr.dtype}")
+
+
+def target_kind(xp: Any, t: Any, name: str) -> str:
+    """'int' for class indices, 'float' for probabilities; else TypeError."""
+    kind = _kind(xp, t.dtype)
+    if kind in ("int", "float"):
+        return kind
+    raise TypeError(f"{name} must hold integer class indices or floating probabilities; got dtype {t.dtype}")
+
+
+def axis(value: Any, ndim: int, name: str = "axis", allow_many: bool = False) -> tuple[int, ...]:
+    """Normalise an axis (or, with ``allow_many``, a tuple of axes or None)."""
+    if value is None and allow_many:
+        return tuple(range(ndim))
+    values = value if (allow_many and isinstance(value, tuple)) else (value,)
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            allowed = "an int, a tuple of ints or None" if allow_many else "an int"
+            raise TypeError(f"{name} must be {allowed}; got {_describe(value)}")
+        if not -ndim <= v < ndim:
+            raise ValueError(f"{name}={v} is out of range for an array of {ndim} dimension(s); allowed: {-ndim} to {ndim - 1}")
+        out.append(int(v) % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} has repeated axes: {_describe(value)}")
+    return tuple(out)
+
+
+def real_number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if getattr(value, "shape", None) == () and _is_real_scalar_array(value):
+            value = float(value)
+        else:
+            raise TypeError(f"{name} must be a real number; got {_describe(value)}")
+    return float(value)
+
+
+def _is_real_scalar_array(value: Any) -> bool:
+    try:
+        xp, arr = namespace_of(value, "value")
+    except TypeError:
+        return False
+    return _kind(xp, arr.dtype) in ("float", "int")
+
+
+def temperature(value: Any) -> float:
+    t = real_number(value, "temperature")
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be finite and > 0; got {t!r}")
+    return t
+
+
+def in_unit_interval(value: Any, name: str) -> float:
+    v = real_number(value, name)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1]; got {v!r}")
+    return v
+
+
+def non_negative(value: Any, name: str) -> float:
+    v = real_number(value, name)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be finite and >= 0; got {v!r}")
+    return v
+
+
+def reduction(value: Any) -> str:
+    if value not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {_describe(value)}")
+    return value
+
+
+def integer(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {_describe(value)}")
+    return int(value)
+
+
+def flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False; got {_describe(value)}")
+    return value
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    """A host copy of an array of any namespace, for error messages."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu()
+    return np.asarray(a)
+
+
+def first_position(mask: Any) -> tuple[int, ...]:
+    """Index of the first True entry of a boolean array of any namespace."""
+    return tuple(int(i) for i in np.argwhere(to_numpy(mask))[0])
+
+
+def broadcast_to(xp: Any, value: Any, shape: tuple[int, ...], name: str, target: str) -> Any:
+    """``value`` (an array of namespace ``xp``) broadcast to ``shape``."""
+    try:
+        return xp.broadcast_to(value, shape)
+    except (ValueError, RuntimeError) as exc:
+        raise ValueError(
+            f"{name} of shape {tuple(value.shape)} does not broadcast to {target} of shape {tuple(shape)}"
+        ) from exc
+
+
+def same_namespace(xp: Any, value: Any, name: str) -> Any:
+    """``value`` as an array of namespace ``xp`` (NumPy inputs and lists are converted)."""
+    vxp, v = namespace_of(value, name)
+    if vxp is xp:
+        return v
+    if isinstance(v, np.ndarray):
+        return xp.asarray(v)
+    raise TypeError(f"{name} is a {type(v).__module__}.{type(v).__name__}, but the logits are of another kind; pass the same kind of array")
+
+
+def where_mask(xp: Any, where: Any, shape: tuple[int, ...]) -> Any:
+    if where is None:
+        return None
+    w = same_namespace(xp, where, "where")
+    if _kind(xp, w.dtype) != "bool":
+        raise TypeError(f"where must be a boolean array; got dtype {w.dtype}")
+    return broadcast_to(xp, w, shape, "where", "x")
