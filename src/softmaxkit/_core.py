@@ -358,9 +358,7 @@ def softmax_vjp(probs: Any, cotangent: Any, axis: int = -1) -> Any:
     array([ 0.25, -0.25])
     """
     xp, layout, p, g, out_dtype, extra = _vjp_inputs(probs, cotangent, axis, "probs", True)
-    zero = xp.zeros_like(p)
-    dot = num.compensated_sum(xp, xp.where(p == 0, zero, p * g), extra)
-    out = xp.where(p == 0, zero, p * (g - dot))
+    out = num.softmax_vjp(xp, p, g, extra)
     return layout.back(xp.astype(out, out_dtype))
 
 
@@ -396,10 +394,7 @@ def log_softmax_vjp(log_probs: Any, cotangent: Any, axis: int = -1) -> Any:
     array([ 0.5, -0.5,  0. ])
     """
     xp, layout, y, g, out_dtype, extra = _vjp_inputs(log_probs, cotangent, axis, "log_probs", True)
-    live = y != -float("inf")
-    zero = xp.zeros_like(y)
-    total = num.compensated_sum(xp, xp.where(live, g, zero), extra)
-    out = xp.where(live, g - xp.exp(y) * total, zero)
+    out = num.log_softmax_vjp(xp, xp.exp(y), y != -float("inf"), g, extra)
     return layout.back(xp.astype(out, out_dtype))
 
 

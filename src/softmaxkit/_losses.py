@@ -164,21 +164,12 @@ def cross_entropy(
     t = v.same_namespace(xp, targets, "targets")
     kind = v.target_kind(xp, t, "targets")
     w = _class_weight(xp, weight, n_classes, xw.dtype)
-    finite = xw != -float("inf")
-    n_finite = xp.sum(xp.astype(finite, xw.dtype), axis=-1, keepdims=True)
-    smooth = xp.astype(finite, xw.dtype) / xp.where(n_finite == 0, xp.ones_like(n_finite), n_finite)
-    if w is not None:
-        smooth = smooth * w
     if kind == "int":
         expected = layout.rest_shape
         if tuple(t.shape) != expected:
             raise ValueError(f"targets of class indices must have shape {expected} (logits' shape without axis {axis}); got {tuple(t.shape)}")
-        one_hot, keep = _hard_targets(xp, t, n_classes, ignore_index, "targets")
-        hot = xp.astype(one_hot, xw.dtype)
-        row_w = xp.sum(hot * w, axis=-1, keepdims=True) if w is not None else xp.astype(keep[..., None], xw.dtype)
-        coef = (1.0 - eps) * row_w * hot
-        if eps:
-            coef = coef + eps * xp.where(keep[..., None], smooth, xp.zeros_like(smooth))
+        one_hot, _ = _hard_targets(xp, t, n_classes, ignore_index, "targets")
+        coef, row_w = num.class_coefficients(xp, xw, eps, w, hot=xp.astype(one_hot, xw.dtype))
         denominator = xp.sum(row_w)
     else:
         if tuple(t.shape) != layout.shape:
@@ -188,10 +179,7 @@ def cross_entropy(
         if bool(xp.any(negative)):
             pos = v.first_position(layout.back(negative))
             raise ValueError(f"targets must be non-negative probabilities; got targets{list(pos)} = {float(v.to_numpy(t)[pos])!r}")
-        coef = (1.0 - eps) * (q if w is None else q * w)
-        if eps:
-            coef = coef + eps * smooth
-        row_w = xp.ones_like(n_finite)
+        coef, row_w = num.class_coefficients(xp, xw, eps, w, probs=q)
         denominator = xp.asarray(float(math.prod(layout.rest_shape)), dtype=xw.dtype)
     st = num.row_stats(xp, xw, None, 1.0, extra)
     loss, grad = num.cross_entropy_rows(xp, st, coef, z, row_w, return_grad)

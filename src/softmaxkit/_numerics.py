@@ -48,6 +48,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import array_api_compat
+
 _INF = float("inf")
 
 
@@ -116,7 +118,7 @@ def compensated_sum(xp, v, extra: bool):
     if extra or v.shape[-1] <= 2:
         return xp.sum(v, axis=-1, keepdims=True)
     hi = v
-    err = xp.zeros(v.shape[:-1] + (1,), dtype=v.dtype)
+    err = xp.zeros_like(v[..., :1])
     while hi.shape[-1] > 1:
         n = hi.shape[-1]
         h = n // 2
@@ -164,10 +166,11 @@ def row_stats(xp, x, valid=None, temperature: float = 1.0, extra: bool = True) -
     ``+inf`` becomes 0 at the ``+inf`` entries and ``-inf`` elsewhere, so the
     mass is shared equally among them.  NaN propagates through the max.
     """
-    neg_inf = xp.asarray(-_INF, dtype=x.dtype)
+    # Allocations name the input's device: a GPU array must not meet a host one.
+    device = array_api_compat.device(x)
     if valid is not None:
-        x = xp.where(valid, x, neg_inf)
-    a = xp.max(x, axis=-1, keepdims=True) if x.shape[-1] else xp.full(x.shape[:-1] + (1,), -_INF, dtype=x.dtype)
+        x = xp.where(valid, x, xp.asarray(-_INF, dtype=x.dtype, device=device))
+    a = xp.max(x, axis=-1, keepdims=True) if x.shape[-1] else xp.full(x.shape[:-1] + (1,), -_INF, dtype=x.dtype, device=device)
     masked_row = a == -_INF
     inf_row = a == _INF
     zero = xp.zeros_like(x)
@@ -191,9 +194,9 @@ def row_stats(xp, x, valid=None, temperature: float = 1.0, extra: bool = True) -
     n = x.shape[-1]
     if n:
         k = xp.argmax(x, axis=-1, keepdims=True)
-        is_k = xp.arange(n, dtype=k.dtype) == k
+        is_k = xp.arange(n, dtype=k.dtype, device=device) == k
     else:
-        is_k = xp.zeros(x.shape, dtype=xp.bool)
+        is_k = xp.zeros(x.shape, dtype=xp.bool, device=device)
     s = compensated_sum(xp, xp.where(is_k, zero, e), extra)
     return RowStats(hi, lo, e, is_k, s, xp.log1p(s), a, masked_row, inf_row, extra)
 
@@ -253,6 +256,24 @@ def logsumexp_weighted(xp, st: RowStats, b):
     return out, sign
 
 
+def softmax_vjp(xp, p, g, extra: bool):
+    """``p * (g - <p, g>)``; entries with ``p = 0`` get 0 whatever ``g`` is."""
+    zero = xp.zeros_like(p)
+    dot = compensated_sum(xp, xp.where(p == 0, zero, p * g), extra)
+    return xp.where(p == 0, zero, p * (g - dot))
+
+
+def log_softmax_vjp(xp, p, live, g, extra: bool):
+    """``g - p * sum(g)`` over the ``live`` entries (log-probability not ``-inf``).
+
+    Masked entries get 0 and their cotangent is left out of the sum, so a
+    fully masked row gives zeros, never NaN.
+    """
+    zero = xp.zeros_like(g)
+    total = compensated_sum(xp, xp.where(live, g, zero), extra)
+    return xp.where(live, g - p * total, zero)
+
+
 def entropy(xp, st: RowStats):
     """``sum_j p_j * (-log p_j)``: non-negative terms, 0 where ``p_j = 0``."""
     p = softmax(xp, st)
@@ -262,6 +283,38 @@ def entropy(xp, st: RowStats):
 
 
 # --- cross-entropy ------------------------------------------------------------
+
+
+def class_coefficients(xp, x, eps: float, weight=None, hot=None, probs=None):
+    """Class coefficients ``c`` and row weights for :func:`cross_entropy_rows`.
+
+    Give either ``hot`` (one-hot class-index targets in the working dtype,
+    all zero on ignored rows) or ``probs`` (probability targets).  With
+    class weights ``w`` and smoothing ``eps`` over the ``K`` classes whose
+    logit ``x`` is not ``-inf`` (smoothing gives them no mass):
+
+    * class indices: ``c = (1 - eps) w_t hot + eps w / K``, row weight ``w_t``
+      (0 on ignored rows);
+    * probabilities: ``c = w ((1 - eps) q + eps / K)``, row weight 1.
+
+    Row weights keep their axis (size 1).
+    """
+    if hot is not None:
+        row_w = xp.sum(hot if weight is None else hot * weight, axis=-1, keepdims=True)
+        coef = (1.0 - eps) * row_w * hot
+        keep = xp.sum(hot, axis=-1, keepdims=True)
+    else:
+        row_w = xp.ones_like(probs[..., :1])
+        coef = (1.0 - eps) * (probs if weight is None else probs * weight)
+        keep = row_w
+    if eps:
+        finite = xp.astype(x != -_INF, x.dtype)
+        n_finite = xp.sum(finite, axis=-1, keepdims=True)
+        smooth = finite / xp.where(n_finite == 0, xp.ones_like(n_finite), n_finite)
+        if weight is not None:
+            smooth = smooth * weight
+        coef = coef + eps * keep * smooth
+    return coef, row_w
 
 
 def cross_entropy_rows(xp, st: RowStats, coef, z_loss: float, row_weight, want_grad: bool):
