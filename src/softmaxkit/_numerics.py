@@ -24,9 +24,9 @@ max term, exactly 1, is left out of ``s``.
   target, class weights or probabilities) is ``sum_j c_j * (-log_softmax_j)``,
   a sum of non-negative terms.  Its gradient ``C p - c`` (``C = sum c``) is
   never formed as ``p_t - 1`` at the argmax, which in float32 rounds to 0 once
-  the margin exceeds about 17 ("softmax collapse", Prieto et al. 2025).  At
-  ``k`` it is ``(C - c_k) - C * s / (1 + s)``, with ``C - c_k`` summed from the
-  other coefficients.
+  the margin exceeds about 17 ("softmax collapse", Prieto et al. 2025).  Where
+  ``p_k > 1/2`` (``s < 1``) it is ``(C - c_k) - C * s / (1 + s)``, with
+  ``C - c_k`` summed from the other coefficients.
 
 Precision
 ---------
@@ -347,7 +347,9 @@ def cross_entropy_rows(xp, st: RowStats, coef, z_loss: float, row_weight, want_g
         zg = 2.0 * z_loss * row_weight * xp.where(st.masked_row | st.inf_row, xp.zeros_like(lse), lse)
         grad = grad + zg * p
         at_k = at_k + zg * p
-    grad = xp.where(st.is_k, at_k, grad)
+    # The argmax form only helps where p_k > 1/2 and the class has a
+    # coefficient; elsewhere C p_k - c_k has nothing to cancel.
+    grad = xp.where(st.is_k & (st.s < 1.0) & (coef > 0), at_k, grad)
     # A fully masked row is constant in its logits: zero gradient.
     grad = xp.where(st.masked_row, zero, grad)
     return loss, grad

@@ -1,0 +1,182 @@
+"""The accuracy contract: every output within 2 ULP (float16, bfloat16, float32)
+or 4 ULP (float64) of an mpmath reference, on random and adversarial rows."""
+
+import numpy as np
+import pytest
+from conftest import FLOAT_DTYPES
+from hypothesis import given
+from hypothesis import strategies as st
+
+import reference as ref
+import softmaxkit as smk
+
+DTYPE_IDS = [d.name for d in FLOAT_DTYPES]
+pytestmark = pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=DTYPE_IDS)
+
+
+def _limit(dtype):
+    # Scales up to 1e4 fit every format; float16 tops out at 65504.
+    return 1e4
+
+
+@st.composite
+def logit_rows(draw, dtype, max_width=24, max_rows=3):
+    """Rows at scales 1 to 1e4, some with one confident entry (margin up to 90,
+    or 700 in float64) and some with -inf entries."""
+    rows = draw(st.integers(1, max_rows))
+    width = draw(st.integers(1, max_width))
+    scale = draw(st.sampled_from([1.0, 30.0, _limit(dtype)]))
+    flat = draw(st.lists(st.floats(-scale, scale, allow_nan=False), min_size=rows * width, max_size=rows * width))
+    x = np.array(flat, dtype=np.float64).reshape(rows, width)
+    if draw(st.booleans()):
+        top = 700.0 if dtype == np.float64 else 90.0
+        margin = draw(st.floats(5.0, top))
+        j = draw(st.integers(0, width - 1))
+        x[:, j] = np.max(x, axis=1) + margin
+    if width > 1 and draw(st.booleans()):
+        x[:, draw(st.integers(0, width - 1))] = -np.inf
+    x = x.astype(dtype)
+    # Margins beyond the format's range would make the row +inf.
+    return np.where(np.isinf(x) & (x > 0), np.asarray(0, dtype=dtype), x)
+
+
+def _rows(x):
+    return [ref.to_mp(row) for row in x]
+
+
+@given(data=st.data())
+def test_softmax(dtype, data):
+    x = data.draw(logit_rows(dtype))
+    out = smk.softmax(x)
+    assert out.dtype == dtype
+    exact = [v for row in _rows(x) for v in ref.softmax(row)]
+    assert ref.ulp_error(out, exact, dtype) <= ref.tolerance(dtype)
+
+
+@given(data=st.data(), temperature=st.sampled_from([0.5, 0.7, 2.0, 3.3]))
+def test_softmax_with_temperature(dtype, data, temperature):
+    x = data.draw(logit_rows(dtype))
+    out = smk.softmax(x, temperature=temperature)
+    exact = [v for row in _rows(x) for v in ref.softmax(row, ref.mp.mpf(temperature))]
+    assert ref.ulp_error(out, exact, dtype) <= ref.tolerance(dtype)
+
+
+@given(data=st.data())
+def test_log_softmax(dtype, data):
+    x = data.draw(logit_rows(dtype))
+    out = smk.log_softmax(x)
+    assert out.dtype == dtype
+    exact = [v for row in _rows(x) for v in ref.log_softmax(row)]
+    assert ref.ulp_error(out, exact, dtype) <= ref.tolerance(dtype)
+
+
+@given(data=st.data(), temperature=st.sampled_from([0.5, 0.7, 2.0, 3.3]))
+def test_log_softmax_with_temperature(dtype, data, temperature):
+    x = data.draw(logit_rows(dtype))
+    out = smk.log_softmax(x, temperature=temperature)
+    exact = [v for row in _rows(x) for v in ref.log_softmax(row, ref.mp.mpf(temperature))]
+    assert ref.ulp_error(out, exact, dtype) <= ref.tolerance(dtype)
+
+
+def _lse_ok(out, exact, rows, dtype):
+    err = ref.ulp_error([out], [exact], dtype)
+    if err <= ref.tolerance(dtype):
+        return True
+    # The one documented exception: a float64 result near 0 through
+    # cancellation may be off by 4 ULP of max|x|.
+    if dtype == np.float64:
+        big = max(abs(v) for v in rows if not ref.mp.isinf(v))
+        return abs(ref.mp.mpf(float(out)) - exact) <= 4 * ref.ulp(big, dtype)
+    return False
+
+
+@given(data=st.data())
+def test_logsumexp(dtype, data):
+    x = data.draw(logit_rows(dtype))
+    out = smk.logsumexp(x)
+    assert out.dtype == dtype
+    for value, row in zip(out, _rows(x)):
+        assert _lse_ok(value, ref.lse(row), row, dtype)
+
+
+@given(data=st.data())
+def test_logsumexp_with_positive_weights(dtype, data):
+    x = data.draw(logit_rows(dtype, max_rows=1))
+    b = np.asarray(data.draw(st.lists(st.sampled_from([0.0, 0.25, 1.0, 3.0]), min_size=x.shape[1], max_size=x.shape[1])), dtype=dtype)
+    out = smk.logsumexp(x, b=b)
+    row = ref.to_mp(x[0])
+    assert _lse_ok(out, ref.lse(row, ref.to_mp(b)), row, dtype)
+
+
+@given(data=st.data())
+def test_entropy(dtype, data):
+    x = data.draw(logit_rows(dtype))
+    out = smk.entropy(x)
+    for value, row in zip(out, _rows(x)):
+        exact = ref.mp.fsum(-p * lp for p, lp in zip(ref.softmax(row), ref.log_softmax(row)) if p != 0)
+        assert ref.ulp_error([value], [exact], dtype) <= ref.tolerance(dtype)
+
+
+@given(data=st.data(), eps=st.sampled_from([0.0, 0.1]), z=st.sampled_from([0.0, 1e-4]), weighted=st.booleans())
+def test_cross_entropy_class_targets(dtype, data, eps, z, weighted):
+    x = data.draw(logit_rows(dtype))
+    rows, n = x.shape
+    finite_cols = [j for j in range(n) if np.isfinite(x[:, j]).all()]
+    targets = np.array([data.draw(st.sampled_from(finite_cols or [0])) for _ in range(rows)])
+    weight = np.array(data.draw(st.lists(st.sampled_from([0.5, 1.0, 2.0]), min_size=n, max_size=n)), dtype=dtype) if weighted else None
+    loss, grad = smk.cross_entropy(x, targets, weight=weight, label_smoothing=eps, z_loss=z, reduction="none", return_grad=True)
+    assert loss.dtype == dtype and grad.dtype == dtype
+    for i, row in enumerate(_rows(x)):
+        finite = [v != -ref.INF for v in row]
+        coef, w_t = ref.hard_coef(n, int(targets[i]), eps, weight, finite)
+        exact_loss, exact_grad = ref.cross_entropy(row, coef, z, w_t)
+        assert ref.ulp_error([loss[i]], [exact_loss], dtype) <= ref.tolerance(dtype)
+        if eps == 0:
+            assert ref.ulp_error(grad[i], exact_grad, dtype) <= ref.tolerance(dtype)
+        else:
+            # Documented: with smoothing an entry C p_j - c_j is accurate to a
+            # few ULP of max(C p_j, c_j).
+            C = ref.mp.fsum(coef)
+            scale = [max(abs(C * p), c) for p, c in zip(ref.softmax(row), coef)]
+            for g, e, s in zip(grad[i], exact_grad, scale):
+                assert abs(ref.mp.mpf(float(g)) - e) <= ref.tolerance(dtype) * ref.ulp(s, dtype)
+
+
+@given(data=st.data())
+def test_cross_entropy_mean(dtype, data):
+    x = data.draw(logit_rows(dtype))
+    rows, n = x.shape
+    finite_cols = [j for j in range(n) if np.isfinite(x[:, j]).all()] or [0]
+    targets = np.array([data.draw(st.sampled_from(finite_cols)) for _ in range(rows)])
+    loss, grad = smk.cross_entropy(x, targets, return_grad=True)
+    parts = [ref.cross_entropy(row, ref.hard_coef(n, int(t))[0]) for row, t in zip(_rows(x), targets)]
+    exact = ref.mp.fsum(p[0] for p in parts) / rows
+    assert ref.ulp_error([loss], [exact], dtype) <= ref.tolerance(dtype)
+    exact_grad = [g / rows for p in parts for g in p[1]]
+    assert ref.ulp_error(grad, exact_grad, dtype) <= ref.tolerance(dtype)
+
+
+@given(x=st.lists(st.floats(-800, 800), min_size=1, max_size=30))
+def test_elementwise(dtype, x):
+    x = np.asarray(x).astype(dtype)
+    xs = ref.to_mp(x)
+    for fn, exact in [
+        (smk.sigmoid, [ref.sigmoid(v) for v in xs]),
+        (smk.softplus, [ref.softplus(v) for v in xs]),
+        (smk.log_sigmoid, [-ref.softplus(-v) for v in xs]),
+    ]:
+        out = fn(x)
+        assert out.dtype == dtype
+        assert ref.ulp_error(out, exact, dtype) <= ref.tolerance(dtype), fn.__name__
+
+
+@given(x=st.lists(st.floats(-300, 300), min_size=1, max_size=20), data=st.data())
+def test_binary_cross_entropy_hard_targets(dtype, x, data):
+    x = np.asarray(x).astype(dtype)
+    y = np.asarray(data.draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=len(x), max_size=len(x))), dtype=dtype)
+    loss, grad = smk.binary_cross_entropy_with_logits(x, y, reduction="none", return_grad=True)
+    xs = ref.to_mp(x)
+    exact = [ref.softplus(-v) if t else ref.softplus(v) for v, t in zip(xs, y)]
+    exact_grad = [-ref.sigmoid(-v) if t else ref.sigmoid(v) for v, t in zip(xs, y)]
+    assert ref.ulp_error(loss, exact, dtype) <= ref.tolerance(dtype)
+    assert ref.ulp_error(grad, exact_grad, dtype) <= ref.tolerance(dtype)
