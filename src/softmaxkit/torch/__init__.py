@@ -1,0 +1,35 @@
+"""softmaxkit for PyTorch: autograd-native, memory-lean, drop-in.
+
+Functions follow ``torch.nn.functional`` (``input``, ``target``, ``dim``,
+``reduction``) and modules follow ``torch.nn``, so switching is a change of
+import.  Forward and backward passes use the same formulas as the NumPy API
+(``softmaxkit._numerics``).  See ``docs/torch.md``.
+"""
+
+try:
+    import torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only without torch
+    raise ImportError("softmaxkit.torch needs PyTorch: pip install 'softmaxkit[torch]'") from exc
+
+from softmaxkit.torch._functions import (
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    log_softmax,
+    logsumexp,
+    softmax,
+    working_dtype,
+)
+from softmaxkit.torch._modules import BCEWithLogitsLoss, CrossEntropyLoss, LogSoftmax, Softmax
+
+__all__ = [
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "LogSoftmax",
+    "Softmax",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "log_softmax",
+    "logsumexp",
+    "softmax",
+    "working_dtype",
+]
