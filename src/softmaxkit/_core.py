@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from softmaxkit import _dispatch
 from softmaxkit import _numerics as num
 from softmaxkit import _validate as v
 from softmaxkit._layout import Layout
@@ -74,6 +75,9 @@ def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = No
     array([[0., 0.],
            [1., 0.]])
     """
+    impl = _dispatch.backend(x)
+    if impl is not None:
+        return impl._core_softmax(x, axis, temperature=temperature, where=where)
     T = v.temperature(temperature)
     xp, layout, xw, valid, out_dtype, extra = _prepare(x, axis, where)
     st = num.row_stats(xp, xw, valid, T, extra)
@@ -115,6 +119,9 @@ def log_softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any 
     >>> smk.log_softmax(x)[0]
     np.float32(-2.0611537e-09)
     """
+    impl = _dispatch.backend(x)
+    if impl is not None:
+        return impl._core_log_softmax(x, axis, temperature=temperature, where=where)
     T = v.temperature(temperature)
     xp, layout, xw, valid, out_dtype, extra = _prepare(x, axis, where)
     st = num.row_stats(xp, xw, valid, T, extra)
@@ -179,6 +186,9 @@ def logsumexp(
     >>> smk.logsumexp(np.array([1.0, 2.0]), b=np.array([1.0, -1.0]), return_sign=True)
     (array(1.54132485), array(-1.))
     """
+    impl = _dispatch.backend(x)
+    if impl is not None and b is None and return_sign is False:
+        return impl._core_logsumexp(x, axis, keepdims=keepdims, where=where)
     keepdims = v.flag(keepdims, "keepdims")
     return_sign = v.flag(return_sign, "return_sign")
     xp, arr, out_dtype = v.real_array(x, "x")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from softmaxkit import _dispatch
 from softmaxkit import _numerics as num
 from softmaxkit import _validate as v
 from softmaxkit._core import _prepare
@@ -152,6 +153,12 @@ def cross_entropy(
     >>> grad[1]  # e^-999 / 3 underflows; naive code gives [nan, nan, nan]
     array([ 0.33333333,  0.        , -0.33333333])
     """
+    impl = _dispatch.backend(logits)
+    if impl is not None:
+        return impl._core_cross_entropy(
+            logits, targets, axis=axis, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
+            reduction=reduction, z_loss=z_loss, return_grad=return_grad,
+        )
     return_grad = v.flag(return_grad, "return_grad")
     reduction = v.reduction(reduction)
     eps = v.in_unit_interval(label_smoothing, "label_smoothing")
@@ -302,6 +309,11 @@ def binary_cross_entropy_with_logits(
     >>> float(smk.binary_cross_entropy_with_logits(np.array([-40.0]), np.array([0.0])))
     4.248354255291589e-18
     """
+    impl = _dispatch.backend(logits)
+    if impl is not None and hasattr(impl, "_core_binary_cross_entropy_with_logits"):
+        return impl._core_binary_cross_entropy_with_logits(
+            logits, targets, weight=weight, pos_weight=pos_weight, reduction=reduction, return_grad=return_grad
+        )
     return_grad = v.flag(return_grad, "return_grad")
     reduction = v.reduction(reduction)
     xp, x, out_dtype = v.real_array(logits, "logits")
