@@ -122,7 +122,7 @@ def _rows_view(x: torch.Tensor, dim: int) -> torch.Tensor:
     if x.ndim == 0:
         return x.reshape(1, 1)
     moved = x.movedim(dim, -1)
-    return moved.reshape(-1, moved.shape[-1])
+    return moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1])
 
 
 def _from_rows(y2: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
