@@ -132,6 +132,9 @@ def _softmax_bwd(temperature, log, y, g):
 
 
 _softmax_last.defvjp(_softmax_fwd, _softmax_bwd)
+# Each custom-VJP function is compiled as a whole (and so are its forward and
+# backward passes under ``grad``) rather than dispatched one operation at a time.
+_softmax_last_jit = jax.jit(_softmax_last, static_argnums=(1, 2))
 
 
 def _softmax_family(x, axis, where, temperature, log):
@@ -139,10 +142,10 @@ def _softmax_family(x, axis, where, temperature, log):
     T = v.temperature(temperature)
     axes = v.axis(axis, max(x.ndim, 1), allow_many=True)
     if x.ndim == 0:
-        return _softmax_last(_masked(x, where).reshape(1), T, log).reshape(())
+        return _softmax_last_jit(_masked(x, where).reshape(1), T, log).reshape(())
     x = _masked(x, where)
     x2, back = _to_rows(x, axes)
-    return back(_softmax_last(x2, T, log))
+    return back(_softmax_last_jit(x2, T, log))
 
 
 def softmax(x: Any, axis: int | tuple[int, ...] | None = -1, where: Any = None, *, temperature: float = 1.0) -> Any:
@@ -230,6 +233,7 @@ def _logsumexp_bwd(x, g):
 
 
 _logsumexp_last.defvjp(_logsumexp_fwd, _logsumexp_bwd)
+_logsumexp_last_jit = jax.jit(_logsumexp_last)
 
 
 def logsumexp(a: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool = False, where: Any = None) -> Any:
@@ -265,9 +269,9 @@ def logsumexp(a: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool 
     axes = v.axis(axis, max(x.ndim, 1), allow_many=True)
     x = _masked(x, where)
     if x.ndim == 0:
-        return _logsumexp_last(x.reshape(1))
+        return _logsumexp_last_jit(x.reshape(1))
     x2, _ = _to_rows(x, axes)
-    out = _logsumexp_last(x2)
+    out = _logsumexp_last_jit(x2)
     if keepdims:
         out = out.reshape(tuple(1 if i in axes else s for i, s in enumerate(x.shape)))
     return out
@@ -301,6 +305,7 @@ def _ce_bwd(z, res, g):
 
 
 _ce_rows.defvjp(_ce_fwd, _ce_bwd)
+_ce_rows_jit = jax.jit(_ce_rows, static_argnums=(3,))
 
 
 def cross_entropy(
@@ -405,7 +410,7 @@ def cross_entropy(
         denominator = jnp.asarray(float(x2.shape[0]), dtype=work)
     else:
         raise TypeError(f"labels must hold integer class indices or floating probabilities; got dtype {labels.dtype}")
-    loss = _ce_rows(x2, coef, row_w, z)
+    loss = _ce_rows_jit(x2, coef, row_w, z)
     out, _ = _reduce(jnp, loss, None, denominator, reduction, extra)
     if reduction == "none":
         out = out.reshape(rest_shape)
