@@ -359,6 +359,38 @@ def _coefficients(xw, t, weight, eps, ignore_index, hard):
     return num.class_coefficients(xp, xw, eps, weight, probs=t.to(xw.dtype))
 
 
+def _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, scale=None, want_target=False):
+    """One pass over the (rows, classes) logits, chunk by chunk.
+
+    Without ``scale``: the per-row losses (working dtype).  With ``scale``
+    (per row): the gradient with respect to the logits times ``scale``, in
+    the logits' dtype, and with ``want_target`` also the gradient with
+    respect to probability targets.  Forward and backward both come here, so
+    this is the one place where a native CPU kernel can take over for CPU
+    float tensors (zero-copy through ``.numpy()`` and ``torch.from_numpy``).
+    """
+    work, extra = working_dtype(x2.dtype, x2.device)
+
+    def compute(rows, t, s):
+        xw = rows.to(work)
+        coef, row_w = _coefficients(xw, t, w, eps, ignore_index, hard)
+        st = num.row_stats(xp, xw, None, 1.0, extra)
+        loss, gx = num.cross_entropy_rows(xp, st, coef, z, row_w, s is not None)
+        if s is None:
+            return (loss,)
+        s = s[:, None]
+        parts = ((gx * s).to(x2.dtype),)
+        if want_target:
+            # d loss / d q_j = (1 - eps) w_j (-log p_j)
+            dq = (1.0 - eps) * num.neg_log_softmax(xp, st)
+            if w is not None:
+                dq = dq * w
+            parts += ((dq * s).to(t2.dtype),)
+        return parts
+
+    return _by_rows(compute, x2, t2, scale)
+
+
 class _CrossEntropy(torch.autograd.Function):
     """Cross-entropy of (rows, classes) logits; reduced inside.
 
@@ -372,15 +404,7 @@ class _CrossEntropy(torch.autograd.Function):
     def forward(x2, t2, weight, ignore_index, eps, z, reduction, hard):
         work, extra = working_dtype(x2.dtype, x2.device)
         w = None if weight is None else weight.to(work)
-
-        def compute(rows, t):
-            xw = rows.to(work)
-            coef, row_w = _coefficients(xw, t, w, eps, ignore_index, hard)
-            st = num.row_stats(xp, xw, None, 1.0, extra)
-            loss, _ = num.cross_entropy_rows(xp, st, coef, z, row_w, False)
-            return (loss,)
-
-        (loss,) = _by_rows(compute, x2, t2)
+        (loss,) = _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard)
         denominator = _denominator(x2, t2, w, ignore_index, hard, work)
         out, _ = _reduce(xp, loss, None, denominator, reduction, extra)
         return out.to(x2.dtype), denominator
@@ -394,7 +418,7 @@ class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, _):
         x2, t2, weight, denominator = ctx.saved_tensors
-        work, extra = working_dtype(x2.dtype, x2.device)
+        work, _ = working_dtype(x2.dtype, x2.device)
         w = None if weight is None else weight.to(work)
         eps, hard = ctx.eps, ctx.hard
         want_target = ctx.needs_input_grad[1]
@@ -403,23 +427,7 @@ class _CrossEntropy(torch.autograd.Function):
             empty = denominator == 0
             g = xp.where(empty, xp.zeros_like(g), g / xp.where(empty, xp.ones_like(denominator), denominator))
         scale = g if ctx.reduction == "none" else xp.broadcast_to(g, (x2.shape[0],))
-
-        def compute(rows, t, s):
-            xw = rows.to(work)
-            coef, row_w = _coefficients(xw, t, w, eps, ctx.ignore_index, hard)
-            st = num.row_stats(xp, xw, None, 1.0, extra)
-            _, gx = num.cross_entropy_rows(xp, st, coef, ctx.z, row_w, True)
-            s = s[:, None]
-            parts = ((gx * s).to(x2.dtype),)
-            if want_target:
-                # d loss / d q_j = (1 - eps) w_j (-log p_j)
-                dq = (1.0 - eps) * num.neg_log_softmax(xp, st)
-                if w is not None:
-                    dq = dq * w
-                parts += ((dq * s).to(t2.dtype),)
-            return parts
-
-        parts = _by_rows(compute, x2, t2, scale)
+        parts = _cross_entropy_pass(x2, t2, w, ctx.ignore_index, eps, ctx.z, hard, scale, want_target)
         return parts[0], (parts[1] if want_target else None), None, None, None, None, None, None
 
     generate_vmap_rule = True
