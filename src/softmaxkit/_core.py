@@ -161,12 +161,15 @@ def logsumexp(
 
     Notes
     -----
-    Algorithm 4.1 of Blanchard, Higham & Higham (2021); with weights the sum
-    is written ``b_k (1 + r)`` around the weighted max term.  Accuracy for
-    ``b >= 0``: 2 ULP (float16, bfloat16, float32), 4 ULP (float64), except
+    Algorithm 4.1 of Blanchard, Higham & Higham (2021).  With weights, the
+    shifted sum ``S = sum b_i e^{x_i - a}`` is kept in nearly twice the
+    working precision and its log taken as ``log1p(S - 1)`` near 1.
+    Accuracy: 2 ULP (float16, bfloat16, float32) and 4 ULP (float64), except
     that a float64 result near 0 through cancellation may be off by 4 ULP of
-    ``max|x|``.  Mixed-sign weights are as accurate as the cancellation in
-    the sum allows.
+    ``max|x|``.  With weights ``b >= 0`` in float64 the bound is 4 ULP of
+    ``max(|lse|, max|x|, 1)``: the rounding of each ``e^{x_i - a}`` is
+    weighted by ``b_i``.  Mixed-sign weights are as accurate as the
+    cancellation in the sum allows.
 
     Edge behaviour: a fully masked row or an empty axis gives ``-inf`` (sign
     0); ``+inf`` gives ``+inf``; NaN gives NaN.
