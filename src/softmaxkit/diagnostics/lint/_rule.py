@@ -38,6 +38,7 @@ class Finding:
     fix: Fix | None = None
     filename: str = ""
     cell: int | None = None
+    line_text: str = ""
 
     def sort_key(self) -> tuple:
         return (self.filename, self.cell or 0, self.row, self.column, self.code)
