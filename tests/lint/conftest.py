@@ -1,0 +1,29 @@
+import argparse
+import textwrap
+
+import pytest
+
+from softmaxkit.diagnostics.lint import cli, lint_source
+
+
+@pytest.fixture
+def run_lint(capsys):
+    """Runs ``softmaxkit lint ARGS``; returns (exit code, stdout, stderr)."""
+
+    def run(*args):
+        parser = argparse.ArgumentParser(prog="softmaxkit")
+        cli.register(parser.add_subparsers(dest="command"))
+        try:
+            parsed = parser.parse_args(["lint", *map(str, args)])
+            code = parsed.func(parsed)
+        except SystemExit as exit:
+            code = exit.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def codes(source, **options):
+    """The codes found in ``source`` (dedented), in order."""
+    return [f.code for f in lint_source(textwrap.dedent(source), **options)]
