@@ -32,9 +32,18 @@ def apply_fixes(source: str, fixes: list[Fix]) -> tuple[str, int]:
     class Rewriter(cst.CSTTransformer):
         METADATA_DEPENDENCIES = (PositionProvider,)
 
-        def __init__(self) -> None:
+        def __init__(self, default_indent: str) -> None:
             super().__init__()
             self.applied = 0
+            self.default_indent = default_indent
+            self.indents: list[str] = []
+
+        def visit_IndentedBlock(self, node) -> None:
+            self.indents.append(node.indent if node.indent is not None else self.default_indent)
+
+        def leave_IndentedBlock(self, original_node, updated_node):
+            self.indents.pop()
+            return updated_node
 
         def on_leave(self, original_node, updated_node):
             if isinstance(original_node, cst.BaseExpression):
@@ -44,7 +53,7 @@ def apply_fixes(source: str, fixes: list[Fix]) -> tuple[str, int]:
                     fix = chosen.pop(key, None)
                     if fix is not None:
                         self.applied += 1
-                        replacement = cst.parse_expression(fix.content)
+                        replacement = cst.parse_expression(_dedent(fix.content, "".join(self.indents)))
                         return replacement.with_changes(lpar=updated_node.lpar, rpar=updated_node.rpar)
             return updated_node
 
@@ -54,6 +63,16 @@ def apply_fixes(source: str, fixes: list[Fix]) -> tuple[str, int]:
         # Syntax newer than the installed LibCST understands: leave the file as it is.
         return source, 0
     wrapper = cst.MetadataWrapper(module)
-    rewriter = Rewriter()
+    rewriter = Rewriter(module.default_indent)
     new_module = wrapper.visit(rewriter)
     return new_module.code, rewriter.applied
+
+
+def _dedent(content: str, block_indent: str) -> str:
+    """Removes the enclosing block's indentation from continuation lines.
+
+    LibCST adds the block's indentation back to each continuation line of a
+    node when it prints it, so text taken from the file must lose it first.
+    """
+    first, *rest = content.split("\n")
+    return "\n".join([first, *(line[len(block_indent) :] if line.startswith(block_indent) else line for line in rest)])
