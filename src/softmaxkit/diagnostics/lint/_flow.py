@@ -374,13 +374,24 @@ class Analysis:
         stack = [expr]
         while stack:
             node = stack.pop()
-            rules = by_type.get(type(node))
+            kind = type(node)
+            rules = by_type.get(kind)
             if rules:
                 for rule in rules:
                     rule.check(node, self)
-            for child in ast.iter_child_nodes(node):
-                parents[child] = node
-                stack.append(child)
+            fields = _CHILD_FIELDS.get(kind)
+            if fields is None:
+                fields = _CHILD_FIELDS[kind] = _child_fields(kind)
+            for field in fields:
+                value = getattr(node, field)
+                if type(value) is list:
+                    for child in value:
+                        if child is not None:
+                            parents[child] = node
+                            stack.append(child)
+                elif value is not None:
+                    parents[value] = node
+                    stack.append(value)
 
     # ---- expressions ------------------------------------------------------
 
@@ -680,6 +691,23 @@ class Analysis:
             self._line_starts = starts
         row, column, end_row, end_column = self.position(node)
         return self._line_starts[row - 1] + column - 1, self._line_starts[end_row - 1] + end_column - 1
+
+
+# Per node type, the fields that may hold nodes worth visiting: contexts
+# (Load, Store) and operators (Add, USub) carry nothing a rule looks at, and
+# walking them would be most of the work.
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
+_INERT = (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)
+# Fields that hold plain values (names, flags) or inert nodes.
+_INERT_FIELDS = frozenset(
+    {"ctx", "op", "ops", "id", "attr", "arg", "name", "names", "module", "level", "conversion", "is_async", "kind", "type_comment"}
+)
+
+
+def _child_fields(kind: type) -> tuple[str, ...]:
+    if issubclass(kind, _INERT) or kind is ast.Constant:
+        return ()
+    return tuple(field for field in kind._fields if field not in _INERT_FIELDS)
 
 
 def _called(tag: object) -> object:

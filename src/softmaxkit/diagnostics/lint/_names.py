@@ -166,22 +166,37 @@ class Imports:
         self.aliases: dict[str, str] = {}
         # Only module-level imports may be used to spell a fix.
         self.module_aliases: dict[str, str] = {}
+        # Names the file binds itself; only needed to tell whether ``sum``,
+        # ``max`` and ``float`` are still the builtins.
         self.bound: set[str] = set()
         top = set(map(id, _top_level_imports(tree)))
-        for node in ast.walk(tree):
+        # Imports are statements: walking statements only, not expressions,
+        # keeps this pass cheap.
+        pending = list(tree.body)
+        while pending:
+            node = pending.pop()
             kind = type(node)
-            if kind is ast.Name:
-                if type(node.ctx) is ast.Store:
-                    self.bound.add(node.id)
-            elif kind is ast.Import or kind is ast.ImportFrom:
+            if kind is ast.Import or kind is ast.ImportFrom:
                 pairs = _import_pairs(node)
                 self.aliases.update(pairs)
                 if id(node) in top:
                     self.module_aliases.update(pairs)
-            elif kind in (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef):
+                continue
+            if kind in (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef):
                 self.bound.add(node.name)
-            elif kind is ast.arg:
-                self.bound.add(node.arg)
+                if kind is not ast.ClassDef:
+                    args = node.args
+                    for arg in (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg):
+                        if arg is not None:
+                            self.bound.add(arg.arg)
+            elif kind in (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor):
+                targets = node.targets if kind is ast.Assign else [node.target]
+                for target in targets:
+                    for name in ast.walk(target):
+                        if type(name) is ast.Name:
+                            self.bound.add(name.id)
+            for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+                pending.extend(getattr(node, field, ()))
 
     def qualname(self, expr: ast.expr) -> str | None:
         """The dotted name ``expr`` denotes through the imports, if any."""
