@@ -1,9 +1,8 @@
 import argparse
-import textwrap
 
 import pytest
 
-from softmaxkit.diagnostics.lint import cli, lint_source
+from softmaxkit.diagnostics.lint import cli
 
 
 @pytest.fixture
@@ -23,7 +22,3 @@ def run_lint(capsys):
 
     return run
 
-
-def codes(source, **options):
-    """The codes found in ``source`` (dedented), in order."""
-    return [f.code for f in lint_source(textwrap.dedent(source), **options)]

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from softmaxkit.diagnostics.lint._rule import Finding, Fix, Rule
 from softmaxkit.diagnostics.lint._rules import ALL_RULES, RULES, find_rule
-from softmaxkit.diagnostics.lint._runner import Config, check_source, enabled_rules, split_lines
+from softmaxkit.diagnostics.lint._runner import (
+    Config,
+    apply_noqa,
+    check_source,
+    enabled_rules,
+    parse_selectors,
+    split_lines,
+)
 
 __all__ = [
     "ALL_RULES",
@@ -32,10 +39,8 @@ def lint_source(
 
     ``select`` and ``ignore`` take rule codes or prefixes such as ``"SMK1"``.
     """
-    from softmaxkit.diagnostics.lint._runner import _keep, parse_selectors
-
     rules = enabled_rules(Config(), parse_selectors(select, "select"), parse_selectors(ignore, "ignore"))
-    findings = _keep(check_source(source, rules, filename), split_lines(source))
+    findings = apply_noqa(check_source(source, rules, filename), split_lines(source))
     for finding in findings:
         finding.filename = filename
     return sorted(findings, key=Finding.sort_key)

@@ -270,7 +270,8 @@ def _suppressed(finding: Finding, line: str) -> bool:
     return finding.code in {code.upper() for code in _CODE.findall(codes)}
 
 
-def _keep(findings: list[Finding], lines: list[str]) -> list[Finding]:
+def apply_noqa(findings: list[Finding], lines: list[str]) -> list[Finding]:
+    """The findings that no ``# noqa`` comment suppresses; records each one's line."""
     kept = []
     for finding in findings:
         line = lines[finding.row - 1] if 0 < finding.row <= len(lines) else ""
@@ -291,7 +292,7 @@ def lint_python(path: Path, rules: list[Rule]) -> FileResult:
     lines = split_lines(source)
     for finding in findings:
         finding.filename = str(path)
-    return FileResult(str(path), _keep(findings, lines), source, encoding)
+    return FileResult(str(path), apply_noqa(findings, lines), source, encoding)
 
 
 def _cell_lines(source: str) -> list[str] | None:
@@ -373,7 +374,7 @@ def _keep_notebook(findings: list[Finding], cells: list) -> list[Finding]:
         if isinstance(source, list):
             source = "".join(source)
         lines = source.split("\n")
-        kept.extend(_keep([finding], lines))
+        kept.extend(apply_noqa([finding], lines))
     return kept
 
 

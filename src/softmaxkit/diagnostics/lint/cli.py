@@ -15,7 +15,7 @@ from softmaxkit.diagnostics.lint._rules import ALL_RULES, find_rule
 from softmaxkit.diagnostics.lint._runner import (
     ConfigFinder,
     UsageError,
-    _keep,
+    apply_noqa,
     check_source,
     collect_files,
     enabled_rules,
@@ -143,7 +143,7 @@ def fix_source(source: str, rules: list[Rule], unsafe_fixes: bool = False) -> tu
         findings = check_source(source, rules)
         fixes = [
             f.fix
-            for f in _keep(findings, split_lines(source))
+            for f in apply_noqa(findings, split_lines(source))
             if f.fix is not None and (f.fix.applicability == "safe" or unsafe_fixes)
         ]
         if not fixes:

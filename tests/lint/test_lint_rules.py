@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import codes
+from _lint_helpers import codes
 
 HEADER = """\
 import math
