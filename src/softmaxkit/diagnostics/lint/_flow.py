@@ -134,7 +134,7 @@ class Op:
 
     @property
     def library(self) -> str | None:
-        """"numpy", "torch", "jax", "scipy" or "math"; method calls are torch."""
+        """The library called: "numpy", "torch", "jax.numpy", "scipy", "math"; methods are torch."""
         if self.method:
             return "torch"
         root, _, rest = self.qualname.partition(".")

@@ -6,7 +6,6 @@ import argparse
 import difflib
 import importlib.metadata
 import sys
-from pathlib import Path
 
 from softmaxkit.diagnostics.lint import _output
 from softmaxkit.diagnostics.lint._fix import MISSING_LIBCST, apply_fixes, libcst_available
