@@ -13,7 +13,7 @@ import sys
 
 # Modules that provide a subcommand, in the order ``--help`` lists them.
 _SUBCOMMANDS = (
-    "softmaxkit._demo",
+    "softmaxkit.diagnostics._check",
 )
 
 
