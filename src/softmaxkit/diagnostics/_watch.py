@@ -4,7 +4,7 @@ Three kinds of hook watch a model:
 
 * forward hooks on every module check each module's outputs (and the root
   model's inputs); pre-hooks keep a stack of the modules now running;
-* a ``TorchFunctionMode`` (optional, ``functions=True``) checks the output of
+* a ``TorchFunctionMode`` (opt-in, ``functions=True``) checks the output of
   every torch function called while watching, and attributes it to the
   innermost running module, so a NaN in an intermediate value that never
   leaves the module is still caught; it also hooks each function's autograd
@@ -48,6 +48,11 @@ _MODES = ("raise", "record")
 # Reports list at most this many tensors of each side; a torch.cat of
 # hundreds of tensors would otherwise bury the one that matters.
 _MAX_LISTED = 8
+
+# Turns torch-function handling off, the function mode included, for the
+# watch's own tensor calls.  Private, but the one switch that also covers
+# modes entered by the user above ours.
+_mode_off = torch._C.DisableTorchFunction
 
 
 @dataclass(frozen=True)
@@ -228,7 +233,9 @@ class _FunctionCheck(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         owner = self.owner
-        if owner._active and not owner._busy:
+        # Property reads (``.grad``, ``.data``, ``.T``) return tensors that
+        # were checked when they were made.
+        if owner._active and getattr(func, "__name__", None) != "__get__":
             owner._after_function(func, args, kwargs, out)
         return out
 
@@ -260,10 +267,13 @@ class Watch:
         self._manual_steps = False
         self._forwards = 0
         self._active = False
-        # Set while the watch's own checks run, so the function mode lets
-        # their torch calls through unchecked.
-        self._busy = False
         self._stack: list[tuple[str, torch.nn.Module]] = []
+        # The tensor checked last (and its version counter) and the one given
+        # backward hooks last: a container's output is its last child's
+        # output, and a module's output the last function's, so neither needs
+        # a second look.
+        self._last_checked: tuple[torch.Tensor, int] | None = None
+        self._last_hooked: torch.Tensor | None = None
         self._handles: list[Any] = []
         self._mode_ctx: _FunctionCheck | None = None
         self._reported: set[tuple[int, str]] = set()
@@ -275,7 +285,9 @@ class Watch:
         if self._active:
             raise RuntimeError("this watch is already started; call stop() first")
         for path, module in self.model.named_modules():
-            self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(path, module)))
+            # The module stack serves only the function mode.
+            if self.functions or module is self.model:
+                self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(path, module)))
             self._handles.append(module.register_forward_hook(self._make_post_hook(path, module), always_call=True))
         owners = {id(p): (path, module) for path, module in self.model.named_modules() for p in module.parameters(recurse=False)}
         for name, p in self.model.named_parameters():
@@ -302,6 +314,8 @@ class Watch:
             handle.remove()
         self._handles = []
         self._stack = []
+        self._last_checked = None
+        self._last_hooked = None
 
     def step(self, value: int | None = None) -> int:
         """Advance the step by one, or set it to ``value``; returns it.
@@ -322,9 +336,9 @@ class Watch:
 
     # --- forward ------------------------------------------------------------
     #
-    # The hooks run inside the model's forward, where the function mode is
-    # on: they hold ``_busy`` so that their own torch calls pass it unchecked.
-    # (Inside ``__torch_function__`` the mode is off by itself.)
+    # The hooks run where the function mode is on; they turn it off so that
+    # their own torch calls are neither checked nor slowed by it.  (Inside
+    # ``__torch_function__`` the mode is off by itself.)
 
     def _make_pre_hook(self, path: str, module: torch.nn.Module):
         is_root = module is self.model
@@ -337,13 +351,10 @@ class Watch:
                 if not self._manual_steps:
                     self.current_step = self._forwards
                     self._forwards += 1
-                self._busy = True
-                try:
-                    named = _tensors(args, "input")
-                    self._check_forward(path, mod, None, named, named, [])
-                finally:
-                    self._busy = False
-            self._stack.append((path, mod))
+                with _mode_off():
+                    self._check_forward(path, mod, None, _tensors(args, "input"), args, None, [])
+            if self.functions:
+                self._stack.append((path, mod))
 
         return pre_hook
 
@@ -353,20 +364,17 @@ class Watch:
         def post_hook(mod, args, output):
             if not self._active:
                 return
-            if self._stack:
+            if self.functions and self._stack:
                 self._stack.pop()
             if output is None:
                 return
-            self._busy = True
-            try:
+            with _mode_off():
                 named = _tensors(output, "output")
-                self._check_forward(path, mod, None, named, _tensors(args, "input"), named)
+                self._check_forward(path, mod, None, self._unchecked(named), args, None, named)
                 if torch.is_grad_enabled():
                     self._hook_backward(path, mod, named)
                 if is_root and self.diagnose_logits and self.current_step % self.diagnose_every == 0:
                     self._diagnose(output)
-            finally:
-                self._busy = False
 
         return post_hook
 
@@ -376,30 +384,42 @@ class Watch:
         # autograd.Function, which the function mode never sees.
         nodes = {}
         for name, t in named:
-            if t.requires_grad and _checkable(t):
+            if t.requires_grad and _checkable(t) and t is not self._last_hooked:
+                self._last_hooked = t
                 t.register_hook(self._make_grad_hook(path, mod, f"grad of {name}"))
                 if t.grad_fn is not None:
                     nodes[id(t.grad_fn)] = t.grad_fn
         for node in nodes.values():
             node.register_hook(self._make_node_hook(path, mod, None, f" of {node.name()}"))
 
+    def _unchecked(self, named):
+        last = self._last_checked
+        if last is None:
+            return named
+        return [(n, t) for n, t in named if t is not last[0] or t._version != last[1]]
+
     def _after_function(self, func, args, kwargs, out) -> None:
+        named = [("output", out)] if type(out) is torch.Tensor else _tensors(out, "output")
         # A view shares the memory of a tensor that was checked when made.
-        named = [(n, t) for n, t in _tensors(out, "output") if not t._is_view()]
+        named = [(n, t) for n, t in named if _checkable(t) and not t._is_view()]
         if not named:
             return
         path, mod = self._stack[-1] if self._stack else (None, None)
-        inputs = _tensors(args, "input") + _tensors(kwargs or {}, "input")
-        self._check_forward(path, mod, func, named, inputs, named)
+        self._check_forward(path, mod, func, named, args, kwargs, named)
         if torch.is_grad_enabled():
             nodes = {id(t.grad_fn): t.grad_fn for _, t in named if t.grad_fn is not None}
             for node in nodes.values():
                 node.register_hook(self._make_node_hook(path, mod, func, ""))
 
-    def _check_forward(self, path, mod, func, candidates, inputs, outputs) -> None:
+    def _check_forward(self, path, mod, func, candidates, args, kwargs, outputs) -> None:
+        if not candidates:
+            return
         bad = _first_bad(candidates)
         if bad is not None:
+            inputs = _tensors(args, "input") + _tensors(kwargs or {}, "input")
             self._report("forward", path, mod, func, bad[0], bad[1], inputs, outputs)
+        last = candidates[-1][1]
+        self._last_checked = (last, last._version)
 
     def _diagnose(self, output: Any) -> None:
         from softmaxkit.diagnostics._report import diagnose
@@ -420,12 +440,9 @@ class Watch:
         def grad_hook(grad):
             if not self._active:
                 return
-            self._busy = True
-            try:
+            with _mode_off():
                 if _checkable(grad) and not _is_finite(grad):
                     self._report("backward", path, mod, None, what, grad, [], [(what, grad)])
-            finally:
-                self._busy = False
 
         return grad_hook
 
@@ -433,8 +450,7 @@ class Watch:
         def node_hook(grad_inputs, grad_outputs):
             if not self._active:
                 return
-            self._busy = True
-            try:
+            with _mode_off():
                 produced = [(f"grad_input[{i}]{of_node}", g) for i, g in enumerate(grad_inputs) if g is not None]
                 bad = _first_bad(produced)
                 arrived = [(f"grad_output[{i}]{of_node}", g) for i, g in enumerate(grad_outputs) if g is not None]
@@ -442,8 +458,6 @@ class Watch:
                 # reported where it was made, not at every node it passes.
                 if bad is not None and _first_bad(arrived) is None:
                     self._report("backward", path, mod, func, bad[0], bad[1], arrived, produced)
-            finally:
-                self._busy = False
 
         return node_hook
 
@@ -481,7 +495,7 @@ def watch(
     model: torch.nn.Module,
     *,
     mode: str = "raise",
-    functions: bool = True,
+    functions: bool = False,
     diagnose_logits: bool | Callable[[Any], torch.Tensor] | None = None,
     diagnose_every: int = 1,
 ) -> Watch:
@@ -501,14 +515,16 @@ def watch(
         to ``reports`` (the first of each step and phase, where the value
         was made, not every place it flowed to), logs it on the
         ``softmaxkit.watch`` logger, and lets the run go on.
-    functions : bool, default True
+    functions : bool, default False
         Also check the output of every torch function called while watching
         (a ``TorchFunctionMode``) and hook its backward, naming the function
         (``torch.log``) and the module it ran in.  This finds NaNs in
-        intermediate values that never leave a module, and NaNs made in a
-        function's backward; turn it off to halve the overhead (see
-        ``benchmarks/results/watch.md``) and check module outputs, root
-        inputs and gradients only.
+        intermediate values that never leave a module (masked out by
+        ``torch.where``, say) and names the function whose backward made a
+        NaN.  It costs a few microseconds per torch call, several times the
+        module checks on small models (see ``benchmarks/results/watch.md``),
+        so it is off by default: without it, module outputs, root inputs and
+        gradients are checked.
     diagnose_logits : bool or callable, optional
         True: the root model's output is logits; a callable picks the
         logits from the output.  Each step a multiple of ``diagnose_every``
@@ -541,7 +557,7 @@ def watch(
     ...         return torch.where(x > 0, torch.log(x), 0.0)
     >>> net = torch.nn.Sequential(SafeLog())
     >>> try:
-    ...     with watch(net):
+    ...     with watch(net, functions=True):
     ...         net(torch.tensor([-1.0, 2.0]))
     ... except FloatingPointError as e:  # NonFiniteError
     ...     print(e.report.function, "in", e.report.location)
