@@ -24,6 +24,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 
 import torch
 import torch.nn as nn
@@ -119,6 +120,7 @@ def main():
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
 
     setups, rows = [], []
     for size in SIZES:

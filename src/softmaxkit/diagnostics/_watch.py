@@ -3,14 +3,17 @@
 Three kinds of hook watch a model:
 
 * forward hooks on every module check each module's outputs (and the root
-  model's inputs); pre-hooks keep a stack of the modules now running;
+  model's inputs);
+* in backward, tensor hooks check the gradient arriving at each module's
+  outputs and at each parameter, and a hook on each module's last autograd
+  node checks the gradient it makes (which names a custom
+  ``autograd.Function`` that returns NaN);
 * a ``TorchFunctionMode`` (opt-in, ``functions=True``) checks the output of
-  every torch function called while watching, and attributes it to the
-  innermost running module, so a NaN in an intermediate value that never
-  leaves the module is still caught; it also hooks each function's autograd
-  node, so a NaN made by the backward of ``torch.log`` is named as such;
-* tensor hooks on module outputs and on parameters check gradients in
-  backward.
+  every torch function called while watching and attributes it to the
+  innermost running module (a stack kept by forward pre-hooks), so a NaN in
+  an intermediate value that never leaves the module is still caught; it
+  also hooks each function's autograd node, so a NaN made by the backward of
+  ``torch.sqrt`` is named as such.
 
 A check is one ``sum`` per tensor: a finite sum proves every element finite,
 and only a non-finite sum (a non-finite element, or a sum that overflowed)
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -32,6 +34,7 @@ try:
 except ImportError:
     raise ImportError("softmaxkit.torch needs PyTorch: pip install 'softmaxkit[torch]'") from None
 
+from softmaxkit import _validate as v
 from softmaxkit._validate import _describe
 
 __all__ = [
@@ -289,12 +292,13 @@ class Watch:
             if self.functions or module is self.model:
                 self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(path, module)))
             self._handles.append(module.register_forward_hook(self._make_post_hook(path, module), always_call=True))
-        owners = {id(p): (path, module) for path, module in self.model.named_modules() for p in module.parameters(recurse=False)}
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                path, module = owners[id(p)]
-                what = f"grad of parameter {name.rsplit('.', 1)[-1]}"
-                self._handles.append(p.register_hook(self._make_grad_hook(path, module, what)))
+        seen = set()  # a tied parameter is checked once, under its first owner
+        for path, module in self.model.named_modules():
+            for name, p in module.named_parameters(recurse=False):
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    hook = self._make_grad_hook(path, module, f"grad of parameter {name}")
+                    self._handles.append(p.register_hook(hook))
         self._stack = []
         self._active = True
         if self.functions:
@@ -323,7 +327,7 @@ class Watch:
         After the first call, forward passes no longer advance the step.
         """
         if value is not None:
-            value = _integer(value, "value")
+            value = v.integer(value, "value")
         self._manual_steps = True
         self.current_step = self.current_step + 1 if value is None else value
         return self.current_step
@@ -485,12 +489,6 @@ class Watch:
         logger.warning("non-finite value: %s", report)
 
 
-def _integer(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int; got {_describe(value)}")
-    return int(value)
-
-
 def watch(
     model: torch.nn.Module,
     *,
@@ -567,11 +565,10 @@ def watch(
         raise TypeError(f"model must be a torch.nn.Module; got {_describe(model)}")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}; got {_describe(mode)}")
-    if not isinstance(functions, bool):
-        raise TypeError(f"functions must be True or False; got {_describe(functions)}")
+    v.flag(functions, "functions")
     if not (diagnose_logits is None or isinstance(diagnose_logits, bool) or callable(diagnose_logits)):
         raise TypeError(f"diagnose_logits must be None, True, False or a callable; got {_describe(diagnose_logits)}")
-    every = _integer(diagnose_every, "diagnose_every")
+    every = v.integer(diagnose_every, "diagnose_every")
     if every < 1:
         raise ValueError(f"diagnose_every must be >= 1; got {every}")
     return Watch(model, mode, functions, diagnose_logits, every)
