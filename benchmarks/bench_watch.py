@@ -103,12 +103,24 @@ def measure(size, repeats, steps):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             times[name].append(time_block(table[name], step, steps))
-    plain = statistics.median(times["plain"])
     setup = (
         f"{size}: {layers} x TransformerEncoderLayer(d_model={d_model}, nhead={heads}, dim_feedforward={ff}), "
         f"{vocab} classes, batch {batch} x {seq} tokens"
     )
-    return setup, [(size, name, statistics.median(times[name]) * 1e3, statistics.median(times[name]) / plain) for name in names]
+    medians = {name: statistics.median(times[name]) for name in names}
+    plain = medians["plain"]
+    return setup, [(size, name, medians[name] * 1e3, medians[name] / plain) for name in names]
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main():
@@ -129,7 +141,7 @@ def main():
         rows += size_rows
 
     machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores (shared), "
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
     )
     os.makedirs(RESULTS, exist_ok=True)
@@ -143,7 +155,8 @@ def main():
         "",
         f"Machine: {machine}.",
         "",
-        "Step: forward + cross-entropy + backward + SGD step, all inside the watch; "
+        "Step: forward + cross-entropy + backward + SGD step, all inside the watch "
+        "(each timed block enters it afresh, so start/stop is included); "
         f"median of {args.repeats} interleaved repeats of {args.steps} steps after a warm-up.",
         "",
     ]

@@ -179,7 +179,9 @@ class TestUsage:
         assert ".npz  arrays named 'logits'" in out
         assert max(len(line) for line in out.splitlines()) <= 80
 
-    @pytest.mark.parametrize("argv", [["check"], ["check", "x.npy", "--format", "xml"], ["check", "x.npy", "--axis", "a"]])
+    @pytest.mark.parametrize(
+        "argv", [["check"], ["check", "x.npy", "--format", "xml"], ["check", "x.npy", "--axis", "a"]]
+    )
     def test_usage_errors_exit_2(self, capsys, argv):
         with pytest.raises(SystemExit) as exc:
             main(argv)

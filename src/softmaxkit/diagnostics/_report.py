@@ -127,7 +127,10 @@ class LogitReport:
 
     def __str__(self) -> str:
         lines = [
-            ("logits", f"shape {self.shape} {self.dtype}: {self.rows} rows of {self.classes} classes along axis {self.axis}"),
+            (
+                "logits",
+                f"shape {self.shape} {self.dtype}: {self.rows} rows of {self.classes} classes along axis {self.axis}",
+            ),
             (
                 "range (finite)",
                 "no finite logits"
@@ -149,9 +152,12 @@ class LogitReport:
             ("softmax collapse", f"{_share(self.collapsed_rows, self.regular_rows)}: {_COLLAPSE_DEFINITION}"),
         ]
         if self.target_rows is not None:
-            lines.append(("zero target grad", f"{_share(self.zero_grad_rows, self.target_rows)}: {_ZERO_GRAD_DEFINITION}"))
-        margin = "no row with two finite logits" if self.max_margin is None else f"{_num(self.max_margin)} (top-1 minus top-2)"
-        lines.append(("largest margin", margin))
+            zero_grad = f"{_share(self.zero_grad_rows, self.target_rows)}: {_ZERO_GRAD_DEFINITION}"
+            lines.append(("zero target grad", zero_grad))
+        if self.max_margin is None:
+            lines.append(("largest margin", "no row with two finite logits"))
+        else:
+            lines.append(("largest margin", f"{_num(self.max_margin)} (top-1 minus top-2)"))
         width = max(len(label) for label, _ in lines)
         return "\n".join(f"{label:<{width}}  {text}" for label, text in lines)
 
@@ -290,7 +296,8 @@ def diagnose(logits: Any, targets: Any = None, *, axis: int = -1, ignore_index: 
     finite_or_ninf = np.where(finite, rows, -math.inf)
     row_max = finite_or_ninf.max(axis=-1) if n_classes else np.full(rows.shape[0], -math.inf)
 
-    collapsed, target_rows, zero_grad = _float32_figures(rows[regular], row_max[regular], targets, row_shape, n_classes, ignore, regular)
+    t = None if targets is None else _host_targets(targets, row_shape, n_classes, ignore)[regular]
+    collapsed, target_rows, zero_grad = _float32_figures(rows[regular], row_max[regular], t, ignore)
 
     two_finite = finite.sum(axis=-1) >= 2
     if two_finite.any():
@@ -324,8 +331,12 @@ def diagnose(logits: Any, targets: Any = None, *, axis: int = -1, ignore_index: 
     )
 
 
-def _float32_figures(rows, row_max, targets, row_shape, n_classes, ignore, regular):
-    """Collapsed rows, and the target-row and zero-gradient counts (or None)."""
+def _float32_figures(rows, row_max, t, ignore):
+    """Collapsed rows, and the target-row and zero-gradient counts (or None).
+
+    ``rows`` are the regular rows, ``row_max`` their maxima and ``t`` their
+    targets (or None).
+    """
     # x - max is formed in float64 and rounded once, which equals the float32
     # subtraction wherever the logits fit in float32 and cannot overflow where
     # they do not.
@@ -333,9 +344,8 @@ def _float32_figures(rows, row_max, targets, row_shape, n_classes, ignore, regul
     e = np.exp(z)
     total = e.sum(axis=-1, dtype=np.float32)
     collapsed = int((total == np.float32(1)).sum())
-    if targets is None:
+    if t is None:
         return collapsed, None, None
-    t = _host_targets(targets, row_shape, n_classes, ignore)[regular]
     keep = t != ignore
     idx = np.nonzero(keep)[0]
     p_t = e[idx, t[keep]] / total[idx]

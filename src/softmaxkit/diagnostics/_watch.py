@@ -35,7 +35,7 @@ except ImportError:
     raise ImportError("softmaxkit.torch needs PyTorch: pip install 'softmaxkit[torch]'") from None
 
 from softmaxkit import _validate as v
-from softmaxkit._validate import _describe
+from softmaxkit.diagnostics._report import diagnose
 
 __all__ = [
     "NonFiniteError",
@@ -426,13 +426,11 @@ class Watch:
         self._last_checked = (last, last._version)
 
     def _diagnose(self, output: Any) -> None:
-        from softmaxkit.diagnostics._report import diagnose
-
         pick = self.diagnose_logits
         logits = output if pick is True else pick(output)
         if not isinstance(logits, torch.Tensor):
             raise TypeError(
-                f"diagnose_logits must pick a tensor of logits from the model output; got {_describe(logits)}"
+                f"diagnose_logits must pick a tensor of logits from the model output; got {v._describe(logits)}"
             )
         report = diagnose(logits.detach())
         self.diagnostics.append((self.current_step, report))
@@ -562,12 +560,12 @@ def watch(
     torch.log in 0 (SafeLog)
     """
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {_describe(model)}")
+        raise TypeError(f"model must be a torch.nn.Module; got {v._describe(model)}")
     if mode not in _MODES:
-        raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}; got {_describe(mode)}")
+        raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}; got {v._describe(mode)}")
     v.flag(functions, "functions")
     if not (diagnose_logits is None or isinstance(diagnose_logits, bool) or callable(diagnose_logits)):
-        raise TypeError(f"diagnose_logits must be None, True, False or a callable; got {_describe(diagnose_logits)}")
+        raise TypeError(f"diagnose_logits must be None, True, False or a callable; got {v._describe(diagnose_logits)}")
     every = v.integer(diagnose_every, "diagnose_every")
     if every < 1:
         raise ValueError(f"diagnose_every must be >= 1; got {every}")
