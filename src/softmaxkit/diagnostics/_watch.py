@@ -386,15 +386,23 @@ class Watch:
         # The gradient arriving at each output, and the one the module's
         # last autograd node makes from it: that node may be a custom
         # autograd.Function, which the function mode never sees.
-        nodes = {}
+        fresh = []
         for name, t in named:
             if t.requires_grad and _checkable(t) and t is not self._last_hooked:
                 self._last_hooked = t
                 t.register_hook(self._make_grad_hook(path, mod, f"grad of {name}"))
-                if t.grad_fn is not None:
-                    nodes[id(t.grad_fn)] = t.grad_fn
+                fresh.append(t)
+        self._hook_nodes(path, mod, None, fresh)
+
+    def _hook_nodes(self, path, mod, func, tensors) -> None:
+        """Check the gradients made by the autograd nodes of ``tensors``."""
+        nodes = {id(t.grad_fn): t.grad_fn for t in tensors if t.grad_fn is not None}
         for node in nodes.values():
-            node.register_hook(self._make_node_hook(path, mod, None, f" of {node.name()}"))
+            # Without a function name the node's own name says what made it.
+            # (The hook holds the name, not the node: a node that held a hook
+            # holding itself would never be freed.)
+            of_node = "" if func is not None else f" of {node.name()}"
+            node.register_hook(self._make_node_hook(path, mod, func, of_node))
 
     def _unchecked(self, named):
         last = self._last_checked
@@ -411,9 +419,7 @@ class Watch:
         path, mod = self._stack[-1] if self._stack else (None, None)
         self._check_forward(path, mod, func, named, args, kwargs, named)
         if torch.is_grad_enabled():
-            nodes = {id(t.grad_fn): t.grad_fn for _, t in named if t.grad_fn is not None}
-            for node in nodes.values():
-                node.register_hook(self._make_node_hook(path, mod, func, ""))
+            self._hook_nodes(path, mod, func, [t for _, t in named])
 
     def _check_forward(self, path, mod, func, candidates, args, kwargs, outputs) -> None:
         if not candidates:
