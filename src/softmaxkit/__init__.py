@@ -17,12 +17,14 @@ from softmaxkit._core import (
 )
 from softmaxkit._elementwise import log_sigmoid, sigmoid, softplus
 from softmaxkit._losses import binary_cross_entropy_with_logits, cross_entropy, nll_loss
+from softmaxkit.diagnostics._report import diagnose
 
 __version__ = "0.1.0"
 
 __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "diagnose",
     "entropy",
     "kl_div",
     "log_sigmoid",

@@ -15,6 +15,7 @@ import sys
 _SUBCOMMANDS = (
     "softmaxkit._demo",
     "softmaxkit.diagnostics.lint.cli",
+    "softmaxkit.diagnostics._check",
 )
 
 
