@@ -14,6 +14,7 @@ import sys
 # Modules that provide a subcommand, in the order ``--help`` lists them.
 _SUBCOMMANDS = (
     "softmaxkit._demo",
+    "softmaxkit._calibrate_cli",
 )
 
 
