@@ -106,7 +106,7 @@ def _check_probs(p: np.ndarray, name: str) -> None:
     bad = ~(np.isfinite(p) & (p >= 0) & (p <= 1))
     if bad.any():
         i, j = np.argwhere(bad)[0]
-        raise ValueError(f"{name} must be probabilities in [0, 1]; got {p[i, j]!r} in row {i}, class {j} (rows flattened)")
+        raise ValueError(f"{name} must be probabilities in [0, 1]; got {float(p[i, j])!r} in row {i}, class {j} (rows flattened)")
 
 
 def _bin_stats(probs: np.ndarray, labels: np.ndarray, n_bins: int):
