@@ -155,13 +155,6 @@ class TestSampleNumpy:
         x = np.array([5.0, 0.0, -30.0, -60.0, 1.0, 2.0, -np.inf])
         np.testing.assert_array_equal(smk.sample(x, num_samples=500, rng=3, **neutral), smk.sample(x, num_samples=500, rng=3))
 
-    def test_low_probability_classes_are_drawn(self):
-        # Gumbel tails cut at ~e**-43: a class 25 nats below the best keeps its chance.
-        # Half the rows favour class 0 by 25 nats; with T = 5 the gap is 5 nats.
-        x = np.array([25.0, 0.0])
-        draws = smk.sample(x, temperature=5.0, num_samples=100_000, rng=8)
-        assert chi_square_p(draws, exact_probs(x, 5.0)) > ALPHA
-
     def test_ties_at_top_k_boundary_are_kept(self):
         draws = smk.sample(np.array([1.0, 0.0, 0.0, -1.0]), top_k=2, num_samples=60_000, rng=9)
         p = exact_probs([1.0, 0.0, 0.0, -np.inf])
@@ -289,8 +282,8 @@ class TestGumbelSoftmaxNumpy:
         np.testing.assert_array_equal(y.sum(axis=-1), 1.0)
         assert chi_square_p(y.argmax(axis=-1), exact_probs(LOGITS)) > ALPHA
 
-    def test_soft_matches_softmax_of_noisy_logits(self):
-        # Same seed, same noise: the argmax of the soft sample is the hard sample.
+    def test_hard_is_the_argmax_of_soft_with_the_same_noise(self):
+        # Same seed, same noise.
         x = np.random.default_rng(0).normal(size=(50, 6))
         soft = smk.gumbel_softmax(x, tau=0.3, rng=9)
         hard = smk.gumbel_softmax(x, tau=0.3, hard=True, rng=9)

@@ -26,8 +26,6 @@ import numpy as np
 
 from softmaxkit import _validate as v
 
-_KINDS = ("numpy", "torch", "jax")
-
 
 def array_kind(x: Any, name: str) -> str:
     """'numpy', 'torch' or 'jax'; TypeError for other array libraries."""

@@ -73,16 +73,12 @@ def _check_rows(xp: Any, layout: Layout, xw: Any, name: str) -> None:
     if bool(xp.any(nan)):
         pos = v.first_position(layout.back(nan))
         raise ValueError(f"{name}{list(pos)} is NaN; a distribution to sample from needs real logits (-inf masks a class)")
-    if xw.shape[-1] == 0:
-        empty = math.prod(layout.rest_shape) > 0
-    else:
-        masked = xp.all(xw == -_INF, axis=-1)
-        empty = bool(xp.any(masked))
-    if empty:
-        row = v.first_position(masked) if xw.shape[-1] else (0,) * len(layout.rest_shape)
+    # An empty class axis leaves every row with nothing to draw.
+    masked = xp.all(xw == -_INF, axis=-1)
+    if bool(xp.any(masked)):
         raise ValueError(
-            f"{name} row {list(row)} (index without the class axis) is fully masked: every entry is -inf, "
-            f"so there is nothing to sample; give at least one finite or +inf logit per row"
+            f"{name} row {list(v.first_position(masked))} (index without the class axis) is fully masked: every entry "
+            f"is -inf, so there is nothing to sample; give at least one finite or +inf logit per row"
         )
 
 
@@ -186,11 +182,11 @@ def sample(
     ``log q_j = -inf``, and the renormalisation is implicit because the argmax
     ignores a common shift.  ``log p`` is :func:`softmaxkit.log_softmax` at
     temperature ``T`` (exact at any margin), computed in float64 for narrower
-    inputs.  The noise never takes ``log(0)`` and resolves both Gumbel tails
-    to a probability of about ``e**-43``, so the draws differ from the exact
-    categorical distribution by no more than the 2**-62 resolution of the
-    random words (float32 arithmetic for JAX without x64 adds its own
-    rounding to ``log q_j + G_j``).
+    inputs.  The noise never takes ``log(0)``; it is exact Gumbel noise
+    except that its tails beyond a probability of about ``e**-43`` are cut
+    and its uniforms lie on a grid of spacing ``2**-63``, so the draws are
+    exact to that level (JAX without x64 adds float32 rounding to
+    ``log q_j + G_j``).
 
     Edge behaviour: ``-inf`` logits are never drawn; a row with ``+inf``
     logits draws uniformly among them (the limit of the softmax); a row of
