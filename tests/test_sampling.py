@@ -79,27 +79,32 @@ class TestSampleNumpy:
         assert chi_square_p(draws, exact_probs(LOGITS, temperature)) > ALPHA
 
     @pytest.mark.parametrize(
-        "truncation",
+        ("truncation", "seed"),
         [
-            {"top_k": 3},
-            {"top_p": 0.75},
-            {"min_p": 0.2},
-            {"top_k": 5, "top_p": 0.9, "min_p": 0.1},
-            {"top_k": 4, "top_p": 0.6},
+            ({"top_k": 3}, 21),
+            ({"top_p": 0.75}, 22),
+            ({"min_p": 0.3}, 23),
+            ({"top_k": 5, "top_p": 0.95, "min_p": 0.06}, 24),
+            # top_p on the distribution renormalised after top_k keeps 2
+            # classes; on the original probabilities it would keep 3.
+            ({"top_k": 3, "top_p": 0.8}, 25),
         ],
         ids=repr,
     )
-    def test_truncated_frequencies(self, truncation):
+    def test_truncated_frequencies(self, truncation, seed):
+        # A seed per case: cases that keep the same classes would otherwise
+        # reuse the same noise and give one piece of evidence, not several.
         T = 0.8
         expected = truncated(exact_probs(LOGITS, T), **truncation)
-        draws = smk.sample(LOGITS, temperature=T, num_samples=200_000, rng=2, **truncation)
+        draws = smk.sample(LOGITS, temperature=T, num_samples=200_000, rng=seed, **truncation)
         assert chi_square_p(draws, expected) > ALPHA
 
     def test_truncation_actually_truncates(self):
         # Guards the reference: each case above removes something.
         p = exact_probs(LOGITS, 0.8)
-        for kw in ({"top_k": 3}, {"top_p": 0.75}, {"min_p": 0.2}):
+        for kw in ({"top_k": 3}, {"top_p": 0.75}, {"min_p": 0.3}):
             assert (truncated(p, **kw) == 0).sum() > 1
+        assert (truncated(p, top_k=3, top_p=0.8) > 0).sum() == 2
 
     def test_batched_rows_are_independent_distributions(self):
         x = np.stack([LOGITS, LOGITS[::-1], np.zeros(7)])
