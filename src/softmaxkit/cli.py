@@ -16,6 +16,7 @@ _SUBCOMMANDS = (
     "softmaxkit._demo",
     "softmaxkit.diagnostics.lint.cli",
     "softmaxkit.diagnostics._check",
+    "softmaxkit._calibrate_cli",
 )
 
 
