@@ -4,7 +4,7 @@ large scales and subnormal outputs, against mpmath."""
 import mpmath as mp
 import numpy as np
 import pytest
-from conftest import BFLOAT16
+from reference import BFLOAT16
 
 import reference as ref
 import softmaxkit as smk

@@ -3,7 +3,7 @@ or 4 ULP (float64) of an mpmath reference, on random and adversarial rows."""
 
 import numpy as np
 import pytest
-from conftest import FLOAT_DTYPES
+from reference import FLOAT_DTYPES
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import FLOAT_DTYPES
+from reference import FLOAT_DTYPES
 
 import softmaxkit as smk
 
