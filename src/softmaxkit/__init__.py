@@ -17,6 +17,7 @@ from softmaxkit._core import (
 )
 from softmaxkit._elementwise import log_sigmoid, sigmoid, softplus
 from softmaxkit._losses import binary_cross_entropy_with_logits, cross_entropy, nll_loss
+from softmaxkit._native import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "entropy",
+    "get_num_threads",
     "kl_div",
     "log_sigmoid",
     "log_softmax",
@@ -31,6 +33,7 @@ __all__ = [
     "logsumexp",
     "logsumexp_vjp",
     "nll_loss",
+    "set_num_threads",
     "sigmoid",
     "softmax",
     "softmax_vjp",

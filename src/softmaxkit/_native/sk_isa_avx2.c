@@ -1,0 +1,19 @@
+/* AVX2 + FMA kernels: four float64 lanes. */
+#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC target("avx2,fma")
+#endif
+#include <immintrin.h>
+#define SK_ISA avx2
+#define SK_VW 4
+#define SK_HAVE_FMA 1
+#define SK_FMA(a, b, c) ((vd)_mm256_fmadd_pd((__m256d)(a), (__m256d)(b), (__m256d)(c)))
+#include "sk_isa.h"
+
+const sk_isa sk_isa_avx2 = {"avx2", fam_f32, fam_f64};
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
+#endif
