@@ -26,9 +26,9 @@ which can differ from a single rounding by one float16 ULP in rare halfway
 cases).  float64 uses the exact shift ``x - max = hi + lo`` (TwoSum, with
 TwoProduct for a temperature), ``exp(hi + lo)`` and compensated (TwoSum)
 sums.  The vectorised exp is written here (see ``sk_simd.h``): a polynomial
-after reduction by ``ln 2``, relative error below 2**-37 in the float32
-family (degree 6) and within 0.7 ULP in the float64 family (degree 10, with
-the low parts folded in); ``log1p`` of the per-row sum comes from the C
+after reduction by ``ln 2``, relative error below 2**-32 in the float32
+family (degree 5; the float32 result stays within 0.5 + 2**-7 ULP) and within
+0.7 ULP in the float64 family (degree 10, with the low parts folded in); ``log1p`` of the per-row sum comes from the C
 library.  Divisions by ``1 + s`` use the reciprocal in the float32 family and
 a fused-multiply-add-corrected quotient in the float64 family.
 

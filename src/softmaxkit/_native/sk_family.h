@@ -103,6 +103,7 @@ static inline vd FN(shift)(vd x, double a, double T, vd *lo) {
 #endif
 }
 
+#if COMP
 static double FN(max)(const void *xv, size_t n, int *nan) {
     const FT *x = xv;
     vd m0 = splat(-INF), m1 = m0;
@@ -124,6 +125,42 @@ static double FN(max)(const void *xv, size_t n, int *nan) {
     *nan = found;
     return m;
 }
+#else
+/* the maximum needs no widening: twice the lanes in float */
+typedef float vfw __attribute__((vector_size(VW * 8)));
+typedef int viw __attribute__((vector_size(VW * 8)));
+#define FW (2 * VW)
+static double FN(max)(const void *xv, size_t n, int *nan) {
+    const float *x = xv;
+    vfw m0 = (vfw){0} - INF, m1 = m0;
+    viw bad = {0};
+    size_t i = 0;
+    for (; i + 2 * FW <= n; i += 2 * FW) {
+        vfw u, w;
+        memcpy(&u, x + i, sizeof u);
+        memcpy(&w, x + i + FW, sizeof w);
+        viw gu = (viw)(u > m0), gw = (viw)(w > m1);
+        bad |= (viw)(u != u) | (viw)(w != w);
+        m0 = (vfw)(((viw)u & gu) | ((viw)m0 & ~gu));
+        m1 = (vfw)(((viw)w & gw) | ((viw)m1 & ~gw));
+    }
+    double m = -INF;
+    int found = 0;
+    for (int l = 0; l < FW; l++) {
+        if (m0[l] > m) m = m0[l];
+        if (m1[l] > m) m = m1[l];
+        found |= bad[l] != 0;
+    }
+    for (; i < n; i++) {
+        double v = x[i];
+        if (v != v) found = 1;
+        else if (v > m) m = v;
+    }
+    *nan = found;
+    return m;
+}
+#undef FW
+#endif
 
 static size_t FN(find)(const void *xv, size_t n, double a) {
     const FT *x = xv;
@@ -147,9 +184,10 @@ static size_t FN(nfin)(const void *xv, size_t n) {
 
 /* Per block: sum of exp(z) over the entries with z != 0, and the number of
  * entries with z == 0 (x equal to the maximum; their terms are exactly 1).
- * With `e`, every exp(z) is stored. */
-static void FN(sum)(const void *xv, size_t n, double a, double T, double *e, sk_part *parts) {
-    const FT *x = xv;
+ * With `e`, every exp(z) is stored.  Inlined twice so that the common
+ * T == 1 loop carries no division. */
+static inline __attribute__((always_inline)) void FN(sum_t)(const FT *x, size_t n, double a, double T, double *e,
+                                                           sk_part *parts) {
     for (size_t b0 = 0, bi = 0; b0 < n; b0 += SK_BLOCK, bi++) {
         size_t bn = n - b0 < SK_BLOCK ? n - b0 : SK_BLOCK;
         vd s = splat(0.0), c = splat(0.0);
@@ -165,6 +203,12 @@ static void FN(sum)(const void *xv, size_t n, double a, double T, double *e, sk_
         }
         FN(store_part)(&parts[bi], s, c, cnt);
     }
+}
+
+static void FN(sum)(const void *xv, size_t n, double a, double T, double *e, sk_part *parts) {
+    if (T != 1.0) FN(sum_t)(xv, n, a, T, e, parts);
+    else if (e) FN(sum_t)(xv, n, a, 1.0, e, parts);
+    else FN(sum_t)(xv, n, a, 1.0, NULL, parts);
 }
 
 /* out = e / d */
