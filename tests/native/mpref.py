@@ -84,3 +84,24 @@ def ulp_error(got, ref, dtype):
             err = float(abs(mpmath.mpf(g) - r) / ulp)
         worst = max(worst, err)
     return worst
+
+
+def cross_entropy(x, targets):
+    """Per-row loss (a - x_t) + log1p(s) and gradient p - onehot(t).
+
+    The gradient at the target is formed as -(1 + s - e_t) / (1 + s) (or
+    -s / (1 + s) at the argmax), so it keeps its digits on confident rows.
+    """
+    with mpmath.workdps(DPS):
+        losses, grads = [], []
+        for row, t in zip(np.asarray(x, dtype=np.float64), targets):
+            v = [mpmath.mpf(float(u)) for u in row]
+            a = max(v)
+            k = v.index(a)
+            e = [mpmath.exp(u - a) for u in v]
+            s = mpmath.fsum(u for i, u in enumerate(e) if i != k)
+            losses.append((a - v[t]) + mpmath.log1p(s))
+            g = [u / (1 + s) for u in e]
+            g[t] = -s / (1 + s) if t == k else -(1 + s - e[t]) / (1 + s)
+            grads.append(g)
+        return losses, grads

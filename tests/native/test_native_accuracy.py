@@ -5,7 +5,7 @@ Tolerances: 2 ULP for float16 and float32, 4 ULP for float64.
 
 import numpy as np
 import pytest
-from mpref import counted_row, log_softmax, logsumexp, softmax, ulp_error
+from mpref import counted_row, cross_entropy, log_softmax, logsumexp, softmax, ulp_error
 
 from softmaxkit import _native
 
@@ -87,3 +87,24 @@ def test_large_logits_scale(isa):
     for dtype in (np.float32, np.float64):
         x = (rng.standard_normal((2, 29)) * 1e4).astype(dtype)
         _check(x, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_cross_entropy_loss_and_gradient(isa, dtype):
+    rng = np.random.default_rng(9)
+    margins = {np.float16: [4.0, 9.0], np.float32: [5.0, 30.0, 90.0], np.float64: [5.0, 200.0, 700.0]}[dtype]
+    for margin in margins:
+        x = rng.uniform(-3, 0, size=(4, 45)).astype(dtype)
+        x[:, 7] = margin
+        t = np.array([7, 0, 7, 44])  # the argmax of a confident row, and others
+        loss, grad = smk_ce(x, t)
+        ref_loss, ref_grad = cross_entropy(x, t)
+        assert ulp_error(loss, ref_loss, dtype) <= TOL[dtype]
+        assert ulp_error(grad, ref_grad, dtype) <= TOL[dtype]
+
+
+def smk_ce(x, t):
+    loss = np.empty(x.shape[0])
+    grad = np.empty_like(x)
+    _native.cross_entropy_into(x, t, loss, grad)
+    return loss.astype(x.dtype), grad
