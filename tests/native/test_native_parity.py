@@ -319,6 +319,11 @@ def test_wrappers_write_preallocated_outputs(native):
     y = x.copy()
     _native.log_softmax_into(y, y)  # in place
     np.testing.assert_array_equal(y, smk.log_softmax(x))
+    for dtype in DTYPES:
+        z = edge_rows(dtype, 3000)
+        want = smk.softmax(z)
+        _native.softmax_into(z, z)
+        np.testing.assert_array_equal(z, want)
     loss = np.empty(4)
     grad = np.empty_like(x)
     _native.cross_entropy_into(x, np.array([0, 1, 2, 3]), loss, grad, grad_divisor=4.0)

@@ -80,7 +80,6 @@ except that ``out`` may be ``x`` itself for ``softmax_into`` and
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
 import os
 import warnings
@@ -270,17 +269,32 @@ def log_softmax_vjp(log_probs: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
     return out
 
 
-def _class_indices(targets: np.ndarray, shape: tuple, n: int, ignore_index: int) -> np.ndarray | None:
-    """``targets`` as C-contiguous int64, or None where the generic path must
-    run (including to raise its error for a bad index)."""
+def _class_indices(targets: np.ndarray, shape: tuple) -> np.ndarray | None:
+    """``targets`` as C-contiguous int64, or None where the generic path must run."""
     if targets.dtype.kind not in "iu" or targets.shape != shape:
         return None
-    if not -(2**63) <= ignore_index < 2**63:
-        return None
-    bad = ~((targets == ignore_index) | ((targets >= 0) & (targets < n)))
-    if bad.any():
+    if targets.dtype == np.uint64 and targets.size and targets.max() >= 2**63:
         return None
     return np.ascontiguousarray(targets, dtype=np.int64)
+
+
+def _reduce_rows(loss_rows: np.ndarray, denominator: float, reduction: str, dtype: np.dtype) -> Any:
+    """``_losses._reduce`` for per-row losses in float64, and the cast to ``dtype``."""
+    if reduction == "none":
+        return loss_rows.astype(dtype)
+    flat = loss_rows.reshape(-1)
+    if dtype == np.float64:
+        import array_api_compat.numpy as xp
+
+        from softmaxkit._numerics import compensated_sum
+
+        total = compensated_sum(xp, flat.reshape(1, -1), False)[0, 0]
+    else:
+        total = np.sum(flat)
+    if reduction == "sum":
+        return total.astype(dtype)
+    # an all-ignored (or all-zero-weight) batch has mean 0
+    return np.asarray(total / denominator if denominator != 0 else 0.0, dtype=np.float64).astype(dtype)
 
 
 def _weights(weight: Any, n: int) -> np.ndarray | None | bool:
@@ -322,37 +336,30 @@ def cross_entropy(
     if w is False:
         return None
     if targets.dtype.kind in "iu":
-        t = _class_indices(targets, rows_shape, n, ignore_index)
-        if t is None:
+        t = _class_indices(targets, rows_shape)
+        if t is None or not -(2**63) <= ignore_index < 2**63:
             return None
         probs = None
-        keep = t != ignore_index
-        row_w = keep.astype(np.float64) if w is None else np.where(keep, w[np.where(keep, t, 0)], 0.0)
-        denominator = np.sum(row_w)
     elif targets.dtype.kind == "f":
         if not eligible_pair(logits, targets, axis):
             return None
         if targets.size and np.fmin.reduce(targets, axis=None) < 0:
             return None
         t, probs = None, targets
-        denominator = np.float64(math.prod(rows_shape))
     else:
         return None
-    divisor = 1.0
-    if reduction == "mean" and return_grad and denominator != 0:
-        divisor = float(denominator)
+    divisor = -1.0 if (reduction == "mean" and return_grad) else 1.0
     loss_rows = np.empty(rows_shape, dtype=np.float64)
     grad = np.empty_like(logits) if return_grad else None
-    _kernels.cross_entropy(logits, t, probs, w, loss_rows, grad, ignore_index, eps, z_loss, divisor)
+    try:
+        denominator = _kernels.cross_entropy(logits, t, probs, w, loss_rows, grad, ignore_index, eps, z_loss, divisor)
+    except ValueError:
+        # a class index out of range: the generic path raises its own error
+        return None
     if grad is not None and reduction == "mean" and denominator == 0:
         # an all-ignored (or all-zero-weight) batch: mean 0, gradient 0
         grad.fill(0)
-    import array_api_compat.numpy as xp
-
-    from softmaxkit._losses import _reduce
-
-    loss, _ = _reduce(xp, loss_rows, None, denominator, reduction, logits.dtype != np.float64)
-    loss = xp.astype(loss, logits.dtype)
+    loss = _reduce_rows(loss_rows, denominator, reduction, logits.dtype)
     return (loss, grad) if return_grad else loss
 
 
@@ -413,6 +420,8 @@ def cross_entropy_into(
     """
     k = _require()
     index = targets.dtype.kind in "iu"
+    if grad_divisor <= 0:
+        raise ValueError(f"grad_divisor must be > 0; got {grad_divisor!r}")
     _no_overlap(loss, "loss", ("logits", logits), ("targets", targets), ("weight", weight))
     if grad is not None:
         _no_overlap(grad, "grad", ("logits", logits), ("targets", targets), ("weight", weight), ("loss", loss))

@@ -792,10 +792,19 @@ int sk_logsumexp(int dtype, const void *x, void *out, size_t rows, size_t n) {
 
 int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t rows, size_t n,
                      const int64_t *targets, const void *q, const double *w, int64_t ignore_index, double eps,
-                     double z, double denom) {
-    if (targets)
-        for (size_t r = 0; r < rows; r++)
-            if (targets[r] != ignore_index && (targets[r] < 0 || (uint64_t)targets[r] >= n)) return SK_ETARGET;
+                     double z, double denom, double *weight_sum) {
+    double total = (double)rows;
+    if (targets) {
+        total = 0.0;
+        for (size_t r = 0; r < rows; r++) {
+            int64_t t = targets[r];
+            if (t == ignore_index) continue;
+            if (t < 0 || (uint64_t)t >= n) return SK_ETARGET;
+            total += w ? w[t] : 1.0;
+        }
+    }
+    *weight_sum = total;
+    if (denom < 0.0) denom = total == 0.0 ? 1.0 : total;
     if (n == 0) return rows ? SK_ETARGET : 0;
     job_t J = {0};
     J.op = OP_CE;

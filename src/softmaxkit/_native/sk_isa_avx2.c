@@ -1,11 +1,11 @@
 /* AVX2 + FMA kernels: four float64 lanes. */
 #if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
 #else
 #pragma GCC target("avx2,fma")
 #endif
-#include <immintrin.h>
 #define SK_ISA avx2
 #define SK_VW 4
 #define SK_HAVE_FMA 1

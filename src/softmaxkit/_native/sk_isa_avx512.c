@@ -1,11 +1,11 @@
 /* AVX-512 kernels (F, DQ, BW, VL): eight float64 lanes. */
 #if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma"))), apply_to = function)
 #else
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
 #endif
-#include <immintrin.h>
 #define SK_ISA avx512
 #define SK_VW 8
 #define SK_HAVE_FMA 1

@@ -77,7 +77,10 @@ extern const sk_isa sk_isa_avx512;
 
 /* The driver (sk_driver.c).  dtype: 0 float16, 1 float32, 2 float64.  Every
  * entry point returns 0, or SK_ENOMEM, or SK_ETARGET for a class index that is
- * neither in [0, n) nor ignore_index. */
+ * neither in [0, n) nor ignore_index (checked before anything is written).
+ * sk_cross_entropy divides the gradient by `denom`, or with denom < 0 by the
+ * sum of row weights (the "mean" divisor; 1 when that is 0), and returns that
+ * sum in *weight_sum (the number of rows for probability targets). */
 #define SK_ENOMEM 1
 #define SK_ETARGET 2
 
@@ -90,7 +93,7 @@ int sk_softmax(int dtype, const void *x, void *out, size_t rows, size_t n, doubl
 int sk_logsumexp(int dtype, const void *x, void *out, size_t rows, size_t n);
 int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t rows, size_t n,
                      const int64_t *targets, const void *q, const double *w, int64_t ignore_index, double eps,
-                     double z, double denom);
+                     double z, double denom, double *weight_sum);
 int sk_vjp(int dtype, int log, const void *y, const void *g, void *out, size_t rows, size_t n);
 
 #endif

@@ -160,7 +160,9 @@ end:
 /* cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, denom)
  * targets: int64 per row or None; probs: logits' shape and dtype or None
  * (exactly one of the two); weight: float64 per class or None; loss: float64
- * per row; grad: logits' shape and dtype, or None. */
+ * per row; grad: logits' shape and dtype, or None; denom: the gradient's
+ * divisor, or -1 for the sum of row weights.  Returns the sum of row weights
+ * (the number of rows for probabilities). */
 static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     NARGS(10, "cross_entropy");
@@ -169,6 +171,7 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssiz
     if (PyErr_Occurred()) return NULL;
     buf_t x = {0}, t = {0}, q = {0}, w = {0}, loss = {0}, g = {0};
     size_t rows, n;
+    double weight_sum = 0.0;
     int rc = -1;
     if (get(args[0], &x, 0, "logits") || check_float(&x, -1, "logits") || rows_of(&x.v, "logits", &rows, &n))
         goto end;
@@ -205,9 +208,8 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssiz
         (get(args[5], &g, 1, "grad") || check_float(&g, dt, "grad") || check_len(&g, rows * n, "grad")))
         goto end;
     Py_BEGIN_ALLOW_THREADS
-    rc = sk_cross_entropy(dt, x.v.buf, g.held ? g.v.buf : NULL, loss.v.buf, rows, n,
-                                                 t.held ? t.v.buf : NULL, q.held ? q.v.buf : NULL,
-                                                 w.held ? w.v.buf : NULL, ignore, eps, z, denom);
+    rc = sk_cross_entropy(dt, x.v.buf, g.held ? g.v.buf : NULL, loss.v.buf, rows, n, t.held ? t.v.buf : NULL,
+                          q.held ? q.v.buf : NULL, w.held ? w.v.buf : NULL, ignore, eps, z, denom, &weight_sum);
     Py_END_ALLOW_THREADS
     rc = raise_rc(rc);
 end:
@@ -218,7 +220,7 @@ end:
     release(&loss);
     release(&g);
     if (rc) return NULL;
-    Py_RETURN_NONE;
+    return PyFloat_FromDouble(weight_sum);
 }
 
 /* vjp(y, cotangent, out, log): softmax VJP from probabilities y, or the
