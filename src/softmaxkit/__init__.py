@@ -17,6 +17,7 @@ from softmaxkit._core import (
 )
 from softmaxkit._elementwise import log_sigmoid, sigmoid, softplus
 from softmaxkit._losses import binary_cross_entropy_with_logits, cross_entropy, nll_loss
+from softmaxkit._native import get_num_threads, set_num_threads
 from softmaxkit.calibration import expected_calibration_error, fit_temperature, reliability_diagram
 from softmaxkit.diagnostics._report import diagnose
 from softmaxkit.sampling import gumbel_max, gumbel_softmax, sample
@@ -33,6 +34,7 @@ __all__ = [
     "entropy",
     "expected_calibration_error",
     "fit_temperature",
+    "get_num_threads",
     "gumbel_max",
     "gumbel_softmax",
     "kl_div",
@@ -44,6 +46,7 @@ __all__ = [
     "nll_loss",
     "reliability_diagram",
     "sample",
+    "set_num_threads",
     "sigmoid",
     "softmax",
     "softmax_vjp",

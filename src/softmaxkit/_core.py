@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from softmaxkit import _native
 from softmaxkit import _numerics as num
 from softmaxkit import _validate as v
 from softmaxkit._layout import Layout
@@ -75,6 +76,8 @@ def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = No
            [1., 0.]])
     """
     T = v.temperature(temperature)
+    if where is None and _native.eligible(x, axis):
+        return _native.softmax(x, T)
     xp, layout, xw, valid, out_dtype, extra = _prepare(x, axis, where)
     st = num.row_stats(xp, xw, valid, T, extra)
     return layout.back(xp.astype(num.softmax(xp, st), out_dtype))
@@ -116,6 +119,8 @@ def log_softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any 
     np.float32(-2.0611537e-09)
     """
     T = v.temperature(temperature)
+    if where is None and _native.eligible(x, axis):
+        return _native.log_softmax(x, T)
     xp, layout, xw, valid, out_dtype, extra = _prepare(x, axis, where)
     st = num.row_stats(xp, xw, valid, T, extra)
     out = num.log_softmax(xp, st)
@@ -184,6 +189,8 @@ def logsumexp(
     """
     keepdims = v.flag(keepdims, "keepdims")
     return_sign = v.flag(return_sign, "return_sign")
+    if b is None and where is None and _native.eligible(x, axis):
+        return _native.logsumexp(x, keepdims, return_sign)
     xp, arr, out_dtype = v.real_array(x, "x")
     if b is not None:
         b = v.same_namespace(xp, b, "b")
@@ -369,6 +376,8 @@ def softmax_vjp(probs: Any, cotangent: Any, axis: int = -1) -> Any:
     >>> smk.softmax_vjp(p, np.array([1.0, 0.0]))
     array([ 0.25, -0.25])
     """
+    if _native.eligible_pair(probs, cotangent, axis):
+        return _native.softmax_vjp(probs, cotangent)
     xp, layout, p, g, out_dtype, extra = _vjp_inputs(probs, cotangent, axis, "probs", True)
     zero = xp.zeros_like(p)
     dot = num.compensated_sum(xp, xp.where(p == 0, zero, p * g), extra)
@@ -408,6 +417,8 @@ def log_softmax_vjp(log_probs: Any, cotangent: Any, axis: int = -1) -> Any:
     >>> smk.log_softmax_vjp(y, np.array([1.0, 0.0, 5.0]))
     array([ 0.5, -0.5,  0. ])
     """
+    if _native.eligible_pair(log_probs, cotangent, axis):
+        return _native.log_softmax_vjp(log_probs, cotangent)
     xp, layout, y, g, out_dtype, extra = _vjp_inputs(log_probs, cotangent, axis, "log_probs", True)
     live = y != -float("inf")
     zero = xp.zeros_like(y)
