@@ -1,6 +1,7 @@
 import os
 import sys
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # The mpmath references in reference.py are imported by the test modules.
@@ -14,3 +15,19 @@ settings.register_profile(
 )
 settings.register_profile("thorough", parent=settings.get_profile("softmaxkit"), max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "softmaxkit"))
+
+
+@pytest.fixture(scope="module", params=["native", "generic"])
+def numeric_path(request):
+    """Run a module's tests through the native kernels and through the generic
+    formulas (the native kernels take NumPy arrays reduced along their last,
+    contiguous axis)."""
+    from softmaxkit import _native
+
+    if request.param == "native":
+        if not _native.available():
+            pytest.skip("the native extension is not built")
+        yield "native"
+    else:
+        with _native.disabled():
+            yield "generic"

@@ -9,6 +9,8 @@ from reference import BFLOAT16
 import reference as ref
 import softmaxkit as smk
 
+pytestmark = pytest.mark.usefixtures("numeric_path")
+
 F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 CONFIDENT = [(F16, m) for m in (5.0, 11.0, 17.0, 90.0)] + [(F32, m) for m in (5.0, 17.0, 20.0, 40.0, 90.0)] + [
     (F64, m) for m in (5.0, 37.0, 40.0, 100.0, 700.0)

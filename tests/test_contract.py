@@ -11,7 +11,7 @@ import reference as ref
 import softmaxkit as smk
 
 DTYPE_IDS = [d.name for d in FLOAT_DTYPES]
-pytestmark = pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=DTYPE_IDS)
+pytestmark = [pytest.mark.usefixtures("numeric_path"), pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=DTYPE_IDS)]
 
 
 def _limit(dtype):

@@ -6,6 +6,8 @@ from reference import FLOAT_DTYPES
 
 import softmaxkit as smk
 
+pytestmark = pytest.mark.usefixtures("numeric_path")
+
 INF = np.inf
 
 

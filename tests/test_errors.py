@@ -7,6 +7,8 @@ import pytest
 
 import softmaxkit as smk
 
+pytestmark = pytest.mark.usefixtures("numeric_path")
+
 X = np.array([[1.0, 2.0, 3.0], [0.0, -1.0, 2.0]])
 
 

@@ -8,6 +8,8 @@ from hypothesis.extra.numpy import arrays
 
 import softmaxkit as smk
 
+pytestmark = pytest.mark.usefixtures("numeric_path")
+
 H = 1e-6
 
 

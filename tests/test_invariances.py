@@ -2,11 +2,14 @@
 temperature, and class indices against one-hot probabilities."""
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import softmaxkit as smk
+
+pytestmark = pytest.mark.usefixtures("numeric_path")
 
 finite = st.floats(-50, 50, allow_nan=False, width=32)
 
@@ -72,10 +75,13 @@ def test_axis_moved_equals_moveaxis(x, axis):
 
 @given(x=arrays(np.float64, (2, 3, 4), elements=st.floats(-30, 30)))
 def test_several_axes_equal_the_flattened_axis(x):
+    # Several axes take the generic path; the flattened last axis may take the
+    # native kernels, which can differ in the last bits (both meet the contract).
     flat = x.reshape(2, 12)
-    np.testing.assert_array_equal(smk.softmax(x, axis=(1, 2)), smk.softmax(flat).reshape(2, 3, 4))
-    np.testing.assert_array_equal(smk.logsumexp(x, axis=(1, 2)), smk.logsumexp(flat))
-    np.testing.assert_array_equal(smk.logsumexp(x, axis=None), smk.logsumexp(x.reshape(-1)))
+    close = dict(rtol=1e-15, atol=0)
+    np.testing.assert_allclose(smk.softmax(x, axis=(1, 2)), smk.softmax(flat).reshape(2, 3, 4), **close)
+    np.testing.assert_allclose(smk.logsumexp(x, axis=(1, 2)), smk.logsumexp(flat), **close)
+    np.testing.assert_allclose(smk.logsumexp(x, axis=None), smk.logsumexp(x.reshape(-1)), **close)
 
 
 @given(x=rows(), k=st.integers(-3, 3))
