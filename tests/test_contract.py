@@ -44,37 +44,13 @@ def _rows(x):
     return [ref.to_mp(row) for row in x]
 
 
-@given(data=st.data())
-def test_softmax(dtype, data):
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@given(data=st.data(), temperature=st.sampled_from([1.0, 1.0, 0.5, 0.7, 2.0, 3.3]))
+def test_softmax_and_log_softmax(dtype, name, data, temperature):
     x = data.draw(logit_rows(dtype))
-    out = smk.softmax(x)
+    out = getattr(smk, name)(x, temperature=temperature)
     assert out.dtype == dtype
-    exact = [v for row in _rows(x) for v in ref.softmax(row)]
-    assert ref.ulp_error(out, exact, dtype) <= ref.tolerance(dtype)
-
-
-@given(data=st.data(), temperature=st.sampled_from([0.5, 0.7, 2.0, 3.3]))
-def test_softmax_with_temperature(dtype, data, temperature):
-    x = data.draw(logit_rows(dtype))
-    out = smk.softmax(x, temperature=temperature)
-    exact = [v for row in _rows(x) for v in ref.softmax(row, ref.mp.mpf(temperature))]
-    assert ref.ulp_error(out, exact, dtype) <= ref.tolerance(dtype)
-
-
-@given(data=st.data())
-def test_log_softmax(dtype, data):
-    x = data.draw(logit_rows(dtype))
-    out = smk.log_softmax(x)
-    assert out.dtype == dtype
-    exact = [v for row in _rows(x) for v in ref.log_softmax(row)]
-    assert ref.ulp_error(out, exact, dtype) <= ref.tolerance(dtype)
-
-
-@given(data=st.data(), temperature=st.sampled_from([0.5, 0.7, 2.0, 3.3]))
-def test_log_softmax_with_temperature(dtype, data, temperature):
-    x = data.draw(logit_rows(dtype))
-    out = smk.log_softmax(x, temperature=temperature)
-    exact = [v for row in _rows(x) for v in ref.log_softmax(row, ref.mp.mpf(temperature))]
+    exact = [v for row in _rows(x) for v in getattr(ref, name)(row, ref.mp.mpf(temperature))]
     assert ref.ulp_error(out, exact, dtype) <= ref.tolerance(dtype)
 
 
