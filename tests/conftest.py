@@ -1,10 +1,10 @@
 import os
 import sys
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+# The mpmath references in reference.py are imported by the test modules.
 sys.path.insert(0, os.path.dirname(__file__))
 
 settings.register_profile(
@@ -13,21 +13,21 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-settings.load_profile("softmaxkit")
-
-try:
-    import ml_dtypes
-
-    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes comes with the test extra
-    BFLOAT16 = None
-
-FLOAT_DTYPES = [np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)] + ([BFLOAT16] if BFLOAT16 is not None else [])
-
-
-@pytest.fixture(params=FLOAT_DTYPES, ids=lambda d: d.name)
-def dtype(request):
-    return request.param
-
 settings.register_profile("thorough", parent=settings.get_profile("softmaxkit"), max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "softmaxkit"))
+
+
+@pytest.fixture(scope="module", params=["native", "generic"])
+def numeric_path(request):
+    """Run a module's tests through the native kernels and through the generic
+    formulas (the native kernels take NumPy arrays reduced along their last,
+    contiguous axis)."""
+    from softmaxkit import _native
+
+    if request.param == "native":
+        if not _native.available():
+            pytest.skip("the native extension is not built")
+        yield "native"
+    else:
+        with _native.disabled():
+            yield "generic"

@@ -15,6 +15,15 @@ import numpy as np
 
 mp.mp.dps = 60
 
+try:
+    import ml_dtypes
+
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes comes with the test extra
+    BFLOAT16 = None
+
+FLOAT_DTYPES = [np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)] + ([BFLOAT16] if BFLOAT16 is not None else [])
+
 INF = mp.inf
 
 

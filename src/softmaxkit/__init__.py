@@ -17,13 +17,26 @@ from softmaxkit._core import (
 )
 from softmaxkit._elementwise import log_sigmoid, sigmoid, softplus
 from softmaxkit._losses import binary_cross_entropy_with_logits, cross_entropy, nll_loss
+from softmaxkit._native import get_num_threads, set_num_threads
+from softmaxkit.calibration import expected_calibration_error, fit_temperature, reliability_diagram
+from softmaxkit.diagnostics._report import diagnose
+from softmaxkit.sampling import gumbel_max, gumbel_softmax, sample
+from softmaxkit.sparse import entmax15, entmax15_vjp, sparsemax, sparsemax_vjp
 
 __version__ = "0.1.0"
 
 __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "diagnose",
+    "entmax15",
+    "entmax15_vjp",
     "entropy",
+    "expected_calibration_error",
+    "fit_temperature",
+    "get_num_threads",
+    "gumbel_max",
+    "gumbel_softmax",
     "kl_div",
     "log_sigmoid",
     "log_softmax",
@@ -31,8 +44,13 @@ __all__ = [
     "logsumexp",
     "logsumexp_vjp",
     "nll_loss",
+    "reliability_diagram",
+    "sample",
+    "set_num_threads",
     "sigmoid",
     "softmax",
     "softmax_vjp",
     "softplus",
+    "sparsemax",
+    "sparsemax_vjp",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from softmaxkit import _dispatch
+from softmaxkit import _native
 from softmaxkit import _numerics as num
 from softmaxkit import _validate as v
 from softmaxkit._layout import Layout
@@ -79,6 +80,8 @@ def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = No
     if impl is not None:
         return impl._core_softmax(x, axis, temperature=temperature, where=where)
     T = v.temperature(temperature)
+    if where is None and _native.eligible(x, axis):
+        return _native.softmax(x, T)
     xp, layout, xw, valid, out_dtype, extra = _prepare(x, axis, where)
     st = num.row_stats(xp, xw, valid, T, extra)
     return layout.back(xp.astype(num.softmax(xp, st), out_dtype))
@@ -123,6 +126,8 @@ def log_softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any 
     if impl is not None:
         return impl._core_log_softmax(x, axis, temperature=temperature, where=where)
     T = v.temperature(temperature)
+    if where is None and _native.eligible(x, axis):
+        return _native.log_softmax(x, T)
     xp, layout, xw, valid, out_dtype, extra = _prepare(x, axis, where)
     st = num.row_stats(xp, xw, valid, T, extra)
     out = num.log_softmax(xp, st)
@@ -168,12 +173,15 @@ def logsumexp(
 
     Notes
     -----
-    Algorithm 4.1 of Blanchard, Higham & Higham (2021); with weights the sum
-    is written ``b_k (1 + r)`` around the weighted max term.  Accuracy for
-    ``b >= 0``: 2 ULP (float16, bfloat16, float32), 4 ULP (float64), except
+    Algorithm 4.1 of Blanchard, Higham & Higham (2021).  With weights, the
+    shifted sum ``S = sum b_i e^{x_i - a}`` is kept in nearly twice the
+    working precision and its log taken as ``log1p(S - 1)`` near 1.
+    Accuracy: 2 ULP (float16, bfloat16, float32) and 4 ULP (float64), except
     that a float64 result near 0 through cancellation may be off by 4 ULP of
-    ``max|x|``.  Mixed-sign weights are as accurate as the cancellation in
-    the sum allows.
+    ``max|x|``.  With weights ``b >= 0`` in float64 the bound is 4 ULP of
+    ``max(|lse|, max|x|, 1)``: the rounding of each ``e^{x_i - a}`` is
+    weighted by ``b_i``.  Mixed-sign weights are as accurate as the
+    cancellation in the sum allows.
 
     Edge behaviour: a fully masked row or an empty axis gives ``-inf`` (sign
     0); ``+inf`` gives ``+inf``; NaN gives NaN.
@@ -191,6 +199,8 @@ def logsumexp(
         return impl._core_logsumexp(x, axis, keepdims=keepdims, where=where)
     keepdims = v.flag(keepdims, "keepdims")
     return_sign = v.flag(return_sign, "return_sign")
+    if b is None and where is None and _native.eligible(x, axis):
+        return _native.logsumexp(x, keepdims, return_sign)
     xp, arr, out_dtype = v.real_array(x, "x")
     if b is not None:
         b = v.same_namespace(xp, b, "b")
@@ -239,8 +249,10 @@ def entropy(logits: Any, axis: int = -1) -> Any:
 
     Notes
     -----
-    Accuracy: 2 ULP (float16, bfloat16, float32), 4 ULP (float64).  A fully
-    masked row has entropy 0; a row with ``c`` entries at ``+inf`` has
+    Accuracy: 2 ULP (float16, bfloat16, float32), 4 ULP (float64).  A
+    float64 entropy below the smallest normal number (a row so confident that
+    every other probability is subnormal) is within ``4 * max_j(-log p_j)``
+    subnormal spacings.  A fully masked row has entropy 0; a row with ``c`` entries at ``+inf`` has
     ``log c``; NaN gives NaN.
 
     Examples
@@ -283,8 +295,9 @@ def kl_div(p: Any, q: Any, axis: int = -1, *, log_probs: bool = False) -> Any:
     keep their accuracy; the terms are summed with compensation.  The
     divergence of two nearly equal distributions is a difference of nearly
     equal numbers: its absolute error is a few ULP of ``sum_j P_j |log P_j|``.
-    Classes where ``P_j = 0`` contribute 0 (also where ``Q_j = 0``); a class
-    with ``P_j > 0 = Q_j`` gives ``+inf``; a fully masked ``P`` row gives 0.
+    Classes where ``P_j = 0`` (a ``-inf`` logit) contribute 0, also where
+    ``Q_j = 0``; a class with ``P_j > 0 = Q_j`` gives ``+inf``, even when
+    ``P_j`` is too small to represent; a fully masked ``P`` row gives 0.
 
     Examples
     --------
@@ -310,7 +323,11 @@ def kl_div(p: Any, q: Any, axis: int = -1, *, log_probs: bool = False) -> Any:
         sp = num.row_stats(xp, pw, None, 1.0, extra)
         log_p, prob = num.log_softmax(xp, sp), num.softmax(xp, sp)
         log_q = num.log_softmax(xp, num.row_stats(xp, qw, None, 1.0, extra))
-    terms = xp.where(prob == 0, xp.zeros_like(prob), prob * (log_p - log_q))
+    # Support is decided on the log scale: a class whose P_j underflows to 0
+    # still has P_j > 0, and Q_j = 0 there makes the divergence infinite.
+    neg_inf = -float("inf")
+    terms = xp.where(log_q == neg_inf, xp.full_like(prob, float("inf")), prob * (log_p - log_q))
+    terms = xp.where(log_p == neg_inf, xp.zeros_like(prob), terms)
     out = num.compensated_sum(xp, terms, extra)[..., 0]
     return xp.astype(out, out_dtype)
 
@@ -357,8 +374,10 @@ def softmax_vjp(probs: Any, cotangent: Any, axis: int = -1) -> Any:
     Notes
     -----
     Computed in float64 for narrower inputs, with a compensated dot product
-    for float64.  Entries with ``p = 0`` (masked classes, fully masked rows)
-    get 0, whatever their cotangent.
+    for float64.  The error of each entry is within 2 ULP (4 for float64) of
+    ``p_j (|v_j| + sum_i |p_i v_i|)``: the subtraction's cancellation is the
+    data's.  Entries with ``p = 0`` (masked classes, fully masked rows) get
+    0, whatever their cotangent.
 
     Examples
     --------
@@ -367,6 +386,8 @@ def softmax_vjp(probs: Any, cotangent: Any, axis: int = -1) -> Any:
     >>> smk.softmax_vjp(p, np.array([1.0, 0.0]))
     array([ 0.25, -0.25])
     """
+    if _native.eligible_pair(probs, cotangent, axis):
+        return _native.softmax_vjp(probs, cotangent)
     xp, layout, p, g, out_dtype, extra = _vjp_inputs(probs, cotangent, axis, "probs", True)
     out = num.softmax_vjp(xp, p, g, extra)
     return layout.back(xp.astype(out, out_dtype))
@@ -392,9 +413,10 @@ def log_softmax_vjp(log_probs: Any, cotangent: Any, axis: int = -1) -> Any:
 
     Notes
     -----
-    Entries whose log-probability is ``-inf`` are masked classes: they get
-    0 and their cotangent is left out of the sum, so fully masked rows give
-    zeros, never NaN.
+    The error of each entry is within 2 ULP (4 for float64) of
+    ``|v_j| + p_j sum_i |v_i|``.  Entries whose log-probability is ``-inf``
+    are masked classes: they get 0 and their cotangent is left out of the
+    sum, so fully masked rows give zeros, never NaN.
 
     Examples
     --------
@@ -403,6 +425,8 @@ def log_softmax_vjp(log_probs: Any, cotangent: Any, axis: int = -1) -> Any:
     >>> smk.log_softmax_vjp(y, np.array([1.0, 0.0, 5.0]))
     array([ 0.5, -0.5,  0. ])
     """
+    if _native.eligible_pair(log_probs, cotangent, axis):
+        return _native.log_softmax_vjp(log_probs, cotangent)
     xp, layout, y, g, out_dtype, extra = _vjp_inputs(log_probs, cotangent, axis, "log_probs", True)
     out = num.log_softmax_vjp(xp, xp.exp(y), y != -float("inf"), g, extra)
     return layout.back(xp.astype(out, out_dtype))

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from softmaxkit import _dispatch
+from softmaxkit import _native
 from softmaxkit import _numerics as num
 from softmaxkit import _validate as v
 from softmaxkit._core import _prepare
@@ -164,6 +165,9 @@ def cross_entropy(
     eps = v.in_unit_interval(label_smoothing, "label_smoothing")
     z = v.non_negative(z_loss, "z_loss")
     ignore_index = v.integer(ignore_index, "ignore_index")
+    native = _native.cross_entropy(logits, targets, axis, weight, ignore_index, eps, reduction, z, return_grad)
+    if native is not None:
+        return native
     xp, layout, xw, _, out_dtype, extra = _prepare(logits, axis, name="logits", allow_many=False)
     n_classes = layout.n
     if n_classes == 0:

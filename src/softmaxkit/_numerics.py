@@ -107,16 +107,17 @@ def two_prod(xp, u, v):
     return p, e
 
 
-def compensated_sum(xp, v, extra: bool):
-    """Sum over the last axis, keeping the axis.
+def compensated_sum_pair(xp, v, extra: bool):
+    """Sum over the last axis as ``hi + lo`` (axis kept), ``lo`` a correction.
 
     With ``extra`` the inputs carry spare precision and a plain (pairwise)
-    sum suffices.  Otherwise a halving tree of TwoSums is summed exactly and
-    its rounding errors are added back: the result is within about one
-    rounding of the exact sum for any width.
+    sum suffices (``lo`` is None).  Otherwise a halving tree of TwoSums is
+    summed exactly and its rounding errors are collected in ``lo``: ``hi + lo``
+    is within about one rounding of the exact sum for any width, and
+    ``hi + lo`` itself carries nearly twice the working precision.
     """
-    if extra or v.shape[-1] <= 2:
-        return xp.sum(v, axis=-1, keepdims=True)
+    if extra or v.shape[-1] <= 1:
+        return xp.sum(v, axis=-1, keepdims=True), None
     hi = v
     err = xp.zeros_like(v[..., :1])
     while hi.shape[-1] > 1:
@@ -130,7 +131,13 @@ def compensated_sum(xp, v, extra: bool):
         e = xp.where(xp.isfinite(t), e, xp.zeros_like(e))
         err = err + xp.sum(e, axis=-1, keepdims=True)
         hi = t if n == 2 * h else xp.concat([t, hi[..., 2 * h :]], axis=-1)
-    return hi + err
+    return hi, err
+
+
+def compensated_sum(xp, v, extra: bool):
+    """Sum over the last axis, keeping the axis (see ``compensated_sum_pair``)."""
+    hi, lo = compensated_sum_pair(xp, v, extra)
+    return hi if lo is None else hi + lo
 
 
 # --- the shared row statistics ----------------------------------------------
@@ -234,21 +241,21 @@ def logsumexp_weighted(xp, st: RowStats, b):
     """``log|sum_i b_i exp(x_i)|`` and its sign, axis kept.
 
     ``row_stats`` must have been given ``valid`` that excludes ``b == 0``.
-    The sum is written as ``b_k * (1 + r)`` with
-    ``r = sum_{i != k} b_i e_i / b_k``, so positive weights keep the
-    ``log1p`` accuracy and mixed signs cancel only as much as the data does.
+    The shifted sum ``S = sum_i b_i e_i`` is formed as ``hi + lo`` in nearly
+    twice the working precision; ``log S`` is ``log1p((hi - 1) + lo)`` near
+    ``S = 1`` (``hi - 1`` is exact there) and ``log|hi| + lo / hi`` elsewhere,
+    so no rounding of ``S`` itself reaches the result.
     """
     zero = xp.zeros_like(b)
-    b_k = xp.sum(xp.where(st.is_k, b, zero), axis=-1, keepdims=True)
-    rest = compensated_sum(xp, xp.where(st.is_k | (st.e == 0), zero, b * st.e), st.extra)
-    safe_bk = xp.where(b_k == 0, xp.ones_like(b_k), b_k)
-    r = rest / safe_bk
-    one_plus_r = 1.0 + r
-    near_one = r > -0.5
-    log_abs = xp.where(near_one, xp.log1p(xp.where(near_one, r, xp.zeros_like(r))), xp.log(xp.abs(one_plus_r)))
-    sign = xp.sign(b_k) * xp.sign(one_plus_r)
-    out = st.a + xp.log(xp.abs(safe_bk)) + log_abs
-    out = xp.where(sign == 0, xp.full_like(out, -_INF), out)
+    hi, lo = compensated_sum_pair(xp, xp.where(st.e == 0, zero, b * st.e), st.extra)
+    if lo is None:
+        lo = xp.zeros_like(hi)
+    near_one = xp.abs(hi - 1.0) < 0.5
+    d = xp.where(near_one, (hi - 1.0) + lo, xp.zeros_like(hi))
+    safe_hi = xp.where(hi == 0, xp.ones_like(hi), hi)
+    log_abs = xp.where(near_one, xp.log1p(d), xp.log(xp.abs(safe_hi)) + lo / safe_hi)
+    sign = xp.sign(hi)
+    out = xp.where(sign == 0, xp.full_like(hi, -_INF), st.a + log_abs)
     out = xp.where(st.inf_row, xp.where(sign == 0, xp.full_like(out, xp.nan), xp.full_like(out, _INF)), out)
     out = xp.where(st.masked_row, xp.full_like(out, -_INF), out)
     sign = xp.where(st.masked_row, xp.zeros_like(sign), sign)

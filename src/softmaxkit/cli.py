@@ -14,6 +14,9 @@ import sys
 # Modules that provide a subcommand, in the order ``--help`` lists them.
 _SUBCOMMANDS = (
     "softmaxkit._demo",
+    "softmaxkit.diagnostics.lint.cli",
+    "softmaxkit.diagnostics._check",
+    "softmaxkit._calibrate_cli",
 )
 
 

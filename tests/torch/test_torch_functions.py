@@ -9,7 +9,6 @@ torch = pytest.importorskip("torch")
 TF = torch.nn.functional
 
 import reference as ref  # noqa: E402
-from conftest import BFLOAT16  # noqa: E402
 
 import softmaxkit as smk  # noqa: E402
 import softmaxkit.torch as smt  # noqa: E402
@@ -227,7 +226,7 @@ def test_wide_row_within_2_ulp():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 def test_half_precision_computed_wide_and_rounded_once(dtype):
-    np_dtype = np.dtype(np.float16) if dtype == torch.float16 else BFLOAT16
+    np_dtype = np.dtype(np.float16) if dtype == torch.float16 else ref.BFLOAT16
     rows = _confident_rows(margins=(1, 3, 5, 8, 10))
     x = torch.tensor(rows).to(dtype).requires_grad_()
     xs_rows = x.detach().double().numpy()

@@ -3,7 +3,8 @@
 Functions follow ``torch.nn.functional`` (``input``, ``target``, ``dim``,
 ``reduction``) and modules follow ``torch.nn``, so switching is a change of
 import.  Forward and backward passes use the same formulas as the NumPy API
-(``softmaxkit._numerics``).  See ``docs/torch.md``.
+(``softmaxkit._numerics``).  See ``docs/torch.md``.  ``watch`` stops a model
+at the first NaN or inf.
 """
 
 try:
@@ -11,6 +12,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("softmaxkit.torch needs PyTorch: pip install 'softmaxkit[torch]'") from exc
 
+from softmaxkit.diagnostics._watch import NonFiniteError, watch
 from softmaxkit.torch._functions import (
     binary_cross_entropy_with_logits,
     cross_entropy,
@@ -25,11 +27,13 @@ __all__ = [
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
     "LogSoftmax",
+    "NonFiniteError",
     "Softmax",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "log_softmax",
     "logsumexp",
     "softmax",
+    "watch",
     "working_dtype",
 ]

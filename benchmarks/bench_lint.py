@@ -1,0 +1,75 @@
+"""How fast ``softmaxkit lint`` checks a 100,000-line tree (target: under 10 s).
+
+Builds a synthetic tree by copying the test corpora's Python files (buggy and
+clean) into nested folders of a temporary directory until it holds the
+requested number of lines, then times the command-line run over it, output
+discarded, in this process. Run with:
+
+    PYTHONPATH=src python benchmarks/bench_lint.py [--lines 100000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from softmaxkit.diagnostics.lint.cli import main as lint_main
+
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "lint" / "corpus"
+TARGET_SECONDS = 10.0
+FILES_PER_FOLDER = 50
+
+
+def build_tree(root: Path, lines_wanted: int) -> tuple[int, int]:
+    sources = [p.read_text(encoding="utf-8") for p in sorted(CORPUS.glob("*/*.py"))]
+    lines = files = 0
+    while lines < lines_wanted:
+        source = sources[files % len(sources)]
+        folder = root / f"pkg{files // FILES_PER_FOLDER:04d}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"module{files:05d}.py").write_text(source, encoding="utf-8")
+        lines += source.count("\n")
+        files += 1
+    return lines, files
+
+
+def time_run(root: Path) -> tuple[float, int]:
+    sink = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(sink):
+        status = lint_main([str(root)])
+    return time.perf_counter() - start, status
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lines", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        lines, files = build_tree(root, args.lines)
+        time_run(root)  # warm-up: imports, file-system cache
+        times = []
+        for _ in range(args.repeats):
+            seconds, status = time_run(root)
+            times.append(seconds)
+    median = statistics.median(times)
+    verdict = "meets" if median < TARGET_SECONDS else "MISSES"
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print(f"tree: {lines} lines in {files} files (exit status {status})")
+    print(f"lint: median {median:.2f} s over {args.repeats} runs (min {min(times):.2f} s, max {max(times):.2f} s)")
+    print(f"speed: {lines / median:,.0f} lines/s; {median * 100_000 / lines:.2f} s per 100,000 lines")
+    print(f"target: under {TARGET_SECONDS:.0f} s for 100,000 lines: {verdict}")
+
+
+if __name__ == "__main__":
+    main()

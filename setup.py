@@ -1,0 +1,50 @@
+"""Build of the optional native kernels; the metadata lives in pyproject.toml.
+
+The extension needs only a C compiler and the Python headers.  It is optional:
+where it cannot be compiled the install still succeeds and softmaxkit uses its
+generic NumPy path.  No -march flags: every instruction set is compiled into
+the one binary and chosen at import (see softmaxkit/_native/sk_isa_*.c).
+"""
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+SOURCES = [
+    "src/softmaxkit/_native/sk_module.c",
+    "src/softmaxkit/_native/sk_driver.c",
+    "src/softmaxkit/_native/sk_isa_baseline.c",
+    "src/softmaxkit/_native/sk_isa_avx2.c",
+    "src/softmaxkit/_native/sk_isa_avx512.c",
+]
+
+# Fused multiply-adds are written out where the numerics want them; letting
+# the compiler contract a*b + c elsewhere would change results between
+# instruction sets and break the error-free transformations.
+UNIX_FLAGS = ["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-math-errno", "-pthread"]
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        if self.compiler.compiler_type == "unix":
+            for ext in self.extensions:
+                ext.extra_compile_args = UNIX_FLAGS + list(ext.extra_compile_args)
+                ext.extra_link_args = ["-pthread", "-lm"] + list(ext.extra_link_args)
+        super().build_extensions()
+
+
+setup(
+    ext_modules=[
+        Extension(
+            "softmaxkit._native._kernels",
+            sources=SOURCES,
+            depends=[
+                "src/softmaxkit/_native/sk_kernels.h",
+                "src/softmaxkit/_native/sk_simd.h",
+                "src/softmaxkit/_native/sk_family.h",
+                "src/softmaxkit/_native/sk_isa.h",
+            ],
+            optional=True,
+        )
+    ],
+    cmdclass={"build_ext": BuildExt},
+)

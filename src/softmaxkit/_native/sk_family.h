@@ -1,0 +1,406 @@
+/* Range kernels of one precision family, included twice by each
+ * sk_isa_*.c: with FT float / COMP 0 (float32 family, computed in float64)
+ * and FT double / COMP 1 (float64 family, exact shift and compensated sums).
+ * Every loop body is one vector; the last, partial vector of a range is
+ * padded (-inf logits, zero weights and cotangents) and goes through the same
+ * code, so the numerics never depend on where an element sits. */
+
+#define CAT3(a, b, c) a##_##b##_##c
+#define XCAT3(a, b, c) CAT3(a, b, c)
+#define FN(name) XCAT3(name, SK_ISA, FSUF)
+
+#if COMP
+#define LD(p) ld_d(p)
+#define ST(p, v) st_d(p, v)
+#define ACC(s, c, v) acc2(&(s), &(c), (v))
+#else
+#define LD(p) ld_f(p)
+#define ST(p, v) st_f(p, v)
+#define ACC(s, c, v) ((s) += (v))
+#endif
+
+static inline vd FN(ldt)(const FT *p, size_t m, double fill) {
+    FT buf[VW];
+    for (size_t l = 0; l < VW; l++) buf[l] = l < m ? p[l] : (FT)fill;
+    return LD(buf);
+}
+static inline void FN(stt)(FT *p, size_t m, vd v) {
+    FT buf[VW];
+    ST(buf, v);
+    memcpy(p, buf, m * sizeof(FT));
+}
+static inline vd FN(ldt_d)(const double *p, size_t m, double fill) {
+    double buf[VW];
+    for (size_t l = 0; l < VW; l++) buf[l] = l < m ? p[l] : fill;
+    return ld_d(buf);
+}
+static inline void FN(stt_d)(double *p, size_t m, vd v) {
+    double buf[VW];
+    st_d(buf, v);
+    memcpy(p, buf, m * sizeof(double));
+}
+
+/* Load VW elements at i of a range of n: a full vector, or the padded tail. */
+#define LDX(p, i, n, fill) ((i) + VW <= (n) ? LD((p) + (i)) : FN(ldt)((p) + (i), (n) - (i), (fill)))
+#define LDE(p, i, n, fill) ((i) + VW <= (n) ? ld_d((p) + (i)) : FN(ldt_d)((p) + (i), (n) - (i), (fill)))
+#define STX(p, i, n, v)                              \
+    do {                                             \
+        if ((i) + VW <= (n)) ST((p) + (i), (v));     \
+        else FN(stt)((p) + (i), (n) - (i), (v));     \
+    } while (0)
+#define STE(p, i, n, v)                              \
+    do {                                             \
+        if ((i) + VW <= (n)) st_d((p) + (i), (v));   \
+        else FN(stt_d)((p) + (i), (n) - (i), (v));   \
+    } while (0)
+
+#if COMP
+static inline void FN(store_part)(sk_part *p, vd s, vd c, vl cnt) {
+    hsum2(s, c, &p->hi, &p->lo);
+    p->cnt = (double)hcount(cnt);
+}
+#else
+static inline void FN(store_part)(sk_part *p, vd s, vd c, vl cnt) {
+    (void)c;
+    p->hi = hsum(s);
+    p->lo = 0.0;
+    p->cnt = (double)hcount(cnt);
+}
+#endif
+
+/* The shifted (and scaled) logit z = (x - a) / T as hi + lo; lo is exact
+ * (TwoSum, and TwoProduct for the quotient's remainder) in the float64
+ * family and 0 in the float32 one, whose difference is exact in float64. */
+static inline vd FN(shift)(vd x, double a, double T, vd *lo) {
+#if COMP
+    vd va = splat(a);
+    vd hi = x - va;
+    vd bb = hi - x;
+    vd l = (x - (hi - bb)) - (va + bb);
+    l = sel(EQ(hi - hi, splat(0.0)), l, splat(0.0));
+    if (T != 1.0) {
+        vd vt = splat(T);
+        vd q = hi / vt;
+        vd p = q * vt;
+#if SK_HAVE_FMA
+        vd perr = SK_FMA(q, vt, -p);
+#else
+        vd c1 = q * 134217729.0, qh = c1 - (c1 - q), ql = q - qh;
+        vd c2 = vt * 134217729.0, th = c2 - (c2 - vt), tl = vt - th;
+        vd perr = ((qh * th - p) + qh * tl + ql * th) + ql * tl;
+#endif
+        vd rem = (((hi - p) - perr) + l) / vt;
+        l = sel(EQ(q - q, splat(0.0)), rem, splat(0.0));
+        hi = q;
+    }
+    *lo = l;
+    return hi;
+#else
+    vd z = x - a;
+    if (T != 1.0) z = z / T;
+    *lo = splat(0.0);
+    return z;
+#endif
+}
+
+#if COMP
+static double FN(max)(const void *xv, size_t n, int *nan) {
+    const FT *x = xv;
+    vd m0 = splat(-INF), m1 = m0;
+    vl bad = {0};
+    size_t i = 0;
+    for (; i + 2 * VW <= n; i += 2 * VW) {
+        vd u = LD(x + i), w = LD(x + i + VW);
+        bad |= NE(u, u) | NE(w, w);
+        m0 = sel(GT(u, m0), u, m0);
+        m1 = sel(GT(w, m1), w, m1);
+    }
+    double m = hmax(sel(GT(m1, m0), m1, m0));
+    int found = hcount(bad) != 0;
+    for (; i < n; i++) {
+        double v = x[i];
+        if (v != v) found = 1;
+        else if (v > m) m = v;
+    }
+    *nan = found;
+    return m;
+}
+#else
+/* the maximum needs no widening: twice the lanes in float */
+typedef float vfw __attribute__((vector_size(VW * 8)));
+typedef int viw __attribute__((vector_size(VW * 8)));
+#define FW (2 * VW)
+static double FN(max)(const void *xv, size_t n, int *nan) {
+    const float *x = xv;
+    vfw m0 = (vfw){0} - INF, m1 = m0;
+    viw bad = {0};
+    size_t i = 0;
+    for (; i + 2 * FW <= n; i += 2 * FW) {
+        vfw u, w;
+        memcpy(&u, x + i, sizeof u);
+        memcpy(&w, x + i + FW, sizeof w);
+        viw gu = (viw)(u > m0), gw = (viw)(w > m1);
+        bad |= (viw)(u != u) | (viw)(w != w);
+        m0 = (vfw)(((viw)u & gu) | ((viw)m0 & ~gu));
+        m1 = (vfw)(((viw)w & gw) | ((viw)m1 & ~gw));
+    }
+    double m = -INF;
+    int found = 0;
+    for (int l = 0; l < FW; l++) {
+        if (m0[l] > m) m = m0[l];
+        if (m1[l] > m) m = m1[l];
+        found |= bad[l] != 0;
+    }
+    for (; i < n; i++) {
+        double v = x[i];
+        if (v != v) found = 1;
+        else if (v > m) m = v;
+    }
+    *nan = found;
+    return m;
+}
+#undef FW
+#endif
+
+static size_t FN(find)(const void *xv, size_t n, double a) {
+    const FT *x = xv;
+    size_t i = 0;
+    for (; i + VW <= n; i += VW)
+        if (hcount(EQ(LD(x + i), splat(a)))) break;
+    for (; i < n; i++)
+        if ((double)x[i] == a) return i;
+    return n;
+}
+
+static size_t FN(nfin)(const void *xv, size_t n) {
+    const FT *x = xv;
+    vl cnt = {0};
+    size_t i = 0;
+    for (; i + VW <= n; i += VW) cnt += NE(LD(x + i), splat(-INF));
+    size_t c = (size_t)hcount(cnt);
+    for (; i < n; i++) c += (double)x[i] != -INF;
+    return c;
+}
+
+/* Per block: sum of exp(z) over the entries with z != 0, and the number of
+ * entries with z == 0 (x equal to the maximum; their terms are exactly 1).
+ * With `e`, every exp(z) is stored.  Inlined twice so that the common
+ * T == 1 loop carries no division. */
+static inline __attribute__((always_inline)) void FN(sum_t)(const FT *x, size_t n, double a, double T, double *e,
+                                                           sk_part *parts) {
+    for (size_t b0 = 0, bi = 0; b0 < n; b0 += SK_BLOCK, bi++) {
+        size_t bn = n - b0 < SK_BLOCK ? n - b0 : SK_BLOCK;
+        vd s = splat(0.0), c = splat(0.0);
+        vl cnt = {0};
+        for (size_t i = b0; i < b0 + bn; i += VW) {
+            vd lo;
+            vd z = FN(shift)(LDX(x, i, b0 + bn, -INF), a, T, &lo);
+            vd ev = vexp(z, lo, COMP, 0);
+            vl eq = EQ(z, splat(0.0));
+            cnt += eq;
+            ACC(s, c, sel(eq, splat(0.0), ev));
+            if (e) STE(e, i, b0 + bn, ev);
+        }
+        FN(store_part)(&parts[bi], s, c, cnt);
+    }
+}
+
+static void FN(sum)(const void *xv, size_t n, double a, double T, double *e, sk_part *parts) {
+    if (T != 1.0) FN(sum_t)(xv, n, a, T, e, parts);
+    else if (e) FN(sum_t)(xv, n, a, 1.0, e, parts);
+    else FN(sum_t)(xv, n, a, 1.0, NULL, parts);
+}
+
+/* out = e / d */
+static void FN(div)(const double *e, void *outv, size_t n, double d) {
+    FT *out = outv;
+    vd vdd = splat(d), r = splat(1.0 / d);
+    for (size_t i = 0; i < n; i += VW) {
+        vd ev = LDE(e, i, n, 0.0);
+#if COMP
+        vd p = vdiv(ev, vdd, r);
+#else
+        (void)vdd;
+        vd p = ev * r;
+#endif
+        STX(out, i, n, p);
+    }
+}
+
+/* log_softmax: out = (hi - L) + lo */
+static void FN(logw)(const void *xv, void *outv, size_t n, double a, double T, double L) {
+    const FT *x = xv;
+    FT *out = outv;
+    for (size_t i = 0; i < n; i += VW) {
+        vd lo;
+        vd hi = FN(shift)(LDX(x, i, n, -INF), a, T, &lo);
+        vd y = hi - L;
+#if COMP
+        y = y + lo;
+#endif
+        STX(out, i, n, y);
+    }
+}
+
+/* Cross-entropy gradient with a one-hot target, away from the target and
+ * the argmax: ((c p) + zg p) / denom with p = e / d. */
+static void FN(ce_hard_grad)(const double *e, void *gv, size_t n, double d, double c, double zg, int has_z,
+                             double denom) {
+    FT *g = gv;
+#if COMP
+    vd vdd = splat(d), r = splat(1.0 / d), vden = splat(denom), rden = splat(1.0 / denom);
+    for (size_t i = 0; i < n; i += VW) {
+        vd p = vdiv(LDE(e, i, n, 0.0), vdd, r);
+        vd y = c * p;
+        if (has_z) y = y + zg * p;
+        if (denom != 1.0) y = vdiv(y, vden, rden);
+        STX(g, i, n, y);
+    }
+#else
+    double f = c / d;
+    if (has_z) f += zg / d;
+    if (denom != 1.0) f /= denom;
+    for (size_t i = 0; i < n; i += VW) STX(g, i, n, LDE(e, i, n, 0.0) * f);
+#endif
+}
+
+/* Class coefficients of the lanes at absolute class index j0 .. j0 + VW - 1. */
+static inline vd FN(coef)(const sk_coef *cf, vd xf, vd w, vd q, double j0) {
+    vd sm = sel(NE(xf, splat(-INF)), cf->w ? cf->inv_nf * w : splat(cf->inv_nf), splat(0.0));
+    vd base = cf->es * sm;
+    if (cf->q) {
+        vd qw = cf->w ? q * w : q;
+        vd y = cf->qs * qw;
+        return cf->es != 0.0 ? y + base : y;
+    }
+    vd idx = splat(j0);
+    for (int l = 0; l < VW; l++) idx[l] += l;
+    return sel(EQ(idx, splat((double)cf->t)), cf->hv + base, base);
+}
+
+/* Per block: loss = sum c_j (-log p_j), sum c_j, and sum c_j over j != k
+ * (k relative to the range). */
+static void FN(ce_terms)(const void *xv, const void *xfv, size_t n, double a, double L, const sk_coef *cf,
+                         size_t off, size_t k, sk_part *loss, sk_part *csum, sk_part *crest) {
+    const FT *x = xv, *xf = xfv, *q = cf->q;
+    const double *w = cf->w ? cf->w + off : NULL;
+    for (size_t b0 = 0, bi = 0; b0 < n; b0 += SK_BLOCK, bi++) {
+        size_t bn = n - b0 < SK_BLOCK ? n - b0 : SK_BLOCK, end = b0 + bn;
+        vd s1 = splat(0.0), c1 = s1, s2 = s1, c2 = s1, s3 = s1, c3 = s1;
+        for (size_t i = b0; i < end; i += VW) {
+            vd lo;
+            vd hi = FN(shift)(LDX(x, i, end, -INF), a, 1.0, &lo);
+            vd nlp = L - hi;
+#if COMP
+            nlp = nlp - lo;
+#endif
+            vd wv = w ? LDE(w, i, end, 0.0) : splat(0.0);
+            vd qv = q ? LDX(q, i, end, 0.0) : splat(0.0);
+            vd cv = FN(coef)(cf, LDX(xf, i, end, -INF), wv, qv, (double)(off + i));
+            if (!(i + VW <= end)) {
+                /* padded lanes carry no coefficient */
+                for (size_t l = end - i; l < VW; l++) cv[l] = 0.0;
+            }
+            vl zero = EQ(cv, splat(0.0));
+            ACC(s1, c1, sel(zero, splat(0.0), cv * nlp));
+            ACC(s2, c2, cv);
+            vd idx = splat((double)i);
+            for (int l = 0; l < VW; l++) idx[l] += l;
+            ACC(s3, c3, sel(EQ(idx, splat((double)k)), splat(0.0), cv));
+        }
+        vl none = {0};
+        FN(store_part)(&loss[bi], s1, c1, none);
+        FN(store_part)(&csum[bi], s2, c2, none);
+        FN(store_part)(&crest[bi], s3, c3, none);
+    }
+}
+
+/* Cross-entropy gradient, general coefficients: ((C p - c) + zg p) / denom. */
+static void FN(ce_grad)(const double *e, const void *xfv, void *gv, size_t n, double d, double csum, double zg,
+                        int has_z, double denom, const sk_coef *cf, size_t off) {
+    const FT *xf = xfv, *q = cf->q;
+    FT *g = gv;
+    const double *w = cf->w ? cf->w + off : NULL;
+    vd vdd = splat(d), r = splat(1.0 / d), vden = splat(denom), rden = splat(1.0 / denom);
+    for (size_t i = 0; i < n; i += VW) {
+        vd ev = LDE(e, i, n, 0.0);
+#if COMP
+        vd p = vdiv(ev, vdd, r);
+#else
+        (void)vdd;
+        vd p = ev * r;
+#endif
+        vd wv = w ? LDE(w, i, n, 0.0) : splat(0.0);
+        vd qv = q ? LDX(q, i, n, 0.0) : splat(0.0);
+        vd cv = FN(coef)(cf, LDX(xf, i, n, -INF), wv, qv, (double)(off + i));
+        vd y = csum * p - cv;
+        if (has_z) y = y + zg * p;
+        if (denom != 1.0) {
+#if COMP
+            y = vdiv(y, vden, rden);
+#else
+            (void)vden;
+            y = y * rden;
+#endif
+        }
+        STX(g, i, n, y);
+    }
+}
+
+/* softmax VJP: per block, sum of p g over p != 0 */
+static void FN(svjp_dot)(const void *pv, const void *gv, size_t n, sk_part *parts) {
+    const FT *p = pv, *g = gv;
+    for (size_t b0 = 0, bi = 0; b0 < n; b0 += SK_BLOCK, bi++) {
+        size_t bn = n - b0 < SK_BLOCK ? n - b0 : SK_BLOCK, end = b0 + bn;
+        vd s = splat(0.0), c = s;
+        for (size_t i = b0; i < end; i += VW) {
+            vd pp = LDX(p, i, end, 0.0), gg = LDX(g, i, end, 0.0);
+            ACC(s, c, sel(EQ(pp, splat(0.0)), splat(0.0), pp * gg));
+        }
+        vl none = {0};
+        FN(store_part)(&parts[bi], s, c, none);
+    }
+}
+
+/* softmax VJP: out = p (g - dot), 0 where p == 0 */
+static void FN(svjp_w)(const void *pv, const void *gv, void *outv, size_t n, double dot) {
+    const FT *p = pv, *g = gv;
+    FT *out = outv;
+    for (size_t i = 0; i < n; i += VW) {
+        vd pp = LDX(p, i, n, 0.0), gg = LDX(g, i, n, 0.0);
+        STX(out, i, n, sel(EQ(pp, splat(0.0)), splat(0.0), pp * (gg - dot)));
+    }
+}
+
+/* log_softmax VJP: per block, sum of g over the entries with y != -inf */
+static void FN(lvjp_sum)(const void *yv, const void *gv, size_t n, sk_part *parts) {
+    const FT *y = yv, *g = gv;
+    for (size_t b0 = 0, bi = 0; b0 < n; b0 += SK_BLOCK, bi++) {
+        size_t bn = n - b0 < SK_BLOCK ? n - b0 : SK_BLOCK, end = b0 + bn;
+        vd s = splat(0.0), c = s;
+        for (size_t i = b0; i < end; i += VW) {
+            vd yy = LDX(y, i, end, -INF), gg = LDX(g, i, end, 0.0);
+            ACC(s, c, sel(EQ(yy, splat(-INF)), splat(0.0), gg));
+        }
+        vl none = {0};
+        FN(store_part)(&parts[bi], s, c, none);
+    }
+}
+
+/* log_softmax VJP: out = g - exp(y) total, 0 where y == -inf.  exp is the
+ * float64-accurate one in both families: the difference may cancel. */
+static void FN(lvjp_w)(const void *yv, const void *gv, void *outv, size_t n, double total) {
+    const FT *y = yv, *g = gv;
+    FT *out = outv;
+    for (size_t i = 0; i < n; i += VW) {
+        vd yy = LDX(y, i, n, -INF), gg = LDX(g, i, n, 0.0);
+        vd ey = vexp(yy, splat(0.0), 1, 1);
+        STX(out, i, n, sel(EQ(yy, splat(-INF)), splat(0.0), gg - ey * total));
+    }
+}
+
+#define FAMILY_TABLE                                                                             \
+    {                                                                                            \
+        FN(max), FN(find), FN(nfin), FN(sum), FN(div), FN(logw), FN(ce_hard_grad), FN(ce_terms), \
+            FN(ce_grad), FN(svjp_dot), FN(svjp_w), FN(lvjp_sum), FN(lvjp_w)                      \
+    }

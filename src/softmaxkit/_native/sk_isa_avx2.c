@@ -1,0 +1,22 @@
+/* AVX2 + FMA kernels: four float64 lanes. */
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC target("avx2,fma")
+#endif
+#define SK_ISA avx2
+#define SK_VW 4
+#define SK_HAVE_FMA 1
+#define SK_FMA(a, b, c) ((vd)_mm256_fmadd_pd((__m256d)(a), (__m256d)(b), (__m256d)(c)))
+/* vmaxpd returns its second operand when either is NaN */
+#define SK_MAX(a, b) ((vd)_mm256_max_pd((__m256d)(a), (__m256d)(b)))
+#define SK_LOAD_F(p) ((vd)_mm256_cvtps_pd(_mm_loadu_ps(p)))
+#include "sk_isa.h"
+
+const sk_isa sk_isa_avx2 = {"avx2", fam_f32, fam_f64};
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
+#endif

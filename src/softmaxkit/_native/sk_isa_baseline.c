@@ -1,0 +1,9 @@
+/* Portable kernels: two float64 lanes (SSE2 on x86-64, NEON on aarch64),
+ * without fused multiply-add. */
+#define SK_ISA baseline
+#define SK_VW 2
+#define SK_HAVE_FMA 0
+#define SK_FMA(a, b, c) ((a) * (b) + (c))
+#include "sk_isa.h"
+
+const sk_isa sk_isa_baseline = {"baseline", fam_f32, fam_f64};

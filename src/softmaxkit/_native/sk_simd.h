@@ -1,0 +1,189 @@
+/* Vector helpers and the vectorised exp, for one instruction set.
+ *
+ * Included by each sk_isa_*.c after it has set SK_VW (float64 lanes per
+ * vector) and SK_FMA(a, b, c) (a*b + c, fused where the ISA has it).  The
+ * vectors are GCC/Clang vector extensions; the compiler maps them onto the
+ * registers of the target that the translation unit is compiled for.
+ *
+ * exp
+ * ---
+ * Only exp(z) for z <= 0 is needed by the softmax family (z = x - max), and a
+ * general version (any z) by the log_softmax VJP.  z is reduced as
+ *     z = k ln2 + r,   k = round(z / ln2),   |r| <= ln2/2,
+ * with ln2 split in a 32-bit head (k * head and z - k * head are exact) and a
+ * tail.  exp(r) = 1 + r + r^2 P(r), P a polynomial fitted at Chebyshev nodes
+ * on [-0.347, 0.347]:
+ *   - float32 family: degree 5, relative error < 2^-32 (measured with mpmath
+ *     at 2001 points); the float32 result is rounded from float64, so the
+ *     total stays within 0.5 + 2^-7 ULP of float32.
+ *   - float64 family: degree 10, approximation error < 2^-61; 1 + r is kept
+ *     as an exact pair and the low part of the exact shift (lo, from TwoSum)
+ *     and of the reduction is added as exp(r + d) = exp(r) (1 + d); the
+ *     result is within 0.7 ULP of float64 (rounding analysis; tests measure
+ *     it against mpmath).
+ * 2^k is applied as 2^(k+512) * 2^-512, so results in the subnormal range are
+ * rounded once (gradual underflow) and the exponent never overflows.
+ */
+#include <string.h>
+
+#define VW SK_VW
+typedef double vd __attribute__((vector_size(VW * 8)));
+typedef long long vl __attribute__((vector_size(VW * 8)));
+typedef float vf __attribute__((vector_size(VW * 4)));
+
+#define INF __builtin_inf()
+
+static inline vd splat(double v) { return (vd){0} + v; }
+static inline vd sel(vl m, vd a, vd b) { return (vd)(((vl)a & m) | ((vl)b & ~m)); }
+
+/* max(z, c) that keeps a NaN z */
+static inline vd clamp_below(vd z, double c) {
+#ifdef SK_MAX
+    return SK_MAX(splat(c), z);
+#else
+    return sel((vl)(z < c), splat(c), z);
+#endif
+}
+#define LT(a, b) ((vl)((a) < (b)))
+#define GT(a, b) ((vl)((a) > (b)))
+#define EQ(a, b) ((vl)((a) == (b)))
+#define NE(a, b) ((vl)((a) != (b)))
+
+static inline vd ld_f(const float *p) {
+#ifdef SK_LOAD_F
+    return SK_LOAD_F(p);
+#else
+    vf t;
+    memcpy(&t, p, sizeof t);
+    return __builtin_convertvector(t, vd);
+#endif
+}
+static inline vd ld_d(const double *p) {
+    vd t;
+    memcpy(&t, p, sizeof t);
+    return t;
+}
+static inline void st_f(float *p, vd v) {
+    vf t = __builtin_convertvector(v, vf);
+    memcpy(p, &t, sizeof t);
+}
+static inline void st_d(double *p, vd v) { memcpy(p, &v, sizeof v); }
+
+static inline double hsum(vd v) {
+    double s = v[0];
+    for (int i = 1; i < VW; i++) s += v[i];
+    return s;
+}
+static inline double hmax(vd v) {
+    double s = v[0];
+    for (int i = 1; i < VW; i++) s = v[i] > s ? v[i] : s;
+    return s;
+}
+static inline long long hcount(vl m) {
+    long long c = 0;
+    for (int i = 0; i < VW; i++) c -= m[i];
+    return c;
+}
+
+/* Knuth's TwoSum, lane-wise: s + err == a + b exactly. */
+static inline vd two_sum(vd a, vd b, vd *err) {
+    vd s = a + b;
+    vd bb = s - a;
+    *err = (a - (s - bb)) + (b - bb);
+    return s;
+}
+
+/* Sum of a block's lane accumulators (hi, lo) into one compensated pair. */
+static inline void hsum2(vd hi, vd lo, double *out_hi, double *out_lo) {
+    double s = hi[0], e = lo[0];
+    for (int i = 1; i < VW; i++) {
+        double t = s + hi[i];
+        double bb = t - s;
+        double err = (s - (t - bb)) + (hi[i] - bb);
+        /* an infinite sum has no rounding error to add back (inf - inf) */
+        e += (t - t == 0.0 ? err : 0.0) + lo[i];
+        s = t;
+    }
+    *out_hi = s;
+    *out_lo = e;
+}
+
+/* Compensated accumulation: *s + *c carries the running sum. */
+static inline void acc2(vd *s, vd *c, vd v) {
+    vd err;
+    vd t = two_sum(*s, v, &err);
+    *c += sel(EQ(t - t, splat(0.0)), err, splat(0.0));
+    *s = t;
+}
+
+static const double SK_LOG2E = 1.4426950408889634;
+static const double SK_SHIFT = 6755399441055744.0; /* 1.5 * 2^52: adding it rounds to an integer */
+static const double SK_LN2HI = 6.93147180369123816490e-01; /* 32 significant bits */
+static const double SK_LN2LO = 1.90821492927058770002e-10;
+
+static inline vd poly_f32(vd r) {
+    vd p = SK_FMA(splat(0.00019891103420544327), r, splat(0.0013933751387987224));
+    p = SK_FMA(p, r, splat(0.008333310823923211));
+    p = SK_FMA(p, r, splat(0.04166646401078555));
+    p = SK_FMA(p, r, splat(0.16666666681725));
+    return SK_FMA(p, r, splat(0.5000000013557447));
+}
+
+static inline vd poly_f64(vd r) {
+    vd p = SK_FMA(splat(2.091477283224809e-09), r, splat(2.510533724466521e-08));
+    p = SK_FMA(p, r, splat(2.755727343657049e-07));
+    p = SK_FMA(p, r, splat(2.755725511097889e-06));
+    p = SK_FMA(p, r, splat(2.480158732571076e-05));
+    p = SK_FMA(p, r, splat(0.00019841269875048905));
+    p = SK_FMA(p, r, splat(0.0013888888888883703));
+    p = SK_FMA(p, r, splat(0.00833333333332607));
+    p = SK_FMA(p, r, splat(0.04166666666666667));
+    p = SK_FMA(p, r, splat(0.1666666666666667));
+    return SK_FMA(p, r, splat(0.5));
+}
+
+/* exp(z + lo) for z <= 0 (or NaN); `comp` selects the float64 accuracy.  With
+ * `general`, any z is accepted (overflow gives +inf). */
+static inline vd vexp(vd z, vd lo, int comp, int general) {
+    z = clamp_below(z, -746.0);
+    if (general) z = sel(GT(z, splat(710.0)), splat(710.0), z);
+    vd kd = SK_FMA(z, splat(SK_LOG2E), splat(SK_SHIFT));
+    vd kf = kd - SK_SHIFT;
+    vd rh = SK_FMA(kf, splat(-SK_LN2HI), z);
+    vd y;
+    if (comp) {
+        vd c = SK_FMA(kf, splat(-SK_LN2LO), lo);
+        vd r = rh + c;
+        vd d = c - (r - rh);
+        vd s1 = 1.0 + r;
+        vd e1 = r - (s1 - 1.0);
+        vd t = SK_FMA(r * r, poly_f64(r), SK_FMA(d, r, d) + e1);
+        y = s1 + t;
+    } else {
+        vd r = SK_FMA(kf, splat(-SK_LN2LO), rh);
+        y = 1.0 + SK_FMA(r * r, poly_f32(r), r);
+    }
+    if (general) {
+        vl neg = LT(kf, splat(0.0));
+        vl bias = (vl)sel(neg, (vd)((vl){0} + 1535), (vd)((vl){0} + 1022));
+        vd scale = (vd)(((vl)kd + bias) << 52);
+        return (y * scale) * sel(neg, splat(0x1p-512), splat(2.0));
+    }
+    vd scale = (vd)(((vl)kd + 1535) << 52);
+    return (y * scale) * 0x1p-512;
+}
+
+/* a / b, given rb = 1 / b.  With a fused multiply-add the quotient from the
+ * reciprocal is corrected once with its exact remainder (Markstein), which
+ * gives the rounded quotient except in rare near-halfway cases (then 1 ULP
+ * off) at a fraction of the cost of a division; without one, a division. */
+static inline vd vdiv(vd a, vd b, vd rb) {
+#if SK_HAVE_FMA
+    vd q = a * rb;
+    vd rem = SK_FMA(-q, b, a);
+    return SK_FMA(rem, rb, q);
+#else
+    (void)rb;
+    return a / b;
+#endif
+}

@@ -1,0 +1,390 @@
+"""Files, notebooks, ``# noqa``, rule selection and ``[tool.softmaxkit.lint]``."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import fnmatch
+import io
+import json
+import os
+import re
+import tokenize
+from pathlib import Path
+
+from softmaxkit.diagnostics.lint._flow import Analysis
+from softmaxkit.diagnostics.lint._rule import Finding, Rule
+from softmaxkit.diagnostics.lint._rules import RULES, SYNTAX_ERROR
+
+# Folders that hold other people's code or build output, never linted when
+# found inside a directory argument.
+DEFAULT_EXCLUDE = (
+    ".git",
+    ".hg",
+    ".svn",
+    ".venv",
+    "venv",
+    ".tox",
+    ".nox",
+    ".eggs",
+    "__pycache__",
+    ".ipynb_checkpoints",
+    ".mypy_cache",
+    ".pytest_cache",
+    "build",
+    "dist",
+    "node_modules",
+    "site-packages",
+)
+_CONFIG_KEYS = frozenset({"select", "ignore", "exclude"})
+_NOQA = re.compile(r"#\s*noqa(?::\s*(?P<codes>[A-Z]+[0-9]+(?:[\s,]+[A-Z]+[0-9]+)*))?", re.IGNORECASE)
+_CODE = re.compile(r"[A-Z]+[0-9]+", re.IGNORECASE)
+# Cell magics whose body is still Python.
+_PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug"})
+_MAGIC_ASSIGNMENT = re.compile(r"^(\s*[\w.,\s\[\]]+?=\s*)[!%]")
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+_HELP_LINE = re.compile(r"^\s*[\w.]+\?{1,2}\s*$")
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration: exit code 2."""
+
+
+@dataclasses.dataclass
+class Config:
+    """The ``[tool.softmaxkit.lint]`` table of one pyproject.toml."""
+
+    root: Path | None = None
+    select: list[str] | None = None
+    ignore: list[str] = dataclasses.field(default_factory=list)
+    exclude: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class FileResult:
+    path: str
+    findings: list[Finding]
+    source: str | None = None
+    encoding: str = "utf-8"
+    notebook: bool = False
+
+
+# ---- selection ---------------------------------------------------------------
+
+
+def parse_selectors(values: list[str] | str | None, origin: str) -> list[str] | None:
+    """Rule codes or prefixes (``SMK1``, ``ALL``) from a list or a comma-separated string."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [values]
+    prefixes = []
+    for value in values:
+        for part in str(value).split(","):
+            part = part.strip().upper()
+            if not part:
+                continue
+            prefix = "" if part == "ALL" else part
+            if not any(rule.code.startswith(prefix) for rule in RULES):
+                raise UsageError(f"{origin}: {part!r} matches no rule code (see `softmaxkit lint --list-rules`)")
+            prefixes.append(prefix)
+    return prefixes
+
+
+def _longest(code: str, prefixes: list[str]) -> int:
+    return max((len(p) for p in prefixes if code.startswith(p)), default=-1)
+
+
+def enabled_rules(
+    config: Config, select: list[str] | None = None, ignore: list[str] | None = None
+) -> list[Rule]:
+    """The rules to run: the configuration's selection, then the command line's.
+
+    Within one layer the more specific selector wins, so ``select = ["SMK1"]``
+    with ``ignore = ["SMK"]`` keeps SMK1xx. A command-line ``--select``
+    replaces the configuration's selection; ``--ignore`` removes from it.
+    """
+
+    def layer(codes: list[str], chosen: list[str], dropped: list[str]) -> list[str]:
+        return [c for c in codes if _longest(c, chosen) > _longest(c, dropped)]
+
+    codes = [rule.code for rule in RULES]
+    if select is not None:
+        codes = layer(codes, select, ignore or [])
+    else:
+        codes = layer(codes, config.select if config.select is not None else ["SMK"], config.ignore)
+        codes = layer(codes, [""], ignore or [])
+    return [rule for rule in RULES if rule.code in codes]
+
+
+# ---- configuration ---------------------------------------------------------------
+
+
+def _load_toml(path: Path) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise UsageError(
+                f"{path}: reading pyproject.toml on Python 3.10 needs the tomli package (pip install tomli)"
+            ) from None
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise UsageError(f"{path}: {error}") from None
+
+
+class ConfigFinder:
+    """Finds the nearest pyproject.toml with a ``[tool.softmaxkit.lint]`` table."""
+
+    def __init__(self) -> None:
+        self._by_directory: dict[Path, Config] = {}
+
+    def for_path(self, path: Path) -> Config:
+        directory = path.resolve()
+        if not directory.is_dir():
+            directory = directory.parent
+        visited = []
+        config = None
+        current = directory
+        while config is None:
+            if current in self._by_directory:
+                config = self._by_directory[current]
+                break
+            visited.append(current)
+            candidate = current / "pyproject.toml"
+            if candidate.is_file():
+                table = _load_toml(candidate).get("tool", {}).get("softmaxkit", {}).get("lint")
+                if table is not None:
+                    config = _parse_config(table, candidate)
+                    break
+            if current.parent == current:
+                config = Config()
+                break
+            current = current.parent
+        for seen in visited:
+            self._by_directory[seen] = config
+        return config
+
+
+def _parse_config(table: object, path: Path) -> Config:
+    origin = f"{path} [tool.softmaxkit.lint]"
+    if not isinstance(table, dict):
+        raise UsageError(f"{origin}: expected a table")
+    unknown = sorted(set(table) - _CONFIG_KEYS)
+    if unknown:
+        raise UsageError(f"{origin}: unknown key {unknown[0]!r} (allowed: exclude, ignore, select)")
+    for key, value in table.items():
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise UsageError(f"{origin}: {key} must be a list of strings")
+    return Config(
+        root=path.parent.resolve(),
+        select=parse_selectors(table["select"], f"{origin} select") if "select" in table else None,
+        ignore=parse_selectors(table.get("ignore", []), f"{origin} ignore"),
+        exclude=list(table.get("exclude", [])),
+    )
+
+
+# ---- files ---------------------------------------------------------------
+
+
+def _excluded(path: Path, config: Config) -> bool:
+    if path.name in DEFAULT_EXCLUDE:
+        return True
+    if not config.exclude:
+        return False
+    relative = None
+    if config.root is not None:
+        try:
+            relative = path.resolve().relative_to(config.root).as_posix()
+        except ValueError:
+            pass
+    for pattern in config.exclude:
+        pattern = pattern.rstrip("/")
+        if fnmatch.fnmatch(path.name, pattern):
+            return True
+        if relative is not None and fnmatch.fnmatch(relative, pattern):
+            return True
+    return False
+
+
+def collect_files(paths: list[str], configs: ConfigFinder) -> list[Path]:
+    """Python files and notebooks under ``paths``; files named explicitly are always linted."""
+    files = []
+    for name in paths:
+        path = Path(name)
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            for directory, subdirectories, filenames in os.walk(path):
+                here = Path(directory)
+                config = configs.for_path(here)
+                subdirectories[:] = sorted(d for d in subdirectories if not _excluded(here / d, config))
+                for filename in sorted(filenames):
+                    candidate = here / filename
+                    if candidate.suffix in (".py", ".ipynb") and not _excluded(candidate, config):
+                        files.append(candidate)
+        else:
+            raise UsageError(f"{name}: no such file or directory")
+    return files
+
+
+# ---- linting ---------------------------------------------------------------
+
+
+def _syntax_error(message: str, row: int = 1, column: int = 1, cell: int | None = None) -> Finding:
+    rule = SYNTAX_ERROR
+    return Finding(rule.code, rule.name, message, rule.severity, row, column, row, column, cell=cell)
+
+
+def check_source(source: str, rules: list[Rule], filename: str = "<string>") -> list[Finding]:
+    """Findings for Python source, before ``# noqa`` is applied."""
+    try:
+        tree = ast.parse(source, filename)
+    except SyntaxError as error:
+        return [_syntax_error(f"SyntaxError: {error.msg}", error.lineno or 1, error.offset or 1)]
+    except ValueError as error:
+        return [_syntax_error(f"SyntaxError: {error}")]
+    if not rules:
+        return []
+    return Analysis(tree, source, rules).run()
+
+
+def split_lines(source: str) -> list[str]:
+    """Lines as the parser counts them (``str.splitlines`` also splits on form feeds)."""
+    return _NEWLINE.split(source)
+
+
+def _suppressed(finding: Finding, line: str) -> bool:
+    if "noqa" not in line.lower():
+        return False
+    match = _NOQA.search(line)
+    if match is None:
+        return False
+    codes = match.group("codes")
+    if codes is None:
+        return True
+    return finding.code in {code.upper() for code in _CODE.findall(codes)}
+
+
+def apply_noqa(findings: list[Finding], lines: list[str]) -> list[Finding]:
+    """The findings that no ``# noqa`` comment suppresses; records each one's line."""
+    kept = []
+    for finding in findings:
+        line = lines[finding.row - 1] if 0 < finding.row <= len(lines) else ""
+        finding.line_text = line
+        if finding.code == SYNTAX_ERROR.code or not _suppressed(finding, line):
+            kept.append(finding)
+    return kept
+
+
+def lint_python(path: Path, rules: list[Rule]) -> FileResult:
+    raw = path.read_bytes()
+    try:
+        encoding = tokenize.detect_encoding(io.BytesIO(raw).readline)[0]
+        source = raw.decode(encoding)
+    except (SyntaxError, LookupError, UnicodeDecodeError) as error:
+        return FileResult(str(path), [_syntax_error(f"could not decode the file: {error}")])
+    findings = check_source(source, rules, str(path))
+    lines = split_lines(source)
+    for finding in findings:
+        finding.filename = str(path)
+    return FileResult(str(path), apply_noqa(findings, lines), source, encoding)
+
+
+def _cell_lines(source: str) -> list[str] | None:
+    """The cell's lines with IPython syntax blanked out; None for a non-Python cell."""
+    lines = source.split("\n")
+    first = lines[0].strip() if lines else ""
+    if first.startswith("%%"):
+        words = first[2:].split()
+        if not words or words[0] not in _PYTHON_CELL_MAGICS:
+            return None
+        lines[0] = ""
+    cleaned = []
+    for line in lines:
+        stripped = line.lstrip()
+        indent = line[: len(line) - len(stripped)]
+        if stripped.startswith(("%", "!")) or _HELP_LINE.match(line):
+            # ``pass`` keeps an indented block valid and the line numbers unchanged.
+            cleaned.append(indent + "pass")
+        else:
+            match = _MAGIC_ASSIGNMENT.match(line)
+            cleaned.append(match.group(1) + "None" if match else line)
+    return cleaned
+
+
+def lint_notebook(path: Path, rules: list[Rule]) -> FileResult:
+    """Lints the code cells as one module, so names flow from cell to cell."""
+    name = str(path)
+    result = FileResult(name, [], notebook=True)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        result.findings.append(_syntax_error(f"invalid notebook: {error}"))
+        return _named(result)
+    cells = data.get("cells") if isinstance(data, dict) else None
+    if not isinstance(cells, list):
+        result.findings.append(_syntax_error("invalid notebook: no list of cells"))
+        return _named(result)
+    language = data.get("metadata", {}).get("language_info", {}).get("name", "python")
+    if language != "python":
+        return result
+    module_lines: list[str] = []
+    origins: list[tuple[int, int]] = []
+    for number, cell in enumerate(cells, 1):
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+            continue
+        source = cell.get("source", "")
+        if isinstance(source, list):
+            source = "".join(source)
+        lines = _cell_lines(source)
+        if lines is None:
+            continue
+        try:
+            ast.parse("\n".join(lines))
+        except (SyntaxError, ValueError) as error:
+            row = getattr(error, "lineno", None) or 1
+            column = getattr(error, "offset", None) or 1
+            message = getattr(error, "msg", None) or str(error)
+            result.findings.append(_syntax_error(f"SyntaxError: {message}", row, column, number))
+            continue
+        module_lines.extend(lines)
+        origins.extend((number, row) for row in range(1, len(lines) + 1))
+    findings = check_source("\n".join(module_lines), rules, name)
+    for finding in findings:
+        cell, row = origins[finding.row - 1]
+        end_cell, end_row = origins[finding.end_row - 1]
+        finding.cell = cell
+        finding.end_row = end_row if end_cell == cell else row
+        finding.row = row
+        # Fixes rewrite files; a notebook's JSON is left alone.
+        finding.fix = None
+    result.findings.extend(_keep_notebook(findings, cells))
+    return _named(result)
+
+
+def _keep_notebook(findings: list[Finding], cells: list) -> list[Finding]:
+    kept = []
+    for finding in findings:
+        source = cells[finding.cell - 1].get("source", "")
+        if isinstance(source, list):
+            source = "".join(source)
+        lines = source.split("\n")
+        kept.extend(apply_noqa([finding], lines))
+    return kept
+
+
+def _named(result: FileResult) -> FileResult:
+    for finding in result.findings:
+        finding.filename = result.path
+    return result
+
+
+def lint_file(path: Path, rules: list[Rule]) -> FileResult:
+    if path.suffix == ".ipynb":
+        return lint_notebook(path, rules)
+    return lint_python(path, rules)
