@@ -1,5 +1,6 @@
 """softmaxkit.torch: gradients, parity with torch.nn.functional, accuracy, edges, errors."""
 
+import contextlib
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ import reference as ref  # noqa: E402
 
 import softmaxkit as smk  # noqa: E402
 import softmaxkit.torch as smt  # noqa: E402
+from softmaxkit import _native  # noqa: E402
 from softmaxkit.torch import _functions  # noqa: E402
 
 INF = math.inf
@@ -184,14 +186,16 @@ def _confident_rows(n_classes=8, margins=(5, 10, 17, 25, 40, 60, 80, 90), seed=0
     return rows
 
 
+@pytest.mark.parametrize("path", ["native", "xp"])
 @pytest.mark.parametrize("target", ["argmax", "other"])
-def test_cross_entropy_confident_rows_within_2_ulp(target):
+def test_cross_entropy_confident_rows_within_2_ulp(target, path):
     """torch's gradient at the target is exactly 0 past margin ~17; ours is right."""
     rows = _confident_rows()
     x = torch.tensor(rows, requires_grad=True)
     t = torch.full((len(rows),), 2 if target == "argmax" else 5)
-    loss = smt.cross_entropy(x, t, reduction="none")
-    loss.sum().backward()
+    with contextlib.nullcontext() if path == "native" else _native.disabled():
+        loss = smt.cross_entropy(x, t, reduction="none")
+        loss.sum().backward()
     for i, r in enumerate(rows):
         coef, _ = ref.hard_coef(r.size, int(t[i]))
         exact_loss, exact_grad = ref.cross_entropy(ref.to_mp(r), coef)
@@ -356,12 +360,28 @@ def test_inputs_are_not_modified():
 def test_chunked_rows_equal_one_piece(monkeypatch):
     x = _rand(37, 11, grad=True, seed=9)
     t = torch.randint(0, 11, (37,), generator=torch.Generator().manual_seed(1))
-    whole, g_whole = _grad(lambda a: smt.cross_entropy(a, t, reduction="none", label_smoothing=0.1), x)
-    p_whole = smt.softmax(x.detach(), 1)
-    monkeypatch.setattr(_functions, "_CHUNK_ELEMENTS", 40)
-    chunked, g_chunked = _grad(lambda a: smt.cross_entropy(a, t, reduction="none", label_smoothing=0.1), x)
-    assert torch.equal(whole, chunked) and torch.equal(g_whole[0], g_chunked[0])
-    assert torch.equal(p_whole, smt.softmax(x.detach(), 1))
+    with _native.disabled():
+        whole, g_whole = _grad(lambda a: smt.cross_entropy(a, t, label_smoothing=0.1), x)
+        p_whole = smt.softmax(x.detach(), 1)
+        monkeypatch.setattr(_functions, "_CHUNK_ELEMENTS", 40)
+        chunked, g_chunked = _grad(lambda a: smt.cross_entropy(a, t, label_smoothing=0.1), x)
+        assert torch.equal(whole, chunked) and torch.equal(g_whole[0], g_chunked[0])
+        assert torch.equal(p_whole, smt.softmax(x.detach(), 1))
+
+
+@pytest.mark.skipif(not _native.available(), reason="the native extension is not built")
+@pytest.mark.parametrize("options", [{}, {"reduction": "sum", "weight": True}, {"label_smoothing": 0.2, "z_loss": 1e-3, "ignore_index": 3}])
+def test_native_cpu_pass_matches_xp_pass(options):
+    x = _rand(12, 9, grad=True, seed=10)
+    t = torch.randint(0, 9, (12,), generator=torch.Generator().manual_seed(4))
+    kw = dict(options)
+    if kw.pop("weight", False):
+        kw["weight"] = torch.rand(9) + 0.1
+    native, g_native = _grad(lambda a: smt.cross_entropy(a, t, **kw), x)
+    with _native.disabled():
+        generic, g_generic = _grad(lambda a: smt.cross_entropy(a, t, **kw), x)
+    _close(native, generic, rtol=2e-7, atol=0)
+    _close(g_native[0], g_generic[0], rtol=2e-7, atol=1e-12)
 
 
 def test_cross_entropy_keeps_no_rows_by_classes_tensor_for_backward():

@@ -34,8 +34,10 @@ import warnings
 from typing import Any, Callable
 
 import array_api_compat.torch as xp
+import numpy as np
 import torch
 
+from softmaxkit import _native
 from softmaxkit import _numerics as num
 from softmaxkit import _validate as v
 from softmaxkit._losses import _reduce
@@ -359,16 +361,68 @@ def _coefficients(xw, t, weight, eps, ignore_index, hard):
     return num.class_coefficients(xp, xw, eps, weight, probs=t.to(xw.dtype))
 
 
+_NATIVE_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
+def _native_divisor(x2, t2, scale, want_target) -> float | None:
+    """The kernel's ``grad_divisor`` when the native kernel can do this pass, else None.
+
+    The kernel runs on contiguous CPU float tensors in plain eager mode and
+    scales every row by one ``1 / divisor``; per-row cotangents other than 1,
+    non-positive scales and target gradients take the chunked xp path.
+    """
+    if not (
+        _native.active()
+        and x2.device.type == "cpu"
+        and x2.dtype in _NATIVE_DTYPES
+        and x2.is_contiguous()
+        and t2.is_contiguous()
+        and not want_target
+        and _plain(x2, t2, scale)
+    ):
+        return None
+    if scale is None:
+        return 1.0
+    first = float(scale[0]) if scale.numel() else 1.0
+    if not (math.isfinite(first) and first > 0 and bool((scale == first).all())):
+        return None
+    return 1.0 / first
+
+
+def _native_cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, divisor, want_grad):
+    """The kernel on shared memory: ``.numpy()`` views in, ``torch.from_numpy`` out."""
+    logits = x2.detach().numpy()
+    targets = t2.detach().to(torch.int64 if hard else x2.dtype).contiguous().numpy()
+    weight = None if w is None else w.detach().to(torch.float64).contiguous().numpy()
+    loss = np.empty(x2.shape[0], dtype=np.float64)
+    grad = torch.empty_like(x2, memory_format=torch.contiguous_format) if want_grad else None
+    _native.cross_entropy_into(
+        logits,
+        targets,
+        loss,
+        None if grad is None else grad.numpy(),
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=eps,
+        z_loss=z,
+        grad_divisor=divisor,
+    )
+    return (torch.from_numpy(loss),) if grad is None else (grad,)
+
+
 def _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, scale=None, want_target=False):
     """One pass over the (rows, classes) logits, chunk by chunk.
 
     Without ``scale``: the per-row losses (working dtype).  With ``scale``
     (per row): the gradient with respect to the logits times ``scale``, in
     the logits' dtype, and with ``want_target`` also the gradient with
-    respect to probability targets.  Forward and backward both come here, so
-    this is the one place where a native CPU kernel can take over for CPU
-    float tensors (zero-copy through ``.numpy()`` and ``torch.from_numpy``).
+    respect to probability targets.  Forward and backward both come here:
+    on CPU the native kernel (``softmaxkit._native``, same formulas) takes
+    over where it can, zero-copy; otherwise the xp formulas run by chunks.
     """
+    divisor = _native_divisor(x2, t2, scale, want_target)
+    if divisor is not None:
+        return _native_cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, divisor, scale is not None)
     work, extra = working_dtype(x2.dtype, x2.device)
 
     def compute(rows, t, s):
