@@ -46,7 +46,9 @@ for _ in range(repeats):
     cross_entropy(x, t).backward()
     times.append(time.perf_counter() - start)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"growth_mib": (peak - base) / 1024, "times": times}))
+from softmaxkit import _native
+path = f"native kernel ({_native.isa()})" if _native.active() else "chunked xp formulas"
+print(json.dumps({"growth_mib": (peak - base) / 1024, "times": times, "path": path}))
 """
 
 
@@ -82,17 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=8192)
     parser.add_argument("--classes", type=int, default=32768)
-    parser.add_argument("--rounds", type=int, default=2, help="fresh subprocesses per variant")
-    parser.add_argument("--repeats", type=int, default=2, help="forward+backward runs per subprocess; the first is a warm-up")
+    parser.add_argument("--rounds", type=int, default=3, help="fresh subprocesses per variant")
+    parser.add_argument("--repeats", type=int, default=3, help="forward+backward runs per subprocess; the first is a warm-up")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "torch_memory")
     args = parser.parse_args(argv)
 
     results = {"torch": {"growth": [], "times": []}, "softmaxkit": {"growth": [], "times": []}}
+    path = "?"
     for _ in range(args.rounds):
         for variant in results:
             r = _run(args.rows, args.classes, variant, args.repeats)
             results[variant]["growth"].append(r["growth_mib"])
             results[variant]["times"].extend(r["times"][1:] if len(r["times"]) > 1 else r["times"])
+            if variant == "softmaxkit":
+                path = r["path"]
 
     rows = []
     for variant, r in results.items():
@@ -113,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"N = {args.rows}, V = {args.classes}, float32 logits ({logits_mib:.0f} MiB), integer targets, reduction='mean'.",
         f"Machine: {_machine()}.",
+        f"softmaxkit CPU path: {path} (SOFTMAXKIT_DISABLE_NATIVE=1 measures the chunked xp formulas).",
         f"Memory: ru_maxrss growth over a fresh subprocess's baseline (logits already allocated), worst of {args.rounds} subprocesses.",
         f"Time: median of {args.rounds * max(args.repeats - 1, 1)} runs after a warm-up per subprocess.",
         "",

@@ -369,7 +369,8 @@ def _native_divisor(x2, t2, scale, want_target) -> float | None:
 
     The kernel runs on contiguous CPU float tensors in plain eager mode and
     scales every row by one ``1 / divisor``; per-row cotangents other than 1,
-    non-positive scales and target gradients take the chunked xp path.
+    non-positive scales, probability targets of another dtype than the logits
+    and target gradients take the chunked xp path.
     """
     if not (
         _native.active()
@@ -377,6 +378,7 @@ def _native_divisor(x2, t2, scale, want_target) -> float | None:
         and x2.dtype in _NATIVE_DTYPES
         and x2.is_contiguous()
         and t2.is_contiguous()
+        and (t2.dtype == x2.dtype or not t2.is_floating_point())
         and not want_target
         and _plain(x2, t2, scale)
     ):
@@ -392,7 +394,7 @@ def _native_divisor(x2, t2, scale, want_target) -> float | None:
 def _native_cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, divisor, want_grad):
     """The kernel on shared memory: ``.numpy()`` views in, ``torch.from_numpy`` out."""
     logits = x2.detach().numpy()
-    targets = t2.detach().to(torch.int64 if hard else x2.dtype).contiguous().numpy()
+    targets = (t2.to(torch.int64) if hard else t2).detach().contiguous().numpy()
     weight = None if w is None else w.detach().to(torch.float64).contiguous().numpy()
     loss = np.empty(x2.shape[0], dtype=np.float64)
     grad = torch.empty_like(x2, memory_format=torch.contiguous_format) if want_grad else None
