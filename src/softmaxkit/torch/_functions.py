@@ -4,7 +4,9 @@ Forward and backward passes call the formulas in ``softmaxkit._numerics``
 with the array namespace ``array_api_compat.torch``; nothing here restates
 them.  Rows are processed in chunks so that working-precision temporaries
 stay ``O(chunk x classes)``, and results are written into one preallocated
-output.
+output.  On CPU the cross-entropy passes go to the native kernel
+(``softmaxkit._native``, the same formulas in C) when it is built and the
+tensors allow it.
 
 Working precision
 -----------------
