@@ -123,6 +123,8 @@ def test_loss_edges():
     assert smj.logsumexp(jnp.zeros((2, 0)), axis=1).tolist() == [-INF, -INF]
     inf_row = smj.softmax(jnp.array([INF, 0.0, INF]))
     assert inf_row.tolist() == [0.5, 0.0, 0.5]
+    nan_rows = smj.log_softmax(jnp.array([[math.nan, 0.0], [1.0, 0.0]]))
+    assert jnp.isnan(nan_rows[0]).all() and not jnp.isnan(nan_rows[1]).any()
 
 
 # --- accuracy ------------------------------------------------------------------------

@@ -334,7 +334,7 @@ def logsumexp(input: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool = F
     --------
     >>> import torch, softmaxkit.torch as smt
     >>> smt.logsumexp(torch.tensor([1000.0, 1000.0]), dim=0)
-    tensor(1000.6931)
+    tensor(1000.6932)
     """
     x = _as_float(input, "input")
     keepdim = v.flag(keepdim, "keepdim")
