@@ -524,3 +524,47 @@ def test_core_functions_dispatch_torch_tensors_with_autograd():
     _close(g, expected)
     sign_out = smk.logsumexp(x.detach(), b=torch.ones(6), return_sign=True)
     assert isinstance(sign_out[0], torch.Tensor)
+
+
+# --- the native kernels on CPU tensors ---------------------------------------------
+
+
+def _spy(monkeypatch, names):
+    calls = []
+    for name in names:
+        original = getattr(_native, name)
+
+        def wrapper(*args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(_native, name, wrapper)
+    return calls
+
+
+@pytest.mark.skipif(not _native.available(), reason="the native extension is not built")
+@pytest.mark.parametrize("log", [False, True])
+def test_cpu_tensors_take_the_native_kernels_forward_and_backward(monkeypatch, log):
+    forward, backward = ("log_softmax_into", "log_softmax_vjp_into") if log else ("softmax_into", "softmax_vjp_into")
+    calls = _spy(monkeypatch, [forward, backward])
+    fn = smt.log_softmax if log else smt.softmax
+    x = _rand(6, 9, grad=True)
+    cotangent = _rand(6, 9, seed=1)
+    y = fn(x, dim=-1, temperature=0.7)
+    (g,) = torch.autograd.grad(y, x, cotangent)
+    assert calls == [forward, backward]
+    with _native.disabled():
+        y_xp = fn(x, dim=-1, temperature=0.7)
+        (g_xp,) = torch.autograd.grad(y_xp, x, cotangent)
+    # Both paths are exact to float32: they agree within an ULP.
+    _close(y, y_xp, rtol=2.4e-7, atol=1e-30)
+    _close(g, g_xp, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(not _native.available(), reason="the native extension is not built")
+def test_double_backward_does_not_take_the_native_backward(monkeypatch):
+    calls = _spy(monkeypatch, ["softmax_vjp_into"])
+    x = _rand(3, 4, dtype=torch.float64, grad=True)
+    # A backward that records a graph must stay differentiable torch code.
+    (g,) = torch.autograd.grad(smt.softmax(x, dim=-1)[:, 0].sum(), x, create_graph=True)
+    assert calls == [] and g.requires_grad

@@ -4,9 +4,10 @@ Forward and backward passes call the formulas in ``softmaxkit._numerics``
 with the array namespace ``array_api_compat.torch``; nothing here restates
 them.  Rows are processed in chunks so that working-precision temporaries
 stay ``O(chunk x classes)``, and results are written into one preallocated
-output.  On CPU the cross-entropy passes go to the native kernel
-(``softmaxkit._native``, the same formulas in C) when it is built and the
-tensors allow it.
+output.  On CPU, softmax, log_softmax (forward and first-order backward) and
+the cross-entropy passes go to the native kernels (``softmaxkit._native``,
+the same formulas in C), zero-copy, when they are built and the tensors
+allow it.
 
 Working precision
 -----------------
@@ -136,6 +137,17 @@ def _from_rows(y2: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
     return y2.reshape(moved_shape).movedim(-1, dim)
 
 
+_NATIVE_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
+def _native_ready(*tensors: torch.Tensor) -> bool:
+    """Whether the native kernels can take these (rows, n) tensors zero-copy:
+    contiguous CPU float16/32/64 tensors in plain eager mode."""
+    return _native.active() and _plain(*tensors) and all(
+        t.device.type == "cpu" and t.dtype in _NATIVE_DTYPES and t.is_contiguous() for t in tensors
+    )
+
+
 # --- softmax and log_softmax --------------------------------------------------
 
 
@@ -144,6 +156,11 @@ class _Softmax(torch.autograd.Function):
 
     @staticmethod
     def forward(x2: torch.Tensor, temperature: float, log: bool) -> torch.Tensor:
+        if _native_ready(x2):
+            out = torch.empty_like(x2, memory_format=torch.contiguous_format)
+            kernel = _native.log_softmax_into if log else _native.softmax_into
+            kernel(x2.detach().numpy(), out.numpy(), temperature)
+            return out
         work, extra = working_dtype(x2.dtype, x2.device)
         formula = num.log_softmax if log else num.softmax
 
@@ -161,8 +178,15 @@ class _Softmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (y2,) = ctx.saved_tensors
-        work, extra = working_dtype(y2.dtype, y2.device)
         temperature, log = ctx.temperature, ctx.log
+        if _native_ready(y2, grad) and grad.dtype == y2.dtype:
+            # First-order backward only: _native_ready is False while double
+            # backward records a graph.
+            out = torch.empty_like(y2, memory_format=torch.contiguous_format)
+            kernel = _native.log_softmax_vjp_into if log else _native.softmax_vjp_into
+            kernel(y2.detach().numpy(), grad.detach().numpy(), out.numpy())
+            return (out if temperature == 1.0 else out / temperature), None, None
+        work, extra = working_dtype(y2.dtype, y2.device)
 
         # Written with differentiable torch operations on the saved output, so
         # that double backward differentiates through this very Function.
@@ -363,8 +387,6 @@ def _coefficients(xw, t, weight, eps, ignore_index, hard):
     return num.class_coefficients(xp, xw, eps, weight, probs=t.to(xw.dtype))
 
 
-_NATIVE_DTYPES = (torch.float16, torch.float32, torch.float64)
-
 
 def _native_divisor(x2, t2, scale, want_target) -> float | None:
     """The kernel's ``grad_divisor`` when the native kernel can do this pass, else None.
@@ -375,14 +397,11 @@ def _native_divisor(x2, t2, scale, want_target) -> float | None:
     and target gradients take the chunked xp path.
     """
     if not (
-        _native.active()
-        and x2.device.type == "cpu"
-        and x2.dtype in _NATIVE_DTYPES
-        and x2.is_contiguous()
+        _native_ready(x2)
         and t2.is_contiguous()
         and (t2.dtype == x2.dtype or not t2.is_floating_point())
         and not want_target
-        and _plain(x2, t2, scale)
+        and _plain(t2, scale)
     ):
         return None
     if scale is None:
