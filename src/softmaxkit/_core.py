@@ -76,15 +76,7 @@ def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = No
     array([[0., 0.],
            [1., 0.]])
     """
-    impl = _dispatch.backend(x)
-    if impl is not None:
-        return impl._core_softmax(x, axis, temperature=temperature, where=where)
-    T = v.temperature(temperature)
-    if where is None and _native.eligible(x, axis):
-        return _native.softmax(x, T)
-    xp, layout, xw, valid, out_dtype, extra = _prepare(x, axis, where)
-    st = num.row_stats(xp, xw, valid, T, extra)
-    return layout.back(xp.astype(num.softmax(xp, st), out_dtype))
+    return _softmax_family(x, axis, temperature, where, log=False)
 
 
 @v.quiet
@@ -122,14 +114,21 @@ def log_softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any 
     >>> smk.log_softmax(x)[0]
     np.float32(-2.0611537e-09)
     """
+    return _softmax_family(x, axis, temperature, where, log=True)
+
+
+def _softmax_family(x: Any, axis: Any, temperature: Any, where: Any, log: bool) -> Any:
     impl = _dispatch.backend(x)
     if impl is not None:
-        return impl._core_log_softmax(x, axis, temperature=temperature, where=where)
+        entry = impl._core_log_softmax if log else impl._core_softmax
+        return entry(x, axis, temperature=temperature, where=where)
     T = v.temperature(temperature)
     if where is None and _native.eligible(x, axis):
-        return _native.log_softmax(x, T)
+        return (_native.log_softmax if log else _native.softmax)(x, T)
     xp, layout, xw, valid, out_dtype, extra = _prepare(x, axis, where)
     st = num.row_stats(xp, xw, valid, T, extra)
+    if not log:
+        return layout.back(xp.astype(num.softmax(xp, st), out_dtype))
     out = num.log_softmax(xp, st)
     if valid is not None:
         out = xp.where(valid, out, xp.full_like(out, -float("inf")))

@@ -110,7 +110,16 @@ class BCEWithLogitsLoss(torch.nn.Module):
         return F.binary_cross_entropy_with_logits(input, target, self.weight, reduction=self.reduction, pos_weight=self.pos_weight)
 
 
-class Softmax(torch.nn.Module):
+class _SoftmaxFamily(torch.nn.Module):
+    def __init__(self, dim: int | None = None) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Softmax(_SoftmaxFamily):
     """Drop-in for ``torch.nn.Softmax``; see :func:`softmaxkit.torch.softmax`.
 
     Parameters
@@ -119,18 +128,11 @@ class Softmax(torch.nn.Module):
         ``None`` follows torch's deprecated implicit rule, with a warning.
     """
 
-    def __init__(self, dim: int | None = None) -> None:
-        super().__init__()
-        self.dim = dim
-
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.softmax(input, self.dim)
 
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"
 
-
-class LogSoftmax(torch.nn.Module):
+class LogSoftmax(_SoftmaxFamily):
     """Drop-in for ``torch.nn.LogSoftmax``; see :func:`softmaxkit.torch.log_softmax`.
 
     Parameters
@@ -139,12 +141,5 @@ class LogSoftmax(torch.nn.Module):
         ``None`` follows torch's deprecated implicit rule, with a warning.
     """
 
-    def __init__(self, dim: int | None = None) -> None:
-        super().__init__()
-        self.dim = dim
-
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(input, self.dim)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"
