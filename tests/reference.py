@@ -156,3 +156,15 @@ TOL = {"float16": 2.0, "bfloat16": 2.0, "float32": 2.0, "float64": 4.0}
 
 def tolerance(dtype) -> float:
     return TOL[np.dtype(dtype).name]
+
+
+def difference_tolerance(dtype) -> float:
+    """Bound, in ULP of max(C p_j, c_j), on a gradient entry C p_j - c_j.
+
+    float64 computes p_j in its own precision: with p_j within about 1.7 ULP
+    (the exp, the row sum, the division), the roundings of C, C p_j and the
+    difference, and C p_j possibly a binade above p_j, the bound is below
+    6.4 ULP; 8 is stated.  The narrower dtypes compute in float64 and round
+    once.
+    """
+    return 8.0 if np.dtype(dtype) == np.float64 else tolerance(dtype)

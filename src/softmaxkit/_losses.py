@@ -136,8 +136,8 @@ def cross_entropy(
     Accuracy for class-index targets: loss and every gradient entry within
     2 ULP (float16, bfloat16, float32) and 4 ULP (float64).  With probability
     targets or label smoothing a gradient entry ``C p_j - c_j`` can be a
-    difference of nearly equal numbers; its error is then a few ULP of
-    ``max(C p_j, c_j)``.
+    difference of nearly equal numbers; its error is then within 2 ULP
+    (float16, bfloat16, float32) or 8 ULP (float64) of ``max(C p_j, c_j)``.
 
     Edge behaviour: all targets ignored gives 0 and a zero gradient (mean
     included); label smoothing gives no mass to ``-inf`` classes; a target on a

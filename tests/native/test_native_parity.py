@@ -7,6 +7,10 @@ orders, each within the 4 ULP contract of the exact value, which
 test_native_accuracy checks against mpmath.
 """
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from conftest import ulps
@@ -226,6 +230,42 @@ def test_threads_give_identical_results(native):
                         np.testing.assert_array_equal(a, b)
     finally:
         smk.set_num_threads(before)
+
+
+# Regression: a pool worker that sat out a job and woke only after the job
+# had returned read the finished job through a dangling pointer, and crashed
+# or hung the process (first seen as a segfault in CI).  It needs many calls
+# that alternate between thread counts, so it runs in a child process that a
+# timeout can stop.
+_ALTERNATING_THREAD_COUNTS = textwrap.dedent(
+    '''
+    import sys
+    import numpy as np
+    import softmaxkit as smk
+    from softmaxkit import _native
+    _native._kernels.set_isa(sys.argv[1])
+    rng = np.random.default_rng(6)
+    for _ in range(10):
+        for shape in [(64, 4096), (2, 300_000), (3, 70_001)]:
+            for dtype in (np.float32, np.float64):
+                x = (rng.standard_normal(shape) * 5).astype(dtype)
+                x[0, 100] = np.inf
+                t = rng.integers(0, shape[1], shape[0])
+                for n in (1, 2, 3):
+                    smk.set_num_threads(n)
+                    smk.softmax(x)
+                    smk.log_softmax(x)
+                    smk.logsumexp(x)
+                    smk.cross_entropy(x, t, return_grad=True, label_smoothing=0.1)
+    '''
+)
+
+
+def test_pool_survives_alternating_thread_counts(isa):
+    done = subprocess.run(
+        [sys.executable, "-c", _ALTERNATING_THREAD_COUNTS, isa], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_thread_settings():

@@ -601,6 +601,9 @@ static pthread_cond_t pool_done = PTHREAD_COND_INITIALIZER;
 static int pool_size;
 static unsigned long pool_gen;
 static job_t *pool_job;
+/* threads the posted job uses; 0 once it is done.  A worker that wakes late
+ * reads this, never pool_job, which may then point at a finished job. */
+static int pool_nt;
 static int pool_pending;
 
 typedef struct {
@@ -619,8 +622,8 @@ static void *worker_main(void *arg) {
     for (;;) {
         while (pool_gen == seen) pthread_cond_wait(&pool_work, &pool_mu);
         seen = pool_gen;
+        if (id >= pool_nt) continue;
         job_t *J = pool_job;
-        if (id >= J->nt) continue;
         pthread_mutex_unlock(&pool_mu);
         run_thread(J, id);
         pthread_mutex_lock(&pool_mu);
@@ -663,6 +666,8 @@ static void pool_reset_child(void) {
     pthread_cond_init(&pool_done, NULL);
     pool_size = 0;
     pool_gen = 0;
+    pool_nt = 0;
+    pool_job = NULL;
 }
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
@@ -718,6 +723,7 @@ static int run(job_t *J) {
     if (J->nt > 1) {
         pthread_mutex_lock(&pool_mu);
         pool_job = J;
+        pool_nt = J->nt;
         pool_pending = J->nt - 1;
         pool_gen++;
         pthread_cond_broadcast(&pool_work);
@@ -725,6 +731,8 @@ static int run(job_t *J) {
         run_thread(J, 0);
         pthread_mutex_lock(&pool_mu);
         while (pool_pending > 0) pthread_cond_wait(&pool_done, &pool_mu);
+        pool_nt = 0;
+        pool_job = NULL;
         pthread_mutex_unlock(&pool_mu);
     } else {
         run_thread(J, 0);
