@@ -13,6 +13,7 @@
 /* vmaxpd returns its second operand when either is NaN */
 #define SK_MAX(a, b) ((vd)_mm512_max_pd((__m512d)(a), (__m512d)(b)))
 #define SK_LOAD_F(p) ((vd)_mm512_cvtps_pd(_mm256_loadu_ps(p)))
+#define SK_SCALEF(y, k) ((vd)_mm512_scalef_pd((__m512d)(y), (__m512d)(k)))
 #include "sk_isa.h"
 
 const sk_isa sk_isa_avx512 = {"avx512", fam_f32, fam_f64};
