@@ -1,7 +1,12 @@
 """Native CPU kernels against torch, jax and scipy, in one process, interleaved.
 
 For each shape and operation every library is timed in turn, round after
-round, after a warm-up; the table reports the median.  Throughput is counted
+round, after a warm-up; the table reports the median.  The order rotates
+each round: a large call runs slower right after another library's (about
+30 ms on a 2048x32768 cross-entropy timed right after XLA's, still there
+after a 0.2 s wait), so no library may always follow the same one.  Pauses
+between calls make every allocating call slower on this machine, so there
+are none.  Throughput is counted
 as bytes read plus bytes written (logits in, result out; for cross-entropy,
 logits in and gradient out) and compared with the machine's copy bandwidth,
 measured here with ``np.copyto`` on an array of the same size.
@@ -151,10 +156,15 @@ def main(argv=None) -> int:
             for fn in libs.values():
                 fn()
             times = {name: [] for name in libs}
-            for _ in range(repeats):
+            order = list(libs)
+            for round_ in range(repeats):
                 copy_times.append(timed(lambda: np.copyto(dst, x), number))
-                for name, fn in libs.items():
-                    times[name].append(timed(fn, number))
+                # the order rotates each round: a large call runs slower right
+                # after another library's (measured: about 30 ms on a
+                # 2048x32768 cross-entropy after XLA's), so no library may
+                # always follow the same one
+                for name in order[round_ % len(order) :] + order[: round_ % len(order)]:
+                    times[name].append(timed(libs[name], number))
             for name, ts in times.items():
                 rows.append({"op": op, "shape": f"{shape[0]}x{shape[1]}", "library": name, "seconds": statistics.median(ts), "bytes": nbytes})
             print(op, shape, {k: f"{statistics.median(v) * 1e3:.3f} ms" for k, v in times.items()}, file=sys.stderr)
@@ -183,7 +193,8 @@ def main(argv=None) -> int:
         f"Machine: {info['cpu']}, {info['cores']} cores available, ISA: {info['isa']}; "
         f"softmaxkit kernels: {info['softmaxkit_isa']}; threads: {threads} for softmaxkit, torch and XLA "
         f"(scipy single-threaded); torch {info['torch']}, jax {info['jax']}.",
-        f"Median of {repeats} interleaved rounds after a warm-up; 8x10 is per call, averaged over 2000 calls per round.",
+        f"Median of {repeats} interleaved rounds after a warm-up; the order of the libraries rotates each round, "
+        "so that no library always runs right after the same other one. 8x10 is per call, averaged over 2000 calls per round.",
         "GB/s counts bytes read + written (logits in, result or gradient out); `of copy` compares with "
         "np.copyto on the same array, timed in the same rounds.",
         "`softmaxkit speedup` is the peer's time divided by softmaxkit's public function's (> 1: softmaxkit faster).",

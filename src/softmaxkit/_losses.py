@@ -23,25 +23,20 @@ def _class_weight(xp: Any, weight: Any, n_classes: int, work: Any) -> Any:
         return None
     w = v.same_namespace(xp, weight, "weight")
     _, w, _ = v.real_array(w, "weight")
-    if tuple(w.shape) != (n_classes,):
-        raise ValueError(f"weight must have shape ({n_classes},), one entry per class; got {tuple(w.shape)}")
+    v.weight_shape(w.shape, n_classes)
     w = xp.astype(w, work)
-    bad = ~(xp.isfinite(w) & (w >= 0))
+    bad = v.bad_weight(xp, w)
     if bool(xp.any(bad)):
         i = v.first_position(bad)[0]
-        raise ValueError(f"weight must be finite and >= 0; got weight[{i}] = {float(v.to_numpy(w)[i])!r}")
+        raise ValueError(f"{v.BAD_WEIGHT}; got weight[{i}] = {float(v.to_numpy(w)[i])!r}")
     return w
 
 
 def _hard_targets(xp: Any, t: Any, n_classes: int, ignore_index: int, name: str) -> Any:
-    bad = ~((t == ignore_index) | ((t >= 0) & (t < n_classes)))
+    bad = v.not_a_class(t, n_classes, ignore_index)
     if bool(xp.any(bad)):
         pos = v.first_position(bad)
-        value = int(v.to_numpy(t)[pos])
-        raise ValueError(
-            f"{name}{list(pos)} = {value} is not a class index: allowed 0 to {n_classes - 1}, "
-            f"or ignore_index={ignore_index}"
-        )
+        raise ValueError(v.not_a_class_message(f"{name}{list(pos)} = {int(v.to_numpy(t)[pos])}", n_classes, ignore_index))
     keep = t != ignore_index
     one_hot = (xp.arange(n_classes, dtype=t.dtype) == t[..., None]) & keep[..., None]
     return one_hot, keep
@@ -175,21 +170,17 @@ def cross_entropy(
     t = v.same_namespace(xp, targets, "targets")
     kind = v.target_kind(xp, t, "targets")
     w = _class_weight(xp, weight, n_classes, xw.dtype)
+    v.target_shape(kind, t.shape, layout.shape, layout.axes[0], "targets", "logits", "axis")
     if kind == "int":
-        expected = layout.rest_shape
-        if tuple(t.shape) != expected:
-            raise ValueError(f"targets of class indices must have shape {expected} (logits' shape without axis {axis}); got {tuple(t.shape)}")
         one_hot, _ = _hard_targets(xp, t, n_classes, ignore_index, "targets")
         coef, row_w = num.class_coefficients(xp, xw, eps, w, hot=xp.astype(one_hot, xw.dtype))
         denominator = xp.sum(row_w)
     else:
-        if tuple(t.shape) != layout.shape:
-            raise ValueError(f"targets of probabilities must have the shape of logits {layout.shape}; got {tuple(t.shape)}")
         q = layout.forward(xp.astype(t, xw.dtype))
         negative = q < 0
         if bool(xp.any(negative)):
             pos = v.first_position(layout.back(negative))
-            raise ValueError(f"targets must be non-negative probabilities; got targets{list(pos)} = {float(v.to_numpy(t)[pos])!r}")
+            raise ValueError(f"targets {v.NEGATIVE_PROBABILITY}; got targets{list(pos)} = {float(v.to_numpy(t)[pos])!r}")
         coef, row_w = num.class_coefficients(xp, xw, eps, w, probs=q)
         denominator = xp.asarray(float(math.prod(layout.rest_shape)), dtype=xw.dtype)
     st = num.row_stats(xp, xw, None, 1.0, extra)

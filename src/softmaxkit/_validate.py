@@ -207,3 +207,44 @@ def where_mask(xp: Any, where: Any, shape: tuple[int, ...]) -> Any:
     if _kind(xp, w.dtype) != "bool":
         raise TypeError(f"where must be a boolean array; got dtype {w.dtype}")
     return broadcast_to(xp, w, shape, "where", "x")
+
+
+# --- cross-entropy targets and class weights -----------------------------------
+# One statement of the rules and their messages for every front end (NumPy and
+# array-API, torch, JAX, diagnose).  Each front end applies the value checks
+# its own way: NumPy raises at once; torch.compile and jax.jit cannot branch
+# on data while tracing.
+
+
+def target_shape(kind: str, got: tuple, logits_shape: tuple, class_axis: int, target: str, logits: str, axis_word: str) -> None:
+    """Class indices have the logits' shape without the class axis; probabilities the logits' shape."""
+    got, logits_shape = tuple(got), tuple(logits_shape)
+    if kind == "int":
+        want = logits_shape[:class_axis] + logits_shape[class_axis + 1 :]
+        if got != want:
+            raise ValueError(f"{target} of class indices must have shape {want} ({logits}' shape without {axis_word} {class_axis}); got {got}")
+    elif got != logits_shape:
+        raise ValueError(f"{target} of probabilities must have the shape of {logits} {logits_shape}; got {got}")
+
+
+def not_a_class(t: Any, n_classes: int, ignore_index: int) -> Any:
+    """Mask of the targets that are neither a class index nor ``ignore_index``."""
+    return ~((t == ignore_index) | ((t >= 0) & (t < n_classes)))
+
+
+def not_a_class_message(where: str, n_classes: int, ignore_index: int) -> str:
+    return f"{where} is not a class index: allowed 0 to {n_classes - 1}, or ignore_index={ignore_index}"
+
+
+def weight_shape(got: tuple, n_classes: int) -> None:
+    if tuple(got) != (n_classes,):
+        raise ValueError(f"weight must have shape ({n_classes},), one entry per class; got {tuple(got)}")
+
+
+def bad_weight(xp: Any, w: Any) -> Any:
+    """Mask of the class weights that are not finite and >= 0."""
+    return ~(xp.isfinite(w) & (w >= 0))
+
+
+BAD_WEIGHT = "weight must be finite and >= 0"
+NEGATIVE_PROBABILITY = "must be non-negative probabilities"

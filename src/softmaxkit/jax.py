@@ -386,25 +386,19 @@ def cross_entropy(
     w = None
     if weight is not None:
         w = _as_float(weight, "weight")
-        if tuple(w.shape) != (n_classes,):
-            raise ValueError(f"weight must have shape ({n_classes},), one entry per class; got {tuple(w.shape)}")
-        _require_none(~(jnp.isfinite(w) & (w >= 0)), "weight must be finite and >= 0")
+        v.weight_shape(w.shape, n_classes)
+        _require_none(v.bad_weight(jnp, w), v.BAD_WEIGHT)
         w = w.astype(work)
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        if tuple(labels.shape) != rest_shape:
-            raise ValueError(f"labels of class indices must have shape {rest_shape} (logits' shape without axis {axis}); got {tuple(labels.shape)}")
+        v.target_shape("int", labels.shape, x.shape, ax, "labels", "logits", "axis")
         t = labels.reshape(-1)
-        _require_none(
-            ~((t == ignore_index) | ((t >= 0) & (t < n_classes))),
-            f"labels must be class indices 0 to {n_classes - 1} or ignore_index={ignore_index}",
-        )
+        _require_none(v.not_a_class(t, n_classes, ignore_index), v.not_a_class_message("a label", n_classes, ignore_index))
         hot = (jnp.arange(n_classes) == t[:, None]) & (t != ignore_index)[:, None]
         coef, row_w = num.class_coefficients(jnp, xw, eps, w, hot=hot.astype(work))
         denominator = jnp.sum(row_w)
     elif jnp.issubdtype(labels.dtype, jnp.floating):
-        if tuple(labels.shape) != tuple(x.shape):
-            raise ValueError(f"labels of probabilities must have the shape of logits {tuple(x.shape)}; got {tuple(labels.shape)}")
-        _require_none(labels < 0, "labels must be non-negative probabilities")
+        v.target_shape("float", labels.shape, x.shape, ax, "labels", "logits", "axis")
+        _require_none(labels < 0, f"labels {v.NEGATIVE_PROBABILITY}")
         q, _ = _to_rows(labels, (ax,))
         coef, row_w = num.class_coefficients(jnp, xw, eps, w, probs=q.reshape(-1, n_classes).astype(work))
         denominator = jnp.asarray(float(x2.shape[0]), dtype=work)

@@ -214,13 +214,10 @@ def _host_targets(targets: Any, row_shape: tuple[int, ...], n_classes: int, igno
         raise ValueError(
             f"targets must have the logits' shape without the class axis, {row_shape}; got {t.shape}"
         )
-    bad = ~((t == ignore_index) | ((t >= 0) & (t < n_classes)))
+    bad = v.not_a_class(t, n_classes, ignore_index)
     if bad.any():
-        pos = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"targets{list(pos)} = {int(t[pos])} is not a class index: allowed 0 to {n_classes - 1}, "
-            f"or ignore_index={ignore_index}"
-        )
+        pos = v.first_position(bad)
+        raise ValueError(v.not_a_class_message(f"targets{list(pos)} = {int(t[pos])}", n_classes, ignore_index))
     return t.reshape(-1)
 
 

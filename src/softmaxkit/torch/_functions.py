@@ -525,11 +525,10 @@ def _check_weight(weight: Any, n_classes: int, ref: torch.Tensor) -> torch.Tenso
     if weight is None:
         return None
     w = _as_float(weight, "weight")
-    if tuple(w.shape) != (n_classes,):
-        raise ValueError(f"weight must have shape ({n_classes},), one entry per class; got {tuple(w.shape)}")
+    v.weight_shape(w.shape, n_classes)
     _require_none(
-        ~(torch.isfinite(w) & (w >= 0)),
-        lambda pos: "weight must be finite and >= 0" + ("" if pos is None else f"; got weight[{pos[0]}] = {float(w[pos])!r}"),
+        v.bad_weight(torch, w),
+        lambda pos: v.BAD_WEIGHT + ("" if pos is None else f"; got weight[{pos[0]}] = {float(w[pos])!r}"),
     )
     return w.to(device=ref.device)
 
@@ -617,23 +616,20 @@ def cross_entropy(
     kind = v.target_kind(xp, target, "target")
     hard = kind == "int"
     x2 = _rows_view(x, cdim)
+    v.target_shape(kind, target.shape, x.shape, cdim, "target", "input", "dim")
     if hard:
-        expected = tuple(x.shape[:cdim]) + tuple(x.shape[cdim + 1 :])
-        if tuple(target.shape) != expected:
-            raise ValueError(f"target of class indices must have shape {expected} (input's shape without dim {cdim}); got {tuple(target.shape)}")
         t2 = target.reshape(-1).to(x.device)
         _require_none(
-            ~((t2 == ignore_index) | ((t2 >= 0) & (t2 < n_classes))),
-            lambda pos: f"target holds a value that is not a class index: allowed 0 to {n_classes - 1}, or ignore_index={ignore_index}"
-            + ("" if pos is None else f"; got {int(t2[pos])} at flat position {pos[0]}"),
+            v.not_a_class(t2, n_classes, ignore_index),
+            lambda pos: v.not_a_class_message(
+                "a target" if pos is None else f"target at flat position {pos[0]} = {int(t2[pos])}", n_classes, ignore_index
+            ),
         )
     else:
-        if tuple(target.shape) != tuple(x.shape):
-            raise ValueError(f"target of probabilities must have input's shape {tuple(x.shape)}; got {tuple(target.shape)}")
         t2 = _rows_view(target, cdim).to(x.device)
         _require_none(
             t2 < 0,
-            lambda pos: "target must hold non-negative probabilities" + ("" if pos is None else f"; got {float(t2[pos])!r}"),
+            lambda pos: f"target {v.NEGATIVE_PROBABILITY}" + ("" if pos is None else f"; got {float(t2[pos])!r}"),
         )
     w = _check_weight(weight, n_classes, x)
     loss, _ = _CrossEntropy.apply(x2, t2, w, ignore_index, eps, z, reduction, hard)
