@@ -90,6 +90,15 @@ def test_logsumexp_with_positive_weights(dtype, data):
         assert ref.ulp_error([out], [exact], dtype) <= ref.tolerance(dtype)
 
 
+# Regression: with float32 inputs the weighted sum S = 1 + 0.25 e^-21 was
+# formed in plain float64, whose rounding left log S = 1.9e-10 6.5 ULP off.
+def test_logsumexp_with_weights_near_zero(dtype):
+    x = np.array([[0.0, -21.0]], dtype=dtype)
+    b = np.array([1.0, 0.25], dtype=dtype)
+    exact = ref.lse(ref.to_mp(x[0]), ref.to_mp(b))
+    assert ref.ulp_error([smk.logsumexp(x, b=b)[0]], [exact], dtype) <= ref.tolerance(dtype)
+
+
 @given(data=st.data())
 def test_entropy(dtype, data):
     x = data.draw(logit_rows(dtype))

@@ -247,7 +247,11 @@ def logsumexp_weighted(xp, st: RowStats, b):
     so no rounding of ``S`` itself reaches the result.
     """
     zero = xp.zeros_like(b)
-    hi, lo = compensated_sum_pair(xp, xp.where(st.e == 0, zero, b * st.e), st.extra)
+    # The pair even where the working dtype is wider than the input's: near
+    # S = 1 the result is about S - 1, and a float64 rounding of S is up to
+    # 10 float32 ULP of a result near 2e-10 (regression: x = [0, -21],
+    # b = [1, 0.25] in float32).
+    hi, lo = compensated_sum_pair(xp, xp.where(st.e == 0, zero, b * st.e), False)
     if lo is None:
         lo = xp.zeros_like(hi)
     near_one = xp.abs(hi - 1.0) < 0.5
