@@ -194,6 +194,7 @@ typedef struct {
     int c, nc, sense;
     int cur;              /* c + nc * (row parity): chunk partials alternate between rows */
     size_t start, len;
+    size_t next;          /* the row this thread runs next, or rows when none */
     double *cmax;
     size_t *carg, *cnfin;
     int *cnan;
@@ -273,6 +274,22 @@ static const void *standin(rowctx_t *R, const void *x) {
     return R->S->xs;
 }
 
+/* The next row's chunk of logits and, for a row-shaped output, of the
+ * output: prefetched during this row's exponential pass. */
+static sk_ahead ahead(const rowctx_t *R, int with_out) {
+    const job_t *J = R->J;
+    sk_ahead ah = {0};
+    if (R->next >= J->rows) return ah;
+    size_t off = (R->next * J->n + R->start) * J->isz;
+    ah.rd = J->x + off;
+    ah.rd_bytes = R->len * J->isz;
+    if (with_out && J->out) {
+        ah.wr = J->out + off;
+        ah.wr_bytes = ah.rd_bytes;
+    }
+    return ah;
+}
+
 static double row_s(rowctx_t *R) {
     int comp = R->J->dtype == DT_F64;
     return combine(R->p1, R->J->nb, comp, count_of(R->p1, R->J->nb) - 1.0);
@@ -299,7 +316,8 @@ static void prog_softmax(rowctx_t *R, size_t r) {
             a = 0.0;
         }
         double *e = J->log ? NULL : (J->dtype == DT_F64 ? (double *)o : R->S->e);
-        f->sum(x, R->len, a, J->T, e, R->p1 + R->start / SK_BLOCK);
+        sk_ahead ah = ahead(R, 1);
+        f->sum(x, R->len, a, J->T, e, R->p1 + R->start / SK_BLOCK, &ah);
         sync_row(R);
         double s = row_s(R);
         if (J->log) f->logw(x, o, R->len, a, J->T, log1p(s));
@@ -321,7 +339,8 @@ static void prog_lse(rowctx_t *R, size_t r) {
     } else if (a == -INFINITY || a == INFINITY) {
         v = a;
     } else {
-        J->fam->sum(x, R->len, a, 1.0, NULL, R->p1 + R->start / SK_BLOCK);
+        sk_ahead ah = ahead(R, 0);
+        J->fam->sum(x, R->len, a, 1.0, NULL, R->p1 + R->start / SK_BLOCK, &ah);
         sync_row(R);
         v = a + log1p(row_s(R));
     }
@@ -413,7 +432,8 @@ static void prog_ce(rowctx_t *R, size_t r) {
         goto done;
     }
     double *e = !want_grad ? NULL : comp ? (double *)g : R->S->e;
-    f->sum(xs, R->len, a, 1.0, e, R->p1 + R->start / SK_BLOCK);
+    sk_ahead ah = ahead(R, 1);
+    f->sum(xs, R->len, a, 1.0, e, R->p1 + R->start / SK_BLOCK, &ah);
     sync_row(R);
     double s = row_s(R), L = log1p(s), d = 1.0 + s;
     double lse = inf_row ? INFINITY : a + L;
@@ -573,7 +593,10 @@ static void run_thread(job_t *J, int tid) {
             R.p2 = R.p1 + J->nb;
             R.p3 = R.p2 + J->nb;
             R.p4 = R.p3 + J->nb;
-            for (size_t r = 0; r < J->rows; r++) run_row(&R, r);
+            for (size_t r = 0; r < J->rows; r++) {
+                R.next = r + 1;
+                run_row(&R, r);
+            }
         }
     } else if (failed) {
         __atomic_store_n(&J->err, SK_ENOMEM, __ATOMIC_RELAXED);
@@ -582,11 +605,17 @@ static void run_thread(job_t *J, int tid) {
         R.p2 = R.p1 + J->nb;
         R.p3 = R.p2 + J->nb;
         R.p4 = R.p3 + J->nb;
-        for (;;) {
-            size_t r0 = __atomic_fetch_add(&J->next_row, J->batch, __ATOMIC_RELAXED);
-            if (r0 >= J->rows) break;
+        /* batches are claimed one ahead, so that the last row of a batch
+         * knows the row that follows it */
+        size_t r0 = __atomic_fetch_add(&J->next_row, J->batch, __ATOMIC_RELAXED);
+        while (r0 < J->rows) {
             size_t r1 = r0 + J->batch < J->rows ? r0 + J->batch : J->rows;
-            for (size_t r = r0; r < r1; r++) run_row(&R, r);
+            size_t n0 = __atomic_fetch_add(&J->next_row, J->batch, __ATOMIC_RELAXED);
+            for (size_t r = r0; r < r1; r++) {
+                R.next = r + 1 < r1 ? r + 1 : n0;
+                run_row(&R, r);
+            }
+            r0 = n0;
         }
     }
     scratch_free(&S);

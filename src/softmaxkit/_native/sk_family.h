@@ -184,15 +184,28 @@ static size_t FN(nfin)(const void *xv, size_t n) {
 
 /* Per block: sum of exp(z) over the entries with z != 0, and the number of
  * entries with z == 0 (x equal to the maximum; their terms are exactly 1).
- * With `e`, every exp(z) is stored.  Inlined twice so that the common
- * T == 1 loop carries no division. */
+ * With `e`, every exp(z) is stored.  Meanwhile the look-ahead streams are
+ * prefetched, one cache line of each per vector until they are done, spread
+ * over the blocks in proportion.  Inlined twice so that the common T == 1
+ * loop carries no division. */
 static inline __attribute__((always_inline)) void FN(sum_t)(const FT *x, size_t n, double a, double T, double *e,
-                                                           sk_part *parts) {
+                                                           sk_part *parts, const sk_ahead *ah) {
+    const char *rd = ah->rd, *wr = ah->wr;
     for (size_t b0 = 0, bi = 0; b0 < n; b0 += SK_BLOCK, bi++) {
         size_t bn = n - b0 < SK_BLOCK ? n - b0 : SK_BLOCK;
+        const char *rd_end = rd ? ah->rd + ah->rd_bytes * (b0 + bn) / n : NULL;
+        const char *wr_end = wr ? ah->wr + ah->wr_bytes * (b0 + bn) / n : NULL;
         vd s = splat(0.0), c = splat(0.0);
         vl cnt = {0};
         for (size_t i = b0; i < b0 + bn; i += VW) {
+            if (rd < rd_end) {
+                __builtin_prefetch(rd, 0, 2);
+                rd += 64;
+            }
+            if (wr < wr_end) {
+                __builtin_prefetch(wr, 1, 2);
+                wr += 64;
+            }
             vd lo;
             vd z = FN(shift)(LDX(x, i, b0 + bn, -INF), a, T, &lo);
             vd ev = vexp(z, lo, COMP, 0);
@@ -205,10 +218,10 @@ static inline __attribute__((always_inline)) void FN(sum_t)(const FT *x, size_t 
     }
 }
 
-static void FN(sum)(const void *xv, size_t n, double a, double T, double *e, sk_part *parts) {
-    if (T != 1.0) FN(sum_t)(xv, n, a, T, e, parts);
-    else if (e) FN(sum_t)(xv, n, a, 1.0, e, parts);
-    else FN(sum_t)(xv, n, a, 1.0, NULL, parts);
+static void FN(sum)(const void *xv, size_t n, double a, double T, double *e, sk_part *parts, const sk_ahead *ah) {
+    if (T != 1.0) FN(sum_t)(xv, n, a, T, e, parts, ah);
+    else if (e) FN(sum_t)(xv, n, a, 1.0, e, parts, ah);
+    else FN(sum_t)(xv, n, a, 1.0, NULL, parts, ah);
 }
 
 /* out = e / d */

@@ -41,6 +41,16 @@ typedef struct {
     double inv_nf;     /* 1 / number of logits that are not -inf */
 } sk_coef;
 
+/* Memory to bring into cache while a compute-bound pass runs: the next
+ * row's logits (read) and its output (to be written), so that the passes
+ * which stream memory find it there.  A hint only: NULL streams are
+ * skipped, and results never depend on it. */
+typedef struct {
+    const char *rd;
+    char *wr;
+    size_t rd_bytes, wr_bytes;
+} sk_ahead;
+
 /* Range kernels of one precision family.  The float32 family reads and
  * writes float and computes in float64; the float64 family uses exact shifts
  * and compensated sums.  `x`, `out` etc. point at elements of the family's
@@ -49,7 +59,7 @@ typedef struct {
     double (*max)(const void *x, size_t n, int *nan);
     size_t (*find)(const void *x, size_t n, double a);
     size_t (*nfin)(const void *x, size_t n);
-    void (*sum)(const void *x, size_t n, double a, double T, double *e, sk_part *parts);
+    void (*sum)(const void *x, size_t n, double a, double T, double *e, sk_part *parts, const sk_ahead *ah);
     void (*div)(const double *e, void *out, size_t n, double d);
     void (*logw)(const void *x, void *out, size_t n, double a, double T, double L);
     void (*ce_hard_grad)(const double *e, void *g, size_t n, double d, double c, double zg, int has_z, double denom);
