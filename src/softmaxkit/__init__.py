@@ -17,7 +17,7 @@ from softmaxkit._core import (
 )
 from softmaxkit._elementwise import log_sigmoid, sigmoid, softplus
 from softmaxkit._losses import binary_cross_entropy_with_logits, cross_entropy, nll_loss
-from softmaxkit._native import get_num_threads, set_num_threads
+from softmaxkit._native import get_num_threads, get_output_cache, set_num_threads, set_output_cache
 from softmaxkit.calibration import expected_calibration_error, fit_temperature, reliability_diagram
 from softmaxkit.diagnostics._report import diagnose
 from softmaxkit.sampling import gumbel_max, gumbel_softmax, sample
@@ -35,6 +35,7 @@ __all__ = [
     "expected_calibration_error",
     "fit_temperature",
     "get_num_threads",
+    "get_output_cache",
     "gumbel_max",
     "gumbel_softmax",
     "kl_div",
@@ -47,6 +48,7 @@ __all__ = [
     "reliability_diagram",
     "sample",
     "set_num_threads",
+    "set_output_cache",
     "sigmoid",
     "softmax",
     "softmax_vjp",

@@ -195,6 +195,88 @@ def get_num_threads() -> int:
     return _threads
 
 
+# --- output memory -------------------------------------------------------------
+
+_MIB = 1 << 20
+# Outputs smaller than this come from NumPy: the C allocator's heap keeps and
+# reuses memory of that size by itself.
+_CACHE_MIN = 4 * _MIB
+
+
+def _check_cache(max_bytes: Any, name: str) -> int:
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= 0 (bytes); got {max_bytes!r}")
+    if max_bytes < 0:
+        raise ValueError(f"{name} must be >= 0 (bytes); got {max_bytes}")
+    return int(max_bytes)
+
+
+def _default_cache() -> int:
+    text = os.environ.get("SOFTMAXKIT_OUTPUT_CACHE_MB", "").strip()
+    if text:
+        try:
+            return _check_cache(int(text), "SOFTMAXKIT_OUTPUT_CACHE_MB") * _MIB
+        except (TypeError, ValueError):
+            warnings.warn(
+                f"SOFTMAXKIT_OUTPUT_CACHE_MB must be an int >= 0 (MiB); got {text!r}; using 512",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return 512 * _MIB
+
+
+_cache_limit = _default_cache()
+if _kernels is not None:
+    _kernels.set_cache_limit(_cache_limit)
+
+
+def set_output_cache(max_bytes: int) -> None:
+    """Set how much freed output memory the native kernels keep for reuse.
+
+    The operating system hands out a large block of memory page by page,
+    zeroing each page when it is first written: for a 256 MiB result that
+    costs about as much as computing the softmax.  So the memory of a large
+    result (4 MiB or more) made by the native kernels is not returned to the
+    system when the array is freed; it is kept, up to ``max_bytes`` in all
+    (the oldest goes first), and the next result of the same size reuses it.
+    A loop that computes a softmax of the same shape each step then never
+    waits for the system.
+
+    Parameters
+    ----------
+    max_bytes : int >= 0
+        The most the cache keeps.  0 turns it off and frees what it holds.
+        The default is 512 MiB, or ``SOFTMAXKIT_OUTPUT_CACHE_MB`` (in MiB)
+        when that is set.
+
+    Examples
+    --------
+    >>> import softmaxkit as smk
+    >>> before = smk.get_output_cache()
+    >>> smk.set_output_cache(0)
+    >>> smk.get_output_cache()
+    0
+    >>> smk.set_output_cache(before)
+    """
+    global _cache_limit
+    _cache_limit = _check_cache(max_bytes, "max_bytes")
+    if _kernels is not None:
+        _kernels.set_cache_limit(_cache_limit)
+
+
+def get_output_cache() -> int:
+    """The most freed output memory kept for reuse, in bytes (see :func:`set_output_cache`)."""
+    return _cache_limit
+
+
+def _empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array for a kernel's output."""
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size < _CACHE_MIN or size > _cache_limit:
+        return np.empty(shape, dtype)
+    return np.frombuffer(_kernels.block(size), dtype=dtype).reshape(shape)
+
+
 # --- eligibility ---------------------------------------------------------------
 
 
@@ -234,13 +316,13 @@ def eligible_pair(x: Any, y: Any, axis: Any) -> bool:
 
 
 def softmax(x: np.ndarray, temperature: float) -> np.ndarray:
-    out = np.empty_like(x)
+    out = _empty(x.shape, x.dtype)
     _kernels.softmax(x, out, temperature, False)
     return out
 
 
 def log_softmax(x: np.ndarray, temperature: float) -> np.ndarray:
-    out = np.empty_like(x)
+    out = _empty(x.shape, x.dtype)
     _kernels.softmax(x, out, temperature, True)
     return out
 
@@ -258,13 +340,13 @@ def logsumexp(x: np.ndarray, keepdims: bool, return_sign: bool) -> Any:
 
 
 def softmax_vjp(probs: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
-    out = np.empty_like(probs)
+    out = _empty(probs.shape, probs.dtype)
     _kernels.vjp(probs, cotangent, out, False)
     return out
 
 
 def log_softmax_vjp(log_probs: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
-    out = np.empty_like(log_probs)
+    out = _empty(log_probs.shape, log_probs.dtype)
     _kernels.vjp(log_probs, cotangent, out, True)
     return out
 
@@ -350,7 +432,7 @@ def cross_entropy(
         return None
     divisor = -1.0 if (reduction == "mean" and return_grad) else 1.0
     loss_rows = np.empty(rows_shape, dtype=np.float64)
-    grad = np.empty_like(logits) if return_grad else None
+    grad = _empty(logits.shape, logits.dtype) if return_grad else None
     try:
         denominator = _kernels.cross_entropy(logits, t, probs, w, loss_rows, grad, ignore_index, eps, z_loss, divisor)
     except ValueError:

@@ -283,6 +283,135 @@ static PyObject *py_isa(PyObject *self, PyObject *unused) {
     return PyUnicode_FromString(sk_isa_name());
 }
 
+/* --- output blocks ---------------------------------------------------------
+ * Memory for large outputs.  The C allocator gives blocks this large straight
+ * back to the OS when they are freed, so every call would have the OS fault
+ * in and zero each page of a new output again (about 25 ms for 256 MiB here,
+ * as long as the kernel itself).  A freed block is kept instead, up to
+ * `cache_limit` bytes in all, and a later output of the same size takes it.
+ * The blocks are Python objects with the buffer protocol; NumPy arrays made
+ * on them keep them alive. */
+#include <pthread.h>
+#include <stdlib.h>
+
+#define CACHE_SLOTS 8
+
+typedef struct {
+    PyObject_HEAD
+    void *p;
+    size_t size;
+} block_t;
+
+static struct {
+    void *p;
+    size_t size;
+} cache[CACHE_SLOTS];
+static int cache_n;            /* slots in use, oldest first */
+static size_t cache_bytes, cache_limit;
+static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Free the oldest blocks until the cache is within `limit` and has a free slot
+ * (with `room`).  Called with cache_mu held. */
+static void cache_trim(size_t limit, int room) {
+    while (cache_n && (cache_bytes > limit || (room && cache_n == CACHE_SLOTS))) {
+        free(cache[0].p);
+        cache_bytes -= cache[0].size;
+        cache_n--;
+        memmove(cache, cache + 1, cache_n * sizeof cache[0]);
+    }
+}
+
+static void *cache_take(size_t size) {
+    void *p = NULL;
+    pthread_mutex_lock(&cache_mu);
+    for (int i = cache_n - 1; i >= 0; i--) {
+        if (cache[i].size == size) {
+            p = cache[i].p;
+            cache_bytes -= size;
+            cache_n--;
+            memmove(cache + i, cache + i + 1, (cache_n - i) * sizeof cache[0]);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&cache_mu);
+    return p;
+}
+
+static void cache_give(void *p, size_t size) {
+    pthread_mutex_lock(&cache_mu);
+    if (size <= cache_limit) {
+        cache_trim(cache_limit - size, 1);
+        cache[cache_n].p = p;
+        cache[cache_n].size = size;
+        cache_n++;
+        cache_bytes += size;
+        p = NULL;
+    }
+    pthread_mutex_unlock(&cache_mu);
+    free(p);
+}
+
+static void block_dealloc(block_t *b) {
+    cache_give(b->p, b->size);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static int block_getbuffer(block_t *b, Py_buffer *view, int flags) {
+    return PyBuffer_FillInfo(view, (PyObject *)b, b->p, (Py_ssize_t)b->size, 0, flags);
+}
+
+static PyBufferProcs block_as_buffer = {(getbufferproc)block_getbuffer, NULL};
+
+static PyTypeObject block_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "softmaxkit._native._kernels.Block",
+    .tp_basicsize = sizeof(block_t),
+    .tp_dealloc = (destructor)block_dealloc,
+    .tp_as_buffer = &block_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Writable memory for one output; returned to the output cache when freed.",
+};
+
+static PyObject *py_block(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_ssize_t size = PyLong_AsSsize_t(arg);
+    if (size == -1 && PyErr_Occurred()) return NULL;
+    if (size <= 0) {
+        PyErr_Format(PyExc_ValueError, "size must be > 0; got %zd", size);
+        return NULL;
+    }
+    void *p = cache_take((size_t)size);
+    if (!p && posix_memalign(&p, 64, (size_t)size) != 0) return PyErr_NoMemory();
+    block_t *b = PyObject_New(block_t, &block_type);
+    if (!b) {
+        cache_give(p, (size_t)size);
+        return NULL;
+    }
+    b->p = p;
+    b->size = (size_t)size;
+    return (PyObject *)b;
+}
+
+static PyObject *py_set_cache_limit(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_ssize_t limit = PyLong_AsSsize_t(arg);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    pthread_mutex_lock(&cache_mu);
+    cache_limit = limit > 0 ? (size_t)limit : 0;
+    cache_trim(cache_limit, 0);
+    pthread_mutex_unlock(&cache_mu);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_cache_bytes(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    pthread_mutex_lock(&cache_mu);
+    size_t b = cache_bytes;
+    pthread_mutex_unlock(&cache_mu);
+    return PyLong_FromSize_t(b);
+}
+
 static PyMethodDef methods[] = {
     {"softmax", (PyCFunction)(void (*)(void))py_softmax, METH_FASTCALL, "softmax(x, out, temperature, log)"},
     {"logsumexp", (PyCFunction)(void (*)(void))py_logsumexp, METH_FASTCALL, "logsumexp(x, out)"},
@@ -293,6 +422,9 @@ static PyMethodDef methods[] = {
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads()"},
     {"set_isa", py_set_isa, METH_O, "set_isa(name): 'best', 'avx512', 'avx2' or 'baseline'"},
     {"isa", py_isa, METH_NOARGS, "isa(): the instruction set in use"},
+    {"block", py_block, METH_O, "block(size): writable memory for an output, from the output cache when it has some"},
+    {"set_cache_limit", py_set_cache_limit, METH_O, "set_cache_limit(bytes): the most the output cache keeps"},
+    {"cache_bytes", py_cache_bytes, METH_NOARGS, "cache_bytes(): bytes the output cache keeps now"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -300,5 +432,6 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_kernels", "Nativ
 
 PyMODINIT_FUNC PyInit__kernels(void) {
     sk_select_isa("best");
+    if (PyType_Ready(&block_type) < 0) return NULL;
     return PyModule_Create(&moduledef);
 }
