@@ -378,3 +378,33 @@ def test_wrappers_write_preallocated_outputs(native):
         _native.softmax_into(x, np.empty(39, dtype=np.float32))
     with pytest.raises(ValueError, match="must not overlap"):
         _native.cross_entropy_into(x, np.array([0, 1, 2, 3]), loss, x)
+
+
+def test_streamed_outputs_equal_row_by_row_results(isa):
+    """Outputs of SK_STREAM_MIN bytes or more are written around the cache,
+    from the first 64-byte boundary of each row on; every element must come
+    out as it does in a small, cached call, wherever the row and the
+    boundary fall (odd row length, output starting 12 bytes past a line)."""
+    rng = np.random.default_rng(8)
+    shape = (1031, 8195)  # 33.8 MB of float32: above the 32 MiB threshold
+    x = (rng.standard_normal(shape) * 6).astype(np.float32)
+    x[5] = -np.inf
+    x[6, 7] = np.inf
+    t = rng.integers(0, shape[1], shape[0])
+    flat = np.empty(x.size + 16, np.float32)
+    start = (-flat.ctypes.data // 4) % 16 + 3
+    out = flat[start : start + x.size].reshape(shape)
+    loss_rows = np.empty(shape[0])
+    sample = [0, 5, 6, 500, 1030]
+    calls = {
+        "softmax": (lambda: _native.softmax_into(x, out), lambda r: smk.softmax(x[r : r + 1])),
+        "log_softmax": (lambda: _native.log_softmax_into(x, out), lambda r: smk.log_softmax(x[r : r + 1])),
+        "cross_entropy_grad": (
+            lambda: _native.cross_entropy_into(x, t, loss_rows, out, grad_divisor=1.0),
+            lambda r: smk.cross_entropy(x[r : r + 1], t[r : r + 1], reduction="sum", return_grad=True)[1],
+        ),
+    }
+    for name, (big, small) in calls.items():
+        big()
+        for r in sample:
+            np.testing.assert_array_equal(out[r : r + 1], small(r), err_msg=f"{name}, row {r}")

@@ -166,6 +166,7 @@ typedef struct {
     size_t rows, n, isz;
     /* threads */
     int nt, wide;
+    int stream;           /* write the output around the cache (SK_STREAM_MIN) */
     size_t nb;            /* blocks per row */
     size_t batch;
     size_t next_row;      /* atomic, row mode */
@@ -316,12 +317,12 @@ static void prog_softmax(rowctx_t *R, size_t r) {
             a = 0.0;
         }
         double *e = J->log ? NULL : (J->dtype == DT_F64 ? (double *)o : R->S->e);
-        sk_ahead ah = ahead(R, 1);
+        sk_ahead ah = ahead(R, !J->stream);
         f->sum(x, R->len, a, J->T, e, R->p1 + R->start / SK_BLOCK, &ah);
         sync_row(R);
         double s = row_s(R);
-        if (J->log) f->logw(x, o, R->len, a, J->T, log1p(s));
-        else f->div(e, o, R->len, 1.0 + s);
+        if (J->log) f->logw(x, o, R->len, a, J->T, log1p(s), J->stream);
+        else f->div(e, o, R->len, 1.0 + s, J->stream);
     }
     if (J->dtype == DT_F16) f2h_range(R->S->ob, orow + R->start * 2, R->len);
 }
@@ -432,7 +433,8 @@ static void prog_ce(rowctx_t *R, size_t r) {
         goto done;
     }
     double *e = !want_grad ? NULL : comp ? (double *)g : R->S->e;
-    sk_ahead ah = ahead(R, 1);
+    /* only the one-hot gradient is streamed */
+    sk_ahead ah = ahead(R, !J->stream || general);
     f->sum(xs, R->len, a, 1.0, e, R->p1 + R->start / SK_BLOCK, &ah);
     sync_row(R);
     double s = row_s(R), L = log1p(s), d = 1.0 + s;
@@ -468,7 +470,7 @@ static void prog_ce(rowctx_t *R, size_t r) {
     int t_here = !general && (size_t)cf.t != k && (size_t)cf.t >= R->start && (size_t)cf.t < end;
     double e_t = t_here ? e[(size_t)cf.t - R->start] : 0.0;
     if (general) f->ce_grad(e, x, g, R->len, d, c_sum, zg, has_z, J->denom, &cf, R->start);
-    else f->ce_hard_grad(e, g, R->len, d, c_sum, zg, has_z, J->denom);
+    else f->ce_hard_grad(e, g, R->len, d, c_sum, zg, has_z, J->denom, J->stream);
     if (t_here) {
         double p_t = e_t / d;
         double v = c_sum * p_t - cf.hv;
@@ -725,6 +727,8 @@ static int run(job_t *J) {
     J->fam = J->dtype == DT_F64 ? &isa->f64 : &isa->f32;
     J->isz = J->dtype == DT_F64 ? 8 : J->dtype == DT_F32 ? 4 : 2;
     J->nb = (J->n + SK_BLOCK - 1) / SK_BLOCK;
+    J->stream = J->dtype != DT_F16 && J->out && (J->op == OP_SOFTMAX || J->op == OP_CE) &&
+                J->rows * J->n * J->isz >= SK_STREAM_MIN;
     if (J->rows == 0) return 0;
     int threads = num_threads;
     int locked = 0;

@@ -197,6 +197,9 @@ static inline __attribute__((always_inline)) void FN(sum_t)(const FT *x, size_t 
         const char *wr_end = wr ? ah->wr + ah->wr_bytes * (b0 + bn) / n : NULL;
         vd s = splat(0.0), c = splat(0.0);
         vl cnt = {0};
+#if defined(SK_TIE_MASK) && !COMP
+        long long ties = 0;
+#endif
         for (size_t i = b0; i < b0 + bn; i += VW) {
             if (rd < rd_end) {
                 __builtin_prefetch(rd, 0, 2);
@@ -209,12 +212,22 @@ static inline __attribute__((always_inline)) void FN(sum_t)(const FT *x, size_t 
             vd lo;
             vd z = FN(shift)(LDX(x, i, b0 + bn, -INF), a, T, &lo);
             vd ev = vexp(z, lo, COMP, 0);
+#if defined(SK_TIE_MASK) && !COMP
+            /* the same as below, with the ties as a bit mask: fewer operations */
+            unsigned tie = SK_TIE_MASK(z);
+            s = SK_ADD_UNLESS(s, tie, ev);
+            ties += __builtin_popcount(tie);
+#else
             vl eq = EQ(z, splat(0.0));
             cnt += eq;
             ACC(s, c, sel(eq, splat(0.0), ev));
+#endif
             if (e) STE(e, i, b0 + bn, ev);
         }
         FN(store_part)(&parts[bi], s, c, cnt);
+#if defined(SK_TIE_MASK) && !COMP
+        parts[bi].cnt = (double)ties;
+#endif
     }
 }
 
@@ -224,43 +237,76 @@ static void FN(sum)(const void *xv, size_t n, double a, double T, double *e, sk_
     else FN(sum_t)(xv, n, a, 1.0, NULL, parts, ah);
 }
 
+/* Writing a row-shaped output: y(i) for the vectors i of [0, n).  With
+ * `stream` and an ISA that has them, the 64-byte-aligned middle of the range
+ * is written with non-temporal stores, which skip reading each line into the
+ * cache first; the caller then fetches nothing of the output ahead.  Every
+ * element is computed by the same expression either way. */
+#if defined(SK_STREAM_F) && !COMP
+static inline size_t FN(aligned_from)(const FT *out, size_t n) {
+    uintptr_t a = (uintptr_t)out;
+    if (a % sizeof(FT)) return n;
+    size_t h = (64 - a % 64) % 64 / sizeof(FT);
+    return h < n ? h : n;
+}
+#define WRITE_ROW(out, n, stream, i, Y)                                    \
+    do {                                                                   \
+        size_t h_ = (stream) ? FN(aligned_from)((out), (n)) : (n), i;      \
+        for (i = 0; i < h_; i += VW) STX((out), i, h_, (Y));               \
+        for (i = h_; i < (n) && i + 2 * VW <= (n); i += 2 * VW) {          \
+            vd y0_ = (Y);                                                  \
+            i += VW;                                                       \
+            vd y1_ = (Y);                                                  \
+            i -= VW;                                                       \
+            SK_STREAM_F((out) + i, y0_, y1_);                              \
+        }                                                                  \
+        for (; i < (n); i += VW) STX((out), i, (n), (Y));                  \
+        if (stream) SK_FENCE();                                            \
+    } while (0)
+#else
+#define WRITE_ROW(out, n, stream, i, Y)                              \
+    do {                                                             \
+        (void)(stream);                                              \
+        for (size_t i = 0; i < (n); i += VW) STX((out), i, (n), (Y)); \
+    } while (0)
+#endif
+
 /* out = e / d */
-static void FN(div)(const double *e, void *outv, size_t n, double d) {
+static void FN(div)(const double *e, void *outv, size_t n, double d, int stream) {
     FT *out = outv;
     vd vdd = splat(d), r = splat(1.0 / d);
-    for (size_t i = 0; i < n; i += VW) {
-        vd ev = LDE(e, i, n, 0.0);
 #if COMP
-        vd p = vdiv(ev, vdd, r);
+    WRITE_ROW(out, n, stream, i, vdiv(LDE(e, i, n, 0.0), vdd, r));
 #else
-        (void)vdd;
-        vd p = ev * r;
+    (void)vdd;
+    WRITE_ROW(out, n, stream, i, LDE(e, i, n, 0.0) * r);
 #endif
-        STX(out, i, n, p);
-    }
 }
 
 /* log_softmax: out = (hi - L) + lo */
-static void FN(logw)(const void *xv, void *outv, size_t n, double a, double T, double L) {
+static inline vd FN(logw1)(const FT *x, size_t i, size_t n, double a, double T, double L) {
+    vd lo;
+    vd hi = FN(shift)(LDX(x, i, n, -INF), a, T, &lo);
+    vd y = hi - L;
+#if COMP
+    y = y + lo;
+#endif
+    return y;
+}
+
+static void FN(logw)(const void *xv, void *outv, size_t n, double a, double T, double L, int stream) {
     const FT *x = xv;
     FT *out = outv;
-    for (size_t i = 0; i < n; i += VW) {
-        vd lo;
-        vd hi = FN(shift)(LDX(x, i, n, -INF), a, T, &lo);
-        vd y = hi - L;
-#if COMP
-        y = y + lo;
-#endif
-        STX(out, i, n, y);
-    }
+    WRITE_ROW(out, n, stream, i, FN(logw1)(x, i, n, a, T, L));
 }
 
 /* Cross-entropy gradient with a one-hot target, away from the target and
  * the argmax: ((c p) + zg p) / denom with p = e / d. */
 static void FN(ce_hard_grad)(const double *e, void *gv, size_t n, double d, double c, double zg, int has_z,
-                             double denom) {
+                             double denom, int stream) {
     FT *g = gv;
 #if COMP
+    (void)stream;
     vd vdd = splat(d), r = splat(1.0 / d), vden = splat(denom), rden = splat(1.0 / denom);
     for (size_t i = 0; i < n; i += VW) {
         vd p = vdiv(LDE(e, i, n, 0.0), vdd, r);
@@ -273,7 +319,7 @@ static void FN(ce_hard_grad)(const double *e, void *gv, size_t n, double d, doub
     double f = c / d;
     if (has_z) f += zg / d;
     if (denom != 1.0) f /= denom;
-    for (size_t i = 0; i < n; i += VW) STX(g, i, n, LDE(e, i, n, 0.0) * f);
+    WRITE_ROW(g, n, stream, i, LDE(e, i, n, 0.0) * f);
 #endif
 }
 

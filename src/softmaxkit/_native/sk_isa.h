@@ -15,6 +15,7 @@ static const sk_family fam_f32 = FAMILY_TABLE;
 #undef LD
 #undef ST
 #undef ACC
+#undef WRITE_ROW
 #undef FAMILY_TABLE
 
 #define FT double

@@ -2,9 +2,9 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,popcnt"))), apply_to = function)
 #else
-#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,popcnt")
 #endif
 #define SK_ISA avx512
 #define SK_VW 8
@@ -14,6 +14,18 @@
 #define SK_MAX(a, b) ((vd)_mm512_max_pd((__m512d)(a), (__m512d)(b)))
 #define SK_LOAD_F(p) ((vd)_mm512_cvtps_pd(_mm256_loadu_ps(p)))
 #define SK_SCALEF(y, k) ((vd)_mm512_scalef_pd((__m512d)(y), (__m512d)(k)))
+/* lanes equal to 0 as a bit mask, and s + v in the other lanes */
+#define SK_TIE_MASK(z) ((unsigned)_mm512_cmp_pd_mask((__m512d)(z), _mm512_setzero_pd(), _CMP_EQ_OQ))
+#define SK_ADD_UNLESS(s, m, v) \
+    ((vd)_mm512_mask_add_pd((__m512d)(s), (__mmask8) ~(m), (__m512d)(s), (__m512d)(v)))
+#define SK_STREAM_F(p, a, b) \
+    _mm512_stream_ps((p), _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps((__m512d)(a))), _mm512_cvtpd_ps((__m512d)(b)), 1))
+/* two vectors of float64, rounded to float32, to one aligned 64-byte line,
+ * around the cache; the fence orders those stores before the job ends */
+#define SK_STREAM_F(p, a, b)                                                                         \
+    _mm512_stream_ps((p), _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps((__m512d)(a))), \
+                                             _mm512_cvtpd_ps((__m512d)(b)), 1))
+#define SK_FENCE() _mm_sfence()
 #include "sk_isa.h"
 
 const sk_isa sk_isa_avx512 = {"avx512", fam_f32, fam_f64};

@@ -51,6 +51,10 @@ typedef struct {
     size_t rd_bytes, wr_bytes;
 } sk_ahead;
 
+/* Outputs of at least this many bytes are written around the cache (see
+ * WRITE_ROW in sk_family.h): they cannot stay in it anyway. */
+#define SK_STREAM_MIN ((size_t)32 << 20)
+
 /* Range kernels of one precision family.  The float32 family reads and
  * writes float and computes in float64; the float64 family uses exact shifts
  * and compensated sums.  `x`, `out` etc. point at elements of the family's
@@ -60,9 +64,10 @@ typedef struct {
     size_t (*find)(const void *x, size_t n, double a);
     size_t (*nfin)(const void *x, size_t n);
     void (*sum)(const void *x, size_t n, double a, double T, double *e, sk_part *parts, const sk_ahead *ah);
-    void (*div)(const double *e, void *out, size_t n, double d);
-    void (*logw)(const void *x, void *out, size_t n, double a, double T, double L);
-    void (*ce_hard_grad)(const double *e, void *g, size_t n, double d, double c, double zg, int has_z, double denom);
+    void (*div)(const double *e, void *out, size_t n, double d, int stream);
+    void (*logw)(const void *x, void *out, size_t n, double a, double T, double L, int stream);
+    void (*ce_hard_grad)(const double *e, void *g, size_t n, double d, double c, double zg, int has_z, double denom,
+                         int stream);
     void (*ce_terms)(const void *x, const void *xf, size_t n, double a, double L, const sk_coef *cf, size_t off,
                      size_t k, sk_part *loss, sk_part *csum, sk_part *crest);
     void (*ce_grad)(const double *e, const void *xf, void *g, size_t n, double d, double csum, double zg, int has_z,

@@ -123,6 +123,7 @@ static const double SK_LOG2E = 1.4426950408889634;
 static const double SK_SHIFT = 6755399441055744.0; /* 1.5 * 2^52: adding it rounds to an integer */
 static const double SK_LN2HI = 6.93147180369123816490e-01; /* 32 significant bits */
 static const double SK_LN2LO = 1.90821492927058770002e-10;
+static const double SK_LN2 = 0.6931471805599453;
 
 static inline vd poly_f32(vd r) {
     vd p = SK_FMA(splat(0.00019891103420544327), r, splat(0.0013933751387987224));
@@ -163,7 +164,8 @@ static inline vd vexp(vd z, vd lo, int comp, int general) {
         vd t = SK_FMA(r * r, poly_f64(r), SK_FMA(d, r, d) + e1);
         y = s1 + t;
     } else {
-        vd r = SK_FMA(kf, splat(-SK_LN2LO), rh);
+        (void)rh;
+        vd r = SK_FMA(kf, splat(-SK_LN2), z);
         y = 1.0 + SK_FMA(r * r, poly_f32(r), r);
     }
     if (general) {
