@@ -49,6 +49,19 @@ variable ``SOFTMAXKIT_NUM_THREADS`` (read at import) and with
 :func:`set_num_threads`.  Memory: the outputs, plus one row (or chunk) of
 scratch per thread.
 
+Memory traffic
+--------------
+Each row is read three times (maximum, exponentials, output), but only the
+first read comes from main memory: while a thread computes one row's
+exponentials it prefetches the next row it will run (rows are claimed one
+batch ahead for that).  An output of 32 MiB or more is written with
+non-temporal stores where the instruction set has them (AVX-512, float32
+family): it could not stay in the cache anyway, and this saves reading every
+line of it before writing.  Smaller outputs are prefetched like the input.
+The public functions take the memory of large results from an output cache
+(:func:`set_output_cache`), so that a loop does not make the operating system
+fault in and zero a new output on every call.
+
 ``SOFTMAXKIT_DISABLE_NATIVE=1`` (read at import) or the :func:`disabled`
 context manager make every public function take the generic path.
 
@@ -136,25 +149,31 @@ def disabled() -> Iterator[None]:
 # --- threads -------------------------------------------------------------------
 
 
-def _check_threads(n: Any, name: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= 1; got {n!r}")
-    if n < 1:
-        raise ValueError(f"{name} must be >= 1; got {n}")
-    return int(n)
+def _check_count(value: Any, name: str, low: int, unit: str = "") -> int:
+    """``value`` as an int >= ``low``; errors name ``name`` and the unit."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= {low}{unit}; got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}{unit}; got {value}")
+    return int(value)
+
+
+def _from_environment(var: str, low: int, unit: str, fallback: str) -> int | None:
+    """The count in environment variable ``var``; None when unset or invalid (with a warning)."""
+    text = os.environ.get(var, "").strip()
+    if not text:
+        return None
+    try:
+        return _check_count(int(text), var, low, unit)
+    except (TypeError, ValueError):
+        warnings.warn(f"{var} must be an int >= {low}{unit}; got {text!r}; {fallback}", RuntimeWarning, stacklevel=3)
+        return None
 
 
 def _default_threads() -> int:
-    text = os.environ.get("SOFTMAXKIT_NUM_THREADS", "").strip()
-    if text:
-        try:
-            return _check_threads(int(text), "SOFTMAXKIT_NUM_THREADS")
-        except (TypeError, ValueError):
-            warnings.warn(
-                f"SOFTMAXKIT_NUM_THREADS must be an int >= 1; got {text!r}; using the number of CPUs",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+    n = _from_environment("SOFTMAXKIT_NUM_THREADS", 1, "", "using the number of CPUs")
+    if n is not None:
+        return n
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -185,7 +204,7 @@ def set_num_threads(n: int) -> None:
     >>> smk.set_num_threads(before)
     """
     global _threads
-    _threads = _check_threads(n, "n")
+    _threads = _check_count(n, "n", 1)
     if _kernels is not None:
         _kernels.set_num_threads(_threads)
 
@@ -203,26 +222,9 @@ _MIB = 1 << 20
 _CACHE_MIN = 4 * _MIB
 
 
-def _check_cache(max_bytes: Any, name: str) -> int:
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= 0 (bytes); got {max_bytes!r}")
-    if max_bytes < 0:
-        raise ValueError(f"{name} must be >= 0 (bytes); got {max_bytes}")
-    return int(max_bytes)
-
-
 def _default_cache() -> int:
-    text = os.environ.get("SOFTMAXKIT_OUTPUT_CACHE_MB", "").strip()
-    if text:
-        try:
-            return _check_cache(int(text), "SOFTMAXKIT_OUTPUT_CACHE_MB") * _MIB
-        except (TypeError, ValueError):
-            warnings.warn(
-                f"SOFTMAXKIT_OUTPUT_CACHE_MB must be an int >= 0 (MiB); got {text!r}; using 512",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    return 512 * _MIB
+    mib = _from_environment("SOFTMAXKIT_OUTPUT_CACHE_MB", 0, " (MiB)", "using 512")
+    return (512 if mib is None else mib) * _MIB
 
 
 _cache_limit = _default_cache()
@@ -259,7 +261,7 @@ def set_output_cache(max_bytes: int) -> None:
     >>> smk.set_output_cache(before)
     """
     global _cache_limit
-    _cache_limit = _check_cache(max_bytes, "max_bytes")
+    _cache_limit = _check_count(max_bytes, "max_bytes", 0, " (bytes)")
     if _kernels is not None:
         _kernels.set_cache_limit(_cache_limit)
 

@@ -297,7 +297,9 @@ static inline vd FN(logw1)(const FT *x, size_t i, size_t n, double a, double T, 
 static void FN(logw)(const void *xv, void *outv, size_t n, double a, double T, double L, int stream) {
     const FT *x = xv;
     FT *out = outv;
-    WRITE_ROW(out, n, stream, i, FN(logw1)(x, i, n, a, T, L));
+    /* the common T == 1 loop carries no division */
+    if (T == 1.0) WRITE_ROW(out, n, stream, i, FN(logw1)(x, i, n, a, 1.0, L));
+    else WRITE_ROW(out, n, stream, i, FN(logw1)(x, i, n, a, T, L));
 }
 
 /* Cross-entropy gradient with a one-hot target, away from the target and
