@@ -271,12 +271,11 @@ def get_output_cache() -> int:
     return _cache_limit
 
 
-def _empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array for a kernel's output."""
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if size < _CACHE_MIN or size > _cache_limit:
-        return np.empty(shape, dtype)
-    return np.frombuffer(_kernels.block(size), dtype=dtype).reshape(shape)
+def _empty_like(x: np.ndarray) -> np.ndarray:
+    """An uninitialised C-contiguous array of ``x``'s shape and dtype, for a kernel's output."""
+    if x.nbytes < _CACHE_MIN or x.nbytes > _cache_limit:
+        return np.empty(x.shape, x.dtype)
+    return np.frombuffer(_kernels.block(x.nbytes), dtype=x.dtype).reshape(x.shape)
 
 
 # --- eligibility ---------------------------------------------------------------
@@ -318,13 +317,13 @@ def eligible_pair(x: Any, y: Any, axis: Any) -> bool:
 
 
 def softmax(x: np.ndarray, temperature: float) -> np.ndarray:
-    out = _empty(x.shape, x.dtype)
+    out = _empty_like(x)
     _kernels.softmax(x, out, temperature, False)
     return out
 
 
 def log_softmax(x: np.ndarray, temperature: float) -> np.ndarray:
-    out = _empty(x.shape, x.dtype)
+    out = _empty_like(x)
     _kernels.softmax(x, out, temperature, True)
     return out
 
@@ -342,13 +341,13 @@ def logsumexp(x: np.ndarray, keepdims: bool, return_sign: bool) -> Any:
 
 
 def softmax_vjp(probs: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
-    out = _empty(probs.shape, probs.dtype)
+    out = _empty_like(probs)
     _kernels.vjp(probs, cotangent, out, False)
     return out
 
 
 def log_softmax_vjp(log_probs: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
-    out = _empty(log_probs.shape, log_probs.dtype)
+    out = _empty_like(log_probs)
     _kernels.vjp(log_probs, cotangent, out, True)
     return out
 
@@ -434,7 +433,7 @@ def cross_entropy(
         return None
     divisor = -1.0 if (reduction == "mean" and return_grad) else 1.0
     loss_rows = np.empty(rows_shape, dtype=np.float64)
-    grad = _empty(logits.shape, logits.dtype) if return_grad else None
+    grad = _empty_like(logits) if return_grad else None
     try:
         denominator = _kernels.cross_entropy(logits, t, probs, w, loss_rows, grad, ignore_index, eps, z_loss, divisor)
     except ValueError:
