@@ -130,10 +130,10 @@ def cross_entropy(
     a non-zero target gradient where naive code and other libraries return 0.
     Accuracy for class-index targets: loss and every gradient entry within
     2 ULP (float16, bfloat16, float32) and 4 ULP (float64).  With probability
-    targets, label smoothing or a z-loss a gradient entry ``C' p_j - c_j``
-    (``C' = C + 2 z w lse``) can be a difference of nearly equal numbers; its
-    error is then within 2 ULP (float16, bfloat16, float32) or 8 ULP
-    (float64) of ``max(C' p_j, c_j)``.
+    targets, label smoothing or a z-loss a gradient entry
+    ``C p_j + zg p_j - c_j`` (``zg = 2 z w lse``) can cancel; its error is
+    then within 2 ULP (float16, bfloat16, float32) or 8 ULP (float64) of its
+    largest term, ``max(C p_j, |zg| p_j, c_j)``.
 
     Edge behaviour: all targets ignored gives 0 and a zero gradient (mean
     included); label smoothing gives no mass to ``-inf`` classes; a target on a
