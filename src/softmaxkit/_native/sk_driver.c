@@ -727,7 +727,8 @@ static int run(job_t *J) {
     J->fam = J->dtype == DT_F64 ? &isa->f64 : &isa->f32;
     J->isz = J->dtype == DT_F64 ? 8 : J->dtype == DT_F32 ? 4 : 2;
     J->nb = (J->n + SK_BLOCK - 1) / SK_BLOCK;
-    J->stream = J->dtype != DT_F16 && J->out && (J->op == OP_SOFTMAX || J->op == OP_CE) &&
+    /* only the float32 family's writers stream (WRITE_ROW) */
+    J->stream = J->dtype == DT_F32 && J->out && (J->op == OP_SOFTMAX || J->op == OP_CE) &&
                 J->rows * J->n * J->isz >= SK_STREAM_MIN;
     if (J->rows == 0) return 0;
     int threads = num_threads;

@@ -253,7 +253,7 @@ static inline size_t FN(aligned_from)(const FT *out, size_t n) {
     do {                                                                   \
         size_t h_ = (stream) ? FN(aligned_from)((out), (n)) : (n), i;      \
         for (i = 0; i < h_; i += VW) STX((out), i, h_, (Y));               \
-        for (i = h_; i < (n) && i + 2 * VW <= (n); i += 2 * VW) {          \
+        for (i = h_; i + 2 * VW <= (n); i += 2 * VW) {                     \
             vd y0_ = (Y);                                                  \
             i += VW;                                                       \
             vd y1_ = (Y);                                                  \
