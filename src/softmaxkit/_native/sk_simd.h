@@ -155,9 +155,9 @@ static inline vd vexp(vd z, vd lo, int comp, int general) {
     if (general) z = sel(GT(z, splat(710.0)), splat(710.0), z);
     vd kd = SK_FMA(z, splat(SK_LOG2E), splat(SK_SHIFT));
     vd kf = kd - SK_SHIFT;
-    vd rh = SK_FMA(kf, splat(-SK_LN2HI), z);
     vd y;
     if (comp) {
+        vd rh = SK_FMA(kf, splat(-SK_LN2HI), z);
         vd c = SK_FMA(kf, splat(-SK_LN2LO), lo);
         vd r = rh + c;
         vd d = c - (r - rh);
@@ -166,7 +166,6 @@ static inline vd vexp(vd z, vd lo, int comp, int general) {
         vd t = SK_FMA(r * r, poly_f64(r), SK_FMA(d, r, d) + e1);
         y = s1 + t;
     } else {
-        (void)rh;
         vd r = SK_FMA(kf, splat(-SK_LN2), z);
         y = 1.0 + SK_FMA(r * r, poly_f32(r), r);
     }
