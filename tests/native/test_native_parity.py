@@ -382,29 +382,48 @@ def test_wrappers_write_preallocated_outputs(native):
 
 def test_streamed_outputs_equal_row_by_row_results(isa):
     """Outputs of SK_STREAM_MIN bytes or more are written around the cache,
-    from the first 64-byte boundary of each row on; every element must come
-    out as it does in a small, cached call, wherever the row and the
-    boundary fall (odd row length, output starting 12 bytes past a line)."""
+    from the first 64-byte boundary of each row on, and a log_softmax row is
+    written during the next row's exponential pass (the last one after the
+    loop).  Every element must come out as in small, cached calls, wherever
+    the row and the boundary fall (odd row length, output starting 12 bytes
+    past a line), around rows whose answer is a limit (NaN, masked, +inf,
+    two +inf rows in a row), with one thread and two."""
     rng = np.random.default_rng(8)
     shape = (1031, 8195)  # 33.8 MB of float32: above the 32 MiB threshold
     x = (rng.standard_normal(shape) * 6).astype(np.float32)
     x[5] = -np.inf
     x[6, 7] = np.inf
+    x[7, [3, 9]] = np.inf
+    x[8, 100] = np.nan
     t = rng.integers(0, shape[1], shape[0])
     flat = np.empty(x.size + 16, np.float32)
     start = (-flat.ctypes.data // 4) % 16 + 3
     out = flat[start : start + x.size].reshape(shape)
     loss_rows = np.empty(shape[0])
-    sample = [0, 5, 6, 500, 1030]
+
+    def chunked(f):
+        # calls on 100 rows at a time are below the threshold: cached stores
+        return np.concatenate([f(slice(r, r + 100)) for r in range(0, shape[0], 100)])
+
     calls = {
-        "softmax": (lambda: _native.softmax_into(x, out), lambda r: smk.softmax(x[r : r + 1])),
-        "log_softmax": (lambda: _native.log_softmax_into(x, out), lambda r: smk.log_softmax(x[r : r + 1])),
+        "softmax": (lambda: _native.softmax_into(x, out), lambda r: smk.softmax(x[r])),
+        "log_softmax": (lambda: _native.log_softmax_into(x, out), lambda r: smk.log_softmax(x[r])),
+        "log_softmax, T = 0.7": (
+            lambda: _native.log_softmax_into(x, out, 0.7),
+            lambda r: smk.log_softmax(x[r], temperature=0.7),
+        ),
         "cross_entropy_grad": (
             lambda: _native.cross_entropy_into(x, t, loss_rows, out, grad_divisor=1.0),
-            lambda r: smk.cross_entropy(x[r : r + 1], t[r : r + 1], reduction="sum", return_grad=True)[1],
+            lambda r: smk.cross_entropy(x[r], t[r], reduction="sum", return_grad=True)[1],
         ),
     }
-    for name, (big, small) in calls.items():
-        big()
-        for r in sample:
-            np.testing.assert_array_equal(out[r : r + 1], small(r), err_msg=f"{name}, row {r}")
+    before = _native.get_num_threads()
+    try:
+        for threads in (1, 2):
+            _native.set_num_threads(threads)
+            for name, (big, small) in calls.items():
+                out[...] = np.nan
+                big()
+                np.testing.assert_array_equal(out, chunked(small), err_msg=f"{name}, {threads} threads")
+    finally:
+        _native.set_num_threads(before)

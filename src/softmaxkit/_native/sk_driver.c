@@ -167,6 +167,7 @@ typedef struct {
     /* threads */
     int nt, wide;
     int stream;           /* write the output around the cache (SK_STREAM_MIN) */
+    int defer;            /* write each row's output during the next row's sum (row mode, log_softmax) */
     size_t nb;            /* blocks per row */
     size_t batch;
     size_t next_row;      /* atomic, row mode */
@@ -196,6 +197,7 @@ typedef struct {
     int cur;              /* c + nc * (row parity): chunk partials alternate between rows */
     size_t start, len;
     size_t next;          /* the row this thread runs next, or rows when none */
+    sk_write pend;        /* the output of the row before, deferred (J->defer) */
     double *cmax;
     size_t *carg, *cnfin;
     int *cnan;
@@ -291,6 +293,31 @@ static sk_ahead ahead(const rowctx_t *R, int with_out) {
     return ah;
 }
 
+/* The exponential pass of this chunk; meanwhile the next row is prefetched
+ * and the deferred output of the row before is written. */
+static void run_sum(rowctx_t *R, const void *x, double a, double T, double *e, int with_out) {
+    sk_ahead ah = ahead(R, with_out);
+    ah.w = R->pend;
+    R->J->fam->sum(x, R->len, a, T, e, R->p1 + R->start / SK_BLOCK, &ah);
+    R->pend.out = NULL;
+    sync_row(R);
+}
+
+/* Writes a row's known output, or, when rows are deferred, leaves it to the
+ * next sum (or to flush).  A row of the +inf stand-in is written at once:
+ * the stand-in buffer is reused. */
+static void finish(rowctx_t *R, const sk_write *w) {
+    job_t *J = R->J;
+    if (J->defer && w->x != (const void *)R->S->xs) R->pend = *w;
+    else J->fam->write(w, J->stream);
+}
+
+static void flush(rowctx_t *R) {
+    if (!R->pend.out) return;
+    R->J->fam->write(&R->pend, R->J->stream);
+    R->pend.out = NULL;
+}
+
 static double row_s(rowctx_t *R) {
     int comp = R->J->dtype == DT_F64;
     return combine(R->p1, R->J->nb, comp, count_of(R->p1, R->J->nb) - 1.0);
@@ -300,7 +327,6 @@ static double row_s(rowctx_t *R) {
 
 static void prog_softmax(rowctx_t *R, size_t r) {
     job_t *J = R->J;
-    const sk_family *f = J->fam;
     const char *row = J->x + r * J->n * J->isz;
     char *orow = J->out + r * J->n * J->isz;
     const void *x = chunk_x(R, row);
@@ -317,12 +343,10 @@ static void prog_softmax(rowctx_t *R, size_t r) {
             a = 0.0;
         }
         double *e = J->log ? NULL : (J->dtype == DT_F64 ? (double *)o : R->S->e);
-        sk_ahead ah = ahead(R, !J->stream);
-        f->sum(x, R->len, a, J->T, e, R->p1 + R->start / SK_BLOCK, &ah);
-        sync_row(R);
+        run_sum(R, x, a, J->T, e, !J->stream);
         double s = row_s(R);
-        if (J->log) f->logw(x, o, R->len, a, J->T, log1p(s), J->stream);
-        else f->div(e, o, R->len, 1.0 + s, J->stream);
+        sk_write w = {o, R->len, e, x, 1.0 + s, 1.0 / (1.0 + s), a, J->T, log1p(s)};
+        finish(R, &w);
     }
     if (J->dtype == DT_F16) f2h_range(R->S->ob, orow + R->start * 2, R->len);
 }
@@ -340,9 +364,7 @@ static void prog_lse(rowctx_t *R, size_t r) {
     } else if (a == -INFINITY || a == INFINITY) {
         v = a;
     } else {
-        sk_ahead ah = ahead(R, 0);
-        J->fam->sum(x, R->len, a, 1.0, NULL, R->p1 + R->start / SK_BLOCK, &ah);
-        sync_row(R);
+        run_sum(R, x, a, 1.0, NULL, 0);
         v = a + log1p(row_s(R));
     }
     if (R->c != 0) return;
@@ -434,9 +456,7 @@ static void prog_ce(rowctx_t *R, size_t r) {
     }
     double *e = !want_grad ? NULL : comp ? (double *)g : R->S->e;
     /* only the one-hot gradient is streamed */
-    sk_ahead ah = ahead(R, !J->stream || general);
-    f->sum(xs, R->len, a, 1.0, e, R->p1 + R->start / SK_BLOCK, &ah);
-    sync_row(R);
+    run_sum(R, xs, a, 1.0, e, !J->stream || general);
     double s = row_s(R), L = log1p(s), d = 1.0 + s;
     double lse = inf_row ? INFINITY : a + L;
     double zg = has_z ? 2.0 * J->z * row_w * (inf_row ? 0.0 : lse) : 0.0;
@@ -469,8 +489,18 @@ static void prog_ce(rowctx_t *R, size_t r) {
     size_t end = R->start + R->len;
     int t_here = !general && (size_t)cf.t != k && (size_t)cf.t >= R->start && (size_t)cf.t < end;
     double e_t = t_here ? e[(size_t)cf.t - R->start] : 0.0;
-    if (general) f->ce_grad(e, x, g, R->len, d, c_sum, zg, has_z, J->denom, &cf, R->start);
-    else f->ce_hard_grad(e, g, R->len, d, c_sum, zg, has_z, J->denom, J->stream);
+    if (general) {
+        f->ce_grad(e, x, g, R->len, d, c_sum, zg, has_z, J->denom, &cf, R->start);
+    } else if (comp) {
+        f->ce_hard_grad(e, g, R->len, d, c_sum, zg, has_z, J->denom);
+    } else {
+        /* away from the target and the argmax: ((c + zg) / d) / denom times e */
+        double fac = c_sum / d;
+        if (has_z) fac += zg / d;
+        if (J->denom != 1.0) fac /= J->denom;
+        sk_write w = {g, R->len, e, NULL, d, fac, 0.0, 1.0, 0.0};
+        f->write(&w, J->stream);
+    }
     if (t_here) {
         double p_t = e_t / d;
         double v = c_sum * p_t - cf.hv;
@@ -482,8 +512,8 @@ static void prog_ce(rowctx_t *R, size_t r) {
     /* At the argmax, where p_k > 1/2 (s < 1) and the class has a coefficient
        (C > C - c_k), the gradient is (C - c_k) - C s / (1 + s), never
        C p_k - c_k; elsewhere C p_k - c_k has nothing to cancel.  The range
-       kernels already wrote C p_k - c_k, except the hard-target kernel,
-       which leaves the target's coefficient to this step. */
+       kernels already wrote C p_k - c_k, except the hard-target ones, which
+       leave the target's coefficient to this step. */
     int hard_k = !general && (size_t)cf.t == k;
     if (k >= R->start && k < end && ((s < 1.0 && c_sum > c_rest) || hard_k)) {
         double v;
@@ -619,6 +649,7 @@ static void run_thread(job_t *J, int tid) {
             }
             r0 = n0;
         }
+        flush(&R);
     }
     scratch_free(&S);
 }
@@ -727,7 +758,7 @@ static int run(job_t *J) {
     J->fam = J->dtype == DT_F64 ? &isa->f64 : &isa->f32;
     J->isz = J->dtype == DT_F64 ? 8 : J->dtype == DT_F32 ? 4 : 2;
     J->nb = (J->n + SK_BLOCK - 1) / SK_BLOCK;
-    /* only the float32 family's writers stream (WRITE_ROW) */
+    /* only the float32 family's writers stream (see `write` in sk_family.h) */
     J->stream = J->dtype == DT_F32 && J->out && (J->op == OP_SOFTMAX || J->op == OP_CE) &&
                 J->rows * J->n * J->isz >= SK_STREAM_MIN;
     if (J->rows == 0) return 0;
@@ -754,6 +785,9 @@ static int run(job_t *J) {
             plan(J, 1);
         }
     }
+    /* log_softmax only: deferring the others, whose writes read a float64
+       buffer of exponentials, needs two such buffers, and measured slower */
+    J->defer = J->stream && J->op == OP_SOFTMAX && J->log && !J->wide;
     if (J->nt > 1) {
         pthread_mutex_lock(&pool_mu);
         pool_job = J;

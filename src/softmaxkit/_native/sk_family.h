@@ -182,15 +182,112 @@ static size_t FN(nfin)(const void *xv, size_t n) {
     return c;
 }
 
+/* log_softmax: (hi - L) + lo */
+static inline vd FN(logw1)(const FT *x, size_t i, size_t n, double a, double T, double L) {
+    vd lo;
+    vd hi = FN(shift)(LDX(x, i, n, -INF), a, T, &lo);
+    vd y = hi - L;
+#if COMP
+    y = y + lo;
+#endif
+    return y;
+}
+
+/* The vector at i of a known output (sk_write): e * f, else log_softmax. */
+static inline vd FN(wval)(const double *e, const FT *x, size_t n, double d, double f, double a, double T, double L,
+                          size_t i) {
+    if (!e) return FN(logw1)(x, i, n, a, T, L);
+#if COMP
+    return vdiv(LDE(e, i, n, 0.0), splat(d), splat(f));
+#else
+    (void)d;
+    return LDE(e, i, n, 0.0) * f;
+#endif
+}
+#define WVAL(w, i) FN(wval)((w)->e, (w)->x, (w)->n, (w)->d, (w)->f, (w)->a, (w)->T, (w)->L, (i))
+
+/* elements per 64-byte cache line */
+#define LINE (64 / (int)sizeof(FT))
+
+/* Writing a row-shaped output.  With `stream` and an ISA that has them
+ * (SK_STREAM_V), the whole 64-byte lines of the row, [h, end), are written
+ * with non-temporal stores, which skip reading each line into the cache
+ * first; the head and tail take ordinary stores, and a fence ends the row.
+ * The caller then fetches nothing of the output ahead.  Every element is
+ * computed by the same expression either way. */
+#if defined(SK_STREAM_V) && !COMP
+static inline void FN(lines)(const FT *out, size_t n, int stream, size_t *h, size_t *end) {
+    uintptr_t p = (uintptr_t)out;
+    size_t hh = !stream || p % sizeof(FT) ? n : (64 - p % 64) % 64 / sizeof(FT);
+    if (hh > n) hh = n;
+    *h = hh;
+    *end = hh + (n - hh) / LINE * LINE;
+}
+#define STREAM_AT(out, i, v) SK_STREAM_V((out) + (i), (v))
+#define STREAM_END(stream)      \
+    do {                        \
+        if (stream) SK_FENCE(); \
+    } while (0)
+#else
+static inline void FN(lines)(const FT *out, size_t n, int stream, size_t *h, size_t *end) {
+    (void)out;
+    (void)stream;
+    *h = *end = n;
+}
+#define STREAM_AT(out, i, v) ((void)(out), (void)(i), (void)(v))
+#define STREAM_END(stream) ((void)(stream))
+#endif
+
+/* The elements of [0, n) outside the streamed lines [h, end). */
+#define WRITE_REST(out, n, h, end, i, Y)                    \
+    do {                                                    \
+        for (size_t i = 0; i < (h); i += VW) STX((out), i, (h), (Y)); \
+        for (size_t i = (end); i < (n); i += VW) STX((out), i, (n), (Y)); \
+    } while (0)
+
+/* Inlined per kind, so that each loop carries no test of it. */
+static inline __attribute__((always_inline)) void FN(write_t)(const double *e, const FT *x, double T,
+                                                             const sk_write *w, int stream) {
+    FT *out = w->out;
+    size_t n = w->n, h, end;
+    double d = w->d, f = w->f, a = w->a, L = w->L;
+    FN(lines)(out, n, stream, &h, &end);
+    for (size_t i = h; i < end; i += VW) STREAM_AT(out, i, FN(wval)(e, x, n, d, f, a, T, L, i));
+    WRITE_REST(out, n, h, end, i, FN(wval)(e, x, n, d, f, a, T, L, i));
+    STREAM_END(stream);
+}
+
+static void FN(write)(const sk_write *w, int stream) {
+    if (w->e) FN(write_t)(w->e, NULL, 1.0, w, stream);
+    else if (w->T == 1.0) FN(write_t)(NULL, w->x, 1.0, w, stream);
+    else FN(write_t)(NULL, w->x, w->T, w, stream);
+}
+
 /* Per block: sum of exp(z) over the entries with z != 0, and the number of
  * entries with z == 0 (x equal to the maximum; their terms are exactly 1).
- * With `e`, every exp(z) is stored.  Meanwhile the look-ahead streams are
- * prefetched, one cache line of each per vector until they are done, spread
- * over the blocks in proportion.  Inlined twice so that the common T == 1
- * loop carries no division. */
+ * With `e`, every exp(z) is stored.  Meanwhile the memory traffic of `ah`
+ * runs: one cache line of each look-ahead stream prefetched per vector until
+ * they are done, spread over the blocks in proportion, and the log_softmax
+ * row `ah->w` written, a streamed line per line of x read (float32 family,
+ * where the ISA streams; otherwise after the loop).  Inlined for the common
+ * cases, so that the T == 1 loops carry no division, and only the loop with
+ * a row to write (`wr_row`) tests for it. */
 static inline __attribute__((always_inline)) void FN(sum_t)(const FT *x, size_t n, double a, double T, double *e,
-                                                           sk_part *parts, const sk_ahead *ah) {
+                                                           sk_part *parts, const sk_ahead *ah, int wr_row) {
     const char *rd = ah->rd, *wr = ah->wr;
+    const sk_write *w = &ah->w;
+    FT *wo = w->out;
+    const FT *wx = w->x;
+    size_t wn = w->n, wh = 0, wend = 0, lag = 0;
+    double wa = w->a, wT = w->T, wL = w->L;
+    if (wr_row) {
+        FN(lines)(wo, wn, 1, &wh, &wend);
+        /* The write trails the read by `lag` elements, half a page apart: a
+           load from the same address modulo 4096 as a pending store waits
+           for it (measured: twice the time without). */
+        lag = ((uintptr_t)wo - (uintptr_t)x + 2048) % 4096 / sizeof(FT);
+    }
+    size_t wi = wh;
     for (size_t b0 = 0, bi = 0; b0 < n; b0 += SK_BLOCK, bi++) {
         size_t bn = n - b0 < SK_BLOCK ? n - b0 : SK_BLOCK;
         const char *rd_end = rd ? ah->rd + ah->rd_bytes * (b0 + bn) / n : NULL;
@@ -208,6 +305,11 @@ static inline __attribute__((always_inline)) void FN(sum_t)(const FT *x, size_t 
             if (wr < wr_end) {
                 __builtin_prefetch(wr, 1, 2);
                 wr += 64;
+            }
+            /* a whole line at a time: a write-combining buffer flushed with
+               part of a line costs a read of it */
+            if (wr_row && wi < wend && wi + lag <= i && i % LINE == LINE - VW) {
+                for (int l = 0; l < LINE / VW; l++, wi += VW) STREAM_AT(wo, wi, FN(logw1)(wx, wi, wn, wa, wT, wL));
             }
             vd lo;
             vd z = FN(shift)(LDX(x, i, b0 + bn, -INF), a, T, &lo);
@@ -229,86 +331,26 @@ static inline __attribute__((always_inline)) void FN(sum_t)(const FT *x, size_t 
         parts[bi].cnt = (double)ties;
 #endif
     }
+    if (wr_row) {
+        for (; wi < wend; wi += VW) STREAM_AT(wo, wi, WVAL(w, wi));
+        WRITE_REST(wo, wn, wh, wend, i, WVAL(w, i));
+        STREAM_END(1);
+    }
 }
 
 static void FN(sum)(const void *xv, size_t n, double a, double T, double *e, sk_part *parts, const sk_ahead *ah) {
-    if (T != 1.0) FN(sum_t)(xv, n, a, T, e, parts, ah);
-    else if (e) FN(sum_t)(xv, n, a, 1.0, e, parts, ah);
-    else FN(sum_t)(xv, n, a, 1.0, NULL, parts, ah);
+    if (T != 1.0) FN(sum_t)(xv, n, a, T, e, parts, ah, ah->w.out != NULL);
+    else if (ah->w.out) FN(sum_t)(xv, n, a, 1.0, e, parts, ah, 1);
+    else if (e) FN(sum_t)(xv, n, a, 1.0, e, parts, ah, 0);
+    else FN(sum_t)(xv, n, a, 1.0, NULL, parts, ah, 0);
 }
 
-/* Writing a row-shaped output: y(i) for the vectors i of [0, n).  With
- * `stream` and an ISA that has them, the 64-byte-aligned middle of the range
- * is written with non-temporal stores, which skip reading each line into the
- * cache first; the caller then fetches nothing of the output ahead.  Every
- * element is computed by the same expression either way. */
-#if defined(SK_STREAM_F) && !COMP
-static inline size_t FN(aligned_from)(const FT *out, size_t n) {
-    uintptr_t a = (uintptr_t)out;
-    if (a % sizeof(FT)) return n;
-    size_t h = (64 - a % 64) % 64 / sizeof(FT);
-    return h < n ? h : n;
-}
-#define WRITE_ROW(out, n, stream, i, Y)                                    \
-    do {                                                                   \
-        size_t h_ = (stream) ? FN(aligned_from)((out), (n)) : (n), i;      \
-        for (i = 0; i < h_; i += VW) STX((out), i, h_, (Y));               \
-        for (i = h_; i + 2 * VW <= (n); i += 2 * VW) {                     \
-            vd y0_ = (Y);                                                  \
-            i += VW;                                                       \
-            vd y1_ = (Y);                                                  \
-            i -= VW;                                                       \
-            SK_STREAM_F((out) + i, y0_, y1_);                              \
-        }                                                                  \
-        for (; i < (n); i += VW) STX((out), i, (n), (Y));                  \
-        if (stream) SK_FENCE();                                            \
-    } while (0)
-#else
-#define WRITE_ROW(out, n, stream, i, Y)                              \
-    do {                                                             \
-        (void)(stream);                                              \
-        for (size_t i = 0; i < (n); i += VW) STX((out), i, (n), (Y)); \
-    } while (0)
-#endif
-
-/* out = e / d */
-static void FN(div)(const double *e, void *outv, size_t n, double d, int stream) {
-    FT *out = outv;
-    vd vdd = splat(d), r = splat(1.0 / d);
 #if COMP
-    WRITE_ROW(out, n, stream, i, vdiv(LDE(e, i, n, 0.0), vdd, r));
-#else
-    (void)vdd;
-    WRITE_ROW(out, n, stream, i, LDE(e, i, n, 0.0) * r);
-#endif
-}
-
-/* log_softmax: out = (hi - L) + lo */
-static inline vd FN(logw1)(const FT *x, size_t i, size_t n, double a, double T, double L) {
-    vd lo;
-    vd hi = FN(shift)(LDX(x, i, n, -INF), a, T, &lo);
-    vd y = hi - L;
-#if COMP
-    y = y + lo;
-#endif
-    return y;
-}
-
-static void FN(logw)(const void *xv, void *outv, size_t n, double a, double T, double L, int stream) {
-    const FT *x = xv;
-    FT *out = outv;
-    /* the common T == 1 loop carries no division */
-    if (T == 1.0) WRITE_ROW(out, n, stream, i, FN(logw1)(x, i, n, a, 1.0, L));
-    else WRITE_ROW(out, n, stream, i, FN(logw1)(x, i, n, a, T, L));
-}
-
 /* Cross-entropy gradient with a one-hot target, away from the target and
  * the argmax: ((c p) + zg p) / denom with p = e / d. */
 static void FN(ce_hard_grad)(const double *e, void *gv, size_t n, double d, double c, double zg, int has_z,
-                             double denom, int stream) {
+                             double denom) {
     FT *g = gv;
-#if COMP
-    (void)stream;
     vd vdd = splat(d), r = splat(1.0 / d), vden = splat(denom), rden = splat(1.0 / denom);
     for (size_t i = 0; i < n; i += VW) {
         vd p = vdiv(LDE(e, i, n, 0.0), vdd, r);
@@ -317,13 +359,11 @@ static void FN(ce_hard_grad)(const double *e, void *gv, size_t n, double d, doub
         if (denom != 1.0) y = vdiv(y, vden, rden);
         STX(g, i, n, y);
     }
-#else
-    double f = c / d;
-    if (has_z) f += zg / d;
-    if (denom != 1.0) f /= denom;
-    WRITE_ROW(g, n, stream, i, LDE(e, i, n, 0.0) * f);
-#endif
 }
+#define CE_HARD_GRAD FN(ce_hard_grad)
+#else
+#define CE_HARD_GRAD NULL
+#endif
 
 /* Class coefficients of the lanes at absolute class index j0 .. j0 + VW - 1. */
 static inline vd FN(coef)(const sk_coef *cf, vd xf, vd w, vd q, double j0) {
@@ -462,6 +502,6 @@ static void FN(lvjp_w)(const void *yv, const void *gv, void *outv, size_t n, dou
 
 #define FAMILY_TABLE                                                                             \
     {                                                                                            \
-        FN(max), FN(find), FN(nfin), FN(sum), FN(div), FN(logw), FN(ce_hard_grad), FN(ce_terms), \
-            FN(ce_grad), FN(svjp_dot), FN(svjp_w), FN(lvjp_sum), FN(lvjp_w)                      \
+        FN(max), FN(find), FN(nfin), FN(sum), FN(write), CE_HARD_GRAD, FN(ce_terms), FN(ce_grad), \
+            FN(svjp_dot), FN(svjp_w), FN(lvjp_sum), FN(lvjp_w)                                    \
     }

@@ -15,7 +15,11 @@ static const sk_family fam_f32 = FAMILY_TABLE;
 #undef LD
 #undef ST
 #undef ACC
-#undef WRITE_ROW
+#undef WRITE_REST
+#undef LINE
+#undef STREAM_AT
+#undef STREAM_END
+#undef CE_HARD_GRAD
 #undef FAMILY_TABLE
 
 #define FT double

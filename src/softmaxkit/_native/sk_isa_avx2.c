@@ -13,6 +13,10 @@
 /* vmaxpd returns its second operand when either is NaN */
 #define SK_MAX(a, b) ((vd)_mm256_max_pd((__m256d)(a), (__m256d)(b)))
 #define SK_LOAD_F(p) ((vd)_mm256_cvtps_pd(_mm_loadu_ps(p)))
+/* one vector of float64, rounded to float32, to 16 aligned bytes around the
+ * cache; the fence orders those stores before the job ends */
+#define SK_STREAM_V(p, v) _mm_stream_ps((p), _mm256_cvtpd_ps((__m256d)(v)))
+#define SK_FENCE() _mm_sfence()
 #include "sk_isa.h"
 
 const sk_isa sk_isa_avx2 = {"avx2", fam_f32, fam_f64};

@@ -14,17 +14,15 @@
 #define SK_MAX(a, b) ((vd)_mm512_max_pd((__m512d)(a), (__m512d)(b)))
 #define SK_LOAD_F(p) ((vd)_mm512_cvtps_pd(_mm256_loadu_ps(p)))
 #define SK_SCALEF(y, k) ((vd)_mm512_scalef_pd((__m512d)(y), (__m512d)(k)))
+/* lane l of the 16-entry table (lo, hi) at the low four bits of lane l of k */
+#define SK_PERM16(k, lo, hi) ((vd)_mm512_permutex2var_pd((__m512d)(lo), (__m512i)(k), (__m512d)(hi)))
 /* lanes equal to 0 as a bit mask, and s + v in the other lanes */
 #define SK_TIE_MASK(z) ((unsigned)_mm512_cmp_pd_mask((__m512d)(z), _mm512_setzero_pd(), _CMP_EQ_OQ))
 #define SK_ADD_UNLESS(s, m, v) \
     ((vd)_mm512_mask_add_pd((__m512d)(s), (__mmask8) ~(m), (__m512d)(s), (__m512d)(v)))
-#define SK_STREAM_F(p, a, b) \
-    _mm512_stream_ps((p), _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps((__m512d)(a))), _mm512_cvtpd_ps((__m512d)(b)), 1))
-/* two vectors of float64, rounded to float32, to one aligned 64-byte line,
- * around the cache; the fence orders those stores before the job ends */
-#define SK_STREAM_F(p, a, b)                                                                         \
-    _mm512_stream_ps((p), _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps((__m512d)(a))), \
-                                             _mm512_cvtpd_ps((__m512d)(b)), 1))
+/* one vector of float64, rounded to float32, to 32 aligned bytes around the
+ * cache; the fence orders those stores before the job ends */
+#define SK_STREAM_V(p, v) _mm256_stream_ps((p), _mm512_cvtpd_ps((__m512d)(v)))
 #define SK_FENCE() _mm_sfence()
 #include "sk_isa.h"
 

@@ -41,18 +41,34 @@ typedef struct {
     double inv_nf;     /* 1 / number of logits that are not -inf */
 } sk_coef;
 
-/* Memory to bring into cache while a compute-bound pass runs: the next
- * row's logits (read) and its output (to be written), so that the passes
- * which stream memory find it there.  A hint only: NULL streams are
- * skipped, and results never depend on it. */
+/* A row-shaped output whose values are known once its row's sums are:
+ *   y = e * f                        (softmax, one-hot cross-entropy gradient)
+ *   y = (x - a) / T - L  (+ lo)      (log_softmax), when e is NULL;
+ * in the float64 family e * f is the quotient e / d, corrected (vdiv), with
+ * f = 1 / d.  `out` NULL: nothing to write. */
+typedef struct {
+    void *out;
+    size_t n;
+    const double *e;
+    const void *x;
+    double d, f, a, T, L;
+} sk_write;
+
+/* Memory traffic to overlap with a compute-bound pass (`sum`): the next
+ * row's logits (read) and output (to be written) brought into cache, and
+ * the log_softmax output `w` of the row before (e NULL) written, streamed
+ * where the family and ISA can (see `write` in sk_family.h).  The prefetches
+ * are hints only: NULL streams are skipped, and results never depend on
+ * them. */
 typedef struct {
     const char *rd;
     char *wr;
     size_t rd_bytes, wr_bytes;
+    sk_write w;
 } sk_ahead;
 
 /* Outputs of at least this many bytes are written around the cache (see
- * WRITE_ROW in sk_family.h): they cannot stay in it anyway. */
+ * `write` in sk_family.h): they cannot stay in it anyway. */
 #define SK_STREAM_MIN ((size_t)32 << 20)
 
 /* Range kernels of one precision family.  The float32 family reads and
@@ -64,10 +80,9 @@ typedef struct {
     size_t (*find)(const void *x, size_t n, double a);
     size_t (*nfin)(const void *x, size_t n);
     void (*sum)(const void *x, size_t n, double a, double T, double *e, sk_part *parts, const sk_ahead *ah);
-    void (*div)(const double *e, void *out, size_t n, double d, int stream);
-    void (*logw)(const void *x, void *out, size_t n, double a, double T, double L, int stream);
-    void (*ce_hard_grad)(const double *e, void *g, size_t n, double d, double c, double zg, int has_z, double denom,
-                         int stream);
+    void (*write)(const sk_write *w, int stream);
+    /* float64 family only: the float32 one writes e * f (write) */
+    void (*ce_hard_grad)(const double *e, void *g, size_t n, double d, double c, double zg, int has_z, double denom);
     void (*ce_terms)(const void *x, const void *xf, size_t n, double a, double L, const sk_coef *cf, size_t off,
                      size_t k, sk_part *loss, sk_part *csum, sk_part *crest);
     void (*ce_grad)(const double *e, const void *xf, void *g, size_t n, double d, double csum, double zg, int has_z,
