@@ -220,6 +220,7 @@ _MIB = 1 << 20
 # Outputs smaller than this come from NumPy: the C allocator's heap keeps and
 # reuses memory of that size by itself.
 _CACHE_MIN = 4 * _MIB
+_PAGE = 4096
 
 
 def _default_cache() -> int:
@@ -272,10 +273,19 @@ def get_output_cache() -> int:
 
 
 def _empty_like(x: np.ndarray) -> np.ndarray:
-    """An uninitialised C-contiguous array of ``x``'s shape and dtype, for a kernel's output."""
-    if x.nbytes < _CACHE_MIN or x.nbytes > _cache_limit:
+    """An uninitialised C-contiguous array of ``x``'s shape and dtype, for a kernel's output.
+
+    A cached block holds a page more than the output, which starts half a
+    page from ``x`` modulo 4096 (64-byte aligned): a load at the same address
+    modulo 4096 as a pending store waits for it, and an output a few cache
+    lines ahead of its input made the streamed log_softmax 30 % slower.
+    """
+    if x.nbytes < _CACHE_MIN or x.nbytes + _PAGE > _cache_limit:
         return np.empty(x.shape, x.dtype)
-    return np.frombuffer(_kernels.block(x.nbytes), dtype=x.dtype).reshape(x.shape)
+    block = _kernels.block(x.nbytes + _PAGE)
+    start = np.frombuffer(block, np.uint8, count=1).ctypes.data
+    offset = (x.ctypes.data + _PAGE // 2 - start) % _PAGE // 64 * 64
+    return np.frombuffer(block, dtype=x.dtype, count=x.size, offset=offset).reshape(x.shape)
 
 
 # --- eligibility ---------------------------------------------------------------
