@@ -25,11 +25,13 @@ through an exact float32 copy and is rounded float64 -> float32 -> float16,
 which can differ from a single rounding by one float16 ULP in rare halfway
 cases).  float64 uses the exact shift ``x - max = hi + lo`` (TwoSum, with
 TwoProduct for a temperature), ``exp(hi + lo)`` and compensated (TwoSum)
-sums.  The vectorised exp is written here (see ``sk_simd.h``): a polynomial
-after reduction by ``ln 2``, relative error below 2**-32 in the float32
-family (degree 5; the float32 result stays within 0.5 + 2**-7 ULP) and within
-0.7 ULP in the float64 family (degree 10, with the low parts folded in); ``log1p`` of the per-row sum comes from the C
-library.  Divisions by ``1 + s`` use the reciprocal in the float32 family and
+sums.  The vectorised exp is written here (see ``sk_simd.h``): relative
+error below 2**-32 in the float32 family, so that the float32 result stays
+within 0.5 + 2**-7 ULP (on AVX-512 a 16-entry table of 2**(j/16) after
+reduction by ``ln 2 / 16`` and a degree-4 Taylor polynomial, below 2**-34.5;
+elsewhere a degree-5 polynomial after reduction by ``ln 2``), and within 0.7
+ULP in the float64 family (degree 10, with the low parts folded in);
+``log1p`` of the per-row sum comes from the C library.  Divisions by ``1 + s`` use the reciprocal in the float32 family and
 a fused-multiply-add-corrected quotient in the float64 family.
 
 Sums are formed per block of 2048 elements from the start of the row and the
@@ -243,7 +245,9 @@ def set_output_cache(max_bytes: int) -> None:
     system when the array is freed; it is kept, up to ``max_bytes`` in all
     (the oldest goes first), and the next result of the same size reuses it.
     A loop that computes a softmax of the same shape each step then never
-    waits for the system.
+    waits for the system.  (A block holds a page more than its result, which
+    starts half a page from the input modulo 4096, where no load of the input
+    waits on a store of the output.)
 
     Parameters
     ----------
