@@ -204,7 +204,6 @@ static inline vd FN(wval)(const double *e, const FT *x, size_t n, double d, doub
     return LDE(e, i, n, 0.0) * f;
 #endif
 }
-#define WVAL(w, i) FN(wval)((w)->e, (w)->x, (w)->n, (w)->d, (w)->f, (w)->a, (w)->T, (w)->L, (i))
 
 /* elements per 64-byte cache line */
 #define LINE (64 / (int)sizeof(FT))
@@ -245,23 +244,26 @@ static inline void FN(lines)(const FT *out, size_t n, int stream, size_t *h, siz
         for (size_t i = (end); i < (n); i += VW) STX((out), i, (n), (Y)); \
     } while (0)
 
-/* Inlined per kind, so that each loop carries no test of it. */
+/* Writes w, except the streamed lines before `from` (already written).
+ * Inlined per kind, so that each loop carries no test of it. */
 static inline __attribute__((always_inline)) void FN(write_t)(const double *e, const FT *x, double T,
-                                                             const sk_write *w, int stream) {
+                                                             const sk_write *w, int stream, size_t from) {
     FT *out = w->out;
     size_t n = w->n, h, end;
     double d = w->d, f = w->f, a = w->a, L = w->L;
     FN(lines)(out, n, stream, &h, &end);
-    for (size_t i = h; i < end; i += VW) STREAM_AT(out, i, FN(wval)(e, x, n, d, f, a, T, L, i));
+    for (size_t i = from > h ? from : h; i < end; i += VW) STREAM_AT(out, i, FN(wval)(e, x, n, d, f, a, T, L, i));
     WRITE_REST(out, n, h, end, i, FN(wval)(e, x, n, d, f, a, T, L, i));
     STREAM_END(stream);
 }
 
-static void FN(write)(const sk_write *w, int stream) {
-    if (w->e) FN(write_t)(w->e, NULL, 1.0, w, stream);
-    else if (w->T == 1.0) FN(write_t)(NULL, w->x, 1.0, w, stream);
-    else FN(write_t)(NULL, w->x, w->T, w, stream);
+static void FN(write_from)(const sk_write *w, int stream, size_t from) {
+    if (w->e) FN(write_t)(w->e, NULL, 1.0, w, stream, from);
+    else if (w->T == 1.0) FN(write_t)(NULL, w->x, 1.0, w, stream, from);
+    else FN(write_t)(NULL, w->x, w->T, w, stream, from);
 }
+
+static void FN(write)(const sk_write *w, int stream) { FN(write_from)(w, stream, 0); }
 
 /* Per block: sum of exp(z) over the entries with z != 0, and the number of
  * entries with z == 0 (x equal to the maximum; their terms are exactly 1).
@@ -269,7 +271,7 @@ static void FN(write)(const sk_write *w, int stream) {
  * runs: one cache line of each look-ahead stream prefetched per vector until
  * they are done, spread over the blocks in proportion, and the log_softmax
  * row `ah->w` written, a streamed line per line of x read (float32 family,
- * where the ISA streams; otherwise after the loop).  Inlined for the common
+ * where the ISA streams), the rest of it after the loop.  Inlined for the common
  * cases, so that the T == 1 loops carry no division, and only the loop with
  * a row to write (`wr_row`) tests for it. */
 static inline __attribute__((always_inline)) void FN(sum_t)(const FT *x, size_t n, double a, double T, double *e,
@@ -331,11 +333,7 @@ static inline __attribute__((always_inline)) void FN(sum_t)(const FT *x, size_t 
         parts[bi].cnt = (double)ties;
 #endif
     }
-    if (wr_row) {
-        for (; wi < wend; wi += VW) STREAM_AT(wo, wi, WVAL(w, wi));
-        WRITE_REST(wo, wn, wh, wend, i, WVAL(w, i));
-        STREAM_END(1);
-    }
+    if (wr_row) FN(write_from)(w, 1, wi);
 }
 
 static void FN(sum)(const void *xv, size_t n, double a, double T, double *e, sk_part *parts, const sk_ahead *ah) {
