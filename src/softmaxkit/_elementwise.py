@@ -23,6 +23,9 @@ def sigmoid(x: Any) -> Any:
     The first form is used for ``x >= 0`` and the second for ``x < 0``, so the
     exponential never overflows and small results keep full relative
     accuracy.  Accuracy: 2 ULP (float16, bfloat16, float32), 4 ULP (float64).
+    Under ``jax.grad`` or PyTorch autograd the derivative is
+    ``sigmoid(x) (1 - sigmoid(x))`` everywhere: 1/4 at ``x = 0`` and ``-0``,
+    0 at ``±inf``.
 
     Parameters
     ----------
@@ -49,6 +52,10 @@ def softplus(x: Any) -> Any:
 
     Both terms are non-negative.  Accuracy: 2 ULP (float16, bfloat16,
     float32), 4 ULP (float64).  ``softplus(-inf) = 0``, ``softplus(inf) = inf``.
+    The branches are selected on ``x >= 0`` (rather than through ``max`` and
+    ``abs``, whose kinks at 0 have conventional derivatives), so under
+    ``jax.grad`` or PyTorch autograd the derivative is ``sigmoid(x)``
+    everywhere: 1/2 at ``x = 0`` and ``-0``, 0 at ``-inf``, 1 at ``inf``.
 
     Parameters
     ----------
@@ -74,7 +81,8 @@ def log_sigmoid(x: Any) -> Any:
     .. math:: \log\sigma(x) = -\max(-x, 0) - \operatorname{log1p}(e^{-|x|})
 
     ``log(sigmoid(x))`` underflows to ``-inf`` below about ``x = -745``
-    (float64); this stays exact.
+    (float64); this stays exact.  Its derivative under ``jax.grad`` or
+    PyTorch autograd is ``sigmoid(-x)`` everywhere, 1/2 at 0.
 
     Parameters
     ----------

@@ -369,14 +369,34 @@ def cross_entropy_rows(xp, st: RowStats, coef, z_loss: float, row_weight, want_g
 # --- elementwise: sigmoid, softplus, binary cross-entropy ---------------------
 
 
+def _neg_abs(xp, x):
+    """``-|x|`` as a selection between ``-x`` (``x >= 0``) and ``x``.
+
+    Automatic differentiation then takes the slope of the ``x >= 0`` side at
+    0 (-1).  ``abs`` and ``maximum`` have kinks at 0 whose conventional
+    derivatives (JAX: 1 and 1/2; PyTorch: 0 and 1/2) do not add up to the
+    slope of the smooth function built from them: ``softplus'(0)`` came out
+    as 0 under ``jax.grad`` and ``sigmoid'(0)`` as 0 under PyTorch autograd.
+    """
+    return xp.where(x >= 0, -x, x)
+
+
 def softplus(xp, x):
-    """``log(1 + e^x) = max(x, 0) + log1p(e^{-|x|})``: two non-negative terms."""
-    return xp.maximum(x, xp.zeros_like(x)) + xp.log1p(xp.exp(-xp.abs(x)))
+    """``log(1 + e^x) = max(x, 0) + log1p(e^{-|x|})``: two non-negative terms.
+
+    Written with selections on ``x >= 0`` so that its derivative under
+    automatic differentiation is ``sigmoid(x)`` everywhere, 1/2 at 0.
+    """
+    return xp.where(x >= 0, x, xp.zeros_like(x)) + xp.log1p(xp.exp(_neg_abs(xp, x)))
 
 
 def sigmoid(xp, x):
-    """``1 / (1 + e^{-x})``, written with ``e^{-|x|}`` so nothing overflows."""
-    e = xp.exp(-xp.abs(x))
+    """``1 / (1 + e^{-x})``, written with ``e^{-|x|}`` so nothing overflows.
+
+    The derivative under automatic differentiation is ``s (1 - s)``
+    everywhere, 1/4 at 0 (see ``_neg_abs``).
+    """
+    e = xp.exp(_neg_abs(xp, x))
     return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 

@@ -1,0 +1,107 @@
+"""Derivatives of sigmoid, softplus, log_sigmoid and BCE-with-logits under JAX.
+
+The NumPy-style functions run their formulas on ``jax.numpy`` when given JAX
+arrays, so ``jax.grad`` differentiates the formulas themselves.  Each
+derivative is compared with its exact value from mpmath at 0, -0, small and
+large ``|x|`` and the infinities, in float64 and float32.
+"""
+
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+import reference as ref  # noqa: E402
+
+import softmaxkit as smk  # noqa: E402
+
+INF = math.inf
+POINTS = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 0.5, -0.5, 3.0, -3.0, 30.0, -30.0, 700.0, -700.0, INF, -INF]
+
+
+def _sigma(x):
+    if x == INF:
+        return mp.mpf(1)
+    if x == -INF:
+        return mp.mpf(0)
+    return 1 / (1 + mp.exp(-mp.mpf(x)))
+
+
+# Exact first and second derivatives (functions of the exact sigmoid).
+DERIVATIVES = {
+    "sigmoid": (smk.sigmoid, lambda s, r: s * r, lambda s, r: s * r * (r - s)),
+    "softplus": (smk.softplus, lambda s, r: s, lambda s, r: s * r),
+    "log_sigmoid": (smk.log_sigmoid, lambda s, r: r, lambda s, r: -s * r),
+}
+
+
+def _check(actual, exact, dtype, ulps):
+    exact = float(exact)
+    if exact == 0:
+        assert actual == 0, (actual, exact)
+    else:
+        assert ref.ulp_error([actual], [mp.mpf(exact)], dtype) <= ulps, (actual, exact)
+
+
+# What broke: jax.grad(softplus)(0.0) gave 0 and jax.grad(log_sigmoid)(0.0)
+# gave 0 (a zero-initialised logistic head never trained): max(x, 0) and
+# |x| both have a kink at 0, and the two conventions JAX uses there (1/2 for
+# the tie of maximum, 1 for abs) do not add up to the true slope.
+@pytest.mark.parametrize("name", list(DERIVATIVES))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_elementwise_derivative_at_zero_and_everywhere(name, dtype):
+    fn, first, second = DERIVATIVES[name]
+    with jax.enable_x64(True):
+        grad = jax.grad(fn)
+        hess = jax.grad(jax.grad(fn))
+        for x in POINTS:
+            xj = jnp.asarray(x, dtype=dtype)
+            s, r = _sigma(float(xj)), _sigma(-float(xj))
+            _check(float(grad(xj)), first(s, r), np.dtype(dtype), 4)
+            # The second derivative is a difference (e.g. s r (r - s)):
+            # bounded in ULP of its largest term, s r.
+            scale = float(s * r)
+            assert abs(float(hess(xj)) - float(second(s, r))) <= 8 * float(np.spacing(np.asarray(scale, dtype=dtype))), x
+
+
+def test_elementwise_derivative_at_zero_without_x64():
+    for name, (fn, first, _) in DERIVATIVES.items():
+        assert float(jax.grad(fn)(0.0)) == float(first(mp.mpf(0.5), mp.mpf(0.5))), name
+        g = jax.vmap(jax.grad(fn))(jnp.zeros(3))
+        assert g.tolist() == [float(first(mp.mpf(0.5), mp.mpf(0.5)))] * 3, name
+
+
+# What broke: jax.grad of binary_cross_entropy_with_logits at logit 0 gave 0
+# for a positive target (the softplus kink), so training never started.
+@pytest.mark.parametrize("y", [0.0, 0.25, 1.0])
+@pytest.mark.parametrize("pos_weight", [None, 3.0])
+def test_bce_with_logits_derivative_at_zero_and_everywhere(y, pos_weight):
+    with jax.enable_x64(True):
+        beta = None if pos_weight is None else jnp.asarray(pos_weight)
+
+        def loss(x):
+            return smk.binary_cross_entropy_with_logits(x, jnp.asarray(y), pos_weight=beta, reduction="sum")
+
+        b = 1 if pos_weight is None else pos_weight
+        for x in POINTS:
+            s, r = _sigma(x), _sigma(-x)
+            exact = (1 - y) * s - b * y * r
+            # An infinite logit on the side the target disagrees with has
+            # an infinite loss, but its slope is still the limit.
+            actual = float(jax.grad(loss)(jnp.asarray(x)))
+            if exact == 0:
+                assert actual == 0, (x, actual)
+            else:
+                assert abs(actual - float(exact)) <= 4 * np.spacing(abs(float(exact))) + 2 * np.spacing(float(b)), (x, actual, exact)
+            assert float(jax.grad(jax.grad(loss))(jnp.asarray(x))) == pytest.approx(float((1 - y + b * y) * s * r), rel=1e-14, abs=1e-300)
+
+
+def test_bce_with_logits_zero_initialised_head_trains():
+    x = jnp.zeros(4)
+    y = jnp.array([1.0, 0.0, 1.0, 1.0])
+    g = jax.grad(lambda a: smk.binary_cross_entropy_with_logits(a, y))(x)
+    np.testing.assert_array_equal(np.asarray(g), np.array([-0.125, 0.125, -0.125, -0.125], dtype=np.float32))
