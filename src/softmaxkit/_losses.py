@@ -103,7 +103,8 @@ def cross_entropy(
     axis : int, default -1
         The class axis.
     weight : array of shape (C,), optional
-        Non-negative per-class weights (PyTorch's ``weight``).
+        Finite per-class weights (PyTorch's ``weight``); negative ones are
+        allowed, as in PyTorch.
     ignore_index : int, default -100
         Index targets equal to it contribute neither loss nor gradient.
     label_smoothing : float in [0, 1], default 0
@@ -136,9 +137,10 @@ def cross_entropy(
     largest term, ``max(C p_j, |zg| p_j, c_j)``.
 
     Edge behaviour: all targets ignored gives 0 and a zero gradient (mean
-    included); label smoothing gives no mass to ``-inf`` classes; a target on a
-    ``-inf`` logit gives ``+inf`` with a finite gradient; a fully masked row
-    has a zero gradient.  An empty class axis raises ``ValueError``.
+    included), and so does a "mean" whose total weight is 0 (weights of both
+    signs that cancel), where PyTorch divides by 0; label smoothing gives no
+    mass to ``-inf`` classes; a target on a ``-inf`` logit gives ``+inf`` with
+    a finite gradient; a fully masked row has a zero gradient.  An empty class axis raises ``ValueError``.
 
     Examples
     --------

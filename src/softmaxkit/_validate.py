@@ -242,9 +242,14 @@ def weight_shape(got: tuple, n_classes: int) -> None:
 
 
 def bad_weight(xp: Any, w: Any) -> Any:
-    """Mask of the class weights that are not finite and >= 0."""
-    return ~(xp.isfinite(w) & (w >= 0))
+    """Mask of the class weights that are not finite.
+
+    Any finite weight is allowed, negative ones included, as in PyTorch; a
+    "mean" whose total weight comes to 0 is 0 (see ``_losses._reduce``).
+    NaN and infinite weights would turn every row of their class into NaN.
+    """
+    return ~xp.isfinite(w)
 
 
-BAD_WEIGHT = "weight must be finite and >= 0"
+BAD_WEIGHT = "weight must be finite"
 NEGATIVE_PROBABILITY = "must be non-negative probabilities"

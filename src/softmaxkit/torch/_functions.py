@@ -567,7 +567,7 @@ def cross_entropy(
         Integer class indices of shape (), (N,) or (N, d1, ..., dk), or
         non-negative probabilities of ``input``'s shape.
     weight : torch.Tensor of shape (C,), optional
-        Non-negative class weights.
+        Finite class weights; negative ones are allowed, as in torch.
     ignore_index : int, default -100
         Class-index targets equal to it contribute no loss and no gradient.
     reduction : {"mean", "sum", "none"}, default "mean"
@@ -586,8 +586,9 @@ def cross_entropy(
     Notes
     -----
     Loss and gradient within 2 ULP for float32 and narrower on CPU (class
-    indices).  Defined where torch gives NaN: all targets ignored gives 0 with
-    a zero gradient; smoothing gives no mass to ``-inf`` classes; a fully
+    indices).  Defined where torch gives NaN: all targets ignored (or a
+    total class weight of 0, from weights of both signs) gives 0 with a zero
+    gradient; smoothing gives no mass to ``-inf`` classes; a fully
     masked row has a zero gradient.  Memory: backward keeps only the targets
     and one scalar besides the logits, and recomputes the softmax chunk by
     chunk; (N, C, d1, ...) input is first copied to (rows, C) layout.

@@ -1,0 +1,116 @@
+"""softmaxkit.torch against torch.nn.functional: nll_loss, dtype=, class weights, targets."""
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+TF = torch.nn.functional
+
+import softmaxkit as smk  # noqa: E402
+import softmaxkit.torch as smt  # noqa: E402
+
+INF = math.inf
+
+
+def _rand(*shape, dtype=torch.float64, scale=3.0, seed=0, grad=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64).mul_(scale).to(dtype)
+    return x.requires_grad_(grad)
+
+
+def _value_and_grad(fn, x):
+    x = x.detach().clone().requires_grad_(True)
+    out = fn(x)
+    cot = torch.linspace(-1.0, 2.0, out.numel(), dtype=out.dtype).reshape(out.shape)
+    (g,) = torch.autograd.grad(out, x, cot)
+    return out.detach(), g
+
+
+def _close(a, b, rtol=1e-12, atol=1e-12):
+    torch.testing.assert_close(a, b, rtol=rtol, atol=atol, equal_nan=True)
+
+
+# --- class weights ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_negative_class_weights_are_accepted_like_torch(reduction, smoothing):
+    # softmaxkit rejected negative class weights, which torch accepts (its own
+    # OpInfo samples use them).
+    x = _rand(5, 4)
+    t = torch.tensor([0, 1, 2, 3, 1])
+    w = torch.tensor([1.5, -0.5, 2.0, -1.25], dtype=torch.float64)
+
+    def ours(a):
+        return smt.cross_entropy(a, t, weight=w, reduction=reduction, label_smoothing=smoothing)
+
+    def theirs(a):
+        return TF.cross_entropy(a, t, weight=w, reduction=reduction, label_smoothing=smoothing)
+
+    got, want = _value_and_grad(ours, x), _value_and_grad(theirs, x)
+    _close(got[0], want[0])
+    _close(got[1], want[1])
+    q = torch.softmax(_rand(5, 4, seed=1), 1)
+    _close(smt.cross_entropy(x, q, weight=w, reduction=reduction), TF.cross_entropy(x, q, weight=w, reduction=reduction))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_negative_class_weights_native_and_xp_paths_agree(dtype):
+    # The CPU kernels and the xp formulas share the class-weight rule; a
+    # negative weight must not send either one down another road.
+    x = _rand(6, 5, dtype=dtype)
+    x[0, 2] = 40.0  # a confident row whose target is its argmax
+    t = torch.tensor([2, 1, 0, 4, 3, 2])
+    w = torch.tensor([-1.0, 2.0, -0.25, 0.5, 3.0], dtype=dtype)
+    got = _value_and_grad(lambda a: smt.cross_entropy(a, t, weight=w, reduction="sum"), x)
+    from softmaxkit import _native
+
+    with _native.disabled():
+        xp_path = _value_and_grad(lambda a: smt.cross_entropy(a, t, weight=w, reduction="sum"), x)
+    want = _value_and_grad(lambda a: TF.cross_entropy(a.double(), t, weight=w.double(), reduction="sum"), x)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else {}
+    _close(got[0], xp_path[0], **tol)
+    _close(got[1], xp_path[1], **tol)
+    _close(got[0].double(), want[0], **tol)
+    _close(got[1], want[1], **tol)
+
+
+def test_negative_class_weights_numpy_path_matches_torch():
+    x = _rand(4, 3)
+    t = torch.tensor([0, 1, 2, 1])
+    w = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+    loss, grad = smk.cross_entropy(x.numpy(), t.numpy(), weight=w.numpy(), return_grad=True)
+    want, want_grad = _value_and_grad(lambda a: TF.cross_entropy(a, t, weight=w), x)
+    np.testing.assert_allclose(loss, want.numpy(), rtol=1e-12)
+    # _value_and_grad uses a cotangent of -1 for a scalar
+    np.testing.assert_allclose(-grad, want_grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [math.nan, INF, -INF])
+def test_non_finite_class_weights_raise(bad):
+    w = torch.tensor([1.0, bad, 1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"weight must be finite; got weight\[1\]"):
+        smt.cross_entropy(_rand(2, 3), torch.tensor([0, 1]), weight=w)
+    with pytest.raises(ValueError, match=r"weight must be finite; got weight\[1\]"):
+        smk.cross_entropy(_rand(2, 3).numpy(), np.array([0, 1]), weight=w.numpy())
+
+
+@pytest.mark.parametrize("path", ["torch", "numpy"])
+def test_zero_total_class_weight_mean_is_zero_with_zero_gradient(path):
+    # Weights of both signs can sum to 0 over the batch: torch divides by it
+    # (inf or NaN); softmaxkit's mean over a total weight of 0 is 0, as for an
+    # all-ignored batch.
+    x = _rand(2, 3)
+    t = torch.tensor([0, 1])
+    w = torch.tensor([1.0, -1.0, 5.0], dtype=torch.float64)
+    assert not math.isfinite(float(TF.cross_entropy(x, t, weight=w)))
+    if path == "torch":
+        loss, grad = _value_and_grad(lambda a: smt.cross_entropy(a, t, weight=w), x)
+    else:
+        loss, grad = smk.cross_entropy(x.numpy(), t.numpy(), weight=w.numpy(), return_grad=True)
+        loss, grad = torch.as_tensor(loss), torch.as_tensor(grad)
+    assert float(loss) == 0.0
+    assert not grad.any()
