@@ -114,3 +114,25 @@ def test_zero_total_class_weight_mean_is_zero_with_zero_gradient(path):
         loss, grad = torch.as_tensor(loss), torch.as_tensor(grad)
     assert float(loss) == 0.0
     assert not grad.any()
+
+
+# --- ignore_index with probability targets ------------------------------------------
+
+
+@pytest.mark.parametrize("ignore_index", [0, 1, 7])
+def test_ignore_index_with_probability_targets_raises_like_torch(ignore_index):
+    # softmaxkit silently ignored a non-negative ignore_index given with
+    # probability targets, where torch refuses it.
+    x, q = _rand(2, 3), torch.softmax(_rand(2, 3, seed=1), 1)
+    with pytest.raises(RuntimeError, match="ignore_index"):
+        TF.cross_entropy(x, q, ignore_index=ignore_index)
+    with pytest.raises(ValueError, match=rf"ignore_index={ignore_index} .*probability targets"):
+        smt.cross_entropy(x, q, ignore_index=ignore_index)
+    with pytest.raises(ValueError, match="ignore_index"):
+        smt.CrossEntropyLoss(ignore_index=ignore_index)(x, q)
+
+
+@pytest.mark.parametrize("ignore_index", [-100, -1, -5])
+def test_negative_ignore_index_with_probability_targets_is_unused_like_torch(ignore_index):
+    x, q = _rand(2, 3), torch.softmax(_rand(2, 3, seed=1), 1)
+    _close(smt.cross_entropy(x, q, ignore_index=ignore_index), TF.cross_entropy(x, q, ignore_index=ignore_index))

@@ -570,6 +570,8 @@ def cross_entropy(
         Finite class weights; negative ones are allowed, as in torch.
     ignore_index : int, default -100
         Class-index targets equal to it contribute no loss and no gradient.
+        With probability targets it must be negative (``ValueError``
+        otherwise; torch raises ``RuntimeError``).
     reduction : {"mean", "sum", "none"}, default "mean"
         "mean" divides by the summed weights of the non-ignored rows (class
         indices) or by the number of rows (probabilities), as torch does.
@@ -627,6 +629,13 @@ def cross_entropy(
             ),
         )
     else:
+        # torch's rule: ignore_index means nothing to probability targets, and
+        # only its negative values (the default -100 among them) are let pass.
+        if ignore_index >= 0:
+            raise ValueError(
+                f"ignore_index={ignore_index} cannot be used with probability targets (floating target of dtype "
+                f"{target.dtype}); it applies to class indices only: leave it negative (default -100)"
+            )
         t2 = _rows_view(target, cdim).to(x.device)
         _require_none(
             t2 < 0,
