@@ -136,3 +136,38 @@ def test_ignore_index_with_probability_targets_raises_like_torch(ignore_index):
 def test_negative_ignore_index_with_probability_targets_is_unused_like_torch(ignore_index):
     x, q = _rand(2, 3), torch.softmax(_rand(2, 3, seed=1), 1)
     _close(smt.cross_entropy(x, q, ignore_index=ignore_index), TF.cross_entropy(x, q, ignore_index=ignore_index))
+
+
+# --- dtype= on softmax and log_softmax ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize(
+    ("in_dtype", "dtype"),
+    [(torch.float16, torch.float32), (torch.float32, torch.float64), (torch.float64, torch.float32), (torch.bfloat16, torch.float64)],
+)
+def test_dtype_casts_the_input_before_the_op_like_torch(name, in_dtype, dtype):
+    # softmaxkit.torch had no dtype= (torch's way to compute a half-precision
+    # softmax in float32 and get the gradient back in half precision).
+    x = _rand(3, 5, dtype=in_dtype)
+    got, got_grad = _value_and_grad(lambda a: getattr(smt, name)(a, 1, dtype=dtype), x)
+    want, want_grad = _value_and_grad(lambda a: getattr(TF, name)(a, 1, dtype=dtype), x)
+    assert got.dtype == want.dtype == dtype
+    assert got_grad.dtype == want_grad.dtype == in_dtype
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    _close(got, want, **tol)
+    # the gradient is rounded to the input's dtype on the way back
+    grad_tol = {torch.float16: 1e-3, torch.bfloat16: 1e-2}.get(in_dtype)
+    _close(got_grad, want_grad, **(tol if grad_tol is None else dict(rtol=grad_tol, atol=grad_tol)))
+
+
+def test_dtype_promotes_integer_input():
+    x = torch.tensor([[1, 2, 3]])
+    _close(smt.softmax(x, 1, dtype=torch.float32), TF.softmax(x, 1, dtype=torch.float32))
+    assert smt.log_softmax(x, 1, dtype=torch.float32).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64, "float32", np.float32])
+def test_dtype_must_be_a_floating_torch_dtype(dtype):
+    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+        smt.softmax(_rand(2, 3), 1, dtype=dtype)

@@ -214,7 +214,15 @@ def _implicit_dim(ndim: int, name: str) -> int:
     return 0 if ndim in (0, 1, 3) else 1
 
 
-def _softmax_family(input: Any, dim: Any, temperature: float, log: bool, name: str) -> torch.Tensor:
+def _softmax_family(input: Any, dim: Any, dtype: Any, temperature: float, log: bool, name: str) -> torch.Tensor:
+    if dtype is not None:
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype (for example torch.float32) or None; got {dtype!r}")
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor; got {type(input).__module__}.{type(input).__name__}")
+        # As torch: cast first, so the gradient goes back through the cast
+        # and arrives in the input's own dtype.
+        input = input.to(dtype)
     x = _as_float(input, "input")
     T = v.temperature(temperature)
     if dim is None:
@@ -224,7 +232,9 @@ def _softmax_family(input: Any, dim: Any, temperature: float, log: bool, name: s
     return _from_rows(y2, x, d)
 
 
-def softmax(input: torch.Tensor, dim: int | None = None, *, temperature: float = 1.0) -> torch.Tensor:
+def softmax(
+    input: torch.Tensor, dim: int | None = None, *, dtype: torch.dtype | None = None, temperature: float = 1.0
+) -> torch.Tensor:
     r"""Softmax along ``dim``, exact and NaN-free, with autograd.
 
     .. math:: \mathrm{softmax}(x)_i = \frac{e^{z_i}}{1 + s},\quad
@@ -239,12 +249,16 @@ def softmax(input: torch.Tensor, dim: int | None = None, *, temperature: float =
     dim : int
         The class dimension.  ``None`` follows torch's deprecated implicit
         rule, with a warning.
+    dtype : torch.dtype, optional
+        A floating dtype to cast ``input`` to before the operation, as in
+        torch (for example float32 for a float16 input); the result has this
+        dtype and the gradient comes back in ``input``'s dtype.
     temperature : float, default 1.0
         ``T > 0``: ``softmax(x, dim, temperature=T) == softmax(x / T, dim)``.
 
     Returns
     -------
-    torch.Tensor of ``input``'s shape and dtype.
+    torch.Tensor of ``input``'s shape, and its dtype (or ``dtype``).
 
     Notes
     -----
@@ -261,10 +275,12 @@ def softmax(input: torch.Tensor, dim: int | None = None, *, temperature: float =
     >>> smt.softmax(torch.tensor([[-float("inf"), -float("inf")]]), dim=1)
     tensor([[0., 0.]])
     """
-    return _softmax_family(input, dim, temperature, False, "softmax")
+    return _softmax_family(input, dim, dtype, temperature, False, "softmax")
 
 
-def log_softmax(input: torch.Tensor, dim: int | None = None, *, temperature: float = 1.0) -> torch.Tensor:
+def log_softmax(
+    input: torch.Tensor, dim: int | None = None, *, dtype: torch.dtype | None = None, temperature: float = 1.0
+) -> torch.Tensor:
     r"""Log-softmax along ``dim``: ``z_i - log1p(s)``, exact at any margin.
 
     .. math:: \log\mathrm{softmax}(x)_i = z_i - \operatorname{log1p}(s)
@@ -274,12 +290,12 @@ def log_softmax(input: torch.Tensor, dim: int | None = None, *, temperature: flo
 
     Parameters
     ----------
-    input, dim, temperature
+    input, dim, dtype, temperature
         As in :func:`softmax`.
 
     Returns
     -------
-    torch.Tensor of ``input``'s shape and dtype.
+    torch.Tensor of ``input``'s shape, and its dtype (or ``dtype``).
 
     Notes
     -----
@@ -293,7 +309,7 @@ def log_softmax(input: torch.Tensor, dim: int | None = None, *, temperature: flo
     >>> smt.log_softmax(torch.tensor([20.0, 0.0]), dim=0)[0]  # torch gives 0
     tensor(-2.0612e-09)
     """
-    return _softmax_family(input, dim, temperature, True, "log_softmax")
+    return _softmax_family(input, dim, dtype, temperature, True, "log_softmax")
 
 
 # --- logsumexp ----------------------------------------------------------------
