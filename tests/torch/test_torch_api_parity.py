@@ -171,3 +171,92 @@ def test_dtype_promotes_integer_input():
 def test_dtype_must_be_a_floating_torch_dtype(dtype):
     with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
         smt.softmax(_rand(2, 3), 1, dtype=dtype)
+
+
+# --- nll_loss and NLLLoss -------------------------------------------------------------
+
+NLL_LAYOUTS = [((5, 4), (5,)), ((4,), ()), ((3, 4, 2, 3), (3, 2, 3)), ((2, 4, 5), (2, 5))]
+
+
+def _targets(shape, n_classes, seed=0, ignore_index=None):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, n_classes, shape, generator=g)
+    if ignore_index is not None and t.numel() > 1:
+        t.view(-1)[::3] = ignore_index
+    return t
+
+
+@pytest.mark.parametrize(("shape", "target_shape"), NLL_LAYOUTS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("options", [{}, {"weight": True}, {"ignore_index": 2}, {"weight": True, "ignore_index": -1}])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nll_loss_matches_torch_in_every_layout(shape, target_shape, reduction, options, dtype):
+    # softmaxkit.torch had no nll_loss.
+    n_classes = shape[0] if len(shape) == 1 else shape[1]
+    ignore_index = options.get("ignore_index", -100)
+    t = _targets(target_shape, n_classes, ignore_index=ignore_index if "ignore_index" in options else None)
+    w = torch.tensor([0.5, -1.0, 2.0, 1.5], dtype=dtype) if options.get("weight") else None
+    x = torch.log_softmax(_rand(*shape, dtype=dtype), 0 if len(shape) == 1 else 1)
+    kw = dict(weight=w, ignore_index=ignore_index, reduction=reduction)
+    got = _value_and_grad(lambda a: smt.nll_loss(a, t, **kw), x)
+    want = _value_and_grad(lambda a: TF.nll_loss(a, t, **kw), x)
+    assert got[0].dtype == want[0].dtype and got[0].shape == want[0].shape
+    assert got[1].dtype == dtype
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else {}
+    _close(got[0], want[0], **tol)
+    _close(got[1], want[1], **tol)
+
+
+def test_nll_loss_gradient_is_exact():
+    # d loss / d y[i, t_i] = -w_t / (sum of the kept weights), one rounding.
+    y = torch.log_softmax(_rand(4, 3), 1).requires_grad_(True)
+    t = torch.tensor([0, 2, -100, 2])
+    w = torch.tensor([0.3, 7.0, 1.1], dtype=torch.float64)
+    (g,) = torch.autograd.grad(smt.nll_loss(y, t, w), y)
+    want = torch.zeros_like(y)
+    for i, c in enumerate(t.tolist()):
+        if c >= 0:
+            want[i, c] = -w[c] / (0.3 + 1.1 + 1.1)
+    assert torch.equal(g, want)
+    loss = smt.nll_loss(y, t, w, reduction="none")
+    assert torch.equal(loss, torch.stack([-w[c] * y[i, c] if c >= 0 else y.new_zeros(()) for i, c in enumerate(t.tolist())]))
+
+
+def test_nll_loss_all_ignored_mean_is_zero_with_zero_gradient():
+    y = torch.log_softmax(_rand(2, 3), 1)
+    t = torch.tensor([-100, -100])
+    assert math.isnan(float(TF.nll_loss(y, t)))
+    loss, grad = _value_and_grad(lambda a: smt.nll_loss(a, t), y)
+    assert float(loss) == 0.0 and not grad.any()
+
+
+def test_nll_loss_module_is_drop_in():
+    y = torch.log_softmax(_rand(5, 4), 1)
+    t = _targets((5,), 4)
+    w = torch.tensor([1.0, 2.0, 0.5, 1.0], dtype=torch.float64)
+    ours, theirs = smt.NLLLoss(w, ignore_index=1, reduction="sum"), torch.nn.NLLLoss(w, ignore_index=1, reduction="sum")
+    _close(ours(y, t), theirs(y, t))
+    assert "weight" in dict(ours.named_buffers())
+    with pytest.warns(DeprecationWarning):
+        legacy = smt.NLLLoss(size_average=False)
+    assert legacy.reduction == "sum"
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda y, t: smt.nll_loss(y, t.float()), TypeError, "target must hold integer class indices"),
+        (lambda y, t: smt.nll_loss(y, t[:2]), ValueError, "must have shape"),
+        (lambda y, t: smt.nll_loss(y, torch.tensor([0, 1, 9])), ValueError, r"target at flat position 2 = 9 is not a class index"),
+        (lambda y, t: smt.nll_loss(y[0, 0], t[0]), ValueError, "class dimension"),
+        (lambda y, t: smt.nll_loss(y, t, weight=torch.ones(2)), ValueError, "weight must have shape"),
+        (lambda y, t: smt.nll_loss(y, t, reduction="avg"), ValueError, "reduction"),
+        (lambda y, t: smt.nll_loss(y.numpy(), t), TypeError, "input must be a torch.Tensor"),
+        (lambda y, t: smt.nll_loss(y, t.numpy()), TypeError, "target must be a torch.Tensor"),
+        (lambda y, t: smt.nll_loss(y, t, ignore_index=1.5), TypeError, "ignore_index must be an int"),
+    ],
+)
+def test_nll_loss_bad_inputs_raise_clear_errors(call, error, match):
+    y = torch.log_softmax(_rand(3, 4), 1)
+    with pytest.raises(error, match=match):
+        call(y, torch.tensor([0, 1, 2]))

@@ -18,21 +18,24 @@ from softmaxkit.torch._functions import (
     cross_entropy,
     log_softmax,
     logsumexp,
+    nll_loss,
     softmax,
     working_dtype,
 )
-from softmaxkit.torch._modules import BCEWithLogitsLoss, CrossEntropyLoss, LogSoftmax, Softmax
+from softmaxkit.torch._modules import BCEWithLogitsLoss, CrossEntropyLoss, LogSoftmax, NLLLoss, Softmax
 
 __all__ = [
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
     "LogSoftmax",
+    "NLLLoss",
     "NonFiniteError",
     "Softmax",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "log_softmax",
     "logsumexp",
+    "nll_loss",
     "softmax",
     "watch",
     "working_dtype",

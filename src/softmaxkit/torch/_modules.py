@@ -78,6 +78,46 @@ class CrossEntropyLoss(torch.nn.Module):
         return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, label_smoothing={self.label_smoothing}, z_loss={self.z_loss}"
 
 
+class NLLLoss(torch.nn.Module):
+    """Drop-in for ``torch.nn.NLLLoss``.
+
+    See :func:`softmaxkit.torch.nll_loss`.
+
+    Parameters
+    ----------
+    weight : torch.Tensor of shape (C,), optional
+        Registered as a buffer, so ``.to(device)`` moves it.
+    size_average, reduce : deprecated, as in torch.
+    ignore_index : int, default -100
+    reduction : {"mean", "sum", "none"}, default "mean"
+
+    Examples
+    --------
+    >>> import torch, softmaxkit.torch as smt
+    >>> smt.NLLLoss()(torch.zeros(2, 3), torch.tensor([-100, -100]))  # torch gives nan
+    tensor(0.)
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor | None = None,
+        size_average=None,
+        ignore_index: int = -100,
+        reduce=None,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = _legacy_reduction(size_average, reduce, reduction)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+
+
 class BCEWithLogitsLoss(torch.nn.Module):
     """Drop-in for ``torch.nn.BCEWithLogitsLoss``.
 
