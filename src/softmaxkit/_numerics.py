@@ -45,6 +45,8 @@ Precision
 
 from __future__ import annotations
 
+import math
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,22 +91,76 @@ def two_diff(xp, x, a):
     return hi, xp.where(xp.isfinite(hi), lo, xp.zeros_like(lo))
 
 
+def _split_factor(xp, dtype) -> float:
+    return 134217729.0 if dtype == xp.float64 else 4097.0
+
+
 def _split(xp, v):
     # Veltkamp splitting: v == high + low with each half fitting in half the
     # significand, so products of halves are exact.
-    factor = 134217729.0 if v.dtype == xp.float64 else 4097.0
-    c = factor * v
+    c = _split_factor(xp, v.dtype) * v
     high = c - (c - v)
     return high, v - high
 
 
 def two_prod(xp, u, v):
-    """``p + e == u * v`` exactly (Dekker's TwoProduct)."""
+    """``p + e == u * v`` exactly (Dekker's TwoProduct).
+
+    Exact while ``factor * |u|`` and ``factor * |v|`` (the Veltkamp splits)
+    stay finite and the partial products stay normal; see
+    :func:`divide_pair` for how its callers keep them there.
+    """
     p = u * v
     uh, ul = _split(xp, u)
     vh, vl = _split(xp, v)
     e = ((uh * vh - p) + uh * vl + ul * vh) + ul * vl
     return p, e
+
+
+def _scale(v, k: int):
+    """``v * 2**k`` in two exact steps: ``2**k`` alone may not be representable."""
+    half = k // 2
+    return (v * 2.0**half) * 2.0 ** (k - half)
+
+
+def divide_pair(xp, hi, lo, temperature: float):
+    """``(q, r)`` with ``q + r`` within a rounding of ``(hi + lo) / temperature``.
+
+    ``q`` is the rounded quotient and ``r`` its remainder divided by the
+    temperature, recovered with :func:`two_prod`.  The temperature is the
+    caller's (float64) number even where the working dtype is narrower: its
+    own rounding error is carried into ``r``.
+
+    Dekker's product splits ``q`` and the temperature with Veltkamp's
+    constant, which overflows (to NaN) beyond about ``max / factor``, and
+    loses exactness where its partial products underflow.  So a temperature
+    far from 1 is written ``m * 2**k`` with ``m`` in ``[0.5, 1)`` and ``hi``
+    and ``lo`` are scaled by ``2**-k`` instead (exact), and the remainder is
+    left out (0) where ``|q|`` is too large to split: there ``exp(q)`` is 0
+    and ``q`` alone is within half an ULP of the quotient.
+    """
+    dtype = hi.dtype
+    device = array_api_compat.device(hi)
+    fi = xp.finfo(dtype)
+    emax = math.frexp(float(fi.max))[1]
+    m, k = math.frexp(temperature)
+    if abs(k) <= emax // 4:
+        m, k = temperature, 0
+    else:
+        hi, lo = _scale(hi, -k), _scale(lo, -k)
+    # The rounding of m to the working dtype, done on the host: a device
+    # round trip would stall an accelerator's queue.
+    m_hi = m if dtype == xp.float64 else float(struct.unpack("f", struct.pack("f", m))[0])
+    t_hi = xp.asarray(m_hi, dtype=dtype, device=device)
+    t_lo = m - m_hi
+    q = hi / t_hi
+    p, perr = two_prod(xp, q, t_hi)
+    num = ((hi - p) - perr) + lo
+    if t_lo:
+        num = num - q * t_lo
+    rem = num / t_hi
+    splittable = xp.abs(q) <= float(fi.max) / (2.0 * _split_factor(xp, dtype))
+    return q, xp.where(splittable, rem, xp.zeros_like(rem))
 
 
 def compensated_sum_pair(xp, v, extra: bool):
@@ -193,10 +249,7 @@ def row_stats(xp, x, valid=None, temperature: float = 1.0, extra: bool = True) -
     else:
         hi, lo = two_diff(xp, x, shift)
         if temperature != 1.0:
-            q = hi / temperature
-            p, perr = two_prod(xp, q, xp.asarray(temperature, dtype=x.dtype))
-            rem = ((hi - p) - perr + lo) / temperature
-            hi, lo = q, xp.where(xp.isfinite(q), rem, xp.zeros_like(rem))
+            hi, lo = divide_pair(xp, hi, lo, temperature)
         e = xp.exp(hi) * (1.0 + lo)
     n = x.shape[-1]
     if n:
@@ -205,6 +258,10 @@ def row_stats(xp, x, valid=None, temperature: float = 1.0, extra: bool = True) -
     else:
         is_k = xp.zeros(x.shape, dtype=xp.bool, device=device)
     s = compensated_sum(xp, xp.where(is_k, zero, e), extra)
+    # The argmax term is left out of s, so a row whose only entry is NaN
+    # would have s = 0 and lose its NaN in the argmax forms; NaN stays in
+    # its row.
+    s = xp.where(xp.isnan(a), a, s)
     return RowStats(hi, lo, e, is_k, s, xp.log1p(s), a, masked_row, inf_row, extra)
 
 
