@@ -36,7 +36,7 @@ import math
 import warnings
 from typing import Any, Callable
 
-import array_api_compat.torch as xp
+import array_api_compat.torch as _compat
 import numpy as np
 import torch
 
@@ -46,6 +46,28 @@ from softmaxkit import _validate as v
 from softmaxkit._losses import _reduce
 
 _INF = float("inf")
+
+
+class _Namespace:
+    """``array_api_compat.torch`` with ``concat`` as ``torch.cat``.
+
+    The cotangents of ``torch.autograd.grad(..., is_grads_batched=True)``
+    are batched by torch's legacy batching, which has a rule for ``cat`` but
+    none for ``concat``; the compensated sums of the shared formulas concatenate
+    when a row's width is odd.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_compat, name)
+
+    @staticmethod
+    def concat(arrays, /, *, axis: int | None = 0) -> torch.Tensor:
+        if axis is None:
+            return torch.cat([a.reshape(-1) for a in arrays])
+        return torch.cat(list(arrays), axis)
+
+
+xp = _Namespace()
 
 # About 8 MiB of float64 per temporary: a few dozen of them stay in cache
 # and the Python overhead per chunk stays small next to the arithmetic.
@@ -62,22 +84,31 @@ def working_dtype(dtype: torch.dtype, device: torch.device) -> tuple[torch.dtype
     return torch.float32, dtype != torch.float32
 
 
+def _transformed(tensors: tuple) -> bool:
+    """Whether any tensor is wrapped by a transform: functorch's (``vmap``,
+    ``grad``, ``jvp``) or the batched cotangents of
+    ``torch.autograd.grad(..., is_grads_batched=True)`` (legacy batching)."""
+    fc = torch._C._functorch
+    return any(fc.is_functorch_wrapped_tensor(t) or fc.is_legacy_batchedtensor(t) for t in tensors if t is not None)
+
+
 def _plain(*tensors: Any) -> bool:
     """True in ordinary eager execution.
 
-    Chunked in-place writes and data-dependent checks need it; under
-    ``torch.compile`` (which fuses the temporaries away anyway), ``vmap``,
-    ``torch.func.grad`` and double backward the work is done in one piece.
+    Chunked in-place writes, the native kernels (which read the tensors'
+    memory) and data-dependent checks need it; under ``torch.compile``
+    (which fuses the temporaries away anyway), ``vmap``, ``torch.func.grad``,
+    batched gradients and double backward the work is done in one piece.
     """
     if torch.compiler.is_compiling() or torch.is_grad_enabled():
         return False
-    return not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors if t is not None)
+    return not _transformed(tensors)
 
 
 def _checkable(*tensors: Any) -> bool:
     if torch.compiler.is_compiling():
         return True
-    return not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors if t is not None)
+    return not _transformed(tensors)
 
 
 def _require_none(bad: torch.Tensor, describe: Callable[[tuple | None], str]) -> None:
@@ -519,7 +550,9 @@ class _CrossEntropy(torch.autograd.Function):
         if ctx.reduction == "mean":
             empty = denominator == 0
             g = xp.where(empty, xp.zeros_like(g), g / xp.where(empty, xp.ones_like(denominator), denominator))
-        scale = g if ctx.reduction == "none" else xp.broadcast_to(g, (x2.shape[0],))
+        # expand, not broadcast_to: batched cotangents (is_grads_batched)
+        # have no batching rule for the latter.
+        scale = g if ctx.reduction == "none" else g.expand(x2.shape[0])
         parts = _cross_entropy_pass(x2, t2, w, ctx.ignore_index, eps, ctx.z, hard, scale, want_target)
         return parts[0], (parts[1] if want_target else None), None, None, None, None, None, None
 
