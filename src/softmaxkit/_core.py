@@ -7,7 +7,10 @@ the output dtype.
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import numpy as np
 
 from softmaxkit import _dispatch
 from softmaxkit import _native
@@ -25,6 +28,38 @@ def _prepare(x: Any, axis: Any, where: Any = None, name: str = "x", allow_many: 
     xw = layout.forward(xp.astype(x, work))
     valid = None if valid is None else layout.forward(valid)
     return xp, layout, xw, valid, out_dtype, extra
+
+
+def _prepare_rows(x: Any, axis: Any, where: Any = None, name: str = "x", allow_many: bool = True):
+    """``_prepare`` for the functions that go through the rows in chunks.
+
+    Nothing is converted here: the input comes back as ``(rows, n)`` in its
+    own dtype (a view where the layout allows one), with the ``where`` mask
+    likewise, and each chunk is converted by :func:`_working`.  Returns
+    ``(xp, layout, rows, valid_rows, out_dtype, work, extra)``.
+    """
+    xp, x, out_dtype = v.real_array(x, name)
+    axes = v.axis(axis, x.ndim, allow_many=allow_many)
+    valid = v.where_mask(xp, where, tuple(x.shape))
+    work, extra = num.working_dtype(xp, out_dtype)
+    layout = Layout(xp, tuple(x.shape), axes)
+    valid = None if valid is None else layout.rows(valid)
+    return xp, layout, layout.rows(x), valid, out_dtype, work, extra
+
+
+def _working(xp: Any, rows: Any, part: slice, work: Any) -> Any:
+    """Rows ``part`` of a ``(rows, n)`` array, in the working dtype and row order.
+
+    A strided chunk (a column axis, a transposed input) is first copied flat
+    in row order, so that every sum along a row meets the same memory order
+    whatever the chunk's size: chunking never changes a bit.
+    """
+    chunk = rows[part, :]
+    return xp.reshape(xp.astype(xp.reshape(chunk, (-1,)), work), tuple(chunk.shape))
+
+
+def _itemsize(xp: Any, dtype: Any) -> int:
+    return xp.finfo(dtype).bits // 8
 
 
 @v.quiet
@@ -123,16 +158,23 @@ def _softmax_family(x: Any, axis: Any, temperature: Any, where: Any, log: bool) 
         entry = impl._core_log_softmax if log else impl._core_softmax
         return entry(x, axis, temperature=temperature, where=where)
     T = v.temperature(temperature)
+    x, where = v.unmask(x, where)
     if where is None and _native.eligible(x, axis):
         return (_native.log_softmax if log else _native.softmax)(x, T)
-    xp, layout, xw, valid, out_dtype, extra = _prepare(x, axis, where)
-    st = num.row_stats(xp, xw, valid, T, extra)
-    if not log:
-        return layout.back(xp.astype(num.softmax(xp, st), out_dtype))
-    out = num.log_softmax(xp, st)
-    if valid is not None:
-        out = xp.where(valid, out, xp.full_like(out, -float("inf")))
-    return layout.back(xp.astype(out, out_dtype))
+    xp, layout, rows, valid, out_dtype, work, extra = _prepare_rows(x, axis, where)
+    # Like the input's memory layout, so that back_rows is a view.
+    out = xp.empty_like(rows)
+    for part in layout.chunks(_itemsize(xp, work)):
+        valid_part = None if valid is None else valid[part, :]
+        st = num.row_stats(xp, _working(xp, rows, part, work), valid_part, T, extra)
+        if log:
+            y = num.log_softmax(xp, st)
+            if valid_part is not None:
+                y = xp.where(valid_part, y, xp.full_like(y, -float("inf")))
+        else:
+            y = num.softmax(xp, st)
+        out[part, :] = xp.astype(y, out_dtype)
+    return layout.back_rows(out)
 
 
 @v.quiet
@@ -152,23 +194,31 @@ def logsumexp(
     Parameters
     ----------
     x : array_like or array-API array
-        Input.  Integer input is promoted to float64.
+        Input, real or complex.  Integer input is promoted to float64; a
+        scalar is a sum of one term.  A ``numpy.ma.MaskedArray``'s masked
+        entries take no part (as with ``where=False``).
     axis : int, tuple of ints or None, default -1
-        Axes to reduce; None reduces all.
+        Axes to reduce; None reduces all (SciPy's default).
     b : array_like, optional
-        Weights broadcastable to ``x``; may be negative.  Entries with
-        ``b == 0`` are ignored, even where ``x`` is inf or NaN.
+        Weights, real or complex, broadcast together with ``x`` (either may
+        be the larger); may be negative.  Entries with ``b == 0`` are
+        ignored, even where ``x`` is inf or NaN.
     keepdims : bool, default False
         Keep the reduced axes with size 1.
     return_sign : bool, default False
-        Return ``(log|sum|, sign)``; the sign is +1, -1, or 0 for a zero sum.
-        Without it a negative sum gives NaN.
+        Return ``(log|sum|, sign)``; the sign is +1, -1, or 0 for a zero sum,
+        and for complex input the unit complex number ``sum / |sum|``.
+        Without it a negative real sum gives NaN.
     where : bool array, optional
-        Broadcastable to ``x``; only True entries are summed.
+        Broadcastable to ``x``; only True entries are summed.  With a masked
+        array, only entries that are True here and not masked.
 
     Returns
     -------
-    array, or ``(array, sign array)`` with ``return_sign``.
+    array, or ``(array, sign array)`` with ``return_sign``; a NumPy scalar
+    instead of a 0-d NumPy array, as SciPy returns.  Complex input gives a
+    complex result whose imaginary part (the phase of the sum) lies in
+    ``(-pi, pi]``; with ``return_sign`` the first result is real.
 
     Notes
     -----
@@ -182,8 +232,20 @@ def logsumexp(
     weighted by ``b_i``.  Mixed-sign weights are as accurate as the
     cancellation in the sum allows.
 
+    Complex input is shifted by the term of largest real part, ``k``, and
+    the rest summed as ``q`` relative to it: the result is
+    ``a + log b_k + i Im x_k + log(1 + q)``, with ``Re log(1 + q)`` taken as
+    ``log1p(2 Re q + |q|^2) / 2`` near ``|1 + q| = 1``.  complex64 is
+    computed in complex128 and rounded once.  Each part of the result is
+    within 2 ULP (complex64) or 4 ULP (complex128) of
+    ``max(|part|, kappa (1 + max|Im x|))``, where
+    ``kappa = sum|b_i e^{x_i}| / |sum b_i e^{x_i}|`` measures the
+    cancellation in the sum (1 without it).
+
     Edge behaviour: a fully masked row or an empty axis gives ``-inf`` (sign
-    0); ``+inf`` gives ``+inf``; NaN gives NaN.
+    0); ``+inf`` gives ``+inf``; NaN gives NaN.  Complex rows with an
+    infinite real part, or none left, follow C99 complex arithmetic in
+    ``log(sum(b * exp(x)))``, as SciPy does.
 
     Examples
     --------
@@ -191,24 +253,32 @@ def logsumexp(
     >>> float(smk.logsumexp(np.array([1000.0, 1000.0])))
     1000.6931471805599
     >>> smk.logsumexp(np.array([1.0, 2.0]), b=np.array([1.0, -1.0]), return_sign=True)
-    (array(1.54132485), array(-1.))
+    (np.float64(1.5413248546129181), np.float64(-1.0))
+    >>> smk.logsumexp(np.array([0.0, 1j * np.pi / 2]))  # log(1 + i), the phase pi/4
+    np.complex128(0.3465735902799727+0.7853981633974483j)
     """
     impl = _dispatch.backend(x)
     if impl is not None and b is None and return_sign is False:
         return impl._core_logsumexp(x, axis, keepdims=keepdims, where=where)
     keepdims = v.flag(keepdims, "keepdims")
     return_sign = v.flag(return_sign, "return_sign")
+    x, where = v.unmask(x, where)
     if b is None and where is None and _native.eligible(x, axis):
-        return _native.logsumexp(x, keepdims, return_sign)
-    xp, arr, out_dtype = v.real_array(x, "x")
+        return _numpy_scalars(_native.logsumexp(x, keepdims, return_sign))
+    xp, arr, out_dtype = v.number_array(x, "x")
+    if arr.ndim == 0:
+        # As in SciPy, a scalar is a sum of one term.
+        arr = xp.reshape(arr, (1,))
     if b is not None:
         b = v.same_namespace(xp, b, "b")
-        _, b, b_dtype = v.real_array(b, "b")
+        _, b, b_dtype = v.number_array(b, "b")
         out_dtype = xp.result_type(out_dtype, b_dtype)
-        arr = xp.astype(arr, out_dtype)
-        b = v.broadcast_to(xp, xp.astype(b, out_dtype), tuple(arr.shape), "b", "x")
-        shape = tuple(b.shape)
-        arr = xp.broadcast_to(arr, shape)
+        # b and x broadcast against each other, either one growing, as in SciPy.
+        shape = v.broadcast_shapes(tuple(b.shape), tuple(arr.shape), "b", "x")
+        arr = xp.broadcast_to(xp.astype(arr, out_dtype), shape)
+        b = xp.broadcast_to(xp.astype(b, out_dtype), shape)
+    if v.is_complex(xp, out_dtype):
+        return _numpy_scalars(_logsumexp_complex(xp, arr, b, axis, where, keepdims, return_sign, out_dtype))
     xp, layout, xw, valid, out_dtype, extra = _prepare(arr, axis, where)
     if b is None:
         st = num.row_stats(xp, xw, valid, 1.0, extra)
@@ -224,8 +294,82 @@ def logsumexp(
             out = xp.where(sign < 0, xp.full_like(out, float("nan")), out)
     out = layout.back_reduced(xp.astype(out, out_dtype), keepdims)
     if return_sign:
-        return out, layout.back_reduced(xp.astype(sign, out_dtype), keepdims)
-    return out
+        return _numpy_scalars((out, layout.back_reduced(xp.astype(sign, out_dtype), keepdims)))
+    return _numpy_scalars(out)
+
+
+def _numpy_scalars(result: Any) -> Any:
+    """0-d NumPy results as NumPy scalars, as ``scipy.special.logsumexp`` returns them."""
+    if isinstance(result, tuple):
+        return tuple(_numpy_scalars(r) for r in result)
+    return result[()] if type(result) is np.ndarray and result.ndim == 0 else result
+
+
+def _wrap_phase(xp: Any, t: Any) -> Any:
+    """An angle in radians moved into (-pi, pi]; angles already inside keep every bit."""
+    wrapped = -((math.pi - t) % (2 * math.pi) - math.pi)
+    return xp.where(xp.abs(t) < math.pi, t, wrapped)
+
+
+def _logsumexp_complex(xp, arr, b, axis, where, keepdims, return_sign, out_dtype):
+    r"""``log(sum_i b_i e^{x_i})`` for complex ``x`` or ``b``, SciPy's definition.
+
+    With ``k`` the term of largest real part ``a = Re x_k`` and
+    ``q = sum_{i != k} (b_i / b_k) e^{x_i - a - i Im x_k}``, the result is
+    ``a + log b_k + i Im x_k + log(1 + q)``, its imaginary part moved into
+    (-pi, pi].  ``Re log(1 + q)`` is ``log1p(2 Re q + |q|^2) / 2`` (the
+    argument summed exactly) where ``|1 + q|`` is near 1, so a small ``q``
+    keeps its relative accuracy.  Rows this cannot represent (an infinite
+    real part, no term left, NaN) take the direct ``log(sum_i b_i e^{x_i})``,
+    whose infinities and phases follow C99 as in SciPy.  With
+    ``return_sign`` the result is the real ``log|sum|`` and the sign the
+    unit complex number ``sum / |sum|``.
+    """
+    axes = v.axis(axis, arr.ndim, allow_many=True)
+    shape = tuple(arr.shape)
+    valid = v.where_mask(xp, where, shape)
+    layout = Layout(xp, shape, axes)
+    real_dtype = xp.float32 if out_dtype == xp.complex64 else xp.float64
+    work, extra = num.working_dtype(xp, real_dtype)
+    cwork = xp.complex128 if work == xp.float64 else xp.complex64
+    z = layout.forward(xp.astype(arr, cwork))
+    c = xp.ones_like(z) if b is None else layout.forward(xp.astype(b, cwork))
+    used = c != 0
+    if valid is not None:
+        used = used & layout.forward(valid)
+    zero = xp.zeros_like(z)
+    # Without weights, exp(z) alone: (1 + 0j) * (inf + 0j) would be inf + nan j.
+    terms = xp.exp(z) if b is None else c * xp.exp(z)
+    total = xp.sum(xp.where(used, terms, zero), axis=-1, keepdims=True)
+    re, im = xp.real(z), xp.imag(z)
+    st = num.row_stats(xp, re, used, 1.0, extra)
+    im_k = xp.sum(xp.where(st.is_k, im, xp.zeros_like(im)), axis=-1, keepdims=True)
+    c_k = xp.sum(xp.where(st.is_k, c, zero), axis=-1, keepdims=True)
+    turn = im - im_k
+    terms = xp.where(st.is_k | (st.e == 0), zero, c * xp.astype(st.e, cwork) * (xp.astype(xp.cos(turn), cwork) + 1j * xp.astype(xp.sin(turn), cwork)))
+    # A masked row has no b_k: any nonzero stand-in keeps q finite (the row takes the direct value).
+    q = (num.compensated_sum(xp, xp.real(terms), extra) + 1j * num.compensated_sum(xp, xp.imag(terms), extra)) / xp.where(c_k == 0, xp.ones_like(c_k), c_k)
+    u, w = xp.real(q), xp.imag(q)
+    if extra:
+        m2 = 2 * u + u * u + w * w
+    else:
+        uu, uu_err = num.two_prod(xp, u, u)
+        ww, ww_err = num.two_prod(xp, w, w)
+        m2 = num.compensated_sum(xp, xp.concat([2 * u, uu, ww, uu_err, ww_err], axis=-1), extra)
+    near_one = (m2 > -0.75) & (m2 < 3.0)
+    log_mod = xp.where(near_one, 0.5 * xp.log1p(m2), xp.log(xp.hypot(1.0 + u, w)))
+    c_k_abs = xp.abs(c_k)
+    real = st.a + (xp.log(xp.where(c_k_abs == 0, xp.ones_like(c_k_abs), c_k_abs)) + log_mod)
+    phase = _wrap_phase(xp, im_k + (xp.atan2(xp.imag(c_k), xp.real(c_k)) + xp.atan2(w, 1.0 + u)))
+    exact = xp.isfinite(real) & xp.isfinite(phase) & ~st.masked_row & ~st.inf_row
+    if return_sign:
+        out = xp.where(exact, real, xp.log(xp.abs(total)))
+        sign = xp.where(exact, xp.cos(phase) + 1j * xp.sin(phase), xp.sign(total))
+        return (layout.back_reduced(xp.astype(out, real_dtype), keepdims), layout.back_reduced(xp.astype(sign, out_dtype), keepdims))
+    direct = xp.log(total)
+    direct = xp.real(direct) + 1j * _wrap_phase(xp, xp.imag(direct))
+    out = xp.where(exact, real + 1j * phase, direct)
+    return layout.back_reduced(xp.astype(out, out_dtype), keepdims)
 
 
 @v.quiet

@@ -43,8 +43,16 @@ def namespace_of(x: Any, name: str) -> tuple[Any, Any]:
     """The array namespace of ``x`` and ``x`` as an array of that namespace.
 
     Array-API arrays (NumPy, PyTorch, JAX, CuPy, ...) are kept as they are;
-    anything else (lists, scalars) goes through ``numpy.asarray``.
+    anything else (lists, scalars) goes through ``numpy.asarray``.  A
+    ``numpy.ma.MaskedArray`` is refused: ``asarray`` would drop its mask
+    silently (functions with ``where=`` take its mask first, see
+    :func:`unmask`).
     """
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a numpy.ma.MaskedArray, and this function cannot honour its mask; pass {name}.filled(value) "
+            "with the value masked entries should take, or pass the data with where=~mask to a function that has where="
+        )
     if not array_api_compat.is_array_api_obj(x) or isinstance(x, np.generic):
         try:
             x = np.asarray(x)
@@ -54,18 +62,41 @@ def namespace_of(x: Any, name: str) -> tuple[Any, Any]:
 
 
 def _kind(xp: Any, dtype: Any) -> str:
-    """'float', 'int', 'bool' or 'other' for a dtype of namespace ``xp``."""
+    """'float', 'int', 'bool', 'complex' or 'other' for a dtype of namespace ``xp``."""
     if isinstance(dtype, np.dtype):
         if dtype.kind == "f" or dtype.name == "bfloat16":
             return "float"
         if dtype.kind in "iu":
             return "int"
+        if dtype.kind == "c":
+            return "complex"
         return "bool" if dtype.kind == "b" else "other"
     if xp.isdtype(dtype, "real floating"):
         return "float"
     if xp.isdtype(dtype, "integral"):
         return "int"
+    if xp.isdtype(dtype, "complex floating"):
+        return "complex"
     return "bool" if xp.isdtype(dtype, "bool") else "other"
+
+
+def is_complex(xp: Any, dtype: Any) -> bool:
+    return _kind(xp, dtype) == "complex"
+
+
+def unmask(x: Any, where: Any) -> tuple[Any, Any]:
+    """``x`` without a ``numpy.ma.MaskedArray``'s mask, folded into ``where``.
+
+    For the functions that take ``where=``: masked entries take no part, as
+    if ``where`` were False there, and an explicit ``where`` is combined
+    with the mask by AND.  Any other ``x`` comes back unchanged.
+    """
+    if not isinstance(x, np.ma.MaskedArray):
+        return x, where
+    keep = ~np.ma.getmaskarray(x)
+    if where is not None:
+        keep = keep & where_mask(np, where, keep.shape)
+    return x.data, keep
 
 
 def real_array(x: Any, name: str) -> tuple[Any, Any, Any]:
@@ -84,6 +115,17 @@ def real_array(x: Any, name: str) -> tuple[Any, Any, Any]:
         wide, _ = working_dtype(xp, xp.float32)
         return xp, xp.astype(arr, wide), wide
     raise TypeError(f"{name} must be a real floating or integer array; got dtype {arr.dtype}")
+
+
+def number_array(x: Any, name: str) -> tuple[Any, Any, Any]:
+    """``(xp, x, out_dtype)`` for a real or complex input (see :func:`real_array`)."""
+    xp, arr = namespace_of(x, name)
+    if _kind(xp, arr.dtype) == "complex":
+        return xp, arr, arr.dtype
+    try:
+        return real_array(arr, name)
+    except TypeError:
+        raise TypeError(f"{name} must be a real floating, complex or integer array; got dtype {arr.dtype}") from None
 
 
 def target_kind(xp: Any, t: Any, name: str) -> str:
@@ -188,6 +230,14 @@ def broadcast_to(xp: Any, value: Any, shape: tuple[int, ...], name: str, target:
         raise ValueError(
             f"{name} of shape {tuple(value.shape)} does not broadcast to {target} of shape {tuple(shape)}"
         ) from exc
+
+
+def broadcast_shapes(shape: tuple[int, ...], other: tuple[int, ...], name: str, other_name: str) -> tuple[int, ...]:
+    """The shape two arrays broadcast to together (either may grow)."""
+    try:
+        return tuple(np.broadcast_shapes(shape, other))
+    except ValueError:
+        raise ValueError(f"{name} of shape {shape} does not broadcast to {other_name} of shape {other}, nor the two to a common shape") from None
 
 
 def same_namespace(xp: Any, value: Any, name: str) -> Any:
