@@ -546,11 +546,15 @@ static void prog_vjp(rowctx_t *R, size_t r) {
         g = R->S->qb;
         o = R->S->ob;
     }
-    sk_part *p = R->p1 + R->start / SK_BLOCK;
-    if (J->log) f->lvjp_sum(y, g, R->len, p);
-    else f->svjp_dot(y, g, R->len, p);
+    /* Rows alternate between two sets of block partials: a thread that has
+       passed this row's barrier may write the next row's partials while
+       another still combines this row's, but it cannot reach the row after
+       next before every thread has passed the next row's barrier. */
+    sk_part *parts = r & 1 ? R->p2 : R->p1;
+    if (J->log) f->lvjp_sum(y, g, R->len, parts + R->start / SK_BLOCK);
+    else f->svjp_dot(y, g, R->len, parts + R->start / SK_BLOCK);
     sync_row(R);
-    double v = combine(R->p1, J->nb, J->dtype == DT_F64, 0.0);
+    double v = combine(parts, J->nb, J->dtype == DT_F64, 0.0);
     if (J->log) f->lvjp_w(y, g, o, R->len, v);
     else f->svjp_w(y, g, o, R->len, v);
     if (J->dtype == DT_F16) f2h_range(R->S->ob, J->out + off, R->len);
