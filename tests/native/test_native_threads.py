@@ -235,6 +235,82 @@ def test_torch_backward_of_wide_rows_is_thread_independent(threads):
 
 # --- inputs changed by another thread during a call -------------------------
 
+_CHANGING_TARGETS = textwrap.dedent(
+    """
+    import sys, threading
+    import numpy as np
+    import softmaxkit as smk
+    from softmaxkit import _native
+
+    rows, n, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    smk.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, n)).astype(np.float32)
+    ta = rng.integers(0, n, rows)
+    tb = (ta + 1 + rng.integers(0, n - 1, rows)) % n
+    states = [ta, np.full(rows, 1 << 40), tb, np.full(rows, -(1 << 40))]
+
+    def answer(t):
+        loss, grad = np.empty(rows), np.empty_like(x)
+        _native.cross_entropy_into(x, t, loss, grad, label_smoothing=0.1)
+        return loss, grad
+
+    valid = [answer(ta), answer(tb)]
+    t = ta.copy()
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            t[:] = states[i % 4]
+            i += 1
+
+    th = threading.Thread(target=writer)
+    th.start()
+    raised = answered = 0
+    try:
+        for _ in range(int(sys.argv[4])):
+            loss, grad = np.empty(rows), np.empty_like(x)
+            try:
+                _native.cross_entropy_into(x, t, loss, grad, label_smoothing=0.1)
+            except ValueError as e:
+                assert "class index" in str(e), e
+                raised += 1
+                continue
+            answered += 1
+            # each row took one of the valid targets, consistently in its loss and gradient
+            for r in range(rows):
+                ok = [
+                    loss[r].tobytes() == v[0][r].tobytes() and grad[r].tobytes() == v[1][r].tobytes() for v in valid
+                ]
+                assert any(ok), f"row {r}: neither valid answer"
+            try:
+                smk.cross_entropy(x, t, return_grad=True)
+            except ValueError:
+                pass
+    finally:
+        stop.set()
+        th.join()
+    print(raised, answered)
+    """
+)
+
+
+# Regression: the native cross-entropy validated the class indices, then the
+# row programs read them again from the caller's array and used them
+# unchecked, so a thread writing `targets` meanwhile made the kernel read
+# out of bounds (a segfault).  Runs in a child process, which a crash ends.
+@pytest.mark.parametrize(("rows", "n", "n_threads"), [(64, 1000, 2), (4, 70001, 2), (8, 70001, 8)])
+def test_targets_changed_during_cross_entropy_give_a_valid_answer_or_raise(rows, n, n_threads):
+    done = subprocess.run(
+        [sys.executable, "-c", _CHANGING_TARGETS, str(rows), str(n), str(n_threads), "300"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 _CHANGING_LOGITS = textwrap.dedent(
     """
     import sys, threading

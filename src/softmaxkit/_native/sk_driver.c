@@ -884,18 +884,30 @@ int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t 
                      const int64_t *targets, const void *q, const double *w, int64_t ignore_index, double eps,
                      double z, double denom, double *weight_sum) {
     double total = (double)rows;
+    int64_t *own = NULL;
     if (targets) {
+        /* The caller's array may change while the kernel runs (another
+           thread, with the GIL released): each index is read once, into a
+           copy, and the copy is what was checked and what the rows use. */
+        if (rows && !(own = malloc(rows * sizeof *own))) return SK_ENOMEM;
         total = 0.0;
         for (size_t r = 0; r < rows; r++) {
-            int64_t t = targets[r];
+            int64_t t = __atomic_load_n(&targets[r], __ATOMIC_RELAXED);
+            own[r] = t;
             if (t == ignore_index) continue;
-            if (t < 0 || (uint64_t)t >= n) return SK_ETARGET;
+            if (t < 0 || (uint64_t)t >= n) {
+                free(own);
+                return SK_ETARGET;
+            }
             total += w ? w[t] : 1.0;
         }
     }
     *weight_sum = total;
     if (denom < 0.0) denom = total == 0.0 ? 1.0 : total;
-    if (n == 0) return rows ? SK_ETARGET : 0;
+    if (n == 0) {
+        free(own);
+        return rows ? SK_ETARGET : 0;
+    }
     job_t J = {0};
     J.op = OP_CE;
     J.dtype = dtype;
@@ -903,7 +915,7 @@ int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t 
     J.y2 = q;
     J.out = grad;
     J.loss = loss;
-    J.targets = targets;
+    J.targets = own;
     J.w = w;
     J.ignore_index = ignore_index;
     J.eps = eps;
@@ -912,7 +924,9 @@ int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t 
     J.rows = rows;
     J.n = n;
     J.T = 1.0;
-    return run(&J);
+    int rc = run(&J);
+    free(own);
+    return rc;
 }
 
 int sk_vjp(int dtype, int log, const void *y, const void *g, void *out, size_t rows, size_t n) {
