@@ -79,7 +79,9 @@ def ulp_error(got, ref, dtype):
         rf = float(r)
         if not np.isfinite(rf):
             continue
-        ulp = float(np.spacing(np.abs(np.asarray(rf, dtype=dtype))))
+        # the largest finite value has the spacing of the values below it
+        mag = min(abs(rf), float(np.nextafter(np.finfo(dtype).max, 0, dtype=dtype)))
+        ulp = float(np.spacing(np.asarray(mag, dtype=dtype)))
         with mpmath.workdps(DPS):
             err = float(abs(mpmath.mpf(g) - r) / ulp)
         worst = max(worst, err)

@@ -135,3 +135,75 @@ def test_float32_family_exp_relative_error(isa):
             for got, v in zip(loss, z)
         )
     assert worst < 2.0**-32, float(mpmath.log(worst, 2))
+
+
+DMAX = np.finfo(np.float64).max
+
+# float64 rows whose shifted logits (x - a) / T fall far below -746 without
+# being exact in float64, so that their low part (TwoSum, or the division's
+# remainder) is as large as ulp((x - a) / T); and rows where (x - a) / T is
+# finite although q T or x - a overflows.
+FAR_ROWS = [
+    ([-1000.0, -1e20], 1.0),
+    ([-10.0, -DMAX], 1.0),
+    ([-1e300, -1e308], 1.0),
+    ([0.1, -3e300, 5.0, -1e19, 4.5, -DMAX, 3.0], 1.0),
+    ([0.0, -1.0], 1e-18),
+    ([0.0, -1.0], 1e-42),
+    ([0.0, -1.0], 1e-46),
+    ([0.0, -1.0], 1e-200),
+    ([0.0, -1e290], 3.0),
+    ([-5.0, -1e305], 3.0),
+    ([167.0, -DMAX], 3.0),
+    ([DMAX, -DMAX], 3.0),
+    ([1e308, -1e308], 1e308),
+    ([0.0, -DMAX], 1e300),
+    ([2.0, 1.0, -7.0, 0.5], 1e-300),
+]
+
+
+def _exact(got, ref, dtype):
+    """got within TOL of the mpmath values, finite where they are finite
+    (ulp_error skips a NaN), and equal to them where they are not."""
+    ref_f = np.array([float(r) for r in np.asarray(ref, dtype=object).ravel()])
+    got = np.asarray(got, dtype=np.float64).ravel()
+    fin = np.isfinite(ref_f)
+    assert np.all(np.isfinite(got[fin])), (got, ref_f)
+    assert np.array_equal(got[~fin], ref_f[~fin]), (got, ref_f)
+    assert ulp_error(got, ref, dtype) <= TOL[dtype], (got, ref_f)
+
+
+# Regression: the float64 exp clamped z at -746 but kept the low part of the
+# exact shift, which can be as large as ulp(z): softmax([-1000, -1e20]) gave
+# [1, 2.6e-297], softmax([-1e300, -1e308]) NaN, logsumexp of it +inf, and
+# small temperatures wrong nonzero probabilities or NaN.  The remainder of
+# the division by T overflowed near DBL_MAX (log_softmax([167, -DBL_MAX],
+# T=3) gave NaN), and an overflowing x - a gave -inf where (x - a) / T is
+# finite.
+@pytest.mark.parametrize(("row", "temperature"), FAR_ROWS, ids=[f"{[float(v) for v in r]}-T{t}" for r, t in FAR_ROWS])
+def test_far_below_the_maximum_float64(isa, row, temperature):
+    x = np.array([row])
+    _exact(_run(x, False, temperature), softmax(x, temperature), np.float64)
+    _exact(_run(x, True, temperature), log_softmax(x, temperature), np.float64)
+    if temperature == 1.0:
+        lse = np.empty(1)
+        _native.logsumexp_into(x, lse)
+        _exact(lse, logsumexp(x), np.float64)
+        t = np.array([int(np.argmax(x[0]))])
+        loss, grad = smk_ce(x, t)
+        ref_loss, ref_grad = cross_entropy(x, t)
+        _exact(loss, ref_loss, np.float64)
+        _exact(grad, ref_grad, np.float64)
+
+
+def test_far_below_the_maximum_in_every_lane(isa):
+    # the same values at every position of a vector, between ordinary logits
+    rng = np.random.default_rng(13)
+    x = rng.uniform(-3.0, 0.0, (4, 37))
+    for r, far in enumerate((-1e20, -DMAX, -1e300, -3e305)):
+        x[r, r::5] = far
+    _exact(_run(x), softmax(x), np.float64)
+    _exact(_run(x, True), log_softmax(x), np.float64)
+    for temperature in (1e-18, 3.0):
+        _exact(_run(x, False, temperature), softmax(x, temperature), np.float64)
+        _exact(_run(x, True, temperature), log_softmax(x, temperature), np.float64)

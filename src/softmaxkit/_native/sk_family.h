@@ -80,17 +80,36 @@ static inline vd FN(shift)(vd x, double a, double T, vd *lo) {
     l = sel(EQ(hi - hi, splat(0.0)), l, splat(0.0));
     if (T != 1.0) {
         vd vt = splat(T);
+        /* x - a beyond DBL_MAX (x and a near opposite ends of the range) can
+           still give a finite (x - a) / T: halves, divided by T / 2 (exact,
+           as both |x| and |a| exceed DBL_MAX / 2 there) */
+        vl over = NE(hi - hi, splat(0.0)) & EQ(x - x, splat(0.0));
+        if (hcount(over)) {
+            vd xh = x * 0.5, ah = va * 0.5;
+            vd hh = xh - ah, bh = hh - xh;
+            hi = sel(over, hh, hi);
+            l = sel(over, (xh - (hh - bh)) - (ah + bh), l);
+            vt = sel(over, splat(T * 0.5), vt);
+        }
+        /* the division's remainder hi - q T, which is exact; q T itself may
+           overflow (|hi| near DBL_MAX) although the remainder cannot */
         vd q = hi / vt;
-        vd p = q * vt;
 #if SK_HAVE_FMA
-        vd perr = SK_FMA(q, vt, -p);
+        vd rem = SK_FMA(-q, vt, hi);
 #else
+        vd p = q * vt;
         vd c1 = q * 134217729.0, qh = c1 - (c1 - q), ql = q - qh;
         vd c2 = vt * 134217729.0, th = c2 - (c2 - vt), tl = vt - th;
         vd perr = ((qh * th - p) + qh * tl + ql * th) + ql * tl;
+        vd rem = (hi - p) - perr;
+        /* Dekker's product overflowed (q T, or the splits of a q or T above
+           2^996): the C library's fused multiply-add, lane by lane */
+        vl bad = NE(rem - rem, splat(0.0)) & EQ(q - q, splat(0.0));
+        if (hcount(bad))
+            for (int i = 0; i < VW; i++)
+                if (bad[i]) rem[i] = fma(-q[i], vt[i], hi[i]);
 #endif
-        vd rem = (((hi - p) - perr) + l) / vt;
-        l = sel(EQ(q - q, splat(0.0)), rem, splat(0.0));
+        l = sel(EQ(q - q, splat(0.0)), (rem + l) / vt, splat(0.0));
         hi = q;
     }
     *lo = l;

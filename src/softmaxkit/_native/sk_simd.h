@@ -36,6 +36,7 @@
  * vscalefpd: y * 2^floor(k), one rounding) that replaces the two products
  * and gives the same result in four fewer operations.
  */
+#include <math.h>
 #include <string.h>
 
 #define VW SK_VW
@@ -192,6 +193,10 @@ static inline vd poly_f64(vd r) {
 /* exp(z + lo) for z <= 0 (or NaN); `comp` selects the float64 accuracy.  With
  * `general`, any z is accepted (overflow gives +inf). */
 static inline vd vexp(vd z, vd lo, int comp, int general) {
+    /* Below -746, exp(z + lo) rounds to 0 (|lo| is at most about ulp(z)), but
+       lo can be as large as ulp(z) itself: it must not survive the clamp
+       (exp(-746 + lo) would be nonzero, or +inf). */
+    if (comp) lo = sel(LT(z, splat(-746.0)), splat(0.0), lo);
     z = clamp_below(z, -746.0);
 #ifdef SK_PERM16
     if (!comp && !general) return vexp_table(z);
