@@ -119,7 +119,7 @@ def test_output_cache_settings():
     try:
         smk.set_output_cache(1 << 20)
         assert smk.get_output_cache() == 1 << 20
-        with pytest.raises(ValueError, match=r"max_bytes must be >= 0 \(bytes\); got -1"):
+        with pytest.raises(ValueError, match=r"max_bytes must be an int in \[0, \d+\] \(bytes\); got -1"):
             smk.set_output_cache(-1)
         with pytest.raises(TypeError, match="max_bytes must be an int"):
             smk.set_output_cache(1.5)
@@ -137,4 +137,4 @@ def test_output_cache_environment_variable(value, expected, warns):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == expected
-    assert ("SOFTMAXKIT_OUTPUT_CACHE_MB must be an int >= 0 (MiB); got 'lots'" in done.stderr) == warns
+    assert ("SOFTMAXKIT_OUTPUT_CACHE_MB must be an int in [0, " in done.stderr and "got 'lots'" in done.stderr) == warns

@@ -97,6 +97,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import os
+import sys
 import warnings
 from typing import Any, Iterator
 
@@ -151,35 +152,44 @@ def disabled() -> Iterator[None]:
 # --- threads -------------------------------------------------------------------
 
 
-def _check_count(value: Any, name: str, low: int, unit: str = "") -> int:
-    """``value`` as an int >= ``low``; errors name ``name`` and the unit."""
+def _check_count(value: Any, name: str, low: int, high: int, unit: str = "") -> int:
+    """``value`` as an int in [``low``, ``high``]; errors name ``name``, the range and the unit."""
+    allowed = f"an int in [{low}, {high}]{unit}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {low}{unit}; got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}{unit}; got {value}")
+        raise TypeError(f"{name} must be {allowed}; got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be {allowed}; got {value}")
     return int(value)
 
 
-def _from_environment(var: str, low: int, unit: str, fallback: str) -> int | None:
+def _from_environment(var: str, low: int, high: int, unit: str, fallback: str) -> int | None:
     """The count in environment variable ``var``; None when unset or invalid (with a warning)."""
     text = os.environ.get(var, "").strip()
     if not text:
         return None
     try:
-        return _check_count(int(text), var, low, unit)
-    except (TypeError, ValueError):
-        warnings.warn(f"{var} must be an int >= {low}{unit}; got {text!r}; {fallback}", RuntimeWarning, stacklevel=3)
+        return _check_count(int(text), var, low, high, unit)
+    except ValueError:
+        warnings.warn(
+            f"{var} must be an int in [{low}, {high}]{unit}; got {text!r}; {fallback}", RuntimeWarning, stacklevel=3
+        )
         return None
 
 
+# The kernels refuse more threads (each is a pooled OS thread); the same
+# bound holds in builds without them.
+_MAX_THREADS = _kernels.MAX_THREADS if _kernels is not None else 4096
+
+
 def _default_threads() -> int:
-    n = _from_environment("SOFTMAXKIT_NUM_THREADS", 1, "", "using the number of CPUs")
+    n = _from_environment("SOFTMAXKIT_NUM_THREADS", 1, _MAX_THREADS, "", "using the number of CPUs")
     if n is not None:
         return n
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    return min(cpus, _MAX_THREADS)
 
 
 _threads = _default_threads()
@@ -192,9 +202,16 @@ def set_num_threads(n: int) -> None:
 
     Parameters
     ----------
-    n : int >= 1
+    n : int in [1, 4096]
         Threads per call.  Small inputs use fewer (about 32768 elements per
         thread at least); results do not depend on it.
+
+    Raises
+    ------
+    TypeError
+        ``n`` is not an int.
+    ValueError
+        ``n`` is outside [1, 4096]; the setting is then unchanged.
 
     Examples
     --------
@@ -206,14 +223,15 @@ def set_num_threads(n: int) -> None:
     >>> smk.set_num_threads(before)
     """
     global _threads
-    _threads = _check_count(n, "n", 1)
+    n = _check_count(n, "n", 1, _MAX_THREADS)
     if _kernels is not None:
-        _kernels.set_num_threads(_threads)
+        _kernels.set_num_threads(n)
+    _threads = n
 
 
 def get_num_threads() -> int:
     """The number of threads the native kernels use (see :func:`set_num_threads`)."""
-    return _threads
+    return _kernels.get_num_threads() if _kernels is not None else _threads
 
 
 # --- output memory -------------------------------------------------------------
@@ -225,8 +243,12 @@ _CACHE_MIN = 4 * _MIB
 _PAGE = 4096
 
 
+# The cache's limit is a byte count the C side holds as a Py_ssize_t.
+_MAX_CACHE = sys.maxsize
+
+
 def _default_cache() -> int:
-    mib = _from_environment("SOFTMAXKIT_OUTPUT_CACHE_MB", 0, " (MiB)", "using 512")
+    mib = _from_environment("SOFTMAXKIT_OUTPUT_CACHE_MB", 0, _MAX_CACHE // _MIB, " (MiB)", "using 512")
     return (512 if mib is None else mib) * _MIB
 
 
@@ -251,10 +273,18 @@ def set_output_cache(max_bytes: int) -> None:
 
     Parameters
     ----------
-    max_bytes : int >= 0
+    max_bytes : int in [0, sys.maxsize]
         The most the cache keeps.  0 turns it off and frees what it holds.
         The default is 512 MiB, or ``SOFTMAXKIT_OUTPUT_CACHE_MB`` (in MiB)
         when that is set.
+
+    Raises
+    ------
+    TypeError
+        ``max_bytes`` is not an int.
+    ValueError
+        ``max_bytes`` is outside [0, sys.maxsize]; the setting is then
+        unchanged.
 
     Examples
     --------
@@ -266,14 +296,15 @@ def set_output_cache(max_bytes: int) -> None:
     >>> smk.set_output_cache(before)
     """
     global _cache_limit
-    _cache_limit = _check_count(max_bytes, "max_bytes", 0, " (bytes)")
+    limit = _check_count(max_bytes, "max_bytes", 0, _MAX_CACHE, " (bytes)")
     if _kernels is not None:
-        _kernels.set_cache_limit(_cache_limit)
+        _kernels.set_cache_limit(limit)
+    _cache_limit = limit
 
 
 def get_output_cache() -> int:
     """The most freed output memory kept for reuse, in bytes (see :func:`set_output_cache`)."""
-    return _cache_limit
+    return _kernels.cache_limit() if _kernels is not None else _cache_limit
 
 
 def _empty_like(x: np.ndarray) -> np.ndarray:

@@ -252,11 +252,29 @@ end:
     Py_RETURN_NONE;
 }
 
+/* The most threads a call may use: more cannot help on any machine this
+ * runs on, and each is a pooled OS thread. */
+#define MAX_THREADS 4096
+
+/* An int in [low, high] from a Python int, or -1 with ValueError (naming
+ * `name`, the value and the range) or TypeError set. */
+static int int_in(PyObject *arg, const char *name, long long low, long long high, long long *out) {
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(arg, &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (overflow || v < low || v > high) {
+        PyErr_Format(PyExc_ValueError, "%s must be an int in [%lld, %lld]; got %R", name, low, high, arg);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
     (void)self;
-    long v = PyLong_AsLong(arg);
-    if (v == -1 && PyErr_Occurred()) return NULL;
-    sk_set_threads(v > 4096 ? 4096 : (int)v);
+    long long v;
+    if (int_in(arg, "n", 1, MAX_THREADS, &v)) return NULL;
+    sk_set_threads((int)v);
     Py_RETURN_NONE;
 }
 
@@ -394,13 +412,22 @@ static PyObject *py_block(PyObject *self, PyObject *arg) {
 
 static PyObject *py_set_cache_limit(PyObject *self, PyObject *arg) {
     (void)self;
-    Py_ssize_t limit = PyLong_AsSsize_t(arg);
-    if (limit == -1 && PyErr_Occurred()) return NULL;
+    long long limit;
+    if (int_in(arg, "max_bytes", 0, PY_SSIZE_T_MAX, &limit)) return NULL;
     pthread_mutex_lock(&cache_mu);
-    cache_limit = limit > 0 ? (size_t)limit : 0;
+    cache_limit = (size_t)limit;
     cache_trim(cache_limit, 0);
     pthread_mutex_unlock(&cache_mu);
     Py_RETURN_NONE;
+}
+
+static PyObject *py_cache_limit(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    pthread_mutex_lock(&cache_mu);
+    size_t limit = cache_limit;
+    pthread_mutex_unlock(&cache_mu);
+    return PyLong_FromSize_t(limit);
 }
 
 static PyObject *py_cache_bytes(PyObject *self, PyObject *unused) {
@@ -424,6 +451,7 @@ static PyMethodDef methods[] = {
     {"isa", py_isa, METH_NOARGS, "isa(): the instruction set in use"},
     {"block", py_block, METH_O, "block(size): writable memory for an output, from the output cache when it has some"},
     {"set_cache_limit", py_set_cache_limit, METH_O, "set_cache_limit(bytes): the most the output cache keeps"},
+    {"cache_limit", py_cache_limit, METH_NOARGS, "cache_limit(): the most the output cache keeps"},
     {"cache_bytes", py_cache_bytes, METH_NOARGS, "cache_bytes(): bytes the output cache keeps now"},
     {NULL, NULL, 0, NULL},
 };
@@ -433,5 +461,7 @@ static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_kernels", "Nativ
 PyMODINIT_FUNC PyInit__kernels(void) {
     sk_select_isa("best");
     if (PyType_Ready(&block_type) < 0) return NULL;
-    return PyModule_Create(&moduledef);
+    PyObject *m = PyModule_Create(&moduledef);
+    if (m && PyModule_AddIntConstant(m, "MAX_THREADS", MAX_THREADS) < 0) Py_CLEAR(m);
+    return m;
 }
