@@ -1,11 +1,28 @@
-"""softmaxkit for JAX: ``jax.nn``-style functions with custom VJPs.
+"""softmaxkit for JAX: ``jax.nn``-style functions with exact derivative rules.
 
-The forward passes and the VJPs call the formulas in ``softmaxkit._numerics``
-with ``xp = jax.numpy``, so results agree with the NumPy and PyTorch APIs.
-Everything works under ``jax.jit``, ``jax.vmap`` and ``jax.grad`` (also
-``grad`` of ``grad``: the VJPs are ordinary differentiable JAX code);
-forward-mode (``jax.jvp``, ``jax.jacfwd``) is not defined for
-``custom_vjp`` functions.
+The forward passes call the formulas in ``softmaxkit._numerics`` with
+``xp = jax.numpy``, so results agree with the NumPy and PyTorch APIs.
+
+Derivatives
+-----------
+Each function is a ``jax.custom_jvp`` with an exact tangent rule, so
+``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``, ``jax.grad``,
+``jax.value_and_grad``, ``jax.jacrev``, ``jax.hessian`` and any nesting of
+them work, under ``jax.jit`` and ``jax.vmap``:
+
+* softmax: ``p * (t - <p, t>)``; log_softmax: ``t - <p, t>``;
+  logsumexp: ``<p, t>`` (entries with ``p = 0`` take no part, so fully
+  masked rows have zero derivatives);
+* cross-entropy: ``<g, t>`` with ``g`` the exact gradient ``(C + 2 z w lse)
+  p - c`` computed in the forward pass (its target entry is ``-s/(1+s)``,
+  never ``p_t - 1``).  Reverse mode is JAX's transpose of this rule,
+  ``g * cotangent``, so confident rows keep their exact gradients;
+  the gradient itself has a tangent rule, so Hessians are exact formulas
+  too.  The derivative in probability labels (and class weights) is
+  ``-log p_j``, which is ``+inf`` on a ``-inf`` class: differentiating in
+  those arguments where a logit is ``-inf`` gives ``inf`` (reverse mode) or
+  NaN (forward mode, ``inf * 0``) there; the derivative in the logits never
+  meets it.
 
 Precision
 ---------
@@ -40,6 +57,7 @@ from typing import Any
 try:
     import jax
     import jax.numpy as jnp
+    from jax.custom_derivatives import SymbolicZero
 except ImportError as exc:  # pragma: no cover - exercised only without jax
     raise ImportError("softmaxkit.jax needs JAX: pip install 'softmaxkit[jax]'") from exc
 
@@ -109,31 +127,58 @@ def _masked(x: Any, where: Any) -> Any:
 # --- softmax and log_softmax --------------------------------------------------
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _is_zero(t: Any) -> bool:
+    """Whether a tangent is JAX's symbolic zero (an input nobody differentiates)."""
+    return isinstance(t, SymbolicZero)
+
+
+def _tsum(v: Any) -> Any:
+    """Sum over the last axis (kept) of an expression linear in a tangent.
+
+    Tangent rules must be transposable: no selection may depend on the
+    tangent, so the guarded compensated sum of ``_numerics`` cannot be used
+    here, and JAX's transpose of any sum is a broadcast followed by a plain
+    reduction anyway.
+    """
+    return jnp.sum(v, axis=-1, keepdims=True)
+
+
+def _softmax_tangent(p: Any, t: Any) -> Any:
+    """``p (t - <p, t>)``, 0 where ``p = 0`` (the Jacobian is symmetric: also the VJP)."""
+    zero = jnp.zeros_like(p)
+    return jnp.where(p == 0, zero, p * (t - _tsum(jnp.where(p == 0, zero, p * t))))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _softmax_last(x, temperature: float, log: bool):
     work, extra = _work(x.dtype)
     st = num.row_stats(jnp, x.astype(work), None, temperature, extra)
     return (num.log_softmax if log else num.softmax)(jnp, st).astype(x.dtype)
 
 
-def _softmax_fwd(x, temperature, log):
+@_softmax_last.defjvp
+def _softmax_jvp(temperature, log, primals, tangents):
+    # The tangent is linear in t and JAX transposes it for reverse mode:
+    # softmax's Jacobian diag(p) - p p^T is symmetric, so its VJP formula is
+    # also its JVP; log_softmax's transposes to g - p sum(g).  The primal
+    # quantities come from _softmax_last itself, so higher derivatives use
+    # these rules again rather than differentiating the row statistics.
+    (x,), (t,) = primals, tangents
     y = _softmax_last(x, temperature, log)
-    return y, y
-
-
-def _softmax_bwd(temperature, log, y, g):
-    work, extra = _work(y.dtype)
-    yw, gw = y.astype(work), g.astype(work)
+    work, _ = _work(x.dtype)
+    yw, tw = y.astype(work), t.astype(work) / temperature
     if log:
-        out = num.log_softmax_vjp(jnp, jnp.exp(yw), yw != -_INF, gw, extra)
+        live = yw != -_INF
+        zero = jnp.zeros_like(tw)
+        out = jnp.where(live, tw - _tsum(jnp.where(live, jnp.exp(yw) * tw, zero)), zero)
     else:
-        out = num.softmax_vjp(jnp, yw, gw, extra)
-    return ((out / temperature).astype(y.dtype),)
+        out = _softmax_tangent(yw, tw)
+    return y, out.astype(x.dtype)
 
 
-_softmax_last.defvjp(_softmax_fwd, _softmax_bwd)
-# Each custom-VJP function is compiled as a whole (and so are its forward and
-# backward passes under ``grad``) rather than dispatched one operation at a time.
+# Each differentiable core is compiled as a whole (and so are its tangent and
+# transposed rules under ``jvp`` and ``grad``) rather than dispatched one
+# operation at a time.
 _softmax_last_jit = jax.jit(_softmax_last, static_argnums=(1, 2))
 
 
@@ -214,25 +259,25 @@ def log_softmax(x: Any, axis: int | tuple[int, ...] | None = -1, where: Any = No
 # --- logsumexp ----------------------------------------------------------------
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _logsumexp_last(x):
     work, extra = _work(x.dtype)
     st = num.row_stats(jnp, x.astype(work), None, 1.0, extra)
     return num.logsumexp(jnp, st)[..., 0].astype(x.dtype)
 
 
-def _logsumexp_fwd(x):
-    return _logsumexp_last(x), x
+@_logsumexp_last.defjvp
+def _logsumexp_jvp(primals, tangents):
+    # <p, t>, transposed to g p; entries with p = 0 (masked) take no part, so
+    # a fully masked row has a zero derivative.
+    (x,), (t,) = primals, tangents
+    work, _ = _work(x.dtype)
+    p = _softmax_last(x, 1.0, False).astype(work)
+    tw = t.astype(work)
+    dot = _tsum(jnp.where(p == 0, jnp.zeros_like(p), p * tw))[..., 0]
+    return _logsumexp_last(x), dot.astype(x.dtype)
 
 
-def _logsumexp_bwd(x, g):
-    work, extra = _work(x.dtype)
-    p = num.softmax(jnp, num.row_stats(jnp, x.astype(work), None, 1.0, extra))
-    out = jnp.where(p == 0, jnp.zeros_like(p), g.astype(work)[..., None] * p)
-    return (out.astype(x.dtype),)
-
-
-_logsumexp_last.defvjp(_logsumexp_fwd, _logsumexp_bwd)
 _logsumexp_last_jit = jax.jit(_logsumexp_last)
 
 
@@ -280,31 +325,85 @@ def logsumexp(a: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool 
 # --- cross-entropy ------------------------------------------------------------
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _ce_stats(x):
+    work, extra = _work(x.dtype)
+    return num.row_stats(jnp, x.astype(work), None, 1.0, extra)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
 def _ce_rows(x, coef, row_w, z):
+    """Per-row loss (working dtype) of logits ``x``, class coefficients and row weights."""
+    return num.cross_entropy_rows(jnp, _ce_stats(x), coef, z, row_w, False)[0]
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _ce_grad(x, coef, row_w, z):
+    """The exact gradient of ``_ce_rows`` in ``x`` (working dtype)."""
+    return num.cross_entropy_rows(jnp, _ce_stats(x), coef, z, row_w, True)[1]
+
+
+def _ce_rows_jvp(z, primals, tangents):
+    # The tangent in x is <g, t> with g the exact gradient: JAX transposes it
+    # to g * cotangent, so reverse mode keeps the -s/(1+s) form at the target
+    # and never forms p_t - 1.  d loss / d c_j = -log p_j and
+    # d loss / d w_row = z lse^2 (0 on masked rows).  Tangents of inputs
+    # nobody differentiates are symbolic zeros and are skipped: -log p_j is
+    # +inf on -inf classes, and inf * 0 would be NaN.
+    x, coef, row_w = primals
+    tx, tc, tw = tangents
+    loss = _ce_rows(x, coef, row_w, z)
+    work, _ = _work(x.dtype)
+    out = jnp.zeros_like(loss)
+    if not _is_zero(tx):
+        g = _ce_grad(x, coef, row_w, z)
+        out = out + _tsum(g * tx.astype(work))[..., 0]
+    if not _is_zero(tc):
+        nlp = -_softmax_last(x, 1.0, True).astype(work)
+        out = out + _tsum(nlp * tc)[..., 0]
+    if z and not _is_zero(tw):
+        lse = _logsumexp_last(x).astype(work)
+        out = out + jnp.where(jnp.isinf(lse), jnp.zeros_like(lse), z * lse * lse) * tw[..., 0]
+    return loss, out
+
+
+def _ce_grad_jvp(z, primals, tangents):
+    # g = M p - c with M = C + 2 z w lse; its tangent is
+    # M dp + (dC + 2 z (dw lse + w dlse)) p - dc, dp = p (t - <p, t>),
+    # dlse = <p, t>.  p and lse come from their own rules, so every order of
+    # derivative is defined by these formulas.
+    x, coef, row_w = primals
+    tx, tc, tw = tangents
+    g = _ce_grad(x, coef, row_w, z)
     work, extra = _work(x.dtype)
-    st = num.row_stats(jnp, x.astype(work), None, 1.0, extra)
-    return num.cross_entropy_rows(jnp, st, coef, z, row_w, False)[0]
+    p = _softmax_last(x, 1.0, False).astype(work)
+    zero = jnp.zeros_like(p)
+    live_row = ~jnp.all(p == 0, axis=-1, keepdims=True)
+    M = num.compensated_sum(jnp, coef, extra)
+    dM = jnp.zeros_like(M)
+    if z:
+        lse = _logsumexp_last(x).astype(work)[..., None]
+        # Masked rows and rows with +inf carry no z-loss gradient.
+        finite = ~jnp.isinf(lse)
+        lse = jnp.where(finite, lse, jnp.zeros_like(lse))
+        M = M + 2.0 * z * row_w * lse
+    out = jnp.zeros_like(p)
+    if not _is_zero(tx):
+        t = tx.astype(work)
+        dot = _tsum(jnp.where(p == 0, zero, p * t))
+        out = out + M * _softmax_tangent(p, t)
+        if z:
+            dM = dM + 2.0 * z * row_w * jnp.where(finite, dot, jnp.zeros_like(dot))
+    if not _is_zero(tc):
+        dM = dM + _tsum(tc)
+        out = out - tc
+    if z and not _is_zero(tw):
+        dM = dM + 2.0 * z * tw * lse
+    out = out + jnp.where(p == 0, zero, dM * p)
+    return g, jnp.where(live_row, out, zero)
 
 
-def _ce_fwd(x, coef, row_w, z):
-    return _ce_rows(x, coef, row_w, z), (x, coef, row_w)
-
-
-def _ce_bwd(z, res, g):
-    x, coef, row_w = res
-    work, extra = _work(x.dtype)
-    st = num.row_stats(jnp, x.astype(work), None, 1.0, extra)
-    _, grad = num.cross_entropy_rows(jnp, st, coef, z, row_w, True)
-    g = g[..., None]
-    # d loss / d c_j = -log p_j; d loss / d w_row = z lse^2 (0 on masked rows).
-    d_coef = num.neg_log_softmax(jnp, st) * g
-    lse = num.logsumexp(jnp, st)
-    d_row = jnp.where(st.masked_row | st.inf_row, jnp.zeros_like(lse), z * lse * lse) * g
-    return (grad * g).astype(x.dtype), d_coef.astype(coef.dtype), d_row.astype(row_w.dtype)
-
-
-_ce_rows.defvjp(_ce_fwd, _ce_bwd)
+_ce_rows.defjvp(_ce_rows_jvp, symbolic_zeros=True)
+_ce_grad.defjvp(_ce_grad_jvp, symbolic_zeros=True)
 _ce_rows_jit = jax.jit(_ce_rows, static_argnums=(3,))
 
 
