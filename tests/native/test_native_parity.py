@@ -427,3 +427,23 @@ def test_streamed_outputs_equal_row_by_row_results(isa):
                 np.testing.assert_array_equal(out, chunked(small), err_msg=f"{name}, {threads} threads")
     finally:
         _native.set_num_threads(before)
+
+
+# A one-class row holding NaN: its loss and gradient are NaN (NaN stays in
+# its row), like every other NaN row; the generic path once gave a 0
+# gradient here, and both paths must agree.  Row 1 shows it stays there.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"label_smoothing": 0.1}, {"weight": np.array([2.0])}, {"z_loss": 0.1}, {"reduction": "sum"}],
+    ids=["plain", "smoothing", "weight", "z_loss", "sum"],
+)
+def test_one_class_nan_row_gives_nan_gradient(isa, dtype, options):
+    x = np.array([[np.nan], [1.0]], dtype)
+    for targets in (np.array([0, 0]), np.ones((2, 1), dtype)):
+        loss_rows = smk.cross_entropy(x, targets, **{**options, "reduction": "none"})
+        loss, grad = smk.cross_entropy(x, targets, return_grad=True, **options)
+        assert np.isnan(loss_rows[0]) and np.isfinite(loss_rows[1])
+        assert np.isnan(loss)
+        assert np.isnan(grad[0, 0]) and np.isfinite(grad[1, 0])
+        assert grad.dtype == dtype
