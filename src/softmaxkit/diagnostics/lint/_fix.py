@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import stat
+import tempfile
+from pathlib import Path
 
 from softmaxkit.diagnostics.lint._rule import Fix
 
@@ -76,3 +81,49 @@ def _dedent(content: str, block_indent: str) -> str:
     """
     first, *rest = content.split("\n")
     return "\n".join([first, *(line[len(block_indent) :] if line.startswith(block_indent) else line for line in rest)])
+
+
+def write_refusal(path: Path, roots: list[Path]) -> str | None:
+    """Why ``--fix`` must not write ``path``, or None when it may.
+
+    ``roots`` are the real paths of the files and directories named on the
+    command line. A symbolic link is never written through (its target may
+    belong to another project), and neither is a file whose real path lies
+    outside every root, which only a folder replaced by a link while the run
+    went on could produce.
+    """
+    if path.is_symlink():
+        return "it is a symbolic link (fix its target instead)"
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError) as error:
+        return f"its real path cannot be found: {error}"
+    if not any(real == root or root in real.parents for root in roots):
+        return f"its real path {real} is outside the paths given"
+    return None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replaces the file's content in one step, keeping its permission bits.
+
+    The new content goes to a temporary file in the same folder, which is then
+    renamed over the old one, so an interrupted run leaves either the old file
+    or the new one, never part of either. Owner and group are kept where the
+    process may set them (it runs as root, or they are already its own).
+    """
+    info = path.stat()
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with open(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, stat.S_IMODE(info.st_mode))
+        if hasattr(os, "chown"):
+            with contextlib.suppress(OSError):
+                os.chown(temporary, info.st_uid, info.st_gid)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import errno
 import fnmatch
 import io
 import json
 import os
 import re
+import stat
 import tokenize
 from pathlib import Path
 
@@ -44,6 +46,17 @@ _PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug"})
 _MAGIC_ASSIGNMENT = re.compile(r"^(\s*[\w.,\s\[\]]+?=\s*)[!%]")
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 _HELP_LINE = re.compile(r"^\s*[\w.]+\?{1,2}\s*$")
+# The most bytes read from one file. Hand-written Python stays far below
+# 10 MiB; notebooks carry their outputs (images, tables), so they get more.
+MAX_SOURCE_BYTES = 10 * 2**20
+MAX_NOTEBOOK_BYTES = 50 * 2**20
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 class UsageError(Exception):
@@ -62,11 +75,28 @@ class Config:
 
 @dataclasses.dataclass
 class FileResult:
+    """What linting one file gave.
+
+    ``skipped`` says why a file was not read at all; ``unchecked`` is true
+    when that file was a regular file whose code therefore went unchecked
+    (unreadable, too large), false for entries that hold no code (a FIFO, a
+    device, a broken symbolic link).
+    """
+
     path: str
     findings: list[Finding]
     source: str | None = None
     encoding: str = "utf-8"
     notebook: bool = False
+    skipped: str | None = None
+    unchecked: bool = False
+
+
+class _Unreadable(Exception):
+    def __init__(self, reason: str, unchecked: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.unchecked = unchecked
 
 
 # ---- selection ---------------------------------------------------------------
@@ -144,9 +174,9 @@ class ConfigFinder:
         self._by_directory: dict[Path, Config] = {}
 
     def for_path(self, path: Path) -> Config:
-        directory = path.resolve()
-        if not directory.is_dir():
-            directory = directory.parent
+        # A file's own name is never resolved: a symbolic link takes the
+        # configuration of the folder it sits in, and a link loop cannot raise.
+        directory = (path if path.is_dir() else path.parent).resolve()
         visited = []
         config = None
         current = directory
@@ -199,7 +229,7 @@ def _excluded(path: Path, config: Config) -> bool:
     relative = None
     if config.root is not None:
         try:
-            relative = path.resolve().relative_to(config.root).as_posix()
+            relative = (path.parent.resolve() / path.name).relative_to(config.root).as_posix()
         except ValueError:
             pass
     for pattern in config.exclude:
@@ -227,9 +257,54 @@ def collect_files(paths: list[str], configs: ConfigFinder) -> list[Path]:
                     candidate = here / filename
                     if candidate.suffix in (".py", ".ipynb") and not _excluded(candidate, config):
                         files.append(candidate)
+        elif path.exists():
+            raise UsageError(f"{name}: not a regular file or directory")
         else:
             raise UsageError(f"{name}: no such file or directory")
     return files
+
+
+def read_file(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes.
+
+    Anything else raises ``_Unreadable``. The file is examined before it is
+    opened and opened without blocking, so a FIFO or a device (``/dev/zero``
+    behind a symbolic link) is never read.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise _Unreadable("broken symbolic link (its target does not exist)", False) from None
+        raise _Unreadable("it no longer exists", False) from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise _Unreadable("symbolic link loop", False) from None
+        raise _Unreadable(f"cannot be read: {error.strerror}", True) from None
+    _check_kind(info, limit)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as error:
+        raise _Unreadable(f"cannot be read: {error.strerror}", True) from None
+    with open(descriptor, "rb") as file:
+        # Checked again on the open file: the entry may have been replaced since.
+        _check_kind(os.fstat(descriptor), limit)
+        try:
+            data = file.read(limit + 1)
+        except OSError as error:
+            raise _Unreadable(f"cannot be read: {error.strerror}", True) from None
+    if len(data) > limit:
+        raise _Unreadable(f"larger than the {limit // 2**20} MiB limit", True)
+    return data
+
+
+def _check_kind(info: os.stat_result, limit: int) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "a special file")
+        raise _Unreadable(f"not a regular file ({kind})", False)
+    if info.st_size > limit:
+        raise _Unreadable(f"larger than the {limit // 2**20} MiB limit ({info.st_size} bytes)", True)
 
 
 # ---- linting ---------------------------------------------------------------
@@ -240,17 +315,35 @@ def _syntax_error(message: str, row: int = 1, column: int = 1, cell: int | None 
     return Finding(rule.code, rule.name, message, rule.severity, row, column, row, column, cell=cell)
 
 
-def check_source(source: str, rules: list[Rule], filename: str = "<string>") -> list[Finding]:
-    """Findings for Python source, before ``# noqa`` is applied."""
+def _parse(source: str, filename: str = "<string>") -> ast.Module | Finding:
+    """The module, or the SMK000 finding that says why there is none."""
     try:
-        tree = ast.parse(source, filename)
+        return ast.parse(source, filename)
     except SyntaxError as error:
-        return [_syntax_error(f"SyntaxError: {error.msg}", error.lineno or 1, error.offset or 1)]
+        return _syntax_error(f"SyntaxError: {error.msg}", error.lineno or 1, error.offset or 1)
     except ValueError as error:
-        return [_syntax_error(f"SyntaxError: {error}")]
+        return _syntax_error(f"SyntaxError: {error}")
+    except (RecursionError, MemoryError):
+        # The parser gives up on deep nesting (thousands of levels) with one of
+        # these rather than a SyntaxError; MemoryError is its stack's limit.
+        return _syntax_error("too deeply nested to parse")
+
+
+def check_source(source: str, rules: list[Rule], filename: str = "<string>") -> list[Finding]:
+    """Findings for Python source, before ``# noqa`` is applied.
+
+    Source the parser rejects, or nested too deeply for the analysis to follow
+    (a sum of several hundred terms, say), gives one SMK000 finding.
+    """
+    tree = _parse(source, filename)
+    if isinstance(tree, Finding):
+        return [tree]
     if not rules:
         return []
-    return Analysis(tree, source, rules).run()
+    try:
+        return Analysis(tree, source, rules).run()
+    except RecursionError:
+        return [_syntax_error("too deeply nested to analyse")]
 
 
 def split_lines(source: str) -> list[str]:
@@ -282,7 +375,10 @@ def apply_noqa(findings: list[Finding], lines: list[str]) -> list[Finding]:
 
 
 def lint_python(path: Path, rules: list[Rule]) -> FileResult:
-    raw = path.read_bytes()
+    try:
+        raw = read_file(path, MAX_SOURCE_BYTES)
+    except _Unreadable as error:
+        return FileResult(str(path), [], skipped=error.reason, unchecked=error.unchecked)
     try:
         encoding = tokenize.detect_encoding(io.BytesIO(raw).readline)[0]
         source = raw.decode(encoding)
@@ -322,36 +418,47 @@ def lint_notebook(path: Path, rules: list[Rule]) -> FileResult:
     name = str(path)
     result = FileResult(name, [], notebook=True)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_file(path, MAX_NOTEBOOK_BYTES).decode("utf-8"))
+    except _Unreadable as error:
+        return FileResult(name, [], notebook=True, skipped=error.reason, unchecked=error.unchecked)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         result.findings.append(_syntax_error(f"invalid notebook: {error}"))
         return _named(result)
-    cells = data.get("cells") if isinstance(data, dict) else None
-    if not isinstance(cells, list):
-        result.findings.append(_syntax_error("invalid notebook: no list of cells"))
+    except RecursionError:
+        result.findings.append(_syntax_error("invalid notebook: its JSON is nested too deeply"))
+        return _named(result)
+    problem = _notebook_problem(data)
+    if problem is not None:
+        result.findings.append(_syntax_error(f"invalid notebook: {problem}"))
         return _named(result)
     language = data.get("metadata", {}).get("language_info", {}).get("name", "python")
     if language != "python":
         return result
+    sources: dict[int, str] = {}
     module_lines: list[str] = []
     origins: list[tuple[int, int]] = []
-    for number, cell in enumerate(cells, 1):
-        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+    for number, cell in enumerate(data["cells"], 1):
+        if not isinstance(cell, dict):
+            result.findings.append(_syntax_error("invalid notebook: the cell is not an object", cell=number))
+            continue
+        if cell.get("cell_type") != "code":
             continue
         source = cell.get("source", "")
-        if isinstance(source, list):
+        if isinstance(source, list) and all(isinstance(line, str) for line in source):
             source = "".join(source)
+        if not isinstance(source, str):
+            message = "invalid notebook: the cell's source is not a string or a list of strings"
+            result.findings.append(_syntax_error(message, cell=number))
+            continue
         lines = _cell_lines(source)
         if lines is None:
             continue
-        try:
-            ast.parse("\n".join(lines))
-        except (SyntaxError, ValueError) as error:
-            row = getattr(error, "lineno", None) or 1
-            column = getattr(error, "offset", None) or 1
-            message = getattr(error, "msg", None) or str(error)
-            result.findings.append(_syntax_error(f"SyntaxError: {message}", row, column, number))
+        tree = _parse("\n".join(lines))
+        if isinstance(tree, Finding):
+            tree.cell = number
+            result.findings.append(tree)
             continue
+        sources[number] = source
         module_lines.extend(lines)
         origins.extend((number, row) for row in range(1, len(lines) + 1))
     findings = check_source("\n".join(module_lines), rules, name)
@@ -363,19 +470,20 @@ def lint_notebook(path: Path, rules: list[Rule]) -> FileResult:
         finding.row = row
         # Fixes rewrite files; a notebook's JSON is left alone.
         finding.fix = None
-    result.findings.extend(_keep_notebook(findings, cells))
+        result.findings.extend(apply_noqa([finding], sources[cell].split("\n")))
     return _named(result)
 
 
-def _keep_notebook(findings: list[Finding], cells: list) -> list[Finding]:
-    kept = []
-    for finding in findings:
-        source = cells[finding.cell - 1].get("source", "")
-        if isinstance(source, list):
-            source = "".join(source)
-        lines = source.split("\n")
-        kept.extend(apply_noqa([finding], lines))
-    return kept
+def _notebook_problem(data: object) -> str | None:
+    """What is wrong with the notebook's outer structure, if anything."""
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+        return "no list of cells"
+    metadata = data.get("metadata", {})
+    if not isinstance(metadata, dict):
+        return "its metadata is not an object"
+    if not isinstance(metadata.get("language_info", {}), dict):
+        return "its metadata.language_info is not an object"
+    return None
 
 
 def _named(result: FileResult) -> FileResult:
@@ -385,6 +493,7 @@ def _named(result: FileResult) -> FileResult:
 
 
 def lint_file(path: Path, rules: list[Rule]) -> FileResult:
+    """Lints one file; one that cannot be read comes back with ``skipped`` set."""
     if path.suffix == ".ipynb":
         return lint_notebook(path, rules)
     return lint_python(path, rules)

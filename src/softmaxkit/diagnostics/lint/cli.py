@@ -6,9 +6,16 @@ import argparse
 import difflib
 import importlib.metadata
 import sys
+from pathlib import Path
 
 from softmaxkit.diagnostics.lint import _output
-from softmaxkit.diagnostics.lint._fix import MISSING_LIBCST, apply_fixes, libcst_available
+from softmaxkit.diagnostics.lint._fix import (
+    MISSING_LIBCST,
+    apply_fixes,
+    libcst_available,
+    write_atomic,
+    write_refusal,
+)
 from softmaxkit.diagnostics.lint._rule import Finding, Rule
 from softmaxkit.diagnostics.lint._rules import ALL_RULES, find_rule
 from softmaxkit.diagnostics.lint._runner import (
@@ -28,7 +35,9 @@ Find numerically unstable or wrong uses of softmax, log, exp and
 cross-entropy in Python files and Jupyter notebooks (code cells).
 
 Exit status: 0 when nothing is found, 1 when something is (or a file cannot
-be parsed), 2 for a usage or configuration error.
+be parsed, or a Python file cannot be read), 2 for a usage or configuration
+error. Entries that are not regular files (FIFOs, devices, broken symbolic
+links) are skipped with a warning and do not change the status.
 """
 
 _EPILOG = """\
@@ -94,20 +103,38 @@ def _run(args: argparse.Namespace) -> int:
     if fixing and not libcst_available():
         raise UsageError(MISSING_LIBCST)
     configs = ConfigFinder()
-    files = collect_files(args.paths or ["."], configs)
+    paths = args.paths or ["."]
+    files = collect_files(paths, configs)
+    roots = [Path(name).resolve() for name in paths]
     findings: list[Finding] = []
     fixed = 0
     diffs = []
+    unchecked = False
     for path in files:
         rules = enabled_rules(configs.for_path(path), select, ignore)
         result = lint_file(path, rules)
+        if result.skipped is not None:
+            _warn(path, f"skipped, {result.skipped}")
+            unchecked = unchecked or result.unchecked
+            continue
         if fixing and not result.notebook and result.source is not None:
-            new_source, applied = fix_source(result.source, rules, args.unsafe_fixes)
-            if applied:
-                if args.diff:
-                    diffs.append(_diff(result.path, result.source, new_source))
+            try:
+                new_source, applied = fix_source(result.source, rules, args.unsafe_fixes)
+            except RecursionError:
+                # LibCST's visitor recurses per node: about 70 nested calls are too many.
+                _warn(path, "not fixed, too deeply nested for the fixer")
+                applied = 0
+            refusal = write_refusal(path, roots) if applied else None
+            if refusal is not None:
+                _warn(path, f"not fixed, {refusal}")
+            elif applied and args.diff:
+                diffs.append(_diff(result.path, result.source, new_source))
+            elif applied:
+                try:
+                    write_atomic(path, new_source.encode(result.encoding))
+                except OSError as error:
+                    _warn(path, f"not fixed, could not write it: {error}")
                 else:
-                    path.write_bytes(new_source.encode(result.encoding))
                     fixed += applied
                     result = lint_file(path, rules)
         findings.extend(result.findings)
@@ -116,9 +143,13 @@ def _run(args: argparse.Namespace) -> int:
         out.write("".join(diffs))
         count = len(diffs)
         print(f"Would fix {count} {'file' if count == 1 else 'files'}." if count else "No fixes available.", file=sys.stderr)
-        return 1 if diffs else 0
+        return 1 if diffs or unchecked else 0
     _write(out, args, findings, fixed)
-    return 1 if findings else 0
+    return 1 if findings or unchecked else 0
+
+
+def _warn(path: Path, text: str) -> None:
+    print(f"softmaxkit lint: warning: {path}: {text}", file=sys.stderr)
 
 
 def _write(out, args: argparse.Namespace, findings: list[Finding], fixed: int) -> None:
