@@ -200,3 +200,16 @@ def _nullcontext():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def test_complex_with_where_and_mask_leaves_entries_out():
+    x = np.array([[1.0 + 2.0j, np.nan + 0j, 0.5 - 1.0j], [np.inf + 1j, 2.0 + 0j, 0j]])
+    where = np.array([[True, False, True], [False, False, False]])
+    out = smk.logsumexp(x, where=where)
+    exact = mp.log(mp.exp(_mpc(x[0, 0])) + mp.exp(_mpc(x[0, 2])))
+    assert abs(complex(out[0]) - complex(exact)) <= 4 * np.finfo(np.float64).eps * abs(complex(exact))
+    assert out[1].real == -np.inf
+    _, sign = smk.logsumexp(x, where=where, return_sign=True)
+    assert sign[1] == 0
+    masked = np.ma.masked_array(x, mask=~where)
+    np.testing.assert_array_equal(smk.logsumexp(masked), out)
