@@ -25,7 +25,12 @@ class SyntaxError_(Rule):
     """
     ## What it does
     Reports a file (or notebook cell) that cannot be parsed as Python, with
-    the parser's message, and a notebook that is not valid JSON. The other
+    the parser's message; code nested too deeply to parse or to analyse
+    (thousands of nested unary operators or parentheses, or a single
+    expression chaining several hundred operators, calls or attributes);
+    a file whose encoding cannot be decoded; and a notebook that is not
+    valid JSON or whose JSON does not have a notebook's shape (a cell's
+    `source` that is not a string or a list of strings, say). The other
     rules cannot check such a file; the run goes on with the next one.
 
     This code is always reported: `--select`, `--ignore` and `# noqa` do not
