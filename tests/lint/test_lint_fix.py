@@ -224,3 +224,12 @@ def test_missing_libcst_is_a_usage_error(run_lint, tmp_path, monkeypatch):
     assert code == 2
     assert "pip install 'softmaxkit[lint]'" in err
     assert _fix.MISSING_LIBCST in err
+
+
+def test_cli_fix_summary_for_one_unfixed_error_is_singular(run_lint, tmp_path):
+    # --fix with one unfixable finding printed "Found 1 errors (0 fixed, 1 remaining)."
+    path = tmp_path / "m.py"
+    path.write_text(HEADER + "p = F.softmax(z)\n", encoding="utf-8")
+    code, out, _ = run_lint(path, "--fix")
+    assert code == 1
+    assert out.endswith("Found 1 error (0 fixed, 1 remaining).\n")

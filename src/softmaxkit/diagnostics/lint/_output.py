@@ -56,9 +56,8 @@ def summary(
         return "All checks passed!\n"
     noun = "error" if count == 1 else "errors"
     if fix_mode:
-        if count == 0:
-            return f"Found {fixed} {'error' if fixed == 1 else 'errors'} ({fixed} fixed, 0 remaining).\n"
-        return f"Found {count + fixed} errors ({fixed} fixed, {count} remaining).\n"
+        total = count + fixed
+        return f"Found {total} {'error' if total == 1 else 'errors'} ({fixed} fixed, {count} remaining).\n"
     lines = [f"Found {count} {noun}.\n"]
     safe = sum(1 for f in findings if f.fix is not None and f.fix.applicability == "safe")
     unsafe = sum(1 for f in findings if f.fix is not None and f.fix.applicability == "unsafe")
