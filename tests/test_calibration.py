@@ -66,7 +66,7 @@ class TestExpectedCalibrationError:
     @pytest.mark.parametrize(
         ("kwargs", "exc", "pattern"),
         [
-            ({"n_bins": 0}, ValueError, "n_bins must be an int >= 1; got 0"),
+            ({"n_bins": 0}, ValueError, "n_bins must be an int from 1 to 1000000; got 0"),
             ({"n_bins": 2.5}, TypeError, "n_bins must be an int"),
             ({"norm": "l2"}, ValueError, "norm must be one of 'l1', 'max'; got 'l2'"),
             ({"probs": np.array([[1.5, -0.5]])}, ValueError, r"probs must be probabilities in \[0, 1\]; got 1.5"),
@@ -79,6 +79,20 @@ class TestExpectedCalibrationError:
         args = {"probs": np.array([[0.7, 0.3]]), "labels": np.array([0])} | kwargs
         with pytest.raises(exc, match=pattern):
             smk.expected_calibration_error(**args)
+
+    @pytest.mark.parametrize("n_bins", [2**63, 2**100])
+    def test_huge_n_bins_is_refused_by_name(self, n_bins):
+        # n_bins=2**63 raised IndexError from inside NumPy, 2**100 NumPy's
+        # "Maximum allowed size exceeded"; neither named the argument.
+        with pytest.raises(ValueError, match=rf"n_bins must be an int from 1 to 1000000; got {n_bins}"):
+            smk.expected_calibration_error(np.array([[0.7, 0.3]]), np.array([0]), n_bins=n_bins)
+
+    def test_uint64_labels_above_int64_are_shown_as_given(self):
+        # uint64 labels >= 2**63 were cast to int64 first, and the message
+        # showed the wrapped negative value.
+        labels = np.array([0, 2**63 + 1], dtype=np.uint64)
+        with pytest.raises(ValueError, match=r"labels\[1\] \(flattened\) = 9223372036854775809 is not a class index"):
+            smk.expected_calibration_error(np.array([[0.7, 0.3], [0.5, 0.5]]), labels)
 
 
 class TestFitTemperature:
@@ -145,13 +159,47 @@ class TestFitTemperature:
         with pytest.raises(exc, match=pattern):
             smk.fit_temperature(logits, labels)
 
+    def test_one_dimensional_empty_logits(self):
+        # fit_temperature(np.zeros(0), ...) raised NumPy's "cannot reshape
+        # array of size 0 into shape (0)".
+        with pytest.raises(ValueError, match=r"logits must hold at least one sample and one class; got shape \(0,\)"):
+            smk.fit_temperature(np.zeros(0), np.zeros((), dtype=int))
+
+    @pytest.mark.parametrize("n_bins", [2**63, 2**100])
+    def test_huge_n_bins_is_refused_by_name(self, n_bins):
+        # As for expected_calibration_error: an IndexError or NumPy's size error.
+        with pytest.raises(ValueError, match=rf"n_bins must be an int from 1 to 1000000; got {n_bins}"):
+            smk.fit_temperature(np.zeros((2, 3)), np.array([0, 1]), n_bins=n_bins)
+
+    @pytest.mark.parametrize("tol", [1e-16, 1e-17, 1e-300, 5e-324])
+    def test_tiny_tol_terminates(self, monkeypatch, tol):
+        # tol <= 1e-16 never returned: the bracket on log T cannot shrink
+        # below the float64 spacing, so `while b - a > tol` looped forever.
+        # Each step costs one NLL evaluation; count them instead of timing.
+        from softmaxkit import calibration
+
+        calls = []
+        real = calibration._mean_nll
+
+        def counted(*args):
+            calls.append(1)
+            if len(calls) > 5000:
+                raise AssertionError("fit_temperature does not stop")
+            return real(*args)
+
+        monkeypatch.setattr(calibration, "_mean_nll", counted)
+        logits, labels = overconfident_data(3.0, n=200)
+        loose = smk.fit_temperature(logits, labels, tol=1e-12).temperature
+        fit = smk.fit_temperature(logits, labels, tol=tol)
+        assert fit.temperature == pytest.approx(loose, rel=1e-9)
+
     @pytest.mark.parametrize(
         ("kwargs", "exc", "pattern"),
         [
             ({"bounds": (2.0, 1.0)}, ValueError, r"bounds must satisfy 0 < low < high < inf; got \(2.0, 1.0\)"),
             ({"bounds": 3.0}, TypeError, "bounds must be a pair"),
             ({"tol": 0.0}, ValueError, "tol must be finite and > 0; got 0.0"),
-            ({"n_bins": -1}, ValueError, "n_bins must be an int >= 1; got -1"),
+            ({"n_bins": -1}, ValueError, "n_bins must be an int from 1 to 1000000; got -1"),
         ],
     )
     def test_invalid_parameters(self, kwargs, exc, pattern):
@@ -209,9 +257,12 @@ class TestCli:
         [
             (None, "no such file"),
             (b"not an archive", "not a NumPy .npz archive"),
-            ({"logits": np.zeros((2, 3))}, "missing array(s) 'labels'; found 'logits'"),
+            ({"logits": np.zeros((2, 3))}, "holds no labels"),
+            ({"labels": np.zeros(2, dtype=int)}, "no array named 'logits' (found: labels)"),
             ({"logits": np.zeros((2, 3)), "labels": np.array([0, 7])}, "= 7 is not a class index"),
-            ({"logits": np.array([object()]), "labels": np.array([0])}, "cannot read its arrays"),
+            ({"logits": np.array([object()]), "labels": np.array([0])}, "holds Python objects"),
+            # uint64 labels >= 2**63 were shown wrapped: -9223372036854775807.
+            ({"logits": np.zeros((2, 3)), "labels": np.array([2**63 + 1, 0], np.uint64)}, "= 9223372036854775809 is not"),
         ],
     )
     def test_bad_files_exit_1_without_traceback(self, tmp_path, capsys, content, pattern):
@@ -222,7 +273,22 @@ class TestCli:
             np.savez(path, **content)
         assert cli.main(["calibrate", str(path)]) == 1
         err = capsys.readouterr().err
-        assert err.startswith("softmaxkit calibrate: error: ") and pattern in err and "Traceback" not in err
+        assert err.startswith(f"softmaxkit calibrate: error: {path}: ") and pattern in err and "Traceback" not in err
+        assert err.count("\n") == 1
+
+    def test_targets_key_and_pt_files_as_in_check(self, tmp_path, capsys):
+        # calibrate reads files with check's loader: the same formats and keys.
+        logits, labels = overconfident_data(2.0, n=500)
+        path = tmp_path / "heldout.npz"
+        np.savez(path, logits=logits, targets=labels)
+        assert cli.main(["calibrate", str(path)]) == 0
+        expected = str(smk.fit_temperature(logits, labels))
+        assert expected in capsys.readouterr().out
+        torch = pytest.importorskip("torch")
+        path = tmp_path / "heldout.pt"
+        torch.save({"logits": torch.tensor(logits), "labels": torch.tensor(labels)}, path)
+        assert cli.main(["calibrate", str(path)]) == 0
+        assert expected in capsys.readouterr().out
 
     @pytest.mark.parametrize("args", [["calibrate"], ["calibrate", "x.npz", "--bins", "0"], ["calibrate", "x.npz", "--nope"]])
     def test_usage_errors_exit_2(self, args, capsys):

@@ -26,6 +26,9 @@ __all__ = [
 ]
 
 _NORMS = ("l1", "max")
+# More bins than this hold a sample or two each; the bin arrays would only
+# cost memory (2**63 bins cannot even be allocated).
+_MAX_BINS = 1_000_000
 # 1/phi: each golden-section step keeps this fraction of the bracket.
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -77,7 +80,15 @@ def _rows(a: Any, axis: Any, name: str) -> tuple[np.ndarray, tuple[int, ...]]:
         raise ValueError(f"{name} must have a class axis; got a 0-d array")
     (ax,) = v.axis(axis, arr.ndim)
     host = np.moveaxis(np.asarray(v.to_numpy(arr), dtype=np.float64), ax, -1)
-    return host.reshape(-1, host.shape[-1]), tuple(host.shape[:-1])
+    rest = tuple(host.shape[:-1])
+    # Not reshape(-1, C): with C = 0 the -1 is ambiguous.
+    return host.reshape(math.prod(rest), host.shape[-1]), rest
+
+
+def _require_samples(rows: np.ndarray, rest: tuple[int, ...], name: str) -> None:
+    if rows.shape[0] == 0 or rows.shape[-1] == 0:
+        shape = rest + (rows.shape[-1],)
+        raise ValueError(f"{name} must hold at least one sample and one class; got shape {shape} with the class axis last")
 
 
 def _labels(labels: Any, rest_shape: tuple[int, ...], n_classes: int, name: str = "labels") -> np.ndarray:
@@ -87,18 +98,19 @@ def _labels(labels: Any, rest_shape: tuple[int, ...], n_classes: int, name: str 
         raise TypeError(f"{name} must hold integer class indices; got dtype {t.dtype}")
     if t.shape != rest_shape:
         raise ValueError(f"{name} must have shape {rest_shape} (the logits' shape without the class axis); got {t.shape}")
-    t = t.reshape(-1).astype(np.int64)
+    t = t.reshape(-1)
+    # Checked before the cast to int64, which would wrap uint64 values >= 2**63.
     bad = (t < 0) | (t >= n_classes)
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(f"{name}[{i}] (flattened) = {int(t[i])} is not a class index: allowed 0 to {n_classes - 1}")
-    return t
+    return t.astype(np.int64)
 
 
 def _n_bins(value: Any) -> int:
     n = v.integer(value, "n_bins")
-    if n < 1:
-        raise ValueError(f"n_bins must be an int >= 1; got {n!r}")
+    if not 1 <= n <= _MAX_BINS:
+        raise ValueError(f"n_bins must be an int from 1 to {_MAX_BINS}; got {n!r}")
     return n
 
 
@@ -151,7 +163,8 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 15, norm: 
         Rows are not renormalised.
     labels : integer array
         ``probs``' shape without the class axis; values in ``[0, C)``.
-    n_bins : int >= 1, default 15
+    n_bins : int, default 15
+        Number of bins, from 1 to 1,000,000.
     norm : {"l1", "max"}, default "l1"
         "l1" is the ECE (bin gaps weighted by bin counts); "max" is the
         maximum calibration error over non-empty bins.
@@ -187,9 +200,8 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 15, norm: 
     if norm not in _NORMS:
         raise ValueError(f"norm must be one of {', '.join(map(repr, _NORMS))}; got {v._describe(norm)}")
     p, rest = _rows(probs, axis, "probs")
+    _require_samples(p, rest, "probs")
     t = _labels(labels, rest, p.shape[-1])
-    if p.shape[0] == 0 or p.shape[-1] == 0:
-        raise ValueError(f"probs must hold at least one sample and one class; got shape {tuple(p.shape)} after moving the class axis last")
     _check_probs(p, "probs")
     return _ece(p, t, n_bins, norm)
 
@@ -223,10 +235,14 @@ def fit_temperature(
         The class axis.
     bounds : (float, float), default (1e-3, 1e3)
         The range searched for ``T``, ``0 < low < high``, finite.
-    n_bins : int >= 1, default 15
-        Bins for the reported ECE (see :func:`expected_calibration_error`).
+    n_bins : int, default 15
+        Bins for the reported ECE, from 1 to 1,000,000 (see
+        :func:`expected_calibration_error`).
     tol : float > 0, default 1e-6
-        Width of the final bracket on ``log T``.
+        Width of the final bracket on ``log T``.  The search also stops when
+        the bracket can no longer shrink in float64 (a few units in the last
+        place of ``log T``, about ``1e-16`` relative), so any ``tol`` below
+        that gives the most precise fit float64 allows and still returns.
 
     Returns
     -------
@@ -279,9 +295,8 @@ def fit_temperature(
     if not (math.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be finite and > 0; got {tol!r}")
     x, rest = _rows(logits, axis, "logits")
+    _require_samples(x, rest, "logits")
     y = _labels(labels, rest, x.shape[-1])
-    if x.shape[0] == 0 or x.shape[-1] == 0:
-        raise ValueError(f"logits must hold at least one sample and one class; got shape {tuple(x.shape)} after moving the class axis last")
     if np.isnan(x).any():
         i, j = np.argwhere(np.isnan(x))[0]
         raise ValueError(f"logits must not be NaN; got NaN in row {i}, class {j} (rows flattened)")
@@ -299,7 +314,8 @@ def fit_temperature(
     a, b = math.log(low), math.log(high)
     c, d = b - _GOLDEN * (b - a), a + _GOLDEN * (b - a)
     fc, fd = nll(c), nll(d)
-    while b - a > tol:
+    width = b - a
+    while width > tol:
         if fc <= fd:
             b, d, fd = d, c, fc
             c = b - _GOLDEN * (b - a)
@@ -308,6 +324,13 @@ def fit_temperature(
             a, c, fc = c, d, fd
             d = a + _GOLDEN * (b - a)
             fd = nll(d)
+        # A bracket a few float64 spacings wide stops shrinking, since its
+        # interior points round onto its ends: stop there rather than loop on
+        # a tol below that spacing.  The width falls strictly otherwise, so
+        # the loop always ends.
+        if not b - a < width:
+            break
+        width = b - a
     t = c if fc <= fd else d
     T = math.exp(t)
     near = 2.0 * tol
@@ -347,8 +370,9 @@ def reliability_diagram(
         Predicted probabilities, classes along ``axis``.
     labels : integer array
         ``probs``' shape without the class axis.
-    n_bins : int >= 1, default 15
-        Equal-width confidence bins, as in :func:`expected_calibration_error`.
+    n_bins : int, default 15
+        Equal-width confidence bins, from 1 to 1,000,000, as in
+        :func:`expected_calibration_error`.
     axis : int, default -1
     title : str, optional
         Title of the figure.
@@ -380,9 +404,8 @@ def reliability_diagram(
         raise ImportError("reliability_diagram needs matplotlib: pip install 'softmaxkit[plot]'") from None
     n_bins = _n_bins(n_bins)
     p, rest = _rows(probs, axis, "probs")
+    _require_samples(p, rest, "probs")
     t = _labels(labels, rest, p.shape[-1])
-    if p.shape[0] == 0 or p.shape[-1] == 0:
-        raise ValueError(f"probs must hold at least one sample and one class; got shape {tuple(p.shape)} after moving the class axis last")
     _check_probs(p, "probs")
     edges, count, mean_conf, accuracy = _bin_stats(p, t, n_bins)
     ece = _ece(p, t, n_bins, "l1")

@@ -117,7 +117,7 @@ class TestBadFiles:
     def test_corrupt_npy(self, tmp_path, capsys):
         path = tmp_path / "bad.npy"
         path.write_bytes(b"\x93NUMPY garbage")
-        assert_one_line_error(*run(capsys, path), "cannot read as .npy")
+        assert_one_line_error(*run(capsys, path), "the array is a .npy file of format version 32.103")
 
     def test_npz_without_logits(self, tmp_path, capsys):
         path = tmp_path / "bad.npz"
@@ -134,6 +134,13 @@ class TestBadFiles:
         np.save(path, np.array(["a", "b"]))
         assert_one_line_error(*run(capsys, path), "logits must be a real floating or integer array")
 
+    @pytest.mark.skipif(np.finfo(np.longdouble).eps == np.finfo(np.float64).eps, reason="long double is float64 here")
+    def test_long_double_npy_names_its_dtype(self, tmp_path, capsys):
+        # `check` of a '<f16' .npy printed "math domain error".
+        path = tmp_path / "wide.npy"
+        np.save(path, np.ones((2, 3), np.longdouble))
+        assert_one_line_error(*run(capsys, path), f"logits dtype {np.dtype(np.longdouble).name}")
+
     def test_targets_out_of_range(self, tmp_path, capsys):
         path = tmp_path / "bad.npz"
         np.savez(path, logits=LOGITS, targets=np.array([0, 9]))
@@ -145,7 +152,7 @@ class TestNoCodeRunFromFiles:
         marker = tmp_path / "marker"
         path = tmp_path / "evil.npy"
         np.save(path, np.array([WritesMarker(marker)], dtype=object), allow_pickle=True)
-        assert_one_line_error(*run(capsys, path), "cannot read as .npy")
+        assert_one_line_error(*run(capsys, path), "the array holds Python objects")
         assert not marker.exists()
         # The payload is live: loading it with pickle allowed creates the marker.
         np.load(path, allow_pickle=True)[0].close()
@@ -155,7 +162,7 @@ class TestNoCodeRunFromFiles:
         marker = tmp_path / "marker"
         path = tmp_path / "evil.npz"
         np.savez(path, logits=np.array([WritesMarker(marker)], dtype=object))
-        assert_one_line_error(*run(capsys, path), "cannot read as .npz")
+        assert_one_line_error(*run(capsys, path), "'logits' holds Python objects")
         assert not marker.exists()
 
     def test_pt_pickle_is_refused(self, tmp_path, capsys):

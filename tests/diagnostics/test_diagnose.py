@@ -210,3 +210,13 @@ class TestErrors:
     def test_messages(self, logits, targets, kwargs, exc, match):
         with pytest.raises(exc, match=match):
             smk.diagnose(logits, targets, **kwargs)
+
+
+class TestLongDouble:
+    @pytest.mark.skipif(np.finfo(np.longdouble).eps == np.finfo(np.float64).eps, reason="long double is float64 here")
+    def test_long_double_is_refused_by_name(self):
+        # diagnose(float128 logits) raised "math domain error": the long
+        # double smallest subnormal converted to 0.0 before its log.
+        name = np.dtype(np.longdouble).name
+        with pytest.raises(TypeError, match=rf"logits dtype {name} .*not supported.*float64"):
+            smk.diagnose(np.ones((2, 3), np.longdouble))

@@ -188,6 +188,16 @@ def _dtype_limits(dtype: Any) -> tuple[str, float, float]:
         info = torch.finfo(dtype)
         name = str(dtype).removeprefix("torch.")
     else:
+        name = np.dtype(dtype).name
+        if np.dtype(dtype).itemsize > 8:
+            # The figures are Python floats computed on a float64 copy, which
+            # cannot hold long double's range (its smallest subnormal even
+            # converts to 0.0).
+            raise TypeError(
+                f"logits dtype {name} (long double) is not supported by diagnose: its figures are computed "
+                f"in float64, which cannot hold its range; convert with logits.astype(numpy.float64) if the "
+                f"values fit"
+            )
         try:
             info = np.finfo(dtype)
         except ValueError:
@@ -195,7 +205,6 @@ def _dtype_limits(dtype: Any) -> tuple[str, float, float]:
             import ml_dtypes
 
             info = ml_dtypes.finfo(dtype)
-        name = np.dtype(dtype).name
     return name, float(info.max), float(info.tiny) * float(info.eps)
 
 
@@ -246,6 +255,16 @@ def diagnose(logits: Any, targets: Any = None, *, axis: int = -1, ignore_index: 
         A frozen dataclass; ``print(report)`` gives an aligned text block and
         ``report.to_dict()`` the figures as plain Python values.  See
         :class:`LogitReport` for the exact definition of each figure.
+
+    Raises
+    ------
+    TypeError
+        For logits that are not real numbers, and for long double
+        (``numpy.longdouble`` wider than float64), whose range the float64
+        figures cannot hold.
+    ValueError
+        For 0-d logits, a bad ``axis`` and targets of the wrong shape or out
+        of range.
 
     Notes
     -----
