@@ -196,6 +196,42 @@ class TestSampleNumpy:
         with pytest.raises(ValueError, match=r"logits\[0, 1\] is NaN"):
             smk.sample(np.array([[0.0, np.nan]]), rng=0)
 
+    def test_nan_from_extreme_temperature_is_never_a_draw(self):
+        # NaN log-probabilities made from finite logits (an extreme
+        # temperature) were drawn as class 0 every time.  Either the row is
+        # computed right (class 1 at this near-zero temperature) or refused.
+        x = np.array([0.0, 5.0, 1.0])
+        try:
+            draws = smk.sample(x, temperature=1e-300, num_samples=50, rng=0)
+        except ValueError as exc:
+            assert "NaN" in str(exc)
+        else:
+            assert (draws == 1).all(), np.bincount(draws)
+
+    @pytest.mark.parametrize("options", [{}, {"top_k": 2}, {"top_p": 0.9}, {"min_p": 0.1}, {"num_samples": 3}])
+    def test_computed_nan_row_raises_naming_the_row(self, monkeypatch, options):
+        # A NaN made by the computation (not in the input) became a draw of
+        # class 0 instead of an error; inject one into row 1.
+        from softmaxkit import sampling
+
+        real = sampling.num.log_softmax
+
+        def nan_in_row_1(xp, st):
+            out = np.array(real(xp, st), copy=True)
+            out[1, 0] = np.nan
+            return out
+
+        monkeypatch.setattr(sampling.num, "log_softmax", nan_in_row_1)
+        x = np.array([[0.0, 1.0, 2.0], [3.0, 1.0, 2.0], [0.0, 0.0, 0.0]])
+        with pytest.raises(ValueError, match=r"logits row \[1\] .*NaN.*temperature=0.5"):
+            smk.sample(x, temperature=0.5, rng=0, **options)
+
+    def test_huge_num_samples_is_refused_by_name(self):
+        # num_samples=2**100 raised NumPy's "Maximum allowed dimension
+        # exceeded", which names no argument.
+        with pytest.raises(ValueError, match=r"num_samples=1267650600228229401496703205376 .* too many"):
+            smk.sample(LOGITS, num_samples=2**100, rng=0)
+
     @pytest.mark.parametrize(
         ("kwargs", "exc", "pattern"),
         [
@@ -262,6 +298,22 @@ class TestGumbelMax:
     def test_greedy_ignores_noise(self):
         g = np.random.default_rng(3).gumbel(size=(4, 3))
         np.testing.assert_array_equal(smk.gumbel_max(np.array([0.0, 2.0, 1.0]), g, temperature=0), [1, 1, 1, 1])
+
+    def test_computed_nan_row_raises_naming_the_row(self, monkeypatch):
+        # As for sample: a NaN log-probability row was an argmax of 0.
+        from softmaxkit import sampling
+
+        real = sampling.num.log_softmax
+
+        def nan_in_row_1(xp, st):
+            out = np.array(real(xp, st), copy=True)
+            out[1, 2] = np.nan
+            return out
+
+        monkeypatch.setattr(sampling.num, "log_softmax", nan_in_row_1)
+        g = np.random.default_rng(0).gumbel(size=(4, 2, 3))
+        with pytest.raises(ValueError, match=r"logits row \[1\] .*NaN"):
+            smk.gumbel_max(np.zeros((2, 3)), g)
 
     def test_errors(self):
         x = np.zeros(3)

@@ -27,6 +27,8 @@ __all__ = [
 ]
 
 _INF = float("inf")
+# The largest array NumPy can index, in bytes or entries.
+_MAX_ARRAY_BYTES = 2**63 - 1
 
 
 def _temperature_or_greedy(value: Any) -> float:
@@ -64,7 +66,37 @@ def _num_samples(value: Any) -> int:
     n = v.integer(value, "num_samples")
     if n < 1:
         raise ValueError(f"num_samples must be an int >= 1; got {n!r}")
+    if n > _MAX_ARRAY_BYTES:
+        raise ValueError(f"num_samples={n} is too many: an array axis holds at most {_MAX_ARRAY_BYTES} entries")
     return n
+
+
+def _check_noise_size(n_rows: int, n_draws: int, n_classes: int) -> None:
+    """ValueError when the noise for the draws cannot be one array.
+
+    Each draw of each class takes two 32-bit random words.
+    """
+    nbytes = n_rows * n_draws * n_classes * 8
+    if nbytes > _MAX_ARRAY_BYTES:
+        raise ValueError(
+            f"num_samples={n_draws} is too many for {n_rows} row(s) of {n_classes} classes: their noise "
+            f"would take {nbytes} bytes, more than an array can hold ({_MAX_ARRAY_BYTES})"
+        )
+
+
+def _check_computed(xp: Any, values: Any, temperature: float, name: str) -> None:
+    """ValueError for a row whose computed log-probabilities (or probabilities) hold NaN.
+
+    The input was checked for NaN, so such a row comes from the computation
+    (an extreme temperature); its argmax would be class 0 whatever the noise,
+    a draw from no distribution.
+    """
+    bad = xp.any(xp.isnan(values), axis=-1)
+    if bool(xp.any(bad)):
+        raise ValueError(
+            f"{name} row {list(v.first_position(bad))} (index without the class axis) gives NaN probabilities at "
+            f"temperature={temperature!r} although its logits are not NaN; nothing is drawn from it"
+        )
 
 
 def _check_rows(xp: Any, layout: Layout, xw: Any, name: str) -> None:
@@ -169,8 +201,10 @@ def sample(
     ------
     ValueError
         For a row whose logits are all ``-inf`` (nothing to draw), a class
-        axis of length 0 with rows to fill, a NaN logit, or an invalid
-        parameter.
+        axis of length 0 with rows to fill, a NaN logit, a row whose
+        probabilities come out NaN from finite logits (an extreme
+        temperature; never drawn as some class), ``num_samples`` too large
+        for the noise to fit in one array, or an invalid parameter.
     TypeError
         For an ``rng`` that does not match the array kind, or arrays of other
         libraries.
@@ -226,6 +260,7 @@ def sample(
     _check_rows(xp, layout, xw, "logits")
     out_shape = layout.rest_shape + ((n_draws,) if n_draws > 1 else ())
     n = xw.shape[-1]
+    _check_noise_size(layout.n_rows, n_draws, n)
     if n == 0:
         # No rows and no classes: argmax of an empty axis is undefined, but the
         # answer is an empty array of the usual index dtype.
@@ -235,12 +270,14 @@ def sample(
         return idx[..., None] + xp.zeros(out_shape, dtype=idx.dtype) if n_draws > 1 else idx
     st = num.row_stats(xp, xw, None, T, extra)
     logp = num.log_softmax(xp, st)
+    _check_computed(xp, logp, T, "logits")
     keep = logp != -_INF
     if top_k is not None and top_k < n:
         kth = xp.sort(logp, axis=-1, descending=True)[..., top_k - 1 : top_k]
         keep = keep & (logp >= kth)
     if top_p is not None and top_p < 1.0:
         p = num.softmax(xp, num.row_stats(xp, xw, keep, T, extra))
+        _check_computed(xp, p, T, "logits")
         ranked = xp.sort(p, axis=-1, descending=True)
         mass = xp.cumulative_sum(ranked, axis=-1)
         n_kept = 1 + xp.sum(xp.astype(mass[..., :-1] < top_p, xp.int32), axis=-1, keepdims=True)
@@ -291,7 +328,9 @@ def gumbel_max(logits: Any, gumbel: Any, *, temperature: float = 1.0, axis: int 
     with several ``+inf`` logits chooses uniformly among them instead of
     always the first; ``-inf`` logits are never chosen.  Ties (of probability
     0 for continuous noise) go to the first index.  Raises ``ValueError`` for
-    NaN logits, fully masked rows and non-finite noise.
+    NaN logits, fully masked rows, non-finite noise, and rows whose
+    log-probabilities come out NaN from finite logits (an extreme
+    temperature), which are never turned into an index.
 
     Examples
     --------
@@ -319,6 +358,7 @@ def gumbel_max(logits: Any, gumbel: Any, *, temperature: float = 1.0, axis: int 
         raise ValueError(f"gumbel must be finite; got gumbel{list(pos)} = {float(v.to_numpy(g)[pos])!r}")
     g_layout = Layout(xp, tuple(g.shape), (lead + layout.axes[0],))
     logp = num.log_softmax(xp, num.row_stats(xp, xw, None, T, extra))
+    _check_computed(xp, logp, T, "logits")
     return xp.argmax(logp + g_layout.forward(xp.astype(g, logp.dtype)), axis=-1)
 
 
