@@ -179,6 +179,25 @@ def _native_ready(*tensors: torch.Tensor) -> bool:
     )
 
 
+# --- forward mode and torch.compile ------------------------------------------
+# The Functions below define exact jvps for forward mode.  Dynamo refuses to
+# trace an autograd.Function with a custom jvp, so under torch.compile each
+# one is applied through a subclass that restores the default (compiled code
+# runs in reverse mode; forward mode stays available in eager code).
+
+
+
+def _apply(function: type, traced: type, *args: Any) -> Any:
+    """``function.apply(*args)``, or ``traced.apply`` (its variant without
+    the jvp, from :func:`_without_jvp`) under torch.compile."""
+    return (traced if torch.compiler.is_compiling() else function).apply(*args)
+
+
+def _without_jvp(function: type) -> type:
+    namespace = {"jvp": staticmethod(torch.autograd.Function.jvp), "__doc__": function.__doc__}
+    return type(function)(function.__name__ + "Traced", (function,), namespace)
+
+
 # --- softmax and log_softmax --------------------------------------------------
 
 
@@ -205,6 +224,24 @@ class _Softmax(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         ctx.temperature, ctx.log = inputs[1], inputs[2]
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def jvp(ctx, tangent, _temperature, _log):
+        """Forward mode, exact: with ``u = t / T`` and ``<p, u>`` summed where
+        ``p > 0``, softmax gives ``p (u - <p, u>)`` and log_softmax
+        ``u - <p, u>`` (0 where the output is ``-inf``, a constant)."""
+        (y2,) = ctx.saved_tensors
+        work, extra = working_dtype(y2.dtype, y2.device)
+        y, u = y2.to(work), tangent.to(work)
+        if ctx.temperature != 1.0:
+            u = u / ctx.temperature
+        if not ctx.log:
+            return num.softmax_vjp(xp, y, u, extra).to(y2.dtype)
+        p = xp.exp(y)
+        zero = xp.zeros_like(u)
+        dot = num.compensated_sum(xp, xp.where(p == 0, zero, p * u), extra)
+        return xp.where(y != -_INF, u - dot, zero).to(y2.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -236,6 +273,9 @@ class _Softmax(torch.autograd.Function):
     generate_vmap_rule = True
 
 
+_SoftmaxTraced = _without_jvp(_Softmax)
+
+
 def _implicit_dim(ndim: int, name: str) -> int:
     warnings.warn(
         f"{name} without dim picks one by the legacy rule (dim 0 for 0-, 1- and 3-D input, else 1); pass dim",
@@ -259,7 +299,7 @@ def _softmax_family(input: Any, dim: Any, dtype: Any, temperature: float, log: b
     if dim is None:
         dim = _implicit_dim(x.ndim, name)
     d = v.axis(dim, max(x.ndim, 1), "dim")[0]
-    y2 = _Softmax.apply(_rows_view(x, d), T, log)
+    y2 = _apply(_Softmax, _SoftmaxTraced, _rows_view(x, d), T, log)
     return _from_rows(y2, x, d)
 
 
@@ -362,6 +402,16 @@ class _LogSumExp(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        """Forward mode, exact: ``<softmax(x), t>`` over the entries with ``p > 0``."""
+        (x2,) = ctx.saved_tensors
+        work, extra = working_dtype(x2.dtype, x2.device)
+        p = num.softmax(xp, num.row_stats(xp, x2.to(work), None, 1.0, extra))
+        terms = xp.where(p == 0, xp.zeros_like(p), p * tangent.to(work))
+        return num.compensated_sum(xp, terms, extra)[:, 0].to(x2.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -376,6 +426,9 @@ class _LogSumExp(torch.autograd.Function):
         return _by_rows(compute, x2, grad)[0]
 
     generate_vmap_rule = True
+
+
+_LogSumExpTraced = _without_jvp(_LogSumExp)
 
 
 def logsumexp(input: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool = False) -> torch.Tensor:
@@ -411,13 +464,14 @@ def logsumexp(input: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool = F
     keepdim = v.flag(keepdim, "keepdim")
     dims = v.axis(dim, max(x.ndim, 1), "dim", allow_many=True)
     if x.ndim == 0:
-        out = _LogSumExp.apply(x.reshape(1, 1))
+        out = _apply(_LogSumExp, _LogSumExpTraced, x.reshape(1, 1))
         return out.reshape(())
     rest = [i for i in range(x.ndim) if i not in dims]
     moved = x.permute(rest + sorted(dims))
     rest_shape = tuple(x.shape[i] for i in rest)
-    x2 = moved.reshape((math.prod(rest_shape), math.prod(x.shape[i] for i in dims)))
-    out = _LogSumExp.apply(x2).reshape(rest_shape)
+    # a list, not a generator: Dynamo cannot trace math.prod over a generator
+    x2 = moved.reshape((math.prod(rest_shape), math.prod([x.shape[i] for i in dims])))
+    out = _apply(_LogSumExp, _LogSumExpTraced, x2).reshape(rest_shape)
     if keepdim:
         out = out.reshape(tuple(1 if i in dims else s for i, s in enumerate(x.shape)))
     return out
@@ -537,7 +591,34 @@ class _CrossEntropy(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x2, t2, weight, ctx.ignore_index, ctx.eps, ctx.z, ctx.reduction, ctx.hard = inputs
         ctx.save_for_backward(x2, t2, weight, output[1])
+        ctx.save_for_forward(x2, t2, weight, output[1])
         ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def jvp(ctx, tx, tt, *_):
+        """Forward mode, exact: per row ``<g, t_x> + <d, t_q>`` with ``g`` the
+        logit gradient ``(C + 2 z w lse) p - c`` and ``d = (1 - eps) w (-log p)``
+        the probability-target gradient, then the forward pass's reduction."""
+        x2, t2, weight, denominator = ctx.saved_tensors
+        work, extra = working_dtype(x2.dtype, x2.device)
+        xw = x2.to(work)
+        w = None if weight is None else weight.to(work)
+        coef, row_w = _coefficients(xw, t2, w, ctx.eps, ctx.ignore_index, ctx.hard)
+        st = num.row_stats(xp, xw, None, 1.0, extra)
+        zero = xp.zeros_like(xw)
+        terms = zero
+        if tx is not None:
+            _, gx = num.cross_entropy_rows(xp, st, coef, ctx.z, row_w, True)
+            terms = gx * tx.to(work)
+        if tt is not None and not ctx.hard:
+            dq = (1.0 - ctx.eps) * num.neg_log_softmax(xp, st)
+            if w is not None:
+                dq = dq * w
+            u = tt.to(work)
+            terms = terms + xp.where(u == 0, zero, dq * u)
+        rows = num.compensated_sum(xp, terms, extra)[:, 0]
+        out, _ = _reduce(xp, rows, None, denominator, ctx.reduction, extra)
+        return out.to(x2.dtype), None
 
     @staticmethod
     def backward(ctx, grad, _):
@@ -557,6 +638,9 @@ class _CrossEntropy(torch.autograd.Function):
         return parts[0], (parts[1] if want_target else None), None, None, None, None, None, None
 
     generate_vmap_rule = True
+
+
+_CrossEntropyTraced = _without_jvp(_CrossEntropy)
 
 
 def _denominator(x2, t2, w, ignore_index, hard, work):
@@ -691,7 +775,7 @@ def cross_entropy(
             lambda pos: f"target {v.NEGATIVE_PROBABILITY}" + ("" if pos is None else f"; got {float(t2[pos])!r}"),
         )
     w = _check_weight(weight, n_classes, x)
-    loss, _ = _CrossEntropy.apply(x2, t2, w, ignore_index, eps, z, reduction, hard)
+    loss, _ = _apply(_CrossEntropy, _CrossEntropyTraced, x2, t2, w, ignore_index, eps, z, reduction, hard)
     if reduction == "none":
         return loss.reshape(tuple(target.shape) if hard else tuple(x.shape[:cdim]) + tuple(x.shape[cdim + 1 :]))
     return loss
@@ -809,6 +893,26 @@ class _BinaryCrossEntropy(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         x, y, weight, pos_weight, ctx.reduction = inputs
         ctx.save_for_backward(x, y, weight, pos_weight)
+        ctx.save_for_forward(x, y, weight, pos_weight)
+
+    @staticmethod
+    def jvp(ctx, tx, ty, *_):
+        """Forward mode: ``w (g_x t_x + g_y t_y)`` elementwise with the
+        gradients of :meth:`backward`, then the forward pass's reduction."""
+        x, y, weight, pos_weight = ctx.saved_tensors
+        work, extra = working_dtype(torch.promote_types(x.dtype, y.dtype), x.device)
+        xw, yw = x.to(work), y.to(work)
+        beta = None if pos_weight is None else pos_weight.to(work)
+        _, gx = num.binary_cross_entropy(xp, xw, yw, beta, True)
+        d = xp.zeros_like(xw) if tx is None else gx * tx.to(work)
+        if ty is not None:
+            pos = num.softplus(xp, -xw)
+            d = d + ((pos if beta is None else beta * pos) - num.softplus(xp, xw)) * ty.to(work)
+        if weight is not None:
+            d = weight.to(work) * d
+        denominator = torch.tensor(float(x.numel()), dtype=work, device=x.device)
+        out, _ = _reduce(xp, d, None, denominator, ctx.reduction, extra)
+        return out.to(torch.promote_types(x.dtype, y.dtype))
 
     @staticmethod
     def backward(ctx, grad):
@@ -832,6 +936,9 @@ class _BinaryCrossEntropy(torch.autograd.Function):
         return grad_x, grad_y, None, None, None
 
     generate_vmap_rule = True
+
+
+_BinaryCrossEntropyTraced = _without_jvp(_BinaryCrossEntropy)
 
 
 def binary_cross_entropy_with_logits(
@@ -901,4 +1008,4 @@ def binary_cross_entropy_with_logits(
             beta < 0,
             lambda pos: "pos_weight must be >= 0" + ("" if pos is None else f"; got {float(beta[pos])!r}"),
         )
-    return _BinaryCrossEntropy.apply(x, y, w, beta, reduction)
+    return _apply(_BinaryCrossEntropy, _BinaryCrossEntropyTraced, x, y, w, beta, reduction)
