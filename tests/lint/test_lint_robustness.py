@@ -205,6 +205,25 @@ def test_unreadable_file_is_skipped_and_fails_the_run(run_lint, tmp_path):
     assert str(locked) in warning
 
 
+def test_file_that_fails_to_open_is_skipped_and_fails_the_run(run_lint, tmp_path, monkeypatch):
+    # Any error opening one file aborted the run (as root, simulated: root reads any file).
+    (tmp_path / "real.py").write_text(REAL, encoding="utf-8")
+    locked = tmp_path / "locked.py"
+    locked.write_text(REAL, encoding="utf-8")
+    real_open = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(locked))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    code, out, err = run_lint(tmp_path)
+    assert code == 1 and "real.py:2:5: SMK301" in out and "locked.py" not in out
+    (warning,) = _warnings(err)
+    assert str(locked) in warning and "Permission denied" in warning
+
+
 def test_directory_named_like_a_python_file_is_walked(run_lint, tmp_path):
     (tmp_path / "x.py").mkdir()
     (tmp_path / "x.py" / "inner.py").write_text(REAL, encoding="utf-8")
