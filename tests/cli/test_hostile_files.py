@@ -307,6 +307,51 @@ def _nested(torch):
         return {"logits": torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)]), "labels": torch.zeros(2)}
 
 
+def make_deep_header(path: str) -> None:
+    # A header nested 3000 deep, inside NumPy's 10000-character header limit.
+    text = "{'descr': '<f4', 'fortran_order': False, 'shape': " + "(" * 3000 + ")" * 3000 + ", }"
+    text += " " * (63 - (10 + len(text)) % 64) + "\n"
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode() + bytes(8))
+
+
+def make_long_header(path: str) -> None:
+    # A 2 MB header (format 2.0 allows a 4-byte length).
+    text = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }" + " " * (2 * 10**6) + "\n"
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x02\x00" + struct.pack("<I", len(text)) + text.encode() + bytes(8))
+
+
+def make_bzip2_member(path: str) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_BZIP2) as z:
+        z.writestr("logits.npy", npy_bytes(np.zeros((4, 4), np.float32)))
+        z.writestr("labels.npy", npy_bytes(np.zeros(4, np.int64)))
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def make_many_members(path: str) -> None:
+    # 20,000 members, none of them 'logits': the error lists a few names only.
+    members = [{"name": f"m{i}.npy", "data": b""} for i in range(20_000)]
+    with open(path, "wb") as f:
+        f.write(raw_zip(members))
+
+
+def make_nested_zip(path: str) -> None:
+    inner = honest_npz()
+    with open(path, "wb") as f:
+        f.write(raw_zip([{"name": "logits.npy", "data": inner}, {"name": "labels.npy", "data": inner}]))
+
+
+def make_torchscript(path: str) -> None:
+    torch = pytest.importorskip("torch")
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
+
+
+make_torchscript.needs_torch = True
+
+
 # (file name, maker, fragment expected in the error)
 FILES = [
     ("stride0.pt", make_stride0_pt, "over the limit"),
@@ -332,6 +377,13 @@ FILES = [
     ("dangling.npz", make_dangling_link, "symbolic link to a missing file"),
     ("loop.npy", make_link_loop, "cannot be opened"),
     ("dev_zero.npy", make_dev_zero_link, "is a character device"),
+    ("deep_header.npy", make_deep_header, "cannot read as .npy"),
+    ("long_header.npy", make_long_header, "cannot read as .npy"),
+    ("bzip2.npz", make_bzip2_member, "compression method 12"),
+    ("many_members.npz", make_many_members, "and 19990 more"),
+    ("nested_zip.npz", make_nested_zip, "no .npy signature"),
+    ("torchscript.pt", make_torchscript, "TorchScript"),
+    ("complex.pt", torch_file(lambda t: {"logits": t.zeros(2, 3, dtype=t.complex64), "labels": t.zeros(2, dtype=t.long)}), "complex"),
     ("meta.pt", torch_file(lambda t: {"logits": t.zeros(3, 4, device="meta"), "labels": t.zeros(3)}), "meta tensor"),
     ("nested.pt", torch_file(_nested), "nested tensor"),
     (
@@ -403,6 +455,14 @@ def test_max_bytes_raises_the_limit(tmp_path):
     assert f"shape ({rows}, 2048) float32" in proc.stdout
 
 
+def test_odd_file_name_stays_on_one_line(tmp_path):
+    # A name with a newline would have split the error over two lines.
+    path = tmp_path / "two\nlines.npy"
+    path.write_bytes(b"not numpy")
+    proc = run_cli("check", str(path))
+    assert_one_line_error(proc, "check", repr(str(path)))
+
+
 # -- nothing from a file runs -------------------------------------------------------
 
 
@@ -411,6 +471,9 @@ def _pickle_payloads(marker: str):
 
     payload = WritesMarker(marker)
     yield "pickle_as.npy", pickle.dumps(payload)
+    code = "{'descr': __import__('builtins').open(%r, 'w') and '<f4', 'fortran_order': False, 'shape': (2,), }" % marker
+    code += " " * (63 - (10 + len(code)) % 64) + "\n"
+    yield "code_in_header.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", len(code)) + code.encode() + bytes(8)
     yield "object_array.npy", npy_bytes(np.array([payload], dtype=object), allow_pickle=True)
     buf = io.BytesIO()
     np.savez(buf, logits=np.array([payload], dtype=object), labels=np.zeros(1, np.int64))

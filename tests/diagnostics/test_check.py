@@ -195,6 +195,34 @@ class TestUsage:
         assert exc.value.code == 2
         assert "usage: softmaxkit check" in capsys.readouterr().err
 
+    @pytest.mark.parametrize("text, size", [("1000", 1000), ("64M", 64 * 2**20), ("4g", 4 * 2**30), ("2 GiB", 2 * 2**30)])
+    def test_max_bytes_sizes(self, text, size):
+        from softmaxkit.diagnostics._check import parse_size
+
+        assert parse_size(text) == size
+
+    @pytest.mark.parametrize("text", ["0", "-5", "1.5G", "lots", "4X"])
+    def test_bad_max_bytes_is_a_usage_error(self, capsys, text):
+        with pytest.raises(SystemExit) as exc:
+            main(["check", "x.npy", "--max-bytes", text])
+        assert exc.value.code == 2
+        assert "--max-bytes: expected a positive size" in capsys.readouterr().err
+
+    def test_max_bytes_lowers_the_limit(self, tmp_path, capsys):
+        path = tmp_path / "logits.npy"
+        np.save(path, np.zeros((4, 256), np.float32))
+        assert_one_line_error(
+            *run(capsys, path, "--max-bytes", "1K"),
+            "the array declares 4096 bytes (4 KiB), over the limit of 1024 bytes (1 KiB, set by --max-bytes)",
+        )
+
+    def test_zero_length_axes_count_as_one(self, tmp_path, capsys):
+        # A (2**40, 0) array holds no data, but its rows would still cost
+        # memory in the report: it declares 2**40 rows' worth.
+        path = tmp_path / "rows.npy"
+        np.save(path, np.zeros((2**40, 0), np.float32))
+        assert_one_line_error(*run(capsys, path), f"the array declares {2**42} bytes")
+
     def test_listed_in_top_level_help(self, capsys):
         with pytest.raises(SystemExit):
             main(["--help"])
