@@ -344,3 +344,25 @@ def test_fix_too_deep_for_the_fixer_leaves_the_file_with_a_warning(run_lint, tmp
         assert (code, out) == (0, "")
     (warning,) = _warnings(err)
     assert str(path) in warning and "too deeply nested" in warning
+
+
+# ---- IPython syntax in .py files -------------------------------------------------
+
+
+def test_python_file_with_ipython_magics_is_linted(run_lint, tmp_path):
+    # A .py file holding `%matplotlib inline` was one SMK000 and nothing else was checked.
+    path = tmp_path / "script.py"
+    path.write_text("%matplotlib inline\nimport numpy as np\n!ls\nfiles = !ls\ny = np.log(1 + x)\n", encoding="utf-8")
+    code, out, _ = run_lint(path)
+    assert code == 1
+    # As in notebooks, findings come without fixes: LibCST cannot parse the file.
+    assert out.splitlines()[0] == f"{path}:5:5: SMK301 `log(1 + x)` loses precision for small `x`; use `log1p(x)`"
+    assert "SMK000" not in out
+
+
+def test_python_file_with_magics_reports_its_real_syntax_error(run_lint, tmp_path):
+    path = tmp_path / "script.py"
+    path.write_text("%matplotlib inline\nimport numpy as np\ndef f(:\n    pass\n", encoding="utf-8")
+    code, out, _ = run_lint(path)
+    assert code == 1
+    assert out.startswith(f"{path}:3:7: SMK000 SyntaxError")

@@ -384,11 +384,28 @@ def lint_python(path: Path, rules: list[Rule]) -> FileResult:
         source = raw.decode(encoding)
     except (SyntaxError, LookupError, UnicodeDecodeError) as error:
         return FileResult(str(path), [_syntax_error(f"could not decode the file: {error}")])
-    findings = check_source(source, rules, str(path))
     lines = split_lines(source)
+    findings = check_source(source, rules, str(path))
+    if len(findings) == 1 and findings[0].message.startswith("SyntaxError"):
+        findings = _check_ipython(lines, rules, str(path)) or findings
     for finding in findings:
         finding.filename = str(path)
     return FileResult(str(path), apply_noqa(findings, lines), source, encoding)
+
+
+def _check_ipython(lines: list[str], rules: list[Rule], filename: str) -> list[Finding] | None:
+    """Findings for a file that is Python once IPython syntax is blanked out as in notebook cells.
+
+    None when there is no such syntax to blank. Like a notebook's, the
+    findings have no fix: LibCST cannot parse the file to apply one.
+    """
+    cleaned = _cell_lines("\n".join(lines))
+    if cleaned is None or cleaned == lines:
+        return None
+    findings = check_source("\n".join(cleaned), rules, filename)
+    for finding in findings:
+        finding.fix = None
+    return findings
 
 
 def _cell_lines(source: str) -> list[str] | None:
