@@ -22,6 +22,7 @@ from softmaxkit.torch._functions import (
     softmax,
     working_dtype,
 )
+from softmaxkit.torch._elementwise import logsigmoid, sigmoid, softplus
 from softmaxkit.torch._modules import BCEWithLogitsLoss, CrossEntropyLoss, LogSoftmax, NLLLoss, Softmax
 
 __all__ = [
@@ -34,9 +35,12 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "log_softmax",
+    "logsigmoid",
     "logsumexp",
     "nll_loss",
+    "sigmoid",
     "softmax",
+    "softplus",
     "watch",
     "working_dtype",
 ]
