@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
-# torch.testing._internal imports expecttest, which only its test extras install.
+# torch.testing._internal imports expecttest (in softmaxkit's test extra).
 pytest.importorskip("expecttest")
 
 from torch.testing._internal.common_methods_invocations import op_db  # noqa: E402
@@ -35,6 +35,8 @@ OPS = {
     ("nn.functional.cross_entropy", ""): "cross_entropy",
     ("nn.functional.nll_loss", ""): "nll_loss",
     ("nn.functional.binary_cross_entropy_with_logits", ""): "binary_cross_entropy_with_logits",
+    ("sigmoid", ""): "sigmoid",
+    ("nn.functional.logsigmoid", ""): "logsigmoid",
 }
 MODULES = ("CrossEntropyLoss", "NLLLoss", "Softmax", "LogSoftmax", "BCEWithLogitsLoss")
 DTYPES = (torch.float64, torch.float32)
