@@ -296,8 +296,6 @@ DEEP = {
     "attribute_chain": "y = a" + ".b" * 5_000 + "\n",
     "subscript_chain": "y = a" + "[0]" * 5_000 + "\n",
     "call_chain": "y = f" + "()" * 5_000 + "\n",
-    # Parsed, but deeper than the analysis can follow.
-    "binop_analysis": "y = " + " + ".join(["a"] * 1_000) + "\n",
 }
 
 
@@ -307,6 +305,31 @@ def test_deep_nesting_is_smk000(name):
     (finding,) = lint_source(HEADER + DEEP[name])
     assert finding.code == "SMK000"
     assert "too deeply nested" in finding.message
+
+
+LONG_CHAINS = {
+    "sum": ("y = torch.exp(" + " + ".join(["a"] * 1_000) + ") - 1\n", "SMK302"),
+    "power": ("y = np.log(1 + " + " ** ".join(["a"] * 1_000) + ")\n", "SMK301"),
+    "method_chain": ("y = x" + ".exp()" * 500 + ".sum().log()\n", "SMK103"),
+    "attribute_chain": ("y = F.softmax(a" + ".b" * 1_000 + ", dim=1).log()\n", "SMK102"),
+}
+
+
+@pytest.mark.parametrize("name", LONG_CHAINS)
+def test_long_chain_is_analysed(name):
+    # The analysis recursed a few frames per link: a sum of 330 terms raised RecursionError.
+    source, code = LONG_CHAINS[name]
+    assert [f.code for f in lint_source(HEADER + source)] == [code]
+
+
+def test_recursion_in_the_analysis_is_smk000(monkeypatch):
+    # The last line of defence, should a rule recurse over a deep tree.
+    def overflow(self):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(_runner.Analysis, "run", overflow)
+    (finding,) = lint_source(REAL)
+    assert (finding.code, finding.message) == ("SMK000", "too deeply nested to analyse")
 
 
 def test_deep_file_does_not_stop_the_run(run_lint, tmp_path):

@@ -150,6 +150,22 @@ def _keyword(call: ast.Call, names: tuple[str, ...]) -> ast.expr | None:
     return None
 
 
+# Expressions whose tag depends on one of their operands'.
+_LINKS = (ast.BinOp, ast.Call, ast.Attribute, ast.Subscript, ast.NamedExpr)
+
+
+def _inner(expr: ast.expr) -> ast.expr | None:
+    """The operand that ``Analysis._tag`` follows first when it recurses, if any."""
+    kind = type(expr)
+    if kind is ast.BinOp:
+        return expr.left if type(expr.left) in _LINKS else expr.right if type(expr.right) in _LINKS else None
+    if kind is ast.Call:
+        return expr.func
+    if kind is ast.Attribute or kind is ast.Subscript or kind is ast.NamedExpr:
+        return expr.value
+    return None
+
+
 def _join(tags: list[object]) -> object:
     # A function has a kind only when every return agrees: a forward that
     # returns logits in training and probabilities otherwise is fine.
@@ -402,6 +418,17 @@ class Analysis:
         memo = self.memo
         if expr in memo:
             return memo[expr]
+        # ``_tag`` recurses a few frames per link of a chain (each term of a
+        # long sum, each call of a method chain): tagging the links from the
+        # innermost out lets each one find the next already in the memo, so
+        # the depth stays small however long the chain.
+        chain = []
+        link = _inner(expr)
+        while link is not None and link not in memo:
+            chain.append(link)
+            link = _inner(link)
+        for link in reversed(chain):
+            memo[link] = self._tag(link)
         tag = memo[expr] = self._tag(expr)
         return tag
 

@@ -25,10 +25,10 @@ class SyntaxError_(Rule):
     """
     ## What it does
     Reports a file (or notebook cell) that cannot be parsed as Python, with
-    the parser's message; code nested too deeply to parse or to analyse
-    (thousands of nested unary operators or parentheses, or a single
-    expression chaining several hundred operators, calls or attributes);
-    a file whose encoding cannot be decoded; and a notebook that is not
+    the parser's message; code nested too deeply to parse (an expression
+    of some 3000 levels: a chain of that many operators, calls or
+    attributes, or of unary minus signs); a file whose encoding cannot be
+    decoded; and a notebook that is not
     valid JSON or whose JSON does not have a notebook's shape (a cell's
     `source` that is not a string or a list of strings, say). The other
     rules cannot check such a file; the run goes on with the next one.
