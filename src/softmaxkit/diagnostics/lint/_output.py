@@ -49,15 +49,21 @@ def full(findings: list[Finding], unsafe_fixes: bool = False) -> str:
 
 
 def summary(
-    findings: list[Finding], fixed: int = 0, unsafe_fixes: bool = False, fix_mode: bool = False
+    findings: list[Finding],
+    fixed: int = 0,
+    unsafe_fixes: bool = False,
+    fix_mode: bool = False,
+    unchecked: int = 0,
 ) -> str:
+    """The closing lines; ``unchecked`` counts the files that could not be read."""
     count = len(findings)
+    skipped = f"{unchecked} {'file' if unchecked == 1 else 'files'} not checked (see the warnings).\n" if unchecked else ""
     if count == 0 and fixed == 0:
-        return "All checks passed!\n"
+        return "No errors found.\n" + skipped if unchecked else "All checks passed!\n"
     noun = "error" if count == 1 else "errors"
     if fix_mode:
         total = count + fixed
-        return f"Found {total} {'error' if total == 1 else 'errors'} ({fixed} fixed, {count} remaining).\n"
+        return f"Found {total} {'error' if total == 1 else 'errors'} ({fixed} fixed, {count} remaining).\n" + skipped
     lines = [f"Found {count} {noun}.\n"]
     safe = sum(1 for f in findings if f.fix is not None and f.fix.applicability == "safe")
     unsafe = sum(1 for f in findings if f.fix is not None and f.fix.applicability == "unsafe")
@@ -66,6 +72,7 @@ def summary(
         lines.append(f"[*] {fixable} fixable with the `--fix` option.\n")
     if unsafe and not unsafe_fixes:
         lines.append(f"({unsafe} more fixable with `--fix --unsafe-fixes`.)\n")
+    lines.append(skipped)
     return "".join(lines)
 
 

@@ -109,13 +109,13 @@ def _run(args: argparse.Namespace) -> int:
     findings: list[Finding] = []
     fixed = 0
     diffs = []
-    unchecked = False
+    unchecked = 0
     for path in files:
         rules = enabled_rules(configs.for_path(path), select, ignore)
         result = lint_file(path, rules)
         if result.skipped is not None:
             _warn(path, f"skipped, {result.skipped}")
-            unchecked = unchecked or result.unchecked
+            unchecked += result.unchecked
             continue
         if fixing and not result.notebook and result.source is not None:
             try:
@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
         count = len(diffs)
         print(f"Would fix {count} {'file' if count == 1 else 'files'}." if count else "No fixes available.", file=sys.stderr)
         return 1 if diffs or unchecked else 0
-    _write(out, args, findings, fixed)
+    _write(out, args, findings, fixed, unchecked)
     return 1 if findings or unchecked else 0
 
 
@@ -152,7 +152,7 @@ def _warn(path: Path, text: str) -> None:
     print(f"softmaxkit lint: warning: {path}: {text}", file=sys.stderr)
 
 
-def _write(out, args: argparse.Namespace, findings: list[Finding], fixed: int) -> None:
+def _write(out, args: argparse.Namespace, findings: list[Finding], fixed: int, unchecked: int) -> None:
     fmt = args.output_format
     if fmt == "json":
         out.write(_output.as_json(findings))
@@ -163,7 +163,7 @@ def _write(out, args: argparse.Namespace, findings: list[Finding], fixed: int) -
     else:
         render = _output.full if fmt == "full" else _output.concise
         out.write(render(findings, args.unsafe_fixes))
-        out.write(_output.summary(findings, fixed, args.unsafe_fixes, fix_mode=args.fix))
+        out.write(_output.summary(findings, fixed, args.unsafe_fixes, fix_mode=args.fix, unchecked=unchecked))
 
 
 def fix_source(source: str, rules: list[Rule], unsafe_fixes: bool = False) -> tuple[str, int]:
