@@ -128,6 +128,19 @@ class TestFitTemperature:
         torch = pytest.importorskip("torch")
         assert smk.fit_temperature(torch.tensor(logits), torch.tensor(labels)).temperature == a.temperature
 
+    @pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn"])
+    def test_torch_dtypes_without_numpy_counterpart(self, dtype):
+        # torch bfloat16 (and float8) logits raised torch's "Got unsupported
+        # ScalarType BFloat16" from the host copy, which went through NumPy.
+        torch = pytest.importorskip("torch")
+        logits, labels = overconfident_data(2.0, n=1000)
+        t = torch.tensor(logits).to(getattr(torch, dtype))
+        expected = smk.fit_temperature(t.double().numpy(), labels)
+        assert smk.fit_temperature(t, torch.tensor(labels)) == expected
+        probs = smk.softmax(t.float()).to(getattr(torch, dtype))
+        ece = smk.expected_calibration_error(probs, labels)
+        assert ece == smk.expected_calibration_error(probs.double().numpy(), labels)
+
     def test_class_axis_and_float32(self):
         logits, labels = overconfident_data(2.0, n=2000)
         a = smk.fit_temperature(logits.astype(np.float32), labels)

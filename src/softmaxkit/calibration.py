@@ -79,6 +79,9 @@ def _rows(a: Any, axis: Any, name: str) -> tuple[np.ndarray, tuple[int, ...]]:
     if arr.ndim == 0:
         raise ValueError(f"{name} must have a class axis; got a 0-d array")
     (ax,) = v.axis(axis, arr.ndim)
+    if hasattr(arr, "detach"):
+        # torch bfloat16 and float8 have no NumPy counterpart; float64 holds every value.
+        arr = arr.detach().cpu().double()
     host = np.moveaxis(np.asarray(v.to_numpy(arr), dtype=np.float64), ax, -1)
     rest = tuple(host.shape[:-1])
     # Not reshape(-1, C): with C = 0 the -1 is ambiguous.

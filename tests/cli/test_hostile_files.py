@@ -352,6 +352,29 @@ def make_torchscript(path: str) -> None:
 make_torchscript.needs_torch = True
 
 
+def make_legacy_huge_storage(path: str) -> None:
+    # torch's legacy (non-zip) format: the pickle declares a storage of
+    # 2**31 - 1 floats (8 GiB) and torch allocates it before reading.
+    torch = pytest.importorskip("torch")
+    buf = io.BytesIO()
+    torch.save(torch.zeros(5), buf, _use_new_zipfile_serialization=False)
+    raw = buf.getvalue()
+    stream = io.BytesIO(raw)
+    import pickle
+
+    for _ in range(2):  # the magic number and the protocol version
+        pickle.load(stream)
+    # BININT1 5: the first 5 after them is the storage's element count.
+    at = raw.find(b"K\x05", stream.tell())
+    if at < 0:
+        pytest.skip("this torch writes legacy files differently")
+    with open(path, "wb") as f:
+        f.write(raw[:at] + b"J" + struct.pack("<i", 2**31 - 1) + raw[at + 2 :])
+
+
+make_legacy_huge_storage.needs_torch = True
+
+
 # (file name, maker, fragment expected in the error)
 FILES = [
     ("stride0.pt", make_stride0_pt, "over the limit"),
@@ -383,6 +406,7 @@ FILES = [
     ("many_members.npz", make_many_members, "and 19990 more"),
     ("nested_zip.npz", make_nested_zip, "no .npy signature"),
     ("torchscript.pt", make_torchscript, "TorchScript"),
+    ("legacy_huge_storage.pt", make_legacy_huge_storage, "cannot read as .pt"),
     ("complex.pt", torch_file(lambda t: {"logits": t.zeros(2, 3, dtype=t.complex64), "labels": t.zeros(2, dtype=t.long)}), "complex"),
     ("meta.pt", torch_file(lambda t: {"logits": t.zeros(3, 4, device="meta"), "labels": t.zeros(3)}), "meta tensor"),
     ("nested.pt", torch_file(_nested), "nested tensor"),
