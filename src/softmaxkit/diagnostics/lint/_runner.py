@@ -332,8 +332,9 @@ def _parse(source: str, filename: str = "<string>") -> ast.Module | Finding:
 def check_source(source: str, rules: list[Rule], filename: str = "<string>") -> list[Finding]:
     """Findings for Python source, before ``# noqa`` is applied.
 
-    Source the parser rejects, or nested too deeply for the analysis to follow
-    (a sum of several hundred terms, say), gives one SMK000 finding.
+    Source the parser rejects gives one SMK000 finding, and so does a tree
+    the analysis cannot follow without overflowing Python's recursion limit
+    (it follows long chains without recursing, so this is a safety net).
     """
     tree = _parse(source, filename)
     if isinstance(tree, Finding):
