@@ -37,7 +37,8 @@ from softmaxkit import _native
 mp = ref.mp
 
 WIDTHS = [0, 1, 2, 3, 5, 8, 17, 31, 33, 63, 65, 127, 129, 255, 257, 1023, 1025, 2047, 2049, 4095, 4097]
-LAYOUTS = ["C", "F", "negative", "strided", "offset", "unaligned", "readonly"]
+# C-contiguous twice: it is the layout the native kernels take (with "offset" and "readonly").
+LAYOUTS = ["C", "C", "F", "negative", "strided", "offset", "unaligned", "readonly"]
 TEMPERATURES = [1.0, 1.0, 0.5, 3.0, 1e-3, 1e3, 1e-300, 1e301]
 
 
@@ -76,6 +77,10 @@ def rows_strategy(draw, dtype, max_rows=3, min_width=0):
         values = draw(st.lists(st.sampled_from(_specials(dtype)), min_size=1, max_size=4))
         for v in values:
             x[draw(st.integers(0, rows - 1)), draw(st.integers(0, width - 1))] = v
+    if width and draw(st.integers(0, 3)) == 0:
+        # a huge magnitude difference: shifted values far below the exponential's range
+        # that are not exactly representable (in the narrower formats these round to -inf)
+        x[draw(st.integers(0, rows - 1)), draw(st.integers(0, width - 1))] = -draw(st.sampled_from([1e20, 1e300, _info(dtype)[0]]))
     if width and draw(st.integers(0, 4)) == 0:
         x[draw(st.integers(0, rows - 1))] = -np.inf  # fully masked row
     if width and draw(st.integers(0, 6)) == 0:
@@ -179,12 +184,25 @@ def _check_family(x, dtype, T, results):
                 assert (p == 0).all() and (lp == -np.inf).all() and lse_r == -np.inf, path
             else:
                 _assert_within(p, ref.softmax(mrow, mp.mpf(T)), dtype)
-                _assert_within(lp, ref.log_softmax(mrow, mp.mpf(T)), dtype)
                 assert contract._lse_ok(lse_r, _rounded(ref.lse(mrow), dtype), mrow, dtype), (path, lse_r)
-                # finite where the mathematics is: probabilities always, log-probabilities off the -inf entries
                 assert np.isfinite(p).all(), path
+                if path == "generic" and _known_generic_shift_overflow(row, dtype, T):
+                    continue
+                _assert_within(lp, ref.log_softmax(mrow, mp.mpf(T)), dtype)
+                # finite where the mathematics is: log-probabilities off the -inf entries
                 live = row != -np.inf
                 assert np.isfinite(lp[live]).all() or _overflows(mrow, T, dtype), path
+
+
+def _known_generic_shift_overflow(row, dtype, T):
+    """The one known fault left: a float64 row whose finite entries span more
+    than DBL_MAX, at a temperature above 1, on the generic path, which forms
+    ``x - a`` (-inf) before dividing by ``T``; see the strict expected failure
+    test_generic_log_softmax_shift_beyond_dbl_max_with_temperature, which
+    goes with this exemption."""
+    live = row[np.isfinite(row)]
+    with np.errstate(over="ignore"):
+        return dtype == np.float64 and T > 1 and live.size > 1 and np.isinf(live.max() - live.min())
 
 
 def _overflows(mrow, T, dtype):
@@ -218,9 +236,23 @@ def test_softmax_family(dtype, data, layout, T):
         results[path] = (p, lp, np.atleast_1d(lse))
     assert _snapshot(x) == before, "the input was modified"
     if len(results) == 2:
+        known = np.array([_known_generic_shift_overflow(row, dtype, T) for row in values], dtype=bool)
         for a, b in zip(results["native"], results["generic"]):
-            _same_specials(a, b)
+            _same_specials(a[~known], b[~known])
     _check_family(values, dtype, T, results)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="generic path: x - a overflows to -inf before the division by the temperature "
+    "(the native kernels form it from halves); the fix belongs in the shared formulas",
+)
+def test_generic_log_softmax_shift_beyond_dbl_max_with_temperature():
+    # log_softmax([DBL_MAX, -1e300], T=3) is [0, -5.99e307]; the generic path gave [0, -inf]
+    x = np.array([[np.finfo(np.float64).max, -1e300]])
+    exact = ref.log_softmax(ref.to_mp(x[0]), mp.mpf(3))
+    with _native.disabled():
+        _assert_within(smk.log_softmax(x, temperature=3.0)[0], exact, np.dtype(np.float64))
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=[d.name for d in FLOAT_DTYPES])
