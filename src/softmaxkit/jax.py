@@ -67,6 +67,7 @@ from softmaxkit._losses import _reduce
 
 __all__ = [
     "cross_entropy",
+    "kl_div",
     "log_softmax",
     "logsumexp",
     "softmax",
@@ -101,9 +102,9 @@ def _as_float(x: Any, name: str) -> Any:
 
 
 def _to_rows(x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
-    """``x`` with ``axes`` moved last and flattened, and a function undoing it."""
+    """``x`` with ``axes`` moved last (in the order given) and flattened, and a function undoing it."""
     rest = [i for i in range(x.ndim) if i not in axes]
-    perm = rest + sorted(axes)
+    perm = rest + list(axes)
     moved = jnp.transpose(x, perm)
     rest_shape = tuple(x.shape[i] for i in rest)
     x2 = moved.reshape(rest_shape + (math.prod(x.shape[i] for i in axes),))
@@ -115,13 +116,26 @@ def _to_rows(x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     return x2, back
 
 
-def _masked(x: Any, where: Any) -> Any:
+def _where_mask(where: Any, shape: tuple[int, ...], name: str) -> Any:
+    """``where`` as a boolean array of ``shape`` (None stays None)."""
     if where is None:
-        return x
+        return None
     w = jnp.asarray(where)
     if w.dtype != jnp.bool_:
         raise TypeError(f"where must be a boolean array; got dtype {w.dtype}")
-    return jnp.where(w, x, -_INF)
+    try:
+        ok = jnp.broadcast_shapes(w.shape, shape) == tuple(shape)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"where of shape {tuple(w.shape)} does not broadcast to {name} of shape {tuple(shape)}")
+    return jnp.broadcast_to(w, shape)
+
+
+def _masked(x: Any, where: Any, name: str = "x") -> Any:
+    """``x`` with the entries where ``where`` is False replaced by ``-inf``."""
+    w = _where_mask(where, x.shape, name)
+    return x if w is None else jnp.where(w, x, -_INF)
 
 
 # --- softmax and log_softmax --------------------------------------------------
@@ -189,7 +203,7 @@ def _softmax_family(x, axis, where, temperature, log):
     if x.ndim == 0:
         return _softmax_last_jit(_masked(x, where).reshape(1), T, log).reshape(())
     x = _masked(x, where)
-    x2, back = _to_rows(x, axes)
+    x2, back = _to_rows(x, tuple(sorted(axes)))
     return back(_softmax_last_jit(x2, T, log))
 
 
@@ -312,10 +326,10 @@ def logsumexp(a: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool 
     x = _as_float(a, "a")
     keepdims = v.flag(keepdims, "keepdims")
     axes = v.axis(axis, max(x.ndim, 1), allow_many=True)
-    x = _masked(x, where)
+    x = _masked(x, where, "a")
     if x.ndim == 0:
         return _logsumexp_last_jit(x.reshape(1))
-    x2, _ = _to_rows(x, axes)
+    x2, _ = _to_rows(x, tuple(sorted(axes)))
     out = _logsumexp_last_jit(x2)
     if keepdims:
         out = out.reshape(tuple(1 if i in axes else s for i, s in enumerate(x.shape)))
@@ -410,7 +424,8 @@ _ce_rows_jit = jax.jit(_ce_rows, static_argnums=(3,))
 def cross_entropy(
     logits: Any,
     labels: Any,
-    axis: int = -1,
+    axis: int | tuple[int, ...] | None = -1,
+    where: Any = None,
     *,
     weight: Any = None,
     ignore_index: int = -100,
@@ -436,10 +451,23 @@ def cross_entropy(
     labels : jax.Array
         Integer labels of ``logits``' shape without ``axis``, or
         probabilities of ``logits``' shape.
-    axis : int, default -1
-        The class axis.
+    axis : int, tuple of ints or None, default -1
+        The class axis.  With several axes the classes are the entries of
+        ``logits``' slice along them, and an integer label is the flat
+        (C-order) index into that slice with the axes in the order given, as
+        ``jnp.ravel_multi_index`` forms it (``optax`` does the same); None
+        means all axes.
+    where : bool array, optional
+        Broadcastable to ``logits``' shape; False classes take no part, as
+        if their logit were ``-inf`` (no probability, no smoothing mass).
+        A row with no class left takes no part at all: loss 0, zero
+        gradient, and it is not counted by "mean".  To leave out whole rows
+        pass ``where[..., None]``.  A label on (or probability mass at) a
+        masked class of a row that takes part gives ``+inf``, as on a
+        ``-inf`` logit.
     weight : jax.Array of shape (C,), optional
-        Non-negative class weights.
+        Non-negative class weights; with several class axes also of the
+        shape of the class slice.
     ignore_index : int, default -100
         Labels equal to it contribute no loss and no gradient.
     label_smoothing : float in [0, 1], default 0
@@ -456,7 +484,8 @@ def cross_entropy(
     Notes
     -----
     All labels ignored gives 0 with a zero gradient; smoothing gives no mass
-    to ``-inf`` classes; fully masked rows have zero gradients.
+    to ``-inf`` classes; fully masked rows have zero gradients.  Derivatives
+    of every order, forward and reverse (see the module docstring).
 
     Examples
     --------
@@ -473,34 +502,55 @@ def cross_entropy(
     labels = jnp.asarray(labels)
     if x.ndim == 0:
         raise ValueError("logits must have a class axis; got a 0-d array")
-    (ax,) = v.axis(axis, x.ndim)
-    n_classes = x.shape[ax]
+    axes = v.axis(axis, x.ndim, allow_many=True)
+    class_shape = tuple(x.shape[a] for a in axes)
+    n_classes = math.prod(class_shape)
     if n_classes == 0:
         raise ValueError(f"logits has an empty class axis (axis={axis}, shape {tuple(x.shape)}); cross-entropy needs at least one class")
-    x2, _ = _to_rows(x, (ax,))
+    valid = _where_mask(where, x.shape, "logits")
+    x2, _ = _to_rows(x, axes)
     rest_shape = x2.shape[:-1]
     x2 = x2.reshape(-1, n_classes)
+    live_row = None
+    if valid is not None:
+        valid2 = _to_rows(valid, axes)[0].reshape(-1, n_classes)
+        x2 = jnp.where(valid2, x2, -_INF)
+        live_row = jnp.any(valid2, axis=-1)
     work, extra = _work(x.dtype)
     xw = jax.lax.stop_gradient(x2).astype(work)
     w = None
     if weight is not None:
         w = _as_float(weight, "weight")
+        if len(axes) > 1 and tuple(w.shape) == class_shape:
+            w = w.reshape(-1)
         v.weight_shape(w.shape, n_classes)
         _require_none(v.bad_weight(jnp, w), v.BAD_WEIGHT)
         w = w.astype(work)
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        v.target_shape("int", labels.shape, x.shape, ax, "labels", "logits", "axis")
+        if len(axes) == 1:
+            v.target_shape("int", labels.shape, x.shape, axes[0], "labels", "logits", "axis")
+        elif tuple(labels.shape) != rest_shape:
+            raise ValueError(f"labels of class indices must have shape {rest_shape} (logits' shape without axes {axes}); got {tuple(labels.shape)}")
         t = labels.reshape(-1)
         _require_none(v.not_a_class(t, n_classes, ignore_index), v.not_a_class_message("a label", n_classes, ignore_index))
+        if live_row is not None:
+            # A row with no class left is treated as ignored.
+            t = jnp.where(live_row, t, ignore_index)
         hot = (jnp.arange(n_classes) == t[:, None]) & (t != ignore_index)[:, None]
         coef, row_w = num.class_coefficients(jnp, xw, eps, w, hot=hot.astype(work))
         denominator = jnp.sum(row_w)
     elif jnp.issubdtype(labels.dtype, jnp.floating):
-        v.target_shape("float", labels.shape, x.shape, ax, "labels", "logits", "axis")
+        v.target_shape("float", labels.shape, x.shape, axes[0], "labels", "logits", "axis")
         _require_none(labels < 0, f"labels {v.NEGATIVE_PROBABILITY}")
-        q, _ = _to_rows(labels, (ax,))
+        q, _ = _to_rows(labels, axes)
         coef, row_w = num.class_coefficients(jnp, xw, eps, w, probs=q.reshape(-1, n_classes).astype(work))
-        denominator = jnp.asarray(float(x2.shape[0]), dtype=work)
+        if live_row is None:
+            denominator = jnp.asarray(float(x2.shape[0]), dtype=work)
+        else:
+            keep = live_row[:, None]
+            coef = jnp.where(keep, coef, jnp.zeros_like(coef))
+            row_w = jnp.where(keep, row_w, jnp.zeros_like(row_w))
+            denominator = jnp.sum(live_row.astype(work))
     else:
         raise TypeError(f"labels must hold integer class indices or floating probabilities; got dtype {labels.dtype}")
     loss = _ce_rows_jit(x2, coef, row_w, z)
@@ -508,6 +558,138 @@ def cross_entropy(
     if reduction == "none":
         out = out.reshape(rest_shape)
     return out.astype(x.dtype)
+
+
+# --- Kullback-Leibler divergence ---------------------------------------------
+
+
+def _log_probs_and_probs(x, log_probs: bool):
+    """``(log P, P)`` of a row (working dtype), from logits or log-probabilities."""
+    work, _ = _work(x.dtype)
+    if log_probs:
+        lp = x.astype(work)
+        return lp, jnp.exp(lp)
+    return _softmax_last(x, 1.0, True).astype(work), _softmax_last(x, 1.0, False).astype(work)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _kl_rows(p, q, log_probs: bool):
+    """``KL(P || Q)`` per row (working dtype) from logits or log-probabilities."""
+    work, extra = _work(p.dtype)
+    pw, qw = p.astype(work), q.astype(work)
+    if log_probs:
+        log_p, log_q = pw, qw
+        prob = jnp.exp(log_p)
+    else:
+        sp = num.row_stats(jnp, pw, None, 1.0, extra)
+        log_p, prob = num.log_softmax(jnp, sp), num.softmax(jnp, sp)
+        log_q = num.log_softmax(jnp, num.row_stats(jnp, qw, None, 1.0, extra))
+    # Support is decided on the log scale: a class whose P_j underflows to 0
+    # still has P_j > 0, and Q_j = 0 there makes the divergence infinite.
+    terms = jnp.where(log_q == -_INF, jnp.full_like(prob, _INF), prob * (log_p - log_q))
+    terms = jnp.where(log_p == -_INF, jnp.zeros_like(prob), terms)
+    return num.compensated_sum(jnp, terms, extra)[..., 0]
+
+
+@_kl_rows.defjvp
+def _kl_rows_jvp(log_probs, primals, tangents):
+    # With d_j = log P_j - log Q_j on P's support:
+    #   logits:            dKL = <P (d - KL), t_p> + <Q - P, t_q>
+    #   log-probabilities: dKL = <P (d + 1), t_p> - <P, t_q>
+    # An infinite divergence stays infinite under any finite change of the
+    # finite entries, so its row has a zero derivative; a fully masked P row
+    # has divergence 0 whatever q is.
+    p, q = primals
+    tp, tq = tangents
+    kl = _kl_rows(p, q, log_probs)
+    work, _ = _work(p.dtype)
+    lp, prob = _log_probs_and_probs(p, log_probs)
+    lq, q_prob = _log_probs_and_probs(q, log_probs)
+    zero = jnp.zeros_like(lp)
+    keep = (lp != -_INF) & ~jnp.isinf(kl)[..., None]
+    d = jnp.where(keep, lp - lq, zero)
+    out = jnp.zeros_like(kl)
+    if not _is_zero(tp):
+        gp = prob * (d + 1.0) if log_probs else prob * (d - kl[..., None])
+        out = out + _tsum(jnp.where(keep, gp, zero) * tp.astype(work))[..., 0]
+    if not _is_zero(tq):
+        if log_probs:
+            gq = jnp.where(keep, -prob, zero)
+        else:
+            constant = jnp.isinf(kl)[..., None] | jnp.all(lp == -_INF, axis=-1, keepdims=True)
+            gq = jnp.where(constant, zero, q_prob - prob)
+        out = out + _tsum(gq * tq.astype(work))[..., 0]
+    return kl, out
+
+
+_kl_rows_jit = jax.jit(_kl_rows, static_argnums=(2,))
+
+
+def kl_div(p: Any, q: Any, axis: int | tuple[int, ...] | None = -1, where: Any = None, *, log_probs: bool = False) -> Any:
+    r"""Kullback-Leibler divergence ``KL(P || Q)`` between two rows of logits.
+
+    .. math:: \mathrm{KL}(P\,\|\,Q) = \sum_j P_j (\log P_j - \log Q_j),
+              \quad P = \mathrm{softmax}(p),\; Q = \mathrm{softmax}(q)
+
+    Parameters
+    ----------
+    p, q : jax.Array of the same shape
+        Logits (or, with ``log_probs=True``, log-probabilities) of the two
+        distributions; the result has their promoted dtype.
+    axis : int, tuple of ints or None, default -1
+        The class axis (or axes; None means all).
+    where : bool array, optional
+        Broadcastable to ``p``'s shape; False classes take no part in either
+        distribution (as if both logits were ``-inf``).
+    log_probs : bool, default False
+        Take ``p`` and ``q`` as normalised log-probabilities (such as
+        :func:`log_softmax` output) instead of logits.
+
+    Returns
+    -------
+    jax.Array with ``axis`` removed: one divergence per row.
+
+    Notes
+    -----
+    As ``softmaxkit.kl_div``: both log-probabilities come from the exact
+    log-softmax and the terms are summed with compensation; classes with
+    ``P_j = 0`` contribute 0, also where ``Q_j = 0``; a class with
+    ``P_j > 0 = Q_j`` gives ``+inf``; a fully masked ``P`` row gives 0.
+
+    Derivatives (every order, forward and reverse): in the logits of ``P``,
+    ``P (d - KL)`` with ``d = log P - log Q``; in the logits of ``Q``,
+    ``Q - P``; for log-probabilities ``P (d + 1)`` and ``-P``.  A row whose
+    divergence is ``+inf`` has a zero derivative (it stays ``+inf`` under
+    any finite change of the finite entries), and so does a fully masked
+    ``P`` row.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, softmaxkit.jax as smj
+    >>> p, q = jnp.array([0.0, 0.0, 5.0]), jnp.array([0.0, -jnp.inf, 1.0])
+    >>> smj.kl_div(p, q)  # P > 0 = Q at the middle class
+    Array(inf, dtype=float32)
+    >>> m = jnp.array([True, False, True])  # leave the middle class out
+    >>> smj.kl_div(p, q, where=m)
+    Array(0.27977493, dtype=float32)
+    >>> jax.grad(smj.kl_div, argnums=1)(p, q, where=m)  # Q - P
+    Array([ 0.26224858,  0.        , -0.26224858], dtype=float32)
+    """
+    log_probs = v.flag(log_probs, "log_probs")
+    p = _as_float(p, "p")
+    q = _as_float(q, "q")
+    if tuple(q.shape) != tuple(p.shape):
+        raise ValueError(f"q must have the shape of p {tuple(p.shape)}; got {tuple(q.shape)}")
+    dtype = jnp.result_type(p.dtype, q.dtype)
+    p, q = p.astype(dtype), q.astype(dtype)
+    axes = v.axis(axis, max(p.ndim, 1), allow_many=True)
+    if p.ndim == 0:
+        p, q = p.reshape(1), q.reshape(1)
+    valid = _where_mask(where, p.shape, "p")
+    if valid is not None:
+        p, q = jnp.where(valid, p, -_INF), jnp.where(valid, q, -_INF)
+    axes = tuple(sorted(axes))
+    return _kl_rows_jit(_to_rows(p, axes)[0], _to_rows(q, axes)[0], log_probs).astype(dtype)
 
 
 # --- NumPy-style entry points for the core API's dispatch ----------------------
