@@ -4,8 +4,9 @@ torch ships, in ``torch.testing._internal``, the sample inputs its own test
 suite feeds to every operator (``op_db``) and module (``module_db``).  Each
 sample is given as it is (args and kwargs unchanged) to the
 ``torch.nn.functional`` operator and to its softmaxkit.torch counterpart, in
-float64 and float32 on the CPU; the values and the gradients with respect to
-every floating input that requires one must agree, and so must the dtypes.
+float64 and float32 on the CPU; the values, the gradients (reverse mode) and
+the operators' tangents (forward mode) with respect to every floating input
+that requires a gradient must agree, and so must the dtypes.
 
 Where softmaxkit deliberately answers differently (an answer torch leaves
 undefined as NaN or inf), the sample is a strict xfail naming the semantics,
@@ -144,6 +145,46 @@ def test_opinfo_sample_matches_torch(torch_op, name, sample):
     args = (sample.input, *sample.args)
     inputs = _float_inputs([*args, *sample.kwargs.values()])
     _compare(lambda: torch_op(*args, **sample.kwargs), lambda: smk_op(*args, **sample.kwargs), inputs)
+
+
+def _tangent_of(output):
+    import torch.autograd.forward_ad as fwAD
+
+    return fwAD.unpack_dual(output).tangent
+
+
+@pytest.mark.parametrize(("torch_op", "name", "sample"), _op_cases())
+def test_opinfo_sample_forward_mode_matches_torch(torch_op, name, sample):
+    import torch.autograd.forward_ad as fwAD
+
+    smk_op = getattr(smt, name)
+    args = (sample.input, *sample.args)
+    inputs = _float_inputs([*args, *sample.kwargs.values()])
+    if not inputs:
+        pytest.skip("no differentiable input")
+    torch.manual_seed(2)
+    tangents = {id(t): torch.randn(t.shape, dtype=t.dtype) for t in inputs}
+
+    def run(op):
+        with fwAD.dual_level():
+
+            def dual(value):
+                if isinstance(value, torch.Tensor) and id(value) in tangents:
+                    return fwAD.make_dual(value.detach(), tangents[id(value)])
+                return value
+
+            out = op(*(dual(a) for a in args), **{k: dual(val) for k, val in sample.kwargs.items()})
+            return out.detach(), _tangent_of(out)
+
+    want, want_tangent = run(torch_op)
+    got, got_tangent = run(smk_op)
+    torch.testing.assert_close(got, want, equal_nan=True)
+    if want_tangent is None or got_tangent is None:
+        assert want_tangent is None or not want_tangent.any()
+        assert got_tangent is None or not got_tangent.any()
+        return
+    assert got_tangent.dtype == want_tangent.dtype
+    torch.testing.assert_close(got_tangent, want_tangent, equal_nan=True)
 
 
 @pytest.mark.parametrize(("module_cls", "name", "module_input"), _module_cases())
