@@ -16,7 +16,8 @@ def render_rules_markdown() -> str:
     out = [
         "# softmaxkit lint rules\n\n",
         "Generated from the rule docstrings; `softmaxkit lint --explain CODE` prints the same text.\n",
-        "Fix: *safe* fixes apply with `--fix`, *unsafe* ones also need `--unsafe-fixes`, *none* means no fix.\n\n",
+        "Fix: *safe* fixes apply with `--fix`, *unsafe* ones also need `--unsafe-fixes`, *none* means no fix.\n"
+        "The examples assume `import numpy as np`, `import torch` and `import torch.nn.functional as F`.\n\n",
         "| Code | Name | Fix | Level | Message |\n",
         "| --- | --- | --- | --- | --- |\n",
     ]
