@@ -30,6 +30,38 @@ def _prepare(x: Any, axis: Any, where: Any = None, name: str = "x", allow_many: 
     return xp, layout, xw, valid, out_dtype, extra
 
 
+def _prepare_rows(x: Any, axis: Any, where: Any = None, name: str = "x", allow_many: bool = True):
+    """``_prepare`` for the functions that go through the rows in chunks.
+
+    Nothing is converted here: the input comes back as ``(rows, n)`` in its
+    own dtype (a view where the layout allows one), with the ``where`` mask
+    likewise, and each chunk is converted by :func:`_working`.  Returns
+    ``(xp, layout, rows, valid_rows, out_dtype, work, extra)``.
+    """
+    xp, x, out_dtype = v.real_array(x, name)
+    axes = v.axis(axis, x.ndim, allow_many=allow_many)
+    valid = v.where_mask(xp, where, tuple(x.shape))
+    work, extra = num.working_dtype(xp, out_dtype)
+    layout = Layout(xp, tuple(x.shape), axes)
+    valid = None if valid is None else layout.rows(valid)
+    return xp, layout, layout.rows(x), valid, out_dtype, work, extra
+
+
+def _working(xp: Any, rows: Any, part: slice, work: Any) -> Any:
+    """Rows ``part`` of a ``(rows, n)`` array, in the working dtype and row order.
+
+    A strided chunk (a column axis, a transposed input) is first copied flat
+    in row order, so that every sum along a row meets the same memory order
+    whatever the chunk's size: chunking never changes a bit.
+    """
+    chunk = rows[part, :]
+    return xp.reshape(xp.astype(xp.reshape(chunk, (-1,)), work), tuple(chunk.shape))
+
+
+def _itemsize(xp: Any, dtype: Any) -> int:
+    return xp.finfo(dtype).bits // 8
+
+
 @v.quiet
 def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = None) -> Any:
     r"""Softmax: probabilities from logits, exact and NaN-free.
@@ -129,14 +161,20 @@ def _softmax_family(x: Any, axis: Any, temperature: Any, where: Any, log: bool) 
     x, where = v.unmask(x, where)
     if where is None and _native.eligible(x, axis):
         return (_native.log_softmax if log else _native.softmax)(x, T)
-    xp, layout, xw, valid, out_dtype, extra = _prepare(x, axis, where)
-    st = num.row_stats(xp, xw, valid, T, extra)
-    if not log:
-        return layout.back(xp.astype(num.softmax(xp, st), out_dtype))
-    out = num.log_softmax(xp, st)
-    if valid is not None:
-        out = xp.where(valid, out, xp.full_like(out, -float("inf")))
-    return layout.back(xp.astype(out, out_dtype))
+    xp, layout, rows, valid, out_dtype, work, extra = _prepare_rows(x, axis, where)
+    # Like the input's memory layout, so that back_rows is a view.
+    out = xp.empty_like(rows)
+    for part in layout.chunks(_itemsize(xp, work)):
+        valid_part = None if valid is None else valid[part, :]
+        st = num.row_stats(xp, _working(xp, rows, part, work), valid_part, T, extra)
+        if log:
+            y = num.log_softmax(xp, st)
+            if valid_part is not None:
+                y = xp.where(valid_part, y, xp.full_like(y, -float("inf")))
+        else:
+            y = num.softmax(xp, st)
+        out[part, :] = xp.astype(y, out_dtype)
+    return layout.back_rows(out)
 
 
 @v.quiet

@@ -1,14 +1,30 @@
-"""Moving the reduced axes to the end, and back.
+"""Moving the reduced axes to the end, and back; splitting rows into chunks.
 
 The formulas in ``_numerics`` work along the last axis.  ``Layout`` permutes
 the reduced axes to the end, flattens them into one, and undoes both on the
-results.
+results.  Row-wise work goes through the rows in chunks of whole rows whose
+size comes from one byte budget (:func:`chunk_rows`), so the working-precision
+temporaries stay ``O(chunk)`` whatever the input's size.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+
+# Working-precision bytes of one chunk of rows.  The formulas keep about a
+# dozen chunk-sized temporaries alive at once, so a chunk's peak stays in the
+# tens of MiB, and a chunk is still large enough that the per-chunk Python
+# overhead is small next to its arithmetic.
+CHUNK_BYTES = 1 << 21
+
+
+def chunk_rows(width: int, itemsize: int) -> int:
+    """Rows per chunk: as many whole rows of ``width`` elements of
+    ``itemsize`` bytes as fit in :data:`CHUNK_BYTES`, and at least one (a row
+    is never split)."""
+    return max(1, CHUNK_BYTES // max(1, width * itemsize))
 
 
 class Layout:
@@ -21,6 +37,25 @@ class Layout:
         self.identity = self.perm == list(range(len(shape))) and len(axes) == 1
         self.rest_shape = tuple(shape[i] for i in rest)
         self.n = math.prod(shape[i] for i in axes)
+        self.n_rows = math.prod(self.rest_shape)
+
+    def rows(self, a: Any) -> Any:
+        """``a`` (of the full shape) as a 2-D ``(rows, n)`` array.
+
+        A view where the strides allow one; otherwise one copy, in ``a``'s
+        own dtype.
+        """
+        return self.xp.reshape(self.forward(a), (self.n_rows, self.n))
+
+    def chunks(self, itemsize: int):
+        """Slices of whole rows, each of :func:`chunk_rows` rows (the last may be shorter)."""
+        step = chunk_rows(self.n, itemsize)
+        for start in range(0, self.n_rows, step):
+            yield slice(start, min(start + step, self.n_rows))
+
+    def back_rows(self, y: Any) -> Any:
+        """Undo ``rows`` on a ``(rows, n)`` result."""
+        return self.back(self.xp.reshape(y, self.rest_shape + (self.n,)))
 
     def forward(self, a: Any) -> Any:
         """``a`` (of the full shape) with the reduced axes flattened at the end."""

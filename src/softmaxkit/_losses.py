@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import array_api_compat
+
 from softmaxkit import _dispatch
 from softmaxkit import _native
 from softmaxkit import _numerics as num
 from softmaxkit import _validate as v
-from softmaxkit._core import _prepare
+from softmaxkit._core import _itemsize, _prepare, _prepare_rows, _working
 
 
 def _class_weight(xp: Any, weight: Any, n_classes: int, work: Any) -> Any:
@@ -32,14 +34,18 @@ def _class_weight(xp: Any, weight: Any, n_classes: int, work: Any) -> Any:
     return w
 
 
-def _hard_targets(xp: Any, t: Any, n_classes: int, ignore_index: int, name: str) -> Any:
+def _check_class_indices(xp: Any, t: Any, n_classes: int, ignore_index: int, name: str) -> None:
     bad = v.not_a_class(t, n_classes, ignore_index)
     if bool(xp.any(bad)):
         pos = v.first_position(bad)
         raise ValueError(v.not_a_class_message(f"{name}{list(pos)} = {int(v.to_numpy(t)[pos])}", n_classes, ignore_index))
-    keep = t != ignore_index
-    one_hot = (xp.arange(n_classes, dtype=t.dtype) == t[..., None]) & keep[..., None]
-    return one_hot, keep
+
+
+def _one_hot(xp: Any, t: Any, n_classes: int, ignore_index: int, dtype: Any) -> Any:
+    """One-hot rows of ``dtype`` for checked class indices; ignored rows are all 0."""
+    classes = xp.arange(n_classes, dtype=t.dtype, device=array_api_compat.device(t))
+    hot = (classes == t[..., None]) & (t != ignore_index)[..., None]
+    return xp.astype(hot, dtype)
 
 
 def _reduce(xp: Any, loss: Any, grad: Any, denominator: Any, reduction: str, extra: bool):
@@ -50,20 +56,27 @@ def _reduce(xp: Any, loss: Any, grad: Any, denominator: Any, reduction: str, ext
     total = num.compensated_sum(xp, flat, extra)[0, 0]
     if reduction == "sum":
         return total, grad
-    # An all-ignored (or all-zero-weight) batch has mean 0 and gradient 0.
     empty = denominator == 0
     safe = xp.where(empty, xp.ones_like(denominator), denominator)
     mean = xp.where(empty, xp.zeros_like(total), total / safe)
-    if grad is not None:
-        grad = xp.where(empty, xp.zeros_like(grad), grad / safe)
-    return mean, grad
+    return mean, _reduce_grad(xp, grad, denominator, reduction)
+
+
+def _reduce_grad(xp: Any, grad: Any, denominator: Any, reduction: str) -> Any:
+    """The gradient of the reduced loss from that of the per-row losses (any rows of them)."""
+    if grad is None or reduction != "mean":
+        return grad
+    # An all-ignored (or all-zero-weight) batch has mean 0 and gradient 0.
+    empty = denominator == 0
+    safe = xp.where(empty, xp.ones_like(denominator), denominator)
+    return xp.where(empty, xp.zeros_like(grad), grad / safe)
 
 
 def _finish(xp, layout, loss, grad, out_dtype, return_grad):
     loss = xp.astype(loss, out_dtype)
     if not return_grad:
         return loss
-    return loss, layout.back(xp.astype(grad, out_dtype))
+    return loss, layout.back_rows(xp.astype(grad, out_dtype, copy=False))
 
 
 @v.quiet
@@ -166,29 +179,50 @@ def cross_entropy(
     native = _native.cross_entropy(logits, targets, axis, weight, ignore_index, eps, reduction, z, return_grad)
     if native is not None:
         return native
-    xp, layout, xw, _, out_dtype, extra = _prepare(logits, axis, name="logits", allow_many=False)
+    xp, layout, rows, _, out_dtype, work, extra = _prepare_rows(logits, axis, name="logits", allow_many=False)
     n_classes = layout.n
     if n_classes == 0:
         raise ValueError(f"logits has an empty class axis (axis={axis}, shape {layout.shape}); cross-entropy needs at least one class")
     t = v.same_namespace(xp, targets, "targets")
     kind = v.target_kind(xp, t, "targets")
-    w = _class_weight(xp, weight, n_classes, xw.dtype)
+    w = _class_weight(xp, weight, n_classes, work)
     v.target_shape(kind, t.shape, layout.shape, layout.axes[0], "targets", "logits", "axis")
+    device = array_api_compat.device(rows)
+    size = _itemsize(xp, work)
     if kind == "int":
-        one_hot, _ = _hard_targets(xp, t, n_classes, ignore_index, "targets")
-        coef, row_w = num.class_coefficients(xp, xw, eps, w, hot=xp.astype(one_hot, xw.dtype))
-        denominator = xp.sum(row_w)
+        _check_class_indices(xp, t, n_classes, ignore_index, "targets")
+        t_rows = xp.reshape(t, (layout.n_rows,))
     else:
-        q = layout.forward(xp.astype(t, xw.dtype))
-        negative = q < 0
-        if bool(xp.any(negative)):
-            pos = v.first_position(layout.back(negative))
-            raise ValueError(f"targets {v.NEGATIVE_PROBABILITY}; got targets{list(pos)} = {float(v.to_numpy(t)[pos])!r}")
-        coef, row_w = num.class_coefficients(xp, xw, eps, w, probs=q)
-        denominator = xp.asarray(float(math.prod(layout.rest_shape)), dtype=xw.dtype)
-    st = num.row_stats(xp, xw, None, 1.0, extra)
-    loss, grad = num.cross_entropy_rows(xp, st, coef, z, row_w, return_grad)
-    loss, grad = _reduce(xp, loss, grad, denominator, reduction, extra)
+        q_rows = layout.rows(t)
+    # The rows go through in chunks (see _layout.chunk_rows): the gradient
+    # of each is final when written, so a mean's denominator comes first.
+    row_w = xp.empty((layout.n_rows, 1), dtype=work, device=device)
+    denominator = None
+    if kind != "int":
+        denominator = xp.asarray(float(layout.n_rows), dtype=work, device=device)
+    elif return_grad and reduction == "mean":
+        for part in layout.chunks(size):
+            row_w[part, :] = num.hot_row_weight(xp, _one_hot(xp, t_rows[part], n_classes, ignore_index, work), w)
+        denominator = xp.sum(row_w)
+    loss = xp.empty((layout.n_rows,), dtype=work, device=device)
+    grad = xp.empty_like(rows) if return_grad else None
+    for part in layout.chunks(size):
+        xw = _working(xp, rows, part, work)
+        if kind == "int":
+            coef, row_w[part, :] = num.class_coefficients(xp, xw, eps, w, hot=_one_hot(xp, t_rows[part], n_classes, ignore_index, work))
+        else:
+            q = _working(xp, q_rows, part, work)
+            if bool(xp.any(q < 0)):
+                pos = v.first_position(t < 0)
+                raise ValueError(f"targets {v.NEGATIVE_PROBABILITY}; got targets{list(pos)} = {float(v.to_numpy(t)[pos])!r}")
+            coef, row_w[part, :] = num.class_coefficients(xp, xw, eps, w, probs=q)
+        st = num.row_stats(xp, xw, None, 1.0, extra)
+        loss[part], g = num.cross_entropy_rows(xp, st, coef, z, row_w[part, :], return_grad)
+        if return_grad:
+            grad[part, :] = xp.astype(_reduce_grad(xp, g, denominator, reduction), out_dtype)
+    if kind == "int":
+        denominator = xp.sum(row_w)
+    loss, _ = _reduce(xp, xp.reshape(loss, layout.rest_shape), None, denominator, reduction, extra)
     return _finish(xp, layout, loss, grad, out_dtype, return_grad)
 
 
@@ -248,8 +282,8 @@ def nll_loss(
     if tuple(t.shape) != layout.rest_shape:
         raise ValueError(f"targets must have shape {layout.rest_shape} (log_probs' shape without axis {axis}); got {tuple(t.shape)}")
     w = _class_weight(xp, weight, n_classes, yw.dtype)
-    one_hot, keep = _hard_targets(xp, t, n_classes, ignore_index, "targets")
-    hot = xp.astype(one_hot, yw.dtype)
+    _check_class_indices(xp, t, n_classes, ignore_index, "targets")
+    hot = _one_hot(xp, t, n_classes, ignore_index, yw.dtype)
     if w is not None:
         hot = hot * w
     loss = -num.compensated_sum(xp, xp.where(hot == 0, xp.zeros_like(yw), hot * yw), extra)[..., 0]

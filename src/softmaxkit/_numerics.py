@@ -353,6 +353,12 @@ def entropy(xp, st: RowStats):
 # --- cross-entropy ------------------------------------------------------------
 
 
+def hot_row_weight(xp, hot, weight=None):
+    """Row weight of one-hot class-index targets, axis kept: ``w_t`` (1
+    without class weights), 0 on ignored rows (all-zero ``hot``)."""
+    return xp.sum(hot if weight is None else hot * weight, axis=-1, keepdims=True)
+
+
 def class_coefficients(xp, x, eps: float, weight=None, hot=None, probs=None):
     """Class coefficients ``c`` and row weights for :func:`cross_entropy_rows`.
 
@@ -368,7 +374,7 @@ def class_coefficients(xp, x, eps: float, weight=None, hot=None, probs=None):
     Row weights keep their axis (size 1).
     """
     if hot is not None:
-        row_w = xp.sum(hot if weight is None else hot * weight, axis=-1, keepdims=True)
+        row_w = hot_row_weight(xp, hot, weight)
         coef = (1.0 - eps) * row_w * hot
         keep = xp.sum(hot, axis=-1, keepdims=True)
     else:
