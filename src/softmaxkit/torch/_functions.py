@@ -629,8 +629,8 @@ class _CrossEntropy(torch.autograd.Function):
         want_target = ctx.needs_input_grad[1]
         g = grad.to(work)
         if ctx.reduction == "mean":
-            empty = denominator == 0
-            g = xp.where(empty, xp.zeros_like(g), g / xp.where(empty, xp.ones_like(denominator), denominator))
+            # The mean's rule, 0 over a total weight of 0, is _reduce's alone.
+            _, g = _reduce(xp, xp.zeros_like(g)[None], g, denominator, "mean", True)
         # expand, not broadcast_to: batched cotangents (is_grads_batched)
         # have no batching rule for the latter.
         scale = g if ctx.reduction == "none" else g.expand(x2.shape[0])
