@@ -83,7 +83,8 @@ def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = No
         ``softmax(x / T)``; apply it to logits, never to probabilities.
     where : bool array, optional
         Broadcastable to ``x``; False entries take no part (as if ``-inf``)
-        and get probability 0.
+        and get probability 0.  A ``numpy.ma.MaskedArray`` ``x`` adds its
+        mask: masked entries are treated as False here.
 
     Returns
     -------
