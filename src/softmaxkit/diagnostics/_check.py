@@ -270,14 +270,17 @@ def _read_npy(f: BinaryIO, what: str, available: int, limit: _Limit) -> np.ndarr
         version = np.lib.format.read_magic(f)
     except ValueError:
         raise BadFile(f"{what} is not a NumPy .npy array (no .npy signature)") from None
-    if version == (1, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
         # Version 3.0 exists only for structured dtypes with non-Latin-1 field
         # names, which are not logits.
         raise BadFile(f"{what} is a .npy file of format version {version[0]}.{version[1]}; expected 1.0 or 2.0")
+    try:
+        # NumPy parses the header as a Python literal (never evaluates it) and
+        # refuses headers over 10,000 characters.
+        shape, fortran_order, dtype = readers[version](f)
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, EOFError) as exc:
+        raise BadFile(f"{what} has an invalid .npy header: {_first_line(exc)}") from None
     if dtype.hasobject:
         raise BadFile(f"{what} holds Python objects (dtype {dtype}), which would need unpickling; refused")
     count = math.prod(shape)
