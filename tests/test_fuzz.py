@@ -273,7 +273,7 @@ def test_cross_entropy(dtype, data, layout, eps, z, weighted, ignore):
     if ignore:
         targets[data.draw(st.integers(0, rows - 1))] = -100
     weight = np.array(data.draw(st.lists(st.sampled_from([0.5, 1.0, 2.0]), min_size=n, max_size=n)), dtype=dtype) if weighted else None
-    before, before_t = _snapshot(x), targets.copy()
+    before, before_t, before_w = _snapshot(x), targets.copy(), None if weight is None else weight.copy()
     results = {}
     for path in _paths():
         with _path(path):
@@ -281,6 +281,7 @@ def test_cross_entropy(dtype, data, layout, eps, z, weighted, ignore):
         assert loss.dtype == dtype and grad.dtype == dtype and grad.shape == x.shape
         results[path] = (loss, grad)
     assert _snapshot(x) == before and np.array_equal(targets, before_t), "an input was modified"
+    assert weight is None or np.array_equal(weight, before_w), "the class weights were modified"
     if len(results) == 2:
         _same_specials(results["native"][0], results["generic"][0])
         _same_specials(results["native"][1], results["generic"][1])
