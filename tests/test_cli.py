@@ -40,3 +40,13 @@ def test_unknown_command_is_a_usage_error():
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "softmaxkit", "demo", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "demo" in out.stdout
+
+
+def test_check_and_calibrate_share_one_file_loader():
+    # The two commands once had loaders of their own, with different formats
+    # and different holes; they must read files with the same code.
+    from softmaxkit import _calibrate_cli
+    from softmaxkit.diagnostics import _check
+
+    assert _calibrate_cli.load is _check.load
+    assert _calibrate_cli.add_max_bytes_option is _check.add_max_bytes_option
