@@ -23,11 +23,19 @@ Working precision
 Checks under compilation and transforms
 ---------------------------------------
 Shape, dtype and option checks always run.  Checks on tensor *values*
-(target range, signs of weights and probabilities) raise ``ValueError`` in
+(target range, finite class weights, signs of probabilities) raise ``ValueError`` in
 eager mode; under ``torch.compile`` they become ``torch._assert_async``
 (no graph break; a ``RuntimeError`` when the compiled code runs), and under
 ``torch.func.vmap`` they are skipped, since data-dependent Python control
-flow is not allowed there.
+flow is not allowed there.  The batched cotangents of
+``torch.autograd.grad(..., is_grads_batched=True)`` count as a transform
+too: they never reach the native kernels.
+
+Forward mode
+------------
+Each Function defines an exact ``jvp`` (see ``docs/torch.md``); under
+``torch.compile`` a variant without it is applied, as Dynamo cannot trace
+custom jvps.
 """
 
 from __future__ import annotations
