@@ -6,6 +6,9 @@ generic NumPy path.  No -march flags: every instruction set is compiled into
 the one binary and chosen at import (see softmaxkit/_native/sk_isa_*.c).
 """
 
+import os
+import shlex
+
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -21,14 +24,17 @@ SOURCES = [
 # the compiler contract a*b + c elsewhere would change results between
 # instruction sets and break the error-free transformations.
 UNIX_FLAGS = ["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-math-errno", "-pthread"]
+# Flags compiled and linked after those (so that an -O level here wins):
+# .ci/sanitize builds a sanitizer copy of the extension with them.
+EXTRA_FLAGS = shlex.split(os.environ.get("SOFTMAXKIT_NATIVE_FLAGS", ""))
 
 
 class BuildExt(build_ext):
     def build_extensions(self):
         if self.compiler.compiler_type == "unix":
             for ext in self.extensions:
-                ext.extra_compile_args = UNIX_FLAGS + list(ext.extra_compile_args)
-                ext.extra_link_args = ["-pthread", "-lm"] + list(ext.extra_link_args)
+                ext.extra_compile_args = UNIX_FLAGS + list(ext.extra_compile_args) + EXTRA_FLAGS
+                ext.extra_link_args = ["-pthread", "-lm"] + list(ext.extra_link_args) + EXTRA_FLAGS
         super().build_extensions()
 
 

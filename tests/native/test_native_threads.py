@@ -248,11 +248,14 @@ _CHANGING_TARGETS = textwrap.dedent(
     x = rng.standard_normal((rows, n)).astype(np.float32)
     ta = rng.integers(0, n, rows)
     tb = (ta + 1 + rng.integers(0, n - 1, rows)) % n
-    states = [ta, np.full(rows, 1 << 40), tb, np.full(rows, -(1 << 40))]
+    w = rng.uniform(0.5, 2.0, n)
+    # out of range just past the end (or before the start) of the weights and
+    # of a row, where a sanitizer build sees the read, and far away
+    states = [ta, np.full(rows, n), tb, np.full(rows, -1), ta, np.full(rows, 1 << 40)]
 
     def answer(t):
         loss, grad = np.empty(rows), np.empty_like(x)
-        _native.cross_entropy_into(x, t, loss, grad, label_smoothing=0.1)
+        _native.cross_entropy_into(x, t, loss, grad, weight=w, label_smoothing=0.1)
         return loss, grad
 
     valid = [answer(ta), answer(tb)]
@@ -262,7 +265,7 @@ _CHANGING_TARGETS = textwrap.dedent(
     def writer():
         i = 0
         while not stop.is_set():
-            t[:] = states[i % 4]
+            t[:] = states[i % len(states)]
             i += 1
 
     th = threading.Thread(target=writer)
@@ -272,7 +275,7 @@ _CHANGING_TARGETS = textwrap.dedent(
         for _ in range(int(sys.argv[4])):
             loss, grad = np.empty(rows), np.empty_like(x)
             try:
-                _native.cross_entropy_into(x, t, loss, grad, label_smoothing=0.1)
+                _native.cross_entropy_into(x, t, loss, grad, weight=w, label_smoothing=0.1)
             except ValueError as e:
                 assert "class index" in str(e), e
                 raised += 1
