@@ -22,7 +22,9 @@ import softmaxkit as smk  # noqa: E402
 import softmaxkit.torch as smt  # noqa: E402
 
 INF = math.inf
-POINTS = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 0.5, -0.5, 3.0, -3.0, 30.0, -30.0, 80.0, -80.0, 700.0, -700.0, INF, -INF]
+# around 0, moderate, near float32 and float64 overflow and underflow of exp, huge, infinite
+POINTS = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 0.5, -0.5, 3.0, -3.0, 30.0, -30.0, 80.0, -80.0, 88.5, -88.5, -103.5]
+POINTS += [700.0, -700.0, 709.5, -709.5, -745.0, 1e300, -1e300, INF, -INF]
 
 
 def _sigma(x):
