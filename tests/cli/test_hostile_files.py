@@ -40,7 +40,6 @@ def _limit_memory() -> None:
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONWARNINGS="default")
     return subprocess.run(
         [sys.executable, "-m", "softmaxkit", *argv],
         capture_output=True,
@@ -48,7 +47,6 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
         timeout=HANG_GUARD_S,
         preexec_fn=_limit_memory,
         stdin=subprocess.DEVNULL,
-        env=env,
     )
 
 
