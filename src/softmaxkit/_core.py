@@ -319,8 +319,8 @@ def _logsumexp_complex(xp, arr, b, axis, where, keepdims, return_sign, out_dtype
     ``q = sum_{i != k} (b_i / b_k) e^{x_i - a - i Im x_k}``, the result is
     ``a + log b_k + i Im x_k + log(1 + q)``, its imaginary part moved into
     (-pi, pi].  ``Re log(1 + q)`` is ``log1p(2 Re q + |q|^2) / 2`` (the
-    argument summed exactly) where ``|1 + q|`` is near 1, so a small ``q``
-    keeps its relative accuracy.  Rows this cannot represent (an infinite
+    squares as exact products, summed with compensation) where ``|1 + q|``
+    is near 1, so a small ``q`` keeps its relative accuracy.  Rows this cannot represent (an infinite
     real part, no term left, NaN) take the direct ``log(sum_i b_i e^{x_i})``,
     whose infinities and phases follow C99 as in SciPy.  With
     ``return_sign`` the result is the real ``log|sum|`` and the sign the
