@@ -314,6 +314,71 @@ def test_targets_changed_during_cross_entropy_give_a_valid_answer_or_raise(rows,
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+_CHANGING_TORCH_TARGETS = textwrap.dedent(
+    """
+    import sys, threading
+    import torch
+    import softmaxkit as smk
+    import softmaxkit.torch as smt
+
+    rows, n, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    smk.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, n, generator=gen)
+    w = torch.rand(n, generator=gen, dtype=torch.float64) + 0.5
+    ta = torch.randint(0, n, (rows,), generator=gen)
+    tb = (ta + 1) % n
+    states = [ta, torch.full((rows,), n), tb, torch.full((rows,), -1), ta, torch.full((rows,), 1 << 40)]
+
+    def loss_and_grad(t):
+        xx = x.clone().requires_grad_()
+        loss = smt.cross_entropy(xx, t, weight=w, reduction="none", label_smoothing=0.1)
+        loss.sum().backward()
+        return loss.detach(), xx.grad
+
+    valid = [loss_and_grad(ta), loss_and_grad(tb)]
+    t = ta.clone()
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            t.copy_(states[i % len(states)])
+            i += 1
+
+    th = threading.Thread(target=writer)
+    th.start()
+    try:
+        for _ in range(int(sys.argv[4])):
+            try:
+                loss, grad = loss_and_grad(t)
+            except (ValueError, IndexError, RuntimeError):
+                continue
+            # the forward and the backward pass each read the targets once
+            # (a change in between may give them different ones)
+            for r in range(rows):
+                assert any(bool(torch.equal(loss[r], v[0][r])) for v in valid), f"loss row {r}"
+                assert any(bool(torch.equal(grad[r], v[1][r])) for v in valid), f"gradient row {r}"
+    finally:
+        stop.set()
+        th.join()
+    """
+)
+
+
+# The torch path hands `target` to the kernel without a copy: the same race.
+@pytest.mark.parametrize(("rows", "n", "n_threads"), [(64, 1000, 2), (4, 70001, 2)])
+def test_torch_targets_changed_during_cross_entropy(rows, n, n_threads):
+    pytest.importorskip("torch")
+    done = subprocess.run(
+        [sys.executable, "-c", _CHANGING_TORCH_TARGETS, str(rows), str(n), str(n_threads), "200"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 _CHANGING_LOGITS = textwrap.dedent(
     """
     import sys, threading
