@@ -23,9 +23,10 @@ Numerics
 float32 and float16 are computed in float64 and rounded once (float16 goes
 through an exact float32 copy and is rounded float64 -> float32 -> float16,
 which can differ from a single rounding by one float16 ULP in rare halfway
-cases).  float64 uses the exact shift ``x - max = hi + lo`` (TwoSum, with
-TwoProduct for a temperature), ``exp(hi + lo)`` and compensated (TwoSum)
-sums.  The vectorised exp is written here (see ``sk_simd.h``): relative
+cases).  float64 uses the exact shift ``x - max = hi + lo`` (TwoSum; with a
+temperature, the quotient and the exact remainder of the division),
+``exp(hi + lo)`` and compensated (TwoSum) sums; a shift below -746 gives
+exactly 0, whatever its low part.  The vectorised exp is written here (see ``sk_simd.h``): relative
 error below 2**-32 in the float32 family, so that the float32 result stays
 within 0.5 + 2**-7 ULP (on AVX-512 a 16-entry table of 2**(j/16) after
 reduction by ``ln 2 / 16`` and a degree-4 Taylor polynomial, below 2**-34.5;
@@ -45,9 +46,10 @@ Instruction sets and threads
 AVX-512 (F/DQ/BW/VL), AVX2 + FMA and a portable baseline are compiled into one
 binary and chosen at import from what the CPU supports.  Rows are spread over
 a pool of POSIX threads, and a few very wide rows are split into one chunk per
-thread; the GIL is released while kernels run.  The thread count defaults to
-the number of CPUs this process may run on, can be set with the environment
-variable ``SOFTMAXKIT_NUM_THREADS`` (read at import) and with
+thread; the GIL is released while kernels run.  The thread count (1 to 4096)
+defaults to the number of CPUs this process may run on, can be set with the
+environment variable ``SOFTMAXKIT_NUM_THREADS`` (read at import; a value that
+is not a valid count warns and leaves the default) and with
 :func:`set_num_threads`.  Memory: the outputs, plus one row (or chunk) of
 scratch per thread.
 
@@ -87,7 +89,10 @@ except that ``out`` may be ``x`` itself for ``softmax_into`` and
   shape ``(C,)`` or None; ``loss`` is float64 of shape ``logits.shape[:-1]``
   and receives each row's loss (0 for ignored rows); ``grad`` receives the
   gradient of ``loss.sum() / grad_divisor``.  A class index outside
-  ``[0, C)`` that is not ``ignore_index`` raises ``ValueError``.
+  ``[0, C)`` that is not ``ignore_index`` raises ``ValueError``.  The
+  indices are read once, into a copy that is checked and then used, so a
+  thread that changes ``targets`` meanwhile cannot make the kernel read out
+  of bounds.
 * ``softmax_vjp_into(probs, cotangent, out)``
 * ``log_softmax_vjp_into(log_probs, cotangent, out)``
 """
