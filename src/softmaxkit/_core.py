@@ -23,7 +23,7 @@ def _prepare(x: Any, axis: Any, where: Any = None, name: str = "x", allow_many: 
     xp, x, out_dtype = v.real_array(x, name)
     axes = v.axis(axis, x.ndim, allow_many=allow_many)
     valid = v.where_mask(xp, where, tuple(x.shape))
-    work, extra = num.working_dtype(xp, out_dtype)
+    work, extra = num.working_dtype(xp, out_dtype, x)
     layout = Layout(xp, tuple(x.shape), axes)
     xw = layout.forward(xp.astype(x, work))
     valid = None if valid is None else layout.forward(valid)
@@ -41,7 +41,7 @@ def _prepare_rows(x: Any, axis: Any, where: Any = None, name: str = "x", allow_m
     xp, x, out_dtype = v.real_array(x, name)
     axes = v.axis(axis, x.ndim, allow_many=allow_many)
     valid = v.where_mask(xp, where, tuple(x.shape))
-    work, extra = num.working_dtype(xp, out_dtype)
+    work, extra = num.working_dtype(xp, out_dtype, x)
     layout = Layout(xp, tuple(x.shape), axes)
     valid = None if valid is None else layout.rows(valid)
     return xp, layout, layout.rows(x), valid, out_dtype, work, extra
@@ -458,7 +458,7 @@ def kl_div(p: Any, q: Any, axis: int = -1, *, log_probs: bool = False) -> Any:
     if tuple(q.shape) != layout.shape:
         raise ValueError(f"q must have the shape of p {layout.shape}; got {tuple(q.shape)}")
     out_dtype = xp.result_type(p_dtype, q_dtype)
-    work, extra = num.working_dtype(xp, out_dtype)
+    work, extra = num.working_dtype(xp, out_dtype, pw)
     pw, qw = xp.astype(pw, work), xp.astype(qw, work)
     if log_probs:
         log_p, log_q = pw, qw
@@ -481,7 +481,7 @@ def _vjp_inputs(primal: Any, cotangent: Any, axis: Any, primal_name: str, same_s
     ct = v.same_namespace(xp, cotangent, "cotangent")
     _, ct, ct_dtype = v.real_array(ct, "cotangent")
     out_dtype = xp.result_type(out_dtype, ct_dtype)
-    work, extra = num.working_dtype(xp, out_dtype)
+    work, extra = num.working_dtype(xp, out_dtype, pw)
     if same_shape:
         if tuple(ct.shape) != layout.shape:
             raise ValueError(f"cotangent must have the shape of {primal_name} {layout.shape}; got {tuple(ct.shape)}")

@@ -354,7 +354,7 @@ def binary_cross_entropy_with_logits(
     if tuple(y.shape) != tuple(x.shape):
         raise ValueError(f"targets must have the shape of logits {tuple(x.shape)}; got {tuple(y.shape)}")
     out_dtype = xp.result_type(out_dtype, y_dtype)
-    work, extra = num.working_dtype(xp, out_dtype)
+    work, extra = num.working_dtype(xp, out_dtype, x)
     x, y = xp.astype(x, work), xp.astype(y, work)
     outside = ~((y >= 0) & (y <= 1))
     if bool(xp.any(outside)):

@@ -55,27 +55,35 @@ import array_api_compat
 _INF = float("inf")
 
 
-def working_dtype(xp: Any, dtype: Any) -> tuple[Any, bool]:
+def working_dtype(xp: Any, dtype: Any, like: Any = None) -> tuple[Any, bool]:
     """The dtype to compute in, and whether it is wider than ``dtype``.
 
     float64 is used for every floating input; when it is narrower than
     float64 the result is "extra precise" and the compensations below are
-    skipped.  A namespace that cannot hold float64 (JAX without x64) works in
-    the input's own precision with the compensations.
+    skipped.  Where float64 is not available (JAX without x64, or the device
+    of ``like``, an array where the work will run, lacks it) the work is
+    done in float32 with the compensations for float32 input, and plainly
+    (float32 being wider) for float16 and bfloat16.
     """
     if dtype == xp.float64:
         return xp.float64, False
-    if _has_float64(xp):
+    if _has_float64(xp, like):
         return xp.float64, True
     return xp.float32, dtype != xp.float32
 
 
-def _has_float64(xp: Any) -> bool:
+def _has_float64(xp: Any, like: Any) -> bool:
     if xp.__name__.startswith("jax"):
         import jax
 
         return bool(jax.config.read("jax_enable_x64"))
-    return True
+    if like is None or array_api_compat.is_numpy_namespace(xp):
+        return True
+    # Array-API devices list their dtypes (some GPUs and test devices have no float64).
+    info = getattr(xp, "__array_namespace_info__", None)
+    if info is None:
+        return True
+    return "float64" in info().dtypes(device=array_api_compat.device(like), kind="real floating")
 
 
 # --- error-free transformations ---------------------------------------------
