@@ -147,7 +147,9 @@ def cross_entropy(
     targets, label smoothing or a z-loss a gradient entry
     ``C p_j + zg p_j - c_j`` (``zg = 2 z w lse``) can cancel; its error is
     then within 2 ULP (float16, bfloat16, float32) or 8 ULP (float64) of its
-    largest term, ``max(C p_j, |zg| p_j, c_j)``.
+    largest term, ``max(C p_j, |zg| p_j, c_j)``.  Away from the native
+    kernels the rows are computed a chunk at a time: peak memory is the
+    gradient (if asked for) plus a few tens of MiB.
 
     Edge behaviour: all targets ignored gives 0 and a zero gradient (mean
     included), and so does a "mean" whose total weight is 0 (weights of both
