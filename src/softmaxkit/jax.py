@@ -158,9 +158,14 @@ def _tsum(v: Any) -> Any:
 
 
 def _softmax_tangent(p: Any, t: Any) -> Any:
-    """``p (t - <p, t>)``, 0 where ``p = 0`` (the Jacobian is symmetric: also the VJP)."""
-    zero = jnp.zeros_like(p)
-    return jnp.where(p == 0, zero, p * (t - _tsum(jnp.where(p == 0, zero, p * t))))
+    """``p (t - <p, t>)``, 0 where ``p = 0`` (the Jacobian is symmetric: also the VJP).
+
+    The masked entries select ``p`` itself, which is 0 there: a separate
+    zero array would be computed in the forward pass and saved for reverse
+    mode, a residual as large as the input.
+    """
+    masked = p == 0
+    return jnp.where(masked, p, p * (t - _tsum(jnp.where(masked, p, p * t))))
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(1, 2))
@@ -183,8 +188,10 @@ def _softmax_jvp(temperature, log, primals, tangents):
     yw, tw = y.astype(work), t.astype(work) / temperature
     if log:
         live = yw != -_INF
-        zero = jnp.zeros_like(tw)
-        out = jnp.where(live, tw - _tsum(jnp.where(live, jnp.exp(yw) * tw, zero)), zero)
+        # exp(y) is 0 where y = -inf: the masked entries select it (see
+        # _softmax_tangent).
+        p = jnp.exp(yw)
+        out = jnp.where(live, tw - _tsum(jnp.where(live, p * tw, p)), p)
     else:
         out = _softmax_tangent(yw, tw)
     return y, out.astype(x.dtype)
@@ -288,7 +295,7 @@ def _logsumexp_jvp(primals, tangents):
     work, _ = _work(x.dtype)
     p = _softmax_last(x, 1.0, False).astype(work)
     tw = t.astype(work)
-    dot = _tsum(jnp.where(p == 0, jnp.zeros_like(p), p * tw))[..., 0]
+    dot = _tsum(jnp.where(p == 0, p, p * tw))[..., 0]
     return _logsumexp_last(x), dot.astype(x.dtype)
 
 
