@@ -239,7 +239,8 @@ def softmax(x: Any, axis: int | tuple[int, ...] | None = -1, where: Any = None, 
     -----
     A fully masked row gives zeros and a zero gradient (``jax.nn.softmax``
     gives NaN); ``+inf`` entries share the mass equally.  Precision: see the
-    module docstring.
+    module docstring.  There is no ``initial`` argument (``jax.nn`` dropped
+    it too); ``where`` covers its use.
 
     Examples
     --------
@@ -323,6 +324,8 @@ def logsumexp(a: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool 
     Notes
     -----
     A fully masked row or empty axis gives ``-inf`` with a zero gradient.
+    ``jax.nn.logsumexp``'s ``b`` and ``return_sign`` are not taken here:
+    ``softmaxkit.logsumexp`` accepts JAX arrays with both.
 
     Examples
     --------
