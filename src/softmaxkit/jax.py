@@ -728,3 +728,43 @@ def _core_cross_entropy(logits, targets, *, axis, weight, ignore_index, label_sm
     loss, vjp = jax.vjp(loss_fn, logits)
     (grad,) = vjp(jnp.ones_like(loss))
     return loss, grad
+
+
+def _core_binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, reduction, return_grad):
+    # The NumPy-style function's rules and formula, with the value checks
+    # skipped on tracers so that it works under jit and vmap.  Plain JAX code:
+    # jax.grad differentiates the formula, whose branches are selected on
+    # x >= 0 so that its slope at 0 is right.
+    return_grad = v.flag(return_grad, "return_grad")
+    reduction = v.reduction(reduction)
+    x = _as_float(logits, "logits")
+    y = _as_float(targets, "targets")
+    if tuple(y.shape) != tuple(x.shape):
+        raise ValueError(f"targets must have the shape of logits {tuple(x.shape)}; got {tuple(y.shape)}")
+    dtype = jnp.result_type(x.dtype, y.dtype)
+    work, extra = _work(dtype)
+    yw = y.astype(work)
+    _require_none(~((yw >= 0) & (yw <= 1)), "targets must be probabilities in [0, 1]")
+
+    def factor(value, name):
+        if value is None:
+            return None
+        f = _as_float(value, name)
+        try:
+            return jnp.broadcast_to(f.astype(work), x.shape)
+        except ValueError as exc:
+            raise ValueError(f"{name} of shape {tuple(f.shape)} does not broadcast to logits of shape {tuple(x.shape)}") from exc
+
+    w = factor(weight, "weight")
+    beta = factor(pos_weight, "pos_weight")
+    if beta is not None:
+        _require_none(beta < 0, "pos_weight must be >= 0")
+    loss, grad = num.binary_cross_entropy(jnp, x.astype(work), yw, beta, return_grad)
+    if w is not None:
+        loss = w * loss
+        grad = None if grad is None else w * grad
+    denominator = jnp.asarray(float(math.prod(x.shape)), dtype=work)
+    loss, grad = _reduce(jnp, loss, grad, denominator, reduction, extra)
+    if not return_grad:
+        return loss.astype(dtype)
+    return loss.astype(dtype), grad.astype(dtype)

@@ -105,3 +105,60 @@ def test_bce_with_logits_zero_initialised_head_trains():
     y = jnp.array([1.0, 0.0, 1.0, 1.0])
     g = jax.grad(lambda a: smk.binary_cross_entropy_with_logits(a, y))(x)
     np.testing.assert_array_equal(np.asarray(g), np.array([-0.125, 0.125, -0.125, -0.125], dtype=np.float32))
+
+
+# What broke: binary_cross_entropy_with_logits on JAX arrays went through the
+# generic path, whose value checks convert traced booleans: it raised
+# TracerBoolConversionError under jax.jit.
+def test_bce_with_logits_under_jit_and_vmap():
+    x = jnp.array([[0.0, -3.0, 40.0], [2.0, 0.0, -40.0]])
+    y = jnp.array([[1.0, 0.0, 0.25], [0.0, 1.0, 1.0]])
+    w = jnp.array([1.0, 2.0, 0.5])
+    beta = jnp.array([3.0])
+
+    def f(a, b):
+        return smk.binary_cross_entropy_with_logits(a, b, weight=w, pos_weight=beta)
+
+    loss, grad = jax.jit(jax.value_and_grad(f))(x, y)
+    eager_loss, eager_grad = jax.value_and_grad(f)(x, y)
+    np.testing.assert_allclose(loss, eager_loss, rtol=1e-6)
+    np.testing.assert_allclose(grad, eager_grad, rtol=1e-6)
+    rows = jax.vmap(jax.grad(lambda a, b: smk.binary_cross_entropy_with_logits(a, b, reduction="sum")))(x, y)
+    np.testing.assert_allclose(rows, jax.grad(lambda a: smk.binary_cross_entropy_with_logits(a, y, reduction="sum"))(x), rtol=1e-6)
+
+
+def test_bce_with_logits_on_jax_arrays_matches_numpy_path():
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(4, 5)) * 10
+        x[0, :3] = [0.0, -0.0, 700.0]
+        y = rng.random(size=(4, 5))
+        y[1] = [0, 1, 0, 1, 1]
+        w = rng.random(size=(5,)) + 0.5
+        beta = rng.random(size=(4, 5)) * 3
+        for reduction in ("mean", "sum", "none"):
+            expected = smk.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=beta, reduction=reduction, return_grad=True)
+            got = smk.binary_cross_entropy_with_logits(
+                jnp.asarray(x), jnp.asarray(y), weight=jnp.asarray(w), pos_weight=jnp.asarray(beta), reduction=reduction, return_grad=True
+            )
+            np.testing.assert_allclose(got[0], expected[0], rtol=1e-14)
+            np.testing.assert_allclose(got[1], expected[1], rtol=1e-14, atol=1e-300)
+            auto = jax.grad(lambda a: smk.binary_cross_entropy_with_logits(a, jnp.asarray(y), weight=jnp.asarray(w), pos_weight=jnp.asarray(beta), reduction=reduction).sum())(jnp.asarray(x))
+            np.testing.assert_allclose(auto, expected[1], rtol=1e-13, atol=1e-300)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"targets": jnp.array([0.5, 1.5])}, ValueError, r"\[0, 1\]"),
+        ({"targets": jnp.array([0.5])}, ValueError, "shape of logits"),
+        ({"pos_weight": jnp.array([-1.0])}, ValueError, "pos_weight must be >= 0"),
+        ({"weight": jnp.ones(3)}, ValueError, "does not broadcast"),
+        ({"reduction": "avg"}, ValueError, "reduction"),
+        ({"targets": jnp.array([True, False])}, TypeError, "targets"),
+    ],
+)
+def test_bce_with_logits_bad_inputs_on_jax_arrays(kwargs, error, match):
+    args = {"targets": jnp.array([0.5, 1.0])} | kwargs
+    with pytest.raises(error, match=match):
+        smk.binary_cross_entropy_with_logits(jnp.array([0.0, 1.0]), **args)
