@@ -1,0 +1,178 @@
+"""Peak memory of the generic (array-API) path: softmax, log_softmax, logsumexp, cross_entropy.
+
+The generic path serves bfloat16 (always), a class axis other than the last,
+``where=``, non-contiguous input, ``diagnose``, ``sample``,
+``fit_temperature`` and ``SOFTMAXKIT_DISABLE_NATIVE=1``; every case here
+runs with the native kernels disabled.  Each measurement runs in a fresh
+subprocess: the inputs are allocated and touched, the call is made once on a
+two-row slice (imports, first-call set-up), the peak resident set is reset
+(``/proc/self/clear_refs``), and the peak after the full call (``VmHWM``)
+minus the resident set before it is the call's peak growth (``ru_maxrss``
+would also hold the parent's peak, which Linux carries across exec).  The
+table gives it in MiB and divided by the output (the gradient for
+cross-entropy with ``return_grad``), with the median time of the timed
+repeats that follow in the same process.
+
+    PYTHONPATH=src python benchmarks/bench_generic_memory.py [--scale 4] [--src DIR] [--label NAME]
+
+``--scale k`` divides every case's rows by ``k``; ``--src DIR`` measures
+the package under ``DIR`` (for example an older checkout, ``git archive`` of
+a commit with the built extension copied in), labelled ``--label``.
+Results are appended to benchmarks/results/generic_memory.csv and the table
+is rewritten to benchmarks/results/generic_memory.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+# (operation, dtype, rows, classes): the shapes of the measurements that
+# showed the unbounded growth, 512 MiB of float32 and 64 MiB of bfloat16.
+CASES = [
+    ("cross_entropy+grad", "float32", 1024, 131072),
+    ("cross_entropy", "float32", 1024, 131072),
+    ("softmax", "float32", 1024, 131072),
+    ("log_softmax", "float32", 1024, 131072),
+    ("logsumexp", "float32", 1024, 131072),
+    ("cross_entropy+grad", "bfloat16", 256, 131072),
+    ("softmax", "bfloat16", 256, 131072),
+]
+
+CHILD = r"""
+import json, statistics, sys, time
+import numpy as np
+import softmaxkit as smk
+op, dtype_name, rows, classes, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+if dtype_name == "bfloat16":
+    import ml_dtypes
+    dtype = np.dtype(ml_dtypes.bfloat16)
+else:
+    dtype = np.dtype(dtype_name)
+x = np.zeros((rows, classes), dtype)
+x[:, ::3] = 1
+x[:, 1::7] = -2
+t = np.arange(rows) % classes
+CALLS = {
+    "cross_entropy+grad": lambda x, t: smk.cross_entropy(x, t, return_grad=True),
+    "cross_entropy": lambda x, t: smk.cross_entropy(x, t),
+    "softmax": lambda x, t: smk.softmax(x),
+    "log_softmax": lambda x, t: smk.log_softmax(x),
+    "logsumexp": lambda x, t: smk.logsumexp(x),
+}
+call = CALLS[op]
+call(x[:2], t[:2])
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key)) * 1024
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status("VmRSS")
+out = call(x, t)
+peak = status("VmHWM")
+outs = out if isinstance(out, tuple) else (out,)
+out_bytes = max(np.asarray(o).nbytes for o in outs)
+del out, outs
+times = []
+for _ in range(repeats):
+    start = time.perf_counter()
+    call(x, t)
+    times.append(time.perf_counter() - start)
+print(json.dumps({"growth": peak - before, "input": x.nbytes, "output": out_bytes, "seconds": statistics.median(times) if times else None}))
+"""
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs, {platform.system()}"
+
+
+def measure(op: str, dtype: str, rows: int, classes: int, src: str | None, repeats: int) -> dict:
+    env = dict(os.environ, SOFTMAXKIT_DISABLE_NATIVE="1")
+    if src:
+        env["PYTHONPATH"] = src
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", CHILD, op, dtype, str(rows), str(classes), str(repeats)],
+        capture_output=True, text=True, env=env,
+    )
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1]}
+    return json.loads(done.stdout)
+
+
+def _table(rows: list[dict]) -> str:
+    lines = [
+        f"Machine: {_machine()}.  Native kernels disabled (SOFTMAXKIT_DISABLE_NATIVE=1); bfloat16 always takes this path.",
+        "",
+        "| code | operation | dtype | shape | input MiB | output MiB | peak growth MiB | growth / output | growth / input | median s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['label']} | {r['op']} | {r['dtype']} | {r['rows']}x{r['classes']} | | | failed: {r['error']} | | | |")
+            continue
+        mib = 2**20
+        per_out = f"{r['growth'] / r['output']:.2f}x" if r["output"] >= mib else "-"
+        secs = f"{r['seconds']:.3f}" if r.get("seconds") else "-"
+        lines.append(
+            f"| {r['label']} | {r['op']} | {r['dtype']} | {r['rows']}x{r['classes']} | {r['input'] / mib:.0f} | {r['output'] / mib:.2f} "
+            f"| {r['growth'] / mib:.0f} | {per_out} | {r['growth'] / r['input']:.2f}x | {secs} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=1, help="divide every case's rows by this")
+    parser.add_argument("--src", default=None, help="measure the package under this directory")
+    parser.add_argument("--label", default="this tree", help="name of the measured code in the table")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls after the measured one")
+    args = parser.parse_args()
+    if args.scale < 1:
+        parser.error(f"--scale must be >= 1; got {args.scale}")
+    RESULTS.mkdir(exist_ok=True)
+    csv_path = RESULTS / "generic_memory.csv"
+    fields = ["label", "op", "dtype", "rows", "classes", "input", "output", "growth", "seconds", "error"]
+    new = []
+    for op, dtype, rows, classes in CASES:
+        rows = max(1, rows // args.scale)
+        result = measure(op, dtype, rows, classes, args.src, args.repeats)
+        row = {"label": args.label, "op": op, "dtype": dtype, "rows": rows, "classes": classes, **result}
+        new.append(row)
+        print(_table([row]).splitlines()[-1], flush=True)
+    old = []
+    if csv_path.exists():
+        with csv_path.open() as f:
+            old = [r for r in csv.DictReader(f) if (r["label"], r["rows"]) not in {(n["label"], str(n["rows"])) for n in new}]
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in old + new:
+            writer.writerow({k: r.get(k, "") for k in fields})
+    every = []
+    for r in old + new:
+        r = dict(r)
+        for k in ("rows", "classes", "input", "output", "growth"):
+            r[k] = int(r[k]) if r.get(k) not in (None, "") else 0
+        r["seconds"] = float(r["seconds"]) if r.get("seconds") not in (None, "") else None
+        every.append(r)
+    (RESULTS / "generic_memory.md").write_text("# Generic path: peak memory\n\n" + _table(every))
+
+
+if __name__ == "__main__":
+    main()
