@@ -120,7 +120,7 @@ def _assert_difference_gradient(grad, exact_grad, row, coef, dtype, zg=0):
     term is zg p_j, zg = 2 z w lse) an entry C p_j + zg p_j - c_j is accurate
     to a few ULP of its largest term, max(C p_j, |zg| p_j, c_j)."""
     C = ref.mp.fsum(coef)
-    scale = [max(C * p, abs(zg) * p, c) for p, c in zip(ref.softmax(row), coef)]
+    scale = [max(abs(C) * p, abs(zg) * p, abs(c)) for p, c in zip(ref.softmax(row), coef)]
     for g, e, s in zip(grad, exact_grad, scale):
         assert abs(ref.mp.mpf(float(g)) - e) <= ref.difference_tolerance(dtype) * ref.ulp(s, dtype)
 
@@ -131,7 +131,7 @@ def test_cross_entropy_class_targets(dtype, data, eps, z, weighted):
     rows, n = x.shape
     finite_cols = [j for j in range(n) if np.isfinite(x[:, j]).all()]
     targets = np.array([data.draw(st.sampled_from(finite_cols or [0])) for _ in range(rows)])
-    weight = np.array(data.draw(st.lists(st.sampled_from([0.5, 1.0, 2.0]), min_size=n, max_size=n)), dtype=dtype) if weighted else None
+    weight = np.array(data.draw(st.lists(st.sampled_from([-2.0, -0.5, 0.5, 1.0, 2.0]), min_size=n, max_size=n)), dtype=dtype) if weighted else None
     loss, grad = smk.cross_entropy(x, targets, weight=weight, label_smoothing=eps, z_loss=z, reduction="none", return_grad=True)
     assert loss.dtype == dtype and grad.dtype == dtype
     for i, row in enumerate(_rows(x)):
@@ -276,3 +276,18 @@ def test_vjps(dtype, data):
             exact_ls = V[j] - ref.mp.exp(Y[j]) * total if live[j] else 0
             scale_ls = abs(V[j]) + ref.mp.exp(Y[j]) * total_scale if live[j] else 0
             assert abs(ref.mp.mpf(float(got_ls[i, j])) - exact_ls) <= ref.tolerance(dtype) * ref.ulp(scale_ls, dtype)
+
+
+# Regression: with a negative class weight the exact argmax form was skipped
+# (it was taken only for coefficients > 0), so a confident row's target
+# gradient w (p_t - 1) rounded to 0.
+def test_negative_class_weight_keeps_the_confident_target_gradient(dtype):
+    # Past 37 (float64 working precision) p_t - 1 rounds to 0; float16 gradients underflow past about 16.
+    margin = 12.0 if dtype == np.float16 else 60.0
+    x = np.array([[margin, 0.0, -1.0]]).astype(dtype)
+    weight = np.array([-1.5, 2.0, 1.0], dtype=dtype)
+    _, grad = smk.cross_entropy(x, np.array([0]), weight=weight, reduction="sum", return_grad=True)
+    coef, w_t = ref.hard_coef(3, 0, 0.0, weight)
+    exact = ref.cross_entropy(_rows(x)[0], coef, 0, w_t)[1]
+    assert grad[0, 0] != 0
+    assert ref.ulp_error(grad[0], exact, dtype) <= ref.tolerance(dtype)

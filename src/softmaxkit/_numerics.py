@@ -434,8 +434,9 @@ def cross_entropy_rows(xp, st: RowStats, coef, z_loss: float, row_weight, want_g
         grad = grad + zg * p
         at_k = at_k + zg * p
     # The argmax form only helps where p_k > 1/2 and the class has a
-    # coefficient; elsewhere C p_k - c_k has nothing to cancel.
-    grad = xp.where(st.is_k & (st.s < 1.0) & (coef > 0), at_k, grad)
+    # coefficient (of either sign: class weights may be negative); elsewhere
+    # C p_k - c_k has nothing to cancel.
+    grad = xp.where(st.is_k & (st.s < 1.0) & (coef != 0), at_k, grad)
     # A fully masked row is constant in its logits: zero gradient.
     grad = xp.where(st.masked_row, zero, grad)
     return loss, grad

@@ -437,7 +437,7 @@ def _weights(weight: Any, n: int) -> np.ndarray | None | bool:
     if type(weight) is not np.ndarray or weight.shape != (n,) or weight.dtype.kind not in "fiu":
         return False
     w = np.ascontiguousarray(weight, dtype=np.float64)
-    if not bool(np.all(np.isfinite(w) & (w >= 0))):
+    if not bool(np.all(np.isfinite(w))):
         return False
     return w
 

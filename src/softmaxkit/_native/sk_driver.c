@@ -510,14 +510,15 @@ static void prog_ce(rowctx_t *R, size_t r) {
         else ((float *)g)[(size_t)cf.t - R->start] = (float)v;
     }
     /* At the argmax, where p_k > 1/2 (s < 1) and the class has a coefficient
-       (C > C - c_k), the gradient is (C - c_k) - C s / (1 + s), never
+       (c_k != 0, of either sign: class weights may be negative), the
+       gradient is (C - c_k) - C s / (1 + s), never
        C p_k - c_k; elsewhere C p_k - c_k has nothing to cancel.  The range
        kernels already wrote C p_k - c_k, except the hard-target ones, which
        leave the target's coefficient to this step. */
     int hard_k = !general && (size_t)cf.t == k;
-    if (k >= R->start && k < end && ((s < 1.0 && c_sum > c_rest) || hard_k)) {
+    if (k >= R->start && k < end && ((s < 1.0 && c_sum != c_rest) || hard_k)) {
         double v;
-        if (s < 1.0 && c_sum > c_rest) {
+        if (s < 1.0 && c_sum != c_rest) {
             v = c_rest - c_sum * (s / d);
         } else {
             v = c_sum * (1.0 / d) - cf.hv;
