@@ -23,6 +23,8 @@ ROWS = [
     [1e-300, 0.0, -1e-300, 5e-324],
     [DBL_MAX, 1e308, 0.0, -1e3],
     [-700.0, -1400.0, 30.0, 29.999999999999996],
+    [DBL_MAX, -DBL_MAX, 0.0],  # x - a overflows; (x - a) / T does not for T > 2
+    [-1e308, 1.5e308, 5e-324],
 ]
 
 
@@ -48,6 +50,16 @@ def test_extreme_temperature_matches_mpmath(numeric_path, T):
         T_mp = mp.mpf(T)
         _check(smk.log_softmax(x, temperature=T), ref.log_softmax(xs, T_mp))
         _check(smk.softmax(x, temperature=T), ref.softmax(xs, T_mp))
+
+
+# What broke: the generic float64 path formed x - a (here -inf) before dividing
+# by T, so a row spanning more than DBL_MAX gave -inf log-probabilities where
+# the exact ones, (x - a) / T, are finite.
+@pytest.mark.parametrize("T", [1.5, 3.0, 1e10])
+def test_shift_beyond_dbl_max_divided_by_temperature(numeric_path, T):
+    x = np.array([[DBL_MAX, -1e300, -DBL_MAX]])
+    exact = ref.log_softmax(ref.to_mp(x[0]), mp.mpf(T))
+    _check(smk.log_softmax(x, temperature=T), exact)
 
 
 # What broke: the same overflow on the paths every caller reaches whatever the

@@ -259,9 +259,17 @@ def row_stats(xp, x, valid=None, temperature: float = 1.0, extra: bool = True) -
         lo = None
         e = xp.exp(hi)
     else:
-        hi, lo = two_diff(xp, x, shift)
-        if temperature != 1.0:
-            hi, lo = divide_pair(xp, hi, lo, temperature)
+        if temperature > 1.0:
+            # x - a overflows for a row spanning more than the largest finite
+            # number where (x - a) / T need not; the halves' difference
+            # cannot, and halving both it and T leaves the quotient and its
+            # remainder unchanged (up to subnormal bits far below the
+            # results' ULPs).
+            hi, lo = divide_pair(xp, *two_diff(xp, x * 0.5, shift * 0.5), temperature * 0.5)
+        else:
+            hi, lo = two_diff(xp, x, shift)
+            if temperature != 1.0:
+                hi, lo = divide_pair(xp, hi, lo, temperature)
         e = xp.exp(hi) * (1.0 + lo)
     n = x.shape[-1]
     if n:
