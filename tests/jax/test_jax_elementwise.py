@@ -143,7 +143,12 @@ def test_bce_with_logits_on_jax_arrays_matches_numpy_path():
             )
             np.testing.assert_allclose(got[0], expected[0], rtol=1e-14)
             np.testing.assert_allclose(got[1], expected[1], rtol=1e-14, atol=1e-300)
-            auto = jax.grad(lambda a: smk.binary_cross_entropy_with_logits(a, jnp.asarray(y), weight=jnp.asarray(w), pos_weight=jnp.asarray(beta), reduction=reduction).sum())(jnp.asarray(x))
+            yj, wj, bj = jnp.asarray(y), jnp.asarray(w), jnp.asarray(beta)
+
+            def total(a, r=reduction, yj=yj, wj=wj, bj=bj):
+                return smk.binary_cross_entropy_with_logits(a, yj, weight=wj, pos_weight=bj, reduction=r).sum()
+
+            auto = jax.grad(total)(jnp.asarray(x))
             np.testing.assert_allclose(auto, expected[1], rtol=1e-13, atol=1e-300)
 
 

@@ -140,7 +140,9 @@ def test_peer_behaviour_behind_the_differences():
     assert jnp.isfinite(_optax_style(jnp.array([[1.0, 2.0, 0.5]]), jnp.array([1]), jnp.array([[True, False, True]]))).all()
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="softmaxkit.jax.logsumexp takes no b= or return_sign=: softmaxkit.logsumexp accepts JAX arrays with both")
+@pytest.mark.xfail(
+    strict=True, raises=TypeError, reason="softmaxkit.jax.logsumexp takes no b= or return_sign=: softmaxkit.logsumexp accepts JAX arrays with both"
+)
 def test_jax_logsumexp_takes_b_and_return_sign():
     smj.logsumexp(jnp.array([1.0, 2.0]), b=jnp.array([1.0, 1.0]), return_sign=True)
 
@@ -166,7 +168,9 @@ def test_jax_gradient_of_fully_masked_row_is_nan():
     assert jnp.isnan(g).all()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="documented: log_softmax at the argmax is -log1p(s), exact on confident rows, where jax.nn rounds to 0")
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="documented: log_softmax at the argmax is -log1p(s), exact on confident rows, where jax.nn rounds to 0"
+)
 def test_jax_log_softmax_of_confident_row_rounds_to_zero():
     assert float(smj.log_softmax(jnp.array([20.0, 0.0], dtype=jnp.float32))[0]) == 0.0
 
@@ -190,7 +194,9 @@ def test_cross_entropy_where_matches_optax_definition():
     np.testing.assert_allclose(got, _optax_style(x, labels, where), rtol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="documented: a label on a masked class gives +inf (as on a -inf logit); optax's definition gives a finite loss")
+@pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="documented: a label on a masked class gives +inf (as on a -inf logit); optax's definition gives a finite loss"
+)
 def test_optax_label_on_masked_class_is_finite():
     x = jnp.array([[1.0, 2.0, 0.5]])
     where = jnp.array([[True, False, True]])
