@@ -476,7 +476,8 @@ def cross_entropy(
         masked class of a row that takes part gives ``+inf``, as on a
         ``-inf`` logit.
     weight : jax.Array of shape (C,), optional
-        Non-negative class weights; with several class axes also of the
+        Finite class weights (negative ones included, as in PyTorch); with
+        several class axes also of the
         shape of the class slice.
     ignore_index : int, default -100
         Labels equal to it contribute no loss and no gradient.
