@@ -477,8 +477,7 @@ def cross_entropy(
         ``-inf`` logit.
     weight : jax.Array of shape (C,), optional
         Finite class weights (negative ones included, as in PyTorch); with
-        several class axes also of the
-        shape of the class slice.
+        several class axes also of the shape of the class slice.
     ignore_index : int, default -100
         Labels equal to it contribute no loss and no gradient.
     label_smoothing : float in [0, 1], default 0
