@@ -186,23 +186,10 @@ def _check_family(x, dtype, T, results):
                 _assert_within(p, ref.softmax(mrow, mp.mpf(T)), dtype)
                 assert contract._lse_ok(lse_r, _rounded(ref.lse(mrow), dtype), mrow, dtype), (path, lse_r)
                 assert np.isfinite(p).all(), path
-                if path == "generic" and _known_generic_shift_overflow(row, dtype, T):
-                    continue
                 _assert_within(lp, ref.log_softmax(mrow, mp.mpf(T)), dtype)
                 # finite where the mathematics is: log-probabilities off the -inf entries
                 live = row != -np.inf
                 assert np.isfinite(lp[live]).all() or _overflows(mrow, T, dtype), path
-
-
-def _known_generic_shift_overflow(row, dtype, T):
-    """The one known fault left: a float64 row whose finite entries span more
-    than DBL_MAX, at a temperature above 1, on the generic path, which forms
-    ``x - a`` (-inf) before dividing by ``T``; see the strict expected failure
-    test_generic_log_softmax_shift_beyond_dbl_max_with_temperature, which
-    goes with this exemption."""
-    live = row[np.isfinite(row)]
-    with np.errstate(over="ignore"):
-        return dtype == np.float64 and T > 1 and live.size > 1 and np.isinf(live.max() - live.min())
 
 
 def _overflows(mrow, T, dtype):
@@ -236,17 +223,13 @@ def test_softmax_family(dtype, data, layout, T):
         results[path] = (p, lp, np.atleast_1d(lse))
     assert _snapshot(x) == before, "the input was modified"
     if len(results) == 2:
-        known = np.array([_known_generic_shift_overflow(row, dtype, T) for row in values], dtype=bool)
         for a, b in zip(results["native"], results["generic"]):
-            _same_specials(a[~known], b[~known])
+            _same_specials(a, b)
     _check_family(values, dtype, T, results)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generic path: x - a overflows to -inf before the division by the temperature "
-    "(the native kernels form it from halves); the fix belongs in the shared formulas",
-)
+# Found by this campaign: the generic path formed x - a (-inf beyond DBL_MAX)
+# before dividing by the temperature.
 def test_generic_log_softmax_shift_beyond_dbl_max_with_temperature():
     # log_softmax([DBL_MAX, -1e300], T=3) is [0, -5.99e307]; the generic path gave [0, -inf]
     x = np.array([[np.finfo(np.float64).max, -1e300]])
