@@ -25,7 +25,11 @@ if not _PATH.exists():
 
 _spec = importlib.util.spec_from_file_location("_scipy_test_logsumexp_on_softmaxkit", _PATH)
 upstream = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(upstream)
+try:
+    _spec.loader.exec_module(upstream)
+except ImportError as exc:
+    # Older SciPy test modules import testing helpers that this SciPy lacks or moved.
+    pytest.skip(f"SciPy {scipy.__version__}'s test module cannot be loaded here: {exc}", allow_module_level=True)
 upstream.logsumexp = smk.logsumexp
 upstream.softmax = smk.softmax
 upstream.log_softmax = smk.log_softmax
