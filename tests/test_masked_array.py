@@ -149,3 +149,14 @@ def test_functions_without_where_refuse_a_masked_array(name, call):
     # these silently dropped the mask (numpy.asarray) and computed with the masked entries
     with pytest.raises(TypeError, match=rf"^{name} is a numpy\.ma\.MaskedArray.*{name}\.filled\(value\).*where=~mask"):
         call()
+
+
+def test_masked_array_with_nothing_masked_takes_the_native_path():
+    # with no entry masked, the data goes on as a plain array (where=None), which the kernels accept
+    from softmaxkit import _validate
+
+    x = np.ones((2, 3), dtype=np.float32)
+    for m in (np.ma.masked_array(x), np.ma.masked_array(x, mask=np.zeros((2, 3), bool))):
+        data, where = _validate.unmask(m, None)
+        assert type(data) is np.ndarray and where is None
+        assert _native.eligible(data, -1) == _native.active()

@@ -93,7 +93,11 @@ def unmask(x: Any, where: Any) -> tuple[Any, Any]:
     """
     if not isinstance(x, np.ma.MaskedArray):
         return x, where
-    keep = ~np.ma.getmaskarray(x)
+    mask = np.ma.getmask(x)
+    if mask is np.ma.nomask or not mask.any():
+        # nothing masked: the plain data, so that the native kernels may take it
+        return x.data, where
+    keep = ~mask
     if where is not None:
         keep = keep & where_mask(np, where, keep.shape)
     return x.data, keep
