@@ -291,7 +291,8 @@ def _check_ce_row(row, t, loss, grad, dtype, eps, z, weight):
     finite = [v != -ref.INF for v in mrow]
     coef, w_t = ref.hard_coef(len(mrow), t, eps, weight, finite)
     exact_loss, exact_grad = ref.cross_entropy(mrow, coef, z, w_t)
-    _assert_within([loss], [exact_loss], dtype)
+    if not _known_loss_term_overflow(row, dtype, exact_loss):
+        _assert_within([loss], [exact_loss], dtype)
     assert np.isfinite(grad).all()
     if eps == 0 and z == 0:
         _assert_within(grad, exact_grad, dtype)
@@ -310,3 +311,34 @@ def test_layouts_hold_the_same_values():
     assert not _layout(values, np.dtype(np.float32), "unaligned").flags.aligned
     assert _layout(values, np.dtype(np.float32), "negative").strides[1] < 0
     assert math.isinf(float(_rounded(mp.mpf(2) ** 1025, np.dtype(np.float64))))
+
+
+def _known_loss_term_overflow(row, dtype, exact_loss):
+    """A known fault, on both paths: a float64 row whose finite entries span more
+    than DBL_MAX has a - x_j = +inf, and a coefficient c_j < 1 (smoothing, class
+    weights) does not bring the term c_j (a - x_j) back into range, so the loss
+    is +inf where the exact loss is finite.  Exempted by exactly this condition;
+    test_loss_term_beyond_dbl_max_with_smoothing is its strict expected failure
+    and goes with it."""
+    live = row[np.isfinite(row)]
+    with np.errstate(over="ignore"):
+        span_overflows = live.size > 1 and np.isinf(live.max() - live.min())
+    return dtype == np.float64 and span_overflows and abs(exact_loss) <= np.finfo(np.float64).max
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a - x_j overflows to +inf before a coefficient below 1 multiplies it "
+    "(a float64 row spanning more than DBL_MAX), on both paths; the fix belongs in the shared formulas and the kernels",
+)
+@pytest.mark.parametrize("path", ["native", "generic"])
+def test_loss_term_beyond_dbl_max_with_smoothing(path):
+    # cross_entropy([[DBL_MAX, -1e300]], [0], label_smoothing=0.1) is 8.99e306; both paths give inf
+    if path == "native" and not _native.available():
+        pytest.skip("the native extension is not built")
+    x = np.array([[np.finfo(np.float64).max, -1e300]])
+    row = ref.to_mp(x[0])
+    coef, w_t = ref.hard_coef(2, 0, 0.1)
+    with _path(path):
+        loss = smk.cross_entropy(x, np.array([0]), label_smoothing=0.1, reduction="none")
+    _assert_within(loss, [ref.cross_entropy(row, coef, 0, w_t)[0]], np.dtype(np.float64))
