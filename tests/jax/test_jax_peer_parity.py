@@ -214,7 +214,7 @@ def test_optax_row_shaped_where():
 
 
 def test_softplus_gradients_like_jax_nn():
-    check_grads(smk.softplus, (1e-8,), order=4)
+    check_grads(smk.softplus, (1e-8,), order=2)
     check_grads(smk.softplus, (0.0,), order=1)
     check_grads(smk.softplus, (-INF,), order=1)
     check_grads(smk.softplus, (math.nan,), order=1)
