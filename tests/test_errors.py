@@ -1,5 +1,6 @@
 """Bad input raises an exception whose message names the argument and the value."""
 
+import contextlib
 import re
 
 import numpy as np
@@ -135,3 +136,27 @@ def test_errors_survive_python_optimise_mode():
     code = "import softmaxkit as s\ntry:\n    s.softmax([1.0], temperature=0)\nexcept ValueError as e:\n    print(e)"
     out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, check=True).stdout
     assert "temperature must be finite and > 0" in out
+
+
+# Regression: a non-negative ignore_index with probability targets was
+# silently unused by the NumPy and JAX front ends while softmaxkit.torch
+# refused it as torch does; one rule now serves all three.
+@pytest.mark.parametrize("route", ["numpy", "list", "generic"])
+def test_ignore_index_with_probability_targets_is_refused(route):
+    import softmaxkit
+
+    x = np.zeros((2, 3))
+    q = np.full((2, 3), 1 / 3)
+    targets = q.tolist() if route == "list" else q
+    with softmaxkit._native.disabled() if route == "generic" else contextlib.nullcontext():
+        with pytest.raises(ValueError, match=r"ignore_index=1 cannot be used with probability targets"):
+            smk.cross_entropy(x, targets, ignore_index=1)
+        assert np.isfinite(smk.cross_entropy(x, targets, ignore_index=-1))
+
+
+def test_ignore_index_with_probability_labels_is_refused_in_jax():
+    jnp = pytest.importorskip("jax.numpy")
+    import softmaxkit.jax as smj
+
+    with pytest.raises(ValueError, match=r"ignore_index=0 cannot be used with probability targets"):
+        smj.cross_entropy(jnp.zeros((2, 3)), jnp.full((2, 3), 1 / 3), ignore_index=0)

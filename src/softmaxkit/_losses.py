@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import array_api_compat
+import numpy as np
 
 from softmaxkit import _dispatch
 from softmaxkit import _native
@@ -178,6 +179,8 @@ def cross_entropy(
     eps = v.in_unit_interval(label_smoothing, "label_smoothing")
     z = v.non_negative(z_loss, "z_loss")
     ignore_index = v.integer(ignore_index, "ignore_index")
+    if isinstance(targets, np.ndarray) and targets.dtype.kind == "f":  # the native kernels' probability targets
+        v.probability_targets_ignore_index(ignore_index, targets.dtype, "targets")
     native = _native.cross_entropy(logits, targets, axis, weight, ignore_index, eps, reduction, z, return_grad)
     if native is not None:
         return native
@@ -195,6 +198,7 @@ def cross_entropy(
         _check_class_indices(xp, t, n_classes, ignore_index, "targets")
         t_rows = xp.reshape(t, (layout.n_rows,))
     else:
+        v.probability_targets_ignore_index(ignore_index, t.dtype, "targets")
         q_rows = layout.rows(t)
     # The rows go through in chunks (see _layout.chunk_rows): the gradient
     # of each is final when written, so a mean's denominator comes first.

@@ -140,6 +140,19 @@ def target_kind(xp: Any, t: Any, name: str) -> str:
     raise TypeError(f"{name} must hold integer class indices or floating probabilities; got dtype {t.dtype}")
 
 
+def probability_targets_ignore_index(ignore_index: int, dtype: Any, name: str) -> None:
+    """PyTorch's rule: ``ignore_index`` means nothing to probability targets.
+
+    Its negative values (the default -100 among them) pass unused; a
+    non-negative one, which would name a class, is refused.
+    """
+    if ignore_index >= 0:
+        raise ValueError(
+            f"ignore_index={ignore_index} cannot be used with probability targets ({name} of floating dtype {dtype}); "
+            "it applies to class indices only: leave it negative (default -100)"
+        )
+
+
 def axis(value: Any, ndim: int, name: str = "axis", allow_many: bool = False) -> tuple[int, ...]:
     """Normalise an axis (or, with ``allow_many``, a tuple of axes or None)."""
     if value is None and allow_many:

@@ -551,6 +551,7 @@ def cross_entropy(
         denominator = jnp.sum(row_w)
     elif jnp.issubdtype(labels.dtype, jnp.floating):
         v.target_shape("float", labels.shape, x.shape, axes[0], "labels", "logits", "axis")
+        v.probability_targets_ignore_index(ignore_index, labels.dtype, "labels")
         _require_none(labels < 0, f"labels {v.NEGATIVE_PROBABILITY}")
         q, _ = _to_rows(labels, axes)
         coef, row_w = num.class_coefficients(jnp, xw, eps, w, probs=q.reshape(-1, n_classes).astype(work))

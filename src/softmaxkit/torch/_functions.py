@@ -770,13 +770,7 @@ def cross_entropy(
             ),
         )
     else:
-        # torch's rule: ignore_index means nothing to probability targets, and
-        # only its negative values (the default -100 among them) are let pass.
-        if ignore_index >= 0:
-            raise ValueError(
-                f"ignore_index={ignore_index} cannot be used with probability targets (floating target of dtype "
-                f"{target.dtype}); it applies to class indices only: leave it negative (default -100)"
-            )
+        v.probability_targets_ignore_index(ignore_index, target.dtype, "target")
         t2 = _rows_view(target, cdim).to(x.device)
         _require_none(
             t2 < 0,
