@@ -120,7 +120,8 @@ def cross_entropy(
         Finite per-class weights (PyTorch's ``weight``); negative ones are
         allowed, as in PyTorch.
     ignore_index : int, default -100
-        Index targets equal to it contribute neither loss nor gradient.
+        Index targets equal to it contribute neither loss nor gradient.  With
+        probability targets it must be negative (as in PyTorch).
     label_smoothing : float in [0, 1], default 0
     reduction : {"mean", "sum", "none"}, default "mean"
         "mean" divides by the sum of row weights (the number of non-ignored

@@ -479,7 +479,8 @@ def cross_entropy(
         Finite class weights (negative ones included, as in PyTorch); with
         several class axes also of the shape of the class slice.
     ignore_index : int, default -100
-        Labels equal to it contribute no loss and no gradient.
+        Labels equal to it contribute no loss and no gradient.  With
+        probability labels it must be negative (as in PyTorch).
     label_smoothing : float in [0, 1], default 0
     z_loss : float >= 0, default 0
     reduction : {"mean", "sum", "none"}, default "mean"
