@@ -122,7 +122,7 @@ def test_bad_z_loss_and_flags():
 
 def test_bad_binary_targets_and_pos_weight():
     _raises(ValueError, r"targets must be probabilities in \[0, 1\]; got targets\[0, 2\] = 1.5", smk.binary_cross_entropy_with_logits, X, np.array([[0, 0, 1.5], [0, 0, 0]]))
-    _raises(ValueError, r"pos_weight must be >= 0; got pos_weight\[0, 1\] = -2.0", smk.binary_cross_entropy_with_logits, X, np.zeros_like(X), pos_weight=np.array([1.0, -2.0, 1.0]))
+    _raises(ValueError, r"pos_weight must be finite; got pos_weight\[0, 1\] = nan", smk.binary_cross_entropy_with_logits, X, np.zeros_like(X), pos_weight=np.array([1.0, np.nan, 1.0]))
 
 
 def test_where_must_be_boolean():

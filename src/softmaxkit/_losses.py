@@ -323,8 +323,8 @@ def binary_cross_entropy_with_logits(
     weight : array, optional
         Broadcastable to ``logits``.
     pos_weight : array, optional
-        Non-negative, broadcastable to ``logits`` (per class along the last
-        axis, as in PyTorch).
+        Finite (negative values included, as in PyTorch), broadcastable to
+        ``logits`` (per class along the last axis, as in PyTorch).
     reduction : {"mean", "sum", "none"}, default "mean"
         "mean" averages over all elements.
     return_grad : bool, default False
@@ -378,9 +378,9 @@ def binary_cross_entropy_with_logits(
 
     w = _factor(weight, "weight")
     beta = _factor(pos_weight, "pos_weight")
-    if beta is not None and bool(xp.any(beta < 0)):
-        pos = v.first_position(beta < 0)
-        raise ValueError(f"pos_weight must be >= 0; got pos_weight{list(pos)} = {float(v.to_numpy(beta)[pos])!r}")
+    if beta is not None and bool(xp.any(v.bad_weight(xp, beta))):
+        pos = v.first_position(v.bad_weight(xp, beta))
+        raise ValueError(f"{v.BAD_POS_WEIGHT}; got pos_weight{list(pos)} = {float(v.to_numpy(beta)[pos])!r}")
     loss, grad = num.binary_cross_entropy(xp, x, y, beta, return_grad)
     if w is not None:
         loss = w * loss

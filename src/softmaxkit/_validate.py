@@ -319,4 +319,6 @@ def bad_weight(xp: Any, w: Any) -> Any:
 
 
 BAD_WEIGHT = "weight must be finite"
+# pos_weight follows the class-weight rule: any finite value, as in PyTorch.
+BAD_POS_WEIGHT = "pos_weight must be finite"
 NEGATIVE_PROBABILITY = "must be non-negative probabilities"

@@ -760,7 +760,7 @@ def _core_binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weigh
     w = factor(weight, "weight")
     beta = factor(pos_weight, "pos_weight")
     if beta is not None:
-        _require_none(beta < 0, "pos_weight must be >= 0")
+        _require_none(v.bad_weight(jnp, beta), v.BAD_POS_WEIGHT)
     loss, grad = num.binary_cross_entropy(jnp, x.astype(work), yw, beta, return_grad)
     if w is not None:
         loss = w * loss

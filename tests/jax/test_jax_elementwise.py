@@ -157,7 +157,7 @@ def test_bce_with_logits_on_jax_arrays_matches_numpy_path():
     [
         ({"targets": jnp.array([0.5, 1.5])}, ValueError, r"\[0, 1\]"),
         ({"targets": jnp.array([0.5])}, ValueError, "shape of logits"),
-        ({"pos_weight": jnp.array([-1.0])}, ValueError, "pos_weight must be >= 0"),
+        ({"pos_weight": jnp.array([jnp.inf])}, ValueError, "pos_weight must be finite"),
         ({"weight": jnp.ones(3)}, ValueError, "does not broadcast"),
         ({"reduction": "avg"}, ValueError, "reduction"),
         ({"targets": jnp.array([True, False])}, TypeError, "targets"),

@@ -260,3 +260,20 @@ def test_nll_loss_bad_inputs_raise_clear_errors(call, error, match):
     y = torch.log_softmax(_rand(3, 4), 1)
     with pytest.raises(error, match=match):
         call(y, torch.tensor([0, 1, 2]))
+
+
+# Regression: pos_weight had to be >= 0 in every front end, while torch
+# accepts any value; the rule is now the class weights' (finite, any sign).
+def test_negative_pos_weight_matches_torch():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(4, 3, dtype=torch.float64)
+    beta = torch.tensor([1.5, -0.5, 0.0], dtype=torch.float64)
+    ours = smt.binary_cross_entropy_with_logits(x, y, pos_weight=beta)
+    (g_ours,) = torch.autograd.grad(ours, x)
+    theirs = torch.nn.functional.binary_cross_entropy_with_logits(x, y, pos_weight=beta)
+    (g_theirs,) = torch.autograd.grad(theirs, x)
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(g_ours, g_theirs)
+    numpy_loss = smk.binary_cross_entropy_with_logits(x.detach().numpy(), y.numpy(), pos_weight=beta.numpy())
+    np.testing.assert_allclose(numpy_loss, theirs.item(), rtol=1e-13)

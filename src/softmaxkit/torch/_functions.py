@@ -966,8 +966,8 @@ def binary_cross_entropy_with_logits(
         Broadcastable to ``input``.
     reduction : {"mean", "sum", "none"}, default "mean"
     pos_weight : torch.Tensor, optional
-        Non-negative, broadcastable to ``input`` (per class along the last
-        dimension).
+        Finite (negative values included, as in torch), broadcastable to
+        ``input`` (per class along the last dimension).
 
     Returns
     -------
@@ -1007,7 +1007,7 @@ def binary_cross_entropy_with_logits(
     beta = factor(pos_weight, "pos_weight")
     if beta is not None:
         _require_none(
-            beta < 0,
-            lambda pos: "pos_weight must be >= 0" + ("" if pos is None else f"; got {float(beta[pos])!r}"),
+            v.bad_weight(xp, beta),
+            lambda pos: v.BAD_POS_WEIGHT + ("" if pos is None else f"; got {float(beta[pos])!r}"),
         )
     return _apply(_BinaryCrossEntropy, _BinaryCrossEntropyTraced, x, y, w, beta, reduction)
