@@ -107,7 +107,7 @@ class TestBadFiles:
         assert_one_line_error(*run(capsys, tmp_path / "none.npy"), "no such file")
 
     def test_directory(self, tmp_path, capsys):
-        assert_one_line_error(*run(capsys, tmp_path), "is a directory")
+        assert_one_line_error(*run(capsys, tmp_path), "not a regular file (a directory)")
 
     def test_unsupported_suffix(self, tmp_path, capsys):
         path = tmp_path / "logits.csv"

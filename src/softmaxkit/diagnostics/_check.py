@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import stat
 import sys
 import warnings
 import zipfile
@@ -32,6 +31,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from softmaxkit.diagnostics._files import UnusableFile, open_regular
 from softmaxkit.diagnostics._report import diagnose
 
 # What a file may declare without --max-bytes: the larger of these.  An honest
@@ -184,39 +184,9 @@ def load(path: str, max_bytes: int | None = None) -> tuple[Any, Any]:
 
 def _open_regular_file(path: str) -> BinaryIO:
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise BadFile("is a symbolic link to a missing file" if os.path.islink(path) else "no such file") from None
-    except OSError as exc:
-        raise BadFile(f"cannot be opened: {exc.strerror or exc}") from None
-    _require_regular(st.st_mode)
-    # The path can change between stat and open: O_NONBLOCK keeps open() of a
-    # FIFO from waiting for a writer, and fstat checks what was opened.
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise BadFile(f"cannot be opened: {exc.strerror or exc}") from None
-    try:
-        _require_regular(os.fstat(fd).st_mode)
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb")
-
-
-def _require_regular(mode: int) -> None:
-    if stat.S_ISREG(mode):
-        return
-    kinds = (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    kind = next((name for test, name in kinds if test(mode)), "not a plain file")
-    raise BadFile(f"is {kind}, not a regular file")
+        return open_regular(path)
+    except UnusableFile as exc:
+        raise BadFile(exc.reason) from None
 
 
 class _Limit:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import errno
 import fnmatch
 import io
 import json
 import os
 import re
-import stat
 import tokenize
 from pathlib import Path
 
+from softmaxkit.diagnostics._files import UnusableFile, open_regular
 from softmaxkit.diagnostics.lint._flow import Analysis
 from softmaxkit.diagnostics.lint._rule import Finding, Rule
 from softmaxkit.diagnostics.lint._rules import RULES, SYNTAX_ERROR
@@ -50,13 +49,6 @@ _HELP_LINE = re.compile(r"^\s*[\w.]+\?{1,2}\s*$")
 # 10 MiB; notebooks carry their outputs (images, tables), so they get more.
 MAX_SOURCE_BYTES = 10 * 2**20
 MAX_NOTEBOOK_BYTES = 50 * 2**20
-_FILE_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
 
 
 class UsageError(Exception):
@@ -267,44 +259,19 @@ def collect_files(paths: list[str], configs: ConfigFinder) -> list[Path]:
 def read_file(path: Path, limit: int) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes.
 
-    Anything else raises ``_Unreadable``. The file is examined before it is
-    opened and opened without blocking, so a FIFO or a device (``/dev/zero``
-    behind a symbolic link) is never read.
+    Anything else raises ``_Unreadable`` (see :func:`open_regular`: a FIFO or
+    a device, ``/dev/zero`` behind a symbolic link say, is never read).
     """
     try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise _Unreadable("broken symbolic link (its target does not exist)", False) from None
-        raise _Unreadable("it no longer exists", False) from None
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise _Unreadable("symbolic link loop", False) from None
-        raise _Unreadable(f"cannot be read: {error.strerror}", True) from None
-    _check_kind(info, limit)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        descriptor = os.open(path, flags)
-    except OSError as error:
-        raise _Unreadable(f"cannot be read: {error.strerror}", True) from None
-    with open(descriptor, "rb") as file:
-        # Checked again on the open file: the entry may have been replaced since.
-        _check_kind(os.fstat(descriptor), limit)
-        try:
+        with open_regular(path, limit) as file:
             data = file.read(limit + 1)
-        except OSError as error:
-            raise _Unreadable(f"cannot be read: {error.strerror}", True) from None
+    except UnusableFile as error:
+        raise _Unreadable(error.reason, not error.special) from None
+    except OSError as error:
+        raise _Unreadable(f"cannot be read: {error.strerror or error}", True) from None
     if len(data) > limit:
         raise _Unreadable(f"larger than the {limit // 2**20} MiB limit", True)
     return data
-
-
-def _check_kind(info: os.stat_result, limit: int) -> None:
-    if not stat.S_ISREG(info.st_mode):
-        kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "a special file")
-        raise _Unreadable(f"not a regular file ({kind})", False)
-    if info.st_size > limit:
-        raise _Unreadable(f"larger than the {limit // 2**20} MiB limit ({info.st_size} bytes)", True)
 
 
 # ---- linting ---------------------------------------------------------------
