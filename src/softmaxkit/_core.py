@@ -2,10 +2,10 @@
 
 Public functions validate once, move the reduced axis to the end, convert to
 the working dtype, call the shared formulas in ``_numerics`` and round once to
-the output dtype.  softmax and log_softmax (and cross_entropy in
-``_losses``) do the last three steps a chunk of whole rows at a time (see
-``_layout.chunk_rows``), so their peak memory is the output plus a few
-chunks, whatever the input's size.
+the output dtype.  Every function here on real input (and the losses in
+``_losses``) does the last three steps a chunk of whole rows at a time (see
+``_layout.chunk_rows``), so its peak memory is the output plus a few
+chunks, whatever the input's size; complex logsumexp is done whole.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from softmaxkit import _dispatch
@@ -237,7 +238,10 @@ def logsumexp(
     ``max|x|``.  With weights ``b >= 0`` in float64 the bound is 4 ULP of
     ``max(|lse|, max|x|, 1)``: the rounding of each ``e^{x_i - a}`` is
     weighted by ``b_i``.  Mixed-sign weights are as accurate as the
-    cancellation in the sum allows.
+    cancellation in the sum allows.  Real input away from the native kernels
+    is reduced a chunk of rows at a time: peak memory is the result plus a
+    few tens of MiB (and one copy of ``x`` where the reduced axes are not
+    contiguous, or of ``b`` where its broadcast needs one).
 
     Complex input is shifted by the term of largest real part, ``k``, and
     the rest summed as ``q`` relative to it: the result is
@@ -282,26 +286,38 @@ def logsumexp(
         out_dtype = xp.result_type(out_dtype, b_dtype)
         # b and x broadcast against each other, either one growing, as in SciPy.
         shape = v.broadcast_shapes(tuple(b.shape), tuple(arr.shape), "b", "x")
-        arr = xp.broadcast_to(xp.astype(arr, out_dtype), shape)
-        b = xp.broadcast_to(xp.astype(b, out_dtype), shape)
+        # copy=False: a broadcast view, not a copy, where the dtype already fits.
+        arr = xp.broadcast_to(xp.astype(arr, out_dtype, copy=False), shape)
+        b = xp.broadcast_to(xp.astype(b, out_dtype, copy=False), shape)
     if v.is_complex(xp, out_dtype):
         return _numpy_scalars(_logsumexp_complex(xp, arr, b, axis, where, keepdims, return_sign, out_dtype))
-    xp, layout, xw, valid, out_dtype, extra = _prepare(arr, axis, where)
-    if b is None:
-        st = num.row_stats(xp, xw, valid, 1.0, extra)
-        out = num.logsumexp(xp, st)
-        sign = xp.where(xp.isnan(out), out, xp.where(st.masked_row, xp.zeros_like(out), xp.ones_like(out)))
-    else:
-        bw = layout.forward(xp.astype(b, xw.dtype))
-        nonzero = bw != 0
-        valid = nonzero if valid is None else (valid & nonzero)
-        st = num.row_stats(xp, xw, valid, 1.0, extra)
-        out, sign = num.logsumexp_weighted(xp, st, bw)
-        if not return_sign:
-            out = xp.where(sign < 0, xp.full_like(out, float("nan")), out)
-    out = layout.back_reduced(xp.astype(out, out_dtype), keepdims)
+    xp, layout, rows, valid, out_dtype, work, extra = _prepare_rows(arr, axis, where)
+    b_rows = None if b is None else layout.rows(b)
+    device = array_api_compat.device(rows)
+    out = xp.empty((layout.n_rows, 1), dtype=out_dtype, device=device)
+    sign = xp.empty((layout.n_rows, 1), dtype=out_dtype, device=device) if return_sign else None
+    for part in layout.chunks(_itemsize(xp, work)):
+        xw = _working(xp, rows, part, work)
+        valid_part = None if valid is None else valid[part, :]
+        if b_rows is None:
+            st = num.row_stats(xp, xw, valid_part, 1.0, extra)
+            lse = num.logsumexp(xp, st)
+            if return_sign:
+                zero_or_one = xp.where(st.masked_row, xp.zeros_like(lse), xp.ones_like(lse))
+                sign[part, :] = xp.astype(xp.where(xp.isnan(lse), lse, zero_or_one), out_dtype)
+        else:
+            bw = _working(xp, b_rows, part, work)
+            nonzero = bw != 0
+            st = num.row_stats(xp, xw, nonzero if valid_part is None else (valid_part & nonzero), 1.0, extra)
+            lse, lse_sign = num.logsumexp_weighted(xp, st, bw)
+            if return_sign:
+                sign[part, :] = xp.astype(lse_sign, out_dtype)
+            else:
+                lse = xp.where(lse_sign < 0, xp.full_like(lse, float("nan")), lse)
+        out[part, :] = xp.astype(lse, out_dtype)
+    out = layout.back_reduced(out, keepdims)
     if return_sign:
-        return _numpy_scalars((out, layout.back_reduced(xp.astype(sign, out_dtype), keepdims)))
+        return _numpy_scalars((out, layout.back_reduced(sign, keepdims)))
     return _numpy_scalars(out)
 
 
@@ -402,7 +418,9 @@ def entropy(logits: Any, axis: int = -1) -> Any:
     Accuracy: 2 ULP (float16, bfloat16, float32), 4 ULP (float64).  A
     float64 entropy below the smallest normal number (a row so confident that
     every other probability is subnormal) is within ``4 * max_j(-log p_j)``
-    subnormal spacings.  A fully masked row has entropy 0; a row with ``c`` entries at ``+inf`` has
+    subnormal spacings.  Away from the native kernels the rows are computed
+    a chunk at a time: peak memory is the result plus a few tens of MiB.
+    A fully masked row has entropy 0; a row with ``c`` entries at ``+inf`` has
     ``log c``; NaN gives NaN.
 
     Examples
@@ -411,10 +429,12 @@ def entropy(logits: Any, axis: int = -1) -> Any:
     >>> float(smk.entropy(np.zeros(4)))  # log 4
     1.3862943611198906
     """
-    xp, layout, xw, _, out_dtype, extra = _prepare(logits, axis, name="logits", allow_many=False)
-    st = num.row_stats(xp, xw, None, 1.0, extra)
-    out = num.entropy(xp, st)
-    return xp.astype(out, out_dtype)
+    xp, layout, rows, _, out_dtype, work, extra = _prepare_rows(logits, axis, name="logits", allow_many=False)
+    out = xp.empty((layout.n_rows,), dtype=out_dtype, device=array_api_compat.device(rows))
+    for part in layout.chunks(_itemsize(xp, work)):
+        st = num.row_stats(xp, _working(xp, rows, part, work), None, 1.0, extra)
+        out[part] = xp.astype(num.entropy(xp, st), out_dtype)
+    return xp.reshape(out, layout.rest_shape)
 
 
 @v.quiet
@@ -448,6 +468,8 @@ def kl_div(p: Any, q: Any, axis: int = -1, *, log_probs: bool = False) -> Any:
     Classes where ``P_j = 0`` (a ``-inf`` logit) contribute 0, also where
     ``Q_j = 0``; a class with ``P_j > 0 = Q_j`` gives ``+inf``, even when
     ``P_j`` is too small to represent; a fully masked ``P`` row gives 0.
+    The rows are computed a chunk at a time: peak memory is the result plus
+    a few tens of MiB.
 
     Examples
     --------
@@ -458,40 +480,43 @@ def kl_div(p: Any, q: Any, axis: int = -1, *, log_probs: bool = False) -> Any:
     inf
     """
     log_probs = v.flag(log_probs, "log_probs")
-    xp, layout, pw, _, p_dtype, extra = _prepare(p, axis, name="p", allow_many=False)
+    xp, layout, p_rows, _, p_dtype, _, _ = _prepare_rows(p, axis, name="p", allow_many=False)
     q = v.same_namespace(xp, q, "q")
-    _, q_layout, qw, _, q_dtype, _ = _prepare(q, axis, name="q", allow_many=False)
+    _, _, q_rows, _, q_dtype, _, _ = _prepare_rows(q, axis, name="q", allow_many=False)
     if tuple(q.shape) != layout.shape:
         raise ValueError(f"q must have the shape of p {layout.shape}; got {tuple(q.shape)}")
     out_dtype = xp.result_type(p_dtype, q_dtype)
-    work, extra = num.working_dtype(xp, out_dtype, pw)
-    pw, qw = xp.astype(pw, work), xp.astype(qw, work)
-    if log_probs:
-        log_p, log_q = pw, qw
-        prob = xp.exp(log_p)
-    else:
-        sp = num.row_stats(xp, pw, None, 1.0, extra)
-        log_p, prob = num.log_softmax(xp, sp), num.softmax(xp, sp)
-        log_q = num.log_softmax(xp, num.row_stats(xp, qw, None, 1.0, extra))
-    # Support is decided on the log scale: a class whose P_j underflows to 0
-    # still has P_j > 0, and Q_j = 0 there makes the divergence infinite.
+    work, extra = num.working_dtype(xp, out_dtype, p_rows)
+    out = xp.empty((layout.n_rows,), dtype=out_dtype, device=array_api_compat.device(p_rows))
     neg_inf = -float("inf")
-    terms = xp.where(log_q == neg_inf, xp.full_like(prob, float("inf")), prob * (log_p - log_q))
-    terms = xp.where(log_p == neg_inf, xp.zeros_like(prob), terms)
-    out = num.compensated_sum(xp, terms, extra)[..., 0]
-    return xp.astype(out, out_dtype)
+    for part in layout.chunks(_itemsize(xp, work)):
+        pw, qw = _working(xp, p_rows, part, work), _working(xp, q_rows, part, work)
+        if log_probs:
+            log_p, log_q = pw, qw
+            prob = xp.exp(log_p)
+        else:
+            sp = num.row_stats(xp, pw, None, 1.0, extra)
+            log_p, prob = num.log_softmax(xp, sp), num.softmax(xp, sp)
+            log_q = num.log_softmax(xp, num.row_stats(xp, qw, None, 1.0, extra))
+        # Support is decided on the log scale: a class whose P_j underflows to 0
+        # still has P_j > 0, and Q_j = 0 there makes the divergence infinite.
+        terms = xp.where(log_q == neg_inf, xp.full_like(prob, float("inf")), prob * (log_p - log_q))
+        terms = xp.where(log_p == neg_inf, xp.zeros_like(prob), terms)
+        out[part] = xp.astype(num.compensated_sum(xp, terms, extra)[..., 0], out_dtype)
+    return xp.reshape(out, layout.rest_shape)
 
 
 def _vjp_inputs(primal: Any, cotangent: Any, axis: Any, primal_name: str, same_shape: bool):
-    xp, layout, pw, _, out_dtype, extra = _prepare(primal, axis, name=primal_name, allow_many=False)
+    """``(xp, layout, primal_rows, cotangent_rows, out_dtype, work, extra)``, unconverted, as ``_prepare_rows``."""
+    xp, layout, p_rows, _, out_dtype, _, _ = _prepare_rows(primal, axis, name=primal_name, allow_many=False)
     ct = v.same_namespace(xp, cotangent, "cotangent")
     _, ct, ct_dtype = v.real_array(ct, "cotangent")
     out_dtype = xp.result_type(out_dtype, ct_dtype)
-    work, extra = num.working_dtype(xp, out_dtype, pw)
+    work, extra = num.working_dtype(xp, out_dtype, p_rows)
     if same_shape:
         if tuple(ct.shape) != layout.shape:
             raise ValueError(f"cotangent must have the shape of {primal_name} {layout.shape}; got {tuple(ct.shape)}")
-        ctw = layout.forward(ct)
+        ct_rows = layout.rows(ct)
     else:
         rows = layout.rest_shape
         kept = tuple(1 if i in layout.axes else s for i, s in enumerate(layout.shape))
@@ -499,8 +524,16 @@ def _vjp_inputs(primal: Any, cotangent: Any, axis: Any, primal_name: str, same_s
             ct = xp.reshape(ct, rows)
         elif tuple(ct.shape) != rows:
             raise ValueError(f"cotangent must have shape {rows} (or {kept}); got {tuple(ct.shape)}")
-        ctw = xp.reshape(ct, rows + (1,))
-    return xp, layout, xp.astype(pw, work), xp.astype(ctw, work), out_dtype, extra
+        ct_rows = xp.reshape(ct, (layout.n_rows, 1))
+    return xp, layout, p_rows, ct_rows, out_dtype, work, extra
+
+
+def _vjp_by_rows(xp, layout, p_rows, ct_rows, out_dtype, work, compute) -> Any:
+    """``compute(primal, cotangent)`` (working-dtype row chunks) written chunk by chunk into one output."""
+    out = xp.empty_like(p_rows, dtype=out_dtype)
+    for part in layout.chunks(_itemsize(xp, work)):
+        out[part, :] = xp.astype(compute(_working(xp, p_rows, part, work), _working(xp, ct_rows, part, work)), out_dtype)
+    return layout.back_rows(out)
 
 
 @v.quiet
@@ -527,7 +560,9 @@ def softmax_vjp(probs: Any, cotangent: Any, axis: int = -1) -> Any:
     for float64.  The error of each entry is within 2 ULP (4 for float64) of
     ``p_j (|v_j| + sum_i |p_i v_i|)``: the subtraction's cancellation is the
     data's.  Entries with ``p = 0`` (masked classes, fully masked rows) get
-    0, whatever their cotangent.
+    0, whatever their cotangent.  Away from the native kernels the rows are
+    computed a chunk at a time: peak memory is the output plus a few tens
+    of MiB (as for :func:`log_softmax_vjp` and :func:`logsumexp_vjp`).
 
     Examples
     --------
@@ -538,9 +573,8 @@ def softmax_vjp(probs: Any, cotangent: Any, axis: int = -1) -> Any:
     """
     if _native.eligible_pair(probs, cotangent, axis):
         return _native.softmax_vjp(probs, cotangent)
-    xp, layout, p, g, out_dtype, extra = _vjp_inputs(probs, cotangent, axis, "probs", True)
-    out = num.softmax_vjp(xp, p, g, extra)
-    return layout.back(xp.astype(out, out_dtype))
+    xp, layout, p_rows, g_rows, out_dtype, work, extra = _vjp_inputs(probs, cotangent, axis, "probs", True)
+    return _vjp_by_rows(xp, layout, p_rows, g_rows, out_dtype, work, lambda p, g: num.softmax_vjp(xp, p, g, extra))
 
 
 @v.quiet
@@ -577,9 +611,12 @@ def log_softmax_vjp(log_probs: Any, cotangent: Any, axis: int = -1) -> Any:
     """
     if _native.eligible_pair(log_probs, cotangent, axis):
         return _native.log_softmax_vjp(log_probs, cotangent)
-    xp, layout, y, g, out_dtype, extra = _vjp_inputs(log_probs, cotangent, axis, "log_probs", True)
-    out = num.log_softmax_vjp(xp, xp.exp(y), y != -float("inf"), g, extra)
-    return layout.back(xp.astype(out, out_dtype))
+    xp, layout, y_rows, g_rows, out_dtype, work, extra = _vjp_inputs(log_probs, cotangent, axis, "log_probs", True)
+
+    def compute(y, g):
+        return num.log_softmax_vjp(xp, xp.exp(y), y != -float("inf"), g, extra)
+
+    return _vjp_by_rows(xp, layout, y_rows, g_rows, out_dtype, work, compute)
 
 
 @v.quiet
@@ -611,7 +648,10 @@ def logsumexp_vjp(x: Any, cotangent: Any, axis: int = -1) -> Any:
     array([[1., 1.],
            [0., 0.]])
     """
-    xp, layout, xw, g, out_dtype, extra = _vjp_inputs(x, cotangent, axis, "x", False)
-    p = num.softmax(xp, num.row_stats(xp, xw, None, 1.0, extra))
-    out = xp.where(p == 0, xp.zeros_like(p), g * p)
-    return layout.back(xp.astype(out, out_dtype))
+    xp, layout, x_rows, g_rows, out_dtype, work, extra = _vjp_inputs(x, cotangent, axis, "x", False)
+
+    def compute(xw, g):
+        p = num.softmax(xp, num.row_stats(xp, xw, None, 1.0, extra))
+        return xp.where(p == 0, xp.zeros_like(p), g * p)
+
+    return _vjp_by_rows(xp, layout, x_rows, g_rows, out_dtype, work, compute)

@@ -15,10 +15,11 @@ import array_api_compat
 import numpy as np
 
 from softmaxkit import _dispatch
+from softmaxkit import _layout
 from softmaxkit import _native
 from softmaxkit import _numerics as num
 from softmaxkit import _validate as v
-from softmaxkit._core import _itemsize, _prepare, _prepare_rows, _working
+from softmaxkit._core import _itemsize, _prepare_rows, _working
 
 
 def _class_weight(xp: Any, weight: Any, n_classes: int, work: Any) -> Any:
@@ -267,7 +268,9 @@ def nll_loss(
     Notes
     -----
     Exact: one negation, a weight, and a compensated sum for the reductions.
-    An all-ignored batch gives 0 and a zero gradient.
+    An all-ignored batch gives 0 and a zero gradient.  The rows are computed
+    a chunk at a time: peak memory is the gradient (if asked for) plus a few
+    tens of MiB.
 
     Examples
     --------
@@ -279,7 +282,7 @@ def nll_loss(
     return_grad = v.flag(return_grad, "return_grad")
     reduction = v.reduction(reduction)
     ignore_index = v.integer(ignore_index, "ignore_index")
-    xp, layout, yw, _, out_dtype, extra = _prepare(log_probs, axis, name="log_probs", allow_many=False)
+    xp, layout, rows, _, out_dtype, work, extra = _prepare_rows(log_probs, axis, name="log_probs", allow_many=False)
     n_classes = layout.n
     if n_classes == 0:
         raise ValueError(f"log_probs has an empty class axis (axis={axis}, shape {layout.shape})")
@@ -288,14 +291,29 @@ def nll_loss(
         raise TypeError(f"targets must hold integer class indices; got dtype {t.dtype}")
     if tuple(t.shape) != layout.rest_shape:
         raise ValueError(f"targets must have shape {layout.rest_shape} (log_probs' shape without axis {axis}); got {tuple(t.shape)}")
-    w = _class_weight(xp, weight, n_classes, yw.dtype)
+    w = _class_weight(xp, weight, n_classes, work)
     _check_class_indices(xp, t, n_classes, ignore_index, "targets")
-    hot = _one_hot(xp, t, n_classes, ignore_index, yw.dtype)
-    if w is not None:
-        hot = hot * w
-    loss = -num.compensated_sum(xp, xp.where(hot == 0, xp.zeros_like(yw), hot * yw), extra)[..., 0]
-    grad = -hot if return_grad else None
-    loss, grad = _reduce(xp, loss, grad, xp.sum(hot), reduction, extra)
+    t_rows = xp.reshape(t, (layout.n_rows,))
+    size = _itemsize(xp, work)
+
+    def weighted_hot(part):
+        hot = _one_hot(xp, t_rows[part], n_classes, ignore_index, work)
+        return hot if w is None else hot * w
+
+    # A chunk's gradient is final when written, so the mean's denominator
+    # (the sum of row weights) comes first.
+    row_w = xp.empty((layout.n_rows, 1), dtype=work, device=array_api_compat.device(rows))
+    for part in layout.chunks(size):
+        row_w[part, :] = xp.sum(weighted_hot(part), axis=-1, keepdims=True)
+    denominator = xp.sum(row_w)
+    loss = xp.empty((layout.n_rows,), dtype=work, device=array_api_compat.device(rows))
+    grad = xp.empty_like(rows) if return_grad else None
+    for part in layout.chunks(size):
+        hot, yw = weighted_hot(part), _working(xp, rows, part, work)
+        loss[part] = -num.compensated_sum(xp, xp.where(hot == 0, xp.zeros_like(yw), hot * yw), extra)[..., 0]
+        if return_grad:
+            grad[part, :] = xp.astype(_reduce_grad(xp, -hot, denominator, reduction), out_dtype)
+    loss, _ = _reduce(xp, xp.reshape(loss, layout.rest_shape), None, denominator, reduction, extra)
     return _finish(xp, layout, loss, grad, out_dtype, return_grad)
 
 
@@ -340,7 +358,10 @@ def binary_cross_entropy_with_logits(
     ``max(x, 0) + log1p(exp(-|x|))``, so there is no cancellation: the common
     form ``(1 - y) x + softplus(-x)`` loses everything for ``y = 0`` and very
     negative ``x``.  Accuracy for hard targets: 2 ULP (float16, bfloat16,
-    float32), 4 ULP (float64).  Infinite logits give the limits.
+    float32), 4 ULP (float64).  Infinite logits give the limits.  On the
+    array-API path the elements are computed a chunk of slices along the
+    first axis at a time (the loss summed per slice, then over slices):
+    peak memory is the outputs plus a few tens of MiB.
 
     Examples
     --------
@@ -362,32 +383,62 @@ def binary_cross_entropy_with_logits(
         raise ValueError(f"targets must have the shape of logits {tuple(x.shape)}; got {tuple(y.shape)}")
     out_dtype = xp.result_type(out_dtype, y_dtype)
     work, extra = num.working_dtype(xp, out_dtype, x)
-    x, y = xp.astype(x, work), xp.astype(y, work)
-    outside = ~((y >= 0) & (y <= 1))
-    if bool(xp.any(outside)):
-        pos = v.first_position(outside)
-        raise ValueError(f"targets must be probabilities in [0, 1]; got targets{list(pos)} = {float(v.to_numpy(y)[pos])!r}")
     shape = tuple(x.shape)
+    # The elements go through in chunks of whole slices along the first axis
+    # (single elements for 1-D input), each flattened to a row: the loss is
+    # summed per slice, then over slices, so no chunk size changes a bit.
+    flat_shape = shape if shape else (1,)
+    x, y = xp.reshape(x, flat_shape), xp.reshape(y, flat_shape)
+    width = math.prod(flat_shape[1:])
+    step = _layout.chunk_rows(width, _itemsize(xp, work))
+    parts = [slice(start, min(start + step, flat_shape[0])) for start in range(0, flat_shape[0], step)]
+
+    def chunk(a, part):
+        piece = a[part, ...]
+        return xp.reshape(xp.astype(xp.reshape(piece, (-1,)), work), (part.stop - part.start, width))
+
+    for part in parts:
+        yw = chunk(y, part)
+        if bool(xp.any(~((yw >= 0) & (yw <= 1)))):
+            pos = v.first_position(~((y >= 0) & (y <= 1)))
+            raise ValueError(f"targets must be probabilities in [0, 1]; got targets{list(pos)} = {float(v.to_numpy(y)[pos])!r}")
 
     def _factor(value, name):
         if value is None:
             return None
         f = v.same_namespace(xp, value, name)
         _, f, _ = v.real_array(f, name)
-        return v.broadcast_to(xp, xp.astype(f, work), shape, name, "logits")
+        # Broadcast views: nothing of the logits' size is made.
+        return xp.reshape(v.broadcast_to(xp, xp.astype(f, work), shape, name, "logits"), flat_shape)
 
     w = _factor(weight, "weight")
     beta = _factor(pos_weight, "pos_weight")
     if beta is not None and bool(xp.any(v.bad_weight(xp, beta))):
         pos = v.first_position(v.bad_weight(xp, beta))
         raise ValueError(f"{v.BAD_POS_WEIGHT}; got pos_weight{list(pos)} = {float(v.to_numpy(beta)[pos])!r}")
-    loss, grad = num.binary_cross_entropy(xp, x, y, beta, return_grad)
-    if w is not None:
-        loss = w * loss
-        grad = None if grad is None else w * grad
-    denominator = xp.asarray(float(math.prod(shape)), dtype=work)
-    loss, grad = _reduce(xp, loss, grad, denominator, reduction, extra)
-    loss = xp.astype(loss, out_dtype)
+    device = array_api_compat.device(x)
+    sums = None if reduction == "none" else xp.empty((flat_shape[0],), dtype=work, device=device)
+    loss_out = xp.empty(flat_shape, dtype=out_dtype, device=device) if reduction == "none" else None
+    grad = xp.empty(flat_shape, dtype=out_dtype, device=device) if return_grad else None
+    denominator = xp.asarray(float(math.prod(shape)), dtype=work, device=device)
+    for part in parts:
+        loss, g = num.binary_cross_entropy(xp, chunk(x, part), chunk(y, part), None if beta is None else chunk(beta, part), return_grad)
+        if w is not None:
+            w_part = chunk(w, part)
+            loss = w_part * loss
+            g = None if g is None else w_part * g
+        piece_shape = (part.stop - part.start,) + flat_shape[1:]
+        if reduction == "none":
+            loss_out[part, ...] = xp.reshape(xp.astype(loss, out_dtype), piece_shape)
+        else:
+            sums[part] = num.compensated_sum(xp, loss, extra)[..., 0]
+        if return_grad:
+            grad[part, ...] = xp.reshape(xp.astype(_reduce_grad(xp, g, denominator, reduction), out_dtype), piece_shape)
+    if reduction == "none":
+        loss = xp.reshape(loss_out, shape)
+    else:
+        loss, _ = _reduce(xp, sums, None, denominator, reduction, extra)
+        loss = xp.astype(loss, out_dtype)
     if not return_grad:
         return loss
-    return loss, xp.astype(grad, out_dtype)
+    return loss, xp.reshape(grad, shape)
