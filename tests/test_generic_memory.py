@@ -261,3 +261,41 @@ def test_torch_tensors_through_the_generic_path(monkeypatch):
         ]
     for u, v in zip(run(x), expected):
         np.testing.assert_array_equal(u.numpy(), v)
+
+
+# What broke: softmaxkit.torch split its rows by an element count of its own,
+# so the library had two chunk sizes and _layout.CHUNK_BYTES did not govern it.
+def test_torch_rows_follow_the_one_chunk_rule(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import softmaxkit.torch as smt
+    from softmaxkit import _native
+    from softmaxkit.torch import _functions
+
+    seen = []
+
+    def compute(rows):
+        seen.append(rows.shape[0])
+        return (rows * 2,)
+
+    monkeypatch.setattr(_layout, "CHUNK_BYTES", 3 * 4 * 8)  # three rows of 4 float64 entries
+    with torch.no_grad():
+        out = _functions._by_rows(compute, torch.ones(10, 4, dtype=torch.float32))[0]
+    assert seen == [3, 3, 3, 1] and torch.equal(out, torch.full((10, 4), 2.0))
+
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(37, 11, generator=gen)
+    t = torch.randint(0, 11, (37,), generator=gen)
+
+    def run():
+        a = x.clone().requires_grad_()
+        loss = smt.cross_entropy(a, t, label_smoothing=0.1)
+        loss.backward()
+        with torch.no_grad():
+            return loss.detach(), a.grad, smt.softmax(x, 1)
+
+    with _native.disabled():
+        split = run()
+        monkeypatch.setattr(_layout, "CHUNK_BYTES", 1 << 30)
+        whole = run()
+    for u, v in zip(split, whole):
+        assert torch.equal(u, v)

@@ -48,6 +48,7 @@ import array_api_compat.torch as _compat
 import numpy as np
 import torch
 
+from softmaxkit import _layout
 from softmaxkit import _native
 from softmaxkit import _numerics as num
 from softmaxkit import _validate as v
@@ -76,11 +77,6 @@ class _Namespace:
 
 
 xp = _Namespace()
-
-# About 8 MiB of float64 per temporary: a few dozen of them stay in cache
-# and the Python overhead per chunk stays small next to the arithmetic.
-_CHUNK_ELEMENTS = 1 << 20
-
 
 def working_dtype(dtype: torch.dtype, device: torch.device) -> tuple[torch.dtype, bool]:
     """The dtype to compute in, and whether it is wider than ``dtype``.
@@ -133,10 +129,12 @@ def _by_rows(compute: Callable[..., tuple], *rows: torch.Tensor | None) -> tuple
     Every entry of ``rows`` (``None`` passes through) has the rows first and,
     for the first one, the classes last.  ``compute`` returns a tuple of
     tensors with a leading row axis; each is written into one preallocated
-    output.
+    output.  The chunk size is the generic path's (``_layout.chunk_rows``,
+    in the first entry's working dtype).
     """
     n_rows, width = rows[0].shape[0], rows[0].shape[-1]
-    step = max(1, _CHUNK_ELEMENTS // max(width, 1))
+    work, _ = working_dtype(rows[0].dtype, rows[0].device)
+    step = _layout.chunk_rows(width, work.itemsize)
     if n_rows <= step or not _plain(*rows):
         return compute(*rows)
     outs = None
