@@ -10,7 +10,8 @@ from softmaxkit import _validate as v
 
 def _apply(x: Any, formula) -> Any:
     xp, x, out_dtype = v.real_array(x, "x")
-    work, _ = num.working_dtype(xp, out_dtype)
+    # Device-aware: float32 where x's device has no float64.
+    work, _ = num.working_dtype(xp, out_dtype, x)
     return xp.astype(formula(xp, xp.astype(x, work)), out_dtype)
 
 
@@ -22,7 +23,9 @@ def sigmoid(x: Any) -> Any:
 
     The first form is used for ``x >= 0`` and the second for ``x < 0``, so the
     exponential never overflows and small results keep full relative
-    accuracy.  Accuracy: 2 ULP (float16, bfloat16, float32), 4 ULP (float64).
+    accuracy.  Accuracy: 2 ULP (float16, bfloat16, float32), 4 ULP (float64);
+    3 ULP for float32 on an array-API device without float64, where it is
+    computed in float32.
     Under ``jax.grad`` or PyTorch autograd the derivative is
     ``sigmoid(x) (1 - sigmoid(x))`` everywhere: 1/4 at ``x = 0`` and ``-0``,
     0 at ``±inf``.
@@ -51,7 +54,8 @@ def softplus(x: Any) -> Any:
     .. math:: \operatorname{softplus}(x) = \max(x, 0) + \operatorname{log1p}(e^{-|x|})
 
     Both terms are non-negative.  Accuracy: 2 ULP (float16, bfloat16,
-    float32), 4 ULP (float64).  ``softplus(-inf) = 0``, ``softplus(inf) = inf``.
+    float32), 4 ULP (float64); 3 ULP for float32 on an array-API device
+    without float64, where it is computed in float32.  ``softplus(-inf) = 0``, ``softplus(inf) = inf``.
     The branches are selected on ``x >= 0`` (rather than through ``max`` and
     ``abs``, whose kinks at 0 have conventional derivatives), so under
     ``jax.grad`` or PyTorch autograd the derivative is ``sigmoid(x)``
@@ -81,7 +85,9 @@ def log_sigmoid(x: Any) -> Any:
     .. math:: \log\sigma(x) = -\max(-x, 0) - \operatorname{log1p}(e^{-|x|})
 
     ``log(sigmoid(x))`` underflows to ``-inf`` below about ``x = -745``
-    (float64); this stays exact.  Its derivative under ``jax.grad`` or
+    (float64); this stays exact: 2 ULP (float16, bfloat16, float32), 4 ULP
+    (float64), 3 ULP for float32 on an array-API device without float64.
+    Its derivative under ``jax.grad`` or
     PyTorch autograd is ``sigmoid(-x)`` everywhere, 1/2 at 0.
 
     Parameters

@@ -106,8 +106,8 @@ def unmask(x: Any, where: Any) -> tuple[Any, Any]:
 def real_array(x: Any, name: str) -> tuple[Any, Any, Any]:
     """``(xp, x, out_dtype)`` for a real-valued input.
 
-    Integer arrays are promoted to float64 (float32 where the namespace has
-    no float64); bool, complex, string and object arrays raise ``TypeError``.
+    Integer arrays are promoted to float64 (float32 where the namespace, or
+    the array's device, has no float64); bool, complex, string and object arrays raise ``TypeError``.
     """
     xp, arr = namespace_of(x, name)
     kind = _kind(xp, arr.dtype)
@@ -116,7 +116,8 @@ def real_array(x: Any, name: str) -> tuple[Any, Any, Any]:
     if kind == "int":
         from softmaxkit._numerics import working_dtype
 
-        wide, _ = working_dtype(xp, xp.float32)
+        # float32 on a device without float64 (see working_dtype).
+        wide, _ = working_dtype(xp, xp.float32, arr)
         return xp, xp.astype(arr, wide), wide
     raise TypeError(f"{name} must be a real floating or integer array; got dtype {arr.dtype}")
 
