@@ -1,4 +1,4 @@
-"""Peak memory of the generic (array-API) path: softmax, log_softmax, logsumexp, cross_entropy.
+"""Peak memory of the generic (array-API) path: every row-wise function and loss.
 
 The generic path serves bfloat16 (always), a class axis other than the last,
 ``where=``, non-contiguous input, ``diagnose``, ``sample``,
@@ -9,8 +9,8 @@ two-row slice (imports, first-call set-up), the peak resident set is reset
 (``/proc/self/clear_refs``), and the peak after the full call (``VmHWM``)
 minus the resident set before it is the call's peak growth (``ru_maxrss``
 would also hold the parent's peak, which Linux carries across exec).  The
-table gives it in MiB and divided by the output (the gradient for
-cross-entropy with ``return_grad``), with the median time of the timed
+table gives it in MiB and divided by the output (the largest one: the
+gradient for the losses with ``return_grad``), with the median time of the timed
 repeats that follow in the same process.
 
     PYTHONPATH=src python benchmarks/bench_generic_memory.py [--scale 4] [--src DIR] [--label NAME]
@@ -43,6 +43,15 @@ CASES = [
     ("logsumexp", "float32", 1024, 131072),
     ("cross_entropy+grad", "bfloat16", 256, 131072),
     ("softmax", "bfloat16", 256, 131072),
+    ("logsumexp+b+sign", "float32", 1024, 131072),
+    ("entropy", "float32", 1024, 131072),
+    ("kl_div", "float32", 1024, 131072),
+    ("softmax_vjp", "float32", 1024, 131072),
+    ("log_softmax_vjp", "float32", 1024, 131072),
+    ("logsumexp_vjp", "float32", 1024, 131072),
+    ("nll_loss+grad", "float32", 1024, 131072),
+    ("bce", "float32", 1024, 131072),
+    ("bce+grad", "float32", 1024, 131072),
 ]
 
 CHILD = r"""
@@ -59,22 +68,36 @@ x = np.zeros((rows, classes), dtype)
 x[:, ::3] = 1
 x[:, 1::7] = -2
 t = np.arange(rows) % classes
+# A second input of x's shape (the other distribution, cotangents, binary targets).
+second = {"logsumexp+b+sign", "kl_div", "softmax_vjp", "log_softmax_vjp", "logsumexp_vjp", "bce", "bce+grad"}
+q = np.full((rows, classes), 1.0 / classes, dtype) if op in second else np.zeros((rows, 1), dtype)
+if op == "logsumexp+b+sign":
+    q = -q  # negative weights: a sign of -1
 CALLS = {
-    "cross_entropy+grad": lambda x, t: smk.cross_entropy(x, t, return_grad=True),
-    "cross_entropy": lambda x, t: smk.cross_entropy(x, t),
-    "softmax": lambda x, t: smk.softmax(x),
-    "log_softmax": lambda x, t: smk.log_softmax(x),
-    "logsumexp": lambda x, t: smk.logsumexp(x),
+    "cross_entropy+grad": lambda x, t, q: smk.cross_entropy(x, t, return_grad=True),
+    "cross_entropy": lambda x, t, q: smk.cross_entropy(x, t),
+    "softmax": lambda x, t, q: smk.softmax(x),
+    "log_softmax": lambda x, t, q: smk.log_softmax(x),
+    "logsumexp": lambda x, t, q: smk.logsumexp(x),
+    "logsumexp+b+sign": lambda x, t, q: smk.logsumexp(x, b=q, return_sign=True),
+    "entropy": lambda x, t, q: smk.entropy(x),
+    "kl_div": lambda x, t, q: smk.kl_div(x, q),
+    "softmax_vjp": lambda x, t, q: smk.softmax_vjp(q, x),
+    "log_softmax_vjp": lambda x, t, q: smk.log_softmax_vjp(q, x),
+    "logsumexp_vjp": lambda x, t, q: smk.logsumexp_vjp(x, q[:, 0]),
+    "nll_loss+grad": lambda x, t, q: smk.nll_loss(x, t, return_grad=True),
+    "bce": lambda x, t, q: smk.binary_cross_entropy_with_logits(x, q),
+    "bce+grad": lambda x, t, q: smk.binary_cross_entropy_with_logits(x, q, return_grad=True),
 }
 call = CALLS[op]
-call(x[:2], t[:2])
+call(x[:2], t[:2], q[:2])
 def status(key):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(key)) * 1024
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 before = status("VmRSS")
-out = call(x, t)
+out = call(x, t, q)
 peak = status("VmHWM")
 outs = out if isinstance(out, tuple) else (out,)
 out_bytes = max(np.asarray(o).nbytes for o in outs)
@@ -82,7 +105,7 @@ del out, outs
 times = []
 for _ in range(repeats):
     start = time.perf_counter()
-    call(x, t)
+    call(x, t, q)
     times.append(time.perf_counter() - start)
 print(json.dumps({"growth": peak - before, "input": x.nbytes, "output": out_bytes, "seconds": statistics.median(times) if times else None}))
 """
