@@ -107,7 +107,8 @@ def real_array(x: Any, name: str) -> tuple[Any, Any, Any]:
     """``(xp, x, out_dtype)`` for a real-valued input.
 
     Integer arrays are promoted to float64 (float32 where the namespace, or
-    the array's device, has no float64); bool, complex, string and object arrays raise ``TypeError``.
+    the array's device, has no float64); bool, complex, string and object
+    arrays raise ``TypeError``.
     """
     xp, arr = namespace_of(x, name)
     kind = _kind(xp, arr.dtype)
