@@ -129,3 +129,24 @@ def test_integer_input_on_a_device_without_float64(device):
         assert ref.ulp_error(_host(p)[i], [ref.mp.exp(v) for v in exact], np.float32) <= FLOAT32_ULP, i
     assert ref.ulp_error(_host(lse), [ref.lse(ref.to_mp(row)) for row in x.astype(np.float32)], np.float32) <= FLOAT32_ULP
     assert ref.ulp_error(_host(s).ravel(), [ref.sigmoid(v) for v in ref.to_mp(x.ravel().astype(np.float32))], np.float32) <= FLOAT32_ULP
+
+
+# What broke: complex logsumexp asked for complex128 without naming the
+# device, and raised ValueError on a device without float64.
+def test_complex_logsumexp_on_a_device_without_float64(device):
+    rng = np.random.default_rng(2)
+    z = np.concatenate([rng.normal(scale=s, size=(20, 9)) + 1j * rng.normal(scale=3.0, size=(20, 9)) for s in (1.0, 5.0, 30.0)])
+    z = z.astype(np.complex64)
+    out = smk.logsumexp(xp.asarray(z, device=device))
+    assert out.device == device and out.dtype == xp.complex64
+    out = _host(out)
+    for i, row in enumerate(z):
+        terms = [ref.mp.exp(ref.mp.mpc(complex(v))) for v in row]
+        total = ref.mp.fsum(terms)
+        exact = ref.mp.log(total)
+        # The documented scale: max(|part|, kappa (1 + max|Im x|)), kappa the cancellation in the sum.
+        kappa = ref.mp.fsum(abs(t) for t in terms) / abs(total)
+        floor = kappa * (1 + max(abs(row.imag)))
+        for got, want in ((out[i].real, exact.real), (out[i].imag, exact.imag)):
+            spacing = float(np.spacing(np.float32(max(abs(want), floor))))
+            assert abs(float(got) - want) / spacing <= FLOAT32_ULP, i
