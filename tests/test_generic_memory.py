@@ -31,7 +31,7 @@ import numpy as np
 import softmaxkit as smk
 
 op, dtype_name, rows, cols = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-SECOND_INPUT = {"cross_entropy_probs", "kl_div", "softmax_vjp", "log_softmax_vjp", "logsumexp_vjp", "bce", "bce_grad"}
+SECOND_INPUT = {"cross_entropy_probs", "kl_div", "softmax_vjp", "log_softmax_vjp", "logsumexp_vjp", "bce", "bce_1d", "bce_grad"}
 shape = (cols, rows) if op.endswith("axis0") else (rows, cols)
 if dtype_name.startswith("torch-"):
     # torch tensors down the generic path, as any other array-API array
@@ -70,6 +70,7 @@ CALLS = {
     "nll_loss": lambda x, t, q: smk.nll_loss(x, t),
     "nll_loss_grad": lambda x, t, q: smk.nll_loss(x, t, weight=m.ones(cols, dtype=dtype), return_grad=True),
     "bce": lambda x, t, q: smk.binary_cross_entropy_with_logits(x, q),
+    "bce_1d": lambda x, t, q: smk.binary_cross_entropy_with_logits(m.reshape(x, (-1,)), m.reshape(q, (-1,))),
     "bce_grad": lambda x, t, q: smk.binary_cross_entropy_with_logits(x, q, pos_weight=m.ones(cols, dtype=dtype), return_grad=True),
 }
 # Imports and first-call set-up are not counted.
@@ -126,6 +127,7 @@ CASES = [
     ("nll_loss", "float32"),
     ("nll_loss_grad", "float32"),
     ("bce", "float32"),
+    ("bce_1d", "float32"),
     ("bce_grad", "float32"),
 ]
 
@@ -192,6 +194,8 @@ def _calls():
         ("nll_none", lambda a: smk.nll_loss(a, t_axis1, axis=1, reduction="none", return_grad=True)),
         ("bce_mean", lambda a: smk.binary_cross_entropy_with_logits(a, q.astype(a.dtype), weight=q[0, :, :1], pos_weight=np.arange(7.0), return_grad=True)),
         ("bce_sum_1d", lambda a: smk.binary_cross_entropy_with_logits(a[1:, 0, 0], q[1:, 0, 0], reduction="sum", return_grad=True)),
+        # Sums over several blocks and chunks, and a partial block.
+        ("bce_long_1d", lambda a: smk.binary_cross_entropy_with_logits(np.tile(a.ravel(), 100)[:10000], np.tile(q.ravel(), 100)[:10000])),
         ("bce_none", lambda a: smk.binary_cross_entropy_with_logits(a[:, 0], q[:, 1], reduction="none", return_grad=True)),
         ("ce_none", lambda a: smk.cross_entropy(a, t, reduction="none", return_grad=True)),
     ], x, ml_dtypes

@@ -22,6 +22,11 @@ from softmaxkit import _validate as v
 from softmaxkit._core import _itemsize, _prepare_rows, _working
 
 
+# Elements per partial sum of the binary cross-entropy's reduced loss: a
+# fixed count, so the result does not depend on the chunk size.
+_SUM_BLOCK = 4096
+
+
 def _class_weight(xp: Any, weight: Any, n_classes: int, work: Any) -> Any:
     if weight is None:
         return None
@@ -385,12 +390,15 @@ def binary_cross_entropy_with_logits(
     work, extra = num.working_dtype(xp, out_dtype, x)
     shape = tuple(x.shape)
     # The elements go through in chunks of whole slices along the first axis
-    # (single elements for 1-D input), each flattened to a row: the loss is
-    # summed per slice, then over slices, so no chunk size changes a bit.
+    # (single elements for 1-D input), each flattened to a row.  The loss is
+    # summed per block of `group` slices (about _SUM_BLOCK elements; a
+    # chunk holds whole blocks), then over blocks: the partial sums stay few
+    # and no chunk size changes a bit.
     flat_shape = shape if shape else (1,)
     x, y = xp.reshape(x, flat_shape), xp.reshape(y, flat_shape)
     width = math.prod(flat_shape[1:])
-    step = _layout.chunk_rows(width, _itemsize(xp, work))
+    group = max(1, _SUM_BLOCK // max(1, width))
+    step = max(1, _layout.chunk_rows(width, _itemsize(xp, work)) // group) * group
     parts = [slice(start, min(start + step, flat_shape[0])) for start in range(0, flat_shape[0], step)]
 
     def chunk(a, part):
@@ -417,7 +425,7 @@ def binary_cross_entropy_with_logits(
         pos = v.first_position(v.bad_weight(xp, beta))
         raise ValueError(f"{v.BAD_POS_WEIGHT}; got pos_weight{list(pos)} = {float(v.to_numpy(beta)[pos])!r}")
     device = array_api_compat.device(x)
-    sums = None if reduction == "none" else xp.empty((flat_shape[0],), dtype=work, device=device)
+    sums = None if reduction == "none" else xp.empty((-(-flat_shape[0] // group),), dtype=work, device=device)
     loss_out = xp.empty(flat_shape, dtype=out_dtype, device=device) if reduction == "none" else None
     grad = xp.empty(flat_shape, dtype=out_dtype, device=device) if return_grad else None
     denominator = xp.asarray(float(math.prod(shape)), dtype=work, device=device)
@@ -431,7 +439,14 @@ def binary_cross_entropy_with_logits(
         if reduction == "none":
             loss_out[part, ...] = xp.reshape(xp.astype(loss, out_dtype), piece_shape)
         else:
-            sums[part] = num.compensated_sum(xp, loss, extra)[..., 0]
+            k, block = part.stop - part.start, part.start // group
+            full = k // group
+            if full:
+                whole_blocks = xp.reshape(loss[: full * group, :], (full, group * width))
+                sums[block : block + full] = num.compensated_sum(xp, whole_blocks, extra)[..., 0]
+            if k > full * group:
+                rest = xp.reshape(loss[full * group :, :], (1, (k - full * group) * width))
+                sums[block + full : block + full + 1] = num.compensated_sum(xp, rest, extra)[..., 0]
         if return_grad:
             grad[part, ...] = xp.reshape(xp.astype(_reduce_grad(xp, g, denominator, reduction), out_dtype), piece_shape)
     if reduction == "none":
