@@ -365,8 +365,8 @@ def binary_cross_entropy_with_logits(
     negative ``x``.  Accuracy for hard targets: 2 ULP (float16, bfloat16,
     float32), 4 ULP (float64).  Infinite logits give the limits.  On the
     array-API path the elements are computed a chunk of slices along the
-    first axis at a time (the loss summed per slice, then over slices):
-    peak memory is the outputs plus a few tens of MiB.
+    first axis at a time (the loss summed in blocks of whole slices, then
+    over blocks): peak memory is the outputs plus a few tens of MiB.
 
     Examples
     --------
