@@ -303,3 +303,30 @@ def test_torch_rows_follow_the_one_chunk_rule(monkeypatch):
         whole = run()
     for u, v in zip(split, whole):
         assert torch.equal(u, v)
+
+
+# What broke: the chunked functions write each chunk into a preallocated
+# output, which JAX arrays (immutable) refuse: logsumexp with b or
+# return_sign, entropy, kl_div, the VJPs and nll_loss raised TypeError.
+def test_jax_arrays_through_the_chunked_functions():
+    jnp = pytest.importorskip("jax.numpy")
+    import softmaxkit as smk
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(6, 5)).astype(np.float32)
+    t = rng.integers(0, 5, size=6)
+    calls = [
+        lambda a, t: smk.logsumexp(a, b=a[0] * 0 - 1, return_sign=True),
+        lambda a, t: smk.logsumexp(a, axis=0, return_sign=True),
+        lambda a, t: smk.entropy(a),
+        lambda a, t: smk.kl_div(a, a[::-1]),
+        lambda a, t: smk.softmax_vjp(a, a[::-1]),
+        lambda a, t: smk.log_softmax_vjp(a, a[::-1], axis=0),
+        lambda a, t: smk.logsumexp_vjp(a, a[:, 0]),
+        lambda a, t: smk.nll_loss(a, t, return_grad=True),
+    ]
+    for call in calls:
+        got, want = call(jnp.asarray(x), jnp.asarray(t)), call(x, t)
+        for u, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            assert not isinstance(u, np.ndarray)
+            np.testing.assert_allclose(np.asarray(u), w, rtol=2e-6, atol=0)

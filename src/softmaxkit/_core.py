@@ -20,7 +20,7 @@ from softmaxkit import _dispatch
 from softmaxkit import _native
 from softmaxkit import _numerics as num
 from softmaxkit import _validate as v
-from softmaxkit._layout import Layout
+from softmaxkit._layout import Layout, put
 
 
 def _prepare(x: Any, axis: Any, where: Any = None, name: str = "x", allow_many: bool = True):
@@ -305,17 +305,17 @@ def logsumexp(
             lse = num.logsumexp(xp, st)
             if return_sign:
                 zero_or_one = xp.where(st.masked_row, xp.zeros_like(lse), xp.ones_like(lse))
-                sign[part, :] = xp.astype(xp.where(xp.isnan(lse), lse, zero_or_one), out_dtype)
+                sign = put(sign, (part, slice(None)), xp.astype(xp.where(xp.isnan(lse), lse, zero_or_one), out_dtype))
         else:
             bw = _working(xp, b_rows, part, work)
             nonzero = bw != 0
             st = num.row_stats(xp, xw, nonzero if valid_part is None else (valid_part & nonzero), 1.0, extra)
             lse, lse_sign = num.logsumexp_weighted(xp, st, bw)
             if return_sign:
-                sign[part, :] = xp.astype(lse_sign, out_dtype)
+                sign = put(sign, (part, slice(None)), xp.astype(lse_sign, out_dtype))
             else:
                 lse = xp.where(lse_sign < 0, xp.full_like(lse, float("nan")), lse)
-        out[part, :] = xp.astype(lse, out_dtype)
+        out = put(out, (part, slice(None)), xp.astype(lse, out_dtype))
     out = layout.back_reduced(out, keepdims)
     if return_sign:
         return _numpy_scalars((out, layout.back_reduced(sign, keepdims)))
@@ -434,7 +434,7 @@ def entropy(logits: Any, axis: int = -1) -> Any:
     out = xp.empty((layout.n_rows,), dtype=out_dtype, device=array_api_compat.device(rows))
     for part in layout.chunks(_itemsize(xp, work)):
         st = num.row_stats(xp, _working(xp, rows, part, work), None, 1.0, extra)
-        out[part] = xp.astype(num.entropy(xp, st), out_dtype)
+        out = put(out, part, xp.astype(num.entropy(xp, st), out_dtype))
     return xp.reshape(out, layout.rest_shape)
 
 
@@ -503,7 +503,7 @@ def kl_div(p: Any, q: Any, axis: int = -1, *, log_probs: bool = False) -> Any:
         # still has P_j > 0, and Q_j = 0 there makes the divergence infinite.
         terms = xp.where(log_q == neg_inf, xp.full_like(prob, float("inf")), prob * (log_p - log_q))
         terms = xp.where(log_p == neg_inf, xp.zeros_like(prob), terms)
-        out[part] = xp.astype(num.compensated_sum(xp, terms, extra)[..., 0], out_dtype)
+        out = put(out, part, xp.astype(num.compensated_sum(xp, terms, extra)[..., 0], out_dtype))
     return xp.reshape(out, layout.rest_shape)
 
 
@@ -533,7 +533,8 @@ def _vjp_by_rows(xp, layout, p_rows, ct_rows, out_dtype, work, compute) -> Any:
     """``compute(primal, cotangent)`` (working-dtype row chunks) written chunk by chunk into one output."""
     out = xp.empty_like(p_rows, dtype=out_dtype)
     for part in layout.chunks(_itemsize(xp, work)):
-        out[part, :] = xp.astype(compute(_working(xp, p_rows, part, work), _working(xp, ct_rows, part, work)), out_dtype)
+        y = compute(_working(xp, p_rows, part, work), _working(xp, ct_rows, part, work))
+        out = put(out, (part, slice(None)), xp.astype(y, out_dtype))
     return layout.back_rows(out)
 
 

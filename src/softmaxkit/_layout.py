@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import array_api_compat
+
 
 # Working-precision bytes of one chunk of rows.  The formulas keep about a
 # dozen chunk-sized temporaries alive at once, so a chunk's peak stays in the
@@ -25,6 +27,18 @@ def chunk_rows(width: int, itemsize: int) -> int:
     ``itemsize`` bytes as fit in :data:`CHUNK_BYTES`, and at least one (a row
     is never split)."""
     return max(1, CHUNK_BYTES // max(1, width * itemsize))
+
+
+def put(out: Any, index: Any, value: Any) -> Any:
+    """``out[index] = value``, returning the written array.
+
+    JAX arrays cannot be written in place: they get a new array (and
+    :meth:`Layout.chunks` gives them one chunk, so that happens once).
+    """
+    if array_api_compat.is_jax_array(out):
+        return out.at[index].set(value)
+    out[index] = value
+    return out
 
 
 class Layout:
@@ -48,8 +62,12 @@ class Layout:
         return self.xp.reshape(self.forward(a), (self.n_rows, self.n))
 
     def chunks(self, itemsize: int):
-        """Slices of whole rows, each of :func:`chunk_rows` rows (the last may be shorter)."""
-        step = chunk_rows(self.n, itemsize)
+        """Slices of whole rows, each of :func:`chunk_rows` rows (the last may be shorter).
+
+        One slice of every row for JAX, whose arrays are written by copying
+        (see :func:`put`) and whose work is fused under ``jax.jit`` anyway.
+        """
+        step = max(1, self.n_rows) if array_api_compat.is_jax_namespace(self.xp) else chunk_rows(self.n, itemsize)
         for start in range(0, self.n_rows, step):
             yield slice(start, min(start + step, self.n_rows))
 

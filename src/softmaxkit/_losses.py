@@ -20,6 +20,7 @@ from softmaxkit import _native
 from softmaxkit import _numerics as num
 from softmaxkit import _validate as v
 from softmaxkit._core import _itemsize, _prepare_rows, _working
+from softmaxkit._layout import put
 
 
 # Elements per partial sum of the binary cross-entropy's reduced loss: a
@@ -309,15 +310,15 @@ def nll_loss(
     # (the sum of row weights) comes first.
     row_w = xp.empty((layout.n_rows, 1), dtype=work, device=array_api_compat.device(rows))
     for part in layout.chunks(size):
-        row_w[part, :] = xp.sum(weighted_hot(part), axis=-1, keepdims=True)
+        row_w = put(row_w, (part, slice(None)), xp.sum(weighted_hot(part), axis=-1, keepdims=True))
     denominator = xp.sum(row_w)
     loss = xp.empty((layout.n_rows,), dtype=work, device=array_api_compat.device(rows))
     grad = xp.empty_like(rows) if return_grad else None
     for part in layout.chunks(size):
         hot, yw = weighted_hot(part), _working(xp, rows, part, work)
-        loss[part] = -num.compensated_sum(xp, xp.where(hot == 0, xp.zeros_like(yw), hot * yw), extra)[..., 0]
+        loss = put(loss, part, -num.compensated_sum(xp, xp.where(hot == 0, xp.zeros_like(yw), hot * yw), extra)[..., 0])
         if return_grad:
-            grad[part, :] = xp.astype(_reduce_grad(xp, -hot, denominator, reduction), out_dtype)
+            grad = put(grad, (part, slice(None)), xp.astype(_reduce_grad(xp, -hot, denominator, reduction), out_dtype))
     loss, _ = _reduce(xp, xp.reshape(loss, layout.rest_shape), None, denominator, reduction, extra)
     return _finish(xp, layout, loss, grad, out_dtype, return_grad)
 
