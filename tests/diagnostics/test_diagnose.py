@@ -220,3 +220,10 @@ class TestLongDouble:
         name = np.dtype(np.longdouble).name
         with pytest.raises(TypeError, match=rf"logits dtype {name} .*not supported.*float64"):
             smk.diagnose(np.ones((2, 3), np.longdouble))
+
+
+# Regression: a masked targets array went through numpy.asarray, which
+# dropped its mask silently, so masked rows were counted as targets.
+def test_masked_targets_are_refused():
+    with pytest.raises(TypeError, match=r"targets is a numpy.ma.MaskedArray.*filled\(ignore_index\)"):
+        smk.diagnose(np.zeros((2, 3)), targets=np.ma.masked_array([0, 1], mask=[0, 1]))

@@ -216,6 +216,12 @@ def _host_float64(x: Any) -> np.ndarray:
 
 
 def _host_targets(targets: Any, row_shape: tuple[int, ...], n_classes: int, ignore_index: int) -> np.ndarray:
+    if isinstance(targets, np.ma.MaskedArray):
+        # asarray would drop the mask; ignore_index is how a target is left out
+        raise TypeError(
+            "targets is a numpy.ma.MaskedArray, and diagnose cannot honour its mask; pass "
+            "targets.filled(ignore_index) to leave the masked rows out"
+        )
     t = np.asarray(targets.detach().cpu() if hasattr(targets, "detach") else targets)
     if t.dtype.kind not in "iu":
         raise TypeError(f"targets must hold integer class indices; got dtype {t.dtype}")
