@@ -489,21 +489,9 @@ def kl_div(p: Any, q: Any, axis: int = -1, *, log_probs: bool = False) -> Any:
     out_dtype = xp.result_type(p_dtype, q_dtype)
     work, extra = num.working_dtype(xp, out_dtype, p_rows)
     out = xp.empty((layout.n_rows,), dtype=out_dtype, device=array_api_compat.device(p_rows))
-    neg_inf = -float("inf")
     for part in layout.chunks(_itemsize(xp, work)):
         pw, qw = _working(xp, p_rows, part, work), _working(xp, q_rows, part, work)
-        if log_probs:
-            log_p, log_q = pw, qw
-            prob = xp.exp(log_p)
-        else:
-            sp = num.row_stats(xp, pw, None, 1.0, extra)
-            log_p, prob = num.log_softmax(xp, sp), num.softmax(xp, sp)
-            log_q = num.log_softmax(xp, num.row_stats(xp, qw, None, 1.0, extra))
-        # Support is decided on the log scale: a class whose P_j underflows to 0
-        # still has P_j > 0, and Q_j = 0 there makes the divergence infinite.
-        terms = xp.where(log_q == neg_inf, xp.full_like(prob, float("inf")), prob * (log_p - log_q))
-        terms = xp.where(log_p == neg_inf, xp.zeros_like(prob), terms)
-        out = put(out, part, xp.astype(num.compensated_sum(xp, terms, extra)[..., 0], out_dtype))
+        out = put(out, part, xp.astype(num.kl_rows(xp, pw, qw, log_probs, extra)[..., 0], out_dtype))
     return xp.reshape(out, layout.rest_shape)
 
 

@@ -450,6 +450,27 @@ def cross_entropy_rows(xp, st: RowStats, coef, z_loss: float, row_weight, want_g
     return loss, grad
 
 
+def kl_rows(xp, pw, qw, log_probs: bool, extra: bool):
+    """``KL(P || Q) = sum_j P_j (log P_j - log Q_j)`` per row, keepdims.
+
+    ``pw`` and ``qw`` are rows of logits (or of log-probabilities with
+    ``log_probs``) in the working dtype.
+    """
+    neg_inf = -float("inf")
+    if log_probs:
+        log_p, log_q = pw, qw
+        prob = xp.exp(log_p)
+    else:
+        sp = row_stats(xp, pw, None, 1.0, extra)
+        log_p, prob = log_softmax(xp, sp), softmax(xp, sp)
+        log_q = log_softmax(xp, row_stats(xp, qw, None, 1.0, extra))
+    # Support is decided on the log scale: a class whose P_j underflows to 0
+    # still has P_j > 0, and Q_j = 0 there makes the divergence infinite.
+    terms = xp.where(log_q == neg_inf, xp.full_like(prob, float("inf")), prob * (log_p - log_q))
+    terms = xp.where(log_p == neg_inf, xp.zeros_like(prob), terms)
+    return compensated_sum(xp, terms, extra)
+
+
 # --- elementwise: sigmoid, softplus, binary cross-entropy ---------------------
 
 

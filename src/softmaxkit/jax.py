@@ -588,19 +588,7 @@ def _log_probs_and_probs(x, log_probs: bool):
 def _kl_rows(p, q, log_probs: bool):
     """``KL(P || Q)`` per row (working dtype) from logits or log-probabilities."""
     work, extra = _work(p.dtype)
-    pw, qw = p.astype(work), q.astype(work)
-    if log_probs:
-        log_p, log_q = pw, qw
-        prob = jnp.exp(log_p)
-    else:
-        sp = num.row_stats(jnp, pw, None, 1.0, extra)
-        log_p, prob = num.log_softmax(jnp, sp), num.softmax(jnp, sp)
-        log_q = num.log_softmax(jnp, num.row_stats(jnp, qw, None, 1.0, extra))
-    # Support is decided on the log scale: a class whose P_j underflows to 0
-    # still has P_j > 0, and Q_j = 0 there makes the divergence infinite.
-    terms = jnp.where(log_q == -_INF, jnp.full_like(prob, _INF), prob * (log_p - log_q))
-    terms = jnp.where(log_p == -_INF, jnp.zeros_like(prob), terms)
-    return num.compensated_sum(jnp, terms, extra)[..., 0]
+    return num.kl_rows(jnp, p.astype(work), q.astype(work), log_probs, extra)[..., 0]
 
 
 @_kl_rows.defjvp
