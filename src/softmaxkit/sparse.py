@@ -15,7 +15,7 @@ import array_api_compat
 
 from softmaxkit import _sparse_numerics as sn
 from softmaxkit import _validate as v
-from softmaxkit._core import _prepare, _vjp_inputs
+from softmaxkit._core import _prepare, _vjp_by_rows, _vjp_inputs
 
 __all__ = [
     "entmax15",
@@ -188,8 +188,8 @@ def sparsemax_vjp(output: Any, cotangent: Any, axis: int = -1) -> Any:
     >>> smk.sparsemax_vjp(p, np.array([1.0, 0.0, 7.0]))
     array([ 0.5, -0.5,  0. ])
     """
-    xp, layout, p, g, out_dtype, extra = _vjp_inputs(output, cotangent, axis, "output", True)
-    return layout.back(xp.astype(sn.sparsemax_vjp(xp, p, g, extra), out_dtype))
+    xp, layout, p_rows, g_rows, out_dtype, work, extra = _vjp_inputs(output, cotangent, axis, "output", True)
+    return _vjp_by_rows(xp, layout, p_rows, g_rows, out_dtype, work, lambda p, g: sn.sparsemax_vjp(xp, p, g, extra))
 
 
 @v.quiet
@@ -224,5 +224,5 @@ def entmax15_vjp(output: Any, cotangent: Any, axis: int = -1) -> Any:
     >>> smk.entmax15_vjp(p, np.array([1.0, 0.0, 3.0])).round(6)
     array([ 0.353553, -0.353553,  0.      ])
     """
-    xp, layout, p, g, out_dtype, extra = _vjp_inputs(output, cotangent, axis, "output", True)
-    return layout.back(xp.astype(sn.entmax15_vjp(xp, p, g, extra), out_dtype))
+    xp, layout, p_rows, g_rows, out_dtype, work, extra = _vjp_inputs(output, cotangent, axis, "output", True)
+    return _vjp_by_rows(xp, layout, p_rows, g_rows, out_dtype, work, lambda p, g: sn.entmax15_vjp(xp, p, g, extra))
