@@ -28,10 +28,11 @@ import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from _machine import describe
 
 # (operation, dtype, rows, classes): the shapes of the measurements that
 # showed the unbounded growth, 512 MiB of float32 and 64 MiB of bfloat16.
@@ -58,6 +59,7 @@ CHILD = r"""
 import json, statistics, sys, time
 import numpy as np
 import softmaxkit as smk
+
 op, dtype_name, rows, classes, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 if dtype_name == "bfloat16":
     import ml_dtypes
@@ -113,18 +115,6 @@ print(json.dumps({"growth": peak - before, "input": x.nbytes, "output": out_byte
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs, {platform.system()}"
-
-
 def measure(op: str, dtype: str, rows: int, classes: int, src: str | None, repeats: int) -> dict:
     env = dict(os.environ, SOFTMAXKIT_DISABLE_NATIVE="1")
     if src:
@@ -140,7 +130,7 @@ def measure(op: str, dtype: str, rows: int, classes: int, src: str | None, repea
 
 def _table(rows: list[dict]) -> str:
     lines = [
-        f"Machine: {_machine()}.  Native kernels disabled (SOFTMAXKIT_DISABLE_NATIVE=1); bfloat16 always takes this path.",
+        f"Machine: {describe()}.  Native kernels disabled (SOFTMAXKIT_DISABLE_NATIVE=1); bfloat16 always takes this path.",
         "",
         "| code | operation | dtype | shape | input MiB | output MiB | peak growth MiB | growth / output | growth / input | median s |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -29,34 +29,16 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from _machine import machine
+
 SHAPES = [(2048, 32768), (16384, 1024), (32, 262144), (8, 10)]
 OPS = ["softmax", "log_softmax", "cross_entropy+grad"]
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> dict:
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [name for name in ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "f16c") if name in flags]
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    return {"cpu": model, "cores": cores, "isa": " ".join(isa) or platform.machine()}
 
 
 def timed(fn, number: int) -> float:

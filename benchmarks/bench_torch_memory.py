@@ -18,11 +18,12 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from _machine import describe
 
 CHILD = r"""
 import json, resource, sys, time
@@ -47,23 +48,10 @@ for _ in range(repeats):
     times.append(time.perf_counter() - start)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 from softmaxkit import _native
+
 path = f"native kernel ({_native.isa()})" if _native.active() else "chunked xp formulas"
 print(json.dumps({"growth_mib": (peak - base) / 1024, "times": times, "path": path}))
 """
-
-
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return f"{model}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def _run(rows: int, classes: int, variant: str, repeats: int) -> dict:
@@ -112,12 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    import torch
+
     logits_mib = args.rows * args.classes * 4 / 2**20
     lines = [
         "# Cross-entropy forward + backward: peak memory growth and time (CPU)",
         "",
         f"N = {args.rows}, V = {args.classes}, float32 logits ({logits_mib:.0f} MiB), integer targets, reduction='mean'.",
-        f"Machine: {_machine()}.",
+        f"Machine: {describe()}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}).",
         f"softmaxkit CPU path: {path} (SOFTMAXKIT_DISABLE_NATIVE=1 measures the chunked xp formulas).",
         f"Memory: ru_maxrss growth over a fresh subprocess's baseline (logits already allocated), worst of {args.rounds} subprocesses.",
         f"Time: median of {args.rounds * max(args.repeats - 1, 1)} runs after a warm-up per subprocess.",

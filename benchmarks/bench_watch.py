@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import csv
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -30,6 +29,8 @@ import torch
 import torch.nn as nn
 
 from softmaxkit.torch import watch
+
+from _machine import describe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -112,17 +113,6 @@ def measure(size, repeats, steps):
     return setup, [(size, name, medians[name] * 1e3, medians[name] / plain) for name in names]
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -141,7 +131,7 @@ def main():
         rows += size_rows
 
     machine = (
-        f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores (shared), "
+        f"{describe()} (shared), "
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
     )
     os.makedirs(RESULTS, exist_ok=True)
