@@ -38,8 +38,8 @@ def test_mask_is_honoured_as_where(func, dtype, path):
     np.testing.assert_array_equal(got, want)
 
 
-def test_repro_row_gives_where_probabilities():
-    # softmax(masked [[1, 2, 3]] with the 2 masked) gave [0.090, 0.245, 0.665]
+def test_masked_entry_took_part_in_softmax():
+    # Regression: softmax(masked [[1, 2, 3]] with the 2 masked) ignored the mask and gave [0.090, 0.245, 0.665]
     m = np.ma.masked_array([[1.0, 2.0, 3.0]], mask=[[0, 1, 0]])
     p = smk.softmax(m)
     e = np.exp([1.0 - 3.0, 0.0])
