@@ -104,4 +104,4 @@ def log_sigmoid(x: Any) -> Any:
     >>> smk.log_sigmoid(np.array([-1000.0, 40.0]))
     array([-1.00000000e+03, -4.24835426e-18])
     """
-    return _apply(x, lambda xp, w: -num.softplus(xp, -w))
+    return _apply(x, num.log_sigmoid)

@@ -495,6 +495,11 @@ def softplus(xp, x):
     return xp.where(x >= 0, x, xp.zeros_like(x)) + xp.log1p(xp.exp(_neg_abs(xp, x)))
 
 
+def log_sigmoid(xp, x):
+    """``log(sigmoid(x)) = -softplus(-x)``, exact where the log would underflow."""
+    return -softplus(xp, -x)
+
+
 def sigmoid(xp, x):
     """``1 / (1 + e^{-x})``, written with ``e^{-|x|}`` so nothing overflows.
 

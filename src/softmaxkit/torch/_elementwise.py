@@ -104,4 +104,4 @@ def logsigmoid(input: torch.Tensor) -> torch.Tensor:
     >>> smt.logsigmoid(torch.tensor([-1000.0, 40.0], dtype=torch.float64))
     tensor([-1.0000e+03, -4.2484e-18], dtype=torch.float64)
     """
-    return _apply(input, lambda ns, w: -num.softplus(ns, -w))
+    return _apply(input, num.log_sigmoid)
