@@ -13,7 +13,7 @@ def _legacy_reduction(size_average, reduce, reduction: str) -> str:
     """torch's mapping of the deprecated ``size_average``/``reduce`` pair."""
     if size_average is None and reduce is None:
         return reduction
-    warnings.warn("size_average and reduce are deprecated; use reduction", DeprecationWarning, stacklevel=3)
+    warnings.warn("size_average and reduce are deprecated; use reduction", DeprecationWarning, stacklevel=4)
     size_average = True if size_average is None else size_average
     reduce = True if reduce is None else reduce
     if not reduce:
@@ -21,7 +21,16 @@ def _legacy_reduction(size_average, reduce, reduction: str) -> str:
     return "mean" if size_average else "sum"
 
 
-class CrossEntropyLoss(torch.nn.Module):
+class _WeightedLoss(torch.nn.Module):
+    """A loss with a ``weight`` buffer and torch's reduction arguments."""
+
+    def __init__(self, weight: torch.Tensor | None, size_average, reduce, reduction: str) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.reduction = _legacy_reduction(size_average, reduce, reduction)
+
+
+class CrossEntropyLoss(_WeightedLoss):
     """Drop-in for ``torch.nn.CrossEntropyLoss``, plus ``z_loss``.
 
     See :func:`softmaxkit.torch.cross_entropy` for the formula, accuracy and
@@ -56,10 +65,8 @@ class CrossEntropyLoss(torch.nn.Module):
         *,
         z_loss: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.register_buffer("weight", weight)
+        super().__init__(weight, size_average, reduce, reduction)
         self.ignore_index = ignore_index
-        self.reduction = _legacy_reduction(size_average, reduce, reduction)
         self.label_smoothing = label_smoothing
         self.z_loss = z_loss
 
@@ -78,7 +85,7 @@ class CrossEntropyLoss(torch.nn.Module):
         return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, label_smoothing={self.label_smoothing}, z_loss={self.z_loss}"
 
 
-class NLLLoss(torch.nn.Module):
+class NLLLoss(_WeightedLoss):
     """Drop-in for ``torch.nn.NLLLoss``.
 
     See :func:`softmaxkit.torch.nll_loss`.
@@ -106,10 +113,8 @@ class NLLLoss(torch.nn.Module):
         reduce=None,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        self.register_buffer("weight", weight)
+        super().__init__(weight, size_average, reduce, reduction)
         self.ignore_index = ignore_index
-        self.reduction = _legacy_reduction(size_average, reduce, reduction)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction)
@@ -118,7 +123,7 @@ class NLLLoss(torch.nn.Module):
         return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
 
 
-class BCEWithLogitsLoss(torch.nn.Module):
+class BCEWithLogitsLoss(_WeightedLoss):
     """Drop-in for ``torch.nn.BCEWithLogitsLoss``.
 
     See :func:`softmaxkit.torch.binary_cross_entropy_with_logits`.
@@ -141,10 +146,8 @@ class BCEWithLogitsLoss(torch.nn.Module):
         reduction: str = "mean",
         pos_weight: torch.Tensor | None = None,
     ) -> None:
-        super().__init__()
-        self.register_buffer("weight", weight)
+        super().__init__(weight, size_average, reduce, reduction)
         self.register_buffer("pos_weight", pos_weight)
-        self.reduction = _legacy_reduction(size_average, reduce, reduction)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(input, target, self.weight, reduction=self.reduction, pos_weight=self.pos_weight)
