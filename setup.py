@@ -3,7 +3,7 @@
 The extension needs only a C compiler and the Python headers.  It is optional:
 where it cannot be compiled the install still succeeds and softmaxkit uses its
 generic NumPy path.  No -march flags: every instruction set is compiled into
-the one binary and chosen at import (see softmaxkit/_native/sk_isa_*.c).
+the one binary and chosen at import (see softmaxkit/kernels/csrc/sk_isa_*.c).
 """
 
 import os
@@ -13,11 +13,11 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 SOURCES = [
-    "src/softmaxkit/_native/sk_module.c",
-    "src/softmaxkit/_native/sk_driver.c",
-    "src/softmaxkit/_native/sk_isa_baseline.c",
-    "src/softmaxkit/_native/sk_isa_avx2.c",
-    "src/softmaxkit/_native/sk_isa_avx512.c",
+    "src/softmaxkit/kernels/csrc/sk_module.c",
+    "src/softmaxkit/kernels/csrc/sk_driver.c",
+    "src/softmaxkit/kernels/csrc/sk_isa_baseline.c",
+    "src/softmaxkit/kernels/csrc/sk_isa_avx2.c",
+    "src/softmaxkit/kernels/csrc/sk_isa_avx512.c",
 ]
 
 # Fused multiply-adds are written out where the numerics want them; letting
@@ -41,13 +41,13 @@ class BuildExt(build_ext):
 setup(
     ext_modules=[
         Extension(
-            "softmaxkit._native._kernels",
+            "softmaxkit.kernels._kernels",
             sources=SOURCES,
             depends=[
-                "src/softmaxkit/_native/sk_kernels.h",
-                "src/softmaxkit/_native/sk_simd.h",
-                "src/softmaxkit/_native/sk_family.h",
-                "src/softmaxkit/_native/sk_isa.h",
+                "src/softmaxkit/kernels/csrc/sk_kernels.h",
+                "src/softmaxkit/kernels/csrc/sk_simd.h",
+                "src/softmaxkit/kernels/csrc/sk_family.h",
+                "src/softmaxkit/kernels/csrc/sk_isa.h",
             ],
             optional=True,
         )

@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from softmaxkit.diagnostics.lint.cli import main as lint_main
+from softmaxkit.tools.cli.lint import main as lint_main
 
-CORPUS = Path(__file__).resolve().parents[1] / "tests" / "lint" / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "tools" / "lint" / "corpus"
 TARGET_SECONDS = 10.0
 FILES_PER_FOLDER = 50
 

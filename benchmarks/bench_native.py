@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     repeats = 3 if args.quick else args.repeats
 
     import softmaxkit as smk
-    from softmaxkit import _native
+    from softmaxkit import kernels as _native
 
     threads = args.threads or smk.get_num_threads()
     smk.set_num_threads(threads)

@@ -47,7 +47,7 @@ for _ in range(repeats):
     cross_entropy(x, t).backward()
     times.append(time.perf_counter() - start)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-from softmaxkit import _native
+from softmaxkit import kernels as _native
 
 path = f"native kernel ({_native.isa()})" if _native.active() else "chunked xp formulas"
 print(json.dumps({"growth_mib": (peak - base) / 1024, "times": times, "path": path}))

@@ -25,7 +25,7 @@ def numeric_path(request):
     """Run a module's tests through the native kernels and through the generic
     formulas (the native kernels take NumPy arrays reduced along their last,
     contiguous axis)."""
-    from softmaxkit import _native
+    from softmaxkit import kernels as _native
 
     if request.param == "native":
         if not _native.available():

@@ -88,7 +88,7 @@ def test_page_runs_as_written(page, tmp_path, monkeypatch):
 
 
 def rule_examples():
-    from softmaxkit.diagnostics.lint import ALL_RULES
+    from softmaxkit.tools.lint import ALL_RULES
 
     text = (ROOT / "docs" / "lint-rules.md").read_text(encoding="utf-8")
     assumed = re.search(r"^The examples assume (.*)\.$", text, flags=re.M).group(1)
@@ -105,7 +105,7 @@ def rule_examples():
 
 @pytest.mark.parametrize("code, example, instead", list(rule_examples()), ids=lambda v: v if v.startswith("SMK") else "")
 def test_lint_rule_examples(code, example, instead):
-    from softmaxkit.diagnostics.lint import ALL_RULES, check_source
+    from softmaxkit.tools.lint import ALL_RULES, check_source
 
     assert code in {f.code for f in check_source(example, ALL_RULES, "example.py")}, example
     assert code not in {f.code for f in check_source(instead, ALL_RULES, "instead.py")}, instead

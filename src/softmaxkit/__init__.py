@@ -5,7 +5,7 @@ array-API array (PyTorch, JAX, CuPy, ...) and returns the same kind.  See the
 README for the accuracy contract and the table of edge semantics.
 """
 
-from softmaxkit._core import (
+from softmaxkit.frontend.softmax import (
     entropy,
     kl_div,
     log_softmax,
@@ -15,11 +15,11 @@ from softmaxkit._core import (
     softmax,
     softmax_vjp,
 )
-from softmaxkit._elementwise import log_sigmoid, sigmoid, softplus
-from softmaxkit._losses import binary_cross_entropy_with_logits, cross_entropy, nll_loss
-from softmaxkit._native import get_num_threads, get_output_cache, set_num_threads, set_output_cache
+from softmaxkit.frontend.elementwise import log_sigmoid, sigmoid, softplus
+from softmaxkit.frontend.losses import binary_cross_entropy_with_logits, cross_entropy, nll_loss
+from softmaxkit.kernels import get_num_threads, get_output_cache, set_num_threads, set_output_cache
 from softmaxkit.calibration import expected_calibration_error, fit_temperature, reliability_diagram
-from softmaxkit.diagnostics._report import diagnose
+from softmaxkit.tools.report import diagnose
 from softmaxkit.sampling import gumbel_max, gumbel_softmax, sample
 from softmaxkit.sparse import entmax15, entmax15_vjp, sparsemax, sparsemax_vjp
 

@@ -1,5 +1,5 @@
 import sys
 
-from softmaxkit.cli import main
+from softmaxkit.tools.cli import main
 
 sys.exit(main())

@@ -3,7 +3,7 @@
 Functions follow ``torch.nn.functional`` (``input``, ``target``, ``dim``,
 ``reduction``) and modules follow ``torch.nn``, so switching is a change of
 import.  Forward and backward passes use the same formulas as the NumPy API
-(``softmaxkit._numerics``).  See ``docs/torch.md``.  ``watch`` stops a model
+(``softmaxkit.numerics``).  See ``docs/torch.md``.  ``watch`` stops a model
 at the first NaN or inf.
 """
 
@@ -12,8 +12,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("softmaxkit.torch needs PyTorch: pip install 'softmaxkit[torch]'") from exc
 
-from softmaxkit.diagnostics._watch import NonFiniteError, watch
-from softmaxkit.torch._functions import (
+from softmaxkit.tools.watch import NonFiniteError, watch
+from softmaxkit.backends.torch.functions import (
     binary_cross_entropy_with_logits,
     cross_entropy,
     log_softmax,
@@ -22,8 +22,8 @@ from softmaxkit.torch._functions import (
     softmax,
     working_dtype,
 )
-from softmaxkit.torch._elementwise import logsigmoid, sigmoid, softplus
-from softmaxkit.torch._modules import BCEWithLogitsLoss, CrossEntropyLoss, LogSoftmax, NLLLoss, Softmax
+from softmaxkit.backends.torch.elementwise import logsigmoid, sigmoid, softplus
+from softmaxkit.backends.torch.modules import BCEWithLogitsLoss, CrossEntropyLoss, LogSoftmax, NLLLoss, Softmax
 
 __all__ = [
     "BCEWithLogitsLoss",

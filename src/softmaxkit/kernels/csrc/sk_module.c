@@ -1,0 +1,467 @@
+/* Python bindings of the native kernels: C-contiguous buffers in, results
+ * written into caller-provided buffers, the GIL released while kernels run.
+ * Argument checking of values happens in softmaxkit.kernels; this layer only
+ * checks what it needs to stay memory-safe (formats, sizes, writability). */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <string.h>
+
+#include "sk_kernels.h"
+
+typedef struct {
+    Py_buffer v;
+    int held;
+} buf_t;
+
+static void release(buf_t *b) {
+    if (b->held) PyBuffer_Release(&b->v);
+    b->held = 0;
+}
+
+static int get(PyObject *o, buf_t *b, int writable, const char *name) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(o, &b->v, flags) < 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous%s buffer; got %.80s", name,
+                     writable ? ", writable" : "", Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    b->held = 1;
+    return 0;
+}
+
+static const char *strip_order(const char *f) {
+    if (!f) return "B";
+    if (*f == '@' || *f == '=') return f + 1;
+#if PY_LITTLE_ENDIAN
+    if (*f == '<') return f + 1;
+#else
+    if (*f == '>' || *f == '!') return f + 1;
+#endif
+    return f;
+}
+
+/* 0 float16, 1 float32, 2 float64, -1 other */
+static int float_kind(const Py_buffer *v) {
+    const char *f = strip_order(v->format);
+    if (f[1] != '\0') return -1;
+    if (*f == 'e' && v->itemsize == 2) return 0;
+    if (*f == 'f' && v->itemsize == 4) return 1;
+    if (*f == 'd' && v->itemsize == 8) return 2;
+    return -1;
+}
+
+static int is_int64(const Py_buffer *v) {
+    const char *f = strip_order(v->format);
+    return f[1] == '\0' && (*f == 'l' || *f == 'q') && v->itemsize == 8;
+}
+
+static const char *DTYPES[] = {"float16", "float32", "float64"};
+
+/* rows and row length of an array whose last axis is the class axis */
+static int rows_of(const Py_buffer *v, const char *name, size_t *rows, size_t *n) {
+    if (v->ndim < 1) {
+        PyErr_Format(PyExc_ValueError, "%s must have at least one dimension", name);
+        return -1;
+    }
+    size_t r = 1;
+    for (int i = 0; i < v->ndim - 1; i++) r *= (size_t)v->shape[i];
+    *rows = r;
+    *n = (size_t)v->shape[v->ndim - 1];
+    return 0;
+}
+
+static int check_float(const buf_t *b, int dtype, const char *name) {
+    int k = float_kind(&b->v);
+    if (k < 0) {
+        PyErr_Format(PyExc_TypeError, "%s must hold float16, float32 or float64; got format '%s'", name,
+                     b->v.format ? b->v.format : "B");
+        return -1;
+    }
+    if (dtype >= 0 && k != dtype) {
+        PyErr_Format(PyExc_TypeError, "%s must be %s like the input; got %s", name, DTYPES[dtype], DTYPES[k]);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_len(const buf_t *b, size_t count, const char *name) {
+    if ((size_t)b->v.len != count * (size_t)b->v.itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s must hold %zu elements; got %zd", name, count,
+                     b->v.len / (b->v.itemsize ? b->v.itemsize : 1));
+        return -1;
+    }
+    return 0;
+}
+
+static int raise_rc(int rc) {
+    if (rc == SK_ENOMEM) PyErr_NoMemory();
+    else if (rc == SK_ETARGET)
+        PyErr_SetString(PyExc_ValueError, "targets holds a class index outside [0, n_classes) that is not ignore_index");
+    return rc ? -1 : 0;
+}
+
+#define NARGS(want, fname)                                                                   \
+    if (nargs != (want)) {                                                                   \
+        PyErr_Format(PyExc_TypeError, fname "() takes %d arguments (%zd given)", (want), nargs); \
+        return NULL;                                                                         \
+    }
+
+/* softmax(x, out, temperature, log) */
+static PyObject *py_softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    NARGS(4, "softmax");
+    double T = PyFloat_AsDouble(args[2]);
+    int log = PyObject_IsTrue(args[3]);
+    if ((T == -1.0 && PyErr_Occurred()) || log < 0) return NULL;
+    buf_t x = {0}, out = {0};
+    size_t rows, n;
+    int rc = -1;
+    if (get(args[0], &x, 0, "x") || get(args[1], &out, 1, "out") || check_float(&x, -1, "x") ||
+        rows_of(&x.v, "x", &rows, &n))
+        goto end;
+    int dt = float_kind(&x.v);
+    if (check_float(&out, dt, "out") || check_len(&out, rows * n, "out")) goto end;
+    Py_BEGIN_ALLOW_THREADS
+    rc = sk_softmax(dt, x.v.buf, out.v.buf, rows, n, T, log);
+    Py_END_ALLOW_THREADS
+    rc = raise_rc(rc);
+end:
+    release(&x);
+    release(&out);
+    if (rc) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* logsumexp(x, out) */
+static PyObject *py_logsumexp(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    NARGS(2, "logsumexp");
+    buf_t x = {0}, out = {0};
+    size_t rows, n;
+    int rc = -1;
+    if (get(args[0], &x, 0, "x") || get(args[1], &out, 1, "out") || check_float(&x, -1, "x") ||
+        rows_of(&x.v, "x", &rows, &n))
+        goto end;
+    int dt = float_kind(&x.v);
+    if (check_float(&out, dt, "out") || check_len(&out, rows, "out")) goto end;
+    Py_BEGIN_ALLOW_THREADS
+    rc = sk_logsumexp(dt, x.v.buf, out.v.buf, rows, n);
+    Py_END_ALLOW_THREADS
+    rc = raise_rc(rc);
+end:
+    release(&x);
+    release(&out);
+    if (rc) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, denom)
+ * targets: int64 per row or None; probs: logits' shape and dtype or None
+ * (exactly one of the two); weight: float64 per class or None; loss: float64
+ * per row; grad: logits' shape and dtype, or None; denom: the gradient's
+ * divisor, or -1 for the sum of row weights.  Returns the sum of row weights
+ * (the number of rows for probabilities). */
+static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    NARGS(10, "cross_entropy");
+    long long ignore = PyLong_AsLongLong(args[6]);
+    double eps = PyFloat_AsDouble(args[7]), z = PyFloat_AsDouble(args[8]), denom = PyFloat_AsDouble(args[9]);
+    if (PyErr_Occurred()) return NULL;
+    buf_t x = {0}, t = {0}, q = {0}, w = {0}, loss = {0}, g = {0};
+    size_t rows, n;
+    double weight_sum = 0.0;
+    int rc = -1;
+    if (get(args[0], &x, 0, "logits") || check_float(&x, -1, "logits") || rows_of(&x.v, "logits", &rows, &n))
+        goto end;
+    int dt = float_kind(&x.v);
+    if ((args[1] == Py_None) == (args[2] == Py_None)) {
+        PyErr_SetString(PyExc_TypeError, "pass exactly one of targets (class indices) and probs");
+        goto end;
+    }
+    if (args[1] != Py_None) {
+        if (get(args[1], &t, 0, "targets")) goto end;
+        if (!is_int64(&t.v)) {
+            PyErr_SetString(PyExc_TypeError, "targets must hold int64 class indices");
+            goto end;
+        }
+        if (check_len(&t, rows, "targets")) goto end;
+    } else if (get(args[2], &q, 0, "probs") || check_float(&q, dt, "probs") || check_len(&q, rows * n, "probs")) {
+        goto end;
+    }
+    if (args[3] != Py_None) {
+        if (get(args[3], &w, 0, "weight")) goto end;
+        if (float_kind(&w.v) != 2) {
+            PyErr_SetString(PyExc_TypeError, "weight must hold float64");
+            goto end;
+        }
+        if (check_len(&w, n, "weight")) goto end;
+    }
+    if (get(args[4], &loss, 1, "loss")) goto end;
+    if (float_kind(&loss.v) != 2) {
+        PyErr_SetString(PyExc_TypeError, "loss must hold float64");
+        goto end;
+    }
+    if (check_len(&loss, rows, "loss")) goto end;
+    if (args[5] != Py_None &&
+        (get(args[5], &g, 1, "grad") || check_float(&g, dt, "grad") || check_len(&g, rows * n, "grad")))
+        goto end;
+    Py_BEGIN_ALLOW_THREADS
+    rc = sk_cross_entropy(dt, x.v.buf, g.held ? g.v.buf : NULL, loss.v.buf, rows, n, t.held ? t.v.buf : NULL,
+                          q.held ? q.v.buf : NULL, w.held ? w.v.buf : NULL, ignore, eps, z, denom, &weight_sum);
+    Py_END_ALLOW_THREADS
+    rc = raise_rc(rc);
+end:
+    release(&x);
+    release(&t);
+    release(&q);
+    release(&w);
+    release(&loss);
+    release(&g);
+    if (rc) return NULL;
+    return PyFloat_FromDouble(weight_sum);
+}
+
+/* vjp(y, cotangent, out, log): softmax VJP from probabilities y, or the
+ * log_softmax VJP from log-probabilities y */
+static PyObject *py_vjp(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    NARGS(4, "vjp");
+    int log = PyObject_IsTrue(args[3]);
+    if (log < 0) return NULL;
+    buf_t y = {0}, g = {0}, out = {0};
+    size_t rows, n;
+    int rc = -1;
+    if (get(args[0], &y, 0, "y") || get(args[1], &g, 0, "cotangent") || get(args[2], &out, 1, "out") ||
+        check_float(&y, -1, "y") || rows_of(&y.v, "y", &rows, &n))
+        goto end;
+    int dt = float_kind(&y.v);
+    if (check_float(&g, dt, "cotangent") || check_len(&g, rows * n, "cotangent") || check_float(&out, dt, "out") ||
+        check_len(&out, rows * n, "out"))
+        goto end;
+    Py_BEGIN_ALLOW_THREADS
+    rc = sk_vjp(dt, log, y.v.buf, g.v.buf, out.v.buf, rows, n);
+    Py_END_ALLOW_THREADS
+    rc = raise_rc(rc);
+end:
+    release(&y);
+    release(&g);
+    release(&out);
+    if (rc) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* The most threads a call may use: more cannot help on any machine this
+ * runs on, and each is a pooled OS thread. */
+#define MAX_THREADS 4096
+
+/* An int in [low, high] from a Python int, or -1 with ValueError (naming
+ * `name`, the value and the range) or TypeError set. */
+static int int_in(PyObject *arg, const char *name, long long low, long long high, long long *out) {
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(arg, &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (overflow || v < low || v > high) {
+        PyErr_Format(PyExc_ValueError, "%s must be an int in [%lld, %lld]; got %R", name, low, high, arg);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
+    (void)self;
+    long long v;
+    if (int_in(arg, "n", 1, MAX_THREADS, &v)) return NULL;
+    sk_set_threads((int)v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyLong_FromLong(sk_get_threads());
+}
+
+static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    if (sk_select_isa(name) != 0) {
+        PyErr_Format(PyExc_ValueError, "isa %R is not available on this machine", arg);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_isa(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyUnicode_FromString(sk_isa_name());
+}
+
+/* --- output blocks ---------------------------------------------------------
+ * Memory for large outputs.  The C allocator gives blocks this large straight
+ * back to the OS when they are freed, so every call would have the OS fault
+ * in and zero each page of a new output again (about 25 ms for 256 MiB here,
+ * as long as the kernel itself).  A freed block is kept instead, up to
+ * `cache_limit` bytes in all, and a later output of the same size takes it.
+ * The blocks are Python objects with the buffer protocol; NumPy arrays made
+ * on them keep them alive. */
+#include <pthread.h>
+#include <stdlib.h>
+
+#define CACHE_SLOTS 8
+
+typedef struct {
+    PyObject_HEAD
+    void *p;
+    size_t size;
+} block_t;
+
+static struct {
+    void *p;
+    size_t size;
+} cache[CACHE_SLOTS];
+static int cache_n;            /* slots in use, oldest first */
+static size_t cache_bytes, cache_limit;
+static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Free the oldest blocks until the cache is within `limit` and has a free slot
+ * (with `room`).  Called with cache_mu held. */
+static void cache_trim(size_t limit, int room) {
+    while (cache_n && (cache_bytes > limit || (room && cache_n == CACHE_SLOTS))) {
+        free(cache[0].p);
+        cache_bytes -= cache[0].size;
+        cache_n--;
+        memmove(cache, cache + 1, cache_n * sizeof cache[0]);
+    }
+}
+
+static void *cache_take(size_t size) {
+    void *p = NULL;
+    pthread_mutex_lock(&cache_mu);
+    for (int i = cache_n - 1; i >= 0; i--) {
+        if (cache[i].size == size) {
+            p = cache[i].p;
+            cache_bytes -= size;
+            cache_n--;
+            memmove(cache + i, cache + i + 1, (cache_n - i) * sizeof cache[0]);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&cache_mu);
+    return p;
+}
+
+static void cache_give(void *p, size_t size) {
+    pthread_mutex_lock(&cache_mu);
+    if (size <= cache_limit) {
+        cache_trim(cache_limit - size, 1);
+        cache[cache_n].p = p;
+        cache[cache_n].size = size;
+        cache_n++;
+        cache_bytes += size;
+        p = NULL;
+    }
+    pthread_mutex_unlock(&cache_mu);
+    free(p);
+}
+
+static void block_dealloc(block_t *b) {
+    cache_give(b->p, b->size);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static int block_getbuffer(block_t *b, Py_buffer *view, int flags) {
+    return PyBuffer_FillInfo(view, (PyObject *)b, b->p, (Py_ssize_t)b->size, 0, flags);
+}
+
+static PyBufferProcs block_as_buffer = {(getbufferproc)block_getbuffer, NULL};
+
+static PyTypeObject block_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "softmaxkit.kernels._kernels.Block",
+    .tp_basicsize = sizeof(block_t),
+    .tp_dealloc = (destructor)block_dealloc,
+    .tp_as_buffer = &block_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Writable memory for one output; returned to the output cache when freed.",
+};
+
+static PyObject *py_block(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_ssize_t size = PyLong_AsSsize_t(arg);
+    if (size == -1 && PyErr_Occurred()) return NULL;
+    if (size <= 0) {
+        PyErr_Format(PyExc_ValueError, "size must be > 0; got %zd", size);
+        return NULL;
+    }
+    void *p = cache_take((size_t)size);
+    if (!p && posix_memalign(&p, 64, (size_t)size) != 0) return PyErr_NoMemory();
+    block_t *b = PyObject_New(block_t, &block_type);
+    if (!b) {
+        cache_give(p, (size_t)size);
+        return NULL;
+    }
+    b->p = p;
+    b->size = (size_t)size;
+    return (PyObject *)b;
+}
+
+static PyObject *py_set_cache_limit(PyObject *self, PyObject *arg) {
+    (void)self;
+    long long limit;
+    if (int_in(arg, "max_bytes", 0, PY_SSIZE_T_MAX, &limit)) return NULL;
+    pthread_mutex_lock(&cache_mu);
+    cache_limit = (size_t)limit;
+    cache_trim(cache_limit, 0);
+    pthread_mutex_unlock(&cache_mu);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_cache_limit(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    pthread_mutex_lock(&cache_mu);
+    size_t limit = cache_limit;
+    pthread_mutex_unlock(&cache_mu);
+    return PyLong_FromSize_t(limit);
+}
+
+static PyObject *py_cache_bytes(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    pthread_mutex_lock(&cache_mu);
+    size_t b = cache_bytes;
+    pthread_mutex_unlock(&cache_mu);
+    return PyLong_FromSize_t(b);
+}
+
+static PyMethodDef methods[] = {
+    {"softmax", (PyCFunction)(void (*)(void))py_softmax, METH_FASTCALL, "softmax(x, out, temperature, log)"},
+    {"logsumexp", (PyCFunction)(void (*)(void))py_logsumexp, METH_FASTCALL, "logsumexp(x, out)"},
+    {"cross_entropy", (PyCFunction)(void (*)(void))py_cross_entropy, METH_FASTCALL,
+     "cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, denom)"},
+    {"vjp", (PyCFunction)(void (*)(void))py_vjp, METH_FASTCALL, "vjp(y, cotangent, out, log)"},
+    {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n)"},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads()"},
+    {"set_isa", py_set_isa, METH_O, "set_isa(name): 'best', 'avx512', 'avx2' or 'baseline'"},
+    {"isa", py_isa, METH_NOARGS, "isa(): the instruction set in use"},
+    {"block", py_block, METH_O, "block(size): writable memory for an output, from the output cache when it has some"},
+    {"set_cache_limit", py_set_cache_limit, METH_O, "set_cache_limit(bytes): the most the output cache keeps"},
+    {"cache_limit", py_cache_limit, METH_NOARGS, "cache_limit(): the most the output cache keeps"},
+    {"cache_bytes", py_cache_bytes, METH_NOARGS, "cache_bytes(): bytes the output cache keeps now"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_kernels", "Native softmax kernels.", -1, methods};
+
+PyMODINIT_FUNC PyInit__kernels(void) {
+    sk_select_isa("best");
+    if (PyType_Ready(&block_type) < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (m && PyModule_AddIntConstant(m, "MAX_THREADS", MAX_THREADS) < 0) Py_CLEAR(m);
+    return m;
+}

@@ -1,0 +1,107 @@
+"""Cross-entropy and KL rows: class coefficients, the loss and its gradient."""
+
+from __future__ import annotations
+
+from softmaxkit.numerics.precision import _INF, compensated_sum
+from softmaxkit.numerics.rows import RowStats, row_stats
+from softmaxkit.numerics.softmax import log_softmax, logsumexp, neg_log_softmax, softmax
+
+
+def hot_row_weight(xp, hot, weight=None):
+    """Row weight of one-hot class-index targets, axis kept: ``w_t`` (1
+    without class weights), 0 on ignored rows (all-zero ``hot``)."""
+    return xp.sum(hot if weight is None else hot * weight, axis=-1, keepdims=True)
+
+
+def class_coefficients(xp, x, eps: float, weight=None, hot=None, probs=None):
+    """Class coefficients ``c`` and row weights for :func:`cross_entropy_rows`.
+
+    Give either ``hot`` (one-hot class-index targets in the working dtype,
+    all zero on ignored rows) or ``probs`` (probability targets).  With
+    class weights ``w`` and smoothing ``eps`` over the ``K`` classes whose
+    logit ``x`` is not ``-inf`` (smoothing gives them no mass):
+
+    * class indices: ``c = (1 - eps) w_t hot + eps w / K``, row weight ``w_t``
+      (0 on ignored rows);
+    * probabilities: ``c = w ((1 - eps) q + eps / K)``, row weight 1.
+
+    Row weights keep their axis (size 1).
+    """
+    if hot is not None:
+        row_w = hot_row_weight(xp, hot, weight)
+        coef = (1.0 - eps) * row_w * hot
+        keep = xp.sum(hot, axis=-1, keepdims=True)
+    else:
+        row_w = xp.ones_like(probs[..., :1])
+        coef = (1.0 - eps) * (probs if weight is None else probs * weight)
+        keep = row_w
+    if eps:
+        finite = xp.astype(x != -_INF, x.dtype)
+        n_finite = xp.sum(finite, axis=-1, keepdims=True)
+        smooth = finite / xp.where(n_finite == 0, xp.ones_like(n_finite), n_finite)
+        if weight is not None:
+            smooth = smooth * weight
+        coef = coef + eps * keep * smooth
+    return coef, row_w
+
+
+def cross_entropy_rows(xp, st: RowStats, coef, z_loss: float, row_weight, want_grad: bool):
+    """Per-row loss ``sum_j c_j (-log p_j) + z * w * lse**2`` and its gradient.
+
+    ``coef`` (non-negative, working dtype, same shape as the logits) holds the
+    class coefficients: a weighted one-hot target, a smoothed target, or
+    weighted probabilities.  ``row_weight`` (axis kept) scales the z-loss.
+    The gradient is ``(C + 2 z w lse) p - c`` with ``C = sum_j c_j``; at the
+    argmax it is assembled from the other classes (see module docstring), so a
+    confident row keeps its exact, non-zero target gradient.
+    """
+    zero = xp.zeros_like(coef)
+    nlp = neg_log_softmax(xp, st)
+    terms = xp.where(coef == 0, zero, coef * nlp)
+    loss = compensated_sum(xp, terms, st.extra)
+    lse = logsumexp(xp, st)
+    if z_loss:
+        zl = z_loss * row_weight * lse * lse
+        loss = loss + xp.where(row_weight == 0, xp.zeros_like(zl), zl)
+    loss = loss[..., 0]
+    if not want_grad:
+        return loss, None
+    p = softmax(xp, st)
+    c_sum = compensated_sum(xp, coef, st.extra)
+    c_rest = compensated_sum(xp, xp.where(st.is_k, zero, coef), st.extra)
+    grad = c_sum * p - coef
+    at_k = c_rest - c_sum * (st.s / (1.0 + st.s))
+    if z_loss:
+        zg = 2.0 * z_loss * row_weight * xp.where(st.masked_row | st.inf_row, xp.zeros_like(lse), lse)
+        grad = grad + zg * p
+        at_k = at_k + zg * p
+    # The argmax form only helps where p_k > 1/2 and the class has a
+    # coefficient (of either sign: class weights may be negative); elsewhere
+    # C p_k - c_k has nothing to cancel.
+    grad = xp.where(st.is_k & (st.s < 1.0) & (coef != 0), at_k, grad)
+    # A fully masked row is constant in its logits: zero gradient.
+    grad = xp.where(st.masked_row, zero, grad)
+    return loss, grad
+
+
+def kl_rows(xp, pw, qw, log_probs: bool, extra: bool):
+    """``KL(P || Q) = sum_j P_j (log P_j - log Q_j)`` per row, keepdims.
+
+    ``pw`` and ``qw`` are rows of logits (or of log-probabilities with
+    ``log_probs``) in the working dtype.
+    """
+    neg_inf = -float("inf")
+    if log_probs:
+        log_p, log_q = pw, qw
+        prob = xp.exp(log_p)
+    else:
+        sp = row_stats(xp, pw, None, 1.0, extra)
+        log_p, prob = log_softmax(xp, sp), softmax(xp, sp)
+        log_q = log_softmax(xp, row_stats(xp, qw, None, 1.0, extra))
+    # Support is decided on the log scale: a class whose P_j underflows to 0
+    # still has P_j > 0, and Q_j = 0 there makes the divergence infinite.
+    terms = xp.where(log_q == neg_inf, xp.full_like(prob, float("inf")), prob * (log_p - log_q))
+    terms = xp.where(log_p == neg_inf, xp.zeros_like(prob), terms)
+    return compensated_sum(xp, terms, extra)
+
+

@@ -1,0 +1,87 @@
+"""The shared row statistics of the softmax family: max, argmax, the
+exact shift, and ``s`` (the sum without the max term)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+
+from softmaxkit.numerics.precision import _INF, compensated_sum, divide_pair, two_diff
+
+
+@dataclass
+class RowStats:
+    """Everything the softmax family needs about each row (last axis).
+
+    ``hi + lo`` is the shifted (and scaled) logit ``z``; ``e = exp(z)``;
+    ``is_k`` marks the one argmax left out of ``s``; ``L = log1p(s)``.
+    Row flags keep their axis (size 1).
+    """
+
+    hi: Any
+    lo: Any
+    e: Any
+    is_k: Any
+    s: Any
+    L: Any
+    a: Any
+    masked_row: Any
+    inf_row: Any
+    extra: bool
+
+
+def row_stats(xp, x, valid=None, temperature: float = 1.0, extra: bool = True) -> RowStats:
+    """Shift, exponentiate and sum each row of ``x`` (working dtype).
+
+    Entries where ``valid`` is False are treated as ``-inf``.  Rows that are
+    fully masked (every entry ``-inf`` or invalid) and rows holding ``+inf``
+    are replaced by stand-ins whose formulas give the limits: a row with
+    ``+inf`` becomes 0 at the ``+inf`` entries and ``-inf`` elsewhere, so the
+    mass is shared equally among them.  NaN propagates through the max.
+    """
+    # Allocations name the input's device: a GPU array must not meet a host one.
+    device = array_api_compat.device(x)
+    if valid is not None:
+        x = xp.where(valid, x, xp.asarray(-_INF, dtype=x.dtype, device=device))
+    a = xp.max(x, axis=-1, keepdims=True) if x.shape[-1] else xp.full(x.shape[:-1] + (1,), -_INF, dtype=x.dtype, device=device)
+    masked_row = a == -_INF
+    inf_row = a == _INF
+    zero = xp.zeros_like(x)
+    x = xp.where(inf_row, xp.where(x == _INF, zero, xp.full_like(x, -_INF)), x)
+    x = xp.where(masked_row, zero, x)
+    shift = xp.where(masked_row | inf_row, xp.zeros_like(a), a)
+    if extra:
+        hi = x - shift
+        if temperature != 1.0:
+            hi = hi / temperature
+        lo = None
+        e = xp.exp(hi)
+    else:
+        if temperature > 1.0:
+            # x - a overflows for a row spanning more than the largest finite
+            # number where (x - a) / T need not; the halves' difference
+            # cannot, and halving both it and T leaves the quotient and its
+            # remainder unchanged (up to subnormal bits far below the
+            # results' ULPs).
+            hi, lo = divide_pair(xp, *two_diff(xp, x * 0.5, shift * 0.5), temperature * 0.5)
+        else:
+            hi, lo = two_diff(xp, x, shift)
+            if temperature != 1.0:
+                hi, lo = divide_pair(xp, hi, lo, temperature)
+        e = xp.exp(hi) * (1.0 + lo)
+    n = x.shape[-1]
+    if n:
+        k = xp.argmax(x, axis=-1, keepdims=True)
+        is_k = xp.arange(n, dtype=k.dtype, device=device) == k
+    else:
+        is_k = xp.zeros(x.shape, dtype=xp.bool, device=device)
+    s = compensated_sum(xp, xp.where(is_k, zero, e), extra)
+    # The argmax term is left out of s, so a row whose only entry is NaN
+    # would have s = 0 and lose its NaN in the argmax forms; NaN stays in
+    # its row.
+    s = xp.where(xp.isnan(a), a, s)
+    return RowStats(hi, lo, e, is_k, s, xp.log1p(s), a, masked_row, inf_row, extra)
+
+

@@ -1,0 +1,46 @@
+"""Static checks for numerically unstable or wrong softmax, log, exp and cross-entropy code.
+
+``softmaxkit lint`` is the command line; ``lint_source`` checks a string.
+Detection uses only the standard library's ``ast``; fixes need LibCST
+(``pip install 'softmaxkit[lint]'``).
+"""
+
+from __future__ import annotations
+
+from softmaxkit.tools.lint._rule import Finding, Fix, Rule
+from softmaxkit.tools.lint._rules import ALL_RULES, RULES, find_rule
+from softmaxkit.tools.lint._runner import (
+    Config,
+    apply_noqa,
+    check_source,
+    enabled_rules,
+    parse_selectors,
+    split_lines,
+)
+
+__all__ = [
+    "ALL_RULES",
+    "Finding",
+    "Fix",
+    "RULES",
+    "Rule",
+    "find_rule",
+    "lint_source",
+]
+
+
+def lint_source(
+    source: str,
+    filename: str = "<string>",
+    select: list[str] | None = None,
+    ignore: list[str] | None = None,
+) -> list[Finding]:
+    """Findings for Python source, sorted by position, with ``# noqa`` applied.
+
+    ``select`` and ``ignore`` take rule codes or prefixes such as ``"SMK1"``.
+    """
+    rules = enabled_rules(Config(), parse_selectors(select, "select"), parse_selectors(ignore, "ignore"))
+    findings = apply_noqa(check_source(source, rules, filename), split_lines(source))
+    for finding in findings:
+        finding.filename = filename
+    return sorted(findings, key=Finding.sort_key)

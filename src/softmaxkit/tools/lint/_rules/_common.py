@@ -1,0 +1,158 @@
+"""Pattern helpers shared by several rule families."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from softmaxkit.tools.lint._flow import PROB, SIGMOID, Analysis, Op, is_one
+
+_REDUCTIONS = frozenset({"sum", "mean"})
+_INDEXING_METHODS = frozenset({"gather", "take_along_dim", "index_select"})
+_TEMPERATURE = re.compile(r"(tau|temp|temperature)(_?\d+)?|\w*_(tau|temp|temperature)|temperature_\w*", re.IGNORECASE)
+
+
+def log_op(call: ast.Call, ctx: Analysis) -> Op | None:
+    """The call as a natural logarithm, if it is one (``math.log`` with a base is not)."""
+    op = ctx.op(call)
+    if op is None or op.name != "log" or op.input is None:
+        return None
+    if op.library == "math" and (len(call.args) != 1 or call.keywords):
+        return None
+    return op
+
+
+def renamed_callee(op: Op, ctx: Analysis, qualname: str) -> str | None:
+    """Source text that calls ``qualname`` in place of ``op``'s function.
+
+    Keeps the user's spelling of the module (``F.softmax`` becomes
+    ``F.log_softmax``) when the new function lives beside the old one.
+    """
+    func = op.call.func
+    module, _, name = qualname.rpartition(".")
+    if type(func) is ast.Attribute and op.qualname.rpartition(".")[0] == module:
+        return f"{ctx.text(func.value)}.{name}"
+    return ctx.imports.spell(qualname)
+
+
+def sole_argument(op: Op) -> ast.expr | None:
+    """The array ``op`` is applied to, when the call has no other argument."""
+    call = op.call
+    if call.keywords:
+        return None
+    if op.method:
+        return op.input if not call.args else None
+    if len(call.args) == 1 and type(call.args[0]) is not ast.Starred:
+        return op.input
+    return None
+
+
+def is_temperature(expr: ast.expr) -> bool:
+    """Whether ``expr`` is named like a temperature (``T``, ``tau``, ``self.temperature``)."""
+    kind = type(expr)
+    if kind is ast.Name:
+        name = expr.id
+    elif kind is ast.Attribute:
+        name = expr.attr
+    else:
+        return False
+    return name == "T" or _TEMPERATURE.fullmatch(name) is not None
+
+
+def is_inverse_temperature(expr: ast.expr) -> bool:
+    return (
+        type(expr) is ast.BinOp
+        and type(expr.op) is ast.Div
+        and is_one(expr.left)
+        and is_temperature(expr.right)
+    )
+
+
+def _probability_source(expr: ast.expr, ctx: Analysis) -> bool:
+    while True:
+        kind = type(expr)
+        if kind is ast.Subscript:
+            expr = expr.value
+        elif kind is ast.Call and type(expr.func) is ast.Attribute and expr.func.attr in _INDEXING_METHODS:
+            expr = expr.func.value
+        else:
+            break
+    return ctx.tag(expr) in (PROB, SIGMOID)
+
+
+def is_log_of_probability(expr: ast.expr, ctx: Analysis) -> bool:
+    """``log(p)``, ``log(p[i, y])`` or ``log(1 - p)`` with ``p`` softmax or sigmoid output."""
+    if type(expr) is not ast.Call:
+        return False
+    op = log_op(expr, ctx)
+    if op is None:
+        return False
+    arg = op.input
+    if type(arg) is ast.BinOp and type(arg.op) is ast.Sub and is_one(arg.left):
+        arg = arg.right
+    return _probability_source(arg, ctx)
+
+
+def _strip_reductions(expr: ast.expr, ctx: Analysis) -> tuple[ast.expr, bool]:
+    reduced = False
+    while type(expr) is ast.Call:
+        op = ctx.op(expr)
+        if op is None or op.name not in _REDUCTIONS or op.input is None:
+            break
+        expr = op.input
+        reduced = True
+    return expr, reduced
+
+
+def _terms(expr: ast.expr) -> list[ast.expr]:
+    terms = []
+    pending = [expr]
+    while pending:
+        node = pending.pop()
+        if type(node) is ast.BinOp and type(node.op) in (ast.Add, ast.Sub, ast.Mult):
+            pending.append(node.left)
+            pending.append(node.right)
+        else:
+            terms.append(node)
+    return terms
+
+
+def is_manual_cross_entropy(node: ast.AST, ctx: Analysis) -> bool:
+    """``-log(p[i, y]).mean()``, ``-(y * log(p)).sum()``, ``sum(-y * log(p))`` and kin."""
+    kind = type(node)
+    if kind is ast.UnaryOp:
+        if type(node.op) is not ast.USub:
+            return False
+        core, reduced = _strip_reductions(node.operand, ctx)
+        if is_log_of_probability(core, ctx):
+            return reduced or type(log_op(core, ctx).input) is ast.Subscript
+        return reduced and type(core) is ast.BinOp and any(is_log_of_probability(t, ctx) for t in _terms(core))
+    if kind is ast.Call:
+        op = ctx.op(node)
+        if op is None or op.name not in _REDUCTIONS:
+            return False
+        parent = ctx.parent(node)
+        if type(parent) is ast.UnaryOp or (type(parent) is ast.Call and _is_reduction(parent, ctx)):
+            return False
+        core, _ = _strip_reductions(node, ctx)
+        if type(core) is not ast.BinOp:
+            return False
+        terms = _terms(core)
+        negated = any(type(t) is ast.UnaryOp and type(t.op) is ast.USub for t in terms)
+        return negated and any(is_log_of_probability(t, ctx) for t in terms)
+    return False
+
+
+def _is_reduction(call: ast.Call, ctx: Analysis) -> bool:
+    op = ctx.op(call)
+    return op is not None and op.name in _REDUCTIONS
+
+
+def within_manual_cross_entropy(node: ast.AST, ctx: Analysis) -> bool:
+    """Whether ``node`` is part of an expression that the manual cross-entropy rule reports."""
+    ancestor = ctx.parent(node)
+    while isinstance(ancestor, ast.expr):
+        if type(ancestor) in (ast.UnaryOp, ast.Call) and is_manual_cross_entropy(ancestor, ctx):
+            return True
+        ancestor = ctx.parent(ancestor)
+    return False

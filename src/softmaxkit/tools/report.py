@@ -1,0 +1,375 @@
+"""diagnose: what a batch of logits would do to a naive softmax, in one report.
+
+The figures are computed on a float64 host copy of the logits, except the
+two float32 ones (softmax collapse and the zero target gradient), which are
+defined by float32 arithmetic and computed in it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from softmaxkit.frontend import validate as v
+
+_COLLAPSE_DEFINITION = "float32 sum of exp(x - max) == 1 (Prieto et al. 2025)"
+_ZERO_GRAD_DEFINITION = "float32 p_t - 1 == 0"
+
+
+@dataclass(frozen=True)
+class LogitReport:
+    """What a batch of logits would do to a naive softmax.
+
+    Rows are the distributions along the class axis.  A *regular* row has at
+    least one finite logit and neither NaN nor ``+inf``; the float32 figures
+    are taken over regular rows only, because the others have no finite
+    softmax to collapse.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Shape of the logits.
+    dtype : str
+        Their dtype (integer logits are analysed as float64, as the rest of
+        softmaxkit computes them).
+    axis : int
+        The class axis, non-negative.
+    rows, classes : int
+        Number of rows and the size of the class axis.
+    min, max, abs_max : float or None
+        Range and largest magnitude of the finite logits; None when no logit
+        is finite.
+    nan_count, posinf_count, neginf_count : int
+        Entries that are NaN, ``+inf`` and ``-inf``.
+    masked_rows : int
+        Rows whose every logit is ``-inf`` (fully masked).
+    overflow_count : int
+        Finite logits ``x > overflow_threshold = log(max float)`` of the
+        dtype: ``exp(x)`` exceeds the largest finite value, so a naive softmax
+        gives ``inf / inf = NaN`` in that row.
+    underflow_rows : int
+        Regular rows whose largest logit is below ``underflow_threshold``, the
+        log of half the smallest positive (subnormal) value of the dtype:
+        every ``exp(x)`` rounds to 0 and a naive softmax gives ``0 / 0 = NaN``.
+    overflow_threshold, underflow_threshold : float
+        The two bounds for the dtype.
+    regular_rows : int
+        Rows the collapse fraction is taken over.
+    collapsed_rows : int
+        Regular rows whose float32 ``sum(exp(x - max))`` is exactly 1, the
+        softmax-collapse measure of Prieto et al. (2025): the float32 softmax
+        of such a row is exactly one-hot.
+    target_rows, zero_grad_rows : int or None
+        With targets: the regular rows whose target is not ``ignore_index``,
+        and those among them whose naive float32 target gradient
+        ``p_t - 1`` (``p_t = exp(x_t - max) / sum``) is exactly 0.  None
+        without targets.
+    max_margin : float or None
+        Largest ``top-1 - top-2`` gap over rows with at least two finite
+        logits; None when there is no such row.
+    """
+
+    shape: tuple[int, ...]
+    dtype: str
+    axis: int
+    rows: int
+    classes: int
+    min: float | None
+    max: float | None
+    abs_max: float | None
+    nan_count: int
+    posinf_count: int
+    neginf_count: int
+    masked_rows: int
+    overflow_count: int
+    underflow_rows: int
+    overflow_threshold: float
+    underflow_threshold: float
+    regular_rows: int
+    collapsed_rows: int
+    target_rows: int | None
+    zero_grad_rows: int | None
+    max_margin: float | None
+
+    @property
+    def naive_overflow(self) -> bool:
+        """Whether some ``exp(x)`` overflows in the logits' dtype."""
+        return self.overflow_count > 0
+
+    @property
+    def naive_underflow(self) -> bool:
+        """Whether some row's ``exp(x)`` all round to 0 in the logits' dtype."""
+        return self.underflow_rows > 0
+
+    @property
+    def collapse_fraction(self) -> float | None:
+        """``collapsed_rows / regular_rows``; None without regular rows."""
+        return _fraction(self.collapsed_rows, self.regular_rows)
+
+    @property
+    def zero_grad_fraction(self) -> float | None:
+        """``zero_grad_rows / target_rows``; None without targets or rows."""
+        if self.target_rows is None:
+            return None
+        return _fraction(self.zero_grad_rows, self.target_rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields and the derived figures as JSON-ready Python values."""
+        out = dataclasses.asdict(self)
+        out["shape"] = list(self.shape)
+        for name in ("naive_overflow", "naive_underflow", "collapse_fraction", "zero_grad_fraction"):
+            out[name] = getattr(self, name)
+        return out
+
+    def __str__(self) -> str:
+        lines = [
+            (
+                "logits",
+                f"shape {self.shape} {self.dtype}: {self.rows} rows of {self.classes} classes along axis {self.axis}",
+            ),
+            (
+                "range (finite)",
+                "no finite logits"
+                if self.min is None
+                else f"min {_num(self.min)}   max {_num(self.max)}   abs-max {_num(self.abs_max)}",
+            ),
+            ("non-finite", f"NaN {self.nan_count}   +inf {self.posinf_count}   -inf {self.neginf_count}"),
+            ("masked rows", f"{self.masked_rows} (every logit -inf)"),
+            (
+                "naive overflow",
+                f"{_yes(self.naive_overflow)}: {self.overflow_count} logits > "
+                f"{_num(self.overflow_threshold)} = log(max {self.dtype})",
+            ),
+            (
+                "naive underflow",
+                f"{_yes(self.naive_underflow)}: {self.underflow_rows} rows with every logit < "
+                f"{_num(self.underflow_threshold)}",
+            ),
+            ("softmax collapse", f"{_share(self.collapsed_rows, self.regular_rows)}: {_COLLAPSE_DEFINITION}"),
+        ]
+        if self.target_rows is not None:
+            zero_grad = f"{_share(self.zero_grad_rows, self.target_rows)}: {_ZERO_GRAD_DEFINITION}"
+            lines.append(("zero target grad", zero_grad))
+        if self.max_margin is None:
+            lines.append(("largest margin", "no row with two finite logits"))
+        else:
+            lines.append(("largest margin", f"{_num(self.max_margin)} (top-1 minus top-2)"))
+        width = max(len(label) for label, _ in lines)
+        return "\n".join(f"{label:<{width}}  {text}" for label, text in lines)
+
+
+def _fraction(part: int, whole: int) -> float | None:
+    return None if whole == 0 else part / whole
+
+
+def _num(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def _yes(flag: bool) -> str:
+    return "YES" if flag else "no"
+
+
+def _share(part: int, whole: int) -> str:
+    if whole == 0:
+        return "no rows to measure"
+    return f"{part} of {whole} rows ({100 * part / whole:.3g}%)"
+
+
+def _dtype_limits(dtype: Any) -> tuple[str, float, float]:
+    """Name, largest finite value and smallest positive (subnormal) value."""
+    if type(dtype).__module__ == "torch":
+        import torch
+
+        info = torch.finfo(dtype)
+        name = str(dtype).removeprefix("torch.")
+    else:
+        name = np.dtype(dtype).name
+        if np.dtype(dtype).itemsize > 8:
+            # The figures are Python floats computed on a float64 copy, which
+            # cannot hold long double's range (its smallest subnormal even
+            # converts to 0.0).
+            raise TypeError(
+                f"logits dtype {name} (long double) is not supported by diagnose: its figures are computed "
+                f"in float64, which cannot hold its range; convert with logits.astype(numpy.float64) if the "
+                f"values fit"
+            )
+        try:
+            info = np.finfo(dtype)
+        except ValueError:
+            # bfloat16 and the other ml_dtypes types have their own finfo.
+            import ml_dtypes
+
+            info = ml_dtypes.finfo(dtype)
+    return name, float(info.max), float(info.tiny) * float(info.eps)
+
+
+def _host_float64(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        # torch bfloat16 has no NumPy counterpart; float64 holds every value.
+        x = x.detach().cpu().double()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _host_targets(targets: Any, row_shape: tuple[int, ...], n_classes: int, ignore_index: int) -> np.ndarray:
+    if isinstance(targets, np.ma.MaskedArray):
+        # asarray would drop the mask; ignore_index is how a target is left out
+        raise TypeError(
+            "targets is a numpy.ma.MaskedArray, and diagnose cannot honour its mask; pass "
+            "targets.filled(ignore_index) to leave the masked rows out"
+        )
+    t = np.asarray(targets.detach().cpu() if hasattr(targets, "detach") else targets)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"targets must hold integer class indices; got dtype {t.dtype}")
+    if t.shape != row_shape:
+        raise ValueError(
+            f"targets must have the logits' shape without the class axis, {row_shape}; got {t.shape}"
+        )
+    bad = v.not_a_class(t, n_classes, ignore_index)
+    if bad.any():
+        pos = v.first_position(bad)
+        raise ValueError(v.not_a_class_message(f"targets{list(pos)} = {int(t[pos])}", n_classes, ignore_index))
+    return t.reshape(-1)
+
+
+@v.quiet
+def diagnose(logits: Any, targets: Any = None, *, axis: int = -1, ignore_index: int = -100) -> LogitReport:
+    """Report what a batch of logits would do to a naive softmax.
+
+    Parameters
+    ----------
+    logits : array_like, torch.Tensor or array-API array
+        Unnormalised scores with the classes along ``axis``; at least one
+        dimension.  Nothing is written back, and a tensor that requires grad
+        is detached first.
+    targets : integer array, optional
+        Class indices with ``logits``' shape minus ``axis``.  Enables the
+        zero-target-gradient figure.
+    axis : int, default -1
+        The class axis.
+    ignore_index : int, default -100
+        Targets equal to it are left out of the target figures, as in
+        :func:`softmaxkit.cross_entropy`.
+
+    Returns
+    -------
+    LogitReport
+        A frozen dataclass; ``print(report)`` gives an aligned text block and
+        ``report.to_dict()`` the figures as plain Python values.  See
+        :class:`LogitReport` for the exact definition of each figure.
+
+    Raises
+    ------
+    TypeError
+        For logits that are not real numbers, and for long double
+        (``numpy.longdouble`` wider than float64), whose range the float64
+        figures cannot hold.
+    ValueError
+        For 0-d logits, a bad ``axis`` and targets of the wrong shape or out
+        of range.
+
+    Notes
+    -----
+    Softmax collapse follows Prieto et al. (2025): a row collapses when its
+    float32 ``sum(exp(x - max))`` equals 1 exactly, i.e. every other term
+    is below half a float32 ULP of 1 (summed with NumPy's pairwise sum).
+    Such a row's float32 softmax is exactly one-hot, and a naive float32
+    cross-entropy gradient ``p_t - 1`` at its argmax is exactly 0, so the
+    row stops learning; :func:`softmaxkit.cross_entropy` keeps that gradient.
+
+    References
+    ----------
+    L. Prieto, M. Barsbey, P. A. M. Mediano, T. Birdal, "Grokking at the
+    edge of numerical stability", ICLR 2025.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxkit as smk
+    >>> r = smk.diagnose(np.array([[30.0, 0.0], [1.0, 0.0]], dtype=np.float32), [0, 0])
+    >>> r.collapsed_rows, r.zero_grad_rows, r.max_margin
+    (1, 1, 30.0)
+    """
+    _, x, dtype = v.real_array(logits, "logits")
+    if x.ndim == 0:
+        raise ValueError("logits must have at least one dimension (the class axis); got a 0-d array")
+    ax = v.axis(axis, x.ndim)[0]
+    ignore = v.integer(ignore_index, "ignore_index")
+    name, largest, smallest = _dtype_limits(dtype)
+    host = np.moveaxis(_host_float64(x), ax, -1)
+    row_shape = host.shape[:-1]
+    n_classes = host.shape[-1]
+    rows = host.reshape(math.prod(row_shape), n_classes)
+
+    finite = np.isfinite(rows)
+    nan = np.isnan(rows)
+    posinf = rows == math.inf
+    neginf = rows == -math.inf
+    finite_values = rows[finite]
+    has_finite = finite.any(axis=-1)
+    regular = has_finite & ~(nan | posinf).any(axis=-1)
+
+    overflow_threshold = math.log(largest)
+    underflow_threshold = math.log(smallest) - math.log(2.0)
+    # -inf stands for "no finite logit" so that row maxima are defined everywhere.
+    finite_or_ninf = np.where(finite, rows, -math.inf)
+    row_max = finite_or_ninf.max(axis=-1) if n_classes else np.full(rows.shape[0], -math.inf)
+
+    t = None if targets is None else _host_targets(targets, row_shape, n_classes, ignore)[regular]
+    collapsed, target_rows, zero_grad = _float32_figures(rows[regular], row_max[regular], t, ignore)
+
+    two_finite = finite.sum(axis=-1) >= 2
+    if two_finite.any():
+        top2 = np.partition(finite_or_ninf[two_finite], n_classes - 2, axis=-1)[:, -2:]
+        max_margin = float((top2[:, 1] - top2[:, 0]).max())
+    else:
+        max_margin = None
+
+    return LogitReport(
+        shape=tuple(int(s) for s in x.shape),
+        dtype=name,
+        axis=ax,
+        rows=rows.shape[0],
+        classes=n_classes,
+        min=float(finite_values.min()) if finite_values.size else None,
+        max=float(finite_values.max()) if finite_values.size else None,
+        abs_max=float(np.abs(finite_values).max()) if finite_values.size else None,
+        nan_count=int(nan.sum()),
+        posinf_count=int(posinf.sum()),
+        neginf_count=int(neginf.sum()),
+        masked_rows=int((neginf.all(axis=-1) & (n_classes > 0)).sum()),
+        overflow_count=int((finite_values > overflow_threshold).sum()),
+        underflow_rows=int((regular & (row_max < underflow_threshold)).sum()),
+        overflow_threshold=overflow_threshold,
+        underflow_threshold=underflow_threshold,
+        regular_rows=int(regular.sum()),
+        collapsed_rows=collapsed,
+        target_rows=target_rows,
+        zero_grad_rows=zero_grad,
+        max_margin=max_margin,
+    )
+
+
+def _float32_figures(rows, row_max, t, ignore):
+    """Collapsed rows, and the target-row and zero-gradient counts (or None).
+
+    ``rows`` are the regular rows, ``row_max`` their maxima and ``t`` their
+    targets (or None).
+    """
+    # x - max is formed in float64 and rounded once, which equals the float32
+    # subtraction wherever the logits fit in float32 and cannot overflow where
+    # they do not.
+    z = (rows - row_max[:, None]).astype(np.float32)
+    e = np.exp(z)
+    total = e.sum(axis=-1, dtype=np.float32)
+    collapsed = int((total == np.float32(1)).sum())
+    if t is None:
+        return collapsed, None, None
+    keep = t != ignore
+    idx = np.nonzero(keep)[0]
+    p_t = e[idx, t[keep]] / total[idx]
+    zero = int((p_t - np.float32(1) == 0).sum())
+    return collapsed, int(keep.sum()), zero

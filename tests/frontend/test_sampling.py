@@ -1,0 +1,455 @@
+"""sample, gumbel_max and gumbel_softmax.
+
+Frequencies are compared with exact probabilities by Pearson's chi-square
+test; every test uses a fixed seed and requires p > 1e-4, so a correct
+sampler fails one of these checks with probability about 1e-4 per test and,
+with fixed seeds, deterministically never.  A wrong distribution (off by a
+percent in one class at these draw counts) gives p far below 1e-4.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import softmaxkit as smk
+from softmaxkit.frontend import random as _random
+
+ALPHA = 1e-4
+
+
+def exact_probs(logits, temperature=1.0):
+    """softmax by its definition, in float64, for small well-scaled rows."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def truncated(p, top_k=None, top_p=None, min_p=None):
+    """The documented truncations, written out class by class (ties kept)."""
+    p = np.asarray(p, dtype=np.float64)
+    keep = p > 0
+    if top_k is not None:
+        kth = sorted(p, reverse=True)[min(top_k, len(p)) - 1]
+        keep &= p >= kth
+    if top_p is not None:
+        q = np.where(keep, p, 0.0)
+        q = q / q.sum()
+        ranked = sorted(q, reverse=True)
+        mass, last = 0.0, ranked[0]
+        for value in ranked:
+            if mass >= top_p:
+                break
+            mass += value
+            last = value
+        keep &= q >= last
+    if min_p is not None:
+        keep &= p >= min_p * p.max()
+    q = np.where(keep, p, 0.0)
+    return q / q.sum()
+
+
+def chi_square_p(draws, probs):
+    """p-value of the draws (class indices) under ``probs``; classes with p = 0 must not occur."""
+    probs = np.asarray(probs, dtype=np.float64)
+    counts = np.bincount(np.asarray(draws).ravel(), minlength=len(probs))
+    assert counts[probs == 0].sum() == 0, f"drew a class of probability 0: {counts}"
+    live = probs > 0
+    if live.sum() == 1:
+        return 1.0
+    expected = probs[live] * counts.sum()
+    assert expected.min() >= 5, "test design: expected counts too small for chi-square"
+    return stats.chisquare(counts[live], expected).pvalue
+
+
+LOGITS = np.array([2.0, 1.2, 0.9, 0.1, -0.4, -1.3, -np.inf])
+
+
+class TestSampleNumpy:
+    def test_frequencies_match_softmax(self):
+        draws = smk.sample(LOGITS, num_samples=200_000, rng=0)
+        assert chi_square_p(draws, exact_probs(LOGITS)) > ALPHA
+
+    @pytest.mark.parametrize("temperature", [0.5, 3.0])
+    def test_frequencies_match_softmax_at_temperature(self, temperature):
+        draws = smk.sample(LOGITS, temperature=temperature, num_samples=200_000, rng=1)
+        assert chi_square_p(draws, exact_probs(LOGITS, temperature)) > ALPHA
+
+    @pytest.mark.parametrize(
+        ("truncation", "seed"),
+        [
+            ({"top_k": 3}, 21),
+            ({"top_p": 0.75}, 22),
+            ({"min_p": 0.3}, 23),
+            ({"top_k": 5, "top_p": 0.95, "min_p": 0.06}, 24),
+            # top_p on the distribution renormalised after top_k keeps 2
+            # classes; on the original probabilities it would keep 3.
+            ({"top_k": 3, "top_p": 0.8}, 25),
+        ],
+        ids=repr,
+    )
+    def test_truncated_frequencies(self, truncation, seed):
+        # A seed per case: cases that keep the same classes would otherwise
+        # reuse the same noise and give one piece of evidence, not several.
+        T = 0.8
+        expected = truncated(exact_probs(LOGITS, T), **truncation)
+        draws = smk.sample(LOGITS, temperature=T, num_samples=200_000, rng=seed, **truncation)
+        assert chi_square_p(draws, expected) > ALPHA
+
+    def test_truncation_actually_truncates(self):
+        # Guards the reference: each case above removes something.
+        p = exact_probs(LOGITS, 0.8)
+        for kw in ({"top_k": 3}, {"top_p": 0.75}, {"min_p": 0.3}):
+            assert (truncated(p, **kw) == 0).sum() > 1
+        assert (truncated(p, top_k=3, top_p=0.8) > 0).sum() == 2
+
+    def test_batched_rows_are_independent_distributions(self):
+        x = np.stack([LOGITS, LOGITS[::-1], np.zeros(7)])
+        draws = smk.sample(x, num_samples=100_000, rng=3)
+        assert draws.shape == (3, 100_000)
+        for row, d in zip(x, draws):
+            assert chi_square_p(d, exact_probs(row)) > ALPHA
+
+    def test_plus_inf_entries_share_the_mass(self):
+        x = np.array([np.inf, 3.0, np.inf, np.inf, -np.inf])
+        draws = smk.sample(x, num_samples=60_000, rng=4)
+        assert chi_square_p(draws, [1 / 3, 0, 1 / 3, 1 / 3, 0]) > ALPHA
+
+    def test_shapes_and_dtype(self):
+        x = np.zeros((2, 3, 5))
+        assert smk.sample(x, rng=0).shape == (2, 3)
+        assert smk.sample(x, num_samples=4, rng=0).shape == (2, 3, 4)
+        assert smk.sample(x, axis=1, num_samples=4, rng=0).shape == (2, 5, 4)
+        assert smk.sample(x, rng=0).dtype.kind == "i"
+        assert smk.sample(np.zeros((0, 5)), rng=0).shape == (0,)
+
+    def test_axis_moved_equals_moveaxis(self):
+        x = np.random.default_rng(5).normal(size=(6, 4, 3))
+        a = smk.sample(x, axis=0, num_samples=3, rng=7)
+        b = smk.sample(np.moveaxis(x, 0, -1), num_samples=3, rng=7)
+        np.testing.assert_array_equal(a, b)
+
+    def test_seed_reproducible_and_generator_advances(self):
+        a = smk.sample(LOGITS, num_samples=50, rng=11)
+        np.testing.assert_array_equal(a, smk.sample(LOGITS, num_samples=50, rng=11))
+        np.testing.assert_array_equal(a, smk.sample(LOGITS, num_samples=50, rng=np.random.default_rng(11)))
+        gen = np.random.default_rng(11)
+        first, second = smk.sample(LOGITS, num_samples=50, rng=gen), smk.sample(LOGITS, num_samples=50, rng=gen)
+        assert not np.array_equal(first, second)
+
+    def test_list_input(self):
+        assert smk.sample([0.0, -np.inf, -np.inf], rng=0) == 0
+
+    def test_no_write_back(self):
+        x = LOGITS.copy()
+        smk.sample(x, top_k=2, top_p=0.5, min_p=0.1, rng=0)
+        np.testing.assert_array_equal(x, LOGITS)
+
+    def test_greedy(self):
+        x = np.array([[0.0, 3.0, 3.0, 1.0], [np.inf, 0.0, np.inf, 0.0], [-np.inf, -5.0, -np.inf, -6.0]])
+        np.testing.assert_array_equal(smk.sample(x, temperature=0), [1, 0, 1])
+        np.testing.assert_array_equal(smk.sample(x, temperature=0, top_k=1, top_p=0.1, min_p=1.0), [1, 0, 1])
+        np.testing.assert_array_equal(smk.sample(x, temperature=0, num_samples=3), [[1, 1, 1], [0, 0, 0], [1, 1, 1]])
+
+    @pytest.mark.parametrize("neutral", [{"top_k": 7}, {"top_k": 100}, {"top_p": 1.0}, {"min_p": 0.0}], ids=repr)
+    def test_neutral_truncations_change_nothing(self, neutral):
+        # Same seed, same noise: identical draws, including the classes of tiny probability.
+        x = np.array([5.0, 0.0, -30.0, -60.0, 1.0, 2.0, -np.inf])
+        np.testing.assert_array_equal(smk.sample(x, num_samples=500, rng=3, **neutral), smk.sample(x, num_samples=500, rng=3))
+
+    def test_ties_at_top_k_boundary_are_kept(self):
+        draws = smk.sample(np.array([1.0, 0.0, 0.0, -1.0]), top_k=2, num_samples=60_000, rng=9)
+        p = exact_probs([1.0, 0.0, 0.0, -np.inf])
+        assert chi_square_p(draws, p) > ALPHA
+
+    def test_ties_at_top_p_boundary_are_kept(self):
+        # Mass 1/3 before the second class is below 0.5, so two are needed; the third ties.
+        draws = smk.sample(np.array([0.0, 0.0, 0.0, -1.0]), top_p=0.5, num_samples=60_000, rng=10)
+        assert chi_square_p(draws, [1 / 3, 1 / 3, 1 / 3, 0]) > ALPHA
+
+    def test_top_p_keeps_the_class_that_reaches_the_mass(self):
+        # p = (0.5, 0.25, 0.125, 0.125): top_p = 0.5 is reached by the first class alone,
+        # 0.6 needs the second too.
+        x = np.log(np.array([0.5, 0.25, 0.125, 0.125]))
+        assert set(np.unique(smk.sample(x, top_p=0.5, num_samples=2000, rng=0))) == {0}
+        assert set(np.unique(smk.sample(x, top_p=0.6, num_samples=2000, rng=0))) == {0, 1}
+
+    def test_ties_at_min_p_boundary_are_kept(self):
+        draws = smk.sample(np.array([0.0, 0.0, -1e-9]), min_p=1.0, num_samples=2000, rng=0)
+        assert set(np.unique(draws)) == {0, 1}
+
+    def test_fully_masked_row_raises(self):
+        x = np.array([[0.0, 1.0], [-np.inf, -np.inf]])
+        with pytest.raises(ValueError, match=r"logits row \[1\].*fully masked"):
+            smk.sample(x, rng=0)
+        with pytest.raises(ValueError, match="fully masked"):
+            smk.sample(x, temperature=0)
+
+    def test_empty_class_axis_raises(self):
+        with pytest.raises(ValueError, match="fully masked"):
+            smk.sample(np.zeros((2, 0)), rng=0)
+
+    def test_nan_raises(self):
+        with pytest.raises(ValueError, match=r"logits\[0, 1\] is NaN"):
+            smk.sample(np.array([[0.0, np.nan]]), rng=0)
+
+    def test_nan_from_extreme_temperature_is_never_a_draw(self):
+        # NaN log-probabilities made from finite logits (an extreme
+        # temperature) were drawn as class 0 every time.  Either the row is
+        # computed right (class 1 at this near-zero temperature) or refused.
+        x = np.array([0.0, 5.0, 1.0])
+        try:
+            draws = smk.sample(x, temperature=1e-300, num_samples=50, rng=0)
+        except ValueError as exc:
+            assert "NaN" in str(exc)
+        else:
+            assert (draws == 1).all(), np.bincount(draws)
+
+    @pytest.mark.parametrize("options", [{}, {"top_k": 2}, {"top_p": 0.9}, {"min_p": 0.1}, {"num_samples": 3}])
+    def test_computed_nan_row_raises_naming_the_row(self, monkeypatch, options):
+        # A NaN made by the computation (not in the input) became a draw of
+        # class 0 instead of an error; inject one into row 1.
+        from softmaxkit import sampling
+
+        real = sampling.num.log_softmax
+
+        def nan_in_row_1(xp, st):
+            out = np.array(real(xp, st), copy=True)
+            out[1, 0] = np.nan
+            return out
+
+        monkeypatch.setattr(sampling.num, "log_softmax", nan_in_row_1)
+        x = np.array([[0.0, 1.0, 2.0], [3.0, 1.0, 2.0], [0.0, 0.0, 0.0]])
+        with pytest.raises(ValueError, match=r"logits row \[1\] .*NaN.*temperature=0.5"):
+            smk.sample(x, temperature=0.5, rng=0, **options)
+
+    def test_huge_num_samples_is_refused_by_name(self):
+        # num_samples=2**100 raised NumPy's "Maximum allowed dimension
+        # exceeded", which names no argument.
+        with pytest.raises(ValueError, match=r"num_samples=1267650600228229401496703205376 .* too many"):
+            smk.sample(LOGITS, num_samples=2**100, rng=0)
+
+    @pytest.mark.parametrize(
+        ("kwargs", "exc", "pattern"),
+        [
+            ({"temperature": -1.0}, ValueError, "temperature must be finite and >= 0.*-1.0"),
+            ({"temperature": math.inf}, ValueError, "temperature.*inf"),
+            ({"temperature": "1"}, TypeError, "temperature must be a real number"),
+            ({"top_k": 0}, ValueError, "top_k must be an int >= 1.*got 0"),
+            ({"top_k": 2.0}, TypeError, "top_k must be an int; got 2.0"),
+            ({"top_p": 0.0}, ValueError, r"top_p must be in \(0, 1\].*0.0"),
+            ({"top_p": 1.5}, ValueError, "top_p.*1.5"),
+            ({"min_p": -0.1}, ValueError, r"min_p must be in \[0, 1\].*-0.1"),
+            ({"num_samples": 0}, ValueError, "num_samples must be an int >= 1.*0"),
+            ({"num_samples": True}, TypeError, "num_samples must be an int"),
+            ({"rng": "seed"}, TypeError, "rng must be a numpy.random.Generator.*'seed'"),
+            ({"rng": -3}, ValueError, "rng as a seed must be >= 0.*-3"),
+            ({"rng": np.random.RandomState(0)}, TypeError, "rng must be"),
+            ({"axis": 1}, ValueError, "axis=1 is out of range"),
+        ],
+    )
+    def test_invalid_arguments(self, kwargs, exc, pattern):
+        with pytest.raises(exc, match=pattern):
+            smk.sample(LOGITS, **kwargs)
+
+
+class TestGumbelNoise:
+    def test_extreme_words_give_finite_noise(self, monkeypatch):
+        # The words that would be U = 0 and U = 1 for a plain [0, 1) generator.
+        words = np.array([[0, 0], [2**32 - 1, 2**32 - 1], [2**31, 0], [2**31 - 1, 2**32 - 1], [2**30, 0]], dtype=np.uint32)
+        monkeypatch.setattr(_random, "_words", lambda kind, rng, shape, like: words)
+        import array_api_compat.numpy as xp
+
+        for dtype in (np.float64, np.float32):
+            g = _random.gumbel(xp, "numpy", None, (5,), dtype, None)
+            assert g.dtype == dtype
+            assert np.isfinite(g).all()
+            assert g.max() > 43 and g.min() < -3.7
+
+    def test_noise_is_standard_gumbel(self):
+        import array_api_compat.numpy as xp
+
+        g = _random.gumbel(xp, "numpy", np.random.default_rng(0), (200_000,), np.float64, None)
+        assert stats.kstest(g, stats.gumbel_r.cdf).pvalue > ALPHA
+
+
+class TestGumbelMax:
+    def test_frequencies(self):
+        g = np.random.default_rng(0).gumbel(size=(200_000, len(LOGITS)))
+        draws = smk.gumbel_max(LOGITS, g, temperature=0.7)
+        assert draws.shape == (200_000,)
+        assert chi_square_p(draws, exact_probs(LOGITS, 0.7)) > ALPHA
+
+    def test_leading_axes_and_class_axis(self):
+        x = np.random.default_rng(1).normal(size=(3, 5))
+        g = np.random.default_rng(2).gumbel(size=(4, 3, 5))
+        out = smk.gumbel_max(x, g, axis=0)
+        assert out.shape == (4, 5)
+        np.testing.assert_array_equal(out, np.argmax(smk.log_softmax(x, axis=0) + g, axis=1))
+
+    def test_plus_inf_is_uniform_not_first(self):
+        g = np.random.default_rng(3).gumbel(size=(30_000, 3))
+        draws = smk.gumbel_max(np.array([np.inf, 0.0, np.inf]), g)
+        assert chi_square_p(draws, [0.5, 0, 0.5]) > ALPHA
+
+    def test_greedy_ignores_noise(self):
+        g = np.random.default_rng(3).gumbel(size=(4, 3))
+        np.testing.assert_array_equal(smk.gumbel_max(np.array([0.0, 2.0, 1.0]), g, temperature=0), [1, 1, 1, 1])
+
+    def test_computed_nan_row_raises_naming_the_row(self, monkeypatch):
+        # As for sample: a NaN log-probability row was an argmax of 0.
+        from softmaxkit import sampling
+
+        real = sampling.num.log_softmax
+
+        def nan_in_row_1(xp, st):
+            out = np.array(real(xp, st), copy=True)
+            out[1, 2] = np.nan
+            return out
+
+        monkeypatch.setattr(sampling.num, "log_softmax", nan_in_row_1)
+        g = np.random.default_rng(0).gumbel(size=(4, 2, 3))
+        with pytest.raises(ValueError, match=r"logits row \[1\] .*NaN"):
+            smk.gumbel_max(np.zeros((2, 3)), g)
+
+    def test_errors(self):
+        x = np.zeros(3)
+        with pytest.raises(ValueError, match=r"gumbel must be finite; got gumbel\[1\] = inf"):
+            smk.gumbel_max(x, np.array([0.0, np.inf, 0.0]))
+        with pytest.raises(ValueError, match=r"gumbel must have the shape of logits \(3,\)"):
+            smk.gumbel_max(x, np.zeros((3, 2)))
+        with pytest.raises(ValueError, match="fully masked"):
+            smk.gumbel_max(np.full(3, -np.inf), np.zeros(3))
+
+
+class TestGumbelSoftmaxNumpy:
+    def test_soft_rows_are_distributions(self):
+        x = np.array([[1.0, 2.0, -np.inf, 0.0]] * 100)
+        y = smk.gumbel_softmax(x, tau=0.5, rng=0)
+        np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-15)
+        assert (y[:, 2] == 0).all() and (y >= 0).all()
+
+    def test_hard_is_one_hot_sample_of_softmax(self):
+        x = np.tile(LOGITS, (100_000, 1))
+        y = smk.gumbel_softmax(x, tau=2.0, hard=True, rng=5)
+        assert set(np.unique(y)) == {0.0, 1.0}
+        np.testing.assert_array_equal(y.sum(axis=-1), 1.0)
+        assert chi_square_p(y.argmax(axis=-1), exact_probs(LOGITS)) > ALPHA
+
+    def test_hard_is_the_argmax_of_soft_with_the_same_noise(self):
+        # Same seed, same noise.
+        x = np.random.default_rng(0).normal(size=(50, 6))
+        soft = smk.gumbel_softmax(x, tau=0.3, rng=9)
+        hard = smk.gumbel_softmax(x, tau=0.3, hard=True, rng=9)
+        np.testing.assert_array_equal(hard.argmax(-1), soft.argmax(-1))
+
+    def test_edge_rows(self):
+        x = np.array([[-np.inf, -np.inf, -np.inf], [np.nan, 0.0, 1.0], [np.inf, 0.0, np.inf]])
+        for hard in (False, True):
+            y = smk.gumbel_softmax(x, hard=hard, rng=0)
+            np.testing.assert_array_equal(y[0], 0.0)
+            assert np.isnan(y[1]).all()
+            assert y[2, 1] == 0 and y[2].sum() == 1
+
+    def test_dtype_and_axis(self):
+        x = np.zeros((4, 3), dtype=np.float32)
+        y = smk.gumbel_softmax(x, axis=0, rng=0)
+        assert y.dtype == np.float32
+        np.testing.assert_allclose(y.sum(axis=0), 1.0, rtol=1e-6)
+
+    @pytest.mark.parametrize(("tau", "exc"), [(0.0, ValueError), (-1.0, ValueError), (math.nan, ValueError), (None, TypeError)])
+    def test_invalid_tau(self, tau, exc):
+        with pytest.raises(exc, match="tau"):
+            smk.gumbel_softmax(np.zeros(3), tau=tau, rng=0)
+
+    def test_invalid_hard(self):
+        with pytest.raises(TypeError, match="hard must be True or False; got 1"):
+            smk.gumbel_softmax(np.zeros(3), hard=1, rng=0)
+
+
+class TestTorch:
+    torch = pytest.importorskip("torch")
+
+    def test_frequencies_with_truncation(self):
+        torch = self.torch
+        x = torch.tensor(LOGITS, dtype=torch.float32)
+        gen = torch.Generator().manual_seed(0)
+        draws = smk.sample(x, temperature=0.8, top_k=5, top_p=0.9, num_samples=50_000, rng=gen)
+        assert isinstance(draws, torch.Tensor) and draws.dtype == torch.int64
+        expected = truncated(exact_probs(LOGITS, 0.8), top_k=5, top_p=0.9)
+        assert chi_square_p(draws.numpy(), expected) > ALPHA
+
+    def test_reproducible_with_seed_and_global_generator(self):
+        torch = self.torch
+        x = torch.tensor(LOGITS)
+        a = smk.sample(x, num_samples=100, rng=3)
+        assert torch.equal(a, smk.sample(x, num_samples=100, rng=torch.Generator().manual_seed(3)))
+        torch.manual_seed(4)
+        b = smk.sample(x, num_samples=100)
+        torch.manual_seed(4)
+        assert torch.equal(b, smk.sample(x, num_samples=100))
+
+    def test_rng_kind_is_checked(self):
+        with pytest.raises(TypeError, match="rng must be a torch.Generator"):
+            smk.sample(self.torch.zeros(3), rng=np.random.default_rng(0))
+
+    def test_gumbel_softmax_gradients(self):
+        torch = self.torch
+        x = torch.tensor([[1.0, 2.0, -float("inf"), 0.5], [0.0, 0.0, 0.0, 3.0]], dtype=torch.float64, requires_grad=True)
+        w = torch.tensor([[1.0, -2.0, 3.0, 0.5], [2.0, 1.0, -1.0, 0.0]], dtype=torch.float64)
+        hard = smk.gumbel_softmax(x, tau=0.7, hard=True, rng=1)
+        assert set(hard.detach().unique().tolist()) == {0.0, 1.0}
+        (g_hard,) = torch.autograd.grad((hard * w).sum(), x)
+        soft = smk.gumbel_softmax(x, tau=0.7, rng=1)
+        (g_soft,) = torch.autograd.grad((soft * w).sum(), x)
+        # Straight-through: the hard sample's gradient is the soft sample's.
+        torch.testing.assert_close(g_hard, g_soft, rtol=0, atol=0)
+        assert torch.isfinite(g_soft).all() and g_soft[0, 2] == 0 and g_soft.abs().sum() > 0
+        # The soft gradient is softmax's, at the same noisy logits: y (w - <y, w>) / tau.
+        y = soft.detach()
+        torch.testing.assert_close(g_soft, y * (w - (y * w).sum(-1, keepdim=True)) / 0.7)
+
+
+class TestJax:
+    jax = pytest.importorskip("jax")
+    # One logits shape and draw count throughout: eager JAX compiles each
+    # primitive once per shape, and that dominates the run time.
+
+    def draw(self, **kwargs):
+        jnp = self.jax.numpy
+        return smk.sample(jnp.asarray(LOGITS, dtype=jnp.float32), num_samples=50_000, **kwargs)
+
+    def test_frequencies_with_min_p(self):
+        draws = self.draw(min_p=0.15, rng=self.jax.random.key(0))
+        assert isinstance(draws, self.jax.Array)
+        assert chi_square_p(np.asarray(draws), truncated(exact_probs(LOGITS), min_p=0.15)) > ALPHA
+
+    def test_key_is_required_and_reproducible(self):
+        jax = self.jax
+        with pytest.raises(TypeError, match="rng must be a jax.random key"):
+            self.draw()
+        with pytest.raises(TypeError, match="rng must be a jax.random key"):
+            self.draw(rng=0)
+        a = self.draw(rng=jax.random.key(1))
+        np.testing.assert_array_equal(a, self.draw(rng=jax.random.key(1)))
+        assert not np.array_equal(a, self.draw(rng=jax.random.key(2)))
+
+    def test_gumbel_softmax_gradients(self):
+        jax, jnp = self.jax, self.jax.numpy
+        x = jnp.asarray([[1.0, 2.0, -jnp.inf, 0.5]])
+        w = jnp.asarray([[1.0, -2.0, 3.0, 0.5]])
+        key = jax.random.key(2)
+
+        def loss(x, hard):
+            return jnp.sum(smk.gumbel_softmax(x, tau=0.5, hard=hard, rng=key) * w)
+
+        grad = jax.jit(jax.grad(loss), static_argnums=1)
+        g_hard, g_soft = grad(x, True), grad(x, False)
+        # Straight-through: the hard sample's gradient is the soft sample's.
+        np.testing.assert_array_equal(g_hard, g_soft)
+        assert np.isfinite(g_soft).all() and float(g_soft[0, 2]) == 0 and float(jnp.abs(g_soft).sum()) > 0
+        y = jax.jit(lambda x: smk.gumbel_softmax(x, tau=0.5, hard=True, rng=key))(x)
+        assert sorted(np.asarray(y).ravel().tolist()) == [0.0, 0.0, 0.0, 1.0]

@@ -1,8 +1,0 @@
-import textwrap
-
-from softmaxkit.diagnostics.lint import lint_source
-
-
-def codes(source, **options):
-    """The codes found in ``source`` (dedented), in order."""
-    return [f.code for f in lint_source(textwrap.dedent(source), **options)]

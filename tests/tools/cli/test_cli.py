@@ -1,0 +1,52 @@
+"""The ``softmaxkit`` command: demo, --help, --version, exit codes."""
+
+import subprocess
+import sys
+
+import pytest
+
+import softmaxkit
+from softmaxkit.tools.cli import main
+
+
+def test_demo_runs_and_shows_failure_and_exact_values(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" in out and "inf" in out  # the naive path fails visibly
+    assert out.count("667.2748786602") == 2  # softmaxkit's mean loss equals the reference
+    assert "-2.0611537e-09" in out  # the confident float32 target gradient, not 0
+    assert "the nearest float32 to it" in out
+    assert "Temperature" in out and "entropy" in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"softmaxkit {softmaxkit.__version__}"
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "demo" in capsys.readouterr().out
+
+
+def test_unknown_command_is_a_usage_error():
+    with pytest.raises(SystemExit) as exc:
+        main(["frobnicate"])
+    assert exc.value.code == 2
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "softmaxkit", "demo", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "demo" in out.stdout
+
+
+def test_check_and_calibrate_share_one_file_loader():
+    # The two commands once had loaders of their own, with different formats
+    # and different holes; they must read files with the same code.
+    from softmaxkit.tools.cli import calibrate as _calibrate_cli
+    from softmaxkit.tools import check as _check
+
+    assert _calibrate_cli.load is _check.load
+    assert _calibrate_cli.add_max_bytes_option is _check.add_max_bytes_option

@@ -1,0 +1,48 @@
+"""Every rule is documented, in the same structure, in docs/lint-rules.md."""
+
+from pathlib import Path
+
+import pytest
+
+from softmaxkit.tools.lint import ALL_RULES
+from softmaxkit.tools.lint._docs import SECTIONS, render_rules_markdown
+
+DOCS = Path(__file__).resolve().parents[3] / "docs"
+
+
+@pytest.mark.parametrize("rule", ALL_RULES, ids=lambda r: r.code)
+def test_explanation_has_every_section_in_order(rule):
+    text = rule.explanation()
+    positions = [text.find(f"## {section}\n") for section in SECTIONS]
+    assert -1 not in positions, rule.code
+    assert positions == sorted(positions), rule.code
+
+
+@pytest.mark.parametrize("rule", ALL_RULES, ids=lambda r: r.code)
+def test_rule_metadata(rule):
+    assert rule.code.startswith("SMK") and len(rule.code) == 6
+    assert rule.fix_safety in ("safe", "unsafe", "none")
+    assert rule.severity in ("error", "warning")
+    assert "\n" not in rule.message
+    assert f"The fix is {rule.fix_safety}" in rule.explanation() or rule.fix_safety == "none"
+
+
+def test_codes_and_names_are_unique():
+    assert len({r.code for r in ALL_RULES}) == len({r.name for r in ALL_RULES}) == len(ALL_RULES)
+
+
+def test_rules_document_is_current():
+    # Regenerate: python -m softmaxkit.tools.lint._docs > docs/lint-rules.md
+    assert (DOCS / "lint-rules.md").read_text(encoding="utf-8") == render_rules_markdown()
+
+
+def test_every_rule_is_in_the_rules_document():
+    text = (DOCS / "lint-rules.md").read_text(encoding="utf-8")
+    for rule in ALL_RULES:
+        assert f"\n## {rule.code} {rule.name}\n" in text
+
+
+def test_usage_document_names_every_format():
+    text = (DOCS / "lint.md").read_text(encoding="utf-8")
+    for word in ("concise", "full", "json", "sarif", "github", "noqa", "--fix", "--diff", "pyproject.toml"):
+        assert word in text
