@@ -4,7 +4,7 @@ import ast
 
 import pytest
 
-from softmaxkit.tools.lint._names import Imports
+from softmaxkit.tools.lint.semantic.names import Imports
 
 
 def _resolve(source, expression):

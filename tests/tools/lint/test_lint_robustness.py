@@ -329,7 +329,7 @@ def test_recursion_in_the_analysis_is_smk000(monkeypatch):
     def overflow(self):
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(_runner.Analysis, "run", overflow)
+    monkeypatch.setattr(_runner.Checker, "run", overflow)
     (finding,) = lint_source(REAL)
     assert (finding.code, finding.message) == ("SMK000", "too deeply nested to analyse")
 

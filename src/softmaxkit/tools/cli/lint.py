@@ -16,7 +16,7 @@ from softmaxkit.tools.lint._fix import (
     write_atomic,
     write_refusal,
 )
-from softmaxkit.tools.lint._rule import Finding, Rule
+from softmaxkit.tools.lint.rule import Finding, Rule
 from softmaxkit.tools.lint._rules import ALL_RULES, find_rule
 from softmaxkit.tools.lint._runner import (
     ConfigFinder,

@@ -7,7 +7,7 @@ Detection uses only the standard library's ``ast``; fixes need LibCST
 
 from __future__ import annotations
 
-from softmaxkit.tools.lint._rule import Finding, Fix, Rule
+from softmaxkit.tools.lint.rule import Finding, Fix, Rule
 from softmaxkit.tools.lint._rules import ALL_RULES, RULES, find_rule
 from softmaxkit.tools.lint._runner import (
     Config,

@@ -9,7 +9,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from softmaxkit.tools.lint._rule import Fix
+from softmaxkit.tools.lint.rule import Fix
 
 MISSING_LIBCST = "--fix and --diff need LibCST: pip install 'softmaxkit[lint]'"
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from urllib.parse import quote
 
-from softmaxkit.tools.lint._rule import Finding
+from softmaxkit.tools.lint.rule import Finding
 from softmaxkit.tools.lint._rules import ALL_RULES
 
 FORMATS = ("concise", "full", "json", "sarif", "github")

@@ -13,8 +13,8 @@ import tokenize
 from pathlib import Path
 
 from softmaxkit.tools.files import UnusableFile, open_regular
-from softmaxkit.tools.lint._flow import Analysis
-from softmaxkit.tools.lint._rule import Finding, Rule
+from softmaxkit.tools.lint.checker import Checker
+from softmaxkit.tools.lint.rule import Finding, Rule
 from softmaxkit.tools.lint._rules import RULES, SYNTAX_ERROR
 
 # Folders that hold other people's code or build output, never linted when
@@ -309,7 +309,7 @@ def check_source(source: str, rules: list[Rule], filename: str = "<string>") -> 
     if not rules:
         return []
     try:
-        return Analysis(tree, source, rules).run()
+        return Checker(tree, source, rules).run()
     except RecursionError:
         return [_syntax_error("too deeply nested to analyse")]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from softmaxkit.tools.lint._rule import Rule
+from softmaxkit.tools.lint.rule import Rule
 from softmaxkit.tools.lint._rules.elementwise import ExpMinusOne, LogOfSigmoid, LogOnePlus
 from softmaxkit.tools.lint._rules.losses import (
     KlDivOnProbabilities,

@@ -5,14 +5,16 @@ from __future__ import annotations
 import ast
 import re
 
-from softmaxkit.tools.lint._flow import PROB, SIGMOID, Analysis, Op, is_one
+from softmaxkit.tools.lint.rule import Context
+from softmaxkit.tools.lint.semantic.ops import Op, is_one
+from softmaxkit.tools.lint.semantic.tags import PROB, SIGMOID
 
 _REDUCTIONS = frozenset({"sum", "mean"})
 _INDEXING_METHODS = frozenset({"gather", "take_along_dim", "index_select"})
 _TEMPERATURE = re.compile(r"(tau|temp|temperature)(_?\d+)?|\w*_(tau|temp|temperature)|temperature_\w*", re.IGNORECASE)
 
 
-def log_op(call: ast.Call, ctx: Analysis) -> Op | None:
+def log_op(call: ast.Call, ctx: Context) -> Op | None:
     """The call as a natural logarithm, if it is one (``math.log`` with a base is not)."""
     op = ctx.op(call)
     if op is None or op.name != "log" or op.input is None:
@@ -22,7 +24,7 @@ def log_op(call: ast.Call, ctx: Analysis) -> Op | None:
     return op
 
 
-def renamed_callee(op: Op, ctx: Analysis, qualname: str) -> str | None:
+def renamed_callee(op: Op, ctx: Context, qualname: str) -> str | None:
     """Source text that calls ``qualname`` in place of ``op``'s function.
 
     Keeps the user's spelling of the module (``F.softmax`` becomes
@@ -68,7 +70,7 @@ def is_inverse_temperature(expr: ast.expr) -> bool:
     )
 
 
-def _probability_source(expr: ast.expr, ctx: Analysis) -> bool:
+def _probability_source(expr: ast.expr, ctx: Context) -> bool:
     while True:
         kind = type(expr)
         if kind is ast.Subscript:
@@ -80,7 +82,7 @@ def _probability_source(expr: ast.expr, ctx: Analysis) -> bool:
     return ctx.tag(expr) in (PROB, SIGMOID)
 
 
-def is_log_of_probability(expr: ast.expr, ctx: Analysis) -> bool:
+def is_log_of_probability(expr: ast.expr, ctx: Context) -> bool:
     """``log(p)``, ``log(p[i, y])`` or ``log(1 - p)`` with ``p`` softmax or sigmoid output."""
     if type(expr) is not ast.Call:
         return False
@@ -93,7 +95,7 @@ def is_log_of_probability(expr: ast.expr, ctx: Analysis) -> bool:
     return _probability_source(arg, ctx)
 
 
-def _strip_reductions(expr: ast.expr, ctx: Analysis) -> tuple[ast.expr, bool]:
+def _strip_reductions(expr: ast.expr, ctx: Context) -> tuple[ast.expr, bool]:
     reduced = False
     while type(expr) is ast.Call:
         op = ctx.op(expr)
@@ -117,7 +119,7 @@ def _terms(expr: ast.expr) -> list[ast.expr]:
     return terms
 
 
-def is_manual_cross_entropy(node: ast.AST, ctx: Analysis) -> bool:
+def is_manual_cross_entropy(node: ast.AST, ctx: Context) -> bool:
     """``-log(p[i, y]).mean()``, ``-(y * log(p)).sum()``, ``sum(-y * log(p))`` and kin."""
     kind = type(node)
     if kind is ast.UnaryOp:
@@ -143,12 +145,12 @@ def is_manual_cross_entropy(node: ast.AST, ctx: Analysis) -> bool:
     return False
 
 
-def _is_reduction(call: ast.Call, ctx: Analysis) -> bool:
+def _is_reduction(call: ast.Call, ctx: Context) -> bool:
     op = ctx.op(call)
     return op is not None and op.name in _REDUCTIONS
 
 
-def within_manual_cross_entropy(node: ast.AST, ctx: Analysis) -> bool:
+def within_manual_cross_entropy(node: ast.AST, ctx: Context) -> bool:
     """Whether ``node`` is part of an expression that the manual cross-entropy rule reports."""
     ancestor = ctx.parent(node)
     while isinstance(ancestor, ast.expr):

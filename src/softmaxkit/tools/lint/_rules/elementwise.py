@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ast
 
-from softmaxkit.tools.lint._flow import SIGMOID, Analysis, is_one
-from softmaxkit.tools.lint._rule import Rule
+from softmaxkit.tools.lint.rule import Context, Rule
+from softmaxkit.tools.lint.semantic.ops import is_one
+from softmaxkit.tools.lint.semantic.tags import SIGMOID
 from softmaxkit.tools.lint._rules._common import (
     log_op,
     renamed_callee,
@@ -14,7 +15,7 @@ from softmaxkit.tools.lint._rules._common import (
 )
 
 
-def _renamed(op, ctx: Analysis, name: str) -> str | None:
+def _renamed(op, ctx: Context, name: str) -> str | None:
     """Callee text for the function ``name`` beside ``op``'s (``np.log`` to ``np.log1p``)."""
     if op.method:
         return f"{ctx.text(op.call.func.value)}.{name}"
@@ -59,7 +60,7 @@ class LogOnePlus(Rule):
     fix_safety = "safe"
     node_types = (ast.Call,)
 
-    def check(self, node: ast.Call, ctx: Analysis) -> None:
+    def check(self, node: ast.Call, ctx: Context) -> None:
         op = log_op(node, ctx)
         if op is None:
             return
@@ -120,7 +121,7 @@ class ExpMinusOne(Rule):
     fix_safety = "safe"
     node_types = (ast.BinOp,)
 
-    def check(self, node: ast.BinOp, ctx: Analysis) -> None:
+    def check(self, node: ast.BinOp, ctx: Context) -> None:
         if type(node.op) is not ast.Sub or not is_one(node.right) or type(node.left) is not ast.Call:
             return
         op = ctx.op(node.left)
@@ -184,7 +185,7 @@ class LogOfSigmoid(Rule):
     fix_safety = "safe"
     node_types = (ast.Call,)
 
-    def check(self, node: ast.Call, ctx: Analysis) -> None:
+    def check(self, node: ast.Call, ctx: Context) -> None:
         op = log_op(node, ctx)
         if op is None or ctx.tag(op.input) != SIGMOID or within_manual_cross_entropy(node, ctx):
             return

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ast
 
-from softmaxkit.tools.lint._flow import PROB, SIGMOID, Analysis
-from softmaxkit.tools.lint._rule import Rule
+from softmaxkit.tools.lint.rule import Context, Rule
+from softmaxkit.tools.lint.semantic.tags import PROB, SIGMOID
 from softmaxkit.tools.lint._rules._common import (
     is_manual_cross_entropy,
     renamed_callee,
@@ -14,7 +14,7 @@ from softmaxkit.tools.lint._rules._common import (
 from softmaxkit.tools.lint._rules.softmax import softmax_to_log_softmax
 
 
-def _direct_softmax(expr: ast.expr | None, ctx: Analysis):
+def _direct_softmax(expr: ast.expr | None, ctx: Context):
     if type(expr) is not ast.Call:
         return None
     op = ctx.op(expr)
@@ -65,7 +65,7 @@ class SoftmaxBeforeCrossEntropy(Rule):
     fix_safety = "unsafe"
     node_types = (ast.Call,)
 
-    def check(self, node: ast.Call, ctx: Analysis) -> None:
+    def check(self, node: ast.Call, ctx: Context) -> None:
         loss = ctx.loss_call(node)
         if loss is None or loss[0] != "cross_entropy" or loss[1] is None or ctx.tag(loss[1]) != PROB:
             return
@@ -79,7 +79,7 @@ class SoftmaxBeforeCrossEntropy(Rule):
 class _LogProbabilityLoss(Rule):
     kind: str
 
-    def check(self, node: ast.Call, ctx: Analysis) -> None:
+    def check(self, node: ast.Call, ctx: Context) -> None:
         loss = ctx.loss_call(node)
         if loss is None or loss[0] != self.kind or loss[1] is None or ctx.tag(loss[1]) != PROB:
             return
@@ -178,7 +178,7 @@ class ManualCrossEntropy(Rule):
     message = "cross-entropy computed from probabilities gives `inf` when a probability underflows; compute it from logits (`cross_entropy`, `log_softmax`)"
     node_types = (ast.UnaryOp, ast.Call)
 
-    def check(self, node: ast.AST, ctx: Analysis) -> None:
+    def check(self, node: ast.AST, ctx: Context) -> None:
         if is_manual_cross_entropy(node, ctx):
             ctx.report(self, node)
 
@@ -224,13 +224,13 @@ class SigmoidBeforeBinaryCrossEntropy(Rule):
     fix_safety = "safe"
     node_types = (ast.Call,)
 
-    def check(self, node: ast.Call, ctx: Analysis) -> None:
+    def check(self, node: ast.Call, ctx: Context) -> None:
         loss = ctx.loss_call(node)
         if loss is None or loss[0] != "binary_cross_entropy" or loss[1] is None or ctx.tag(loss[1]) != SIGMOID:
             return
         ctx.report(self, loss[1], self._fix(node, loss[1], ctx))
 
-    def _fix(self, node: ast.Call, argument: ast.expr, ctx: Analysis):
+    def _fix(self, node: ast.Call, argument: ast.expr, ctx: Context):
         op = ctx.op(node)
         if op is None or type(argument) is not ast.Call:
             return None

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import ast
 
-from softmaxkit.tools.lint._flow import (
-    EXP,
-    LOGPROB,
-    MASKED,
-    PROB,
-    SUM_EXP,
-    Analysis,
-)
-from softmaxkit.tools.lint._rule import Rule
+from softmaxkit.tools.lint.rule import Context, Rule
+from softmaxkit.tools.lint.semantic.tags import EXP, LOGPROB, MASKED, PROB, SUM_EXP
 from softmaxkit.tools.lint._rules._common import (
     is_inverse_temperature,
     is_temperature,
@@ -72,7 +65,7 @@ class NaiveSoftmax(Rule):
     message = "`exp(x) / sum(exp(x))` overflows to NaN for large logits; subtract the row max first or call a softmax function"
     node_types = (ast.BinOp,)
 
-    def check(self, node: ast.BinOp, ctx: Analysis) -> None:
+    def check(self, node: ast.BinOp, ctx: Context) -> None:
         if type(node.op) is ast.Div and ctx.tag(node.left) == EXP and ctx.tag(node.right) == SUM_EXP:
             ctx.report(self, node)
 
@@ -117,7 +110,7 @@ class LogOfSoftmax(Rule):
     fix_safety = "safe"
     node_types = (ast.Call,)
 
-    def check(self, node: ast.Call, ctx: Analysis) -> None:
+    def check(self, node: ast.Call, ctx: Context) -> None:
         op = log_op(node, ctx)
         if op is None or ctx.tag(op.input) != PROB or within_manual_cross_entropy(node, ctx):
             return
@@ -131,7 +124,7 @@ class LogOfSoftmax(Rule):
         ctx.report(self, node, fix)
 
 
-def softmax_to_log_softmax(op, ctx: Analysis) -> str | None:
+def softmax_to_log_softmax(op, ctx: Context) -> str | None:
     """The source of a softmax call rewritten to call log_softmax with the same arguments."""
     call = op.call
     if op.method:
@@ -198,13 +191,13 @@ class ManualLogSumExp(Rule):
     fix_safety = "safe"
     node_types = (ast.Call,)
 
-    def check(self, node: ast.Call, ctx: Analysis) -> None:
+    def check(self, node: ast.Call, ctx: Context) -> None:
         op = log_op(node, ctx)
         if op is None or ctx.tag(op.input) != SUM_EXP:
             return
         ctx.report(self, node, self._fix(node, op, ctx))
 
-    def _fix(self, node: ast.Call, op, ctx: Analysis):
+    def _fix(self, node: ast.Call, op, ctx: Context):
         if op.library == "math" or type(op.input) is not ast.Call:
             return None
         sum_op = ctx.op(op.input)
@@ -284,7 +277,7 @@ class SoftmaxImplicitDim(Rule):
     message = "softmax without `dim` guesses the axis (dim 0 for 3-D input); pass `dim=` explicitly"
     node_types = (ast.Call,)
 
-    def check(self, node: ast.Call, ctx: Analysis) -> None:
+    def check(self, node: ast.Call, ctx: Context) -> None:
         if any(k.arg is None for k in node.keywords) or any(type(a) is ast.Starred for a in node.args):
             return
         op = ctx.op(node)
@@ -339,7 +332,7 @@ class TemperatureAfterSoftmax(Rule):
     message = "temperature applied to probabilities; divide the logits instead: `softmax(x / T)`"
     node_types = (ast.BinOp, ast.AugAssign)
 
-    def check(self, node: ast.BinOp | ast.AugAssign, ctx: Analysis) -> None:
+    def check(self, node: ast.BinOp | ast.AugAssign, ctx: Context) -> None:
         if type(node) is ast.AugAssign:
             left, right = node.target, node.value
         else:
@@ -411,7 +404,7 @@ class UnguardedMaskedSoftmax(Rule):
     severity = "warning"
     node_types = (ast.Call,)
 
-    def check(self, node: ast.Call, ctx: Analysis) -> None:
+    def check(self, node: ast.Call, ctx: Context) -> None:
         op = ctx.op(node)
         if op is None:
             return
@@ -437,7 +430,7 @@ class UnguardedMaskedSoftmax(Rule):
         else:
             ctx.report(self, node)
 
-    def end_scope(self, ctx: Analysis, state: dict) -> None:
+    def end_scope(self, ctx: Context, state: dict) -> None:
         guards = state.get("guards", {})
         for node, name in state.get("pending", ()):
             if not any(line > node.lineno for line in guards.get(name, ())):
