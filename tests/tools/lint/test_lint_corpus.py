@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from softmaxkit.tools.lint import _output
-from softmaxkit.tools.lint._runner import enabled_rules, lint_file, Config
+from softmaxkit.tools.lint.config import Config
+from softmaxkit.tools.lint.linter import lint_file
+from softmaxkit.tools.lint.selection import enabled_rules
 
 CORPUS = Path(__file__).parent / "corpus"
 BUGGY = sorted(p for p in (CORPUS / "buggy").iterdir() if p.suffix in (".py", ".ipynb"))

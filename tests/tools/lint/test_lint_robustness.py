@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from softmaxkit.tools.lint import _fix, _runner, lint_source
+from softmaxkit.tools.lint import _fix, files, linter, lint_source
 
 needs_libcst = pytest.mark.skipif(not _fix.libcst_available(), reason="--fix and --diff need LibCST")
 # Symlinks, FIFOs, sockets and /dev/zero as a POSIX system has them.
@@ -185,7 +185,7 @@ def test_file_over_the_size_limit_is_skipped_and_fails_the_run(run_lint, tmp_pat
     # An endless or huge file was read whole into memory.
     big = tmp_path / "big.py"
     with open(big, "wb") as file:
-        file.truncate(_runner.MAX_SOURCE_BYTES + 1)  # sparse: no disk space used
+        file.truncate(files.MAX_SOURCE_BYTES + 1)  # sparse: no disk space used
     code, out, err = run_lint(tmp_path)
     assert code == 1
     # "All checks passed!" would contradict the exit status.
@@ -329,7 +329,7 @@ def test_recursion_in_the_analysis_is_smk000(monkeypatch):
     def overflow(self):
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(_runner.Checker, "run", overflow)
+    monkeypatch.setattr(linter.Checker, "run", overflow)
     (finding,) = lint_source(REAL)
     assert (finding.code, finding.message) == ("SMK000", "too deeply nested to analyse")
 

@@ -18,17 +18,13 @@ from softmaxkit.tools.lint._fix import (
 )
 from softmaxkit.tools.lint.rule import Finding, Rule
 from softmaxkit.tools.lint._rules import ALL_RULES, find_rule
-from softmaxkit.tools.lint._runner import (
-    ConfigFinder,
-    UsageError,
-    apply_noqa,
-    check_source,
-    collect_files,
-    enabled_rules,
-    lint_file,
-    parse_selectors,
-    split_lines,
-)
+from softmaxkit.tools.lint.config import ConfigFinder
+from softmaxkit.tools.lint.errors import UsageError
+from softmaxkit.tools.lint.files import collect_files
+from softmaxkit.tools.lint.linter import check_source, lint_file
+from softmaxkit.tools.lint.noqa import apply_noqa
+from softmaxkit.tools.lint.selection import enabled_rules, parse_selectors
+from softmaxkit.tools.lint.source import split_lines
 
 _DESCRIPTION = """\
 Find numerically unstable or wrong uses of softmax, log, exp and

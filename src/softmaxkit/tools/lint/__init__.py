@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from softmaxkit.tools.lint.rule import Finding, Fix, Rule
 from softmaxkit.tools.lint._rules import ALL_RULES, RULES, find_rule
-from softmaxkit.tools.lint._runner import (
-    Config,
-    apply_noqa,
-    check_source,
-    enabled_rules,
-    parse_selectors,
-    split_lines,
-)
+from softmaxkit.tools.lint.config import Config
+from softmaxkit.tools.lint.linter import check_source
+from softmaxkit.tools.lint.noqa import apply_noqa
+from softmaxkit.tools.lint.selection import enabled_rules, parse_selectors
+from softmaxkit.tools.lint.source import split_lines
 
 __all__ = [
     "ALL_RULES",
