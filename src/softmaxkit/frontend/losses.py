@@ -49,37 +49,6 @@ def _check_class_indices(xp: Any, t: Any, n_classes: int, ignore_index: int, nam
         raise ValueError(v.not_a_class_message(f"{name}{list(pos)} = {int(v.to_numpy(t)[pos])}", n_classes, ignore_index))
 
 
-def _one_hot(xp: Any, t: Any, n_classes: int, ignore_index: int, dtype: Any) -> Any:
-    """One-hot rows of ``dtype`` for checked class indices; ignored rows are all 0."""
-    classes = xp.arange(n_classes, dtype=t.dtype, device=array_api_compat.device(t))
-    hot = (classes == t[..., None]) & (t != ignore_index)[..., None]
-    return xp.astype(hot, dtype)
-
-
-def _reduce(xp: Any, loss: Any, grad: Any, denominator: Any, reduction: str, extra: bool):
-    """Apply ``reduction``; ``denominator`` is the weighted count for "mean"."""
-    if reduction == "none":
-        return loss, grad
-    flat = xp.reshape(loss, (1, -1))
-    total = num.compensated_sum(xp, flat, extra)[0, 0]
-    if reduction == "sum":
-        return total, grad
-    empty = denominator == 0
-    safe = xp.where(empty, xp.ones_like(denominator), denominator)
-    mean = xp.where(empty, xp.zeros_like(total), total / safe)
-    return mean, _reduce_grad(xp, grad, denominator, reduction)
-
-
-def _reduce_grad(xp: Any, grad: Any, denominator: Any, reduction: str) -> Any:
-    """The gradient of the reduced loss from that of the per-row losses (any rows of them)."""
-    if grad is None or reduction != "mean":
-        return grad
-    # An all-ignored (or all-zero-weight) batch has mean 0 and gradient 0.
-    empty = denominator == 0
-    safe = xp.where(empty, xp.ones_like(denominator), denominator)
-    return xp.where(empty, xp.zeros_like(grad), grad / safe)
-
-
 def _finish(xp, layout, loss, grad, out_dtype, return_grad):
     loss = xp.astype(loss, out_dtype)
     if not return_grad:
@@ -210,20 +179,14 @@ def cross_entropy(
         q_rows = layout.rows(t)
     # The rows go through in chunks (see _layout.chunk_rows): the gradient
     # of each is final when written, so a mean's denominator comes first.
+    denominator = num.mean_denominator(xp, t_rows if kind == "int" else q_rows, w, ignore_index, work, kind != "int", extra)
     row_w = xp.empty((layout.n_rows, 1), dtype=work, device=device)
-    denominator = None
-    if kind != "int":
-        denominator = xp.asarray(float(layout.n_rows), dtype=work, device=device)
-    elif return_grad and reduction == "mean":
-        for part in layout.chunks(size):
-            row_w[part, :] = num.hot_row_weight(xp, _one_hot(xp, t_rows[part], n_classes, ignore_index, work), w)
-        denominator = xp.sum(row_w)
     loss = xp.empty((layout.n_rows,), dtype=work, device=device)
     grad = xp.empty_like(rows) if return_grad else None
     for part in layout.chunks(size):
         xw = _working(xp, rows, part, work)
         if kind == "int":
-            coef, row_w[part, :] = num.class_coefficients(xp, xw, eps, w, hot=_one_hot(xp, t_rows[part], n_classes, ignore_index, work))
+            coef, row_w[part, :] = num.class_coefficients(xp, xw, eps, w, hot=num.one_hot(xp, t_rows[part], n_classes, ignore_index, work))
         else:
             q = _working(xp, q_rows, part, work)
             if bool(xp.any(q < 0)):
@@ -233,10 +196,8 @@ def cross_entropy(
         st = num.row_stats(xp, xw, None, 1.0, extra)
         loss[part], g = num.cross_entropy_rows(xp, st, coef, z, row_w[part, :], return_grad)
         if return_grad:
-            grad[part, :] = xp.astype(_reduce_grad(xp, g, denominator, reduction), out_dtype)
-    if kind == "int":
-        denominator = xp.sum(row_w)
-    loss, _ = _reduce(xp, xp.reshape(loss, layout.rest_shape), None, denominator, reduction, extra)
+            grad[part, :] = xp.astype(num.reduce_grad(xp, g, denominator, reduction), out_dtype)
+    loss, _ = num.reduce(xp, xp.reshape(loss, layout.rest_shape), None, denominator, reduction, extra)
     return _finish(xp, layout, loss, grad, out_dtype, return_grad)
 
 
@@ -303,23 +264,19 @@ def nll_loss(
     size = _itemsize(xp, work)
 
     def weighted_hot(part):
-        hot = _one_hot(xp, t_rows[part], n_classes, ignore_index, work)
+        hot = num.one_hot(xp, t_rows[part], n_classes, ignore_index, work)
         return hot if w is None else hot * w
 
-    # A chunk's gradient is final when written, so the mean's denominator
-    # (the sum of row weights) comes first.
-    row_w = xp.empty((layout.n_rows, 1), dtype=work, device=array_api_compat.device(rows))
-    for part in layout.chunks(size):
-        row_w = put(row_w, (part, slice(None)), xp.sum(weighted_hot(part), axis=-1, keepdims=True))
-    denominator = xp.sum(row_w)
+    # A chunk's gradient is final when written, so the mean's denominator comes first.
+    denominator = num.mean_denominator(xp, t_rows, w, ignore_index, work, False, extra)
     loss = xp.empty((layout.n_rows,), dtype=work, device=array_api_compat.device(rows))
     grad = xp.empty_like(rows) if return_grad else None
     for part in layout.chunks(size):
         hot, yw = weighted_hot(part), _working(xp, rows, part, work)
         loss = put(loss, part, -num.compensated_sum(xp, xp.where(hot == 0, xp.zeros_like(yw), hot * yw), extra)[..., 0])
         if return_grad:
-            grad = put(grad, (part, slice(None)), xp.astype(_reduce_grad(xp, -hot, denominator, reduction), out_dtype))
-    loss, _ = _reduce(xp, xp.reshape(loss, layout.rest_shape), None, denominator, reduction, extra)
+            grad = put(grad, (part, slice(None)), xp.astype(num.reduce_grad(xp, -hot, denominator, reduction), out_dtype))
+    loss, _ = num.reduce(xp, xp.reshape(loss, layout.rest_shape), None, denominator, reduction, extra)
     return _finish(xp, layout, loss, grad, out_dtype, return_grad)
 
 
@@ -449,11 +406,11 @@ def binary_cross_entropy_with_logits(
                 rest = xp.reshape(loss[full * group :, :], (1, (k - full * group) * width))
                 sums[block + full : block + full + 1] = num.compensated_sum(xp, rest, extra)[..., 0]
         if return_grad:
-            grad[part, ...] = xp.reshape(xp.astype(_reduce_grad(xp, g, denominator, reduction), out_dtype), piece_shape)
+            grad[part, ...] = xp.reshape(xp.astype(num.reduce_grad(xp, g, denominator, reduction), out_dtype), piece_shape)
     if reduction == "none":
         loss = xp.reshape(loss_out, shape)
     else:
-        loss, _ = _reduce(xp, sums, None, denominator, reduction, extra)
+        loss, _ = num.reduce(xp, sums, None, denominator, reduction, extra)
         loss = xp.astype(loss, out_dtype)
     if not return_grad:
         return loss

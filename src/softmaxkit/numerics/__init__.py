@@ -65,6 +65,7 @@ from softmaxkit.numerics.softmax import (
     entropy,
     log_softmax,
     log_softmax_vjp,
+    logsumexp_vjp,
     logsumexp,
     logsumexp_weighted,
     neg_log_softmax,
@@ -76,6 +77,13 @@ from softmaxkit.numerics.cross_entropy import (
     cross_entropy_rows,
     hot_row_weight,
     kl_rows,
+    probability_target_grad,
+)
+from softmaxkit.numerics.reduction import (
+    mean_denominator,
+    one_hot,
+    reduce,
+    reduce_grad,
 )
 from softmaxkit.numerics.elementwise import (
     binary_cross_entropy,
@@ -99,8 +107,14 @@ __all__ = [
     "log_softmax",
     "log_softmax_vjp",
     "logsumexp",
+    "logsumexp_vjp",
     "logsumexp_weighted",
+    "mean_denominator",
     "neg_log_softmax",
+    "one_hot",
+    "probability_target_grad",
+    "reduce",
+    "reduce_grad",
     "row_stats",
     "sigmoid",
     "softmax",

@@ -84,6 +84,12 @@ def cross_entropy_rows(xp, st: RowStats, coef, z_loss: float, row_weight, want_g
     return loss, grad
 
 
+def probability_target_grad(xp, st: RowStats, eps: float, weight=None):
+    """Gradient of the cross-entropy rows with respect to probability targets: ``(1 - eps) w_j (-log p_j)``."""
+    dq = (1.0 - eps) * neg_log_softmax(xp, st)
+    return dq if weight is None else dq * weight
+
+
 def kl_rows(xp, pw, qw, log_probs: bool, extra: bool):
     """``KL(P || Q) = sum_j P_j (log P_j - log Q_j)`` per row, keepdims.
 

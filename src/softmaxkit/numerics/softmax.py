@@ -80,6 +80,11 @@ def log_softmax_vjp(xp, p, live, g, extra: bool):
     return xp.where(live, g - p * total, zero)
 
 
+def logsumexp_vjp(xp, p, g):
+    """``g * p`` with ``p`` the softmax; entries with ``p = 0`` get 0 whatever ``g`` is (so ``g = inf`` never makes NaN)."""
+    return xp.where(p == 0, xp.zeros_like(p), g * p)
+
+
 def entropy(xp, st: RowStats):
     """``sum_j p_j * (-log p_j)``: non-negative terms, 0 where ``p_j = 0``."""
     p = softmax(xp, st)

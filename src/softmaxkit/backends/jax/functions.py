@@ -18,7 +18,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without jax
 
 from softmaxkit import numerics as num
 from softmaxkit.frontend import validate as v
-from softmaxkit.frontend.losses import _reduce
 
 __all__ = [
     "cross_entropy",
@@ -502,26 +501,23 @@ def cross_entropy(
         if live_row is not None:
             # A row with no class left is treated as ignored.
             t = jnp.where(live_row, t, ignore_index)
-        hot = (jnp.arange(n_classes) == t[:, None]) & (t != ignore_index)[:, None]
-        coef, row_w = num.class_coefficients(jnp, xw, eps, w, hot=hot.astype(work))
-        denominator = jnp.sum(row_w)
+        coef, row_w = num.class_coefficients(jnp, xw, eps, w, hot=num.one_hot(jnp, t, n_classes, ignore_index, work))
+        denominator = num.mean_denominator(jnp, t, w, ignore_index, work, False, extra)
     elif jnp.issubdtype(labels.dtype, jnp.floating):
         v.target_shape("float", labels.shape, x.shape, axes[0], "labels", "logits", "axis")
         v.probability_targets_ignore_index(ignore_index, labels.dtype, "labels")
         _require_none(labels < 0, f"labels {v.NEGATIVE_PROBABILITY}")
         q, _ = _to_rows(labels, axes)
         coef, row_w = num.class_coefficients(jnp, xw, eps, w, probs=q.reshape(-1, n_classes).astype(work))
-        if live_row is None:
-            denominator = jnp.asarray(float(x2.shape[0]), dtype=work)
-        else:
+        denominator = num.mean_denominator(jnp, coef, w, ignore_index, work, True, extra, live=live_row)
+        if live_row is not None:
             keep = live_row[:, None]
             coef = jnp.where(keep, coef, jnp.zeros_like(coef))
             row_w = jnp.where(keep, row_w, jnp.zeros_like(row_w))
-            denominator = jnp.sum(live_row.astype(work))
     else:
         raise TypeError(f"labels must hold integer class indices or floating probabilities; got dtype {labels.dtype}")
     loss = _ce_rows_jit(x2, coef, row_w, z)
-    out, _ = _reduce(jnp, loss, None, denominator, reduction, extra)
+    out, _ = num.reduce(jnp, loss, None, denominator, reduction, extra)
     if reduction == "none":
         out = out.reshape(rest_shape)
     return out.astype(x.dtype)
@@ -709,7 +705,7 @@ def _core_binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weigh
         loss = w * loss
         grad = None if grad is None else w * grad
     denominator = jnp.asarray(float(math.prod(x.shape)), dtype=work)
-    loss, grad = _reduce(jnp, loss, grad, denominator, reduction, extra)
+    loss, grad = num.reduce(jnp, loss, grad, denominator, reduction, extra)
     if not return_grad:
         return loss.astype(dtype)
     return loss.astype(dtype), grad.astype(dtype)

@@ -52,7 +52,6 @@ from softmaxkit.frontend import layout as _layout
 from softmaxkit import kernels as _native
 from softmaxkit import numerics as num
 from softmaxkit.frontend import validate as v
-from softmaxkit.frontend.losses import _reduce
 
 _INF = float("inf")
 
@@ -489,8 +488,7 @@ def logsumexp(input: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool = F
 def _coefficients(xw, t, weight, eps, ignore_index, hard):
     if hard:
         n = xw.shape[-1]
-        hot = (torch.arange(n, device=t.device) == t[:, None]) & (t != ignore_index)[:, None]
-        return num.class_coefficients(xp, xw, eps, weight, hot=hot.to(xw.dtype))
+        return num.class_coefficients(xp, xw, eps, weight, hot=num.one_hot(xp, t, n, ignore_index, xw.dtype))
     return num.class_coefficients(xp, xw, eps, weight, probs=t.to(xw.dtype))
 
 
@@ -565,10 +563,7 @@ def _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, scale=None, want_
         s = s[:, None]
         parts = ((gx * s).to(x2.dtype),)
         if want_target:
-            # d loss / d q_j = (1 - eps) w_j (-log p_j)
-            dq = (1.0 - eps) * num.neg_log_softmax(xp, st)
-            if w is not None:
-                dq = dq * w
+            dq = num.probability_target_grad(xp, st, eps, w)
             parts += ((dq * s).to(t2.dtype),)
         return parts
 
@@ -589,8 +584,8 @@ class _CrossEntropy(torch.autograd.Function):
         work, extra = working_dtype(x2.dtype, x2.device)
         w = None if weight is None else weight.to(work)
         (loss,) = _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard)
-        denominator = _denominator(x2, t2, w, ignore_index, hard, work)
-        out, _ = _reduce(xp, loss, None, denominator, reduction, extra)
+        denominator = num.mean_denominator(xp, t2, w, ignore_index, work, not hard, extra)
+        out, _ = num.reduce(xp, loss, None, denominator, reduction, extra)
         return out.to(x2.dtype), denominator
 
     @staticmethod
@@ -617,13 +612,11 @@ class _CrossEntropy(torch.autograd.Function):
             _, gx = num.cross_entropy_rows(xp, st, coef, ctx.z, row_w, True)
             terms = gx * tx.to(work)
         if tt is not None and not ctx.hard:
-            dq = (1.0 - ctx.eps) * num.neg_log_softmax(xp, st)
-            if w is not None:
-                dq = dq * w
+            dq = num.probability_target_grad(xp, st, ctx.eps, w)
             u = tt.to(work)
             terms = terms + xp.where(u == 0, zero, dq * u)
         rows = num.compensated_sum(xp, terms, extra)[:, 0]
-        out, _ = _reduce(xp, rows, None, denominator, ctx.reduction, extra)
+        out, _ = num.reduce(xp, rows, None, denominator, ctx.reduction, extra)
         return out.to(x2.dtype), None
 
     @staticmethod
@@ -635,8 +628,8 @@ class _CrossEntropy(torch.autograd.Function):
         want_target = ctx.needs_input_grad[1]
         g = grad.to(work)
         if ctx.reduction == "mean":
-            # The mean's rule, 0 over a total weight of 0, is _reduce's alone.
-            _, g = _reduce(xp, xp.zeros_like(g)[None], g, denominator, "mean", True)
+            # The mean's rule, 0 over a total weight of 0, is num.reduce's alone.
+            _, g = num.reduce(xp, xp.zeros_like(g)[None], g, denominator, "mean", True)
         # expand, not broadcast_to: batched cotangents (is_grads_batched)
         # have no batching rule for the latter.
         scale = g if ctx.reduction == "none" else g.expand(x2.shape[0])
@@ -647,17 +640,6 @@ class _CrossEntropy(torch.autograd.Function):
 
 
 _CrossEntropyTraced = _without_jvp(_CrossEntropy)
-
-
-def _denominator(x2, t2, w, ignore_index, hard, work):
-    """What "mean" divides by: the summed row weights, or the row count."""
-    if not hard:
-        return torch.tensor(float(x2.shape[0]), dtype=work, device=x2.device)
-    keep = t2 != ignore_index
-    if w is None:
-        return keep.sum().to(work)
-    safe = torch.where(keep, t2, torch.zeros_like(t2))
-    return torch.where(keep, w[safe], torch.zeros_like(w[safe])).sum()
 
 
 def _check_weight(weight: Any, n_classes: int, ref: torch.Tensor) -> torch.Tensor | None:
@@ -867,7 +849,8 @@ def nll_loss(
     loss = torch.where(row_w == 0, torch.zeros_like(picked), -(row_w * picked))
     if reduction == "none":
         return loss.to(y.dtype)
-    out, _ = _reduce(xp, loss, None, row_w.sum(), reduction, extra)
+    denominator = num.mean_denominator(xp, t.reshape(-1), None if w is None else w.to(work), ignore_index, work, False, extra)
+    out, _ = num.reduce(xp, loss, None, denominator, reduction, extra)
     return out.to(y.dtype)
 
 
@@ -886,7 +869,7 @@ class _BinaryCrossEntropy(torch.autograd.Function):
         if w is not None:
             loss = w * loss
         denominator = torch.tensor(float(x.numel()), dtype=work, device=x.device)
-        out, _ = _reduce(xp, loss, None, denominator, reduction, extra)
+        out, _ = num.reduce(xp, loss, None, denominator, reduction, extra)
         return out.to(torch.promote_types(x.dtype, y.dtype))
 
     @staticmethod
@@ -911,7 +894,7 @@ class _BinaryCrossEntropy(torch.autograd.Function):
         if weight is not None:
             d = weight.to(work) * d
         denominator = torch.tensor(float(x.numel()), dtype=work, device=x.device)
-        out, _ = _reduce(xp, d, None, denominator, ctx.reduction, extra)
+        out, _ = num.reduce(xp, d, None, denominator, ctx.reduction, extra)
         return out.to(torch.promote_types(x.dtype, y.dtype))
 
     @staticmethod
