@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from softmaxkit.tools.lint import _output
+from softmaxkit.tools.lint import output
 from softmaxkit.tools.lint.config import Config
 from softmaxkit.tools.lint.linter import lint_file
 from softmaxkit.tools.lint.selection import enabled_rules
@@ -33,13 +33,13 @@ def test_corpora_are_present():
 
 @pytest.mark.parametrize("path", CLEAN, ids=lambda p: p.name)
 def test_clean_file_has_no_findings(path):
-    assert _output.concise(_findings(path)) == ""
+    assert output.concise(_findings(path)) == ""
 
 
 @pytest.mark.parametrize("path", BUGGY, ids=lambda p: p.name)
 def test_buggy_file_matches_snapshot(path):
     findings = _findings(path)
-    text = _output.full(findings) + _output.summary(findings)
+    text = output.full(findings) + output.summary(findings)
     snapshot = path.with_name(path.name + ".expected")
     if UPDATE:
         snapshot.write_text(text, encoding="utf-8")

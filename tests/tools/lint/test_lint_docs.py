@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from softmaxkit.tools.lint import ALL_RULES
-from softmaxkit.tools.lint._docs import SECTIONS, render_rules_markdown
+from softmaxkit.tools.lint.docs import SECTIONS, render_rules_markdown
 
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 
@@ -32,7 +32,7 @@ def test_codes_and_names_are_unique():
 
 
 def test_rules_document_is_current():
-    # Regenerate: python -m softmaxkit.tools.lint._docs > docs/lint-rules.md
+    # Regenerate: python -m softmaxkit.tools.lint.docs > docs/lint-rules.md
     assert (DOCS / "lint-rules.md").read_text(encoding="utf-8") == render_rules_markdown()
 
 
@@ -46,3 +46,11 @@ def test_usage_document_names_every_format():
     text = (DOCS / "lint.md").read_text(encoding="utf-8")
     for word in ("concise", "full", "json", "sarif", "github", "noqa", "--fix", "--diff", "pyproject.toml"):
         assert word in text
+
+
+def test_each_rule_has_its_own_module_named_after_it_in_code_order():
+    from softmaxkit.tools.lint import rules
+
+    expected = [f"{rule.code.lower()}_{rule.name.replace('-', '_')}" for rule in ALL_RULES]
+    assert sorted(path.stem for path in Path(rules.__file__).parent.glob("smk*.py")) == expected
+    assert [type(rule).__module__ for rule in ALL_RULES] == [f"{rules.__name__}.{name}" for name in expected]

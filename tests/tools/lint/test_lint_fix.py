@@ -5,9 +5,8 @@ import textwrap
 
 import pytest
 
-from softmaxkit.tools.lint import RULES, lint_source
-from softmaxkit.tools.lint import _fix
 from softmaxkit.tools.cli.lint import fix_source
+from softmaxkit.tools.lint import RULES, fix, lint_source
 
 HEADER = (
     "import math\nimport numpy as np\nimport scipy.special\nimport torch\n"
@@ -223,7 +222,7 @@ def test_missing_libcst_is_a_usage_error(run_lint, tmp_path, monkeypatch):
     code, _, err = run_lint(path, "--fix")
     assert code == 2
     assert "pip install 'softmaxkit[lint]'" in err
-    assert _fix.MISSING_LIBCST in err
+    assert fix.MISSING_LIBCST in err
 
 
 def test_cli_fix_summary_for_one_unfixed_error_is_singular(run_lint, tmp_path):

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from softmaxkit.tools.lint import _fix, files, linter, lint_source
+from softmaxkit.tools.lint import files, fix, lint_source, linter
 
-needs_libcst = pytest.mark.skipif(not _fix.libcst_available(), reason="--fix and --diff need LibCST")
+needs_libcst = pytest.mark.skipif(not fix.libcst_available(), reason="--fix and --diff need LibCST")
 # Symlinks, FIFOs, sockets and /dev/zero as a POSIX system has them.
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file types")
 
@@ -74,10 +74,10 @@ def test_write_refused_when_the_real_path_is_outside_every_root(tmp_path):
     (tmp_path / "other" / "model.py").write_text(FIXABLE, encoding="utf-8")
     (tmp_path / "repo" / "sub").symlink_to(tmp_path / "other")
     roots = [(tmp_path / "repo").resolve()]
-    reason = _fix.write_refusal(tmp_path / "repo" / "sub" / "model.py", roots)
+    reason = fix.write_refusal(tmp_path / "repo" / "sub" / "model.py", roots)
     assert reason is not None and "outside" in reason
     (tmp_path / "repo" / "inside.py").write_text(FIXABLE, encoding="utf-8")
-    assert _fix.write_refusal(tmp_path / "repo" / "inside.py", roots) is None
+    assert fix.write_refusal(tmp_path / "repo" / "inside.py", roots) is None
 
 
 @needs_libcst

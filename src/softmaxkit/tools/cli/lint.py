@@ -8,21 +8,21 @@ import importlib.metadata
 import sys
 from pathlib import Path
 
-from softmaxkit.tools.lint import _output
-from softmaxkit.tools.lint._fix import (
+from softmaxkit.tools.lint import output
+from softmaxkit.tools.lint.config import ConfigFinder
+from softmaxkit.tools.lint.errors import UsageError
+from softmaxkit.tools.lint.files import collect_files
+from softmaxkit.tools.lint.fix import (
     MISSING_LIBCST,
     apply_fixes,
     libcst_available,
     write_atomic,
     write_refusal,
 )
-from softmaxkit.tools.lint.rule import Finding, Rule
-from softmaxkit.tools.lint._rules import ALL_RULES, find_rule
-from softmaxkit.tools.lint.config import ConfigFinder
-from softmaxkit.tools.lint.errors import UsageError
-from softmaxkit.tools.lint.files import collect_files
 from softmaxkit.tools.lint.linter import check_source, lint_file
 from softmaxkit.tools.lint.noqa import apply_noqa
+from softmaxkit.tools.lint.rule import Finding, Rule
+from softmaxkit.tools.lint.rules import ALL_RULES, find_rule
 from softmaxkit.tools.lint.selection import enabled_rules, parse_selectors
 from softmaxkit.tools.lint.source import split_lines
 
@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("paths", nargs="*", metavar="PATH", help="files or directories (default: .)")
     parser.add_argument(
         "--output-format",
-        choices=_output.FORMATS,
+        choices=output.FORMATS,
         default="concise",
         help="concise (default): one line per finding; full: with the source line; "
         "json, sarif (2.1.0), github (Actions annotations)",
@@ -151,15 +151,15 @@ def _warn(path: Path, text: str) -> None:
 def _write(out, args: argparse.Namespace, findings: list[Finding], fixed: int, unchecked: int) -> None:
     fmt = args.output_format
     if fmt == "json":
-        out.write(_output.as_json(findings))
+        out.write(output.as_json(findings))
     elif fmt == "sarif":
-        out.write(_output.as_sarif(findings, _version()))
+        out.write(output.as_sarif(findings, _version()))
     elif fmt == "github":
-        out.write(_output.github(findings))
+        out.write(output.github(findings))
     else:
-        render = _output.full if fmt == "full" else _output.concise
+        render = output.full if fmt == "full" else output.concise
         out.write(render(findings, args.unsafe_fixes))
-        out.write(_output.summary(findings, fixed, args.unsafe_fixes, fix_mode=args.fix, unchecked=unchecked))
+        out.write(output.summary(findings, fixed, args.unsafe_fixes, fix_mode=args.fix, unchecked=unchecked))
 
 
 def fix_source(source: str, rules: list[Rule], unsafe_fixes: bool = False) -> tuple[str, int]:

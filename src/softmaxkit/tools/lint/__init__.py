@@ -3,20 +3,28 @@
 ``softmaxkit lint`` is the command line; ``lint_source`` checks a string.
 Detection uses only the standard library's ``ast``; fixes need LibCST
 (``pip install 'softmaxkit[lint]'``).
+
+``__all__`` is the public interface. The modules hold the implementation:
+``checker`` walks a parsed file and hands nodes to ``rules`` (one module per
+rule), which query the ``semantic`` model and build fixes from ``source``;
+``linter`` checks one file, ``files`` and ``notebooks`` read them,
+``selection``, ``config`` and ``noqa`` decide what is reported, ``output``
+formats it and ``fix`` applies fixes.
 """
 
 from __future__ import annotations
 
-from softmaxkit.tools.lint.rule import Finding, Fix, Rule
-from softmaxkit.tools.lint._rules import ALL_RULES, RULES, find_rule
 from softmaxkit.tools.lint.config import Config
 from softmaxkit.tools.lint.linter import check_source
 from softmaxkit.tools.lint.noqa import apply_noqa
+from softmaxkit.tools.lint.rule import Context, Finding, Fix, Rule
+from softmaxkit.tools.lint.rules import ALL_RULES, RULES, find_rule
 from softmaxkit.tools.lint.selection import enabled_rules, parse_selectors
 from softmaxkit.tools.lint.source import split_lines
 
 __all__ = [
     "ALL_RULES",
+    "Context",
     "Finding",
     "Fix",
     "RULES",

@@ -9,11 +9,11 @@ import tokenize
 from pathlib import Path
 
 from softmaxkit.tools.lint import notebooks
-from softmaxkit.tools.lint._rules import SYNTAX_ERROR
 from softmaxkit.tools.lint.checker import Checker
 from softmaxkit.tools.lint.files import MAX_NOTEBOOK_BYTES, MAX_SOURCE_BYTES, Unreadable, read_file
 from softmaxkit.tools.lint.noqa import apply_noqa
 from softmaxkit.tools.lint.rule import Finding, Rule
+from softmaxkit.tools.lint.rules import PARSE_FAILURE
 from softmaxkit.tools.lint.source import split_lines
 
 
@@ -38,7 +38,7 @@ class FileResult:
 
 def parse_failure(message: str, row: int = 1, column: int = 1, cell: int | None = None) -> Finding:
     """An SMK000 finding: the file (or cell) could not be checked."""
-    rule = SYNTAX_ERROR
+    rule = PARSE_FAILURE
     return Finding(rule.code, rule.name, message, rule.severity, row, column, row, column, cell=cell)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from softmaxkit.tools.lint._rules import SYNTAX_ERROR
 from softmaxkit.tools.lint.rule import Finding
+from softmaxkit.tools.lint.rules import PARSE_FAILURE
 
 _NOQA = re.compile(r"#\s*noqa(?::\s*(?P<codes>[A-Z]+[0-9]+(?:[\s,]+[A-Z]+[0-9]+)*))?", re.IGNORECASE)
 _CODE = re.compile(r"[A-Z]+[0-9]+", re.IGNORECASE)
@@ -29,6 +29,6 @@ def apply_noqa(findings: list[Finding], lines: list[str]) -> list[Finding]:
     for finding in findings:
         line = lines[finding.row - 1] if 0 < finding.row <= len(lines) else ""
         finding.line_text = line
-        if finding.code == SYNTAX_ERROR.code or not _suppressed(finding, line):
+        if finding.code == PARSE_FAILURE.code or not _suppressed(finding, line):
             kept.append(finding)
     return kept

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from softmaxkit.tools.lint._rules import RULES
 from softmaxkit.tools.lint.errors import UsageError
 from softmaxkit.tools.lint.rule import Rule
+from softmaxkit.tools.lint.rules import RULES
 
 if TYPE_CHECKING:
     from softmaxkit.tools.lint.config import Config

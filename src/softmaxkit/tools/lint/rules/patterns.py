@@ -1,17 +1,15 @@
-"""Pattern helpers shared by several rule families."""
+"""Patterns that more than one rule looks for, and the rule shape shared by the losses that expect log-probabilities."""
 
 from __future__ import annotations
 
 import ast
-import re
 
-from softmaxkit.tools.lint.rule import Context
+from softmaxkit.tools.lint.rule import Context, Rule
 from softmaxkit.tools.lint.semantic.ops import Op, is_one
 from softmaxkit.tools.lint.semantic.tags import PROB, SIGMOID
 
 _REDUCTIONS = frozenset({"sum", "mean"})
 _INDEXING_METHODS = frozenset({"gather", "take_along_dim", "index_select"})
-_TEMPERATURE = re.compile(r"(tau|temp|temperature)(_?\d+)?|\w*_(tau|temp|temperature)|temperature_\w*", re.IGNORECASE)
 
 
 def log_op(call: ast.Call, ctx: Context) -> Op | None:
@@ -37,6 +35,13 @@ def renamed_callee(op: Op, ctx: Context, qualname: str) -> str | None:
     return ctx.imports.spell(qualname)
 
 
+def renamed_beside(op: Op, ctx: Context, name: str) -> str | None:
+    """Callee text for the function ``name`` beside ``op``'s (``np.log`` to ``np.log1p``)."""
+    if op.method:
+        return f"{ctx.text(op.call.func.value)}.{name}"
+    return renamed_callee(op, ctx, op.qualname.rpartition(".")[0] + "." + name)
+
+
 def sole_argument(op: Op) -> ast.expr | None:
     """The array ``op`` is applied to, when the call has no other argument."""
     call = op.call
@@ -49,25 +54,23 @@ def sole_argument(op: Op) -> ast.expr | None:
     return None
 
 
-def is_temperature(expr: ast.expr) -> bool:
-    """Whether ``expr`` is named like a temperature (``T``, ``tau``, ``self.temperature``)."""
-    kind = type(expr)
-    if kind is ast.Name:
-        name = expr.id
-    elif kind is ast.Attribute:
-        name = expr.attr
-    else:
-        return False
-    return name == "T" or _TEMPERATURE.fullmatch(name) is not None
+def direct_softmax(expr: ast.expr | None, ctx: Context) -> Op | None:
+    """The softmax call ``expr`` is, if it is one."""
+    if type(expr) is not ast.Call:
+        return None
+    op = ctx.op(expr)
+    return op if op is not None and op.name == "softmax" else None
 
 
-def is_inverse_temperature(expr: ast.expr) -> bool:
-    return (
-        type(expr) is ast.BinOp
-        and type(expr.op) is ast.Div
-        and is_one(expr.left)
-        and is_temperature(expr.right)
-    )
+def softmax_to_log_softmax(op: Op, ctx: Context) -> str | None:
+    """The source of a softmax call rewritten to call log_softmax with the same arguments."""
+    call = op.call
+    if op.method:
+        return ctx.splice(call, [(call.func, f"{ctx.text(call.func.value)}.log_softmax")])
+    callee = renamed_callee(op, ctx, op.qualname.rpartition(".")[0] + ".log_softmax")
+    if callee is None:
+        return None
+    return ctx.splice(call, [(call.func, callee)])
 
 
 def _probability_source(expr: ast.expr, ctx: Context) -> bool:
@@ -158,3 +161,25 @@ def within_manual_cross_entropy(node: ast.AST, ctx: Context) -> bool:
             return True
         ancestor = ctx.parent(ancestor)
     return False
+
+
+class LogProbabilityLoss(Rule):
+    """A loss that expects log-probabilities, given softmax output.
+
+    Subclasses set ``kind``, the loss operation. The fix, when the softmax
+    is the loss's direct argument, calls ``log_softmax`` in its place.
+    """
+
+    kind: str
+
+    def check(self, node: ast.Call, ctx: Context) -> None:
+        loss = ctx.loss_call(node)
+        if loss is None or loss[0] != self.kind or loss[1] is None or ctx.tag(loss[1]) != PROB:
+            return
+        fix = None
+        softmax = direct_softmax(loss[1], ctx)
+        if softmax is not None:
+            content = softmax_to_log_softmax(softmax, ctx)
+            if content is not None:
+                fix = ctx.fix("unsafe", "Use `log_softmax`", loss[1], content)
+        ctx.report(self, loss[1], fix)

@@ -1,13 +1,13 @@
 """Renders docs/lint-rules.md from the rule docstrings.
 
-Regenerate with ``python -m softmaxkit.tools.lint._docs > docs/lint-rules.md``.
+Regenerate with ``python -m softmaxkit.tools.lint.docs > docs/lint-rules.md``.
 """
 
 from __future__ import annotations
 
 import sys
 
-from softmaxkit.tools.lint._rules import ALL_RULES
+from softmaxkit.tools.lint.rules import ALL_RULES
 
 SECTIONS = ("What it does", "Why is this bad?", "Example", "Use instead", "Fix safety", "References")
 

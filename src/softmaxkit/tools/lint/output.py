@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from softmaxkit.tools.lint.rule import Finding
-from softmaxkit.tools.lint._rules import ALL_RULES
+from softmaxkit.tools.lint.rules import ALL_RULES
 
 FORMATS = ("concise", "full", "json", "sarif", "github")
 _SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"

@@ -1,0 +1,63 @@
+"""SMK101 naive-softmax: softmax as `exp(x) / sum(exp(x))` without subtracting the maximum."""
+
+from __future__ import annotations
+
+import ast
+
+from softmaxkit.tools.lint.rule import Context, Rule
+from softmaxkit.tools.lint.semantic.tags import EXP, SUM_EXP
+
+
+class NaiveSoftmax(Rule):
+    """
+    ## What it does
+    Checks for softmax written as `exp(x) / sum(exp(x))` without subtracting
+    the maximum first, in NumPy, PyTorch and JAX spellings, as functions
+    (`np.exp(x) / np.sum(np.exp(x))`) and as methods
+    (`x.exp() / x.exp().sum(-1, keepdim=True)`), also through a variable
+    (`e = np.exp(x); e / e.sum()`).
+
+    ## Why is this bad?
+    `exp` overflows to `inf` once a logit exceeds about 88.7 in float32
+    (709.8 in float64), and `inf / inf` is NaN. When every logit is very
+    negative, every `exp` underflows to 0 and the row becomes `0 / 0`, also
+    NaN. Softmax is invariant to shifting a row, so subtracting the row
+    maximum first keeps every exponent at most 0 and the denominator at
+    least 1.
+
+    ## Example
+    ```python
+    import numpy as np
+
+    def softmax(x):
+        e = np.exp(x)
+        return e / e.sum(axis=-1, keepdims=True)
+    ```
+
+    ## Use instead
+    ```python
+    import numpy as np
+
+    def softmax(x):
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    ```
+    or a library softmax: `softmaxkit.softmax`, `scipy.special.softmax`,
+    `torch.softmax`, `jax.nn.softmax`.
+
+    ## Fix safety
+    No fix is offered: the axis to shift along depends on the code around it.
+
+    ## References
+    - Blanchard, Higham and Higham, "Accurately computing the log-sum-exp and
+      softmax functions", IMA J. Numer. Anal. 41 (2021).
+    """
+
+    code = "SMK101"
+    name = "naive-softmax"
+    message = "`exp(x) / sum(exp(x))` overflows to NaN for large logits; subtract the row max first or call a softmax function"
+    node_types = (ast.BinOp,)
+
+    def check(self, node: ast.BinOp, ctx: Context) -> None:
+        if type(node.op) is ast.Div and ctx.tag(node.left) == EXP and ctx.tag(node.right) == SUM_EXP:
+            ctx.report(self, node)

@@ -1,0 +1,67 @@
+"""SMK104 softmax-implicit-dim: a torch softmax that leaves `dim` to be guessed."""
+
+from __future__ import annotations
+
+import ast
+
+from softmaxkit.tools.lint.rule import Context, Rule
+
+_IMPLICIT_DIM_FUNCTIONS = frozenset(
+    {"torch.nn.functional.softmax", "torch.nn.functional.log_softmax", "torch.nn.functional.softmin"}
+)
+_IMPLICIT_DIM_CLASSES = frozenset({"torch.nn.Softmax", "torch.nn.LogSoftmax", "torch.nn.Softmin"})
+
+
+class SoftmaxImplicitDim(Rule):
+    """
+    ## What it does
+    Checks for `F.softmax`, `F.log_softmax` and `F.softmin` called without
+    `dim`, and for `nn.Softmax()`, `nn.LogSoftmax()` and `nn.Softmin()`
+    created without `dim`.
+
+    ## Why is this bad?
+    Without `dim`, PyTorch guesses the axis from the number of dimensions:
+    dim 0 for 0-, 1- and 3-D inputs, dim 1 otherwise. For a 3-D batch of
+    sequences `(batch, time, classes)` that normalises over the batch, which
+    gives wrong probabilities without any error; PyTorch only emits a
+    deprecation warning.
+
+    ## Example
+    ```python
+    probs = F.softmax(logits)
+    self.act = nn.Softmax()
+    ```
+
+    ## Use instead
+    ```python
+    probs = F.softmax(logits, dim=-1)
+    self.act = nn.Softmax(dim=-1)
+    ```
+
+    ## Fix safety
+    No fix is offered: only the author knows which axis holds the classes.
+
+    ## References
+    - PyTorch documentation of `torch.nn.functional.softmax` ("implicit choice
+      of dim is deprecated").
+    """
+
+    code = "SMK104"
+    name = "softmax-implicit-dim"
+    message = "softmax without `dim` guesses the axis (dim 0 for 3-D input); pass `dim=` explicitly"
+    node_types = (ast.Call,)
+
+    def check(self, node: ast.Call, ctx: Context) -> None:
+        if any(k.arg is None for k in node.keywords) or any(type(a) is ast.Starred for a in node.args):
+            return
+        op = ctx.op(node)
+        if op is not None:
+            if op.method or op.qualname not in _IMPLICIT_DIM_FUNCTIONS:
+                return
+            dim = op.arg(0, "dim")
+        elif ctx.imports.qualname(node.func) in _IMPLICIT_DIM_CLASSES:
+            dim = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "dim"), None)
+        else:
+            return
+        if dim is None or (type(dim) is ast.Constant and dim.value is None):
+            ctx.report(self, node)

@@ -1,0 +1,90 @@
+"""SMK106 unguarded-masked-softmax: softmax over `-inf`-masked scores with no guard for fully masked rows."""
+
+from __future__ import annotations
+
+import ast
+
+from softmaxkit.tools.lint.rule import Context, Rule
+from softmaxkit.tools.lint.semantic.tags import MASKED
+
+_GUARDS = frozenset({"nan_to_num", "where", "clamp", "masked_fill", "masked_fill_"})
+
+
+class UnguardedMaskedSoftmax(Rule):
+    """
+    ## What it does
+    Checks for softmax (or log_softmax) over scores masked with `-inf`
+    (`masked_fill(mask, float('-inf'))`, `-math.inf`, `-torch.inf`,
+    `-np.inf`, `torch.where(mask, s, -inf)`) when nothing guards the rows in
+    which every entry is masked: no `nan_to_num`, `where`, `masked_fill` or
+    `clamp` applied to the result. Masking with a finite large negative value
+    (`-1e9`, `torch.finfo(dtype).min`) is not reported.
+
+    This rule is a warning: the code is correct as long as no row is ever
+    fully masked, which the linter cannot know.
+
+    ## Why is this bad?
+    A row whose entries are all `-inf` has maximum `-inf`, and
+    `-inf - (-inf)` is NaN, so the whole row of the softmax is NaN, and the
+    NaN spreads through the attention output and the gradients. Padding-only
+    sequences and causal masks with left padding produce such rows.
+
+    ## Example
+    ```python
+    scores = scores.masked_fill(~mask, float("-inf"))
+    attn = F.softmax(scores, dim=-1)
+    ```
+
+    ## Use instead
+    ```python
+    scores = scores.masked_fill(~mask, float("-inf"))
+    attn = F.softmax(scores, dim=-1).nan_to_num(0.0)
+    ```
+    or `softmaxkit.torch.softmax`, which returns 0 on fully masked rows.
+
+    ## Fix safety
+    No fix is offered: what a fully masked row should produce depends on the
+    model.
+
+    ## References
+    - IEEE 754-2019, section 7.2: `inf - inf` is an invalid operation whose
+      result is NaN.
+    """
+
+    code = "SMK106"
+    name = "unguarded-masked-softmax"
+    message = "softmax over `-inf`-masked scores gives NaN on fully masked rows; guard the result or mask with a finite value"
+    severity = "warning"
+    node_types = (ast.Call,)
+
+    def check(self, node: ast.Call, ctx: Context) -> None:
+        op = ctx.op(node)
+        if op is None:
+            return
+        if op.name in _GUARDS and not (op.name.startswith("masked_fill") and ctx.is_neg_inf(op.arg(1, "value"))):
+            guards = ctx.state(self).setdefault("guards", {})
+            for arg in (op.input, *node.args, *(k.value for k in node.keywords)):
+                if type(arg) is ast.Name:
+                    guards.setdefault(arg.id, []).append(node.lineno)
+            return
+        if op.name not in ("softmax", "log_softmax") or ctx.tag(op.input) != MASKED:
+            return
+        if any(k.arg == "where" for k in node.keywords):
+            return
+        ancestor = ctx.parent(node)
+        while isinstance(ancestor, ast.expr):
+            if type(ancestor) is ast.Call:
+                outer = ctx.op(ancestor)
+                if outer is not None and outer.name in _GUARDS:
+                    return
+            ancestor = ctx.parent(ancestor)
+        if type(ancestor) is ast.Assign and len(ancestor.targets) == 1 and type(ancestor.targets[0]) is ast.Name:
+            ctx.state(self).setdefault("pending", []).append((node, ancestor.targets[0].id))
+        else:
+            ctx.report(self, node)
+
+    def end_scope(self, ctx: Context, state: dict) -> None:
+        guards = state.get("guards", {})
+        for node, name in state.get("pending", ()):
+            if not any(line > node.lineno for line in guards.get(name, ())):
+                ctx.report(self, node)
