@@ -4,28 +4,27 @@ Runs every library on the same float32 inputs in one process and writes
 ``benchmarks/results/accuracy.md`` and ``.csv``.  Peers that are not
 installed are reported as such.
 
-    python benchmarks/bench_accuracy.py
+    python benchmarks/bench_accuracy.py [--out DIR]
 """
 
 from __future__ import annotations
 
-import csv
+import argparse
 import math
-import os
 import platform
 import sys
 
 import mpmath as mp
 import numpy as np
+from _harness import REPOSITORY, add_out_argument, describe, write_results
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, str(REPOSITORY))
 
-import reference as ref  # noqa: E402
-
-import softmaxkit as smk  # noqa: E402
+import softmaxkit as smk
+from tests import reference as ref
 
 F32 = np.dtype(np.float32)
+METRICS = ["softmax", "log_softmax", "ce loss", "ce gradient"]
 
 
 # --- the libraries, each as (softmax, log_softmax, ce loss+grad) on float32 rows ---------
@@ -114,16 +113,34 @@ def wide_row():
     return "one row of width 131072", x, np.array([7])
 
 
+INPUTS = [confident_rows, scale_30, wide_row]
+
+
 def _exact(x, t):
-    rows = [ref.to_mp(r) for r in x]
-    sm = [v for r in rows for v in ref.softmax(r)]
-    ls = [v for r in rows for v in ref.log_softmax(r)]
-    losses, grads = [], []
-    for r, ti in zip(rows, t):
-        loss, grad = ref.cross_entropy(r, ref.hard_coef(len(r), int(ti))[0])
-        losses.append(loss)
-        grads.extend(grad)
-    return sm, ls, mp.fsum(losses), grads
+    """softmax, log_softmax, the summed loss and its gradient, in mpmath; 30 digits for a wide row, else 60."""
+    with mp.workdps(30 if x.size > 10000 else 60):
+        rows = [ref.to_mp(r) for r in x]
+        sm = [v for r in rows for v in ref.softmax(r)]
+        ls = [v for r in rows for v in ref.log_softmax(r)]
+        losses, grads = [], []
+        for r, ti in zip(rows, t):
+            loss, grad = ref.cross_entropy(r, ref.hard_coef(len(r), int(ti))[0])
+            losses.append(loss)
+            grads.extend(grad)
+        return sm, ls, mp.fsum(losses), grads
+
+
+def errors(library, x, t, exact) -> dict:
+    """Worst ULP error of each metric for one library on one input."""
+    softmax, log_softmax, ce = library
+    with np.errstate(all="ignore"):
+        loss, grad = ce(x, t)
+        return {
+            "softmax": ref.ulp_error(softmax(x), exact[0], F32),
+            "log_softmax": ref.ulp_error(log_softmax(x), exact[1], F32),
+            "ce loss": ref.ulp_error([loss], [exact[2]], F32),
+            "ce gradient": ref.ulp_error(grad, exact[3], F32),
+        }
 
 
 def _nan_on_masked(fn):
@@ -133,8 +150,16 @@ def _nan_on_masked(fn):
     return "NaN" if np.isnan(out).any() else "ok"
 
 
-def main() -> int:
-    cases = [confident_rows(), scale_30(), wide_row()]
+def _fmt(v: float) -> str:
+    if math.isinf(v):
+        return "inf"
+    return f"{v:.2g}" if v >= 1000 else f"{v:.2f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_out_argument(parser)
+    args = parser.parse_args(argv)
     libs = {}
     for name, make in LIBRARIES.items():
         try:
@@ -142,54 +167,32 @@ def main() -> int:
         except ImportError:
             print(f"{name}: not installed, skipped")
     rows = []
-    for title, x, t in cases:
-        old = mp.mp.dps
-        mp.mp.dps = 30 if x.size > 10000 else 60
+    for make_input in INPUTS:
+        title, x, t = make_input()
         exact = _exact(x, t)
-        mp.mp.dps = old
-        for name, (softmax, log_softmax, ce) in libs.items():
-            with np.errstate(all="ignore"):
-                loss, grad = ce(x, t)
-                results = {
-                    "softmax": ref.ulp_error(softmax(x), exact[0], F32),
-                    "log_softmax": ref.ulp_error(log_softmax(x), exact[1], F32),
-                    "ce loss": ref.ulp_error([loss], [exact[2]], F32),
-                    "ce gradient": ref.ulp_error(grad, exact[3], F32),
-                }
+        for name, library in libs.items():
+            results = errors(library, x, t, exact)
             rows.append({"case": title, "library": name, **results})
             print(title, name, {k: f"{v:.3g}" for k, v in results.items()})
     masked = {name: _nan_on_masked(lib[0]) for name, lib in libs.items()}
-    write(rows, masked)
+    write_results(
+        "accuracy",
+        title="Accuracy: worst error in float32 ULPs against mpmath",
+        machine=f"{describe()}, Python {platform.python_version()}, NumPy {np.__version__}",
+        notes=[
+            (
+                "Worst error in float32 ULPs against an mpmath reference of 60 digits, 30 for the row of width "
+                "131072 (lower is better)."
+            )
+        ],
+        columns=["case", "library", "softmax", "log_softmax", "CE loss", "CE gradient"],
+        rows=([r["case"], r["library"], *(_fmt(r[k]) for k in METRICS)] for r in rows),
+        footer=["Fully masked row and a row with +inf (softmax): " + ", ".join(f"{k}: {v}" for k, v in masked.items())],
+        csv_fields=["case", "library", *METRICS],
+        csv_rows=rows,
+        out=args.out,
+    )
     return 0
-
-
-def _fmt(v: float) -> str:
-    if math.isinf(v):
-        return "inf"
-    return f"{v:.2g}" if v >= 1000 else f"{v:.2f}"
-
-
-def write(rows, masked) -> None:
-    out_dir = os.path.join(HERE, "results")
-    os.makedirs(out_dir, exist_ok=True)
-    keys = ["softmax", "log_softmax", "ce loss", "ce gradient"]
-    with open(os.path.join(out_dir, "accuracy.csv"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["case", "library"] + keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
-        "Worst error in float32 ULPs against a 60-digit mpmath reference (lower is better).",
-        "",
-        "| case | library | softmax | log_softmax | CE loss | CE gradient |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['case']} | {r['library']} | " + " | ".join(_fmt(r[k]) for k in keys) + " |")
-    lines += ["", "Fully masked row and a row with +inf (softmax): " + ", ".join(f"{k}: {v}" for k, v in masked.items()), ""]
-    lines.append(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}.")
-    with open(os.path.join(out_dir, "accuracy.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -5,15 +5,14 @@ The generic path serves bfloat16 (always), a class axis other than the last,
 ``fit_temperature`` and ``SOFTMAXKIT_DISABLE_NATIVE=1``; every case here
 runs with the native kernels disabled.  Each measurement runs in a fresh
 subprocess: the inputs are allocated and touched, the call is made once on a
-two-row slice (imports, first-call set-up), the peak resident set is reset
-(``/proc/self/clear_refs``), and the peak after the full call (``VmHWM``)
-minus the resident set before it is the call's peak growth (``ru_maxrss``
-would also hold the parent's peak, which Linux carries across exec).  The
+two-row slice (imports, first-call set-up), the peak resident set is reset,
+and the peak after the full call minus the resident set before it is the
+call's peak growth (``_harness.reset_peak_rss`` and ``peak_rss``).  The
 table gives it in MiB and divided by the output (the largest one: the
 gradient for the losses with ``return_grad``), with the median time of the timed
 repeats that follow in the same process.
 
-    PYTHONPATH=src python benchmarks/bench_generic_memory.py [--scale 4] [--src DIR] [--label NAME]
+    PYTHONPATH=src python benchmarks/bench_generic_memory.py [--scale 4] [--src DIR] [--label NAME] [--out DIR]
 
 ``--scale k`` divides every case's rows by ``k``; ``--src DIR`` measures
 the package under ``DIR`` (for example an older checkout, ``git archive`` of
@@ -27,12 +26,22 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import subprocess
+import statistics
 import sys
-from pathlib import Path
+import time
 
-from _machine import describe
+import numpy as np
+from _harness import (
+    FreshRunFailed,
+    add_out_argument,
+    describe,
+    peak_rss,
+    reset_peak_rss,
+    run_fresh,
+    write_results,
+)
+
+import softmaxkit as smk
 
 # (operation, dtype, rows, classes): the shapes of the measurements that
 # showed the unbounded growth, 512 MiB of float32 and 64 MiB of bfloat16.
@@ -55,26 +64,7 @@ CASES = [
     ("bce+grad", "float32", 1024, 131072),
 ]
 
-CHILD = r"""
-import json, statistics, sys, time
-import numpy as np
-import softmaxkit as smk
-
-op, dtype_name, rows, classes, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-if dtype_name == "bfloat16":
-    import ml_dtypes
-    dtype = np.dtype(ml_dtypes.bfloat16)
-else:
-    dtype = np.dtype(dtype_name)
-x = np.zeros((rows, classes), dtype)
-x[:, ::3] = 1
-x[:, 1::7] = -2
-t = np.arange(rows) % classes
-# A second input of x's shape (the other distribution, cotangents, binary targets).
-second = {"logsumexp+b+sign", "kl_div", "softmax_vjp", "log_softmax_vjp", "logsumexp_vjp", "bce", "bce+grad"}
-q = np.full((rows, classes), 1.0 / classes, dtype) if op in second else np.zeros((rows, 1), dtype)
-if op == "logsumexp+b+sign":
-    q = -q  # negative weights: a sign of -1
+# Each operation called on the logits x, the class targets t and a second input q.
 CALLS = {
     "cross_entropy+grad": lambda x, t, q: smk.cross_entropy(x, t, return_grad=True),
     "cross_entropy": lambda x, t, q: smk.cross_entropy(x, t),
@@ -91,62 +81,94 @@ CALLS = {
     "bce": lambda x, t, q: smk.binary_cross_entropy_with_logits(x, q),
     "bce+grad": lambda x, t, q: smk.binary_cross_entropy_with_logits(x, q, return_grad=True),
 }
-call = CALLS[op]
-call(x[:2], t[:2], q[:2])
-def status(key):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key)) * 1024
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
-before = status("VmRSS")
-out = call(x, t, q)
-peak = status("VmHWM")
-outs = out if isinstance(out, tuple) else (out,)
-out_bytes = max(np.asarray(o).nbytes for o in outs)
-del out, outs
-times = []
-for _ in range(repeats):
-    start = time.perf_counter()
-    call(x, t, q)
-    times.append(time.perf_counter() - start)
-print(json.dumps({"growth": peak - before, "input": x.nbytes, "output": out_bytes, "seconds": statistics.median(times) if times else None}))
+
+# The operations whose q has x's shape (the other distribution, cotangents, binary targets).
+FULL_SECOND_INPUT = {"logsumexp+b+sign", "kl_div", "softmax_vjp", "log_softmax_vjp", "logsumexp_vjp", "bce", "bce+grad"}
+
+CHILD = r"""
+import sys
+from bench_generic_memory import measure_here
+measure_here(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
 """
 
-RESULTS = Path(__file__).resolve().parent / "results"
+FIELDS = ["label", "op", "dtype", "rows", "classes", "input", "output", "growth", "seconds", "error"]
+
+
+def inputs(op: str, dtype_name: str, rows: int, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Touched logits, targets and the second input of ``op``."""
+    if dtype_name == "bfloat16":
+        import ml_dtypes
+
+        dtype = np.dtype(ml_dtypes.bfloat16)
+    else:
+        dtype = np.dtype(dtype_name)
+    x = np.zeros((rows, classes), dtype)
+    x[:, ::3] = 1
+    x[:, 1::7] = -2
+    t = np.arange(rows) % classes
+    q = np.full((rows, classes), 1.0 / classes, dtype) if op in FULL_SECOND_INPUT else np.zeros((rows, 1), dtype)
+    if op == "logsumexp+b+sign":
+        q = -q  # negative weights: a sign of -1
+    return x, t, q
+
+
+def measure_here(op: str, dtype_name: str, rows: int, classes: int, repeats: int) -> None:
+    """In the fresh interpreter: print the peak growth of one call, the sizes and the median time, as JSON."""
+    x, t, q = inputs(op, dtype_name, rows, classes)
+    call = CALLS[op]
+    call(x[:2], t[:2], q[:2])
+    before = reset_peak_rss()
+    out = call(x, t, q)
+    peak = peak_rss()
+    outs = out if isinstance(out, tuple) else (out,)
+    out_bytes = max(np.asarray(o).nbytes for o in outs)
+    del out, outs
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call(x, t, q)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times) if times else None
+    print(json.dumps({"growth": peak - before, "input": x.nbytes, "output": out_bytes, "seconds": seconds}))
 
 
 def measure(op: str, dtype: str, rows: int, classes: int, src: str | None, repeats: int) -> dict:
-    env = dict(os.environ, SOFTMAXKIT_DISABLE_NATIVE="1")
+    env = {"SOFTMAXKIT_DISABLE_NATIVE": "1"}
     if src:
         env["PYTHONPATH"] = src
-    done = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", CHILD, op, dtype, str(rows), str(classes), str(repeats)],
-        capture_output=True, text=True, env=env,
-    )
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1]}
-    return json.loads(done.stdout)
+    try:
+        return run_fresh(CHILD, op, dtype, rows, classes, repeats, env=env, warnings=False)
+    except FreshRunFailed as exc:
+        return {"error": str(exc)}
 
 
-def _table(rows: list[dict]) -> str:
-    lines = [
-        f"Machine: {describe()}.  Native kernels disabled (SOFTMAXKIT_DISABLE_NATIVE=1); bfloat16 always takes this path.",
-        "",
-        "| code | operation | dtype | shape | input MiB | output MiB | peak growth MiB | growth / output | growth / input | median s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+def _cells(r: dict) -> list[str]:
+    shape = f"{r['rows']}x{r['classes']}"
+    if r.get("error"):
+        return [r["label"], r["op"], r["dtype"], shape, "", "", f"failed: {r['error']}", "", "", ""]
+    mib = 2**20
+    per_out = f"{r['growth'] / r['output']:.2f}x" if r["output"] >= mib else "-"
+    secs = f"{r['seconds']:.3f}" if r.get("seconds") else "-"
+    return [
+        r["label"],
+        r["op"],
+        r["dtype"],
+        shape,
+        f"{r['input'] / mib:.0f}",
+        f"{r['output'] / mib:.2f}",
+        f"{r['growth'] / mib:.0f}",
+        per_out,
+        f"{r['growth'] / r['input']:.2f}x",
+        secs,
     ]
-    for r in rows:
-        if r.get("error"):
-            lines.append(f"| {r['label']} | {r['op']} | {r['dtype']} | {r['rows']}x{r['classes']} | | | failed: {r['error']} | | | |")
-            continue
-        mib = 2**20
-        per_out = f"{r['growth'] / r['output']:.2f}x" if r["output"] >= mib else "-"
-        secs = f"{r['seconds']:.3f}" if r.get("seconds") else "-"
-        lines.append(
-            f"| {r['label']} | {r['op']} | {r['dtype']} | {r['rows']}x{r['classes']} | {r['input'] / mib:.0f} | {r['output'] / mib:.2f} "
-            f"| {r['growth'] / mib:.0f} | {per_out} | {r['growth'] / r['input']:.2f}x | {secs} |"
-        )
-    return "\n".join(lines) + "\n"
+
+
+def _from_csv(r: dict) -> dict:
+    r = dict(r)
+    for k in ("rows", "classes", "input", "output", "growth"):
+        r[k] = int(r[k]) if r.get(k) not in (None, "") else 0
+    r["seconds"] = float(r["seconds"]) if r.get("seconds") not in (None, "") else None
+    return r
 
 
 def main() -> None:
@@ -155,37 +177,46 @@ def main() -> None:
     parser.add_argument("--src", default=None, help="measure the package under this directory")
     parser.add_argument("--label", default="this tree", help="name of the measured code in the table")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls after the measured one")
+    add_out_argument(parser)
     args = parser.parse_args()
     if args.scale < 1:
         parser.error(f"--scale must be >= 1; got {args.scale}")
-    RESULTS.mkdir(exist_ok=True)
-    csv_path = RESULTS / "generic_memory.csv"
-    fields = ["label", "op", "dtype", "rows", "classes", "input", "output", "growth", "seconds", "error"]
     new = []
     for op, dtype, rows, classes in CASES:
         rows = max(1, rows // args.scale)
-        result = measure(op, dtype, rows, classes, args.src, args.repeats)
-        row = {"label": args.label, "op": op, "dtype": dtype, "rows": rows, "classes": classes, **result}
+        row = {"label": args.label, "op": op, "dtype": dtype, "rows": rows, "classes": classes}
+        row.update(measure(op, dtype, rows, classes, args.src, args.repeats))
         new.append(row)
-        print(_table([row]).splitlines()[-1], flush=True)
+        print("| " + " | ".join(map(str, _cells(row))) + " |", flush=True)
     old = []
+    csv_path = args.out / "generic_memory.csv"
     if csv_path.exists():
+        measured = {(n["label"], str(n["rows"])) for n in new}
         with csv_path.open() as f:
-            old = [r for r in csv.DictReader(f) if (r["label"], r["rows"]) not in {(n["label"], str(n["rows"])) for n in new}]
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in old + new:
-            writer.writerow({k: r.get(k, "") for k in fields})
-    every = []
-    for r in old + new:
-        r = dict(r)
-        for k in ("rows", "classes", "input", "output", "growth"):
-            r[k] = int(r[k]) if r.get(k) not in (None, "") else 0
-        r["seconds"] = float(r["seconds"]) if r.get("seconds") not in (None, "") else None
-        every.append(r)
-    (RESULTS / "generic_memory.md").write_text("# Generic path: peak memory\n\n" + _table(every))
+            old = [r for r in csv.DictReader(f) if (r["label"], r["rows"]) not in measured]
+    write_results(
+        "generic_memory",
+        title="Generic path: peak memory",
+        machine=describe(),
+        notes=["Native kernels disabled (SOFTMAXKIT_DISABLE_NATIVE=1); bfloat16 always takes this path."],
+        columns=[
+            "code",
+            "operation",
+            "dtype",
+            "shape",
+            "input MiB",
+            "output MiB",
+            "peak growth MiB",
+            "growth / output",
+            "growth / input",
+            "median s",
+        ],
+        rows=[_cells(_from_csv(r)) for r in old] + [_cells(r) for r in new],
+        csv_fields=FIELDS,
+        csv_rows=old + new,
+        out=args.out,
+    )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

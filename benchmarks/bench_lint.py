@@ -13,17 +13,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _harness import REPOSITORY, describe
+
 from softmaxkit.tools.cli.lint import main as lint_main
 
-CORPUS = Path(__file__).resolve().parents[1] / "tests" / "tools" / "lint" / "corpus"
+CORPUS = REPOSITORY / "tests" / "tools" / "lint" / "corpus"
 TARGET_SECONDS = 10.0
 FILES_PER_FOLDER = 50
 
@@ -64,7 +64,7 @@ def main() -> None:
             times.append(seconds)
     median = statistics.median(times)
     verdict = "meets" if median < TARGET_SECONDS else "MISSES"
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print(f"machine: {describe()}, Python {sys.version.split()[0]}")
     print(f"tree: {lines} lines in {files} files (exit status {status})")
     print(f"lint: median {median:.2f} s over {args.repeats} runs (min {min(times):.2f} s, max {max(times):.2f} s)")
     print(f"speed: {lines / median:,.0f} lines/s; {median * 100_000 / lines:.2f} s per 100,000 lines")

@@ -7,65 +7,57 @@ alternate (torch, softmaxkit, torch, ...) so that drift in the shared machine
 affects both; the table reports the median time of the repeats after a
 warm-up and the largest memory growth.
 
-    PYTHONPATH=src python benchmarks/bench_torch_memory.py [--rows 8192] [--classes 32768]
+    PYTHONPATH=src python benchmarks/bench_torch_memory.py [--rows 8192] [--classes 32768] [--out PATH]
 
-Writes benchmarks/results/torch_memory.md and .csv.
+Writes benchmarks/results/torch_memory.md and .csv (``--out PATH``: PATH.md and PATH.csv).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import statistics
-import subprocess
 import sys
+import time
 from pathlib import Path
 
-from _machine import describe
+from _harness import RESULTS, describe, max_rss, run_fresh, write_results
+
+VARIANTS = ["torch", "softmaxkit"]
 
 CHILD = r"""
-import json, resource, sys, time
-import torch
-rows, classes, variant, repeats = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-torch.manual_seed(0)
-x = torch.randn(rows, classes).mul_(4).requires_grad_()
-t = torch.randint(0, classes, (rows,))
-if variant == "torch":
-    from torch.nn.functional import cross_entropy
-else:
-    from softmaxkit.torch import cross_entropy
-# Import-time allocations and the first-call setup are not the loss's memory.
-small = torch.randn(4, 8, requires_grad=True)
-cross_entropy(small, torch.zeros(4, dtype=torch.long)).backward()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-times = []
-for _ in range(repeats):
-    x.grad = None
-    start = time.perf_counter()
-    cross_entropy(x, t).backward()
-    times.append(time.perf_counter() - start)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-from softmaxkit import kernels as _native
-
-path = f"native kernel ({_native.isa()})" if _native.active() else "chunked xp formulas"
-print(json.dumps({"growth_mib": (peak - base) / 1024, "times": times, "path": path}))
+import sys
+from bench_torch_memory import measure_here
+measure_here(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
 """
 
 
-def _run(rows: int, classes: int, variant: str, repeats: int) -> dict:
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(rows), str(classes), variant, str(repeats)],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def measure_here(rows: int, classes: int, variant: str, repeats: int) -> None:
+    """In the fresh interpreter: print the peak growth in MiB, the times and the softmaxkit path, as JSON."""
+    import torch
+
+    torch.manual_seed(0)
+    x = torch.randn(rows, classes).mul_(4).requires_grad_()
+    t = torch.randint(0, classes, (rows,))
+    if variant == "torch":
+        from torch.nn.functional import cross_entropy
+    else:
+        from softmaxkit.torch import cross_entropy
+    # Import-time allocations and the first-call setup are not the loss's memory.
+    small = torch.randn(4, 8, requires_grad=True)
+    cross_entropy(small, torch.zeros(4, dtype=torch.long)).backward()
+    base = max_rss()
+    times = []
+    for _ in range(repeats):
+        x.grad = None
+        start = time.perf_counter()
+        cross_entropy(x, t).backward()
+        times.append(time.perf_counter() - start)
+    peak = max_rss()
+    from softmaxkit import kernels
+
+    path = f"native kernel ({kernels.isa()})" if kernels.active() else "chunked xp formulas"
+    print(json.dumps({"growth_mib": (peak - base) / 2**20, "times": times, "path": path}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,15 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=8192)
     parser.add_argument("--classes", type=int, default=32768)
     parser.add_argument("--rounds", type=int, default=3, help="fresh subprocesses per variant")
-    parser.add_argument("--repeats", type=int, default=3, help="forward+backward runs per subprocess; the first is a warm-up")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "torch_memory")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="forward+backward runs per subprocess; the first is a warm-up"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "torch_memory", help="path of the tables, without .md or .csv"
+    )
     args = parser.parse_args(argv)
 
-    results = {"torch": {"growth": [], "times": []}, "softmaxkit": {"growth": [], "times": []}}
+    results = {variant: {"growth": [], "times": []} for variant in VARIANTS}
     path = "?"
     for _ in range(args.rounds):
-        for variant in results:
-            r = _run(args.rows, args.classes, variant, args.repeats)
+        for variant in VARIANTS:
+            r = run_fresh(CHILD, args.rows, args.classes, variant, args.repeats)
             results[variant]["growth"].append(r["growth_mib"])
             results[variant]["times"].extend(r["times"][1:] if len(r["times"]) > 1 else r["times"])
             if variant == "softmaxkit":
@@ -95,33 +91,38 @@ def main(argv: list[str] | None = None) -> int:
         row["memory_ratio"] = row["growth_mib"] / ref["growth_mib"]
         row["time_ratio"] = row["time_s"] / ref["time_s"]
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out.with_suffix(".csv"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     import torch
 
     logits_mib = args.rows * args.classes * 4 / 2**20
-    lines = [
-        "# Cross-entropy forward + backward: peak memory growth and time (CPU)",
-        "",
-        f"N = {args.rows}, V = {args.classes}, float32 logits ({logits_mib:.0f} MiB), integer targets, reduction='mean'.",
-        f"Machine: {describe()}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}).",
-        f"softmaxkit CPU path: {path} (SOFTMAXKIT_DISABLE_NATIVE=1 measures the chunked xp formulas).",
-        f"Memory: ru_maxrss growth over a fresh subprocess's baseline (logits already allocated), worst of {args.rounds} subprocesses.",
-        f"Time: median of {args.rounds * max(args.repeats - 1, 1)} runs after a warm-up per subprocess.",
-        "",
-        "| variant | peak growth (MiB) | × torch | time (s) | × torch |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['variant']} | {row['growth_mib']:.0f} | {row['memory_ratio']:.2f} | {row['time_s']:.3f} | {row['time_ratio']:.2f} |"
-        )
-    text = "\n".join(lines) + "\n"
-    args.out.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(
+        args.out.name,
+        title="Cross-entropy forward + backward: peak memory growth and time (CPU)",
+        machine=f"{describe()}, torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})",
+        notes=[
+            f"N = {args.rows}, V = {args.classes}, float32 logits ({logits_mib:.0f} MiB), integer targets, reduction='mean'.",
+            f"softmaxkit CPU path: {path} (SOFTMAXKIT_DISABLE_NATIVE=1 measures the chunked xp formulas).",
+            (
+                "Memory: ru_maxrss growth over a fresh subprocess's baseline (logits already allocated), "
+                f"worst of {args.rounds} subprocesses."
+            ),
+            f"Time: median of {args.rounds * max(args.repeats - 1, 1)} runs after a warm-up per subprocess.",
+        ],
+        columns=["variant", "peak growth (MiB)", "× torch", "time (s)", "× torch"],
+        align="lrrrr",
+        rows=(
+            [
+                r["variant"],
+                f"{r['growth_mib']:.0f}",
+                f"{r['memory_ratio']:.2f}",
+                f"{r['time_s']:.3f}",
+                f"{r['time_ratio']:.2f}",
+            ]
+            for r in rows
+        ),
+        csv_fields=list(rows[0]),
+        csv_rows=rows,
+        out=args.out.parent,
+    )
     return 0
 
 

@@ -10,7 +10,7 @@ median over repeats of the per-step time, and its ratio to the plain step.
 
 Run from the repository root::
 
-    PYTHONPATH=src python benchmarks/bench_watch.py [--repeats 15] [--steps 5] [--threads 1]
+    PYTHONPATH=src python benchmarks/bench_watch.py [--repeats 15] [--steps 5] [--threads 1] [--out DIR]
 
 Writes benchmarks/results/watch.md and watch.csv.
 """
@@ -19,21 +19,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import os
-import statistics
-import time
+import functools
 import warnings
 
 import torch
-import torch.nn as nn
+from _harness import (
+    add_out_argument,
+    describe,
+    interleaved,
+    medians,
+    timed,
+    write_results,
+)
+from torch import nn
 
 from softmaxkit.torch import watch
-
-from _machine import describe
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "results")
 
 # name: (vocab, d_model, heads, dim_feedforward, layers, batch, seq)
 SIZES = {
@@ -80,11 +80,9 @@ def variants(model):
 
 
 def time_block(ctx_factory, step, n):
+    """Seconds per step of ``n`` steps, timed inside a freshly entered context."""
     with ctx_factory():
-        t0 = time.perf_counter()
-        for _ in range(n):
-            step()
-        return (time.perf_counter() - t0) / n
+        return timed(step, n)
 
 
 def measure(size, repeats, steps):
@@ -95,32 +93,25 @@ def measure(size, repeats, steps):
     tokens = torch.randint(0, vocab, (batch, seq))
     targets = torch.randint(0, vocab, (batch, seq))
     step = make_step(model, opt, tokens, targets)
-    table = variants(model)
-    names = list(table)
-    for name in names:  # warm-up
-        time_block(table[name], step, steps)
-    times = {name: [] for name in names}
-    for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
-            times[name].append(time_block(table[name], step, steps))
+    blocks = {name: functools.partial(time_block, ctx, step, steps) for name, ctx in variants(model).items()}
+    seconds = medians(interleaved(blocks, repeats))
     setup = (
         f"{size}: {layers} x TransformerEncoderLayer(d_model={d_model}, nhead={heads}, dim_feedforward={ff}), "
         f"{vocab} classes, batch {batch} x {seq} tokens"
     )
-    medians = {name: statistics.median(times[name]) for name in names}
-    plain = medians["plain"]
-    return setup, [(size, name, medians[name] * 1e3, medians[name] / plain) for name in names]
+    plain = seconds["plain"]
+    return setup, [(size, name, s * 1e3, s / plain) for name, s in seconds.items()]
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared machine)"
     )
-    args = parser.parse_args()
+    add_out_argument(parser)
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
 
@@ -130,33 +121,30 @@ def main():
         setups.append(setup)
         rows += size_rows
 
-    machine = (
-        f"{describe()} (shared), "
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+    write_results(
+        "watch",
+        title="watch overhead",
+        machine=f"{describe()} (shared), torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
+        notes=[
+            "",
+            (
+                "Step: forward + cross-entropy + backward + SGD step, all inside the watch "
+                "(each timed block enters it afresh); "
+                f"median of {args.repeats} interleaved repeats of {args.steps} steps after a warm-up."
+            ),
+            "",
+            *(f"- {s}" for s in setups),
+        ],
+        columns=["model", "variant", "ms / step", "ratio to plain"],
+        align="llrr",
+        rows=([size, name, f"{ms:.2f}", f"{ratio:.2f}x"] for size, name, ms, ratio in rows),
+        csv_fields=["model", "variant", "ms_per_step", "ratio_to_plain"],
+        csv_rows=(
+            {"model": size, "variant": name, "ms_per_step": f"{ms:.3f}", "ratio_to_plain": f"{ratio:.3f}"}
+            for size, name, ms, ratio in rows
+        ),
+        out=args.out,
     )
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "watch.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "variant", "ms_per_step", "ratio_to_plain"])
-        for size, name, ms, ratio in rows:
-            w.writerow([size, name, f"{ms:.3f}", f"{ratio:.3f}"])
-    lines = [
-        "# watch overhead",
-        "",
-        f"Machine: {machine}.",
-        "",
-        "Step: forward + cross-entropy + backward + SGD step, all inside the watch "
-        "(each timed block enters it afresh, so start/stop is included); "
-        f"median of {args.repeats} interleaved repeats of {args.steps} steps after a warm-up.",
-        "",
-    ]
-    lines += [f"- {s}" for s in setups]
-    lines += ["", "| model | variant | ms / step | ratio to plain |", "|---|---|---:|---:|"]
-    lines += [f"| {size} | {name} | {ms:.2f} | {ratio:.2f}x |" for size, name, ms, ratio in rows]
-    text = "\n".join(lines) + "\n"
-    with open(os.path.join(RESULTS, "watch.md"), "w") as f:
-        f.write(text)
-    print(text)
 
 
 if __name__ == "__main__":
