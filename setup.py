@@ -3,7 +3,7 @@
 The extension needs only a C compiler and the Python headers.  It is optional:
 where it cannot be compiled the install still succeeds and softmaxkit uses its
 generic NumPy path.  No -march flags: every instruction set is compiled into
-the one binary and chosen at import (see softmaxkit/kernels/csrc/sk_isa_*.c).
+the one binary and chosen at import (see softmaxkit/kernels/csrc/isa_*.c).
 """
 
 import os
@@ -12,12 +12,36 @@ import shlex
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
+CSRC = "src/softmaxkit/kernels/csrc/"
 SOURCES = [
-    "src/softmaxkit/kernels/csrc/sk_module.c",
-    "src/softmaxkit/kernels/csrc/sk_driver.c",
-    "src/softmaxkit/kernels/csrc/sk_isa_baseline.c",
-    "src/softmaxkit/kernels/csrc/sk_isa_avx2.c",
-    "src/softmaxkit/kernels/csrc/sk_isa_avx512.c",
+    CSRC + name
+    for name in (
+        "pymodule.c",
+        "outcache.c",
+        "entry.c",
+        "pool.c",
+        "rows.c",
+        "ce.c",
+        "half.c",
+        "isa_baseline.c",
+        "isa_avx2.c",
+        "isa_avx512.c",
+    )
+]
+HEADERS = [
+    CSRC + name
+    for name in (
+        "api.h",
+        "outcache.h",
+        "job.h",
+        "pool.h",
+        "half.h",
+        "range_kernels.h",
+        "compensated.h",
+        "simd.h",
+        "family.h",
+        "isa.h",
+    )
 ]
 
 # Fused multiply-adds are written out where the numerics want them; letting
@@ -43,12 +67,7 @@ setup(
         Extension(
             "softmaxkit.kernels._kernels",
             sources=SOURCES,
-            depends=[
-                "src/softmaxkit/kernels/csrc/sk_kernels.h",
-                "src/softmaxkit/kernels/csrc/sk_simd.h",
-                "src/softmaxkit/kernels/csrc/sk_family.h",
-                "src/softmaxkit/kernels/csrc/sk_isa.h",
-            ],
+            depends=HEADERS,
             optional=True,
         )
     ],

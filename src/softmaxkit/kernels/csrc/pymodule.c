@@ -2,12 +2,9 @@
  * written into caller-provided buffers, the GIL released while kernels run.
  * Argument checking of values happens in softmaxkit.kernels; this layer only
  * checks what it needs to stay memory-safe (formats, sizes, writability). */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "outcache.h"
 
-#include <string.h>
-
-#include "sk_kernels.h"
+#include "api.h"
 
 typedef struct {
     Py_buffer v;
@@ -42,13 +39,13 @@ static const char *strip_order(const char *f) {
     return f;
 }
 
-/* 0 float16, 1 float32, 2 float64, -1 other */
+/* DT_F16, DT_F32, DT_F64, or -1 for another format */
 static int float_kind(const Py_buffer *v) {
     const char *f = strip_order(v->format);
     if (f[1] != '\0') return -1;
-    if (*f == 'e' && v->itemsize == 2) return 0;
-    if (*f == 'f' && v->itemsize == 4) return 1;
-    if (*f == 'd' && v->itemsize == 8) return 2;
+    if (*f == 'e' && v->itemsize == 2) return DT_F16;
+    if (*f == 'f' && v->itemsize == 4) return DT_F32;
+    if (*f == 'd' && v->itemsize == 8) return DT_F64;
     return -1;
 }
 
@@ -192,14 +189,14 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssiz
     }
     if (args[3] != Py_None) {
         if (get(args[3], &w, 0, "weight")) goto end;
-        if (float_kind(&w.v) != 2) {
+        if (float_kind(&w.v) != DT_F64) {
             PyErr_SetString(PyExc_TypeError, "weight must hold float64");
             goto end;
         }
         if (check_len(&w, n, "weight")) goto end;
     }
     if (get(args[4], &loss, 1, "loss")) goto end;
-    if (float_kind(&loss.v) != 2) {
+    if (float_kind(&loss.v) != DT_F64) {
         PyErr_SetString(PyExc_TypeError, "loss must hold float64");
         goto end;
     }
@@ -301,95 +298,6 @@ static PyObject *py_isa(PyObject *self, PyObject *unused) {
     return PyUnicode_FromString(sk_isa_name());
 }
 
-/* --- output blocks ---------------------------------------------------------
- * Memory for large outputs.  The C allocator gives blocks this large straight
- * back to the OS when they are freed, so every call would have the OS fault
- * in and zero each page of a new output again (about 25 ms for 256 MiB here,
- * as long as the kernel itself).  A freed block is kept instead, up to
- * `cache_limit` bytes in all, and a later output of the same size takes it.
- * The blocks are Python objects with the buffer protocol; NumPy arrays made
- * on them keep them alive. */
-#include <pthread.h>
-#include <stdlib.h>
-
-#define CACHE_SLOTS 8
-
-typedef struct {
-    PyObject_HEAD
-    void *p;
-    size_t size;
-} block_t;
-
-static struct {
-    void *p;
-    size_t size;
-} cache[CACHE_SLOTS];
-static int cache_n;            /* slots in use, oldest first */
-static size_t cache_bytes, cache_limit;
-static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
-
-/* Free the oldest blocks until the cache is within `limit` and has a free slot
- * (with `room`).  Called with cache_mu held. */
-static void cache_trim(size_t limit, int room) {
-    while (cache_n && (cache_bytes > limit || (room && cache_n == CACHE_SLOTS))) {
-        free(cache[0].p);
-        cache_bytes -= cache[0].size;
-        cache_n--;
-        memmove(cache, cache + 1, cache_n * sizeof cache[0]);
-    }
-}
-
-static void *cache_take(size_t size) {
-    void *p = NULL;
-    pthread_mutex_lock(&cache_mu);
-    for (int i = cache_n - 1; i >= 0; i--) {
-        if (cache[i].size == size) {
-            p = cache[i].p;
-            cache_bytes -= size;
-            cache_n--;
-            memmove(cache + i, cache + i + 1, (cache_n - i) * sizeof cache[0]);
-            break;
-        }
-    }
-    pthread_mutex_unlock(&cache_mu);
-    return p;
-}
-
-static void cache_give(void *p, size_t size) {
-    pthread_mutex_lock(&cache_mu);
-    if (size <= cache_limit) {
-        cache_trim(cache_limit - size, 1);
-        cache[cache_n].p = p;
-        cache[cache_n].size = size;
-        cache_n++;
-        cache_bytes += size;
-        p = NULL;
-    }
-    pthread_mutex_unlock(&cache_mu);
-    free(p);
-}
-
-static void block_dealloc(block_t *b) {
-    cache_give(b->p, b->size);
-    Py_TYPE(b)->tp_free((PyObject *)b);
-}
-
-static int block_getbuffer(block_t *b, Py_buffer *view, int flags) {
-    return PyBuffer_FillInfo(view, (PyObject *)b, b->p, (Py_ssize_t)b->size, 0, flags);
-}
-
-static PyBufferProcs block_as_buffer = {(getbufferproc)block_getbuffer, NULL};
-
-static PyTypeObject block_type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "softmaxkit.kernels._kernels.Block",
-    .tp_basicsize = sizeof(block_t),
-    .tp_dealloc = (destructor)block_dealloc,
-    .tp_as_buffer = &block_as_buffer,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Writable memory for one output; returned to the output cache when freed.",
-};
-
 static PyObject *py_block(PyObject *self, PyObject *arg) {
     (void)self;
     Py_ssize_t size = PyLong_AsSsize_t(arg);
@@ -398,45 +306,27 @@ static PyObject *py_block(PyObject *self, PyObject *arg) {
         PyErr_Format(PyExc_ValueError, "size must be > 0; got %zd", size);
         return NULL;
     }
-    void *p = cache_take((size_t)size);
-    if (!p && posix_memalign(&p, 64, (size_t)size) != 0) return PyErr_NoMemory();
-    block_t *b = PyObject_New(block_t, &block_type);
-    if (!b) {
-        cache_give(p, (size_t)size);
-        return NULL;
-    }
-    b->p = p;
-    b->size = (size_t)size;
-    return (PyObject *)b;
+    return outcache_block((size_t)size);
 }
 
 static PyObject *py_set_cache_limit(PyObject *self, PyObject *arg) {
     (void)self;
     long long limit;
     if (int_in(arg, "max_bytes", 0, PY_SSIZE_T_MAX, &limit)) return NULL;
-    pthread_mutex_lock(&cache_mu);
-    cache_limit = (size_t)limit;
-    cache_trim(cache_limit, 0);
-    pthread_mutex_unlock(&cache_mu);
+    outcache_set_limit((size_t)limit);
     Py_RETURN_NONE;
 }
 
 static PyObject *py_cache_limit(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
-    pthread_mutex_lock(&cache_mu);
-    size_t limit = cache_limit;
-    pthread_mutex_unlock(&cache_mu);
-    return PyLong_FromSize_t(limit);
+    return PyLong_FromSize_t(outcache_limit());
 }
 
 static PyObject *py_cache_bytes(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
-    pthread_mutex_lock(&cache_mu);
-    size_t b = cache_bytes;
-    pthread_mutex_unlock(&cache_mu);
-    return PyLong_FromSize_t(b);
+    return PyLong_FromSize_t(outcache_bytes());
 }
 
 static PyMethodDef methods[] = {
@@ -456,11 +346,17 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_kernels", "Native softmax kernels.", -1, methods};
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_kernels",
+    .m_doc = "Native softmax kernels.",
+    .m_size = -1,
+    .m_methods = methods,
+};
 
 PyMODINIT_FUNC PyInit__kernels(void) {
     sk_select_isa("best");
-    if (PyType_Ready(&block_type) < 0) return NULL;
+    if (outcache_init() < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (m && PyModule_AddIntConstant(m, "MAX_THREADS", MAX_THREADS) < 0) Py_CLEAR(m);
     return m;

@@ -24,9 +24,9 @@
  * cache; the fence orders those stores before the job ends */
 #define SK_STREAM_V(p, v) _mm256_stream_ps((p), _mm512_cvtpd_ps((__m512d)(v)))
 #define SK_FENCE() _mm_sfence()
-#include "sk_isa.h"
+#include "isa.h"
 
-const sk_isa sk_isa_avx512 = {"avx512", fam_f32, fam_f64};
+const sk_isa sk_isa_avx512 = {"avx512", family_f32, family_f64};
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif

@@ -17,9 +17,9 @@
  * cache; the fence orders those stores before the job ends */
 #define SK_STREAM_V(p, v) _mm_stream_ps((p), _mm256_cvtpd_ps((__m256d)(v)))
 #define SK_FENCE() _mm_sfence()
-#include "sk_isa.h"
+#include "isa.h"
 
-const sk_isa sk_isa_avx2 = {"avx2", fam_f32, fam_f64};
+const sk_isa sk_isa_avx2 = {"avx2", family_f32, family_f64};
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif

@@ -4,6 +4,6 @@
 #define SK_VW 2
 #define SK_HAVE_FMA 0
 #define SK_FMA(a, b, c) ((a) * (b) + (c))
-#include "sk_isa.h"
+#include "isa.h"
 
-const sk_isa sk_isa_baseline = {"baseline", fam_f32, fam_f64};
+const sk_isa sk_isa_baseline = {"baseline", family_f32, family_f64};

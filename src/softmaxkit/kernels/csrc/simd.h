@@ -1,9 +1,10 @@
 /* Vector helpers and the vectorised exp, for one instruction set.
  *
- * Included by each sk_isa_*.c after it has set SK_VW (float64 lanes per
- * vector) and SK_FMA(a, b, c) (a*b + c, fused where the ISA has it).  The
- * vectors are GCC/Clang vector extensions; the compiler maps them onto the
- * registers of the target that the translation unit is compiled for.
+ * Included by each isa_*.c (through isa.h) after it has set SK_VW (float64
+ * lanes per vector) and SK_FMA(a, b, c) (a*b + c, fused where the ISA has
+ * it).  The vectors are GCC/Clang vector extensions; the compiler maps them
+ * onto the registers of the target that the translation unit is compiled
+ * for.
  *
  * exp
  * ---
@@ -96,37 +97,6 @@ static inline long long hcount(vl m) {
     long long c = 0;
     for (int i = 0; i < VW; i++) c -= m[i];
     return c;
-}
-
-/* Knuth's TwoSum, lane-wise: s + err == a + b exactly. */
-static inline vd two_sum(vd a, vd b, vd *err) {
-    vd s = a + b;
-    vd bb = s - a;
-    *err = (a - (s - bb)) + (b - bb);
-    return s;
-}
-
-/* Sum of a block's lane accumulators (hi, lo) into one compensated pair. */
-static inline void hsum2(vd hi, vd lo, double *out_hi, double *out_lo) {
-    double s = hi[0], e = lo[0];
-    for (int i = 1; i < VW; i++) {
-        double t = s + hi[i];
-        double bb = t - s;
-        double err = (s - (t - bb)) + (hi[i] - bb);
-        /* an infinite sum has no rounding error to add back (inf - inf) */
-        e += (t - t == 0.0 ? err : 0.0) + lo[i];
-        s = t;
-    }
-    *out_hi = s;
-    *out_lo = e;
-}
-
-/* Compensated accumulation: *s + *c carries the running sum. */
-static inline void acc2(vd *s, vd *c, vd v) {
-    vd err;
-    vd t = two_sum(*s, v, &err);
-    *c += sel(EQ(t - t, splat(0.0)), err, splat(0.0));
-    *s = t;
 }
 
 static const double SK_LOG2E = 1.4426950408889634;

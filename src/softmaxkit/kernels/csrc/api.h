@@ -1,0 +1,38 @@
+/* Entry points of the native kernels, called by the Python bindings.
+ *
+ * Every entry point takes C-contiguous rows of `n` elements of one float
+ * dtype (DT_*), writes into buffers the caller provides, and returns 0,
+ * SK_ENOMEM, or SK_ETARGET for a class index that is neither in [0, n) nor
+ * ignore_index (checked before anything is written).  The formulas are those
+ * of softmaxkit.numerics; see the module docstring of softmaxkit.kernels.
+ */
+#ifndef SK_API_H
+#define SK_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum { DT_F16 = 0, DT_F32 = 1, DT_F64 = 2 };
+
+#define SK_ENOMEM 1
+#define SK_ETARGET 2
+
+/* name: "best", "avx512", "avx2" or "baseline"; -1 when this machine lacks it */
+int sk_select_isa(const char *name);
+const char *sk_isa_name(void);
+void sk_set_threads(int n);
+int sk_get_threads(void);
+
+int sk_softmax(int dtype, const void *x, void *out, size_t rows, size_t n, double temperature, int log);
+int sk_logsumexp(int dtype, const void *x, void *out, size_t rows, size_t n);
+/* One loss per row into `loss` (float64) and, when `grad` is not NULL, the
+ * gradient of their sum divided by `grad_divisor`, or with a negative
+ * grad_divisor by the sum of row weights (the "mean" divisor; 1 when that
+ * is 0).  *weight_sum gets the sum of row weights: the number of rows for
+ * probability targets `probs`. */
+int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t rows, size_t n,
+                     const int64_t *targets, const void *probs, const double *class_weight, int64_t ignore_index,
+                     double eps, double z_loss, double grad_divisor, double *weight_sum);
+int sk_vjp(int dtype, int log, const void *y, const void *cotangent, void *out, size_t rows, size_t n);
+
+#endif

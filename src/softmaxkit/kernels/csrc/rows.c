@@ -1,0 +1,282 @@
+/* The phases every row program shares, and the row programs of softmax,
+ * log_softmax, logsumexp and the two VJPs (see job.h). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compensated.h"
+#include "half.h"
+#include "job.h"
+
+/* --- buffers ------------------------------------------------------------ */
+
+size_t family_size(const job_t *J) { return J->dtype == DT_F64 ? 8 : 4; }
+
+int scratch_init(job_t *J, scratch_t *S, size_t len) {
+    memset(S, 0, sizeof *S);
+    size_t m = len ? len : 1;
+    int need_e = (J->op == OP_SOFTMAX && !J->log && J->dtype != DT_F64) ||
+                 (J->op == OP_CE && J->out && J->dtype != DT_F64);
+    int need_standin = J->op == OP_SOFTMAX || J->op == OP_CE;
+    if (need_e && !(S->e = malloc(m * sizeof(double)))) return -1;
+    if (need_standin && !(S->standin = malloc(m * family_size(J)))) return -1;
+    if (J->dtype == DT_F16) {
+        if (!(S->in_f32 = malloc(m * sizeof(float))) || !(S->out_f32 = malloc(m * sizeof(float))) ||
+            !(S->in2_f32 = malloc(m * sizeof(float))))
+            return -1;
+    }
+    if (!J->wide && !(S->parts = malloc(4 * (J->blocks ? J->blocks : 1) * sizeof(sk_part)))) return -1;
+    return 0;
+}
+
+void scratch_free(scratch_t *S) {
+    free(S->e);
+    free(S->standin);
+    free(S->in_f32);
+    free(S->out_f32);
+    free(S->in2_f32);
+    free(S->parts);
+}
+
+/* --- values ------------------------------------------------------------- */
+
+double load_as_double(int dtype, const void *p, size_t j) {
+    if (dtype == DT_F64) return ((const double *)p)[j];
+    if (dtype == DT_F32) return ((const float *)p)[j];
+    return half_to_float(((const uint16_t *)p)[j]);
+}
+
+/* float16 rows are filled as float32, converted afterwards */
+void fill_range(int dtype, void *out, size_t n, double v) {
+    if (dtype == DT_F64) {
+        double *o = out;
+        for (size_t i = 0; i < n; i++) o[i] = v;
+    } else {
+        float *o = out;
+        for (size_t i = 0; i < n; i++) o[i] = (float)v;
+    }
+}
+
+/* Sum of block partials and `extra`, in block order. */
+double combine_parts(const sk_part *p, size_t blocks, int comp, double extra) {
+    double s = 0.0, e = 0.0;
+    for (size_t b = 0; b < blocks; b++) {
+        if (comp) {
+            compensated_add(&s, &e, p[b].hi);
+            e += p[b].lo;
+        } else {
+            s += p[b].hi;
+        }
+    }
+    if (extra != 0.0) {
+        if (comp) compensated_add(&s, &e, extra);
+        else s += extra;
+    }
+    return s + e;
+}
+
+/* --- phases ------------------------------------------------------------- */
+
+void sync_row(rowctx_t *R) {
+    if (R->chunks > 1) barrier_wait(&R->J->bar, &R->sense);
+}
+
+/* The logits of this chunk in the family's type. */
+const void *chunk_logits(rowctx_t *R, const char *row) {
+    job_t *J = R->J;
+    if (J->dtype == DT_F16) {
+        halves_to_floats(row + R->start * 2, R->S->in_f32, R->len);
+        return R->S->in_f32;
+    }
+    return row + R->start * J->item_size;
+}
+
+/* Phase 1 and the combination of its partials over the chunks. */
+void scan_row(rowctx_t *R, const void *x, int want_argmax, int want_unmasked, row_scan_t *out) {
+    job_t *J = R->J;
+    const sk_family *f = J->fam;
+    int chunk_nan;
+    double m = f->max(x, R->len, &chunk_nan);
+    int first = R->slot - R->chunk;
+    R->chunk_max[R->slot] = m;
+    R->chunk_nan[R->slot] = chunk_nan;
+    if (want_argmax) R->chunk_argmax[R->slot] = R->start + f->find(x, R->len, m);
+    if (want_unmasked) R->chunk_unmasked[R->slot] = f->count_unmasked(x, R->len);
+    sync_row(R);
+    double max = -INFINITY;
+    int nan = 0;
+    size_t unmasked = 0;
+    for (int c = first; c < first + R->chunks; c++) {
+        nan |= R->chunk_nan[c];
+        if (R->chunk_max[c] > max) max = R->chunk_max[c];
+        if (want_unmasked) unmasked += R->chunk_unmasked[c];
+    }
+    size_t argmax = J->n;
+    if (want_argmax)
+        for (int c = first; c < first + R->chunks; c++)
+            if (R->chunk_max[c] == max && R->chunk_argmax[c] < argmax) argmax = R->chunk_argmax[c];
+    out->max = max;
+    out->nan = nan;
+    out->argmax = argmax;
+    out->unmasked = unmasked;
+}
+
+/* The stand-in of a +inf row for this chunk: 0 at +inf, -inf elsewhere. */
+const void *inf_standin(rowctx_t *R, const void *x) {
+    if (family_size(R->J) == 8) {
+        const double *s = x;
+        double *d = (double *)R->S->standin;
+        for (size_t i = 0; i < R->len; i++) d[i] = s[i] == INFINITY ? 0.0 : -INFINITY;
+    } else {
+        const float *s = x;
+        float *d = (float *)R->S->standin;
+        for (size_t i = 0; i < R->len; i++) d[i] = s[i] == INFINITY ? 0.0f : -INFINITY;
+    }
+    return R->S->standin;
+}
+
+/* The next row's chunk of logits and, for a row-shaped output, of the
+ * output: prefetched during this row's exponential pass. */
+static sk_ahead ahead(const rowctx_t *R, int prefetch_out) {
+    const job_t *J = R->J;
+    sk_ahead ah = {0};
+    if (R->next >= J->rows) return ah;
+    size_t off = (R->next * J->n + R->start) * J->item_size;
+    ah.next_in = J->x + off;
+    ah.next_in_bytes = R->len * J->item_size;
+    if (prefetch_out && J->out) {
+        ah.next_out = J->out + off;
+        ah.next_out_bytes = ah.next_in_bytes;
+    }
+    return ah;
+}
+
+/* Phase 2, the exponential pass of this chunk; meanwhile the next row is
+ * prefetched and the deferred output of the row before is written. */
+void exp_pass(rowctx_t *R, const void *x, double a, double T, double *e, int prefetch_out) {
+    sk_ahead ah = ahead(R, prefetch_out);
+    ah.deferred = R->pending;
+    R->J->fam->exp_sum(x, R->len, a, T, e, R->exp_parts + R->start / SK_BLOCK, &ah);
+    R->pending.out = NULL;
+    sync_row(R);
+}
+
+/* s = sum of exp(z) - 1 over the row, after exp_pass: the terms equal to 1
+ * (the maxima) are added as a count, so that one of them is left out
+ * exactly and log1p(s) keeps its accuracy. */
+double sum_exp_minus_1(const rowctx_t *R) {
+    const sk_part *p = R->exp_parts;
+    size_t blocks = R->J->blocks;
+    double maxima = 0.0;
+    for (size_t b = 0; b < blocks; b++) maxima += p[b].maxima;
+    return combine_parts(p, blocks, R->J->dtype == DT_F64, maxima - 1.0);
+}
+
+/* Writes a row's known output, or, when rows are deferred, leaves it to the
+ * next exp_pass (or to flush_deferred).  A row of the +inf stand-in is
+ * written at once: the stand-in buffer is reused. */
+void write_output(rowctx_t *R, const sk_write *w) {
+    job_t *J = R->J;
+    if (J->defer && w->x != (const void *)R->S->standin) R->pending = *w;
+    else J->fam->write(w, J->stream);
+}
+
+void flush_deferred(rowctx_t *R) {
+    if (!R->pending.out) return;
+    R->J->fam->write(&R->pending, R->J->stream);
+    R->pending.out = NULL;
+}
+
+/* --- softmax, log_softmax, logsumexp -------------------------------------- */
+
+void row_softmax(rowctx_t *R, size_t r) {
+    job_t *J = R->J;
+    const char *row = J->x + r * J->n * J->item_size;
+    char *orow = J->out + r * J->n * J->item_size;
+    const void *x = chunk_logits(R, row);
+    void *o = J->dtype == DT_F16 ? (void *)R->S->out_f32 : (void *)(orow + R->start * J->item_size);
+    row_scan_t sc;
+    scan_row(R, x, 0, 0, &sc);
+    double a = sc.max;
+    if (sc.nan || a == -INFINITY) {
+        fill_range(J->dtype, o, R->len, sc.nan ? NAN : (J->log ? -INFINITY : 0.0));
+    } else {
+        if (a == INFINITY) {
+            x = inf_standin(R, x);
+            a = 0.0;
+        }
+        double *e = J->log ? NULL : (J->dtype == DT_F64 ? (double *)o : R->S->e);
+        exp_pass(R, x, a, J->temperature, e, !J->stream);
+        double s = sum_exp_minus_1(R);
+        sk_write w = {.out = o,
+                      .n = R->len,
+                      .e = e,
+                      .x = x,
+                      .divisor = 1.0 + s,
+                      .factor = 1.0 / (1.0 + s),
+                      .shift = a,
+                      .temperature = J->temperature,
+                      .log_sum = log1p(s)};
+        write_output(R, &w);
+    }
+    if (J->dtype == DT_F16) floats_to_halves(R->S->out_f32, orow + R->start * 2, R->len);
+}
+
+void row_logsumexp(rowctx_t *R, size_t r) {
+    job_t *J = R->J;
+    const void *x = chunk_logits(R, J->x + r * J->n * J->item_size);
+    row_scan_t sc;
+    scan_row(R, x, 0, 0, &sc);
+    double a = sc.max, v;
+    if (sc.nan) {
+        v = NAN;
+    } else if (a == -INFINITY || a == INFINITY) {
+        v = a;
+    } else {
+        exp_pass(R, x, a, 1.0, NULL, 0);
+        v = a + log1p(sum_exp_minus_1(R));
+    }
+    if (R->chunk != 0) return;
+    if (J->dtype == DT_F64) ((double *)J->out)[r] = v;
+    else if (J->dtype == DT_F32) ((float *)J->out)[r] = (float)v;
+    else ((uint16_t *)J->out)[r] = double_to_half(v);
+}
+
+/* --- VJPs ----------------------------------------------------------------- */
+
+void row_vjp(rowctx_t *R, size_t r) {
+    job_t *J = R->J;
+    const sk_family *f = J->fam;
+    size_t off = r * J->n * J->item_size + R->start * J->item_size;
+    const void *y = J->x + off, *g = J->cotangent + off;
+    void *o = J->out + off;
+    if (J->dtype == DT_F16) {
+        halves_to_floats(y, R->S->in_f32, R->len);
+        halves_to_floats(g, R->S->in2_f32, R->len);
+        y = R->S->in_f32;
+        g = R->S->in2_f32;
+        o = R->S->out_f32;
+    }
+    /* Rows alternate between two sets of block partials: a thread that has
+       passed this row's barrier may write the next row's partials while
+       another still combines this row's, but it cannot reach the row after
+       next before every thread has passed the next row's barrier. */
+    sk_part *parts = R->parts + (r & 1) * J->blocks;
+    if (J->log) f->log_softmax_vjp_sum(y, g, R->len, parts + R->start / SK_BLOCK);
+    else f->softmax_vjp_dot(y, g, R->len, parts + R->start / SK_BLOCK);
+    sync_row(R);
+    double v = combine_parts(parts, J->blocks, J->dtype == DT_F64, 0.0);
+    if (J->log) f->log_softmax_vjp_write(y, g, o, R->len, v);
+    else f->softmax_vjp_write(y, g, o, R->len, v);
+    if (J->dtype == DT_F16) floats_to_halves(R->S->out_f32, J->out + off, R->len);
+}
+
+void run_row(rowctx_t *R, size_t r) {
+    R->slot = R->chunk + R->chunks * (int)(r & 1);
+    switch (R->J->op) {
+    case OP_SOFTMAX: row_softmax(R, r); break;
+    case OP_LSE: row_logsumexp(R, r); break;
+    case OP_CE: row_cross_entropy(R, r); break;
+    default: row_vjp(R, r); break;
+    }
+}
