@@ -19,7 +19,7 @@ from softmaxkit.tools.lint.fix import (
     write_atomic,
     write_refusal,
 )
-from softmaxkit.tools.lint.linter import check_source, lint_file
+from softmaxkit.tools.lint.linter import FileResult, check_source, lint_file
 from softmaxkit.tools.lint.noqa import apply_noqa
 from softmaxkit.tools.lint.rule import Finding, Rule
 from softmaxkit.tools.lint.rules import ALL_RULES, find_rule
@@ -114,25 +114,8 @@ def _run(args: argparse.Namespace) -> int:
             unchecked += result.unchecked
             continue
         if fixing and not result.notebook and result.source is not None:
-            try:
-                new_source, applied = fix_source(result.source, rules, args.unsafe_fixes)
-            except RecursionError:
-                # LibCST's visitor recurses per node: about 70 nested calls are too many.
-                _warn(path, "not fixed, too deeply nested for the fixer")
-                applied = 0
-            refusal = write_refusal(path, roots) if applied else None
-            if refusal is not None:
-                _warn(path, f"not fixed, {refusal}")
-            elif applied and args.diff:
-                diffs.append(_diff(result.path, result.source, new_source))
-            elif applied:
-                try:
-                    write_atomic(path, new_source.encode(result.encoding))
-                except OSError as error:
-                    _warn(path, f"not fixed, could not write it: {error}")
-                else:
-                    fixed += applied
-                    result = lint_file(path, rules)
+            result, applied = _fix_file(path, result, rules, args, roots, diffs)
+            fixed += applied
         findings.extend(result.findings)
     findings.sort(key=Finding.sort_key)
     if args.diff:
@@ -142,6 +125,37 @@ def _run(args: argparse.Namespace) -> int:
         return 1 if diffs or unchecked else 0
     _write(out, args, findings, fixed, unchecked)
     return 1 if findings or unchecked else 0
+
+
+def _fix_file(
+    path: Path, result: FileResult, rules: list[Rule], args: argparse.Namespace, roots: list[Path], diffs: list[str]
+) -> tuple[FileResult, int]:
+    """Fixes one linted file, or adds its diff to ``diffs`` with ``--diff``.
+
+    Returns the result to report (the file linted again once fixes were
+    written) and the number of fixes written.
+    """
+    try:
+        new_source, applied = fix_source(result.source, rules, args.unsafe_fixes)
+    except RecursionError:
+        # LibCST's visitor recurses per node: about 70 nested calls are too many.
+        _warn(path, "not fixed, too deeply nested for the fixer")
+        return result, 0
+    if not applied:
+        return result, 0
+    refusal = write_refusal(path, roots)
+    if refusal is not None:
+        _warn(path, f"not fixed, {refusal}")
+        return result, 0
+    if args.diff:
+        diffs.append(_diff(result.path, result.source, new_source))
+        return result, 0
+    try:
+        write_atomic(path, new_source.encode(result.encoding))
+    except OSError as error:
+        _warn(path, f"not fixed, could not write it: {error}")
+        return result, 0
+    return lint_file(path, rules), applied
 
 
 def _warn(path: Path, text: str) -> None:
