@@ -1,11 +1,7 @@
 import os
-import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
-
-# The mpmath references in reference.py are imported by the test modules.
-sys.path.insert(0, os.path.dirname(__file__))
 
 settings.register_profile(
     "softmaxkit",

@@ -15,9 +15,9 @@ import pytest
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
-import reference as ref  # noqa: E402
-
 import softmaxkit as smk  # noqa: E402
+
+from tests import reference as ref  # noqa: E402
 
 INF = math.inf
 POINTS = [0.0, -0.0, 1e-30, -1e-30, 1e-8, -1e-8, 0.5, -0.5, 3.0, -3.0, 30.0, -30.0, 700.0, -700.0, INF, -INF]

@@ -8,11 +8,12 @@ import pytest
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
-import reference as ref  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
 import softmaxkit as smk  # noqa: E402
 import softmaxkit.jax as smj  # noqa: E402
+
+from tests import reference as ref  # noqa: E402
 
 INF = math.inf
 

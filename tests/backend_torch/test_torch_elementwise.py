@@ -16,10 +16,10 @@ import pytest
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
 
-import reference as ref  # noqa: E402
-
 import softmaxkit as smk  # noqa: E402
 import softmaxkit.torch as smt  # noqa: E402
+
+from tests import reference as ref  # noqa: E402
 
 INF = math.inf
 # around 0, moderate, near float32 and float64 overflow and underflow of exp, huge, infinite

@@ -9,13 +9,13 @@ import pytest
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
 
-import reference as ref  # noqa: E402
-
 import softmaxkit as smk  # noqa: E402
 import softmaxkit.torch as smt  # noqa: E402
 from softmaxkit import kernels as _native  # noqa: E402
 from softmaxkit.frontend import layout as _layout  # noqa: E402
 from softmaxkit.backends.torch import functions as _functions  # noqa: E402
+
+from tests import reference as ref  # noqa: E402
 
 INF = math.inf
 

@@ -4,10 +4,11 @@ large scales and subnormal outputs, against mpmath."""
 import mpmath as mp
 import numpy as np
 import pytest
-from reference import BFLOAT16
 
-import reference as ref
 import softmaxkit as smk
+
+from tests import reference as ref
+from tests.reference import BFLOAT16
 
 pytestmark = pytest.mark.usefixtures("numeric_path")
 

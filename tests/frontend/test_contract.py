@@ -3,12 +3,13 @@ or 4 ULP (float64) of an mpmath reference, on random and adversarial rows."""
 
 import numpy as np
 import pytest
-from reference import FLOAT_DTYPES
 from hypothesis import given
 from hypothesis import strategies as st
 
-import reference as ref
 import softmaxkit as smk
+
+from tests import reference as ref
+from tests.reference import FLOAT_DTYPES
 
 DTYPE_IDS = [d.name for d in FLOAT_DTYPES]
 pytestmark = [pytest.mark.usefixtures("numeric_path"), pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=DTYPE_IDS)]

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-from reference import FLOAT_DTYPES
 
 import softmaxkit as smk
+
+from tests.reference import FLOAT_DTYPES
 
 pytestmark = pytest.mark.usefixtures("numeric_path")
 

@@ -9,9 +9,10 @@ import math
 import mpmath as mp
 import numpy as np
 import pytest
-import reference as ref
 
 import softmaxkit as smk
+
+from tests import reference as ref
 
 DBL_MAX = float(np.finfo(np.float64).max)
 TEMPERATURES = [5e-324, 1e-310, 1e-300, 1e-200, 3e-20, 0.3, 1.0, 7.0, 1e10, 1e200, 1e300, 1e301, 1e305, DBL_MAX]

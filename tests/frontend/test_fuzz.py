@@ -28,11 +28,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import reference as ref
 import softmaxkit as smk
-import test_contract as contract
-from reference import FLOAT_DTYPES
 from softmaxkit import kernels as _native
+
+from tests import reference as ref
+from tests.frontend import test_contract as contract
+from tests.reference import FLOAT_DTYPES
 
 mp = ref.mp
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference as ref
 
 import softmaxkit as smk
+
+from tests import reference as ref
 
 xp = pytest.importorskip("array_api_strict")
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import mpmath
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import softmaxkit as smk
 
-mpmath.mp.dps = 60
+from tests import reference as ref
 
 
 def logit_rows(dtype, bound):
@@ -25,15 +25,7 @@ POWERS_OF_TWO = st.sampled_from([2.0**k for k in range(-6, 7)])
 GENERAL_T = st.floats(0.05, 20.0, allow_nan=False).filter(lambda t: np.log2(t) % 1 != 0)
 
 
-def ulp_distance(got, ref):
-    """Distance in units of the output dtype's spacing at the reference."""
-    ref_rounded = ref.astype(got.dtype)
-    scale = np.spacing(np.abs(ref_rounded)).astype(np.float64)
-    diff = np.abs(got.astype(np.float64) - ref)
-    same_inf = np.isinf(ref) & (got == ref)
-    return np.where(same_inf, 0.0, diff / scale)
-
-
+@pytest.mark.usefixtures("numeric_path")
 @settings(max_examples=60, deadline=None)
 @given(x=logit_rows(np.float32, 1e4), T=POWERS_OF_TWO)
 def test_float32_power_of_two_is_exact(x, T):
@@ -41,6 +33,7 @@ def test_float32_power_of_two_is_exact(x, T):
     np.testing.assert_array_equal(smk.log_softmax(x, temperature=T), smk.log_softmax(x / np.float32(T)))
 
 
+@pytest.mark.usefixtures("numeric_path")
 @settings(max_examples=60, deadline=None)
 @given(x=logit_rows(np.float64, 1e4), T=POWERS_OF_TWO)
 def test_float64_power_of_two_is_exact(x, T):
@@ -57,26 +50,14 @@ def test_float32_general_temperature_within_contract(x, T):
     for fn in (smk.softmax, smk.log_softmax):
         got = fn(x, temperature=T)
         assert got.dtype == np.float32
-        ref = fn(x.astype(np.float64) / T)
-        assert ulp_distance(got, ref).max() <= 2
-
-
-def mp_log_softmax(row, T):
-    """``(z_i - m) - log1p(s)`` with the max term left out of ``s``: the digits
-    needed do not grow with the margin, unlike ``log(1 + s)``."""
-    z = [mpmath.mpf(float(v)) / mpmath.mpf(T) for v in row]
-    k = max(range(len(z)), key=z.__getitem__)
-    s = mpmath.fsum(mpmath.exp(v - z[k]) for i, v in enumerate(z) if i != k)
-    return [v - z[k] - mpmath.log1p(s) for v in z]
+        assert ref.ulp_error(got, fn(x.astype(np.float64) / T), np.float32) <= 2
 
 
 @settings(max_examples=30, deadline=None)
 @given(x=logit_rows(np.float64, 700.0), T=GENERAL_T)
 def test_float64_general_temperature_against_mpmath(x, T):
-    ref_log = np.array([[float(v) for v in mp_log_softmax(row, T)] for row in x])
-    ref = np.array([[float(mpmath.exp(v)) for v in mp_log_softmax(row, T)] for row in x])
-    assert ulp_distance(smk.softmax(x, temperature=T), ref).max() <= 4
-    assert ulp_distance(smk.log_softmax(x, temperature=T), ref_log).max() <= 4
+    assert ref.ulp_error(smk.softmax(x, temperature=T), ref.rows(ref.softmax, x, T), np.float64) <= 4
+    assert ref.ulp_error(smk.log_softmax(x, temperature=T), ref.rows(ref.log_softmax, x, T), np.float64) <= 4
 
 
 def test_temperature_on_probabilities_is_not_temperature_on_logits():

@@ -67,9 +67,10 @@ EXPECTED_FAILURES = {
 
 import mpmath as mp  # noqa: E402
 import numpy as np  # noqa: E402
-from reference import ulp  # noqa: E402
 
 from softmaxkit import kernels as _native  # noqa: E402
+
+from tests.reference import ulp  # noqa: E402
 
 _COMPLEX_TOL = {"complex64": 2.0, "complex128": 4.0}
 _REAL_PART = {"complex64": np.float32, "complex128": np.float64}

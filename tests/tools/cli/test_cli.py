@@ -1,5 +1,6 @@
 """The ``softmaxkit`` command: demo, --help, --version, exit codes."""
 
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,11 @@ from softmaxkit.tools.cli import main
 def test_demo_runs_and_shows_failure_and_exact_values(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    assert "nan" in out and "inf" in out  # the naive path fails visibly
+    naive = out.split("1. The textbook recipe")[1].split("2. softmaxkit")[0]
+    # the naive path fails visibly: row 1's probabilities, the loss and the gradient
+    assert re.search(r"^  row 1 +nan +0 +0$", naive, flags=re.M)
+    assert re.search(r"^mean loss .* inf$", naive, flags=re.M)
+    assert re.search(r"^gradient .* row 1 +nan +0 +-0\.333333$", naive, flags=re.M)
     assert out.count("667.2748786602") == 2  # softmaxkit's mean loss equals the reference
     assert "-2.0611537e-09" in out  # the confident float32 target gradient, not 0
     assert "the nearest float32 to it" in out
