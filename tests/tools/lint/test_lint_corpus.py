@@ -6,8 +6,8 @@ import pytest
 
 from _lint_helpers import assert_matches_snapshot, expected_by_line, found_by_line, findings_in
 from softmaxkit.tools.lint import output
-from softmaxkit.tools.lint.config import Config
 from softmaxkit.tools.lint.selection import enabled_rules
+from softmaxkit.tools.lint.settings import Config
 
 CORPUS = Path(__file__).parent / "corpus"
 BUGGY = sorted(p for p in (CORPUS / "buggy").iterdir() if p.suffix in (".py", ".ipynb"))

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from softmaxkit.tools.lint import output
 from softmaxkit.tools.lint.config import ConfigFinder
-from softmaxkit.tools.lint.errors import UsageError
 from softmaxkit.tools.lint.files import collect_files
 from softmaxkit.tools.lint.fix import (
     MISSING_LIBCST,
@@ -24,6 +23,7 @@ from softmaxkit.tools.lint.noqa import apply_noqa
 from softmaxkit.tools.lint.rule import Finding, Rule
 from softmaxkit.tools.lint.rules import ALL_RULES, find_rule
 from softmaxkit.tools.lint.selection import enabled_rules, parse_selectors
+from softmaxkit.tools.lint.settings import UsageError
 from softmaxkit.tools.lint.source import split_lines
 
 _DESCRIPTION = """\

@@ -8,18 +8,18 @@ Detection uses only the standard library's ``ast``; fixes need LibCST
 ``checker`` walks a parsed file and hands nodes to ``rules`` (one module per
 rule), which query the ``semantic`` model and build fixes from ``source``;
 ``linter`` checks one file, ``files`` and ``notebooks`` read them,
-``selection``, ``config`` and ``noqa`` decide what is reported, ``output``
+``settings``, ``config`` (pyproject.toml), ``selection`` and ``noqa`` decide what is reported, ``output``
 formats it and ``fix`` applies fixes.
 """
 
 from __future__ import annotations
 
-from softmaxkit.tools.lint.config import Config
 from softmaxkit.tools.lint.linter import check_source
 from softmaxkit.tools.lint.noqa import apply_noqa
 from softmaxkit.tools.lint.rule import Context, Finding, Fix, Rule
 from softmaxkit.tools.lint.rules import ALL_RULES, RULES, find_rule
 from softmaxkit.tools.lint.selection import enabled_rules, parse_selectors
+from softmaxkit.tools.lint.settings import Config
 from softmaxkit.tools.lint.source import split_lines
 
 __all__ = [

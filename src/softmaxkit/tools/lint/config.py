@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
-from softmaxkit.tools.lint.errors import UsageError
 from softmaxkit.tools.lint.selection import parse_selectors
+from softmaxkit.tools.lint.settings import Config, UsageError
 
 _CONFIG_KEYS = frozenset({"select", "ignore", "exclude"})
-
-
-@dataclasses.dataclass
-class Config:
-    """The ``[tool.softmaxkit.lint]`` table of one pyproject.toml."""
-
-    root: Path | None = None
-    select: list[str] | None = None
-    ignore: list[str] = dataclasses.field(default_factory=list)
-    exclude: list[str] = dataclasses.field(default_factory=list)
 
 
 class ConfigFinder:

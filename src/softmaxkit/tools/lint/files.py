@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from softmaxkit.tools.files import UnusableFile, open_regular
-from softmaxkit.tools.lint.config import Config, ConfigFinder
-from softmaxkit.tools.lint.errors import UsageError
+from softmaxkit.tools.lint.config import ConfigFinder
+from softmaxkit.tools.lint.settings import Config, UsageError
 
 # Folders that hold other people's code or build output, never linted when
 # found inside a directory argument.

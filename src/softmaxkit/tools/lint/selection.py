@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from softmaxkit.tools.lint.errors import UsageError
 from softmaxkit.tools.lint.rule import Rule
 from softmaxkit.tools.lint.rules import RULES
-
-if TYPE_CHECKING:
-    from softmaxkit.tools.lint.config import Config
+from softmaxkit.tools.lint.settings import Config, UsageError
 
 
 def parse_selectors(values: list[str] | str | None, origin: str) -> list[str] | None:
