@@ -189,7 +189,7 @@ class TestFitTemperature:
         # tol <= 1e-16 never returned: the bracket on log T cannot shrink
         # below the float64 spacing, so `while b - a > tol` looped forever.
         # Each step costs one NLL evaluation; count them instead of timing.
-        from softmaxkit import calibration
+        from softmaxkit.tools import calibration
 
         calls = []
         real = calibration._mean_nll

@@ -237,8 +237,7 @@ def make_truncated(suffix: str):
         elif suffix == ".npz":
             np.savez(buf, logits=np.zeros((64, 64), np.float32), labels=np.zeros(64, np.int64))
         else:
-            import torch
-
+            torch = pytest.importorskip("torch")
             torch.save({"logits": torch.zeros(64, 64), "labels": torch.zeros(64, dtype=torch.long)}, buf)
         data = buf.getvalue()
         with open(path, "wb") as f:
