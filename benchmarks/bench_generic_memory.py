@@ -91,6 +91,18 @@ from bench_generic_memory import measure_here
 measure_here(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
 """
 
+COLUMNS = [
+    "code",
+    "operation",
+    "dtype",
+    "shape",
+    "input MiB",
+    "output MiB",
+    "peak growth MiB",
+    "growth / output",
+    "growth / input",
+    "median s",
+]
 FIELDS = ["label", "op", "dtype", "rows", "classes", "input", "output", "growth", "seconds", "error"]
 
 
@@ -199,18 +211,7 @@ def main() -> None:
         title="Generic path: peak memory",
         machine=describe(),
         notes=["Native kernels disabled (SOFTMAXKIT_DISABLE_NATIVE=1); bfloat16 always takes this path."],
-        columns=[
-            "code",
-            "operation",
-            "dtype",
-            "shape",
-            "input MiB",
-            "output MiB",
-            "peak growth MiB",
-            "growth / output",
-            "growth / input",
-            "median s",
-        ],
+        columns=COLUMNS,
         rows=[_cells(_from_csv(r)) for r in old] + [_cells(r) for r in new],
         csv_fields=FIELDS,
         csv_rows=old + new,

@@ -30,6 +30,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.special
@@ -52,6 +53,8 @@ from softmaxkit import kernels
 SHAPES = [(2048, 32768), (16384, 1024), (32, 262144), (8, 10)]
 OPS = ["softmax", "log_softmax", "cross_entropy+grad"]
 SMALL_CALLS = 2000
+COLUMNS = ["op", "shape", "library", "time", "GB/s", "of copy", "softmaxkit speedup"]
+CSV_FIELDS = ["op", "shape", "library", "seconds", "gbs", "copy_gbs", "alloc_copy_gbs", "of_copy", "speedup_vs_peer"]
 INTO = kernels_into()
 
 NOTES = [
@@ -208,16 +211,8 @@ def _cells(r: dict) -> list[str]:
     return [r["op"], r["shape"], r["library"], t_text, f"{r['gbs']:.2f}", f"{r['of_copy']:.0%}", speedup]
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=None, help="threads for every library (default: softmaxkit's)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed rounds per case (median reported)")
-    ap.add_argument("--quick", action="store_true", help="3 rounds, for a smoke run")
-    add_out_argument(ap)
-    args = ap.parse_args(argv)
-    repeats = 3 if args.quick else args.repeats
-
-    threads = args.threads or smk.get_num_threads()
+def use_threads(threads: int) -> None:
+    """Give softmaxkit, torch and XLA ``threads`` threads (XLA through ``XLA_FLAGS``, so before jax is imported)."""
     smk.set_num_threads(threads)
     torch.set_num_threads(threads)
     eigen = "false" if threads == 1 else "true"
@@ -226,22 +221,14 @@ def main(argv=None) -> int:
         + f" --xla_cpu_multi_thread_eigen={eigen} intra_op_parallelism_threads={threads}"
     )
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    import jax
 
-    versions = f"torch {torch.__version__}, jax {jax.__version__}"
-    print(describe(), f"threads {threads}, softmaxkit kernels {kernels.isa()}, {versions}", file=sys.stderr)
 
-    rng = np.random.default_rng(0)
-    rows = [r for shape in SHAPES for r in measure_shape(shape, rng, repeats)]
-    add_ratios(rows)
+def write(rows: list[dict], setting: str, repeats: int, out: Path) -> None:
     copies = sorted({(r["shape"], r["copy_gbs"], r["alloc_copy_gbs"]) for r in rows})
     write_results(
         "native",
         title="Native kernels: softmaxkit vs torch, jax, scipy (CPU, float32)",
-        machine=(
-            f"{describe()}; softmaxkit kernels: {kernels.isa()}; threads: {threads} for softmaxkit, torch and XLA "
-            f"(scipy single-threaded); {versions}"
-        ),
+        machine=f"{describe()}; {setting}",
         notes=[
             (
                 f"Median of {repeats} interleaved rounds after a warm-up; the order of the libraries rotates each "
@@ -250,7 +237,7 @@ def main(argv=None) -> int:
             ),
             *NOTES,
         ],
-        columns=["op", "shape", "library", "time", "GB/s", "of copy", "softmaxkit speedup"],
+        columns=COLUMNS,
         align="lllrrrr",
         rows=map(_cells, rows),
         footer=[
@@ -260,20 +247,33 @@ def main(argv=None) -> int:
                 for s, g, a in copies
             ),
         ],
-        csv_fields=[
-            "op",
-            "shape",
-            "library",
-            "seconds",
-            "gbs",
-            "copy_gbs",
-            "alloc_copy_gbs",
-            "of_copy",
-            "speedup_vs_peer",
-        ],
+        csv_fields=CSV_FIELDS,
         csv_rows=rows,
-        out=args.out,
+        out=out,
     )
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=None, help="threads for every library (default: softmaxkit's)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds per case (median reported)")
+    ap.add_argument("--quick", action="store_true", help="3 rounds, for a smoke run")
+    add_out_argument(ap)
+    args = ap.parse_args(argv)
+    repeats = 3 if args.quick else args.repeats
+    threads = args.threads or smk.get_num_threads()
+    use_threads(threads)
+    import jax
+
+    setting = (
+        f"softmaxkit kernels: {kernels.isa()}; threads: {threads} for softmaxkit, torch and XLA "
+        f"(scipy single-threaded); torch {torch.__version__}, jax {jax.__version__}"
+    )
+    print(describe(), setting, file=sys.stderr)
+    rng = np.random.default_rng(0)
+    rows = [r for shape in SHAPES for r in measure_shape(shape, rng, repeats)]
+    add_ratios(rows)
+    write(rows, setting, repeats, args.out)
     return 0
 
 

@@ -60,6 +60,32 @@ def measure_here(rows: int, classes: int, variant: str, repeats: int) -> None:
     print(json.dumps({"growth_mib": (peak - base) / 2**20, "times": times, "path": path}))
 
 
+def measure(n: int, classes: int, rounds: int, repeats: int) -> tuple[list[dict], str]:
+    """One row per variant (worst growth, median time, both over torch's) and softmaxkit's CPU path."""
+    results = {variant: {"growth": [], "times": []} for variant in VARIANTS}
+    path = "?"
+    for _ in range(rounds):
+        for variant in VARIANTS:
+            r = run_fresh(CHILD, n, classes, variant, repeats)
+            results[variant]["growth"].append(r["growth_mib"])
+            results[variant]["times"].extend(r["times"][1:] if len(r["times"]) > 1 else r["times"])
+            if variant == "softmaxkit":
+                path = r["path"]
+    rows = []
+    for variant, r in results.items():
+        rows.append({"variant": variant, "growth_mib": max(r["growth"]), "time_s": statistics.median(r["times"])})
+    ref = rows[0]
+    for row in rows:
+        row["memory_ratio"] = row["growth_mib"] / ref["growth_mib"]
+        row["time_ratio"] = row["time_s"] / ref["time_s"]
+    return rows, path
+
+
+def _cells(r: dict) -> list[str]:
+    growth, memory_ratio, time_s, time_ratio = r["growth_mib"], r["memory_ratio"], r["time_s"], r["time_ratio"]
+    return [r["variant"], f"{growth:.0f}", f"{memory_ratio:.2f}", f"{time_s:.3f}", f"{time_ratio:.2f}"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=8192)
@@ -73,24 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    results = {variant: {"growth": [], "times": []} for variant in VARIANTS}
-    path = "?"
-    for _ in range(args.rounds):
-        for variant in VARIANTS:
-            r = run_fresh(CHILD, args.rows, args.classes, variant, args.repeats)
-            results[variant]["growth"].append(r["growth_mib"])
-            results[variant]["times"].extend(r["times"][1:] if len(r["times"]) > 1 else r["times"])
-            if variant == "softmaxkit":
-                path = r["path"]
-
-    rows = []
-    for variant, r in results.items():
-        rows.append({"variant": variant, "growth_mib": max(r["growth"]), "time_s": statistics.median(r["times"])})
-    ref = rows[0]
-    for row in rows:
-        row["memory_ratio"] = row["growth_mib"] / ref["growth_mib"]
-        row["time_ratio"] = row["time_s"] / ref["time_s"]
-
+    rows, path = measure(args.rows, args.classes, args.rounds, args.repeats)
     import torch
 
     logits_mib = args.rows * args.classes * 4 / 2**20
@@ -109,16 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         columns=["variant", "peak growth (MiB)", "× torch", "time (s)", "× torch"],
         align="lrrrr",
-        rows=(
-            [
-                r["variant"],
-                f"{r['growth_mib']:.0f}",
-                f"{r['memory_ratio']:.2f}",
-                f"{r['time_s']:.3f}",
-                f"{r['time_ratio']:.2f}",
-            ]
-            for r in rows
-        ),
+        rows=map(_cells, rows),
         csv_fields=list(rows[0]),
         csv_rows=rows,
         out=args.out.parent,
