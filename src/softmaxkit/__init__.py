@@ -5,6 +5,9 @@ array-API array (PyTorch, JAX, CuPy, ...) and returns the same kind.  See the
 README for the accuracy contract and the table of edge semantics.
 """
 
+from importlib import metadata as _metadata
+
+from softmaxkit.frontend import registry as _registry
 from softmaxkit.frontend.softmax import (
     entropy,
     kl_div,
@@ -23,7 +26,11 @@ from softmaxkit.tools.report import diagnose
 from softmaxkit.sampling import gumbel_max, gumbel_softmax, sample
 from softmaxkit.sparse import entmax15, entmax15_vjp, sparsemax, sparsemax_vjp
 
-__version__ = "0.1.0"
+__version__ = _metadata.version("softmaxkit")
+
+# Arrays of these libraries go to their backends, imported on first use.
+_registry.register("torch", "Tensor", "softmaxkit.backends.torch.entry:BACKEND")
+_registry.register("jax", "Array", "softmaxkit.backends.jax.entry:BACKEND")
 
 __all__ = [
     "binary_cross_entropy_with_logits",

@@ -533,13 +533,13 @@ def test_core_functions_dispatch_torch_tensors_with_autograd():
 def _spy(monkeypatch, names):
     calls = []
     for name in names:
-        original = getattr(_native, name)
+        original = getattr(_native.into, name)
 
         def wrapper(*args, _original=original, _name=name, **kwargs):
             calls.append(_name)
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(_native, name, wrapper)
+        monkeypatch.setattr(_native.into, name, wrapper)
     return calls
 
 

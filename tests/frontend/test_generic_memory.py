@@ -38,7 +38,7 @@ if dtype_name.startswith("torch-"):
     # (the public functions would hand them to softmaxkit.torch).
     import torch
     from softmaxkit.frontend import registry as _dispatch
-    _dispatch.backend = lambda x: None
+    _dispatch.backend_for = lambda x: None
     m, dtype = torch, getattr(torch, dtype_name[len("torch-"):])
 elif dtype_name == "bfloat16":
     import ml_dtypes
@@ -235,7 +235,7 @@ def test_torch_tensors_through_the_generic_path(monkeypatch):
     from softmaxkit import kernels as _native
     from softmaxkit.frontend import registry as _dispatch
 
-    monkeypatch.setattr(_dispatch, "backend", lambda x: None)
+    monkeypatch.setattr(_dispatch, "backend_for", lambda x: None)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(6, 5, 7, generator=gen) * 5
     t = torch.randint(0, 7, (6, 5), generator=gen)

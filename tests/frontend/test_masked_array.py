@@ -159,4 +159,4 @@ def test_masked_array_with_nothing_masked_takes_the_native_path():
     for m in (np.ma.masked_array(x), np.ma.masked_array(x, mask=np.zeros((2, 3), bool))):
         data, where = _validate.unmask(m, None)
         assert type(data) is np.ndarray and where is None
-        assert _native.eligible(data, -1) == _native.active()
+        assert _native.numpy_adapter.eligible(data, -1) == _native.active()

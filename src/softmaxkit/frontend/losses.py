@@ -14,9 +14,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from softmaxkit.frontend import registry as _dispatch
 from softmaxkit.frontend import layout as _layout
-from softmaxkit import kernels as _native
+from softmaxkit.frontend import registry
 from softmaxkit import numerics as num
 from softmaxkit.frontend import validate as v
 from softmaxkit.frontend.softmax import _itemsize, _prepare_rows, _working
@@ -33,20 +32,8 @@ def _class_weight(xp: Any, weight: Any, n_classes: int, work: Any) -> Any:
         return None
     w = v.same_namespace(xp, weight, "weight")
     _, w, _ = v.real_array(w, "weight")
-    v.weight_shape(w.shape, n_classes)
-    w = xp.astype(w, work)
-    bad = v.bad_weight(xp, w)
-    if bool(xp.any(bad)):
-        i = v.first_position(bad)[0]
-        raise ValueError(f"{v.BAD_WEIGHT}; got weight[{i}] = {float(v.to_numpy(w)[i])!r}")
-    return w
-
-
-def _check_class_indices(xp: Any, t: Any, n_classes: int, ignore_index: int, name: str) -> None:
-    bad = v.not_a_class(t, n_classes, ignore_index)
-    if bool(xp.any(bad)):
-        pos = v.first_position(bad)
-        raise ValueError(v.not_a_class_message(f"{name}{list(pos)} = {int(v.to_numpy(t)[pos])}", n_classes, ignore_index))
+    v.class_weights(xp, w, n_classes)
+    return xp.astype(w, work)
 
 
 def _finish(xp, layout, loss, grad, out_dtype, return_grad):
@@ -54,6 +41,27 @@ def _finish(xp, layout, loss, grad, out_dtype, return_grad):
     if not return_grad:
         return loss
     return loss, layout.back_rows(xp.astype(grad, out_dtype, copy=False))
+
+
+def _native_cross_entropy(kernel, logits, inputs, ignore_index, eps, z, reduction, return_grad):
+    """The native kernel's per-row losses and gradient, finished by the shared rules; None if it declines."""
+    t, q, w = inputs
+    xp = array_api_compat.array_namespace(logits)
+    if t is not None:
+        v.class_indices(xp, t, logits.shape[-1], ignore_index, "targets")
+    widened = num.working_dtype(xp, logits.dtype, logits)[1]
+    rows = xp.reshape(t, (-1,)) if t is not None else xp.reshape(q, (-1, logits.shape[-1]))
+    denominator = num.mean_denominator(xp, rows, w, ignore_index, xp.float64, q is not None, widened)
+    divisor = num.gradient_divisor(denominator, reduction)
+    result = kernel.cross_entropy(logits, t, q, w, ignore_index, eps, z, 1.0 if divisor is None else divisor, return_grad)
+    if result is None:
+        return None
+    loss_rows, grad = result
+    if grad is not None and divisor is None:
+        grad[...] = 0
+    loss, _ = num.reduce(xp, loss_rows, None, denominator, reduction, widened)
+    loss = xp.astype(xp.asarray(loss), logits.dtype)
+    return (loss, grad) if return_grad else loss
 
 
 @v.quiet
@@ -145,9 +153,9 @@ def cross_entropy(
     >>> grad[1]  # e^-999 / 3 underflows; naive code gives [nan, nan, nan]
     array([ 0.33333333,  0.        , -0.33333333])
     """
-    impl = _dispatch.backend(logits)
-    if impl is not None:
-        return impl._core_cross_entropy(
+    backend = registry.backend_for(logits)
+    if backend is not None:
+        return backend.cross_entropy(
             logits, targets, axis=axis, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
             reduction=reduction, z_loss=z_loss, return_grad=return_grad,
         )
@@ -158,9 +166,12 @@ def cross_entropy(
     ignore_index = v.integer(ignore_index, "ignore_index")
     if isinstance(targets, np.ndarray) and targets.dtype.kind == "f":  # the native kernels' probability targets
         v.probability_targets_ignore_index(ignore_index, targets.dtype, "targets")
-    native = _native.cross_entropy(logits, targets, axis, weight, ignore_index, eps, reduction, z, return_grad)
-    if native is not None:
-        return native
+    native = registry.native()
+    inputs = None if native is None else native.numpy.cross_entropy_inputs(logits, targets, axis, weight, ignore_index)
+    if inputs is not None:
+        result = _native_cross_entropy(native.numpy, logits, inputs, ignore_index, eps, z, reduction, return_grad)
+        if result is not None:
+            return result
     xp, layout, rows, _, out_dtype, work, extra = _prepare_rows(logits, axis, name="logits", allow_many=False)
     n_classes = layout.n
     if n_classes == 0:
@@ -172,7 +183,7 @@ def cross_entropy(
     device = array_api_compat.device(rows)
     size = _itemsize(xp, work)
     if kind == "int":
-        _check_class_indices(xp, t, n_classes, ignore_index, "targets")
+        v.class_indices(xp, t, n_classes, ignore_index, "targets")
         t_rows = xp.reshape(t, (layout.n_rows,))
     else:
         v.probability_targets_ignore_index(ignore_index, t.dtype, "targets")
@@ -190,8 +201,7 @@ def cross_entropy(
         else:
             q = _working(xp, q_rows, part, work)
             if bool(xp.any(q < 0)):
-                pos = v.first_position(t < 0)
-                raise ValueError(f"targets {v.NEGATIVE_PROBABILITY}; got targets{list(pos)} = {float(v.to_numpy(t)[pos])!r}")
+                v.probabilities(xp, t, "targets")  # raises, naming the first negative entry
             coef, row_w[part, :] = num.class_coefficients(xp, xw, eps, w, probs=q)
         st = num.row_stats(xp, xw, None, 1.0, extra)
         loss[part], g = num.cross_entropy_rows(xp, st, coef, z, row_w[part, :], return_grad)
@@ -259,7 +269,7 @@ def nll_loss(
     if tuple(t.shape) != layout.rest_shape:
         raise ValueError(f"targets must have shape {layout.rest_shape} (log_probs' shape without axis {axis}); got {tuple(t.shape)}")
     w = _class_weight(xp, weight, n_classes, work)
-    _check_class_indices(xp, t, n_classes, ignore_index, "targets")
+    v.class_indices(xp, t, n_classes, ignore_index, "targets")
     t_rows = xp.reshape(t, (layout.n_rows,))
     size = _itemsize(xp, work)
 
@@ -332,9 +342,9 @@ def binary_cross_entropy_with_logits(
     >>> float(smk.binary_cross_entropy_with_logits(np.array([-40.0]), np.array([0.0])))
     4.248354255291589e-18
     """
-    impl = _dispatch.backend(logits)
-    if impl is not None and hasattr(impl, "_core_binary_cross_entropy_with_logits"):
-        return impl._core_binary_cross_entropy_with_logits(
+    backend = registry.backend_for(logits)
+    if backend is not None and backend.binary_cross_entropy_with_logits is not None:
+        return backend.binary_cross_entropy_with_logits(
             logits, targets, weight=weight, pos_weight=pos_weight, reduction=reduction, return_grad=return_grad
         )
     return_grad = v.flag(return_grad, "return_grad")
@@ -365,9 +375,8 @@ def binary_cross_entropy_with_logits(
 
     for part in parts:
         yw = chunk(y, part)
-        if bool(xp.any(~((yw >= 0) & (yw <= 1)))):
-            pos = v.first_position(~((y >= 0) & (y <= 1)))
-            raise ValueError(f"targets must be probabilities in [0, 1]; got targets{list(pos)} = {float(v.to_numpy(y)[pos])!r}")
+        if bool(xp.any(v.not_binary(yw))):
+            v.binary_targets(xp, y, "targets")  # raises, naming the first entry outside [0, 1]
 
     def _factor(value, name):
         if value is None:
@@ -379,9 +388,8 @@ def binary_cross_entropy_with_logits(
 
     w = _factor(weight, "weight")
     beta = _factor(pos_weight, "pos_weight")
-    if beta is not None and bool(xp.any(v.bad_weight(xp, beta))):
-        pos = v.first_position(v.bad_weight(xp, beta))
-        raise ValueError(f"{v.BAD_POS_WEIGHT}; got pos_weight{list(pos)} = {float(v.to_numpy(beta)[pos])!r}")
+    if beta is not None:
+        v.pos_weights(xp, beta)
     device = array_api_compat.device(x)
     sums = None if reduction == "none" else xp.empty((-(-flat_shape[0] // group),), dtype=work, device=device)
     loss_out = xp.empty(flat_shape, dtype=out_dtype, device=device) if reduction == "none" else None

@@ -27,74 +27,44 @@ import numpy as np
 from softmaxkit.frontend import validate as v
 
 
-def array_kind(x: Any, name: str) -> str:
-    """'numpy', 'torch' or 'jax'; TypeError for other array libraries."""
-    if array_api_compat.is_numpy_array(x):
-        return "numpy"
-    if array_api_compat.is_torch_array(x):
-        return "torch"
-    if array_api_compat.is_jax_array(x):
-        return "jax"
-    raise TypeError(f"{name} is a {type(x).__module__}.{type(x).__name__}; random sampling supports NumPy, PyTorch and JAX arrays")
-
-
-def check_rng(kind: str, rng: Any) -> Any:
-    """The generator to draw from, checked against the array kind.
+def generator(backend: Any, x: Any, rng: Any, name: str) -> Any:
+    """The generator to draw from for ``x``, checked against its kind.
 
     NumPy: a ``numpy.random.Generator``, an int seed, or None (fresh OS
-    entropy).  PyTorch: a ``torch.Generator``, an int seed, or None (torch's
-    global generator).  JAX: a ``jax.random`` key, required.
+    entropy).  torch and JAX arrays: their backend's ``check_rng``.  Arrays
+    of other libraries raise ``TypeError``.
     """
-    if kind == "jax":
-        import jax
-
-        typed = getattr(rng, "dtype", None) is not None and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
-        raw = isinstance(rng, jax.Array) and rng.dtype == np.uint32 and tuple(rng.shape) == (2,)
-        if not (typed or raw):
-            raise TypeError(f"rng must be a jax.random key (jax.random.key(seed)) for JAX arrays; got {v._describe(rng)}")
-        return rng
+    if backend is not None and backend.check_rng is not None:
+        return backend.check_rng(rng)
+    if not array_api_compat.is_numpy_array(x):
+        raise TypeError(f"{name} is a {type(x).__module__}.{type(x).__name__}; random sampling supports NumPy, PyTorch and JAX arrays")
     if rng is None:
-        return np.random.default_rng() if kind == "numpy" else None
+        return np.random.default_rng()
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(seed(rng, "a numpy.random.Generator, an int seed or None", "NumPy"))
+
+
+def seed(rng: Any, allowed: str, kind: str) -> int:
+    """``rng`` as a seed (an int >= 0); ``TypeError`` naming ``allowed`` for anything else."""
     if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
         if rng < 0:
             raise ValueError(f"rng as a seed must be >= 0; got {rng!r}")
-        if kind == "numpy":
-            return np.random.default_rng(int(rng))
-        import torch
-
-        return torch.Generator().manual_seed(int(rng))
-    if kind == "numpy" and isinstance(rng, np.random.Generator):
-        return rng
-    if kind == "torch":
-        import torch
-
-        if isinstance(rng, torch.Generator):
-            return rng
-    allowed = {
-        "numpy": "a numpy.random.Generator, an int seed or None",
-        "torch": "a torch.Generator, an int seed or None",
-    }[kind]
-    raise TypeError(f"rng must be {allowed} for {kind} arrays; got {v._describe(rng)}")
+        return int(rng)
+    raise TypeError(f"rng must be {allowed} for {kind} arrays; got {v.describe(rng)}")
 
 
-def _words(kind: str, rng: Any, shape: tuple[int, ...], like: Any) -> Any:
+def _words(backend: Any, gen: Any, shape: tuple[int, ...], like: Any) -> Any:
     """Independent uniform integers in ``[0, 2**32)``, of shape ``shape + (2,)``."""
     full = tuple(shape) + (2,)
-    if kind == "numpy":
-        return rng.integers(0, 2**32, size=full, dtype=np.uint32)
-    if kind == "torch":
-        import torch
-
-        device = rng.device if rng is not None else like.device
-        return torch.randint(0, 2**32, full, generator=rng, dtype=torch.int64, device=device).to(like.device)
-    import jax
-
-    return jax.random.bits(rng, full, dtype=np.uint32)
+    if backend is not None and backend.random_words is not None:
+        return backend.random_words(gen, full, like)
+    return gen.integers(0, 2**32, size=full, dtype=np.uint32)
 
 
-def gumbel(xp: Any, kind: str, rng: Any, shape: tuple[int, ...], dtype: Any, like: Any) -> Any:
+def gumbel(xp: Any, backend: Any, gen: Any, shape: tuple[int, ...], dtype: Any, like: Any) -> Any:
     """Standard Gumbel noise of ``shape`` and floating ``dtype`` (see module docstring)."""
-    w = _words(kind, rng, shape, like)
+    w = _words(backend, gen, shape, like)
     hi, lo = w[..., 0], w[..., 1]
     # The bound as an array of the words' dtype: JAX reads a bare 2**31 as int32.
     lower_half = hi >= xp.asarray(2**31, dtype=hi.dtype)

@@ -1,27 +1,123 @@
-"""Array kind -> backend.
+"""The registry: array kind -> backend, and the slot for the native kernels.
 
-Torch tensors and JAX arrays passed to the core functions go to the
-autograd-aware implementations in ``softmaxkit.torch`` and
-``softmaxkit.jax``.  Neither library is imported here: an array of a kind
-can only exist once its library has been imported.
+The public functions validate what every backend shares, then ask
+:func:`backend_for` which backend owns their input.  ``None`` means the
+generic array-API path of the front end (NumPy, CuPy, array-api-strict, ...);
+a :class:`Backend` means torch tensors or JAX arrays, whose entry points keep
+autograd and tracing intact.  Backends are registered by name and imported
+on first use, so that neither torch nor JAX is imported until an array of
+theirs is met (an array of a kind can only exist once its library has been
+imported).  The package root registers the backends it ships
+(``softmaxkit/__init__.py``); the native kernels register themselves when
+they are importable (:func:`register_native`).
+
+Adding an operation to a backend touches :class:`Backend` (a new field) and
+the backend's own ``entry.py``; adding a backend touches :func:`register`'s
+call in the package root and the backend's folder.  See
+``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
+
+Entry = Callable[..., Any]
 
 
-def backend(x: Any) -> Any:
-    """The module with the ``_core_*`` entry points for ``x``, or None (NumPy path)."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        from softmaxkit.backends.torch import entry as _core_api
+@dataclass(frozen=True)
+class Backend:
+    """One backend's entry points.
 
-        return _core_api
-    jax = sys.modules.get("jax")
-    if jax is not None and isinstance(x, jax.Array):
-        from softmaxkit.backends.jax import functions as jax_backend
+    Every field is named after the public function (or the step of it) that
+    calls it.  A field set to None says that the operation takes the generic
+    array-API path on this kind of array: missing operations are stated,
+    never probed.
 
-        return jax_backend
+    * ``softmax``, ``log_softmax``: ``(x, axis, *, temperature, where)``;
+    * ``logsumexp``: ``(x, axis, *, keepdims, where)``;
+    * ``cross_entropy``: ``(logits, targets, *, axis, weight, ignore_index,
+      label_smoothing, reduction, z_loss, return_grad)``;
+    * ``binary_cross_entropy_with_logits``: ``(logits, targets, *, weight,
+      pos_weight, reduction, return_grad)``;
+    * ``sparsemax``, ``entmax15``: ``(rows, widened)``, rows in the working
+      dtype along the last axis, differentiable in the backend's own way;
+    * ``check_rng``: ``(rng) -> generator``, raising ``TypeError`` for a
+      generator of the wrong kind; ``random_words``: ``(generator, shape,
+      like) -> uniform 32-bit words of that shape``;
+    * ``stop_gradient``: ``(a) -> a`` cut from differentiation.
+    """
+
+    name: str
+    softmax: Entry | None
+    log_softmax: Entry | None
+    logsumexp: Entry | None
+    cross_entropy: Entry | None
+    binary_cross_entropy_with_logits: Entry | None
+    sparsemax: Entry | None
+    entmax15: Entry | None
+    check_rng: Entry | None
+    random_words: Entry | None
+    stop_gradient: Entry | None
+
+
+@dataclass(frozen=True)
+class _Registration:
+    library: str
+    array_type: str
+    backend: str
+
+
+_registrations: list[_Registration] = []
+_loaded: dict[str, Backend] = {}
+
+
+def register(library: str, array_type: str, backend: str) -> None:
+    """Route arrays of type ``library.array_type`` to the Backend at ``backend`` ("module:attribute")."""
+    _registrations.append(_Registration(library, array_type, backend))
+
+
+def backend_for(x: Any) -> Backend | None:
+    """The backend that owns ``x``, or None for the generic array-API path."""
+    for reg in _registrations:
+        library = sys.modules.get(reg.library)
+        # getattr: a module of that name that is not the library (a partial
+        # import, a local folder) has no such type and owns nothing.
+        array_type = getattr(library, reg.array_type, None) if library is not None else None
+        if isinstance(array_type, type) and isinstance(x, array_type):
+            return _load(reg.backend)
     return None
+
+
+def _load(path: str) -> Backend:
+    if path not in _loaded:
+        module, attribute = path.split(":")
+        _loaded[path] = getattr(importlib.import_module(module), attribute)
+    return _loaded[path]
+
+
+@dataclass(frozen=True)
+class Native:
+    """The native kernels: ``numpy`` holds the NumPy adapters, ``into`` the
+    kernels writing into preallocated arrays, ``active`` says whether they are
+    in use now (not switched off)."""
+
+    numpy: Any
+    into: Any
+    active: Callable[[], bool]
+
+
+_native: Native | None = None
+
+
+def register_native(kernels: Native) -> None:
+    """Install the native kernels (done by ``softmaxkit.kernels`` when its C module loads)."""
+    global _native
+    _native = kernels
+
+
+def native() -> Native | None:
+    """The native kernels while they are in use, else None."""
+    return _native if _native is not None and _native.active() else None

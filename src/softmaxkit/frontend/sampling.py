@@ -16,6 +16,7 @@ from typing import Any
 
 from softmaxkit import numerics as num
 from softmaxkit.frontend import random as _random
+from softmaxkit.frontend import registry
 from softmaxkit.frontend import validate as v
 from softmaxkit.frontend.softmax import _prepare
 from softmaxkit.frontend.layout import Layout
@@ -114,18 +115,8 @@ def _check_rows(xp: Any, layout: Layout, xw: Any, name: str) -> None:
         )
 
 
-def _detached(kind: str, a: Any) -> Any:
-    return a.detach() if kind == "torch" else a
-
-
-def _stop_gradient(kind: str, a: Any) -> Any:
-    if kind == "torch":
-        return a.detach()
-    if kind == "jax":
-        import jax
-
-        return jax.lax.stop_gradient(a)
-    return a
+def _stop_gradient(backend: Any, a: Any) -> Any:
+    return a if backend is None or backend.stop_gradient is None else backend.stop_gradient(a)
 
 
 @v.quiet
@@ -254,9 +245,9 @@ def sample(
     min_p = _optional_min_p(min_p)
     n_draws = _num_samples(num_samples)
     xp, layout, xw, _, _, extra = _prepare(logits, axis, name="logits", allow_many=False)
-    kind = _random.array_kind(xw, "logits")
-    gen = _random.check_rng(kind, rng)
-    xw = _detached(kind, xw)
+    backend = registry.backend_for(xw)
+    gen = _random.generator(backend, xw, rng, "logits")
+    xw = _stop_gradient(backend, xw)
     _check_rows(xp, layout, xw, "logits")
     out_shape = layout.rest_shape + ((n_draws,) if n_draws > 1 else ())
     n = xw.shape[-1]
@@ -291,7 +282,7 @@ def sample(
     logq = xp.where(keep, logp, xp.full_like(logp, -_INF))
     if n_draws > 1:
         logq = logq[..., None, :]
-    noise = _random.gumbel(xp, kind, gen, out_shape + (n,), logq.dtype, xw)
+    noise = _random.gumbel(xp, backend, gen, out_shape + (n,), logq.dtype, xw)
     return xp.argmax(logq + noise, axis=-1)
 
 
@@ -424,14 +415,14 @@ def gumbel_softmax(logits: Any, *, tau: float = 1.0, hard: bool = False, axis: i
         raise ValueError(f"tau must be finite and > 0; got {tau!r}")
     hard = v.flag(hard, "hard")
     xp, layout, xw, _, out_dtype, extra = _prepare(logits, axis, name="logits", allow_many=False)
-    kind = _random.array_kind(xw, "logits")
-    gen = _random.check_rng(kind, rng)
-    noise = _random.gumbel(xp, kind, gen, tuple(xw.shape), xw.dtype, xw)
+    backend = registry.backend_for(xw)
+    gen = _random.generator(backend, xw, rng, "logits")
+    noise = _random.gumbel(xp, backend, gen, tuple(xw.shape), xw.dtype, xw)
     st = num.row_stats(xp, xw + noise, None, tau, extra)
     y = num.softmax(xp, st)
     if hard:
         n = xw.shape[-1]
-        one_hot = xp.arange(n) == xp.argmax(_stop_gradient(kind, y), axis=-1, keepdims=True) if n else xp.zeros(y.shape, dtype=xp.bool)
+        one_hot = xp.arange(n) == xp.argmax(_stop_gradient(backend, y), axis=-1, keepdims=True) if n else xp.zeros(y.shape, dtype=xp.bool)
         one_hot = xp.astype(one_hot & ~st.masked_row, y.dtype)
-        y = one_hot + (y - _stop_gradient(kind, y))
+        y = one_hot + (y - _stop_gradient(backend, y))
     return layout.back(xp.astype(y, out_dtype))

@@ -16,8 +16,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from softmaxkit.frontend import registry as _dispatch
-from softmaxkit import kernels as _native
+from softmaxkit.frontend import registry
 from softmaxkit import numerics as num
 from softmaxkit.frontend import validate as v
 from softmaxkit.frontend.layout import Layout, put
@@ -161,14 +160,15 @@ def log_softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any 
 
 
 def _softmax_family(x: Any, axis: Any, temperature: Any, where: Any, log: bool) -> Any:
-    impl = _dispatch.backend(x)
-    if impl is not None:
-        entry = impl._core_log_softmax if log else impl._core_softmax
+    backend = registry.backend_for(x)
+    if backend is not None:
+        entry = backend.log_softmax if log else backend.softmax
         return entry(x, axis, temperature=temperature, where=where)
     T = v.temperature(temperature)
     x, where = v.unmask(x, where)
-    if where is None and _native.eligible(x, axis):
-        return (_native.log_softmax if log else _native.softmax)(x, T)
+    native = registry.native()
+    if native is not None and where is None and native.numpy.eligible(x, axis):
+        return (native.numpy.log_softmax if log else native.numpy.softmax)(x, T)
     xp, layout, rows, valid, out_dtype, work, extra = _prepare_rows(x, axis, where)
     # Like the input's memory layout, so that back_rows is a view.
     out = xp.empty_like(rows)
@@ -269,14 +269,15 @@ def logsumexp(
     >>> smk.logsumexp(np.array([0.0, 1j * np.pi / 2]))  # log(1 + i), the phase pi/4
     np.complex128(0.3465735902799727+0.7853981633974483j)
     """
-    impl = _dispatch.backend(x)
-    if impl is not None and b is None and return_sign is False:
-        return impl._core_logsumexp(x, axis, keepdims=keepdims, where=where)
+    backend = registry.backend_for(x)
+    if backend is not None and b is None and return_sign is False:
+        return backend.logsumexp(x, axis, keepdims=keepdims, where=where)
     keepdims = v.flag(keepdims, "keepdims")
     return_sign = v.flag(return_sign, "return_sign")
     x, where = v.unmask(x, where)
-    if b is None and where is None and _native.eligible(x, axis):
-        return _numpy_scalars(_native.logsumexp(x, keepdims, return_sign))
+    native = registry.native()
+    if native is not None and b is None and where is None and native.numpy.eligible(x, axis):
+        return _numpy_scalars(native.numpy.logsumexp(x, keepdims, return_sign))
     xp, arr, out_dtype = v.number_array(x, "x")
     if arr.ndim == 0:
         # As in SciPy, a scalar is a sum of one term.
@@ -561,8 +562,9 @@ def softmax_vjp(probs: Any, cotangent: Any, axis: int = -1) -> Any:
     >>> smk.softmax_vjp(p, np.array([1.0, 0.0]))
     array([ 0.25, -0.25])
     """
-    if _native.eligible_pair(probs, cotangent, axis):
-        return _native.softmax_vjp(probs, cotangent)
+    native = registry.native()
+    if native is not None and native.numpy.eligible_pair(probs, cotangent, axis):
+        return native.numpy.softmax_vjp(probs, cotangent)
     xp, layout, p_rows, g_rows, out_dtype, work, extra = _vjp_inputs(probs, cotangent, axis, "probs", True)
     return _vjp_by_rows(xp, layout, p_rows, g_rows, out_dtype, work, lambda p, g: num.softmax_vjp(xp, p, g, extra))
 
@@ -599,8 +601,9 @@ def log_softmax_vjp(log_probs: Any, cotangent: Any, axis: int = -1) -> Any:
     >>> smk.log_softmax_vjp(y, np.array([1.0, 0.0, 5.0]))
     array([ 0.5, -0.5,  0. ])
     """
-    if _native.eligible_pair(log_probs, cotangent, axis):
-        return _native.log_softmax_vjp(log_probs, cotangent)
+    native = registry.native()
+    if native is not None and native.numpy.eligible_pair(log_probs, cotangent, axis):
+        return native.numpy.log_softmax_vjp(log_probs, cotangent)
     xp, layout, y_rows, g_rows, out_dtype, work, extra = _vjp_inputs(log_probs, cotangent, axis, "log_probs", True)
 
     def compute(y, g):
@@ -642,6 +645,6 @@ def logsumexp_vjp(x: Any, cotangent: Any, axis: int = -1) -> Any:
 
     def compute(xw, g):
         p = num.softmax(xp, num.row_stats(xp, xw, None, 1.0, extra))
-        return xp.where(p == 0, xp.zeros_like(p), g * p)
+        return num.logsumexp_vjp(xp, p, g)
 
     return _vjp_by_rows(xp, layout, x_rows, g_rows, out_dtype, work, compute)

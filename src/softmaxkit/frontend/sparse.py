@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import array_api_compat
 
 from softmaxkit.numerics import sparse as sn
+from softmaxkit.frontend import registry
 from softmaxkit.frontend import validate as v
 from softmaxkit.frontend.softmax import _prepare, _vjp_by_rows, _vjp_inputs
 
@@ -29,17 +29,9 @@ def _apply(name: str, x: Any, axis: Any) -> Any:
     xp, layout, xw, _, out_dtype, extra = _prepare(x, axis, name="x", allow_many=False)
     if layout.n == 0:
         return layout.back(xp.astype(xw, out_dtype))
-    if array_api_compat.is_torch_array(xw):
-        from softmaxkit.backends.torch import sparse as _sparse_torch
-
-        fn = {"sparsemax": _sparse_torch.SparsemaxFunction, "entmax15": _sparse_torch.Entmax15Function}[name]
-        p = fn.apply(xw, extra)
-    elif array_api_compat.is_jax_array(xw):
-        from softmaxkit.backends.jax import sparse as _sparse_jax
-
-        p = getattr(_sparse_jax, name)(xw, extra)
-    else:
-        p = getattr(sn, name)(xp, xw, extra)
+    backend = registry.backend_for(xw)
+    entry = None if backend is None else getattr(backend, name)
+    p = getattr(sn, name)(xp, xw, extra) if entry is None else entry(xw, extra)
     return layout.back(xp.astype(p, out_dtype))
 
 

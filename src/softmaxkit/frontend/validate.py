@@ -10,10 +10,13 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import array_api_compat
 import numpy as np
+
+from softmaxkit.numerics import working_dtype
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -34,7 +37,7 @@ def quiet(func):
     return wrapper
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -57,7 +60,7 @@ def namespace_of(x: Any, name: str) -> tuple[Any, Any]:
         try:
             x = np.asarray(x)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name} must be an array of real numbers; got {_describe(x)} ({exc})") from None
+            raise TypeError(f"{name} must be an array of real numbers; got {describe(x)} ({exc})") from None
     return array_api_compat.array_namespace(x), x
 
 
@@ -111,16 +114,21 @@ def real_array(x: Any, name: str) -> tuple[Any, Any, Any]:
     arrays raise ``TypeError``.
     """
     xp, arr = namespace_of(x, name)
-    kind = _kind(xp, arr.dtype)
-    if kind == "float":
-        return xp, arr, arr.dtype
-    if kind == "int":
-        from softmaxkit.numerics import working_dtype
+    arr = as_float(xp, arr, name)
+    return xp, arr, arr.dtype
 
-        # float32 on a device without float64 (see working_dtype).
-        wide, _ = working_dtype(xp, xp.float32, arr)
-        return xp, xp.astype(arr, wide), wide
-    raise TypeError(f"{name} must be a real floating or integer array; got dtype {arr.dtype}")
+
+def as_float(xp: Any, x: Any, name: str) -> Any:
+    """``x`` if floating; integers promoted to float64 (float32 where the
+    namespace, or the array's device, has no float64); ``TypeError`` for
+    bool, complex, string and object arrays."""
+    kind = _kind(xp, x.dtype)
+    if kind == "float":
+        return x
+    if kind == "int":
+        wide, _ = working_dtype(xp, xp.float32, x)
+        return xp.astype(x, wide)
+    raise TypeError(f"{name} must be a real floating or integer array; got dtype {x.dtype}")
 
 
 def number_array(x: Any, name: str) -> tuple[Any, Any, Any]:
@@ -164,12 +172,12 @@ def axis(value: Any, ndim: int, name: str = "axis", allow_many: bool = False) ->
     for v in values:
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             allowed = "an int, a tuple of ints or None" if allow_many else "an int"
-            raise TypeError(f"{name} must be {allowed}; got {_describe(value)}")
+            raise TypeError(f"{name} must be {allowed}; got {describe(value)}")
         if not -ndim <= v < ndim:
             raise ValueError(f"{name}={v} is out of range for an array of {ndim} dimension(s); allowed: {-ndim} to {ndim - 1}")
         out.append(int(v) % ndim)
     if len(set(out)) != len(out):
-        raise ValueError(f"{name} has repeated axes: {_describe(value)}")
+        raise ValueError(f"{name} has repeated axes: {describe(value)}")
     return tuple(out)
 
 
@@ -178,7 +186,7 @@ def real_number(value: Any, name: str) -> float:
         if getattr(value, "shape", None) == () and _is_real_scalar_array(value):
             value = float(value)
         else:
-            raise TypeError(f"{name} must be a real number; got {_describe(value)}")
+            raise TypeError(f"{name} must be a real number; got {describe(value)}")
     return float(value)
 
 
@@ -213,19 +221,19 @@ def non_negative(value: Any, name: str) -> float:
 
 def reduction(value: Any) -> str:
     if value not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {_describe(value)}")
+        raise ValueError(f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}; got {describe(value)}")
     return value
 
 
 def integer(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int; got {_describe(value)}")
+        raise TypeError(f"{name} must be an int; got {describe(value)}")
     return int(value)
 
 
 def flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False; got {_describe(value)}")
+        raise TypeError(f"{name} must be True or False; got {describe(value)}")
     return value
 
 
@@ -314,7 +322,7 @@ def bad_weight(xp: Any, w: Any) -> Any:
     """Mask of the class weights that are not finite.
 
     Any finite weight is allowed, negative ones included, as in PyTorch; a
-    "mean" whose total weight comes to 0 is 0 (see ``_losses._reduce``).
+    "mean" whose total weight comes to 0 is 0 (see ``numerics.reduction``).
     NaN and infinite weights would turn every row of their class into NaN.
     """
     return ~xp.isfinite(w)
@@ -324,3 +332,81 @@ BAD_WEIGHT = "weight must be finite"
 # pos_weight follows the class-weight rule: any finite value, as in PyTorch.
 BAD_POS_WEIGHT = "pos_weight must be finite"
 NEGATIVE_PROBABILITY = "must be non-negative probabilities"
+NOT_A_PROBABILITY = "must be probabilities in [0, 1]"
+
+
+# --- checks on values ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValueChecks:
+    """How a backend checks values: read them now, record the check for run
+    time, or skip it.
+
+    NumPy reads values at once.  Under ``torch.compile`` a check becomes an
+    asynchronous assertion (``check_later``); under ``vmap``, ``jax.jit`` or
+    other tracing, values cannot be read without a host round trip and the
+    check is skipped.  Option, dtype and shape checks never depend on this.
+    """
+
+    read_now: bool = True
+    check_later: Callable[[Any, str], Any] | None = None
+
+    def require_none(self, xp: Any, bad: Any, describe: Callable[[tuple | None], str]) -> None:
+        """Raise ``ValueError(describe(position))`` at the first True entry of ``bad``.
+
+        ``describe(None)`` is the message where no position can be read.
+        """
+        if self.read_now:
+            if bool(xp.any(bad)):
+                raise ValueError(describe(first_position(bad)))
+        elif self.check_later is not None:
+            self.check_later(xp.logical_not(xp.any(bad)), describe(None))
+
+
+EAGER = ValueChecks()
+
+
+def _value_at(a: Any, pos: tuple[int, ...]) -> str:
+    value = to_numpy(a)[pos]
+    return repr(int(value)) if np.issubdtype(value.dtype, np.integer) else repr(float(value))
+
+
+def _at(name: str, a: Any, message: str) -> Callable[[tuple | None], str]:
+    """``describe`` for :meth:`ValueChecks.require_none`: the message, then the first bad entry and its value."""
+    return lambda pos: message if pos is None else f"{message}; got {name}{list(pos)} = {_value_at(a, pos)}"
+
+
+def class_indices(xp: Any, t: Any, n_classes: int, ignore_index: int, name: str, checks: ValueChecks = EAGER) -> None:
+    """Every target is a class index in ``[0, n_classes)`` or ``ignore_index``."""
+    checks.require_none(
+        xp,
+        not_a_class(t, n_classes, ignore_index),
+        lambda pos: not_a_class_message(f"a value of {name}" if pos is None else f"{name}{list(pos)} = {_value_at(t, pos)}", n_classes, ignore_index),
+    )
+
+
+def class_weights(xp: Any, w: Any, n_classes: int, checks: ValueChecks = EAGER) -> None:
+    """One finite weight per class."""
+    weight_shape(w.shape, n_classes)
+    checks.require_none(xp, bad_weight(xp, w), _at("weight", w, BAD_WEIGHT))
+
+
+def probabilities(xp: Any, q: Any, name: str, checks: ValueChecks = EAGER) -> None:
+    """Probability targets are non-negative (rows need not sum to 1, as in PyTorch)."""
+    checks.require_none(xp, q < 0, _at(name, q, f"{name} {NEGATIVE_PROBABILITY}"))
+
+
+def not_binary(y: Any) -> Any:
+    """Mask of the binary cross-entropy targets outside [0, 1] (NaN included)."""
+    return ~((y >= 0) & (y <= 1))
+
+
+def binary_targets(xp: Any, y: Any, name: str, checks: ValueChecks = EAGER) -> None:
+    """Binary cross-entropy targets lie in [0, 1]."""
+    checks.require_none(xp, not_binary(y), _at(name, y, f"{name} {NOT_A_PROBABILITY}"))
+
+
+def pos_weights(xp: Any, beta: Any, checks: ValueChecks = EAGER) -> None:
+    """Every ``pos_weight`` is finite."""
+    checks.require_none(xp, bad_weight(xp, beta), _at("pos_weight", beta, BAD_POS_WEIGHT))

@@ -80,6 +80,7 @@ from softmaxkit.numerics.cross_entropy import (
     probability_target_grad,
 )
 from softmaxkit.numerics.reduction import (
+    gradient_divisor,
     mean_denominator,
     one_hot,
     reduce,
@@ -101,6 +102,7 @@ __all__ = [
     "cross_entropy_rows",
     "divide_pair",
     "entropy",
+    "gradient_divisor",
     "hot_row_weight",
     "kl_rows",
     "log_sigmoid",

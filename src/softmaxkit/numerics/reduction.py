@@ -86,3 +86,16 @@ def reduce_grad(xp: Any, grad: Any, denominator: Any, reduction: str) -> Any:
     empty = denominator == 0
     safe = xp.where(empty, xp.ones_like(denominator), denominator)
     return xp.where(empty, xp.zeros_like(grad), grad / safe)
+
+
+def gradient_divisor(denominator: float, reduction: str) -> float | None:
+    """:func:`reduce_grad`'s rule for a host-side kernel that divides as it writes.
+
+    What the per-row gradients are divided by: the denominator for "mean",
+    1 otherwise; None where the gradient is 0 (a "mean" over a total weight
+    of 0).
+    """
+    if reduction != "mean":
+        return 1.0
+    d = float(denominator)
+    return None if d == 0 else d

@@ -201,7 +201,7 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 15, norm: 
     """
     n_bins = _n_bins(n_bins)
     if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {', '.join(map(repr, _NORMS))}; got {v._describe(norm)}")
+        raise ValueError(f"norm must be one of {', '.join(map(repr, _NORMS))}; got {v.describe(norm)}")
     p, rest = _rows(probs, axis, "probs")
     _require_samples(p, rest, "probs")
     t = _labels(labels, rest, p.shape[-1])
@@ -290,10 +290,10 @@ def fit_temperature(
     """
     n_bins = _n_bins(n_bins)
     if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
-        raise TypeError(f"bounds must be a pair (low, high) of temperatures; got {v._describe(bounds)}")
+        raise TypeError(f"bounds must be a pair (low, high) of temperatures; got {v.describe(bounds)}")
     low, high = (v.real_number(b, "bounds") for b in bounds)
     if not (0 < low < high < math.inf):
-        raise ValueError(f"bounds must satisfy 0 < low < high < inf; got {v._describe(tuple(bounds))}")
+        raise ValueError(f"bounds must satisfy 0 < low < high < inf; got {v.describe(tuple(bounds))}")
     tol = v.real_number(tol, "tol")
     if not (math.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be finite and > 0; got {tol!r}")

@@ -436,7 +436,7 @@ class Watch:
         logits = output if pick is True else pick(output)
         if not isinstance(logits, torch.Tensor):
             raise TypeError(
-                f"diagnose_logits must pick a tensor of logits from the model output; got {v._describe(logits)}"
+                f"diagnose_logits must pick a tensor of logits from the model output; got {v.describe(logits)}"
             )
         report = diagnose(logits.detach())
         self.diagnostics.append((self.current_step, report))
@@ -566,12 +566,12 @@ def watch(
     torch.log in 0 (SafeLog)
     """
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {v._describe(model)}")
+        raise TypeError(f"model must be a torch.nn.Module; got {v.describe(model)}")
     if mode not in _MODES:
-        raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}; got {v._describe(mode)}")
+        raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}; got {v.describe(mode)}")
     v.flag(functions, "functions")
     if not (diagnose_logits is None or isinstance(diagnose_logits, bool) or callable(diagnose_logits)):
-        raise TypeError(f"diagnose_logits must be None, True, False or a callable; got {v._describe(diagnose_logits)}")
+        raise TypeError(f"diagnose_logits must be None, True, False or a callable; got {v.describe(diagnose_logits)}")
     every = v.integer(diagnose_every, "diagnose_every")
     if every < 1:
         raise ValueError(f"diagnose_every must be >= 1; got {every}")

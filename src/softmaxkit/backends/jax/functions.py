@@ -34,25 +34,16 @@ def _work(dtype) -> tuple[Any, bool]:
     return num.working_dtype(jnp, dtype)
 
 
-def _concrete(*arrays: Any) -> bool:
-    return not any(isinstance(a, jax.core.Tracer) for a in arrays if a is not None)
-
-
-def _require_none(bad: Any, message: str) -> None:
-    if _concrete(bad) and bool(jnp.any(bad)):
-        pos = v.first_position(bad)
-        raise ValueError(f"{message}; first at position {list(pos)}")
+def _checks(*arrays: Any) -> v.ValueChecks:
+    """Values are checked on concrete arrays and skipped on tracers (inside
+    ``jit``, ``vmap`` or ``grad``), where reading them would need a host round trip."""
+    return v.ValueChecks(read_now=not any(isinstance(a, jax.core.Tracer) for a in arrays if a is not None))
 
 
 def _as_float(x: Any, name: str) -> Any:
     if not isinstance(x, (jax.Array, jnp.ndarray)) and not hasattr(x, "__array__"):
         raise TypeError(f"{name} must be an array; got {type(x).__module__}.{type(x).__name__}")
-    x = jnp.asarray(x)
-    if jnp.issubdtype(x.dtype, jnp.floating):
-        return x
-    if jnp.issubdtype(x.dtype, jnp.integer):
-        return x.astype(_work(jnp.float32)[0])
-    raise TypeError(f"{name} must be a real floating or integer array; got dtype {x.dtype}")
+    return v.as_float(jnp, jnp.asarray(x), name)
 
 
 def _to_rows(x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
@@ -488,16 +479,15 @@ def cross_entropy(
         w = _as_float(weight, "weight")
         if len(axes) > 1 and tuple(w.shape) == class_shape:
             w = w.reshape(-1)
-        v.weight_shape(w.shape, n_classes)
-        _require_none(v.bad_weight(jnp, w), v.BAD_WEIGHT)
+        v.class_weights(jnp, w, n_classes, _checks(w))
         w = w.astype(work)
     if jnp.issubdtype(labels.dtype, jnp.integer):
         if len(axes) == 1:
             v.target_shape("int", labels.shape, x.shape, axes[0], "labels", "logits", "axis")
         elif tuple(labels.shape) != rest_shape:
             raise ValueError(f"labels of class indices must have shape {rest_shape} (logits' shape without axes {axes}); got {tuple(labels.shape)}")
+        v.class_indices(jnp, labels, n_classes, ignore_index, "labels", _checks(labels))
         t = labels.reshape(-1)
-        _require_none(v.not_a_class(t, n_classes, ignore_index), v.not_a_class_message("a label", n_classes, ignore_index))
         if live_row is not None:
             # A row with no class left is treated as ignored.
             t = jnp.where(live_row, t, ignore_index)
@@ -506,7 +496,7 @@ def cross_entropy(
     elif jnp.issubdtype(labels.dtype, jnp.floating):
         v.target_shape("float", labels.shape, x.shape, axes[0], "labels", "logits", "axis")
         v.probability_targets_ignore_index(ignore_index, labels.dtype, "labels")
-        _require_none(labels < 0, f"labels {v.NEGATIVE_PROBABILITY}")
+        v.probabilities(jnp, labels, "labels", _checks(labels))
         q, _ = _to_rows(labels, axes)
         coef, row_w = num.class_coefficients(jnp, xw, eps, w, probs=q.reshape(-1, n_classes).astype(work))
         denominator = num.mean_denominator(jnp, coef, w, ignore_index, work, True, extra, live=live_row)
@@ -644,68 +634,3 @@ def kl_div(p: Any, q: Any, axis: int | tuple[int, ...] | None = -1, where: Any =
 
 
 # --- NumPy-style entry points for the core API's dispatch ----------------------
-
-
-def _core_softmax(x, axis, *, temperature, where):
-    return softmax(x, axis, where, temperature=temperature)
-
-
-def _core_log_softmax(x, axis, *, temperature, where):
-    return log_softmax(x, axis, where, temperature=temperature)
-
-
-def _core_logsumexp(x, axis, *, keepdims, where):
-    return logsumexp(x, axis, keepdims, where)
-
-
-def _core_cross_entropy(logits, targets, *, axis, weight, ignore_index, label_smoothing, reduction, z_loss, return_grad):
-    def loss_fn(x):
-        return cross_entropy(
-            x, targets, axis, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, reduction=reduction
-        )
-
-    if not return_grad:
-        return loss_fn(logits)
-    loss, vjp = jax.vjp(loss_fn, logits)
-    (grad,) = vjp(jnp.ones_like(loss))
-    return loss, grad
-
-
-def _core_binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, reduction, return_grad):
-    # The NumPy-style function's rules and formula, with the value checks
-    # skipped on tracers so that it works under jit and vmap.  Plain JAX code:
-    # jax.grad differentiates the formula, whose branches are selected on
-    # x >= 0 so that its slope at 0 is right.
-    return_grad = v.flag(return_grad, "return_grad")
-    reduction = v.reduction(reduction)
-    x = _as_float(logits, "logits")
-    y = _as_float(targets, "targets")
-    if tuple(y.shape) != tuple(x.shape):
-        raise ValueError(f"targets must have the shape of logits {tuple(x.shape)}; got {tuple(y.shape)}")
-    dtype = jnp.result_type(x.dtype, y.dtype)
-    work, extra = _work(dtype)
-    yw = y.astype(work)
-    _require_none(~((yw >= 0) & (yw <= 1)), "targets must be probabilities in [0, 1]")
-
-    def factor(value, name):
-        if value is None:
-            return None
-        f = _as_float(value, name)
-        try:
-            return jnp.broadcast_to(f.astype(work), x.shape)
-        except ValueError as exc:
-            raise ValueError(f"{name} of shape {tuple(f.shape)} does not broadcast to logits of shape {tuple(x.shape)}") from exc
-
-    w = factor(weight, "weight")
-    beta = factor(pos_weight, "pos_weight")
-    if beta is not None:
-        _require_none(v.bad_weight(jnp, beta), v.BAD_POS_WEIGHT)
-    loss, grad = num.binary_cross_entropy(jnp, x.astype(work), yw, beta, return_grad)
-    if w is not None:
-        loss = w * loss
-        grad = None if grad is None else w * grad
-    denominator = jnp.asarray(float(math.prod(x.shape)), dtype=work)
-    loss, grad = num.reduce(jnp, loss, grad, denominator, reduction, extra)
-    if not return_grad:
-        return loss.astype(dtype)
-    return loss.astype(dtype), grad.astype(dtype)

@@ -1,4 +1,4 @@
-"""NumPy-style entry points for the core API's dispatch on torch tensors.
+"""The torch backend's entry points for the public functions (``softmaxkit.softmax(tensor)`` and friends).
 
 ``softmaxkit.softmax(tensor, axis=...)`` and friends land here: the
 arguments are mapped onto the autograd Functions, so results keep their
@@ -13,11 +13,14 @@ import torch
 
 from softmaxkit.frontend import validate as v
 from softmaxkit.frontend.layout import Layout
-from softmaxkit.backends.torch import functions as F
+from softmaxkit.backends.torch import functions
+from softmaxkit.backends.torch import sparse
+from softmaxkit.frontend import random as _random
+from softmaxkit.frontend import registry
 
 
 def _masked(x: torch.Tensor, where) -> torch.Tensor:
-    x = F._as_float(x, "x")
+    x = functions._as_float(x, "x")
     mask = v.where_mask(xp, where, tuple(x.shape))
     return x if mask is None else x.masked_fill(~mask.to(x.device), -float("inf"))
 
@@ -30,18 +33,18 @@ def _over_axes(x: torch.Tensor, axis, fn) -> torch.Tensor:
     return layout.back(fn(layout.forward(x), -1))
 
 
-def _core_softmax(x, axis, *, temperature, where):
-    return _over_axes(_masked(x, where), axis, lambda t, d: F.softmax(t, d, temperature=temperature))
+def softmax(x, axis, *, temperature, where):
+    return _over_axes(_masked(x, where), axis, lambda t, d: functions.softmax(t, d, temperature=temperature))
 
 
-def _core_log_softmax(x, axis, *, temperature, where):
-    return _over_axes(_masked(x, where), axis, lambda t, d: F.log_softmax(t, d, temperature=temperature))
+def log_softmax(x, axis, *, temperature, where):
+    return _over_axes(_masked(x, where), axis, lambda t, d: functions.log_softmax(t, d, temperature=temperature))
 
 
-def _core_logsumexp(x, axis, *, keepdims, where):
+def logsumexp(x, axis, *, keepdims, where):
     x = _masked(x, where)
     dims = v.axis(axis, max(x.ndim, 1), allow_many=True)
-    return F.logsumexp(x, dims, keepdim=v.flag(keepdims, "keepdims"))
+    return functions.logsumexp(x, dims, keepdim=v.flag(keepdims, "keepdims"))
 
 
 def _with_grad(loss_fn, logits: torch.Tensor):
@@ -54,8 +57,8 @@ def _with_grad(loss_fn, logits: torch.Tensor):
     return (loss if tracked else loss.detach()), grad
 
 
-def _core_cross_entropy(logits, targets, *, axis, weight, ignore_index, label_smoothing, reduction, z_loss, return_grad):
-    logits = F._as_float(logits, "logits")
+def cross_entropy(logits, targets, *, axis, weight, ignore_index, label_smoothing, reduction, z_loss, return_grad):
+    logits = functions._as_float(logits, "logits")
     if logits.ndim == 0:
         raise ValueError("logits must have a class axis; got a 0-d tensor")
     (ax,) = v.axis(axis, logits.ndim)
@@ -66,7 +69,7 @@ def _core_cross_entropy(logits, targets, *, axis, weight, ignore_index, label_sm
 
     def loss_fn(x):
         # torch puts the classes at dim 1; the NumPy API lets the caller choose.
-        return F.cross_entropy(
+        return functions.cross_entropy(
             x.movedim(ax, cdim),
             targets.movedim(ax, cdim) if soft else targets,
             weight,
@@ -81,8 +84,8 @@ def _core_cross_entropy(logits, targets, *, axis, weight, ignore_index, label_sm
     return _with_grad(loss_fn, logits)
 
 
-def _core_binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, reduction, return_grad):
-    logits = F._as_float(logits, "logits")
+def binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, reduction, return_grad):
+    logits = functions._as_float(logits, "logits")
 
     def as_tensor(value, name):
         return None if value is None else v.same_namespace(xp, value, name)
@@ -90,8 +93,35 @@ def _core_binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weigh
     targets, weight, pos_weight = as_tensor(targets, "targets"), as_tensor(weight, "weight"), as_tensor(pos_weight, "pos_weight")
 
     def loss_fn(x):
-        return F.binary_cross_entropy_with_logits(x, F._as_float(targets, "targets"), weight, reduction, pos_weight)
+        return functions.binary_cross_entropy_with_logits(x, functions._as_float(targets, "targets"), weight, reduction, pos_weight)
 
     if not v.flag(return_grad, "return_grad"):
         return loss_fn(logits)
     return _with_grad(loss_fn, logits)
+
+
+def check_rng(rng):
+    """A ``torch.Generator``, an int seed, or None (torch's global generator)."""
+    if rng is None or isinstance(rng, torch.Generator):
+        return rng
+    return torch.Generator().manual_seed(_random.seed(rng, "a torch.Generator, an int seed or None", "torch"))
+
+
+def random_words(generator, shape, like):
+    device = generator.device if generator is not None else like.device
+    return torch.randint(0, 2**32, shape, generator=generator, dtype=torch.int64, device=device).to(like.device)
+
+
+BACKEND = registry.Backend(
+    name="torch",
+    softmax=softmax,
+    log_softmax=log_softmax,
+    logsumexp=logsumexp,
+    cross_entropy=cross_entropy,
+    binary_cross_entropy_with_logits=binary_cross_entropy_with_logits,
+    sparsemax=sparse.SparsemaxFunction.apply,
+    entmax15=sparse.Entmax15Function.apply,
+    check_rng=check_rng,
+    random_words=random_words,
+    stop_gradient=torch.Tensor.detach,
+)

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from softmaxkit.frontend import layout as _layout
-from softmaxkit import kernels as _native
+from softmaxkit.frontend import registry
 from softmaxkit import numerics as num
 from softmaxkit.frontend import validate as v
 
@@ -108,18 +108,12 @@ def _plain(*tensors: Any) -> bool:
     return not _transformed(tensors)
 
 
-def _checkable(*tensors: Any) -> bool:
+def _checks(*tensors: Any) -> v.ValueChecks:
+    """How values are checked here: at once in eager code, as an asynchronous
+    assertion under torch.compile, not at all under vmap and other transforms."""
     if torch.compiler.is_compiling():
-        return True
-    return not _transformed(tensors)
-
-
-def _require_none(bad: torch.Tensor, describe: Callable[[tuple | None], str]) -> None:
-    """Raise ``ValueError(describe(position))`` if any entry of ``bad`` is True."""
-    if torch.compiler.is_compiling():
-        torch._assert_async(torch.logical_not(bad.any()), describe(None))
-    elif _checkable(bad) and bool(bad.any()):
-        raise ValueError(describe(v.first_position(bad)))
+        return v.ValueChecks(read_now=False, check_later=torch._assert_async)
+    return v.ValueChecks(read_now=not _transformed(tensors))
 
 
 def _by_rows(compute: Callable[..., tuple], *rows: torch.Tensor | None) -> tuple:
@@ -148,14 +142,10 @@ def _by_rows(compute: Callable[..., tuple], *rows: torch.Tensor | None) -> tuple
 
 
 def _as_float(x: Any, name: str) -> torch.Tensor:
-    """A floating tensor (integers promoted to float64), or a clear error."""
+    """A floating tensor (integers promoted as in ``validate.as_float``), or a clear error."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__module__}.{type(x).__name__}")
-    if x.is_floating_point():
-        return x
-    if x.dtype == torch.bool or x.is_complex():
-        raise TypeError(f"{name} must be a real floating or integer tensor; got dtype {x.dtype}")
-    return x.to(torch.float64)
+    return v.as_float(xp, x, name)
 
 
 def _rows_view(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -179,7 +169,7 @@ _NATIVE_DTYPES = (torch.float16, torch.float32, torch.float64)
 def _native_ready(*tensors: torch.Tensor) -> bool:
     """Whether the native kernels can take these (rows, n) tensors zero-copy:
     contiguous CPU float16/32/64 tensors in plain eager mode."""
-    return _native.active() and _plain(*tensors) and all(
+    return registry.native() is not None and _plain(*tensors) and all(
         t.device.type == "cpu" and t.dtype in _NATIVE_DTYPES and t.is_contiguous() for t in tensors
     )
 
@@ -213,7 +203,8 @@ class _Softmax(torch.autograd.Function):
     def forward(x2: torch.Tensor, temperature: float, log: bool) -> torch.Tensor:
         if _native_ready(x2):
             out = torch.empty_like(x2, memory_format=torch.contiguous_format)
-            kernel = _native.log_softmax_into if log else _native.softmax_into
+            into = registry.native().into
+            kernel = into.log_softmax_into if log else into.softmax_into
             kernel(x2.detach().numpy(), out.numpy(), temperature)
             return out
         work, extra = working_dtype(x2.dtype, x2.device)
@@ -256,7 +247,8 @@ class _Softmax(torch.autograd.Function):
             # First-order backward only: _native_ready is False while double
             # backward records a graph.
             out = torch.empty_like(y2, memory_format=torch.contiguous_format)
-            kernel = _native.log_softmax_vjp_into if log else _native.softmax_vjp_into
+            into = registry.native().into
+            kernel = into.log_softmax_vjp_into if log else into.softmax_vjp_into
             kernel(y2.detach().numpy(), grad.detach().numpy(), out.numpy())
             return (out if temperature == 1.0 else out / temperature), None, None
         work, extra = working_dtype(y2.dtype, y2.device)
@@ -524,7 +516,7 @@ def _native_cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, divisor, w
     weight = None if w is None else w.detach().to(torch.float64).contiguous().numpy()
     loss = np.empty(x2.shape[0], dtype=np.float64)
     grad = torch.empty_like(x2, memory_format=torch.contiguous_format) if want_grad else None
-    _native.cross_entropy_into(
+    registry.native().into.cross_entropy_into(
         logits,
         targets,
         loss,
@@ -646,11 +638,7 @@ def _check_weight(weight: Any, n_classes: int, ref: torch.Tensor) -> torch.Tenso
     if weight is None:
         return None
     w = _as_float(weight, "weight")
-    v.weight_shape(w.shape, n_classes)
-    _require_none(
-        v.bad_weight(torch, w),
-        lambda pos: v.BAD_WEIGHT + ("" if pos is None else f"; got weight[{pos[0]}] = {float(w[pos])!r}"),
-    )
+    v.class_weights(xp, w, n_classes, _checks(w))
     return w.to(device=ref.device)
 
 
@@ -742,20 +730,12 @@ def cross_entropy(
     x2 = _rows_view(x, cdim)
     v.target_shape(kind, target.shape, x.shape, cdim, "target", "input", "dim")
     if hard:
+        v.class_indices(xp, target, n_classes, ignore_index, "target", _checks(target))
         t2 = target.reshape(-1).to(x.device)
-        _require_none(
-            v.not_a_class(t2, n_classes, ignore_index),
-            lambda pos: v.not_a_class_message(
-                "a target" if pos is None else f"target at flat position {pos[0]} = {int(t2[pos])}", n_classes, ignore_index
-            ),
-        )
     else:
         v.probability_targets_ignore_index(ignore_index, target.dtype, "target")
+        v.probabilities(xp, target, "target", _checks(target))
         t2 = _rows_view(target, cdim).to(x.device)
-        _require_none(
-            t2 < 0,
-            lambda pos: f"target {v.NEGATIVE_PROBABILITY}" + ("" if pos is None else f"; got {float(t2[pos])!r}"),
-        )
     w = _check_weight(weight, n_classes, x)
     loss, _ = _apply(_CrossEntropy, _CrossEntropyTraced, x2, t2, w, ignore_index, eps, z, reduction, hard)
     if reduction == "none":
@@ -832,12 +812,7 @@ def nll_loss(
     n_classes = y.shape[cdim]
     v.target_shape("int", target.shape, y.shape, cdim, "target", "input", "dim")
     t = target.to(device=y.device, dtype=torch.int64)
-    _require_none(
-        v.not_a_class(t, n_classes, ignore_index),
-        lambda pos: v.not_a_class_message(
-            "a target" if pos is None else f"target at flat position {pos[0]} = {int(t.reshape(-1)[pos])}", n_classes, ignore_index
-        ),
-    )
+    v.class_indices(xp, t, n_classes, ignore_index, "target", _checks(t))
     w = _check_weight(weight, n_classes, y)
     work, extra = working_dtype(y.dtype, y.device)
     keep = t != ignore_index
@@ -973,10 +948,7 @@ def binary_cross_entropy_with_logits(
     reduction = v.reduction(reduction)
     if tuple(y.shape) != tuple(x.shape):
         raise ValueError(f"target must have input's shape {tuple(x.shape)}; got {tuple(y.shape)}")
-    _require_none(
-        ~((y >= 0) & (y <= 1)),
-        lambda pos: "target must hold probabilities in [0, 1]" + ("" if pos is None else f"; got target{list(pos)} = {float(y[pos])!r}"),
-    )
+    v.binary_targets(xp, y, "target", _checks(y))
 
     def factor(value, name):
         if value is None:
@@ -987,8 +959,5 @@ def binary_cross_entropy_with_logits(
     w = factor(weight, "weight")
     beta = factor(pos_weight, "pos_weight")
     if beta is not None:
-        _require_none(
-            v.bad_weight(xp, beta),
-            lambda pos: v.BAD_POS_WEIGHT + ("" if pos is None else f"; got {float(beta[pos])!r}"),
-        )
+        v.pos_weights(xp, beta, _checks(beta))
     return _apply(_BinaryCrossEntropy, _BinaryCrossEntropyTraced, x, y, w, beta, reduction)

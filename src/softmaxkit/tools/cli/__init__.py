@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 
 # Modules that provide a subcommand, in the order ``--help`` lists them.
@@ -21,13 +22,11 @@ _SUBCOMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from softmaxkit import __version__
-
     parser = argparse.ArgumentParser(
         prog="softmaxkit",
         description="Exact, NaN-free softmax, cross-entropy and diagnostics.",
     )
-    parser.add_argument("--version", action="version", version=f"softmaxkit {__version__}")
+    parser.add_argument("--version", action="version", version=f"softmaxkit {importlib.metadata.version('softmaxkit')}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _SUBCOMMANDS:
         importlib.import_module(name).register(subparsers)

@@ -54,7 +54,7 @@ def _load(path: str, max_bytes: int | None) -> tuple[Any, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from softmaxkit.frontend.softmax import softmax
-    from softmaxkit.calibration import fit_temperature, reliability_diagram
+    from softmaxkit.tools.calibration import fit_temperature, reliability_diagram
 
     try:
         logits, labels = _load(args.file, args.max_bytes)

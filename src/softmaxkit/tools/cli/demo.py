@@ -7,6 +7,7 @@ The references are computed at run time with Python's ``decimal`` module at
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import decimal
 import math
 
@@ -91,13 +92,14 @@ def _heading(n: int, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import softmaxkit as smk
-    from softmaxkit import naive
+    from softmaxkit.frontend.losses import cross_entropy
+    from softmaxkit.frontend.softmax import entropy, log_softmax, softmax
+    from softmaxkit.tools import naive
 
     x = np.array(BATCH)
     t = np.array(TARGETS)
     refs = [Reference(row) for row in BATCH]
-    print(f"softmaxkit {smk.__version__}: exact, NaN-free softmax and cross-entropy")
+    print(f"softmaxkit {importlib.metadata.version('softmaxkit')}: exact, NaN-free softmax and cross-entropy")
     print(f"batch  logits {BATCH}")
     print(f"       targets {TARGETS}")
 
@@ -111,8 +113,8 @@ def run(args: argparse.Namespace) -> int:
     print("exp(1000) overflows to inf, inf / inf is nan, and the nan spreads to the loss and gradient.")
 
     _heading(2, f"softmaxkit, beside a {DIGITS}-digit reference")
-    p = smk.softmax(x)
-    loss, grad = smk.cross_entropy(x, t, return_grad=True)
+    p = softmax(x)
+    loss, grad = cross_entropy(x, t, return_grad=True)
     print("probabilities".ljust(44) + "reference")
     for i, row in enumerate(p):
         print(f"  row {i} {_row(row, 11)}   {_row(refs[i].probs(), 11)}")
@@ -129,20 +131,20 @@ def run(args: argparse.Namespace) -> int:
     ref32 = Reference(row32[0])
     p32 = naive.softmax(row32)
     naive_grad = p32[0, 0] - np.float32(1.0)
-    _, g32 = smk.cross_entropy(row32, np.array([0]), return_grad=True)
+    _, g32 = cross_entropy(row32, np.array([0]), return_grad=True)
     print(f"naive       p_t - 1 in float32      {float(naive_grad):.8g}   (the gradient vanishes: softmax collapse)")
     print(f"softmaxkit  target gradient         {float(g32[0, 0]):.8g}")
     exact = float(ref32.grad(0)[0])
     nearest = "the nearest float32 to it" if np.float32(exact) == g32[0, 0] else "not its nearest float32"
     print(f"reference                           {exact:.10g}   (softmaxkit's value is {nearest})")
-    ls32 = smk.log_softmax(row32)[0, 0]
+    ls32 = log_softmax(row32)[0, 0]
     print(f"log p_t: naive log(softmax) {float(np.log(p32[0, 0])):.8g}, softmaxkit {float(ls32):.8g}, reference {float(-ref32.L):.10g}")
 
     _heading(4, "Temperature: softmax(logits / T) of row 0")
     print("  T    " + "".join(h.rjust(12) for h in ("p0", "p1", "p2", "entropy")))
     for T in (0.1, 0.5, 1.0, 2.0, 10.0):
-        pt = smk.softmax(x[0], temperature=T)
-        h = smk.entropy(x[0] / T)
+        pt = softmax(x[0], temperature=T)
+        h = entropy(x[0] / T)
         print(f"  {T:<5g}{_row(pt)}{_fmt(h)}")
     print("Low T sharpens toward argmax, high T flattens toward uniform (entropy -> log 3 = 1.0986).")
     return 0
