@@ -11,7 +11,6 @@ noise is made as described in ``softmaxkit.frontend.random``: it never takes
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from softmaxkit import numerics as num
@@ -32,20 +31,8 @@ _INF = float("inf")
 _MAX_ARRAY_BYTES = 2**63 - 1
 
 
-def _temperature_or_greedy(value: Any) -> float:
-    t = v.real_number(value, "temperature")
-    if not (math.isfinite(t) and t >= 0):
-        raise ValueError(f"temperature must be finite and >= 0 (0 means greedy argmax); got {t!r}")
-    return t
-
-
 def _optional_top_k(value: Any) -> int | None:
-    if value is None:
-        return None
-    k = v.integer(value, "top_k")
-    if k < 1:
-        raise ValueError(f"top_k must be an int >= 1 or None; got {k!r}")
-    return k
+    return None if value is None else v.count(value, "top_k", 1)
 
 
 def _optional_top_p(value: Any) -> float | None:
@@ -64,9 +51,7 @@ def _optional_min_p(value: Any) -> float | None:
 
 
 def _num_samples(value: Any) -> int:
-    n = v.integer(value, "num_samples")
-    if n < 1:
-        raise ValueError(f"num_samples must be an int >= 1; got {n!r}")
+    n = v.count(value, "num_samples", 1)
     if n > _MAX_ARRAY_BYTES:
         raise ValueError(f"num_samples={n} is too many: an array axis holds at most {_MAX_ARRAY_BYTES} entries")
     return n
@@ -239,7 +224,7 @@ def sample(
     array([[0, 0, 0],
            [1, 1, 1]])
     """
-    T = _temperature_or_greedy(temperature)
+    T = v.non_negative(temperature, "temperature")
     top_k = _optional_top_k(top_k)
     top_p = _optional_top_p(top_p)
     min_p = _optional_min_p(min_p)
@@ -330,7 +315,7 @@ def gumbel_max(logits: Any, gumbel: Any, *, temperature: float = 1.0, axis: int 
     >>> smk.gumbel_max(np.array([0.0, 1.0, -np.inf]), g)
     array([1, 0, 1, 1, 1])
     """
-    T = _temperature_or_greedy(temperature)
+    T = v.non_negative(temperature, "temperature")
     xp, layout, xw, _, _, extra = _prepare(logits, axis, name="logits", allow_many=False)
     g = v.same_namespace(xp, gumbel, "gumbel")
     _, g, _ = v.real_array(g, "gumbel")
@@ -410,9 +395,7 @@ def gumbel_softmax(logits: Any, *, tau: float = 1.0, hard: bool = False, axis: i
     >>> smk.gumbel_softmax(np.array([1.0, 2.0, -np.inf]), hard=True, rng=0)
     array([0., 1., 0.])
     """
-    tau = v.real_number(tau, "tau")
-    if not (math.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau must be finite and > 0; got {tau!r}")
+    tau = v.positive_finite(tau, "tau")
     hard = v.flag(hard, "hard")
     xp, layout, xw, _, out_dtype, extra = _prepare(logits, axis, name="logits", allow_many=False)
     backend = registry.backend_for(xw)

@@ -199,10 +199,7 @@ def _is_real_scalar_array(value: Any) -> bool:
 
 
 def temperature(value: Any) -> float:
-    t = real_number(value, "temperature")
-    if not (math.isfinite(t) and t > 0):
-        raise ValueError(f"temperature must be finite and > 0; got {t!r}")
-    return t
+    return positive_finite(value, "temperature")
 
 
 def in_unit_interval(value: Any, name: str) -> float:
@@ -410,3 +407,30 @@ def binary_targets(xp: Any, y: Any, name: str, checks: ValueChecks = EAGER) -> N
 def pos_weights(xp: Any, beta: Any, checks: ValueChecks = EAGER) -> None:
     """Every ``pos_weight`` is finite."""
     checks.require_none(xp, bad_weight(xp, beta), _at("pos_weight", beta, BAD_POS_WEIGHT))
+
+
+# --- counts and positive numbers -------------------------------------------------
+
+
+def count(value: Any, name: str, low: int, high: int | None = None, unit: str = "") -> int:
+    """``value`` as an int in [``low``, ``high``] (no upper bound when ``high`` is None).
+
+    ``TypeError`` for anything but an int (bool included), ``ValueError`` for
+    an int out of range; both messages name ``name`` and the range, followed
+    by ``unit`` (such as ``" (bytes)"``).
+    """
+    allowed = (f"an int >= {low}" if high is None else f"an int in [{low}, {high}]") + unit
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {allowed}; got {describe(value)}")
+    n = int(value)
+    if n < low or (high is not None and n > high):
+        raise ValueError(f"{name} must be {allowed}; got {n}")
+    return n
+
+
+def positive_finite(value: Any, name: str) -> float:
+    """``value`` as a float, finite and > 0 (a temperature, a tolerance)."""
+    x = real_number(value, name)
+    if not (math.isfinite(x) and x > 0):
+        raise ValueError(f"{name} must be finite and > 0; got {x!r}")
+    return x

@@ -7,11 +7,12 @@ back through its getters; without the C module they are held here.
 from __future__ import annotations
 
 import contextlib
-import numbers
 import os
 import sys
 import warnings
-from typing import Any, Iterator
+from typing import Iterator
+
+from softmaxkit.frontend import validate
 
 try:
     import softmaxkit.kernels._kernels as _kernels
@@ -84,23 +85,13 @@ def disabled() -> Iterator[None]:
 # --- threads -------------------------------------------------------------------
 
 
-def _check_count(value: Any, name: str, low: int, high: int, unit: str = "") -> int:
-    """``value`` as an int in [``low``, ``high``]; errors name ``name``, the range and the unit."""
-    allowed = f"an int in [{low}, {high}]{unit}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be {allowed}; got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be {allowed}; got {value}")
-    return int(value)
-
-
 def _from_environment(var: str, low: int, high: int, unit: str, fallback: str) -> int | None:
     """The count in environment variable ``var``; None when unset or invalid (with a warning)."""
     text = os.environ.get(var, "").strip()
     if not text:
         return None
     try:
-        return _check_count(int(text), var, low, high, unit)
+        return validate.count(int(text), var, low, high, unit)
     except ValueError:
         warnings.warn(
             f"{var} must be an int in [{low}, {high}]{unit}; got {text!r}; {fallback}", RuntimeWarning, stacklevel=3
@@ -152,7 +143,7 @@ def set_num_threads(n: int) -> None:
     1
     >>> smk.set_num_threads(before)
     """
-    _settings.set_num_threads(_check_count(n, "n", 1, _MAX_THREADS))
+    _settings.set_num_threads(validate.count(n, "n", 1, _MAX_THREADS))
 
 
 def get_num_threads() -> int:
@@ -213,7 +204,7 @@ def set_output_cache(max_bytes: int) -> None:
     0
     >>> smk.set_output_cache(before)
     """
-    _settings.set_cache_limit(_check_count(max_bytes, "max_bytes", 0, _MAX_CACHE, " (bytes)"))
+    _settings.set_cache_limit(validate.count(max_bytes, "max_bytes", 0, _MAX_CACHE, " (bytes)"))
 
 
 def get_output_cache() -> int:

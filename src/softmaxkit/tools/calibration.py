@@ -111,10 +111,7 @@ def _labels(labels: Any, rest_shape: tuple[int, ...], n_classes: int, name: str 
 
 
 def _n_bins(value: Any) -> int:
-    n = v.integer(value, "n_bins")
-    if not 1 <= n <= _MAX_BINS:
-        raise ValueError(f"n_bins must be an int from 1 to {_MAX_BINS}; got {n!r}")
-    return n
+    return v.count(value, "n_bins", 1, _MAX_BINS)
 
 
 def _check_probs(p: np.ndarray, name: str) -> None:
@@ -294,9 +291,7 @@ def fit_temperature(
     low, high = (v.real_number(b, "bounds") for b in bounds)
     if not (0 < low < high < math.inf):
         raise ValueError(f"bounds must satisfy 0 < low < high < inf; got {v.describe(tuple(bounds))}")
-    tol = v.real_number(tol, "tol")
-    if not (math.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol must be finite and > 0; got {tol!r}")
+    tol = v.positive_finite(tol, "tol")
     x, rest = _rows(logits, axis, "logits")
     _require_samples(x, rest, "logits")
     y = _labels(labels, rest, x.shape[-1])

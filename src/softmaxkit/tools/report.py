@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from softmaxkit.frontend import validate as v
+from softmaxkit.tools.stats import array_stats, host_float64
 
 _COLLAPSE_DEFINITION = "float32 sum of exp(x - max) == 1 (Prieto et al. 2025)"
 _ZERO_GRAD_DEFINITION = "float32 p_t - 1 == 0"
@@ -208,13 +209,6 @@ def _dtype_limits(dtype: Any) -> tuple[str, float, float]:
     return name, float(info.max), float(info.tiny) * float(info.eps)
 
 
-def _host_float64(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        # torch bfloat16 has no NumPy counterpart; float64 holds every value.
-        x = x.detach().cpu().double()
-    return np.asarray(x, dtype=np.float64)
-
-
 def _host_targets(targets: Any, row_shape: tuple[int, ...], n_classes: int, ignore_index: int) -> np.ndarray:
     if isinstance(targets, np.ma.MaskedArray):
         # asarray would drop the mask; ignore_index is how a target is left out
@@ -299,7 +293,7 @@ def diagnose(logits: Any, targets: Any = None, *, axis: int = -1, ignore_index: 
     ax = v.axis(axis, x.ndim)[0]
     ignore = v.integer(ignore_index, "ignore_index")
     name, largest, smallest = _dtype_limits(dtype)
-    host = np.moveaxis(_host_float64(x), ax, -1)
+    host = np.moveaxis(host_float64(x), ax, -1)
     row_shape = host.shape[:-1]
     n_classes = host.shape[-1]
     rows = host.reshape(math.prod(row_shape), n_classes)
@@ -308,7 +302,6 @@ def diagnose(logits: Any, targets: Any = None, *, axis: int = -1, ignore_index: 
     nan = np.isnan(rows)
     posinf = rows == math.inf
     neginf = rows == -math.inf
-    finite_values = rows[finite]
     has_finite = finite.any(axis=-1)
     regular = has_finite & ~(nan | posinf).any(axis=-1)
 
@@ -334,14 +327,9 @@ def diagnose(logits: Any, targets: Any = None, *, axis: int = -1, ignore_index: 
         axis=ax,
         rows=rows.shape[0],
         classes=n_classes,
-        min=float(finite_values.min()) if finite_values.size else None,
-        max=float(finite_values.max()) if finite_values.size else None,
-        abs_max=float(np.abs(finite_values).max()) if finite_values.size else None,
-        nan_count=int(nan.sum()),
-        posinf_count=int(posinf.sum()),
-        neginf_count=int(neginf.sum()),
+        **dataclasses.asdict(array_stats(rows)),
         masked_rows=int((neginf.all(axis=-1) & (n_classes > 0)).sum()),
-        overflow_count=int((finite_values > overflow_threshold).sum()),
+        overflow_count=int((finite & (rows > overflow_threshold)).sum()),
         underflow_rows=int((regular & (row_max < underflow_threshold)).sum()),
         overflow_threshold=overflow_threshold,
         underflow_threshold=underflow_threshold,

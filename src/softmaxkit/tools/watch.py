@@ -23,6 +23,7 @@ report.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ except ImportError:
 
 from softmaxkit.frontend import validate as v
 from softmaxkit.tools.report import diagnose
+from softmaxkit.tools.stats import array_stats
 
 __all__ = [
     "NonFiniteError",
@@ -189,19 +191,11 @@ def _first_bad(named: list[tuple[str, torch.Tensor]]) -> tuple[str, torch.Tensor
 
 
 def _stats(name: str, t: torch.Tensor) -> TensorStats:
-    x = t.detach().to("cpu", torch.float64).reshape(-1)
-    finite = x[torch.isfinite(x)]
-    has = finite.numel() > 0
     return TensorStats(
         name=name,
         shape=tuple(t.shape),
         dtype=str(t.dtype).removeprefix("torch."),
-        min=float(finite.min()) if has else None,
-        max=float(finite.max()) if has else None,
-        abs_max=float(finite.abs().max()) if has else None,
-        nan_count=int(torch.isnan(x).sum()),
-        posinf_count=int((x == math.inf).sum()),
-        neginf_count=int((x == -math.inf).sum()),
+        **dataclasses.asdict(array_stats(t)),
     )
 
 
@@ -572,7 +566,5 @@ def watch(
     v.flag(functions, "functions")
     if not (diagnose_logits is None or isinstance(diagnose_logits, bool) or callable(diagnose_logits)):
         raise TypeError(f"diagnose_logits must be None, True, False or a callable; got {v.describe(diagnose_logits)}")
-    every = v.integer(diagnose_every, "diagnose_every")
-    if every < 1:
-        raise ValueError(f"diagnose_every must be >= 1; got {every}")
+    every = v.count(diagnose_every, "diagnose_every", 1)
     return Watch(model, mode, functions, diagnose_logits, every)

@@ -342,7 +342,7 @@ class TestArguments:
             (None, {"mode": "warn"}, ValueError, "mode must be one of 'raise', 'record'; got 'warn'"),
             (None, {"functions": 1}, TypeError, "functions must be True or False"),
             (None, {"diagnose_logits": 3}, TypeError, "diagnose_logits must be None, True, False or a callable"),
-            (None, {"diagnose_every": 0}, ValueError, "diagnose_every must be >= 1; got 0"),
+            (None, {"diagnose_every": 0}, ValueError, "diagnose_every must be an int >= 1; got 0"),
             (None, {"diagnose_every": 1.5}, TypeError, "diagnose_every must be an int"),
         ],
     )

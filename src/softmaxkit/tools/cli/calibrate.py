@@ -7,17 +7,21 @@ import sys
 import warnings
 from typing import Any
 
+from softmaxkit.frontend import validate as v
 from softmaxkit.tools.check import BadFile, add_max_bytes_option, load, shown
 
 
-def _positive_int(text: str) -> int:
+def _bins(text: str) -> int:
+    """argparse type of ``--bins``: an int >= 1 (fit_temperature checks the upper bound)."""
     try:
-        value = int(text)
+        value: Any = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value}")
-    return value
+        # refused by the check below, whose message shows the text
+        value = text
+    try:
+        return v.count(value, "N", 1)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(subparsers) -> None:
@@ -39,7 +43,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("file", metavar="FILE", help="an .npz or .pt file with 'logits' and 'labels'")
     parser.add_argument("--plot", metavar="OUT.png", help="also write the reliability diagram after scaling (needs softmaxkit[plot])")
-    parser.add_argument("--bins", type=_positive_int, default=15, metavar="N", help="confidence bins for the ECE (default 15)")
+    parser.add_argument("--bins", type=_bins, default=15, metavar="N", help="confidence bins for the ECE (default 15)")
     parser.add_argument("--axis", type=int, default=-1, help="class axis of the logits (default -1)")
     add_max_bytes_option(parser)
     parser.set_defaults(func=run)
