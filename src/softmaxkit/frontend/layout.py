@@ -42,16 +42,24 @@ def put(out: Any, index: Any, value: Any) -> Any:
 
 
 class Layout:
-    def __init__(self, xp: Any, shape: tuple[int, ...], axes: tuple[int, ...]):
+    """The reduced ``axes`` of an array of ``shape`` moved to the end and flattened: one statement of the axis moves.
+
+    The axes go last in increasing order, or with ``in_order`` in the order
+    given (where the caller's order numbers the classes, as in JAX's
+    cross-entropy over several axes).
+    """
+
+    def __init__(self, xp: Any, shape: tuple[int, ...], axes: tuple[int, ...], in_order: bool = False):
         self.xp = xp
         self.shape = tuple(shape)
         self.axes = axes
         rest = [i for i in range(len(shape)) if i not in axes]
-        self.perm = rest + sorted(axes)
+        self.perm = rest + (list(axes) if in_order else sorted(axes))
         self.identity = self.perm == list(range(len(shape))) and len(axes) == 1
         self.rest_shape = tuple(shape[i] for i in rest)
-        self.n = math.prod(shape[i] for i in axes)
-        self.n_rows = math.prod(self.rest_shape)
+        # lists, not generators: torch.compile cannot trace math.prod over a generator
+        self.n = math.prod([shape[i] for i in axes])
+        self.n_rows = math.prod(list(self.rest_shape))
 
     def rows(self, a: Any) -> Any:
         """``a`` (of the full shape) as a 2-D ``(rows, n)`` array.

@@ -64,6 +64,7 @@ from softmaxkit.numerics.rows import (
 from softmaxkit.numerics.softmax import (
     entropy,
     log_softmax,
+    log_softmax_jvp,
     log_softmax_vjp,
     logsumexp_vjp,
     logsumexp,
@@ -107,6 +108,7 @@ __all__ = [
     "kl_rows",
     "log_sigmoid",
     "log_softmax",
+    "log_softmax_jvp",
     "log_softmax_vjp",
     "logsumexp",
     "logsumexp_vjp",

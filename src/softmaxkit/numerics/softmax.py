@@ -69,6 +69,13 @@ def softmax_vjp(xp, p, g, extra: bool):
     return xp.where(p == 0, zero, p * (g - dot))
 
 
+def log_softmax_jvp(xp, p, live, t, extra: bool):
+    """``t - <p, t>`` over the ``live`` entries (log-probability not ``-inf``), 0 elsewhere: a constant there."""
+    zero = xp.zeros_like(t)
+    dot = compensated_sum(xp, logsumexp_vjp(xp, p, t), extra)
+    return xp.where(live, t - dot, zero)
+
+
 def log_softmax_vjp(xp, p, live, g, extra: bool):
     """``g - p * sum(g)`` over the ``live`` entries (log-probability not ``-inf``).
 
@@ -81,8 +88,12 @@ def log_softmax_vjp(xp, p, live, g, extra: bool):
 
 
 def logsumexp_vjp(xp, p, g):
-    """``g * p`` with ``p`` the softmax; entries with ``p = 0`` get 0 whatever ``g`` is (so ``g = inf`` never makes NaN)."""
-    return xp.where(p == 0, xp.zeros_like(p), g * p)
+    """``g * p`` with ``p`` the softmax; entries with ``p = 0`` get 0 whatever ``g`` is (so ``g = inf`` never makes NaN).
+
+    The zeros are ``p``'s own: no separate zero array is made, which under
+    JAX's reverse mode would be kept as a residual as large as the input.
+    """
+    return xp.where(p == 0, p, g * p)
 
 
 def entropy(xp, st: RowStats):

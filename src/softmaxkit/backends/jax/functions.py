@@ -18,6 +18,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without jax
 
 from softmaxkit import numerics as num
 from softmaxkit.frontend import validate as v
+from softmaxkit.frontend.layout import Layout
 
 __all__ = [
     "cross_entropy",
@@ -48,17 +49,8 @@ def _as_float(x: Any, name: str) -> Any:
 
 def _to_rows(x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     """``x`` with ``axes`` moved last (in the order given) and flattened, and a function undoing it."""
-    rest = [i for i in range(x.ndim) if i not in axes]
-    perm = rest + list(axes)
-    moved = jnp.transpose(x, perm)
-    rest_shape = tuple(x.shape[i] for i in rest)
-    x2 = moved.reshape(rest_shape + (math.prod(x.shape[i] for i in axes),))
-    inverse = sorted(range(len(perm)), key=perm.__getitem__)
-
-    def back(y):
-        return jnp.transpose(y.reshape(moved.shape), inverse)
-
-    return x2, back
+    layout = Layout(jnp, tuple(x.shape), axes, in_order=True)
+    return layout.forward(x), layout.back
 
 
 def _where_mask(where: Any, shape: tuple[int, ...], name: str) -> Any:
@@ -241,7 +233,7 @@ def _logsumexp_jvp(primals, tangents):
     work, _ = _work(x.dtype)
     p = _softmax_last(x, 1.0, False).astype(work)
     tw = t.astype(work)
-    dot = _tsum(jnp.where(p == 0, p, p * tw))[..., 0]
+    dot = _tsum(num.logsumexp_vjp(jnp, p, tw))[..., 0]
     return _logsumexp_last(x), dot.astype(x.dtype)
 
 

@@ -50,6 +50,7 @@ import torch
 
 from softmaxkit.frontend import layout as _layout
 from softmaxkit.frontend import registry
+from softmaxkit.frontend.layout import Layout
 from softmaxkit import numerics as num
 from softmaxkit.frontend import validate as v
 
@@ -148,19 +149,19 @@ def _as_float(x: Any, name: str) -> torch.Tensor:
     return v.as_float(xp, x, name)
 
 
+def _class_layout(x: torch.Tensor, dim: int) -> Layout:
+    """The shared layout of ``x`` with ``dim`` last; a 0-d tensor is one row of one entry."""
+    return Layout(xp, tuple(x.shape) or (1,), (dim if x.ndim else 0,))
+
+
 def _rows_view(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``x`` with ``dim`` moved last and the other axes flattened: (rows, n)."""
-    if x.ndim == 0:
-        return x.reshape(1, 1)
-    moved = x.movedim(dim, -1)
-    return moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1])
+    """``x`` as (rows, n) with ``dim`` last (a view where the strides allow one)."""
+    return _class_layout(x, dim).rows(x)
 
 
 def _from_rows(y2: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
-    if x.ndim == 0:
-        return y2.reshape(())
-    moved_shape = x.movedim(dim, -1).shape
-    return y2.reshape(moved_shape).movedim(-1, dim)
+    """Undo :func:`_rows_view` on a result of ``x``'s size."""
+    return _class_layout(x, dim).back_rows(y2).reshape(x.shape)
 
 
 _NATIVE_DTYPES = (torch.float16, torch.float32, torch.float64)
@@ -234,10 +235,7 @@ class _Softmax(torch.autograd.Function):
             u = u / ctx.temperature
         if not ctx.log:
             return num.softmax_vjp(xp, y, u, extra).to(y2.dtype)
-        p = xp.exp(y)
-        zero = xp.zeros_like(u)
-        dot = num.compensated_sum(xp, xp.where(p == 0, zero, p * u), extra)
-        return xp.where(y != -_INF, u - dot, zero).to(y2.dtype)
+        return num.log_softmax_jvp(xp, xp.exp(y), y != -_INF, u, extra).to(y2.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -407,7 +405,7 @@ class _LogSumExp(torch.autograd.Function):
         (x2,) = ctx.saved_tensors
         work, extra = working_dtype(x2.dtype, x2.device)
         p = num.softmax(xp, num.row_stats(xp, x2.to(work), None, 1.0, extra))
-        terms = xp.where(p == 0, xp.zeros_like(p), p * tangent.to(work))
+        terms = num.logsumexp_vjp(xp, p, tangent.to(work))
         return num.compensated_sum(xp, terms, extra)[:, 0].to(x2.dtype)
 
     @staticmethod
@@ -417,7 +415,7 @@ class _LogSumExp(torch.autograd.Function):
 
         def compute(rows, g):
             p = num.softmax(xp, num.row_stats(xp, rows.to(work), None, 1.0, extra))
-            out = xp.where(p == 0, xp.zeros_like(p), g.to(work)[:, None] * p)
+            out = num.logsumexp_vjp(xp, p, g.to(work)[:, None])
             return (out.to(x2.dtype),)
 
         return _by_rows(compute, x2, grad)[0]
@@ -463,15 +461,8 @@ def logsumexp(input: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool = F
     if x.ndim == 0:
         out = _apply(_LogSumExp, _LogSumExpTraced, x.reshape(1, 1))
         return out.reshape(())
-    rest = [i for i in range(x.ndim) if i not in dims]
-    moved = x.permute(rest + sorted(dims))
-    rest_shape = tuple(x.shape[i] for i in rest)
-    # a list, not a generator: Dynamo cannot trace math.prod over a generator
-    x2 = moved.reshape((math.prod(rest_shape), math.prod([x.shape[i] for i in dims])))
-    out = _apply(_LogSumExp, _LogSumExpTraced, x2).reshape(rest_shape)
-    if keepdim:
-        out = out.reshape(tuple(1 if i in dims else s for i, s in enumerate(x.shape)))
-    return out
+    layout = Layout(xp, tuple(x.shape), dims)
+    return layout.back_reduced(_apply(_LogSumExp, _LogSumExpTraced, layout.rows(x)), keepdim)
 
 
 # --- cross-entropy ------------------------------------------------------------
