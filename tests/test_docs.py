@@ -30,11 +30,32 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SESSION_PAGES = [p for p in PAGES if p.name != "lint-rules.md"]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", flags=re.S | re.M)
 MATCH = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+# Libraries a page may need that softmaxkit does not depend on; softmaxkit.torch
+# and softmaxkit.jax need the library they are named after.
+OPTIONAL = ("torch", "jax", "matplotlib")
+IMPORT = re.compile(r"^(?:>>> )?(?:from\s+([\w.]+)\s+import\b|import\s+(.+))")
 
 
 def blocks(page: Path) -> list[tuple[str, str]]:
     """(language, text) of every fenced block of ``page``, in order."""
     return [(m.group(1), m.group(2)) for m in FENCE.finditer(page.read_text(encoding="utf-8"))]
+
+
+def optional_libraries(page: Path) -> set[str]:
+    """The optional libraries that the ``python`` blocks of ``page`` import."""
+    needed = set()
+    for language, text in blocks(page):
+        for line in text.splitlines() if language == "python" else []:
+            match = IMPORT.match(line.strip())
+            if match is None:
+                continue
+            modules = [match.group(1)] if match.group(1) else [part.split(" as ")[0].strip() for part in match.group(2).split(",")]
+            for module in modules:
+                parts = module.split(".")
+                library = parts[1] if parts[0] == "softmaxkit" and len(parts) > 1 else parts[0]
+                if library in OPTIONAL:
+                    needed.add(library)
+    return needed
 
 
 def assert_output(expected: str, got: str, where: str) -> None:
@@ -67,6 +88,8 @@ def run_console(text: str, cwd: Path, where: str) -> None:
 
 @pytest.mark.parametrize("page", SESSION_PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_page_runs_as_written(page, tmp_path, monkeypatch):
+    for library in sorted(optional_libraries(page)):
+        pytest.importorskip(library)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__docs__"}
     printed = None
