@@ -32,12 +32,17 @@ def _format(dtype):
     return fi.nmant, fi.minexp, fi.maxexp
 
 
+def _mpf(value) -> mp.mpf:
+    """An mpf, or a float of any width converted exactly."""
+    return value if isinstance(value, mp.mpf) else mp.mpf(float(value))
+
+
 def ulp(exact, dtype) -> mp.mpf:
     """The spacing of ``dtype`` at the exact (mpf or float) value."""
     nmant, minexp, maxexp = _format(dtype)
     if exact == 0:
         return mp.ldexp(1, minexp - nmant)
-    _, e = mp.frexp(abs(mp.mpf(exact)))
+    _, e = mp.frexp(abs(_mpf(exact)))
     return mp.ldexp(1, min(max(int(e) - 1, minexp), maxexp - 1) - nmant)
 
 
@@ -87,7 +92,7 @@ def ulp_error(actual, exact, dtype) -> float:
         return _float_distance(actual, exact, dtype, lambda _, e: np.abs(e))
     worst = 0.0
     for a, e in zip(actual, exact.ravel()):
-        e = e if isinstance(e, mp.mpf) else mp.mpf(float(e))
+        e = _mpf(e)
         if mp.isfinite(e) and abs(e) >= limit:
             e = mp.inf if e > 0 else -mp.inf
         if not (math.isfinite(a) and mp.isfinite(e)):
