@@ -374,11 +374,13 @@ static inline vd FN(prob)(vd e, vd sum, vd r) {
 }
 
 /* The cross-entropy gradient from C p - c: ((C p - c) + zg p) / divisor
- * (sk_ce_grad; ce.c states the same for single entries).  rdiv = 1 / div. */
-static inline vd FN(ce_grad_from)(vd cp_minus_c, vd p, const sk_ce_grad *cg, vd div, vd rdiv) {
+ * (sk_ce_grad; ce.c states the same for single entries).  rdiv = 1 / div.
+ * cg by value: a store to the gradient cannot change it, so its fields stay
+ * out of the loop. */
+static inline vd FN(ce_grad_from)(vd cp_minus_c, vd p, sk_ce_grad cg, vd div, vd rdiv) {
     vd y = cp_minus_c;
-    if (cg->has_z) y = y + cg->zg * p;
-    if (cg->divisor != 1.0) {
+    if (cg.has_z) y = y + cg.zg * p;
+    if (cg.divisor != 1.0) {
 #if COMP
         y = vdiv(y, div, rdiv);
 #else
@@ -390,19 +392,21 @@ static inline vd FN(ce_grad_from)(vd cp_minus_c, vd p, const sk_ce_grad *cg, vd 
 }
 
 #if COMP
-static void FN(ce_onehot_grad)(const double *e, void *gv, size_t n, const sk_ce_grad *cg, int stream) {
+static void FN(ce_onehot_grad)(const double *e, void *gv, size_t n, const sk_ce_grad *cgp, int stream) {
     (void)stream;
     FT *g = gv;
-    vd sum = splat(cg->sum), r = splat(1.0 / cg->sum);
-    vd div = splat(cg->divisor), rdiv = splat(1.0 / cg->divisor);
+    const sk_ce_grad cg = *cgp;
+    vd sum = splat(cg.sum), r = splat(1.0 / cg.sum);
+    vd div = splat(cg.divisor), rdiv = splat(1.0 / cg.divisor);
     for (size_t i = 0; i < n; i += VW) {
         vd p = FN(prob)(LOAD_F64_AT(e, i, n, 0.0), sum, r);
-        STORE_AT(g, i, n, FN(ce_grad_from)(cg->coef_sum * p, p, cg, div, rdiv));
+        STORE_AT(g, i, n, FN(ce_grad_from)(cg.coef_sum * p, p, cg, div, rdiv));
     }
 }
 #else
-/* Every entry is e_j times one factor, ((C + zg) / sum) / divisor summed
- * term by term, so that the gradient goes through `write` and streams. */
+/* Every entry is e_j times one factor, (C / sum + zg / sum) / divisor: the
+ * formula of ce_grad_from with p = e / sum factored out, so that the
+ * gradient goes through `write` and streams. */
 static void FN(ce_onehot_grad)(const double *e, void *g, size_t n, const sk_ce_grad *cg, int stream) {
     double factor = cg->coef_sum / cg->sum;
     if (cg->has_z) factor += cg->zg / cg->sum;
@@ -461,19 +465,20 @@ static void FN(ce_terms)(const void *xv, const void *xfv, size_t n, double a, do
     }
 }
 
-static void FN(ce_grad)(const double *e, const void *xfv, void *gv, size_t n, const sk_ce_grad *cg,
+static void FN(ce_grad)(const double *e, const void *xfv, void *gv, size_t n, const sk_ce_grad *cgp,
                         const sk_coef *cf, size_t off) {
     const FT *xf = xfv, *q = cf->probs;
     FT *g = gv;
     const double *w = cf->weights ? cf->weights + off : NULL;
-    vd sum = splat(cg->sum), r = splat(1.0 / cg->sum);
-    vd div = splat(cg->divisor), rdiv = splat(1.0 / cg->divisor);
+    const sk_ce_grad cg = *cgp;
+    vd sum = splat(cg.sum), r = splat(1.0 / cg.sum);
+    vd div = splat(cg.divisor), rdiv = splat(1.0 / cg.divisor);
     for (size_t i = 0; i < n; i += VW) {
         vd p = FN(prob)(LOAD_F64_AT(e, i, n, 0.0), sum, r);
         vd wv = w ? LOAD_F64_AT(w, i, n, 0.0) : splat(0.0);
         vd qv = q ? LOAD_AT(q, i, n, 0.0) : splat(0.0);
         vd cv = FN(class_coef)(cf, LOAD_AT(xf, i, n, -INF), wv, qv, (double)(off + i));
-        STORE_AT(g, i, n, FN(ce_grad_from)(cg->coef_sum * p - cv, p, cg, div, rdiv));
+        STORE_AT(g, i, n, FN(ce_grad_from)(cg.coef_sum * p - cv, p, cg, div, rdiv));
     }
 }
 

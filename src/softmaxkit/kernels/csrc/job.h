@@ -93,6 +93,11 @@ typedef struct {
     size_t unmasked;           /* logits that are not -inf; 0 unless asked for */
 } row_scan_t;
 
+/* Waits for the other chunks of the row, if it is split. */
+static inline void sync_row(rowctx_t *R) {
+    if (R->chunks > 1) barrier_wait(&R->J->bar, &R->sense);
+}
+
 /* rows.c: the parts of a row program, shared by all of them */
 int scratch_init(job_t *J, scratch_t *S, size_t len);
 void scratch_free(scratch_t *S);
@@ -102,7 +107,6 @@ size_t family_size(const job_t *J);
 double load_as_double(int dtype, const void *p, size_t j);
 void fill_range(int dtype, void *out, size_t n, double v);
 double combine_parts(const sk_part *p, size_t blocks, int comp, double extra);
-void sync_row(rowctx_t *R);
 const void *chunk_logits(rowctx_t *R, const char *row);
 void scan_row(rowctx_t *R, const void *x, int want_argmax, int want_unmasked, row_scan_t *out);
 const void *inf_standin(rowctx_t *R, const void *x);

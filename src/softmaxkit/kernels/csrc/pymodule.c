@@ -92,6 +92,26 @@ static int check_len(const buf_t *b, size_t count, const char *name) {
     return 0;
 }
 
+/* int64 class indices, `count` of them */
+static int get_int64(PyObject *o, buf_t *b, const char *name, size_t count) {
+    if (get(o, b, 0, name)) return -1;
+    if (!is_int64(&b->v)) {
+        PyErr_Format(PyExc_TypeError, "%s must hold int64 class indices", name);
+        return -1;
+    }
+    return check_len(b, count, name);
+}
+
+/* `count` float64 values */
+static int get_float64(PyObject *o, buf_t *b, int writable, const char *name, size_t count) {
+    if (get(o, b, writable, name)) return -1;
+    if (float_kind(&b->v) != DT_F64) {
+        PyErr_Format(PyExc_TypeError, "%s must hold float64", name);
+        return -1;
+    }
+    return check_len(b, count, name);
+}
+
 static int raise_rc(int rc) {
     if (rc == SK_ENOMEM) PyErr_NoMemory();
     else if (rc == SK_ETARGET)
@@ -178,29 +198,12 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssiz
         goto end;
     }
     if (args[1] != Py_None) {
-        if (get(args[1], &t, 0, "targets")) goto end;
-        if (!is_int64(&t.v)) {
-            PyErr_SetString(PyExc_TypeError, "targets must hold int64 class indices");
-            goto end;
-        }
-        if (check_len(&t, rows, "targets")) goto end;
+        if (get_int64(args[1], &t, "targets", rows)) goto end;
     } else if (get(args[2], &q, 0, "probs") || check_float(&q, dt, "probs") || check_len(&q, rows * n, "probs")) {
         goto end;
     }
-    if (args[3] != Py_None) {
-        if (get(args[3], &w, 0, "weight")) goto end;
-        if (float_kind(&w.v) != DT_F64) {
-            PyErr_SetString(PyExc_TypeError, "weight must hold float64");
-            goto end;
-        }
-        if (check_len(&w, n, "weight")) goto end;
-    }
-    if (get(args[4], &loss, 1, "loss")) goto end;
-    if (float_kind(&loss.v) != DT_F64) {
-        PyErr_SetString(PyExc_TypeError, "loss must hold float64");
-        goto end;
-    }
-    if (check_len(&loss, rows, "loss")) goto end;
+    if (args[3] != Py_None && get_float64(args[3], &w, 0, "weight", n)) goto end;
+    if (get_float64(args[4], &loss, 1, "loss", rows)) goto end;
     if (args[5] != Py_None &&
         (get(args[5], &g, 1, "grad") || check_float(&g, dt, "grad") || check_len(&g, rows * n, "grad")))
         goto end;

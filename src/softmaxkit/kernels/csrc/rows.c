@@ -77,10 +77,6 @@ double combine_parts(const sk_part *p, size_t blocks, int comp, double extra) {
 
 /* --- phases ------------------------------------------------------------- */
 
-void sync_row(rowctx_t *R) {
-    if (R->chunks > 1) barrier_wait(&R->J->bar, &R->sense);
-}
-
 /* The logits of this chunk in the family's type. */
 const void *chunk_logits(rowctx_t *R, const char *row) {
     job_t *J = R->J;

@@ -26,11 +26,11 @@
  *     2^-45 as above, the roundings by a few 2^-53; 15 vector operations
  *     instead of 17 on the hot path.
  *   - float64 family: ln2 split in a 32-bit head (k * head and z - k * head
- *     are exact) and a tail.  P has degree 10, approximation error < 2^-61; 1 + r is kept
- *     as an exact pair and the low part of the exact shift (lo, from TwoSum)
- *     and of the reduction is added as exp(r + d) = exp(r) (1 + d); the
- *     result is within 0.7 ULP of float64 (rounding analysis; tests measure
- *     it against mpmath).
+ *     are exact) and a tail.  P has degree 10, approximation error < 2^-61;
+ *     1 + r is kept as an exact pair and the low part of the exact shift (lo,
+ *     from TwoSum) and of the reduction is added as
+ *     exp(r + d) = exp(r) (1 + d); the result is within 0.7 ULP of float64
+ *     (rounding analysis; tests measure it against mpmath).
  * 2^k is applied as 2^(k+512) * 2^-512, so results in the subnormal range are
  * rounded once (gradual underflow) and the exponent never overflows; where
  * the ISA scales by a power of two in one instruction (SK_SCALEF, AVX-512's
