@@ -26,9 +26,8 @@ int sk_get_threads(void);
 int sk_softmax(int dtype, const void *x, void *out, size_t rows, size_t n, double temperature, int log);
 int sk_logsumexp(int dtype, const void *x, void *out, size_t rows, size_t n);
 /* One loss per row into `loss` (float64) and, when `grad` is not NULL, the
- * gradient of their sum divided by `grad_divisor`, or with a negative
- * grad_divisor by the sum of row weights (the "mean" divisor; 1 when that
- * is 0).  *weight_sum gets the sum of row weights: the number of rows for
+ * gradient of their sum divided by `grad_divisor` (finite, not 0).
+ * *weight_sum gets the sum of row weights: the number of rows for
  * probability targets `probs`. */
 int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t rows, size_t n,
                      const int64_t *targets, const void *probs, const double *class_weight, int64_t ignore_index,

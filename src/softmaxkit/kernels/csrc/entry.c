@@ -101,7 +101,6 @@ int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t 
         if (rc) return rc;
     }
     *weight_sum = total;
-    if (grad_divisor < 0.0) grad_divisor = total == 0.0 ? 1.0 : total;
     if (n == 0) {
         free(own);
         return rows ? SK_ETARGET : 0;

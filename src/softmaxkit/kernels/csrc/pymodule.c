@@ -4,6 +4,8 @@
  * checks what it needs to stay memory-safe (formats, sizes, writability). */
 #include "outcache.h"
 
+#include <math.h>
+
 #include "api.h"
 
 typedef struct {
@@ -174,18 +176,23 @@ end:
     Py_RETURN_NONE;
 }
 
-/* cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, denom)
+/* cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, grad_divisor)
  * targets: int64 per row or None; probs: logits' shape and dtype or None
  * (exactly one of the two); weight: float64 per class or None; loss: float64
- * per row; grad: logits' shape and dtype, or None; denom: the gradient's
- * divisor, or -1 for the sum of row weights.  Returns the sum of row weights
- * (the number of rows for probabilities). */
+ * per row; grad: logits' shape and dtype, or None; grad_divisor: what the
+ * gradient is divided by, finite and not 0 (a "mean" over negative class
+ * weights divides by a negative sum).  Returns the sum of row weights (the
+ * number of rows for probabilities). */
 static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     NARGS(10, "cross_entropy");
     long long ignore = PyLong_AsLongLong(args[6]);
-    double eps = PyFloat_AsDouble(args[7]), z = PyFloat_AsDouble(args[8]), denom = PyFloat_AsDouble(args[9]);
+    double eps = PyFloat_AsDouble(args[7]), z = PyFloat_AsDouble(args[8]), divisor = PyFloat_AsDouble(args[9]);
     if (PyErr_Occurred()) return NULL;
+    if (!isfinite(divisor) || divisor == 0.0) {
+        PyErr_Format(PyExc_ValueError, "grad_divisor must be finite and not 0; got %R", args[9]);
+        return NULL;
+    }
     buf_t x = {0}, t = {0}, q = {0}, w = {0}, loss = {0}, g = {0};
     size_t rows, n;
     double weight_sum = 0.0;
@@ -209,7 +216,7 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssiz
         goto end;
     Py_BEGIN_ALLOW_THREADS
     rc = sk_cross_entropy(dt, x.v.buf, g.held ? g.v.buf : NULL, loss.v.buf, rows, n, t.held ? t.v.buf : NULL,
-                          q.held ? q.v.buf : NULL, w.held ? w.v.buf : NULL, ignore, eps, z, denom, &weight_sum);
+                          q.held ? q.v.buf : NULL, w.held ? w.v.buf : NULL, ignore, eps, z, divisor, &weight_sum);
     Py_END_ALLOW_THREADS
     rc = raise_rc(rc);
 end:
@@ -336,7 +343,7 @@ static PyMethodDef methods[] = {
     {"softmax", (PyCFunction)(void (*)(void))py_softmax, METH_FASTCALL, "softmax(x, out, temperature, log)"},
     {"logsumexp", (PyCFunction)(void (*)(void))py_logsumexp, METH_FASTCALL, "logsumexp(x, out)"},
     {"cross_entropy", (PyCFunction)(void (*)(void))py_cross_entropy, METH_FASTCALL,
-     "cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, denom)"},
+     "cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, grad_divisor)"},
     {"vjp", (PyCFunction)(void (*)(void))py_vjp, METH_FASTCALL, "vjp(y, cotangent, out, log)"},
     {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n)"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads()"},
