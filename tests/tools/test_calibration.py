@@ -308,3 +308,10 @@ class TestCli:
         with pytest.raises(SystemExit) as info:
             cli.main(args)
         assert info.value.code == 2
+
+    @pytest.mark.parametrize(("text", "shown"), [("0", "0"), ("-3", "-3"), ("2.5", "'2.5'"), ("many", "'many'")])
+    def test_bins_usage_error_says_what_is_allowed(self, text, shown, capsys):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["calibrate", "x.npz", "--bins", text])
+        assert info.value.code == 2
+        assert f"argument --bins: N must be an int >= 1; got {shown}" in capsys.readouterr().err
