@@ -31,7 +31,7 @@ JAX computes in float32 unless x64 is enabled.
 * With ``jax_enable_x64``: float32 and narrower are computed in float64 and
   rounded once (within 2 ULP); float64 uses the compensated path.
 * Without it (the default): float16 and bfloat16 are computed in float32 and
-  rounded once; float32 uses the compensated float32 path of ``_numerics``
+  rounded once; float32 uses the compensated float32 path of ``softmaxkit.numerics``
   (exact shift ``hi + lo``, ``exp(hi)(1 + lo)``, cascaded sums).  The shift
   is then exact, so confident rows keep their full relative accuracy, but
   ``exp``, ``log1p`` and the division each round in float32: expect a few

@@ -5,17 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from softmaxkit import numerics as num
-from softmaxkit.frontend import validate as v
+from softmaxkit.frontend import validate
 
 
 def _apply(x: Any, formula) -> Any:
-    xp, x, out_dtype = v.real_array(x, "x")
+    xp, x, out_dtype = validate.real_array(x, "x")
     # Device-aware: float32 where x's device has no float64.
     work, _ = num.working_dtype(xp, out_dtype, x)
     return xp.astype(formula(xp, xp.astype(x, work)), out_dtype)
 
 
-@v.quiet
+@validate.quiet
 def sigmoid(x: Any) -> Any:
     r"""Logistic sigmoid, without overflow.
 
@@ -47,7 +47,7 @@ def sigmoid(x: Any) -> Any:
     return _apply(x, num.sigmoid)
 
 
-@v.quiet
+@validate.quiet
 def softplus(x: Any) -> Any:
     r"""Softplus ``log(1 + e^x)``, exact for every ``x``.
 
@@ -78,7 +78,7 @@ def softplus(x: Any) -> Any:
     return _apply(x, num.softplus)
 
 
-@v.quiet
+@validate.quiet
 def log_sigmoid(x: Any) -> Any:
     r"""Log of the sigmoid, ``-softplus(-x)``.
 

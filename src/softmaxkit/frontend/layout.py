@@ -1,6 +1,6 @@
 """Moving the reduced axes to the end, and back; splitting rows into chunks.
 
-The formulas in ``_numerics`` work along the last axis.  ``Layout`` permutes
+The formulas in ``softmaxkit.numerics`` work along the last axis.  ``Layout`` permutes
 the reduced axes to the end, flattens them into one, and undoes both on the
 results.  Row-wise work goes through the rows in chunks of whole rows whose
 size comes from one byte budget (:func:`chunk_rows`), so the working-precision

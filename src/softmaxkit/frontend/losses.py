@@ -17,7 +17,7 @@ import numpy as np
 from softmaxkit.frontend import layout as _layout
 from softmaxkit.frontend import registry
 from softmaxkit import numerics as num
-from softmaxkit.frontend import validate as v
+from softmaxkit.frontend import validate
 from softmaxkit.frontend.softmax import _itemsize, _prepare_rows, _working
 from softmaxkit.frontend.layout import put
 
@@ -30,9 +30,9 @@ _SUM_BLOCK = 4096
 def _class_weight(xp: Any, weight: Any, n_classes: int, work: Any) -> Any:
     if weight is None:
         return None
-    w = v.same_namespace(xp, weight, "weight")
-    _, w, _ = v.real_array(w, "weight")
-    v.class_weights(xp, w, n_classes)
+    w = validate.same_namespace(xp, weight, "weight")
+    _, w, _ = validate.real_array(w, "weight")
+    validate.class_weights(xp, w, n_classes)
     return xp.astype(w, work)
 
 
@@ -48,7 +48,7 @@ def _native_cross_entropy(kernel, logits, inputs, ignore_index, eps, z, reductio
     t, q, w = inputs
     xp = array_api_compat.array_namespace(logits)
     if t is not None:
-        v.class_indices(xp, t, logits.shape[-1], ignore_index, "targets")
+        validate.class_indices(xp, t, logits.shape[-1], ignore_index, "targets")
     widened = num.working_dtype(xp, logits.dtype, logits)[1]
     rows = xp.reshape(t, (-1,)) if t is not None else xp.reshape(q, (-1, logits.shape[-1]))
     denominator = num.mean_denominator(xp, rows, w, ignore_index, xp.float64, q is not None, widened)
@@ -64,7 +64,7 @@ def _native_cross_entropy(kernel, logits, inputs, ignore_index, eps, z, reductio
     return (loss, grad) if return_grad else loss
 
 
-@v.quiet
+@validate.quiet
 def cross_entropy(
     logits: Any,
     targets: Any,
@@ -159,13 +159,13 @@ def cross_entropy(
             logits, targets, axis=axis, weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
             reduction=reduction, z_loss=z_loss, return_grad=return_grad,
         )
-    return_grad = v.flag(return_grad, "return_grad")
-    reduction = v.reduction(reduction)
-    eps = v.in_unit_interval(label_smoothing, "label_smoothing")
-    z = v.non_negative(z_loss, "z_loss")
-    ignore_index = v.integer(ignore_index, "ignore_index")
+    return_grad = validate.flag(return_grad, "return_grad")
+    reduction = validate.reduction(reduction)
+    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
+    z = validate.non_negative(z_loss, "z_loss")
+    ignore_index = validate.integer(ignore_index, "ignore_index")
     if isinstance(targets, np.ndarray) and targets.dtype.kind == "f":  # the native kernels' probability targets
-        v.probability_targets_ignore_index(ignore_index, targets.dtype, "targets")
+        validate.probability_targets_ignore_index(ignore_index, targets.dtype, "targets")
     native = registry.native()
     inputs = None if native is None else native.numpy.cross_entropy_inputs(logits, targets, axis, weight, ignore_index)
     if inputs is not None:
@@ -176,19 +176,19 @@ def cross_entropy(
     n_classes = layout.n
     if n_classes == 0:
         raise ValueError(f"logits has an empty class axis (axis={axis}, shape {layout.shape}); cross-entropy needs at least one class")
-    t = v.same_namespace(xp, targets, "targets")
-    kind = v.target_kind(xp, t, "targets")
+    t = validate.same_namespace(xp, targets, "targets")
+    kind = validate.target_kind(xp, t, "targets")
     w = _class_weight(xp, weight, n_classes, work)
-    v.target_shape(kind, t.shape, layout.shape, layout.axes[0], "targets", "logits", "axis")
+    validate.target_shape(kind, t.shape, layout.shape, layout.axes[0], "targets", "logits", "axis")
     device = array_api_compat.device(rows)
     size = _itemsize(xp, work)
     if kind == "int":
-        v.class_indices(xp, t, n_classes, ignore_index, "targets")
+        validate.class_indices(xp, t, n_classes, ignore_index, "targets")
         t_rows = xp.reshape(t, (layout.n_rows,))
     else:
-        v.probability_targets_ignore_index(ignore_index, t.dtype, "targets")
+        validate.probability_targets_ignore_index(ignore_index, t.dtype, "targets")
         q_rows = layout.rows(t)
-    # The rows go through in chunks (see _layout.chunk_rows): the gradient
+    # The rows go through in chunks (see layout.chunk_rows): the gradient
     # of each is final when written, so a mean's denominator comes first.
     denominator = num.mean_denominator(xp, t_rows if kind == "int" else q_rows, w, ignore_index, work, kind != "int", extra)
     row_w = xp.empty((layout.n_rows, 1), dtype=work, device=device)
@@ -201,7 +201,7 @@ def cross_entropy(
         else:
             q = _working(xp, q_rows, part, work)
             if bool(xp.any(q < 0)):
-                v.probabilities(xp, t, "targets")  # raises, naming the first negative entry
+                validate.probabilities(xp, t, "targets")  # raises, naming the first negative entry
             coef, row_w[part, :] = num.class_coefficients(xp, xw, eps, w, probs=q)
         st = num.row_stats(xp, xw, None, 1.0, extra)
         loss[part], g = num.cross_entropy_rows(xp, st, coef, z, row_w[part, :], return_grad)
@@ -211,7 +211,7 @@ def cross_entropy(
     return _finish(xp, layout, loss, grad, out_dtype, return_grad)
 
 
-@v.quiet
+@validate.quiet
 def nll_loss(
     log_probs: Any,
     targets: Any,
@@ -256,20 +256,20 @@ def nll_loss(
     >>> smk.nll_loss(y, np.array([0]))
     array(2.0611537e-09, dtype=float32)
     """
-    return_grad = v.flag(return_grad, "return_grad")
-    reduction = v.reduction(reduction)
-    ignore_index = v.integer(ignore_index, "ignore_index")
+    return_grad = validate.flag(return_grad, "return_grad")
+    reduction = validate.reduction(reduction)
+    ignore_index = validate.integer(ignore_index, "ignore_index")
     xp, layout, rows, _, out_dtype, work, extra = _prepare_rows(log_probs, axis, name="log_probs", allow_many=False)
     n_classes = layout.n
     if n_classes == 0:
         raise ValueError(f"log_probs has an empty class axis (axis={axis}, shape {layout.shape})")
-    t = v.same_namespace(xp, targets, "targets")
-    if v.target_kind(xp, t, "targets") != "int":
+    t = validate.same_namespace(xp, targets, "targets")
+    if validate.target_kind(xp, t, "targets") != "int":
         raise TypeError(f"targets must hold integer class indices; got dtype {t.dtype}")
     if tuple(t.shape) != layout.rest_shape:
         raise ValueError(f"targets must have shape {layout.rest_shape} (log_probs' shape without axis {axis}); got {tuple(t.shape)}")
     w = _class_weight(xp, weight, n_classes, work)
-    v.class_indices(xp, t, n_classes, ignore_index, "targets")
+    validate.class_indices(xp, t, n_classes, ignore_index, "targets")
     t_rows = xp.reshape(t, (layout.n_rows,))
     size = _itemsize(xp, work)
 
@@ -290,7 +290,7 @@ def nll_loss(
     return _finish(xp, layout, loss, grad, out_dtype, return_grad)
 
 
-@v.quiet
+@validate.quiet
 def binary_cross_entropy_with_logits(
     logits: Any,
     targets: Any,
@@ -347,11 +347,11 @@ def binary_cross_entropy_with_logits(
         return backend.binary_cross_entropy_with_logits(
             logits, targets, weight=weight, pos_weight=pos_weight, reduction=reduction, return_grad=return_grad
         )
-    return_grad = v.flag(return_grad, "return_grad")
-    reduction = v.reduction(reduction)
-    xp, x, out_dtype = v.real_array(logits, "logits")
-    y = v.same_namespace(xp, targets, "targets")
-    _, y, y_dtype = v.real_array(y, "targets")
+    return_grad = validate.flag(return_grad, "return_grad")
+    reduction = validate.reduction(reduction)
+    xp, x, out_dtype = validate.real_array(logits, "logits")
+    y = validate.same_namespace(xp, targets, "targets")
+    _, y, y_dtype = validate.real_array(y, "targets")
     if tuple(y.shape) != tuple(x.shape):
         raise ValueError(f"targets must have the shape of logits {tuple(x.shape)}; got {tuple(y.shape)}")
     out_dtype = xp.result_type(out_dtype, y_dtype)
@@ -375,21 +375,21 @@ def binary_cross_entropy_with_logits(
 
     for part in parts:
         yw = chunk(y, part)
-        if bool(xp.any(v.not_binary(yw))):
-            v.binary_targets(xp, y, "targets")  # raises, naming the first entry outside [0, 1]
+        if bool(xp.any(validate.not_binary(yw))):
+            validate.binary_targets(xp, y, "targets")  # raises, naming the first entry outside [0, 1]
 
     def _factor(value, name):
         if value is None:
             return None
-        f = v.same_namespace(xp, value, name)
-        _, f, _ = v.real_array(f, name)
+        f = validate.same_namespace(xp, value, name)
+        _, f, _ = validate.real_array(f, name)
         # Broadcast views: nothing of the logits' size is made.
-        return xp.reshape(v.broadcast_to(xp, xp.astype(f, work), shape, name, "logits"), flat_shape)
+        return xp.reshape(validate.broadcast_to(xp, xp.astype(f, work), shape, name, "logits"), flat_shape)
 
     w = _factor(weight, "weight")
     beta = _factor(pos_weight, "pos_weight")
     if beta is not None:
-        v.pos_weights(xp, beta)
+        validate.pos_weights(xp, beta)
     device = array_api_compat.device(x)
     sums = None if reduction == "none" else xp.empty((-(-flat_shape[0] // group),), dtype=work, device=device)
     loss_out = xp.empty(flat_shape, dtype=out_dtype, device=device) if reduction == "none" else None

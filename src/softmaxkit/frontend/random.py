@@ -24,7 +24,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from softmaxkit.frontend import validate as v
+from softmaxkit.frontend import validate
 
 
 def generator(backend: Any, x: Any, rng: Any, name: str) -> Any:
@@ -51,7 +51,7 @@ def seed(rng: Any, allowed: str, kind: str) -> int:
         if rng < 0:
             raise ValueError(f"rng as a seed must be >= 0; got {rng!r}")
         return int(rng)
-    raise TypeError(f"rng must be {allowed} for {kind} arrays; got {v.describe(rng)}")
+    raise TypeError(f"rng must be {allowed} for {kind} arrays; got {validate.describe(rng)}")
 
 
 def _words(backend: Any, gen: Any, shape: tuple[int, ...], like: Any) -> Any:

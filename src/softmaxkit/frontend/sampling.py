@@ -16,7 +16,7 @@ from typing import Any
 from softmaxkit import numerics as num
 from softmaxkit.frontend import random as _random
 from softmaxkit.frontend import registry
-from softmaxkit.frontend import validate as v
+from softmaxkit.frontend import validate
 from softmaxkit.frontend.softmax import _prepare
 from softmaxkit.frontend.layout import Layout
 
@@ -32,13 +32,13 @@ _MAX_ARRAY_BYTES = 2**63 - 1
 
 
 def _optional_top_k(value: Any) -> int | None:
-    return None if value is None else v.count(value, "top_k", 1)
+    return None if value is None else validate.count(value, "top_k", 1)
 
 
 def _optional_top_p(value: Any) -> float | None:
     if value is None:
         return None
-    p = v.real_number(value, "top_p")
+    p = validate.real_number(value, "top_p")
     if not 0.0 < p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] or None; got {p!r}")
     return p
@@ -47,11 +47,11 @@ def _optional_top_p(value: Any) -> float | None:
 def _optional_min_p(value: Any) -> float | None:
     if value is None:
         return None
-    return v.in_unit_interval(value, "min_p")
+    return validate.in_unit_interval(value, "min_p")
 
 
 def _num_samples(value: Any) -> int:
-    n = v.count(value, "num_samples", 1)
+    n = validate.count(value, "num_samples", 1)
     if n > _MAX_ARRAY_BYTES:
         raise ValueError(f"num_samples={n} is too many: an array axis holds at most {_MAX_ARRAY_BYTES} entries")
     return n
@@ -80,7 +80,7 @@ def _check_computed(xp: Any, values: Any, temperature: float, name: str) -> None
     bad = xp.any(xp.isnan(values), axis=-1)
     if bool(xp.any(bad)):
         raise ValueError(
-            f"{name} row {list(v.first_position(bad))} (index without the class axis) gives NaN probabilities at "
+            f"{name} row {list(validate.first_position(bad))} (index without the class axis) gives NaN probabilities at "
             f"temperature={temperature!r} although its logits are not NaN; nothing is drawn from it"
         )
 
@@ -89,13 +89,13 @@ def _check_rows(xp: Any, layout: Layout, xw: Any, name: str) -> None:
     """ValueError for NaN logits and for rows with nothing to draw."""
     nan = xp.isnan(xw)
     if bool(xp.any(nan)):
-        pos = v.first_position(layout.back(nan))
+        pos = validate.first_position(layout.back(nan))
         raise ValueError(f"{name}{list(pos)} is NaN; a distribution to sample from needs real logits (-inf masks a class)")
     # An empty class axis leaves every row with nothing to draw.
     masked = xp.all(xw == -_INF, axis=-1)
     if bool(xp.any(masked)):
         raise ValueError(
-            f"{name} row {list(v.first_position(masked))} (index without the class axis) is fully masked: every entry "
+            f"{name} row {list(validate.first_position(masked))} (index without the class axis) is fully masked: every entry "
             f"is -inf, so there is nothing to sample; give at least one finite or +inf logit per row"
         )
 
@@ -104,7 +104,7 @@ def _stop_gradient(backend: Any, a: Any) -> Any:
     return a if backend is None or backend.stop_gradient is None else backend.stop_gradient(a)
 
 
-@v.quiet
+@validate.quiet
 def sample(
     logits: Any,
     *,
@@ -224,7 +224,7 @@ def sample(
     array([[0, 0, 0],
            [1, 1, 1]])
     """
-    T = v.non_negative(temperature, "temperature")
+    T = validate.non_negative(temperature, "temperature")
     top_k = _optional_top_k(top_k)
     top_p = _optional_top_p(top_p)
     min_p = _optional_min_p(min_p)
@@ -271,7 +271,7 @@ def sample(
     return xp.argmax(logq + noise, axis=-1)
 
 
-@v.quiet
+@validate.quiet
 def gumbel_max(logits: Any, gumbel: Any, *, temperature: float = 1.0, axis: int = -1) -> Any:
     r"""Exact categorical samples from Gumbel noise the caller supplies.
 
@@ -315,10 +315,10 @@ def gumbel_max(logits: Any, gumbel: Any, *, temperature: float = 1.0, axis: int 
     >>> smk.gumbel_max(np.array([0.0, 1.0, -np.inf]), g)
     array([1, 0, 1, 1, 1])
     """
-    T = v.non_negative(temperature, "temperature")
+    T = validate.non_negative(temperature, "temperature")
     xp, layout, xw, _, _, extra = _prepare(logits, axis, name="logits", allow_many=False)
-    g = v.same_namespace(xp, gumbel, "gumbel")
-    _, g, _ = v.real_array(g, "gumbel")
+    g = validate.same_namespace(xp, gumbel, "gumbel")
+    _, g, _ = validate.real_array(g, "gumbel")
     lead = g.ndim - len(layout.shape)
     if lead < 0 or tuple(g.shape[lead:]) != layout.shape:
         raise ValueError(
@@ -330,15 +330,15 @@ def gumbel_max(logits: Any, gumbel: Any, *, temperature: float = 1.0, axis: int 
         return idx + xp.zeros(tuple(g.shape[:lead]) + layout.rest_shape, dtype=idx.dtype)
     bad = ~xp.isfinite(g)
     if bool(xp.any(bad)):
-        pos = v.first_position(bad)
-        raise ValueError(f"gumbel must be finite; got gumbel{list(pos)} = {float(v.to_numpy(g)[pos])!r}")
+        pos = validate.first_position(bad)
+        raise ValueError(f"gumbel must be finite; got gumbel{list(pos)} = {float(validate.to_numpy(g)[pos])!r}")
     g_layout = Layout(xp, tuple(g.shape), (lead + layout.axes[0],))
     logp = num.log_softmax(xp, num.row_stats(xp, xw, None, T, extra))
     _check_computed(xp, logp, T, "logits")
     return xp.argmax(logp + g_layout.forward(xp.astype(g, logp.dtype)), axis=-1)
 
 
-@v.quiet
+@validate.quiet
 def gumbel_softmax(logits: Any, *, tau: float = 1.0, hard: bool = False, axis: int = -1, rng: Any = None) -> Any:
     r"""A differentiable relaxation of a categorical sample (Gumbel-softmax).
 
@@ -395,8 +395,8 @@ def gumbel_softmax(logits: Any, *, tau: float = 1.0, hard: bool = False, axis: i
     >>> smk.gumbel_softmax(np.array([1.0, 2.0, -np.inf]), hard=True, rng=0)
     array([0., 1., 0.])
     """
-    tau = v.positive_finite(tau, "tau")
-    hard = v.flag(hard, "hard")
+    tau = validate.positive_finite(tau, "tau")
+    hard = validate.flag(hard, "hard")
     xp, layout, xw, _, out_dtype, extra = _prepare(logits, axis, name="logits", allow_many=False)
     backend = registry.backend_for(xw)
     gen = _random.generator(backend, xw, rng, "logits")

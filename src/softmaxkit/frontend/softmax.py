@@ -1,10 +1,10 @@
 """softmax, log_softmax, logsumexp, entropy, kl_div and their VJPs.
 
 Public functions validate once, move the reduced axis to the end, convert to
-the working dtype, call the shared formulas in ``_numerics`` and round once to
+the working dtype, call the shared formulas in ``softmaxkit.numerics`` and round once to
 the output dtype.  Every function here on real input (and the losses in
-``_losses``) does the last three steps a chunk of whole rows at a time (see
-``_layout.chunk_rows``), so its peak memory is the output plus a few
+``frontend.losses``) does the last three steps a chunk of whole rows at a time (see
+``layout.chunk_rows``), so its peak memory is the output plus a few
 chunks, whatever the input's size; complex logsumexp is done whole.
 """
 
@@ -18,14 +18,14 @@ import numpy as np
 
 from softmaxkit.frontend import registry
 from softmaxkit import numerics as num
-from softmaxkit.frontend import validate as v
+from softmaxkit.frontend import validate
 from softmaxkit.frontend.layout import Layout, put
 
 
 def _prepare(x: Any, axis: Any, where: Any = None, name: str = "x", allow_many: bool = True):
-    xp, x, out_dtype = v.real_array(x, name)
-    axes = v.axis(axis, x.ndim, allow_many=allow_many)
-    valid = v.where_mask(xp, where, tuple(x.shape))
+    xp, x, out_dtype = validate.real_array(x, name)
+    axes = validate.axis(axis, x.ndim, allow_many=allow_many)
+    valid = validate.where_mask(xp, where, tuple(x.shape))
     work, extra = num.working_dtype(xp, out_dtype, x)
     layout = Layout(xp, tuple(x.shape), axes)
     xw = layout.forward(xp.astype(x, work))
@@ -41,9 +41,9 @@ def _prepare_rows(x: Any, axis: Any, where: Any = None, name: str = "x", allow_m
     likewise, and each chunk is converted by :func:`_working`.  Returns
     ``(xp, layout, rows, valid_rows, out_dtype, work, extra)``.
     """
-    xp, x, out_dtype = v.real_array(x, name)
-    axes = v.axis(axis, x.ndim, allow_many=allow_many)
-    valid = v.where_mask(xp, where, tuple(x.shape))
+    xp, x, out_dtype = validate.real_array(x, name)
+    axes = validate.axis(axis, x.ndim, allow_many=allow_many)
+    valid = validate.where_mask(xp, where, tuple(x.shape))
     work, extra = num.working_dtype(xp, out_dtype, x)
     layout = Layout(xp, tuple(x.shape), axes)
     valid = None if valid is None else layout.rows(valid)
@@ -65,7 +65,7 @@ def _itemsize(xp: Any, dtype: Any) -> int:
     return xp.finfo(dtype).bits // 8
 
 
-@v.quiet
+@validate.quiet
 def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = None) -> Any:
     r"""Softmax: probabilities from logits, exact and NaN-free.
 
@@ -121,7 +121,7 @@ def softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = No
     return _softmax_family(x, axis, temperature, where, log=False)
 
 
-@v.quiet
+@validate.quiet
 def log_softmax(x: Any, axis: Any = -1, *, temperature: float = 1.0, where: Any = None) -> Any:
     r"""Log-softmax: log-probabilities from logits, exact at any margin.
 
@@ -164,8 +164,8 @@ def _softmax_family(x: Any, axis: Any, temperature: Any, where: Any, log: bool) 
     if backend is not None:
         entry = backend.log_softmax if log else backend.softmax
         return entry(x, axis, temperature=temperature, where=where)
-    T = v.temperature(temperature)
-    x, where = v.unmask(x, where)
+    T = validate.temperature(temperature)
+    x, where = validate.unmask(x, where)
     native = registry.native()
     if native is not None and where is None and native.numpy.eligible(x, axis):
         return (native.numpy.log_softmax if log else native.numpy.softmax)(x, T)
@@ -185,7 +185,7 @@ def _softmax_family(x: Any, axis: Any, temperature: Any, where: Any, log: bool) 
     return layout.back_rows(out)
 
 
-@v.quiet
+@validate.quiet
 def logsumexp(
     x: Any,
     axis: Any = -1,
@@ -272,26 +272,26 @@ def logsumexp(
     backend = registry.backend_for(x)
     if backend is not None and b is None and return_sign is False:
         return backend.logsumexp(x, axis, keepdims=keepdims, where=where)
-    keepdims = v.flag(keepdims, "keepdims")
-    return_sign = v.flag(return_sign, "return_sign")
-    x, where = v.unmask(x, where)
+    keepdims = validate.flag(keepdims, "keepdims")
+    return_sign = validate.flag(return_sign, "return_sign")
+    x, where = validate.unmask(x, where)
     native = registry.native()
     if native is not None and b is None and where is None and native.numpy.eligible(x, axis):
         return _numpy_scalars(native.numpy.logsumexp(x, keepdims, return_sign))
-    xp, arr, out_dtype = v.number_array(x, "x")
+    xp, arr, out_dtype = validate.number_array(x, "x")
     if arr.ndim == 0:
         # As in SciPy, a scalar is a sum of one term.
         arr = xp.reshape(arr, (1,))
     if b is not None:
-        b = v.same_namespace(xp, b, "b")
-        _, b, b_dtype = v.number_array(b, "b")
+        b = validate.same_namespace(xp, b, "b")
+        _, b, b_dtype = validate.number_array(b, "b")
         out_dtype = xp.result_type(out_dtype, b_dtype)
         # b and x broadcast against each other, either one growing, as in SciPy.
-        shape = v.broadcast_shapes(tuple(b.shape), tuple(arr.shape), "b", "x")
+        shape = validate.broadcast_shapes(tuple(b.shape), tuple(arr.shape), "b", "x")
         # copy=False: a broadcast view, not a copy, where the dtype already fits.
         arr = xp.broadcast_to(xp.astype(arr, out_dtype, copy=False), shape)
         b = xp.broadcast_to(xp.astype(b, out_dtype, copy=False), shape)
-    if v.is_complex(xp, out_dtype):
+    if validate.is_complex(xp, out_dtype):
         return _numpy_scalars(_logsumexp_complex(xp, arr, b, axis, where, keepdims, return_sign, out_dtype))
     xp, layout, rows, valid, out_dtype, work, extra = _prepare_rows(arr, axis, where)
     b_rows = None if b is None else layout.rows(b)
@@ -350,9 +350,9 @@ def _logsumexp_complex(xp, arr, b, axis, where, keepdims, return_sign, out_dtype
     ``return_sign`` the result is the real ``log|sum|`` and the sign the
     unit complex number ``sum / |sum|``.
     """
-    axes = v.axis(axis, arr.ndim, allow_many=True)
+    axes = validate.axis(axis, arr.ndim, allow_many=True)
     shape = tuple(arr.shape)
-    valid = v.where_mask(xp, where, shape)
+    valid = validate.where_mask(xp, where, shape)
     layout = Layout(xp, shape, axes)
     real_dtype = xp.float32 if out_dtype == xp.complex64 else xp.float64
     work, extra = num.working_dtype(xp, real_dtype, arr)
@@ -397,7 +397,7 @@ def _logsumexp_complex(xp, arr, b, axis, where, keepdims, return_sign, out_dtype
     return layout.back_reduced(xp.astype(out, out_dtype), keepdims)
 
 
-@v.quiet
+@validate.quiet
 def entropy(logits: Any, axis: int = -1) -> Any:
     r"""Shannon entropy (nats) of ``softmax(logits)`` along ``axis``.
 
@@ -439,7 +439,7 @@ def entropy(logits: Any, axis: int = -1) -> Any:
     return xp.reshape(out, layout.rest_shape)
 
 
-@v.quiet
+@validate.quiet
 def kl_div(p: Any, q: Any, axis: int = -1, *, log_probs: bool = False) -> Any:
     r"""Kullback-Leibler divergence ``KL(P || Q)`` between two rows of logits.
 
@@ -481,9 +481,9 @@ def kl_div(p: Any, q: Any, axis: int = -1, *, log_probs: bool = False) -> Any:
     >>> float(smk.kl_div(np.array([0.0, 0.0]), np.array([0.0, -np.inf])))
     inf
     """
-    log_probs = v.flag(log_probs, "log_probs")
+    log_probs = validate.flag(log_probs, "log_probs")
     xp, layout, p_rows, _, p_dtype, _, _ = _prepare_rows(p, axis, name="p", allow_many=False)
-    q = v.same_namespace(xp, q, "q")
+    q = validate.same_namespace(xp, q, "q")
     _, _, q_rows, _, q_dtype, _, _ = _prepare_rows(q, axis, name="q", allow_many=False)
     if tuple(q.shape) != layout.shape:
         raise ValueError(f"q must have the shape of p {layout.shape}; got {tuple(q.shape)}")
@@ -499,8 +499,8 @@ def kl_div(p: Any, q: Any, axis: int = -1, *, log_probs: bool = False) -> Any:
 def _vjp_inputs(primal: Any, cotangent: Any, axis: Any, primal_name: str, same_shape: bool):
     """``(xp, layout, primal_rows, cotangent_rows, out_dtype, work, extra)``, unconverted, as ``_prepare_rows``."""
     xp, layout, p_rows, _, out_dtype, _, _ = _prepare_rows(primal, axis, name=primal_name, allow_many=False)
-    ct = v.same_namespace(xp, cotangent, "cotangent")
-    _, ct, ct_dtype = v.real_array(ct, "cotangent")
+    ct = validate.same_namespace(xp, cotangent, "cotangent")
+    _, ct, ct_dtype = validate.real_array(ct, "cotangent")
     out_dtype = xp.result_type(out_dtype, ct_dtype)
     work, extra = num.working_dtype(xp, out_dtype, p_rows)
     if same_shape:
@@ -527,7 +527,7 @@ def _vjp_by_rows(xp, layout, p_rows, ct_rows, out_dtype, work, compute) -> Any:
     return layout.back_rows(out)
 
 
-@v.quiet
+@validate.quiet
 def softmax_vjp(probs: Any, cotangent: Any, axis: int = -1) -> Any:
     r"""Vector-Jacobian product of softmax, from its output.
 
@@ -569,7 +569,7 @@ def softmax_vjp(probs: Any, cotangent: Any, axis: int = -1) -> Any:
     return _vjp_by_rows(xp, layout, p_rows, g_rows, out_dtype, work, lambda p, g: num.softmax_vjp(xp, p, g, extra))
 
 
-@v.quiet
+@validate.quiet
 def log_softmax_vjp(log_probs: Any, cotangent: Any, axis: int = -1) -> Any:
     r"""Vector-Jacobian product of log_softmax, from its output.
 
@@ -612,7 +612,7 @@ def log_softmax_vjp(log_probs: Any, cotangent: Any, axis: int = -1) -> Any:
     return _vjp_by_rows(xp, layout, y_rows, g_rows, out_dtype, work, compute)
 
 
-@v.quiet
+@validate.quiet
 def logsumexp_vjp(x: Any, cotangent: Any, axis: int = -1) -> Any:
     r"""Vector-Jacobian product of logsumexp: ``cotangent * softmax(x)``.
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from softmaxkit.numerics import sparse as sn
 from softmaxkit.frontend import registry
-from softmaxkit.frontend import validate as v
+from softmaxkit.frontend import validate
 from softmaxkit.frontend.softmax import _prepare, _vjp_by_rows, _vjp_inputs
 
 __all__ = [
@@ -35,7 +35,7 @@ def _apply(name: str, x: Any, axis: Any) -> Any:
     return layout.back(xp.astype(p, out_dtype))
 
 
-@v.quiet
+@validate.quiet
 def sparsemax(x: Any, axis: int = -1) -> Any:
     r"""Sparsemax: the Euclidean projection of the logits onto the simplex.
 
@@ -93,7 +93,7 @@ def sparsemax(x: Any, axis: int = -1) -> Any:
     return _apply("sparsemax", x, axis)
 
 
-@v.quiet
+@validate.quiet
 def entmax15(x: Any, axis: int = -1) -> Any:
     r"""1.5-entmax: a sparse map between softmax and sparsemax.
 
@@ -146,7 +146,7 @@ def entmax15(x: Any, axis: int = -1) -> Any:
     return _apply("entmax15", x, axis)
 
 
-@v.quiet
+@validate.quiet
 def sparsemax_vjp(output: Any, cotangent: Any, axis: int = -1) -> Any:
     r"""Vector-Jacobian product of sparsemax, from its output.
 
@@ -184,7 +184,7 @@ def sparsemax_vjp(output: Any, cotangent: Any, axis: int = -1) -> Any:
     return _vjp_by_rows(xp, layout, p_rows, g_rows, out_dtype, work, lambda p, g: sn.sparsemax_vjp(xp, p, g, extra))
 
 
-@v.quiet
+@validate.quiet
 def entmax15_vjp(output: Any, cotangent: Any, axis: int = -1) -> Any:
     r"""Vector-Jacobian product of 1.5-entmax, from its output.
 

@@ -335,6 +335,10 @@ NOT_A_PROBABILITY = "must be probabilities in [0, 1]"
 # --- checks on values ------------------------------------------------------------
 
 
+def _always(bad: Any) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class ValueChecks:
     """How a backend checks values: read them now, record the check for run
@@ -343,10 +347,13 @@ class ValueChecks:
     NumPy reads values at once.  Under ``torch.compile`` a check becomes an
     asynchronous assertion (``check_later``); under ``vmap``, ``jax.jit`` or
     other tracing, values cannot be read without a host round trip and the
-    check is skipped.  Option, dtype and shape checks never depend on this.
+    check is skipped.  ``readable(bad)`` says whether the mask of bad
+    entries can be read now: a mask computed while tracing is a tracer even
+    where its input is concrete.  Option, dtype and shape checks never
+    depend on this.
     """
 
-    read_now: bool = True
+    readable: Callable[[Any], bool] = _always
     check_later: Callable[[Any, str], Any] | None = None
 
     def require_none(self, xp: Any, bad: Any, describe: Callable[[tuple | None], str]) -> None:
@@ -354,7 +361,7 @@ class ValueChecks:
 
         ``describe(None)`` is the message where no position can be read.
         """
-        if self.read_now:
+        if self.readable(bad):
             if bool(xp.any(bad)):
                 raise ValueError(describe(first_position(bad)))
         elif self.check_later is not None:

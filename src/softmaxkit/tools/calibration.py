@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from softmaxkit.frontend import validate as v
+from softmaxkit.frontend import validate
 from softmaxkit.frontend.softmax import log_softmax, softmax
 from softmaxkit.frontend.losses import nll_loss
 
@@ -75,14 +75,14 @@ class TemperatureFit:
 
 def _rows(a: Any, axis: Any, name: str) -> tuple[np.ndarray, tuple[int, ...]]:
     """``a`` as a float64 host array of shape (N, C), and the shape of its rows."""
-    _, arr, _ = v.real_array(a, name)
+    _, arr, _ = validate.real_array(a, name)
     if arr.ndim == 0:
         raise ValueError(f"{name} must have a class axis; got a 0-d array")
-    (ax,) = v.axis(axis, arr.ndim)
+    (ax,) = validate.axis(axis, arr.ndim)
     if hasattr(arr, "detach"):
         # torch bfloat16 and float8 have no NumPy counterpart; float64 holds every value.
         arr = arr.detach().cpu().double()
-    host = np.moveaxis(np.asarray(v.to_numpy(arr), dtype=np.float64), ax, -1)
+    host = np.moveaxis(np.asarray(validate.to_numpy(arr), dtype=np.float64), ax, -1)
     rest = tuple(host.shape[:-1])
     # Not reshape(-1, C): with C = 0 the -1 is ambiguous.
     return host.reshape(math.prod(rest), host.shape[-1]), rest
@@ -95,8 +95,8 @@ def _require_samples(rows: np.ndarray, rest: tuple[int, ...], name: str) -> None
 
 
 def _labels(labels: Any, rest_shape: tuple[int, ...], n_classes: int, name: str = "labels") -> np.ndarray:
-    _, t = v.namespace_of(labels, name)
-    t = np.asarray(v.to_numpy(t))
+    _, t = validate.namespace_of(labels, name)
+    t = np.asarray(validate.to_numpy(t))
     if t.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer class indices; got dtype {t.dtype}")
     if t.shape != rest_shape:
@@ -111,7 +111,7 @@ def _labels(labels: Any, rest_shape: tuple[int, ...], n_classes: int, name: str 
 
 
 def _n_bins(value: Any) -> int:
-    return v.count(value, "n_bins", 1, _MAX_BINS)
+    return validate.count(value, "n_bins", 1, _MAX_BINS)
 
 
 def _check_probs(p: np.ndarray, name: str) -> None:
@@ -198,7 +198,7 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 15, norm: 
     """
     n_bins = _n_bins(n_bins)
     if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {', '.join(map(repr, _NORMS))}; got {v.describe(norm)}")
+        raise ValueError(f"norm must be one of {', '.join(map(repr, _NORMS))}; got {validate.describe(norm)}")
     p, rest = _rows(probs, axis, "probs")
     _require_samples(p, rest, "probs")
     t = _labels(labels, rest, p.shape[-1])
@@ -287,11 +287,11 @@ def fit_temperature(
     """
     n_bins = _n_bins(n_bins)
     if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
-        raise TypeError(f"bounds must be a pair (low, high) of temperatures; got {v.describe(bounds)}")
-    low, high = (v.real_number(b, "bounds") for b in bounds)
+        raise TypeError(f"bounds must be a pair (low, high) of temperatures; got {validate.describe(bounds)}")
+    low, high = (validate.real_number(b, "bounds") for b in bounds)
     if not (0 < low < high < math.inf):
-        raise ValueError(f"bounds must satisfy 0 < low < high < inf; got {v.describe(tuple(bounds))}")
-    tol = v.positive_finite(tol, "tol")
+        raise ValueError(f"bounds must satisfy 0 < low < high < inf; got {validate.describe(tuple(bounds))}")
+    tol = validate.positive_finite(tol, "tol")
     x, rest = _rows(logits, axis, "logits")
     _require_samples(x, rest, "logits")
     y = _labels(labels, rest, x.shape[-1])

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from softmaxkit.frontend import validate as v
+from softmaxkit.frontend import validate
 from softmaxkit.tools.stats import array_stats, host_float64
 
 _COLLAPSE_DEFINITION = "float32 sum of exp(x - max) == 1 (Prieto et al. 2025)"
@@ -223,14 +223,14 @@ def _host_targets(targets: Any, row_shape: tuple[int, ...], n_classes: int, igno
         raise ValueError(
             f"targets must have the logits' shape without the class axis, {row_shape}; got {t.shape}"
         )
-    bad = v.not_a_class(t, n_classes, ignore_index)
+    bad = validate.not_a_class(t, n_classes, ignore_index)
     if bad.any():
-        pos = v.first_position(bad)
-        raise ValueError(v.not_a_class_message(f"targets{list(pos)} = {int(t[pos])}", n_classes, ignore_index))
+        pos = validate.first_position(bad)
+        raise ValueError(validate.not_a_class_message(f"targets{list(pos)} = {int(t[pos])}", n_classes, ignore_index))
     return t.reshape(-1)
 
 
-@v.quiet
+@validate.quiet
 def diagnose(logits: Any, targets: Any = None, *, axis: int = -1, ignore_index: int = -100) -> LogitReport:
     """Report what a batch of logits would do to a naive softmax.
 
@@ -287,11 +287,11 @@ def diagnose(logits: Any, targets: Any = None, *, axis: int = -1, ignore_index: 
     >>> r.collapsed_rows, r.zero_grad_rows, r.max_margin
     (1, 1, 30.0)
     """
-    _, x, dtype = v.real_array(logits, "logits")
+    _, x, dtype = validate.real_array(logits, "logits")
     if x.ndim == 0:
         raise ValueError("logits must have at least one dimension (the class axis); got a 0-d array")
-    ax = v.axis(axis, x.ndim)[0]
-    ignore = v.integer(ignore_index, "ignore_index")
+    ax = validate.axis(axis, x.ndim)[0]
+    ignore = validate.integer(ignore_index, "ignore_index")
     name, largest, smallest = _dtype_limits(dtype)
     host = np.moveaxis(host_float64(x), ax, -1)
     row_shape = host.shape[:-1]

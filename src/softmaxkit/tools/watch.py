@@ -35,7 +35,7 @@ try:
 except ImportError:
     raise ImportError("softmaxkit.torch needs PyTorch: pip install 'softmaxkit[torch]'") from None
 
-from softmaxkit.frontend import validate as v
+from softmaxkit.frontend import validate
 from softmaxkit.tools.report import diagnose
 from softmaxkit.tools.stats import array_stats
 
@@ -321,7 +321,7 @@ class Watch:
         After the first call, forward passes no longer advance the step.
         """
         if value is not None:
-            value = v.integer(value, "value")
+            value = validate.integer(value, "value")
         self._manual_steps = True
         self.current_step = self.current_step + 1 if value is None else value
         return self.current_step
@@ -430,7 +430,7 @@ class Watch:
         logits = output if pick is True else pick(output)
         if not isinstance(logits, torch.Tensor):
             raise TypeError(
-                f"diagnose_logits must pick a tensor of logits from the model output; got {v.describe(logits)}"
+                f"diagnose_logits must pick a tensor of logits from the model output; got {validate.describe(logits)}"
             )
         report = diagnose(logits.detach())
         self.diagnostics.append((self.current_step, report))
@@ -560,11 +560,11 @@ def watch(
     torch.log in 0 (SafeLog)
     """
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {v.describe(model)}")
+        raise TypeError(f"model must be a torch.nn.Module; got {validate.describe(model)}")
     if mode not in _MODES:
-        raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}; got {v.describe(mode)}")
-    v.flag(functions, "functions")
+        raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}; got {validate.describe(mode)}")
+    validate.flag(functions, "functions")
     if not (diagnose_logits is None or isinstance(diagnose_logits, bool) or callable(diagnose_logits)):
-        raise TypeError(f"diagnose_logits must be None, True, False or a callable; got {v.describe(diagnose_logits)}")
-    every = v.count(diagnose_every, "diagnose_every", 1)
+        raise TypeError(f"diagnose_logits must be None, True, False or a callable; got {validate.describe(diagnose_logits)}")
+    every = validate.count(diagnose_every, "diagnose_every", 1)
     return Watch(model, mode, functions, diagnose_logits, every)

@@ -10,10 +10,10 @@ import numpy as np
 
 from softmaxkit import numerics as num
 from softmaxkit.backends.jax import sparse
-from softmaxkit.backends.jax.functions import _as_float, _checks, _work, cross_entropy as _cross_entropy
+from softmaxkit.backends.jax.functions import _CHECKS, _as_float, _work, cross_entropy as _cross_entropy
 from softmaxkit.backends.jax.functions import log_softmax as _log_softmax, logsumexp as _logsumexp, softmax as _softmax
 from softmaxkit.frontend import registry
-from softmaxkit.frontend import validate as v
+from softmaxkit.frontend import validate
 
 
 def softmax(x, axis, *, temperature, where):
@@ -46,8 +46,8 @@ def binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, red
     # skipped on tracers so that it works under jit and vmap.  Plain JAX code:
     # jax.grad differentiates the formula, whose branches are selected on
     # x >= 0 so that its slope at 0 is right.
-    return_grad = v.flag(return_grad, "return_grad")
-    reduction = v.reduction(reduction)
+    return_grad = validate.flag(return_grad, "return_grad")
+    reduction = validate.reduction(reduction)
     x = _as_float(logits, "logits")
     y = _as_float(targets, "targets")
     if tuple(y.shape) != tuple(x.shape):
@@ -55,7 +55,7 @@ def binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, red
     dtype = jnp.result_type(x.dtype, y.dtype)
     work, extra = _work(dtype)
     yw = y.astype(work)
-    v.binary_targets(jnp, yw, "targets", _checks(yw))
+    validate.binary_targets(jnp, yw, "targets", _CHECKS)
 
     def factor(value, name):
         if value is None:
@@ -69,7 +69,7 @@ def binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, red
     w = factor(weight, "weight")
     beta = factor(pos_weight, "pos_weight")
     if beta is not None:
-        v.pos_weights(jnp, beta, _checks(beta))
+        validate.pos_weights(jnp, beta, _CHECKS)
     loss, grad = num.binary_cross_entropy(jnp, x.astype(work), yw, beta, return_grad)
     if w is not None:
         loss = w * loss
@@ -86,7 +86,7 @@ def check_rng(rng):
     typed = getattr(rng, "dtype", None) is not None and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
     raw = isinstance(rng, jax.Array) and rng.dtype == np.uint32 and tuple(rng.shape) == (2,)
     if not (typed or raw):
-        raise TypeError(f"rng must be a jax.random key (jax.random.key(seed)) for JAX arrays; got {v.describe(rng)}")
+        raise TypeError(f"rng must be a jax.random key (jax.random.key(seed)) for JAX arrays; got {validate.describe(rng)}")
     return rng
 
 

@@ -17,7 +17,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without jax
     raise ImportError("softmaxkit.jax needs JAX: pip install 'softmaxkit[jax]'") from exc
 
 from softmaxkit import numerics as num
-from softmaxkit.frontend import validate as v
+from softmaxkit.frontend import validate
 from softmaxkit.frontend.layout import Layout
 
 __all__ = [
@@ -35,16 +35,15 @@ def _work(dtype) -> tuple[Any, bool]:
     return num.working_dtype(jnp, dtype)
 
 
-def _checks(*arrays: Any) -> v.ValueChecks:
-    """Values are checked on concrete arrays and skipped on tracers (inside
-    ``jit``, ``vmap`` or ``grad``), where reading them would need a host round trip."""
-    return v.ValueChecks(read_now=not any(isinstance(a, jax.core.Tracer) for a in arrays if a is not None))
+# Values are checked on concrete arrays and skipped on tracers (inside jit,
+# vmap or grad), where reading them would need a host round trip.
+_CHECKS = validate.ValueChecks(readable=lambda bad: not isinstance(bad, jax.core.Tracer))
 
 
 def _as_float(x: Any, name: str) -> Any:
     if not isinstance(x, (jax.Array, jnp.ndarray)) and not hasattr(x, "__array__"):
         raise TypeError(f"{name} must be an array; got {type(x).__module__}.{type(x).__name__}")
-    return v.as_float(jnp, jnp.asarray(x), name)
+    return validate.as_float(jnp, jnp.asarray(x), name)
 
 
 def _to_rows(x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
@@ -142,8 +141,8 @@ _softmax_last_jit = jax.jit(_softmax_last, static_argnums=(1, 2))
 
 def _softmax_family(x, axis, where, temperature, log):
     x = _as_float(x, "x")
-    T = v.temperature(temperature)
-    axes = v.axis(axis, max(x.ndim, 1), allow_many=True)
+    T = validate.temperature(temperature)
+    axes = validate.axis(axis, max(x.ndim, 1), allow_many=True)
     if x.ndim == 0:
         return _softmax_last_jit(_masked(x, where).reshape(1), T, log).reshape(())
     x = _masked(x, where)
@@ -271,8 +270,8 @@ def logsumexp(a: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool 
     Array(-inf, dtype=float32)
     """
     x = _as_float(a, "a")
-    keepdims = v.flag(keepdims, "keepdims")
-    axes = v.axis(axis, max(x.ndim, 1), allow_many=True)
+    keepdims = validate.flag(keepdims, "keepdims")
+    axes = validate.axis(axis, max(x.ndim, 1), allow_many=True)
     x = _masked(x, where, "a")
     if x.ndim == 0:
         return _logsumexp_last_jit(x.reshape(1))
@@ -442,15 +441,15 @@ def cross_entropy(
     >>> float(g[0, 0])  # jax.nn / optax give 0
     -9.357...e-14
     """
-    reduction = v.reduction(reduction)
-    eps = v.in_unit_interval(label_smoothing, "label_smoothing")
-    z = v.non_negative(z_loss, "z_loss")
-    ignore_index = v.integer(ignore_index, "ignore_index")
+    reduction = validate.reduction(reduction)
+    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
+    z = validate.non_negative(z_loss, "z_loss")
+    ignore_index = validate.integer(ignore_index, "ignore_index")
     x = _as_float(logits, "logits")
     labels = jnp.asarray(labels)
     if x.ndim == 0:
         raise ValueError("logits must have a class axis; got a 0-d array")
-    axes = v.axis(axis, x.ndim, allow_many=True)
+    axes = validate.axis(axis, x.ndim, allow_many=True)
     class_shape = tuple(x.shape[a] for a in axes)
     n_classes = math.prod(class_shape)
     if n_classes == 0:
@@ -471,14 +470,14 @@ def cross_entropy(
         w = _as_float(weight, "weight")
         if len(axes) > 1 and tuple(w.shape) == class_shape:
             w = w.reshape(-1)
-        v.class_weights(jnp, w, n_classes, _checks(w))
+        validate.class_weights(jnp, w, n_classes, _CHECKS)
         w = w.astype(work)
     if jnp.issubdtype(labels.dtype, jnp.integer):
         if len(axes) == 1:
-            v.target_shape("int", labels.shape, x.shape, axes[0], "labels", "logits", "axis")
+            validate.target_shape("int", labels.shape, x.shape, axes[0], "labels", "logits", "axis")
         elif tuple(labels.shape) != rest_shape:
             raise ValueError(f"labels of class indices must have shape {rest_shape} (logits' shape without axes {axes}); got {tuple(labels.shape)}")
-        v.class_indices(jnp, labels, n_classes, ignore_index, "labels", _checks(labels))
+        validate.class_indices(jnp, labels, n_classes, ignore_index, "labels", _CHECKS)
         t = labels.reshape(-1)
         if live_row is not None:
             # A row with no class left is treated as ignored.
@@ -486,9 +485,9 @@ def cross_entropy(
         coef, row_w = num.class_coefficients(jnp, xw, eps, w, hot=num.one_hot(jnp, t, n_classes, ignore_index, work))
         denominator = num.mean_denominator(jnp, t, w, ignore_index, work, False, extra)
     elif jnp.issubdtype(labels.dtype, jnp.floating):
-        v.target_shape("float", labels.shape, x.shape, axes[0], "labels", "logits", "axis")
-        v.probability_targets_ignore_index(ignore_index, labels.dtype, "labels")
-        v.probabilities(jnp, labels, "labels", _checks(labels))
+        validate.target_shape("float", labels.shape, x.shape, axes[0], "labels", "logits", "axis")
+        validate.probability_targets_ignore_index(ignore_index, labels.dtype, "labels")
+        validate.probabilities(jnp, labels, "labels", _CHECKS)
         q, _ = _to_rows(labels, axes)
         coef, row_w = num.class_coefficients(jnp, xw, eps, w, probs=q.reshape(-1, n_classes).astype(work))
         denominator = num.mean_denominator(jnp, coef, w, ignore_index, work, True, extra, live=live_row)
@@ -608,14 +607,14 @@ def kl_div(p: Any, q: Any, axis: int | tuple[int, ...] | None = -1, where: Any =
     >>> jax.grad(smj.kl_div, argnums=1)(p, q, where=m)  # Q - P
     Array([ 0.26224858,  0.        , -0.26224858], dtype=float32)
     """
-    log_probs = v.flag(log_probs, "log_probs")
+    log_probs = validate.flag(log_probs, "log_probs")
     p = _as_float(p, "p")
     q = _as_float(q, "q")
     if tuple(q.shape) != tuple(p.shape):
         raise ValueError(f"q must have the shape of p {tuple(p.shape)}; got {tuple(q.shape)}")
     dtype = jnp.result_type(p.dtype, q.dtype)
     p, q = p.astype(dtype), q.astype(dtype)
-    axes = v.axis(axis, max(p.ndim, 1), allow_many=True)
+    axes = validate.axis(axis, max(p.ndim, 1), allow_many=True)
     if p.ndim == 0:
         p, q = p.reshape(1), q.reshape(1)
     valid = _where_mask(where, p.shape, "p")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import array_api_compat.torch as xp
 import torch
 
-from softmaxkit.frontend import validate as v
+from softmaxkit.frontend import validate
 from softmaxkit.frontend.layout import Layout
 from softmaxkit.backends.torch import functions
 from softmaxkit.backends.torch import sparse
@@ -21,12 +21,12 @@ from softmaxkit.frontend import registry
 
 def _masked(x: torch.Tensor, where) -> torch.Tensor:
     x = functions._as_float(x, "x")
-    mask = v.where_mask(xp, where, tuple(x.shape))
+    mask = validate.where_mask(xp, where, tuple(x.shape))
     return x if mask is None else x.masked_fill(~mask.to(x.device), -float("inf"))
 
 
 def _over_axes(x: torch.Tensor, axis, fn) -> torch.Tensor:
-    axes = v.axis(axis, max(x.ndim, 1), allow_many=True)
+    axes = validate.axis(axis, max(x.ndim, 1), allow_many=True)
     if len(axes) == 1 or x.ndim == 0:
         return fn(x, axes[0])
     layout = Layout(xp, tuple(x.shape), axes)
@@ -43,8 +43,8 @@ def log_softmax(x, axis, *, temperature, where):
 
 def logsumexp(x, axis, *, keepdims, where):
     x = _masked(x, where)
-    dims = v.axis(axis, max(x.ndim, 1), allow_many=True)
-    return functions.logsumexp(x, dims, keepdim=v.flag(keepdims, "keepdims"))
+    dims = validate.axis(axis, max(x.ndim, 1), allow_many=True)
+    return functions.logsumexp(x, dims, keepdim=validate.flag(keepdims, "keepdims"))
 
 
 def _with_grad(loss_fn, logits: torch.Tensor):
@@ -61,10 +61,10 @@ def cross_entropy(logits, targets, *, axis, weight, ignore_index, label_smoothin
     logits = functions._as_float(logits, "logits")
     if logits.ndim == 0:
         raise ValueError("logits must have a class axis; got a 0-d tensor")
-    (ax,) = v.axis(axis, logits.ndim)
-    targets = v.same_namespace(xp, targets, "targets")
-    soft = v.target_kind(xp, targets, "targets") == "float"
-    weight = None if weight is None else v.same_namespace(xp, weight, "weight")
+    (ax,) = validate.axis(axis, logits.ndim)
+    targets = validate.same_namespace(xp, targets, "targets")
+    soft = validate.target_kind(xp, targets, "targets") == "float"
+    weight = None if weight is None else validate.same_namespace(xp, weight, "weight")
     cdim = 0 if logits.ndim == 1 else 1
 
     def loss_fn(x):
@@ -79,7 +79,7 @@ def cross_entropy(logits, targets, *, axis, weight, ignore_index, label_smoothin
             z_loss=z_loss,
         )
 
-    if not v.flag(return_grad, "return_grad"):
+    if not validate.flag(return_grad, "return_grad"):
         return loss_fn(logits)
     return _with_grad(loss_fn, logits)
 
@@ -88,14 +88,14 @@ def binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, red
     logits = functions._as_float(logits, "logits")
 
     def as_tensor(value, name):
-        return None if value is None else v.same_namespace(xp, value, name)
+        return None if value is None else validate.same_namespace(xp, value, name)
 
     targets, weight, pos_weight = as_tensor(targets, "targets"), as_tensor(weight, "weight"), as_tensor(pos_weight, "pos_weight")
 
     def loss_fn(x):
         return functions.binary_cross_entropy_with_logits(x, functions._as_float(targets, "targets"), weight, reduction, pos_weight)
 
-    if not v.flag(return_grad, "return_grad"):
+    if not validate.flag(return_grad, "return_grad"):
         return loss_fn(logits)
     return _with_grad(loss_fn, logits)
 

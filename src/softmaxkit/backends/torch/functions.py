@@ -52,7 +52,7 @@ from softmaxkit.frontend import layout as _layout
 from softmaxkit.frontend import registry
 from softmaxkit.frontend.layout import Layout
 from softmaxkit import numerics as num
-from softmaxkit.frontend import validate as v
+from softmaxkit.frontend import validate
 
 _INF = float("inf")
 
@@ -109,12 +109,18 @@ def _plain(*tensors: Any) -> bool:
     return not _transformed(tensors)
 
 
-def _checks(*tensors: Any) -> v.ValueChecks:
-    """How values are checked here: at once in eager code, as an asynchronous
-    assertion under torch.compile, not at all under vmap and other transforms."""
-    if torch.compiler.is_compiling():
-        return v.ValueChecks(read_now=False, check_later=torch._assert_async)
-    return v.ValueChecks(read_now=not _transformed(tensors))
+def _readable(bad: torch.Tensor) -> bool:
+    return not _transformed((bad,))
+
+
+# How values are checked here: at once in eager code, as an asynchronous
+# assertion under torch.compile, not at all under vmap and other transforms.
+_EAGER_CHECKS = validate.ValueChecks(readable=_readable)
+_COMPILED_CHECKS = validate.ValueChecks(readable=lambda bad: False, check_later=torch._assert_async)
+
+
+def _checks() -> validate.ValueChecks:
+    return _COMPILED_CHECKS if torch.compiler.is_compiling() else _EAGER_CHECKS
 
 
 def _by_rows(compute: Callable[..., tuple], *rows: torch.Tensor | None) -> tuple:
@@ -146,7 +152,7 @@ def _as_float(x: Any, name: str) -> torch.Tensor:
     """A floating tensor (integers promoted as in ``validate.as_float``), or a clear error."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__module__}.{type(x).__name__}")
-    return v.as_float(xp, x, name)
+    return validate.as_float(xp, x, name)
 
 
 def _class_layout(x: torch.Tensor, dim: int) -> Layout:
@@ -290,10 +296,10 @@ def _softmax_family(input: Any, dim: Any, dtype: Any, temperature: float, log: b
         # and arrives in the input's own dtype.
         input = input.to(dtype)
     x = _as_float(input, "input")
-    T = v.temperature(temperature)
+    T = validate.temperature(temperature)
     if dim is None:
         dim = _implicit_dim(x.ndim, name)
-    d = v.axis(dim, max(x.ndim, 1), "dim")[0]
+    d = validate.axis(dim, max(x.ndim, 1), "dim")[0]
     y2 = _apply(_Softmax, _SoftmaxTraced, _rows_view(x, d), T, log)
     return _from_rows(y2, x, d)
 
@@ -456,8 +462,8 @@ def logsumexp(input: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool = F
     tensor(1000.6932)
     """
     x = _as_float(input, "input")
-    keepdim = v.flag(keepdim, "keepdim")
-    dims = v.axis(dim, max(x.ndim, 1), "dim", allow_many=True)
+    keepdim = validate.flag(keepdim, "keepdim")
+    dims = validate.axis(dim, max(x.ndim, 1), "dim", allow_many=True)
     if x.ndim == 0:
         out = _apply(_LogSumExp, _LogSumExpTraced, x.reshape(1, 1))
         return out.reshape(())
@@ -629,7 +635,7 @@ def _check_weight(weight: Any, n_classes: int, ref: torch.Tensor) -> torch.Tenso
     if weight is None:
         return None
     w = _as_float(weight, "weight")
-    v.class_weights(xp, w, n_classes, _checks(w))
+    validate.class_weights(xp, w, n_classes, _checks())
     return w.to(device=ref.device)
 
 
@@ -706,26 +712,26 @@ def cross_entropy(
     x = _as_float(input, "input")
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor; got {type(target).__module__}.{type(target).__name__}")
-    reduction = v.reduction(reduction)
-    eps = v.in_unit_interval(label_smoothing, "label_smoothing")
-    z = v.non_negative(z_loss, "z_loss")
-    ignore_index = v.integer(ignore_index, "ignore_index")
+    reduction = validate.reduction(reduction)
+    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
+    z = validate.non_negative(z_loss, "z_loss")
+    ignore_index = validate.integer(ignore_index, "ignore_index")
     if x.ndim == 0:
         raise ValueError("input must have a class dimension; got a 0-d tensor")
     cdim = 0 if x.ndim == 1 else 1
     n_classes = x.shape[cdim]
     if n_classes == 0:
         raise ValueError(f"input has an empty class dimension (shape {tuple(x.shape)}); cross-entropy needs at least one class")
-    kind = v.target_kind(xp, target, "target")
+    kind = validate.target_kind(xp, target, "target")
     hard = kind == "int"
     x2 = _rows_view(x, cdim)
-    v.target_shape(kind, target.shape, x.shape, cdim, "target", "input", "dim")
+    validate.target_shape(kind, target.shape, x.shape, cdim, "target", "input", "dim")
     if hard:
-        v.class_indices(xp, target, n_classes, ignore_index, "target", _checks(target))
+        validate.class_indices(xp, target, n_classes, ignore_index, "target", _checks())
         t2 = target.reshape(-1).to(x.device)
     else:
-        v.probability_targets_ignore_index(ignore_index, target.dtype, "target")
-        v.probabilities(xp, target, "target", _checks(target))
+        validate.probability_targets_ignore_index(ignore_index, target.dtype, "target")
+        validate.probabilities(xp, target, "target", _checks())
         t2 = _rows_view(target, cdim).to(x.device)
     w = _check_weight(weight, n_classes, x)
     loss, _ = _apply(_CrossEntropy, _CrossEntropyTraced, x2, t2, w, ignore_index, eps, z, reduction, hard)
@@ -793,17 +799,17 @@ def nll_loss(
     y = _as_float(input, "input")
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor; got {type(target).__module__}.{type(target).__name__}")
-    reduction = v.reduction(reduction)
-    ignore_index = v.integer(ignore_index, "ignore_index")
+    reduction = validate.reduction(reduction)
+    ignore_index = validate.integer(ignore_index, "ignore_index")
     if y.ndim == 0:
         raise ValueError("input must have a class dimension; got a 0-d tensor")
-    if v.target_kind(xp, target, "target") != "int":
+    if validate.target_kind(xp, target, "target") != "int":
         raise TypeError(f"target must hold integer class indices; got dtype {target.dtype}")
     cdim = 0 if y.ndim == 1 else 1
     n_classes = y.shape[cdim]
-    v.target_shape("int", target.shape, y.shape, cdim, "target", "input", "dim")
+    validate.target_shape("int", target.shape, y.shape, cdim, "target", "input", "dim")
     t = target.to(device=y.device, dtype=torch.int64)
-    v.class_indices(xp, t, n_classes, ignore_index, "target", _checks(t))
+    validate.class_indices(xp, t, n_classes, ignore_index, "target", _checks())
     w = _check_weight(weight, n_classes, y)
     work, extra = working_dtype(y.dtype, y.device)
     keep = t != ignore_index
@@ -936,19 +942,19 @@ def binary_cross_entropy_with_logits(
     """
     x = _as_float(input, "input")
     y = _as_float(target, "target")
-    reduction = v.reduction(reduction)
+    reduction = validate.reduction(reduction)
     if tuple(y.shape) != tuple(x.shape):
         raise ValueError(f"target must have input's shape {tuple(x.shape)}; got {tuple(y.shape)}")
-    v.binary_targets(xp, y, "target", _checks(y))
+    validate.binary_targets(xp, y, "target", _checks())
 
     def factor(value, name):
         if value is None:
             return None
         f = _as_float(value, name).to(x.device)
-        return v.broadcast_to(xp, f, tuple(x.shape), name, "input")
+        return validate.broadcast_to(xp, f, tuple(x.shape), name, "input")
 
     w = factor(weight, "weight")
     beta = factor(pos_weight, "pos_weight")
     if beta is not None:
-        v.pos_weights(xp, beta, _checks(beta))
+        validate.pos_weights(xp, beta, _checks())
     return _apply(_BinaryCrossEntropy, _BinaryCrossEntropyTraced, x, y, w, beta, reduction)

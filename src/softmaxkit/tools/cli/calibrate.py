@@ -7,7 +7,7 @@ import sys
 import warnings
 from typing import Any
 
-from softmaxkit.frontend import validate as v
+from softmaxkit.frontend import validate
 from softmaxkit.tools.check import BadFile, add_max_bytes_option, load, shown
 
 
@@ -19,7 +19,7 @@ def _bins(text: str) -> int:
         # refused by the check below, whose message shows the text
         value = text
     try:
-        return v.count(value, "N", 1)
+        return validate.count(value, "N", 1)
     except (TypeError, ValueError) as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
