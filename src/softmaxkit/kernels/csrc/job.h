@@ -103,7 +103,6 @@ int scratch_init(job_t *J, scratch_t *S, size_t len);
 void scratch_free(scratch_t *S);
 void run_row(rowctx_t *R, size_t r);
 void flush_deferred(rowctx_t *R);
-size_t family_size(const job_t *J);
 double load_as_double(int dtype, const void *p, size_t j);
 void fill_range(int dtype, void *out, size_t n, double v);
 double combine_parts(const sk_part *p, size_t blocks, int comp, double extra);
@@ -112,12 +111,8 @@ void scan_row(rowctx_t *R, const void *x, int want_argmax, int want_unmasked, ro
 const void *inf_standin(rowctx_t *R, const void *x);
 void exp_pass(rowctx_t *R, const void *x, double a, double T, double *e, int prefetch_out);
 double sum_exp_minus_1(const rowctx_t *R);
-void write_output(rowctx_t *R, const sk_write *w);
 
-/* the row programs: rows.c, and ce.c */
-void row_softmax(rowctx_t *R, size_t r);
-void row_logsumexp(rowctx_t *R, size_t r);
-void row_vjp(rowctx_t *R, size_t r);
+/* ce.c: the cross-entropy row program (the others are in rows.c) */
 void row_cross_entropy(rowctx_t *R, size_t r);
 
 #endif

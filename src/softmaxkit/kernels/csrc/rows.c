@@ -10,7 +10,7 @@
 
 /* --- buffers ------------------------------------------------------------ */
 
-size_t family_size(const job_t *J) { return J->dtype == DT_F64 ? 8 : 4; }
+static size_t family_size(const job_t *J) { return J->dtype == DT_F64 ? 8 : 4; }
 
 int scratch_init(job_t *J, scratch_t *S, size_t len) {
     memset(S, 0, sizeof *S);
@@ -171,7 +171,7 @@ double sum_exp_minus_1(const rowctx_t *R) {
 /* Writes a row's known output, or, when rows are deferred, leaves it to the
  * next exp_pass (or to flush_deferred).  A row of the +inf stand-in is
  * written at once: the stand-in buffer is reused. */
-void write_output(rowctx_t *R, const sk_write *w) {
+static void write_output(rowctx_t *R, const sk_write *w) {
     job_t *J = R->J;
     if (J->defer && w->x != (const void *)R->S->standin) R->pending = *w;
     else J->fam->write(w, J->stream);
@@ -185,7 +185,7 @@ void flush_deferred(rowctx_t *R) {
 
 /* --- softmax, log_softmax, logsumexp -------------------------------------- */
 
-void row_softmax(rowctx_t *R, size_t r) {
+static void row_softmax(rowctx_t *R, size_t r) {
     job_t *J = R->J;
     const char *row = J->x + r * J->n * J->item_size;
     char *orow = J->out + r * J->n * J->item_size;
@@ -218,7 +218,7 @@ void row_softmax(rowctx_t *R, size_t r) {
     if (J->dtype == DT_F16) floats_to_halves(R->S->out_f32, orow + R->start * 2, R->len);
 }
 
-void row_logsumexp(rowctx_t *R, size_t r) {
+static void row_logsumexp(rowctx_t *R, size_t r) {
     job_t *J = R->J;
     const void *x = chunk_logits(R, J->x + r * J->n * J->item_size);
     row_scan_t sc;
@@ -240,7 +240,7 @@ void row_logsumexp(rowctx_t *R, size_t r) {
 
 /* --- VJPs ----------------------------------------------------------------- */
 
-void row_vjp(rowctx_t *R, size_t r) {
+static void row_vjp(rowctx_t *R, size_t r) {
     job_t *J = R->J;
     const sk_family *f = J->fam;
     size_t off = r * J->n * J->item_size + R->start * J->item_size;
