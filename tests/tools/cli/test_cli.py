@@ -51,7 +51,7 @@ def test_check_and_calibrate_share_one_file_loader():
     # The two commands once had loaders of their own, with different formats
     # and different holes; they must read files with the same code.
     from softmaxkit.tools.cli import calibrate as _calibrate_cli
-    from softmaxkit.tools import check as _check
+    from softmaxkit.tools.cli import check as _check
 
     assert _calibrate_cli.load is _check.load
     assert _calibrate_cli.add_max_bytes_option is _check.add_max_bytes_option

@@ -197,7 +197,7 @@ class TestUsage:
 
     @pytest.mark.parametrize("text, size", [("1000", 1000), ("64M", 64 * 2**20), ("4g", 4 * 2**30), ("2 GiB", 2 * 2**30)])
     def test_max_bytes_sizes(self, text, size):
-        from softmaxkit.tools.check import parse_size
+        from softmaxkit.tools.logits_file import parse_size
 
         assert parse_size(text) == size
 

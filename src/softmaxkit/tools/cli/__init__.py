@@ -16,7 +16,7 @@ import sys
 _SUBCOMMANDS = (
     "softmaxkit.tools.cli.demo",
     "softmaxkit.tools.cli.lint",
-    "softmaxkit.tools.check",
+    "softmaxkit.tools.cli.check",
     "softmaxkit.tools.cli.calibrate",
 )
 

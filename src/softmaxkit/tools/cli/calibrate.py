@@ -8,7 +8,7 @@ import warnings
 from typing import Any
 
 from softmaxkit.frontend import validate
-from softmaxkit.tools.check import BadFile, add_max_bytes_option, load, shown
+from softmaxkit.tools.logits_file import BadFile, add_max_bytes_option, load, shown
 
 
 def _bins(text: str) -> int:

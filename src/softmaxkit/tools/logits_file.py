@@ -1,4 +1,4 @@
-"""``softmaxkit check FILE``, and the file loader it shares with ``calibrate``.
+"""Logits saved in a file, loaded as hostile input, for ``softmaxkit check`` and ``calibrate``.
 
 The loader treats every file as hostile:
 
@@ -20,11 +20,9 @@ The loader treats every file as hostile:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
-import sys
 import warnings
 import zipfile
 from typing import Any, BinaryIO
@@ -32,31 +30,12 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from softmaxkit.tools.files import UnusableFile, open_regular
-from softmaxkit.tools.report import diagnose
 
 # What a file may declare without --max-bytes: the larger of these.  An honest
 # .npy, .pt or stored .npz declares about its own size; NumPy's compressed
 # archives of real logits rarely shrink by more than a few times.
 DEFAULT_FLOOR_BYTES = 64 * 2**20
 DEFAULT_RATIO = 16
-
-_DESCRIPTION = """\
-Print what the logits saved in FILE would do to a naive softmax: their range,
-NaN and inf counts, fully masked rows, whether exp() overflows or underflows
-in their dtype, the fraction of rows whose float32 softmax collapses to
-one-hot, the largest top-1 minus top-2 margin and, when the file holds
-targets, the fraction of rows whose naive float32 gradient p_t - 1 is 0.
-
-FILE is a regular file, one of:
-  .npy  an array of logits
-  .npz  arrays named 'logits' and, optionally, 'targets' or 'labels'
-  .pt   a tensor of logits, or a dict with the same keys (needs PyTorch)
-
-No code from FILE is ever run: pickled objects are refused.  Arrays may
-declare at most the larger of 64 MiB and 16 times the file's size in all
-(--max-bytes sets another limit); larger files are refused unread.
-Exit status: 0 report printed, 1 the file could not be used, 2 usage error.
-"""
 
 _TARGET_KEYS = ("targets", "labels")
 _SUFFIXES = (".npy", ".npz", ".pt")
@@ -70,29 +49,6 @@ _CHUNK = 16 * 2**20
 
 class BadFile(Exception):
     """A file that cannot be read or does not hold what the command expects."""
-
-
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "check",
-        help="report on logits saved in a .npy, .npz or .pt file",
-        description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("file", metavar="FILE", help="a .npy, .npz or .pt file holding logits")
-    parser.add_argument("--axis", type=int, default=-1, help="the class axis of the logits (default: -1)")
-    parser.add_argument(
-        "--ignore-index",
-        type=int,
-        default=-100,
-        metavar="N",
-        help="targets equal to N are left out of the target figures (default: -100)",
-    )
-    parser.add_argument(
-        "--format", choices=("text", "json"), default="text", help="text block or JSON object (default: text)"
-    )
-    add_max_bytes_option(parser)
-    parser.set_defaults(func=run)
 
 
 def add_max_bytes_option(parser: argparse.ArgumentParser) -> None:
@@ -122,20 +78,6 @@ def shown(text: str) -> str:
     """``text`` safe for a one-line message: printable, and not too long."""
     out = text if text.isprintable() else repr(text)
     return out if len(out) <= _MAX_SHOWN else out[: _MAX_SHOWN - 3] + "..."
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        logits, targets = load(args.file, args.max_bytes)
-        report = diagnose(logits, targets, axis=args.axis, ignore_index=args.ignore_index)
-    except (BadFile, TypeError, ValueError) as exc:
-        print(f"softmaxkit check: error: {shown(args.file)}: {exc}", file=sys.stderr)
-        return 1
-    except MemoryError:
-        print(f"softmaxkit check: error: {shown(args.file)}: out of memory while analysing the logits", file=sys.stderr)
-        return 1
-    print(json.dumps(report.to_dict(), indent=2) if args.format == "json" else report)
-    return 0
 
 
 def load(path: str, max_bytes: int | None = None) -> tuple[Any, Any]:
