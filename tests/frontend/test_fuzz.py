@@ -8,7 +8,7 @@ and +inf rows) and a temperature, then checks softmax, log_softmax,
 logsumexp and cross-entropy (loss and gradient, with options) on both paths:
 
 * rows of finite values (``-inf`` entries allowed) are within the accuracy
-  contract of the mpmath reference, with the bounds of ``reference.py`` and
+  contract of the mpmath reference, with the bounds of ``tests/reference`` and
   ``test_contract.py``; a value beyond the format's range must be the
   infinity it rounds to, and everything else must be finite;
 * rows holding NaN or ``+inf`` follow the README's table of edge semantics;
