@@ -122,7 +122,7 @@ def smk_ce(x, t):
 
 def test_float32_family_exp_relative_error(isa):
     """The float32 family's exp is accurate to 2^-32 (relative) before the
-    one rounding to float32 (see sk_simd.h), for every z = x - max that a
+    one rounding to float32 (see simd.h), for every z = x - max that a
     float32 row can give.  The float64 per-row loss exposes it: for the row
     [0, z] with target 0 the loss is log1p(exp(z)), whose relative error is
     that of exp(z) (times at most 1), plus a rounding of float64."""

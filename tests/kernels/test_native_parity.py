@@ -314,7 +314,9 @@ class _Spy:
 @pytest.fixture
 def spy(native, monkeypatch):
     s = _Spy(_native._kernels)
-    monkeypatch.setattr(_native, "_kernels", s)
+    # the adapters hold the C module: the NumPy functions' and the *_into wrappers'
+    monkeypatch.setattr(_native.numpy_adapter, "_kernels", s)
+    monkeypatch.setattr(_native.into, "_kernels", s)
     return s
 
 

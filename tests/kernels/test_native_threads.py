@@ -1,7 +1,7 @@
 """Thread-count independence of every native kernel in every mode, and calls
 whose inputs another thread changes meanwhile.
 
-How a call is run (``plan`` in sk_driver.c): with ``nt = min(threads,
+How a call is run (``plan`` in pool.c): with ``nt = min(threads,
 elements // 32768)`` threads, a call on fewer than ``4 nt`` rows that each
 have at least ``4 nt`` blocks of 2048 elements runs in *wide mode* (every row
 split into one chunk per thread, with barriers between the phases);

@@ -172,7 +172,7 @@ def cross_entropy(
         result = _native_cross_entropy(native.numpy, logits, inputs, ignore_index, eps, z, reduction, return_grad)
         if result is not None:
             return result
-    xp, layout, rows, _, out_dtype, work, extra = _prepare_rows(logits, axis, name="logits", allow_many=False)
+    xp, layout, rows, _, out_dtype, work, widened = _prepare_rows(logits, axis, name="logits", allow_many=False)
     n_classes = layout.n
     if n_classes == 0:
         raise ValueError(f"logits has an empty class axis (axis={axis}, shape {layout.shape}); cross-entropy needs at least one class")
@@ -190,7 +190,7 @@ def cross_entropy(
         q_rows = layout.rows(t)
     # The rows go through in chunks (see layout.chunk_rows): the gradient
     # of each is final when written, so a mean's denominator comes first.
-    denominator = num.mean_denominator(xp, t_rows if kind == "int" else q_rows, w, ignore_index, work, kind != "int", extra)
+    denominator = num.mean_denominator(xp, t_rows if kind == "int" else q_rows, w, ignore_index, work, kind != "int", widened)
     row_w = xp.empty((layout.n_rows, 1), dtype=work, device=device)
     loss = xp.empty((layout.n_rows,), dtype=work, device=device)
     grad = xp.empty_like(rows) if return_grad else None
@@ -203,11 +203,11 @@ def cross_entropy(
             if bool(xp.any(q < 0)):
                 validate.probabilities(xp, t, "targets")  # raises, naming the first negative entry
             coef, row_w[part, :] = num.class_coefficients(xp, xw, eps, w, probs=q)
-        st = num.row_stats(xp, xw, None, 1.0, extra)
+        st = num.row_stats(xp, xw, None, 1.0, widened)
         loss[part], g = num.cross_entropy_rows(xp, st, coef, z, row_w[part, :], return_grad)
         if return_grad:
             grad[part, :] = xp.astype(num.reduce_grad(xp, g, denominator, reduction), out_dtype)
-    loss, _ = num.reduce(xp, xp.reshape(loss, layout.rest_shape), None, denominator, reduction, extra)
+    loss, _ = num.reduce(xp, xp.reshape(loss, layout.rest_shape), None, denominator, reduction, widened)
     return _finish(xp, layout, loss, grad, out_dtype, return_grad)
 
 
@@ -259,7 +259,7 @@ def nll_loss(
     return_grad = validate.flag(return_grad, "return_grad")
     reduction = validate.reduction(reduction)
     ignore_index = validate.integer(ignore_index, "ignore_index")
-    xp, layout, rows, _, out_dtype, work, extra = _prepare_rows(log_probs, axis, name="log_probs", allow_many=False)
+    xp, layout, rows, _, out_dtype, work, widened = _prepare_rows(log_probs, axis, name="log_probs", allow_many=False)
     n_classes = layout.n
     if n_classes == 0:
         raise ValueError(f"log_probs has an empty class axis (axis={axis}, shape {layout.shape})")
@@ -278,15 +278,15 @@ def nll_loss(
         return hot if w is None else hot * w
 
     # A chunk's gradient is final when written, so the mean's denominator comes first.
-    denominator = num.mean_denominator(xp, t_rows, w, ignore_index, work, False, extra)
+    denominator = num.mean_denominator(xp, t_rows, w, ignore_index, work, False, widened)
     loss = xp.empty((layout.n_rows,), dtype=work, device=array_api_compat.device(rows))
     grad = xp.empty_like(rows) if return_grad else None
     for part in layout.chunks(size):
         hot, yw = weighted_hot(part), _working(xp, rows, part, work)
-        loss = put(loss, part, -num.compensated_sum(xp, xp.where(hot == 0, xp.zeros_like(yw), hot * yw), extra)[..., 0])
+        loss = put(loss, part, -num.compensated_sum(xp, xp.where(hot == 0, xp.zeros_like(yw), hot * yw), widened)[..., 0])
         if return_grad:
             grad = put(grad, (part, slice(None)), xp.astype(num.reduce_grad(xp, -hot, denominator, reduction), out_dtype))
-    loss, _ = num.reduce(xp, xp.reshape(loss, layout.rest_shape), None, denominator, reduction, extra)
+    loss, _ = num.reduce(xp, xp.reshape(loss, layout.rest_shape), None, denominator, reduction, widened)
     return _finish(xp, layout, loss, grad, out_dtype, return_grad)
 
 
@@ -355,7 +355,7 @@ def binary_cross_entropy_with_logits(
     if tuple(y.shape) != tuple(x.shape):
         raise ValueError(f"targets must have the shape of logits {tuple(x.shape)}; got {tuple(y.shape)}")
     out_dtype = xp.result_type(out_dtype, y_dtype)
-    work, extra = num.working_dtype(xp, out_dtype, x)
+    work, widened = num.working_dtype(xp, out_dtype, x)
     shape = tuple(x.shape)
     # The elements go through in chunks of whole slices along the first axis
     # (single elements for 1-D input), each flattened to a row.  The loss is
@@ -409,16 +409,16 @@ def binary_cross_entropy_with_logits(
             full = k // group
             if full:
                 whole_blocks = xp.reshape(loss[: full * group, :], (full, group * width))
-                sums[block : block + full] = num.compensated_sum(xp, whole_blocks, extra)[..., 0]
+                sums[block : block + full] = num.compensated_sum(xp, whole_blocks, widened)[..., 0]
             if k > full * group:
                 rest = xp.reshape(loss[full * group :, :], (1, (k - full * group) * width))
-                sums[block + full : block + full + 1] = num.compensated_sum(xp, rest, extra)[..., 0]
+                sums[block + full : block + full + 1] = num.compensated_sum(xp, rest, widened)[..., 0]
         if return_grad:
             grad[part, ...] = xp.reshape(xp.astype(num.reduce_grad(xp, g, denominator, reduction), out_dtype), piece_shape)
     if reduction == "none":
         loss = xp.reshape(loss_out, shape)
     else:
-        loss, _ = num.reduce(xp, sums, None, denominator, reduction, extra)
+        loss, _ = num.reduce(xp, sums, None, denominator, reduction, widened)
         loss = xp.astype(loss, out_dtype)
     if not return_grad:
         return loss

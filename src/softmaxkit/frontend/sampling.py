@@ -229,7 +229,7 @@ def sample(
     top_p = _optional_top_p(top_p)
     min_p = _optional_min_p(min_p)
     n_draws = _num_samples(num_samples)
-    xp, layout, xw, _, _, extra = _prepare(logits, axis, name="logits", allow_many=False)
+    xp, layout, xw, _, _, widened = _prepare(logits, axis, name="logits", allow_many=False)
     backend = registry.backend_for(xw)
     gen = _random.generator(backend, xw, rng, "logits")
     xw = _stop_gradient(backend, xw)
@@ -244,7 +244,7 @@ def sample(
     if T == 0:
         idx = xp.argmax(xw, axis=-1)
         return idx[..., None] + xp.zeros(out_shape, dtype=idx.dtype) if n_draws > 1 else idx
-    st = num.row_stats(xp, xw, None, T, extra)
+    st = num.row_stats(xp, xw, None, T, widened)
     logp = num.log_softmax(xp, st)
     _check_computed(xp, logp, T, "logits")
     keep = logp != -_INF
@@ -252,7 +252,7 @@ def sample(
         kth = xp.sort(logp, axis=-1, descending=True)[..., top_k - 1 : top_k]
         keep = keep & (logp >= kth)
     if top_p is not None and top_p < 1.0:
-        p = num.softmax(xp, num.row_stats(xp, xw, keep, T, extra))
+        p = num.softmax(xp, num.row_stats(xp, xw, keep, T, widened))
         _check_computed(xp, p, T, "logits")
         ranked = xp.sort(p, axis=-1, descending=True)
         mass = xp.cumulative_sum(ranked, axis=-1)
@@ -316,7 +316,7 @@ def gumbel_max(logits: Any, gumbel: Any, *, temperature: float = 1.0, axis: int 
     array([1, 0, 1, 1, 1])
     """
     T = validate.non_negative(temperature, "temperature")
-    xp, layout, xw, _, _, extra = _prepare(logits, axis, name="logits", allow_many=False)
+    xp, layout, xw, _, _, widened = _prepare(logits, axis, name="logits", allow_many=False)
     g = validate.same_namespace(xp, gumbel, "gumbel")
     _, g, _ = validate.real_array(g, "gumbel")
     lead = g.ndim - len(layout.shape)
@@ -333,7 +333,7 @@ def gumbel_max(logits: Any, gumbel: Any, *, temperature: float = 1.0, axis: int 
         pos = validate.first_position(bad)
         raise ValueError(f"gumbel must be finite; got gumbel{list(pos)} = {float(validate.to_numpy(g)[pos])!r}")
     g_layout = Layout(xp, tuple(g.shape), (lead + layout.axes[0],))
-    logp = num.log_softmax(xp, num.row_stats(xp, xw, None, T, extra))
+    logp = num.log_softmax(xp, num.row_stats(xp, xw, None, T, widened))
     _check_computed(xp, logp, T, "logits")
     return xp.argmax(logp + g_layout.forward(xp.astype(g, logp.dtype)), axis=-1)
 
@@ -397,11 +397,11 @@ def gumbel_softmax(logits: Any, *, tau: float = 1.0, hard: bool = False, axis: i
     """
     tau = validate.positive_finite(tau, "tau")
     hard = validate.flag(hard, "hard")
-    xp, layout, xw, _, out_dtype, extra = _prepare(logits, axis, name="logits", allow_many=False)
+    xp, layout, xw, _, out_dtype, widened = _prepare(logits, axis, name="logits", allow_many=False)
     backend = registry.backend_for(xw)
     gen = _random.generator(backend, xw, rng, "logits")
     noise = _random.gumbel(xp, backend, gen, tuple(xw.shape), xw.dtype, xw)
-    st = num.row_stats(xp, xw + noise, None, tau, extra)
+    st = num.row_stats(xp, xw + noise, None, tau, widened)
     y = num.softmax(xp, st)
     if hard:
         n = xw.shape[-1]

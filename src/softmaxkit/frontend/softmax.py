@@ -26,11 +26,11 @@ def _prepare(x: Any, axis: Any, where: Any = None, name: str = "x", allow_many: 
     xp, x, out_dtype = validate.real_array(x, name)
     axes = validate.axis(axis, x.ndim, allow_many=allow_many)
     valid = validate.where_mask(xp, where, tuple(x.shape))
-    work, extra = num.working_dtype(xp, out_dtype, x)
+    work, widened = num.working_dtype(xp, out_dtype, x)
     layout = Layout(xp, tuple(x.shape), axes)
     xw = layout.forward(xp.astype(x, work))
     valid = None if valid is None else layout.forward(valid)
-    return xp, layout, xw, valid, out_dtype, extra
+    return xp, layout, xw, valid, out_dtype, widened
 
 
 def _prepare_rows(x: Any, axis: Any, where: Any = None, name: str = "x", allow_many: bool = True):
@@ -39,15 +39,15 @@ def _prepare_rows(x: Any, axis: Any, where: Any = None, name: str = "x", allow_m
     Nothing is converted here: the input comes back as ``(rows, n)`` in its
     own dtype (a view where the layout allows one), with the ``where`` mask
     likewise, and each chunk is converted by :func:`_working`.  Returns
-    ``(xp, layout, rows, valid_rows, out_dtype, work, extra)``.
+    ``(xp, layout, rows, valid_rows, out_dtype, work, widened)``.
     """
     xp, x, out_dtype = validate.real_array(x, name)
     axes = validate.axis(axis, x.ndim, allow_many=allow_many)
     valid = validate.where_mask(xp, where, tuple(x.shape))
-    work, extra = num.working_dtype(xp, out_dtype, x)
+    work, widened = num.working_dtype(xp, out_dtype, x)
     layout = Layout(xp, tuple(x.shape), axes)
     valid = None if valid is None else layout.rows(valid)
-    return xp, layout, layout.rows(x), valid, out_dtype, work, extra
+    return xp, layout, layout.rows(x), valid, out_dtype, work, widened
 
 
 def _working(xp: Any, rows: Any, part: slice, work: Any) -> Any:
@@ -169,12 +169,12 @@ def _softmax_family(x: Any, axis: Any, temperature: Any, where: Any, log: bool) 
     native = registry.native()
     if native is not None and where is None and native.numpy.eligible(x, axis):
         return (native.numpy.log_softmax if log else native.numpy.softmax)(x, T)
-    xp, layout, rows, valid, out_dtype, work, extra = _prepare_rows(x, axis, where)
+    xp, layout, rows, valid, out_dtype, work, widened = _prepare_rows(x, axis, where)
     # Like the input's memory layout, so that back_rows is a view.
     out = xp.empty_like(rows)
     for part in layout.chunks(_itemsize(xp, work)):
         valid_part = None if valid is None else valid[part, :]
-        st = num.row_stats(xp, _working(xp, rows, part, work), valid_part, T, extra)
+        st = num.row_stats(xp, _working(xp, rows, part, work), valid_part, T, widened)
         if log:
             y = num.log_softmax(xp, st)
             if valid_part is not None:
@@ -293,7 +293,7 @@ def logsumexp(
         b = xp.broadcast_to(xp.astype(b, out_dtype, copy=False), shape)
     if validate.is_complex(xp, out_dtype):
         return _numpy_scalars(_logsumexp_complex(xp, arr, b, axis, where, keepdims, return_sign, out_dtype))
-    xp, layout, rows, valid, out_dtype, work, extra = _prepare_rows(arr, axis, where)
+    xp, layout, rows, valid, out_dtype, work, widened = _prepare_rows(arr, axis, where)
     b_rows = None if b is None else layout.rows(b)
     device = array_api_compat.device(rows)
     out = xp.empty((layout.n_rows, 1), dtype=out_dtype, device=device)
@@ -302,7 +302,7 @@ def logsumexp(
         xw = _working(xp, rows, part, work)
         valid_part = None if valid is None else valid[part, :]
         if b_rows is None:
-            st = num.row_stats(xp, xw, valid_part, 1.0, extra)
+            st = num.row_stats(xp, xw, valid_part, 1.0, widened)
             lse = num.logsumexp(xp, st)
             if return_sign:
                 zero_or_one = xp.where(st.masked_row, xp.zeros_like(lse), xp.ones_like(lse))
@@ -310,7 +310,7 @@ def logsumexp(
         else:
             bw = _working(xp, b_rows, part, work)
             nonzero = bw != 0
-            st = num.row_stats(xp, xw, nonzero if valid_part is None else (valid_part & nonzero), 1.0, extra)
+            st = num.row_stats(xp, xw, nonzero if valid_part is None else (valid_part & nonzero), 1.0, widened)
             lse, lse_sign = num.logsumexp_weighted(xp, st, bw)
             if return_sign:
                 sign = put(sign, (part, slice(None)), xp.astype(lse_sign, out_dtype))
@@ -355,7 +355,7 @@ def _logsumexp_complex(xp, arr, b, axis, where, keepdims, return_sign, out_dtype
     valid = validate.where_mask(xp, where, shape)
     layout = Layout(xp, shape, axes)
     real_dtype = xp.float32 if out_dtype == xp.complex64 else xp.float64
-    work, extra = num.working_dtype(xp, real_dtype, arr)
+    work, widened = num.working_dtype(xp, real_dtype, arr)
     cwork = xp.complex128 if work == xp.float64 else xp.complex64
     z = layout.forward(xp.astype(arr, cwork))
     c = xp.ones_like(z) if b is None else layout.forward(xp.astype(b, cwork))
@@ -367,20 +367,20 @@ def _logsumexp_complex(xp, arr, b, axis, where, keepdims, return_sign, out_dtype
     terms = xp.exp(z) if b is None else c * xp.exp(z)
     total = xp.sum(xp.where(used, terms, zero), axis=-1, keepdims=True)
     re, im = xp.real(z), xp.imag(z)
-    st = num.row_stats(xp, re, used, 1.0, extra)
+    st = num.row_stats(xp, re, used, 1.0, widened)
     im_k = xp.sum(xp.where(st.is_k, im, xp.zeros_like(im)), axis=-1, keepdims=True)
     c_k = xp.sum(xp.where(st.is_k, c, zero), axis=-1, keepdims=True)
     turn = im - im_k
     terms = xp.where(st.is_k | (st.e == 0), zero, c * xp.astype(st.e, cwork) * (xp.astype(xp.cos(turn), cwork) + 1j * xp.astype(xp.sin(turn), cwork)))
     # A masked row has no b_k: any nonzero stand-in keeps q finite (the row takes the direct value).
-    q = (num.compensated_sum(xp, xp.real(terms), extra) + 1j * num.compensated_sum(xp, xp.imag(terms), extra)) / xp.where(c_k == 0, xp.ones_like(c_k), c_k)
+    q = (num.compensated_sum(xp, xp.real(terms), widened) + 1j * num.compensated_sum(xp, xp.imag(terms), widened)) / xp.where(c_k == 0, xp.ones_like(c_k), c_k)
     u, w = xp.real(q), xp.imag(q)
-    if extra:
+    if widened:
         m2 = 2 * u + u * u + w * w
     else:
         uu, uu_err = num.two_prod(xp, u, u)
         ww, ww_err = num.two_prod(xp, w, w)
-        m2 = num.compensated_sum(xp, xp.concat([2 * u, uu, ww, uu_err, ww_err], axis=-1), extra)
+        m2 = num.compensated_sum(xp, xp.concat([2 * u, uu, ww, uu_err, ww_err], axis=-1), widened)
     near_one = (m2 > -0.75) & (m2 < 3.0)
     log_mod = xp.where(near_one, 0.5 * xp.log1p(m2), xp.log(xp.hypot(1.0 + u, w)))
     c_k_abs = xp.abs(c_k)
@@ -431,10 +431,10 @@ def entropy(logits: Any, axis: int = -1) -> Any:
     >>> float(smk.entropy(np.zeros(4)))  # log 4
     1.3862943611198906
     """
-    xp, layout, rows, _, out_dtype, work, extra = _prepare_rows(logits, axis, name="logits", allow_many=False)
+    xp, layout, rows, _, out_dtype, work, widened = _prepare_rows(logits, axis, name="logits", allow_many=False)
     out = xp.empty((layout.n_rows,), dtype=out_dtype, device=array_api_compat.device(rows))
     for part in layout.chunks(_itemsize(xp, work)):
-        st = num.row_stats(xp, _working(xp, rows, part, work), None, 1.0, extra)
+        st = num.row_stats(xp, _working(xp, rows, part, work), None, 1.0, widened)
         out = put(out, part, xp.astype(num.entropy(xp, st), out_dtype))
     return xp.reshape(out, layout.rest_shape)
 
@@ -488,21 +488,21 @@ def kl_div(p: Any, q: Any, axis: int = -1, *, log_probs: bool = False) -> Any:
     if tuple(q.shape) != layout.shape:
         raise ValueError(f"q must have the shape of p {layout.shape}; got {tuple(q.shape)}")
     out_dtype = xp.result_type(p_dtype, q_dtype)
-    work, extra = num.working_dtype(xp, out_dtype, p_rows)
+    work, widened = num.working_dtype(xp, out_dtype, p_rows)
     out = xp.empty((layout.n_rows,), dtype=out_dtype, device=array_api_compat.device(p_rows))
     for part in layout.chunks(_itemsize(xp, work)):
         pw, qw = _working(xp, p_rows, part, work), _working(xp, q_rows, part, work)
-        out = put(out, part, xp.astype(num.kl_rows(xp, pw, qw, log_probs, extra)[..., 0], out_dtype))
+        out = put(out, part, xp.astype(num.kl_rows(xp, pw, qw, log_probs, widened)[..., 0], out_dtype))
     return xp.reshape(out, layout.rest_shape)
 
 
 def _vjp_inputs(primal: Any, cotangent: Any, axis: Any, primal_name: str, same_shape: bool):
-    """``(xp, layout, primal_rows, cotangent_rows, out_dtype, work, extra)``, unconverted, as ``_prepare_rows``."""
+    """``(xp, layout, primal_rows, cotangent_rows, out_dtype, work, widened)``, unconverted, as ``_prepare_rows``."""
     xp, layout, p_rows, _, out_dtype, _, _ = _prepare_rows(primal, axis, name=primal_name, allow_many=False)
     ct = validate.same_namespace(xp, cotangent, "cotangent")
     _, ct, ct_dtype = validate.real_array(ct, "cotangent")
     out_dtype = xp.result_type(out_dtype, ct_dtype)
-    work, extra = num.working_dtype(xp, out_dtype, p_rows)
+    work, widened = num.working_dtype(xp, out_dtype, p_rows)
     if same_shape:
         if tuple(ct.shape) != layout.shape:
             raise ValueError(f"cotangent must have the shape of {primal_name} {layout.shape}; got {tuple(ct.shape)}")
@@ -515,7 +515,7 @@ def _vjp_inputs(primal: Any, cotangent: Any, axis: Any, primal_name: str, same_s
         elif tuple(ct.shape) != rows:
             raise ValueError(f"cotangent must have shape {rows} (or {kept}); got {tuple(ct.shape)}")
         ct_rows = xp.reshape(ct, (layout.n_rows, 1))
-    return xp, layout, p_rows, ct_rows, out_dtype, work, extra
+    return xp, layout, p_rows, ct_rows, out_dtype, work, widened
 
 
 def _vjp_by_rows(xp, layout, p_rows, ct_rows, out_dtype, work, compute) -> Any:
@@ -565,8 +565,8 @@ def softmax_vjp(probs: Any, cotangent: Any, axis: int = -1) -> Any:
     native = registry.native()
     if native is not None and native.numpy.eligible_pair(probs, cotangent, axis):
         return native.numpy.softmax_vjp(probs, cotangent)
-    xp, layout, p_rows, g_rows, out_dtype, work, extra = _vjp_inputs(probs, cotangent, axis, "probs", True)
-    return _vjp_by_rows(xp, layout, p_rows, g_rows, out_dtype, work, lambda p, g: num.softmax_vjp(xp, p, g, extra))
+    xp, layout, p_rows, g_rows, out_dtype, work, widened = _vjp_inputs(probs, cotangent, axis, "probs", True)
+    return _vjp_by_rows(xp, layout, p_rows, g_rows, out_dtype, work, lambda p, g: num.softmax_vjp(xp, p, g, widened))
 
 
 @validate.quiet
@@ -604,10 +604,10 @@ def log_softmax_vjp(log_probs: Any, cotangent: Any, axis: int = -1) -> Any:
     native = registry.native()
     if native is not None and native.numpy.eligible_pair(log_probs, cotangent, axis):
         return native.numpy.log_softmax_vjp(log_probs, cotangent)
-    xp, layout, y_rows, g_rows, out_dtype, work, extra = _vjp_inputs(log_probs, cotangent, axis, "log_probs", True)
+    xp, layout, y_rows, g_rows, out_dtype, work, widened = _vjp_inputs(log_probs, cotangent, axis, "log_probs", True)
 
     def compute(y, g):
-        return num.log_softmax_vjp(xp, xp.exp(y), y != -float("inf"), g, extra)
+        return num.log_softmax_vjp(xp, xp.exp(y), y != -float("inf"), g, widened)
 
     return _vjp_by_rows(xp, layout, y_rows, g_rows, out_dtype, work, compute)
 
@@ -641,10 +641,10 @@ def logsumexp_vjp(x: Any, cotangent: Any, axis: int = -1) -> Any:
     array([[1., 1.],
            [0., 0.]])
     """
-    xp, layout, x_rows, g_rows, out_dtype, work, extra = _vjp_inputs(x, cotangent, axis, "x", False)
+    xp, layout, x_rows, g_rows, out_dtype, work, widened = _vjp_inputs(x, cotangent, axis, "x", False)
 
     def compute(xw, g):
-        p = num.softmax(xp, num.row_stats(xp, xw, None, 1.0, extra))
+        p = num.softmax(xp, num.row_stats(xp, xw, None, 1.0, widened))
         return num.logsumexp_vjp(xp, p, g)
 
     return _vjp_by_rows(xp, layout, x_rows, g_rows, out_dtype, work, compute)

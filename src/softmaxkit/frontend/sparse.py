@@ -26,12 +26,12 @@ __all__ = [
 
 
 def _apply(name: str, x: Any, axis: Any) -> Any:
-    xp, layout, xw, _, out_dtype, extra = _prepare(x, axis, name="x", allow_many=False)
+    xp, layout, xw, _, out_dtype, widened = _prepare(x, axis, name="x", allow_many=False)
     if layout.n == 0:
         return layout.back(xp.astype(xw, out_dtype))
     backend = registry.backend_for(xw)
     entry = None if backend is None else getattr(backend, name)
-    p = getattr(sn, name)(xp, xw, extra) if entry is None else entry(xw, extra)
+    p = getattr(sn, name)(xp, xw, widened) if entry is None else entry(xw, widened)
     return layout.back(xp.astype(p, out_dtype))
 
 
@@ -180,8 +180,8 @@ def sparsemax_vjp(output: Any, cotangent: Any, axis: int = -1) -> Any:
     >>> smk.sparsemax_vjp(p, np.array([1.0, 0.0, 7.0]))
     array([ 0.5, -0.5,  0. ])
     """
-    xp, layout, p_rows, g_rows, out_dtype, work, extra = _vjp_inputs(output, cotangent, axis, "output", True)
-    return _vjp_by_rows(xp, layout, p_rows, g_rows, out_dtype, work, lambda p, g: sn.sparsemax_vjp(xp, p, g, extra))
+    xp, layout, p_rows, g_rows, out_dtype, work, widened = _vjp_inputs(output, cotangent, axis, "output", True)
+    return _vjp_by_rows(xp, layout, p_rows, g_rows, out_dtype, work, lambda p, g: sn.sparsemax_vjp(xp, p, g, widened))
 
 
 @validate.quiet
@@ -216,5 +216,5 @@ def entmax15_vjp(output: Any, cotangent: Any, axis: int = -1) -> Any:
     >>> smk.entmax15_vjp(p, np.array([1.0, 0.0, 3.0])).round(6)
     array([ 0.353553, -0.353553,  0.      ])
     """
-    xp, layout, p_rows, g_rows, out_dtype, work, extra = _vjp_inputs(output, cotangent, axis, "output", True)
-    return _vjp_by_rows(xp, layout, p_rows, g_rows, out_dtype, work, lambda p, g: sn.entmax15_vjp(xp, p, g, extra))
+    xp, layout, p_rows, g_rows, out_dtype, work, widened = _vjp_inputs(output, cotangent, axis, "output", True)
+    return _vjp_by_rows(xp, layout, p_rows, g_rows, out_dtype, work, lambda p, g: sn.entmax15_vjp(xp, p, g, widened))

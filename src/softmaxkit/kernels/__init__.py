@@ -26,7 +26,7 @@ which can differ from a single rounding by one float16 ULP in rare halfway
 cases).  float64 uses the exact shift ``x - max = hi + lo`` (TwoSum; with a
 temperature, the quotient and the exact remainder of the division),
 ``exp(hi + lo)`` and compensated (TwoSum) sums; a shift below -746 gives
-exactly 0, whatever its low part.  The vectorised exp is written here (see ``sk_simd.h``): relative
+exactly 0, whatever its low part.  The vectorised exp is written here (see ``csrc/simd.h``): relative
 error below 2**-32 in the float32 family, so that the float32 result stays
 within 0.5 + 2**-7 ULP (on AVX-512 a 16-entry table of 2**(j/16) after
 reduction by ``ln 2 / 16`` and a degree-4 Taylor polynomial, below 2**-34.5;

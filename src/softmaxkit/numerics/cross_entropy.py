@@ -58,7 +58,7 @@ def cross_entropy_rows(xp, st: RowStats, coef, z_loss: float, row_weight, want_g
     zero = xp.zeros_like(coef)
     nlp = neg_log_softmax(xp, st)
     terms = xp.where(coef == 0, zero, coef * nlp)
-    loss = compensated_sum(xp, terms, st.extra)
+    loss = compensated_sum(xp, terms, st.widened)
     lse = logsumexp(xp, st)
     if z_loss:
         zl = z_loss * row_weight * lse * lse
@@ -67,8 +67,8 @@ def cross_entropy_rows(xp, st: RowStats, coef, z_loss: float, row_weight, want_g
     if not want_grad:
         return loss, None
     p = softmax(xp, st)
-    c_sum = compensated_sum(xp, coef, st.extra)
-    c_rest = compensated_sum(xp, xp.where(st.is_k, zero, coef), st.extra)
+    c_sum = compensated_sum(xp, coef, st.widened)
+    c_rest = compensated_sum(xp, xp.where(st.is_k, zero, coef), st.widened)
     grad = c_sum * p - coef
     at_k = c_rest - c_sum * (st.s / (1.0 + st.s))
     if z_loss:
@@ -90,7 +90,7 @@ def probability_target_grad(xp, st: RowStats, eps: float, weight=None):
     return dq if weight is None else dq * weight
 
 
-def kl_rows(xp, pw, qw, log_probs: bool, extra: bool):
+def kl_rows(xp, pw, qw, log_probs: bool, widened: bool):
     """``KL(P || Q) = sum_j P_j (log P_j - log Q_j)`` per row, keepdims.
 
     ``pw`` and ``qw`` are rows of logits (or of log-probabilities with
@@ -101,13 +101,13 @@ def kl_rows(xp, pw, qw, log_probs: bool, extra: bool):
         log_p, log_q = pw, qw
         prob = xp.exp(log_p)
     else:
-        sp = row_stats(xp, pw, None, 1.0, extra)
+        sp = row_stats(xp, pw, None, 1.0, widened)
         log_p, prob = log_softmax(xp, sp), softmax(xp, sp)
-        log_q = log_softmax(xp, row_stats(xp, qw, None, 1.0, extra))
+        log_q = log_softmax(xp, row_stats(xp, qw, None, 1.0, widened))
     # Support is decided on the log scale: a class whose P_j underflows to 0
     # still has P_j > 0, and Q_j = 0 there makes the divergence infinite.
     terms = xp.where(log_q == neg_inf, xp.full_like(prob, float("inf")), prob * (log_p - log_q))
     terms = xp.where(log_p == neg_inf, xp.zeros_like(prob), terms)
-    return compensated_sum(xp, terms, extra)
+    return compensated_sum(xp, terms, widened)
 
 

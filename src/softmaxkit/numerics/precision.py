@@ -13,11 +13,11 @@ _INF = float("inf")
 
 
 def working_dtype(xp: Any, dtype: Any, like: Any = None) -> tuple[Any, bool]:
-    """The dtype to compute in, and whether it is wider than ``dtype``.
+    """``(work, widened)``: the dtype to compute in, and whether it is wider than ``dtype``.
 
-    float64 is used for every floating input; when it is narrower than
-    float64 the result is "extra precise" and the compensations below are
-    skipped.  Where float64 is not available (JAX without x64, or the device
+    float64 is used for every floating input; when the input is narrower
+    (``widened``), the working precision has room to spare and the
+    compensations below are skipped.  Where float64 is not available (JAX without x64, or the device
     of ``like``, an array where the work will run, lacks it) the work is
     done in float32 with the compensations for float32 input, and plainly
     (float32 being wider) for float16 and bfloat16.
@@ -128,16 +128,16 @@ def divide_pair(xp, hi, lo, temperature: float):
     return q, xp.where(splittable, rem, xp.zeros_like(rem))
 
 
-def compensated_sum_pair(xp, v, extra: bool):
+def compensated_sum_pair(xp, v, widened: bool):
     """Sum over the last axis as ``hi + lo`` (axis kept), ``lo`` a correction.
 
-    With ``extra`` the inputs carry spare precision and a plain (pairwise)
+    With ``widened`` the inputs carry spare precision and a plain (pairwise)
     sum suffices (``lo`` is None).  Otherwise a halving tree of TwoSums is
     summed exactly and its rounding errors are collected in ``lo``: ``hi + lo``
     is within about one rounding of the exact sum for any width, and
     ``hi + lo`` itself carries nearly twice the working precision.
     """
-    if extra or v.shape[-1] <= 1:
+    if widened or v.shape[-1] <= 1:
         return xp.sum(v, axis=-1, keepdims=True), None
     hi = v
     err = xp.zeros_like(v[..., :1])
@@ -155,9 +155,9 @@ def compensated_sum_pair(xp, v, extra: bool):
     return hi, err
 
 
-def compensated_sum(xp, v, extra: bool):
+def compensated_sum(xp, v, widened: bool):
     """Sum over the last axis, keeping the axis (see ``compensated_sum_pair``)."""
-    hi, lo = compensated_sum_pair(xp, v, extra)
+    hi, lo = compensated_sum_pair(xp, v, widened)
     return hi if lo is None else hi + lo
 
 

@@ -29,10 +29,10 @@ class RowStats:
     a: Any
     masked_row: Any
     inf_row: Any
-    extra: bool
+    widened: bool
 
 
-def row_stats(xp, x, valid=None, temperature: float = 1.0, extra: bool = True) -> RowStats:
+def row_stats(xp, x, valid=None, temperature: float = 1.0, widened: bool = True) -> RowStats:
     """Shift, exponentiate and sum each row of ``x`` (working dtype).
 
     Entries where ``valid`` is False are treated as ``-inf``.  Rows that are
@@ -52,7 +52,7 @@ def row_stats(xp, x, valid=None, temperature: float = 1.0, extra: bool = True) -
     x = xp.where(inf_row, xp.where(x == _INF, zero, xp.full_like(x, -_INF)), x)
     x = xp.where(masked_row, zero, x)
     shift = xp.where(masked_row | inf_row, xp.zeros_like(a), a)
-    if extra:
+    if widened:
         hi = x - shift
         if temperature != 1.0:
             hi = hi / temperature
@@ -77,11 +77,11 @@ def row_stats(xp, x, valid=None, temperature: float = 1.0, extra: bool = True) -
         is_k = xp.arange(n, dtype=k.dtype, device=device) == k
     else:
         is_k = xp.zeros(x.shape, dtype=xp.bool, device=device)
-    s = compensated_sum(xp, xp.where(is_k, zero, e), extra)
+    s = compensated_sum(xp, xp.where(is_k, zero, e), widened)
     # The argmax term is left out of s, so a row whose only entry is NaN
     # would have s = 0 and lose its NaN in the argmax forms; NaN stays in
     # its row.
     s = xp.where(xp.isnan(a), a, s)
-    return RowStats(hi, lo, e, is_k, s, xp.log1p(s), a, masked_row, inf_row, extra)
+    return RowStats(hi, lo, e, is_k, s, xp.log1p(s), a, masked_row, inf_row, widened)
 
 

@@ -62,28 +62,28 @@ def logsumexp_weighted(xp, st: RowStats, b):
     return out, sign
 
 
-def softmax_vjp(xp, p, g, extra: bool):
+def softmax_vjp(xp, p, g, widened: bool):
     """``p * (g - <p, g>)``; entries with ``p = 0`` get 0 whatever ``g`` is."""
     zero = xp.zeros_like(p)
-    dot = compensated_sum(xp, xp.where(p == 0, zero, p * g), extra)
+    dot = compensated_sum(xp, xp.where(p == 0, zero, p * g), widened)
     return xp.where(p == 0, zero, p * (g - dot))
 
 
-def log_softmax_jvp(xp, p, live, t, extra: bool):
+def log_softmax_jvp(xp, p, live, t, widened: bool):
     """``t - <p, t>`` over the ``live`` entries (log-probability not ``-inf``), 0 elsewhere: a constant there."""
     zero = xp.zeros_like(t)
-    dot = compensated_sum(xp, logsumexp_vjp(xp, p, t), extra)
+    dot = compensated_sum(xp, logsumexp_vjp(xp, p, t), widened)
     return xp.where(live, t - dot, zero)
 
 
-def log_softmax_vjp(xp, p, live, g, extra: bool):
+def log_softmax_vjp(xp, p, live, g, widened: bool):
     """``g - p * sum(g)`` over the ``live`` entries (log-probability not ``-inf``).
 
     Masked entries get 0 and their cotangent is left out of the sum, so a
     fully masked row gives zeros, never NaN.
     """
     zero = xp.zeros_like(g)
-    total = compensated_sum(xp, xp.where(live, g, zero), extra)
+    total = compensated_sum(xp, xp.where(live, g, zero), widened)
     return xp.where(live, g - p * total, zero)
 
 
@@ -101,6 +101,6 @@ def entropy(xp, st: RowStats):
     p = softmax(xp, st)
     nlp = neg_log_softmax(xp, st)
     terms = xp.where(p == 0, xp.zeros_like(p), p * nlp)
-    return compensated_sum(xp, terms, st.extra)[..., 0]
+    return compensated_sum(xp, terms, st.widened)[..., 0]
 
 

@@ -57,7 +57,7 @@ def _finish(xp: Any, p: Any, masked_row: Any, nan_row: Any):
     return xp.where(nan_row, xp.full_like(p, xp.nan), p)
 
 
-def sparsemax(xp: Any, x: Any, extra: bool):
+def sparsemax(xp: Any, x: Any, widened: bool):
     """``[z - tau]_+`` with ``tau = (sum_{j <= k} z_(j) - 1) / k``.
 
     ``k = max{k : 1 + k z_(k) > sum_{j <= k} z_(j)}`` over the decreasingly
@@ -70,12 +70,12 @@ def sparsemax(xp: Any, x: Any, extra: bool):
     k_star = xp.sum(xp.astype(in_support, z.dtype), axis=-1, keepdims=True)
     k_safe = xp.where(k_star == 0, xp.ones_like(k_star), k_star)
     top = xp.where(k <= k_star, zs, xp.zeros_like(zs))
-    tau = (num.compensated_sum(xp, top, extra) - 1.0) / k_safe
+    tau = (num.compensated_sum(xp, top, widened) - 1.0) / k_safe
     p = xp.maximum(z - tau, xp.zeros_like(z))
     return _finish(xp, p, masked_row, nan_row)
 
 
-def entmax15(xp: Any, x: Any, extra: bool):
+def entmax15(xp: Any, x: Any, widened: bool):
     """``[z/2 - tau]_+ ** 2`` with ``sum_{j <= k} (z_(j)/2 - tau)**2 = 1``.
 
     For each prefix length ``k`` of ``u = sort(z/2)`` (decreasing) with mean
@@ -95,15 +95,15 @@ def entmax15(xp: Any, x: Any, extra: bool):
     k_safe = xp.where(k_star == 0, xp.ones_like(k_star), k_star)
     in_support = k <= k_star
     zero = xp.zeros_like(us)
-    m = num.compensated_sum(xp, xp.where(in_support, us, zero), extra) / k_safe
+    m = num.compensated_sum(xp, xp.where(in_support, us, zero), widened) / k_safe
     dev = us - m
-    spread = num.compensated_sum(xp, xp.where(in_support, dev * dev, zero), extra)
+    spread = num.compensated_sum(xp, xp.where(in_support, dev * dev, zero), widened)
     tau = m - xp.sqrt(xp.maximum((1.0 - spread) / k_safe, xp.zeros_like(spread)))
     r = xp.maximum(u - tau, xp.zeros_like(u))
     return _finish(xp, r * r, masked_row, nan_row)
 
 
-def sparsemax_vjp(xp: Any, p: Any, g: Any, extra: bool):
+def sparsemax_vjp(xp: Any, p: Any, g: Any, widened: bool):
     """``s * (g - mean_S g)`` with ``s`` the support indicator ``p > 0``.
 
     The Jacobian is ``diag(s) - s s^T / |S|`` (Martins & Astudillo 2016,
@@ -112,14 +112,14 @@ def sparsemax_vjp(xp: Any, p: Any, g: Any, extra: bool):
     s = p > 0
     zero = xp.zeros_like(g)
     size = xp.sum(xp.astype(s, g.dtype), axis=-1, keepdims=True)
-    total = num.compensated_sum(xp, xp.where(s, g, zero), extra)
+    total = num.compensated_sum(xp, xp.where(s, g, zero), widened)
     mean = total / xp.where(size == 0, xp.ones_like(size), size)
     out = xp.where(s, g - mean, zero)
     nan_row = xp.any(xp.isnan(p), axis=-1, keepdims=True)
     return xp.where(nan_row, xp.full_like(out, xp.nan), out)
 
 
-def entmax15_vjp(xp: Any, p: Any, g: Any, extra: bool):
+def entmax15_vjp(xp: Any, p: Any, g: Any, widened: bool):
     """``q * g - q <q, g> / sum q`` with ``q = sqrt(p)``.
 
     From ``p_i = (z_i/2 - tau)**2``: ``dp = q * dz - q <q, dz> / sum q``, a
@@ -129,6 +129,6 @@ def entmax15_vjp(xp: Any, p: Any, g: Any, extra: bool):
     q = xp.sqrt(p)
     zero = xp.zeros_like(g)
     qg = xp.where(q == 0, zero, q * g)
-    q_sum = num.compensated_sum(xp, q, extra)
-    ratio = num.compensated_sum(xp, qg, extra) / xp.where(q_sum == 0, xp.ones_like(q_sum), q_sum)
+    q_sum = num.compensated_sum(xp, q, widened)
+    ratio = num.compensated_sum(xp, qg, widened) / xp.where(q_sum == 0, xp.ones_like(q_sum), q_sum)
     return qg - q * ratio

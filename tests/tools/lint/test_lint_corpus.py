@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from _lint_helpers import assert_matches_snapshot, expected_by_line, found_by_line, findings_in
+from tests.tools.lint._lint_helpers import assert_matches_snapshot, expected_by_line, found_by_line, findings_in
 from softmaxkit.tools.lint import output
 from softmaxkit.tools.lint.selection import enabled_rules
 from softmaxkit.tools.lint.settings import Config

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from _lint_helpers import assert_matches_snapshot, expected_by_line, found_by_line, findings_in
+from tests.tools.lint._lint_helpers import assert_matches_snapshot, expected_by_line, found_by_line, findings_in
 from softmaxkit.tools.lint import ALL_RULES, RULES
 
 FIXTURES = Path(__file__).parent / "fixtures"

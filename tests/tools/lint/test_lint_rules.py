@@ -4,7 +4,7 @@ Each rule's own cases, reported and look-alike, are its fixture in
 ``fixtures/`` (see ``test_lint_fixtures.py``).
 """
 
-from _lint_helpers import codes
+from tests.tools.lint._lint_helpers import codes
 
 HEADER = """\
 import math

@@ -53,7 +53,7 @@ def binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, red
     if tuple(y.shape) != tuple(x.shape):
         raise ValueError(f"targets must have the shape of logits {tuple(x.shape)}; got {tuple(y.shape)}")
     dtype = jnp.result_type(x.dtype, y.dtype)
-    work, extra = _work(dtype)
+    work, widened = _work(dtype)
     yw = y.astype(work)
     validate.binary_targets(jnp, yw, "targets", _CHECKS)
 
@@ -75,7 +75,7 @@ def binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, red
         loss = w * loss
         grad = None if grad is None else w * grad
     denominator = jnp.asarray(float(math.prod(x.shape)), dtype=work)
-    loss, grad = num.reduce(jnp, loss, grad, denominator, reduction, extra)
+    loss, grad = num.reduce(jnp, loss, grad, denominator, reduction, widened)
     if not return_grad:
         return loss.astype(dtype)
     return loss.astype(dtype), grad.astype(dtype)

@@ -106,8 +106,8 @@ def _softmax_tangent(p: Any, t: Any) -> Any:
 
 @partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _softmax_last(x, temperature: float, log: bool):
-    work, extra = _work(x.dtype)
-    st = num.row_stats(jnp, x.astype(work), None, temperature, extra)
+    work, widened = _work(x.dtype)
+    st = num.row_stats(jnp, x.astype(work), None, temperature, widened)
     return (num.log_softmax if log else num.softmax)(jnp, st).astype(x.dtype)
 
 
@@ -219,8 +219,8 @@ def log_softmax(x: Any, axis: int | tuple[int, ...] | None = -1, where: Any = No
 
 @jax.custom_jvp
 def _logsumexp_last(x):
-    work, extra = _work(x.dtype)
-    st = num.row_stats(jnp, x.astype(work), None, 1.0, extra)
+    work, widened = _work(x.dtype)
+    st = num.row_stats(jnp, x.astype(work), None, 1.0, widened)
     return num.logsumexp(jnp, st)[..., 0].astype(x.dtype)
 
 
@@ -286,8 +286,8 @@ def logsumexp(a: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool 
 
 
 def _ce_stats(x):
-    work, extra = _work(x.dtype)
-    return num.row_stats(jnp, x.astype(work), None, 1.0, extra)
+    work, widened = _work(x.dtype)
+    return num.row_stats(jnp, x.astype(work), None, 1.0, widened)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(3,))
@@ -334,11 +334,11 @@ def _ce_grad_jvp(z, primals, tangents):
     x, coef, row_w = primals
     tx, tc, tw = tangents
     g = _ce_grad(x, coef, row_w, z)
-    work, extra = _work(x.dtype)
+    work, widened = _work(x.dtype)
     p = _softmax_last(x, 1.0, False).astype(work)
     zero = jnp.zeros_like(p)
     live_row = ~jnp.all(p == 0, axis=-1, keepdims=True)
-    M = num.compensated_sum(jnp, coef, extra)
+    M = num.compensated_sum(jnp, coef, widened)
     dM = jnp.zeros_like(M)
     if z:
         lse = _logsumexp_last(x).astype(work)[..., None]
@@ -463,7 +463,7 @@ def cross_entropy(
         valid2 = _to_rows(valid, axes)[0].reshape(-1, n_classes)
         x2 = jnp.where(valid2, x2, -_INF)
         live_row = jnp.any(valid2, axis=-1)
-    work, extra = _work(x.dtype)
+    work, widened = _work(x.dtype)
     xw = jax.lax.stop_gradient(x2).astype(work)
     w = None
     if weight is not None:
@@ -483,14 +483,14 @@ def cross_entropy(
             # A row with no class left is treated as ignored.
             t = jnp.where(live_row, t, ignore_index)
         coef, row_w = num.class_coefficients(jnp, xw, eps, w, hot=num.one_hot(jnp, t, n_classes, ignore_index, work))
-        denominator = num.mean_denominator(jnp, t, w, ignore_index, work, False, extra)
+        denominator = num.mean_denominator(jnp, t, w, ignore_index, work, False, widened)
     elif jnp.issubdtype(labels.dtype, jnp.floating):
         validate.target_shape("float", labels.shape, x.shape, axes[0], "labels", "logits", "axis")
         validate.probability_targets_ignore_index(ignore_index, labels.dtype, "labels")
         validate.probabilities(jnp, labels, "labels", _CHECKS)
         q, _ = _to_rows(labels, axes)
         coef, row_w = num.class_coefficients(jnp, xw, eps, w, probs=q.reshape(-1, n_classes).astype(work))
-        denominator = num.mean_denominator(jnp, coef, w, ignore_index, work, True, extra, live=live_row)
+        denominator = num.mean_denominator(jnp, coef, w, ignore_index, work, True, widened, live=live_row)
         if live_row is not None:
             keep = live_row[:, None]
             coef = jnp.where(keep, coef, jnp.zeros_like(coef))
@@ -498,7 +498,7 @@ def cross_entropy(
     else:
         raise TypeError(f"labels must hold integer class indices or floating probabilities; got dtype {labels.dtype}")
     loss = _ce_rows_jit(x2, coef, row_w, z)
-    out, _ = num.reduce(jnp, loss, None, denominator, reduction, extra)
+    out, _ = num.reduce(jnp, loss, None, denominator, reduction, widened)
     if reduction == "none":
         out = out.reshape(rest_shape)
     return out.astype(x.dtype)
@@ -519,8 +519,8 @@ def _log_probs_and_probs(x, log_probs: bool):
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _kl_rows(p, q, log_probs: bool):
     """``KL(P || Q)`` per row (working dtype) from logits or log-probabilities."""
-    work, extra = _work(p.dtype)
-    return num.kl_rows(jnp, p.astype(work), q.astype(work), log_probs, extra)[..., 0]
+    work, widened = _work(p.dtype)
+    return num.kl_rows(jnp, p.astype(work), q.astype(work), log_probs, widened)[..., 0]
 
 
 @_kl_rows.defjvp

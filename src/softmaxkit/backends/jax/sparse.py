@@ -25,34 +25,34 @@ from softmaxkit.numerics import sparse as sn
 # row), rather than a separate zero array that reverse mode would keep.
 
 
-def _sparsemax_tangent(p, t, extra):
+def _sparsemax_tangent(p, t, widened):
     s = p > 0
     size = jnp.sum(s.astype(p.dtype), axis=-1, keepdims=True)
     mean = jnp.sum(jnp.where(s, t, p), axis=-1, keepdims=True) / jnp.where(size == 0, 1.0, size)
     return jnp.where(s, t - mean, p)
 
 
-def _entmax15_tangent(p, t, extra):
+def _entmax15_tangent(p, t, widened):
     # sqrt has an infinite slope at 0: the entries outside the support take
     # the square root of 1 instead, so second derivatives see 0 there, not
     # inf * 0.
     support = p > 0
     q = jnp.where(support, jnp.sqrt(jnp.where(support, p, 1.0)), p)
     qt = jnp.where(support, q * t, q)
-    q_sum = num.compensated_sum(jnp, q, extra)
+    q_sum = num.compensated_sum(jnp, q, widened)
     return qt - q * (jnp.sum(qt, axis=-1, keepdims=True) / jnp.where(q_sum == 0, 1.0, q_sum))
 
 
 def _with_jvp(forward, tangent):
     @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-    def op(x, extra):
-        return forward(jnp, x, extra)
+    def op(x, widened):
+        return forward(jnp, x, widened)
 
     @op.defjvp
-    def op_jvp(extra, primals, tangents):
+    def op_jvp(widened, primals, tangents):
         (x,), (t,) = primals, tangents
-        p = op(x, extra)
-        return p, tangent(p, t, extra)
+        p = op(x, widened)
+        return p, tangent(p, t, widened)
 
     return op
 

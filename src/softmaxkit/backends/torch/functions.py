@@ -214,11 +214,11 @@ class _Softmax(torch.autograd.Function):
             kernel = into.log_softmax_into if log else into.softmax_into
             kernel(x2.detach().numpy(), out.numpy(), temperature)
             return out
-        work, extra = working_dtype(x2.dtype, x2.device)
+        work, widened = working_dtype(x2.dtype, x2.device)
         formula = num.log_softmax if log else num.softmax
 
         def compute(rows):
-            st = num.row_stats(xp, rows.to(work), None, temperature, extra)
+            st = num.row_stats(xp, rows.to(work), None, temperature, widened)
             return (formula(xp, st).to(x2.dtype),)
 
         return _by_rows(compute, x2)[0]
@@ -235,13 +235,13 @@ class _Softmax(torch.autograd.Function):
         ``p > 0``, softmax gives ``p (u - <p, u>)`` and log_softmax
         ``u - <p, u>`` (0 where the output is ``-inf``, a constant)."""
         (y2,) = ctx.saved_tensors
-        work, extra = working_dtype(y2.dtype, y2.device)
+        work, widened = working_dtype(y2.dtype, y2.device)
         y, u = y2.to(work), tangent.to(work)
         if ctx.temperature != 1.0:
             u = u / ctx.temperature
         if not ctx.log:
-            return num.softmax_vjp(xp, y, u, extra).to(y2.dtype)
-        return num.log_softmax_jvp(xp, xp.exp(y), y != -_INF, u, extra).to(y2.dtype)
+            return num.softmax_vjp(xp, y, u, widened).to(y2.dtype)
+        return num.log_softmax_jvp(xp, xp.exp(y), y != -_INF, u, widened).to(y2.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -255,16 +255,16 @@ class _Softmax(torch.autograd.Function):
             kernel = into.log_softmax_vjp_into if log else into.softmax_vjp_into
             kernel(y2.detach().numpy(), grad.detach().numpy(), out.numpy())
             return (out if temperature == 1.0 else out / temperature), None, None
-        work, extra = working_dtype(y2.dtype, y2.device)
+        work, widened = working_dtype(y2.dtype, y2.device)
 
         # Written with differentiable torch operations on the saved output, so
         # that double backward differentiates through this very Function.
         def compute(y, g):
             y, g = y.to(work), g.to(work)
             if log:
-                out = num.log_softmax_vjp(xp, xp.exp(y), y != -_INF, g, extra)
+                out = num.log_softmax_vjp(xp, xp.exp(y), y != -_INF, g, widened)
             else:
-                out = num.softmax_vjp(xp, y, g, extra)
+                out = num.softmax_vjp(xp, y, g, widened)
             if temperature != 1.0:
                 out = out / temperature
             return (out.to(y2.dtype),)
@@ -392,10 +392,10 @@ class _LogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(x2: torch.Tensor) -> torch.Tensor:
-        work, extra = working_dtype(x2.dtype, x2.device)
+        work, widened = working_dtype(x2.dtype, x2.device)
 
         def compute(rows):
-            st = num.row_stats(xp, rows.to(work), None, 1.0, extra)
+            st = num.row_stats(xp, rows.to(work), None, 1.0, widened)
             return (num.logsumexp(xp, st)[:, 0].to(x2.dtype),)
 
         return _by_rows(compute, x2)[0]
@@ -409,18 +409,18 @@ class _LogSumExp(torch.autograd.Function):
     def jvp(ctx, tangent):
         """Forward mode, exact: ``<softmax(x), t>`` over the entries with ``p > 0``."""
         (x2,) = ctx.saved_tensors
-        work, extra = working_dtype(x2.dtype, x2.device)
-        p = num.softmax(xp, num.row_stats(xp, x2.to(work), None, 1.0, extra))
+        work, widened = working_dtype(x2.dtype, x2.device)
+        p = num.softmax(xp, num.row_stats(xp, x2.to(work), None, 1.0, widened))
         terms = num.logsumexp_vjp(xp, p, tangent.to(work))
-        return num.compensated_sum(xp, terms, extra)[:, 0].to(x2.dtype)
+        return num.compensated_sum(xp, terms, widened)[:, 0].to(x2.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         (x2,) = ctx.saved_tensors
-        work, extra = working_dtype(x2.dtype, x2.device)
+        work, widened = working_dtype(x2.dtype, x2.device)
 
         def compute(rows, g):
-            p = num.softmax(xp, num.row_stats(xp, rows.to(work), None, 1.0, extra))
+            p = num.softmax(xp, num.row_stats(xp, rows.to(work), None, 1.0, widened))
             out = num.logsumexp_vjp(xp, p, g.to(work)[:, None])
             return (out.to(x2.dtype),)
 
@@ -540,12 +540,12 @@ def _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, scale=None, want_
     divisor = _native_divisor(x2, t2, scale, want_target)
     if divisor is not None:
         return _native_cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, divisor, scale is not None)
-    work, extra = working_dtype(x2.dtype, x2.device)
+    work, widened = working_dtype(x2.dtype, x2.device)
 
     def compute(rows, t, s):
         xw = rows.to(work)
         coef, row_w = _coefficients(xw, t, w, eps, ignore_index, hard)
-        st = num.row_stats(xp, xw, None, 1.0, extra)
+        st = num.row_stats(xp, xw, None, 1.0, widened)
         loss, gx = num.cross_entropy_rows(xp, st, coef, z, row_w, s is not None)
         if s is None:
             return (loss,)
@@ -570,11 +570,11 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(x2, t2, weight, ignore_index, eps, z, reduction, hard):
-        work, extra = working_dtype(x2.dtype, x2.device)
+        work, widened = working_dtype(x2.dtype, x2.device)
         w = None if weight is None else weight.to(work)
         (loss,) = _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard)
-        denominator = num.mean_denominator(xp, t2, w, ignore_index, work, not hard, extra)
-        out, _ = num.reduce(xp, loss, None, denominator, reduction, extra)
+        denominator = num.mean_denominator(xp, t2, w, ignore_index, work, not hard, widened)
+        out, _ = num.reduce(xp, loss, None, denominator, reduction, widened)
         return out.to(x2.dtype), denominator
 
     @staticmethod
@@ -590,11 +590,11 @@ class _CrossEntropy(torch.autograd.Function):
         logit gradient ``(C + 2 z w lse) p - c`` and ``d = (1 - eps) w (-log p)``
         the probability-target gradient, then the forward pass's reduction."""
         x2, t2, weight, denominator = ctx.saved_tensors
-        work, extra = working_dtype(x2.dtype, x2.device)
+        work, widened = working_dtype(x2.dtype, x2.device)
         xw = x2.to(work)
         w = None if weight is None else weight.to(work)
         coef, row_w = _coefficients(xw, t2, w, ctx.eps, ctx.ignore_index, ctx.hard)
-        st = num.row_stats(xp, xw, None, 1.0, extra)
+        st = num.row_stats(xp, xw, None, 1.0, widened)
         zero = xp.zeros_like(xw)
         terms = zero
         if tx is not None:
@@ -604,8 +604,8 @@ class _CrossEntropy(torch.autograd.Function):
             dq = num.probability_target_grad(xp, st, ctx.eps, w)
             u = tt.to(work)
             terms = terms + xp.where(u == 0, zero, dq * u)
-        rows = num.compensated_sum(xp, terms, extra)[:, 0]
-        out, _ = num.reduce(xp, rows, None, denominator, ctx.reduction, extra)
+        rows = num.compensated_sum(xp, terms, widened)[:, 0]
+        out, _ = num.reduce(xp, rows, None, denominator, ctx.reduction, widened)
         return out.to(x2.dtype), None
 
     @staticmethod
@@ -811,7 +811,7 @@ def nll_loss(
     t = target.to(device=y.device, dtype=torch.int64)
     validate.class_indices(xp, t, n_classes, ignore_index, "target", _checks())
     w = _check_weight(weight, n_classes, y)
-    work, extra = working_dtype(y.dtype, y.device)
+    work, widened = working_dtype(y.dtype, y.device)
     keep = t != ignore_index
     safe = torch.where(keep, t, torch.zeros_like(t))
     # Plain differentiable operations: the gradient (-w_t at the target),
@@ -821,8 +821,8 @@ def nll_loss(
     loss = torch.where(row_w == 0, torch.zeros_like(picked), -(row_w * picked))
     if reduction == "none":
         return loss.to(y.dtype)
-    denominator = num.mean_denominator(xp, t.reshape(-1), None if w is None else w.to(work), ignore_index, work, False, extra)
-    out, _ = num.reduce(xp, loss, None, denominator, reduction, extra)
+    denominator = num.mean_denominator(xp, t.reshape(-1), None if w is None else w.to(work), ignore_index, work, False, widened)
+    out, _ = num.reduce(xp, loss, None, denominator, reduction, widened)
     return out.to(y.dtype)
 
 
@@ -834,14 +834,14 @@ class _BinaryCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(x, y, weight, pos_weight, reduction):
-        work, extra = working_dtype(torch.promote_types(x.dtype, y.dtype), x.device)
+        work, widened = working_dtype(torch.promote_types(x.dtype, y.dtype), x.device)
         w = None if weight is None else weight.to(work)
         beta = None if pos_weight is None else pos_weight.to(work)
         loss, _ = num.binary_cross_entropy(xp, x.to(work), y.to(work), beta, False)
         if w is not None:
             loss = w * loss
         denominator = torch.tensor(float(x.numel()), dtype=work, device=x.device)
-        out, _ = num.reduce(xp, loss, None, denominator, reduction, extra)
+        out, _ = num.reduce(xp, loss, None, denominator, reduction, widened)
         return out.to(torch.promote_types(x.dtype, y.dtype))
 
     @staticmethod
@@ -855,7 +855,7 @@ class _BinaryCrossEntropy(torch.autograd.Function):
         """Forward mode: ``w (g_x t_x + g_y t_y)`` elementwise with the
         gradients of :meth:`backward`, then the forward pass's reduction."""
         x, y, weight, pos_weight = ctx.saved_tensors
-        work, extra = working_dtype(torch.promote_types(x.dtype, y.dtype), x.device)
+        work, widened = working_dtype(torch.promote_types(x.dtype, y.dtype), x.device)
         xw, yw = x.to(work), y.to(work)
         beta = None if pos_weight is None else pos_weight.to(work)
         _, gx = num.binary_cross_entropy(xp, xw, yw, beta, True)
@@ -866,7 +866,7 @@ class _BinaryCrossEntropy(torch.autograd.Function):
         if weight is not None:
             d = weight.to(work) * d
         denominator = torch.tensor(float(x.numel()), dtype=work, device=x.device)
-        out, _ = num.reduce(xp, d, None, denominator, ctx.reduction, extra)
+        out, _ = num.reduce(xp, d, None, denominator, ctx.reduction, widened)
         return out.to(torch.promote_types(x.dtype, y.dtype))
 
     @staticmethod

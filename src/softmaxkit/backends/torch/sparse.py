@@ -16,16 +16,16 @@ from softmaxkit.numerics import sparse as sn
 
 
 def _function(name, forward_formula, vjp_formula):
-    def forward(ctx, x, extra):
-        p = forward_formula(array_api_compat.array_namespace(x), x, extra)
+    def forward(ctx, x, widened):
+        p = forward_formula(array_api_compat.array_namespace(x), x, widened)
         ctx.save_for_backward(p)
-        ctx.extra = extra
+        ctx.widened = widened
         return p
 
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (p,) = ctx.saved_tensors
-        return vjp_formula(array_api_compat.array_namespace(p), p, grad, ctx.extra), None
+        return vjp_formula(array_api_compat.array_namespace(p), p, grad, ctx.widened), None
 
     return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(backward)})
 
