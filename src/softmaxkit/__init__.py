@@ -5,8 +5,6 @@ array-API array (PyTorch, JAX, CuPy, ...) and returns the same kind.  See the
 README for the accuracy contract and the table of edge semantics.
 """
 
-from importlib import metadata as _metadata
-
 from softmaxkit.frontend import registry as _registry
 from softmaxkit.frontend.softmax import (
     entropy,
@@ -22,11 +20,12 @@ from softmaxkit.frontend.elementwise import log_sigmoid, sigmoid, softplus
 from softmaxkit.frontend.losses import binary_cross_entropy_with_logits, cross_entropy, nll_loss
 from softmaxkit.kernels import get_num_threads, get_output_cache, set_num_threads, set_output_cache
 from softmaxkit.calibration import expected_calibration_error, fit_temperature, reliability_diagram
+from softmaxkit.tools.cli import version as _version
 from softmaxkit.tools.report import diagnose
 from softmaxkit.sampling import gumbel_max, gumbel_softmax, sample
 from softmaxkit.sparse import entmax15, entmax15_vjp, sparsemax, sparsemax_vjp
 
-__version__ = _metadata.version("softmaxkit")
+__version__ = _version()
 
 # Arrays of these libraries go to their backends, imported on first use.
 _registry.register("torch", "Tensor", "softmaxkit.backends.torch.entry:BACKEND")

@@ -274,7 +274,7 @@ def test_torch_rows_follow_the_one_chunk_rule(monkeypatch):
     torch = pytest.importorskip("torch")
     import softmaxkit.torch as smt
     from softmaxkit import kernels as _native
-    from softmaxkit.backends.torch import functions as _functions
+    from softmaxkit.backends.torch import execution
 
     seen = []
 
@@ -284,7 +284,7 @@ def test_torch_rows_follow_the_one_chunk_rule(monkeypatch):
 
     monkeypatch.setattr(_layout, "CHUNK_BYTES", 3 * 4 * 8)  # three rows of 4 float64 entries
     with torch.no_grad():
-        out = _functions._by_rows(compute, torch.ones(10, 4, dtype=torch.float32))[0]
+        out = execution.by_rows(compute, torch.ones(10, 4, dtype=torch.float32))[0]
     assert seen == [3, 3, 3, 1] and torch.equal(out, torch.full((10, 4), 2.0))
 
     gen = torch.Generator().manual_seed(9)

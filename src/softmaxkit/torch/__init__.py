@@ -13,15 +13,15 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("softmaxkit.torch needs PyTorch: pip install 'softmaxkit[torch]'") from exc
 
 from softmaxkit.tools.watch import NonFiniteError, watch
-from softmaxkit.backends.torch.functions import (
+from softmaxkit.backends.torch.functional import (
     binary_cross_entropy_with_logits,
     cross_entropy,
     log_softmax,
     logsumexp,
     nll_loss,
     softmax,
-    working_dtype,
 )
+from softmaxkit.backends.torch.execution import working_dtype
 from softmaxkit.backends.torch.elementwise import logsigmoid, sigmoid, softplus
 from softmaxkit.backends.torch.modules import BCEWithLogitsLoss, CrossEntropyLoss, LogSoftmax, NLLLoss, Softmax
 

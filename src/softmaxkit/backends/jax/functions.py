@@ -20,14 +20,6 @@ from softmaxkit import numerics as num
 from softmaxkit.frontend import validate
 from softmaxkit.frontend.layout import Layout
 
-__all__ = [
-    "cross_entropy",
-    "kl_div",
-    "log_softmax",
-    "logsumexp",
-    "softmax",
-]
-
 _INF = float("inf")
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 
 from softmaxkit import numerics as num
-from softmaxkit.backends.torch.functions import _as_float, working_dtype, xp
+from softmaxkit.backends.torch.execution import as_float, working_dtype, xp
 
 
 def _apply(input: torch.Tensor, formula) -> torch.Tensor:
-    x = _as_float(input, "input")
+    x = as_float(input, "input")
     work, _ = working_dtype(x.dtype, x.device)
     return formula(xp, x.to(work)).to(x.dtype)
 

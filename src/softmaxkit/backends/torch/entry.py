@@ -13,14 +13,15 @@ import torch
 
 from softmaxkit.frontend import validate
 from softmaxkit.frontend.layout import Layout
-from softmaxkit.backends.torch import functions
+from softmaxkit.backends.torch import functional
+from softmaxkit.backends.torch.execution import as_float
 from softmaxkit.backends.torch import sparse
 from softmaxkit.frontend import random as _random
 from softmaxkit.frontend import registry
 
 
 def _masked(x: torch.Tensor, where) -> torch.Tensor:
-    x = functions._as_float(x, "x")
+    x = as_float(x, "x")
     mask = validate.where_mask(xp, where, tuple(x.shape))
     return x if mask is None else x.masked_fill(~mask.to(x.device), -float("inf"))
 
@@ -34,17 +35,17 @@ def _over_axes(x: torch.Tensor, axis, fn) -> torch.Tensor:
 
 
 def softmax(x, axis, *, temperature, where):
-    return _over_axes(_masked(x, where), axis, lambda t, d: functions.softmax(t, d, temperature=temperature))
+    return _over_axes(_masked(x, where), axis, lambda t, d: functional.softmax(t, d, temperature=temperature))
 
 
 def log_softmax(x, axis, *, temperature, where):
-    return _over_axes(_masked(x, where), axis, lambda t, d: functions.log_softmax(t, d, temperature=temperature))
+    return _over_axes(_masked(x, where), axis, lambda t, d: functional.log_softmax(t, d, temperature=temperature))
 
 
 def logsumexp(x, axis, *, keepdims, where):
     x = _masked(x, where)
     dims = validate.axis(axis, max(x.ndim, 1), allow_many=True)
-    return functions.logsumexp(x, dims, keepdim=validate.flag(keepdims, "keepdims"))
+    return functional.logsumexp(x, dims, keepdim=validate.flag(keepdims, "keepdims"))
 
 
 def _with_grad(loss_fn, logits: torch.Tensor):
@@ -58,7 +59,7 @@ def _with_grad(loss_fn, logits: torch.Tensor):
 
 
 def cross_entropy(logits, targets, *, axis, weight, ignore_index, label_smoothing, reduction, z_loss, return_grad):
-    logits = functions._as_float(logits, "logits")
+    logits = as_float(logits, "logits")
     if logits.ndim == 0:
         raise ValueError("logits must have a class axis; got a 0-d tensor")
     (ax,) = validate.axis(axis, logits.ndim)
@@ -69,7 +70,7 @@ def cross_entropy(logits, targets, *, axis, weight, ignore_index, label_smoothin
 
     def loss_fn(x):
         # torch puts the classes at dim 1; the NumPy API lets the caller choose.
-        return functions.cross_entropy(
+        return functional.cross_entropy(
             x.movedim(ax, cdim),
             targets.movedim(ax, cdim) if soft else targets,
             weight,
@@ -85,7 +86,7 @@ def cross_entropy(logits, targets, *, axis, weight, ignore_index, label_smoothin
 
 
 def binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, reduction, return_grad):
-    logits = functions._as_float(logits, "logits")
+    logits = as_float(logits, "logits")
 
     def as_tensor(value, name):
         return None if value is None else validate.same_namespace(xp, value, name)
@@ -93,7 +94,7 @@ def binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, red
     targets, weight, pos_weight = as_tensor(targets, "targets"), as_tensor(weight, "weight"), as_tensor(pos_weight, "pos_weight")
 
     def loss_fn(x):
-        return functions.binary_cross_entropy_with_logits(x, functions._as_float(targets, "targets"), weight, reduction, pos_weight)
+        return functional.binary_cross_entropy_with_logits(x, as_float(targets, "targets"), weight, reduction, pos_weight)
 
     if not validate.flag(return_grad, "return_grad"):
         return loss_fn(logits)

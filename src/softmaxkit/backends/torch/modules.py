@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from softmaxkit.backends.torch import functions
+from softmaxkit.backends.torch import functional
 
 
 def _legacy_reduction(size_average, reduce, reduction: str) -> str:
@@ -71,7 +71,7 @@ class CrossEntropyLoss(_WeightedLoss):
         self.z_loss = z_loss
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return functions.cross_entropy(
+        return functional.cross_entropy(
             input,
             target,
             weight=self.weight,
@@ -117,7 +117,7 @@ class NLLLoss(_WeightedLoss):
         self.ignore_index = ignore_index
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return functions.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction)
+        return functional.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction)
 
     def extra_repr(self) -> str:
         return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
@@ -150,7 +150,7 @@ class BCEWithLogitsLoss(_WeightedLoss):
         self.register_buffer("pos_weight", pos_weight)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return functions.binary_cross_entropy_with_logits(input, target, self.weight, reduction=self.reduction, pos_weight=self.pos_weight)
+        return functional.binary_cross_entropy_with_logits(input, target, self.weight, reduction=self.reduction, pos_weight=self.pos_weight)
 
 
 class _SoftmaxFamily(torch.nn.Module):
@@ -172,7 +172,7 @@ class Softmax(_SoftmaxFamily):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return functions.softmax(input, self.dim)
+        return functional.softmax(input, self.dim)
 
 
 class LogSoftmax(_SoftmaxFamily):
@@ -185,4 +185,4 @@ class LogSoftmax(_SoftmaxFamily):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return functions.log_softmax(input, self.dim)
+        return functional.log_softmax(input, self.dim)

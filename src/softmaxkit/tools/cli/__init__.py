@@ -21,12 +21,21 @@ _SUBCOMMANDS = (
 )
 
 
+def version() -> str:
+    """The installed distribution's version (the one statement is in pyproject.toml)."""
+    try:
+        return importlib.metadata.version("softmaxkit")
+    except importlib.metadata.PackageNotFoundError:
+        # a source tree on sys.path that was never installed
+        return "0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="softmaxkit",
         description="Exact, NaN-free softmax, cross-entropy and diagnostics.",
     )
-    parser.add_argument("--version", action="version", version=f"softmaxkit {importlib.metadata.version('softmaxkit')}")
+    parser.add_argument("--version", action="version", version=f"softmaxkit {version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _SUBCOMMANDS:
         importlib.import_module(name).register(subparsers)

@@ -7,7 +7,6 @@ The references are computed at run time with Python's ``decimal`` module at
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import decimal
 import math
 
@@ -95,11 +94,12 @@ def run(args: argparse.Namespace) -> int:
     from softmaxkit.frontend.losses import cross_entropy
     from softmaxkit.frontend.softmax import entropy, log_softmax, softmax
     from softmaxkit.tools import naive
+    from softmaxkit.tools.cli import version
 
     x = np.array(BATCH)
     t = np.array(TARGETS)
     refs = [Reference(row) for row in BATCH]
-    print(f"softmaxkit {importlib.metadata.version('softmaxkit')}: exact, NaN-free softmax and cross-entropy")
+    print(f"softmaxkit {version()}: exact, NaN-free softmax and cross-entropy")
     print(f"batch  logits {BATCH}")
     print(f"       targets {TARGETS}")
 

@@ -1,0 +1,200 @@
+"""How the torch backend executes: precision, execution modes, value checks, chunking, layouts and the native kernels.
+
+Forward and backward passes call the formulas in ``softmaxkit.numerics``
+with the array namespace ``array_api_compat.torch``; nothing here restates
+them.  Rows are processed in chunks so that working-precision temporaries
+stay ``O(chunk x classes)``, and results are written into one preallocated
+output.  On CPU, softmax, log_softmax (forward and first-order backward) and
+the cross-entropy passes go to the native kernels (``softmaxkit.kernels``,
+the same formulas in C), zero-copy, when they are built and the tensors
+allow it.
+
+Working precision
+-----------------
+* CPU: float16, bfloat16 and float32 are computed in float64 and rounded
+  once; float64 uses the compensated float64 path of ``softmaxkit.numerics``.
+* CUDA and other accelerators: float32 and narrower are computed in float32.
+  float32 inputs take the compensated path (exact shift, ``exp(hi)(1 + lo)``,
+  cascaded sums) that ``softmaxkit.numerics`` uses when no wider type is available;
+  float16 and bfloat16 get float32 as their wider type.  float64 runs at a
+  small fraction of float32 speed on most GPUs, and the compensated float32
+  path stays within a few ULP.
+
+Checks under compilation and transforms
+---------------------------------------
+Shape, dtype and option checks always run.  Checks on tensor *values*
+(target range, finite class weights, signs of probabilities) raise ``ValueError`` in
+eager mode; under ``torch.compile`` they become ``torch._assert_async``
+(no graph break; a ``RuntimeError`` when the compiled code runs), and under
+``torch.func.vmap`` they are skipped, since data-dependent Python control
+flow is not allowed there.  The batched cotangents of
+``torch.autograd.grad(..., is_grads_batched=True)`` count as a transform
+too: they never reach the native kernels.
+
+Forward mode
+------------
+Each Function defines an exact ``jvp`` (see ``docs/torch.md``); under
+``torch.compile`` a variant without it is applied, as Dynamo cannot trace
+custom jvps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import array_api_compat.torch as _compat
+import torch
+
+from softmaxkit.frontend import layout as _layout
+from softmaxkit.frontend import registry
+from softmaxkit.frontend.layout import Layout
+from softmaxkit import numerics as num
+from softmaxkit.frontend import validate
+
+
+_INF = float("inf")
+
+
+class _Namespace:
+    """``array_api_compat.torch`` with ``concat`` as ``torch.cat``.
+
+    The cotangents of ``torch.autograd.grad(..., is_grads_batched=True)``
+    are batched by torch's legacy batching, which has a rule for ``cat`` but
+    none for ``concat``; the compensated sums of the shared formulas concatenate
+    when a row's width is odd.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_compat, name)
+
+    @staticmethod
+    def concat(arrays, /, *, axis: int | None = 0) -> torch.Tensor:
+        if axis is None:
+            return torch.cat([a.reshape(-1) for a in arrays])
+        return torch.cat(list(arrays), axis)
+
+
+xp = _Namespace()
+
+def working_dtype(dtype: torch.dtype, device: torch.device) -> tuple[torch.dtype, bool]:
+    """The dtype to compute in, and whether it is wider than ``dtype``.
+
+    See the module docstring: float64 on CPU, float32 on accelerators.
+    """
+    if device.type == "cpu" or dtype == torch.float64:
+        return num.working_dtype(xp, dtype)
+    return torch.float32, dtype != torch.float32
+
+
+def transformed(tensors: tuple) -> bool:
+    """Whether any tensor is wrapped by a transform: functorch's (``vmap``,
+    ``grad``, ``jvp``) or the batched cotangents of
+    ``torch.autograd.grad(..., is_grads_batched=True)`` (legacy batching)."""
+    fc = torch._C._functorch
+    return any(fc.is_functorch_wrapped_tensor(t) or fc.is_legacy_batchedtensor(t) for t in tensors if t is not None)
+
+
+def plain_eager(*tensors: Any) -> bool:
+    """True in ordinary eager execution.
+
+    Chunked in-place writes, the native kernels (which read the tensors'
+    memory) and data-dependent checks need it; under ``torch.compile``
+    (which fuses the temporaries away anyway), ``vmap``, ``torch.func.grad``,
+    batched gradients and double backward the work is done in one piece.
+    """
+    if torch.compiler.is_compiling() or torch.is_grad_enabled():
+        return False
+    return not transformed(tensors)
+
+
+def _readable(bad: torch.Tensor) -> bool:
+    return not transformed((bad,))
+
+
+# How values are checked here: at once in eager code, as an asynchronous
+# assertion under torch.compile, not at all under vmap and other transforms.
+_EAGER_CHECKS = validate.ValueChecks(readable=_readable)
+_COMPILED_CHECKS = validate.ValueChecks(readable=lambda bad: False, check_later=torch._assert_async)
+
+
+def value_checks() -> validate.ValueChecks:
+    return _COMPILED_CHECKS if torch.compiler.is_compiling() else _EAGER_CHECKS
+
+
+def by_rows(compute: Callable[..., tuple], *rows: torch.Tensor | None) -> tuple:
+    """``compute(*rows)`` evaluated chunk by chunk along the leading axis.
+
+    Every entry of ``rows`` (``None`` passes through) has the rows first and,
+    for the first one, the classes last.  ``compute`` returns a tuple of
+    tensors with a leading row axis; each is written into one preallocated
+    output.  The chunk size is the generic path's (``_layout.chunk_rows``,
+    in the first entry's working dtype).
+    """
+    n_rows, width = rows[0].shape[0], rows[0].shape[-1]
+    work, _ = working_dtype(rows[0].dtype, rows[0].device)
+    step = _layout.chunk_rows(width, work.itemsize)
+    if n_rows <= step or not plain_eager(*rows):
+        return compute(*rows)
+    outs = None
+    for start in range(0, n_rows, step):
+        stop = min(start + step, n_rows)
+        part = compute(*(None if r is None else r[start:stop] for r in rows))
+        if outs is None:
+            outs = tuple(torch.empty((n_rows,) + tuple(p.shape[1:]), dtype=p.dtype, device=p.device) for p in part)
+        for out, p in zip(outs, part):
+            out[start:stop] = p
+    return outs
+
+
+def as_float(x: Any, name: str) -> torch.Tensor:
+    """A floating tensor (integers promoted as in ``validate.as_float``), or a clear error."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__module__}.{type(x).__name__}")
+    return validate.as_float(xp, x, name)
+
+
+def _class_layout(x: torch.Tensor, dim: int) -> Layout:
+    """The shared layout of ``x`` with ``dim`` last; a 0-d tensor is one row of one entry."""
+    return Layout(xp, tuple(x.shape) or (1,), (dim if x.ndim else 0,))
+
+
+def rows_view(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x`` as (rows, n) with ``dim`` last (a view where the strides allow one)."""
+    return _class_layout(x, dim).rows(x)
+
+
+def from_rows(y2: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Undo :func:`rows_view` on a result of ``x``'s size."""
+    return _class_layout(x, dim).back_rows(y2).reshape(x.shape)
+
+
+_NATIVE_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
+def native_ready(*tensors: torch.Tensor) -> bool:
+    """Whether the native kernels can take these (rows, n) tensors zero-copy:
+    contiguous CPU float16/32/64 tensors in plain eager mode."""
+    return registry.native() is not None and plain_eager(*tensors) and all(
+        t.device.type == "cpu" and t.dtype in _NATIVE_DTYPES and t.is_contiguous() for t in tensors
+    )
+
+
+# --- forward mode and torch.compile ------------------------------------------
+# The Functions below define exact jvps for forward mode.  Dynamo refuses to
+# trace an autograd.Function with a custom jvp, so under torch.compile each
+# one is applied through a subclass that restores the default (compiled code
+# runs in reverse mode; forward mode stays available in eager code).
+
+
+
+def apply_function(function: type, traced: type, *args: Any) -> Any:
+    """``function.apply(*args)``, or ``traced.apply`` (its variant without
+    the jvp, from :func:`without_jvp`) under torch.compile."""
+    return (traced if torch.compiler.is_compiling() else function).apply(*args)
+
+
+def without_jvp(function: type) -> type:
+    namespace = {"jvp": staticmethod(torch.autograd.Function.jvp), "__doc__": function.__doc__}
+    return type(function)(function.__name__ + "Traced", (function,), namespace)
+
+
