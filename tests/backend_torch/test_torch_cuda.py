@@ -19,6 +19,10 @@ import softmaxkit.torch as smt  # noqa: E402
 from tests import reference as ref  # noqa: E402
 
 INF = float("inf")
+# On CUDA float32 is computed in float32 with the compensated formulas
+# (exact shift, exp(hi)(1 + lo), cascaded sums): within 6 ULP, as the
+# numerics state, where float64 internals give 2.
+CUDA_FLOAT32_ULP = 6
 
 
 def _confident(rows=8, n=257, margin=40.0, dtype=torch.float32):
@@ -35,7 +39,7 @@ def test_softmax_family_on_cuda_meets_the_contract(log):
     for i in range(x.shape[0]):
         xs = ref.to_mp(x[i].numpy())
         exact = ref.log_softmax(xs) if log else ref.softmax(xs)
-        assert ref.ulp_error(y[i].numpy(), exact, np.float32) <= 2
+        assert ref.ulp_error(y[i].numpy(), exact, np.float32) <= CUDA_FLOAT32_ULP
 
 
 def test_cross_entropy_on_cuda_meets_the_contract_loss_and_gradient():
@@ -50,8 +54,8 @@ def test_cross_entropy_on_cuda_meets_the_contract_loss_and_gradient():
         xs = ref.to_mp(x[i].detach().numpy())
         exact_loss, exact_grad = ref.cross_entropy(xs, ref.hard_coef(x.shape[1], 0)[0])
         total.append(exact_loss)
-        assert ref.ulp_error(grad[i].numpy(), exact_grad, np.float32) <= 2
-    assert ref.ulp_error([float(loss)], [sum(total)], np.float32) <= 2
+        assert ref.ulp_error(grad[i].numpy(), exact_grad, np.float32) <= CUDA_FLOAT32_ULP
+    assert ref.ulp_error([float(loss)], [sum(total)], np.float32) <= CUDA_FLOAT32_ULP
 
 
 @pytest.mark.parametrize(
@@ -77,8 +81,11 @@ def test_cross_entropy_options_on_cuda_match_the_cpu(options):
     gpu = smt.cross_entropy(xb, t.cuda(), **kwargs_cuda)
     cpu.sum().backward()
     gpu.sum().backward()
-    torch.testing.assert_close(gpu.cpu(), cpu, rtol=4e-7, atol=0)
-    torch.testing.assert_close(xb.grad.cpu(), xa.grad, rtol=1e-6, atol=1e-12)
+    # CPU float64 internals against CUDA's compensated float32: a few float32
+    # ULP of each value, and for gradient entries that cancel (smoothing,
+    # z-loss) a few ULP of the row's largest term.
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-6, atol=0)
+    torch.testing.assert_close(xb.grad.cpu(), xa.grad, rtol=1e-6, atol=2e-9)
 
 
 def test_probability_targets_and_edges_on_cuda():

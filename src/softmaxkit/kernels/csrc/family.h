@@ -148,7 +148,7 @@ typedef int viw __attribute__((vector_size(VW * 8)));
 #define FW (2 * VW)
 static double FN(max)(const void *xv, size_t n, int *nan) {
     const float *x = xv;
-    vfw m0 = (vfw){0} - INF, m1 = m0;
+    vfw m0 = (vfw){0} - __builtin_inff(), m1 = m0;
     viw bad = {0};
     size_t i = 0;
     for (; i + 2 * FW <= n; i += 2 * FW) {
