@@ -73,8 +73,7 @@ def reduce(xp: Any, loss: Any, grad: Any, denominator: Any, reduction: str, wide
     if reduction == "sum":
         return total, grad
     empty = denominator == 0
-    safe = xp.where(empty, xp.ones_like(denominator), denominator)
-    mean = xp.where(empty, xp.zeros_like(total), total / safe)
+    mean = xp.where(empty, 0.0, total / xp.where(empty, 1.0, denominator))
     return mean, reduce_grad(xp, grad, denominator, reduction)
 
 
@@ -84,8 +83,7 @@ def reduce_grad(xp: Any, grad: Any, denominator: Any, reduction: str) -> Any:
         return grad
     # An all-ignored (or all-zero-weight) batch has mean 0 and gradient 0.
     empty = denominator == 0
-    safe = xp.where(empty, xp.ones_like(denominator), denominator)
-    return xp.where(empty, xp.zeros_like(grad), grad / safe)
+    return xp.where(empty, 0.0, grad / xp.where(empty, 1.0, denominator))
 
 
 def gradient_divisor(denominator: float, reduction: str) -> float | None:
