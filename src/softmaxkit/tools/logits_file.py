@@ -23,9 +23,10 @@ import argparse
 import math
 import os
 import re
+import sys
 import warnings
 import zipfile
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -78,6 +79,19 @@ def shown(text: str) -> str:
     """``text`` safe for a one-line message: printable, and not too long."""
     out = text if text.isprintable() else repr(text)
     return out if len(out) <= _MAX_SHOWN else out[: _MAX_SHOWN - 3] + "..."
+
+
+def run_on_file(command: str, path: str, doing: str, work: Callable[[], Any]) -> Any:
+    """``work()``, or None after one line on stderr naming ``path`` when the file
+    cannot be used: it is unreadable or holds the wrong thing (:class:`BadFile`,
+    ``TypeError``, ``ValueError``) or does not fit in memory while ``doing``."""
+    try:
+        return work()
+    except (BadFile, TypeError, ValueError) as exc:
+        print(f"softmaxkit {command}: error: {shown(path)}: {exc}", file=sys.stderr)
+    except MemoryError:
+        print(f"softmaxkit {command}: error: {shown(path)}: out of memory while {doing}", file=sys.stderr)
+    return None
 
 
 def load(path: str, max_bytes: int | None = None) -> tuple[Any, Any]:

@@ -8,7 +8,7 @@ import warnings
 from typing import Any
 
 from softmaxkit.frontend import validate
-from softmaxkit.tools.logits_file import BadFile, add_max_bytes_option, load, shown
+from softmaxkit.tools.logits_file import BadFile, add_max_bytes_option, load, run_on_file, shown
 
 
 def _bins(text: str) -> int:
@@ -60,17 +60,17 @@ def run(args: argparse.Namespace) -> int:
     from softmaxkit.frontend.softmax import softmax
     from softmaxkit.tools.calibration import fit_temperature, reliability_diagram
 
-    try:
+    def work():
         logits, labels = _load(args.file, args.max_bytes)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)
             fit = fit_temperature(logits, labels, axis=args.axis, n_bins=args.bins)
-    except (BadFile, ValueError, TypeError) as exc:
-        print(f"softmaxkit calibrate: error: {shown(args.file)}: {exc}", file=sys.stderr)
+        return logits, labels, fit, caught
+
+    result = run_on_file("calibrate", args.file, "fitting", work)
+    if result is None:
         return 1
-    except MemoryError:
-        print(f"softmaxkit calibrate: error: {shown(args.file)}: out of memory while fitting", file=sys.stderr)
-        return 1
+    logits, labels, fit, caught = result
     if args.plot:
         try:
             probs = softmax(logits, axis=args.axis, temperature=fit.temperature)

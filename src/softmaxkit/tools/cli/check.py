@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from softmaxkit.tools.logits_file import BadFile, add_max_bytes_option, load, shown
+from softmaxkit.tools.logits_file import add_max_bytes_option, load, run_on_file
 from softmaxkit.tools.report import diagnose
 
 _DESCRIPTION = """\
@@ -53,14 +52,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    def work():
         logits, targets = load(args.file, args.max_bytes)
-        report = diagnose(logits, targets, axis=args.axis, ignore_index=args.ignore_index)
-    except (BadFile, TypeError, ValueError) as exc:
-        print(f"softmaxkit check: error: {shown(args.file)}: {exc}", file=sys.stderr)
-        return 1
-    except MemoryError:
-        print(f"softmaxkit check: error: {shown(args.file)}: out of memory while analysing the logits", file=sys.stderr)
+        return diagnose(logits, targets, axis=args.axis, ignore_index=args.ignore_index)
+
+    report = run_on_file("check", args.file, "analysing the logits", work)
+    if report is None:
         return 1
     print(json.dumps(report.to_dict(), indent=2) if args.format == "json" else report)
     return 0
