@@ -26,12 +26,11 @@ int sk_get_threads(void);
 int sk_softmax(int dtype, const void *x, void *out, size_t rows, size_t n, double temperature, int log);
 int sk_logsumexp(int dtype, const void *x, void *out, size_t rows, size_t n);
 /* One loss per row into `loss` (float64) and, when `grad` is not NULL, the
- * gradient of their sum divided by `grad_divisor` (finite, not 0).
- * *weight_sum gets the sum of row weights: the number of rows for
- * probability targets `probs`. */
+ * gradient of their sum divided by `grad_divisor` (finite, not 0).  The
+ * reduction and its denominator are the caller's (softmaxkit.numerics.reduction). */
 int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t rows, size_t n,
                      const int64_t *targets, const void *probs, const double *class_weight, int64_t ignore_index,
-                     double eps, double z_loss, double grad_divisor, double *weight_sum);
+                     double eps, double z_loss, double grad_divisor);
 int sk_vjp(int dtype, int log, const void *y, const void *cotangent, void *out, size_t rows, size_t n);
 
 #endif

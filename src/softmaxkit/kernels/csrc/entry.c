@@ -70,12 +70,9 @@ int sk_logsumexp(int dtype, const void *x, void *out, size_t rows, size_t n) {
 
 /* The caller's targets may change while the kernel runs (another thread,
  * with the GIL released): each index is read once, into *copy, and the copy
- * is what is checked and what the rows use.  *weight_sum gets the sum of row
- * weights. */
-static int copy_targets(const int64_t *targets, size_t rows, size_t n, const double *class_weight,
-                        int64_t ignore_index, int64_t **copy, double *weight_sum) {
+ * is what is checked and what the rows use. */
+static int copy_targets(const int64_t *targets, size_t rows, size_t n, int64_t ignore_index, int64_t **copy) {
     if (rows && !(*copy = malloc(rows * sizeof **copy))) return SK_ENOMEM;
-    double total = 0.0;
     for (size_t r = 0; r < rows; r++) {
         int64_t t = __atomic_load_n(&targets[r], __ATOMIC_RELAXED);
         (*copy)[r] = t;
@@ -85,22 +82,18 @@ static int copy_targets(const int64_t *targets, size_t rows, size_t n, const dou
             *copy = NULL;
             return SK_ETARGET;
         }
-        total += class_weight ? class_weight[t] : 1.0;
     }
-    *weight_sum = total;
     return 0;
 }
 
 int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t rows, size_t n,
                      const int64_t *targets, const void *probs, const double *class_weight, int64_t ignore_index,
-                     double eps, double z_loss, double grad_divisor, double *weight_sum) {
-    double total = (double)rows;
+                     double eps, double z_loss, double grad_divisor) {
     int64_t *own = NULL;
     if (targets) {
-        int rc = copy_targets(targets, rows, n, class_weight, ignore_index, &own, &total);
+        int rc = copy_targets(targets, rows, n, ignore_index, &own);
         if (rc) return rc;
     }
-    *weight_sum = total;
     if (n == 0) {
         free(own);
         return rows ? SK_ETARGET : 0;

@@ -195,7 +195,6 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssiz
     }
     buf_t x = {0}, t = {0}, q = {0}, w = {0}, loss = {0}, g = {0};
     size_t rows, n;
-    double weight_sum = 0.0;
     int rc = -1;
     if (get(args[0], &x, 0, "logits") || check_float(&x, -1, "logits") || rows_of(&x.v, "logits", &rows, &n))
         goto end;
@@ -216,7 +215,7 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssiz
         goto end;
     Py_BEGIN_ALLOW_THREADS
     rc = sk_cross_entropy(dt, x.v.buf, g.held ? g.v.buf : NULL, loss.v.buf, rows, n, t.held ? t.v.buf : NULL,
-                          q.held ? q.v.buf : NULL, w.held ? w.v.buf : NULL, ignore, eps, z, divisor, &weight_sum);
+                          q.held ? q.v.buf : NULL, w.held ? w.v.buf : NULL, ignore, eps, z, divisor);
     Py_END_ALLOW_THREADS
     rc = raise_rc(rc);
 end:
@@ -227,7 +226,7 @@ end:
     release(&loss);
     release(&g);
     if (rc) return NULL;
-    return PyFloat_FromDouble(weight_sum);
+    Py_RETURN_NONE;
 }
 
 /* vjp(y, cotangent, out, log): softmax VJP from probabilities y, or the
