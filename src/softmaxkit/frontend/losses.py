@@ -48,7 +48,10 @@ def _native_cross_entropy(kernel, logits, inputs, ignore_index, eps, z, reductio
     """The native kernel's per-row losses and gradient, finished by the shared rules; None if it declines."""
     t, q, w = inputs
     xp = _NUMPY
-    if t is not None:
+    if t is not None and w is not None:
+        # The class weights are indexed by target below; without them the
+        # kernel checks the indices itself and declines on a bad one, and the
+        # generic path then raises the error.
         validate.class_indices(xp, t, logits.shape[-1], ignore_index, "targets")
     widened = num.working_dtype(xp, logits.dtype, logits)[1]
     rows = xp.reshape(t, (-1,)) if t is not None else xp.reshape(q, (-1, logits.shape[-1]))
