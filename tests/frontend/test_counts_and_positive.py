@@ -81,7 +81,7 @@ def test_positive_finite_refuses(value, exc, message):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: smk.sample(np.zeros(3), top_k=True, rng=0), "top_k must be an int >= 1; got True"),
+        (lambda: smk.sample(np.zeros(3), top_k=True, rng=0), "top_k must be an int >= 1 \\(or None\\); got True"),
         (lambda: smk.sample(np.zeros(3), num_samples=False, rng=0), "num_samples must be an int >= 1; got False"),
         (lambda: smk.expected_calibration_error(np.array([[1.0, 0.0]]), np.array([0]), n_bins=True), r"n_bins must be an int in \[1, 1000000\]; got True"),
         (lambda: smk.set_num_threads(True), r"n must be an int in \[1, 4096\]; got True"),

@@ -239,7 +239,7 @@ class TestSampleNumpy:
             ({"temperature": math.inf}, ValueError, "temperature.*inf"),
             ({"temperature": "1"}, TypeError, "temperature must be a real number"),
             ({"top_k": 0}, ValueError, "top_k must be an int >= 1.*got 0"),
-            ({"top_k": 2.0}, TypeError, "top_k must be an int >= 1; got 2.0"),
+            ({"top_k": 2.0}, TypeError, "top_k must be an int >= 1 \\(or None\\); got 2.0"),
             ({"top_p": 0.0}, ValueError, r"top_p must be in \(0, 1\].*0.0"),
             ({"top_p": 1.5}, ValueError, "top_p.*1.5"),
             ({"min_p": -0.1}, ValueError, r"min_p must be in \[0, 1\].*-0.1"),

@@ -32,7 +32,7 @@ _MAX_ARRAY_BYTES = 2**63 - 1
 
 
 def _optional_top_k(value: Any) -> int | None:
-    return None if value is None else validate.count(value, "top_k", 1)
+    return None if value is None else validate.count(value, "top_k", 1, unit=" (or None)")
 
 
 def _optional_top_p(value: Any) -> float | None:
