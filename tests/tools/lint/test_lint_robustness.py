@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import stat
+import sys
 import threading
 
 import pytest
@@ -290,6 +291,17 @@ def test_notebook_bad_cell_does_not_hide_the_others(run_lint, tmp_path):
 # ---- deep nesting -------------------------------------------------------------
 
 
+@pytest.fixture
+def default_recursion_limit():
+    # The deep cases are sized for Python's default limit of 1000; an earlier
+    # torch.compile in the same process raises it to 2000, and at that depth
+    # the analysis simply succeeds.
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    yield
+    sys.setrecursionlimit(before)
+
+
 DEEP = {
     "unary_memory_error": "y = " + "-" * 10_000 + "x\n",
     "ternary_memory_error": "y = " + "a if b else " * 10_000 + "c\n",
@@ -301,6 +313,7 @@ DEEP = {
 }
 
 
+@pytest.mark.usefixtures("default_recursion_limit")
 @pytest.mark.parametrize("name", DEEP)
 def test_deep_nesting_is_smk000(name):
     # ast.parse raised MemoryError or RecursionError, or the analysis overflowed, and the run aborted.
@@ -334,6 +347,7 @@ def test_recursion_in_the_analysis_is_smk000(monkeypatch):
     assert (finding.code, finding.message) == ("SMK000", "too deeply nested to analyse")
 
 
+@pytest.mark.usefixtures("default_recursion_limit")
 def test_deep_file_does_not_stop_the_run(run_lint, tmp_path):
     (tmp_path / "deep.py").write_text(HEADER + DEEP["binop_parse"], encoding="utf-8")
     (tmp_path / "real.py").write_text(REAL, encoding="utf-8")
@@ -343,6 +357,7 @@ def test_deep_file_does_not_stop_the_run(run_lint, tmp_path):
     assert "real.py:2:5: SMK301" in out
 
 
+@pytest.mark.usefixtures("default_recursion_limit")
 def test_deep_notebook_cell_is_smk000(run_lint, tmp_path):
     path = tmp_path / "nb.ipynb"
     path.write_text(json.dumps({"cells": [_cell(DEEP["binop_parse"]), _cell(REAL)]}), encoding="utf-8")
@@ -355,6 +370,7 @@ def test_deep_notebook_cell_is_smk000(run_lint, tmp_path):
 NESTED_70 = HEADER + "y = " + "torch.log(F.softmax(" * 70 + "x" + ", dim=1))" * 70 + "\n"
 
 
+@pytest.mark.usefixtures("default_recursion_limit")
 @needs_libcst
 @pytest.mark.parametrize("mode", ["--fix", "--diff"])
 def test_fix_too_deep_for_the_fixer_leaves_the_file_with_a_warning(run_lint, tmp_path, mode):
