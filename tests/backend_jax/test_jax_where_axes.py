@@ -146,13 +146,14 @@ def test_cross_entropy_tuple_axis_equals_flattened_classes(axes):
         # Labels are flat indices into the class slice, axes in the order given.
         multi = np.unravel_index(idx, tuple(x.shape[a] for a in axes))
         picked = np.empty(idx.shape)
+        host = np.asarray(x)
         for pos in np.ndindex(idx.shape):
             full = [0] * 4
             for r, p in zip(rest, pos):
                 full[r] = p
             for a, m in zip(axes, multi):
                 full[a] = m[pos]
-            picked[pos] = float(x[tuple(full)])
+            picked[pos] = host[tuple(full)]
         lse = smj.logsumexp(x, axis=axes)
         np.testing.assert_allclose(smj.cross_entropy(x, labels, axis=axes, reduction="none"), lse - picked, rtol=1e-13)
         q = smj.softmax(jnp.asarray(rng.normal(size=x.shape)), axis=axes)

@@ -55,7 +55,7 @@ def _native_cross_entropy(kernel, logits, inputs, ignore_index, eps, z, reductio
         validate.class_indices(xp, t, logits.shape[-1], ignore_index, "targets")
     widened = num.working_dtype(xp, logits.dtype, logits)[1]
     rows = xp.reshape(t, (-1,)) if t is not None else xp.reshape(q, (-1, logits.shape[-1]))
-    denominator = num.mean_denominator(xp, rows, w, ignore_index, xp.float64, q is not None, widened)
+    denominator = num.mean_denominator(xp, rows, w, ignore_index, xp.float64, q is not None)
     divisor = num.gradient_divisor(denominator, reduction)
     result = kernel.cross_entropy(logits, t, q, w, ignore_index, eps, z, 1.0 if divisor is None else divisor, return_grad)
     if result is None:
@@ -194,7 +194,7 @@ def cross_entropy(
         q_rows = layout.rows(t)
     # The rows go through in chunks (see layout.chunk_rows): the gradient
     # of each is final when written, so a mean's denominator comes first.
-    denominator = num.mean_denominator(xp, t_rows if kind == "int" else q_rows, w, ignore_index, work, kind != "int", widened)
+    denominator = num.mean_denominator(xp, t_rows if kind == "int" else q_rows, w, ignore_index, work, kind != "int")
     row_w = xp.empty((layout.n_rows, 1), dtype=work, device=device)
     loss = xp.empty((layout.n_rows,), dtype=work, device=device)
     grad = xp.empty_like(rows) if return_grad else None
@@ -282,7 +282,7 @@ def nll_loss(
         return hot if w is None else hot * w
 
     # A chunk's gradient is final when written, so the mean's denominator comes first.
-    denominator = num.mean_denominator(xp, t_rows, w, ignore_index, work, False, widened)
+    denominator = num.mean_denominator(xp, t_rows, w, ignore_index, work, False)
     loss = xp.empty((layout.n_rows,), dtype=work, device=array_api_compat.device(rows))
     grad = xp.empty_like(rows) if return_grad else None
     for part in layout.chunks(size):

@@ -32,7 +32,7 @@ def one_hot(xp: Any, t: Any, n_classes: int, ignore_index: int, dtype: Any) -> A
 
 
 def mean_denominator(
-    xp: Any, t: Any, weight: Any, ignore_index: int, dtype: Any, probabilities: bool, widened: bool, live: Any = None
+    xp: Any, t: Any, weight: Any, ignore_index: int, dtype: Any, probabilities: bool, live: Any = None
 ) -> Any:
     """What "mean" divides by, as a 0-d array of ``dtype``.
 
@@ -43,7 +43,9 @@ def mean_denominator(
     probability targets give the number of rows, or of ``live`` rows (a
     boolean per row: rows left without a class by a mask weigh 0; class-index
     targets mark those rows ignored instead).  The cost is one pass over the
-    targets, never over the logits.
+    targets, never over the logits.  A plain sum: the weights are the
+    caller's numbers, mostly 0 and 1, and the count is exact below 2**24 rows
+    in float32.
     """
     device = array_api_compat.device(t)
     if probabilities and live is not None:
@@ -57,7 +59,7 @@ def mean_denominator(
         safe = xp.where(keep, t, xp.zeros_like(t))
         picked = xp.take(weight, xp.reshape(safe, (-1,)), axis=0)
         row_w = xp.where(xp.reshape(keep, (-1,)), picked, xp.zeros_like(picked))
-    return compensated_sum(xp, xp.reshape(row_w, (1, -1)), widened)[0, 0]
+    return xp.sum(row_w)
 
 
 def reduce(xp: Any, loss: Any, grad: Any, denominator: Any, reduction: str, widened: bool):

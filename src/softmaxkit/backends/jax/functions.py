@@ -475,14 +475,14 @@ def cross_entropy(
             # A row with no class left is treated as ignored.
             t = jnp.where(live_row, t, ignore_index)
         coef, row_w = num.class_coefficients(jnp, xw, eps, w, hot=num.one_hot(jnp, t, n_classes, ignore_index, work))
-        denominator = num.mean_denominator(jnp, t, w, ignore_index, work, False, widened)
+        denominator = num.mean_denominator(jnp, t, w, ignore_index, work, False)
     elif jnp.issubdtype(labels.dtype, jnp.floating):
         validate.target_shape("float", labels.shape, x.shape, axes[0], "labels", "logits", "axis")
         validate.probability_targets_ignore_index(ignore_index, labels.dtype, "labels")
         validate.probabilities(jnp, labels, "labels", _CHECKS)
         q, _ = _to_rows(labels, axes)
         coef, row_w = num.class_coefficients(jnp, xw, eps, w, probs=q.reshape(-1, n_classes).astype(work))
-        denominator = num.mean_denominator(jnp, coef, w, ignore_index, work, True, widened, live=live_row)
+        denominator = num.mean_denominator(jnp, coef, w, ignore_index, work, True, live=live_row)
         if live_row is not None:
             keep = live_row[:, None]
             coef = jnp.where(keep, coef, jnp.zeros_like(coef))

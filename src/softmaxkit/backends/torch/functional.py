@@ -367,7 +367,7 @@ def nll_loss(
     loss = torch.where(row_w == 0, torch.zeros_like(picked), -(row_w * picked))
     if reduction == "none":
         return loss.to(y.dtype)
-    denominator = num.mean_denominator(xp, t.reshape(-1), None if w is None else w.to(work), ignore_index, work, False, widened)
+    denominator = num.mean_denominator(xp, t.reshape(-1), None if w is None else w.to(work), ignore_index, work, False)
     out, _ = num.reduce(xp, loss, None, denominator, reduction, widened)
     return out.to(y.dtype)
 

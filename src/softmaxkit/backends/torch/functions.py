@@ -240,7 +240,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         work, widened = working_dtype(x2.dtype, x2.device)
         w = None if weight is None else weight.to(work)
         (loss,) = _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard)
-        denominator = num.mean_denominator(xp, t2, w, ignore_index, work, not hard, widened)
+        denominator = num.mean_denominator(xp, t2, w, ignore_index, work, not hard)
         out, _ = num.reduce(xp, loss, None, denominator, reduction, widened)
         return out.to(x2.dtype), denominator
 
