@@ -44,7 +44,7 @@ def logsumexp_weighted(xp, st: RowStats, b):
     zero = xp.zeros_like(b)
     # The pair even where the working dtype is wider than the input's: near
     # S = 1 the result is about S - 1, and a float64 rounding of S is up to
-    # 10 float32 ULP of a result near 2e-10 (regression: x = [0, -21],
+    # 10 float32 ULP of a result near 2e-10 (for example x = [0, -21],
     # b = [1, 0.25] in float32).
     hi, lo = compensated_sum_pair(xp, xp.where(st.e == 0, zero, b * st.e), False)
     if lo is None:
