@@ -52,9 +52,6 @@ from softmaxkit import numerics as num
 from softmaxkit.frontend import validate
 
 
-_INF = float("inf")
-
-
 class _Namespace:
     """``array_api_compat.torch`` with ``concat`` as ``torch.cat``.
 
@@ -75,6 +72,7 @@ class _Namespace:
 
 
 xp = _Namespace()
+
 
 def working_dtype(dtype: torch.dtype, device: torch.device) -> tuple[torch.dtype, bool]:
     """The dtype to compute in, and whether it is wider than ``dtype``.
