@@ -13,6 +13,8 @@ import argparse
 import math
 import platform
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import mpmath as mp
 import numpy as np
@@ -25,6 +27,21 @@ from tests import reference as ref
 
 F32 = np.dtype(np.float32)
 METRICS = ["softmax", "log_softmax", "ce loss", "ce gradient"]
+COLUMNS = ["case", "library", "softmax", "log_softmax", "CE loss", "CE gradient"]
+NOTES = [
+    (
+        "Worst error in float32 ULPs against an mpmath reference of 60 digits, 30 for the row of width "
+        "131072 (lower is better)."
+    )
+]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One library; ``setup`` imports it and returns its (softmax, log_softmax, ce loss+grad) on float32 rows."""
+
+    library: str
+    setup: Callable[[], tuple[Callable, Callable, Callable]]
 
 
 # --- the libraries, each as (softmax, log_softmax, ce loss+grad) on float32 rows ---------
@@ -87,10 +104,10 @@ def _scipy():
     return (lambda x: special.softmax(x, axis=-1), lambda x: special.log_softmax(x, axis=-1), ce)
 
 
-LIBRARIES = {"softmaxkit": _softmaxkit, "torch": _torch, "jax": _jax, "scipy": _scipy}
+CASES = [Case("softmaxkit", _softmaxkit), Case("torch", _torch), Case("jax", _jax), Case("scipy", _scipy)]
 
 
-# --- the cases ---------------------------------------------------------------------------
+# --- the inputs --------------------------------------------------------------------------
 
 
 def confident_rows():
@@ -156,16 +173,19 @@ def _fmt(v: float) -> str:
     return f"{v:.2g}" if v >= 1000 else f"{v:.2f}"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_out_argument(parser)
-    args = parser.parse_args(argv)
+def load(cases) -> dict:
+    """Each installed library's functions, by name; the others are reported and skipped."""
     libs = {}
-    for name, make in LIBRARIES.items():
+    for case in cases:
         try:
-            libs[name] = make()
+            libs[case.library] = case.setup()
         except ImportError:
-            print(f"{name}: not installed, skipped")
+            print(f"{case.library}: not installed, skipped")
+    return libs
+
+
+def measure(libs: dict) -> list[dict]:
+    """One row per input and library: the worst ULP error of each metric."""
     rows = []
     for make_input in INPUTS:
         title, x, t = make_input()
@@ -174,24 +194,31 @@ def main(argv=None) -> int:
             results = errors(library, x, t, exact)
             rows.append({"case": title, "library": name, **results})
             print(title, name, {k: f"{v:.3g}" for k, v in results.items()})
-    masked = {name: _nan_on_masked(lib[0]) for name, lib in libs.items()}
+    return rows
+
+
+def write(rows: list[dict], masked: dict, out) -> None:
     write_results(
         "accuracy",
         title="Accuracy: worst error in float32 ULPs against mpmath",
         machine=f"{describe()}, Python {platform.python_version()}, NumPy {np.__version__}",
-        notes=[
-            (
-                "Worst error in float32 ULPs against an mpmath reference of 60 digits, 30 for the row of width "
-                "131072 (lower is better)."
-            )
-        ],
-        columns=["case", "library", "softmax", "log_softmax", "CE loss", "CE gradient"],
+        notes=NOTES,
+        columns=COLUMNS,
         rows=([r["case"], r["library"], *(_fmt(r[k]) for k in METRICS)] for r in rows),
         footer=["Fully masked row and a row with +inf (softmax): " + ", ".join(f"{k}: {v}" for k, v in masked.items())],
         csv_fields=["case", "library", *METRICS],
         csv_rows=rows,
-        out=args.out,
+        out=out,
     )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_out_argument(parser)
+    args = parser.parse_args(argv)
+    libs = load(CASES)
+    rows = measure(libs)
+    write(rows, {name: _nan_on_masked(lib[0]) for name, lib in libs.items()}, args.out)
     return 0
 
 
