@@ -19,11 +19,37 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from _harness import RESULTS, describe, max_rss, run_fresh, write_results
 
-VARIANTS = ["torch", "softmaxkit"]
+COLUMNS = ["variant", "peak growth (MiB)", "× torch", "time (s)", "× torch"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One variant of cross-entropy; ``setup`` imports and returns its loss function (in the fresh interpreter)."""
+
+    variant: str
+    setup: Callable[[], Callable]
+
+
+def _torch_loss():
+    from torch.nn.functional import cross_entropy
+
+    return cross_entropy
+
+
+def _softmaxkit_loss():
+    from softmaxkit.torch import cross_entropy
+
+    return cross_entropy
+
+
+# The first case is the reference of the ratios.
+CASES = [Case("torch", _torch_loss), Case("softmaxkit", _softmaxkit_loss)]
 
 CHILD = r"""
 import sys
@@ -39,10 +65,7 @@ def measure_here(rows: int, classes: int, variant: str, repeats: int) -> None:
     torch.manual_seed(0)
     x = torch.randn(rows, classes).mul_(4).requires_grad_()
     t = torch.randint(0, classes, (rows,))
-    if variant == "torch":
-        from torch.nn.functional import cross_entropy
-    else:
-        from softmaxkit.torch import cross_entropy
+    cross_entropy = next(c for c in CASES if c.variant == variant).setup()
     # Import-time allocations and the first-call setup are not the loss's memory.
     small = torch.randn(4, 8, requires_grad=True)
     cross_entropy(small, torch.zeros(4, dtype=torch.long)).backward()
@@ -62,14 +85,14 @@ def measure_here(rows: int, classes: int, variant: str, repeats: int) -> None:
 
 def measure(n: int, classes: int, rounds: int, repeats: int) -> tuple[list[dict], str]:
     """One row per variant (worst growth, median time, both over torch's) and softmaxkit's CPU path."""
-    results = {variant: {"growth": [], "times": []} for variant in VARIANTS}
+    results = {c.variant: {"growth": [], "times": []} for c in CASES}
     path = "?"
     for _ in range(rounds):
-        for variant in VARIANTS:
-            r = run_fresh(CHILD, n, classes, variant, repeats)
-            results[variant]["growth"].append(r["growth_mib"])
-            results[variant]["times"].extend(r["times"][1:] if len(r["times"]) > 1 else r["times"])
-            if variant == "softmaxkit":
+        for case in CASES:
+            r = run_fresh(CHILD, n, classes, case.variant, repeats)
+            results[case.variant]["growth"].append(r["growth_mib"])
+            results[case.variant]["times"].extend(r["times"][1:] if len(r["times"]) > 1 else r["times"])
+            if case.variant == "softmaxkit":
                 path = r["path"]
     rows = []
     for variant, r in results.items():
@@ -86,20 +109,7 @@ def _cells(r: dict) -> list[str]:
     return [r["variant"], f"{growth:.0f}", f"{memory_ratio:.2f}", f"{time_s:.3f}", f"{time_ratio:.2f}"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=8192)
-    parser.add_argument("--classes", type=int, default=32768)
-    parser.add_argument("--rounds", type=int, default=3, help="fresh subprocesses per variant")
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="forward+backward runs per subprocess; the first is a warm-up"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=RESULTS / "torch_memory", help="path of the tables, without .md or .csv"
-    )
-    args = parser.parse_args(argv)
-
-    rows, path = measure(args.rows, args.classes, args.rounds, args.repeats)
+def write(rows: list[dict], path: str, args: argparse.Namespace) -> None:
     import torch
 
     logits_mib = args.rows * args.classes * 4 / 2**20
@@ -116,13 +126,29 @@ def main(argv: list[str] | None = None) -> int:
             ),
             f"Time: median of {args.rounds * max(args.repeats - 1, 1)} runs after a warm-up per subprocess.",
         ],
-        columns=["variant", "peak growth (MiB)", "× torch", "time (s)", "× torch"],
+        columns=COLUMNS,
         align="lrrrr",
         rows=map(_cells, rows),
         csv_fields=list(rows[0]),
         csv_rows=rows,
         out=args.out.parent,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=8192)
+    parser.add_argument("--classes", type=int, default=32768)
+    parser.add_argument("--rounds", type=int, default=3, help="fresh subprocesses per variant")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="forward+backward runs per subprocess; the first is a warm-up"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "torch_memory", help="path of the tables, without .md or .csv"
+    )
+    args = parser.parse_args(argv)
+    rows, path = measure(args.rows, args.classes, args.rounds, args.repeats)
+    write(rows, path, args)
     return 0
 
 
