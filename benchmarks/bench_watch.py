@@ -21,6 +21,8 @@ import argparse
 import contextlib
 import functools
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from _harness import (
@@ -40,6 +42,8 @@ SIZES = {
     "small": (512, 128, 4, 256, 2, 8, 32),
     "tiny": (256, 64, 4, 128, 2, 4, 32),
 }
+COLUMNS = ["model", "variant", "ms / step", "ratio to plain"]
+CSV_FIELDS = ["model", "variant", "ms_per_step", "ratio_to_plain"]
 
 
 class TinyTransformer(nn.Module):
@@ -70,13 +74,21 @@ def make_step(model, opt, tokens, targets):
     return step
 
 
-def variants(model):
-    return {
-        "plain": contextlib.nullcontext,
-        "watch()": lambda: watch(model),
-        "watch(functions=True)": lambda: watch(model, functions=True),
-        "detect_anomaly()": torch.autograd.detect_anomaly,
-    }
+@dataclass(frozen=True)
+class Case:
+    """One variant of the step; ``setup`` takes the model and returns the factory of the context the step runs in."""
+
+    variant: str
+    setup: Callable[[nn.Module], Callable[[], contextlib.AbstractContextManager]]
+
+
+# The first case is the reference of the ratios.
+CASES = [
+    Case("plain", lambda model: contextlib.nullcontext),
+    Case("watch()", lambda model: lambda: watch(model)),
+    Case("watch(functions=True)", lambda model: lambda: watch(model, functions=True)),
+    Case("detect_anomaly()", lambda model: torch.autograd.detect_anomaly),
+]
 
 
 def time_block(ctx_factory, step, n):
@@ -93,34 +105,17 @@ def measure(size, repeats, steps):
     tokens = torch.randint(0, vocab, (batch, seq))
     targets = torch.randint(0, vocab, (batch, seq))
     step = make_step(model, opt, tokens, targets)
-    blocks = {name: functools.partial(time_block, ctx, step, steps) for name, ctx in variants(model).items()}
+    blocks = {c.variant: functools.partial(time_block, c.setup(model), step, steps) for c in CASES}
     seconds = medians(interleaved(blocks, repeats))
     setup = (
         f"{size}: {layers} x TransformerEncoderLayer(d_model={d_model}, nhead={heads}, dim_feedforward={ff}), "
         f"{vocab} classes, batch {batch} x {seq} tokens"
     )
-    plain = seconds["plain"]
+    plain = seconds[CASES[0].variant]
     return setup, [(size, name, s * 1e3, s / plain) for name, s in seconds.items()]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared machine)"
-    )
-    add_out_argument(parser)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
-
-    setups, rows = [], []
-    for size in SIZES:
-        setup, size_rows = measure(size, args.repeats, args.steps)
-        setups.append(setup)
-        rows += size_rows
-
+def write(setups: list[str], rows: list[tuple], args: argparse.Namespace) -> None:
     write_results(
         "watch",
         title="watch overhead",
@@ -135,16 +130,31 @@ def main(argv=None):
             "",
             *(f"- {s}" for s in setups),
         ],
-        columns=["model", "variant", "ms / step", "ratio to plain"],
+        columns=COLUMNS,
         align="llrr",
         rows=([size, name, f"{ms:.2f}", f"{ratio:.2f}x"] for size, name, ms, ratio in rows),
-        csv_fields=["model", "variant", "ms_per_step", "ratio_to_plain"],
+        csv_fields=CSV_FIELDS,
         csv_rows=(
             {"model": size, "variant": name, "ms_per_step": f"{ms:.3f}", "ratio_to_plain": f"{ratio:.3f}"}
             for size, name, ms, ratio in rows
         ),
         out=args.out,
     )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared machine)"
+    )
+    add_out_argument(parser)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="Anomaly Detection has been enabled")
+    measured = [measure(size, args.repeats, args.steps) for size in SIZES]
+    write([setup for setup, _ in measured], [row for _, size_rows in measured for row in size_rows], args)
 
 
 if __name__ == "__main__":
