@@ -29,6 +29,9 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from _harness import (
@@ -43,52 +46,70 @@ from _harness import (
 
 import softmaxkit as smk
 
-# (operation, dtype, rows, classes): the shapes of the measurements that
-# showed the unbounded growth, 512 MiB of float32 and 64 MiB of bfloat16.
+FLOAT_ROWS, BF16_ROWS, CLASSES = 1024, 256, 131072
+
+
+def _column(x: np.ndarray) -> np.ndarray:
+    return np.zeros((x.shape[0], 1), x.dtype)
+
+
+def _uniform(x: np.ndarray) -> np.ndarray:
+    return np.full(x.shape, 1.0 / x.shape[1], x.dtype)
+
+
+def _negative_uniform(x: np.ndarray) -> np.ndarray:
+    return -_uniform(x)  # negative weights: a sign of -1
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement: ``call`` on logits x, class targets t and the second input ``second(x)`` (q)."""
+
+    op: str
+    dtype: str
+    rows: int
+    call: Callable[[np.ndarray, np.ndarray, np.ndarray], object]
+    second: Callable[[np.ndarray], np.ndarray] = _column
+    classes: int = CLASSES
+
+
+# The shapes of the measurements that showed the unbounded growth, 512 MiB of float32 and 64 MiB of bfloat16.
 CASES = [
-    ("cross_entropy+grad", "float32", 1024, 131072),
-    ("cross_entropy", "float32", 1024, 131072),
-    ("softmax", "float32", 1024, 131072),
-    ("log_softmax", "float32", 1024, 131072),
-    ("logsumexp", "float32", 1024, 131072),
-    ("cross_entropy+grad", "bfloat16", 256, 131072),
-    ("softmax", "bfloat16", 256, 131072),
-    ("logsumexp+b+sign", "float32", 1024, 131072),
-    ("entropy", "float32", 1024, 131072),
-    ("kl_div", "float32", 1024, 131072),
-    ("softmax_vjp", "float32", 1024, 131072),
-    ("log_softmax_vjp", "float32", 1024, 131072),
-    ("logsumexp_vjp", "float32", 1024, 131072),
-    ("nll_loss+grad", "float32", 1024, 131072),
-    ("bce", "float32", 1024, 131072),
-    ("bce+grad", "float32", 1024, 131072),
+    Case("cross_entropy+grad", "float32", FLOAT_ROWS, lambda x, t, q: smk.cross_entropy(x, t, return_grad=True)),
+    Case("cross_entropy", "float32", FLOAT_ROWS, lambda x, t, q: smk.cross_entropy(x, t)),
+    Case("softmax", "float32", FLOAT_ROWS, lambda x, t, q: smk.softmax(x)),
+    Case("log_softmax", "float32", FLOAT_ROWS, lambda x, t, q: smk.log_softmax(x)),
+    Case("logsumexp", "float32", FLOAT_ROWS, lambda x, t, q: smk.logsumexp(x)),
+    Case("cross_entropy+grad", "bfloat16", BF16_ROWS, lambda x, t, q: smk.cross_entropy(x, t, return_grad=True)),
+    Case("softmax", "bfloat16", BF16_ROWS, lambda x, t, q: smk.softmax(x)),
+    Case(
+        "logsumexp+b+sign",
+        "float32",
+        FLOAT_ROWS,
+        lambda x, t, q: smk.logsumexp(x, b=q, return_sign=True),
+        _negative_uniform,
+    ),
+    Case("entropy", "float32", FLOAT_ROWS, lambda x, t, q: smk.entropy(x)),
+    Case("kl_div", "float32", FLOAT_ROWS, lambda x, t, q: smk.kl_div(x, q), _uniform),
+    Case("softmax_vjp", "float32", FLOAT_ROWS, lambda x, t, q: smk.softmax_vjp(q, x), _uniform),
+    Case("log_softmax_vjp", "float32", FLOAT_ROWS, lambda x, t, q: smk.log_softmax_vjp(q, x), _uniform),
+    Case("logsumexp_vjp", "float32", FLOAT_ROWS, lambda x, t, q: smk.logsumexp_vjp(x, q[:, 0]), _uniform),
+    Case("nll_loss+grad", "float32", FLOAT_ROWS, lambda x, t, q: smk.nll_loss(x, t, return_grad=True)),
+    Case("bce", "float32", FLOAT_ROWS, lambda x, t, q: smk.binary_cross_entropy_with_logits(x, q), _uniform),
+    Case(
+        "bce+grad",
+        "float32",
+        FLOAT_ROWS,
+        lambda x, t, q: smk.binary_cross_entropy_with_logits(x, q, return_grad=True),
+        _uniform,
+    ),
 ]
-
-# Each operation called on the logits x, the class targets t and a second input q.
-CALLS = {
-    "cross_entropy+grad": lambda x, t, q: smk.cross_entropy(x, t, return_grad=True),
-    "cross_entropy": lambda x, t, q: smk.cross_entropy(x, t),
-    "softmax": lambda x, t, q: smk.softmax(x),
-    "log_softmax": lambda x, t, q: smk.log_softmax(x),
-    "logsumexp": lambda x, t, q: smk.logsumexp(x),
-    "logsumexp+b+sign": lambda x, t, q: smk.logsumexp(x, b=q, return_sign=True),
-    "entropy": lambda x, t, q: smk.entropy(x),
-    "kl_div": lambda x, t, q: smk.kl_div(x, q),
-    "softmax_vjp": lambda x, t, q: smk.softmax_vjp(q, x),
-    "log_softmax_vjp": lambda x, t, q: smk.log_softmax_vjp(q, x),
-    "logsumexp_vjp": lambda x, t, q: smk.logsumexp_vjp(x, q[:, 0]),
-    "nll_loss+grad": lambda x, t, q: smk.nll_loss(x, t, return_grad=True),
-    "bce": lambda x, t, q: smk.binary_cross_entropy_with_logits(x, q),
-    "bce+grad": lambda x, t, q: smk.binary_cross_entropy_with_logits(x, q, return_grad=True),
-}
-
-# The operations whose q has x's shape (the other distribution, cotangents, binary targets).
-FULL_SECOND_INPUT = {"logsumexp+b+sign", "kl_div", "softmax_vjp", "log_softmax_vjp", "logsumexp_vjp", "bce", "bce+grad"}
+BY_NAME = {(c.op, c.dtype): c for c in CASES}
 
 CHILD = r"""
 import sys
 from bench_generic_memory import measure_here
-measure_here(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+measure_here(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
 """
 
 COLUMNS = [
@@ -106,28 +127,26 @@ COLUMNS = [
 FIELDS = ["label", "op", "dtype", "rows", "classes", "input", "output", "growth", "seconds", "error"]
 
 
-def inputs(op: str, dtype_name: str, rows: int, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Touched logits, targets and the second input of ``op``."""
-    if dtype_name == "bfloat16":
+def inputs(case: Case, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Touched logits, targets and the second input of ``case`` with ``rows`` rows."""
+    if case.dtype == "bfloat16":
         import ml_dtypes
 
         dtype = np.dtype(ml_dtypes.bfloat16)
     else:
-        dtype = np.dtype(dtype_name)
-    x = np.zeros((rows, classes), dtype)
+        dtype = np.dtype(case.dtype)
+    x = np.zeros((rows, case.classes), dtype)
     x[:, ::3] = 1
     x[:, 1::7] = -2
-    t = np.arange(rows) % classes
-    q = np.full((rows, classes), 1.0 / classes, dtype) if op in FULL_SECOND_INPUT else np.zeros((rows, 1), dtype)
-    if op == "logsumexp+b+sign":
-        q = -q  # negative weights: a sign of -1
-    return x, t, q
+    t = np.arange(rows) % case.classes
+    return x, t, case.second(x)
 
 
-def measure_here(op: str, dtype_name: str, rows: int, classes: int, repeats: int) -> None:
+def measure_here(op: str, dtype_name: str, rows: int, repeats: int) -> None:
     """In the fresh interpreter: print the peak growth of one call, the sizes and the median time, as JSON."""
-    x, t, q = inputs(op, dtype_name, rows, classes)
-    call = CALLS[op]
+    case = BY_NAME[op, dtype_name]
+    x, t, q = inputs(case, rows)
+    call = case.call
     call(x[:2], t[:2], q[:2])
     before = reset_peak_rss()
     out = call(x, t, q)
@@ -144,12 +163,13 @@ def measure_here(op: str, dtype_name: str, rows: int, classes: int, repeats: int
     print(json.dumps({"growth": peak - before, "input": x.nbytes, "output": out_bytes, "seconds": seconds}))
 
 
-def measure(op: str, dtype: str, rows: int, classes: int, src: str | None, repeats: int) -> dict:
+def measure(case: Case, rows: int, src: str | None, repeats: int) -> dict:
+    """The fresh interpreter's measurement of ``case`` with ``rows`` rows, or the error it failed with."""
     env = {"SOFTMAXKIT_DISABLE_NATIVE": "1"}
     if src:
         env["PYTHONPATH"] = src
     try:
-        return run_fresh(CHILD, op, dtype, rows, classes, repeats, env=env, warnings=False)
+        return run_fresh(CHILD, case.op, case.dtype, rows, repeats, env=env, warnings=False)
     except FreshRunFailed as exc:
         return {"error": str(exc)}
 
@@ -183,6 +203,28 @@ def _from_csv(r: dict) -> dict:
     return r
 
 
+def measure_all(args: argparse.Namespace) -> list[dict]:
+    """One row per case, its rows divided by ``--scale``, printed as it comes."""
+    new = []
+    for case in CASES:
+        rows = max(1, case.rows // args.scale)
+        row = {"label": args.label, "op": case.op, "dtype": case.dtype, "rows": rows, "classes": case.classes}
+        row.update(measure(case, rows, args.src, args.repeats))
+        new.append(row)
+        print("| " + " | ".join(map(str, _cells(row))) + " |", flush=True)
+    return new
+
+
+def earlier_rows(out: Path, new: list[dict]) -> list[dict]:
+    """The rows of ``out``'s CSV for another label or row count than the ``new`` ones."""
+    csv_path = out / "generic_memory.csv"
+    if not csv_path.exists():
+        return []
+    measured = {(n["label"], str(n["rows"])) for n in new}
+    with csv_path.open() as f:
+        return [r for r in csv.DictReader(f) if (r["label"], r["rows"]) not in measured]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=1, help="divide every case's rows by this")
@@ -193,19 +235,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.scale < 1:
         parser.error(f"--scale must be >= 1; got {args.scale}")
-    new = []
-    for op, dtype, rows, classes in CASES:
-        rows = max(1, rows // args.scale)
-        row = {"label": args.label, "op": op, "dtype": dtype, "rows": rows, "classes": classes}
-        row.update(measure(op, dtype, rows, classes, args.src, args.repeats))
-        new.append(row)
-        print("| " + " | ".join(map(str, _cells(row))) + " |", flush=True)
-    old = []
-    csv_path = args.out / "generic_memory.csv"
-    if csv_path.exists():
-        measured = {(n["label"], str(n["rows"])) for n in new}
-        with csv_path.open() as f:
-            old = [r for r in csv.DictReader(f) if (r["label"], r["rows"]) not in measured]
+    new = measure_all(args)
+    old = earlier_rows(args.out, new)
     write_results(
         "generic_memory",
         title="Generic path: peak memory",
