@@ -36,10 +36,11 @@ def mean_denominator(
 ) -> Any:
     """What "mean" divides by, as a 0-d array of ``dtype``.
 
-    ``t`` holds one target per row: class indices (checked), or, with
-    ``probabilities``, any array whose first axis counts the rows.  Class
-    indices give the compensated sum of ``weight[t]`` over the rows whose
-    target is not ``ignore_index`` (their count without class weights);
+    ``t`` holds one target per row: class indices (checked before, when
+    ``weight`` is indexed by them), or, with ``probabilities``, any array
+    whose first axis counts the rows.  Class indices give the sum of
+    ``weight[t]`` over the rows whose target is not ``ignore_index`` (their
+    count without class weights);
     probability targets give the number of rows, or of ``live`` rows (a
     boolean per row: rows left without a class by a mask weigh 0; class-index
     targets mark those rows ignored instead).  The cost is one pass over the
