@@ -398,7 +398,7 @@ def binary_cross_entropy_with_logits(
     sums = None if reduction == "none" else xp.empty((-(-flat_shape[0] // group),), dtype=work, device=device)
     loss_out = xp.empty(flat_shape, dtype=out_dtype, device=device) if reduction == "none" else None
     grad = xp.empty(flat_shape, dtype=out_dtype, device=device) if return_grad else None
-    denominator = xp.asarray(float(math.prod(shape)), dtype=work, device=device)
+    denominator = num.elementwise_denominator(xp, x, work)
     for part in parts:
         loss, g = num.binary_cross_entropy(xp, chunk(x, part), chunk(y, part), None if beta is None else chunk(beta, part), return_grad)
         if w is not None:

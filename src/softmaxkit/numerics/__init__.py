@@ -81,6 +81,7 @@ from softmaxkit.numerics.cross_entropy import (
     probability_target_grad,
 )
 from softmaxkit.numerics.reduction import (
+    elementwise_denominator,
     gradient_divisor,
     mean_denominator,
     one_hot,
@@ -102,6 +103,7 @@ __all__ = [
     "compensated_sum_pair",
     "cross_entropy_rows",
     "divide_pair",
+    "elementwise_denominator",
     "entropy",
     "gradient_divisor",
     "hot_row_weight",

@@ -17,6 +17,7 @@ calls these, so that a rule changes in one place:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import array_api_compat
@@ -61,6 +62,11 @@ def mean_denominator(
         picked = xp.take(weight, xp.reshape(safe, (-1,)), axis=0)
         row_w = xp.where(xp.reshape(keep, (-1,)), picked, xp.zeros_like(picked))
     return xp.sum(row_w)
+
+
+def elementwise_denominator(xp: Any, like: Any, dtype: Any) -> Any:
+    """What "mean" divides by for an elementwise loss (binary cross-entropy): the number of entries of ``like``."""
+    return xp.asarray(float(math.prod(tuple(like.shape))), dtype=dtype, device=array_api_compat.device(like))
 
 
 def reduce(xp: Any, loss: Any, grad: Any, denominator: Any, reduction: str, widened: bool):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,7 +72,7 @@ def binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, red
     if w is not None:
         loss = w * loss
         grad = None if grad is None else w * grad
-    denominator = jnp.asarray(float(math.prod(x.shape)), dtype=work)
+    denominator = num.elementwise_denominator(jnp, x, work)
     loss, grad = num.reduce(jnp, loss, grad, denominator, reduction, widened)
     if not return_grad:
         return loss.astype(dtype)

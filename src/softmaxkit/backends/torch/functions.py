@@ -312,7 +312,7 @@ class BinaryCrossEntropyFunction(torch.autograd.Function):
         loss, _ = num.binary_cross_entropy(xp, x.to(work), y.to(work), beta, False)
         if w is not None:
             loss = w * loss
-        denominator = torch.tensor(float(x.numel()), dtype=work, device=x.device)
+        denominator = num.elementwise_denominator(xp, x, work)
         out, _ = num.reduce(xp, loss, None, denominator, reduction, widened)
         return out.to(torch.promote_types(x.dtype, y.dtype))
 
@@ -337,7 +337,7 @@ class BinaryCrossEntropyFunction(torch.autograd.Function):
             d = d + ((pos if beta is None else beta * pos) - num.softplus(xp, xw)) * ty.to(work)
         if weight is not None:
             d = weight.to(work) * d
-        denominator = torch.tensor(float(x.numel()), dtype=work, device=x.device)
+        denominator = num.elementwise_denominator(xp, x, work)
         out, _ = num.reduce(xp, d, None, denominator, ctx.reduction, widened)
         return out.to(torch.promote_types(x.dtype, y.dtype))
 
