@@ -36,6 +36,7 @@ HEADERS = [
         "job.h",
         "pool.h",
         "half.h",
+        "convert.h",
         "range_kernels.h",
         "compensated.h",
         "simd.h",

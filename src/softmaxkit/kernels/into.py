@@ -3,10 +3,13 @@
 These take C-contiguous NumPy arrays (a CPU ``torch.Tensor`` converts without
 a copy with ``.numpy()``; results come back with ``torch.from_numpy``), reduce
 along the last axis, and write into outputs of the input's dtype (float16,
-float32 or float64).  They check formats and sizes, not values: validate
-arguments before calling them.  Outputs must not overlap the inputs, except
-that ``out`` may be ``x`` itself for ``softmax_into`` and ``log_softmax_into``.
-See the package docstring for each function's shapes.
+float32, float64 or bfloat16).  bfloat16 comes as ``ml_dtypes.bfloat16``
+arrays, or, with ``bfloat16=True``, as 2-byte integer arrays holding its bits
+(``tensor.view(torch.uint16).numpy()``): neither NumPy nor torch exports
+bfloat16 through the buffer protocol.  They check formats and sizes, not
+values: validate arguments before calling them.  Outputs must not overlap the
+inputs, except that ``out`` may be ``x`` itself for ``softmax_into`` and
+``log_softmax_into``.  See the package docstring for each function's shapes.
 """
 
 from __future__ import annotations
@@ -24,32 +27,52 @@ def _require() -> Any:
     return _kernels
 
 
+def is_bfloat16(a: Any) -> bool:
+    """Whether ``a`` is an array of ``ml_dtypes.bfloat16`` (recognised without importing ml_dtypes)."""
+    return getattr(getattr(a, "dtype", None), "name", None) == "bfloat16"
+
+
+def bits(a: Any) -> Any:
+    """``a``'s bfloat16 values as uint16 (a view), for the kernels; any other argument as it is."""
+    return a.view(np.uint16) if is_bfloat16(a) else a
+
+
 def _no_overlap(out: np.ndarray, name: str, *inputs: tuple[str, Any]) -> None:
     for input_name, a in inputs:
         if a is not None and np.may_share_memory(out, a):
             raise ValueError(f"{name} must not overlap {input_name}")
 
 
-def softmax_into(x: np.ndarray, out: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """``out[...] = softmax(x, axis=-1, temperature=temperature)``; returns ``out``."""
+def softmax_into(x: np.ndarray, out: np.ndarray, temperature: float = 1.0, *, bfloat16: bool = False) -> np.ndarray:
+    """``out[...] = softmax(x, axis=-1, temperature=temperature)``; returns ``out``.
+
+    ``bfloat16=True``: ``x`` and ``out`` are 2-byte integer arrays holding
+    bfloat16 (implied when ``x`` is an ``ml_dtypes.bfloat16`` array).
+    """
     if out is not x:
         _no_overlap(out, "out", ("x", x))
-    _require().softmax(x, out, float(temperature), False)
+    _require().softmax(bits(x), bits(out), float(temperature), False, bfloat16 or is_bfloat16(x))
     return out
 
 
-def log_softmax_into(x: np.ndarray, out: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """``out[...] = log_softmax(x, axis=-1, temperature=temperature)``; returns ``out``."""
+def log_softmax_into(x: np.ndarray, out: np.ndarray, temperature: float = 1.0, *, bfloat16: bool = False) -> np.ndarray:
+    """``out[...] = log_softmax(x, axis=-1, temperature=temperature)``; returns ``out``.
+
+    ``bfloat16`` as for :func:`softmax_into`.
+    """
     if out is not x:
         _no_overlap(out, "out", ("x", x))
-    _require().softmax(x, out, float(temperature), True)
+    _require().softmax(bits(x), bits(out), float(temperature), True, bfloat16 or is_bfloat16(x))
     return out
 
 
-def logsumexp_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out[...] = logsumexp(x, axis=-1)``; ``out`` has ``x.shape[:-1]``."""
+def logsumexp_into(x: np.ndarray, out: np.ndarray, *, bfloat16: bool = False) -> np.ndarray:
+    """``out[...] = logsumexp(x, axis=-1)``; ``out`` has ``x.shape[:-1]``.
+
+    ``bfloat16`` as for :func:`softmax_into`.
+    """
     _no_overlap(out, "out", ("x", x))
-    _require().logsumexp(x, out)
+    _require().logsumexp(bits(x), bits(out), bfloat16 or is_bfloat16(x))
     return out
 
 
@@ -64,42 +87,55 @@ def cross_entropy_into(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     grad_divisor: float = 1.0,
+    bfloat16: bool = False,
 ) -> None:
     """Per-row cross-entropy into ``loss`` and, optionally, its gradient into ``grad``.
 
     See the module docstring for the shapes; ``grad`` is the gradient of
     ``loss.sum() / grad_divisor`` with respect to ``logits``.
+    ``bfloat16=True``: ``logits``, ``grad`` and probability targets are
+    2-byte integer arrays holding bfloat16 (implied when ``logits`` is an
+    ``ml_dtypes.bfloat16`` array); 2-byte integer targets are then
+    probabilities, not class indices.
     """
     k = _require()
-    index = targets.dtype.kind in "iu"
+    bf16 = bfloat16 or is_bfloat16(logits)
+    index = targets.dtype.kind in "iu" and not (bf16 and targets.dtype.itemsize == 2)
     if grad_divisor <= 0:
         raise ValueError(f"grad_divisor must be > 0; got {grad_divisor!r}")
     _no_overlap(loss, "loss", ("logits", logits), ("targets", targets), ("weight", weight))
     if grad is not None:
         _no_overlap(grad, "grad", ("logits", logits), ("targets", targets), ("weight", weight), ("loss", loss))
     k.cross_entropy(
-        logits,
+        bits(logits),
         targets if index else None,
-        None if index else targets,
+        None if index else bits(targets),
         weight,
         loss,
-        grad,
+        bits(grad),
         int(ignore_index),
         float(label_smoothing),
         float(z_loss),
         float(grad_divisor),
+        bf16,
     )
 
 
-def softmax_vjp_into(probs: np.ndarray, cotangent: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out[...] = probs * (cotangent - sum(probs * cotangent, -1))``; returns ``out``."""
+def softmax_vjp_into(probs: np.ndarray, cotangent: np.ndarray, out: np.ndarray, *, bfloat16: bool = False) -> np.ndarray:
+    """``out[...] = probs * (cotangent - sum(probs * cotangent, -1))``; returns ``out``.
+
+    ``bfloat16``: as for :func:`softmax_into`, implied by ``probs``.
+    """
     _no_overlap(out, "out", ("probs", probs), ("cotangent", cotangent))
-    _require().vjp(probs, cotangent, out, False)
+    _require().vjp(bits(probs), bits(cotangent), bits(out), False, bfloat16 or is_bfloat16(probs))
     return out
 
 
-def log_softmax_vjp_into(log_probs: np.ndarray, cotangent: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out[...] = cotangent - exp(log_probs) * sum(cotangent, -1)``; returns ``out``."""
+def log_softmax_vjp_into(log_probs: np.ndarray, cotangent: np.ndarray, out: np.ndarray, *, bfloat16: bool = False) -> np.ndarray:
+    """``out[...] = cotangent - exp(log_probs) * sum(cotangent, -1)``; returns ``out``.
+
+    ``bfloat16``: as for :func:`softmax_into`, implied by ``log_probs``.
+    """
     _no_overlap(out, "out", ("log_probs", log_probs), ("cotangent", cotangent))
-    _require().vjp(log_probs, cotangent, out, True)
+    _require().vjp(bits(log_probs), bits(cotangent), bits(out), True, bfloat16 or is_bfloat16(log_probs))
     return out

@@ -14,6 +14,7 @@ import numpy as np
 
 from softmaxkit.kernels import config
 from softmaxkit.kernels.config import _kernels
+from softmaxkit.kernels.into import bits, is_bfloat16
 
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 # Outputs smaller than this come from NumPy: the C allocator's heap keeps and
@@ -44,9 +45,9 @@ def _empty_like(x: np.ndarray) -> np.ndarray:
 def eligible(x: Any, axis: Any) -> bool:
     """Whether ``x`` reduced along ``axis`` can go to the kernels.
 
-    True for a NumPy float16/32/64 array (native byte order, aligned) whose
-    reduced axis is its last and which is C-contiguous, while the kernels are
-    active.  Anything else, including arguments the generic path rejects,
+    True for a NumPy float16/32/64 or ``ml_dtypes.bfloat16`` array (native
+    byte order, aligned) whose reduced axis is its last and which is
+    C-contiguous, while the kernels are active.  Anything else, including arguments the generic path rejects,
     gives False.
     """
     return (
@@ -55,7 +56,7 @@ def eligible(x: Any, axis: Any) -> bool:
         and type(axis) is int
         and x.ndim > 0
         and (axis == -1 or axis == x.ndim - 1)
-        and x.dtype in _FLOATS
+        and (x.dtype in _FLOATS or is_bfloat16(x))
         and x.flags.c_contiguous
         and x.flags.aligned
     )
@@ -76,21 +77,24 @@ def eligible_pair(x: Any, y: Any, axis: Any) -> bool:
 # --- the core's entry points (arguments already validated) --------------------
 
 
+# bfloat16 arrays go to the kernels as their bits (``into.bits``), with the flag.
+
+
 def softmax(x: np.ndarray, temperature: float) -> np.ndarray:
     out = _empty_like(x)
-    _kernels.softmax(x, out, temperature, False)
+    _kernels.softmax(bits(x), bits(out), temperature, False, is_bfloat16(x))
     return out
 
 
 def log_softmax(x: np.ndarray, temperature: float) -> np.ndarray:
     out = _empty_like(x)
-    _kernels.softmax(x, out, temperature, True)
+    _kernels.softmax(bits(x), bits(out), temperature, True, is_bfloat16(x))
     return out
 
 
 def logsumexp(x: np.ndarray, keepdims: bool, return_sign: bool) -> Any:
     out = np.empty(x.shape[:-1], dtype=x.dtype)
-    _kernels.logsumexp(x, out)
+    _kernels.logsumexp(bits(x), bits(out), is_bfloat16(x))
     if keepdims:
         out = out.reshape(x.shape[:-1] + (1,))
     if not return_sign:
@@ -102,13 +106,13 @@ def logsumexp(x: np.ndarray, keepdims: bool, return_sign: bool) -> Any:
 
 def softmax_vjp(probs: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
     out = _empty_like(probs)
-    _kernels.vjp(probs, cotangent, out, False)
+    _kernels.vjp(bits(probs), bits(cotangent), bits(out), False, is_bfloat16(probs))
     return out
 
 
 def log_softmax_vjp(log_probs: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
     out = _empty_like(log_probs)
-    _kernels.vjp(log_probs, cotangent, out, True)
+    _kernels.vjp(bits(log_probs), bits(cotangent), bits(out), True, is_bfloat16(log_probs))
     return out
 
 
@@ -155,8 +159,9 @@ def cross_entropy_inputs(logits: Any, targets: Any, axis: Any, weight: Any, igno
         if t is None or not -(2**63) <= ignore_index < 2**63:
             return None
         return t, None, w
-    if targets.dtype.kind == "f" and eligible_pair(logits, targets, axis):
-        if targets.size and np.fmin.reduce(targets, axis=None) < 0:
+    if (targets.dtype.kind == "f" or is_bfloat16(targets)) and eligible_pair(logits, targets, axis):
+        # a class-naming ignore_index is an error with probabilities
+        if ignore_index >= 0 or (targets.size and np.fmin.reduce(targets, axis=None) < 0):
             return None
         return None, targets, w
     return None
@@ -170,7 +175,10 @@ def cross_entropy(logits, class_indices, probabilities, weight, ignore_index, ep
     loss_rows = np.empty(logits.shape[:-1], dtype=np.float64)
     grad = _empty_like(logits) if return_grad else None
     try:
-        _kernels.cross_entropy(logits, class_indices, probabilities, weight, loss_rows, grad, ignore_index, eps, z_loss, grad_divisor)
+        _kernels.cross_entropy(
+            bits(logits), class_indices, bits(probabilities), weight, loss_rows, bits(grad), ignore_index, eps, z_loss,
+            grad_divisor, is_bfloat16(logits),
+        )
     except ValueError:
         # a class index out of range: the generic path raises its own error
         return None

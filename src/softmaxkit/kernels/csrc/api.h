@@ -1,7 +1,7 @@
 /* Entry points of the native kernels, called by the Python bindings.
  *
  * Every entry point takes C-contiguous rows of `n` elements of one float
- * dtype (DT_*), writes into buffers the caller provides, and returns 0,
+ * dtype (DT_*; bfloat16 is stored as its 16 high bits of float32), writes into buffers the caller provides, and returns 0,
  * SK_ENOMEM, or SK_ETARGET for a class index that is neither in [0, n) nor
  * ignore_index (checked before anything is written).  The formulas are those
  * of softmaxkit.numerics; see the module docstring of softmaxkit.kernels.
@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { DT_F16 = 0, DT_F32 = 1, DT_F64 = 2 };
+enum { DT_F16 = 0, DT_F32 = 1, DT_F64 = 2, DT_BF16 = 3 };
 
 #define SK_ENOMEM 1
 #define SK_ETARGET 2
@@ -32,5 +32,9 @@ int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t 
                      const int64_t *targets, const void *probs, const double *class_weight, int64_t ignore_index,
                      double eps, double z_loss, double grad_divisor);
 int sk_vjp(int dtype, int log, const void *y, const void *cotangent, void *out, size_t rows, size_t n);
+/* n values of a 16-bit dtype widened to float32 (narrow 0), or float32
+ * values rounded to it (narrow 1), by the conversions of the instruction set
+ * in use; on one thread */
+void sk_convert(int dtype, int narrow, const void *src, void *dst, size_t n);
 
 #endif

@@ -11,7 +11,6 @@
 #include <math.h>
 
 #include "compensated.h"
-#include "half.h"
 #include "job.h"
 
 /* One row, as far as this thread's chunk of it goes. */
@@ -43,8 +42,8 @@ static void ce_coefficients(rowctx_t *R, size_t r, ce_row_t *C) {
     if (C->prob_row) {
         cf->prob_scale = 1.0 - J->eps;
         cf->smoothing = J->eps;
-        if (J->dtype == DT_F16) {
-            halves_to_floats(C->prob_row + R->start * 2, R->S->in2_f32, R->len);
+        if (J->codec) {
+            J->codec->widen(C->prob_row + R->start * 2, R->S->in2_f32, R->len);
             cf->probs = R->S->in2_f32;
         } else {
             cf->probs = C->prob_row + R->start * J->item_size;
@@ -213,12 +212,12 @@ void row_cross_entropy(rowctx_t *R, size_t r) {
     C.prob_row = J->probs ? J->probs + r * row_bytes : NULL;
     C.grad_row = J->out ? J->out + r * row_bytes : NULL;
     C.x = chunk_logits(R, C.row);
-    if (C.grad_row) C.g = J->dtype == DT_F16 ? (void *)R->S->out_f32 : (void *)(C.grad_row + R->start * J->item_size);
+    if (C.grad_row) C.g = J->codec ? (void *)R->S->out_f32 : (void *)(C.grad_row + R->start * J->item_size);
     ce_coefficients(R, r, &C);
     scan_row(R, C.x, C.g != NULL, J->eps != 0.0, &C.scan);
     C.cf.inv_unmasked = 1.0 / (C.scan.unmasked == 0 ? 1.0 : (double)C.scan.unmasked);
     if (C.scan.nan || C.scan.max == -INFINITY) ce_limit_row(R, r, &C);
     else if (!C.general && C.row_weight == 0.0) ce_ignored_row(R, r, &C);
     else ce_regular_row(R, r, &C);
-    if (C.g && J->dtype == DT_F16) floats_to_halves(R->S->out_f32, C.grad_row + R->start * 2, R->len);
+    if (C.g && J->codec) J->codec->narrow(R->S->out_f32, C.grad_row + R->start * 2, R->len);
 }

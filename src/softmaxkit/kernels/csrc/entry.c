@@ -46,6 +46,7 @@ int sk_get_threads(void) { return num_threads; }
 /* Completes the job's description and runs it. */
 static int start(job_t *J) {
     J->fam = J->dtype == DT_F64 ? &isa->f64 : &isa->f32;
+    J->codec = J->dtype == DT_F16 ? &isa->f16 : J->dtype == DT_BF16 ? &isa->bf16 : NULL;
     J->item_size = J->dtype == DT_F64 ? 8 : J->dtype == DT_F32 ? 4 : 2;
     J->blocks = (J->n + SK_BLOCK - 1) / SK_BLOCK;
     /* only the float32 family's writers stream (see `write` in family.h) */
@@ -104,6 +105,12 @@ int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t 
     int rc = start(&J);
     free(own);
     return rc;
+}
+
+void sk_convert(int dtype, int narrow, const void *src, void *dst, size_t n) {
+    const sk_codec *c = dtype == DT_BF16 ? &isa->bf16 : &isa->f16;
+    if (narrow) c->narrow(src, dst, n);
+    else c->widen(src, dst, n);
 }
 
 int sk_vjp(int dtype, int log, const void *y, const void *cotangent, void *out, size_t rows, size_t n) {

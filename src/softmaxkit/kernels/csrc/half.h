@@ -1,6 +1,15 @@
-/* float16 <-> float32 conversion: float16 rows go through the float32 family
- * of range kernels, converted chunk by chunk (exactly) on the way in and
- * rounded to float16 on the way out. */
+/* The 16-bit formats, float16 and bfloat16: their rows go through the
+ * float32 family of range kernels, widened chunk by chunk (exactly) on the
+ * way in and rounded from float32 on the way out.  These are the portable
+ * scalar conversions; each instruction set has its vector loops (sk_codec,
+ * convert.h), which give bitwise the same results.
+ *
+ * Widening is exact, and a NaN becomes a quiet NaN with its sign and
+ * payload.  Narrowing rounds to nearest, ties to even (overflow gives inf),
+ * and a NaN becomes a quiet NaN with its sign and the high bits of its
+ * payload: the behaviour of the x86 conversion instructions, so that widening
+ * and narrowing again gives every bit pattern back, with the quiet bit set
+ * on a NaN. */
 #ifndef SK_HALF_H
 #define SK_HALF_H
 
@@ -8,9 +17,16 @@
 #include <stdint.h>
 
 float half_to_float(uint16_t h);
-/* rounded to the nearest float16, ties to even */
-uint16_t double_to_half(double v);
+uint16_t float_to_half(float f);
+float bfloat16_to_float(uint16_t h);
+uint16_t float_to_bfloat16(float f);
+
 void halves_to_floats(const void *src, float *dst, size_t n);
 void floats_to_halves(const float *src, void *dst, size_t n);
+
+/* A value of a 16-bit dtype (DT_F16 or DT_BF16) as float, and a double
+ * rounded once to it (ties to even; a NaN gives the quiet NaN of its sign). */
+float widen16(int dtype, uint16_t h);
+uint16_t round16(int dtype, double v);
 
 #endif

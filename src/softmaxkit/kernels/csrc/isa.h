@@ -1,7 +1,7 @@
-/* Body of one ISA translation unit: the vector helpers and both families,
- * each with its table (family_f32, family_f64) for the unit's sk_isa.  The
- * includer defines SK_ISA, SK_VW, SK_HAVE_FMA and SK_FMA, after its target
- * pragmas. */
+/* Body of one ISA translation unit: the vector helpers, both families, each
+ * with its table (family_f32, family_f64), and the 16-bit conversions
+ * (codec_f16, codec_bf16) for the unit's sk_isa.  The includer defines
+ * SK_ISA, SK_VW, SK_HAVE_FMA and SK_FMA, after its target pragmas. */
 #include "range_kernels.h"
 #include "simd.h"
 #include "compensated.h"
@@ -15,3 +15,5 @@
 #define COMP 1
 #define FSUF f64
 #include "family.h"
+
+#include "convert.h"

@@ -19,7 +19,7 @@
 #define SK_FENCE() _mm_sfence()
 #include "isa.h"
 
-const sk_isa sk_isa_avx2 = {"avx2", family_f32, family_f64};
+const sk_isa sk_isa_avx2 = {"avx2", family_f32, family_f64, codec_f16, codec_bf16};
 #if defined(__clang__)
 #pragma clang attribute pop
 #endif

@@ -6,4 +6,4 @@
 #define SK_FMA(a, b, c) ((a) * (b) + (c))
 #include "isa.h"
 
-const sk_isa sk_isa_baseline = {"baseline", family_f32, family_f64};
+const sk_isa sk_isa_baseline = {"baseline", family_f32, family_f64, codec_f16, codec_bf16};

@@ -30,6 +30,7 @@ enum { OP_SOFTMAX, OP_LSE, OP_CE, OP_VJP };
 typedef struct job {
     int op, dtype, log;
     const sk_family *fam;
+    const sk_codec *codec;     /* a 16-bit dtype's conversions, or NULL */
     const char *x;             /* logits, or the VJP's y */
     const char *probs;         /* cross-entropy probability targets, or NULL */
     const char *cotangent;     /* VJP */
@@ -60,7 +61,7 @@ typedef struct job {
 typedef struct {
     double *e;                 /* the row's exponentials, unless they go to the output */
     char *standin;             /* the stand-in of a +inf row, family type */
-    float *in_f32, *in2_f32, *out_f32; /* float16 rows as float32: x, probs or cotangent, output */
+    float *in_f32, *in2_f32, *out_f32; /* 16-bit rows as float32: x, probs or cotangent, output */
     double chunk_max[2];       /* the per-chunk partials when rows are not split */
     size_t chunk_argmax[2], chunk_unmasked[2];
     int chunk_nan[2];

@@ -41,10 +41,13 @@ static const char *strip_order(const char *f) {
     return f;
 }
 
-/* DT_F16, DT_F32, DT_F64, or -1 for another format */
-static int float_kind(const Py_buffer *v) {
+/* DT_F16, DT_F32, DT_F64, or -1 for another format.  No buffer format names
+ * bfloat16: with `bf16` its bits come as 2-byte integers, DT_BF16, and every
+ * other format gives -1. */
+static int float_kind(const Py_buffer *v, int bf16) {
     const char *f = strip_order(v->format);
     if (f[1] != '\0') return -1;
+    if (bf16) return (*f == 'H' || *f == 'h') && v->itemsize == 2 ? DT_BF16 : -1;
     if (*f == 'e' && v->itemsize == 2) return DT_F16;
     if (*f == 'f' && v->itemsize == 4) return DT_F32;
     if (*f == 'd' && v->itemsize == 8) return DT_F64;
@@ -56,7 +59,7 @@ static int is_int64(const Py_buffer *v) {
     return f[1] == '\0' && (*f == 'l' || *f == 'q') && v->itemsize == 8;
 }
 
-static const char *DTYPES[] = {"float16", "float32", "float64"};
+static const char *DTYPES[] = {"float16", "float32", "float64", "bfloat16"};
 
 /* rows and row length of an array whose last axis is the class axis */
 static int rows_of(const Py_buffer *v, const char *name, size_t *rows, size_t *n) {
@@ -71,11 +74,20 @@ static int rows_of(const Py_buffer *v, const char *name, size_t *rows, size_t *n
     return 0;
 }
 
-static int check_float(const buf_t *b, int dtype, const char *name) {
-    int k = float_kind(&b->v);
+static int check_float(const buf_t *b, int dtype, int bf16, const char *name) {
+    int k = float_kind(&b->v, bf16);
     if (k < 0) {
-        PyErr_Format(PyExc_TypeError, "%s must hold float16, float32 or float64; got format '%s'", name,
-                     b->v.format ? b->v.format : "B");
+        const char *format = b->v.format ? b->v.format : "B";
+        if (bf16)
+            PyErr_Format(PyExc_TypeError,
+                         "%s must hold bfloat16 as 2-byte integers (format 'H' or 'h'), as bfloat16 is set; got "
+                         "format '%s'",
+                         name, format);
+        else
+            PyErr_Format(PyExc_TypeError,
+                         "%s must hold float16, float32 or float64, or bfloat16 as 2-byte integers with bfloat16 "
+                         "set; got format '%s'",
+                         name, format);
         return -1;
     }
     if (dtype >= 0 && k != dtype) {
@@ -107,7 +119,7 @@ static int get_int64(PyObject *o, buf_t *b, const char *name, size_t count) {
 /* `count` float64 values */
 static int get_float64(PyObject *o, buf_t *b, int writable, const char *name, size_t count) {
     if (get(o, b, writable, name)) return -1;
-    if (float_kind(&b->v) != DT_F64) {
+    if (float_kind(&b->v, 0) != DT_F64) {
         PyErr_Format(PyExc_TypeError, "%s must hold float64", name);
         return -1;
     }
@@ -121,27 +133,32 @@ static int raise_rc(int rc) {
     return rc ? -1 : 0;
 }
 
-#define NARGS(want, fname)                                                                   \
-    if (nargs != (want)) {                                                                   \
-        PyErr_Format(PyExc_TypeError, fname "() takes %d arguments (%zd given)", (want), nargs); \
-        return NULL;                                                                         \
-    }
+/* The arguments `want` required ones and, last, the optional bfloat16 flag:
+ * its truth into *bf16 (0 without it). */
+#define ARGS_BF16(want, fname, bf16)                                                                      \
+    if (nargs != (want) && nargs != (want) + 1) {                                                          \
+        PyErr_Format(PyExc_TypeError, fname "() takes %d or %d arguments (%zd given)", (want), (want) + 1, \
+                     nargs);                                                                              \
+        return NULL;                                                                                      \
+    }                                                                                                     \
+    int bf16 = nargs > (want) ? PyObject_IsTrue(args[want]) : 0;                                          \
+    if (bf16 < 0) return NULL;
 
-/* softmax(x, out, temperature, log) */
+/* softmax(x, out, temperature, log[, bfloat16]) */
 static PyObject *py_softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    NARGS(4, "softmax");
+    ARGS_BF16(4, "softmax", bf16);
     double T = PyFloat_AsDouble(args[2]);
     int log = PyObject_IsTrue(args[3]);
     if ((T == -1.0 && PyErr_Occurred()) || log < 0) return NULL;
     buf_t x = {0}, out = {0};
     size_t rows, n;
     int rc = -1;
-    if (get(args[0], &x, 0, "x") || get(args[1], &out, 1, "out") || check_float(&x, -1, "x") ||
+    if (get(args[0], &x, 0, "x") || get(args[1], &out, 1, "out") || check_float(&x, -1, bf16, "x") ||
         rows_of(&x.v, "x", &rows, &n))
         goto end;
-    int dt = float_kind(&x.v);
-    if (check_float(&out, dt, "out") || check_len(&out, rows * n, "out")) goto end;
+    int dt = float_kind(&x.v, bf16);
+    if (check_float(&out, dt, bf16, "out") || check_len(&out, rows * n, "out")) goto end;
     Py_BEGIN_ALLOW_THREADS
     rc = sk_softmax(dt, x.v.buf, out.v.buf, rows, n, T, log);
     Py_END_ALLOW_THREADS
@@ -153,18 +170,18 @@ end:
     Py_RETURN_NONE;
 }
 
-/* logsumexp(x, out) */
+/* logsumexp(x, out[, bfloat16]) */
 static PyObject *py_logsumexp(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    NARGS(2, "logsumexp");
+    ARGS_BF16(2, "logsumexp", bf16);
     buf_t x = {0}, out = {0};
     size_t rows, n;
     int rc = -1;
-    if (get(args[0], &x, 0, "x") || get(args[1], &out, 1, "out") || check_float(&x, -1, "x") ||
+    if (get(args[0], &x, 0, "x") || get(args[1], &out, 1, "out") || check_float(&x, -1, bf16, "x") ||
         rows_of(&x.v, "x", &rows, &n))
         goto end;
-    int dt = float_kind(&x.v);
-    if (check_float(&out, dt, "out") || check_len(&out, rows, "out")) goto end;
+    int dt = float_kind(&x.v, bf16);
+    if (check_float(&out, dt, bf16, "out") || check_len(&out, rows, "out")) goto end;
     Py_BEGIN_ALLOW_THREADS
     rc = sk_logsumexp(dt, x.v.buf, out.v.buf, rows, n);
     Py_END_ALLOW_THREADS
@@ -176,7 +193,7 @@ end:
     Py_RETURN_NONE;
 }
 
-/* cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, grad_divisor)
+/* cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, grad_divisor[, bfloat16])
  * targets: int64 per row or None; probs: logits' shape and dtype or None
  * (exactly one of the two); weight: float64 per class or None; loss: float64
  * per row; grad: logits' shape and dtype, or None; grad_divisor: what the
@@ -185,7 +202,7 @@ end:
  * number of rows for probabilities). */
 static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    NARGS(10, "cross_entropy");
+    ARGS_BF16(10, "cross_entropy", bf16);
     long long ignore = PyLong_AsLongLong(args[6]);
     double eps = PyFloat_AsDouble(args[7]), z = PyFloat_AsDouble(args[8]), divisor = PyFloat_AsDouble(args[9]);
     if (PyErr_Occurred()) return NULL;
@@ -196,22 +213,22 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssiz
     buf_t x = {0}, t = {0}, q = {0}, w = {0}, loss = {0}, g = {0};
     size_t rows, n;
     int rc = -1;
-    if (get(args[0], &x, 0, "logits") || check_float(&x, -1, "logits") || rows_of(&x.v, "logits", &rows, &n))
+    if (get(args[0], &x, 0, "logits") || check_float(&x, -1, bf16, "logits") || rows_of(&x.v, "logits", &rows, &n))
         goto end;
-    int dt = float_kind(&x.v);
+    int dt = float_kind(&x.v, bf16);
     if ((args[1] == Py_None) == (args[2] == Py_None)) {
         PyErr_SetString(PyExc_TypeError, "pass exactly one of targets (class indices) and probs");
         goto end;
     }
     if (args[1] != Py_None) {
         if (get_int64(args[1], &t, "targets", rows)) goto end;
-    } else if (get(args[2], &q, 0, "probs") || check_float(&q, dt, "probs") || check_len(&q, rows * n, "probs")) {
+    } else if (get(args[2], &q, 0, "probs") || check_float(&q, dt, bf16, "probs") || check_len(&q, rows * n, "probs")) {
         goto end;
     }
     if (args[3] != Py_None && get_float64(args[3], &w, 0, "weight", n)) goto end;
     if (get_float64(args[4], &loss, 1, "loss", rows)) goto end;
     if (args[5] != Py_None &&
-        (get(args[5], &g, 1, "grad") || check_float(&g, dt, "grad") || check_len(&g, rows * n, "grad")))
+        (get(args[5], &g, 1, "grad") || check_float(&g, dt, bf16, "grad") || check_len(&g, rows * n, "grad")))
         goto end;
     Py_BEGIN_ALLOW_THREADS
     rc = sk_cross_entropy(dt, x.v.buf, g.held ? g.v.buf : NULL, loss.v.buf, rows, n, t.held ? t.v.buf : NULL,
@@ -229,21 +246,21 @@ end:
     Py_RETURN_NONE;
 }
 
-/* vjp(y, cotangent, out, log): softmax VJP from probabilities y, or the
- * log_softmax VJP from log-probabilities y */
+/* vjp(y, cotangent, out, log[, bfloat16]): softmax VJP from probabilities y,
+ * or the log_softmax VJP from log-probabilities y */
 static PyObject *py_vjp(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    NARGS(4, "vjp");
+    ARGS_BF16(4, "vjp", bf16);
     int log = PyObject_IsTrue(args[3]);
     if (log < 0) return NULL;
     buf_t y = {0}, g = {0}, out = {0};
     size_t rows, n;
     int rc = -1;
     if (get(args[0], &y, 0, "y") || get(args[1], &g, 0, "cotangent") || get(args[2], &out, 1, "out") ||
-        check_float(&y, -1, "y") || rows_of(&y.v, "y", &rows, &n))
+        check_float(&y, -1, bf16, "y") || rows_of(&y.v, "y", &rows, &n))
         goto end;
-    int dt = float_kind(&y.v);
-    if (check_float(&g, dt, "cotangent") || check_len(&g, rows * n, "cotangent") || check_float(&out, dt, "out") ||
+    int dt = float_kind(&y.v, bf16);
+    if (check_float(&g, dt, bf16, "cotangent") || check_len(&g, rows * n, "cotangent") || check_float(&out, dt, bf16, "out") ||
         check_len(&out, rows * n, "out"))
         goto end;
     Py_BEGIN_ALLOW_THREADS
@@ -254,6 +271,41 @@ end:
     release(&y);
     release(&g);
     release(&out);
+    if (rc) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* convert(src, dst, bfloat16): float16 (with bfloat16, 2-byte integers
+ * holding bfloat16) widened into float32, or float32 rounded into it; the
+ * direction follows src's format */
+static PyObject *py_convert(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "convert() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    int bf16 = PyObject_IsTrue(args[2]);
+    if (bf16 < 0) return NULL;
+    int half = bf16 ? DT_BF16 : DT_F16;
+    buf_t src = {0}, dst = {0};
+    int rc = -1;
+    if (get(args[0], &src, 0, "src") || get(args[1], &dst, 1, "dst")) goto end;
+    int narrow = float_kind(&src.v, 0) == DT_F32;
+    if (!narrow && float_kind(&src.v, bf16) != half) {
+        PyErr_Format(PyExc_TypeError, "src must hold float32 or %s%s; got format '%s'", DTYPES[half],
+                     bf16 ? " as 2-byte integers" : "", src.v.format ? src.v.format : "B");
+        goto end;
+    }
+    if (narrow ? check_float(&dst, half, bf16, "dst") : check_float(&dst, DT_F32, 0, "dst")) goto end;
+    size_t n = (size_t)(src.v.len / src.v.itemsize);
+    if (check_len(&dst, n, "dst")) goto end;
+    Py_BEGIN_ALLOW_THREADS
+    sk_convert(half, narrow, src.v.buf, dst.v.buf, n);
+    Py_END_ALLOW_THREADS
+    rc = 0;
+end:
+    release(&src);
+    release(&dst);
     if (rc) return NULL;
     Py_RETURN_NONE;
 }
@@ -339,11 +391,13 @@ static PyObject *py_cache_bytes(PyObject *self, PyObject *unused) {
 }
 
 static PyMethodDef methods[] = {
-    {"softmax", (PyCFunction)(void (*)(void))py_softmax, METH_FASTCALL, "softmax(x, out, temperature, log)"},
-    {"logsumexp", (PyCFunction)(void (*)(void))py_logsumexp, METH_FASTCALL, "logsumexp(x, out)"},
+    {"softmax", (PyCFunction)(void (*)(void))py_softmax, METH_FASTCALL, "softmax(x, out, temperature, log[, bfloat16])"},
+    {"logsumexp", (PyCFunction)(void (*)(void))py_logsumexp, METH_FASTCALL, "logsumexp(x, out[, bfloat16])"},
     {"cross_entropy", (PyCFunction)(void (*)(void))py_cross_entropy, METH_FASTCALL,
-     "cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, grad_divisor)"},
-    {"vjp", (PyCFunction)(void (*)(void))py_vjp, METH_FASTCALL, "vjp(y, cotangent, out, log)"},
+     "cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, grad_divisor[, bfloat16])"},
+    {"vjp", (PyCFunction)(void (*)(void))py_vjp, METH_FASTCALL, "vjp(y, cotangent, out, log[, bfloat16])"},
+    {"convert", (PyCFunction)(void (*)(void))py_convert, METH_FASTCALL,
+     "convert(src, dst, bfloat16): a 16-bit format widened to float32, or float32 rounded to it"},
     {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n)"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads()"},
     {"set_isa", py_set_isa, METH_O, "set_isa(name): 'best', 'avx512', 'avx2' or 'baseline'"},

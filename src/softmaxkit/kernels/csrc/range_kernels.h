@@ -115,9 +115,17 @@ typedef struct {
     void (*log_softmax_vjp_write)(const void *y, const void *g, void *out, size_t n, double total);
 } sk_family;
 
+/* Conversions of one 16-bit format (half.h states the rules): widen is
+ * exact, narrow rounds to nearest even. */
+typedef struct {
+    void (*widen)(const void *src, float *dst, size_t n);
+    void (*narrow)(const float *src, void *dst, size_t n);
+} sk_codec;
+
 typedef struct {
     const char *name;
     sk_family f32, f64;
+    sk_codec f16, bf16;
 } sk_isa;
 
 extern const sk_isa sk_isa_baseline;

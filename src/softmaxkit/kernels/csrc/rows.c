@@ -20,7 +20,7 @@ int scratch_init(job_t *J, scratch_t *S, size_t len) {
     int need_standin = J->op == OP_SOFTMAX || J->op == OP_CE;
     if (need_e && !(S->e = malloc(m * sizeof(double)))) return -1;
     if (need_standin && !(S->standin = malloc(m * family_size(J)))) return -1;
-    if (J->dtype == DT_F16) {
+    if (J->codec) {
         if (!(S->in_f32 = malloc(m * sizeof(float))) || !(S->out_f32 = malloc(m * sizeof(float))) ||
             !(S->in2_f32 = malloc(m * sizeof(float))))
             return -1;
@@ -43,10 +43,10 @@ void scratch_free(scratch_t *S) {
 double load_as_double(int dtype, const void *p, size_t j) {
     if (dtype == DT_F64) return ((const double *)p)[j];
     if (dtype == DT_F32) return ((const float *)p)[j];
-    return half_to_float(((const uint16_t *)p)[j]);
+    return widen16(dtype, ((const uint16_t *)p)[j]);
 }
 
-/* float16 rows are filled as float32, converted afterwards */
+/* 16-bit rows are filled as float32, converted afterwards */
 void fill_range(int dtype, void *out, size_t n, double v) {
     if (dtype == DT_F64) {
         double *o = out;
@@ -80,8 +80,8 @@ double combine_parts(const sk_part *p, size_t blocks, int comp, double extra) {
 /* The logits of this chunk in the family's type. */
 const void *chunk_logits(rowctx_t *R, const char *row) {
     job_t *J = R->J;
-    if (J->dtype == DT_F16) {
-        halves_to_floats(row + R->start * 2, R->S->in_f32, R->len);
+    if (J->codec) {
+        J->codec->widen(row + R->start * 2, R->S->in_f32, R->len);
         return R->S->in_f32;
     }
     return row + R->start * J->item_size;
@@ -190,7 +190,7 @@ static void row_softmax(rowctx_t *R, size_t r) {
     const char *row = J->x + r * J->n * J->item_size;
     char *orow = J->out + r * J->n * J->item_size;
     const void *x = chunk_logits(R, row);
-    void *o = J->dtype == DT_F16 ? (void *)R->S->out_f32 : (void *)(orow + R->start * J->item_size);
+    void *o = J->codec ? (void *)R->S->out_f32 : (void *)(orow + R->start * J->item_size);
     row_scan_t sc;
     scan_row(R, x, 0, 0, &sc);
     double a = sc.max;
@@ -215,7 +215,7 @@ static void row_softmax(rowctx_t *R, size_t r) {
                       .log_sum = log1p(s)};
         write_output(R, &w);
     }
-    if (J->dtype == DT_F16) floats_to_halves(R->S->out_f32, orow + R->start * 2, R->len);
+    if (J->codec) J->codec->narrow(R->S->out_f32, orow + R->start * 2, R->len);
 }
 
 static void row_logsumexp(rowctx_t *R, size_t r) {
@@ -235,7 +235,7 @@ static void row_logsumexp(rowctx_t *R, size_t r) {
     if (R->chunk != 0) return;
     if (J->dtype == DT_F64) ((double *)J->out)[r] = v;
     else if (J->dtype == DT_F32) ((float *)J->out)[r] = (float)v;
-    else ((uint16_t *)J->out)[r] = double_to_half(v);
+    else ((uint16_t *)J->out)[r] = round16(J->dtype, v);
 }
 
 /* --- VJPs ----------------------------------------------------------------- */
@@ -246,9 +246,9 @@ static void row_vjp(rowctx_t *R, size_t r) {
     size_t off = r * J->n * J->item_size + R->start * J->item_size;
     const void *y = J->x + off, *g = J->cotangent + off;
     void *o = J->out + off;
-    if (J->dtype == DT_F16) {
-        halves_to_floats(y, R->S->in_f32, R->len);
-        halves_to_floats(g, R->S->in2_f32, R->len);
+    if (J->codec) {
+        J->codec->widen(y, R->S->in_f32, R->len);
+        J->codec->widen(g, R->S->in2_f32, R->len);
         y = R->S->in_f32;
         g = R->S->in2_f32;
         o = R->S->out_f32;
@@ -264,7 +264,7 @@ static void row_vjp(rowctx_t *R, size_t r) {
     double v = combine_parts(parts, J->blocks, J->dtype == DT_F64, 0.0);
     if (J->log) f->log_softmax_vjp_write(y, g, o, R->len, v);
     else f->softmax_vjp_write(y, g, o, R->len, v);
-    if (J->dtype == DT_F16) floats_to_halves(R->S->out_f32, J->out + off, R->len);
+    if (J->codec) J->codec->narrow(R->S->out_f32, J->out + off, R->len);
 }
 
 void run_row(rowctx_t *R, size_t r) {
