@@ -30,6 +30,7 @@ __version__ = _version()
 # Arrays of these libraries go to their backends, imported on first use.
 _registry.register("torch", "Tensor", "softmaxkit.backends.torch.entry:BACKEND")
 _registry.register("jax", "Array", "softmaxkit.backends.jax.entry:BACKEND")
+_registry.load_imported()
 
 __all__ = [
     "binary_cross_entropy_with_logits",

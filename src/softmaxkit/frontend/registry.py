@@ -91,6 +91,20 @@ def backend_for(x: Any) -> Backend | None:
     return None
 
 
+def load_imported() -> None:
+    """Load now the backends whose library is already imported.
+
+    ``torch.compile`` cannot trace an import: a backend first met inside
+    compiled code would cost a graph break there.  The package root and the
+    public backend modules call this, so that importing torch (or JAX)
+    before softmaxkit, or importing ``softmaxkit.torch``, loads the backend
+    ahead of any tracing.
+    """
+    for reg in _registrations:
+        if reg.library in sys.modules:
+            _load(reg.backend)
+
+
 def _load(path: str) -> Backend:
     if path not in _loaded:
         module, attribute = path.split(":")

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import array_api_compat
 import numpy as np
 
+from softmaxkit.frontend import registry
 from softmaxkit.numerics import working_dtype
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -26,11 +27,16 @@ def quiet(func):
 
     The formulas meet ``inf - inf`` and ``0 * inf`` on purpose (masked rows,
     infinite logits) and replace the results with the defined limits; the
-    warnings would only be noise.
+    warnings would only be noise.  Arrays owned by a backend (torch, JAX) go
+    straight through: NumPy's error state is not theirs, and ``torch.compile``
+    cannot trace it.
     """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        first = args[0] if args else next(iter(kwargs.values()), None)
+        if registry.backend_for(first) is not None:
+            return func(*args, **kwargs)
         with np.errstate(all="ignore"):
             return func(*args, **kwargs)
 

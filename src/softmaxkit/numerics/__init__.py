@@ -52,6 +52,7 @@ from __future__ import annotations
 from softmaxkit.numerics.precision import (
     compensated_sum,
     compensated_sum_pair,
+    device,
     divide_pair,
     two_diff,
     two_prod,
@@ -102,6 +103,7 @@ __all__ = [
     "compensated_sum",
     "compensated_sum_pair",
     "cross_entropy_rows",
+    "device",
     "divide_pair",
     "elementwise_denominator",
     "entropy",

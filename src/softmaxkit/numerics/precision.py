@@ -9,6 +9,17 @@ from typing import Any
 
 import array_api_compat
 
+
+def device(x: Any) -> Any:
+    """The device of array ``x``: its ``device`` attribute (the array-API
+    standard), or ``array_api_compat.device`` for arrays without one.
+
+    The attribute comes first because ``torch.compile`` traces this call, and
+    the library's type tests behind the fallback would each print a warning.
+    """
+    d = getattr(x, "device", None)
+    return array_api_compat.device(x) if d is None or callable(d) else d
+
 _INF = float("inf")
 
 
@@ -40,7 +51,7 @@ def _has_float64(xp: Any, like: Any) -> bool:
     info = getattr(xp, "__array_namespace_info__", None)
     if info is None:
         return True
-    return "float64" in info().dtypes(device=array_api_compat.device(like), kind="real floating")
+    return "float64" in info().dtypes(device=device(like), kind="real floating")
 
 
 # --- error-free transformations ---------------------------------------------
@@ -105,7 +116,7 @@ def divide_pair(xp, hi, lo, temperature: float):
     and ``q`` alone is within half an ULP of the quotient.
     """
     dtype = hi.dtype
-    device = array_api_compat.device(hi)
+    dev = device(hi)
     fi = xp.finfo(dtype)
     emax = math.frexp(float(fi.max))[1]
     m, k = math.frexp(temperature)
@@ -116,7 +127,7 @@ def divide_pair(xp, hi, lo, temperature: float):
     # The rounding of m to the working dtype, done on the host: a device
     # round trip would stall an accelerator's queue.
     m_hi = m if dtype == xp.float64 else float(struct.unpack("f", struct.pack("f", m))[0])
-    t_hi = xp.asarray(m_hi, dtype=dtype, device=device)
+    t_hi = xp.asarray(m_hi, dtype=dtype, device=dev)
     t_lo = m - m_hi
     q = hi / t_hi
     p, perr = two_prod(xp, q, t_hi)

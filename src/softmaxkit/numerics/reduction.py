@@ -20,14 +20,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import array_api_compat
-
-from softmaxkit.numerics.precision import compensated_sum
+from softmaxkit.numerics.precision import compensated_sum, device
 
 
 def one_hot(xp: Any, t: Any, n_classes: int, ignore_index: int, dtype: Any) -> Any:
     """One-hot rows of ``dtype`` for checked class indices ``t``; ignored rows are all 0."""
-    classes = xp.arange(n_classes, dtype=t.dtype, device=array_api_compat.device(t))
+    classes = xp.arange(n_classes, dtype=t.dtype, device=device(t))
     hot = (classes == t[..., None]) & (t != ignore_index)[..., None]
     return xp.astype(hot, dtype)
 
@@ -49,11 +47,11 @@ def mean_denominator(
     caller's numbers, mostly 0 and 1, and the count is exact below 2**24 rows
     in float32.
     """
-    device = array_api_compat.device(t)
+    dev = device(t)
     if probabilities and live is not None:
         return xp.sum(xp.astype(live, dtype))
     if probabilities:
-        return xp.asarray(float(t.shape[0]), dtype=dtype, device=device)
+        return xp.asarray(float(t.shape[0]), dtype=dtype, device=dev)
     keep = t != ignore_index
     if weight is None:
         row_w = xp.astype(keep, dtype)
@@ -66,7 +64,7 @@ def mean_denominator(
 
 def elementwise_denominator(xp: Any, like: Any, dtype: Any) -> Any:
     """What "mean" divides by for an elementwise loss (binary cross-entropy): the number of entries of ``like``."""
-    return xp.asarray(float(math.prod(tuple(like.shape))), dtype=dtype, device=array_api_compat.device(like))
+    return xp.asarray(float(math.prod(tuple(like.shape))), dtype=dtype, device=device(like))
 
 
 def reduce(xp: Any, loss: Any, grad: Any, denominator: Any, reduction: str, widened: bool):

@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import array_api_compat
-
-from softmaxkit.numerics.precision import _INF, compensated_sum, divide_pair, two_diff
+from softmaxkit.numerics.precision import _INF, compensated_sum, device, divide_pair, two_diff
 
 
 @dataclass
@@ -42,10 +40,10 @@ def row_stats(xp, x, valid=None, temperature: float = 1.0, widened: bool = True)
     mass is shared equally among them.  NaN propagates through the max.
     """
     # Allocations name the input's device: a GPU array must not meet a host one.
-    device = array_api_compat.device(x)
+    dev = device(x)
     if valid is not None:
-        x = xp.where(valid, x, xp.asarray(-_INF, dtype=x.dtype, device=device))
-    a = xp.max(x, axis=-1, keepdims=True) if x.shape[-1] else xp.full(x.shape[:-1] + (1,), -_INF, dtype=x.dtype, device=device)
+        x = xp.where(valid, x, xp.asarray(-_INF, dtype=x.dtype, device=dev))
+    a = xp.max(x, axis=-1, keepdims=True) if x.shape[-1] else xp.full(x.shape[:-1] + (1,), -_INF, dtype=x.dtype, device=dev)
     masked_row = a == -_INF
     inf_row = a == _INF
     zero = xp.zeros_like(x)
@@ -74,9 +72,9 @@ def row_stats(xp, x, valid=None, temperature: float = 1.0, widened: bool = True)
     n = x.shape[-1]
     if n:
         k = xp.argmax(x, axis=-1, keepdims=True)
-        is_k = xp.arange(n, dtype=k.dtype, device=device) == k
+        is_k = xp.arange(n, dtype=k.dtype, device=dev) == k
     else:
-        is_k = xp.zeros(x.shape, dtype=xp.bool, device=device)
+        is_k = xp.zeros(x.shape, dtype=xp.bool, device=dev)
     s = compensated_sum(xp, xp.where(is_k, zero, e), widened)
     # The argmax term is left out of s, so a row whose only entry is NaN
     # would have s = 0 and lose its NaN in the argmax forms; NaN stays in

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import array_api_compat
-
 from softmaxkit import numerics as num
 
 _INF = float("inf")
@@ -51,7 +49,7 @@ def _standardise(xp: Any, x: Any, floor: float):
 
 
 def _positions(xp: Any, z: Any):
-    return xp.arange(1, z.shape[-1] + 1, dtype=z.dtype, device=array_api_compat.device(z))
+    return xp.arange(1, z.shape[-1] + 1, dtype=z.dtype, device=num.device(z))
 
 
 def _finish(xp: Any, p: Any, masked_row: Any, nan_row: Any):

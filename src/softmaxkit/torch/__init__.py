@@ -24,6 +24,9 @@ from softmaxkit.backends.torch.functional import (
 from softmaxkit.backends.torch.execution import working_dtype
 from softmaxkit.backends.torch.elementwise import logsigmoid, sigmoid, softplus
 from softmaxkit.backends.torch.modules import BCEWithLogitsLoss, CrossEntropyLoss, LogSoftmax, NLLLoss, Softmax
+from softmaxkit.frontend import registry as _registry
+
+_registry.load_imported()
 
 __all__ = [
     "BCEWithLogitsLoss",

@@ -20,9 +20,15 @@ from softmaxkit.frontend import random as _random
 from softmaxkit.frontend import registry
 
 
+def _tensor(value, name: str):
+    """``value`` as a tensor; a tensor passes untouched (no array-namespace lookup, which
+    torch.compile would trace), anything else follows ``validate.same_namespace``."""
+    return value if isinstance(value, torch.Tensor) else validate.same_namespace(xp, value, name)
+
+
 def _masked(x: torch.Tensor, where) -> torch.Tensor:
     x = as_float(x, "x")
-    mask = validate.where_mask(xp, where, tuple(x.shape))
+    mask = None if where is None else validate.where_mask(xp, _tensor(where, "where"), tuple(x.shape))
     return x if mask is None else x.masked_fill(~mask.to(x.device), -float("inf"))
 
 
@@ -63,9 +69,9 @@ def cross_entropy(logits, targets, *, axis, weight, ignore_index, label_smoothin
     if logits.ndim == 0:
         raise ValueError("logits must have a class axis; got a 0-d tensor")
     (ax,) = validate.axis(axis, logits.ndim)
-    targets = validate.same_namespace(xp, targets, "targets")
+    targets = _tensor(targets, "targets")
     soft = validate.target_kind(xp, targets, "targets") == "float"
-    weight = None if weight is None else validate.same_namespace(xp, weight, "weight")
+    weight = None if weight is None else _tensor(weight, "weight")
     cdim = 0 if logits.ndim == 1 else 1
 
     def loss_fn(x):
@@ -89,7 +95,7 @@ def binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, red
     logits = as_float(logits, "logits")
 
     def as_tensor(value, name):
-        return None if value is None else validate.same_namespace(xp, value, name)
+        return None if value is None else _tensor(value, name)
 
     targets, weight, pos_weight = as_tensor(targets, "targets"), as_tensor(weight, "weight"), as_tensor(pos_weight, "pos_weight")
 

@@ -84,6 +84,24 @@ def working_dtype(dtype: torch.dtype, device: torch.device) -> tuple[torch.dtype
     return torch.float32, dtype != torch.float32
 
 
+_NARROW = (torch.float16, torch.bfloat16)
+
+
+def autocast_dtype(dtype: torch.dtype, device: torch.device, loss: bool) -> torch.dtype:
+    """The result dtype torch's autocast policy gives an operation on ``dtype`` input.
+
+    Under autocast, losses (cross-entropy, NLL, binary cross-entropy) of
+    float16 or bfloat16 input are float32 on every device; softmax,
+    log_softmax and logsumexp are float32 on accelerators and keep their
+    dtype on CPU (torch's float32 lists).  Without autocast, and for other
+    dtypes, ``dtype`` itself.  The computation reads the narrow input: only
+    the result's rounding changes.
+    """
+    if dtype in _NARROW and torch.is_autocast_enabled(device.type) and (loss or device.type != "cpu"):
+        return torch.float32
+    return dtype
+
+
 def transformed(tensors: tuple) -> bool:
     """Whether any tensor is wrapped by a transform: functorch's (``vmap``,
     ``grad``, ``jvp``) or the batched cotangents of
@@ -177,22 +195,12 @@ def native_ready(*tensors: torch.Tensor) -> bool:
     )
 
 
-# --- forward mode and torch.compile ------------------------------------------
-# The Functions below define exact jvps for forward mode.  Dynamo refuses to
-# trace an autograd.Function with a custom jvp, so under torch.compile each
-# one is applied through a subclass that restores the default (compiled code
-# runs in reverse mode; forward mode stays available in eager code).
+# --- eager and compiled execution --------------------------------------------
+# The autograd Functions define exact jvps for forward mode, which Dynamo
+# cannot trace.  Under torch.compile the custom operators (ops.py) run
+# instead: one opaque node each, forward and backward.
 
 
-
-def apply_function(function: type, traced: type, *args: Any) -> Any:
-    """``function.apply(*args)``, or ``traced.apply`` (its variant without
-    the jvp, from :func:`without_jvp`) under torch.compile."""
-    return (traced if torch.compiler.is_compiling() else function).apply(*args)
-
-
-def without_jvp(function: type) -> type:
-    namespace = {"jvp": staticmethod(torch.autograd.Function.jvp), "__doc__": function.__doc__}
-    return type(function)(function.__name__ + "Traced", (function,), namespace)
-
-
+def apply_function(function: type, op: Callable[..., Any], *args: Any) -> Any:
+    """``function.apply(*args)`` in eager code, ``op(*args)`` (its custom operator) under torch.compile."""
+    return op(*args) if torch.compiler.is_compiling() else function.apply(*args)

@@ -13,21 +13,19 @@ from softmaxkit.frontend import validate
 from softmaxkit.backends.torch.execution import (
     apply_function,
     as_float,
+    autocast_dtype,
     from_rows,
     rows_view,
     value_checks,
     working_dtype,
     xp,
 )
+from softmaxkit.backends.torch import ops
 from softmaxkit.backends.torch.functions import (
     BinaryCrossEntropyFunction,
-    BinaryCrossEntropyFunctionTraced,
     CrossEntropyFunction,
-    CrossEntropyFunctionTraced,
     LogSumExpFunction,
-    LogSumExpFunctionTraced,
     SoftmaxFunction,
-    SoftmaxFunctionTraced,
 )
 
 
@@ -50,11 +48,14 @@ def _softmax_family(input: Any, dim: Any, dtype: Any, temperature: float, log: b
         # and arrives in the input's own dtype.
         input = input.to(dtype)
     x = as_float(input, "input")
+    if dtype is None:
+        # torch's autocast policy: float32 on accelerators, as if dtype were given
+        x = x.to(autocast_dtype(x.dtype, x.device, False))
     T = validate.temperature(temperature)
     if dim is None:
         dim = _implicit_dim(x.ndim, name)
     d = validate.axis(dim, max(x.ndim, 1), "dim")[0]
-    y2 = apply_function(SoftmaxFunction, SoftmaxFunctionTraced, rows_view(x, d), T, log)
+    y2 = apply_function(SoftmaxFunction, ops.softmax, rows_view(x, d), T, log)
     return from_rows(y2, x, d)
 
 
@@ -168,13 +169,14 @@ def logsumexp(input: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool = F
     tensor(1000.6932)
     """
     x = as_float(input, "input")
+    x = x.to(autocast_dtype(x.dtype, x.device, False))
     keepdim = validate.flag(keepdim, "keepdim")
     dims = validate.axis(dim, max(x.ndim, 1), "dim", allow_many=True)
     if x.ndim == 0:
-        out = apply_function(LogSumExpFunction, LogSumExpFunctionTraced, x.reshape(1, 1))
+        out = apply_function(LogSumExpFunction, ops.logsumexp, x.reshape(1, 1))
         return out.reshape(())
     layout = Layout(xp, tuple(x.shape), dims)
-    return layout.back_reduced(apply_function(LogSumExpFunction, LogSumExpFunctionTraced, layout.rows(x)), keepdim)
+    return layout.back_reduced(apply_function(LogSumExpFunction, ops.logsumexp, layout.rows(x)), keepdim)
 
 
 def _check_weight(weight: Any, n_classes: int, ref: torch.Tensor) -> torch.Tensor | None:
@@ -280,7 +282,10 @@ def cross_entropy(
         validate.probabilities(xp, target, "target", value_checks())
         t2 = rows_view(target, cdim).to(x.device)
     w = _check_weight(weight, n_classes, x)
-    loss, _ = apply_function(CrossEntropyFunction, CrossEntropyFunctionTraced, x2, t2, w, ignore_index, eps, z, reduction, hard)
+    loss, _ = apply_function(
+        CrossEntropyFunction, ops.cross_entropy,
+        x2, t2, w, ignore_index, eps, z, reduction, hard, autocast_dtype(x.dtype, x.device, True),
+    )
     if reduction == "none":
         return loss.reshape(tuple(target.shape) if hard else tuple(x.shape[:cdim]) + tuple(x.shape[cdim + 1 :]))
     return loss
@@ -365,11 +370,12 @@ def nll_loss(
     picked = y.gather(cdim, safe.unsqueeze(cdim)).squeeze(cdim).to(work)
     row_w = keep.to(work) if w is None else torch.where(keep, w.to(work)[safe], torch.zeros((), dtype=work, device=y.device))
     loss = torch.where(row_w == 0, torch.zeros_like(picked), -(row_w * picked))
+    out_dtype = autocast_dtype(y.dtype, y.device, True)
     if reduction == "none":
-        return loss.to(y.dtype)
+        return loss.to(out_dtype)
     denominator = num.mean_denominator(xp, t.reshape(-1), None if w is None else w.to(work), ignore_index, work, False)
     out, _ = num.reduce(xp, loss, None, denominator, reduction, widened)
-    return out.to(y.dtype)
+    return out.to(out_dtype)
 
 
 def binary_cross_entropy_with_logits(
@@ -433,4 +439,8 @@ def binary_cross_entropy_with_logits(
     beta = factor(pos_weight, "pos_weight")
     if beta is not None:
         validate.pos_weights(xp, beta, value_checks())
-    return apply_function(BinaryCrossEntropyFunction, BinaryCrossEntropyFunctionTraced, x, y, w, beta, reduction)
+    out_dtype = autocast_dtype(torch.promote_types(x.dtype, y.dtype), x.device, True)
+    return apply_function(
+        BinaryCrossEntropyFunction, ops.binary_cross_entropy_with_logits,
+        x, y, w, beta, reduction, out_dtype,
+    )

@@ -9,9 +9,60 @@ import torch
 
 from softmaxkit.frontend import registry
 from softmaxkit import numerics as num
-from softmaxkit.backends.torch.execution import by_rows, native_ready, plain_eager, without_jvp, working_dtype, xp
+from softmaxkit.backends.torch.execution import by_rows, native_ready, plain_eager, working_dtype, xp
 
 _INF = float("inf")
+
+
+# --- the passes ---------------------------------------------------------------
+# One statement of each forward and backward computation.  The autograd
+# Functions below and the custom operators (ops.py) both run these.
+
+
+def softmax_forward(x2: torch.Tensor, temperature: float, log: bool) -> torch.Tensor:
+    """softmax or log_softmax of (rows, n): the native kernel where it can run, else the shared formulas by chunks."""
+    if native_ready(x2):
+        out = torch.empty_like(x2, memory_format=torch.contiguous_format)
+        into = registry.native().into
+        kernel = into.log_softmax_into if log else into.softmax_into
+        kernel(x2.detach().numpy(), out.numpy(), temperature)
+        return out
+    work, widened = working_dtype(x2.dtype, x2.device)
+    formula = num.log_softmax if log else num.softmax
+
+    def compute(rows):
+        st = num.row_stats(xp, rows.to(work), None, temperature, widened)
+        return (formula(xp, st).to(x2.dtype),)
+
+    return by_rows(compute, x2)[0]
+
+
+def softmax_backward(y2: torch.Tensor, grad: torch.Tensor, temperature: float, log: bool) -> torch.Tensor:
+    """The VJP of :func:`softmax_forward` from its output ``y2``.
+
+    Outside plain eager mode (double backward records a graph) it is written
+    with differentiable torch operations on ``y2``, so that double backward
+    differentiates through it.
+    """
+    if native_ready(y2, grad) and grad.dtype == y2.dtype:
+        out = torch.empty_like(y2, memory_format=torch.contiguous_format)
+        into = registry.native().into
+        kernel = into.log_softmax_vjp_into if log else into.softmax_vjp_into
+        kernel(y2.detach().numpy(), grad.detach().numpy(), out.numpy())
+        return out if temperature == 1.0 else out / temperature
+    work, widened = working_dtype(y2.dtype, y2.device)
+
+    def compute(y, g):
+        y, g = y.to(work), g.to(work)
+        if log:
+            out = num.log_softmax_vjp(xp, xp.exp(y), y != -_INF, g, widened)
+        else:
+            out = num.softmax_vjp(xp, y, g, widened)
+        if temperature != 1.0:
+            out = out / temperature
+        return (out.to(y2.dtype),)
+
+    return by_rows(compute, y2, grad)[0]
 
 
 # --- softmax and log_softmax --------------------------------------------------
@@ -22,20 +73,7 @@ class SoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x2: torch.Tensor, temperature: float, log: bool) -> torch.Tensor:
-        if native_ready(x2):
-            out = torch.empty_like(x2, memory_format=torch.contiguous_format)
-            into = registry.native().into
-            kernel = into.log_softmax_into if log else into.softmax_into
-            kernel(x2.detach().numpy(), out.numpy(), temperature)
-            return out
-        work, widened = working_dtype(x2.dtype, x2.device)
-        formula = num.log_softmax if log else num.softmax
-
-        def compute(rows):
-            st = num.row_stats(xp, rows.to(work), None, temperature, widened)
-            return (formula(xp, st).to(x2.dtype),)
-
-        return by_rows(compute, x2)[0]
+        return softmax_forward(x2, temperature, log)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -60,38 +98,42 @@ class SoftmaxFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (y2,) = ctx.saved_tensors
-        temperature, log = ctx.temperature, ctx.log
-        if native_ready(y2, grad) and grad.dtype == y2.dtype:
-            # First-order backward only: native_ready is False while double
-            # backward records a graph.
-            out = torch.empty_like(y2, memory_format=torch.contiguous_format)
-            into = registry.native().into
-            kernel = into.log_softmax_vjp_into if log else into.softmax_vjp_into
-            kernel(y2.detach().numpy(), grad.detach().numpy(), out.numpy())
-            return (out if temperature == 1.0 else out / temperature), None, None
-        work, widened = working_dtype(y2.dtype, y2.device)
-
-        # Written with differentiable torch operations on the saved output, so
-        # that double backward differentiates through this very Function.
-        def compute(y, g):
-            y, g = y.to(work), g.to(work)
-            if log:
-                out = num.log_softmax_vjp(xp, xp.exp(y), y != -_INF, g, widened)
-            else:
-                out = num.softmax_vjp(xp, y, g, widened)
-            if temperature != 1.0:
-                out = out / temperature
-            return (out.to(y2.dtype),)
-
-        return by_rows(compute, y2, grad)[0], None, None
+        return softmax_backward(y2, grad, ctx.temperature, ctx.log), None, None
 
     generate_vmap_rule = True
 
 
-SoftmaxFunctionTraced = without_jvp(SoftmaxFunction)
-
 
 # --- logsumexp ----------------------------------------------------------------
+
+
+def logsumexp_forward(x2: torch.Tensor) -> torch.Tensor:
+    """logsumexp of each row of (rows, n)."""
+    if native_ready(x2):
+        out = torch.empty(x2.shape[:1], dtype=x2.dtype)
+        registry.native().into.logsumexp_into(x2.detach().numpy(), out.numpy())
+        return out
+    work, widened = working_dtype(x2.dtype, x2.device)
+
+    def compute(rows):
+        st = num.row_stats(xp, rows.to(work), None, 1.0, widened)
+        return (num.logsumexp(xp, st)[:, 0].to(x2.dtype),)
+
+    return by_rows(compute, x2)[0]
+
+
+def logsumexp_backward(x2: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``softmax(x2) * grad`` per row, recomputed from the input (0 where the softmax is 0)."""
+    if native_ready(x2, grad):
+        p = softmax_forward(x2, 1.0, False)
+        return num.logsumexp_vjp(xp, p, grad.to(x2.dtype)[:, None])
+    work, widened = working_dtype(x2.dtype, x2.device)
+
+    def compute(rows, g):
+        p = num.softmax(xp, num.row_stats(xp, rows.to(work), None, 1.0, widened))
+        return (num.logsumexp_vjp(xp, p, g.to(work)[:, None]).to(x2.dtype),)
+
+    return by_rows(compute, x2, grad)[0]
 
 
 class LogSumExpFunction(torch.autograd.Function):
@@ -99,13 +141,7 @@ class LogSumExpFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x2: torch.Tensor) -> torch.Tensor:
-        work, widened = working_dtype(x2.dtype, x2.device)
-
-        def compute(rows):
-            st = num.row_stats(xp, rows.to(work), None, 1.0, widened)
-            return (num.logsumexp(xp, st)[:, 0].to(x2.dtype),)
-
-        return by_rows(compute, x2)[0]
+        return logsumexp_forward(x2)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -124,19 +160,10 @@ class LogSumExpFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x2,) = ctx.saved_tensors
-        work, widened = working_dtype(x2.dtype, x2.device)
-
-        def compute(rows, g):
-            p = num.softmax(xp, num.row_stats(xp, rows.to(work), None, 1.0, widened))
-            out = num.logsumexp_vjp(xp, p, g.to(work)[:, None])
-            return (out.to(x2.dtype),)
-
-        return by_rows(compute, x2, grad)[0]
+        return logsumexp_backward(x2, grad)
 
     generate_vmap_rule = True
 
-
-LogSumExpFunctionTraced = without_jvp(LogSumExpFunction)
 
 
 # --- cross-entropy ------------------------------------------------------------
@@ -226,6 +253,31 @@ def _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, scale=None, want_
     return by_rows(compute, x2, t2, scale)
 
 
+def cross_entropy_forward(x2, t2, weight, ignore_index, eps, z, reduction, hard, loss_dtype):
+    """``(loss, denominator)``: the reduced loss in ``loss_dtype`` and the "mean" denominator (working dtype, 0-d)."""
+    work, widened = working_dtype(x2.dtype, x2.device)
+    w = None if weight is None else weight.to(work)
+    (loss,) = _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard)
+    denominator = num.mean_denominator(xp, t2, w, ignore_index, work, not hard)
+    out, _ = num.reduce(xp, loss, None, denominator, reduction, widened)
+    return out.to(loss_dtype), denominator
+
+
+def cross_entropy_backward(x2, t2, weight, denominator, grad, ignore_index, eps, z, reduction, hard, want_target):
+    """``(gradient in x2, gradient in probability targets or None)`` of :func:`cross_entropy_forward`."""
+    work, _ = working_dtype(x2.dtype, x2.device)
+    w = None if weight is None else weight.to(work)
+    g = grad.to(work)
+    if reduction == "mean":
+        # The mean's rule, 0 over a total weight of 0, is num.reduce's alone.
+        _, g = num.reduce(xp, xp.zeros_like(g)[None], g, denominator, "mean", True)
+    # expand, not broadcast_to: batched cotangents (is_grads_batched)
+    # have no batching rule for the latter.
+    scale = g if reduction == "none" else g.expand(x2.shape[0])
+    parts = _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, scale, want_target)
+    return parts[0], (parts[1] if want_target else None)
+
+
 class CrossEntropyFunction(torch.autograd.Function):
     """Cross-entropy of (rows, classes) logits; reduced inside.
 
@@ -236,17 +288,12 @@ class CrossEntropyFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(x2, t2, weight, ignore_index, eps, z, reduction, hard):
-        work, widened = working_dtype(x2.dtype, x2.device)
-        w = None if weight is None else weight.to(work)
-        (loss,) = _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard)
-        denominator = num.mean_denominator(xp, t2, w, ignore_index, work, not hard)
-        out, _ = num.reduce(xp, loss, None, denominator, reduction, widened)
-        return out.to(x2.dtype), denominator
+    def forward(x2, t2, weight, ignore_index, eps, z, reduction, hard, loss_dtype):
+        return cross_entropy_forward(x2, t2, weight, ignore_index, eps, z, reduction, hard, loss_dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x2, t2, weight, ctx.ignore_index, ctx.eps, ctx.z, ctx.reduction, ctx.hard = inputs
+        x2, t2, weight, ctx.ignore_index, ctx.eps, ctx.z, ctx.reduction, ctx.hard, ctx.loss_dtype = inputs
         ctx.save_for_backward(x2, t2, weight, output[1])
         ctx.save_for_forward(x2, t2, weight, output[1])
         ctx.mark_non_differentiable(output[1])
@@ -273,52 +320,68 @@ class CrossEntropyFunction(torch.autograd.Function):
             terms = terms + xp.where(u == 0, zero, dq * u)
         rows = num.compensated_sum(xp, terms, widened)[:, 0]
         out, _ = num.reduce(xp, rows, None, denominator, ctx.reduction, widened)
-        return out.to(x2.dtype), None
+        return out.to(ctx.loss_dtype), None
 
     @staticmethod
     def backward(ctx, grad, _):
         x2, t2, weight, denominator = ctx.saved_tensors
-        work, _ = working_dtype(x2.dtype, x2.device)
-        w = None if weight is None else weight.to(work)
-        eps, hard = ctx.eps, ctx.hard
-        want_target = ctx.needs_input_grad[1]
-        g = grad.to(work)
-        if ctx.reduction == "mean":
-            # The mean's rule, 0 over a total weight of 0, is num.reduce's alone.
-            _, g = num.reduce(xp, xp.zeros_like(g)[None], g, denominator, "mean", True)
-        # expand, not broadcast_to: batched cotangents (is_grads_batched)
-        # have no batching rule for the latter.
-        scale = g if ctx.reduction == "none" else g.expand(x2.shape[0])
-        parts = _cross_entropy_pass(x2, t2, w, ctx.ignore_index, eps, ctx.z, hard, scale, want_target)
-        return parts[0], (parts[1] if want_target else None), None, None, None, None, None, None
+        gx, gt = cross_entropy_backward(
+            x2, t2, weight, denominator, grad, ctx.ignore_index, ctx.eps, ctx.z, ctx.reduction, ctx.hard,
+            ctx.needs_input_grad[1],
+        )
+        return gx, gt, None, None, None, None, None, None, None
 
     generate_vmap_rule = True
 
 
-CrossEntropyFunctionTraced = without_jvp(CrossEntropyFunction)
-
 
 # --- binary cross-entropy -----------------------------------------------------
+
+
+def binary_cross_entropy_forward(x, y, weight, pos_weight, reduction, loss_dtype):
+    """The reduced elementwise binary cross-entropy, in ``loss_dtype``."""
+    work, widened = working_dtype(torch.promote_types(x.dtype, y.dtype), x.device)
+    beta = None if pos_weight is None else pos_weight.to(work)
+    loss, _ = num.binary_cross_entropy(xp, x.to(work), y.to(work), beta, False)
+    if weight is not None:
+        loss = weight.to(work) * loss
+    denominator = num.elementwise_denominator(xp, x, work)
+    out, _ = num.reduce(xp, loss, None, denominator, reduction, widened)
+    return out.to(loss_dtype)
+
+
+def binary_cross_entropy_backward(x, y, weight, pos_weight, grad, reduction, want_x, want_y):
+    """``(gradient in x or None, gradient in y or None)`` of :func:`binary_cross_entropy_forward`."""
+    work, _ = working_dtype(torch.promote_types(x.dtype, y.dtype), x.device)
+    xw, yw = x.to(work), y.to(work)
+    beta = None if pos_weight is None else pos_weight.to(work)
+    g = grad.to(work)
+    if reduction == "mean":
+        g = g / x.numel()
+    if weight is not None:
+        g = g * weight.to(work)
+    grad_x = grad_y = None
+    if want_x:
+        _, gx = num.binary_cross_entropy(xp, xw, yw, beta, True)
+        grad_x = (gx * g).to(x.dtype)
+    if want_y:
+        # d loss / d y = beta softplus(-x) - softplus(x)
+        pos = num.softplus(xp, -xw)
+        dy = (pos if beta is None else beta * pos) - num.softplus(xp, xw)
+        grad_y = (dy * g).to(y.dtype)
+    return grad_x, grad_y
 
 
 class BinaryCrossEntropyFunction(torch.autograd.Function):
     """Elementwise BCE from logits, reduced inside; backward recomputes."""
 
     @staticmethod
-    def forward(x, y, weight, pos_weight, reduction):
-        work, widened = working_dtype(torch.promote_types(x.dtype, y.dtype), x.device)
-        w = None if weight is None else weight.to(work)
-        beta = None if pos_weight is None else pos_weight.to(work)
-        loss, _ = num.binary_cross_entropy(xp, x.to(work), y.to(work), beta, False)
-        if w is not None:
-            loss = w * loss
-        denominator = num.elementwise_denominator(xp, x, work)
-        out, _ = num.reduce(xp, loss, None, denominator, reduction, widened)
-        return out.to(torch.promote_types(x.dtype, y.dtype))
+    def forward(x, y, weight, pos_weight, reduction, loss_dtype):
+        return binary_cross_entropy_forward(x, y, weight, pos_weight, reduction, loss_dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, y, weight, pos_weight, ctx.reduction = inputs
+        x, y, weight, pos_weight, ctx.reduction, ctx.loss_dtype = inputs
         ctx.save_for_backward(x, y, weight, pos_weight)
         ctx.save_for_forward(x, y, weight, pos_weight)
 
@@ -339,30 +402,15 @@ class BinaryCrossEntropyFunction(torch.autograd.Function):
             d = weight.to(work) * d
         denominator = num.elementwise_denominator(xp, x, work)
         out, _ = num.reduce(xp, d, None, denominator, ctx.reduction, widened)
-        return out.to(torch.promote_types(x.dtype, y.dtype))
+        return out.to(ctx.loss_dtype)
 
     @staticmethod
     def backward(ctx, grad):
         x, y, weight, pos_weight = ctx.saved_tensors
-        work, _ = working_dtype(torch.promote_types(x.dtype, y.dtype), x.device)
-        xw, yw = x.to(work), y.to(work)
-        beta = None if pos_weight is None else pos_weight.to(work)
-        g = grad.to(work)
-        if ctx.reduction == "mean":
-            g = g / x.numel()
-        if weight is not None:
-            g = g * weight.to(work)
-        _, gx = num.binary_cross_entropy(xp, xw, yw, beta, True)
-        grad_x = (gx * g).to(x.dtype) if ctx.needs_input_grad[0] else None
-        grad_y = None
-        if ctx.needs_input_grad[1]:
-            # d loss / d y = beta softplus(-x) - softplus(x)
-            pos = num.softplus(xp, -xw)
-            dy = (pos if beta is None else beta * pos) - num.softplus(xp, xw)
-            grad_y = (dy * g).to(y.dtype)
-        return grad_x, grad_y, None, None, None
+        gx, gy = binary_cross_entropy_backward(
+            x, y, weight, pos_weight, grad, ctx.reduction, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
+        return gx, gy, None, None, None, None
 
     generate_vmap_rule = True
 
-
-BinaryCrossEntropyFunctionTraced = without_jvp(BinaryCrossEntropyFunction)
