@@ -22,16 +22,20 @@ from hypothesis import strategies as st
 import softmaxkit as smk
 from softmaxkit import kernels as _native
 
+from tests.reference import BFLOAT16
+
 pytestmark = pytest.mark.skipif(not _native.active(), reason="native kernels not built or disabled")
 
 THREADS = (1, 2, 3, 8)
+# the 16-bit dtypes share the float32 family and differ in their conversions
+HALVES = (np.float16,) + ((BFLOAT16,) if BFLOAT16 is not None else ())
 
 # (shape, dtypes): the mode each thread count gives is in the comment.
 MODES = {
     # row mode at every count (64 rows >= 4 * 8)
-    "row": ((64, 4097), (np.float16, np.float32, np.float64)),
+    "row": ((64, 4097), (*HALVES, np.float32, np.float64)),
     # wide at 2, 3 and 8 threads (35 blocks per row)
-    "wide": ((4, 70001), (np.float16, np.float32, np.float64)),
+    "wide": ((4, 70001), (*HALVES, np.float32, np.float64)),
     # wide at 2 threads; row mode with 3 threads at 3 and 8 (10 blocks < 12)
     "wide or row": ((6, 20000), (np.float32, np.float64)),
     # 33.8 MB of float32: streamed row mode, deferred log_softmax rows
@@ -157,7 +161,7 @@ def assert_thread_independent(calls, label):
 
 
 @pytest.mark.parametrize(
-    ("mode", "dtype"), [(m, d) for m, (_, dtypes) in MODES.items() for d in dtypes], ids=lambda v: getattr(v, "__name__", v)
+    ("mode", "dtype"), [(m, d) for m, (_, dtypes) in MODES.items() for d in dtypes], ids=lambda v: v if isinstance(v, str) else np.dtype(v).name
 )
 def test_every_kernel_is_bitwise_independent_of_threads(threads, mode, dtype):
     shape = MODES[mode][0]
@@ -171,7 +175,7 @@ def test_every_kernel_is_bitwise_independent_of_threads(threads, mode, dtype):
 @settings(max_examples=6, deadline=None)
 @given(
     mode=st.sampled_from(["row", "wide", "wide or row"]),
-    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    dtype=st.sampled_from([*HALVES, np.float32, np.float64]),
     seed=st.integers(0, 2**32 - 1),
     scale=st.sampled_from([1.0, 30.0, 1e3]),
     smoothing=st.sampled_from([0.0, 0.3, 1.0]),

@@ -1,9 +1,9 @@
 """Native CPU kernels: the softmax family, cross-entropy and the VJPs in C.
 
-The public NumPy functions call these automatically for float16, float32
-and float64 arrays reduced along their last, C-contiguous axis (no ``where``,
-no ``b``); every other case, and builds without the extension, take the
-generic path.  The kernels implement the formulas of ``softmaxkit.numerics``
+The public NumPy functions call these automatically for float16, float32,
+float64 and ``ml_dtypes.bfloat16`` arrays reduced along their last,
+C-contiguous axis (no ``where``, no ``b``); every other case, and builds
+without the extension, take the generic path.  The kernels implement the formulas of ``softmaxkit.numerics``
 exactly as stated there.
 
 Kernels
@@ -20,10 +20,15 @@ Along the last axis of a C-contiguous array, for each row:
 
 Numerics
 --------
-float32 and float16 are computed in float64 and rounded once (float16 goes
-through an exact float32 copy and is rounded float64 -> float32 -> float16,
-which can differ from a single rounding by one float16 ULP in rare halfway
-cases).  float64 uses the exact shift ``x - max = hi + lo`` (TwoSum; with a
+float32 is computed in float64 and rounded once.  float16 and bfloat16 go
+through the same code: each chunk of a row is widened to float32 (exactly),
+and the float32 results are rounded to the 16-bit type (to nearest, ties to
+even; overflow gives inf, NaN stays NaN), so float64 -> float32 -> 16 bits,
+which can differ from a single rounding by one ULP of the 16-bit type in rare
+halfway cases: their contract is 1 ULP (the results stay within 0.5 + 2**-10
+ULP).  The conversions are vectorised on each instruction set (F16C or
+AVX-512F for float16, integer arithmetic for bfloat16) and give bitwise the
+same results on all of them, the portable baseline included.  float64 uses the exact shift ``x - max = hi + lo`` (TwoSum; with a
 temperature, the quotient and the exact remainder of the division),
 ``exp(hi + lo)`` and compensated (TwoSum) sums; a shift below -746 gives
 exactly 0, whatever its low part.  The vectorised exp is written here (see ``csrc/simd.h``): relative
@@ -81,18 +86,28 @@ Wrappers for other front ends
 These take C-contiguous NumPy arrays (a CPU ``torch.Tensor`` converts without
 a copy with ``.numpy()``; results come back with ``torch.from_numpy``), reduce
 along the last axis, and write into preallocated outputs of the input's dtype
-(float16, float32 or float64).  They check formats and sizes, not values:
-validate arguments before calling them.  Outputs must not overlap the inputs,
+(float16, float32, float64 or bfloat16).  They check formats and sizes, not
+values: validate arguments before calling them.
+
+bfloat16 comes as ``ml_dtypes.bfloat16`` arrays (recognised by the dtype's
+name; ml_dtypes is not imported here), or, as NumPy and torch cannot export
+bfloat16 through the buffer protocol, as 2-byte integer arrays holding its
+bits with the keyword ``bfloat16=True``: from a bfloat16 ``torch.Tensor``,
+``t.view(torch.uint16).numpy()`` (no copy), for the inputs and the outputs
+alike, e.g. ``softmax_into(x.view(torch.uint16).numpy(),
+out.view(torch.uint16).numpy(), T, bfloat16=True)``.  Outputs must not overlap the inputs,
 except that ``out`` may be ``x`` itself for ``softmax_into`` and
 ``log_softmax_into``.
 
-* ``softmax_into(x, out, temperature=1.0)``
-* ``log_softmax_into(x, out, temperature=1.0)``
-* ``logsumexp_into(x, out)``: ``out`` has ``x.shape[:-1]``.
+* ``softmax_into(x, out, temperature=1.0, *, bfloat16=False)``
+* ``log_softmax_into(x, out, temperature=1.0, *, bfloat16=False)``
+* ``logsumexp_into(x, out, *, bfloat16=False)``: ``out`` has ``x.shape[:-1]``.
 * ``cross_entropy_into(logits, targets, loss, grad=None, *, weight=None,
-  ignore_index=-100, label_smoothing=0.0, z_loss=0.0, grad_divisor=1.0)``:
+  ignore_index=-100, label_smoothing=0.0, z_loss=0.0, grad_divisor=1.0,
+  bfloat16=False)``:
   ``targets`` holds int64 class indices of shape ``logits.shape[:-1]``, or
-  probabilities of the logits' shape and dtype; ``weight`` is float64 of
+  probabilities of the logits' shape and dtype (with ``bfloat16=True``,
+  2-byte integer targets are bfloat16 probabilities); ``weight`` is float64 of
   shape ``(C,)`` or None; ``loss`` is float64 of shape ``logits.shape[:-1]``
   and receives each row's loss (0 for ignored rows); ``grad`` receives the
   gradient of ``loss.sum() / grad_divisor``.  A class index outside
@@ -100,8 +115,8 @@ except that ``out`` may be ``x`` itself for ``softmax_into`` and
   indices are read once, into a copy that is checked and then used, so a
   thread that changes ``targets`` meanwhile cannot make the kernel read out
   of bounds.
-* ``softmax_vjp_into(probs, cotangent, out)``
-* ``log_softmax_vjp_into(log_probs, cotangent, out)``
+* ``softmax_vjp_into(probs, cotangent, out, *, bfloat16=False)``
+* ``log_softmax_vjp_into(log_probs, cotangent, out, *, bfloat16=False)``
 """
 
 from softmaxkit.frontend import registry

@@ -4,12 +4,12 @@
  * scalar conversions; each instruction set has its vector loops (sk_codec,
  * convert.h), which give bitwise the same results.
  *
- * Widening is exact, and a NaN becomes a quiet NaN with its sign and
- * payload.  Narrowing rounds to nearest, ties to even (overflow gives inf),
- * and a NaN becomes a quiet NaN with its sign and the high bits of its
- * payload: the behaviour of the x86 conversion instructions, so that widening
- * and narrowing again gives every bit pattern back, with the quiet bit set
- * on a NaN. */
+ * Widening is exact; a float16 NaN becomes a quiet NaN with its sign and
+ * payload, a bfloat16 one keeps its bits.  Narrowing rounds to nearest, ties
+ * to even (overflow gives inf), and a NaN becomes a quiet NaN with its sign
+ * and the high bits of its payload: the behaviour of the x86 conversion
+ * instructions.  Widening and narrowing again gives every bit pattern back,
+ * with the quiet bit set on a NaN. */
 #ifndef SK_HALF_H
 #define SK_HALF_H
 
