@@ -96,7 +96,7 @@ def test_limit_gives_back_the_oldest_first(cache):
 
 def test_output_starts_half_a_page_from_the_input(cache):
     """Modulo 4096, so that no load of the input waits on a store of the
-    output at the same address modulo 4096 (see _empty_like)."""
+    output at the same address modulo 4096 (see empty_like)."""
     for shift in (0, 3, 16, 1000):
         buf = np.zeros(SHAPE[0] * SHAPE[1] + 1024, np.float32)
         x = buf[shift : shift + SHAPE[0] * SHAPE[1]].reshape(SHAPE)

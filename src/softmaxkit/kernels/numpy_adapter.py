@@ -23,7 +23,7 @@ _CACHE_MIN = 4 << 20
 _PAGE = 4096
 
 
-def _empty_like(x: np.ndarray) -> np.ndarray:
+def empty_like(x: np.ndarray) -> np.ndarray:
     """An uninitialised C-contiguous array of ``x``'s shape and dtype, for a kernel's output.
 
     A cached block holds a page more than the output, which starts half a
@@ -81,13 +81,13 @@ def eligible_pair(x: Any, y: Any, axis: Any) -> bool:
 
 
 def softmax(x: np.ndarray, temperature: float) -> np.ndarray:
-    out = _empty_like(x)
+    out = empty_like(x)
     _kernels.softmax(bits(x), bits(out), temperature, False, is_bfloat16(x))
     return out
 
 
 def log_softmax(x: np.ndarray, temperature: float) -> np.ndarray:
-    out = _empty_like(x)
+    out = empty_like(x)
     _kernels.softmax(bits(x), bits(out), temperature, True, is_bfloat16(x))
     return out
 
@@ -105,13 +105,13 @@ def logsumexp(x: np.ndarray, keepdims: bool, return_sign: bool) -> Any:
 
 
 def softmax_vjp(probs: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
-    out = _empty_like(probs)
+    out = empty_like(probs)
     _kernels.vjp(bits(probs), bits(cotangent), bits(out), False, is_bfloat16(probs))
     return out
 
 
 def log_softmax_vjp(log_probs: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
-    out = _empty_like(log_probs)
+    out = empty_like(log_probs)
     _kernels.vjp(bits(log_probs), bits(cotangent), bits(out), True, is_bfloat16(log_probs))
     return out
 
@@ -173,7 +173,7 @@ def cross_entropy(logits, class_indices, probabilities, weight, ignore_index, ep
     The gradient is that of ``loss.sum() / grad_divisor``.
     """
     loss_rows = np.empty(logits.shape[:-1], dtype=np.float64)
-    grad = _empty_like(logits) if return_grad else None
+    grad = empty_like(logits) if return_grad else None
     try:
         _kernels.cross_entropy(
             bits(logits), class_indices, bits(probabilities), weight, loss_rows, bits(grad), ignore_index, eps, z_loss,

@@ -184,15 +184,33 @@ def from_rows(y2: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
     return _class_layout(x, dim).back_rows(y2).reshape(x.shape)
 
 
-_NATIVE_DTYPES = (torch.float16, torch.float32, torch.float64)
+_NATIVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def native_ready(*tensors: torch.Tensor) -> bool:
     """Whether the native kernels can take these (rows, n) tensors zero-copy:
-    contiguous CPU float16/32/64 tensors in plain eager mode."""
+    contiguous CPU float16/bfloat16/float32/float64 tensors in plain eager mode."""
     return registry.native() is not None and plain_eager(*tensors) and all(
         t.device.type == "cpu" and t.dtype in _NATIVE_DTYPES and t.is_contiguous() for t in tensors
     )
+
+
+def as_numpy(t: torch.Tensor):
+    """A CPU tensor's memory as a NumPy array for the kernels, without a copy:
+    bfloat16 as its 16-bit patterns (pass ``bfloat16=True`` with it)."""
+    t = t.detach()
+    return t.view(torch.uint16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def native_empty_like(like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised contiguous tensor of ``like``'s shape and dtype for a
+    kernel's output, from the kernels' output cache (see
+    ``softmaxkit.kernels.set_output_cache``): a training loop then reuses the
+    memory of the step before instead of having the operating system fault in
+    and zero a new output every step.  The tensor holds its block until it
+    is freed, like any NumPy-backed tensor."""
+    out = torch.from_numpy(registry.native().numpy.empty_like(as_numpy(like)))
+    return out.view(torch.bfloat16) if like.dtype == torch.bfloat16 else out
 
 
 # --- eager and compiled execution --------------------------------------------

@@ -9,7 +9,7 @@ import torch
 
 from softmaxkit.frontend import registry
 from softmaxkit import numerics as num
-from softmaxkit.backends.torch.execution import by_rows, native_ready, plain_eager, working_dtype, xp
+from softmaxkit.backends.torch.execution import as_numpy, by_rows, native_empty_like, native_ready, plain_eager, working_dtype, xp
 
 _INF = float("inf")
 
@@ -22,10 +22,10 @@ _INF = float("inf")
 def softmax_forward(x2: torch.Tensor, temperature: float, log: bool) -> torch.Tensor:
     """softmax or log_softmax of (rows, n): the native kernel where it can run, else the shared formulas by chunks."""
     if native_ready(x2):
-        out = torch.empty_like(x2, memory_format=torch.contiguous_format)
+        out = native_empty_like(x2)
         into = registry.native().into
         kernel = into.log_softmax_into if log else into.softmax_into
-        kernel(x2.detach().numpy(), out.numpy(), temperature)
+        kernel(as_numpy(x2), as_numpy(out), temperature, bfloat16=x2.dtype == torch.bfloat16)
         return out
     work, widened = working_dtype(x2.dtype, x2.device)
     formula = num.log_softmax if log else num.softmax
@@ -45,10 +45,10 @@ def softmax_backward(y2: torch.Tensor, grad: torch.Tensor, temperature: float, l
     differentiates through it.
     """
     if native_ready(y2, grad) and grad.dtype == y2.dtype:
-        out = torch.empty_like(y2, memory_format=torch.contiguous_format)
+        out = native_empty_like(y2)
         into = registry.native().into
         kernel = into.log_softmax_vjp_into if log else into.softmax_vjp_into
-        kernel(y2.detach().numpy(), grad.detach().numpy(), out.numpy())
+        kernel(as_numpy(y2), as_numpy(grad), as_numpy(out), bfloat16=y2.dtype == torch.bfloat16)
         return out if temperature == 1.0 else out / temperature
     work, widened = working_dtype(y2.dtype, y2.device)
 
@@ -111,7 +111,7 @@ def logsumexp_forward(x2: torch.Tensor) -> torch.Tensor:
     """logsumexp of each row of (rows, n)."""
     if native_ready(x2):
         out = torch.empty(x2.shape[:1], dtype=x2.dtype)
-        registry.native().into.logsumexp_into(x2.detach().numpy(), out.numpy())
+        registry.native().into.logsumexp_into(as_numpy(x2), as_numpy(out), bfloat16=x2.dtype == torch.bfloat16)
         return out
     work, widened = working_dtype(x2.dtype, x2.device)
 
@@ -202,21 +202,22 @@ def _native_divisor(x2, t2, scale, want_target) -> float | None:
 
 def _native_cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, divisor, want_grad):
     """The kernel on shared memory: ``.numpy()`` views in, ``torch.from_numpy`` out."""
-    logits = x2.detach().numpy()
-    targets = (t2.to(torch.int64) if hard else t2).detach().contiguous().numpy()
+    logits = as_numpy(x2)
+    targets = as_numpy((t2.to(torch.int64) if hard else t2).contiguous())
     weight = None if w is None else w.detach().to(torch.float64).contiguous().numpy()
     loss = np.empty(x2.shape[0], dtype=np.float64)
-    grad = torch.empty_like(x2, memory_format=torch.contiguous_format) if want_grad else None
+    grad = native_empty_like(x2) if want_grad else None
     registry.native().into.cross_entropy_into(
         logits,
         targets,
         loss,
-        None if grad is None else grad.numpy(),
+        None if grad is None else as_numpy(grad),
         weight=weight,
         ignore_index=ignore_index,
         label_smoothing=eps,
         z_loss=z,
         grad_divisor=divisor,
+        bfloat16=x2.dtype == torch.bfloat16,
     )
     return (torch.from_numpy(loss),) if grad is None else (grad,)
 
