@@ -24,6 +24,13 @@
  * cache; the fence orders those stores before the job ends */
 #define SK_STREAM_V(p, v) _mm256_stream_ps((p), _mm512_cvtpd_ps((__m512d)(v)))
 #define SK_FENCE() _mm_sfence()
+/* sixteen float16 values at a time; vcvtps2ph rounds as told, not as MXCSR says */
+#define SK_F16_LANES 16
+#define SK_F16_WIDEN(dst, src) \
+    _mm512_storeu_ps((dst), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src))))
+#define SK_F16_NARROW(dst, src)                                                                        \
+    _mm256_storeu_si256((__m256i *)(dst),                                                              \
+                        _mm512_cvtps_ph(_mm512_loadu_ps(src), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
 #include "isa.h"
 
 const sk_isa sk_isa_avx512 = {"avx512", family_f32, family_f64, codec_f16, codec_bf16};
