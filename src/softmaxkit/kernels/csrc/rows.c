@@ -177,6 +177,26 @@ static void write_output(rowctx_t *R, const sk_write *w) {
     else J->fam->write(w, J->stream);
 }
 
+/* Elements per piece of a 16-bit output: its float32 values fit in the
+ * first-level cache on their way to being narrowed. */
+#define SK_PIECE 1024
+
+/* Writes a 16-bit row's known output to o16 a piece at a time, through the
+ * start of the float32 buffer: every element comes out as from one call of
+ * `write`, which computes each on its own. */
+static void write_narrowed(rowctx_t *R, const sk_write *w, char *o16) {
+    const job_t *J = R->J;
+    for (size_t i = 0; i < w->n; i += SK_PIECE) {
+        sk_write p = *w;
+        p.out = R->S->out_f32;
+        p.n = w->n - i < SK_PIECE ? w->n - i : SK_PIECE;
+        if (p.e) p.e += i;
+        if (p.x) p.x = (const float *)p.x + i;
+        J->fam->write(&p, 0);
+        J->codec->narrow(R->S->out_f32, o16 + i * 2, p.n);
+    }
+}
+
 void flush_deferred(rowctx_t *R) {
     if (!R->pending.out) return;
     R->J->fam->write(&R->pending, R->J->stream);
@@ -196,6 +216,7 @@ static void row_softmax(rowctx_t *R, size_t r) {
     double a = sc.max;
     if (sc.nan || a == -INFINITY) {
         fill_range(J->dtype, o, R->len, sc.nan ? NAN : (J->log ? -INFINITY : 0.0));
+        if (J->codec) J->codec->narrow(R->S->out_f32, orow + R->start * 2, R->len);
     } else {
         if (a == INFINITY) {
             x = inf_standin(R, x);
@@ -213,9 +234,9 @@ static void row_softmax(rowctx_t *R, size_t r) {
                       .shift = a,
                       .temperature = J->temperature,
                       .log_sum = log1p(s)};
-        write_output(R, &w);
+        if (J->codec) write_narrowed(R, &w, orow + R->start * 2);
+        else write_output(R, &w);
     }
-    if (J->codec) J->codec->narrow(R->S->out_f32, orow + R->start * 2, R->len);
 }
 
 static void row_logsumexp(rowctx_t *R, size_t r) {
