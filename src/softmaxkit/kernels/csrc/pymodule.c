@@ -80,8 +80,8 @@ static int check_float(const buf_t *b, int dtype, int bf16, const char *name) {
         const char *format = b->v.format ? b->v.format : "B";
         if (bf16)
             PyErr_Format(PyExc_TypeError,
-                         "%s must hold bfloat16 as 2-byte integers (format 'H' or 'h'), as bfloat16 is set; got "
-                         "format '%s'",
+                         "%s must hold bfloat16 (under the bfloat16 flag: 2-byte integers, format 'H' or 'h'); "
+                         "got format '%s'",
                          name, format);
         else
             PyErr_Format(PyExc_TypeError,
