@@ -81,6 +81,8 @@ CSV_FIELDS = [
     "softmaxkit_of_copy",
     "torch_mib",
     "softmaxkit_mib",
+    "torch_first_mib",
+    "softmaxkit_first_mib",
     "torch_held_mib",
     "softmaxkit_held_mib",
 ]
@@ -224,11 +226,11 @@ memory_here(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.arg
 
 
 def memory_here(mode: str, dtype: str, library: str, rows: int, classes: int) -> None:
-    """In a fresh interpreter: print, as JSON, the peak growth of one forward + backward and the memory held before it.
+    """In a fresh interpreter: print, as JSON, the peak growth of two forward + backward calls in a row.
 
-    The first forward + backward (the compilation, for ``compile``) runs
-    before the measured one, so the growth is a training step's; what the
-    first call left resident (cached outputs, compiled code) is ``held``.
+    ``first_mib`` is the first call's (with the compilation, for
+    ``compile``); ``growth_mib`` the second's, a training step's; ``held_mib``
+    what the first left resident for the second (cached outputs, compiled code).
     """
     case = Case(mode, dtype, "cross_entropy+grad", (rows, classes))
     x, t = make_inputs(case)
@@ -236,17 +238,25 @@ def memory_here(mode: str, dtype: str, library: str, rows: int, classes: int) ->
     gc.collect()
     before_first = reset_peak_rss()
     step()
+    first = peak_rss() - before_first
     x.grad = None
     gc.collect()
     base = reset_peak_rss()
     step()
     growth = peak_rss() - base
-    print(json.dumps({"growth_mib": growth / 2**20, "held_mib": (base - before_first) / 2**20}))
+    print(
+        json.dumps(
+            {
+                key: value / 2**20
+                for key, value in [("first_mib", first), ("growth_mib", growth), ("held_mib", base - before_first)]
+            }
+        )
+    )
 
 
 def measure_memory(mode: str, dtype: str, shape: tuple[int, int], rounds: int) -> dict:
     """Worst growth of each library over ``rounds`` fresh interpreters, alternating libraries."""
-    found = {lib: {"growth_mib": [], "held_mib": []} for lib in LIBRARIES}
+    found = {lib: {"first_mib": [], "growth_mib": [], "held_mib": []} for lib in LIBRARIES}
     for _ in range(rounds):
         for lib in LIBRARIES:
             result = run_fresh(CHILD, mode, dtype, lib, *shape, warnings=False)
@@ -255,6 +265,7 @@ def measure_memory(mode: str, dtype: str, shape: tuple[int, int], rounds: int) -
     row = {"case": f"memory/{mode}/{dtype}/cross_entropy+grad/{shape[0]}x{shape[1]}"}
     for lib in LIBRARIES:
         row[f"{lib}_mib"] = max(found[lib]["growth_mib"])
+        row[f"{lib}_first_mib"] = max(found[lib]["first_mib"])
         row[f"{lib}_held_mib"] = statistics.median(found[lib]["held_mib"])
     row["ratio"] = row["softmaxkit_mib"] / row["torch_mib"] if row["torch_mib"] else float("nan")
     print(row["case"], {k: f"{v:.0f} MiB" for k, v in row.items() if k.endswith("mib")}, file=sys.stderr)
@@ -288,6 +299,8 @@ def _memory_cells(r: dict) -> list[str]:
         f"{r['torch_mib']:.0f}",
         f"{r['softmaxkit_mib']:.0f}",
         f"{r['ratio']:.2f}",
+        f"{r['torch_first_mib']:.0f}",
+        f"{r['softmaxkit_first_mib']:.0f}",
         f"{r['torch_held_mib']:.0f}",
         f"{r['softmaxkit_held_mib']:.0f}",
     ]
@@ -298,15 +311,25 @@ def write(rows: list[dict], memory: list[dict], rounds: int, memory_rounds: int,
     if memory:
         footer = [
             (
-                f"Memory: peak resident-set growth of one forward + backward (the second; the first is a warm-up "
-                f"and, compiled, the compilation), worst of {memory_rounds} fresh interpreters per library; "
-                "`held` is what the first call left resident (cached outputs, compiled code), median."
+                "Memory (MiB): peak resident-set growth of cross-entropy forward + backward, two calls in a row in a "
+                f"fresh interpreter, worst of {memory_rounds} interpreters per library. The first three columns are "
+                "the second call's (a training step's); `first` is the first call's (compiled: with the compilation); "
+                "`held` is what the first call left resident for the second (cached outputs, compiled code), median."
             ),
             "",
             *markdown_table(
-                ["case", "torch (MiB)", "softmaxkit (MiB)", "softmaxkit / torch", "torch held", "softmaxkit held"],
+                [
+                    "case",
+                    "torch (MiB)",
+                    "softmaxkit (MiB)",
+                    "softmaxkit / torch",
+                    "torch first",
+                    "softmaxkit first",
+                    "torch held",
+                    "softmaxkit held",
+                ],
                 map(_memory_cells, memory),
-                "lrrrrr",
+                "lrrrrrrr",
             ),
         ]
     write_results(
