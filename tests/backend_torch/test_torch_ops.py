@@ -326,3 +326,13 @@ def test_16_bit_tensors_take_the_native_kernels(monkeypatch, dtype):
         smt.cross_entropy(x2, torch.tensor([0, 1, 4])).backward()
     # both paths round the exact gradient once: they agree to an ULP of the 16-bit type
     torch.testing.assert_close(x.grad, x2.grad)
+
+
+# --- double backward through the operators ----------------------------------------------
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_operators_gradgradcheck(log):
+    x = _rand(3, 4, dtype=torch.float64, grad=True)
+    torch.autograd.gradgradcheck(lambda a: ops.softmax(a, 0.7, log), (x,))
+    torch.autograd.gradgradcheck(ops.logsumexp, (x,))
