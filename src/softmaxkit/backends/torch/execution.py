@@ -40,6 +40,7 @@ custom jvps.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import array_api_compat.torch as _compat
@@ -182,7 +183,7 @@ def rows_view(x: torch.Tensor, dim: int) -> torch.Tensor:
     small call the cost of building the Layout.
     """
     if x.ndim and dim == x.ndim - 1:
-        return x.reshape(-1, x.shape[-1])
+        return x.reshape(math.prod(list(x.shape[:-1])), x.shape[-1])
     return _class_layout(x, dim).rows(x)
 
 
