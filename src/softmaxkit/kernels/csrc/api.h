@@ -1,7 +1,12 @@
 /* Entry points of the native kernels, called by the Python bindings.
  *
- * Every entry point takes C-contiguous rows of `n` elements of one float
- * dtype (DT_*; bfloat16 is stored as its 16 high bits of float32), writes into buffers the caller provides, and returns 0,
+ * Every entry point takes a C-contiguous array of one float dtype (DT_*;
+ * bfloat16 is stored as its 16 high bits of float32) of shape (outer, n,
+ * inner), reduced along n: rows = outer * inner rows of n elements, row r =
+ * (r / inner, r % inner); inner 1 is rows of adjacent elements.  Row-shaped
+ * outputs and probability targets have the input's layout; per-row outputs,
+ * losses and class indices are in row order r.  They write into buffers the
+ * caller provides, and return 0,
  * SK_ENOMEM, or SK_ETARGET for a class index that is neither in [0, n) nor
  * ignore_index (checked before anything is written).  The formulas are those
  * of softmaxkit.numerics; see the module docstring of softmaxkit.kernels.
@@ -23,15 +28,17 @@ const char *sk_isa_name(void);
 void sk_set_threads(int n);
 int sk_get_threads(void);
 
-int sk_softmax(int dtype, const void *x, void *out, size_t rows, size_t n, double temperature, int log);
-int sk_logsumexp(int dtype, const void *x, void *out, size_t rows, size_t n);
+int sk_softmax(int dtype, const void *x, void *out, size_t rows, size_t n, size_t inner, double temperature,
+               int log);
+int sk_logsumexp(int dtype, const void *x, void *out, size_t rows, size_t n, size_t inner);
 /* One loss per row into `loss` (float64) and, when `grad` is not NULL, the
  * gradient of their sum divided by `grad_divisor` (finite, not 0).  The
  * reduction and its denominator are the caller's (softmaxkit.numerics.reduction). */
-int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t rows, size_t n,
+int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t rows, size_t n, size_t inner,
                      const int64_t *targets, const void *probs, const double *class_weight, int64_t ignore_index,
                      double eps, double z_loss, double grad_divisor);
-int sk_vjp(int dtype, int log, const void *y, const void *cotangent, void *out, size_t rows, size_t n);
+int sk_vjp(int dtype, int log, const void *y, const void *cotangent, void *out, size_t rows, size_t n,
+           size_t inner);
 /* n values of a 16-bit dtype widened to float32 (narrow 0), or float32
  * values rounded to it (narrow 1), by the conversions of the instruction set
  * in use; on one thread */

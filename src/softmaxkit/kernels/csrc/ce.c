@@ -15,9 +15,9 @@
 
 /* One row, as far as this thread's chunk of it goes. */
 typedef struct {
-    const char *row;        /* the row's logits, input dtype */
-    const char *prob_row;   /* the row's probability targets, input dtype, or NULL */
-    char *grad_row;         /* the row's gradient, or NULL */
+    size_t r;               /* the row */
+    const char *prob_chunk; /* the chunk's probability targets, input dtype, or NULL */
+    char *grad_chunk;       /* the chunk's gradient, input dtype, or NULL */
     const void *x;          /* the chunk's logits, family type */
     void *g;                /* the chunk's gradient, family type, or NULL */
     sk_coef cf;
@@ -39,14 +39,14 @@ static void ce_coefficients(rowctx_t *R, size_t r, ce_row_t *C) {
     sk_coef *cf = &C->cf;
     *cf = (sk_coef){.weights = J->class_weight, .target = -1};
     C->row_weight = 1.0;
-    if (C->prob_row) {
+    if (C->prob_chunk) {
         cf->prob_scale = 1.0 - J->eps;
         cf->smoothing = J->eps;
         if (J->codec) {
-            J->codec->widen(C->prob_row + R->start * 2, R->S->in2_f32, R->len);
+            J->codec->widen(C->prob_chunk, R->S->in2_f32, R->len);
             cf->probs = R->S->in2_f32;
         } else {
-            cf->probs = C->prob_row + R->start * J->item_size;
+            cf->probs = C->prob_chunk;
         }
     } else {
         int64_t t = J->targets[r];
@@ -56,7 +56,7 @@ static void ce_coefficients(rowctx_t *R, size_t r, ce_row_t *C) {
         cf->target_coef = (1.0 - J->eps) * C->row_weight;
         cf->smoothing = keep ? J->eps : 0.0;
     }
-    C->general = C->prob_row != NULL || cf->smoothing != 0.0;
+    C->general = C->prob_chunk != NULL || cf->smoothing != 0.0;
 }
 
 /* The coefficient of class j of the whole row (x_j its logit), one at a
@@ -65,8 +65,8 @@ static double class_coef_at(const job_t *J, const ce_row_t *C, double x_j, size_
     const sk_coef *cf = &C->cf;
     double u = x_j != -INFINITY ? (cf->weights ? cf->inv_unmasked * cf->weights[j] : cf->inv_unmasked) : 0.0;
     double base = cf->smoothing * u;
-    if (C->prob_row) {
-        double q_j = load_as_double(J->dtype, C->prob_row, j);
+    if (C->prob_chunk) {
+        double q_j = load_at(J, J->probs, C->r, j);
         double y = cf->prob_scale * (cf->weights ? q_j * cf->weights[j] : q_j);
         return cf->smoothing != 0.0 ? y + base : y;
     }
@@ -82,7 +82,7 @@ static void ce_limit_row(rowctx_t *R, size_t r, const ce_row_t *C) {
     if (R->chunk == 0) {
         double nlp = nan ? NAN : INFINITY, loss = 0.0;
         for (size_t j = 0; j < J->n; j++) {
-            double c_j = class_coef_at(J, C, load_as_double(J->dtype, C->row, j), j);
+            double c_j = class_coef_at(J, C, load_at(J, J->x, r, j), j);
             if (c_j != 0.0) loss += c_j * nlp;
         }
         if (J->z_loss != 0.0 && C->row_weight != 0.0)
@@ -104,7 +104,7 @@ static void ce_onehot_loss(const rowctx_t *R, double a, ce_row_t *C) {
     const sk_coef *cf = &C->cf;
     C->loss = 0.0;
     if (cf->target_coef != 0.0) {
-        double x_t = load_as_double(J->dtype, C->row, (size_t)cf->target), lo = 0.0;
+        double x_t = load_at(J, J->x, C->r, (size_t)cf->target), lo = 0.0;
         if (C->inf_row) x_t = x_t == INFINITY ? 0.0 : -INFINITY;
         int comp = J->dtype == DT_F64;
         double hi = comp ? two_diff(x_t, a, &lo) : x_t - a;
@@ -206,18 +206,17 @@ static void ce_regular_row(rowctx_t *R, size_t r, ce_row_t *C) {
 
 void row_cross_entropy(rowctx_t *R, size_t r) {
     job_t *J = R->J;
-    size_t row_bytes = J->n * J->item_size;
     ce_row_t C = {0};
-    C.row = J->x + r * row_bytes;
-    C.prob_row = J->probs ? J->probs + r * row_bytes : NULL;
-    C.grad_row = J->out ? J->out + r * row_bytes : NULL;
-    C.x = chunk_logits(R, C.row);
-    if (C.grad_row) C.g = J->codec ? (void *)R->S->out_f32 : (void *)(C.grad_row + R->start * J->item_size);
+    C.r = r;
+    C.prob_chunk = J->probs ? chunk_in(R, J->probs, R->S->tile_in2, r) : NULL;
+    C.grad_chunk = J->out ? chunk_out(R, r) : NULL;
+    C.x = chunk_logits(R, chunk_in(R, J->x, R->S->tile_in, r));
+    if (C.grad_chunk) C.g = J->codec ? (void *)R->S->out_f32 : (void *)C.grad_chunk;
     ce_coefficients(R, r, &C);
     scan_row(R, C.x, C.g != NULL, J->eps != 0.0, &C.scan);
     C.cf.inv_unmasked = 1.0 / (C.scan.unmasked == 0 ? 1.0 : (double)C.scan.unmasked);
     if (C.scan.nan || C.scan.max == -INFINITY) ce_limit_row(R, r, &C);
     else if (!C.general && C.row_weight == 0.0) ce_ignored_row(R, r, &C);
     else ce_regular_row(R, r, &C);
-    if (C.g && J->codec) J->codec->narrow(R->S->out_f32, C.grad_row + R->start * 2, R->len);
+    if (C.g && J->codec) J->codec->narrow(R->S->out_f32, C.grad_chunk, R->len);
 }

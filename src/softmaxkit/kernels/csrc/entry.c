@@ -43,14 +43,28 @@ const char *sk_isa_name(void) { return isa->name; }
 void sk_set_threads(int n) { num_threads = n < 1 ? 1 : n; }
 int sk_get_threads(void) { return num_threads; }
 
+/* Bytes of one tile (inner > 1): with the other buffers of a row, it stays
+ * in the second-level cache. */
+#define SK_TILE_BYTES ((size_t)256 << 10)
+
+/* Rows gathered at once: enough to read whole cache lines of 64 bytes, fewer
+ * for rows too wide for SK_TILE_BYTES. */
+static size_t tile_rows(const job_t *J) {
+    size_t t = 64 / J->item_size, fit = SK_TILE_BYTES / (J->n * J->item_size + 1);
+    if (t > fit) t = fit;
+    return t ? t : 1;
+}
+
 /* Completes the job's description and runs it. */
 static int start(job_t *J) {
     J->fam = J->dtype == DT_F64 ? &isa->f64 : &isa->f32;
     J->codec = J->dtype == DT_F16 ? &isa->f16 : J->dtype == DT_BF16 ? &isa->bf16 : NULL;
     J->item_size = J->dtype == DT_F64 ? 8 : J->dtype == DT_F32 ? 4 : 2;
     J->blocks = (J->n + SK_BLOCK - 1) / SK_BLOCK;
-    /* only the float32 family's writers stream (see `write` in family.h) */
-    J->stream = J->dtype == DT_F32 && J->out && (J->op == OP_SOFTMAX || J->op == OP_CE) &&
+    J->tile = tile_rows(J);
+    /* only the float32 family's writers stream (see `write` in family.h);
+       rows apart are written to a tile, which stays in the cache */
+    J->stream = J->dtype == DT_F32 && J->out && J->inner == 1 && (J->op == OP_SOFTMAX || J->op == OP_CE) &&
                 J->rows * J->n * J->item_size >= SK_STREAM_MIN;
     /* log_softmax only: the others write from a float64 buffer of
        exponentials, and deferring them would need a second one */
@@ -58,14 +72,15 @@ static int start(job_t *J) {
     return run_job(J, num_threads);
 }
 
-int sk_softmax(int dtype, const void *x, void *out, size_t rows, size_t n, double temperature, int log) {
+int sk_softmax(int dtype, const void *x, void *out, size_t rows, size_t n, size_t inner, double temperature, int log) {
     job_t J = {.op = OP_SOFTMAX, .dtype = dtype, .log = log, .x = x, .out = out, .rows = n ? rows : 0, .n = n,
-               .temperature = temperature};
+               .inner = inner, .temperature = temperature};
     return start(&J);
 }
 
-int sk_logsumexp(int dtype, const void *x, void *out, size_t rows, size_t n) {
-    job_t J = {.op = OP_LSE, .dtype = dtype, .x = x, .out = out, .rows = rows, .n = n, .temperature = 1.0};
+int sk_logsumexp(int dtype, const void *x, void *out, size_t rows, size_t n, size_t inner) {
+    job_t J = {.op = OP_LSE, .dtype = dtype, .x = x, .out = out, .rows = rows, .n = n, .inner = inner,
+               .temperature = 1.0};
     return start(&J);
 }
 
@@ -87,7 +102,7 @@ static int copy_targets(const int64_t *targets, size_t rows, size_t n, int64_t i
     return 0;
 }
 
-int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t rows, size_t n,
+int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t rows, size_t n, size_t inner,
                      const int64_t *targets, const void *probs, const double *class_weight, int64_t ignore_index,
                      double eps, double z_loss, double grad_divisor) {
     int64_t *own = NULL;
@@ -101,7 +116,7 @@ int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t 
     }
     job_t J = {.op = OP_CE, .dtype = dtype, .x = x, .probs = probs, .out = grad, .loss = loss, .targets = own,
                .class_weight = class_weight, .ignore_index = ignore_index, .eps = eps, .z_loss = z_loss,
-               .grad_divisor = grad_divisor, .rows = rows, .n = n, .temperature = 1.0};
+               .grad_divisor = grad_divisor, .rows = rows, .n = n, .inner = inner, .temperature = 1.0};
     int rc = start(&J);
     free(own);
     return rc;
@@ -113,8 +128,9 @@ void sk_convert(int dtype, int narrow, const void *src, void *dst, size_t n) {
     else c->widen(src, dst, n);
 }
 
-int sk_vjp(int dtype, int log, const void *y, const void *cotangent, void *out, size_t rows, size_t n) {
+int sk_vjp(int dtype, int log, const void *y, const void *cotangent, void *out, size_t rows, size_t n,
+           size_t inner) {
     job_t J = {.op = OP_VJP, .dtype = dtype, .log = log, .x = y, .cotangent = cotangent, .out = out,
-               .rows = n ? rows : 0, .n = n};
+               .rows = n ? rows : 0, .n = n, .inner = inner};
     return start(&J);
 }

@@ -10,6 +10,14 @@
  * per-block partials in the same order.  Results are therefore bitwise the
  * same for every thread count.
  *
+ * A row need not be contiguous: the array is (outer, n, inner), reduced
+ * along n, and row r = (r / inner, r % inner) has its elements `inner` apart
+ * (inner 1: rows are contiguous and read in place).  Otherwise each thread
+ * gathers a tile of consecutive rows (neighbouring r share cache lines) into
+ * its scratch, contiguous, runs them there exactly as contiguous rows, and
+ * scatters the tile's row-shaped outputs back.  Per-row outputs, the loss and
+ * the class indices are in row order r.
+ *
  * Rows whose answer is a limit follow softmaxkit.numerics.rows.row_stats: a
  * NaN row gives NaN, a fully masked row (maximum -inf) gives the masked
  * values, and a row with +inf is replaced by its stand-in (0 at the +inf
@@ -41,6 +49,8 @@ typedef struct job {
     int64_t ignore_index;
     double temperature, eps, z_loss, grad_divisor;
     size_t rows, n, item_size;
+    size_t inner;              /* elements between neighbours of a row; 1: contiguous */
+    size_t tile;               /* rows gathered at once when inner > 1 */
     size_t blocks;             /* SK_BLOCK blocks per row */
     int threads;
     int wide;                  /* each row split into one chunk per thread */
@@ -66,6 +76,8 @@ typedef struct {
     size_t chunk_argmax[2], chunk_unmasked[2];
     int chunk_nan[2];
     sk_part *parts;            /* 4 * blocks block partials when rows are not split */
+    /* inner > 1: tiles of rows (input dtype, each row's chunk contiguous) */
+    char *tile_in, *tile_in2, *tile_out;
 } scratch_t;
 
 /* One thread's view of the rows it runs: its chunk [start, start + len) of
@@ -77,6 +89,8 @@ typedef struct {
     int slot;                  /* chunk + chunks * (row parity): the chunk partials alternate between rows */
     size_t start, len;
     size_t next;               /* the row this thread runs next, or rows when none */
+    size_t claim_end;          /* the end of the rows this thread has claimed */
+    size_t tile_r0, tile_end;  /* the rows in the tiles (inner > 1) */
     sk_write pending;          /* the output of the row before, deferred (J->defer) */
     double *chunk_max;
     size_t *chunk_argmax, *chunk_unmasked;
@@ -99,10 +113,20 @@ static inline void sync_row(rowctx_t *R) {
     if (R->chunks > 1) barrier_wait(&R->J->bar, &R->sense);
 }
 
+/* The offset, in elements, of element 0 of row r; element j is inner * j
+ * further. */
+static inline size_t row_offset(const job_t *J, size_t r) {
+    if (J->inner == 1) return r * J->n;
+    return (r / J->inner) * J->n * J->inner + r % J->inner;
+}
+
 /* rows.c: the parts of a row program, shared by all of them */
 int scratch_init(job_t *J, scratch_t *S, size_t len);
 void scratch_free(scratch_t *S);
 void run_row(rowctx_t *R, size_t r);
+const char *chunk_in(const rowctx_t *R, const char *base, const char *tile, size_t r);
+char *chunk_out(const rowctx_t *R, size_t r);
+double load_at(const job_t *J, const char *base, size_t r, size_t j);
 void flush_deferred(rowctx_t *R);
 double load_as_double(int dtype, const void *p, size_t j);
 void fill_range(int dtype, void *out, size_t n, double v);

@@ -50,6 +50,7 @@ static void run_chunks(job_t *J, rowctx_t *R, int failed) {
     name_parts(R, J->parts, J->blocks);
     for (size_t r = 0; r < J->rows; r++) {
         R->next = r + 1;
+        R->claim_end = r + 1;
         run_row(R, r);
     }
 }
@@ -63,6 +64,7 @@ static void run_rows(job_t *J, rowctx_t *R) {
     while (r0 < J->rows) {
         size_t r1 = r0 + J->batch < J->rows ? r0 + J->batch : J->rows;
         size_t n0 = __atomic_fetch_add(&J->next_row, J->batch, __ATOMIC_RELAXED);
+        R->claim_end = r1;
         for (size_t r = r0; r < r1; r++) {
             R->next = r + 1 < r1 ? r + 1 : n0;
             run_row(R, r);
@@ -224,6 +226,8 @@ static void plan(job_t *J, int threads) {
     J->threads = nt;
     size_t b = 16384 / (J->n ? J->n : 1);
     J->batch = b ? b : 1;
+    /* whole tiles, where rows are gathered */
+    if (J->inner > 1) J->batch = (J->batch + J->tile - 1) / J->tile * J->tile;
 }
 
 /* The shared partials of a wide job; on failure the job is not wide. */

@@ -61,16 +61,26 @@ static int is_int64(const Py_buffer *v) {
 
 static const char *DTYPES[] = {"float16", "float32", "float64", "bfloat16"};
 
-/* rows and row length of an array whose last axis is the class axis */
-static int rows_of(const Py_buffer *v, const char *name, size_t *rows, size_t *n) {
+/* The rows, their length and the distance between their elements when the
+ * array is reduced along `axis` (negative: from the end). */
+static int rows_of(const Py_buffer *v, const char *name, long long axis, size_t *rows, size_t *n, size_t *inner) {
     if (v->ndim < 1) {
         PyErr_Format(PyExc_ValueError, "%s must have at least one dimension", name);
         return -1;
     }
-    size_t r = 1;
-    for (int i = 0; i < v->ndim - 1; i++) r *= (size_t)v->shape[i];
-    *rows = r;
-    *n = (size_t)v->shape[v->ndim - 1];
+    if (axis < -v->ndim || axis >= v->ndim) {
+        PyErr_Format(PyExc_ValueError, "axis must be in [%d, %d) for %s of %d dimensions; got %lld", -v->ndim, v->ndim,
+                     name, v->ndim, axis);
+        return -1;
+    }
+    int k = (int)(axis < 0 ? axis + v->ndim : axis);
+    size_t outer = 1, in = 1;
+    for (int i = 0; i < k; i++) outer *= (size_t)v->shape[i];
+    for (int i = k + 1; i < v->ndim; i++) in *= (size_t)v->shape[i];
+    *n = (size_t)v->shape[k];
+    /* no rows when there are no elements: inner may then be 0 */
+    *rows = outer * in;
+    *inner = in ? in : 1;
     return 0;
 }
 
@@ -133,18 +143,21 @@ static int raise_rc(int rc) {
     return rc ? -1 : 0;
 }
 
-/* The arguments `want` required ones and, last, the optional bfloat16 flag:
- * its truth into *bf16 (0 without it). */
-#define ARGS_BF16(want, fname, bf16)                                                                      \
-    if (nargs != (want) && nargs != (want) + 1) {                                                          \
-        PyErr_Format(PyExc_TypeError, fname "() takes %d or %d arguments (%zd given)", (want), (want) + 1, \
-                     nargs);                                                                              \
-        return NULL;                                                                                      \
-    }                                                                                                     \
-    int bf16 = nargs > (want) ? PyObject_IsTrue(args[want]) : 0;                                          \
-    if (bf16 < 0) return NULL;
+/* The arguments: `want` required ones, then the optional bfloat16 flag (its
+ * truth into bf16, 0 without it) and the optional reduced axis (into axis,
+ * -1 without it). */
+#define ARGS_BF16(want, fname, bf16)                                                                        \
+    if (nargs < (want) || nargs > (want) + 2) {                                                              \
+        PyErr_Format(PyExc_TypeError, fname "() takes %d to %d arguments (%zd given)", (want), (want) + 2,   \
+                     nargs);                                                                                \
+        return NULL;                                                                                        \
+    }                                                                                                       \
+    int bf16 = nargs > (want) ? PyObject_IsTrue(args[want]) : 0;                                            \
+    if (bf16 < 0) return NULL;                                                                              \
+    long long axis = nargs > (want) + 1 ? PyLong_AsLongLong(args[(want) + 1]) : -1;                         \
+    if (axis == -1 && PyErr_Occurred()) return NULL;
 
-/* softmax(x, out, temperature, log[, bfloat16]) */
+/* softmax(x, out, temperature, log[, bfloat16[, axis]]) */
 static PyObject *py_softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     ARGS_BF16(4, "softmax", bf16);
@@ -152,15 +165,15 @@ static PyObject *py_softmax(PyObject *self, PyObject *const *args, Py_ssize_t na
     int log = PyObject_IsTrue(args[3]);
     if ((T == -1.0 && PyErr_Occurred()) || log < 0) return NULL;
     buf_t x = {0}, out = {0};
-    size_t rows, n;
+    size_t rows, n, inner;
     int rc = -1;
     if (get(args[0], &x, 0, "x") || get(args[1], &out, 1, "out") || check_float(&x, -1, bf16, "x") ||
-        rows_of(&x.v, "x", &rows, &n))
+        rows_of(&x.v, "x", axis, &rows, &n, &inner))
         goto end;
     int dt = float_kind(&x.v, bf16);
     if (check_float(&out, dt, bf16, "out") || check_len(&out, rows * n, "out")) goto end;
     Py_BEGIN_ALLOW_THREADS
-    rc = sk_softmax(dt, x.v.buf, out.v.buf, rows, n, T, log);
+    rc = sk_softmax(dt, x.v.buf, out.v.buf, rows, n, inner, T, log);
     Py_END_ALLOW_THREADS
     rc = raise_rc(rc);
 end:
@@ -170,20 +183,20 @@ end:
     Py_RETURN_NONE;
 }
 
-/* logsumexp(x, out[, bfloat16]) */
+/* logsumexp(x, out[, bfloat16[, axis]]): out holds one value per row */
 static PyObject *py_logsumexp(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     ARGS_BF16(2, "logsumexp", bf16);
     buf_t x = {0}, out = {0};
-    size_t rows, n;
+    size_t rows, n, inner;
     int rc = -1;
     if (get(args[0], &x, 0, "x") || get(args[1], &out, 1, "out") || check_float(&x, -1, bf16, "x") ||
-        rows_of(&x.v, "x", &rows, &n))
+        rows_of(&x.v, "x", axis, &rows, &n, &inner))
         goto end;
     int dt = float_kind(&x.v, bf16);
     if (check_float(&out, dt, bf16, "out") || check_len(&out, rows, "out")) goto end;
     Py_BEGIN_ALLOW_THREADS
-    rc = sk_logsumexp(dt, x.v.buf, out.v.buf, rows, n);
+    rc = sk_logsumexp(dt, x.v.buf, out.v.buf, rows, n, inner);
     Py_END_ALLOW_THREADS
     rc = raise_rc(rc);
 end:
@@ -193,8 +206,8 @@ end:
     Py_RETURN_NONE;
 }
 
-/* cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, grad_divisor[, bfloat16])
- * targets: int64 per row or None; probs: logits' shape and dtype or None
+/* cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, grad_divisor[, bfloat16[, axis]])
+ * the classes along axis; targets: int64 per row (in row order) or None; probs: logits' shape and dtype or None
  * (exactly one of the two); weight: float64 per class or None; loss: float64
  * per row; grad: logits' shape and dtype, or None; grad_divisor: what the
  * gradient is divided by, finite and not 0 (a "mean" over negative class
@@ -211,9 +224,9 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssiz
         return NULL;
     }
     buf_t x = {0}, t = {0}, q = {0}, w = {0}, loss = {0}, g = {0};
-    size_t rows, n;
+    size_t rows, n, inner;
     int rc = -1;
-    if (get(args[0], &x, 0, "logits") || check_float(&x, -1, bf16, "logits") || rows_of(&x.v, "logits", &rows, &n))
+    if (get(args[0], &x, 0, "logits") || check_float(&x, -1, bf16, "logits") || rows_of(&x.v, "logits", axis, &rows, &n, &inner))
         goto end;
     int dt = float_kind(&x.v, bf16);
     if ((args[1] == Py_None) == (args[2] == Py_None)) {
@@ -231,7 +244,7 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *const *args, Py_ssiz
         (get(args[5], &g, 1, "grad") || check_float(&g, dt, bf16, "grad") || check_len(&g, rows * n, "grad")))
         goto end;
     Py_BEGIN_ALLOW_THREADS
-    rc = sk_cross_entropy(dt, x.v.buf, g.held ? g.v.buf : NULL, loss.v.buf, rows, n, t.held ? t.v.buf : NULL,
+    rc = sk_cross_entropy(dt, x.v.buf, g.held ? g.v.buf : NULL, loss.v.buf, rows, n, inner, t.held ? t.v.buf : NULL,
                           q.held ? q.v.buf : NULL, w.held ? w.v.buf : NULL, ignore, eps, z, divisor);
     Py_END_ALLOW_THREADS
     rc = raise_rc(rc);
@@ -246,7 +259,7 @@ end:
     Py_RETURN_NONE;
 }
 
-/* vjp(y, cotangent, out, log[, bfloat16]): softmax VJP from probabilities y,
+/* vjp(y, cotangent, out, log[, bfloat16[, axis]]): softmax VJP from probabilities y,
  * or the log_softmax VJP from log-probabilities y */
 static PyObject *py_vjp(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -254,17 +267,17 @@ static PyObject *py_vjp(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     int log = PyObject_IsTrue(args[3]);
     if (log < 0) return NULL;
     buf_t y = {0}, g = {0}, out = {0};
-    size_t rows, n;
+    size_t rows, n, inner;
     int rc = -1;
     if (get(args[0], &y, 0, "y") || get(args[1], &g, 0, "cotangent") || get(args[2], &out, 1, "out") ||
-        check_float(&y, -1, bf16, "y") || rows_of(&y.v, "y", &rows, &n))
+        check_float(&y, -1, bf16, "y") || rows_of(&y.v, "y", axis, &rows, &n, &inner))
         goto end;
     int dt = float_kind(&y.v, bf16);
     if (check_float(&g, dt, bf16, "cotangent") || check_len(&g, rows * n, "cotangent") || check_float(&out, dt, bf16, "out") ||
         check_len(&out, rows * n, "out"))
         goto end;
     Py_BEGIN_ALLOW_THREADS
-    rc = sk_vjp(dt, log, y.v.buf, g.v.buf, out.v.buf, rows, n);
+    rc = sk_vjp(dt, log, y.v.buf, g.v.buf, out.v.buf, rows, n, inner);
     Py_END_ALLOW_THREADS
     rc = raise_rc(rc);
 end:
@@ -391,11 +404,11 @@ static PyObject *py_cache_bytes(PyObject *self, PyObject *unused) {
 }
 
 static PyMethodDef methods[] = {
-    {"softmax", (PyCFunction)(void (*)(void))py_softmax, METH_FASTCALL, "softmax(x, out, temperature, log[, bfloat16])"},
-    {"logsumexp", (PyCFunction)(void (*)(void))py_logsumexp, METH_FASTCALL, "logsumexp(x, out[, bfloat16])"},
+    {"softmax", (PyCFunction)(void (*)(void))py_softmax, METH_FASTCALL, "softmax(x, out, temperature, log[, bfloat16[, axis]])"},
+    {"logsumexp", (PyCFunction)(void (*)(void))py_logsumexp, METH_FASTCALL, "logsumexp(x, out[, bfloat16[, axis]])"},
     {"cross_entropy", (PyCFunction)(void (*)(void))py_cross_entropy, METH_FASTCALL,
-     "cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, grad_divisor[, bfloat16])"},
-    {"vjp", (PyCFunction)(void (*)(void))py_vjp, METH_FASTCALL, "vjp(y, cotangent, out, log[, bfloat16])"},
+     "cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, grad_divisor[, bfloat16[, axis]])"},
+    {"vjp", (PyCFunction)(void (*)(void))py_vjp, METH_FASTCALL, "vjp(y, cotangent, out, log[, bfloat16[, axis]])"},
     {"convert", (PyCFunction)(void (*)(void))py_convert, METH_FASTCALL,
      "convert(src, dst, bfloat16): a 16-bit format widened to float32, or float32 rounded to it"},
     {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n)"},

@@ -26,6 +26,12 @@ int scratch_init(job_t *J, scratch_t *S, size_t len) {
             return -1;
     }
     if (!J->wide && !(S->parts = malloc(4 * (J->blocks ? J->blocks : 1) * sizeof(sk_part)))) return -1;
+    if (J->inner > 1) {
+        size_t bytes = J->tile * m * J->item_size;
+        if (!(S->tile_in = malloc(bytes))) return -1;
+        if ((J->probs || J->cotangent) && !(S->tile_in2 = malloc(bytes))) return -1;
+        if (J->out && J->op != OP_LSE && !(S->tile_out = malloc(bytes))) return -1;
+    }
     return 0;
 }
 
@@ -36,6 +42,9 @@ void scratch_free(scratch_t *S) {
     free(S->out_f32);
     free(S->in2_f32);
     free(S->parts);
+    free(S->tile_in);
+    free(S->tile_in2);
+    free(S->tile_out);
 }
 
 /* --- values ------------------------------------------------------------- */
@@ -44,6 +53,11 @@ double load_as_double(int dtype, const void *p, size_t j) {
     if (dtype == DT_F64) return ((const double *)p)[j];
     if (dtype == DT_F32) return ((const float *)p)[j];
     return widen16(dtype, ((const uint16_t *)p)[j]);
+}
+
+/* Element j of row r of `base` (an array of the input's shape). */
+double load_at(const job_t *J, const char *base, size_t r, size_t j) {
+    return load_as_double(J->dtype, base + row_offset(J, r) * J->item_size, j * J->inner);
 }
 
 /* 16-bit rows are filled as float32, converted afterwards */
@@ -75,16 +89,75 @@ double combine_parts(const sk_part *p, size_t blocks, int comp, double extra) {
     return s + e;
 }
 
+/* --- rows and tiles ------------------------------------------------------- */
+
+/* This thread's chunk of row r of an input array `base` (input dtype,
+ * contiguous): in place, or in `tile`, the input's tile. */
+const char *chunk_in(const rowctx_t *R, const char *base, const char *tile, size_t r) {
+    const job_t *J = R->J;
+    if (J->inner == 1) return base + (r * J->n + R->start) * J->item_size;
+    return tile + (r - R->tile_r0) * R->len * J->item_size;
+}
+
+/* The chunk of row r of the row-shaped output: in place, or in the tile. */
+char *chunk_out(const rowctx_t *R, size_t r) {
+    const job_t *J = R->J;
+    if (J->inner == 1) return J->out + (r * J->n + R->start) * J->item_size;
+    return R->S->tile_out + (r - R->tile_r0) * R->len * J->item_size;
+}
+
+/* Copies between the chunks of rows r0 .. r0 + t - 1 of an array and a tile
+ * holding them one after the other: element j of the t rows is t adjacent
+ * values, so each is read (or written) a cache line at a time. */
+#define SK_TRANSPOSE(type, gather)                                                  \
+    do {                                                                           \
+        for (size_t j = 0; j < len; j++) {                                         \
+            type *a = (type *)(arr + j * stride);                                  \
+            type *b = (type *)tile + j;                                            \
+            for (size_t k = 0; k < t; k++) {                                       \
+                if (gather) b[k * len] = a[k];                                     \
+                else a[k] = b[k * len];                                            \
+            }                                                                      \
+        }                                                                          \
+    } while (0)
+
+static void transpose(const rowctx_t *R, char *base, size_t r0, size_t t, char *tile, int gather) {
+    const job_t *J = R->J;
+    size_t len = R->len, stride = J->inner * J->item_size;
+    char *arr = base + (row_offset(J, r0) + R->start * J->inner) * J->item_size;
+    if (J->item_size == 8) SK_TRANSPOSE(uint64_t, gather);
+    else if (J->item_size == 4) SK_TRANSPOSE(uint32_t, gather);
+    else SK_TRANSPOSE(uint16_t, gather);
+}
+
+/* Gathers the inputs of the rows from r on (at most a tile, not past the
+ * rows this thread has claimed nor the rows of r's outer index). */
+static void gather_tile(rowctx_t *R, size_t r) {
+    job_t *J = R->J;
+    size_t t = J->tile, left = J->inner - r % J->inner;
+    if (t > left) t = left;
+    if (t > R->claim_end - r) t = R->claim_end - r;
+    R->tile_r0 = r;
+    R->tile_end = r + t;
+    transpose(R, (char *)J->x, r, t, R->S->tile_in, 1);
+    const char *in2 = J->probs ? J->probs : J->cotangent;
+    if (in2) transpose(R, (char *)in2, r, t, R->S->tile_in2, 1);
+}
+
+static void scatter_tile(rowctx_t *R) {
+    if (R->S->tile_out) transpose(R, R->J->out, R->tile_r0, R->tile_end - R->tile_r0, R->S->tile_out, 0);
+}
+
 /* --- phases ------------------------------------------------------------- */
 
-/* The logits of this chunk in the family's type. */
-const void *chunk_logits(rowctx_t *R, const char *row) {
+/* The logits of this chunk (input dtype) in the family's type. */
+const void *chunk_logits(rowctx_t *R, const char *chunk) {
     job_t *J = R->J;
     if (J->codec) {
-        J->codec->widen(row + R->start * 2, R->S->in_f32, R->len);
+        J->codec->widen(chunk, R->S->in_f32, R->len);
         return R->S->in_f32;
     }
-    return row + R->start * J->item_size;
+    return chunk;
 }
 
 /* Phase 1 and the combination of its partials over the chunks. */
@@ -136,7 +209,8 @@ const void *inf_standin(rowctx_t *R, const void *x) {
 static sk_ahead ahead(const rowctx_t *R, int prefetch_out) {
     const job_t *J = R->J;
     sk_ahead ah = {0};
-    if (R->next >= J->rows) return ah;
+    /* rows apart: the tiles are gathered a cache line at a time instead */
+    if (R->next >= J->rows || J->inner > 1) return ah;
     size_t off = (R->next * J->n + R->start) * J->item_size;
     ah.next_in = J->x + off;
     ah.next_in_bytes = R->len * J->item_size;
@@ -207,16 +281,15 @@ void flush_deferred(rowctx_t *R) {
 
 static void row_softmax(rowctx_t *R, size_t r) {
     job_t *J = R->J;
-    const char *row = J->x + r * J->n * J->item_size;
-    char *orow = J->out + r * J->n * J->item_size;
-    const void *x = chunk_logits(R, row);
-    void *o = J->codec ? (void *)R->S->out_f32 : (void *)(orow + R->start * J->item_size);
+    char *oc = chunk_out(R, r);
+    const void *x = chunk_logits(R, chunk_in(R, J->x, R->S->tile_in, r));
+    void *o = J->codec ? (void *)R->S->out_f32 : (void *)oc;
     row_scan_t sc;
     scan_row(R, x, 0, 0, &sc);
     double a = sc.max;
     if (sc.nan || a == -INFINITY) {
         fill_range(J->dtype, o, R->len, sc.nan ? NAN : (J->log ? -INFINITY : 0.0));
-        if (J->codec) J->codec->narrow(R->S->out_f32, orow + R->start * 2, R->len);
+        if (J->codec) J->codec->narrow(R->S->out_f32, oc, R->len);
     } else {
         if (a == INFINITY) {
             x = inf_standin(R, x);
@@ -234,14 +307,14 @@ static void row_softmax(rowctx_t *R, size_t r) {
                       .shift = a,
                       .temperature = J->temperature,
                       .log_sum = log1p(s)};
-        if (J->codec) write_narrowed(R, &w, orow + R->start * 2);
+        if (J->codec) write_narrowed(R, &w, oc);
         else write_output(R, &w);
     }
 }
 
 static void row_logsumexp(rowctx_t *R, size_t r) {
     job_t *J = R->J;
-    const void *x = chunk_logits(R, J->x + r * J->n * J->item_size);
+    const void *x = chunk_logits(R, chunk_in(R, J->x, R->S->tile_in, r));
     row_scan_t sc;
     scan_row(R, x, 0, 0, &sc);
     double a = sc.max, v;
@@ -264,9 +337,9 @@ static void row_logsumexp(rowctx_t *R, size_t r) {
 static void row_vjp(rowctx_t *R, size_t r) {
     job_t *J = R->J;
     const sk_family *f = J->fam;
-    size_t off = r * J->n * J->item_size + R->start * J->item_size;
-    const void *y = J->x + off, *g = J->cotangent + off;
-    void *o = J->out + off;
+    const void *y = chunk_in(R, J->x, R->S->tile_in, r), *g = chunk_in(R, J->cotangent, R->S->tile_in2, r);
+    char *oc = chunk_out(R, r);
+    void *o = oc;
     if (J->codec) {
         J->codec->widen(y, R->S->in_f32, R->len);
         J->codec->widen(g, R->S->in2_f32, R->len);
@@ -285,10 +358,11 @@ static void row_vjp(rowctx_t *R, size_t r) {
     double v = combine_parts(parts, J->blocks, J->dtype == DT_F64, 0.0);
     if (J->log) f->log_softmax_vjp_write(y, g, o, R->len, v);
     else f->softmax_vjp_write(y, g, o, R->len, v);
-    if (J->codec) J->codec->narrow(R->S->out_f32, J->out + off, R->len);
+    if (J->codec) J->codec->narrow(R->S->out_f32, oc, R->len);
 }
 
 void run_row(rowctx_t *R, size_t r) {
+    if (R->J->inner > 1 && r >= R->tile_end) gather_tile(R, r);
     R->slot = R->chunk + R->chunks * (int)(r & 1);
     switch (R->J->op) {
     case OP_SOFTMAX: row_softmax(R, r); break;
@@ -296,4 +370,5 @@ void run_row(rowctx_t *R, size_t r) {
     case OP_CE: row_cross_entropy(R, r); break;
     default: row_vjp(R, r); break;
     }
+    if (R->J->inner > 1 && r + 1 == R->tile_end) scatter_tile(R);
 }
