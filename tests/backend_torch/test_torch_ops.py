@@ -320,7 +320,8 @@ def test_16_bit_tensors_take_the_native_kernels(monkeypatch, dtype):
     smt.softmax(x.detach(), 1)
     smt.logsumexp(x.detach(), 1)
     smt.cross_entropy(x, torch.tensor([0, 1, 4])).backward()
-    assert calls == ["softmax_into", "logsumexp_into", "cross_entropy_into", "cross_entropy_into"]
+    # one kernel call for the loss and its gradient: forward writes both
+    assert calls == ["softmax_into", "logsumexp_into", "cross_entropy_into"]
     with _native.disabled():
         x2 = x.detach().clone().requires_grad_()
         smt.cross_entropy(x2, torch.tensor([0, 1, 4])).backward()
@@ -336,3 +337,24 @@ def test_operators_gradgradcheck(log):
     x = _rand(3, 4, dtype=torch.float64, grad=True)
     torch.autograd.gradgradcheck(lambda a: ops.softmax(a, 0.7, log), (x,))
     torch.autograd.gradgradcheck(ops.logsumexp, (x,))
+
+
+# --- eager cross-entropy: the gradient written by the forward pass ------------------------
+
+
+@pytest.mark.skipif(not _native.available(), reason="the native extension is not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("scale", [1.0, 4.0, 0.25, 3.0])
+def test_fused_gradient_equals_the_recomputed_one(reduction, scale, dtype):
+    """Forward writes the gradient for a cotangent of 1; backward hands it over (scaled
+    exactly by a power of two) or recomputes.  A second backward (retain_graph) always
+    recomputes: both must agree bit for bit."""
+    x = _rand(7, 33, dtype=dtype, grad=True)
+    t = torch.tensor([0, 32, 5, -100, 7, 7, 1])
+    loss = smt.cross_entropy(x, t, reduction=reduction, label_smoothing=0.05)
+    cotangent = torch.full_like(loss, scale)
+    (first,) = torch.autograd.grad(loss, x, cotangent, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, x, cotangent)
+    assert torch.equal(first, second)
+    assert float(first[3].abs().max()) == 0.0  # the ignored row

@@ -282,10 +282,10 @@ def cross_entropy(
         validate.probabilities(xp, target, "target", value_checks())
         t2 = rows_view(target, cdim).to(x.device)
     w = _check_weight(weight, n_classes, x)
-    loss, _ = apply_function(
+    loss = apply_function(
         CrossEntropyFunction, ops.cross_entropy,
         x2, t2, w, ignore_index, eps, z, reduction, hard, autocast_dtype(x.dtype, x.device, True),
-    )
+    )[0]
     if reduction == "none":
         return loss.reshape(tuple(target.shape) if hard else tuple(x.shape[:cdim]) + tuple(x.shape[cdim + 1 :]))
     return loss

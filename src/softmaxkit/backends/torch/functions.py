@@ -219,7 +219,7 @@ def _native_cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, divisor, w
         grad_divisor=divisor,
         bfloat16=x2.dtype == torch.bfloat16,
     )
-    return (torch.from_numpy(loss),) if grad is None else (grad,)
+    return torch.from_numpy(loss), grad
 
 
 def _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, scale=None, want_target=False):
@@ -234,7 +234,8 @@ def _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, scale=None, want_
     """
     divisor = _native_divisor(x2, t2, scale, want_target)
     if divisor is not None:
-        return _native_cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, divisor, scale is not None)
+        loss, grad = _native_cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, divisor, scale is not None)
+        return (loss,) if grad is None else (grad,)
     work, widened = working_dtype(x2.dtype, x2.device)
 
     def compute(rows, t, s):
@@ -254,14 +255,46 @@ def _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, scale=None, want_
     return by_rows(compute, x2, t2, scale)
 
 
-def cross_entropy_forward(x2, t2, weight, ignore_index, eps, z, reduction, hard, loss_dtype):
-    """``(loss, denominator)``: the reduced loss in ``loss_dtype`` and the "mean" denominator (working dtype, 0-d)."""
+def cross_entropy_forward(x2, t2, weight, ignore_index, eps, z, reduction, hard, loss_dtype, fuse=False):
+    """``(loss, denominator, gradient)``: the reduced loss in ``loss_dtype``, the
+    "mean" denominator (working dtype, 0-d) and, with ``fuse``, the gradient.
+
+    ``fuse`` asks the native kernel to write, in the same pass over the
+    logits, the gradient of the reduced loss for a cotangent of 1 (of each
+    row's loss for "none"): a training step then reads the logits once, and
+    backward has nothing left to compute.  The gradient is None where the
+    kernel cannot do it (see :func:`_native_divisor`), or for a "mean" over a
+    total weight that is not positive.
+    """
     work, widened = working_dtype(x2.dtype, x2.device)
     w = None if weight is None else weight.to(work)
-    (loss,) = _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard)
     denominator = num.mean_denominator(xp, t2, w, ignore_index, work, not hard)
+    divisor = None
+    if fuse and _native_divisor(x2, t2, None, False) is not None:
+        divisor = num.gradient_divisor(denominator, reduction)
+    if divisor is not None and divisor > 0:
+        loss, grad = _native_cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, divisor, True)
+    else:
+        (loss,), grad = _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard), None
     out, _ = num.reduce(xp, loss, None, denominator, reduction, widened)
-    return out.to(loss_dtype), denominator
+    return out.to(loss_dtype), denominator, grad
+
+
+def _fused_gradient(fused, grad, reduction):
+    """The forward pass's gradient for the cotangent ``grad``, or None where it must be recomputed.
+
+    It serves a cotangent of 1 as it is and a power of two by an exact
+    scaling (a loss scaler's), so that it is rounded once like the
+    recomputed one; other cotangents are recomputed.
+    """
+    if reduction == "none":
+        return fused if bool((grad == 1).all()) else None
+    g = float(grad)
+    if g == 1.0:
+        return fused
+    if math.isfinite(g) and g != 0 and math.frexp(g)[0] == 0.5:
+        return fused.mul_(g)
+    return None
 
 
 def cross_entropy_backward(x2, t2, weight, denominator, grad, ignore_index, eps, z, reduction, hard, want_target):
@@ -283,21 +316,27 @@ class CrossEntropyFunction(torch.autograd.Function):
     """Cross-entropy of (rows, classes) logits; reduced inside.
 
     Forward saves the targets, the class weights and the reduction's
-    denominator (a scalar); backward recomputes each chunk's row statistics
-    from the logits and writes the gradient into one preallocated tensor.
-    No (rows x classes) tensor is kept between the passes.
+    denominator (a scalar).  Where the logits need a gradient and the native
+    kernel runs, forward also writes it (see :func:`cross_entropy_forward`)
+    and backward hands it over; otherwise backward recomputes each chunk's
+    row statistics from the logits and writes the gradient into one
+    preallocated tensor.  No other (rows x classes) tensor is kept.
     """
 
     @staticmethod
     def forward(x2, t2, weight, ignore_index, eps, z, reduction, hard, loss_dtype):
-        return cross_entropy_forward(x2, t2, weight, ignore_index, eps, z, reduction, hard, loss_dtype)
+        fuse = x2.requires_grad and not t2.requires_grad
+        return cross_entropy_forward(x2, t2, weight, ignore_index, eps, z, reduction, hard, loss_dtype, fuse)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x2, t2, weight, ctx.ignore_index, ctx.eps, ctx.z, ctx.reduction, ctx.hard, ctx.loss_dtype = inputs
+        # Held outside save_for_backward: it is handed over once, and
+        # dropped then (a second backward, with retain_graph, recomputes).
+        ctx.fused = output[2]
         ctx.save_for_backward(x2, t2, weight, output[1])
         ctx.save_for_forward(x2, t2, weight, output[1])
-        ctx.mark_non_differentiable(output[1])
+        ctx.mark_non_differentiable(*(o for o in output[1:] if o is not None))
 
     @staticmethod
     def jvp(ctx, tx, tt, *_):
@@ -321,11 +360,16 @@ class CrossEntropyFunction(torch.autograd.Function):
             terms = terms + xp.where(u == 0, zero, dq * u)
         rows = num.compensated_sum(xp, terms, widened)[:, 0]
         out, _ = num.reduce(xp, rows, None, denominator, ctx.reduction, widened)
-        return out.to(ctx.loss_dtype), None
+        return out.to(ctx.loss_dtype), None, None
 
     @staticmethod
-    def backward(ctx, grad, _):
+    def backward(ctx, grad, *_):
+        fused, ctx.fused = ctx.fused, None
         x2, t2, weight, denominator = ctx.saved_tensors
+        if fused is not None and plain_eager(grad):
+            gx = _fused_gradient(fused, grad, ctx.reduction)
+            if gx is not None:
+                return gx, None, None, None, None, None, None, None, None
         gx, gt = cross_entropy_backward(
             x2, t2, weight, denominator, grad, ctx.ignore_index, ctx.eps, ctx.z, ctx.reduction, ctx.hard,
             ctx.needs_input_grad[1],

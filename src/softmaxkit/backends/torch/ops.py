@@ -159,7 +159,10 @@ def cross_entropy(
     hard: bool,
     loss_dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor]:
-    return _run(fn.cross_entropy_forward, x, target, weight, ignore_index, label_smoothing, z_loss, reduction, hard, loss_dtype)
+    loss, denominator, _ = _run(
+        fn.cross_entropy_forward, x, target, weight, ignore_index, label_smoothing, z_loss, reduction, hard, loss_dtype
+    )
+    return loss, denominator
 
 
 @cross_entropy.register_fake
