@@ -43,14 +43,15 @@ const char *sk_isa_name(void) { return isa->name; }
 void sk_set_threads(int n) { num_threads = n < 1 ? 1 : n; }
 int sk_get_threads(void) { return num_threads; }
 
-/* Bytes of one tile (inner > 1): with the other buffers of a row, it stays
- * in the second-level cache. */
-#define SK_TILE_BYTES ((size_t)256 << 10)
+/* The most bytes of one tile (inner > 1): an input's and the output's tile
+ * stay in a second-level cache of a few MiB. */
+#define SK_TILE_BYTES ((size_t)1 << 20)
 
-/* Rows gathered at once: enough to read whole cache lines of 64 bytes, fewer
+/* Rows gathered at once: two cache lines of 64 bytes of each element (one
+ * line measured slower: the next tile's line is often evicted by then), fewer
  * for rows too wide for SK_TILE_BYTES. */
 static size_t tile_rows(const job_t *J) {
-    size_t t = 64 / J->item_size, fit = SK_TILE_BYTES / (J->n * J->item_size + 1);
+    size_t t = 128 / J->item_size, fit = SK_TILE_BYTES / (J->n * J->item_size + 1);
     if (t > fit) t = fit;
     return t ? t : 1;
 }

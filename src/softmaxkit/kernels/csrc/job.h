@@ -78,6 +78,7 @@ typedef struct {
     sk_part *parts;            /* 4 * blocks block partials when rows are not split */
     /* inner > 1: tiles of rows (input dtype, each row's chunk contiguous) */
     char *tile_in, *tile_in2, *tile_out;
+    size_t tile_ld;            /* elements from one row of a tile to the next */
 } scratch_t;
 
 /* One thread's view of the rows it runs: its chunk [start, start + len) of

@@ -27,7 +27,12 @@ int scratch_init(job_t *J, scratch_t *S, size_t len) {
     }
     if (!J->wide && !(S->parts = malloc(4 * (J->blocks ? J->blocks : 1) * sizeof(sk_part)))) return -1;
     if (J->inner > 1) {
-        size_t bytes = J->tile * m * J->item_size;
+        /* tile rows 64 bytes apart modulo 4096, so that the rows of a tile,
+           written (or read) side by side, fall in different cache sets */
+        size_t row = (m * J->item_size + 63) / 64 * 64;
+        row += (4096 + 64 - row % 4096) % 4096;
+        S->tile_ld = row / J->item_size;
+        size_t bytes = J->tile * row;
         if (!(S->tile_in = malloc(bytes))) return -1;
         if ((J->probs || J->cotangent) && !(S->tile_in2 = malloc(bytes))) return -1;
         if (J->out && J->op != OP_LSE && !(S->tile_out = malloc(bytes))) return -1;
@@ -96,38 +101,102 @@ double combine_parts(const sk_part *p, size_t blocks, int comp, double extra) {
 const char *chunk_in(const rowctx_t *R, const char *base, const char *tile, size_t r) {
     const job_t *J = R->J;
     if (J->inner == 1) return base + (r * J->n + R->start) * J->item_size;
-    return tile + (r - R->tile_r0) * R->len * J->item_size;
+    return tile + (r - R->tile_r0) * R->S->tile_ld * J->item_size;
 }
 
 /* The chunk of row r of the row-shaped output: in place, or in the tile. */
 char *chunk_out(const rowctx_t *R, size_t r) {
     const job_t *J = R->J;
     if (J->inner == 1) return J->out + (r * J->n + R->start) * J->item_size;
-    return R->S->tile_out + (r - R->tile_r0) * R->len * J->item_size;
+    return R->S->tile_out + (r - R->tile_r0) * R->S->tile_ld * J->item_size;
 }
 
-/* Copies between the chunks of rows r0 .. r0 + t - 1 of an array and a tile
- * holding them one after the other: element j of the t rows is t adjacent
- * values, so each is read (or written) a cache line at a time. */
-#define SK_TRANSPOSE(type, gather)                                                  \
-    do {                                                                           \
-        for (size_t j = 0; j < len; j++) {                                         \
-            type *a = (type *)(arr + j * stride);                                  \
-            type *b = (type *)tile + j;                                            \
-            for (size_t k = 0; k < t; k++) {                                       \
-                if (gather) b[k * len] = a[k];                                     \
-                else a[k] = b[k * len];                                            \
-            }                                                                      \
-        }                                                                          \
+/* Elements ahead that a transposition prefetches: the hardware does not
+ * follow strides this long. */
+#define SK_TRANSPOSE_AHEAD 16
+
+/* A transposition between the chunks of rows r0 .. r0 + t - 1 of an array
+ * (`arr`: element 0 of the chunk of row r0; element j of the t rows is t
+ * adjacent values, `stride` bytes after element j - 1) and a tile holding
+ * them one after the other, `ld` elements apart: from the array to the tile
+ * (gather) or back.  Each element of the chunk is read (or written) a cache
+ * line at a time. */
+typedef struct {
+    char *arr, *tile;
+    size_t len, t, ld, stride, item;
+    int gather;
+} sk_transpose;
+
+static void prefetch_ahead(const sk_transpose *T, size_t j) {
+    if (j + SK_TRANSPOSE_AHEAD >= T->len) return;
+    const char *a = T->arr + (j + SK_TRANSPOSE_AHEAD) * T->stride;
+    for (size_t c = 0; c < T->t * T->item; c += 64) {
+        if (T->gather) __builtin_prefetch(a + c, 0);
+        else __builtin_prefetch(a + c, 1);
+    }
+}
+
+#define SK_TRANSPOSE_ONE(type)                                  \
+    do {                                                       \
+        type *a = (type *)(T->arr + j * T->stride);            \
+        type *b = (type *)T->tile + j;                         \
+        for (size_t k = k0; k < T->t; k++) {                   \
+            if (T->gather) b[k * T->ld] = a[k];                \
+            else a[k] = b[k * T->ld];                          \
+        }                                                      \
     } while (0)
+
+/* Rows k0 .. t - 1 of element j. */
+static void transpose_one(const sk_transpose *T, size_t j, size_t k0) {
+    if (T->item == 8) SK_TRANSPOSE_ONE(uint64_t);
+    else if (T->item == 4) SK_TRANSPOSE_ONE(uint32_t);
+    else SK_TRANSPOSE_ONE(uint16_t);
+}
+
+#ifdef __SSE2__
+#include <emmintrin.h>
+
+/* A 4 x 4 block of 4-byte values, rows `ss` bytes apart, to a block with
+ * rows `ds` bytes apart, transposed (shuffles: every bit pattern kept). */
+static inline void block4x4(const char *src, size_t ss, char *dst, size_t ds) {
+    __m128 r0 = _mm_loadu_ps((const float *)src), r1 = _mm_loadu_ps((const float *)(src + ss));
+    __m128 r2 = _mm_loadu_ps((const float *)(src + 2 * ss)), r3 = _mm_loadu_ps((const float *)(src + 3 * ss));
+    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+    _mm_storeu_ps((float *)dst, r0);
+    _mm_storeu_ps((float *)(dst + ds), r1);
+    _mm_storeu_ps((float *)(dst + 2 * ds), r2);
+    _mm_storeu_ps((float *)(dst + 3 * ds), r3);
+}
+
+/* 4-byte values, four elements at a time; returns the elements done. */
+static size_t transpose_by_4(const sk_transpose *T) {
+    size_t ds = T->ld * 4, j = 0, kb = T->t & ~(size_t)3;
+    for (; j + 4 <= T->len; j += 4) {
+        for (size_t i = 0; i < 4; i++) prefetch_ahead(T, j + i);
+        char *a = T->arr + j * T->stride, *b = T->tile + j * 4;
+        for (size_t k = 0; k < kb; k += 4) {
+            if (T->gather) block4x4(a + k * 4, T->stride, b + k * ds, ds);
+            else block4x4(b + k * ds, ds, a + k * 4, T->stride);
+        }
+        for (size_t i = 0; i < 4 && kb < T->t; i++) transpose_one(T, j + i, kb);
+    }
+    return j;
+}
+#endif
 
 static void transpose(const rowctx_t *R, char *base, size_t r0, size_t t, char *tile, int gather) {
     const job_t *J = R->J;
-    size_t len = R->len, stride = J->inner * J->item_size;
-    char *arr = base + (row_offset(J, r0) + R->start * J->inner) * J->item_size;
-    if (J->item_size == 8) SK_TRANSPOSE(uint64_t, gather);
-    else if (J->item_size == 4) SK_TRANSPOSE(uint32_t, gather);
-    else SK_TRANSPOSE(uint16_t, gather);
+    sk_transpose T = {.arr = base + (row_offset(J, r0) + R->start * J->inner) * J->item_size, .tile = tile,
+                      .len = R->len, .t = t, .ld = R->S->tile_ld, .stride = J->inner * J->item_size,
+                      .item = J->item_size, .gather = gather};
+    size_t j = 0;
+#ifdef __SSE2__
+    if (T.item == 4) j = transpose_by_4(&T);
+#endif
+    for (; j < T.len; j++) {
+        prefetch_ahead(&T, j);
+        transpose_one(&T, j, 0);
+    }
 }
 
 /* Gathers the inputs of the rows from r on (at most a tile, not past the
