@@ -120,6 +120,8 @@ def _every_operation(x, t, q):
         + smk.cross_entropy(x, t, axis=-1)
         + smk.softmax(x, axis=0).square().sum()
         + smk.logsumexp(x, axis=1).sum()
+        + smk.log_softmax(x, axis=-1).mean()
+        + smk.binary_cross_entropy_with_logits(x, q)
     )
 
 
