@@ -2,8 +2,9 @@
 
 These take C-contiguous NumPy arrays (a CPU ``torch.Tensor`` converts without
 a copy with ``.numpy()``; results come back with ``torch.from_numpy``), reduce
-along the last axis, and write into outputs of the input's dtype (float16,
-float32, float64 or bfloat16).  bfloat16 comes as ``ml_dtypes.bfloat16``
+along ``axis`` (any axis, without a transposing copy; default the last), and
+write into outputs of the input's dtype (float16, float32, float64 or
+bfloat16).  bfloat16 comes as ``ml_dtypes.bfloat16``
 arrays, or, with ``bfloat16=True``, as 2-byte integer arrays holding its bits
 (``tensor.view(torch.uint16).numpy()``): neither NumPy nor torch exports
 bfloat16 through the buffer protocol.  They check formats and sizes, not
@@ -14,6 +15,7 @@ inputs, except that ``out`` may be ``x`` itself for ``softmax_into`` and
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -43,36 +45,41 @@ def _no_overlap(out: np.ndarray, name: str, *inputs: tuple[str, Any]) -> None:
             raise ValueError(f"{name} must not overlap {input_name}")
 
 
-def softmax_into(x: np.ndarray, out: np.ndarray, temperature: float = 1.0, *, bfloat16: bool = False) -> np.ndarray:
-    """``out[...] = softmax(x, axis=-1, temperature=temperature)``; returns ``out``.
+def softmax_into(
+    x: np.ndarray, out: np.ndarray, temperature: float = 1.0, *, axis: int = -1, bfloat16: bool = False
+) -> np.ndarray:
+    """``out[...] = softmax(x, axis=axis, temperature=temperature)``; returns ``out``.
 
+    ``axis``: any axis of ``x``; ``out`` has ``x``'s shape.
     ``bfloat16=True``: ``x`` and ``out`` are 2-byte integer arrays holding
     bfloat16 (implied when ``x`` is an ``ml_dtypes.bfloat16`` array).
     """
     if out is not x:
         _no_overlap(out, "out", ("x", x))
-    _require().softmax(bits(x), bits(out), float(temperature), False, bfloat16 or is_bfloat16(x))
+    _require().softmax(bits(x), bits(out), float(temperature), False, bfloat16 or is_bfloat16(x), operator.index(axis))
     return out
 
 
-def log_softmax_into(x: np.ndarray, out: np.ndarray, temperature: float = 1.0, *, bfloat16: bool = False) -> np.ndarray:
-    """``out[...] = log_softmax(x, axis=-1, temperature=temperature)``; returns ``out``.
+def log_softmax_into(
+    x: np.ndarray, out: np.ndarray, temperature: float = 1.0, *, axis: int = -1, bfloat16: bool = False
+) -> np.ndarray:
+    """``out[...] = log_softmax(x, axis=axis, temperature=temperature)``; returns ``out``.
 
-    ``bfloat16`` as for :func:`softmax_into`.
+    ``axis`` and ``bfloat16`` as for :func:`softmax_into`.
     """
     if out is not x:
         _no_overlap(out, "out", ("x", x))
-    _require().softmax(bits(x), bits(out), float(temperature), True, bfloat16 or is_bfloat16(x))
+    _require().softmax(bits(x), bits(out), float(temperature), True, bfloat16 or is_bfloat16(x), operator.index(axis))
     return out
 
 
-def logsumexp_into(x: np.ndarray, out: np.ndarray, *, bfloat16: bool = False) -> np.ndarray:
-    """``out[...] = logsumexp(x, axis=-1)``; ``out`` has ``x.shape[:-1]``.
+def logsumexp_into(x: np.ndarray, out: np.ndarray, *, axis: int = -1, bfloat16: bool = False) -> np.ndarray:
+    """``out[...] = logsumexp(x, axis=axis)``; ``out`` has ``x``'s shape without ``axis``.
 
     ``bfloat16`` as for :func:`softmax_into`.
     """
     _no_overlap(out, "out", ("x", x))
-    _require().logsumexp(bits(x), bits(out), bfloat16 or is_bfloat16(x))
+    _require().logsumexp(bits(x), bits(out), bfloat16 or is_bfloat16(x), operator.index(axis))
     return out
 
 
@@ -87,12 +94,16 @@ def cross_entropy_into(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     grad_divisor: float = 1.0,
+    axis: int = -1,
     bfloat16: bool = False,
 ) -> None:
     """Per-row cross-entropy into ``loss`` and, optionally, its gradient into ``grad``.
 
-    See the module docstring for the shapes; ``grad`` is the gradient of
-    ``loss.sum() / grad_divisor`` with respect to ``logits``.
+    See the package docstring for the shapes; the classes lie along
+    ``axis``; ``loss`` and class-index ``targets`` have ``logits``' shape
+    without it, probability targets and ``grad`` the logits' shape.
+    ``grad`` is the gradient of ``loss.sum() / grad_divisor`` with respect
+    to ``logits``.
     ``bfloat16=True``: ``logits``, ``grad`` and probability targets are
     2-byte integer arrays holding bfloat16 (implied when ``logits`` is an
     ``ml_dtypes.bfloat16`` array); 2-byte integer targets are then
@@ -118,24 +129,29 @@ def cross_entropy_into(
         float(z_loss),
         float(grad_divisor),
         bf16,
+        operator.index(axis),
     )
 
 
-def softmax_vjp_into(probs: np.ndarray, cotangent: np.ndarray, out: np.ndarray, *, bfloat16: bool = False) -> np.ndarray:
-    """``out[...] = probs * (cotangent - sum(probs * cotangent, -1))``; returns ``out``.
+def softmax_vjp_into(
+    probs: np.ndarray, cotangent: np.ndarray, out: np.ndarray, *, axis: int = -1, bfloat16: bool = False
+) -> np.ndarray:
+    """``out[...] = probs * (cotangent - sum(probs * cotangent, axis, keepdims=True))``; returns ``out``.
 
-    ``bfloat16``: as for :func:`softmax_into`, implied by ``probs``.
+    ``axis``: as for :func:`softmax_into`; ``bfloat16``: likewise, implied by ``probs``.
     """
     _no_overlap(out, "out", ("probs", probs), ("cotangent", cotangent))
-    _require().vjp(bits(probs), bits(cotangent), bits(out), False, bfloat16 or is_bfloat16(probs))
+    _require().vjp(bits(probs), bits(cotangent), bits(out), False, bfloat16 or is_bfloat16(probs), operator.index(axis))
     return out
 
 
-def log_softmax_vjp_into(log_probs: np.ndarray, cotangent: np.ndarray, out: np.ndarray, *, bfloat16: bool = False) -> np.ndarray:
-    """``out[...] = cotangent - exp(log_probs) * sum(cotangent, -1)``; returns ``out``.
+def log_softmax_vjp_into(
+    log_probs: np.ndarray, cotangent: np.ndarray, out: np.ndarray, *, axis: int = -1, bfloat16: bool = False
+) -> np.ndarray:
+    """``out[...] = cotangent - exp(log_probs) * sum(cotangent, axis, keepdims=True)``; returns ``out``.
 
-    ``bfloat16``: as for :func:`softmax_into`, implied by ``log_probs``.
+    ``axis``: as for :func:`softmax_into`; ``bfloat16``: likewise, implied by ``log_probs``.
     """
     _no_overlap(out, "out", ("log_probs", log_probs), ("cotangent", cotangent))
-    _require().vjp(bits(log_probs), bits(cotangent), bits(out), True, bfloat16 or is_bfloat16(log_probs))
+    _require().vjp(bits(log_probs), bits(cotangent), bits(out), True, bfloat16 or is_bfloat16(log_probs), operator.index(axis))
     return out

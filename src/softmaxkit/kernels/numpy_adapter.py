@@ -77,26 +77,33 @@ def eligible_pair(x: Any, y: Any, axis: Any) -> bool:
 # --- the core's entry points (arguments already validated) --------------------
 
 
-# bfloat16 arrays go to the kernels as their bits (``into.bits``), with the flag.
+# bfloat16 arrays go to the kernels as their bits (``into.bits``), with the
+# flag.  ``axis`` is the reduced axis, any axis of the C-contiguous input.
 
 
-def softmax(x: np.ndarray, temperature: float) -> np.ndarray:
+def _without(shape: tuple, axis: int) -> tuple:
+    """``shape`` less ``axis``: the shape of one value per row, in row order."""
+    k = axis % len(shape)
+    return shape[:k] + shape[k + 1 :]
+
+
+def softmax(x: np.ndarray, temperature: float, axis: int = -1) -> np.ndarray:
     out = empty_like(x)
-    _kernels.softmax(bits(x), bits(out), temperature, False, is_bfloat16(x))
+    _kernels.softmax(bits(x), bits(out), temperature, False, is_bfloat16(x), axis)
     return out
 
 
-def log_softmax(x: np.ndarray, temperature: float) -> np.ndarray:
+def log_softmax(x: np.ndarray, temperature: float, axis: int = -1) -> np.ndarray:
     out = empty_like(x)
-    _kernels.softmax(bits(x), bits(out), temperature, True, is_bfloat16(x))
+    _kernels.softmax(bits(x), bits(out), temperature, True, is_bfloat16(x), axis)
     return out
 
 
-def logsumexp(x: np.ndarray, keepdims: bool, return_sign: bool) -> Any:
-    out = np.empty(x.shape[:-1], dtype=x.dtype)
-    _kernels.logsumexp(bits(x), bits(out), is_bfloat16(x))
+def logsumexp(x: np.ndarray, keepdims: bool, return_sign: bool, axis: int = -1) -> Any:
+    out = np.empty(_without(x.shape, axis), dtype=x.dtype)
+    _kernels.logsumexp(bits(x), bits(out), is_bfloat16(x), axis)
     if keepdims:
-        out = out.reshape(x.shape[:-1] + (1,))
+        out = np.expand_dims(out, axis)
     if not return_sign:
         return out
     # a fully masked row (or empty axis) is the only way to get -inf
@@ -104,15 +111,15 @@ def logsumexp(x: np.ndarray, keepdims: bool, return_sign: bool) -> Any:
     return out, sign
 
 
-def softmax_vjp(probs: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
+def softmax_vjp(probs: np.ndarray, cotangent: np.ndarray, axis: int = -1) -> np.ndarray:
     out = empty_like(probs)
-    _kernels.vjp(bits(probs), bits(cotangent), bits(out), False, is_bfloat16(probs))
+    _kernels.vjp(bits(probs), bits(cotangent), bits(out), False, is_bfloat16(probs), axis)
     return out
 
 
-def log_softmax_vjp(log_probs: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
+def log_softmax_vjp(log_probs: np.ndarray, cotangent: np.ndarray, axis: int = -1) -> np.ndarray:
     out = empty_like(log_probs)
-    _kernels.vjp(bits(log_probs), bits(cotangent), bits(out), True, is_bfloat16(log_probs))
+    _kernels.vjp(bits(log_probs), bits(cotangent), bits(out), True, is_bfloat16(log_probs), axis)
     return out
 
 
@@ -141,21 +148,21 @@ def _weights(weight: Any, n: int) -> np.ndarray | None | bool:
 def cross_entropy_inputs(logits: Any, targets: Any, axis: Any, weight: Any, ignore_index: int) -> Any:
     """``(class_indices, probabilities, weight)`` in the kernel's formats, or None where the generic path must run.
 
-    Exactly one of the first two is an array: int64 class indices of shape
-    ``logits.shape[:-1]``, or probabilities of the logits' shape and dtype;
+    Exactly one of the first two is an array: int64 class indices of the
+    logits' shape without ``axis``, or probabilities of the logits' shape and dtype;
     ``weight`` is float64 or None.  Invalid values give None too, so that
     the generic path raises its own error.
     """
     if not eligible(logits, axis) or type(targets) is not np.ndarray:
         return None
-    n = logits.shape[-1]
+    n = logits.shape[axis]
     if n == 0:
         return None
     w = _weights(weight, n)
     if w is False:
         return None
     if targets.dtype.kind in "iu":
-        t = _class_indices(targets, logits.shape[:-1])
+        t = _class_indices(targets, _without(logits.shape, axis))
         if t is None or not -(2**63) <= ignore_index < 2**63:
             return None
         return t, None, w
@@ -167,17 +174,20 @@ def cross_entropy_inputs(logits: Any, targets: Any, axis: Any, weight: Any, igno
     return None
 
 
-def cross_entropy(logits, class_indices, probabilities, weight, ignore_index, eps, z_loss, grad_divisor, return_grad) -> Any:
+def cross_entropy(
+    logits, class_indices, probabilities, weight, ignore_index, eps, z_loss, grad_divisor, return_grad, axis=-1
+) -> Any:
     """``(per-row losses in float64, gradient or None)``, or None on a class index out of range.
 
-    The gradient is that of ``loss.sum() / grad_divisor``.
+    The losses have the logits' shape without ``axis``; the gradient is that
+    of ``loss.sum() / grad_divisor``.
     """
-    loss_rows = np.empty(logits.shape[:-1], dtype=np.float64)
+    loss_rows = np.empty(_without(logits.shape, axis), dtype=np.float64)
     grad = empty_like(logits) if return_grad else None
     try:
         _kernels.cross_entropy(
             bits(logits), class_indices, bits(probabilities), weight, loss_rows, bits(grad), ignore_index, eps, z_loss,
-            grad_divisor, is_bfloat16(logits),
+            grad_divisor, is_bfloat16(logits), axis,
         )
     except ValueError:
         # a class index out of range: the generic path raises its own error
