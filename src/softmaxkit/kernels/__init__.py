@@ -8,7 +8,8 @@ exactly as stated there.
 
 Kernels
 -------
-Along the last axis of a C-contiguous array, for each row:
+Along any one axis of a C-contiguous array, for each row (the elements
+along that axis at one position of the others):
 
 * softmax and log_softmax (with a temperature), logsumexp;
 * cross-entropy loss per row and its gradient, fused: class indices with
@@ -17,6 +18,15 @@ Along the last axis of a C-contiguous array, for each row:
   to the per-row losses and gives the kernel the gradient's divisor;
 * the softmax VJP (from probabilities) and the log_softmax VJP (from
   log-probabilities).
+
+Along the last axis a row's elements are adjacent and are read in place.
+Along another axis, of shape (outer, n, inner) about it, they lie ``inner``
+apart: each thread gathers a tile of neighbouring rows (which share cache
+lines) into its scratch, computes them there exactly as contiguous rows, and
+scatters the row-shaped outputs back, so results are bitwise those of the
+same data with the axis moved last, and no transposed copy of the array is
+made.  Per-row values (logsumexp, losses, class indices) have the array's
+shape without the axis.
 
 Numerics
 --------
@@ -60,7 +70,7 @@ scratch per thread.
 
 Memory traffic
 --------------
-Each row is read three times (maximum, exponentials, output), but only the
+Along the last axis, each row is read three times (maximum, exponentials, output), but only the
 first read comes from main memory: while a thread computes one row's
 exponentials it prefetches the next row it will run (rows are claimed one
 batch ahead for that).  An output of 32 MiB or more is written with
@@ -85,7 +95,7 @@ Wrappers for other front ends
 -----------------------------
 These take C-contiguous NumPy arrays (a CPU ``torch.Tensor`` converts without
 a copy with ``.numpy()``; results come back with ``torch.from_numpy``), reduce
-along the last axis, and write into preallocated outputs of the input's dtype
+along ``axis`` (any axis; default the last), and write into preallocated outputs of the input's dtype
 (float16, float32, float64 or bfloat16).  They check formats and sizes, not
 values: validate arguments before calling them.
 
@@ -99,24 +109,26 @@ out.view(torch.uint16).numpy(), T, bfloat16=True)``.  Outputs must not overlap t
 except that ``out`` may be ``x`` itself for ``softmax_into`` and
 ``log_softmax_into``.
 
-* ``softmax_into(x, out, temperature=1.0, *, bfloat16=False)``
-* ``log_softmax_into(x, out, temperature=1.0, *, bfloat16=False)``
-* ``logsumexp_into(x, out, *, bfloat16=False)``: ``out`` has ``x.shape[:-1]``.
+* ``softmax_into(x, out, temperature=1.0, *, axis=-1, bfloat16=False)``:
+  ``out`` has ``x``'s shape.
+* ``log_softmax_into(x, out, temperature=1.0, *, axis=-1, bfloat16=False)``
+* ``logsumexp_into(x, out, *, axis=-1, bfloat16=False)``: ``out`` has
+  ``x``'s shape without ``axis``.
 * ``cross_entropy_into(logits, targets, loss, grad=None, *, weight=None,
   ignore_index=-100, label_smoothing=0.0, z_loss=0.0, grad_divisor=1.0,
-  bfloat16=False)``:
-  ``targets`` holds int64 class indices of shape ``logits.shape[:-1]``, or
-  probabilities of the logits' shape and dtype (with ``bfloat16=True``,
-  2-byte integer targets are bfloat16 probabilities); ``weight`` is float64 of
-  shape ``(C,)`` or None; ``loss`` is float64 of shape ``logits.shape[:-1]``
-  and receives each row's loss (0 for ignored rows); ``grad`` receives the
+  axis=-1, bfloat16=False)``: the classes lie along ``axis``;
+  ``targets`` holds int64 class indices of the logits' shape without
+  ``axis``, or probabilities of the logits' shape and dtype (with
+  ``bfloat16=True``, 2-byte integer targets are bfloat16 probabilities);
+  ``weight`` is float64 of shape ``(C,)`` or None; ``loss`` is float64 of
+  the logits' shape without ``axis`` and receives each row's loss (0 for ignored rows); ``grad`` receives the
   gradient of ``loss.sum() / grad_divisor``.  A class index outside
   ``[0, C)`` that is not ``ignore_index`` raises ``ValueError``.  The
   indices are read once, into a copy that is checked and then used, so a
   thread that changes ``targets`` meanwhile cannot make the kernel read out
   of bounds.
-* ``softmax_vjp_into(probs, cotangent, out, *, bfloat16=False)``
-* ``log_softmax_vjp_into(log_probs, cotangent, out, *, bfloat16=False)``
+* ``softmax_vjp_into(probs, cotangent, out, *, axis=-1, bfloat16=False)``
+* ``log_softmax_vjp_into(log_probs, cotangent, out, *, axis=-1, bfloat16=False)``
 """
 
 from softmaxkit.frontend import registry
