@@ -44,20 +44,27 @@ def _finish(xp, layout, loss, grad, out_dtype, return_grad):
     return loss, layout.back_rows(xp.astype(grad, out_dtype, copy=False))
 
 
-def _native_cross_entropy(kernel, logits, inputs, ignore_index, eps, z, reduction, return_grad):
-    """The native kernel's per-row losses and gradient, finished by the shared rules; None if it declines."""
+def _native_cross_entropy(kernel, logits, inputs, axis, ignore_index, eps, z, reduction, return_grad):
+    """The native kernel's per-row losses and gradient, finished by the shared rules; None if it declines.
+
+    ``axis`` is the class axis, normalised; the per-row losses have the
+    logits' shape without it, in C order, and the gradient the logits' shape.
+    """
     t, q, w = inputs
     xp = _NUMPY
+    n_classes = logits.shape[axis]
     if t is not None and w is not None:
         # The class weights are indexed by target below; without them the
         # kernel checks the indices itself and declines on a bad one, and the
         # generic path then raises the error.
-        validate.class_indices(xp, t, logits.shape[-1], ignore_index, "targets")
+        validate.class_indices(xp, t, n_classes, ignore_index, "targets")
     widened = num.working_dtype(xp, logits.dtype, logits)[1]
-    rows = xp.reshape(t, (-1,)) if t is not None else xp.reshape(q, (-1, logits.shape[-1]))
+    # Of probability targets the denominator reads only the row count (the
+    # first axis): a (rows, classes) view gives it without moving the class axis.
+    rows = xp.reshape(t, (-1,)) if t is not None else xp.reshape(q, (logits.size // n_classes, n_classes))
     denominator = num.mean_denominator(xp, rows, w, ignore_index, xp.float64, q is not None)
     divisor = num.gradient_divisor(denominator, reduction)
-    result = kernel.cross_entropy(logits, t, q, w, ignore_index, eps, z, 1.0 if divisor is None else divisor, return_grad)
+    result = kernel.cross_entropy(logits, t, q, w, ignore_index, eps, z, 1.0 if divisor is None else divisor, return_grad, axis)
     if result is None:
         return None
     loss_rows, grad = result
@@ -173,7 +180,8 @@ def cross_entropy(
     native = registry.native()
     inputs = None if native is None else native.numpy.cross_entropy_inputs(logits, targets, axis, weight, ignore_index)
     if inputs is not None:
-        result = _native_cross_entropy(native.numpy, logits, inputs, ignore_index, eps, z, reduction, return_grad)
+        class_axis = validate.axis(axis, logits.ndim)[0]
+        result = _native_cross_entropy(native.numpy, logits, inputs, class_axis, ignore_index, eps, z, reduction, return_grad)
         if result is not None:
             return result
     xp, layout, rows, _, out_dtype, work, widened = _prepare_rows(logits, axis, name="logits", allow_many=False)

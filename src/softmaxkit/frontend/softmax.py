@@ -168,7 +168,7 @@ def _softmax_family(x: Any, axis: Any, temperature: Any, where: Any, log: bool) 
     x, where = validate.unmask(x, where)
     native = registry.native()
     if native is not None and where is None and native.numpy.eligible(x, axis):
-        return (native.numpy.log_softmax if log else native.numpy.softmax)(x, T)
+        return (native.numpy.log_softmax if log else native.numpy.softmax)(x, T, validate.axis(axis, x.ndim)[0])
     xp, layout, rows, valid, out_dtype, work, widened = _prepare_rows(x, axis, where)
     # Like the input's memory layout, so that back_rows is a view.
     out = xp.empty_like(rows)
@@ -277,7 +277,7 @@ def logsumexp(
     x, where = validate.unmask(x, where)
     native = registry.native()
     if native is not None and b is None and where is None and native.numpy.eligible(x, axis):
-        return _numpy_scalars(native.numpy.logsumexp(x, keepdims, return_sign))
+        return _numpy_scalars(native.numpy.logsumexp(x, keepdims, return_sign, validate.axis(axis, x.ndim)[0]))
     xp, arr, out_dtype = validate.number_array(x, "x")
     if arr.ndim == 0:
         # As in SciPy, a scalar is a sum of one term.
@@ -564,7 +564,7 @@ def softmax_vjp(probs: Any, cotangent: Any, axis: int = -1) -> Any:
     """
     native = registry.native()
     if native is not None and native.numpy.eligible_pair(probs, cotangent, axis):
-        return native.numpy.softmax_vjp(probs, cotangent)
+        return native.numpy.softmax_vjp(probs, cotangent, validate.axis(axis, probs.ndim)[0])
     xp, layout, p_rows, g_rows, out_dtype, work, widened = _vjp_inputs(probs, cotangent, axis, "probs", True)
     return _vjp_by_rows(xp, layout, p_rows, g_rows, out_dtype, work, lambda p, g: num.softmax_vjp(xp, p, g, widened))
 
@@ -603,7 +603,7 @@ def log_softmax_vjp(log_probs: Any, cotangent: Any, axis: int = -1) -> Any:
     """
     native = registry.native()
     if native is not None and native.numpy.eligible_pair(log_probs, cotangent, axis):
-        return native.numpy.log_softmax_vjp(log_probs, cotangent)
+        return native.numpy.log_softmax_vjp(log_probs, cotangent, validate.axis(axis, log_probs.ndim)[0])
     xp, layout, y_rows, g_rows, out_dtype, work, widened = _vjp_inputs(log_probs, cotangent, axis, "log_probs", True)
 
     def compute(y, g):

@@ -45,17 +45,17 @@ def empty_like(x: np.ndarray) -> np.ndarray:
 def eligible(x: Any, axis: Any) -> bool:
     """Whether ``x`` reduced along ``axis`` can go to the kernels.
 
-    True for a NumPy float16/32/64 or ``ml_dtypes.bfloat16`` array (native
-    byte order, aligned) whose reduced axis is its last and which is
-    C-contiguous, while the kernels are active.  Anything else, including arguments the generic path rejects,
-    gives False.
+    True for a C-contiguous NumPy float16/32/64 or ``ml_dtypes.bfloat16``
+    array (native byte order, aligned) reduced along one of its axes, given
+    as an int in ``[-x.ndim, x.ndim)``, while the kernels are active.
+    Anything else (a tuple of axes, None, a bool, arguments the generic path
+    rejects) gives False.
     """
     return (
         config.active()
         and type(x) is np.ndarray
         and type(axis) is int
-        and x.ndim > 0
-        and (axis == -1 or axis == x.ndim - 1)
+        and -x.ndim <= axis < x.ndim
         and (x.dtype in _FLOATS or is_bfloat16(x))
         and x.flags.c_contiguous
         and x.flags.aligned
