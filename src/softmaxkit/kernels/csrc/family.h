@@ -119,26 +119,53 @@ static inline vd FN(shift)(vd x, double a, double T, vd *lo) {
 #endif
 }
 
+/* The first index in [0, n) of the vector lanes' maxima: lane l of `m0`
+ * (and `m1`) holds the largest of the elements i * 2 * lanes + l (+ lanes),
+ * first reached in vector iteration `it0[l]` (`it1[l]`); n when no lane
+ * holds m. */
+#define FIRST_OF_LANES(m0, m1, it0, it1, lanes, m, first)                      \
+    do {                                                                       \
+        for (int l = 0; l < (lanes); l++) {                                    \
+            size_t j0 = (size_t)(it0)[l] * 2 * (lanes) + l;                    \
+            size_t j1 = (size_t)(it1)[l] * 2 * (lanes) + (lanes) + l;          \
+            if ((m0)[l] == (m) && j0 < (first)) (first) = j0;                  \
+            if ((m1)[l] == (m) && j1 < (first)) (first) = j1;                  \
+        }                                                                      \
+    } while (0)
+
 #if COMP
-static double FN(max)(const void *xv, size_t n, int *nan) {
-    const FT *x = xv;
+static inline __attribute__((always_inline)) double FN(max_t)(const FT *x, size_t n, int *nan, size_t *first,
+                                                               int want_first) {
     vd m0 = splat(-INF), m1 = m0;
-    vl bad = {0};
+    vl bad = {0}, it0 = {0}, it1 = {0}, it = {0};
     size_t i = 0;
     for (; i + 2 * VW <= n; i += 2 * VW) {
         vd u = LOAD(x + i), w = LOAD(x + i + VW);
+        vl gu = GT(u, m0), gw = GT(w, m1);
         bad |= NE(u, u) | NE(w, w);
-        m0 = sel(GT(u, m0), u, m0);
-        m1 = sel(GT(w, m1), w, m1);
+        m0 = sel(gu, u, m0);
+        m1 = sel(gw, w, m1);
+        if (want_first) {
+            it0 = (it & gu) | (it0 & ~gu);
+            it1 = (it & gw) | (it1 & ~gw);
+            it += 1;
+        }
     }
     double m = hmax(sel(GT(m1, m0), m1, m0));
     int found = hcount(bad) != 0;
+    size_t at = n;
+    if (want_first && i) FIRST_OF_LANES(m0, m1, it0, it1, VW, m, at);
     for (; i < n; i++) {
         double v = x[i];
-        if (v != v) found = 1;
-        else if (v > m) m = v;
+        if (v != v) {
+            found = 1;
+        } else if (v > m || (v == m && at == n)) {
+            m = v;
+            at = i;
+        }
     }
     *nan = found;
+    if (want_first) *first = at;
     return m;
 }
 #else
@@ -146,10 +173,10 @@ static double FN(max)(const void *xv, size_t n, int *nan) {
 typedef float vfw __attribute__((vector_size(VW * 8)));
 typedef int viw __attribute__((vector_size(VW * 8)));
 #define FW (2 * VW)
-static double FN(max)(const void *xv, size_t n, int *nan) {
-    const float *x = xv;
+static inline __attribute__((always_inline)) double FN(max_t)(const FT *x, size_t n, int *nan, size_t *first,
+                                                               int want_first) {
     vfw m0 = (vfw){0} - __builtin_inff(), m1 = m0;
-    viw bad = {0};
+    viw bad = {0}, it0 = {0}, it1 = {0}, it = {0};
     size_t i = 0;
     for (; i + 2 * FW <= n; i += 2 * FW) {
         vfw u, w;
@@ -159,6 +186,11 @@ static double FN(max)(const void *xv, size_t n, int *nan) {
         bad |= (viw)(u != u) | (viw)(w != w);
         m0 = (vfw)(((viw)u & gu) | ((viw)m0 & ~gu));
         m1 = (vfw)(((viw)w & gw) | ((viw)m1 & ~gw));
+        if (want_first) {
+            it0 = (it & gu) | (it0 & ~gu);
+            it1 = (it & gw) | (it1 & ~gw);
+            it += 1;
+        }
     }
     double m = -INF;
     int found = 0;
@@ -167,24 +199,29 @@ static double FN(max)(const void *xv, size_t n, int *nan) {
         if (m1[l] > m) m = m1[l];
         found |= bad[l] != 0;
     }
+    size_t at = n;
+    if (want_first && i) FIRST_OF_LANES(m0, m1, it0, it1, FW, m, at);
     for (; i < n; i++) {
         double v = x[i];
-        if (v != v) found = 1;
-        else if (v > m) m = v;
+        if (v != v) {
+            found = 1;
+        } else if (v > m || (v == m && at == n)) {
+            m = v;
+            at = i;
+        }
     }
     *nan = found;
+    if (want_first) *first = at;
     return m;
 }
 #endif
 
-static size_t FN(find)(const void *xv, size_t n, double a) {
-    const FT *x = xv;
-    size_t i = 0;
-    for (; i + VW <= n; i += VW)
-        if (hcount(EQ(LOAD(x + i), splat(a)))) break;
-    for (; i < n; i++)
-        if ((double)x[i] == a) return i;
-    return n;
+/* The first argmax comes with the maximum, in the same pass: each lane
+ * keeps the vector iteration where it last grew (strictly, so its first
+ * occurrence), a blend per vector in a loop bound by the reads. */
+static double FN(max)(const void *x, size_t n, int *nan, size_t *first) {
+    if (first) return FN(max_t)(x, n, nan, first, 1);
+    return FN(max_t)(x, n, nan, NULL, 0);
 }
 
 static size_t FN(count_unmasked)(const void *xv, size_t n) {
@@ -536,7 +573,6 @@ static void FN(log_softmax_vjp_write)(const void *yv, const void *gv, void *outv
 
 static const sk_family XCAT2(family_, FSUF) = {
     .max = FN(max),
-    .find = FN(find),
     .count_unmasked = FN(count_unmasked),
     .exp_sum = FN(exp_sum),
     .write = FN(write),
@@ -562,6 +598,7 @@ static const sk_family XCAT2(family_, FSUF) = {
 #undef STORE_AT
 #undef STORE_F64_AT
 #undef FW
+#undef FIRST_OF_LANES
 #undef LINE
 #undef STREAM_AT
 #undef STREAM_END

@@ -87,10 +87,9 @@ typedef struct {
  * and compensated sums.  `x`, `out` etc. point at elements of the family's
  * type; `e` buffers are float64. */
 typedef struct {
-    /* the maximum, and in *nan whether there is a NaN */
-    double (*max)(const void *x, size_t n, int *nan);
-    /* the first index of a value equal to a, or n */
-    size_t (*find)(const void *x, size_t n, double a);
+    /* the maximum, in *nan whether there is a NaN, and in *first (unless it
+     * is NULL) the first index of an element equal to the maximum, or n */
+    double (*max)(const void *x, size_t n, int *nan, size_t *first);
     /* the number of logits that are not -inf */
     size_t (*count_unmasked)(const void *x, size_t n);
     /* per block: the sum of exp((x - a) / temperature) (see sk_part); every

@@ -234,11 +234,12 @@ void scan_row(rowctx_t *R, const void *x, int want_argmax, int want_unmasked, ro
     job_t *J = R->J;
     const sk_family *f = J->fam;
     int chunk_nan;
-    double m = f->max(x, R->len, &chunk_nan);
+    size_t at = 0;
+    double m = f->max(x, R->len, &chunk_nan, want_argmax ? &at : NULL);
     int first = R->slot - R->chunk;
     R->chunk_max[R->slot] = m;
     R->chunk_nan[R->slot] = chunk_nan;
-    if (want_argmax) R->chunk_argmax[R->slot] = R->start + f->find(x, R->len, m);
+    if (want_argmax) R->chunk_argmax[R->slot] = R->start + at;
     if (want_unmasked) R->chunk_unmasked[R->slot] = f->count_unmasked(x, R->len);
     sync_row(R);
     double max = -INFINITY;
