@@ -31,18 +31,21 @@ def _rand(*shape, dtype=torch.float32, seed=0, grad=False):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("log", [False, True])
-def test_opcheck_softmax(dtype, log):
+@pytest.mark.parametrize("dim", [1, 0])
+def test_opcheck_softmax(dtype, log, dim):
     x = _rand(5, 7, dtype=dtype, grad=True)
-    torch.library.opcheck(ops.softmax, (x, 0.7, log))
-    y = ops.softmax(x.detach(), 1.0, log).requires_grad_()
-    torch.library.opcheck(ops.softmax_backward, (y, _rand(5, 7, dtype=dtype, seed=1, grad=True), 0.7, log))
+    torch.library.opcheck(ops.softmax, (x, dim, 0.7, log))
+    y = ops.softmax(x.detach(), dim, 1.0, log).requires_grad_()
+    torch.library.opcheck(ops.softmax_backward, (y, _rand(5, 7, dtype=dtype, seed=1, grad=True), dim, 0.7, log))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_opcheck_logsumexp(dtype):
+@pytest.mark.parametrize("dim", [1, 0])
+def test_opcheck_logsumexp(dtype, dim):
     x = _rand(5, 7, dtype=dtype, grad=True)
-    torch.library.opcheck(ops.logsumexp, (x,))
-    torch.library.opcheck(ops.logsumexp_backward, (x, _rand(5, dtype=dtype, seed=1, grad=True)))
+    torch.library.opcheck(ops.logsumexp, (x, dim))
+    grad = _rand(7 if dim == 0 else 5, dtype=dtype, seed=1, grad=True)
+    torch.library.opcheck(ops.logsumexp_backward, (x, grad, dim))
 
 
 CE_CASES = [
@@ -56,14 +59,15 @@ CE_CASES = [
 
 
 def _ce_args(case, dtype, grad=True):
-    x = _rand(6, 5, dtype=dtype, grad=grad)
+    """Logits (3, 5, 2): classes at dim 1, as torch's (N, C, d) layout."""
+    x = _rand(3, 5, 2, dtype=dtype, grad=grad)
     if case["hard"]:
-        t = torch.tensor([0, 4, 2, 1, 2, 3])
+        t = torch.tensor([[0, 4], [2, 1], [2, 3]])
     else:
-        t = torch.softmax(_rand(6, 5, seed=2), 1).to(dtype).requires_grad_(grad)
+        t = torch.softmax(_rand(3, 5, 2, seed=2), 1).to(dtype).requires_grad_(grad)
     w = torch.tensor([1.0, 0.5, 2.0, 1.5, 0.25]) if case.get("weight") else None
     return (
-        x, t, w, case.get("ignore_index", -100), case.get("label_smoothing", 0.0), case.get("z_loss", 0.0),
+        x, t, 1, w, case.get("ignore_index", -100), case.get("label_smoothing", 0.0), case.get("z_loss", 0.0),
         case["reduction"], case["hard"], dtype,
     )
 
@@ -73,12 +77,12 @@ def _ce_args(case, dtype, grad=True):
 def test_opcheck_cross_entropy(case, dtype):
     args = _ce_args(case, dtype)
     torch.library.opcheck(ops.cross_entropy, args)
-    x, t, w, ignore_index, eps, z, reduction, hard, _ = args
+    x, t, cdim, w, ignore_index, eps, z, reduction, hard, _ = args
     loss, denominator = ops.cross_entropy(*_ce_args(case, dtype, grad=False))
     grad = torch.ones_like(loss)
     torch.library.opcheck(
         ops.cross_entropy_backward,
-        (x.detach(), t.detach(), w, denominator, grad, ignore_index, eps, z, reduction, hard, not hard),
+        (x.detach(), t.detach(), cdim, w, denominator, grad, ignore_index, eps, z, reduction, hard, not hard),
     )
 
 
@@ -337,8 +341,8 @@ def test_16_bit_tensors_take_the_native_kernels(monkeypatch, dtype):
 @pytest.mark.parametrize("log", [False, True])
 def test_operators_gradgradcheck(log):
     x = _rand(3, 4, dtype=torch.float64, grad=True)
-    torch.autograd.gradgradcheck(lambda a: ops.softmax(a, 0.7, log), (x,))
-    torch.autograd.gradgradcheck(ops.logsumexp, (x,))
+    torch.autograd.gradgradcheck(lambda a: ops.softmax(a, 0, 0.7, log), (x,))
+    torch.autograd.gradgradcheck(lambda a: ops.logsumexp(a, 1), (x,))
 
 
 # --- eager cross-entropy: the gradient written by the forward pass ------------------------
@@ -360,3 +364,90 @@ def test_fused_gradient_equals_the_recomputed_one(reduction, scale, dtype):
     (second,) = torch.autograd.grad(loss, x, cotangent)
     assert torch.equal(first, second)
     assert float(first[3].abs().max()) == 0.0  # the ignored row
+
+
+# --- layouts: any dim, permuted memory, (N, C, d) cross-entropy, without a copy ----------
+
+
+def _spy_arrays(monkeypatch, name):
+    """The NumPy arrays handed to the kernel wrapper ``name``, call by call."""
+    seen = []
+    original = getattr(_native.into, name)
+
+    def spy(*args, **kwargs):
+        seen.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_native.into, name, spy)
+    return seen
+
+
+def _layouts():
+    base = _rand(4, 6, 5, seed=11)
+    return {
+        "contiguous": base,
+        "transposed": base.transpose(0, 2),
+        "permuted": base.permute(1, 2, 0),
+        "sliced": base[:, ::2, :],
+    }
+
+
+@pytest.mark.skipif(not _native.available(), reason="the native extension is not built")
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "permuted", "sliced"])
+@pytest.mark.parametrize("dim", [0, 1, 2])
+@pytest.mark.parametrize("log", [False, True])
+def test_any_dim_and_layout_equals_the_moved_last_result(monkeypatch, layout, dim, log):
+    """Bitwise the result of moving ``dim`` last first, forward and backward; dense
+    layouts reach the kernel without a copy of the input."""
+    x = _layouts()[layout].detach().requires_grad_()
+    assert x.is_contiguous() == (layout == "contiguous")
+    fn = smt.log_softmax if log else smt.softmax
+    seen = _spy_arrays(monkeypatch, "log_softmax_into" if log else "softmax_into")
+    y = fn(x, dim)
+    cotangent = _rand(*x.shape, seed=12)
+    (g,) = torch.autograd.grad(y, x, cotangent)
+    xm = x.detach().movedim(dim, -1).contiguous().requires_grad_()
+    ym = fn(xm, -1)
+    (gm,) = torch.autograd.grad(ym, xm, cotangent.movedim(dim, -1).contiguous())
+    assert torch.equal(y, ym.movedim(-1, dim)) and torch.equal(g, gm.movedim(-1, dim))
+    if layout != "sliced":
+        assert np.shares_memory(seen[0][0][0], x.detach().numpy())
+        assert y.stride() == x.stride()
+
+
+@pytest.mark.skipif(not _native.available(), reason="the native extension is not built")
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_logsumexp_any_dim_without_a_copy(monkeypatch, dim):
+    x = _rand(4, 6, 5, seed=13).transpose(0, 1).requires_grad_()
+    seen = _spy_arrays(monkeypatch, "logsumexp_into")
+    out = smt.logsumexp(x, dim)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    xm = x.detach().movedim(dim, -1).contiguous().requires_grad_()
+    om = smt.logsumexp(xm, -1)
+    (gm,) = torch.autograd.grad(om.sum(), xm)
+    assert torch.equal(out, om) and torch.equal(g, gm.movedim(-1, dim))
+    assert np.shares_memory(seen[0][0][0], x.detach().numpy())
+
+
+@pytest.mark.skipif(not _native.available(), reason="the native extension is not built")
+@pytest.mark.parametrize("targets", ["indices", "probabilities"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_cross_entropy_classes_at_dim_1_without_a_copy(monkeypatch, targets, reduction):
+    """(N, C, d1, d2) logits go to the kernel as they lie; values and gradients equal
+    the (rows, C) computation bit for bit."""
+    x = _rand(3, 7, 4, 2, seed=14, grad=True)
+    if targets == "indices":
+        t = torch.randint(0, 7, (3, 4, 2), generator=torch.Generator().manual_seed(1))
+        t_rows = t.reshape(-1)
+    else:
+        t = torch.softmax(_rand(3, 7, 4, 2, seed=15), 1)
+        t_rows = t.movedim(1, -1).reshape(-1, 7)
+    seen = _spy_arrays(monkeypatch, "cross_entropy_into")
+    loss = smt.cross_entropy(x, t, reduction=reduction, label_smoothing=0.1)
+    (g,) = torch.autograd.grad(loss.sum(), x)
+    assert np.shares_memory(seen[0][0][0], x.detach().numpy())
+    xr = x.detach().movedim(1, -1).reshape(-1, 7).requires_grad_()
+    loss_r = smt.cross_entropy(xr, t_rows, reduction=reduction, label_smoothing=0.1)
+    (gr,) = torch.autograd.grad(loss_r.sum(), xr)
+    assert torch.equal(loss.reshape(-1), loss_r.reshape(-1))
+    assert torch.equal(g, gr.reshape(3, 4, 2, 7).movedim(-1, 1))

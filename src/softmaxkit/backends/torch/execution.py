@@ -219,6 +219,38 @@ def as_numpy(t: torch.Tensor):
     return t.view(torch.uint16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
 
 
+def kernel_layout(dim: int, x: torch.Tensor, *others: torch.Tensor) -> tuple[list[int], int, tuple[torch.Tensor, ...]]:
+    """``(order, axis, tensors)``: ``x`` and ``others`` (of ``x``'s shape)
+    permuted by ``order`` and C-contiguous, and where ``dim`` went.
+
+    The kernels reduce along any axis of a C-contiguous array.  A tensor
+    whose memory is dense in some order of its dimensions (a transpose, a
+    ``permute`` or ``movedim`` of a contiguous tensor) is read in that
+    order without a copy; any other layout (a slice with steps, an
+    expanded tensor) is copied first.  ``others`` (a cotangent) follow
+    ``x``'s order, copied if theirs differs.  :func:`restore_layout` undoes
+    the permutation on a result.
+    """
+    identity = list(range(x.ndim))
+    order = identity
+    if not x.is_contiguous():
+        order = sorted(identity, key=lambda i: (-x.stride(i), i))
+        if not x.permute(order).is_contiguous():
+            order = identity
+    tensors = tuple(t.permute(order).contiguous() for t in (x,) + others)
+    return order, order.index(dim), tensors
+
+
+def restore_layout(out: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """A kernel result in :func:`kernel_layout`'s order, back in the caller's (a view)."""
+    if order == sorted(order):
+        return out
+    inverse = [0] * len(order)
+    for position, d in enumerate(order):
+        inverse[d] = position
+    return out.permute(inverse)
+
+
 def native_empty_like(like: torch.Tensor) -> torch.Tensor:
     """An uninitialised contiguous tensor of ``like``'s shape and dtype for a
     kernel's output, from the kernels' output cache (see

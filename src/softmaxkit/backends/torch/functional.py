@@ -14,8 +14,6 @@ from softmaxkit.backends.torch.execution import (
     apply_function,
     as_float,
     autocast_dtype,
-    from_rows,
-    rows_view,
     value_checks,
     working_dtype,
     xp,
@@ -55,8 +53,9 @@ def _softmax_family(input: Any, dim: Any, dtype: Any, temperature: float, log: b
     if dim is None:
         dim = _implicit_dim(x.ndim, name)
     d = validate.axis(dim, max(x.ndim, 1), "dim")[0]
-    y2 = apply_function(SoftmaxFunction, ops.softmax, rows_view(x, d), T, log)
-    return from_rows(y2, x, d)
+    if x.ndim == 0:
+        return apply_function(SoftmaxFunction, ops.softmax, x.reshape(1), 0, T, log).reshape(())
+    return apply_function(SoftmaxFunction, ops.softmax, x, d, T, log)
 
 
 def softmax(
@@ -173,10 +172,13 @@ def logsumexp(input: torch.Tensor, dim: int | tuple[int, ...], keepdim: bool = F
     keepdim = validate.flag(keepdim, "keepdim")
     dims = validate.axis(dim, max(x.ndim, 1), "dim", allow_many=True)
     if x.ndim == 0:
-        out = apply_function(LogSumExpFunction, ops.logsumexp, x.reshape(1, 1))
-        return out.reshape(())
+        return apply_function(LogSumExpFunction, ops.logsumexp, x.reshape(1), 0).reshape(())
+    if len(dims) == 1:
+        out = apply_function(LogSumExpFunction, ops.logsumexp, x, dims[0])
+        return out.unsqueeze(dims[0]) if keepdim else out
+    # several dims: moved last and flattened into one (a copy unless they already are)
     layout = Layout(xp, tuple(x.shape), dims)
-    return layout.back_reduced(apply_function(LogSumExpFunction, ops.logsumexp, layout.rows(x)), keepdim)
+    return layout.back_reduced(apply_function(LogSumExpFunction, ops.logsumexp, layout.rows(x), 1), keepdim)
 
 
 def _check_weight(weight: Any, n_classes: int, ref: torch.Tensor) -> torch.Tensor | None:
@@ -272,19 +274,16 @@ def cross_entropy(
         raise ValueError(f"input has an empty class dimension (shape {tuple(x.shape)}); cross-entropy needs at least one class")
     kind = validate.target_kind(xp, target, "target")
     hard = kind == "int"
-    x2 = rows_view(x, cdim)
     validate.target_shape(kind, target.shape, x.shape, cdim, "target", "input", "dim")
     if hard:
         validate.class_indices(xp, target, n_classes, ignore_index, "target", value_checks())
-        t2 = target.reshape(-1).to(x.device)
     else:
         validate.probability_targets_ignore_index(ignore_index, target.dtype, "target")
         validate.probabilities(xp, target, "target", value_checks())
-        t2 = rows_view(target, cdim).to(x.device)
     w = _check_weight(weight, n_classes, x)
     loss = apply_function(
         CrossEntropyFunction, ops.cross_entropy,
-        x2, t2, w, ignore_index, eps, z, reduction, hard, autocast_dtype(x.dtype, x.device, True),
+        x, target.to(x.device), cdim, w, ignore_index, eps, z, reduction, hard, autocast_dtype(x.dtype, x.device, True),
     )[0]
     if reduction == "none":
         return loss.reshape(tuple(target.shape) if hard else tuple(x.shape[:cdim]) + tuple(x.shape[cdim + 1 :]))

@@ -9,7 +9,19 @@ import torch
 
 from softmaxkit.frontend import registry
 from softmaxkit import numerics as num
-from softmaxkit.backends.torch.execution import as_numpy, by_rows, native_empty_like, native_ready, plain_eager, working_dtype, xp
+from softmaxkit.backends.torch.execution import (
+    as_numpy,
+    by_rows,
+    from_rows,
+    kernel_layout,
+    native_empty_like,
+    native_ready,
+    plain_eager,
+    restore_layout,
+    rows_view,
+    working_dtype,
+    xp,
+)
 
 _INF = float("inf")
 
@@ -19,151 +31,162 @@ _INF = float("inf")
 # Functions below and the custom operators (ops.py) both run these.
 
 
-def softmax_forward(x2: torch.Tensor, temperature: float, log: bool) -> torch.Tensor:
-    """softmax or log_softmax of (rows, n): the native kernel where it can run, else the shared formulas by chunks."""
-    if native_ready(x2):
-        out = native_empty_like(x2)
+def _bf16(t: torch.Tensor) -> bool:
+    return t.dtype == torch.bfloat16
+
+
+def softmax_forward(x: torch.Tensor, dim: int, temperature: float, log: bool) -> torch.Tensor:
+    """softmax or log_softmax along ``dim``: the native kernel where it can
+    run (any dim, without moving it), else the shared formulas by chunks of rows."""
+    if native_ready(x):
+        order, axis, (c,) = kernel_layout(dim, x)
+        out = native_empty_like(c)
         into = registry.native().into
         kernel = into.log_softmax_into if log else into.softmax_into
-        kernel(as_numpy(x2), as_numpy(out), temperature, bfloat16=x2.dtype == torch.bfloat16)
-        return out
-    work, widened = working_dtype(x2.dtype, x2.device)
+        kernel(as_numpy(c), as_numpy(out), temperature, axis=axis, bfloat16=_bf16(c))
+        return restore_layout(out, order)
+    work, widened = working_dtype(x.dtype, x.device)
     formula = num.log_softmax if log else num.softmax
 
     def compute(rows):
         st = num.row_stats(xp, rows.to(work), None, temperature, widened)
-        return (formula(xp, st).to(x2.dtype),)
+        return (formula(xp, st).to(x.dtype),)
 
-    return by_rows(compute, x2)[0]
+    return from_rows(by_rows(compute, rows_view(x, dim))[0], x, dim)
 
 
-def softmax_backward(y2: torch.Tensor, grad: torch.Tensor, temperature: float, log: bool) -> torch.Tensor:
-    """The VJP of :func:`softmax_forward` from its output ``y2``.
+def softmax_backward(y: torch.Tensor, grad: torch.Tensor, dim: int, temperature: float, log: bool) -> torch.Tensor:
+    """The VJP of :func:`softmax_forward` from its output ``y``.
 
     Outside plain eager mode (double backward records a graph) it is written
-    with differentiable torch operations on ``y2``, so that double backward
+    with differentiable torch operations on ``y``, so that double backward
     differentiates through it.
     """
-    if native_ready(y2, grad) and grad.dtype == y2.dtype:
-        out = native_empty_like(y2)
+    if native_ready(y, grad) and grad.dtype == y.dtype:
+        order, axis, (c, g) = kernel_layout(dim, y, grad)
+        out = native_empty_like(c)
         into = registry.native().into
         kernel = into.log_softmax_vjp_into if log else into.softmax_vjp_into
-        kernel(as_numpy(y2), as_numpy(grad), as_numpy(out), bfloat16=y2.dtype == torch.bfloat16)
+        kernel(as_numpy(c), as_numpy(g), as_numpy(out), axis=axis, bfloat16=_bf16(c))
+        out = restore_layout(out, order)
         return out if temperature == 1.0 else out / temperature
-    work, widened = working_dtype(y2.dtype, y2.device)
+    work, widened = working_dtype(y.dtype, y.device)
 
-    def compute(y, g):
-        y, g = y.to(work), g.to(work)
+    def compute(y2, g2):
+        y2, g2 = y2.to(work), g2.to(work)
         if log:
-            out = num.log_softmax_vjp(xp, xp.exp(y), y != -_INF, g, widened)
+            out = num.log_softmax_vjp(xp, xp.exp(y2), y2 != -_INF, g2, widened)
         else:
-            out = num.softmax_vjp(xp, y, g, widened)
+            out = num.softmax_vjp(xp, y2, g2, widened)
         if temperature != 1.0:
             out = out / temperature
-        return (out.to(y2.dtype),)
+        return (out.to(y.dtype),)
 
-    return by_rows(compute, y2, grad)[0]
+    return from_rows(by_rows(compute, rows_view(y, dim), rows_view(grad, dim))[0], y, dim)
 
 
 # --- softmax and log_softmax --------------------------------------------------
 
 
 class SoftmaxFunction(torch.autograd.Function):
-    """Softmax along the last axis of a (rows, n) tensor; output saved for backward."""
+    """Softmax along ``dim``; the output is saved for backward."""
 
     @staticmethod
-    def forward(x2: torch.Tensor, temperature: float, log: bool) -> torch.Tensor:
-        return softmax_forward(x2, temperature, log)
+    def forward(x: torch.Tensor, dim: int, temperature: float, log: bool) -> torch.Tensor:
+        return softmax_forward(x, dim, temperature, log)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.temperature, ctx.log = inputs[1], inputs[2]
+        _, ctx.dim, ctx.temperature, ctx.log = inputs
         ctx.save_for_backward(output)
         ctx.save_for_forward(output)
 
     @staticmethod
-    def jvp(ctx, tangent, _temperature, _log):
+    def jvp(ctx, tangent, *_):
         """Forward mode, exact: with ``u = t / T`` and ``<p, u>`` summed where
         ``p > 0``, softmax gives ``p (u - <p, u>)`` and log_softmax
         ``u - <p, u>`` (0 where the output is ``-inf``, a constant)."""
-        (y2,) = ctx.saved_tensors
-        work, widened = working_dtype(y2.dtype, y2.device)
-        y, u = y2.to(work), tangent.to(work)
+        (y,) = ctx.saved_tensors
+        work, widened = working_dtype(y.dtype, y.device)
+        y2, u = rows_view(y, ctx.dim).to(work), rows_view(tangent, ctx.dim).to(work)
         if ctx.temperature != 1.0:
             u = u / ctx.temperature
         if not ctx.log:
-            return num.softmax_vjp(xp, y, u, widened).to(y2.dtype)
-        return num.log_softmax_jvp(xp, xp.exp(y), y != -_INF, u, widened).to(y2.dtype)
+            out = num.softmax_vjp(xp, y2, u, widened)
+        else:
+            out = num.log_softmax_jvp(xp, xp.exp(y2), y2 != -_INF, u, widened)
+        return from_rows(out.to(y.dtype), y, ctx.dim)
 
     @staticmethod
     def backward(ctx, grad):
-        (y2,) = ctx.saved_tensors
-        return softmax_backward(y2, grad, ctx.temperature, ctx.log), None, None
+        (y,) = ctx.saved_tensors
+        return softmax_backward(y, grad, ctx.dim, ctx.temperature, ctx.log), None, None, None
 
     generate_vmap_rule = True
-
 
 
 # --- logsumexp ----------------------------------------------------------------
 
 
-def logsumexp_forward(x2: torch.Tensor) -> torch.Tensor:
-    """logsumexp of each row of (rows, n)."""
-    if native_ready(x2):
-        out = torch.empty(x2.shape[:1], dtype=x2.dtype)
-        registry.native().into.logsumexp_into(as_numpy(x2), as_numpy(out), bfloat16=x2.dtype == torch.bfloat16)
-        return out
-    work, widened = working_dtype(x2.dtype, x2.device)
+def logsumexp_forward(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """logsumexp along ``dim`` (removed from the shape)."""
+    if native_ready(x):
+        order, axis, (c,) = kernel_layout(dim, x)
+        out = torch.empty(c.shape[:axis] + c.shape[axis + 1 :], dtype=c.dtype)
+        registry.native().into.logsumexp_into(as_numpy(c), as_numpy(out), axis=axis, bfloat16=_bf16(c))
+        return restore_layout(out, [d - (d > dim) for d in order if d != dim])
+    work, widened = working_dtype(x.dtype, x.device)
 
     def compute(rows):
         st = num.row_stats(xp, rows.to(work), None, 1.0, widened)
-        return (num.logsumexp(xp, st)[:, 0].to(x2.dtype),)
+        return (num.logsumexp(xp, st)[:, 0].to(x.dtype),)
 
-    return by_rows(compute, x2)[0]
+    return by_rows(compute, rows_view(x, dim))[0].reshape(x.shape[:dim] + x.shape[dim + 1 :])
 
 
-def logsumexp_backward(x2: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """``softmax(x2) * grad`` per row, recomputed from the input (0 where the softmax is 0)."""
-    if native_ready(x2, grad):
-        p = softmax_forward(x2, 1.0, False)
-        return num.logsumexp_vjp(xp, p, grad.to(x2.dtype)[:, None])
-    work, widened = working_dtype(x2.dtype, x2.device)
+def logsumexp_backward(x: torch.Tensor, grad: torch.Tensor, dim: int) -> torch.Tensor:
+    """``softmax(x) * grad`` along ``dim``, recomputed from the input (0 where the softmax is 0)."""
+    if native_ready(x, grad):
+        p = softmax_forward(x, dim, 1.0, False)
+        return num.logsumexp_vjp(xp, p, grad.to(x.dtype).unsqueeze(dim))
+    work, widened = working_dtype(x.dtype, x.device)
 
     def compute(rows, g):
         p = num.softmax(xp, num.row_stats(xp, rows.to(work), None, 1.0, widened))
-        return (num.logsumexp_vjp(xp, p, g.to(work)[:, None]).to(x2.dtype),)
+        return (num.logsumexp_vjp(xp, p, g.to(work)[:, None]).to(x.dtype),)
 
-    return by_rows(compute, x2, grad)[0]
+    return from_rows(by_rows(compute, rows_view(x, dim), grad.reshape(-1))[0], x, dim)
 
 
 class LogSumExpFunction(torch.autograd.Function):
-    """logsumexp along the last axis of (rows, n); backward recomputes softmax."""
+    """logsumexp along ``dim``; backward recomputes the softmax from the input."""
 
     @staticmethod
-    def forward(x2: torch.Tensor) -> torch.Tensor:
-        return logsumexp_forward(x2)
+    def forward(x: torch.Tensor, dim: int) -> torch.Tensor:
+        return logsumexp_forward(x, dim)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        ctx.dim = inputs[1]
         ctx.save_for_backward(inputs[0])
         ctx.save_for_forward(inputs[0])
 
     @staticmethod
-    def jvp(ctx, tangent):
+    def jvp(ctx, tangent, _dim):
         """Forward mode, exact: ``<softmax(x), t>`` over the entries with ``p > 0``."""
-        (x2,) = ctx.saved_tensors
-        work, widened = working_dtype(x2.dtype, x2.device)
-        p = num.softmax(xp, num.row_stats(xp, x2.to(work), None, 1.0, widened))
-        terms = num.logsumexp_vjp(xp, p, tangent.to(work))
-        return num.compensated_sum(xp, terms, widened)[:, 0].to(x2.dtype)
+        (x,) = ctx.saved_tensors
+        work, widened = working_dtype(x.dtype, x.device)
+        p = num.softmax(xp, num.row_stats(xp, rows_view(x, ctx.dim).to(work), None, 1.0, widened))
+        terms = num.logsumexp_vjp(xp, p, rows_view(tangent, ctx.dim).to(work))
+        out = num.compensated_sum(xp, terms, widened)[:, 0].to(x.dtype)
+        return out.reshape(x.shape[: ctx.dim] + x.shape[ctx.dim + 1 :])
 
     @staticmethod
     def backward(ctx, grad):
-        (x2,) = ctx.saved_tensors
-        return logsumexp_backward(x2, grad)
+        (x,) = ctx.saved_tensors
+        return logsumexp_backward(x, grad, ctx.dim), None
 
     generate_vmap_rule = True
-
 
 
 # --- cross-entropy ------------------------------------------------------------
@@ -176,20 +199,19 @@ def _coefficients(xw, t, weight, eps, ignore_index, hard):
     return num.class_coefficients(xp, xw, eps, weight, probs=t.to(xw.dtype))
 
 
-def _native_divisor(x2, t2, scale, want_target) -> float | None:
+def _native_divisor(x, t, scale, want_target) -> float | None:
     """The kernel's ``grad_divisor`` when the native kernel can do this pass, else None.
 
-    The kernel runs on contiguous CPU float tensors in plain eager mode and
-    scales every row by one ``1 / divisor``; per-row cotangents other than 1,
-    non-positive scales, probability targets of another dtype than the logits
-    and target gradients take the chunked xp path.
+    The kernel runs on CPU float tensors in plain eager mode and scales every
+    row by one ``1 / divisor``; per-row cotangents other than 1, non-positive
+    scales, probability targets of another dtype than the logits and target
+    gradients take the chunked xp path.
     """
     if not (
-        native_ready(x2)
-        and t2.is_contiguous()
-        and (t2.dtype == x2.dtype or not t2.is_floating_point())
+        native_ready(x)
+        and (t.dtype == x.dtype or not t.is_floating_point())
         and not want_target
-        and plain_eager(t2, scale)
+        and plain_eager(t, scale)
     ):
         return None
     if scale is None:
@@ -200,13 +222,19 @@ def _native_divisor(x2, t2, scale, want_target) -> float | None:
     return 1.0 / first
 
 
-def _native_cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, divisor, want_grad):
-    """The kernel on shared memory: ``.numpy()`` views in, ``torch.from_numpy`` out."""
-    logits = as_numpy(x2)
-    targets = as_numpy((t2.to(torch.int64) if hard else t2).contiguous())
+def _native_cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, divisor, want_grad):
+    """The kernel on shared memory, classes along ``cdim`` (no axis move): ``(loss per row, gradient or None)``.
+
+    The logits and targets are read where they lie when contiguous (see
+    :func:`~.execution.as_numpy` for the others); the rows come in the C
+    order of the logits' shape without ``cdim``, the targets' order.
+    """
+    x = x.detach().contiguous()
+    logits = as_numpy(x)
+    targets = as_numpy(t.to(torch.int64) if hard else t)
     weight = None if w is None else w.detach().to(torch.float64).contiguous().numpy()
-    loss = np.empty(x2.shape[0], dtype=np.float64)
-    grad = native_empty_like(x2) if want_grad else None
+    loss = np.empty(x.shape[:cdim] + x.shape[cdim + 1 :], dtype=np.float64)
+    grad = native_empty_like(x) if want_grad else None
     registry.native().into.cross_entropy_into(
         logits,
         targets,
@@ -217,47 +245,65 @@ def _native_cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, divisor, w
         label_smoothing=eps,
         z_loss=z,
         grad_divisor=divisor,
-        bfloat16=x2.dtype == torch.bfloat16,
+        axis=cdim,
+        bfloat16=_bf16(x),
     )
-    return torch.from_numpy(loss), grad
+    return torch.from_numpy(loss.reshape(-1)), grad
 
 
-def _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, scale=None, want_target=False):
-    """One pass over the (rows, classes) logits, chunk by chunk.
+def _target_rows(t, cdim, hard):
+    return t.reshape(-1) if hard else rows_view(t, cdim)
 
-    Without ``scale``: the per-row losses (working dtype).  With ``scale``
-    (per row): the gradient with respect to the logits times ``scale``, in
-    the logits' dtype, and with ``want_target`` also the gradient with
-    respect to probability targets.  Forward and backward both come here:
-    on CPU the native kernel (``softmaxkit.kernels``, same formulas) takes
-    over where it can, zero-copy; otherwise the xp formulas run by chunks.
+
+def _cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, scale=None, want_target=False):
+    """One pass over the logits, classes along ``cdim``.
+
+    Without ``scale``: the per-row losses (working dtype), rows in the C
+    order of the logits' shape without ``cdim``.  With ``scale`` (per row):
+    the gradient with respect to the logits times ``scale``, of the logits'
+    shape and dtype, and with ``want_target`` also the gradient with respect
+    to probability targets.  Forward and backward both come here: on CPU the
+    native kernel (``softmaxkit.kernels``, same formulas) takes over where it
+    can, without moving the class axis; otherwise the xp formulas run by
+    chunks of rows.
     """
-    divisor = _native_divisor(x2, t2, scale, want_target)
+    divisor = _native_divisor(x, t, scale, want_target)
     if divisor is not None:
-        loss, grad = _native_cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, divisor, scale is not None)
+        loss, grad = _native_cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, divisor, scale is not None)
         return (loss,) if grad is None else (grad,)
-    work, widened = working_dtype(x2.dtype, x2.device)
+    work, widened = working_dtype(x.dtype, x.device)
 
-    def compute(rows, t, s):
+    def compute(rows, t2, s):
         xw = rows.to(work)
-        coef, row_w = _coefficients(xw, t, w, eps, ignore_index, hard)
+        coef, row_w = _coefficients(xw, t2, w, eps, ignore_index, hard)
         st = num.row_stats(xp, xw, None, 1.0, widened)
         loss, gx = num.cross_entropy_rows(xp, st, coef, z, row_w, s is not None)
         if s is None:
             return (loss,)
         s = s[:, None]
-        parts = ((gx * s).to(x2.dtype),)
+        parts = ((gx * s).to(x.dtype),)
         if want_target:
             dq = num.probability_target_grad(xp, st, eps, w)
-            parts += ((dq * s).to(t2.dtype),)
+            parts += ((dq * s).to(t.dtype),)
         return parts
 
-    return by_rows(compute, x2, t2, scale)
+    parts = by_rows(compute, rows_view(x, cdim), _target_rows(t, cdim, hard), scale)
+    if scale is None:
+        return parts
+    return (from_rows(parts[0], x, cdim),) + tuple(from_rows(p, t, cdim) for p in parts[1:])
 
 
-def cross_entropy_forward(x2, t2, weight, ignore_index, eps, z, reduction, hard, loss_dtype, fuse=False):
-    """``(loss, denominator, gradient)``: the reduced loss in ``loss_dtype``, the
-    "mean" denominator (working dtype, 0-d) and, with ``fuse``, the gradient.
+def _denominator(x, t, cdim, w, ignore_index, work, hard):
+    """The "mean" denominator (one pass over the targets); for probability
+    targets only the row count matters, so no row of them is formed."""
+    rows = t.reshape(-1) if hard else x.new_empty((x.numel() // max(x.shape[cdim], 1), 0))
+    return num.mean_denominator(xp, rows, w, ignore_index, work, not hard)
+
+
+def cross_entropy_forward(x, t, cdim, weight, ignore_index, eps, z, reduction, hard, loss_dtype, fuse=False):
+    """``(loss, denominator, gradient)``: the reduced loss in ``loss_dtype`` (per
+    row for "none"), the "mean" denominator (working dtype, 0-d) and, with
+    ``fuse``, the gradient.
 
     ``fuse`` asks the native kernel to write, in the same pass over the
     logits, the gradient of the reduced loss for a cotangent of 1 (of each
@@ -266,16 +312,16 @@ def cross_entropy_forward(x2, t2, weight, ignore_index, eps, z, reduction, hard,
     kernel cannot do it (see :func:`_native_divisor`), or for a "mean" over a
     total weight that is not positive.
     """
-    work, widened = working_dtype(x2.dtype, x2.device)
+    work, widened = working_dtype(x.dtype, x.device)
     w = None if weight is None else weight.to(work)
-    denominator = num.mean_denominator(xp, t2, w, ignore_index, work, not hard)
+    denominator = _denominator(x, t, cdim, w, ignore_index, work, hard)
     divisor = None
-    if fuse and _native_divisor(x2, t2, None, False) is not None:
+    if fuse and _native_divisor(x, t, None, False) is not None:
         divisor = num.gradient_divisor(denominator, reduction)
     if divisor is not None and divisor > 0:
-        loss, grad = _native_cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, divisor, True)
+        loss, grad = _native_cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, divisor, True)
     else:
-        (loss,), grad = _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard), None
+        (loss,), grad = _cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard), None
     out, _ = num.reduce(xp, loss, None, denominator, reduction, widened)
     return out.to(loss_dtype), denominator, grad
 
@@ -297,9 +343,9 @@ def _fused_gradient(fused, grad, reduction):
     return None
 
 
-def cross_entropy_backward(x2, t2, weight, denominator, grad, ignore_index, eps, z, reduction, hard, want_target):
-    """``(gradient in x2, gradient in probability targets or None)`` of :func:`cross_entropy_forward`."""
-    work, _ = working_dtype(x2.dtype, x2.device)
+def cross_entropy_backward(x, t, cdim, weight, denominator, grad, ignore_index, eps, z, reduction, hard, want_target):
+    """``(gradient in x, gradient in probability targets or None)`` of :func:`cross_entropy_forward`."""
+    work, _ = working_dtype(x.dtype, x.device)
     w = None if weight is None else weight.to(work)
     g = grad.to(work)
     if reduction == "mean":
@@ -307,35 +353,36 @@ def cross_entropy_backward(x2, t2, weight, denominator, grad, ignore_index, eps,
         _, g = num.reduce(xp, xp.zeros_like(g)[None], g, denominator, "mean", True)
     # expand, not broadcast_to: batched cotangents (is_grads_batched)
     # have no batching rule for the latter.
-    scale = g if reduction == "none" else g.expand(x2.shape[0])
-    parts = _cross_entropy_pass(x2, t2, w, ignore_index, eps, z, hard, scale, want_target)
+    n_rows = x.numel() // max(x.shape[cdim], 1)
+    scale = g.reshape(-1) if reduction == "none" else g.expand(n_rows)
+    parts = _cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, scale, want_target)
     return parts[0], (parts[1] if want_target else None)
 
 
 class CrossEntropyFunction(torch.autograd.Function):
-    """Cross-entropy of (rows, classes) logits; reduced inside.
+    """Cross-entropy of logits with classes along ``cdim``; reduced inside.
 
     Forward saves the targets, the class weights and the reduction's
     denominator (a scalar).  Where the logits need a gradient and the native
     kernel runs, forward also writes it (see :func:`cross_entropy_forward`)
     and backward hands it over; otherwise backward recomputes each chunk's
     row statistics from the logits and writes the gradient into one
-    preallocated tensor.  No other (rows x classes) tensor is kept.
+    preallocated tensor.  No other tensor of the logits' size is kept.
     """
 
     @staticmethod
-    def forward(x2, t2, weight, ignore_index, eps, z, reduction, hard, loss_dtype):
-        fuse = x2.requires_grad and not t2.requires_grad
-        return cross_entropy_forward(x2, t2, weight, ignore_index, eps, z, reduction, hard, loss_dtype, fuse)
+    def forward(x, t, cdim, weight, ignore_index, eps, z, reduction, hard, loss_dtype):
+        fuse = x.requires_grad and not t.requires_grad
+        return cross_entropy_forward(x, t, cdim, weight, ignore_index, eps, z, reduction, hard, loss_dtype, fuse)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x2, t2, weight, ctx.ignore_index, ctx.eps, ctx.z, ctx.reduction, ctx.hard, ctx.loss_dtype = inputs
+        x, t, ctx.cdim, weight, ctx.ignore_index, ctx.eps, ctx.z, ctx.reduction, ctx.hard, ctx.loss_dtype = inputs
         # Held outside save_for_backward: it is handed over once, and
         # dropped then (a second backward, with retain_graph, recomputes).
         ctx.fused = output[2]
-        ctx.save_for_backward(x2, t2, weight, output[1])
-        ctx.save_for_forward(x2, t2, weight, output[1])
+        ctx.save_for_backward(x, t, weight, output[1])
+        ctx.save_for_forward(x, t, weight, output[1])
         ctx.mark_non_differentiable(*(o for o in output[1:] if o is not None))
 
     @staticmethod
@@ -343,20 +390,20 @@ class CrossEntropyFunction(torch.autograd.Function):
         """Forward mode, exact: per row ``<g, t_x> + <d, t_q>`` with ``g`` the
         logit gradient ``(C + 2 z w lse) p - c`` and ``d = (1 - eps) w (-log p)``
         the probability-target gradient, then the forward pass's reduction."""
-        x2, t2, weight, denominator = ctx.saved_tensors
-        work, widened = working_dtype(x2.dtype, x2.device)
-        xw = x2.to(work)
+        x, t, weight, denominator = ctx.saved_tensors
+        work, widened = working_dtype(x.dtype, x.device)
+        xw = rows_view(x, ctx.cdim).to(work)
         w = None if weight is None else weight.to(work)
-        coef, row_w = _coefficients(xw, t2, w, ctx.eps, ctx.ignore_index, ctx.hard)
+        coef, row_w = _coefficients(xw, _target_rows(t, ctx.cdim, ctx.hard), w, ctx.eps, ctx.ignore_index, ctx.hard)
         st = num.row_stats(xp, xw, None, 1.0, widened)
         zero = xp.zeros_like(xw)
         terms = zero
         if tx is not None:
             _, gx = num.cross_entropy_rows(xp, st, coef, ctx.z, row_w, True)
-            terms = gx * tx.to(work)
+            terms = gx * rows_view(tx, ctx.cdim).to(work)
         if tt is not None and not ctx.hard:
             dq = num.probability_target_grad(xp, st, ctx.eps, w)
-            u = tt.to(work)
+            u = rows_view(tt, ctx.cdim).to(work)
             terms = terms + xp.where(u == 0, zero, dq * u)
         rows = num.compensated_sum(xp, terms, widened)[:, 0]
         out, _ = num.reduce(xp, rows, None, denominator, ctx.reduction, widened)
@@ -365,19 +412,18 @@ class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, *_):
         fused, ctx.fused = ctx.fused, None
-        x2, t2, weight, denominator = ctx.saved_tensors
+        x, t, weight, denominator = ctx.saved_tensors
         if fused is not None and plain_eager(grad):
             gx = _fused_gradient(fused, grad, ctx.reduction)
             if gx is not None:
-                return gx, None, None, None, None, None, None, None, None
+                return gx, None, None, None, None, None, None, None, None, None
         gx, gt = cross_entropy_backward(
-            x2, t2, weight, denominator, grad, ctx.ignore_index, ctx.eps, ctx.z, ctx.reduction, ctx.hard,
+            x, t, ctx.cdim, weight, denominator, grad, ctx.ignore_index, ctx.eps, ctx.z, ctx.reduction, ctx.hard,
             ctx.needs_input_grad[1],
         )
-        return gx, gt, None, None, None, None, None, None, None
+        return gx, gt, None, None, None, None, None, None, None, None
 
     generate_vmap_rule = True
-
 
 
 # --- binary cross-entropy -----------------------------------------------------

@@ -8,13 +8,14 @@ autograd formula, so that under ``torch.compile(fullgraph=True)`` every
 operation is one opaque node in the graph, forward and backward, with no
 graph break and no recompilation per shape.
 
-Operators (``x`` holds rows along its last dimension):
+Operators (the classes of ``x`` lie along ``dim`` or ``cdim``; nothing is moved):
 
-* ``softmax(x, temperature, log)`` and ``softmax_backward(y, grad, temperature, log)``;
-* ``logsumexp(x)`` and ``logsumexp_backward(x, grad)``;
-* ``cross_entropy(x, target, weight, ignore_index, label_smoothing, z_loss,
-  reduction, hard, loss_dtype) -> (loss, denominator)`` and
-  ``cross_entropy_backward(...) -> (grad_x, grad_target)``;
+* ``softmax(x, dim, temperature, log)`` and ``softmax_backward(y, grad, dim, temperature, log)``;
+* ``logsumexp(x, dim)`` and ``logsumexp_backward(x, grad, dim)``;
+* ``cross_entropy(x, target, cdim, weight, ignore_index, label_smoothing,
+  z_loss, reduction, hard, loss_dtype) -> (loss, denominator)`` (the loss
+  per row for reduction "none", rows in the C order of ``x``'s shape
+  without ``cdim``) and ``cross_entropy_backward(...) -> (grad_x, grad_target)``;
 * ``binary_cross_entropy_with_logits(x, y, weight, pos_weight, reduction,
   loss_dtype)`` and its ``_backward``.
 
@@ -48,55 +49,51 @@ def _run(compute, *args):
     return out.contiguous()
 
 
-def _empty_rows(x: Tensor) -> Tensor:
-    return torch.empty(x.shape[:1], dtype=x.dtype, device=x.device)
-
-
 # --- softmax and log_softmax --------------------------------------------------
 
 
 @torch.library.custom_op(f"{_LIB}::softmax", mutates_args=())
-def softmax(x: Tensor, temperature: float, log: bool) -> Tensor:
-    return _run(fn.softmax_forward, x, temperature, log)
+def softmax(x: Tensor, dim: int, temperature: float, log: bool) -> Tensor:
+    return _run(fn.softmax_forward, x, dim, temperature, log)
 
 
 @softmax.register_fake
-def _(x, temperature, log):
+def _(x, dim, temperature, log):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op(f"{_LIB}::softmax_backward", mutates_args=())
-def softmax_backward(y: Tensor, grad: Tensor, temperature: float, log: bool) -> Tensor:
-    return _run(fn.softmax_backward, y, grad, temperature, log)
+def softmax_backward(y: Tensor, grad: Tensor, dim: int, temperature: float, log: bool) -> Tensor:
+    return _run(fn.softmax_backward, y, grad, dim, temperature, log)
 
 
 @softmax_backward.register_fake
-def _(y, grad, temperature, log):
+def _(y, grad, dim, temperature, log):
     return torch.empty_like(y, memory_format=torch.contiguous_format)
 
 
 def _softmax_setup(ctx, inputs, output):
-    ctx.temperature, ctx.log = inputs[1], inputs[2]
+    _, ctx.dim, ctx.temperature, ctx.log = inputs
     ctx.save_for_backward(output)
 
 
 def _softmax_grad(ctx, grad):
     (y,) = ctx.saved_tensors
-    return softmax_backward(y, grad, ctx.temperature, ctx.log), None, None
+    return softmax_backward(y, grad, ctx.dim, ctx.temperature, ctx.log), None, None, None
 
 
 softmax.register_autograd(_softmax_grad, setup_context=_softmax_setup)
 
 
 def _softmax_backward_setup(ctx, inputs, output):
-    y, grad, ctx.temperature, ctx.log = inputs
+    y, grad, ctx.dim, ctx.temperature, ctx.log = inputs
     ctx.save_for_backward(y, grad)
 
 
 def _softmax_backward_grad(ctx, gg):
     y, grad = ctx.saved_tensors
-    _, vjp = torch.func.vjp(lambda a, b: fn.softmax_backward(a, b, ctx.temperature, ctx.log), y, grad)
-    return (*vjp(gg), None, None)
+    _, vjp = torch.func.vjp(lambda a, b: fn.softmax_backward(a, b, ctx.dim, ctx.temperature, ctx.log), y, grad)
+    return (*vjp(gg), None, None, None)
 
 
 softmax_backward.register_autograd(_softmax_backward_grad, setup_context=_softmax_backward_setup)
@@ -106,42 +103,43 @@ softmax_backward.register_autograd(_softmax_backward_grad, setup_context=_softma
 
 
 @torch.library.custom_op(f"{_LIB}::logsumexp", mutates_args=())
-def logsumexp(x: Tensor) -> Tensor:
-    return _run(fn.logsumexp_forward, x)
+def logsumexp(x: Tensor, dim: int) -> Tensor:
+    return _run(fn.logsumexp_forward, x, dim)
 
 
 @logsumexp.register_fake
-def _(x):
-    return _empty_rows(x)
+def _(x, dim):
+    return x.new_empty(x.shape[:dim] + x.shape[dim + 1 :])
 
 
 @torch.library.custom_op(f"{_LIB}::logsumexp_backward", mutates_args=())
-def logsumexp_backward(x: Tensor, grad: Tensor) -> Tensor:
-    return _run(fn.logsumexp_backward, x, grad)
+def logsumexp_backward(x: Tensor, grad: Tensor, dim: int) -> Tensor:
+    return _run(fn.logsumexp_backward, x, grad, dim)
 
 
 @logsumexp_backward.register_fake
-def _(x, grad):
+def _(x, grad, dim):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _save_inputs(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+def _save_tensors_and_dim(ctx, inputs, output):
+    *tensors, ctx.dim = inputs
+    ctx.save_for_backward(*tensors)
 
 
 def _logsumexp_grad(ctx, grad):
     (x,) = ctx.saved_tensors
-    return logsumexp_backward(x, grad)
+    return logsumexp_backward(x, grad, ctx.dim), None
 
 
 def _logsumexp_backward_grad(ctx, gg):
     x, grad = ctx.saved_tensors
-    _, vjp = torch.func.vjp(fn.logsumexp_backward, x, grad)
-    return vjp(gg)
+    _, vjp = torch.func.vjp(lambda a, b: fn.logsumexp_backward(a, b, ctx.dim), x, grad)
+    return (*vjp(gg), None)
 
 
-logsumexp.register_autograd(_logsumexp_grad, setup_context=_save_inputs)
-logsumexp_backward.register_autograd(_logsumexp_backward_grad, setup_context=_save_inputs)
+logsumexp.register_autograd(_logsumexp_grad, setup_context=_save_tensors_and_dim)
+logsumexp_backward.register_autograd(_logsumexp_backward_grad, setup_context=_save_tensors_and_dim)
 
 
 # --- cross-entropy ------------------------------------------------------------
@@ -151,6 +149,7 @@ logsumexp_backward.register_autograd(_logsumexp_backward_grad, setup_context=_sa
 def cross_entropy(
     x: Tensor,
     target: Tensor,
+    cdim: int,
     weight: Optional[Tensor],
     ignore_index: int,
     label_smoothing: float,
@@ -160,15 +159,15 @@ def cross_entropy(
     loss_dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor]:
     loss, denominator, _ = _run(
-        fn.cross_entropy_forward, x, target, weight, ignore_index, label_smoothing, z_loss, reduction, hard, loss_dtype
+        fn.cross_entropy_forward, x, target, cdim, weight, ignore_index, label_smoothing, z_loss, reduction, hard, loss_dtype
     )
     return loss, denominator
 
 
 @cross_entropy.register_fake
-def _(x, target, weight, ignore_index, label_smoothing, z_loss, reduction, hard, loss_dtype):
+def _(x, target, cdim, weight, ignore_index, label_smoothing, z_loss, reduction, hard, loss_dtype):
     work, _ = working_dtype(x.dtype, x.device)
-    shape = x.shape[:1] if reduction == "none" else ()
+    shape = (x.numel() // x.shape[cdim],) if reduction == "none" else ()
     return x.new_empty(shape, dtype=loss_dtype), x.new_empty((), dtype=work)
 
 
@@ -176,6 +175,7 @@ def _(x, target, weight, ignore_index, label_smoothing, z_loss, reduction, hard,
 def cross_entropy_backward(
     x: Tensor,
     target: Tensor,
+    cdim: int,
     weight: Optional[Tensor],
     denominator: Tensor,
     grad: Tensor,
@@ -188,19 +188,19 @@ def cross_entropy_backward(
 ) -> tuple[Tensor, Tensor]:
     gx, gt = _run(
         fn.cross_entropy_backward,
-        x, target, weight, denominator, grad, ignore_index, label_smoothing, z_loss, reduction, hard, want_target,
+        x, target, cdim, weight, denominator, grad, ignore_index, label_smoothing, z_loss, reduction, hard, want_target,
     )
     return gx, (gt if gt is not None else target.new_empty((0,)))
 
 
 @cross_entropy_backward.register_fake
-def _(x, target, weight, denominator, grad, ignore_index, label_smoothing, z_loss, reduction, hard, want_target):
+def _(x, target, cdim, weight, denominator, grad, ignore_index, label_smoothing, z_loss, reduction, hard, want_target):
     gt = torch.empty_like(target, memory_format=torch.contiguous_format) if want_target else target.new_empty((0,))
     return torch.empty_like(x, memory_format=torch.contiguous_format), gt
 
 
 def _cross_entropy_setup(ctx, inputs, output):
-    x, target, weight, ctx.ignore_index, ctx.eps, ctx.z, ctx.reduction, ctx.hard, _ = inputs
+    x, target, ctx.cdim, weight, ctx.ignore_index, ctx.eps, ctx.z, ctx.reduction, ctx.hard, _ = inputs
     ctx.save_for_backward(x, target, weight, output[1])
 
 
@@ -208,9 +208,10 @@ def _cross_entropy_grad(ctx, grad, _):
     x, target, weight, denominator = ctx.saved_tensors
     want_target = ctx.needs_input_grad[1]
     gx, gt = cross_entropy_backward(
-        x, target, weight, denominator, grad, ctx.ignore_index, ctx.eps, ctx.z, ctx.reduction, ctx.hard, want_target
+        x, target, ctx.cdim, weight, denominator, grad, ctx.ignore_index, ctx.eps, ctx.z, ctx.reduction, ctx.hard,
+        want_target,
     )
-    return gx, (gt if want_target else None), None, None, None, None, None, None, None
+    return gx, (gt if want_target else None), None, None, None, None, None, None, None, None
 
 
 cross_entropy.register_autograd(_cross_entropy_grad, setup_context=_cross_entropy_setup)
