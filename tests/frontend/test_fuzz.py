@@ -2,9 +2,10 @@
 
 Every example draws a dtype (float16, bfloat16, float32, float64), a width
 (0, 1, small, around powers of two, a few thousand), a memory layout
-(C-contiguous, Fortran, negative strides, strided, offset, unaligned,
-read-only), IEEE specials (+-inf, NaN, +-0, subnormals, +-max, fully masked
-and +inf rows) and a temperature, then checks softmax, log_softmax,
+(C-contiguous with the rows along the last axis or the first, Fortran,
+negative strides, strided, offset, unaligned, read-only), IEEE specials
+(+-inf, NaN, +-0, subnormals, +-max, fully masked and +inf rows) and a
+temperature, then checks softmax, log_softmax,
 logsumexp and cross-entropy (loss and gradient, with options) on both paths:
 
 * rows of finite values (``-inf`` entries allowed) are within the accuracy
@@ -38,8 +39,9 @@ from tests.reference import FLOAT_DTYPES
 mp = ref.mp
 
 WIDTHS = [0, 1, 2, 3, 5, 8, 17, 31, 33, 63, 65, 127, 129, 255, 257, 1023, 1025, 2047, 2049, 4095, 4097]
-# C-contiguous twice: it is the layout the native kernels take (with "offset" and "readonly").
-LAYOUTS = ["C", "C", "F", "negative", "strided", "offset", "unaligned", "readonly"]
+# The layouts the native kernels take: C-contiguous (twice), "columns" (C-contiguous
+# with the rows along the first axis), "offset" and "readonly".
+LAYOUTS = ["C", "C", "columns", "F", "negative", "strided", "offset", "unaligned", "readonly"]
 TEMPERATURES = [1.0, 1.0, 0.5, 3.0, 1e-3, 1e3, 1e-300, 1e301]
 
 
@@ -101,6 +103,8 @@ def _layout(values, dtype, kind):
         return np.ascontiguousarray(a)
     if kind == "F":
         return np.asfortranarray(a)
+    if kind == "columns":
+        return np.ascontiguousarray(a.T).T
     if kind == "negative":
         return np.ascontiguousarray(a[::-1, ::-1])[::-1, ::-1]
     if kind == "strided":
@@ -120,6 +124,12 @@ def _layout(values, dtype, kind):
     out = a.copy()
     out.flags.writeable = False
     return out
+
+
+def _oriented(x, kind):
+    """``(array, class axis)`` to call with: the rows of a "columns" layout lie
+    along axis 0 of its C-contiguous transpose (full-size results come back with ``.T``)."""
+    return (x.T, 0) if kind == "columns" else (x, -1)
 
 
 @contextlib.contextmanager
@@ -214,12 +224,14 @@ def test_softmax_family(dtype, data, layout, T):
     values = data.draw(rows_strategy(dtype))
     x = _layout(values, dtype, layout)
     before = _snapshot(x)
+    arr, axis = _oriented(x, layout)
     results = {}
     for path in _paths():
         with _path(path):
-            p = smk.softmax(x, temperature=T)
-            lp = smk.log_softmax(x, temperature=T)
-            lse = smk.logsumexp(x, keepdims=False) if x.shape[1] else smk.logsumexp(x)
+            p = smk.softmax(arr, axis=axis, temperature=T)
+            lp = smk.log_softmax(arr, axis=axis, temperature=T)
+            lse = smk.logsumexp(arr, axis=axis, keepdims=False) if x.shape[1] else smk.logsumexp(arr, axis=axis)
+        p, lp = (p.T, lp.T) if axis == 0 else (p, lp)
         assert p.dtype == dtype and lp.dtype == dtype and np.asarray(lse).dtype == dtype
         assert p.shape == x.shape and lp.shape == x.shape and np.shape(lse) == x.shape[:1]
         results[path] = (p, lp, np.atleast_1d(lse))
@@ -259,10 +271,12 @@ def test_cross_entropy(dtype, data, layout, eps, z, weighted, ignore):
         targets[data.draw(st.integers(0, rows - 1))] = -100
     weight = np.array(data.draw(st.lists(st.sampled_from([0.5, 1.0, 2.0]), min_size=n, max_size=n)), dtype=dtype) if weighted else None
     before, before_t, before_w = _snapshot(x), targets.copy(), None if weight is None else weight.copy()
+    arr, axis = _oriented(x, layout)
     results = {}
     for path in _paths():
         with _path(path):
-            loss, grad = smk.cross_entropy(x, targets, weight=weight, label_smoothing=eps, z_loss=z, reduction="none", return_grad=True)
+            loss, grad = smk.cross_entropy(arr, targets, axis=axis, weight=weight, label_smoothing=eps, z_loss=z, reduction="none", return_grad=True)
+        grad = grad.T if axis == 0 else grad
         assert loss.dtype == dtype and grad.dtype == dtype and grad.shape == x.shape
         results[path] = (loss, grad)
     assert _snapshot(x) == before and np.array_equal(targets, before_t), "an input was modified"
@@ -312,6 +326,7 @@ def test_layouts_hold_the_same_values():
         np.testing.assert_array_equal(x, values.astype(np.float32))
     assert not _layout(values, np.dtype(np.float32), "unaligned").flags.aligned
     assert _layout(values, np.dtype(np.float32), "negative").strides[1] < 0
+    assert _oriented(_layout(values, np.dtype(np.float32), "columns"), "columns")[0].flags.c_contiguous
     assert math.isinf(float(_rounded(mp.mpf(2) ** 1025, np.dtype(np.float64))))
 
 
