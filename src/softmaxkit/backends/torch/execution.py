@@ -4,10 +4,11 @@ Forward and backward passes call the formulas in ``softmaxkit.numerics``
 with the array namespace ``array_api_compat.torch``; nothing here restates
 them.  Rows are processed in chunks so that working-precision temporaries
 stay ``O(chunk x classes)``, and results are written into one preallocated
-output.  On CPU, softmax, log_softmax (forward and first-order backward) and
-the cross-entropy passes go to the native kernels (``softmaxkit.kernels``,
-the same formulas in C), zero-copy, when they are built and the tensors
-allow it.
+output.  On CPU, softmax, log_softmax (forward and first-order backward),
+logsumexp and the cross-entropy passes go to the native kernels
+(``softmaxkit.kernels``, the same formulas in C) when they are built: the
+kernels read the tensor's memory along any dim (:func:`kernel_layout`) and
+write into memory from their output cache (:func:`native_empty_like`).
 
 Working precision
 -----------------

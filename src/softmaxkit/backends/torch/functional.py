@@ -247,9 +247,11 @@ def cross_entropy(
     indices).  Defined where torch gives NaN: all targets ignored (or a
     total class weight of 0, from weights of both signs) gives 0 with a zero
     gradient; smoothing gives no mass to ``-inf`` classes; a fully
-    masked row has a zero gradient.  Memory: backward keeps only the targets
-    and one scalar besides the logits, and recomputes the softmax chunk by
-    chunk; (N, C, d1, ...) input is first copied to (rows, C) layout.
+    masked row has a zero gradient.  On CPU the native kernel reads the
+    logits where they lie, (N, C, d1, ...) included, and, when they need a
+    gradient, writes it in the same pass (backward hands it over); elsewhere
+    backward recomputes the softmax chunk by chunk.  Either way no tensor of
+    the logits' size is kept besides the gradient.
 
     Examples
     --------
