@@ -233,11 +233,11 @@ def kernel_layout(dim: int, x: torch.Tensor, *others: torch.Tensor) -> tuple[lis
     the permutation on a result.
     """
     identity = list(range(x.ndim))
-    order = identity
-    if not x.is_contiguous():
-        order = sorted(identity, key=lambda i: (-x.stride(i), i))
-        if not x.permute(order).is_contiguous():
-            order = identity
+    if x.is_contiguous():
+        return identity, dim, tuple(t.contiguous() for t in (x,) + others)
+    order = sorted(identity, key=lambda i: (-x.stride(i), i))
+    if not x.permute(order).is_contiguous():
+        order = identity
     tensors = tuple(t.permute(order).contiguous() for t in (x,) + others)
     return order, order.index(dim), tensors
 
