@@ -19,8 +19,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "softmaxkit"))
 @pytest.fixture(scope="module", params=["native", "generic"])
 def numeric_path(request):
     """Run a module's tests through the native kernels and through the generic
-    formulas (the native kernels take NumPy arrays reduced along their last,
-    contiguous axis)."""
+    formulas (the native kernels take C-contiguous NumPy arrays reduced along
+    one axis)."""
     from softmaxkit import kernels as _native
 
     if request.param == "native":

@@ -1,8 +1,8 @@
 """Native CPU kernels: the softmax family, cross-entropy and the VJPs in C.
 
 The public NumPy functions call these automatically for float16, float32,
-float64 and ``ml_dtypes.bfloat16`` arrays reduced along their last,
-C-contiguous axis (no ``where``, no ``b``); every other case, and builds
+float64 and ``ml_dtypes.bfloat16`` arrays reduced along any one axis of
+a C-contiguous array (no ``where``, no ``b``); every other case, and builds
 without the extension, take the generic path.  The kernels implement the formulas of ``softmaxkit.numerics``
 exactly as stated there.
 
