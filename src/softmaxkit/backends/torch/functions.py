@@ -384,6 +384,10 @@ class CrossEntropyFunction(torch.autograd.Function):
         ctx.save_for_backward(x, t, weight, output[1])
         ctx.save_for_forward(x, t, weight, output[1])
         ctx.mark_non_differentiable(*(o for o in output[1:] if o is not None))
+        # The outputs besides the loss get no cotangent: without this,
+        # autograd would fill a zero tensor as large as the logits for the
+        # gradient output on every backward.
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     def jvp(ctx, tx, tt, *_):
@@ -413,6 +417,8 @@ class CrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, grad, *_):
         fused, ctx.fused = ctx.fused, None
         x, t, weight, denominator = ctx.saved_tensors
+        if grad is None:
+            return (None,) * 10
         if fused is not None and plain_eager(grad):
             gx = _fused_gradient(fused, grad, ctx.reduction)
             if gx is not None:
