@@ -35,7 +35,7 @@ def quiet(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         first = args[0] if args else next(iter(kwargs.values()), None)
-        if registry.backend_for(first) is not None:
+        if type(first) is not np.ndarray and registry.backend_for(first) is not None:
             return func(*args, **kwargs)
         with np.errstate(all="ignore"):
             return func(*args, **kwargs)
@@ -171,6 +171,9 @@ def probability_targets_ignore_index(ignore_index: int, dtype: Any, name: str) -
 
 def axis(value: Any, ndim: int, name: str = "axis", allow_many: bool = False) -> tuple[int, ...]:
     """Normalise an axis (or, with ``allow_many``, a tuple of axes or None)."""
+    if type(value) is int and -ndim <= value < ndim:
+        # the common case, without the checks' cost on a small array's call
+        return (value % ndim,)
     if value is None and allow_many:
         return tuple(range(ndim))
     values = value if (allow_many and isinstance(value, tuple)) else (value,)
@@ -188,6 +191,8 @@ def axis(value: Any, ndim: int, name: str = "axis", allow_many: bool = False) ->
 
 
 def real_number(value: Any, name: str) -> float:
+    if type(value) is float:
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         if getattr(value, "shape", None) == () and _is_real_scalar_array(value):
             value = float(value)
