@@ -175,7 +175,7 @@ def cross_entropy(
     eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
     z = validate.non_negative(z_loss, "z_loss")
     ignore_index = validate.integer(ignore_index, "ignore_index")
-    if isinstance(targets, np.ndarray) and targets.dtype.kind in "fV" and (targets.dtype.kind == "f" or targets.dtype.name == "bfloat16"):  # the native kernels' probability targets
+    if isinstance(targets, np.ndarray) and (targets.dtype.kind == "f" or (targets.dtype.kind == "V" and targets.dtype.name == "bfloat16")):  # the native kernels' probability targets
         validate.probability_targets_ignore_index(ignore_index, targets.dtype, "targets")
     native = registry.native()
     inputs = None if native is None else native.numpy.cross_entropy_inputs(logits, targets, axis, weight, ignore_index)
