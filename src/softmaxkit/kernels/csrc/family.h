@@ -133,6 +133,25 @@ static inline vd FN(shift)(vd x, double a, double T, vd *lo) {
         }                                                                      \
     } while (0)
 
+/* The end of a maximum scan: elements [i, n) one at a time after the vector
+ * loop's maximum m (first reached at `at`, n if not asked for) and NaN flag;
+ * the results go to *nan and, when `first` is not NULL, *first. */
+static inline __attribute__((always_inline)) double FN(max_tail)(const FT *x, size_t i, size_t n, double m, size_t at,
+                                                                  int found, int *nan, size_t *first) {
+    for (; i < n; i++) {
+        double v = x[i];
+        if (v != v) {
+            found = 1;
+        } else if (v > m || (v == m && at == n)) {
+            m = v;
+            at = i;
+        }
+    }
+    *nan = found;
+    if (first) *first = at;
+    return m;
+}
+
 #if COMP
 static inline __attribute__((always_inline)) double FN(max_t)(const FT *x, size_t n, int *nan, size_t *first,
                                                                int want_first) {
@@ -155,18 +174,7 @@ static inline __attribute__((always_inline)) double FN(max_t)(const FT *x, size_
     int found = hcount(bad) != 0;
     size_t at = n;
     if (want_first && i) FIRST_OF_LANES(m0, m1, it0, it1, VW, m, at);
-    for (; i < n; i++) {
-        double v = x[i];
-        if (v != v) {
-            found = 1;
-        } else if (v > m || (v == m && at == n)) {
-            m = v;
-            at = i;
-        }
-    }
-    *nan = found;
-    if (want_first) *first = at;
-    return m;
+    return FN(max_tail)(x, i, n, m, at, found, nan, want_first ? first : NULL);
 }
 #else
 /* the maximum needs no widening: twice the lanes in float */
@@ -201,18 +209,7 @@ static inline __attribute__((always_inline)) double FN(max_t)(const FT *x, size_
     }
     size_t at = n;
     if (want_first && i) FIRST_OF_LANES(m0, m1, it0, it1, FW, m, at);
-    for (; i < n; i++) {
-        double v = x[i];
-        if (v != v) {
-            found = 1;
-        } else if (v > m || (v == m && at == n)) {
-            m = v;
-            at = i;
-        }
-    }
-    *nan = found;
-    if (want_first) *first = at;
-    return m;
+    return FN(max_tail)(x, i, n, m, at, found, nan, want_first ? first : NULL);
 }
 #endif
 
