@@ -32,11 +32,12 @@ flow is not allowed there.  The batched cotangents of
 ``torch.autograd.grad(..., is_grads_batched=True)`` count as a transform
 too: they never reach the native kernels.
 
-Forward mode
-------------
-Each Function defines an exact ``jvp`` (see ``docs/torch.md``); under
-``torch.compile`` a variant without it is applied, as Dynamo cannot trace
-custom jvps.
+Eager and compiled code
+-----------------------
+Each autograd Function defines an exact ``jvp`` (see ``docs/torch.md``),
+which Dynamo cannot trace; under ``torch.compile`` the custom operators of
+``ops.py`` run instead (:func:`apply_function`).  Both run the same passes
+(``functions.py``).
 """
 
 from __future__ import annotations
