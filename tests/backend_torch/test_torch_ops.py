@@ -464,3 +464,15 @@ def test_fused_backward_hands_over_without_filling_or_copying():
     names = {event.key for event in prof.key_averages()}
     # (the one aten::fill_ is backward()'s own cotangent of 1, a scalar)
     assert not names & {"aten::zeros", "aten::zero_", "aten::copy_", "aten::clone"}, names
+
+
+@pytest.mark.skipif(not _native.available(), reason="the native extension is not built")
+def test_no_gradient_is_written_under_no_grad(monkeypatch):
+    """Evaluating a loss under torch.no_grad() on logits that require a gradient
+    (validation on a model's output) must not write one."""
+    seen = _spy_arrays(monkeypatch, "cross_entropy_into")
+    x = _rand(6, 9, grad=True)
+    with torch.no_grad():
+        smt.cross_entropy(x, torch.arange(6))
+    args, kwargs = seen[0]
+    assert args[3] is None

@@ -287,6 +287,8 @@ def apply_function(function: type, op: Callable[..., Any], *args: Any) -> Any:
         and _forward_ad._current_level < 0
         and not transformed(tensors)
     ):
+        # detached: a tensor that requires a gradient under no_grad must not
+        # make cross-entropy write a gradient nobody asks for
         with torch.no_grad():
-            return function.forward(*args)
+            return function.forward(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
     return function.apply(*args)
