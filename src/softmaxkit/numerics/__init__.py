@@ -91,6 +91,7 @@ from softmaxkit.numerics.reduction import (
 )
 from softmaxkit.numerics.elementwise import (
     binary_cross_entropy,
+    binary_cross_entropy_target_grad,
     log_sigmoid,
     sigmoid,
     softplus,
@@ -99,6 +100,7 @@ from softmaxkit.numerics.elementwise import (
 __all__ = [
     "RowStats",
     "binary_cross_entropy",
+    "binary_cross_entropy_target_grad",
     "class_coefficients",
     "compensated_sum",
     "compensated_sum_pair",

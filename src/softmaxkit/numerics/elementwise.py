@@ -53,3 +53,9 @@ def binary_cross_entropy(xp, x, y, beta, want_grad: bool):
         return loss, None
     grad = xp.where(neg == 0, zero, neg * sigmoid(xp, x)) - xp.where(pos == 0, zero, pos * sigmoid(xp, -x))
     return loss, grad
+
+
+def binary_cross_entropy_target_grad(xp, x, beta):
+    """The derivative of :func:`binary_cross_entropy` in the target ``y``: ``beta softplus(-x) - softplus(x)``."""
+    pos = softplus(xp, -x)
+    return (pos if beta is None else beta * pos) - softplus(xp, x)

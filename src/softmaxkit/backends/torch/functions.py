@@ -462,10 +462,7 @@ def binary_cross_entropy_backward(x, y, weight, pos_weight, grad, reduction, wan
         _, gx = num.binary_cross_entropy(xp, xw, yw, beta, True)
         grad_x = (gx * g).to(x.dtype)
     if want_y:
-        # d loss / d y = beta softplus(-x) - softplus(x)
-        pos = num.softplus(xp, -xw)
-        dy = (pos if beta is None else beta * pos) - num.softplus(xp, xw)
-        grad_y = (dy * g).to(y.dtype)
+        grad_y = (num.binary_cross_entropy_target_grad(xp, xw, beta) * g).to(y.dtype)
     return grad_x, grad_y
 
 
@@ -493,8 +490,7 @@ class BinaryCrossEntropyFunction(torch.autograd.Function):
         _, gx = num.binary_cross_entropy(xp, xw, yw, beta, True)
         d = xp.zeros_like(xw) if tx is None else gx * tx.to(work)
         if ty is not None:
-            pos = num.softplus(xp, -xw)
-            d = d + ((pos if beta is None else beta * pos) - num.softplus(xp, xw)) * ty.to(work)
+            d = d + num.binary_cross_entropy_target_grad(xp, xw, beta) * ty.to(work)
         if weight is not None:
             d = weight.to(work) * d
         denominator = num.elementwise_denominator(xp, x, work)
