@@ -200,9 +200,9 @@ _NATIVE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def native_ready(*tensors: torch.Tensor) -> bool:
-    """Whether the native kernels can take these (rows, n) tensors: CPU
-    float16/bfloat16/float32/float64 tensors in plain eager mode (see
-    :func:`as_numpy` for strided ones)."""
+    """Whether the native kernels can take these tensors: CPU
+    float16/bfloat16/float32/float64 tensors in plain eager mode, of any
+    shape and layout (see :func:`kernel_layout` and :func:`as_numpy`)."""
     return registry.native() is not None and plain_eager(*tensors) and all(
         t.device.type == "cpu" and t.dtype in _NATIVE_DTYPES for t in tensors
     )
