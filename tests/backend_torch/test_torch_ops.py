@@ -349,21 +349,35 @@ def test_operators_gradgradcheck(log):
 
 
 @pytest.mark.skipif(not _native.available(), reason="the native extension is not built")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["float64", "float32", "bfloat16"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("scale", [1.0, 4.0, 0.25, 3.0])
-def test_fused_gradient_equals_the_recomputed_one(reduction, scale, dtype):
+@pytest.mark.parametrize("rows", [7, 50])
+def test_fused_gradient_equals_the_recomputed_one(reduction, scale, dtype, rows):
     """Forward writes the gradient for a cotangent of 1; backward hands it over (scaled
     exactly by a power of two) or recomputes.  A second backward (retain_graph) always
-    recomputes: both must agree bit for bit."""
-    x = _rand(7, 33, dtype=dtype, grad=True)
-    t = torch.tensor([0, 32, 5, -100, 7, 7, 1])
+    recomputes: both must agree bit for bit.  With 50 rows the "mean" denominator is 49,
+    for which 1 / (1 / 49) is not 49 in float64."""
+    x = _rand(rows, 33, dtype=dtype, grad=True)
+    t = torch.tensor([0, 32, 5, -100, 7, 7, 1] * (rows // 7) + [2] * (rows % 7))
     loss = smt.cross_entropy(x, t, reduction=reduction, label_smoothing=0.05)
     cotangent = torch.full_like(loss, scale)
     (first,) = torch.autograd.grad(loss, x, cotangent, retain_graph=True)
     (second,) = torch.autograd.grad(loss, x, cotangent)
     assert torch.equal(first, second)
     assert float(first[3].abs().max()) == 0.0  # the ignored row
+
+
+@pytest.mark.skipif(not _native.available(), reason="the native extension is not built")
+def test_weighted_fused_gradient_equals_the_recomputed_one():
+    """A weighted "mean" divides by the total weight, here 49, as in the forward pass."""
+    x = _rand(5, 4, dtype=torch.float64, grad=True)
+    t = torch.tensor([0, 1, 2, 3, 1])
+    w = torch.tensor([12.0, 100.0, 30.0, 7.0], dtype=torch.float64)
+    loss = smt.cross_entropy(x, t, w, ignore_index=1)
+    (first,) = torch.autograd.grad(loss, x, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, x)
+    assert torch.equal(first, second)
 
 
 # --- layouts: any dim, permuted memory, (N, C, d) cross-entropy, without a copy ----------

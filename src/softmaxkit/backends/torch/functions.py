@@ -199,13 +199,15 @@ def _coefficients(xw, t, weight, eps, ignore_index, hard):
     return num.class_coefficients(xp, xw, eps, weight, probs=t.to(xw.dtype))
 
 
-def _native_divisor(x, t, scale, want_target) -> float | None:
+def _native_divisor(x, t, scale, want_target, divisor=None) -> float | None:
     """The kernel's ``grad_divisor`` when the native kernel can do this pass, else None.
 
-    The kernel runs on CPU float tensors in plain eager mode and scales every
-    row by one ``1 / divisor``; per-row cotangents other than 1, non-positive
-    scales, probability targets of another dtype than the logits and target
-    gradients take the chunked xp path.
+    The kernel runs on CPU float tensors in plain eager mode and divides every
+    row by one ``divisor``: the one given (a reduced loss's, stated exactly
+    by the caller) or ``1 / scale`` for a uniform per-row ``scale``.  Per-row
+    cotangents that differ, non-positive scales, probability targets of
+    another dtype than the logits and target gradients take the chunked xp
+    path.
     """
     if not (
         native_ready(x)
@@ -216,6 +218,8 @@ def _native_divisor(x, t, scale, want_target) -> float | None:
         return None
     if scale is None:
         return 1.0
+    if divisor is not None:
+        return divisor if math.isfinite(divisor) and divisor > 0 else None
     first = float(scale[0]) if scale.numel() else 1.0
     if not (math.isfinite(first) and first > 0 and bool((scale == first).all())):
         return None
@@ -255,19 +259,21 @@ def _target_rows(t, cdim, hard):
     return t.reshape(-1) if hard else rows_view(t, cdim)
 
 
-def _cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, scale=None, want_target=False):
+def _cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, scale=None, want_target=False, divisor=None):
     """One pass over the logits, classes along ``cdim``.
 
     Without ``scale``: the per-row losses (working dtype), rows in the C
     order of the logits' shape without ``cdim``.  With ``scale`` (per row):
     the gradient with respect to the logits times ``scale``, of the logits'
     shape and dtype, and with ``want_target`` also the gradient with respect
-    to probability targets.  Forward and backward both come here: on CPU the
+    to probability targets.  ``divisor``, where the caller knows it, is the
+    uniform ``1 / scale`` rounded once, for the kernel (see
+    :func:`_native_divisor`).  Forward and backward both come here: on CPU the
     native kernel (``softmaxkit.kernels``, same formulas) takes over where it
     can, without moving the class axis; otherwise the xp formulas run by
     chunks of rows.
     """
-    divisor = _native_divisor(x, t, scale, want_target)
+    divisor = _native_divisor(x, t, scale, want_target, divisor)
     if divisor is not None:
         loss, grad = _native_cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, divisor, scale is not None)
         return (loss,) if grad is None else (grad,)
@@ -355,8 +361,23 @@ def cross_entropy_backward(x, t, cdim, weight, denominator, grad, ignore_index, 
     # have no batching rule for the latter.
     n_rows = x.numel() // max(x.shape[cdim], 1)
     scale = g.reshape(-1) if reduction == "none" else g.expand(n_rows)
-    parts = _cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, scale, want_target)
+    divisor = _reduced_divisor(denominator, grad, reduction) if native_ready(x) else None
+    parts = _cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, scale, want_target, divisor)
     return parts[0], (parts[1] if want_target else None)
+
+
+def _reduced_divisor(denominator, grad, reduction) -> float | None:
+    """What a reduced loss's gradient rows are divided by for the cotangent
+    ``grad``, rounded once: ``denominator / grad`` for "mean", ``1 / grad``
+    for "sum" (None for "none", or where the rule is not a division).  The
+    forward pass's fused gradient divides by the same number for a cotangent
+    of 1, so a recomputed gradient (a second backward) matches it bit for bit.
+    """
+    if reduction == "none" or not plain_eager(grad):
+        return None
+    divisor = num.gradient_divisor(denominator, reduction)
+    g = float(grad)
+    return None if divisor is None or g == 0 else divisor / g
 
 
 class CrossEntropyFunction(torch.autograd.Function):
