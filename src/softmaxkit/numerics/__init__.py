@@ -84,6 +84,7 @@ from softmaxkit.numerics.cross_entropy import (
 from softmaxkit.numerics.reduction import (
     elementwise_denominator,
     gradient_divisor,
+    gradient_divisor_array,
     mean_denominator,
     one_hot,
     reduce,
@@ -110,6 +111,7 @@ __all__ = [
     "elementwise_denominator",
     "entropy",
     "gradient_divisor",
+    "gradient_divisor_array",
     "hot_row_weight",
     "kl_rows",
     "log_sigmoid",

@@ -104,3 +104,14 @@ def gradient_divisor(denominator: float, reduction: str) -> float | None:
         return 1.0
     d = float(denominator)
     return None if d == 0 else d
+
+
+def gradient_divisor_array(xp: Any, denominator: Any, reduction: str) -> Any:
+    """:func:`gradient_divisor`'s rule as a 0-d array, for a kernel called where
+    the denominator is not on the host (inside ``jax.jit``): the denominator
+    for "mean", ``+inf`` in place of 0 (the kernel, dividing finite gradients
+    by it, then writes the zero gradient :func:`reduce_grad` gives), 1
+    otherwise."""
+    if reduction != "mean":
+        return xp.ones_like(denominator)
+    return xp.where(denominator == 0, xp.asarray(float("inf"), dtype=denominator.dtype), denominator)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 try:
     import jax
@@ -17,10 +17,17 @@ except ImportError as exc:  # pragma: no cover - exercised only without jax
     raise ImportError("softmaxkit.jax needs JAX: pip install 'softmaxkit[jax]'") from exc
 
 from softmaxkit import numerics as num
+from softmaxkit.backends.jax import native
 from softmaxkit.frontend import validate
 from softmaxkit.frontend.layout import Layout
 
 _INF = float("inf")
+_NATIVE_DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
+
+
+def _native(x) -> bool:
+    """Whether ``x``'s forward pass runs the native kernels (see ``native.py``)."""
+    return x.dtype in _NATIVE_DTYPES and native.active()
 
 
 def _work(dtype) -> tuple[Any, bool]:
@@ -96,22 +103,24 @@ def _softmax_tangent(p: Any, t: Any) -> Any:
     return jnp.where(masked, p, p * (t - _tsum(jnp.where(masked, p, p * t))))
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def _softmax_last(x, temperature: float, log: bool):
+@partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _softmax_last(x, temperature: float, log: bool, use_native: bool):
+    if use_native:
+        return native.softmax(x, temperature, log)
     work, widened = _work(x.dtype)
     st = num.row_stats(jnp, x.astype(work), None, temperature, widened)
     return (num.log_softmax if log else num.softmax)(jnp, st).astype(x.dtype)
 
 
 @_softmax_last.defjvp
-def _softmax_jvp(temperature, log, primals, tangents):
+def _softmax_jvp(temperature, log, use_native, primals, tangents):
     # The tangent is linear in t and JAX transposes it for reverse mode:
     # softmax's Jacobian diag(p) - p p^T is symmetric, so its VJP formula is
     # also its JVP; log_softmax's transposes to g - p sum(g).  The primal
     # quantities come from _softmax_last itself, so higher derivatives use
     # these rules again rather than differentiating the row statistics.
     (x,), (t,) = primals, tangents
-    y = _softmax_last(x, temperature, log)
+    y = _softmax_last(x, temperature, log, use_native)
     work, _ = _work(x.dtype)
     yw, tw = y.astype(work), t.astype(work) / temperature
     if log:
@@ -128,7 +137,7 @@ def _softmax_jvp(temperature, log, primals, tangents):
 # Each differentiable core is compiled as a whole (and so are its tangent and
 # transposed rules under ``jvp`` and ``grad``) rather than dispatched one
 # operation at a time.
-_softmax_last_jit = jax.jit(_softmax_last, static_argnums=(1, 2))
+_softmax_last_jit = jax.jit(_softmax_last, static_argnums=(1, 2, 3))
 
 
 def _softmax_family(x, axis, where, temperature, log):
@@ -136,10 +145,11 @@ def _softmax_family(x, axis, where, temperature, log):
     T = validate.temperature(temperature)
     axes = validate.axis(axis, max(x.ndim, 1), allow_many=True)
     if x.ndim == 0:
-        return _softmax_last_jit(_masked(x, where).reshape(1), T, log).reshape(())
+        x1 = _masked(x, where).reshape(1)
+        return _softmax_last_jit(x1, T, log, _native(x1)).reshape(())
     x = _masked(x, where)
     x2, back = _to_rows(x, tuple(sorted(axes)))
-    return back(_softmax_last_jit(x2, T, log))
+    return back(_softmax_last_jit(x2, T, log, _native(x2)))
 
 
 def softmax(x: Any, axis: int | tuple[int, ...] | None = -1, where: Any = None, *, temperature: float = 1.0) -> Any:
@@ -209,26 +219,28 @@ def log_softmax(x: Any, axis: int | tuple[int, ...] | None = -1, where: Any = No
 # --- logsumexp ----------------------------------------------------------------
 
 
-@jax.custom_jvp
-def _logsumexp_last(x):
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _logsumexp_last(x, use_native: bool):
+    if use_native:
+        return native.logsumexp(x)
     work, widened = _work(x.dtype)
     st = num.row_stats(jnp, x.astype(work), None, 1.0, widened)
     return num.logsumexp(jnp, st)[..., 0].astype(x.dtype)
 
 
 @_logsumexp_last.defjvp
-def _logsumexp_jvp(primals, tangents):
+def _logsumexp_jvp(use_native, primals, tangents):
     # <p, t>, transposed to g p; entries with p = 0 (masked) take no part, so
     # a fully masked row has a zero derivative.
     (x,), (t,) = primals, tangents
     work, _ = _work(x.dtype)
-    p = _softmax_last(x, 1.0, False).astype(work)
+    p = _softmax_last(x, 1.0, False, use_native).astype(work)
     tw = t.astype(work)
     dot = _tsum(num.logsumexp_vjp(jnp, p, tw))[..., 0]
-    return _logsumexp_last(x), dot.astype(x.dtype)
+    return _logsumexp_last(x, use_native), dot.astype(x.dtype)
 
 
-_logsumexp_last_jit = jax.jit(_logsumexp_last)
+_logsumexp_last_jit = jax.jit(_logsumexp_last, static_argnums=(1,))
 
 
 def logsumexp(a: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool = False, where: Any = None) -> Any:
@@ -266,9 +278,9 @@ def logsumexp(a: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool 
     axes = validate.axis(axis, max(x.ndim, 1), allow_many=True)
     x = _masked(x, where, "a")
     if x.ndim == 0:
-        return _logsumexp_last_jit(x.reshape(1))
+        return _logsumexp_last_jit(x.reshape(1), _native(x))
     x2, _ = _to_rows(x, tuple(sorted(axes)))
-    out = _logsumexp_last_jit(x2)
+    out = _logsumexp_last_jit(x2, _native(x2))
     if keepdims:
         out = out.reshape(tuple(1 if i in axes else s for i, s in enumerate(x.shape)))
     return out
@@ -310,10 +322,10 @@ def _ce_rows_jvp(z, primals, tangents):
         g = _ce_grad(x, coef, row_w, z)
         out = out + _tsum(g * tx.astype(work))[..., 0]
     if not _is_zero(tc):
-        nlp = -_softmax_last(x, 1.0, True).astype(work)
+        nlp = -_softmax_last(x, 1.0, True, _native(x)).astype(work)
         out = out + _tsum(nlp * tc)[..., 0]
     if z and not _is_zero(tw):
-        lse = _logsumexp_last(x).astype(work)
+        lse = _logsumexp_last(x, _native(x)).astype(work)
         out = out + jnp.where(jnp.isinf(lse), jnp.zeros_like(lse), z * lse * lse) * tw[..., 0]
     return loss, out
 
@@ -327,13 +339,13 @@ def _ce_grad_jvp(z, primals, tangents):
     tx, tc, tw = tangents
     g = _ce_grad(x, coef, row_w, z)
     work, widened = _work(x.dtype)
-    p = _softmax_last(x, 1.0, False).astype(work)
+    p = _softmax_last(x, 1.0, False, _native(x)).astype(work)
     zero = jnp.zeros_like(p)
     live_row = ~jnp.all(p == 0, axis=-1, keepdims=True)
     M = num.compensated_sum(jnp, coef, widened)
     dM = jnp.zeros_like(M)
     if z:
-        lse = _logsumexp_last(x).astype(work)[..., None]
+        lse = _logsumexp_last(x, _native(x)).astype(work)[..., None]
         # Masked rows and rows with +inf carry no z-loss gradient.
         finite = ~jnp.isinf(lse)
         lse = jnp.where(finite, lse, jnp.zeros_like(lse))
@@ -455,8 +467,7 @@ def cross_entropy(
         valid2 = _to_rows(valid, axes)[0].reshape(-1, n_classes)
         x2 = jnp.where(valid2, x2, -_INF)
         live_row = jnp.any(valid2, axis=-1)
-    work, widened = _work(x.dtype)
-    xw = jax.lax.stop_gradient(x2).astype(work)
+    work, _ = _work(x.dtype)
     w = None
     if weight is not None:
         w = _as_float(weight, "weight")
@@ -474,26 +485,148 @@ def cross_entropy(
         if live_row is not None:
             # A row with no class left is treated as ignored.
             t = jnp.where(live_row, t, ignore_index)
-        coef, row_w = num.class_coefficients(jnp, xw, eps, w, hot=num.one_hot(jnp, t, n_classes, ignore_index, work))
         denominator = num.mean_denominator(jnp, t, w, ignore_index, work, False)
     elif jnp.issubdtype(labels.dtype, jnp.floating):
         validate.target_shape("float", labels.shape, x.shape, axes[0], "labels", "logits", "axis")
         validate.probability_targets_ignore_index(ignore_index, labels.dtype, "labels")
         validate.probabilities(jnp, labels, "labels", _CHECKS)
-        q, _ = _to_rows(labels, axes)
-        coef, row_w = num.class_coefficients(jnp, xw, eps, w, probs=q.reshape(-1, n_classes).astype(work))
-        denominator = num.mean_denominator(jnp, coef, w, ignore_index, work, True, live=live_row)
-        if live_row is not None:
-            keep = live_row[:, None]
-            coef = jnp.where(keep, coef, jnp.zeros_like(coef))
-            row_w = jnp.where(keep, row_w, jnp.zeros_like(row_w))
+        t = _to_rows(labels, axes)[0].reshape(-1, n_classes)
+        denominator = num.mean_denominator(jnp, t, w, ignore_index, work, True, live=live_row)
     else:
         raise TypeError(f"labels must hold integer class indices or floating probabilities; got dtype {labels.dtype}")
-    loss = _ce_rows_jit(x2, coef, row_w, z)
-    out, _ = num.reduce(jnp, loss, None, denominator, reduction, widened)
+    options = _CrossEntropyOptions(ignore_index, eps, z, reduction)
+    if _native(x2) and (jnp.issubdtype(t.dtype, jnp.integer) or (t.dtype == x2.dtype and live_row is None)):
+        out = _ce_native(x2, t, w, denominator, options)
+    else:
+        out = _ce_generic(x2, t, w, denominator, options, live_row)
     if reduction == "none":
         out = out.reshape(rest_shape)
     return out.astype(x.dtype)
+
+
+class _CrossEntropyOptions(NamedTuple):
+    """The static options of a cross-entropy call (hashable: a non-differentiable custom_jvp argument)."""
+
+    ignore_index: int
+    eps: float
+    z: float
+    reduction: str
+
+
+def _ce_coefficients(x, t, w, o: _CrossEntropyOptions, live_row=None):
+    """Class coefficients and row weights (working dtype) for rows ``x`` and
+    targets ``t`` (indices, or probability rows with the rows a mask left
+    without a class in ``live_row``)."""
+    work, _ = _work(x.dtype)
+    xw = jax.lax.stop_gradient(x).astype(work)
+    if not jnp.issubdtype(t.dtype, jnp.floating):
+        return num.class_coefficients(jnp, xw, o.eps, w, hot=num.one_hot(jnp, t, x.shape[-1], o.ignore_index, work))
+    coef, row_w = num.class_coefficients(jnp, xw, o.eps, w, probs=t.astype(work))
+    if live_row is not None:
+        keep = live_row[:, None]
+        coef = jnp.where(keep, coef, jnp.zeros_like(coef))
+        row_w = jnp.where(keep, row_w, jnp.zeros_like(row_w))
+    return coef, row_w
+
+
+def _ce_generic(x, t, w, denominator, o: _CrossEntropyOptions, live_row=None):
+    """The reduced loss by the ``jax.numpy`` formulas (``_ce_rows``)."""
+    _, widened = _work(x.dtype)
+    coef, row_w = _ce_coefficients(x, t, w, o, live_row)
+    out, _ = num.reduce(jnp, _ce_rows_jit(x, coef, row_w, o.z), None, denominator, o.reduction, widened)
+    return out
+
+
+def _ce_generic_grad(x, t, w, denominator, o: _CrossEntropyOptions):
+    """The gradient of :func:`_ce_generic` in ``x`` (working dtype), by the exact rule ``_ce_grad``."""
+    coef, row_w = _ce_coefficients(x, t, w, o)
+    return num.reduce_grad(jnp, _ce_grad(x, coef, row_w, o.z), denominator, o.reduction)
+
+
+def _ce_native_pass(x, t, w, denominator, o: _CrossEntropyOptions, want_grad: bool):
+    """``(reduced loss, its gradient in x or None)`` from one pass of the native kernel.
+
+    The kernel divides the gradient by the reduction's divisor as it writes
+    it, so the gradient of a "mean" or "sum" comes out in ``x``'s dtype
+    rounded once.
+    """
+    work, widened = _work(x.dtype)
+    divisor = num.gradient_divisor_array(jnp, denominator, o.reduction)
+    rows, grad = native.cross_entropy(x, t, w, divisor, o.ignore_index, o.eps, o.z, work, want_grad)
+    out, _ = num.reduce(jnp, rows, None, denominator, o.reduction, widened)
+    return out, grad
+
+
+def _ce_dot(g, tx, reduction):
+    """``<g, tx>`` per row ("none") or in all (the reduced losses), in the working dtype."""
+    work, _ = _work(tx.dtype)
+    prod = g.astype(work) * tx.astype(work)
+    return jnp.sum(prod, axis=-1) if reduction == "none" else jnp.sum(prod)
+
+
+def _ce_other_tangents(x, t, w, denominator, o, tangents):
+    """The tangent of the reduced loss from its arguments other than the
+    logits (probability targets, class weights, the denominator), by
+    forward mode through the ``jax.numpy`` formulas; None where all are zero."""
+    rest = tangents[1:]
+    if all(_is_zero(ta) for ta in rest):
+        return None
+    return _restricted_jvp(lambda *a: _ce_generic(x, *a, o), (t, w, denominator), rest)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _ce_native(x, t, w, denominator, o: _CrossEntropyOptions):
+    """The reduced loss of logit rows ``x`` (classes last) by the native kernel, loss only."""
+    return _ce_native_pass(x, t, w, denominator, o, False)[0]
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _ce_native_and_grad(x, t, w, denominator, o: _CrossEntropyOptions):
+    """``(reduced loss, its gradient in x)`` from one pass of the native kernel."""
+    return _ce_native_pass(x, t, w, denominator, o, True)
+
+
+def _ce_native_jvp(o, primals, tangents):
+    # <g, t_x> with g the kernel's gradient from the same pass as the loss:
+    # reverse mode transposes it to g * cotangent, which is g itself for a
+    # scalar loss's cotangent of 1.  The other arguments' tangents come from
+    # the jax.numpy formulas.
+    x, t, w, denominator = primals
+    tx = tangents[0]
+    if _is_zero(tx):
+        out, _ = _ce_native_pass(x, t, w, denominator, o, False)
+        tangent = jnp.zeros_like(out)
+    else:
+        out, g = _ce_native_and_grad(x, t, w, denominator, o)
+        tangent = _ce_dot(g, tx, o.reduction).astype(out.dtype)
+    other = _ce_other_tangents(x, t, w, denominator, o, tangents)
+    return out, tangent if other is None else tangent + other
+
+
+def _restricted_jvp(f, primals, tangents):
+    """``jax.jvp`` of ``f`` in the primals whose tangent is not a symbolic zero (the others held)."""
+    live = [i for i, ta in enumerate(tangents) if not _is_zero(ta)]
+
+    def g(*args):
+        full = list(primals)
+        for i, a in zip(live, args):
+            full[i] = a
+        return f(*full)
+
+    return jax.jvp(g, tuple(primals[i] for i in live), tuple(tangents[i] for i in live))[1]
+
+
+def _ce_native_and_grad_jvp(o, primals, tangents):
+    # Second order: the loss's tangent as in _ce_native_jvp, the gradient's
+    # from the exact rule of the jax.numpy gradient (_ce_grad_jvp).
+    out, d_out = _ce_native_jvp(o, primals, tangents)
+    g = _ce_native_and_grad(*primals, o)[1]
+    d_g = _restricted_jvp(lambda *a: _ce_generic_grad(*a, o), primals, tangents)
+    return (out, g), (d_out, d_g.astype(g.dtype))
+
+
+_ce_native.defjvp(_ce_native_jvp, symbolic_zeros=True)
+_ce_native_and_grad.defjvp(_ce_native_and_grad_jvp, symbolic_zeros=True)
 
 
 # --- Kullback-Leibler divergence ---------------------------------------------
@@ -505,7 +638,7 @@ def _log_probs_and_probs(x, log_probs: bool):
     if log_probs:
         lp = x.astype(work)
         return lp, jnp.exp(lp)
-    return _softmax_last(x, 1.0, True).astype(work), _softmax_last(x, 1.0, False).astype(work)
+    return _softmax_last(x, 1.0, True, _native(x)).astype(work), _softmax_last(x, 1.0, False, _native(x)).astype(work)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
