@@ -49,9 +49,11 @@ they cannot be evaluated without a host round trip.
 """
 
 from softmaxkit.backends.jax.functions import cross_entropy, kl_div, log_softmax, logsumexp, softmax
+from softmaxkit.backends.jax.native import path as kernel_path
 
 __all__ = [
     "cross_entropy",
+    "kernel_path",
     "kl_div",
     "log_softmax",
     "logsumexp",

@@ -23,10 +23,12 @@ namespace {
 using SoftmaxFn = decltype(&sk_softmax);
 using LogsumexpFn = decltype(&sk_logsumexp);
 using CrossEntropyFn = decltype(&sk_cross_entropy);
+using NarrowFn = decltype(&sk_narrow_f64);
 
 SoftmaxFn softmax_kernel = nullptr;
 LogsumexpFn logsumexp_kernel = nullptr;
 CrossEntropyFn cross_entropy_kernel = nullptr;
+NarrowFn narrow_f64 = nullptr;
 
 // The kernels' DT_* code of a float buffer, or -1.
 int kernel_dtype(ffi::DataType t) {
@@ -86,7 +88,8 @@ ffi::Error Logsumexp(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> out, int64_t 
     return check(logsumexp_kernel(dt, x.untyped_data(), out->untyped_data(), r.outer * r.inner, r.n, r.inner));
 }
 
-// Per-row losses (float32 or float64 output; the kernel writes float64) and,
+// Per-row losses (float32 or float64 output; the kernel writes float64, and
+// sk_narrow_f64 rounds it in IEEE arithmetic, not XLA's flush-to-zero) and,
 // when `grad` has the logits' size, the gradient of their sum divided by
 // `divisor` (+inf writes the zero gradient of a "mean" over a total weight of
 // 0).  `targets`: class indices (int32 or int64) or probabilities of the
@@ -141,10 +144,7 @@ ffi::Error CrossEntropy(ffi::AnyBuffer x, ffi::AnyBuffer targets, ffi::AnyBuffer
         int rc = cross_entropy_kernel(dt, xb, g, out, rows, r.n, 1, index ? labels.data() : nullptr, probs,
                                       n_weights ? w.data() : nullptr, ignore_index, eps, z, d);
         if (rc) return check(rc);
-        if (!f64) {
-            float* o = static_cast<float*>(loss->untyped_data()) + b * rows;
-            for (size_t i = 0; i < rows; ++i) o[i] = static_cast<float>(staged[i]);
-        }
+        if (!f64) narrow_f64(staged.data(), static_cast<float*>(loss->untyped_data()) + b * rows, rows);
     }
     return ffi::Error::Success();
 }
@@ -175,8 +175,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(skjax_cross_entropy, CrossEntropy,
                                   .Attr<double>("z"));
 
 // The kernels' entry points, from the softmaxkit.kernels extension.
-extern "C" void skjax_bind(void* softmax, void* logsumexp, void* cross_entropy) {
+extern "C" void skjax_bind(void* softmax, void* logsumexp, void* cross_entropy, void* narrow) {
     softmax_kernel = reinterpret_cast<SoftmaxFn>(softmax);
     logsumexp_kernel = reinterpret_cast<LogsumexpFn>(logsumexp);
     cross_entropy_kernel = reinterpret_cast<CrossEntropyFn>(cross_entropy);
+    narrow_f64 = reinterpret_cast<NarrowFn>(narrow);
 }

@@ -111,8 +111,8 @@ def _load() -> str | None:
     except (OSError, FileNotFoundError) as exc:
         return f"the XLA FFI handlers could not be built: {exc}"
     kernels = ctypes.CDLL(config._kernels.__file__)
-    entry = [ctypes.cast(getattr(kernels, f"sk_{name}"), ctypes.c_void_p) for name in _TARGETS]
-    library.skjax_bind.argtypes = [ctypes.c_void_p] * len(_TARGETS)
+    entry = [ctypes.cast(getattr(kernels, f"sk_{name}"), ctypes.c_void_p) for name in (*_TARGETS, "narrow_f64")]
+    library.skjax_bind.argtypes = [ctypes.c_void_p] * len(entry)
     library.skjax_bind(*entry)
     for name in _TARGETS:
         jax.ffi.register_ffi_target(f"softmaxkit_{name}", jax.ffi.pycapsule(getattr(library, f"skjax_{name}")), platform="cpu")
@@ -154,19 +154,27 @@ def path() -> str:
     return f"native: XLA FFI handlers on CPU ({kernels.isa()}, {kernels.get_num_threads()} threads)"
 
 
+def _registered(name: str) -> str:
+    """The FFI target ``name``, registered (RuntimeError where the handlers cannot be had)."""
+    reason = _reason()
+    if reason is not None:
+        raise RuntimeError(f"softmaxkit's XLA FFI handlers are not available: {reason}")
+    return f"softmaxkit_{name}"
+
+
 def _shape(x: Any, dtype: Any = None) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(x.shape if hasattr(x, "shape") else x, dtype if dtype is not None else x.dtype)
 
 
 def softmax(x: Any, temperature: float, log: bool) -> Any:
     """softmax (or log_softmax) of ``x`` along its last axis, in ``x``'s dtype."""
-    call = jax.ffi.ffi_call("softmaxkit_softmax", _shape(x), vmap_method="broadcast_all")
+    call = jax.ffi.ffi_call(_registered("softmax"), _shape(x), vmap_method="broadcast_all")
     return call(x, axis=np.int64(-1), temperature=np.float64(temperature), log=np.int64(log))
 
 
 def logsumexp(x: Any) -> Any:
     """logsumexp of ``x`` along its last axis, in ``x``'s dtype."""
-    call = jax.ffi.ffi_call("softmaxkit_logsumexp", _shape(x.shape[:-1], x.dtype), vmap_method="broadcast_all")
+    call = jax.ffi.ffi_call(_registered("logsumexp"), _shape(x.shape[:-1], x.dtype), vmap_method="broadcast_all")
     return call(x, axis=np.int64(-1))
 
 
@@ -181,7 +189,7 @@ def cross_entropy(x, labels, weight, divisor, ignore_index, eps, z, loss_dtype, 
     w = np.zeros((0,), np.float32) if weight is None else weight
     grad_shape = _shape(x) if want_grad else _shape((0,), x.dtype)
     call = jax.ffi.ffi_call(
-        "softmaxkit_cross_entropy", (_shape(x.shape[:-1], loss_dtype), grad_shape), vmap_method="broadcast_all"
+        _registered("cross_entropy"), (_shape(x.shape[:-1], loss_dtype), grad_shape), vmap_method="broadcast_all"
     )
     loss, grad = call(
         x, labels, w, divisor, ignore_index=np.int64(ignore_index), eps=np.float64(eps), z=np.float64(z)

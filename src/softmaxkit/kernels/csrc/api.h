@@ -39,6 +39,9 @@ int sk_cross_entropy(int dtype, const void *x, void *grad, double *loss, size_t 
                      double eps, double z_loss, double grad_divisor);
 int sk_vjp(int dtype, int log, const void *y, const void *cotangent, void *out, size_t rows, size_t n,
            size_t inner);
+/* n float64 values rounded to float32 in IEEE arithmetic (subnormal results
+ * kept, whatever the caller's floating-point mode) */
+void sk_narrow_f64(const double *src, float *dst, size_t n);
 /* n values of a 16-bit dtype widened to float32 (narrow 0), or float32
  * values rounded to it (narrow 1), by the conversions of the instruction set
  * in use; on one thread */

@@ -136,3 +136,9 @@ int sk_vjp(int dtype, int log, const void *y, const void *cotangent, void *out, 
                .rows = n ? rows : 0, .n = n, .inner = inner};
     return start(&J);
 }
+
+void sk_narrow_f64(const double *src, float *dst, size_t n) {
+    unsigned mode = sk_fp_enter();
+    for (size_t i = 0; i < n; i++) dst[i] = (float)src[i];
+    sk_fp_leave(mode);
+}

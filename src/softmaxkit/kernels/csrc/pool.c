@@ -74,7 +74,24 @@ static void run_rows(job_t *J, rowctx_t *R) {
     flush_deferred(R);
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define SK_MXCSR_FTZ 0x8000u
+#define SK_MXCSR_DAZ 0x0040u
+#define SK_MXCSR_ROUNDING 0x6000u
+unsigned sk_fp_enter(void) {
+    unsigned old = _mm_getcsr();
+    _mm_setcsr(old & ~(SK_MXCSR_FTZ | SK_MXCSR_DAZ | SK_MXCSR_ROUNDING));
+    return old;
+}
+void sk_fp_leave(unsigned old) { _mm_setcsr(old); }
+#else
+unsigned sk_fp_enter(void) { return 0; }
+void sk_fp_leave(unsigned old) { (void)old; }
+#endif
+
 static void run_thread(job_t *J, int tid) {
+    unsigned fp_mode = sk_fp_enter();
     scratch_t S;
     rowctx_t R;
     memset(&R, 0, sizeof R);
@@ -101,6 +118,7 @@ static void run_thread(job_t *J, int tid) {
     else if (failed) __atomic_store_n(&J->err, SK_ENOMEM, __ATOMIC_RELAXED);
     else run_rows(J, &R);
     scratch_free(&S);
+    sk_fp_leave(fp_mode);
 }
 
 /* --- the pool ---------------------------------------------------------------- */

@@ -17,4 +17,12 @@ struct job;
  * and returns its error code. */
 int run_job(struct job *J, int threads);
 
+/* The numerics assume IEEE arithmetic: rounding to nearest, subnormal inputs
+ * and results kept.  A caller may run with flush-to-zero or
+ * denormals-are-zero set (XLA does, on the threads that call its FFI
+ * handlers), so every thread running a job sets that mode with sk_fp_enter
+ * and restores its own, which sk_fp_enter returns, with sk_fp_leave. */
+unsigned sk_fp_enter(void);
+void sk_fp_leave(unsigned mode);
+
 #endif
