@@ -1,24 +1,54 @@
 """Drawing from softmax distributions: sample, gumbel_max and gumbel_softmax.
 
-All three use the Gumbel-max trick: with ``G_i`` independent standard Gumbel
-noise, ``argmax_i (log p_i + G_i)`` is distributed exactly as
-``Categorical(p)``, and the log-probabilities need not be normalised.  The
-log-probabilities come from :func:`softmaxkit.log_softmax`'s formula, so
-``+inf`` logits share their mass and ``-inf`` logits are never drawn.  The
-noise is made as described in ``softmaxkit.frontend.random``: it never takes
-``log(0)``.
+All three use the Gumbel-max trick: with ``G_j`` independent standard Gumbel
+noise, ``argmax_j (log p_j + G_j)`` is distributed exactly as
+``Categorical(p)``, and the log-probabilities need not be normalised.
+``sample`` and ``gumbel_max`` add the noise to the shifted, scaled logits
+``z_j = (x_j - max x) / T``, which differ from ``log p_j`` by a constant per
+row, with :func:`softmaxkit.log_softmax`'s limits: ``+inf`` logits share
+their mass and ``-inf`` logits are never drawn.  The noise is made as
+described in ``softmaxkit.frontend.random``: it never takes ``log(0)``.
+
+Values and tracing.  Settings given as Python numbers are checked at once.
+Checks that read array values (NaN logits, fully masked rows, per-row
+settings out of range, non-finite noise) raise ``ValueError`` on concrete
+arrays and are skipped under tracing (``jax.jit``, ``jax.vmap``), where no
+value can be read (``validate.ValueChecks``); there a draw from such a row
+is the class index -1, which no class has.  Nothing branches in Python on a
+traced value, so the three functions run inside ``jax.jit``.
+
+Settings per row.  ``temperature``, ``top_k``, ``top_p`` and ``min_p`` are
+each one number or an array broadcastable to the logits' shape without the
+class axis.  Numbers and arrays go through the same arithmetic, so a row
+drawn with an array of settings equals the same row drawn with its own
+settings as numbers (same noise), except that an int ``top_k`` takes the
+candidate path below and an array ``top_k`` the full one.
+
+Candidates.  With an int ``top_k`` below the number of classes, ``sample``
+selects the ``top_k`` largest logits of each row (one partial selection:
+``jax.lax.top_k`` for JAX) and does everything else, noise included, on
+those alone.  Where more classes tie with the ``top_k``-th largest than the
+candidates hold, the call takes the full path instead, which sorts whole
+rows and keeps every tie; under tracing that choice is a ``jax.lax.cond``.
+Both paths draw exactly from the same distribution; they spend the noise
+differently, so for a given key their draws differ.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import numbers
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import array_api_compat
 
 from softmaxkit import numerics as num
 from softmaxkit.frontend import random as _random
 from softmaxkit.frontend import registry
 from softmaxkit.frontend import validate
-from softmaxkit.frontend.softmax import _prepare
 from softmaxkit.frontend.layout import Layout
+from softmaxkit.frontend.softmax import _prepare
 
 __all__ = [
     "gumbel_max",
@@ -29,25 +59,135 @@ __all__ = [
 _INF = float("inf")
 # The largest array NumPy can index, in bytes or entries.
 _MAX_ARRAY_BYTES = 2**63 - 1
+# The class index drawn, under tracing, from a row with nothing to draw from.
+_UNDEFINED = -1
 
 
-def _optional_top_k(value: Any) -> int | None:
-    return None if value is None else validate.count(value, "top_k", 1, unit=" (or None)")
+def _concrete(a: Any) -> bool:
+    """Whether the values of ``a`` can be read now: not a JAX tracer (under ``jit``, ``vmap``, ``grad``)."""
+    jax = sys.modules.get("jax")
+    return jax is None or not isinstance(a, jax.core.Tracer)
 
 
-def _optional_top_p(value: Any) -> float | None:
-    if value is None:
-        return None
+# Value checks raise on concrete arrays and are skipped under tracing.
+_CHECKS = validate.ValueChecks(readable=_concrete)
+
+
+# --- settings: one number or one value per row ---------------------------------------------
+
+
+def _per_row(value: Any) -> bool:
+    """Whether a setting is given as an array (or a list) rather than as one number."""
+    return not isinstance(value, numbers.Number) and (hasattr(value, "shape") or isinstance(value, (list, tuple)))
+
+
+def _temperature(value: Any) -> Any:
+    return value if _per_row(value) else validate.non_negative(value, "temperature")
+
+
+def _top_k(value: Any) -> Any:
+    if value is None or _per_row(value):
+        return value
+    return validate.count(value, "top_k", 1, unit=" (or None)")
+
+
+def _top_p(value: Any) -> Any:
+    if value is None or _per_row(value):
+        return value
     p = validate.real_number(value, "top_p")
     if not 0.0 < p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] or None; got {p!r}")
     return p
 
 
-def _optional_min_p(value: Any) -> float | None:
-    if value is None:
-        return None
+def _min_p(value: Any) -> Any:
+    if value is None or _per_row(value):
+        return value
     return validate.in_unit_interval(value, "min_p")
+
+
+# Per-row rules: the mask of values out of range, and the message (as for a number).
+_TEMPERATURE = (lambda v: ~((v >= 0) & (v < _INF)), "temperature must be finite and >= 0")
+_TOP_K = (lambda v: v < 1, "top_k must be an int >= 1 (or None)")
+_TOP_P = (lambda v: ~((v > 0) & (v <= 1)), "top_p must be in (0, 1] or None")
+_MIN_P = (lambda v: ~((v >= 0) & (v <= 1)), "min_p must be in [0, 1]")
+
+
+def _first_bad(name: str, v: Any, message: str) -> Callable[[tuple | None], str]:
+    """``describe`` for :meth:`validate.ValueChecks.require_none`: the message, then the first bad value and where it is."""
+
+    def describe(pos: tuple | None) -> str:
+        if pos is None:
+            return message
+        value = validate.to_numpy(v)[pos]
+        shown = repr(float(value)) if value.dtype.kind == "f" else repr(int(value))
+        return f"{message}; got {name}{list(pos)} = {shown}" if pos else f"{message}; got {shown}"
+
+    return describe
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The settings of one call, each None, a Python number, or an array of
+    shape ``rest + (1,)`` (the logits' shape without the class axis, then 1)
+    in the working dtype (``top_k``: the index dtype).
+
+    ``greedy`` marks the rows of an array temperature that are 0 (their
+    ``temperature`` entry is replaced by 1); ``invalid`` the rows whose
+    settings are out of range, of shape ``rest`` (only under tracing, where
+    they are not refused).  Both are None where there are none to mark.
+    """
+
+    temperature: Any
+    top_k: Any
+    top_p: Any
+    min_p: Any
+    greedy: Any
+    invalid: Any
+
+    @property
+    def scalar_greedy(self) -> bool:
+        return self.greedy is None and self.temperature == 0
+
+
+def _row_setting(xp: Any, layout: Layout, xw: Any, value: Any, name: str, rule: tuple, dtype: Any) -> tuple[Any, Any]:
+    """A per-row setting as ``(array of shape rest + (1,), rows out of range)``; a number passes through with None.
+
+    Concrete values out of range raise ``ValueError`` naming the first one
+    (its index in the array as given); under tracing their rows are returned.
+    """
+    if value is None or not _per_row(value):
+        return value, None
+    v = validate.same_namespace(xp, value, name)
+    if dtype is None:
+        if not xp.isdtype(v.dtype, "integral"):
+            raise TypeError(f"{name} must be an int >= 1, an integer array or None; got an array of dtype {v.dtype}")
+    else:
+        v = validate.as_float(xp, v, name)
+    out_of_range, message = rule
+    bad = out_of_range(v)
+    _CHECKS.require_none(xp, bad, _first_bad(name, v, message))
+    shape = layout.rest_shape
+    v = validate.broadcast_to(xp, v, shape, name, "the logits without the class axis")
+    v = xp.asarray(xp.reshape(v, shape + (1,)), device=num.device(xw))
+    v = xp.astype(v, _index_dtype(xp) if dtype is None else dtype)
+    return v, xp.asarray(xp.broadcast_to(bad, shape), device=num.device(xw))
+
+
+def _settings(xp: Any, layout: Layout, xw: Any, temperature: Any, top_k: Any, top_p: Any, min_p: Any) -> _Settings:
+    T, bad_t = _row_setting(xp, layout, xw, temperature, "temperature", _TEMPERATURE, xw.dtype)
+    k, bad_k = _row_setting(xp, layout, xw, top_k, "top_k", _TOP_K, None)
+    p, bad_p = _row_setting(xp, layout, xw, top_p, "top_p", _TOP_P, xw.dtype)
+    m, bad_m = _row_setting(xp, layout, xw, min_p, "min_p", _MIN_P, xw.dtype)
+    greedy = None
+    if bad_t is not None:
+        greedy = T == 0
+        T = xp.where(greedy, xp.ones_like(T), T)
+    invalid = None
+    for bad in (bad_t, bad_k, bad_p, bad_m):
+        if bad is not None:
+            invalid = bad if invalid is None else invalid | bad
+    return _Settings(T, k, p, m, greedy, invalid)
 
 
 def _num_samples(value: Any) -> int:
@@ -70,34 +210,155 @@ def _check_noise_size(n_rows: int, n_draws: int, n_classes: int) -> None:
         )
 
 
-def _check_computed(xp: Any, values: Any, temperature: float, name: str) -> None:
-    """ValueError for a row whose computed log-probabilities (or probabilities) hold NaN.
-
-    The input was checked for NaN, so such a row comes from the computation
-    (an extreme temperature); its argmax would be class 0 whatever the noise,
-    a draw from no distribution.
-    """
-    bad = xp.any(xp.isnan(values), axis=-1)
-    if bool(xp.any(bad)):
-        raise ValueError(
-            f"{name} row {list(validate.first_position(bad))} (index without the class axis) gives NaN probabilities at "
-            f"temperature={temperature!r} although its logits are not NaN; nothing is drawn from it"
-        )
+# --- rows --------------------------------------------------------------------------------
 
 
 def _check_rows(xp: Any, layout: Layout, xw: Any, name: str) -> None:
-    """ValueError for NaN logits and for rows with nothing to draw."""
-    nan = xp.isnan(xw)
-    if bool(xp.any(nan)):
-        pos = validate.first_position(layout.back(nan))
-        raise ValueError(f"{name}{list(pos)} is NaN; a distribution to sample from needs real logits (-inf masks a class)")
+    """ValueError for a NaN logit and for a row with every logit ``-inf`` (nothing to draw), on concrete arrays.
+
+    Under tracing nothing is checked, and the draws from those rows are -1.
+    """
+    _CHECKS.require_none(
+        xp,
+        layout.back(xp.isnan(xw)),
+        lambda pos: f"{name}{list(pos or [])} is NaN; a distribution to sample from needs real logits (-inf masks a class)",
+    )
     # An empty class axis leaves every row with nothing to draw.
-    masked = xp.all(xw == -_INF, axis=-1)
-    if bool(xp.any(masked)):
-        raise ValueError(
-            f"{name} row {list(validate.first_position(masked))} (index without the class axis) is fully masked: every entry "
-            f"is -inf, so there is nothing to sample; give at least one finite or +inf logit per row"
-        )
+    _CHECKS.require_none(
+        xp,
+        xp.all(xw == -_INF, axis=-1),
+        lambda pos: (
+            f"{name} row {list(pos or [])} (index without the class axis) is fully masked: every entry is -inf, so there "
+            f"is nothing to sample; give at least one finite or +inf logit per row"
+        ),
+    )
+
+
+def _empty(largest: Any) -> Any:
+    """The rows with nothing to draw from, from each row's largest logit: NaN (a NaN logit) or ``-inf``."""
+    return ~(largest > -_INF)
+
+
+def _index_dtype(xp: Any) -> Any:
+    """The dtype of the namespace's argmax (int64, or int32 for JAX without x64)."""
+    return xp.argmax(xp.zeros((1,)), axis=0).dtype
+
+
+def _scaled(xp: Any, x: Any, temperature: Any, widened: bool) -> tuple[Any, Any]:
+    """``(z, empty)``: ``z = (x - max x) / T`` along the last axis, with
+    ``log_softmax``'s limits, and the rows with nothing to draw from.
+
+    A row holding ``+inf`` gets 0 at its ``+inf`` entries and ``-inf``
+    elsewhere; ``-inf`` entries get ``-inf``; ``z`` is never NaN for non-NaN
+    ``x`` and finite ``T > 0``.  The halves of ``x`` and of its max are
+    subtracted and the quotient doubled, so that a row spanning more than
+    the largest finite number does not overflow where ``(x - max x) / T``
+    need not; the halving and doubling are exact (subnormal logits aside),
+    so elsewhere this is ``(x - max x) / T`` with the difference rounded
+    once (exact for inputs narrower than the working dtype) and the
+    quotient rounded once.  ``T`` is a number or one value per row.
+    """
+    st = num.row_stats(xp, x * 0.5, None, 1.0, widened)
+    return (st.hi / temperature) * 2.0, _empty(st.a[..., 0])
+
+
+def _nucleus_floor(xp: Any, ranked: Any, top_p: Any) -> Any:
+    """The smallest weight that ``top_p`` keeps, from each row's weights ``exp(z)`` in decreasing order.
+
+    A class is kept when the mass ranked before it is below ``top_p`` of
+    the row's total; the mass is a cumulative sum of the unnormalised
+    weights, compared with ``top_p`` times the last one.  The caller keeps
+    every class of at least this weight, so ties with the last one kept are
+    kept too.  ``top_p = 1`` keeps every weight, however small.
+    """
+    mass = xp.cumulative_sum(ranked, axis=-1)
+    below = mass[..., :-1] < top_p * mass[..., -1:]
+    n_kept = 1 + xp.sum(xp.astype(below, xp.int32), axis=-1, keepdims=True)
+    position = xp.arange(ranked.shape[-1], dtype=n_kept.dtype, device=num.device(ranked))
+    floor = xp.min(xp.where(position < n_kept, ranked, xp.full_like(ranked, _INF)), axis=-1, keepdims=True)
+    # A number top_p is below 1 here (1 keeps every class without this step).
+    return floor if isinstance(top_p, float) else xp.where(top_p < 1, floor, xp.zeros_like(floor))
+
+
+def _truncated(xp: Any, v: Any, s: _Settings, widened: bool, ranked: bool) -> tuple[Any, Any]:
+    """``(log q, empty)``: ``log q`` up to a constant per row, ``z`` where a
+    class survives the truncations and ``-inf`` elsewhere, and the rows with
+    nothing to draw from.
+
+    ``v`` holds logits along the last axis: whole rows, or (``ranked``) each
+    row's candidates, the ``top_k`` largest in decreasing order, which then
+    are exactly the classes that ``top_k`` keeps.
+    """
+    z, empty = _scaled(xp, v, s.temperature, widened)
+    keep = z != -_INF
+    n = v.shape[-1]
+    if not ranked and s.top_k is not None and (not isinstance(s.top_k, int) or s.top_k < n):
+        # Ranked by the logits themselves: the ties kept are ties of the logits.
+        xs = xp.sort(v, axis=-1, descending=True)
+        if isinstance(s.top_k, int):
+            kth = xs[..., s.top_k - 1 : s.top_k]
+        else:
+            kth = xp.take_along_axis(xs, xp.clip(s.top_k, 1, n) - 1, axis=-1)
+        keep = keep & (v >= kth)
+    top_p = s.top_p is not None and (not isinstance(s.top_p, float) or s.top_p < 1.0)
+    min_p = s.min_p is not None and (not isinstance(s.min_p, float) or s.min_p > 0.0)
+    if top_p or min_p:
+        # exp(z_j) is p_j / max p: the probabilities up to a factor per row,
+        # before and after the renormalisations.
+        e = xp.where(keep, xp.exp(z), xp.zeros_like(z))
+        if top_p:
+            keep = keep & (e >= _nucleus_floor(xp, e if ranked else xp.sort(e, axis=-1, descending=True), s.top_p))
+        if min_p:
+            keep = keep & (e >= s.min_p)
+    return xp.where(keep, z, xp.full_like(z, -_INF)), empty
+
+
+def _draw(xp: Any, backend: Any, gen: Any, logq: Any, n_draws: int, like: Any) -> Any:
+    """Gumbel-max: the index along the last axis of ``logq + G``, ``n_draws`` times (a trailing axis if more than one)."""
+    if n_draws > 1:
+        logq = logq[..., None, :]
+    shape = tuple(logq.shape[:-2]) + (n_draws, logq.shape[-1]) if n_draws > 1 else tuple(logq.shape)
+    noise = _random.gumbel(xp, backend, gen, shape, logq.dtype, like)
+    return xp.argmax(logq + noise, axis=-1)
+
+
+def _largest(xp: Any, x: Any, k: int) -> tuple[Any, Any]:
+    """The ``k`` largest entries of each row (last axis) in decreasing order, and their indices.
+
+    Ties come in index order, and NaN first (as larger than ``+inf``).
+    """
+    if array_api_compat.is_jax_namespace(xp):
+        import jax
+
+        # The barrier keeps XLA from rewriting the selection by its uses: a
+        # single entry sliced from the result made it a sort of whole rows.
+        return jax.lax.optimization_barrier(jax.lax.top_k(x, k))
+    order = xp.argsort(x, axis=-1, descending=True, stable=True)[..., :k]
+    return xp.take_along_axis(x, order, axis=-1), order
+
+
+def _either(pred: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
+    """``if_true()`` where the 0-d boolean ``pred`` holds, else ``if_false()``; a ``jax.lax.cond`` under tracing."""
+    if _concrete(pred):
+        return if_true() if bool(pred) else if_false()
+    import jax
+
+    return jax.lax.cond(pred, if_true, if_false)
+
+
+def _greedy(xp: Any, idx: Any, s: _Settings, first: Callable[[], Any], n_draws: int, index: Any) -> Any:
+    """``idx`` in the index dtype, with the rows whose temperature is 0 set to ``first()`` (their argmax)."""
+    if s.greedy is not None:
+        f = first()
+        idx = xp.where(s.greedy if n_draws > 1 else s.greedy[..., 0], f[..., None] if n_draws > 1 else f, idx)
+    return xp.astype(idx, index)
+
+
+def _undefined(xp: Any, idx: Any, undefined: Any, s: _Settings, n_draws: int) -> Any:
+    """``idx`` with -1 in the rows that have nothing to draw from or settings out of range."""
+    if s.invalid is not None:
+        undefined = undefined | s.invalid
+    return xp.where(undefined[..., None] if n_draws > 1 else undefined, xp.full_like(idx, _UNDEFINED), idx)
 
 
 def _stop_gradient(backend: Any, a: Any) -> Any:
@@ -108,10 +369,10 @@ def _stop_gradient(backend: Any, a: Any) -> Any:
 def sample(
     logits: Any,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
+    temperature: Any = 1.0,
+    top_k: Any = None,
+    top_p: Any = None,
+    min_p: Any = None,
     num_samples: int = 1,
     axis: int = -1,
     rng: Any = None,
@@ -129,29 +390,30 @@ def sample(
        total probability reaches ``top_p``;
     3. ``min_p``: the classes with ``p_j >= min_p * max_i p_i``;
 
-    and the survivors are renormalised.
+    and the survivors are renormalised.  Every setting is one number for all
+    rows, or an array with one value per row.
 
     Parameters
     ----------
     logits : array_like, numpy.ndarray, torch.Tensor or jax.Array
         Unnormalised log-probabilities, classes along ``axis``; shape
         ``(..., C, ...)``.
-    temperature : float, default 1.0
+    temperature : float or array, default 1.0
         ``T >= 0``, finite, applied to the logits.  ``T = 0`` is greedy
         decoding: the argmax, with no randomness and no truncation (the
         argmax survives every truncation).
-    top_k : int >= 1, optional
+    top_k : int >= 1, integer array or None, optional
         Keep the ``k`` largest probabilities.  Ties at the boundary are all
-        kept: every class whose probability equals the ``k``-th largest
-        survives, so more than ``k`` classes may remain.  ``k >= C`` keeps all.
-    top_p : float in (0, 1], optional
+        kept: every class whose logit equals the ``k``-th largest survives,
+        so more than ``k`` classes may remain.  ``k >= C`` keeps all.
+    top_p : float in (0, 1], array or None, optional
         Nucleus sampling.  Sorted by decreasing probability, a class is kept
         if the mass of the classes ranked before it is below ``top_p``, so the
         most probable class is always kept.  Ties at the boundary are all kept
         (every class whose probability equals the last one kept).  The mass is
         a float64 cumulative sum (float32 for JAX without x64).  ``top_p = 1``
         keeps everything.
-    min_p : float in [0, 1], optional
+    min_p : float in [0, 1], array or None, optional
         Keep classes with ``p_j >= min_p * max p`` (ties kept).  The ratio
         ``p_j / max p`` is computed directly as ``exp((x_j - max x) / T)``.
     num_samples : int >= 1, default 1
@@ -162,8 +424,14 @@ def sample(
         NumPy input: a ``numpy.random.Generator``, an int seed, or None (fresh
         entropy).  PyTorch: a ``torch.Generator``, an int seed, or None
         (torch's global generator, seeded by ``torch.manual_seed``).  JAX: a
-        key from ``jax.random.key`` (required).  A seed or key gives
-        reproducible draws.
+        key from ``jax.random.key`` (required; it may be traced).  A seed or
+        key gives reproducible draws.
+
+    Each of ``temperature``, ``top_k``, ``top_p`` and ``min_p`` may be an
+    array (or a list) broadcastable to the logits' shape without ``axis``:
+    one value per row, of the logits' array kind (or NumPy).  Rows with
+    ``temperature`` 0 take their argmax; ``top_k`` above ``C``, ``top_p``
+    of 1 and ``min_p`` of 0 leave a row untruncated.
 
     Returns
     -------
@@ -171,32 +439,54 @@ def sample(
         Shape ``logits.shape`` without ``axis`` when ``num_samples == 1``;
         with a trailing axis of length ``num_samples`` otherwise.  The dtype
         is the library's argmax index dtype (int64 for NumPy and PyTorch,
-        int32 for JAX without x64).
+        int32 for JAX without x64).  Under tracing (``jax.jit``,
+        ``jax.vmap``), a row with a NaN logit, with every logit ``-inf``,
+        or with a setting out of range draws ``-1``, which is no class.
 
     Raises
     ------
     ValueError
         For a row whose logits are all ``-inf`` (nothing to draw), a class
-        axis of length 0 with rows to fill, a NaN logit, a row whose
-        probabilities come out NaN from finite logits (an extreme
-        temperature; never drawn as some class), ``num_samples`` too large
-        for the noise to fit in one array, or an invalid parameter.
+        axis of length 0 with rows to fill, a NaN logit, a setting out of
+        range (for an array: its first such value and where it is), a
+        setting array that does not broadcast to the rows, ``num_samples``
+        too large for the noise to fit in one array.  Checks of array
+        values run on concrete arrays and are skipped under tracing (see
+        Returns).
     TypeError
-        For an ``rng`` that does not match the array kind, or arrays of other
-        libraries.
+        For an ``rng`` that does not match the array kind, a setting of the
+        wrong kind (an array ``top_k`` must hold integers), or arrays of
+        other libraries.
 
     Notes
     -----
     The Gumbel-max trick: ``argmax_j (log q_j + G_j)`` with i.i.d. standard
     Gumbel ``G_j`` is exactly ``Categorical(q)``; the truncated classes get
-    ``log q_j = -inf``, and the renormalisation is implicit because the argmax
-    ignores a common shift.  ``log p`` is :func:`softmaxkit.log_softmax` at
-    temperature ``T`` (exact at any margin), computed in float64 for narrower
-    inputs.  The noise never takes ``log(0)``; it is exact Gumbel noise
-    except that its tails beyond a probability of about ``e**-43`` are cut
-    and its uniforms lie on a grid of spacing ``2**-63``, so the draws are
-    exact to that level (JAX without x64 adds float32 rounding to
-    ``log q_j + G_j``).
+    ``log q_j = -inf``, and the renormalisation is implicit because the
+    argmax ignores a common shift.  For ``log q_j`` it uses
+    ``z_j = (x_j - max x) / T``, which is ``log_softmax(x / T)_j`` up to a
+    constant per row, in float64 for narrower inputs (where ``x_j - max x``
+    is exact and the quotient is rounded once); float64 inputs, and JAX
+    without x64, round the difference too.  The noise never takes
+    ``log(0)``; it is exact Gumbel noise except that its tails beyond a
+    probability of about ``e**-43`` are cut and its uniforms lie on a grid
+    of spacing ``2**-63``, so the draws are exact to that level and to the
+    rounding of ``z_j + G_j`` in the working dtype (float32 for JAX without
+    x64).
+
+    With an int ``top_k`` below ``C`` only the ``top_k`` largest logits of
+    each row are candidates, selected without sorting whole rows
+    (``jax.lax.top_k`` for JAX), and noise is drawn for them alone.  Where
+    more classes tie with the ``top_k``-th largest logit than that, the
+    call sorts whole rows instead; under ``jax.jit`` this is a
+    ``jax.lax.cond``.  Both give the same distribution, with different
+    noise: for a given key, an int ``top_k`` and an array ``top_k`` of the
+    same value draw differently.  An array ``top_k``, or ``top_p`` without
+    ``top_k``, sorts whole rows.
+
+    Under ``jax.jit`` the settings may be Python numbers (static) or
+    arrays (traced, one value per row or a 0-d array); ``num_samples`` and
+    ``axis`` are static.  ``jax.vmap`` over the logits and keys works too.
 
     Edge behaviour: ``-inf`` logits are never drawn; a row with ``+inf``
     logits draws uniformly among them (the limit of the softmax); a row of
@@ -223,56 +513,65 @@ def sample(
     >>> smk.sample(logits, top_k=1, num_samples=3, rng=0)
     array([[0, 0, 0],
            [1, 1, 1]])
+
+    One setting per row: the first row greedy, the second sampled.
+
+    >>> smk.sample(logits, temperature=np.array([0.0, 1.0]), num_samples=4, rng=0)[0]
+    array([0, 0, 0, 0])
+    >>> smk.sample(logits, temperature=[1.0, -1.0], rng=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: temperature must be finite and >= 0; got temperature[1] = -1.0
     """
-    T = validate.non_negative(temperature, "temperature")
-    top_k = _optional_top_k(top_k)
-    top_p = _optional_top_p(top_p)
-    min_p = _optional_min_p(min_p)
+    temperature = _temperature(temperature)
+    top_k = _top_k(top_k)
+    top_p = _top_p(top_p)
+    min_p = _min_p(min_p)
     n_draws = _num_samples(num_samples)
     xp, layout, xw, _, _, widened = _prepare(logits, axis, name="logits", allow_many=False)
     backend = registry.backend_for(xw)
     gen = _random.generator(backend, xw, rng, "logits")
     xw = _stop_gradient(backend, xw)
+    s = _settings(xp, layout, xw, temperature, top_k, top_p, min_p)
     _check_rows(xp, layout, xw, "logits")
     out_shape = layout.rest_shape + ((n_draws,) if n_draws > 1 else ())
     n = xw.shape[-1]
     _check_noise_size(layout.n_rows, n_draws, n)
+    index = _index_dtype(xp)
     if n == 0:
-        # No rows and no classes: argmax of an empty axis is undefined, but the
-        # answer is an empty array of the usual index dtype.
-        return xp.zeros(out_shape, dtype=xp.argmax(xp.zeros((1,)), axis=0).dtype)
-    if T == 0:
-        idx = xp.argmax(xw, axis=-1)
-        return idx[..., None] + xp.zeros(out_shape, dtype=idx.dtype) if n_draws > 1 else idx
-    st = num.row_stats(xp, xw, None, T, widened)
-    logp = num.log_softmax(xp, st)
-    _check_computed(xp, logp, T, "logits")
-    keep = logp != -_INF
-    if top_k is not None and top_k < n:
-        kth = xp.sort(logp, axis=-1, descending=True)[..., top_k - 1 : top_k]
-        keep = keep & (logp >= kth)
-    if top_p is not None and top_p < 1.0:
-        p = num.softmax(xp, num.row_stats(xp, xw, keep, T, widened))
-        _check_computed(xp, p, T, "logits")
-        ranked = xp.sort(p, axis=-1, descending=True)
-        mass = xp.cumulative_sum(ranked, axis=-1)
-        n_kept = 1 + xp.sum(xp.astype(mass[..., :-1] < top_p, xp.int32), axis=-1, keepdims=True)
-        position = xp.arange(n, dtype=n_kept.dtype)
-        last_kept = xp.min(xp.where(position < n_kept, ranked, xp.full_like(ranked, _INF)), axis=-1, keepdims=True)
-        keep = keep & (p >= last_kept)
-    if min_p:
-        # st.e is exp((x_j - max x) / T): exactly the ratio p_j / max p, and it
-        # does not change when the truncations above renormalise.
-        keep = keep & (st.e >= min_p)
-    logq = xp.where(keep, logp, xp.full_like(logp, -_INF))
-    if n_draws > 1:
-        logq = logq[..., None, :]
-    noise = _random.gumbel(xp, backend, gen, out_shape + (n,), logq.dtype, xw)
-    return xp.argmax(logq + noise, axis=-1)
+        # Every row there is has nothing to draw from.
+        return xp.full(out_shape, _UNDEFINED, dtype=index, device=num.device(xw))
+    if s.scalar_greedy:
+        first = xp.argmax(xw, axis=-1)
+        idx = xp.broadcast_to(first[..., None], out_shape) if n_draws > 1 else first
+        empty = _empty(xp.take_along_axis(xw, first[..., None], axis=-1)[..., 0])
+        return _undefined(xp, xp.astype(idx, index), empty, s, n_draws)
+
+    def whole_rows() -> tuple[Any, Any]:
+        logq, empty = _truncated(xp, xw, s, widened, ranked=False)
+        idx = _draw(xp, backend, gen, logq, n_draws, xw)
+        return _greedy(xp, idx, s, lambda: xp.argmax(xw, axis=-1), n_draws, index), empty
+
+    k = s.top_k
+    if not isinstance(k, int) or k >= n:
+        return _undefined(xp, *whole_rows(), s, n_draws)
+    values, classes = _largest(xp, xw, k + 1)
+    # More classes tie with the k-th largest logit than the k candidates
+    # hold; ties at -inf do not count, as those classes are never drawn.
+    overflow = xp.any((values[..., k] == values[..., k - 1]) & (values[..., k - 1] > -_INF))
+    values, classes = values[..., :k], classes[..., :k]
+
+    def candidates() -> tuple[Any, Any]:
+        logq, empty = _truncated(xp, values, s, widened, ranked=True)
+        rank = _draw(xp, backend, gen, logq, n_draws, xw)
+        picked = xp.take_along_axis(classes, rank if n_draws > 1 else rank[..., None], axis=-1)
+        return _greedy(xp, picked if n_draws > 1 else picked[..., 0], s, lambda: classes[..., 0], n_draws, index), empty
+
+    return _undefined(xp, *_either(overflow, whole_rows, candidates), s, n_draws)
 
 
 @validate.quiet
-def gumbel_max(logits: Any, gumbel: Any, *, temperature: float = 1.0, axis: int = -1) -> Any:
+def gumbel_max(logits: Any, gumbel: Any, *, temperature: Any = 1.0, axis: int = -1) -> Any:
     r"""Exact categorical samples from Gumbel noise the caller supplies.
 
     .. math:: i = \operatorname{argmax}_j\,\bigl(\log\mathrm{softmax}(x/T)_j + G_j\bigr)
@@ -289,24 +588,30 @@ def gumbel_max(logits: Any, gumbel: Any, *, temperature: float = 1.0, axis: int 
         extra leading axes (one draw per leading index); same array kind.
         Build it as ``-log(-log(U))`` from uniforms in the open interval
         ``(0, 1)``, or with ``numpy.random.Generator.gumbel``.
-    temperature : float, default 1.0
-        ``T >= 0``; ``T = 0`` ignores the noise and returns the argmax.
+    temperature : float or array, default 1.0
+        ``T >= 0``, one number or one per row (an array broadcastable to the
+        logits' shape without ``axis``); ``T = 0`` ignores the noise and
+        returns the argmax.
     axis : int, default -1
         The class axis of ``logits``.
 
     Returns
     -------
-    integer array of ``gumbel``'s shape without the class axis.
+    integer array of ``gumbel``'s shape without the class axis.  Under
+    tracing (``jax.jit``, ``jax.vmap``), a draw from a row with a NaN logit,
+    with every logit ``-inf`` or with a temperature out of range, or whose
+    noise is not finite, is ``-1``, which is no class.
 
     Notes
     -----
-    Uses :func:`softmaxkit.log_softmax` rather than ``x / T`` so that a row
-    with several ``+inf`` logits chooses uniformly among them instead of
-    always the first; ``-inf`` logits are never chosen.  Ties (of probability
-    0 for continuous noise) go to the first index.  Raises ``ValueError`` for
-    NaN logits, fully masked rows, non-finite noise, and rows whose
-    log-probabilities come out NaN from finite logits (an extreme
-    temperature), which are never turned into an index.
+    Adds the noise to ``z_j = (x_j - max x) / T`` (see :func:`sample`),
+    which is ``log_softmax(x / T)_j`` up to a constant per row and takes its
+    limits: a row with several ``+inf`` logits chooses uniformly among them
+    instead of always the first, and ``-inf`` logits are never chosen.  Ties
+    (of probability 0 for continuous noise) go to the first index.  Raises
+    ``ValueError`` for NaN logits, fully masked rows, a temperature out of
+    range and non-finite noise in concrete arrays; these checks are skipped
+    under tracing (see Returns).
 
     Examples
     --------
@@ -314,8 +619,10 @@ def gumbel_max(logits: Any, gumbel: Any, *, temperature: float = 1.0, axis: int 
     >>> g = np.random.default_rng(0).gumbel(size=(5, 3))
     >>> smk.gumbel_max(np.array([0.0, 1.0, -np.inf]), g)
     array([1, 0, 1, 1, 1])
+    >>> smk.gumbel_max(np.array([[0.0, 1.0, -np.inf], [2.0, 0.0, 0.0]]), g[:2], temperature=[1.0, 0.0])
+    array([1, 0])
     """
-    T = validate.non_negative(temperature, "temperature")
+    temperature = _temperature(temperature)
     xp, layout, xw, _, _, widened = _prepare(logits, axis, name="logits", allow_many=False)
     g = validate.same_namespace(xp, gumbel, "gumbel")
     _, g, _ = validate.real_array(g, "gumbel")
@@ -324,18 +631,25 @@ def gumbel_max(logits: Any, gumbel: Any, *, temperature: float = 1.0, axis: int 
         raise ValueError(
             f"gumbel must have the shape of logits {layout.shape}, optionally with extra leading axes; got {tuple(g.shape)}"
         )
+    s = _settings(xp, layout, xw, temperature, None, None, None)
     _check_rows(xp, layout, xw, "logits")
-    if T == 0:
-        idx = xp.argmax(xw, axis=-1)
-        return idx + xp.zeros(tuple(g.shape[:lead]) + layout.rest_shape, dtype=idx.dtype)
-    bad = ~xp.isfinite(g)
-    if bool(xp.any(bad)):
-        pos = validate.first_position(bad)
-        raise ValueError(f"gumbel must be finite; got gumbel{list(pos)} = {float(validate.to_numpy(g)[pos])!r}")
-    g_layout = Layout(xp, tuple(g.shape), (lead + layout.axes[0],))
-    logp = num.log_softmax(xp, num.row_stats(xp, xw, None, T, widened))
-    _check_computed(xp, logp, T, "logits")
-    return xp.argmax(logp + g_layout.forward(xp.astype(g, logp.dtype)), axis=-1)
+    out_shape = tuple(g.shape[:lead]) + layout.rest_shape
+    index = _index_dtype(xp)
+    if xw.shape[-1] == 0:
+        return xp.full(out_shape, _UNDEFINED, dtype=index, device=num.device(xw))
+    first = xp.argmax(xw, axis=-1)
+    if s.scalar_greedy:
+        empty = _empty(xp.take_along_axis(xw, first[..., None], axis=-1)[..., 0])
+        return _undefined(xp, xp.astype(xp.broadcast_to(first, out_shape), index), empty, s, 1)
+    _CHECKS.require_none(xp, ~xp.isfinite(g), _first_bad("gumbel", g, "gumbel must be finite"))
+    gw = Layout(xp, tuple(g.shape), (lead + layout.axes[0],)).forward(xp.astype(g, xw.dtype))
+    z, empty = _scaled(xp, xw, s.temperature, widened)
+    idx = xp.argmax(z + gw, axis=-1)
+    noisy = xp.any(~xp.isfinite(gw), axis=-1)
+    if s.greedy is not None:
+        idx = xp.where(s.greedy[..., 0], first, idx)
+        noisy = noisy & ~s.greedy[..., 0]
+    return _undefined(xp, xp.astype(idx, index), empty | noisy, s, 1)
 
 
 @validate.quiet
