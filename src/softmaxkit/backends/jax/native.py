@@ -103,6 +103,8 @@ def _load() -> str | None:
 
     if config._kernels is None:
         return "the native kernels are not built in this installation"
+    if not hasattr(jax, "ffi"):
+        return f"JAX {jax.__version__} has no jax.ffi (0.4.38 or newer has)"
     target = _library_path()
     try:
         if not target.exists():
