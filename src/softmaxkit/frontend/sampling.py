@@ -39,7 +39,7 @@ from __future__ import annotations
 import numbers
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import array_api_compat
 
@@ -106,11 +106,20 @@ def _min_p(value: Any) -> Any:
     return validate.in_unit_interval(value, "min_p")
 
 
-# Per-row rules: the mask of values out of range, and the message (as for a number).
-_TEMPERATURE = (lambda v: ~((v >= 0) & (v < _INF)), "temperature must be finite and >= 0")
-_TOP_K = (lambda v: v < 1, "top_k must be an int >= 1 (or None)")
-_TOP_P = (lambda v: ~((v > 0) & (v <= 1)), "top_p must be in (0, 1] or None")
-_MIN_P = (lambda v: ~((v >= 0) & (v <= 1)), "min_p must be in [0, 1]")
+class _Rule(NamedTuple):
+    """What a per-row setting must be: ``out_of_range(v)`` marks the bad
+    values, ``message`` says what is allowed (as for a number), ``integer``
+    asks for an integer array."""
+
+    out_of_range: Callable[[Any], Any]
+    message: str
+    integer: bool = False
+
+
+_TEMPERATURE = _Rule(lambda v: ~((v >= 0) & (v < _INF)), "temperature must be finite and >= 0")
+_TOP_K = _Rule(lambda v: v < 1, "top_k must be an int >= 1 (or None)", integer=True)
+_TOP_P = _Rule(lambda v: ~((v > 0) & (v <= 1)), "top_p must be in (0, 1] or None")
+_MIN_P = _Rule(lambda v: ~((v >= 0) & (v <= 1)), "min_p must be in [0, 1]")
 
 
 def _first_bad(name: str, v: Any, message: str) -> Callable[[tuple | None], str]:
@@ -150,35 +159,37 @@ class _Settings:
         return self.greedy is None and self.temperature == 0
 
 
-def _row_setting(xp: Any, layout: Layout, xw: Any, value: Any, name: str, rule: tuple, dtype: Any) -> tuple[Any, Any]:
-    """A per-row setting as ``(array of shape rest + (1,), rows out of range)``; a number passes through with None.
+def _row_setting(xp: Any, layout: Layout, xw: Any, value: Any, name: str, rule: _Rule) -> tuple[Any, Any]:
+    """A per-row setting as ``(array of shape rest + (1,), rows out of range of shape rest)``.
 
-    Concrete values out of range raise ``ValueError`` naming the first one
-    (its index in the array as given); under tracing their rows are returned.
+    A number (or None) passes through, with None.  The array is of
+    ``xw``'s kind (NumPy arrays and lists are converted), in ``xw``'s dtype
+    (``top_k``: the index dtype, capped at the number of classes).  Concrete
+    values out of range raise ``ValueError`` naming the first one and its
+    index in the array as given; under tracing their rows are returned.
     """
     if value is None or not _per_row(value):
         return value, None
     v = validate.same_namespace(xp, value, name)
-    if dtype is None:
-        if not xp.isdtype(v.dtype, "integral"):
-            raise TypeError(f"{name} must be an int >= 1, an integer array or None; got an array of dtype {v.dtype}")
-    else:
-        v = validate.as_float(xp, v, name)
-    out_of_range, message = rule
-    bad = out_of_range(v)
-    _CHECKS.require_none(xp, bad, _first_bad(name, v, message))
+    if not rule.integer:
+        v = xp.astype(validate.as_float(xp, v, name), xw.dtype)
+    elif not xp.isdtype(v.dtype, "integral"):
+        raise TypeError(f"{name} must be an int >= 1, an integer array or None; got an array of dtype {v.dtype}")
+    bad = rule.out_of_range(v)
+    _CHECKS.require_none(xp, bad, _first_bad(name, v, rule.message))
+    if rule.integer:
+        v = xp.astype(xp.clip(v, max=layout.n), _index_dtype(xp))
     shape = layout.rest_shape
     v = validate.broadcast_to(xp, v, shape, name, "the logits without the class axis")
-    v = xp.asarray(xp.reshape(v, shape + (1,)), device=num.device(xw))
-    v = xp.astype(v, _index_dtype(xp) if dtype is None else dtype)
-    return v, xp.asarray(xp.broadcast_to(bad, shape), device=num.device(xw))
+    dev = num.device(xw)
+    return xp.asarray(xp.reshape(v, shape + (1,)), device=dev), xp.asarray(xp.broadcast_to(bad, shape), device=dev)
 
 
 def _settings(xp: Any, layout: Layout, xw: Any, temperature: Any, top_k: Any, top_p: Any, min_p: Any) -> _Settings:
-    T, bad_t = _row_setting(xp, layout, xw, temperature, "temperature", _TEMPERATURE, xw.dtype)
-    k, bad_k = _row_setting(xp, layout, xw, top_k, "top_k", _TOP_K, None)
-    p, bad_p = _row_setting(xp, layout, xw, top_p, "top_p", _TOP_P, xw.dtype)
-    m, bad_m = _row_setting(xp, layout, xw, min_p, "min_p", _MIN_P, xw.dtype)
+    T, bad_t = _row_setting(xp, layout, xw, temperature, "temperature", _TEMPERATURE)
+    k, bad_k = _row_setting(xp, layout, xw, top_k, "top_k", _TOP_K)
+    p, bad_p = _row_setting(xp, layout, xw, top_p, "top_p", _TOP_P)
+    m, bad_m = _row_setting(xp, layout, xw, min_p, "min_p", _MIN_P)
     greedy = None
     if bad_t is not None:
         greedy = T == 0
