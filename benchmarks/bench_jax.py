@@ -8,7 +8,9 @@ times faster softmaxkit is.  Compilation is the warm-up, so it is not timed.
 - ``jit(value_and_grad)`` of the mean cross-entropy with integer labels,
   against ``optax.softmax_cross_entropy_with_integer_labels(...).mean()``;
 - ``jit`` softmax and log_softmax against ``jax.nn``;
-- ``jit`` of a batched decode step (see ``bench_jax_decode.py``).
+- ``jit`` of a batched decode step (see ``bench_jax_decode.py``);
+- a training loop: 20 Adam steps of an MLP with a 32768-class output under
+  one ``jit``, with either loss.
 
 The path softmaxkit.jax takes (``softmaxkit.jax.kernel_path()``) is printed
 with the table.
@@ -71,6 +73,36 @@ def _cases(shapes):
             )
 
 
+def _training_cases(quick):
+    """An MLP (256 -> 256 -> classes) trained with Adam, 20 steps per call under one jit (lax.scan)."""
+    classes = 4096 if quick else 32768
+    batch, features, hidden, steps = 128, 256, 256, 20
+    rng = jax.random.split(jax.random.key(2), 4)
+    params = {
+        "w1": jax.random.normal(rng[0], (features, hidden)) / features**0.5,
+        "w2": jax.random.normal(rng[1], (hidden, classes)) / hidden**0.5,
+    }
+    xs = jax.random.normal(rng[2], (steps, batch, features))
+    ys = jax.random.randint(rng[3], (steps, batch), 0, classes)
+    optimizer = optax.adam(1e-3)
+
+    def trainer(loss_fn):
+        def step(carry, batch_xy):
+            p, state = carry
+            x, y = batch_xy
+            loss, grads = jax.value_and_grad(lambda q: loss_fn(jax.nn.gelu(x @ q["w1"]) @ q["w2"], y))(p)
+            updates, state = optimizer.update(grads, state, p)
+            return (optax.apply_updates(p, updates), state), loss
+
+        return jax.jit(lambda p, s, x, y: jax.lax.scan(step, (p, s), (x, y))[1])
+
+    def optax_ce(z, y):
+        return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
+
+    args = (params, optimizer.init(params), xs, ys)
+    yield ("train MLP, 20 Adam steps", f"float32 batch {batch}, {classes} classes", "optax", trainer(optax_ce), trainer(smj.cross_entropy), lambda: args)
+
+
 def _block(out):
     jax.block_until_ready(out)
     return out
@@ -84,7 +116,8 @@ def main() -> None:
     add_out_argument(parser)
     args = parser.parse_args()
     rows, csv_rows = [], []
-    for group, name, peer, peer_fn, ours, make in _cases(QUICK_SHAPES if args.quick else SHAPES):
+    cases = list(_cases(QUICK_SHAPES if args.quick else SHAPES)) + list(_training_cases(args.quick))
+    for group, name, peer, peer_fn, ours, make in cases:
         if args.k not in f"{group} {name}":
             continue
         inputs = make()

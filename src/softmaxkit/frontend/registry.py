@@ -116,11 +116,16 @@ def _load(path: str) -> Backend:
 class Native:
     """The native kernels: ``numpy`` holds the NumPy adapters, ``into`` the
     kernels writing into preallocated arrays, ``active`` says whether they are
-    in use now (not switched off)."""
+    in use now (not switched off), ``library`` is the path of the loaded
+    extension (whose C entry points, ``kernels/csrc/api.h``, other native
+    code binds to), ``describe`` names the instruction set and thread count
+    in use."""
 
     numpy: Any
     into: Any
     active: Callable[[], bool]
+    library: str
+    describe: Callable[[], str]
 
 
 _native: Native | None = None
@@ -135,3 +140,8 @@ def register_native(kernels: Native) -> None:
 def native() -> Native | None:
     """The native kernels while they are in use, else None."""
     return _native if _native is not None and _native.active() else None
+
+
+def native_installed() -> Native | None:
+    """The native kernels when they are built, in use or switched off; else None."""
+    return _native

@@ -171,4 +171,12 @@ __all__ = [
 ]
 
 if _kernels is not None:
-    registry.register_native(registry.Native(numpy=numpy_adapter, into=into, active=active))
+    registry.register_native(
+        registry.Native(
+            numpy=numpy_adapter,
+            into=into,
+            active=active,
+            library=_kernels.__file__,
+            describe=lambda: f"{isa()}, {get_num_threads()} threads",
+        )
+    )

@@ -37,6 +37,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from softmaxkit.frontend import registry
+
 _HERE = Path(__file__).resolve().parent
 _SOURCE = _HERE / "ffi.cc"
 _API = _HERE.parent.parent / "kernels" / "csrc" / "api.h"
@@ -99,9 +101,8 @@ def _compile(target: Path) -> None:
 
 def _load() -> str | None:
     """Builds (if needed), loads and registers the handlers; the reason they are not in use, or None."""
-    from softmaxkit.kernels import config
-
-    if config._kernels is None:
+    installed = registry.native_installed()
+    if installed is None:
         return "the native kernels are not built in this installation"
     if not hasattr(jax, "ffi"):
         return f"JAX {jax.__version__} has no jax.ffi (0.4.38 or newer has)"
@@ -112,7 +113,7 @@ def _load() -> str | None:
         library = ctypes.CDLL(str(target))
     except (OSError, FileNotFoundError) as exc:
         return f"the XLA FFI handlers could not be built: {exc}"
-    kernels = ctypes.CDLL(config._kernels.__file__)
+    kernels = ctypes.CDLL(installed.library)
     entry = [ctypes.cast(getattr(kernels, f"sk_{name}"), ctypes.c_void_p) for name in (*_TARGETS, "narrow_f64")]
     library.skjax_bind.argtypes = [ctypes.c_void_p] * len(entry)
     library.skjax_bind(*entry)
@@ -131,9 +132,7 @@ def _reason() -> str | None:
 
 def active() -> bool:
     """Whether JAX functions traced now run the native kernels (on the CPU backend)."""
-    from softmaxkit import kernels
-
-    return kernels.active() and jax.default_backend() == "cpu" and _reason() is None
+    return registry.native() is not None and jax.default_backend() == "cpu" and _reason() is None
 
 
 def path() -> str:
@@ -143,17 +142,15 @@ def path() -> str:
     >>> smj.kernel_path()  # doctest: +SKIP
     'native: XLA FFI handlers on CPU (avx512, 2 threads)'
     """
-    from softmaxkit import kernels
-
     backend = jax.default_backend()
     if backend != "cpu":
         return f"jax.numpy formulas: the default JAX backend is {backend} (XLA fuses them there)"
     reason = _reason()
     if reason is not None:
         return f"jax.numpy formulas: {reason}"
-    if not kernels.active():
+    if registry.native() is None:
         return "jax.numpy formulas: the native kernels are switched off (SOFTMAXKIT_DISABLE_NATIVE or softmaxkit.kernels.disabled())"
-    return f"native: XLA FFI handlers on CPU ({kernels.isa()}, {kernels.get_num_threads()} threads)"
+    return f"native: XLA FFI handlers on CPU ({registry.native_installed().describe()})"
 
 
 def _registered(name: str) -> str:
