@@ -198,15 +198,24 @@ class TestSampleNumpy:
 
     def test_nan_from_extreme_temperature_is_never_a_draw(self):
         # NaN log-probabilities made from finite logits (an extreme
-        # temperature) were drawn as class 0 every time.  Either the row is
-        # computed right (class 1 at this near-zero temperature) or refused.
+        # temperature) were drawn as class 0 every time.  The shifted, scaled
+        # logits are never NaN: the row is computed right (class 1 at this
+        # near-zero temperature, uniform at a huge one).
         x = np.array([0.0, 5.0, 1.0])
-        try:
-            draws = smk.sample(x, temperature=1e-300, num_samples=50, rng=0)
-        except ValueError as exc:
-            assert "NaN" in str(exc)
-        else:
-            assert (draws == 1).all(), np.bincount(draws)
+        draws = smk.sample(x, temperature=1e-300, num_samples=50, rng=0)
+        assert (draws == 1).all(), np.bincount(draws)
+        draws = smk.sample(x, temperature=1e300, num_samples=30_000, rng=1)
+        assert chi_square_p(draws, [1 / 3] * 3) > ALPHA
+
+    def test_huge_temperature_on_a_row_wider_than_the_largest_float(self):
+        # x - max x overflows to -inf for logits 2e308 apart, but
+        # (x - max x) / T is -2 at T = 1e308: the halves are subtracted.
+        x = np.array([1e308, -1e308, -np.inf])
+        draws = smk.sample(x, temperature=1e308, num_samples=30_000, rng=2)
+        assert chi_square_p(draws, exact_probs([0.0, -2.0, -np.inf])) > ALPHA
+        draws = smk.sample(np.stack([x, x]), temperature=[1e308, 1e307], num_samples=30_000, rng=3)
+        assert chi_square_p(draws[0], exact_probs([0.0, -2.0, -np.inf])) > ALPHA
+        assert (draws[1] == 0).all()
 
     def test_huge_num_samples_is_refused_by_name(self):
         # num_samples=2**100 raised NumPy's "Maximum allowed dimension
@@ -236,6 +245,136 @@ class TestSampleNumpy:
     def test_invalid_arguments(self, kwargs, exc, pattern):
         with pytest.raises(exc, match=pattern):
             smk.sample(LOGITS, **kwargs)
+
+
+# One case per row: (temperature, top_k, top_p, min_p); top_k = 7 (all
+# classes), top_p = 1 and min_p = 0 leave a row untruncated.
+ROW_SETTINGS = [
+    (0.5, 7, 1.0, 0.0),
+    (0.8, 3, 1.0, 0.0),
+    (0.8, 7, 0.75, 0.0),
+    (1.0, 7, 1.0, 0.3),
+    (0.8, 5, 0.95, 0.06),
+    (0.8, 3, 0.8, 0.0),
+    (2.0, 2, 0.5, 0.0),
+    (0.0, 7, 1.0, 0.0),
+]
+
+
+def per_row_case():
+    """LOGITS once per case, its classes rolled by the row number, and the four settings as arrays."""
+    x = np.stack([np.roll(LOGITS, r) for r in range(len(ROW_SETTINGS))])
+    return x, [np.array(column) for column in zip(*ROW_SETTINGS)]
+
+
+def truncated_row(row, temperature, top_k, top_p, min_p):
+    if temperature == 0:
+        return np.eye(len(row))[np.argmax(row)]
+    return truncated(exact_probs(row, temperature), top_k=top_k, top_p=top_p, min_p=min_p)
+
+
+class TestPerRowNumpy:
+    def test_frequencies(self):
+        x, (T, k, p, m) = per_row_case()
+        draws = smk.sample(x, temperature=T, top_k=k, top_p=p, min_p=m, num_samples=100_000, rng=30)
+        assert draws.shape == (8, 100_000)
+        for r, row in enumerate(x):
+            assert chi_square_p(draws[r], truncated_row(row, T[r], k[r], p[r], m[r])) > ALPHA, r
+
+    def test_frequencies_with_an_int_top_k(self):
+        x, (T, _, p, m) = per_row_case()
+        draws = smk.sample(x, temperature=T, top_k=4, top_p=p, min_p=m, num_samples=100_000, rng=31)
+        for r, row in enumerate(x):
+            assert chi_square_p(draws[r], truncated_row(row, T[r], 4, p[r], m[r])) > ALPHA, r
+
+    @pytest.mark.parametrize("top_k", [None, 4])
+    def test_equals_the_scalar_settings_row_by_row(self, top_k):
+        # Same seed, same noise: row r is the draw with row r's settings as numbers.
+        x, (T, _, p, m) = per_row_case()
+        rows = smk.sample(x, temperature=T, top_k=top_k, top_p=p, min_p=m, num_samples=500, rng=32)
+        for r in range(len(x)):
+            one = smk.sample(x, temperature=float(T[r]), top_k=top_k, top_p=float(p[r]), min_p=float(m[r]), num_samples=500, rng=32)
+            np.testing.assert_array_equal(rows[r], one[r], err_msg=f"row {r}")
+
+    def test_top_k_array_equals_a_constant_array_row_by_row(self):
+        # An array top_k sorts whole rows (an int top_k draws from its
+        # candidates, with other noise): row r is the draw with k_r everywhere.
+        x, (T, k, p, m) = per_row_case()
+        rows = smk.sample(x, temperature=T, top_k=k, top_p=p, min_p=m, num_samples=500, rng=33)
+        for r in range(len(x)):
+            one = smk.sample(x, temperature=T, top_k=np.full(len(x), k[r]), top_p=p, min_p=m, num_samples=500, rng=33)
+            np.testing.assert_array_equal(rows[r], one[r], err_msg=f"row {r}")
+
+    def test_neutral_settings_change_nothing(self):
+        x = np.stack([np.array([5.0, 0.0, -30.0, -60.0, 1.0, 2.0, -np.inf])] * 3)
+        plain = smk.sample(x, num_samples=500, rng=3)
+        neutral = {"top_k": np.array([7, 100, 7]), "top_p": np.ones(3), "min_p": np.zeros(3), "temperature": np.ones(3)}
+        np.testing.assert_array_equal(smk.sample(x, num_samples=500, rng=3, **neutral), plain)
+
+    def test_top_p_of_one_keeps_classes_below_the_rounding_of_the_mass(self, monkeypatch):
+        # Class 3's weight e**-65 does not change the cumulative mass, yet
+        # top_p = 1 keeps it, as number and in an array.  Noise that favours
+        # it by 100 nats shows whether it was kept.
+        from softmaxkit.frontend import sampling
+
+        def favour_class_3(xp, backend, gen, shape, dtype, like):
+            noise = np.zeros(shape, dtype=dtype)
+            noise[..., 3] = 100.0
+            return noise
+
+        monkeypatch.setattr(sampling._random, "gumbel", favour_class_3)
+        x = np.array([[5.0, 0.0, -30.0, -60.0, 1.0, 2.0, -np.inf]] * 2)
+        for top_p, expected in [(None, [3, 3]), (1.0, [3, 3]), (np.ones(2), [3, 3]), ([1.0, 0.999], [3, 0])]:
+            np.testing.assert_array_equal(smk.sample(x, top_p=top_p, rng=0), expected, err_msg=repr(top_p))
+
+    def test_settings_broadcast_to_the_rows(self):
+        # Logits (2, 5, 3) with the classes along axis 1: the rows are (2, 3).
+        x = np.random.default_rng(4).normal(size=(2, 5, 3))
+        T = np.array([[0.5], [2.0]])
+        full = smk.sample(x, temperature=np.broadcast_to(T, (2, 3)), axis=1, num_samples=50, rng=5)
+        np.testing.assert_array_equal(smk.sample(x, temperature=T, axis=1, num_samples=50, rng=5), full)
+        np.testing.assert_array_equal(smk.sample(x, temperature=[0.5, 2.0, 1.0], axis=1, rng=6), smk.sample(x, temperature=np.array([[0.5, 2.0, 1.0]] * 2), axis=1, rng=6))
+        np.testing.assert_array_equal(smk.sample(x, temperature=np.array(0.7), axis=1, rng=6), smk.sample(x, temperature=0.7, axis=1, rng=6))
+
+    def test_greedy_rows(self):
+        x = np.array([[0.0, 3.0, 3.0, 1.0], [np.inf, 0.0, np.inf, 0.0], [0.0, 0.1, 0.2, 0.3]])
+        for top_k in (None, 2, np.array([1, 2, 4])):
+            draws = smk.sample(x, temperature=[0.0, 0.0, 1.0], top_k=top_k, num_samples=400, rng=7)
+            np.testing.assert_array_equal(draws[:2], [[1] * 400, [0] * 400])
+            assert len(np.unique(draws[2])) == (2 if isinstance(top_k, int) else 4)
+
+    @pytest.mark.parametrize(
+        ("kwargs", "exc", "pattern"),
+        [
+            ({"temperature": [1.0, np.inf]}, ValueError, r"temperature must be finite and >= 0; got temperature\[1\] = inf"),
+            ({"temperature": np.array([[1.0], [-0.5]])}, ValueError, r"temperature.*got temperature\[1, 0\] = -0.5"),
+            ({"temperature": np.array(-1.0)}, ValueError, r"temperature must be finite and >= 0; got -1.0$"),
+            ({"temperature": np.array([True, False])}, TypeError, "temperature must be a real floating or integer array; got dtype bool"),
+            ({"top_k": np.array([2, 0])}, ValueError, r"top_k must be an int >= 1 \(or None\); got top_k\[1\] = 0"),
+            ({"top_k": np.array([2.0, 3.0])}, TypeError, "top_k must be an int >= 1, an integer array or None; got an array of dtype float64"),
+            ({"top_p": [0.5, 0.0]}, ValueError, r"top_p must be in \(0, 1\] or None; got top_p\[1\] = 0.0"),
+            ({"top_p": [np.nan, 0.5]}, ValueError, r"top_p.*got top_p\[0\] = nan"),
+            ({"min_p": [0.5, 1.5]}, ValueError, r"min_p must be in \[0, 1\]; got min_p\[1\] = 1.5"),
+            ({"temperature": [1.0, 1.0, 1.0]}, ValueError, r"temperature of shape \(3,\) does not broadcast to the logits without the class axis of shape \(2,\)"),
+        ],
+    )
+    def test_invalid_arrays(self, kwargs, exc, pattern):
+        with pytest.raises(exc, match=pattern):
+            smk.sample(np.zeros((2, 4)), rng=0, **kwargs)
+
+    def test_array_of_another_kind_is_refused(self):
+        torch = pytest.importorskip("torch")
+        with pytest.raises(TypeError, match="temperature is a torch.Tensor, but the logits are of another kind"):
+            smk.sample(np.zeros((2, 4)), temperature=torch.ones(2), rng=0)
+
+    def test_gumbel_max_per_row_temperature(self):
+        x = np.stack([LOGITS, np.roll(LOGITS, 2)])
+        g = np.random.default_rng(8).gumbel(size=(100_000, 2, 7))
+        draws = smk.gumbel_max(x, g, temperature=[0.7, 1.5])
+        for r, T in enumerate((0.7, 1.5)):
+            assert chi_square_p(draws[:, r], exact_probs(x[r], T)) > ALPHA
+        np.testing.assert_array_equal(draws[:, 0], smk.gumbel_max(x, g, temperature=0.7)[:, 0])
+        np.testing.assert_array_equal(smk.gumbel_max(x, g, temperature=[0.0, 1.5])[:, 0], np.zeros(100_000))
 
 
 class TestGumbelNoise:
@@ -347,6 +486,16 @@ class TestTorch:
         assert isinstance(draws, torch.Tensor) and draws.dtype == torch.int64
         expected = truncated(exact_probs(LOGITS, 0.8), top_k=5, top_p=0.9)
         assert chi_square_p(draws.numpy(), expected) > ALPHA
+
+    def test_per_row_settings(self):
+        torch = self.torch
+        x, (T, k, p, m) = per_row_case()
+        draws = smk.sample(torch.tensor(x), temperature=torch.tensor(T), top_k=k, top_p=list(p), min_p=m, num_samples=50_000, rng=8)
+        assert isinstance(draws, torch.Tensor) and draws.dtype == torch.int64
+        for r, row in enumerate(x):
+            assert chi_square_p(draws[r].numpy(), truncated_row(row, T[r], k[r], p[r], m[r])) > ALPHA, r
+        with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\] or None; got top_p\[1\] = 1.5"):
+            smk.sample(torch.zeros(2, 3), top_p=torch.tensor([0.5, 1.5]), rng=0)
 
     def test_reproducible_with_seed_and_global_generator(self):
         torch = self.torch
