@@ -24,18 +24,41 @@ them work, under ``jax.jit`` and ``jax.vmap``:
   NaN (forward mode, ``inf * 0``) there; the derivative in the logits never
   meets it.
 
+Paths
+-----
+On the CPU backend the forward passes run softmaxkit's native kernels as
+XLA custom calls (``jax.ffi`` handlers compiled on first use against the
+installed jaxlib; see ``softmaxkit.backends.jax.native``): softmax,
+log_softmax, logsumexp, and cross-entropy, whose loss and gradient come
+from one pass over the logits (float16, bfloat16, float32, float64; any
+axis, batch dimensions and ``vmap``).  The derivative rules above are the
+same on both paths: their tangents are ``jax.numpy`` expressions XLA fuses.
+On GPU and TPU, with the kernels switched off (``SOFTMAXKIT_DISABLE_NATIVE``
+or ``softmaxkit.kernels.disabled()`` when a function is traced), or where
+the handlers cannot be built (no C++ compiler), the forward passes run the
+``jax.numpy`` formulas of ``softmaxkit.numerics`` instead; XLA fuses them on
+accelerators.  :func:`kernel_path` says which path is in use, in one line.
+
 Precision
 ---------
 JAX computes in float32 unless x64 is enabled.
 
-* With ``jax_enable_x64``: float32 and narrower are computed in float64 and
-  rounded once (within 2 ULP); float64 uses the compensated path.
-* Without it (the default): float16 and bfloat16 are computed in float32 and
-  rounded once; float32 uses the compensated float32 path of ``softmaxkit.numerics``
-  (exact shift ``hi + lo``, ``exp(hi)(1 + lo)``, cascaded sums).  The shift
-  is then exact, so confident rows keep their full relative accuracy, but
-  ``exp``, ``log1p`` and the division each round in float32: expect a few
-  ULP rather than 2 (see ``docs/torch.md`` for the measured figures).
+* Native path: every dtype meets the package's contract (2 ULP for float16,
+  bfloat16 and float32, 4 for float64): float32 and narrower are computed in
+  float64 and rounded once, float64 uses the compensated kernels.  The
+  kernels run in IEEE arithmetic although XLA flushes subnormals on its
+  threads, so confident rows keep their subnormal probabilities, losses and
+  gradients (margins beyond 87 in float32).
+* Formulas with ``jax_enable_x64``: float32 and narrower are computed in
+  float64 and rounded once (within 2 ULP); float64 uses the compensated path.
+* Formulas without it (the default): float16 and bfloat16 are computed in
+  float32 and rounded once; float32 uses the compensated float32 path of
+  ``softmaxkit.numerics`` (exact shift ``hi + lo``, ``exp(hi)(1 + lo)``,
+  cascaded sums).  The shift is exact, so confident rows keep their full
+  relative accuracy, but ``exp``, ``log1p`` and the division each round in
+  float32: within 4 ULP (tested against mpmath), and only while results stay
+  normal: XLA flushes subnormal results to 0 (float32 margins beyond about
+  87).
 
 softmaxkit does not switch x64 on for you: the flag is global in JAX and
 changing it inside a traced function is not supported.
@@ -45,7 +68,10 @@ Checks
 Option, dtype and shape checks always run.  Value checks (label range,
 signs of weights and probabilities) raise ``ValueError`` on concrete arrays
 and are skipped on tracers (inside ``jit``, ``vmap`` or ``grad``), where
-they cannot be evaluated without a host round trip.
+they cannot be evaluated without a host round trip.  On the native path the
+kernel still checks class indices when it runs: a label outside
+``[0, n_classes)`` that is not ``ignore_index`` makes the call raise
+(``JaxRuntimeError``, naming ``labels``) instead of giving a loss.
 """
 
 from softmaxkit.backends.jax.functions import cross_entropy, kl_div, log_softmax, logsumexp, softmax
