@@ -91,6 +91,37 @@ def _jax():
     )
 
 
+def _softmaxkit_jax(path):
+    """softmaxkit.jax under jit, on its native path or on its jax.numpy formulas (traced with the kernels off)."""
+
+    def setup():
+        import contextlib
+
+        import jax
+        import jax.numpy as jnp
+
+        import softmaxkit.jax as smj
+        from softmaxkit import kernels
+
+        if path == "native" and not smj.kernel_path().startswith("native"):
+            raise ImportError(smj.kernel_path())
+        context = kernels.disabled if path == "formulas" else contextlib.nullcontext
+        softmax, log_softmax = jax.jit(smj.softmax), jax.jit(smj.log_softmax)
+        grad_fn = jax.jit(jax.value_and_grad(lambda x, t: smj.cross_entropy(x, t, reduction="sum")))
+
+        def run(fn):
+            def call(*args):
+                with context():
+                    out = fn(*(jnp.asarray(a) for a in args))
+                return jax.tree.map(np.asarray, out)
+
+            return call
+
+        return run(softmax), run(log_softmax), run(grad_fn)
+
+    return setup
+
+
 def _scipy():
     from scipy import special
 
@@ -104,7 +135,14 @@ def _scipy():
     return (lambda x: special.softmax(x, axis=-1), lambda x: special.log_softmax(x, axis=-1), ce)
 
 
-CASES = [Case("softmaxkit", _softmaxkit), Case("torch", _torch), Case("jax", _jax), Case("scipy", _scipy)]
+CASES = [
+    Case("softmaxkit", _softmaxkit),
+    Case("softmaxkit.jax, jit, native", _softmaxkit_jax("native")),
+    Case("softmaxkit.jax, jit, formulas", _softmaxkit_jax("formulas")),
+    Case("torch", _torch),
+    Case("jax", _jax),
+    Case("scipy", _scipy),
+]
 
 
 # --- the inputs --------------------------------------------------------------------------
