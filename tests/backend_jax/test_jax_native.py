@@ -84,7 +84,7 @@ _COMPARE = """
 """
 
 
-@pytest.mark.skipif(not kernels.available(), reason="the native kernels are not built")
+@needs_native
 def test_without_a_compiler_the_formulas_give_the_results_within_the_contract(tmp_path):
     native_out, fallback_out = tmp_path / "native.npy", tmp_path / "fallback.npy"
     first = _run(_COMPARE.format(out=native_out))
