@@ -315,3 +315,19 @@ def test_raw_uint32_keys_and_reproducibility():
     assert not np.array_equal(a, f(x, rng=jax.random.PRNGKey(4)))
     with pytest.raises(TypeError, match="rng must be a jax.random key"):
         f(x, rng=3)
+
+
+def test_random_words_are_threefry_on_counters():
+    # One Threefry hash for two words: the words of jax.random.bits with
+    # partitionable Threefry off; other key kinds go through jax.random.bits.
+    from softmaxkit.backends.jax import entry
+    from softmaxkit.frontend import random as _random
+
+    key = jax.random.key(5)
+    with jax.threefry_partitionable(False):
+        expected = jax.random.bits(key, (3, 7, 2), dtype=jnp.uint32)
+    np.testing.assert_array_equal(entry.random_words(key, (3, 7, 2), None), expected)
+    rbg = jax.random.key(5, impl="rbg")
+    np.testing.assert_array_equal(entry.random_words(rbg, (4,), None), jax.random.bits(rbg, (4,), dtype=jnp.uint32))
+    noise = _random.gumbel(jnp, entry.BACKEND, key, (200_000,), jnp.float32, None)
+    assert stats.kstest(np.asarray(noise, dtype=np.float64), stats.gumbel_r.cdf).pvalue > ALPHA
