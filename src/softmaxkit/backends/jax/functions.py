@@ -586,21 +586,24 @@ def _ce_native_and_grad(x, t, w, denominator, o: _CrossEntropyOptions):
     return _ce_native_pass(x, t, w, denominator, o, True)
 
 
+def _ce_loss_tangent(out, g, o, primals, tangents):
+    """The reduced loss's tangent: ``<g, t_x>`` with ``g`` the kernel's
+    gradient (None where ``t_x`` is zero), plus the other arguments' tangents
+    from the ``jax.numpy`` formulas."""
+    tangent = jnp.zeros_like(out) if g is None else _ce_dot(g, tangents[0], o.reduction).astype(out.dtype)
+    other = _ce_other_tangents(*primals, o, tangents)
+    return tangent if other is None else tangent + other
+
+
 def _ce_native_jvp(o, primals, tangents):
-    # <g, t_x> with g the kernel's gradient from the same pass as the loss:
-    # reverse mode transposes it to g * cotangent, which is g itself for a
-    # scalar loss's cotangent of 1.  The other arguments' tangents come from
-    # the jax.numpy formulas.
-    x, t, w, denominator = primals
-    tx = tangents[0]
-    if _is_zero(tx):
-        out, _ = _ce_native_pass(x, t, w, denominator, o, False)
-        tangent = jnp.zeros_like(out)
+    # The gradient comes from the same kernel pass as the loss: reverse mode
+    # transposes <g, t_x> to g * cotangent, which is g itself for a scalar
+    # loss's cotangent of 1.
+    if _is_zero(tangents[0]):
+        out, g = _ce_native_pass(*primals, o, False)
     else:
-        out, g = _ce_native_and_grad(x, t, w, denominator, o)
-        tangent = _ce_dot(g, tx, o.reduction).astype(out.dtype)
-    other = _ce_other_tangents(x, t, w, denominator, o, tangents)
-    return out, tangent if other is None else tangent + other
+        out, g = _ce_native_and_grad(*primals, o)
+    return out, _ce_loss_tangent(out, g, o, primals, tangents)
 
 
 def _restricted_jvp(f, primals, tangents):
@@ -619,8 +622,8 @@ def _restricted_jvp(f, primals, tangents):
 def _ce_native_and_grad_jvp(o, primals, tangents):
     # Second order: the loss's tangent as in _ce_native_jvp, the gradient's
     # from the exact rule of the jax.numpy gradient (_ce_grad_jvp).
-    out, d_out = _ce_native_jvp(o, primals, tangents)
-    g = _ce_native_and_grad(*primals, o)[1]
+    out, g = _ce_native_and_grad(*primals, o)
+    d_out = _ce_loss_tangent(out, None if _is_zero(tangents[0]) else g, o, primals, tangents)
     d_g = _restricted_jvp(lambda *a: _ce_generic_grad(*a, o), primals, tangents)
     return (out, g), (d_out, d_g.astype(g.dtype))
 
