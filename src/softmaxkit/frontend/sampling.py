@@ -703,7 +703,9 @@ def gumbel_softmax(logits: Any, *, tau: float = 1.0, hard: bool = False, axis: i
 
     Edge behaviour: ``-inf`` logits get 0 (and are never the hard choice); a
     fully masked row gives zeros for both ``hard=False`` and ``hard=True``; a
-    NaN makes its row NaN.
+    NaN makes its row NaN.  Nothing here reads values, so the same holds
+    under ``jax.jit`` and ``jax.vmap`` (with ``tau`` and ``hard`` static and
+    the key traced or not), and gradients go through ``jax.grad`` there.
 
     References
     ----------
