@@ -44,6 +44,7 @@ TOP_K = 50
 TOP_P = 0.9
 NUMBER = 20
 
+TITLE = "softmaxkit.sample vs plain JAX, one jitted decoding step"
 COLUMNS = ["case", "plain JAX", "softmaxkit", "softmaxkit / plain JAX"]
 CSV_FIELDS = ["case", "jax_s", "softmaxkit_s", "ratio"]
 
@@ -91,16 +92,14 @@ def measure(name: str, plain: Callable, settings: dict, repeats: int, number: in
     key = jax.random.key(1)
     steps = {
         "jax": jax.jit(plain),
-        "softmaxkit": jax.jit(functools.partial(smk.sample, **settings), static_argnames=()),
+        "softmaxkit": jax.jit(lambda x, key: smk.sample(x, rng=key, **settings)),
     }
 
     def call(step: Callable) -> None:
-        if step is steps["softmaxkit"]:
-            step(x, rng=key).block_until_ready()
-        else:
-            step(x, key).block_until_ready()
+        step(x, key).block_until_ready()
 
-    seconds = medians(interleaved({lib: functools.partial(timed, functools.partial(call, step), number) for lib, step in steps.items()}, repeats))
+    calls = {lib: functools.partial(timed, functools.partial(call, step), number) for lib, step in steps.items()}
+    seconds = medians(interleaved(calls, repeats))
     return {
         "case": f"{name} {SHAPE[0]}x{SHAPE[1]}",
         "jax_s": seconds["jax"],
@@ -140,12 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(), file=sys.stderr)
     rows = run(args.rounds, args.number)
     if args.out is None:
-        lines = ["# softmaxkit.sample vs plain JAX, one jitted decoding step", "", f"Machine: {describe()}.", *_notes(args.rounds, args.number), ""]
+        lines = [f"# {TITLE}", "", f"Machine: {describe()}.", *_notes(args.rounds, args.number), ""]
         print("\n".join(lines + markdown_table(COLUMNS, map(_cells, rows), "lrrr")))
         return 0
     write_results(
         "jax_decode",
-        title="softmaxkit.sample vs plain JAX, one jitted decoding step",
+        title=TITLE,
         machine=describe(),
         notes=_notes(args.rounds, args.number),
         columns=COLUMNS,

@@ -245,7 +245,7 @@ class TestUndefinedRowsUnderTracing:
 
     X = np.array([[0.0, 1.0, 2.0, -1.0], [0.0, np.nan, 1.0, 1.0], [-INF, -INF, -INF, -INF]])
 
-    SETTINGS = [{"temperature": 0}, {}, {"top_k": 2}, {"top_p": 0.9, "num_samples": 3}, {"top_k": 2, "min_p": 0.1, "num_samples": 3}]
+    SETTINGS = ({"temperature": 0}, {}, {"top_k": 2}, {"top_p": 0.9, "num_samples": 3}, {"top_k": 2, "min_p": 0.1, "num_samples": 3})
 
     def test_nan_and_fully_masked_rows_give_minus_one(self):
         x = jnp.asarray(self.X, dtype=jnp.float32)

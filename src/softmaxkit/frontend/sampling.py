@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import numbers
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import array_api_compat
 
