@@ -498,7 +498,9 @@ def sample(
 
     Under ``jax.jit`` the settings may be Python numbers (static) or
     arrays (traced, one value per row or a 0-d array); ``num_samples`` and
-    ``axis`` are static.  ``jax.vmap`` over the logits and keys works too.
+    ``axis`` are static.  ``jax.vmap`` over the logits and keys works too,
+    but where it maps the logits, JAX turns the ``lax.cond`` above into a
+    select that runs both paths: pass the rows as one batch instead.
 
     Edge behaviour: ``-inf`` logits are never drawn; a row with ``+inf``
     logits draws uniformly among them (the limit of the softmax); a row of
