@@ -27,6 +27,7 @@ PUBLIC = {
     "softmaxkit.sparse",
     "softmaxkit.sampling",
     "softmaxkit.calibration",
+    "softmaxkit.conformal",
     "softmaxkit.naive",
 }
 

@@ -110,6 +110,12 @@ def _labels(labels: Any, rest_shape: tuple[int, ...], n_classes: int, name: str 
     return t.astype(np.int64)
 
 
+def _refuse_nan(x: np.ndarray, name: str) -> None:
+    if np.isnan(x).any():
+        i, j = np.argwhere(np.isnan(x))[0]
+        raise ValueError(f"{name} must not be NaN; got NaN in row {i}, class {j} (rows flattened)")
+
+
 def _n_bins(value: Any) -> int:
     return validate.count(value, "n_bins", 1, _MAX_BINS)
 
@@ -295,9 +301,7 @@ def fit_temperature(
     x, rest = _rows(logits, axis, "logits")
     _require_samples(x, rest, "logits")
     y = _labels(labels, rest, x.shape[-1])
-    if np.isnan(x).any():
-        i, j = np.argwhere(np.isnan(x))[0]
-        raise ValueError(f"logits must not be NaN; got NaN in row {i}, class {j} (rows flattened)")
+    _refuse_nan(x, "logits")
     nll_before = _mean_nll(x, y, 1.0)
     if not math.isfinite(nll_before):
         row = int(np.argmax(~np.isfinite(log_softmax(x)[np.arange(len(y)), y])))
