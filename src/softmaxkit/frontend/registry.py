@@ -47,7 +47,14 @@ class Backend:
     * ``check_rng``: ``(rng) -> generator``, raising ``TypeError`` for a
       generator of the wrong kind; ``random_words``: ``(generator, shape,
       like) -> uniform 32-bit words of that shape``;
-    * ``stop_gradient``: ``(a) -> a`` cut from differentiation.
+    * ``stop_gradient``: ``(a) -> a`` cut from differentiation;
+    * ``traced``: ``(a) -> bool``, whether ``a``'s values cannot be read now
+      (a tracer under ``jax.jit``); value checks are skipped on such arrays;
+    * ``top_k``: ``(x, k) -> (values, indices)``, the ``k`` largest entries
+      of each row (last axis), decreasing, ties in index order (the generic
+      path sorts whole rows);
+    * ``cond``: ``(pred, if_true, if_false)``, a branch on a traced 0-d
+      boolean (the generic path reads ``pred``).
     """
 
     name: str
@@ -61,6 +68,9 @@ class Backend:
     check_rng: Entry | None
     random_words: Entry | None
     stop_gradient: Entry | None
+    traced: Entry | None
+    top_k: Entry | None
+    cond: Entry | None
 
 
 @dataclass(frozen=True)

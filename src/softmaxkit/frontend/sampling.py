@@ -37,12 +37,10 @@ differently, so for a given key their draws differ.
 from __future__ import annotations
 
 import numbers
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import array_api_compat
 
 from softmaxkit import numerics as num
 from softmaxkit.frontend import random as _random
@@ -65,9 +63,9 @@ _UNDEFINED = -1
 
 
 def _concrete(a: Any) -> bool:
-    """Whether the values of ``a`` can be read now: not a JAX tracer (under ``jit``, ``vmap``, ``grad``)."""
-    jax = sys.modules.get("jax")
-    return jax is None or not isinstance(a, jax.core.Tracer)
+    """Whether the values of ``a`` can be read now (not traced: see ``registry.Backend.traced``)."""
+    backend = registry.backend_for(a)
+    return backend is None or backend.traced is None or not backend.traced(a)
 
 
 # Value checks raise on concrete arrays and are skipped under tracing.
@@ -339,23 +337,18 @@ def _largest(xp: Any, x: Any, k: int) -> tuple[Any, Any]:
 
     Ties come in index order, and NaN first (as larger than ``+inf``).
     """
-    if array_api_compat.is_jax_namespace(xp):
-        import jax
-
-        # The barrier keeps XLA from rewriting the selection by its uses: a
-        # single entry sliced from the result made it a sort of whole rows.
-        return jax.lax.optimization_barrier(jax.lax.top_k(x, k))
+    backend = registry.backend_for(x)
+    if backend is not None and backend.top_k is not None:
+        return backend.top_k(x, k)
     order = xp.argsort(x, axis=-1, descending=True, stable=True)[..., :k]
     return xp.take_along_axis(x, order, axis=-1), order
 
 
 def _either(pred: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
-    """``if_true()`` where the 0-d boolean ``pred`` holds, else ``if_false()``; a ``jax.lax.cond`` under tracing."""
+    """``if_true()`` where the 0-d boolean ``pred`` holds, else ``if_false()``; the backend's ``cond`` under tracing."""
     if _concrete(pred):
         return if_true() if bool(pred) else if_false()
-    import jax
-
-    return jax.lax.cond(pred, if_true, if_false)
+    return registry.backend_for(pred).cond(pred, if_true, if_false)
 
 
 def _greedy(xp: Any, idx: Any, s: _Settings, first: Callable[[], Any], n_draws: int, index: Any) -> Any:

@@ -11,7 +11,7 @@ import numpy as np
 
 from softmaxkit import numerics as num
 from softmaxkit.backends.jax import sparse
-from softmaxkit.backends.jax.functions import _CHECKS, _as_float, _work, cross_entropy as _cross_entropy
+from softmaxkit.backends.jax.functions import _CHECKS, _as_float, _work, traced, cross_entropy as _cross_entropy
 from softmaxkit.backends.jax.functions import log_softmax as _log_softmax, logsumexp as _logsumexp, softmax as _softmax
 from softmaxkit.frontend import registry
 from softmaxkit.frontend import validate
@@ -109,6 +109,12 @@ def random_words(key, shape, like):
     return jax.random.bits(key, shape, dtype=np.uint32)
 
 
+def top_k(x, k):
+    # The barrier keeps XLA from rewriting the selection by its uses: a
+    # single entry sliced from the result made it a sort of whole rows.
+    return jax.lax.optimization_barrier(jax.lax.top_k(x, k))
+
+
 BACKEND = registry.Backend(
     name="jax",
     softmax=softmax,
@@ -121,4 +127,7 @@ BACKEND = registry.Backend(
     check_rng=check_rng,
     random_words=random_words,
     stop_gradient=jax.lax.stop_gradient,
+    traced=traced,
+    top_k=top_k,
+    cond=jax.lax.cond,
 )

@@ -34,9 +34,13 @@ def _work(dtype) -> tuple[Any, bool]:
     return num.working_dtype(jnp, dtype)
 
 
-# Values are checked on concrete arrays and skipped on tracers (inside jit,
-# vmap or grad), where reading them would need a host round trip.
-_CHECKS = validate.ValueChecks(readable=lambda bad: not isinstance(bad, jax.core.Tracer))
+def traced(a: Any) -> bool:
+    """Whether ``a`` is a tracer (inside jit, vmap or grad), whose values cannot be read without a host round trip."""
+    return isinstance(a, jax.core.Tracer)
+
+
+# Values are checked on concrete arrays and skipped on tracers.
+_CHECKS = validate.ValueChecks(readable=lambda bad: not traced(bad))
 
 
 def _as_float(x: Any, name: str) -> Any:

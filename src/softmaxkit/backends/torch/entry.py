@@ -131,4 +131,7 @@ BACKEND = registry.Backend(
     check_rng=check_rng,
     random_words=random_words,
     stop_gradient=torch.Tensor.detach,
+    traced=None,
+    top_k=None,
+    cond=None,
 )
