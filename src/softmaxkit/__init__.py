@@ -22,7 +22,7 @@ from softmaxkit.kernels import get_num_threads, get_output_cache, set_num_thread
 from softmaxkit.calibration import expected_calibration_error, fit_temperature, reliability_diagram
 from softmaxkit.tools.cli import version as _version
 from softmaxkit.tools.report import diagnose
-from softmaxkit.sampling import gumbel_max, gumbel_softmax, sample
+from softmaxkit.sampling import gumbel_max, gumbel_softmax, sample, truncate
 from softmaxkit.sparse import entmax15, entmax15_vjp, sparsemax, sparsemax_vjp
 
 __version__ = _version()
@@ -62,4 +62,5 @@ __all__ = [
     "softplus",
     "sparsemax",
     "sparsemax_vjp",
+    "truncate",
 ]

@@ -4,10 +4,12 @@ from softmaxkit.frontend.sampling import (
     gumbel_max,
     gumbel_softmax,
     sample,
+    truncate,
 )
 
 __all__ = [
     "gumbel_max",
     "gumbel_softmax",
     "sample",
+    "truncate",
 ]

@@ -568,3 +568,35 @@ class TestJax:
         assert np.isfinite(g_soft).all() and float(g_soft[0, 2]) == 0 and float(jnp.abs(g_soft).sum()) > 0
         y = jax.jit(lambda x: smk.gumbel_softmax(x, tau=0.5, hard=True, rng=key))(x)
         assert sorted(np.asarray(y).ravel().tolist()) == [0.0, 0.0, 0.0, 1.0]
+
+
+class TestTruncate:
+    def test_kept_classes_follow_the_documented_rule(self):
+        T = 0.8
+        for kw in ({"top_k": 3}, {"top_p": 0.75}, {"min_p": 0.3}, {"top_k": 5, "top_p": 0.95, "min_p": 0.06}, {"top_k": 3, "top_p": 0.8}):
+            out = smk.truncate(LOGITS, temperature=T, **kw)
+            expected = truncated(exact_probs(LOGITS, T), **kw)
+            np.testing.assert_array_equal(np.isfinite(out), expected > 0, err_msg=repr(kw))
+            # softmax of the result is the truncated distribution
+            np.testing.assert_allclose(smk.softmax(out), expected, rtol=1e-13, atol=0, err_msg=repr(kw))
+
+    def test_values_are_shifted_and_scaled_logits(self):
+        out = smk.truncate(LOGITS, temperature=0.5)
+        np.testing.assert_array_equal(out, (LOGITS - 2.0) / 0.5)
+
+    def test_greedy_keeps_the_first_argmax(self):
+        x = np.array([[0.0, 3.0, 3.0, 1.0], [np.inf, 0.0, np.inf, 0.0]])
+        np.testing.assert_array_equal(smk.truncate(x, temperature=0), [[-np.inf, 0, -np.inf, -np.inf], [0, -np.inf, -np.inf, -np.inf]])
+        out = smk.truncate(x, temperature=[0.0, 1.0])
+        np.testing.assert_array_equal(out[0], [-np.inf, 0, -np.inf, -np.inf])
+        np.testing.assert_array_equal(out[1], [0, -np.inf, 0, -np.inf])
+
+    def test_dtype_axis_and_errors(self):
+        x = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+        out = smk.truncate(x, top_k=2, axis=0)
+        assert out.dtype == np.float32 and out.shape == (3, 5)
+        np.testing.assert_array_equal(out, smk.truncate(x.T, top_k=2).T)
+        with pytest.raises(ValueError, match="fully masked"):
+            smk.truncate(np.full(3, -np.inf))
+        with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+            smk.truncate(x, top_p=0.0)

@@ -53,6 +53,7 @@ __all__ = [
     "gumbel_max",
     "gumbel_softmax",
     "sample",
+    "truncate",
 ]
 
 _INF = float("inf")
@@ -575,6 +576,90 @@ def sample(
         return _greedy(xp, picked if n_draws > 1 else picked[..., 0], s, lambda: classes[..., 0], n_draws, index), empty
 
     return _undefined(xp, *_either(overflow, whole_rows, candidates), s, n_draws)
+
+
+@validate.quiet
+def truncate(
+    logits: Any,
+    *,
+    temperature: Any = 1.0,
+    top_k: Any = None,
+    top_p: Any = None,
+    min_p: Any = None,
+    axis: int = -1,
+) -> Any:
+    r"""The scaled logits that :func:`sample` draws from, with every class it would not draw set to ``-inf``.
+
+    .. math:: \operatorname{truncate}(x)_j = \begin{cases} (x_j - \max x) / T & j \in S \\ -\infty & j \notin S \end{cases}
+
+    where ``S`` is the set of classes that survive ``top_k``, ``top_p`` and
+    ``min_p`` (see :func:`sample`, which calls this same truncation).  The
+    result is ``log q_j`` up to a constant per row, ``q`` being the
+    truncated, renormalised distribution: ``softmax(truncate(x))`` is ``q``
+    and ``argmax(truncate(x) + G)`` with Gumbel noise ``G`` is a draw of
+    ``sample``.  The largest kept entry of each row is 0.
+
+    Parameters
+    ----------
+    logits : array_like, numpy.ndarray, torch.Tensor or jax.Array
+        Unnormalised log-probabilities, classes along ``axis``.
+    temperature, top_k, top_p, min_p
+        As in :func:`sample`: one number or one value per row.  Rows of
+        temperature 0 (greedy) keep their argmax alone (the first, among
+        ties), with the value 0.
+    axis : int, default -1
+        The class axis.
+
+    Returns
+    -------
+    array of the logits' shape, floating dtype (float64 for integer input)
+    and kind.  ``(x - max x) / T`` is computed as in :func:`sample` (in
+    float64 for narrower inputs) and rounded once to the output dtype.
+    Under tracing (``jax.jit``), rows with nothing to draw from (a NaN
+    logit, every logit ``-inf``, a setting out of range) are ``-inf``
+    throughout.  The result carries no gradient.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`sample`, for the same logits and settings.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxkit as smk
+    >>> x = np.array([[2.0, 1.0, 0.0, -1.0], [0.0, 3.0, 3.0, 1.0]])
+    >>> smk.truncate(x, top_k=2)
+    array([[  0.,  -1., -inf, -inf],
+           [-inf,   0.,   0., -inf]])
+    >>> smk.truncate(x, temperature=[0.5, 0.0])
+    array([[  0.,  -2.,  -4.,  -6.],
+           [-inf,   0., -inf, -inf]])
+    """
+    temperature = _temperature(temperature)
+    top_k = _top_k(top_k)
+    top_p = _top_p(top_p)
+    min_p = _min_p(min_p)
+    xp, layout, xw, _, out_dtype, widened = _prepare(logits, axis, name="logits", allow_many=False)
+    backend = registry.backend_for(xw)
+    xw = _stop_gradient(backend, xw)
+    s = _settings(xp, layout, xw, temperature, top_k, top_p, min_p)
+    _check_rows(xp, layout, xw, "logits")
+    n = xw.shape[-1]
+    if n == 0:
+        return layout.back(xp.astype(xw, out_dtype))
+    minus_inf = xp.full_like(xw, -_INF)
+    first = xp.arange(n, device=num.device(xw)) == xp.argmax(xw, axis=-1, keepdims=True)
+    one_hot = xp.where(first, xp.zeros_like(xw), minus_inf)
+    if s.scalar_greedy:
+        logq, empty = one_hot, _empty(xp.max(xw, axis=-1))
+    else:
+        logq, empty = _truncated(xp, xw, s, widened, ranked=False)
+        if s.greedy is not None:
+            logq = xp.where(s.greedy, one_hot, logq)
+    if s.invalid is not None:
+        empty = empty | s.invalid
+    logq = xp.where(empty[..., None], minus_inf, logq)
+    return layout.back(xp.astype(logq, out_dtype))
 
 
 @validate.quiet
