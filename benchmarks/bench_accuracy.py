@@ -106,7 +106,9 @@ def _softmaxkit_jax(path):
         if path == "native" and not smj.kernel_path().startswith("native"):
             raise ImportError(smj.kernel_path())
         context = kernels.disabled if path == "formulas" else contextlib.nullcontext
-        softmax, log_softmax = jax.jit(smj.softmax), jax.jit(smj.log_softmax)
+        # New functions for each path: jax.jit caches traces by function, and
+        # the path is chosen when a function is traced.
+        softmax, log_softmax = jax.jit(lambda x: smj.softmax(x)), jax.jit(lambda x: smj.log_softmax(x))
         grad_fn = jax.jit(jax.value_and_grad(lambda x, t: smj.cross_entropy(x, t, reduction="sum")))
 
         def run(fn):
