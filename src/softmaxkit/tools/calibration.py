@@ -23,6 +23,7 @@ __all__ = [
     "expected_calibration_error",
     "fit_temperature",
     "reliability_diagram",
+    "temperature_scaling_diagram",
 ]
 
 _NORMS = ("l1", "max")
@@ -400,22 +401,100 @@ def reliability_diagram(
     >>> len(fig.axes)
     2
     """
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError("reliability_diagram needs matplotlib: pip install 'softmaxkit[plot]'") from None
+    Figure = _figure_class("reliability_diagram")
     n_bins = _n_bins(n_bins)
     p, rest = _rows(probs, axis, "probs")
     _require_samples(p, rest, "probs")
     t = _labels(labels, rest, p.shape[-1])
     _check_probs(p, "probs")
+    fig = Figure(figsize=(5.0, 6.0), layout="constrained")
+    _draw_reliability(fig, p, t, n_bins, title)
+    return fig
+
+
+def temperature_scaling_diagram(
+    logits: Any,
+    labels: Any,
+    temperature: float,
+    n_bins: int = 15,
+    *,
+    axis: int = -1,
+) -> Any:
+    """Reliability diagrams before and after temperature scaling, side by side.
+
+    The left half is :func:`reliability_diagram` of ``softmax(logits)``, the
+    right half of ``softmax(logits, temperature=T)``; each is titled with its
+    temperature and carries its ECE in the legend, and both use the same bins.
+
+    Parameters
+    ----------
+    logits : array of shape (..., C, ...)
+        Held-out logits, classes along ``axis`` (NumPy, torch or JAX).
+    labels : integer array
+        ``logits``' shape without the class axis; values in ``[0, C)``.
+    temperature : float
+        ``T > 0``, finite, typically :attr:`TemperatureFit.temperature`.
+    n_bins : int, default 15
+        Equal-width confidence bins, from 1 to 1,000,000.
+    axis : int, default -1
+        The class axis.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two subfigures of two panels each (four axes: accuracy and counts
+        before, then after).  No pyplot state is touched.
+
+    Notes
+    -----
+    Needs matplotlib, the optional extra ``plot``
+    (``pip install 'softmaxkit[plot]'``), imported only when called.
+    Raises ``ValueError`` for NaN logits and the errors of
+    :func:`reliability_diagram`.
+
+    Examples
+    --------
+    Logits three times too confident, and labels drawn from ``softmax(z)``:
+
+    >>> import numpy as np, softmaxkit as smk
+    >>> from softmaxkit.tools.calibration import temperature_scaling_diagram
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.normal(size=(5000, 5))
+    >>> labels = smk.sample(z, rng=rng)
+    >>> fit = smk.fit_temperature(3.0 * z, labels)
+    >>> fig = temperature_scaling_diagram(3.0 * z, labels, fit.temperature)
+    >>> [ax.get_title() for ax in fig.axes[::2]]
+    ['before temperature scaling: T = 1', 'after temperature scaling: T = 2.99']
+    """
+    Figure = _figure_class("temperature_scaling_diagram")
+    n_bins = _n_bins(n_bins)
+    temperature = validate.temperature(temperature)
+    x, rest = _rows(logits, axis, "logits")
+    _require_samples(x, rest, "logits")
+    t = _labels(labels, rest, x.shape[-1])
+    _refuse_nan(x, "logits")
+    fig = Figure(figsize=(10.0, 6.0), layout="constrained")
+    before, after = fig.subfigures(1, 2)
+    _draw_reliability(before, softmax(x), t, n_bins, "before temperature scaling: T = 1")
+    _draw_reliability(after, softmax(x, temperature=temperature), t, n_bins, f"after temperature scaling: T = {temperature:.4g}")
+    return fig
+
+
+def _figure_class(caller: str) -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(f"{caller} needs matplotlib: pip install 'softmaxkit[plot]'") from None
+    return Figure
+
+
+def _draw_reliability(panel: Any, p: np.ndarray, t: np.ndarray, n_bins: int, title: str | None) -> None:
+    """The bin accuracies over the diagonal and the counts below, on a Figure or SubFigure."""
     edges, count, mean_conf, accuracy = _bin_stats(p, t, n_bins)
     ece = _ece(p, t, n_bins, "l1")
     width = np.diff(edges)
     seen = count > 0
-
-    fig = Figure(figsize=(5.0, 6.0), layout="constrained")
-    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top, bottom = panel.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.bar(edges[:-1][seen], accuracy[seen], width=width[seen], align="edge", color="#4878d0", edgecolor="black", linewidth=0.5, label="accuracy")
     top.bar(
         edges[:-1][seen],
@@ -440,4 +519,3 @@ def reliability_diagram(
     bottom.bar(edges[:-1], count, width=width, align="edge", color="gray", edgecolor="black", linewidth=0.5)
     bottom.set_xlabel("confidence (max probability)")
     bottom.set_ylabel("samples")
-    return fig

@@ -231,7 +231,9 @@ def calibrate(
     the scores of different rows are almost surely distinct (continuous
     probabilities; the randomised scores also separate rows with equal
     probabilities) the coverage is exactly ``k / (n + 1)``, below
-    ``1 - alpha + 1/(n + 1)``.  A non-randomised APS or RAPS set is empty
+    ``1 - alpha + 1/(n + 1)``.  Ties can only raise it; the non-randomised
+    APS and RAPS give every label ranked last the same score (1, plus its
+    penalty), which matters only when ``q`` reaches it.  A non-randomised APS or RAPS set is empty
     for a row whose top probability exceeds ``q``, since that class's score
     is its probability; randomisation includes the class that crosses ``q``
     with the probability that makes the coverage exact, which usually gives
