@@ -52,11 +52,11 @@ softmaxkit by the rule itself.
   below the maximum); softmaxkit keeps every class.  ``top_p = 0`` is
   refused (``transformers`` keeps ``min_tokens_to_keep`` classes).
 * **Min-p.**  A class is kept when ``p_j >= min_p * max p``, in both.
-  ``transformers`` compares float32 probabilities, so classes whose ratio
-  ``p_j / max p`` lies within float32 rounding of ``min_p`` may go either
-  way, and classes whose probability underflows to 0 are dropped even
-  where ``min_p * max p`` does too; softmaxkit computes the ratio as
-  ``exp((x_j - max x) / T)`` in float64.
+  ``transformers`` compares float32 probabilities, so a class whose ratio
+  ``p_j / max p`` lies within float32 rounding of ``min_p`` (a relative
+  ``1e-7``, coarser where ``p_j`` is subnormal, below ``1.2e-38``) may go
+  either way; softmaxkit computes the ratio as ``exp((x_j - max x) / T)``
+  in float64 and compares it with ``min_p``.
 * **min_tokens_to_keep.**  The classes that ``top_k = min_tokens_to_keep``
   keeps are kept whatever the other settings say, ties with the
   ``min_tokens_to_keep``-th largest score included; ``transformers``'
@@ -278,9 +278,8 @@ class MinPLogitsWarper(TruncationLogitsWarper):
     plus the ``min_tokens_to_keep`` largest scores and their ties; kept
     entries are ``x - max x``, the others ``filter_value``.  The ratio is
     computed directly, in float64 for float32 scores, where
-    ``transformers``' warper compares float32 probabilities (deciding
-    ratios within float32 rounding of ``min_p`` either way, and dropping
-    classes whose probability underflows to 0).
+    ``transformers``' warper compares float32 probabilities, deciding
+    ratios within float32 rounding of ``min_p`` either way.
 
     Parameters
     ----------
@@ -346,4 +345,3 @@ def logits_processor(
             )
         ]
     )
-
