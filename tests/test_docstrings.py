@@ -16,7 +16,7 @@ import pytest
 
 import softmaxkit
 
-OPTIONAL = ("torch", "jax", "matplotlib")
+OPTIONAL = ("torch", "jax", "matplotlib", "transformers")
 MATCH = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 PACKAGE = Path(softmaxkit.__file__).parent
 
