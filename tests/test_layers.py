@@ -23,6 +23,8 @@ PUBLIC = {
     "softmaxkit",
     "softmaxkit.__main__",
     "softmaxkit.torch",
+    "softmaxkit.torch.integrations",
+    "softmaxkit.torch.integrations.transformers",
     "softmaxkit.jax",
     "softmaxkit.sparse",
     "softmaxkit.sampling",

@@ -7,8 +7,6 @@ import.  Forward and backward passes use the same formulas as the NumPy API
 at the first NaN or inf.
 """
 
-import sys
-
 try:
     import torch  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only without torch
@@ -26,12 +24,9 @@ from softmaxkit.backends.torch.functional import (
 from softmaxkit.backends.torch.execution import working_dtype
 from softmaxkit.backends.torch.elementwise import logsigmoid, sigmoid, softplus
 from softmaxkit.backends.torch.modules import BCEWithLogitsLoss, CrossEntropyLoss, LogSoftmax, NLLLoss, Softmax
-from softmaxkit.backends.torch import integrations
 from softmaxkit.frontend import registry as _registry
 
 _registry.load_imported()
-# ``import softmaxkit.torch.integrations.transformers`` loads the backend's module; it imports transformers.
-sys.modules[f"{__name__}.integrations"] = integrations
 
 __all__ = [
     "BCEWithLogitsLoss",

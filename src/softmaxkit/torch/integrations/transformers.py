@@ -1,0 +1,24 @@
+"""Logits processors for Hugging Face ``generate()`` that truncate by :func:`softmaxkit.truncate`.
+
+The implementation and its documentation live in
+``softmaxkit.backends.torch.integrations.transformers``; this module is its
+public name.  Importing it imports ``transformers``.
+"""
+
+from softmaxkit.backends.torch.integrations.transformers import (
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TruncationLogitsWarper,
+    logits_processor,
+)
+
+__all__ = [
+    "MinPLogitsWarper",
+    "TemperatureLogitsWarper",
+    "TopKLogitsWarper",
+    "TopPLogitsWarper",
+    "TruncationLogitsWarper",
+    "logits_processor",
+]
