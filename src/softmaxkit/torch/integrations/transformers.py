@@ -5,20 +5,5 @@ The implementation and its documentation live in
 public name.  Importing it imports ``transformers``.
 """
 
-from softmaxkit.backends.torch.integrations.transformers import (
-    MinPLogitsWarper,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-    TruncationLogitsWarper,
-    logits_processor,
-)
-
-__all__ = [
-    "MinPLogitsWarper",
-    "TemperatureLogitsWarper",
-    "TopKLogitsWarper",
-    "TopPLogitsWarper",
-    "TruncationLogitsWarper",
-    "logits_processor",
-]
+from softmaxkit.backends.torch.integrations.transformers import *  # noqa: F403
+from softmaxkit.backends.torch.integrations.transformers import __all__  # noqa: F401
