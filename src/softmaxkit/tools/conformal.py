@@ -9,8 +9,8 @@ distribution):
 .. math:: 1 - \alpha \;\le\; P\bigl(Y_{n+1} \in C(X_{n+1})\bigr)
           \;<\; 1 - \alpha + \frac{1}{n+1}
 
-(the upper bound when the scores have no ties, as with the randomised
-scores).  The probability is over the calibration rows and the new row
+(the upper bound when the scores of different rows are almost surely
+distinct).  The probability is over the calibration rows and the new row
 together: it is a *marginal* guarantee, not one per row or per class.
 
 Each score is computed from softmaxkit's exact softmax in float64 and
@@ -68,8 +68,10 @@ class ConformalCalibration:
     rank : int
         ``k = ceil((n + 1)(1 - alpha))``, in ``[1, n + 1]``.
     conformity_cutoff : float
-        ``c*``, the ``k``-th largest calibration conformity (``-inf`` when
-        ``k = n + 1``): a class is in a set when its conformity is ``>= c*``.
+        ``c*``, the ``k``-th largest calibration conformity ``c = 1 - s``
+        (``-inf`` when ``k = n + 1``, or when the labels of at least
+        ``n + 1 - k`` rows lie on ``-inf`` logits): a class is in a set when
+        its conformity is ``>= c*``.
     """
 
     score: str
@@ -122,9 +124,8 @@ class ConformalCalibration:
 
         Notes
         -----
-        A set may be empty (a randomised score, or a large ``alpha``) and
-        holds every class when ``k > n``; a class whose logit is ``-inf`` is
-        in a set only then (see :func:`calibrate`).  Raises ``ValueError``
+        A set may be empty, and holds every class when ``q = inf``; a class
+        whose logit is ``-inf`` is in a set only then (see :func:`calibrate`).  Raises ``ValueError``
         for NaN logits and for a class count other than the calibration's.
 
         Examples
@@ -233,11 +234,12 @@ def calibrate(
     probabilities) the coverage is exactly ``k / (n + 1)``, below
     ``1 - alpha + 1/(n + 1)``.  Ties can only raise it; the non-randomised
     APS and RAPS give every label ranked last the same score (1, plus its
-    penalty), which matters only when ``q`` reaches it.  A non-randomised APS or RAPS set is empty
-    for a row whose top probability exceeds ``q``, since that class's score
-    is its probability; randomisation includes the class that crosses ``q``
-    with the probability that makes the coverage exact, which usually gives
-    smaller sets (the example below: 3.91 classes on average against 4.12).
+    penalty), which matters only when ``q`` reaches it.  A non-randomised
+    APS or RAPS set is empty for a row whose top probability exceeds ``q``,
+    since that class's score is its probability; randomisation includes the
+    class that crosses ``q`` with the probability that makes the coverage
+    exact, which usually gives smaller sets (the example below: 3.91
+    classes on average against 4.12).
 
     **The level.**  ``k`` is computed exactly in rational arithmetic from the
     shortest decimal that reads back as ``alpha`` (``repr(alpha)``): with
@@ -254,7 +256,7 @@ def calibrate(
     Calibration keeps ``c*``, the ``k``-th largest calibration conformity,
     and sets are ``{y : c >= c*}``: the same sets as ``s <= q`` in exact
     arithmetic, without the rounding of ``1 - p`` that would merge every
-    probability below ``2**-53`` into a score of 1.  Probabilities come from
+    probability below ``2**-54`` into a score of 1.  Probabilities come from
     :func:`softmaxkit.softmax`, exact on confident rows.  Sets are nested in
     the rank for APS and RAPS (one ``U`` per row); a class tied in
     probability with another is ranked after it when its index is higher.
@@ -266,9 +268,9 @@ def calibrate(
     not masked: its score is that of a probability-0 class.  ``+inf``
     logits share the mass as in :func:`softmaxkit.softmax`.  One class:
     every ``p`` is 1.  ``n = 1`` works: ``k = 1`` for ``alpha >= 1/2``,
-    otherwise every class is in every set.  Sets may be empty (randomised
-    scores, large ``alpha``); none are filled in, which would change the
-    guarantee's upper bound.  Errors: ``ValueError`` for ``alpha`` outside
+    otherwise every class is in every set.  Sets may be empty (above, or
+    with a large ``alpha``); none are filled in, which would raise the
+    coverage above ``k / (n + 1)``.  Errors: ``ValueError`` for ``alpha`` outside
     ``(0, 1)``, an unknown ``score``, labels out of range, mismatched
     shapes, an empty batch, NaN logits, and ``lam``/``k_reg`` missing for
     RAPS or given for another score; ``TypeError`` for the wrong kind of
@@ -388,10 +390,11 @@ def set_sizes(sets: Any, *, axis: int = -1) -> np.ndarray:
     return np.count_nonzero(s, axis=-1).astype(np.int64).reshape(rest)
 
 
-def _alpha(value: Any) -> float:
-    a = validate.real_number(value, "alpha")
+def _alpha(value: Any, name: str = "alpha") -> float:
+    """The miscoverage level: a real number strictly between 0 and 1."""
+    a = validate.real_number(value, name)
     if not 0.0 < a < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), exclusive; got {a!r}")
+        raise ValueError(f"{name} must be in (0, 1), exclusive; got {a!r}")
     return a
 
 

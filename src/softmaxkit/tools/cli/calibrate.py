@@ -43,7 +43,8 @@ average over splits) and the mean set size for LAC, APS and RAPS, each
 non-randomised and (APS, RAPS) randomised, the latter drawing their
 uniforms from the same generator, calibration then evaluation, in the
 table's order.  The sets use the file's logits as they are (T = 1): a
-temperature fitted on the same rows would void the guarantee.
+temperature fitted on the same rows would break the exchangeability the
+guarantee rests on.
 
 The numbers are printed before --plot draws the reliability diagrams
 (before and after scaling, side by side), so a failed plot loses nothing.
@@ -68,10 +69,9 @@ def _parsed(convert, check):
 
 
 def _alpha(value: Any) -> float:
-    a = validate.real_number(value, "ALPHA")
-    if not 0.0 < a < 1.0:
-        raise ValueError(f"ALPHA must be in (0, 1), exclusive; got {a!r}")
-    return a
+    from softmaxkit.tools.conformal import _alpha
+
+    return _alpha(value, "ALPHA")
 
 
 _bins = _parsed(int, lambda v: validate.count(v, "N", 1))
