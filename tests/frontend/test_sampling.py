@@ -171,10 +171,11 @@ class TestSampleNumpy:
         assert chi_square_p(draws, [1 / 3, 1 / 3, 1 / 3, 0]) > ALPHA
 
     def test_top_p_keeps_the_class_that_reaches_the_mass(self):
-        # p = (0.5, 0.25, 0.125, 0.125): top_p = 0.5 is reached by the first class alone,
-        # 0.6 needs the second too.
+        # p = (0.5, 0.25, 0.125, 0.125): top_p = 0.49 is reached by the first class alone,
+        # 0.6 needs the second too.  (At 0.5 itself the rounding of the logits decides:
+        # see test_torch_sampling.py's boundary tests.)
         x = np.log(np.array([0.5, 0.25, 0.125, 0.125]))
-        assert set(np.unique(smk.sample(x, top_p=0.5, num_samples=2000, rng=0))) == {0}
+        assert set(np.unique(smk.sample(x, top_p=0.49, num_samples=2000, rng=0))) == {0}
         assert set(np.unique(smk.sample(x, top_p=0.6, num_samples=2000, rng=0))) == {0, 1}
 
     def test_ties_at_min_p_boundary_are_kept(self):

@@ -1,51 +1,78 @@
-"""Drawing from softmax distributions: sample, gumbel_max and gumbel_softmax.
+"""Drawing from softmax distributions: sample, truncate, gumbel_max and gumbel_softmax.
 
-All three use the Gumbel-max trick: with ``G_j`` independent standard Gumbel
-noise, ``argmax_j (log p_j + G_j)`` is distributed exactly as
-``Categorical(p)``, and the log-probabilities need not be normalised.
-``sample`` and ``gumbel_max`` add the noise to the shifted, scaled logits
-``z_j = (x_j - max x) / T``, which differ from ``log p_j`` by a constant per
-row, with :func:`softmaxkit.log_softmax`'s limits: ``+inf`` logits share
-their mass and ``-inf`` logits are never drawn.  The noise is made as
-described in ``softmaxkit.frontend.random``: it never takes ``log(0)``.
+All of them use the Gumbel-max trick: with ``G_j`` independent standard
+Gumbel noise, ``argmax_j (log p_j + G_j)`` is distributed exactly as
+``Categorical(p)``, and the log-probabilities need not be normalised.  For
+``log p_j`` they use the shifted, scaled logits ``z_j = (x_j - max x) / T``,
+which differ from it by a constant per row, with
+:func:`softmaxkit.log_softmax`'s limits: ``+inf`` logits share their mass
+and ``-inf`` logits are never drawn.  The noise is made as described in
+``softmaxkit.frontend.random``: it never takes ``log(0)``.
+
+The truncation rule, stated once (:func:`_rules`).  The classes of a row
+are ranked by decreasing logit, ties by increasing index.  ``top_k``,
+``top_p`` and ``min_p`` each keep a prefix of that ranking, so the classes
+kept form a prefix too: every class ranked before the last one kept is
+kept.  :func:`truncate` returns it and :func:`sample` draws from it.
+
+Candidates.  Where a truncation is asked for, the ``K`` largest logits of
+each row are selected first (one partial selection: ``torch.topk``,
+``jax.lax.top_k``; ``K = top_k + 1``, or :data:`_CANDIDATES` for
+``top_p`` and ``min_p`` alone), and the rule runs on them in the working
+precision.  When the last candidate of every row is dropped, the
+candidates hold every class kept and the draw is made from them alone;
+otherwise (ties beyond ``top_k``, a nucleus wider than the candidates) the
+call works on whole rows.  That choice is a branch on a 0-d boolean: the
+backend's ``cond`` (``jax.lax.cond``, ``torch.cond`` under
+``torch.compile``; on CPU in eager code a read of the boolean).
+
+Whole rows draw in two steps.  Split a row into blocks of ``B`` classes
+(``B`` about the square root of the row's length): a block is drawn by
+Gumbel-max over the logarithms of the blocks' masses ``sum exp(z_j)``,
+then a class by Gumbel-max within the block.  The product of the two is
+``exp(z_j) / sum exp(z)``: exactly the categorical draw, with noise for
+about ``2 sqrt(C)`` entries instead of ``C``.  The masses are float64
+sums (float32 for JAX without x64), so a block's probability is as exact
+as its classes'.
+
+Exact sums.  ``top_p`` compares the mass ranked before a class with
+``top_p`` times the row's mass, and ``return_logprobs`` needs the
+normaliser: both come from :func:`_split`, which writes each weight as a
+part on a grid coarse enough that any sum of those parts is exact in any
+order, plus a remainder below the grid's step.  The comparison with
+``top_p`` is then made exactly (:func:`_below_share`), so the boundary
+class is decided by the weights alone and not by the summation.
 
 Values and tracing.  Settings given as Python numbers are checked at once.
 Checks that read array values (NaN logits, fully masked rows, per-row
 settings out of range, non-finite noise) raise ``ValueError`` on concrete
-arrays and are skipped under tracing (``jax.jit``, ``jax.vmap``), where no
-value can be read (``validate.ValueChecks``); there a draw from such a row
-is the class index -1, which no class has.  Nothing branches in Python on a
-traced value, so the three functions run inside ``jax.jit``.
+arrays and are skipped under tracing (``jax.jit``, ``jax.vmap``,
+``torch.compile``), where no value can be read (``validate.ValueChecks``);
+there a draw from such a row is the class index -1, which no class has.
+``return_valid=True`` flags those rows instead of raising.  Nothing
+branches in Python on a traced value, so the functions run inside
+``jax.jit`` and ``torch.compile(fullgraph=True)``.
 
 Settings per row.  ``temperature``, ``top_k``, ``top_p`` and ``min_p`` are
 each one number or an array broadcastable to the logits' shape without the
 class axis.  Numbers and arrays go through the same arithmetic, so a row
 drawn with an array of settings equals the same row drawn with its own
-settings as numbers (same noise), except that an int ``top_k`` takes the
-candidate path below and an array ``top_k`` the full one.
-
-Candidates.  With an int ``top_k`` below the number of classes, ``sample``
-selects the ``top_k`` largest logits of each row (one partial selection:
-``jax.lax.top_k`` for JAX) and does everything else, noise included, on
-those alone.  Where more classes tie with the ``top_k``-th largest than the
-candidates hold, the call takes the full path instead, which sorts whole
-rows and keeps every tie; under tracing that choice is a ``jax.lax.cond``.
-Both paths draw exactly from the same distribution; they spend the noise
-differently, so for a given key their draws differ.
+settings as numbers (same noise) wherever both take the same path.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-
 from softmaxkit import numerics as num
 from softmaxkit.frontend import random as _random
 from softmaxkit.frontend import registry
 from softmaxkit.frontend import validate
+from softmaxkit.frontend import layout as _layout
 from softmaxkit.frontend.layout import Layout
 from softmaxkit.frontend.softmax import _prepare
 
@@ -61,6 +88,11 @@ _INF = float("inf")
 _MAX_ARRAY_BYTES = 2**63 - 1
 # The class index drawn, under tracing, from a row with nothing to draw from.
 _UNDEFINED = -1
+# top_p or min_p without top_k: the candidates tried before whole rows.
+_CANDIDATES = 1024
+# Rows of at most this many classes draw in one step, noise for every class.
+_ONE_STEP = 64
+_TIES = ("keep", "index")
 
 
 def _concrete(a: Any) -> bool:
@@ -106,6 +138,12 @@ def _min_p(value: Any) -> Any:
     return validate.in_unit_interval(value, "min_p")
 
 
+def _ties(value: Any) -> str:
+    if not isinstance(value, str) or value not in _TIES:
+        raise ValueError(f"top_k_ties must be one of {', '.join(map(repr, _TIES))}; got {validate.describe(value)}")
+    return value
+
+
 class _Rule(NamedTuple):
     """What a per-row setting must be: ``out_of_range(v)`` marks the bad
     values, ``message`` says what is allowed (as for a number), ``integer``
@@ -138,13 +176,16 @@ def _first_bad(name: str, v: Any, message: str) -> Callable[[tuple | None], str]
 @dataclass(frozen=True)
 class _Settings:
     """The settings of one call, each None, a Python number, or an array of
-    shape ``rest + (1,)`` (the logits' shape without the class axis, then 1)
-    in the working dtype (``top_k``: the index dtype).
+    shape ``(rows, 1)`` in the working dtype (``top_k``: the index dtype,
+    clipped to ``[1, C]``).
 
     ``greedy`` marks the rows of an array temperature that are 0 (their
     ``temperature`` entry is replaced by 1); ``invalid`` the rows whose
-    settings are out of range, of shape ``rest`` (only under tracing, where
-    they are not refused).  Both are None where there are none to mark.
+    settings are out of range, of shape ``(rows,)`` (only under tracing,
+    where they are not refused).  Both are None where there are none to
+    mark.  ``top_k_bound`` is the largest ``top_k`` of an array whose
+    values can be read, else None.  Numbers that truncate nothing
+    (``top_k >= C``, ``top_p = 1``, ``min_p = 0``) are None.
     """
 
     temperature: Any
@@ -153,18 +194,19 @@ class _Settings:
     min_p: Any
     greedy: Any
     invalid: Any
+    top_k_bound: int | None
 
     @property
     def scalar_greedy(self) -> bool:
-        return self.greedy is None and self.temperature == 0
+        return self.greedy is None and isinstance(self.temperature, (int, float)) and self.temperature == 0
 
 
-def _row_setting(xp: Any, layout: Layout, xw: Any, value: Any, name: str, rule: _Rule) -> tuple[Any, Any]:
-    """A per-row setting as ``(array of shape rest + (1,), rows out of range of shape rest)``.
+def _row_setting(xp: Any, layout: Layout, work: Any, dev: Any, value: Any, name: str, rule: _Rule) -> tuple[Any, Any]:
+    """A per-row setting as ``(array of shape (rows, 1), rows out of range of shape (rows,))``.
 
-    A number (or None) passes through, with None.  The array is of
-    ``xw``'s kind (NumPy arrays and lists are converted), in ``xw``'s dtype
-    (``top_k``: the index dtype, capped at the number of classes).  Concrete
+    A number (or None) passes through, with None.  The array is of the
+    logits' kind (NumPy arrays and lists are converted), in the working
+    dtype (``top_k``: the index dtype, clipped to ``[1, C]``).  Concrete
     values out of range raise ``ValueError`` naming the first one and its
     index in the array as given; under tracing their rows are returned.
     """
@@ -172,24 +214,24 @@ def _row_setting(xp: Any, layout: Layout, xw: Any, value: Any, name: str, rule: 
         return value, None
     v = validate.same_namespace(xp, value, name)
     if not rule.integer:
-        v = xp.astype(validate.as_float(xp, v, name), xw.dtype)
+        v = xp.astype(validate.as_float(xp, v, name), work)
     elif not xp.isdtype(v.dtype, "integral"):
         raise TypeError(f"{name} must be an int >= 1, an integer array or None; got an array of dtype {v.dtype}")
     bad = rule.out_of_range(v)
     _CHECKS.require_none(xp, bad, _first_bad(name, v, rule.message))
     if rule.integer:
-        v = xp.astype(xp.clip(v, max=layout.n), _index_dtype(xp))
+        v = xp.astype(xp.clip(v, 1, max(layout.n, 1)), _index_dtype(xp))
     shape = layout.rest_shape
     v = validate.broadcast_to(xp, v, shape, name, "the logits without the class axis")
-    dev = num.device(xw)
-    return xp.asarray(xp.reshape(v, shape + (1,)), device=dev), xp.asarray(xp.broadcast_to(bad, shape), device=dev)
+    rows = (layout.n_rows,)
+    return xp.asarray(xp.reshape(v, rows + (1,)), device=dev), xp.asarray(xp.reshape(xp.broadcast_to(bad, shape), rows), device=dev)
 
 
-def _settings(xp: Any, layout: Layout, xw: Any, temperature: Any, top_k: Any, top_p: Any, min_p: Any) -> _Settings:
-    T, bad_t = _row_setting(xp, layout, xw, temperature, "temperature", _TEMPERATURE)
-    k, bad_k = _row_setting(xp, layout, xw, top_k, "top_k", _TOP_K)
-    p, bad_p = _row_setting(xp, layout, xw, top_p, "top_p", _TOP_P)
-    m, bad_m = _row_setting(xp, layout, xw, min_p, "min_p", _MIN_P)
+def _settings(xp: Any, layout: Layout, work: Any, dev: Any, temperature: Any, top_k: Any, top_p: Any, min_p: Any) -> _Settings:
+    T, bad_t = _row_setting(xp, layout, work, dev, temperature, "temperature", _TEMPERATURE)
+    k, bad_k = _row_setting(xp, layout, work, dev, top_k, "top_k", _TOP_K)
+    p, bad_p = _row_setting(xp, layout, work, dev, top_p, "top_p", _TOP_P)
+    m, bad_m = _row_setting(xp, layout, work, dev, min_p, "min_p", _MIN_P)
     greedy = None
     if bad_t is not None:
         greedy = T == 0
@@ -198,7 +240,17 @@ def _settings(xp: Any, layout: Layout, xw: Any, temperature: Any, top_k: Any, to
     for bad in (bad_t, bad_k, bad_p, bad_m):
         if bad is not None:
             invalid = bad if invalid is None else invalid | bad
-    return _Settings(T, k, p, m, greedy, invalid)
+    bound = None
+    if bad_k is not None and _concrete(k):
+        # Reading the largest top_k sizes the candidates (a host read, as the check above).
+        bound = int(xp.max(k)) if layout.n_rows else 1
+    elif isinstance(k, int):
+        k, bound = (None, None) if k >= layout.n else (k, k)
+    if isinstance(p, float) and p >= 1.0:
+        p = None
+    if isinstance(m, float) and m <= 0.0:
+        m = None
+    return _Settings(T, k, p, m, greedy, invalid, bound)
 
 
 def _num_samples(value: Any) -> int:
@@ -208,12 +260,424 @@ def _num_samples(value: Any) -> int:
     return n
 
 
-def _check_noise_size(n_rows: int, n_draws: int, n_classes: int) -> None:
-    """ValueError when the noise for the draws cannot be one array.
+_INDEX_DTYPES: dict[str, Any] = {}
 
-    Each draw of each class takes two 32-bit random words.
+
+def _index_dtype(xp: Any) -> Any:
+    """The dtype of the namespace's argmax (int64, or int32 for JAX without x64)."""
+    key = xp.__name__
+    if key.startswith("jax") or key not in _INDEX_DTYPES:
+        # JAX's depends on the x64 flag, which may change between calls.
+        _INDEX_DTYPES[key] = xp.argmax(xp.zeros((1,)), axis=0).dtype
+    return _INDEX_DTYPES[key]
+
+
+# --- rows ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """One call's logits as ``(rows, C)`` in their own floating dtype (no
+    copy where the class axis is last), with what the steps below share."""
+
+    xp: Any
+    backend: Any
+    layout: Layout
+    x: Any
+    work: Any
+    widened: bool
+    out_dtype: Any
+    s: _Settings
+    ties: str
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[-1]
+
+    @property
+    def n_rows(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def device(self) -> Any:
+        return num.device(self.x)
+
+    def scalar(self, value: float) -> Any:
+        """``value`` as a 0-d array of the working dtype."""
+        return self.xp.asarray(value, dtype=self.work, device=self.device)
+
+    def part(self, rows: slice) -> _Rows:
+        """These rows alone, with their settings."""
+        s = self.s
+        cut = [v[rows] if hasattr(v, "shape") else v for v in (s.temperature, s.top_k, s.top_p, s.min_p, s.greedy, s.invalid)]
+        settings = _Settings(*cut, s.top_k_bound)
+        return _Rows(self.xp, self.backend, self.layout, self.x[rows], self.work, self.widened, self.out_dtype, settings, self.ties)
+
+
+def _by_rows(r: _Rows, step: Callable[[_Rows, slice], tuple[Any, ...]]) -> tuple[Any, ...]:
+    """``step(rows, their slice)`` over chunks of whole rows, the results joined along the rows.
+
+    Concrete arrays go in chunks of about ``layout.CHUNK_BYTES`` of the
+    working dtype, so that the temporaries of whole rows stay in cache and
+    are reused; traced ones in one piece (the compiler fuses them).
     """
-    nbytes = n_rows * n_draws * n_classes * 8
+    per = _layout.chunk_rows(r.n, r.xp.finfo(r.work).bits // 8) if _concrete(r.x) else r.n_rows
+    if per >= r.n_rows:
+        return step(r, slice(None))
+    parts = [step(r.part(slice(i, i + per)), slice(i, i + per)) for i in range(0, r.n_rows, per)]
+    return tuple(r.xp.concat([p[j] for p in parts], axis=0) for j in range(len(parts[0])))
+
+
+def _rows(logits: Any, axis: Any, temperature: Any, top_k: Any, top_p: Any, min_p: Any, ties: str = "keep") -> _Rows:
+    temperature, top_k, top_p, min_p = _temperature(temperature), _top_k(top_k), _top_p(top_p), _min_p(min_p)
+    xp, x, out_dtype = validate.real_array(logits, "logits")
+    (ax,) = validate.axis(axis, x.ndim, allow_many=False)
+    work, widened = num.working_dtype(xp, out_dtype, x)
+    layout = Layout(xp, tuple(x.shape), (ax,))
+    backend = registry.backend_for(x)
+    x = _stop_gradient(backend, layout.rows(x))
+    s = _settings(xp, layout, work, num.device(x), temperature, top_k, top_p, min_p)
+    return _Rows(xp, backend, layout, x, work, widened, out_dtype, s, ties)
+
+
+def _check_rows(r: _Rows, empty: Any) -> None:
+    """ValueError for a NaN logit and for a row with every logit ``-inf`` (nothing to draw), on concrete arrays.
+
+    ``empty`` marks the rows whose largest logit is NaN or ``-inf``; one
+    read of ``any(empty)`` decides, and the messages are made only when
+    raising.  Under tracing nothing is checked.
+    """
+    xp = r.xp
+    if not _CHECKS.readable(empty) or not bool(xp.any(empty)):
+        return
+    nan = r.layout.back_rows(xp.isnan(r.x))
+    if bool(xp.any(nan)):
+        pos = validate.first_position(nan)
+        raise ValueError(f"logits{list(pos)} is NaN; a distribution to sample from needs real logits (-inf masks a class)")
+    pos = validate.first_position(xp.reshape(empty, r.layout.rest_shape)) if r.layout.rest_shape else ()
+    raise ValueError(
+        f"logits row {list(pos)} (index without the class axis) is fully masked: every entry is -inf, so there "
+        f"is nothing to sample; give at least one finite or +inf logit per row"
+    )
+
+
+def _z(r: _Rows, v: Any, a: Any) -> Any:
+    """``z = (v - a) / T`` in the working dtype, ``a`` the rows' largest logits (shape ``(rows, 1)``).
+
+    Entries equal to ``a`` get 0, which gives ``log_softmax``'s limits: in a
+    row holding ``+inf``, 0 at its ``+inf`` entries and ``-inf`` elsewhere.
+    ``z`` is never NaN for a row without NaN and a finite ``T > 0``.
+    Logits narrower than float64 are widened to it, where the difference is
+    exact and cannot overflow, and the quotient is rounded once.  Otherwise
+    the halves of ``v`` and ``a`` are subtracted and the quotient doubled,
+    so that a row spanning more than the largest finite number does not
+    overflow where ``(v - a) / T`` need not; the halving and doubling are
+    exact (subnormal logits aside), and the difference is rounded once.
+    """
+    xp, T = r.xp, r.s.temperature
+    vw, aw = xp.astype(v, r.work, copy=False), xp.astype(a, r.work, copy=False)
+    if r.widened and r.work == xp.float64:
+        z = vw - aw
+        if not (isinstance(T, float) and T == 1.0):
+            z = z / T
+    else:
+        z = ((vw * 0.5 - aw * 0.5) / T) * 2.0
+    return xp.where(vw == aw, r.scalar(0.0), z)
+
+
+def _exp(r: _Rows, z: Any) -> Any:
+    """The weights ``exp(z)``: ``p_j / max p``, in ``[0, 1]``."""
+    return r.xp.exp(z)
+
+
+# --- exact sums -----------------------------------------------------------------------------
+
+
+def _split(r: _Rows, w: Any) -> tuple[Any, Any]:
+    """``w = hi + lo`` exactly, for weights in ``[0, 1]`` along the last axis.
+
+    ``hi`` lies on the grid of step ``2**(ceil(log2 m) - p + 2)``, ``m`` the
+    row length and ``p`` the working precision's significand bits, so the
+    sum of any of a row's ``hi`` is below ``2**(p + 1)`` steps: exact, in
+    any order (no summation order needs to be known, nor compensated).
+    ``|lo|`` is at most half a step, so the rounding of sums of ``lo`` is
+    ``2**-p`` times smaller again: about ``m 2**-2p`` of the row's mass in
+    all (float64).
+    """
+    xp = r.xp
+    bits = 1 - round(math.log2(float(xp.finfo(r.work).eps)))
+    step = 2.0 ** (math.ceil(math.log2(max(w.shape[-1], 1))) - bits + 2)
+    hi = xp.round(w / step) * step
+    return hi, w - hi
+
+
+def _mass(r: _Rows, w: Any) -> tuple[Any, Any]:
+    """Each row's sum of ``w`` as an exact part and a small remainder, of shape ``(rows, 1)``."""
+    hi, lo = _split(r, w)
+    return r.xp.sum(hi, axis=-1, keepdims=True), r.xp.sum(lo, axis=-1, keepdims=True)
+
+
+def _two_product_error(r: _Rows, a: Any, b: Any, ab: Any) -> Any:
+    """``a * b - ab`` exactly, for ``ab = fl(a * b)`` (Dekker's product with Veltkamp's split)."""
+    factor = 2.0**27 + 1.0 if r.work == r.xp.float64 else 2.0**12 + 1.0
+
+    def halves(u: Any) -> tuple[Any, Any]:
+        c = u * factor
+        high = c - (c - u)
+        return high, u - high
+
+    a_hi, a_lo = halves(a)
+    b_hi, b_lo = halves(b)
+    return ((a_hi * b_hi - ab) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+
+
+def _below_share(r: _Rows, before: tuple[Any, Any], share: Any, total: tuple[Any, Any]) -> Any:
+    """Whether ``before < share * total``, for sums given as (exact part, remainder).
+
+    ``share * total_hi`` is split into its rounded value and its exact
+    error, so the test is ``(share*total_hi - before_hi) + (error +
+    share*total_lo - before_lo) > 0``: the first difference is rounded
+    relative to itself (its sign is exact), the second is ``2**-p`` times
+    smaller.  Only a difference below about ``2**-2p`` of the mass can be
+    misjudged.
+    """
+    (b_hi, b_lo), (t_hi, t_lo) = before, total
+    scaled = share * t_hi
+    error = _two_product_error(r, share, t_hi, scaled)
+    return (scaled - b_hi) + ((error + share * t_lo) - b_lo) > 0
+
+
+# --- the truncation rule --------------------------------------------------------------------
+
+
+def _rules(r: _Rows, v: Any, z: Any, e: Any, total: tuple[Any, Any] | None) -> Any:
+    """The classes kept, for rows ranked by decreasing logit, ties by increasing index.
+
+    ``v`` holds the logits so ranked (whole rows or their first entries),
+    ``z`` and ``e`` their scaled logits and weights; ``total`` is the
+    row's mass (exact part and remainder) where ``v`` holds part of a row
+    and ``top_p`` needs the rest, else None.  In this order:
+
+    1. ``top_k``: the classes whose logit is at least the ``k``-th largest
+       (``ties="keep"``), or the first ``k`` (``ties="index"``);
+    2. ``top_p`` on the classes kept so far: a class is kept when the mass
+       of the classes kept with a larger logit is below ``top_p`` times the
+       mass kept, so that ties are kept together and the largest logit
+       always is; ``top_p = 1`` keeps every class, however light;
+    3. ``min_p``: the classes with ``e_j = p_j / max p >= min_p``.
+
+    ``-inf`` logits are never kept.  Each step keeps a prefix of the
+    ranking, so the result is one too.
+    """
+    xp, s = r.xp, r.s
+    keep = z > -_INF
+    m = v.shape[-1]
+    k = s.top_k
+    if k is not None:
+        if r.ties == "index":
+            keep = keep & (xp.arange(m, device=r.device) < k)
+        elif isinstance(k, int):
+            keep = keep & (v >= v[:, min(k, m) - 1 : min(k, m)])
+        else:
+            keep = keep & (v >= xp.take_along_axis(v, xp.clip(k, max=m) - 1, axis=-1))
+    p = s.top_p
+    if p is not None:
+        w = xp.where(keep, e, r.scalar(0.0))
+        hi, lo = _split(r, w)
+        c_hi, c_lo = xp.cumulative_sum(hi, axis=-1), xp.cumulative_sum(lo, axis=-1)
+        kept_mass = (c_hi[:, -1:], c_lo[:, -1:]) if total is None else total
+        # The mass ranked before each class: its inclusive sum less itself (exact for the grid part).
+        below = _below_share(r, (c_hi - hi, c_lo - lo), p if _per_row(p) else r.scalar(p), kept_mass)
+        n_kept = xp.sum(xp.astype(below, xp.int32), axis=-1, keepdims=True)
+        last = xp.take_along_axis(v, xp.astype(xp.clip(n_kept, 1, m) - 1, _index_dtype(xp)), axis=-1)
+        nucleus = v >= last
+        if _per_row(p):
+            nucleus = nucleus | (p >= 1)
+        keep = keep & nucleus
+    if s.min_p is not None:
+        keep = keep & (e >= s.min_p)
+    return keep
+
+
+def _candidate_count(r: _Rows) -> int | None:
+    """How many of each row's largest logits to try first, or None for whole rows at once.
+
+    For ``top_k`` that is ``k + 1``, so that a tie across the boundary
+    shows; logits of 16 bits or less tie often (bfloat16 has 8 significant
+    bits), and get room for ``k / 4 + 8`` more.
+    """
+    s, n = r.s, r.n
+    if s.top_k is not None:
+        if s.top_k_bound is None:
+            return None
+        k = s.top_k_bound
+        narrow = r.xp.finfo(r.x.dtype).bits <= 16
+        return min(n, k + 1 + (k // 4 + 8 if narrow else 0))
+    if s.top_p is not None or s.min_p is not None:
+        return min(n, _CANDIDATES)
+    return None
+
+
+def _largest(r: _Rows, k: int) -> tuple[Any, Any]:
+    """The ``k`` largest entries of each row in decreasing order, ties in
+    index order, and their indices; NaN first (as larger than ``+inf``)."""
+    xp, x = r.xp, r.x
+    if r.backend is not None and r.backend.top_k is not None:
+        return r.backend.top_k(x, k)
+    order = xp.argsort(x, axis=-1, descending=True, stable=True)
+    if k < x.shape[-1]:
+        order = order[:, :k]
+    return xp.take_along_axis(x, order, axis=-1), order
+
+
+def _either(r: _Rows, pred: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
+    """``if_true()`` where the 0-d boolean ``pred`` holds, else ``if_false()``: the backend's ``cond``."""
+    if r.backend is not None and r.backend.cond is not None:
+        return r.backend.cond(pred, if_true, if_false)
+    return if_true() if bool(pred) else if_false()
+
+
+class _Candidates(NamedTuple):
+    """The truncation on the candidates: logits ``v`` (ranked), classes, scaled logits ``z``, weights ``e``, ``keep``."""
+
+    v: Any
+    classes: Any
+    z: Any
+    e: Any
+    keep: Any
+
+
+def _run(r: _Rows, a: Any, candidates: tuple[Any, Any] | None, on_candidates: Callable, on_rows: Callable) -> Any:
+    """Apply the truncation: ``on_candidates(_Candidates)`` where the candidates hold every class kept, else
+    ``on_rows(rows, their slice, z)`` with ``z`` the scaled logits of whole rows, ``-inf`` where dropped,
+    over chunks of rows (:func:`_by_rows`).  Both return tuples of arrays with a leading rows axis.
+
+    ``candidates`` are ``(values, classes)`` from :func:`_largest`, or None.
+    """
+    xp, s = r.xp, r.s
+
+    def whole(kth: Any) -> tuple[Any, ...]:
+        return _by_rows(r, lambda rp, rows: _whole(rp, a[rows], None if kth is None else kth[rows], lambda z: on_rows(rp, rows, z)))
+
+    if candidates is None:
+        return whole(None)
+    v, classes = candidates
+    K = v.shape[-1]
+    z = _z(r, v, a)
+    e = _exp(r, z)
+    total = None
+    if s.top_p is not None and s.top_k is None and K < r.n:
+        total = _by_rows(r, lambda rp, rows: _mass(rp, _exp(rp, _z(rp, rp.x, a[rows]))))
+    keep = _rules(r, v, z, e, total)
+    found = _Candidates(v, classes, z, e, keep)
+    if K == r.n:
+        return on_candidates(found)
+    # The candidates hold every class kept when the last one is dropped
+    # (the kept classes are a prefix of the ranking) ...
+    enough = ~keep[:, -1]
+    if s.top_k is not None and r.ties == "index":
+        # ... and, for exactly k by index, when the classes tied with the
+        # k-th largest end before the last candidate: the selection holds
+        # all of them, in index order, and not some other tied classes.
+        k = s.top_k
+        kth = v[:, k - 1] if isinstance(k, int) else xp.take_along_axis(v, k - 1, axis=-1)[:, 0]
+        enough = enough & ((v[:, -1] < kth) | (kth == -_INF))
+    kth = v[:, s.top_k - 1 : s.top_k] if isinstance(s.top_k, int) else None
+    return _either(r, xp.all(enough), lambda: on_candidates(found), lambda: whole(kth))
+
+
+def _whole(r: _Rows, a: Any, kth: Any, on_rows: Callable) -> Any:
+    """``on_rows(z)`` for whole rows: ``z`` where :func:`_rules` keeps a class, ``-inf`` elsewhere.
+
+    Without ``top_p``, with ``top_k`` given as a number (``kth``, its
+    ``k``-th largest logit, from the candidates) and ties kept, each rule
+    is a test of one class; otherwise whole rows are sorted and the rule
+    runs on them, giving the last class kept, ``(v*, i*)``: a class is kept
+    when its logit exceeds ``v*``, or equals it with an index at most
+    ``i*``.
+    """
+    xp, s, x = r.xp, r.s, r.x
+    z = _z(r, x, a)
+    sort = s.top_p is not None or (s.top_k is not None and (kth is None or r.ties == "index"))
+    if not sort:
+        if kth is None and s.min_p is None:
+            return on_rows(z)
+        keep = z > -_INF
+        if kth is not None:
+            keep = keep & (x >= kth)
+        if s.min_p is not None:
+            keep = keep & (_exp(r, z) >= s.min_p)
+        return on_rows(xp.where(keep, z, r.scalar(-_INF)))
+    order = xp.argsort(x, axis=-1, descending=True, stable=True)
+    v = xp.take_along_axis(x, order, axis=-1)
+    zs = _z(r, v, a)
+    keep = _rules(r, v, zs, _exp(r, zs), None)
+    last = xp.astype(xp.clip(xp.sum(xp.astype(keep, xp.int32), axis=-1, keepdims=True), 1, r.n) - 1, _index_dtype(xp))
+    v_last, i_last = xp.take_along_axis(v, last, axis=-1), xp.take_along_axis(order, last, axis=-1)
+    position = xp.arange(r.n, device=r.device)
+    kept = (z > -_INF) & ((x > v_last) | ((x == v_last) & (position <= i_last)))
+    return on_rows(xp.where(kept, z, r.scalar(-_INF)))
+
+
+def _prefix_mask(r: _Rows, c: _Candidates) -> Any:
+    """The classes of whole rows that the candidates keep (see :func:`_whole` for ``(v*, i*)``)."""
+    xp, x = r.xp, r.x
+    last = xp.astype(xp.clip(xp.sum(xp.astype(c.keep, xp.int32), axis=-1, keepdims=True), 1, c.v.shape[-1]) - 1, _index_dtype(xp))
+    v_last, i_last = xp.take_along_axis(c.v, last, axis=-1), xp.take_along_axis(c.classes, last, axis=-1)
+    return (x > v_last) | ((x == v_last) & (xp.arange(r.n, device=r.device) <= i_last))
+
+
+# --- greedy ---------------------------------------------------------------------------------
+
+
+def _first_argmax(xp: Any, x: Any) -> tuple[Any, Any]:
+    """``(index, value)`` of each row's largest entry (last axis), the first among ties, of shape ``(rows,)``.
+
+    The row's maximum comes from a vectorised reduction over blocks, and
+    the index from the first block holding it: far cheaper than a plain
+    ``argmax`` on long rows.  A row holding NaN has value NaN.
+    """
+    rows, n = x.shape
+    width = 1 << max(4, (max(n, 1).bit_length() + 1) // 2)
+    blocks = n // width
+    if blocks < 2:
+        i = xp.argmax(x, axis=-1)
+        return i, xp.take_along_axis(x, i[:, None], axis=-1)[:, 0]
+    head = xp.reshape(x[:, : blocks * width], (rows, blocks, width))
+    block_max = xp.max(head, axis=-1)
+    top = xp.max(block_max, axis=-1, keepdims=True)
+    tail = x[:, blocks * width :]
+    if tail.shape[-1]:
+        top = xp.maximum(top, xp.max(tail, axis=-1, keepdims=True))
+    in_head = block_max == top
+    b = xp.argmax(xp.astype(in_head, xp.int8), axis=-1)
+    block = xp.take_along_axis(x, b[:, None] * width + xp.arange(width, device=num.device(x)), axis=-1)
+    i = b * width + xp.argmax(xp.astype(block == top, xp.int8), axis=-1)
+    if tail.shape[-1]:
+        i_tail = blocks * width + xp.argmax(xp.astype(tail == top, xp.int8), axis=-1)
+        i = xp.where(xp.any(in_head, axis=-1), i, i_tail)
+    return i, top[:, 0]
+
+
+# --- drawing --------------------------------------------------------------------------------
+
+
+def _block_width(n: int) -> int:
+    """Classes per block for rows of ``n`` classes: a power of two near ``sqrt(n)``, at least 16."""
+    return 1 << max(4, (max(n, 1).bit_length() + 1) // 2)
+
+
+def _row_noise_shapes(n: int) -> tuple[int, ...]:
+    """The noise per draw of a whole row: one entry per class, or per block and per class of a block."""
+    if n <= _ONE_STEP:
+        return (n,)
+    width = _block_width(n)
+    return (-(-n // width), width)
+
+
+def _check_noise_size(n_rows: int, n_draws: int, n_classes: int, per_draw: int) -> None:
+    """ValueError when the noise for the draws cannot be one array (two 32-bit words per entry)."""
+    nbytes = n_rows * n_draws * per_draw * 8
     if nbytes > _MAX_ARRAY_BYTES:
         raise ValueError(
             f"num_samples={n_draws} is too many for {n_rows} row(s) of {n_classes} classes: their noise "
@@ -221,154 +685,58 @@ def _check_noise_size(n_rows: int, n_draws: int, n_classes: int) -> None:
         )
 
 
-# --- rows --------------------------------------------------------------------------------
+def _log_normaliser(r: _Rows, w: Any) -> Any:
+    """``log sum w`` for weights whose largest is 1, as ``log1p`` of the others' exact sum (shape ``(rows, 1)``)."""
+    hi, lo = _mass(r, w)
+    return r.xp.log1p((hi - 1.0) + lo)
 
 
-def _check_rows(xp: Any, layout: Layout, xw: Any, name: str) -> None:
-    """ValueError for a NaN logit and for a row with every logit ``-inf`` (nothing to draw), on concrete arrays.
-
-    Under tracing nothing is checked, and the draws from those rows are -1.
-    """
-    _CHECKS.require_none(
-        xp,
-        layout.back(xp.isnan(xw)),
-        lambda pos: f"{name}{list(pos or [])} is NaN; a distribution to sample from needs real logits (-inf masks a class)",
-    )
-    # An empty class axis leaves every row with nothing to draw.
-    _CHECKS.require_none(
-        xp,
-        xp.all(xw == -_INF, axis=-1),
-        lambda pos: (
-            f"{name} row {list(pos or [])} (index without the class axis) is fully masked: every entry is -inf, so there "
-            f"is nothing to sample; give at least one finite or +inf logit per row"
-        ),
-    )
+def _draw_ranked(r: _Rows, z: Any, noise: Any, logprobs: bool) -> tuple[Any, ...]:
+    """Gumbel-max over the last axis of ``z`` (``-inf`` where dropped) with
+    ``noise`` of shape ``(rows, draws, m)``: the positions drawn, of shape
+    ``(rows, draws)``, and their log-probabilities."""
+    xp = r.xp
+    at = xp.argmax(z[:, None, :] + noise, axis=-1)
+    if not logprobs:
+        return (at,)
+    return at, xp.take_along_axis(z, at, axis=-1) - _log_normaliser(r, _exp(r, z))
 
 
-def _empty(largest: Any) -> Any:
-    """The rows with nothing to draw from, from each row's largest logit: NaN (a NaN logit) or ``-inf``."""
-    return ~(largest > -_INF)
-
-
-def _index_dtype(xp: Any) -> Any:
-    """The dtype of the namespace's argmax (int64, or int32 for JAX without x64)."""
-    return xp.argmax(xp.zeros((1,)), axis=0).dtype
-
-
-def _scaled(xp: Any, x: Any, temperature: Any, widened: bool) -> tuple[Any, Any]:
-    """``(z, empty)``: ``z = (x - max x) / T`` along the last axis, with
-    ``log_softmax``'s limits, and the rows with nothing to draw from.
-
-    A row holding ``+inf`` gets 0 at its ``+inf`` entries and ``-inf``
-    elsewhere; ``-inf`` entries get ``-inf``; ``z`` is never NaN for non-NaN
-    ``x`` and finite ``T > 0``.  The halves of ``x`` and of its max are
-    subtracted and the quotient doubled, so that a row spanning more than
-    the largest finite number does not overflow where ``(x - max x) / T``
-    need not; the halving and doubling are exact (subnormal logits aside),
-    so elsewhere this is ``(x - max x) / T`` with the difference rounded
-    once (exact for inputs narrower than the working dtype) and the
-    quotient rounded once.  ``T`` is a number or one value per row.
-    """
-    st = num.row_stats(xp, x * 0.5, None, 1.0, widened)
-    return (st.hi / temperature) * 2.0, _empty(st.a[..., 0])
-
-
-def _nucleus_floor(xp: Any, ranked: Any, top_p: Any) -> Any:
-    """The smallest weight that ``top_p`` keeps, from each row's weights ``exp(z)`` in decreasing order.
-
-    A class is kept when the mass ranked before it is below ``top_p`` of
-    the row's total; the mass is a cumulative sum of the unnormalised
-    weights, compared with ``top_p`` times the last one.  The caller keeps
-    every class of at least this weight, so ties with the last one kept are
-    kept too.  ``top_p = 1`` keeps every weight, however small.
-    """
-    mass = xp.cumulative_sum(ranked, axis=-1)
-    below = mass[..., :-1] < top_p * mass[..., -1:]
-    n_kept = 1 + xp.sum(xp.astype(below, xp.int32), axis=-1, keepdims=True)
-    position = xp.arange(ranked.shape[-1], dtype=n_kept.dtype, device=num.device(ranked))
-    floor = xp.min(xp.where(position < n_kept, ranked, xp.full_like(ranked, _INF)), axis=-1, keepdims=True)
-    # A number top_p is below 1 here (1 keeps every class without this step).
-    return floor if isinstance(top_p, float) else xp.where(top_p < 1, floor, xp.zeros_like(floor))
-
-
-def _truncated(xp: Any, v: Any, s: _Settings, widened: bool, ranked: bool) -> tuple[Any, Any]:
-    """``(log q, empty)``: ``log q`` up to a constant per row, ``z`` where a
-    class survives the truncations and ``-inf`` elsewhere, and the rows with
-    nothing to draw from.
-
-    ``v`` holds logits along the last axis: whole rows, or (``ranked``) each
-    row's candidates, the ``top_k`` largest in decreasing order, which then
-    are exactly the classes that ``top_k`` keeps.
-    """
-    z, empty = _scaled(xp, v, s.temperature, widened)
-    keep = z != -_INF
-    n = v.shape[-1]
-    if not ranked and s.top_k is not None and (not isinstance(s.top_k, int) or s.top_k < n):
-        # Ranked by the logits themselves: the ties kept are ties of the logits.
-        xs = xp.sort(v, axis=-1, descending=True)
-        if isinstance(s.top_k, int):
-            kth = xs[..., s.top_k - 1 : s.top_k]
-        else:
-            kth = xp.take_along_axis(xs, xp.clip(s.top_k, 1, n) - 1, axis=-1)
-        keep = keep & (v >= kth)
-    top_p = s.top_p is not None and (not isinstance(s.top_p, float) or s.top_p < 1.0)
-    min_p = s.min_p is not None and (not isinstance(s.min_p, float) or s.min_p > 0.0)
-    if top_p or min_p:
-        # exp(z_j) is p_j / max p: the probabilities up to a factor per row,
-        # before and after the renormalisations.
-        e = xp.where(keep, xp.exp(z), xp.zeros_like(z))
-        if top_p:
-            keep = keep & (e >= _nucleus_floor(xp, e if ranked else xp.sort(e, axis=-1, descending=True), s.top_p))
-        if min_p:
-            keep = keep & (e >= s.min_p)
-    return xp.where(keep, z, xp.full_like(z, -_INF)), empty
-
-
-def _draw(xp: Any, backend: Any, gen: Any, logq: Any, n_draws: int, like: Any) -> Any:
-    """Gumbel-max: the index along the last axis of ``logq + G``, ``n_draws`` times (a trailing axis if more than one)."""
-    if n_draws > 1:
-        logq = logq[..., None, :]
-    shape = tuple(logq.shape[:-2]) + (n_draws, logq.shape[-1]) if n_draws > 1 else tuple(logq.shape)
-    noise = _random.gumbel(xp, backend, gen, shape, logq.dtype, like)
-    return xp.argmax(logq + noise, axis=-1)
-
-
-def _largest(xp: Any, x: Any, k: int) -> tuple[Any, Any]:
-    """The ``k`` largest entries of each row (last axis) in decreasing order, and their indices.
-
-    Ties come in index order, and NaN first (as larger than ``+inf``).
-    """
-    backend = registry.backend_for(x)
-    if backend is not None and backend.top_k is not None:
-        return backend.top_k(x, k)
-    order = xp.argsort(x, axis=-1, descending=True, stable=True)[..., :k]
-    return xp.take_along_axis(x, order, axis=-1), order
-
-
-def _either(pred: Any, if_true: Callable[[], Any], if_false: Callable[[], Any]) -> Any:
-    """``if_true()`` where the 0-d boolean ``pred`` holds, else ``if_false()``; the backend's ``cond`` under tracing."""
-    if _concrete(pred):
-        return if_true() if bool(pred) else if_false()
-    return registry.backend_for(pred).cond(pred, if_true, if_false)
-
-
-def _greedy(xp: Any, idx: Any, s: _Settings, first: Callable[[], Any], n_draws: int, index: Any) -> Any:
-    """``idx`` in the index dtype, with the rows whose temperature is 0 set to ``first()`` (their argmax)."""
-    if s.greedy is not None:
-        f = first()
-        idx = xp.where(s.greedy if n_draws > 1 else s.greedy[..., 0], f[..., None] if n_draws > 1 else f, idx)
-    return xp.astype(idx, index)
-
-
-def _undefined(xp: Any, idx: Any, undefined: Any, s: _Settings, n_draws: int) -> Any:
-    """``idx`` with -1 in the rows that have nothing to draw from or settings out of range."""
-    if s.invalid is not None:
-        undefined = undefined | s.invalid
-    return xp.where(undefined[..., None] if n_draws > 1 else undefined, xp.full_like(idx, _UNDEFINED), idx)
+def _draw_blocks(r: _Rows, z: Any, blocks: Any, within: Any, logprobs: bool) -> tuple[Any, ...]:
+    """The two-step draw over whole rows (module docstring): a block by
+    Gumbel-max over ``log`` of the blocks' masses with ``blocks`` noise of
+    shape ``(rows, draws, n_blocks)``, then a class within it with
+    ``within`` noise of shape ``(rows, draws, width)``."""
+    xp = r.xp
+    rows, n = z.shape
+    draws, width = within.shape[1], within.shape[2]
+    e = _exp(r, z)
+    full = n // width
+    mass = xp.sum(xp.reshape(e[:, : full * width], (rows, full, width)), axis=-1)
+    if n > full * width:
+        mass = xp.concat([mass, xp.sum(e[:, full * width :], axis=-1, keepdims=True)], axis=-1)
+    block = xp.argmax(xp.log(mass)[:, None, :] + blocks, axis=-1)
+    at = block[:, :, None] * width + xp.arange(width, device=r.device)
+    inside = at < n
+    at = xp.where(inside, at, xp.zeros_like(at))
+    zb = xp.reshape(xp.take_along_axis(z, xp.reshape(at, (rows, draws * width)), axis=-1), (rows, draws, width))
+    zb = xp.where(inside, zb, r.scalar(-_INF))
+    pick = xp.argmax(zb + within, axis=-1)
+    drawn = block * width + pick
+    if not logprobs:
+        return (drawn,)
+    zd = xp.take_along_axis(zb, pick[:, :, None], axis=-1)[:, :, 0]
+    return drawn, zd - _log_normaliser(r, e)
 
 
 def _stop_gradient(backend: Any, a: Any) -> Any:
     return a if backend is None or backend.stop_gradient is None else backend.stop_gradient(a)
+
+
+def _greedy_rows(r: _Rows) -> tuple[Any, Any]:
+    """``(first argmax, rows with nothing to draw)`` of shape ``(rows,)``."""
+    i, top = _first_argmax(r.xp, r.x)
+    return i, ~(top > -_INF)
 
 
 @validate.quiet
@@ -382,6 +750,9 @@ def sample(
     num_samples: int = 1,
     axis: int = -1,
     rng: Any = None,
+    top_k_ties: str = "keep",
+    return_logprobs: bool = False,
+    return_valid: bool = False,
 ) -> Any:
     r"""Draw class indices from ``softmax(logits / temperature)``, optionally truncated.
 
@@ -396,8 +767,9 @@ def sample(
        total probability reaches ``top_p``;
     3. ``min_p``: the classes with ``p_j >= min_p * max_i p_i``;
 
-    and the survivors are renormalised.  Every setting is one number for all
-    rows, or an array with one value per row.
+    and the survivors are renormalised.  ``S`` is exactly the set that
+    :func:`truncate` keeps.  Every setting is one number for all rows, or an
+    array with one value per row.
 
     Parameters
     ----------
@@ -406,19 +778,20 @@ def sample(
         ``(..., C, ...)``.
     temperature : float or array, default 1.0
         ``T >= 0``, finite, applied to the logits.  ``T = 0`` is greedy
-        decoding: the argmax, with no randomness and no truncation (the
-        argmax survives every truncation).
+        decoding: the argmax (the first, among ties), with no randomness and
+        no truncation (the argmax survives every truncation).
     top_k : int >= 1, integer array or None, optional
-        Keep the ``k`` largest probabilities.  Ties at the boundary are all
-        kept: every class whose logit equals the ``k``-th largest survives,
-        so more than ``k`` classes may remain.  ``k >= C`` keeps all.
+        Keep the ``k`` largest probabilities.  ``k >= C`` keeps all.  Ties
+        at the boundary follow ``top_k_ties``.
     top_p : float in (0, 1], array or None, optional
-        Nucleus sampling.  Sorted by decreasing probability, a class is kept
-        if the mass of the classes ranked before it is below ``top_p``, so the
-        most probable class is always kept.  Ties at the boundary are all kept
-        (every class whose probability equals the last one kept).  The mass is
-        a float64 cumulative sum (float32 for JAX without x64).  ``top_p = 1``
-        keeps everything.
+        Nucleus sampling.  Ranked by decreasing probability, a class is kept
+        if the mass of the classes ranked before it is below ``top_p`` of the
+        mass kept by ``top_k``, so the most probable class is always kept.
+        Ties at the boundary are all kept (every class whose logit equals
+        the last one kept).  The masses are exact sums of the float64
+        weights ``exp(z_j)`` (float32 for JAX without x64), and the
+        comparison with ``top_p`` is exact, so only the rounding of the
+        weights themselves decides.  ``top_p = 1`` keeps everything.
     min_p : float in [0, 1], array or None, optional
         Keep classes with ``p_j >= min_p * max p`` (ties kept).  The ratio
         ``p_j / max p`` is computed directly as ``exp((x_j - max x) / T)``.
@@ -428,10 +801,27 @@ def sample(
         The class axis.
     rng : optional
         NumPy input: a ``numpy.random.Generator``, an int seed, or None (fresh
-        entropy).  PyTorch: a ``torch.Generator``, an int seed, or None
-        (torch's global generator, seeded by ``torch.manual_seed``).  JAX: a
-        key from ``jax.random.key`` (required; it may be traced).  A seed or
-        key gives reproducible draws.
+        entropy).  PyTorch: a ``torch.Generator`` (on the logits' device or
+        the CPU), an int seed, or None (torch's global generator, seeded by
+        ``torch.manual_seed``).  JAX: a key from ``jax.random.key``
+        (required; it may be traced).  A seed, key or freshly seeded
+        generator gives reproducible draws.
+    top_k_ties : {"keep", "index"}, default "keep"
+        ``"keep"`` keeps every class whose logit equals the ``k``-th largest,
+        so more than ``k`` classes may remain and the result does not depend
+        on the order of the classes.  ``"index"`` keeps exactly ``k``:
+        ranked by decreasing logit, ties by increasing index.
+    return_logprobs : bool, default False
+        Also return the log-probability of each drawn class under the
+        truncated, renormalised distribution ``q``: ``z_i - log sum_{j in S}
+        exp(z_j)``, computed as ``log_softmax`` is (the largest term kept
+        out of the sum, ``log1p``, an exact sum of the others).  0 for
+        greedy rows.
+    return_valid : bool, default False
+        Also return a boolean per row, False where the row has nothing to
+        draw from (a NaN logit, every logit ``-inf``, or, under tracing, a
+        setting out of range); those rows draw ``-1`` (log-probability NaN)
+        instead of raising.
 
     Each of ``temperature``, ``top_k``, ``top_p`` and ``min_p`` may be an
     array (or a list) broadcastable to the logits' shape without ``axis``:
@@ -441,24 +831,31 @@ def sample(
 
     Returns
     -------
-    integer array, of the input's kind and device
+    samples : integer array, of the input's kind and device
         Shape ``logits.shape`` without ``axis`` when ``num_samples == 1``;
         with a trailing axis of length ``num_samples`` otherwise.  The dtype
         is the library's argmax index dtype (int64 for NumPy and PyTorch,
         int32 for JAX without x64).  Under tracing (``jax.jit``,
-        ``jax.vmap``), a row with a NaN logit, with every logit ``-inf``,
-        or with a setting out of range draws ``-1``, which is no class.
+        ``jax.vmap``, ``torch.compile``), a row with a NaN logit, with every
+        logit ``-inf``, or with a setting out of range draws ``-1``, which is
+        no class.
+    logprobs : floating array of ``samples``' shape, only with ``return_logprobs``
+        In the logits' floating dtype (float64 for integer logits).
+    valid : bool array of the rows' shape, only with ``return_valid``
+
+    With either option the result is the tuple ``(samples, logprobs,
+    valid)`` without the parts not asked for.
 
     Raises
     ------
     ValueError
         For a row whose logits are all ``-inf`` (nothing to draw), a class
-        axis of length 0 with rows to fill, a NaN logit, a setting out of
-        range (for an array: its first such value and where it is), a
-        setting array that does not broadcast to the rows, ``num_samples``
-        too large for the noise to fit in one array.  Checks of array
-        values run on concrete arrays and are skipped under tracing (see
-        Returns).
+        axis of length 0 with rows to fill, a NaN logit (these three unless
+        ``return_valid``), a setting out of range (for an array: its first
+        such value and where it is), a setting array that does not
+        broadcast to the rows, ``num_samples`` too large for the noise to
+        fit in one array, an unknown ``top_k_ties``.  Checks of array values
+        run on concrete arrays and are skipped under tracing (see Returns).
     TypeError
         For an ``rng`` that does not match the array kind, a setting of the
         wrong kind (an array ``top_k`` must hold integers), or arrays of
@@ -476,30 +873,52 @@ def sample(
     without x64, round the difference too.  The noise never takes
     ``log(0)``; it is exact Gumbel noise except that its tails beyond a
     probability of about ``e**-43`` are cut and its uniforms lie on a grid
-    of spacing ``2**-63``, so the draws are exact to that level and to the
-    rounding of ``z_j + G_j`` in the working dtype (float32 for JAX without
-    x64).
+    of spacing ``2**-63``.
 
-    With an int ``top_k`` below ``C`` only the ``top_k`` largest logits of
-    each row are candidates, selected without sorting whole rows
-    (``jax.lax.top_k`` for JAX), and noise is drawn for them alone.  Where
-    more classes tie with the ``top_k``-th largest logit than that, the
-    call sorts whole rows instead; under ``jax.jit`` this is a
-    ``jax.lax.cond``.  Both give the same distribution, with different
-    noise: for a given key, an int ``top_k`` and an array ``top_k`` of the
-    same value draw differently.  An array ``top_k``, or ``top_p`` without
-    ``top_k``, sorts whole rows.
+    How the work is done (``softmaxkit.frontend.sampling`` has the
+    details).  With a truncation, the ``K`` largest logits of each row are
+    selected without sorting whole rows (``K = top_k + 1``, or 1024 for
+    ``top_p`` and ``min_p`` alone): when the truncation drops the last of
+    them in every row, the draw is made from them alone, noise included.
+    Otherwise (ties beyond ``top_k``, a nucleus wider than 1024 classes,
+    an array ``top_k`` under tracing) the call works on whole rows, sorting
+    them where ``top_p`` or ``top_k_ties="index"`` needs a ranking.  Whole
+    rows draw a block of about ``sqrt(C)`` classes by the blocks' masses,
+    then a class within it: exact, with noise for about ``2 sqrt(C)``
+    entries per draw.  Both ways draw from the same distribution, spending
+    the noise differently.  Greedy rows use a blocked maximum, not
+    ``argmax`` over whole rows.
+
+    Reproducibility.  Draws depend on the seed (or generator state, or key)
+    and on the whole call: the noise is drawn for the batch at once, in an
+    amount that depends on the shape and the settings, so a row drawn alone
+    differs from the same row drawn in a batch with the same seed.  Draw
+    one row per call, each with its own generator, for draws that do not
+    depend on the batch.  A torch generator gives the same draws in eager
+    code and under ``torch.compile``; torch's global generator does not
+    (compiled code has its own random stream).
 
     Under ``jax.jit`` the settings may be Python numbers (static) or
-    arrays (traced, one value per row or a 0-d array); ``num_samples`` and
-    ``axis`` are static.  ``jax.vmap`` over the logits and keys works too,
-    but where it maps the logits, JAX turns the ``lax.cond`` above into a
-    select that runs both paths: pass the rows as one batch instead.
+    arrays (traced, one value per row or a 0-d array); ``num_samples``,
+    ``axis``, ``top_k_ties`` and the two flags are static.  ``jax.vmap``
+    over the logits and keys works too, but where it maps the logits, JAX
+    turns the branch between candidates and whole rows into a select that
+    runs both: pass the rows as one batch instead.
+    ``torch.compile(fullgraph=True)`` traces a call with or without a
+    ``torch.Generator``; the branch is a ``torch.cond``.
+
+    Synchronisation (PyTorch).  The value checks read the device once:
+    ``any`` over the rows' largest logits (NaN or ``-inf``), plus one read
+    per array setting (its range, and for ``top_k`` its largest value,
+    which sizes the candidates).  ``return_valid=True`` with settings given
+    as numbers reads nothing.  The branch between candidates and whole
+    rows reads its boolean on the CPU; on other devices both are computed
+    and one is selected, so nothing waits for the device.
 
     Edge behaviour: ``-inf`` logits are never drawn; a row with ``+inf``
     logits draws uniformly among them (the limit of the softmax); a row of
-    equal logits draws uniformly.  Under ``T = 0`` ties go to the first
-    index.  The inputs are not modified and carry no gradient.
+    equal logits draws uniformly.  The inputs are not modified and carry no
+    gradient.
 
     References
     ----------
@@ -522,60 +941,106 @@ def sample(
     array([[0, 0, 0],
            [1, 1, 1]])
 
-    One setting per row: the first row greedy, the second sampled.
+    Exactly one class of the tied pair with ``top_k_ties="index"``, and the
+    log-probability of each draw:
+
+    >>> smk.sample(np.array([1.0, 1.0, 0.0]), top_k=1, top_k_ties="index", num_samples=4, rng=0)
+    array([0, 0, 0, 0])
+    >>> idx, logq = smk.sample(np.log([0.5, 0.25, 0.25]), top_k=2, top_k_ties="index", rng=1, return_logprobs=True)
+    >>> int(idx), round(float(np.exp(logq)), 6)
+    (0, 0.666667)
+
+    One setting per row: the first row greedy, the second sampled; a fully
+    masked row flagged instead of raising.
 
     >>> smk.sample(logits, temperature=np.array([0.0, 1.0]), num_samples=4, rng=0)[0]
     array([0, 0, 0, 0])
+    >>> smk.sample(np.array([[0.0, 1.0], [-np.inf, -np.inf]]), rng=0, return_valid=True)[1]
+    array([ True, False])
     >>> smk.sample(logits, temperature=[1.0, -1.0], rng=0)
     Traceback (most recent call last):
     ...
     ValueError: temperature must be finite and >= 0; got temperature[1] = -1.0
     """
-    temperature = _temperature(temperature)
-    top_k = _top_k(top_k)
-    top_p = _top_p(top_p)
-    min_p = _min_p(min_p)
     n_draws = _num_samples(num_samples)
-    xp, layout, xw, _, _, widened = _prepare(logits, axis, name="logits", allow_many=False)
-    backend = registry.backend_for(xw)
-    gen = _random.generator(backend, xw, rng, "logits")
-    xw = _stop_gradient(backend, xw)
-    s = _settings(xp, layout, xw, temperature, top_k, top_p, min_p)
-    _check_rows(xp, layout, xw, "logits")
-    out_shape = layout.rest_shape + ((n_draws,) if n_draws > 1 else ())
-    n = xw.shape[-1]
-    _check_noise_size(layout.n_rows, n_draws, n)
+    ties = _ties(top_k_ties)
+    want_logprobs = validate.flag(return_logprobs, "return_logprobs")
+    want_valid = validate.flag(return_valid, "return_valid")
+    r = _rows(logits, axis, temperature, top_k, top_p, min_p, ties)
+    xp, s = r.xp, r.s
+    gen = _random.generator(r.backend, r.x, rng, "logits")
     index = _index_dtype(xp)
-    if n == 0:
-        # Every row there is has nothing to draw from.
-        return xp.full(out_shape, _UNDEFINED, dtype=index, device=num.device(xw))
+    rows, n = r.n_rows, r.n
+    K = None if s.scalar_greedy else _candidate_count(r)
+    # Short rows draw noise for every class, and the candidates take theirs:
+    # every way of drawing then gives the same class for the same seed.
+    per_class = n <= _ONE_STEP
+    candidate_noise = (K,) if K is not None and not per_class else ()
+    whole_noise = () if s.scalar_greedy or (K == n and not per_class) else _row_noise_shapes(n)
+    _check_noise_size(rows, n_draws, n, sum(candidate_noise) + sum(whole_noise))
+    if rows == 0 or n == 0:
+        empty = xp.ones((rows,), dtype=xp.bool, device=r.device)
+        if not want_valid:
+            _check_rows(r, empty)
+        drawn = xp.full((rows, n_draws), _UNDEFINED, dtype=index, device=r.device)
+        logq = xp.full((rows, n_draws), float("nan"), dtype=r.work, device=r.device)
+        return _outputs(r, drawn, logq, empty, n_draws, want_logprobs, want_valid)
     if s.scalar_greedy:
-        first = xp.argmax(xw, axis=-1)
-        idx = xp.broadcast_to(first[..., None], out_shape) if n_draws > 1 else first
-        empty = _empty(xp.take_along_axis(xw, first[..., None], axis=-1)[..., 0])
-        return _undefined(xp, xp.astype(idx, index), empty, s, n_draws)
+        first, empty = _greedy_rows(r)
+        if not want_valid:
+            _check_rows(r, empty)
+        drawn = xp.broadcast_to(first[:, None], (rows, n_draws))
+        logq = xp.zeros((rows, n_draws), dtype=r.work, device=r.device)
+    else:
+        candidates = _largest(r, K) if K is not None else None
+        a = candidates[0][:, :1] if candidates is not None else xp.max(r.x, axis=-1, keepdims=True)
+        empty = ~(a[:, 0] > -_INF)
+        if not want_valid:
+            _check_rows(r, empty)
+        # All the noise is drawn before the branch, so that neither way
+        # draws inside it and the generator advances the same either way.
+        noise = [_random.gumbel(xp, r.backend, gen, (rows, n_draws, m), r.work, r.x) for m in candidate_noise + whole_noise]
 
-    def whole_rows() -> tuple[Any, Any]:
-        logq, empty = _truncated(xp, xw, s, widened, ranked=False)
-        idx = _draw(xp, backend, gen, logq, n_draws, xw)
-        return _greedy(xp, idx, s, lambda: xp.argmax(xw, axis=-1), n_draws, index), empty
+        def on_candidates(c: _Candidates) -> tuple[Any, ...]:
+            if per_class:
+                g = xp.take_along_axis(noise[0], xp.broadcast_to(c.classes[:, None, :], (rows, n_draws, K)), axis=-1)
+            else:
+                g = noise[0]
+            out = _draw_ranked(r, xp.where(c.keep, c.z, r.scalar(-_INF)), g, want_logprobs)
+            return (xp.astype(xp.take_along_axis(c.classes, out[0], axis=-1), index),) + out[1:]
 
-    k = s.top_k
-    if not isinstance(k, int) or k >= n:
-        return _undefined(xp, *whole_rows(), s, n_draws)
-    values, classes = _largest(xp, xw, k + 1)
-    # More classes tie with the k-th largest logit than the k candidates
-    # hold; ties at -inf do not count, as those classes are never drawn.
-    overflow = xp.any((values[..., k] == values[..., k - 1]) & (values[..., k - 1] > -_INF))
-    values, classes = values[..., :k], classes[..., :k]
+        def on_rows(rp: _Rows, rows: slice, z: Any) -> tuple[Any, ...]:
+            row_noise = [g[rows] for g in noise[len(candidate_noise) :]]
+            if len(row_noise) == 1:
+                out = _draw_ranked(rp, z, row_noise[0], want_logprobs)
+            else:
+                out = _draw_blocks(rp, z, row_noise[0], row_noise[1], want_logprobs)
+            return (xp.astype(out[0], index),) + out[1:]
 
-    def candidates() -> tuple[Any, Any]:
-        logq, empty = _truncated(xp, values, s, widened, ranked=True)
-        rank = _draw(xp, backend, gen, logq, n_draws, xw)
-        picked = xp.take_along_axis(classes, rank if n_draws > 1 else rank[..., None], axis=-1)
-        return _greedy(xp, picked if n_draws > 1 else picked[..., 0], s, lambda: classes[..., 0], n_draws, index), empty
+        out = _run(r, a, candidates, on_candidates, on_rows)
+        drawn = out[0]
+        logq = out[1] if want_logprobs else None
+        if s.greedy is not None:
+            first, _ = _greedy_rows(r)
+            drawn = xp.where(s.greedy, first[:, None], drawn)
+            if logq is not None:
+                logq = xp.where(s.greedy, r.scalar(0.0), logq)
+    return _outputs(r, drawn, logq, empty, n_draws, want_logprobs, want_valid)
 
-    return _undefined(xp, *_either(overflow, whole_rows, candidates), s, n_draws)
+
+def _outputs(r: _Rows, drawn: Any, logq: Any, empty: Any, n_draws: int, want_logprobs: bool, want_valid: bool) -> Any:
+    """The result of :func:`sample`: rows with nothing to draw set to -1 (NaN), reshaped to the logits' rows."""
+    xp = r.xp
+    undefined = empty if r.s.invalid is None else empty | r.s.invalid
+    drawn = xp.where(undefined[:, None], xp.asarray(_UNDEFINED, dtype=drawn.dtype, device=r.device), drawn)
+    shape = r.layout.rest_shape + ((n_draws,) if n_draws > 1 else ())
+    result = [xp.reshape(drawn, shape)]
+    if want_logprobs:
+        logq = xp.where(undefined[:, None], r.scalar(float("nan")), logq)
+        result.append(xp.reshape(xp.astype(logq, r.out_dtype), shape))
+    if want_valid:
+        result.append(xp.reshape(~undefined, r.layout.rest_shape))
+    return result[0] if len(result) == 1 else tuple(result)
 
 
 @validate.quiet
@@ -587,23 +1052,24 @@ def truncate(
     top_p: Any = None,
     min_p: Any = None,
     axis: int = -1,
+    top_k_ties: str = "keep",
 ) -> Any:
     r"""The scaled logits that :func:`sample` draws from, with every class it would not draw set to ``-inf``.
 
     .. math:: \operatorname{truncate}(x)_j = \begin{cases} (x_j - \max x) / T & j \in S \\ -\infty & j \notin S \end{cases}
 
     where ``S`` is the set of classes that survive ``top_k``, ``top_p`` and
-    ``min_p`` (see :func:`sample`, which calls this same truncation).  The
+    ``min_p`` (see :func:`sample`, which runs this same truncation).  The
     result is ``log q_j`` up to a constant per row, ``q`` being the
-    truncated, renormalised distribution: ``softmax(truncate(x))`` is ``q``
-    and ``argmax(truncate(x) + G)`` with Gumbel noise ``G`` is a draw of
-    ``sample``.  The largest kept entry of each row is 0.
+    truncated, renormalised distribution: ``softmax(truncate(x))`` is ``q``,
+    and ``argmax(truncate(x) + G)`` with Gumbel noise ``G`` draws as
+    ``sample`` does.  The largest entry of each row is 0.
 
     Parameters
     ----------
     logits : array_like, numpy.ndarray, torch.Tensor or jax.Array
         Unnormalised log-probabilities, classes along ``axis``.
-    temperature, top_k, top_p, min_p
+    temperature, top_k, top_p, min_p, top_k_ties
         As in :func:`sample`: one number or one value per row.  Rows of
         temperature 0 (greedy) keep their argmax alone (the first, among
         ties), with the value 0.
@@ -615,14 +1081,23 @@ def truncate(
     array of the logits' shape, floating dtype (float64 for integer input)
     and kind.  ``(x - max x) / T`` is computed as in :func:`sample` (in
     float64 for narrower inputs) and rounded once to the output dtype.
-    Under tracing (``jax.jit``), rows with nothing to draw from (a NaN
-    logit, every logit ``-inf``, a setting out of range) are ``-inf``
-    throughout.  The result carries no gradient.
+    Under tracing (``jax.jit``, ``torch.compile``), rows with nothing to
+    draw from (a NaN logit, every logit ``-inf``, a setting out of range)
+    are ``-inf`` throughout.  The result carries no gradient.
 
     Raises
     ------
     ValueError, TypeError
         As :func:`sample`, for the same logits and settings.
+
+    Notes
+    -----
+    The rule is stated once and shared with :func:`sample`: rank a row's
+    classes by decreasing logit, ties by increasing index; ``top_k``,
+    ``top_p`` and ``min_p`` each keep a prefix of that ranking (ties at the
+    boundary kept, except ``top_k`` with ``top_k_ties="index"``), so the
+    kept classes are a prefix too.  The work is :func:`sample`'s: the
+    largest logits as candidates where they suffice, whole rows otherwise.
 
     Examples
     --------
@@ -631,35 +1106,45 @@ def truncate(
     >>> smk.truncate(x, top_k=2)
     array([[  0.,  -1., -inf, -inf],
            [-inf,   0.,   0., -inf]])
+    >>> smk.truncate(x, top_k=1, top_k_ties="index")
+    array([[  0., -inf, -inf, -inf],
+           [-inf,   0., -inf, -inf]])
     >>> smk.truncate(x, temperature=[0.5, 0.0])
     array([[  0.,  -2.,  -4.,  -6.],
            [-inf,   0., -inf, -inf]])
     """
-    temperature = _temperature(temperature)
-    top_k = _top_k(top_k)
-    top_p = _top_p(top_p)
-    min_p = _min_p(min_p)
-    xp, layout, xw, _, out_dtype, widened = _prepare(logits, axis, name="logits", allow_many=False)
-    backend = registry.backend_for(xw)
-    xw = _stop_gradient(backend, xw)
-    s = _settings(xp, layout, xw, temperature, top_k, top_p, min_p)
-    _check_rows(xp, layout, xw, "logits")
-    n = xw.shape[-1]
-    if n == 0:
-        return layout.back(xp.astype(xw, out_dtype))
-    minus_inf = xp.full_like(xw, -_INF)
-    first = xp.arange(n, device=num.device(xw)) == xp.argmax(xw, axis=-1, keepdims=True)
-    one_hot = xp.where(first, xp.zeros_like(xw), minus_inf)
+    ties = _ties(top_k_ties)
+    r = _rows(logits, axis, temperature, top_k, top_p, min_p, ties)
+    xp, s = r.xp, r.s
+    rows, n = r.n_rows, r.n
+    minus_inf = r.scalar(-_INF)
+    if rows == 0 or n == 0:
+        if rows:
+            _check_rows(r, xp.ones((rows,), dtype=xp.bool, device=r.device))
+        return r.layout.back_rows(xp.astype(r.x, r.out_dtype))
+    position = xp.arange(n, device=r.device)
     if s.scalar_greedy:
-        logq, empty = one_hot, _empty(xp.max(xw, axis=-1))
+        first, empty = _greedy_rows(r)
+        _check_rows(r, empty)
+        z = xp.where(position == first[:, None], r.scalar(0.0), minus_inf)
     else:
-        logq, empty = _truncated(xp, xw, s, widened, ranked=False)
+        K = _candidate_count(r)
+        candidates = _largest(r, K) if K is not None else None
+        a = candidates[0][:, :1] if candidates is not None else xp.max(r.x, axis=-1, keepdims=True)
+        empty = ~(a[:, 0] > -_INF)
+        _check_rows(r, empty)
+
+        def on_candidates(c: _Candidates) -> tuple[Any]:
+            z = _z(r, r.x, a)
+            return (xp.where(_prefix_mask(r, c) & (z > -_INF), z, minus_inf),)
+
+        (z,) = _run(r, a, candidates, on_candidates, lambda rp, rows, z: (z,))
         if s.greedy is not None:
-            logq = xp.where(s.greedy, one_hot, logq)
-    if s.invalid is not None:
-        empty = empty | s.invalid
-    logq = xp.where(empty[..., None], minus_inf, logq)
-    return layout.back(xp.astype(logq, out_dtype))
+            first, _ = _greedy_rows(r)
+            z = xp.where(s.greedy, xp.where(position == first[:, None], r.scalar(0.0), minus_inf), z)
+    undefined = empty if s.invalid is None else empty | s.invalid
+    z = xp.where(undefined[:, None], minus_inf, z)
+    return r.layout.back_rows(xp.astype(z, r.out_dtype))
 
 
 @validate.quiet
@@ -714,8 +1199,8 @@ def gumbel_max(logits: Any, gumbel: Any, *, temperature: Any = 1.0, axis: int = 
     >>> smk.gumbel_max(np.array([[0.0, 1.0, -np.inf], [2.0, 0.0, 0.0]]), g[:2], temperature=[1.0, 0.0])
     array([1, 0])
     """
-    temperature = _temperature(temperature)
-    xp, layout, xw, _, _, widened = _prepare(logits, axis, name="logits", allow_many=False)
+    r = _rows(logits, axis, temperature, None, None, None)
+    xp, s, layout = r.xp, r.s, r.layout
     g = validate.same_namespace(xp, gumbel, "gumbel")
     _, g, _ = validate.real_array(g, "gumbel")
     lead = g.ndim - len(layout.shape)
@@ -723,25 +1208,29 @@ def gumbel_max(logits: Any, gumbel: Any, *, temperature: Any = 1.0, axis: int = 
         raise ValueError(
             f"gumbel must have the shape of logits {layout.shape}, optionally with extra leading axes; got {tuple(g.shape)}"
         )
-    s = _settings(xp, layout, xw, temperature, None, None, None)
-    _check_rows(xp, layout, xw, "logits")
     out_shape = tuple(g.shape[:lead]) + layout.rest_shape
     index = _index_dtype(xp)
-    if xw.shape[-1] == 0:
-        return xp.full(out_shape, _UNDEFINED, dtype=index, device=num.device(xw))
-    first = xp.argmax(xw, axis=-1)
+    if r.n == 0 or r.n_rows == 0:
+        if r.n_rows:
+            _check_rows(r, xp.ones((r.n_rows,), dtype=xp.bool, device=r.device))
+        return xp.full(out_shape, _UNDEFINED, dtype=index, device=r.device)
+    first, empty = _greedy_rows(r)
+    _check_rows(r, empty)
+    invalid = empty if s.invalid is None else empty | s.invalid
     if s.scalar_greedy:
-        empty = _empty(xp.take_along_axis(xw, first[..., None], axis=-1)[..., 0])
-        return _undefined(xp, xp.astype(xp.broadcast_to(first, out_shape), index), empty, s, 1)
+        drawn = xp.where(invalid, xp.asarray(_UNDEFINED, dtype=first.dtype, device=r.device), first)
+        return xp.astype(xp.broadcast_to(xp.reshape(drawn, layout.rest_shape), out_shape), index)
     _CHECKS.require_none(xp, ~xp.isfinite(g), _first_bad("gumbel", g, "gumbel must be finite"))
-    gw = Layout(xp, tuple(g.shape), (lead + layout.axes[0],)).forward(xp.astype(g, xw.dtype))
-    z, empty = _scaled(xp, xw, s.temperature, widened)
-    idx = xp.argmax(z + gw, axis=-1)
+    gw = Layout(xp, tuple(g.shape), (lead + layout.axes[0],)).forward(xp.astype(g, r.work))
+    gw = xp.reshape(gw, tuple(g.shape[:lead]) + (r.n_rows, r.n))
+    z = _z(r, r.x, xp.max(r.x, axis=-1, keepdims=True))
+    drawn = xp.argmax(z + gw, axis=-1)
     noisy = xp.any(~xp.isfinite(gw), axis=-1)
     if s.greedy is not None:
-        idx = xp.where(s.greedy[..., 0], first, idx)
-        noisy = noisy & ~s.greedy[..., 0]
-    return _undefined(xp, xp.astype(idx, index), empty | noisy, s, 1)
+        drawn = xp.where(s.greedy[:, 0], first, drawn)
+        noisy = noisy & ~s.greedy[:, 0]
+    drawn = xp.where(invalid | noisy, xp.asarray(_UNDEFINED, dtype=drawn.dtype, device=r.device), drawn)
+    return xp.reshape(xp.astype(drawn, index), out_shape)
 
 
 @validate.quiet

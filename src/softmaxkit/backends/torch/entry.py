@@ -107,6 +107,9 @@ def binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, red
     return _with_grad(loss_fn, logits)
 
 
+# --- sampling -------------------------------------------------------------------------------
+
+
 def check_rng(rng):
     """A ``torch.Generator``, an int seed, or None (torch's global generator)."""
     if rng is None or isinstance(rng, torch.Generator):
@@ -114,9 +117,70 @@ def check_rng(rng):
     return torch.Generator().manual_seed(_random.seed(rng, "a torch.Generator, an int seed or None", "torch"))
 
 
+def _words(generator, shape, device):
+    """Uniform 32-bit words of ``shape`` (as int64), drawn on the generator's device."""
+    source = generator.device if generator is not None else device
+    return torch.randint(0, 2**32, tuple(shape), generator=generator, dtype=torch.int64, device=source).to(device)
+
+
+# torch.compile cannot pass a torch.Generator to an operation it traces.
+# The generators met while tracing are kept here, and the graph calls
+# softmaxkit::random_words with the key of its generator, a constant of
+# the graph (Dynamo guards on the generator's identity, so another
+# generator compiles its own graph).  The graph then draws from the
+# generator itself: compiled and eager code give the same words.
+_GENERATORS: dict[int, torch.Generator] = {}
+
+
+@torch.compiler.assume_constant_result
+def _generator_key(generator: torch.Generator) -> int:
+    _GENERATORS[id(generator)] = generator
+    return id(generator)
+
+
+@torch.library.custom_op("softmaxkit::random_words", mutates_args=())
+def _random_words_op(like: torch.Tensor, shape: list[int], generator_key: int) -> torch.Tensor:
+    return _words(_GENERATORS[generator_key], shape, like.device)
+
+
+@_random_words_op.register_fake
+def _(like, shape, generator_key):
+    return like.new_empty(shape, dtype=torch.int64)
+
+
 def random_words(generator, shape, like):
-    device = generator.device if generator is not None else like.device
-    return torch.randint(0, 2**32, shape, generator=generator, dtype=torch.int64, device=device).to(like.device)
+    """Uniform 32-bit words of ``shape``, on ``like``'s device (through softmaxkit::random_words under torch.compile with a generator)."""
+    if generator is None or not torch.compiler.is_compiling():
+        return _words(generator, shape, like.device)
+    return _random_words_op(like, list(shape), _generator_key(generator))
+
+
+def traced(a):
+    """Values cannot be read while torch.compile traces."""
+    return torch.compiler.is_compiling()
+
+
+def top_k(x, k):
+    """``torch.topk``, with the entries of equal value put in index order (torch leaves their order open)."""
+    values, indices = torch.topk(x, k, dim=-1)
+    indices, by_index = torch.sort(indices, dim=-1)
+    values = torch.gather(values, -1, by_index)
+    values, by_value = torch.sort(values, dim=-1, descending=True, stable=True)
+    return values, torch.gather(indices, -1, by_value)
+
+
+def cond(pred, if_true, if_false):
+    """A branch on a 0-d boolean tensor without waiting for a device.
+
+    Under torch.compile it is ``torch.cond``; in eager code the boolean is
+    read where it is on the CPU, and on other devices both branches run
+    and their results are selected, so the host never waits for the device.
+    """
+    if torch.compiler.is_compiling():
+        return torch.cond(pred, if_true, if_false, ())
+    if pred.device.type == "cpu":
+        return if_true() if bool(pred) else if_false()
+    return tuple(torch.where(pred, a, b) for a, b in zip(if_true(), if_false()))
 
 
 BACKEND = registry.Backend(
@@ -131,7 +195,7 @@ BACKEND = registry.Backend(
     check_rng=check_rng,
     random_words=random_words,
     stop_gradient=torch.Tensor.detach,
-    traced=None,
-    top_k=None,
-    cond=None,
+    traced=traced,
+    top_k=top_k,
+    cond=cond,
 )
