@@ -289,6 +289,7 @@ class _Rows:
     out_dtype: Any
     s: _Settings
     ties: str
+    index: Any
 
     @property
     def n(self) -> int:
@@ -311,7 +312,7 @@ class _Rows:
         s = self.s
         cut = [v[rows] if hasattr(v, "shape") else v for v in (s.temperature, s.top_k, s.top_p, s.min_p, s.greedy, s.invalid)]
         settings = _Settings(*cut, s.top_k_bound)
-        return _Rows(self.xp, self.backend, self.layout, self.x[rows], self.work, self.widened, self.out_dtype, settings, self.ties)
+        return _Rows(self.xp, self.backend, self.layout, self.x[rows], self.work, self.widened, self.out_dtype, settings, self.ties, self.index)
 
 
 def _by_rows(r: _Rows, step: Callable[[_Rows, slice], tuple[Any, ...]]) -> tuple[Any, ...]:
@@ -337,7 +338,7 @@ def _rows(logits: Any, axis: Any, temperature: Any, top_k: Any, top_p: Any, min_
     backend = registry.backend_for(x)
     x = _stop_gradient(backend, layout.rows(x))
     s = _settings(xp, layout, work, num.device(x), temperature, top_k, top_p, min_p)
-    return _Rows(xp, backend, layout, x, work, widened, out_dtype, s, ties)
+    return _Rows(xp, backend, layout, x, work, widened, out_dtype, s, ties, _index_dtype(xp))
 
 
 def _check_rows(r: _Rows, empty: Any) -> None:
@@ -489,7 +490,7 @@ def _rules(r: _Rows, v: Any, z: Any, e: Any, total: tuple[Any, Any] | None) -> A
         # The mass ranked before each class: its inclusive sum less itself (exact for the grid part).
         below = _below_share(r, (c_hi - hi, c_lo - lo), p if _per_row(p) else r.scalar(p), kept_mass)
         n_kept = xp.sum(xp.astype(below, xp.int32), axis=-1, keepdims=True)
-        last = xp.take_along_axis(v, xp.astype(xp.clip(n_kept, 1, m) - 1, _index_dtype(xp)), axis=-1)
+        last = xp.take_along_axis(v, xp.astype(xp.clip(n_kept, 1, m) - 1, r.index), axis=-1)
         nucleus = v >= last
         if _per_row(p):
             nucleus = nucleus | (p >= 1)
@@ -582,8 +583,10 @@ def _run(r: _Rows, a: Any, candidates: tuple[Any, Any] | None, on_candidates: Ca
         k = s.top_k
         kth = v[:, k - 1] if isinstance(k, int) else xp.take_along_axis(v, k - 1, axis=-1)[:, 0]
         enough = enough & ((v[:, -1] < kth) | (kth == -_INF))
-    kth = v[:, s.top_k - 1 : s.top_k] if isinstance(s.top_k, int) else None
-    return _either(r, xp.all(enough), lambda: on_candidates(found), lambda: whole(kth))
+    # The k-th largest logit is taken inside the branch: torch.cond refuses
+    # branches that capture views of the tensors they capture.
+    kth = (lambda: v[:, s.top_k - 1 : s.top_k]) if isinstance(s.top_k, int) else (lambda: None)
+    return _either(r, xp.all(enough), lambda: on_candidates(found), lambda: whole(kth()))
 
 
 def _whole(r: _Rows, a: Any, kth: Any, on_rows: Callable) -> Any:
@@ -612,7 +615,7 @@ def _whole(r: _Rows, a: Any, kth: Any, on_rows: Callable) -> Any:
     v = xp.take_along_axis(x, order, axis=-1)
     zs = _z(r, v, a)
     keep = _rules(r, v, zs, _exp(r, zs), None)
-    last = xp.astype(xp.clip(xp.sum(xp.astype(keep, xp.int32), axis=-1, keepdims=True), 1, r.n) - 1, _index_dtype(xp))
+    last = xp.astype(xp.clip(xp.sum(xp.astype(keep, xp.int32), axis=-1, keepdims=True), 1, r.n) - 1, r.index)
     v_last, i_last = xp.take_along_axis(v, last, axis=-1), xp.take_along_axis(order, last, axis=-1)
     position = xp.arange(r.n, device=r.device)
     kept = (z > -_INF) & ((x > v_last) | ((x == v_last) & (position <= i_last)))
@@ -622,7 +625,7 @@ def _whole(r: _Rows, a: Any, kth: Any, on_rows: Callable) -> Any:
 def _prefix_mask(r: _Rows, c: _Candidates) -> Any:
     """The classes of whole rows that the candidates keep (see :func:`_whole` for ``(v*, i*)``)."""
     xp, x = r.xp, r.x
-    last = xp.astype(xp.clip(xp.sum(xp.astype(c.keep, xp.int32), axis=-1, keepdims=True), 1, c.v.shape[-1]) - 1, _index_dtype(xp))
+    last = xp.astype(xp.clip(xp.sum(xp.astype(c.keep, xp.int32), axis=-1, keepdims=True), 1, c.v.shape[-1]) - 1, r.index)
     v_last, i_last = xp.take_along_axis(c.v, last, axis=-1), xp.take_along_axis(c.classes, last, axis=-1)
     return (x > v_last) | ((x == v_last) & (xp.arange(r.n, device=r.device) <= i_last))
 
@@ -969,7 +972,7 @@ def sample(
     r = _rows(logits, axis, temperature, top_k, top_p, min_p, ties)
     xp, s = r.xp, r.s
     gen = _random.generator(r.backend, r.x, rng, "logits")
-    index = _index_dtype(xp)
+    index = r.index
     rows, n = r.n_rows, r.n
     K = None if s.scalar_greedy else _candidate_count(r)
     # Short rows draw noise for every class, and the candidates take theirs:
@@ -993,24 +996,33 @@ def sample(
         logq = xp.zeros((rows, n_draws), dtype=r.work, device=r.device)
     else:
         candidates = _largest(r, K) if K is not None else None
-        a = candidates[0][:, :1] if candidates is not None else xp.max(r.x, axis=-1, keepdims=True)
+        a = xp.max(candidates[0] if candidates is not None else r.x, axis=-1, keepdims=True)
         empty = ~(a[:, 0] > -_INF)
         if not want_valid:
             _check_rows(r, empty)
         # All the noise is drawn before the branch, so that neither way
         # draws inside it and the generator advances the same either way.
-        noise = [_random.gumbel(xp, r.backend, gen, (rows, n_draws, m), r.work, r.x) for m in candidate_noise + whole_noise]
+        # One draw of noise for every use, split afterwards: one call of the
+        # generator, so compiled code cannot reorder or drop a part of it.
+        widths = candidate_noise + whole_noise
+        g_all = _random.gumbel(xp, r.backend, gen, (rows, n_draws, sum(widths)), r.work, r.x)
+        ends = [sum(widths[: i + 1]) for i in range(len(widths))]
+
+        def noise(i: int) -> Any:
+            # Sliced inside the branches: torch.cond refuses branches that
+            # capture views of the tensors they capture.
+            return g_all[:, :, ends[i] - widths[i] : ends[i]]
 
         def on_candidates(c: _Candidates) -> tuple[Any, ...]:
             if per_class:
-                g = xp.take_along_axis(noise[0], xp.broadcast_to(c.classes[:, None, :], (rows, n_draws, K)), axis=-1)
+                g = xp.take_along_axis(noise(0), xp.broadcast_to(c.classes[:, None, :], (rows, n_draws, K)), axis=-1)
             else:
-                g = noise[0]
+                g = noise(0)
             out = _draw_ranked(r, xp.where(c.keep, c.z, r.scalar(-_INF)), g, want_logprobs)
             return (xp.astype(xp.take_along_axis(c.classes, out[0], axis=-1), index),) + out[1:]
 
         def on_rows(rp: _Rows, rows: slice, z: Any) -> tuple[Any, ...]:
-            row_noise = [g[rows] for g in noise[len(candidate_noise) :]]
+            row_noise = [noise(i)[rows] for i in range(len(candidate_noise), len(widths))]
             if len(row_noise) == 1:
                 out = _draw_ranked(rp, z, row_noise[0], want_logprobs)
             else:
@@ -1130,7 +1142,7 @@ def truncate(
     else:
         K = _candidate_count(r)
         candidates = _largest(r, K) if K is not None else None
-        a = candidates[0][:, :1] if candidates is not None else xp.max(r.x, axis=-1, keepdims=True)
+        a = xp.max(candidates[0] if candidates is not None else r.x, axis=-1, keepdims=True)
         empty = ~(a[:, 0] > -_INF)
         _check_rows(r, empty)
 
@@ -1209,7 +1221,7 @@ def gumbel_max(logits: Any, gumbel: Any, *, temperature: Any = 1.0, axis: int = 
             f"gumbel must have the shape of logits {layout.shape}, optionally with extra leading axes; got {tuple(g.shape)}"
         )
     out_shape = tuple(g.shape[:lead]) + layout.rest_shape
-    index = _index_dtype(xp)
+    index = r.index
     if r.n == 0 or r.n_rows == 0:
         if r.n_rows:
             _check_rows(r, xp.ones((r.n_rows,), dtype=xp.bool, device=r.device))

@@ -148,6 +148,11 @@ def _(like, shape, generator_key):
     return like.new_empty(shape, dtype=torch.int64)
 
 
+# The draws advance the generator: the compiled graph must keep every call,
+# used or not, in program order (an ordered effect), as eager code makes them.
+torch.library._register_effectful_op("softmaxkit::random_words", torch.library.EffectType.ORDERED)
+
+
 def random_words(generator, shape, like):
     """Uniform 32-bit words of ``shape``, on ``like``'s device (through softmaxkit::random_words under torch.compile with a generator)."""
     if generator is None or not torch.compiler.is_compiling():
