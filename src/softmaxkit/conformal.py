@@ -1,17 +1,4 @@
 """Conformal prediction sets: LAC, APS and RAPS with guaranteed coverage (see :mod:`softmaxkit.tools.conformal`)."""
 
-from softmaxkit.tools.conformal import (
-    SCORES,
-    ConformalCalibration,
-    calibrate,
-    coverage,
-    set_sizes,
-)
-
-__all__ = [
-    "SCORES",
-    "ConformalCalibration",
-    "calibrate",
-    "coverage",
-    "set_sizes",
-]
+from softmaxkit.tools.conformal import *  # noqa: F403
+from softmaxkit.tools.conformal import __all__  # noqa: F401
