@@ -50,11 +50,19 @@ class Backend:
     * ``stop_gradient``: ``(a) -> a`` cut from differentiation;
     * ``traced``: ``(a) -> bool``, whether ``a``'s values cannot be read now
       (a tracer under ``jax.jit``); value checks are skipped on such arrays;
-    * ``top_k``: ``(x, k) -> (values, indices)``, the ``k`` largest entries
-      of each row (last axis), decreasing, ties in index order (the generic
-      path sorts whole rows);
-    * ``cond``: ``(pred, if_true, if_false)``, a branch on a traced 0-d
-      boolean (the generic path reads ``pred``).
+    * ``top_k``: ``(x, k) -> (values, indices)``, ``k`` largest entries of
+      each row (last axis), decreasing, those of equal value in index order,
+      NaN first (the generic path sorts whole rows); which of the entries
+      tied with the ``k``-th largest are returned may be left open;
+    * ``cond``: ``(pred, if_true, if_false)``, a branch on a 0-d boolean,
+      traced or on a device; both branches return tuples of arrays of the
+      same shapes (the generic path reads ``pred``);
+    * ``namespace``: the array namespace of the backend's arrays, which the
+      sampling functions compute with in the front end (the generic path
+      looks it up);
+    * ``working_dtype``: ``(dtype, device) -> (work, widened)``, the
+      backend's working precision for logits of ``dtype`` on ``device``
+      (the generic path: ``numerics.working_dtype``).
     """
 
     name: str
@@ -71,6 +79,8 @@ class Backend:
     traced: Entry | None
     top_k: Entry | None
     cond: Entry | None
+    namespace: Any = None
+    working_dtype: Entry | None = None
 
 
 @dataclass(frozen=True)

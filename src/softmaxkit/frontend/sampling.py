@@ -201,7 +201,7 @@ class _Settings:
         return self.greedy is None and isinstance(self.temperature, (int, float)) and self.temperature == 0
 
 
-def _row_setting(xp: Any, layout: Layout, work: Any, dev: Any, value: Any, name: str, rule: _Rule) -> tuple[Any, Any]:
+def _row_setting(xp: Any, backend: Any, layout: Layout, work: Any, dev: Any, value: Any, name: str, rule: _Rule) -> tuple[Any, Any]:
     """A per-row setting as ``(array of shape (rows, 1), rows out of range of shape (rows,))``.
 
     A number (or None) passes through, with None.  The array is of the
@@ -212,7 +212,7 @@ def _row_setting(xp: Any, layout: Layout, work: Any, dev: Any, value: Any, name:
     """
     if value is None or not _per_row(value):
         return value, None
-    v = validate.same_namespace(xp, value, name)
+    v = value if backend is not None and registry.backend_for(value) is backend else validate.same_namespace(xp, value, name)
     if not rule.integer:
         v = xp.astype(validate.as_float(xp, v, name), work)
     elif not xp.isdtype(v.dtype, "integral"):
@@ -227,11 +227,11 @@ def _row_setting(xp: Any, layout: Layout, work: Any, dev: Any, value: Any, name:
     return xp.asarray(xp.reshape(v, rows + (1,)), device=dev), xp.asarray(xp.reshape(xp.broadcast_to(bad, shape), rows), device=dev)
 
 
-def _settings(xp: Any, layout: Layout, work: Any, dev: Any, temperature: Any, top_k: Any, top_p: Any, min_p: Any) -> _Settings:
-    T, bad_t = _row_setting(xp, layout, work, dev, temperature, "temperature", _TEMPERATURE)
-    k, bad_k = _row_setting(xp, layout, work, dev, top_k, "top_k", _TOP_K)
-    p, bad_p = _row_setting(xp, layout, work, dev, top_p, "top_p", _TOP_P)
-    m, bad_m = _row_setting(xp, layout, work, dev, min_p, "min_p", _MIN_P)
+def _settings(xp: Any, backend: Any, layout: Layout, work: Any, dev: Any, temperature: Any, top_k: Any, top_p: Any, min_p: Any) -> _Settings:
+    T, bad_t = _row_setting(xp, backend, layout, work, dev, temperature, "temperature", _TEMPERATURE)
+    k, bad_k = _row_setting(xp, backend, layout, work, dev, top_k, "top_k", _TOP_K)
+    p, bad_p = _row_setting(xp, backend, layout, work, dev, top_p, "top_p", _TOP_P)
+    m, bad_m = _row_setting(xp, backend, layout, work, dev, min_p, "min_p", _MIN_P)
     greedy = None
     if bad_t is not None:
         greedy = T == 0
@@ -331,13 +331,23 @@ def _by_rows(r: _Rows, step: Callable[[_Rows, slice], tuple[Any, ...]]) -> tuple
 
 def _rows(logits: Any, axis: Any, temperature: Any, top_k: Any, top_p: Any, min_p: Any, ties: str = "keep") -> _Rows:
     temperature, top_k, top_p, min_p = _temperature(temperature), _top_k(top_k), _top_p(top_p), _min_p(min_p)
-    xp, x, out_dtype = validate.real_array(logits, "logits")
+    backend = registry.backend_for(logits)
+    if backend is not None and backend.namespace is not None:
+        # No namespace lookup: torch.compile would trace it.
+        xp = backend.namespace
+        x = validate.as_float(xp, logits, "logits")
+        out_dtype = x.dtype
+    else:
+        xp, x, out_dtype = validate.real_array(logits, "logits")
+        backend = registry.backend_for(x)
     (ax,) = validate.axis(axis, x.ndim, allow_many=False)
-    work, widened = num.working_dtype(xp, out_dtype, x)
+    if backend is not None and backend.working_dtype is not None:
+        work, widened = backend.working_dtype(out_dtype, num.device(x))
+    else:
+        work, widened = num.working_dtype(xp, out_dtype, x)
     layout = Layout(xp, tuple(x.shape), (ax,))
-    backend = registry.backend_for(x)
     x = _stop_gradient(backend, layout.rows(x))
-    s = _settings(xp, layout, work, num.device(x), temperature, top_k, top_p, min_p)
+    s = _settings(xp, backend, layout, work, num.device(x), temperature, top_k, top_p, min_p)
     return _Rows(xp, backend, layout, x, work, widened, out_dtype, s, ties, _index_dtype(xp))
 
 
@@ -480,7 +490,7 @@ def _rules(r: _Rows, v: Any, z: Any, e: Any, total: tuple[Any, Any] | None) -> A
         elif isinstance(k, int):
             keep = keep & (v >= v[:, min(k, m) - 1 : min(k, m)])
         else:
-            keep = keep & (v >= xp.take_along_axis(v, xp.clip(k, max=m) - 1, axis=-1))
+            keep = keep & (v >= xp.take_along_axis(v, xp.minimum(k, m) - 1, axis=-1))
     p = s.top_p
     if p is not None:
         w = xp.where(keep, e, r.scalar(0.0))
@@ -490,7 +500,7 @@ def _rules(r: _Rows, v: Any, z: Any, e: Any, total: tuple[Any, Any] | None) -> A
         # The mass ranked before each class: its inclusive sum less itself (exact for the grid part).
         below = _below_share(r, (c_hi - hi, c_lo - lo), p if _per_row(p) else r.scalar(p), kept_mass)
         n_kept = xp.sum(xp.astype(below, xp.int32), axis=-1, keepdims=True)
-        last = xp.take_along_axis(v, xp.astype(xp.clip(n_kept, 1, m) - 1, r.index), axis=-1)
+        last = xp.take_along_axis(v, xp.astype(xp.maximum(n_kept, 1) - 1, r.index), axis=-1)
         nucleus = v >= last
         if _per_row(p):
             nucleus = nucleus | (p >= 1)
@@ -615,7 +625,7 @@ def _whole(r: _Rows, a: Any, kth: Any, on_rows: Callable) -> Any:
     v = xp.take_along_axis(x, order, axis=-1)
     zs = _z(r, v, a)
     keep = _rules(r, v, zs, _exp(r, zs), None)
-    last = xp.astype(xp.clip(xp.sum(xp.astype(keep, xp.int32), axis=-1, keepdims=True), 1, r.n) - 1, r.index)
+    last = xp.astype(xp.maximum(xp.sum(xp.astype(keep, xp.int32), axis=-1, keepdims=True), 1) - 1, r.index)
     v_last, i_last = xp.take_along_axis(v, last, axis=-1), xp.take_along_axis(order, last, axis=-1)
     position = xp.arange(r.n, device=r.device)
     kept = (z > -_INF) & ((x > v_last) | ((x == v_last) & (position <= i_last)))
@@ -625,7 +635,7 @@ def _whole(r: _Rows, a: Any, kth: Any, on_rows: Callable) -> Any:
 def _prefix_mask(r: _Rows, c: _Candidates) -> Any:
     """The classes of whole rows that the candidates keep (see :func:`_whole` for ``(v*, i*)``)."""
     xp, x = r.xp, r.x
-    last = xp.astype(xp.clip(xp.sum(xp.astype(c.keep, xp.int32), axis=-1, keepdims=True), 1, c.v.shape[-1]) - 1, r.index)
+    last = xp.astype(xp.maximum(xp.sum(xp.astype(c.keep, xp.int32), axis=-1, keepdims=True), 1) - 1, r.index)
     v_last, i_last = xp.take_along_axis(c.v, last, axis=-1), xp.take_along_axis(c.classes, last, axis=-1)
     return (x > v_last) | ((x == v_last) & (xp.arange(r.n, device=r.device) <= i_last))
 

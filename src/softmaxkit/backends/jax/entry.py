@@ -130,4 +130,5 @@ BACKEND = registry.Backend(
     traced=traced,
     top_k=top_k,
     cond=jax.lax.cond,
+    namespace=jnp,
 )

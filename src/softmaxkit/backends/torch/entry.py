@@ -14,7 +14,7 @@ import torch
 from softmaxkit.frontend import validate
 from softmaxkit.frontend.layout import Layout
 from softmaxkit.backends.torch import functional
-from softmaxkit.backends.torch.execution import as_float
+from softmaxkit.backends.torch.execution import as_float, working_dtype
 from softmaxkit.backends.torch import sparse
 from softmaxkit.frontend import random as _random
 from softmaxkit.frontend import registry
@@ -203,4 +203,6 @@ BACKEND = registry.Backend(
     traced=traced,
     top_k=top_k,
     cond=cond,
+    namespace=xp,
+    working_dtype=working_dtype,
 )
