@@ -331,3 +331,41 @@ def test_random_words_are_threefry_on_counters():
     np.testing.assert_array_equal(entry.random_words(rbg, (4,), None), jax.random.bits(rbg, (4,), dtype=jnp.uint32))
     noise = _random.gumbel(jnp, entry.BACKEND, key, (200_000,), jnp.float32, None)
     assert stats.kstest(np.asarray(noise, dtype=np.float64), stats.gumbel_r.cdf).pvalue > ALPHA
+
+
+class TestOptionsUnderJit:
+    """top_k_ties, return_logprobs, return_valid and truncate under jax.jit."""
+
+    def test_wide_rows_and_options(self):
+        # 300 classes: the two-step draw of whole rows (plain), the sorted
+        # candidates (top_p) and exactly k by index, all in one compilation.
+        rng = np.random.default_rng(0)
+        row = rng.normal(size=300) * 0.7
+        ties = np.concatenate([[3.0], np.full(4, 1.0), np.linspace(-2.0, 0.5, 295)])
+
+        def f(x, t, key):
+            k1, k2, k3 = jax.random.split(key, 3)
+            plain = smk.sample(x, num_samples=DRAWS, rng=k1)
+            nucleus, logq = smk.sample(x, top_p=0.9, num_samples=DRAWS, rng=k2, return_logprobs=True)
+            exact_k = smk.sample(t, top_k=3, top_k_ties="index", num_samples=DRAWS, rng=k3)
+            return plain, nucleus, logq, exact_k, smk.truncate(t, top_k=3, top_k_ties="index")
+
+        plain, nucleus, logq, exact_k, kept = jax.jit(f)(jnp.asarray(row, dtype=jnp.float32), jnp.asarray(ties, dtype=jnp.float32), jax.random.key(12))
+        row32 = np.asarray(row, dtype=np.float32)
+        assert chi_square_p(plain, reference(row32)) > ALPHA
+        q = reference(row32, top_p=0.9)
+        assert chi_square_p(nucleus, q) > ALPHA
+        np.testing.assert_allclose(np.asarray(logq[:50]), np.log(q[np.asarray(nucleus[:50])]), rtol=1e-6)
+        assert np.isfinite(np.asarray(kept)).sum() == 3 and np.isfinite(np.asarray(kept))[[0, 1, 2]].all()
+        counts = np.bincount(np.asarray(exact_k), minlength=300)
+        assert set(np.flatnonzero(counts)) == {0, 1, 2}
+
+    def test_valid_flags_rows_with_nothing_to_draw(self):
+        x = jnp.asarray([[0.0, 1.0, 2.0], [0.0, jnp.nan, 1.0], [-jnp.inf] * 3])
+        idx, logq, valid = jax.jit(lambda x, key: smk.sample(x, top_k=2, rng=key, return_logprobs=True, return_valid=True))(x, jax.random.key(0))
+        np.testing.assert_array_equal(valid, [True, False, False])
+        np.testing.assert_array_equal(np.asarray(idx)[1:], [-1, -1])
+        assert np.isnan(np.asarray(logq)[1:]).all()
+        # Concrete arrays: no ValueError with return_valid.
+        idx, valid = smk.sample(x, rng=jax.random.key(0), return_valid=True)
+        np.testing.assert_array_equal(valid, [True, False, False])

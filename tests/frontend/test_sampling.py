@@ -601,3 +601,35 @@ class TestTruncate:
             smk.truncate(np.full(3, -np.inf))
         with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
             smk.truncate(x, top_p=0.0)
+
+    def test_index_ties_keep_exactly_k(self):
+        x = np.array([[1.0, 2.0, 2.0, 0.0, 2.0], [5.0, 1.0, 1.0, 1.0, -np.inf]])
+        np.testing.assert_array_equal(np.isfinite(smk.truncate(x, top_k=2, top_k_ties="index")), [[0, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+        np.testing.assert_array_equal(np.isfinite(smk.truncate(x, top_k=2)), [[0, 1, 1, 0, 1], [1, 1, 1, 1, 0]])
+        with pytest.raises(ValueError, match="top_k_ties must be one of 'keep', 'index'; got 'first'"):
+            smk.truncate(x, top_k=2, top_k_ties="first")
+
+
+class TestOptionsNumpy:
+    def test_logprobs_are_the_truncated_log_probabilities(self):
+        T, kw = 0.8, {"top_k": 5, "top_p": 0.9}
+        idx, logq = smk.sample(LOGITS, temperature=T, num_samples=200, rng=5, return_logprobs=True, **kw)
+        q = truncated(exact_probs(LOGITS, T), **kw)
+        np.testing.assert_allclose(logq, np.log(q[idx]), rtol=1e-14)
+        assert logq.dtype == np.float64 and idx.shape == logq.shape == (200,)
+
+    def test_valid_instead_of_raising(self):
+        x = np.array([[0.0, 1.0], [-np.inf, -np.inf], [np.nan, 0.0]])
+        idx, valid = smk.sample(x, rng=0, return_valid=True)
+        np.testing.assert_array_equal(valid, [True, False, False])
+        np.testing.assert_array_equal(idx[1:], [-1, -1])
+        with pytest.raises(TypeError, match="return_valid must be True or False; got 1"):
+            smk.sample(x, rng=0, return_valid=1)
+
+    def test_wide_rows_in_two_steps(self):
+        # 200 classes: a block of 16, then a class in it; and the candidates of top_k.
+        row = np.random.default_rng(6).normal(size=200) * 0.7
+        draws = smk.sample(row, num_samples=100_000, rng=7)
+        assert chi_square_p(draws, exact_probs(row)) > ALPHA
+        draws = smk.sample(row, top_k=120, num_samples=100_000, rng=8)
+        assert chi_square_p(draws, truncated(exact_probs(row), top_k=120)) > ALPHA
