@@ -31,9 +31,11 @@ Whole rows draw in two steps.  Split a row into blocks of ``B`` classes
 Gumbel-max over the logarithms of the blocks' masses ``sum exp(z_j)``,
 then a class by Gumbel-max within the block.  The product of the two is
 ``exp(z_j) / sum exp(z)``: exactly the categorical draw, with noise for
-about ``2 sqrt(C)`` entries instead of ``C``.  The masses are float64
-sums (float32 for JAX without x64), so a block's probability is as exact
-as its classes'.
+about ``2 sqrt(C)`` entries instead of ``C``.  The masses are sums in
+the working precision (float64; float32 for JAX without x64 and for torch
+tensors on accelerators, the torch backend's rule), so a block's
+probability is as exact as its classes'.  Whole rows go through in chunks
+of rows (:func:`_by_rows`) so that their temporaries stay in cache.
 
 Exact sums.  ``top_p`` compares the mass ranked before a class with
 ``top_p`` times the row's mass, and ``return_logprobs`` needs the
@@ -220,7 +222,9 @@ def _row_setting(xp: Any, backend: Any, layout: Layout, work: Any, dev: Any, val
     bad = rule.out_of_range(v)
     _CHECKS.require_none(xp, bad, _first_bad(name, v, rule.message))
     if rule.integer:
-        v = xp.astype(xp.clip(v, 1, max(layout.n, 1)), _index_dtype(xp))
+        index = xp.astype(v, _index_dtype(xp))
+        one, top = xp.ones_like(index), xp.full_like(index, max(layout.n, 1))
+        v = xp.where(index < 1, one, xp.where(index > top, top, index))
     shape = layout.rest_shape
     v = validate.broadcast_to(xp, v, shape, name, "the logits without the class axis")
     rows = (layout.n_rows,)
@@ -393,7 +397,7 @@ def _z(r: _Rows, v: Any, a: Any) -> Any:
             z = z / T
     else:
         z = ((vw * 0.5 - aw * 0.5) / T) * 2.0
-    return xp.where(vw == aw, r.scalar(0.0), z)
+    return xp.where(v == a, r.scalar(0.0), z)
 
 
 def _exp(r: _Rows, z: Any) -> Any:
@@ -490,7 +494,7 @@ def _rules(r: _Rows, v: Any, z: Any, e: Any, total: tuple[Any, Any] | None) -> A
         elif isinstance(k, int):
             keep = keep & (v >= v[:, min(k, m) - 1 : min(k, m)])
         else:
-            keep = keep & (v >= xp.take_along_axis(v, xp.minimum(k, m) - 1, axis=-1))
+            keep = keep & (v >= xp.take_along_axis(v, k - 1, axis=-1))
     p = s.top_p
     if p is not None:
         w = xp.where(keep, e, r.scalar(0.0))
@@ -500,7 +504,7 @@ def _rules(r: _Rows, v: Any, z: Any, e: Any, total: tuple[Any, Any] | None) -> A
         # The mass ranked before each class: its inclusive sum less itself (exact for the grid part).
         below = _below_share(r, (c_hi - hi, c_lo - lo), p if _per_row(p) else r.scalar(p), kept_mass)
         n_kept = xp.sum(xp.astype(below, xp.int32), axis=-1, keepdims=True)
-        last = xp.take_along_axis(v, xp.astype(xp.maximum(n_kept, 1) - 1, r.index), axis=-1)
+        last = xp.take_along_axis(v, _last_index(r, n_kept), axis=-1)
         nucleus = v >= last
         if _per_row(p):
             nucleus = nucleus | (p >= 1)
@@ -508,6 +512,13 @@ def _rules(r: _Rows, v: Any, z: Any, e: Any, total: tuple[Any, Any] | None) -> A
     if s.min_p is not None:
         keep = keep & (e >= s.min_p)
     return keep
+
+
+def _last_index(r: _Rows, count: Any) -> Any:
+    """The position of the last of ``count`` entries kept, in the index dtype: ``count - 1``, or 0 where none is."""
+    xp = r.xp
+    index = xp.astype(count, r.index)
+    return xp.where(index > 0, index - 1, xp.zeros_like(index))
 
 
 def _candidate_count(r: _Rows) -> int | None:
@@ -625,7 +636,7 @@ def _whole(r: _Rows, a: Any, kth: Any, on_rows: Callable) -> Any:
     v = xp.take_along_axis(x, order, axis=-1)
     zs = _z(r, v, a)
     keep = _rules(r, v, zs, _exp(r, zs), None)
-    last = xp.astype(xp.maximum(xp.sum(xp.astype(keep, xp.int32), axis=-1, keepdims=True), 1) - 1, r.index)
+    last = _last_index(r, xp.sum(xp.astype(keep, xp.int32), axis=-1, keepdims=True))
     v_last, i_last = xp.take_along_axis(v, last, axis=-1), xp.take_along_axis(order, last, axis=-1)
     position = xp.arange(r.n, device=r.device)
     kept = (z > -_INF) & ((x > v_last) | ((x == v_last) & (position <= i_last)))
@@ -635,7 +646,7 @@ def _whole(r: _Rows, a: Any, kth: Any, on_rows: Callable) -> Any:
 def _prefix_mask(r: _Rows, c: _Candidates) -> Any:
     """The classes of whole rows that the candidates keep (see :func:`_whole` for ``(v*, i*)``)."""
     xp, x = r.xp, r.x
-    last = xp.astype(xp.maximum(xp.sum(xp.astype(c.keep, xp.int32), axis=-1, keepdims=True), 1) - 1, r.index)
+    last = _last_index(r, xp.sum(xp.astype(c.keep, xp.int32), axis=-1, keepdims=True))
     v_last, i_last = xp.take_along_axis(c.v, last, axis=-1), xp.take_along_axis(c.classes, last, axis=-1)
     return (x > v_last) | ((x == v_last) & (xp.arange(r.n, device=r.device) <= i_last))
 
@@ -882,8 +893,9 @@ def sample(
     argmax ignores a common shift.  For ``log q_j`` it uses
     ``z_j = (x_j - max x) / T``, which is ``log_softmax(x / T)_j`` up to a
     constant per row, in float64 for narrower inputs (where ``x_j - max x``
-    is exact and the quotient is rounded once); float64 inputs, and JAX
-    without x64, round the difference too.  The noise never takes
+    is exact and the quotient is rounded once); float64 inputs, JAX
+    without x64 and torch tensors on accelerators (which work in float32)
+    round the difference too.  The noise never takes
     ``log(0)``; it is exact Gumbel noise except that its tails beyond a
     probability of about ``e**-43`` are cut and its uniforms lie on a grid
     of spacing ``2**-63``.
