@@ -35,7 +35,7 @@ about ``2 sqrt(C)`` entries instead of ``C``.  The masses are sums in
 the working precision (float64; float32 for JAX without x64 and for torch
 tensors on accelerators, the torch backend's rule), so a block's
 probability is as exact as its classes'.  Whole rows go through in chunks
-of rows (:func:`_by_rows`) so that their temporaries stay in cache.
+of rows (:func:`_by_rows`) so that their temporaries are reused.
 
 Exact sums.  ``top_p`` compares the mass ranked before a class with
 ``top_p`` times the row's mass, and ``return_logprobs`` needs the
@@ -74,7 +74,6 @@ from softmaxkit import numerics as num
 from softmaxkit.frontend import random as _random
 from softmaxkit.frontend import registry
 from softmaxkit.frontend import validate
-from softmaxkit.frontend import layout as _layout
 from softmaxkit.frontend.layout import Layout
 from softmaxkit.frontend.softmax import _prepare
 
@@ -94,6 +93,11 @@ _UNDEFINED = -1
 _CANDIDATES = 1024
 # Rows of at most this many classes draw in one step, noise for every class.
 _ONE_STEP = 64
+# Working-precision bytes of a chunk of whole rows (:func:`_by_rows`): few
+# enough chunks that the per-call work stays a few dozen array operations,
+# small enough that a chunk's temporaries are reused rather than mapped
+# afresh from the operating system each time.
+_CHUNK_BYTES = 1 << 23
 _TIES = ("keep", "index")
 
 
@@ -322,11 +326,11 @@ class _Rows:
 def _by_rows(r: _Rows, step: Callable[[_Rows, slice], tuple[Any, ...]]) -> tuple[Any, ...]:
     """``step(rows, their slice)`` over chunks of whole rows, the results joined along the rows.
 
-    Concrete arrays go in chunks of about ``layout.CHUNK_BYTES`` of the
-    working dtype, so that the temporaries of whole rows stay in cache and
-    are reused; traced ones in one piece (the compiler fuses them).
+    Concrete arrays go in chunks of about :data:`_CHUNK_BYTES` of the
+    working dtype, so that the temporaries of whole rows are reused; traced
+    ones in one piece (the compiler fuses them).
     """
-    per = _layout.chunk_rows(r.n, r.xp.finfo(r.work).bits // 8) if _concrete(r.x) else r.n_rows
+    per = max(1, _CHUNK_BYTES // max(1, r.n * (r.xp.finfo(r.work).bits // 8))) if _concrete(r.x) else r.n_rows
     if per >= r.n_rows:
         return step(r, slice(None))
     parts = [step(r.part(slice(i, i + per)), slice(i, i + per)) for i in range(0, r.n_rows, per)]
@@ -412,9 +416,9 @@ def _split(r: _Rows, w: Any) -> tuple[Any, Any]:
     """``w = hi + lo`` exactly, for weights in ``[0, 1]`` along the last axis.
 
     ``hi`` lies on the grid of step ``2**(ceil(log2 m) - p + 2)``, ``m`` the
-    row length and ``p`` the working precision's significand bits, so the
-    sum of any of a row's ``hi`` is below ``2**(p + 1)`` steps: exact, in
-    any order (no summation order needs to be known, nor compensated).
+    row length and ``p`` the working precision's significand bits, so any
+    sum of a row's ``hi`` is a whole number of steps below ``2**p``: exact,
+    in any order (no summation order needs to be known, nor compensated).
     ``|lo|`` is at most half a step, so the rounding of sums of ``lo`` is
     ``2**-p`` times smaller again: about ``m 2**-2p`` of the row's mass in
     all (float64).
