@@ -426,7 +426,8 @@ def _split(r: _Rows, w: Any) -> tuple[Any, Any]:
     xp = r.xp
     bits = 1 - round(math.log2(float(xp.finfo(r.work).eps)))
     step = 2.0 ** (math.ceil(math.log2(max(w.shape[-1], 1))) - bits + 2)
-    hi = xp.round(w / step) * step
+    # Scaling by a power of two is exact: multiply by the reciprocal.
+    hi = xp.round(w * (1.0 / step)) * step
     return hi, w - hi
 
 
