@@ -662,30 +662,25 @@ def _prefix_mask(r: _Rows, c: _Candidates) -> Any:
 def _first_argmax(xp: Any, x: Any) -> tuple[Any, Any]:
     """``(index, value)`` of each row's largest entry (last axis), the first among ties, of shape ``(rows,)``.
 
-    The row's maximum comes from a vectorised reduction over blocks, and
-    the index from the first block holding it: far cheaper than a plain
-    ``argmax`` on long rows.  A row holding NaN has value NaN.
+    The maxima of blocks of the row come from one vectorised reduction; the
+    first block holding the row's maximum is the argmax of those few, and
+    the index the first place in that block equal to it: far cheaper than a
+    plain ``argmax`` over long rows.  A row holding NaN has value NaN.
     """
     rows, n = x.shape
-    width = 1 << max(4, (max(n, 1).bit_length() + 1) // 2)
+    width = _block_width(n)
     blocks = n // width
     if blocks < 2:
         i = xp.argmax(x, axis=-1)
         return i, xp.take_along_axis(x, i[:, None], axis=-1)[:, 0]
-    head = xp.reshape(x[:, : blocks * width], (rows, blocks, width))
-    block_max = xp.max(head, axis=-1)
-    top = xp.max(block_max, axis=-1, keepdims=True)
-    tail = x[:, blocks * width :]
-    if tail.shape[-1]:
-        top = xp.maximum(top, xp.max(tail, axis=-1, keepdims=True))
-    in_head = block_max == top
-    b = xp.argmax(xp.astype(in_head, xp.int8), axis=-1)
-    block = xp.take_along_axis(x, b[:, None] * width + xp.arange(width, device=num.device(x)), axis=-1)
-    i = b * width + xp.argmax(xp.astype(block == top, xp.int8), axis=-1)
-    if tail.shape[-1]:
-        i_tail = blocks * width + xp.argmax(xp.astype(tail == top, xp.int8), axis=-1)
-        i = xp.where(xp.any(in_head, axis=-1), i, i_tail)
-    return i, top[:, 0]
+    block_max = xp.max(xp.reshape(x[:, : blocks * width], (rows, blocks, width)), axis=-1)
+    if n > blocks * width:
+        block_max = xp.concat([block_max, xp.max(x[:, blocks * width :], axis=-1, keepdims=True)], axis=-1)
+    b = xp.argmax(block_max, axis=-1)
+    top = xp.take_along_axis(block_max, b[:, None], axis=-1)
+    at = xp.minimum(b[:, None] * width + xp.arange(width, device=num.device(x)), xp.asarray(n - 1, dtype=b.dtype))
+    within = xp.argmax(xp.astype(xp.take_along_axis(x, at, axis=-1) == top, xp.int8), axis=-1)
+    return b * width + within, top[:, 0]
 
 
 # --- drawing --------------------------------------------------------------------------------
