@@ -111,7 +111,7 @@ def _load() -> str | None:
         if not target.exists():
             _compile(target)
         library = ctypes.CDLL(str(target))
-    except (OSError, FileNotFoundError) as exc:
+    except (OSError, ImportError) as exc:  # no compiler, a failed build; no fcntl off POSIX
         return f"the XLA FFI handlers could not be built: {exc}"
     kernels = ctypes.CDLL(installed.library)
     entry = [ctypes.cast(getattr(kernels, f"sk_{name}"), ctypes.c_void_p) for name in (*_TARGETS, "narrow_f64")]
