@@ -1,4 +1,4 @@
-"""Sampling from logits: exact inverse-CDF sampling and the Gumbel tricks (see :mod:`softmaxkit.frontend.sampling`)."""
+"""Sampling from logits: the exact Gumbel-max sampler, its truncation, and the Gumbel tricks (see :mod:`softmaxkit.frontend.sampling`)."""
 
 from softmaxkit.frontend.sampling import (
     gumbel_max,

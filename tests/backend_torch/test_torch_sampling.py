@@ -336,7 +336,7 @@ class TestValid:
         idx, valid = smk.sample(x, num_samples=4, axis=1, rng=0, return_valid=True)
         assert idx.shape == (2, 5, 4) and valid.shape == (2, 5) and valid.dtype == torch.bool
         idx, logq, valid = smk.sample(torch.zeros(2, 0), rng=0, return_logprobs=True, return_valid=True)
-        assert idx.tolist() == [-1, -1] and valid.tolist() == [False, False]
+        assert idx.tolist() == [-1, -1] and valid.tolist() == [False, False] and torch.isnan(logq).all()
 
 
 # --- truncate is the set sample draws from --------------------------------------------------
@@ -441,7 +441,7 @@ _COMPILE_SCRIPT = textwrap.dedent(
 
 def test_compile_fullgraph_without_graph_breaks():
     """One graph per function with and without a generator, no graph break, the eager draws, -1 for bad rows."""
-    done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["generator"] == {"graphs": 1, "breaks": 0}

@@ -72,8 +72,7 @@ from typing import Any, NamedTuple
 
 from softmaxkit import numerics as num
 from softmaxkit.frontend import random as _random
-from softmaxkit.frontend import registry
-from softmaxkit.frontend import validate
+from softmaxkit.frontend import registry, validate
 from softmaxkit.frontend.layout import Layout
 from softmaxkit.frontend.softmax import _prepare
 
