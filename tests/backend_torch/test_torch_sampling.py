@@ -147,12 +147,12 @@ class TestDistribution:
         assert chi_square_p(draws, reference(row, **settings)) > ALPHA
 
     def test_nucleus_wider_than_the_candidates(self):
-        # About 1600 of 2000 flat classes in the nucleus: more than the 1024
+        # About 1200 of 1500 flat classes in the nucleus: more than the 1024
         # candidates, so whole rows are sorted.
-        row = wide_row(2000, 16, scale=0.3)
+        row = wide_row(1500, 16, scale=0.3)
         expected = reference(row, top_p=0.85)
         assert (expected > 0).sum() > 1024
-        draws = draws_of(torch.tensor(row), 16, 40_000, top_p=0.85)
+        draws = draws_of(torch.tensor(row), 16, 30_000, top_p=0.85)
         assert chi_square_p(draws, expected) > ALPHA
 
     def test_batch_of_mixed_rows(self):
@@ -383,55 +383,52 @@ class TestReproducible:
         torch.manual_seed(8)
         assert torch.equal(b, smk.sample(x, **settings))
 
-    def test_numpy_generator_and_jax_key(self):
+    def test_numpy_generator(self):
+        # (JAX keys: tests/backend_jax/test_jax_sampling.py.)
         row = wide_row(500, 62)
         a = smk.sample(row, num_samples=50, rng=np.random.default_rng(3), top_p=0.9)
         np.testing.assert_array_equal(a, smk.sample(row, num_samples=50, rng=3, top_p=0.9))
-        jax = pytest.importorskip("jax")
-        k = smk.sample(jax.numpy.asarray(row, dtype=jax.numpy.float32), num_samples=50, rng=jax.random.key(3), top_p=0.9)
-        np.testing.assert_array_equal(k, smk.sample(jax.numpy.asarray(row, dtype=jax.numpy.float32), num_samples=50, rng=jax.random.key(3), top_p=0.9))
 
 
 # --- torch.compile ---------------------------------------------------------------------------
 
 _COMPILE_SCRIPT = textwrap.dedent(
     """
-    import json, warnings
+    import json
     import torch
     import softmaxkit as smk
-    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.testing import CompileCounterWithBackend
     from torch._dynamo.utils import counters
 
     def step(x, g):
-        a = smk.sample(x, temperature=0.7, top_k=5, top_p=0.9, rng=g)
-        b = smk.sample(x, num_samples=3, rng=g)
-        c, logq, valid = smk.sample(x, top_p=0.8, min_p=0.01, rng=g, return_logprobs=True, return_valid=True)
-        d = smk.sample(x, top_k=2, top_k_ties="index", rng=g)
-        return a, b, c, logq, valid, d, smk.truncate(x, top_k=3), smk.sample(x, temperature=0)
-
-    def no_generator(x):
-        return smk.sample(x, temperature=0.7, top_k=5, top_p=0.9), smk.sample(x, return_valid=True)
+        # With the generator g: the eager draws.  Without: torch's own stream.
+        drawn = (
+            smk.sample(x, temperature=0.7, top_k=5, top_p=0.9, rng=g),
+            smk.sample(x, num_samples=3, rng=g),
+            *smk.sample(x, top_p=0.8, min_p=0.01, rng=g, return_logprobs=True, return_valid=True),
+            smk.sample(x, top_k=2, top_k_ties="index", rng=g),
+            smk.truncate(x, top_k=3),
+            smk.sample(x, temperature=0),
+        )
+        return drawn, (smk.sample(x, temperature=0.7, top_k=5, top_p=0.9), smk.sample(x, return_valid=True)[1])
 
     x = torch.randn(4, 300, generator=torch.Generator().manual_seed(0)) * 2
     bad = x.clone()
     bad[1, 7] = float("nan")
     bad[2] = -float("inf")
-    result = {}
-    for name, fn, args in (("generator", step, (x, torch.Generator())), ("global", no_generator, (x,))):
-        torch._dynamo.reset()
-        counter = CompileCounter()
-        torch.compile(fn, fullgraph=True, backend=counter)(*args)
-        result[name] = {"graphs": counter.frame_count, "breaks": sum(counters["graph_break"].values())}
-    torch._dynamo.reset()
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(step, fullgraph=True, backend=counter)
     g = torch.Generator()
     g.manual_seed(5)
-    got = compiled(x, g)
+    got, unseeded = compiled(x, g)
     g.manual_seed(5)
-    expected = step(x, g)
+    expected, _ = step(x, g)
+    result = {"graphs": counter.frame_count, "breaks": sum(counters["graph_break"].values())}
     result["same_as_eager"] = [torch.equal(u, v) for u, v in zip(got, expected)]
+    result["unseeded_valid"] = unseeded[1].tolist()
     # Under compilation values are not checked: rows with nothing to draw give -1.
-    got = compiled(bad, g)
+    got, _ = compiled(bad, g)
+    result["graphs_after"] = counter.frame_count
     result["valid"] = got[4].tolist()
     result["undefined"] = got[0][1:3].tolist()
     print(json.dumps(result))
@@ -440,12 +437,12 @@ _COMPILE_SCRIPT = textwrap.dedent(
 
 
 def test_compile_fullgraph_without_graph_breaks():
-    """One graph per function with and without a generator, no graph break, the eager draws, -1 for bad rows."""
+    """One graph for calls with and without a generator, no graph break, the eager draws, -1 for bad rows."""
     done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["generator"] == {"graphs": 1, "breaks": 0}
-    assert result["global"] == {"graphs": 1, "breaks": 0}
+    assert result["graphs"] == 1 and result["graphs_after"] == 1 and result["breaks"] == 0, result
     assert all(result["same_as_eager"]), result["same_as_eager"]
+    assert result["unseeded_valid"] == [True] * 4
     assert result["valid"] == [True, False, False, True]
     assert result["undefined"] == [-1, -1]

@@ -629,7 +629,7 @@ class TestOptionsNumpy:
     def test_wide_rows_in_two_steps(self):
         # 200 classes: a block of 16, then a class in it; and the candidates of top_k.
         row = np.random.default_rng(6).normal(size=200) * 0.7
-        draws = smk.sample(row, num_samples=100_000, rng=7)
+        draws = smk.sample(row, num_samples=50_000, rng=7)
         assert chi_square_p(draws, exact_probs(row)) > ALPHA
-        draws = smk.sample(row, top_k=120, num_samples=100_000, rng=8)
+        draws = smk.sample(row, top_k=120, num_samples=50_000, rng=8)
         assert chi_square_p(draws, truncated(exact_probs(row), top_k=120)) > ALPHA

@@ -267,16 +267,13 @@ def _num_samples(value: Any) -> int:
     return n
 
 
-_INDEX_DTYPES: dict[str, Any] = {}
-
-
 def _index_dtype(xp: Any) -> Any:
-    """The dtype of the namespace's argmax (int64, or int32 for JAX without x64)."""
-    key = xp.__name__
-    if key.startswith("jax") or key not in _INDEX_DTYPES:
-        # JAX's depends on the x64 flag, which may change between calls.
-        _INDEX_DTYPES[key] = xp.argmax(xp.zeros((1,)), axis=0).dtype
-    return _INDEX_DTYPES[key]
+    """The dtype of the namespace's argmax (int64, or int32 for JAX without x64).
+
+    Read off a one-element argmax each call: a cache would be state that
+    torch.compile guards on, and recompiles for once it is filled.
+    """
+    return xp.argmax(xp.zeros((1,)), axis=0).dtype
 
 
 # --- rows ----------------------------------------------------------------------------------
