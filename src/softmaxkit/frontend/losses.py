@@ -75,6 +75,20 @@ def _native_cross_entropy(kernel, logits, inputs, axis, ignore_index, eps, z, re
     return (loss, grad) if return_grad else loss
 
 
+def cross_entropy_chunk(xp, xw, targets, weight, ignore_index, eps, z, widened, want_grad):
+    """Per-row losses and gradients (``None`` without ``want_grad``) of rows
+    ``xw`` of logits in the working dtype: the formulas of ``numerics``,
+    before the reduction.  ``targets``: checked class indices (one per row)
+    or probabilities (``xw``'s shape, working dtype)."""
+    if validate.target_kind(xp, targets, "targets") == "int":
+        hot = num.one_hot(xp, targets, xw.shape[-1], ignore_index, xw.dtype)
+        coef, row_w = num.class_coefficients(xp, xw, eps, weight, hot=hot)
+    else:
+        coef, row_w = num.class_coefficients(xp, xw, eps, weight, probs=targets)
+    st = num.row_stats(xp, xw, None, 1.0, widened)
+    return num.cross_entropy_rows(xp, st, coef, z, row_w, want_grad)
+
+
 @validate.quiet
 def cross_entropy(
     logits: Any,
@@ -203,20 +217,17 @@ def cross_entropy(
     # The rows go through in chunks (see layout.chunk_rows): the gradient
     # of each is final when written, so a mean's denominator comes first.
     denominator = num.mean_denominator(xp, t_rows if kind == "int" else q_rows, w, ignore_index, work, kind != "int")
-    row_w = xp.empty((layout.n_rows, 1), dtype=work, device=device)
     loss = xp.empty((layout.n_rows,), dtype=work, device=device)
     grad = xp.empty_like(rows) if return_grad else None
     for part in layout.chunks(size):
         xw = _working(xp, rows, part, work)
         if kind == "int":
-            coef, row_w[part, :] = num.class_coefficients(xp, xw, eps, w, hot=num.one_hot(xp, t_rows[part], n_classes, ignore_index, work))
+            targets_part = t_rows[part]
         else:
-            q = _working(xp, q_rows, part, work)
-            if bool(xp.any(q < 0)):
+            targets_part = _working(xp, q_rows, part, work)
+            if bool(xp.any(targets_part < 0)):
                 validate.probabilities(xp, t, "targets")  # raises, naming the first negative entry
-            coef, row_w[part, :] = num.class_coefficients(xp, xw, eps, w, probs=q)
-        st = num.row_stats(xp, xw, None, 1.0, widened)
-        loss[part], g = num.cross_entropy_rows(xp, st, coef, z, row_w[part, :], return_grad)
+        loss[part], g = cross_entropy_chunk(xp, xw, targets_part, w, ignore_index, eps, z, widened, return_grad)
         if return_grad:
             grad[part, :] = xp.astype(num.reduce_grad(xp, g, denominator, reduction), out_dtype)
     loss, _ = num.reduce(xp, xp.reshape(loss, layout.rest_shape), None, denominator, reduction, widened)

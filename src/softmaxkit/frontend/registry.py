@@ -40,6 +40,9 @@ class Backend:
     * ``logsumexp``: ``(x, axis, *, keepdims, where)``;
     * ``cross_entropy``: ``(logits, targets, *, axis, weight, ignore_index,
       label_smoothing, reduction, z_loss, return_grad)``;
+    * ``linear_cross_entropy``: ``(hidden, linear_weight, targets, *,
+      linear_bias, weight, ignore_index, label_smoothing, z_loss, softcap,
+      reduction, normalizer, return_grad)``;
     * ``binary_cross_entropy_with_logits``: ``(logits, targets, *, weight,
       pos_weight, reduction, return_grad)``;
     * ``sparsemax``, ``entmax15``: ``(rows, widened)``, rows in the working
@@ -81,6 +84,7 @@ class Backend:
     cond: Entry | None
     namespace: Any = None
     working_dtype: Entry | None = None
+    linear_cross_entropy: Entry | None = None
 
 
 @dataclass(frozen=True)
