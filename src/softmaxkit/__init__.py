@@ -18,6 +18,7 @@ from softmaxkit.frontend.softmax import (
 )
 from softmaxkit.frontend.elementwise import log_sigmoid, sigmoid, softplus
 from softmaxkit.frontend.losses import binary_cross_entropy_with_logits, cross_entropy, nll_loss
+from softmaxkit.frontend.distillation import distillation_loss
 from softmaxkit.frontend.linear import linear_cross_entropy
 from softmaxkit.kernels import get_num_threads, get_output_cache, set_num_threads, set_output_cache
 from softmaxkit.calibration import expected_calibration_error, fit_temperature, reliability_diagram
@@ -37,6 +38,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "diagnose",
+    "distillation_loss",
     "entmax15",
     "entmax15_vjp",
     "entropy",

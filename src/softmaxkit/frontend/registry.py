@@ -65,7 +65,10 @@ class Backend:
       looks it up);
     * ``working_dtype``: ``(dtype, device) -> (work, widened)``, the
       backend's working precision for logits of ``dtype`` on ``device``
-      (the generic path: ``numerics.working_dtype``).
+      (the generic path: ``numerics.working_dtype``);
+    * ``distillation_loss``: ``(student_logits, teacher_logits, *, divergence,
+      beta, temperature, scale_by_temperature_squared, targets, ignore_index,
+      hard_label_weight, reduction, axis, return_grad)``.
     """
 
     name: str
@@ -84,6 +87,7 @@ class Backend:
     cond: Entry | None
     namespace: Any = None
     working_dtype: Entry | None = None
+    distillation_loss: Entry | None = None
     linear_cross_entropy: Entry | None = None
 
 
