@@ -23,6 +23,7 @@ from softmaxkit.backends.torch.functional import (
 )
 from softmaxkit.backends.torch.execution import working_dtype
 from softmaxkit.backends.torch.elementwise import logsigmoid, sigmoid, softplus
+from softmaxkit.backends.torch.distillation import DistillationLoss, distillation_loss
 from softmaxkit.backends.torch.modules import BCEWithLogitsLoss, CrossEntropyLoss, LogSoftmax, NLLLoss, Softmax
 from softmaxkit.frontend import registry as _registry
 
@@ -31,12 +32,14 @@ _registry.load_imported()
 __all__ = [
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
+    "DistillationLoss",
     "LogSoftmax",
     "NLLLoss",
     "NonFiniteError",
     "Softmax",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "distillation_loss",
     "log_softmax",
     "logsigmoid",
     "logsumexp",

@@ -16,6 +16,7 @@ from softmaxkit.frontend.layout import Layout
 from softmaxkit.backends.torch import functional
 from softmaxkit.backends.torch.execution import as_float, working_dtype
 from softmaxkit.backends.torch import sparse
+from softmaxkit.backends.torch import distillation
 from softmaxkit.frontend import random as _random
 from softmaxkit.frontend import registry
 
@@ -205,4 +206,5 @@ BACKEND = registry.Backend(
     cond=cond,
     namespace=xp,
     working_dtype=working_dtype,
+    distillation_loss=distillation.entry,
 )
