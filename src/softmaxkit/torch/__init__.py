@@ -22,6 +22,7 @@ from softmaxkit.backends.torch.functional import (
     softmax,
 )
 from softmaxkit.backends.torch.execution import working_dtype
+from softmaxkit.backends.torch.linear import LinearCrossEntropyLoss, linear_cross_entropy
 from softmaxkit.backends.torch.elementwise import logsigmoid, sigmoid, softplus
 from softmaxkit.backends.torch.distillation import DistillationLoss, distillation_loss
 from softmaxkit.backends.torch.modules import BCEWithLogitsLoss, CrossEntropyLoss, LogSoftmax, NLLLoss, Softmax
@@ -32,6 +33,7 @@ _registry.load_imported()
 __all__ = [
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
+    "LinearCrossEntropyLoss",
     "DistillationLoss",
     "LogSoftmax",
     "NLLLoss",
@@ -39,6 +41,7 @@ __all__ = [
     "Softmax",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "linear_cross_entropy",
     "distillation_loss",
     "log_softmax",
     "logsigmoid",

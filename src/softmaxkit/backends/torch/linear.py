@@ -1,0 +1,387 @@
+"""``linear_cross_entropy`` for torch: the fused pass of ``frontend.linear`` with torch's products.
+
+On CPU the per-row loss is the native cross-entropy kernel, on the chunk's
+logits where they lie; elsewhere the shared formulas.  Where a gradient is
+wanted, the forward pass computes the gradients of the hidden states, the
+weight and the bias for a cotangent of 1 (Liger-Kernel's scheme, exact
+here), and backward scales them by the cotangent; a second backward, and
+every backward of ``reduction="none"`` (a cotangent per token), recomputes
+them in one more pass with the cotangent folded in per token.
+
+In eager code an autograd Function runs the pass and hands the gradients
+over to backward, so that no copy of them is kept; under ``torch.compile``
+the custom operators ``softmaxkit::linear_cross_entropy`` and
+``softmaxkit::linear_cross_entropy_backward`` are one opaque node each.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from softmaxkit import numerics as num
+from softmaxkit.backends.torch.execution import apply_function, as_float, value_checks, xp
+from softmaxkit.frontend import linear as _linear
+from softmaxkit.frontend import registry, validate
+from softmaxkit.numerics import linear as lin
+
+
+class TorchProducts:
+    """The matrix products of ``frontend.linear.fused_pass`` for torch tensors."""
+
+    @staticmethod
+    def product_into(out: Tensor, a: Tensor, b: Tensor) -> None:
+        torch.mm(a, b, out=out)
+
+    @staticmethod
+    def add_product(acc: Tensor, a: Tensor, b: Tensor) -> None:
+        acc.addmm_(a, b)
+
+
+def _work(*tensors: Tensor | None) -> torch.dtype:
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _row_loss(h: Tensor, t: Tensor, class_w: Tensor | None, ignore_index: int, eps: float, z: float, denominator: Tensor, reduction: str, divisor: float | None):
+    native = registry.native()
+    if native is None or h.device.type != "cpu" or divisor is None:
+        return _linear.formula_row_loss(xp, t, class_w, ignore_index, eps, z, denominator, reduction)
+    inner = _linear.native_row_loss(
+        native.into, t.numpy(), None if class_w is None else class_w.numpy(), ignore_index, eps, z, divisor
+    )
+
+    def row_loss(logits, grad, rows):
+        index = rows if isinstance(rows, slice) else rows.numpy()
+        return torch.from_numpy(inner(logits.numpy(), None if grad is None else grad.numpy(), index))
+
+    return row_loss
+
+
+def _rules(t: Tensor, class_w: Tensor | None, ignore_index: int, reduction: str, normalizer: float | None):
+    """``(reduction rule, denominator, divisor, live rows)`` of a call; the class indices are checked here."""
+    probabilities = t.is_floating_point()
+    denominator = num.mean_denominator(xp, t, class_w, ignore_index, torch.float64, probabilities)
+    rule, denominator = lin.normalized(reduction, denominator, None if normalizer is None else torch.tensor(normalizer, dtype=torch.float64, device=t.device))
+    divisor = num.gradient_divisor(denominator, rule)
+    live = None
+    if not probabilities:
+        keep = t != ignore_index
+        if not bool(keep.all()):
+            live = torch.nonzero(keep).reshape(-1)
+    return rule, denominator, divisor, live
+
+
+def _pass(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, want_grad, row_scale=None):
+    rule, denominator, divisor, live = _rules(t, class_w, ignore_index, reduction, normalizer)
+    row_loss = _row_loss(h, t, class_w, ignore_index, eps, z, denominator, rule, divisor)
+    want = want_grad and divisor is not None
+    with torch.no_grad(), torch.autocast(h.device.type, enabled=False):
+        loss_rows, dh, dw, db = _linear.fused_pass(
+            xp, TorchProducts, h, w, b, row_loss,
+            work=_work(h, w, b), softcap=softcap, want_grad=want, live=live, row_scale=row_scale,
+        )
+    if want_grad and not want:
+        dh, dw = torch.zeros_like(h), torch.zeros_like(w)
+        db = None if b is None else torch.zeros_like(b)
+    return loss_rows, denominator, rule, dh, dw, db
+
+
+def _empty(like: Tensor) -> Tensor:
+    return like.new_empty((0,))
+
+
+def linear_forward(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, want_grad, loss_dtype):
+    """``(loss, d_hidden, d_weight, d_bias)``: the reduced loss (per token for
+    "none") in ``loss_dtype`` and, with ``want_grad`` and a reduced loss, its
+    gradients for a cotangent of 1 (empty tensors otherwise)."""
+    fuse = want_grad and reduction != "none"
+    loss_rows, denominator, rule, dh, dw, db = _pass(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, fuse)
+    loss, _ = num.reduce(xp, loss_rows, None, denominator, rule, True)
+    if not fuse:
+        return loss.to(loss_dtype), _empty(h), _empty(w), _empty(w)
+    return loss.to(loss_dtype), dh, dw, (_empty(w) if db is None else db)
+
+
+def linear_backward(h, w, b, t, class_w, grad, ignore_index, eps, z, softcap, reduction, normalizer):
+    """The gradients for the cotangent ``grad`` (a scalar, or one per token for "none"), recomputed in one pass."""
+    scale = grad.to(torch.float64).reshape(-1).expand(h.shape[0])
+    _, _, _, dh, dw, db = _pass(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, True, scale)
+    return dh, dw, (_empty(w) if db is None else db)
+
+
+def _scaled(g: Tensor, cotangent: Tensor) -> Tensor:
+    """A forward-pass gradient for the scalar ``cotangent``: as it is for 1, else multiplied (one rounding)."""
+    c = cotangent.to(g.dtype)
+    return g if bool(c == 1) else g * c
+
+
+class LinearCrossEntropyFunction(torch.autograd.Function):
+    """Eager autograd for :func:`linear_forward`: the forward pass's gradients are handed over to
+    the first backward (then dropped, so no copy is kept); later backwards recompute."""
+
+    @staticmethod
+    def forward(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, want_grad, loss_dtype):
+        return linear_forward(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, want_grad, loss_dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        h, w, b, t, class_w, *ctx.options, _, _ = inputs
+        ctx.save_for_backward(h, w, b, t, class_w)
+        ctx.grads = output[1:] if output[1].numel() == h.numel() and h.numel() else None
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad, *_):
+        if grad is None:
+            return (None,) * 13
+        h, w, b, t, class_w = ctx.saved_tensors
+        fused, ctx.grads = ctx.grads, None
+        if fused is not None:
+            dh, dw, db = (_scaled(g, grad) for g in fused)
+        else:
+            dh, dw, db = linear_backward(h, w, b, t, class_w, grad, *ctx.options)
+        return dh, dw, (db if b is not None else None), None, None, None, None, None, None, None, None, None, None
+
+
+@torch.library.custom_op("softmaxkit::linear_cross_entropy", mutates_args=())
+def linear_cross_entropy_op(
+    h: Tensor,
+    w: Tensor,
+    b: Optional[Tensor],
+    t: Tensor,
+    class_w: Optional[Tensor],
+    ignore_index: int,
+    eps: float,
+    z: float,
+    softcap: Optional[float],
+    reduction: str,
+    normalizer: Optional[float],
+    want_grad: bool,
+    loss_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    out = linear_forward(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, want_grad, loss_dtype)
+    return tuple(o.contiguous() for o in out)
+
+
+@linear_cross_entropy_op.register_fake
+def _(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, want_grad, loss_dtype):
+    loss = h.new_empty((h.shape[0],) if reduction == "none" else (), dtype=loss_dtype)
+    if not want_grad or reduction == "none":
+        return loss, h.new_empty((0,)), w.new_empty((0,)), w.new_empty((0,))
+    return loss, torch.empty_like(h), torch.empty_like(w), (w.new_empty((0,)) if b is None else torch.empty_like(b))
+
+
+@torch.library.custom_op("softmaxkit::linear_cross_entropy_backward", mutates_args=())
+def linear_cross_entropy_backward_op(
+    h: Tensor,
+    w: Tensor,
+    b: Optional[Tensor],
+    t: Tensor,
+    class_w: Optional[Tensor],
+    grad: Tensor,
+    ignore_index: int,
+    eps: float,
+    z: float,
+    softcap: Optional[float],
+    reduction: str,
+    normalizer: Optional[float],
+) -> tuple[Tensor, Tensor, Tensor]:
+    out = linear_backward(h, w, b, t, class_w, grad, ignore_index, eps, z, softcap, reduction, normalizer)
+    return tuple(o.contiguous() for o in out)
+
+
+@linear_cross_entropy_backward_op.register_fake
+def _(h, w, b, t, class_w, grad, ignore_index, eps, z, softcap, reduction, normalizer):
+    return torch.empty_like(h), torch.empty_like(w), (w.new_empty((0,)) if b is None else torch.empty_like(b))
+
+
+def _op_setup(ctx, inputs, output):
+    h, w, b, t, class_w, *options, _, _ = inputs
+    ctx.options = options
+    ctx.has_bias = b is not None
+    ctx.fused = output[1].numel() == h.numel() and h.numel() > 0
+    ctx.save_for_backward(h, w, b, t, class_w, *output[1:])
+
+
+def _op_grad(ctx, grad, *_):
+    h, w, b, t, class_w, dh, dw, db = ctx.saved_tensors
+    if ctx.fused:
+        dh, dw, db = (g * grad.to(g.dtype) for g in (dh, dw, db))
+    else:
+        dh, dw, db = linear_cross_entropy_backward_op(h, w, b, t, class_w, grad, *ctx.options)
+    return dh, dw, (db if ctx.has_bias else None), None, None, None, None, None, None, None, None, None, None
+
+
+linear_cross_entropy_op.register_autograd(_op_grad, setup_context=_op_setup)
+
+
+def _host_number(value: Any, name: str) -> Any:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a single number; got a tensor of shape {tuple(value.shape)}")
+        return float(value.detach().cpu())
+    return value
+
+
+def linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    normalizer: Any = None,
+) -> Tensor:
+    r"""Cross-entropy of ``input @ linear_weight.T + linear_bias`` without the logits; a superset of
+    ``torch.nn.functional.linear_cross_entropy``.
+
+    .. math:: \ell = \operatorname{cross\_entropy}\bigl(\operatorname{cap}(x W^\top + b),\; t\bigr),
+              \qquad \operatorname{cap}(z) = c \tanh(z / c)
+
+    Parameters
+    ----------
+    input : torch.Tensor of shape (..., H)
+        Hidden states, one row per token.
+    linear_weight : torch.Tensor of shape (V, H)
+        The head's weight (``lm_head.weight``).
+    target : torch.Tensor
+        Class indices of shape ``input.shape[:-1]``, or probabilities of
+        shape ``input.shape[:-1] + (V,)``.
+    linear_bias : torch.Tensor of shape (V,), optional
+        A ``-inf`` entry masks its class.
+    weight, reduction, ignore_index, label_smoothing, z_loss
+        As in :func:`softmaxkit.torch.cross_entropy`.
+    softcap : float > 0, optional
+        Gemma-2's final-logit soft cap ``c tanh(z / c)``, with its exact
+        derivative; infinite logits stay infinite.
+    normalizer : number or 1-element tensor, optional
+        With ``reduction="sum"``: divide the sum and its gradients by it (a
+        gradient-accumulation step's token count, ``num_items_in_batch``);
+        0 gives 0 and zero gradients.
+
+    Returns
+    -------
+    torch.Tensor: a scalar, or one loss per token (``target``'s leading
+    shape) for "none"; dtype ``torch.result_type(input, linear_weight)``.
+    Differentiable in ``input``, ``linear_weight`` and ``linear_bias``.
+
+    Notes
+    -----
+    Tokens go through in chunks; per chunk the logits are formed in float32
+    (float64 for float64 input; 16-bit inputs widened) and capped in float64,
+    and the native cross-entropy kernel writes each row's loss and logit
+    gradient, which two products fold into the input and weight gradients
+    (accumulated in float32 or wider, rounded once).  So the loss and the
+    logit gradient meet :func:`softmaxkit.torch.cross_entropy`'s contract on
+    these logits, the target gradient never comes from ``p_t - 1``, and
+    peak memory beyond the inputs is about 1.25 times the gradients (plus a
+    float32 accumulator for a 16-bit weight).  Tokens with an ignored target
+    are skipped.  Results do not depend on the thread count.  A backward
+    with a cotangent other than 1 scales the forward pass's gradients (one
+    more rounding); "none" recomputes them with each token's cotangent.
+
+    Edge behaviour: every target ignored gives 0 and zero gradients (torch
+    gives NaN); a target on a masked class gives ``+inf``.
+
+    Examples
+    --------
+    >>> import torch, softmaxkit.torch as smt
+    >>> h = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    >>> w = torch.tensor([[30.0, 0.0], [0.0, 1.0]])
+    >>> smt.linear_cross_entropy(h, w, torch.tensor([0])).backward()
+    >>> h.grad[0, 0]  # torch.nn.functional.linear_cross_entropy gives 0
+    tensor(-2.8073e-12)
+    """
+    h = as_float(input, "input")
+    w = as_float(linear_weight, "linear_weight")
+    b = None if linear_bias is None else as_float(linear_bias, "linear_bias")
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor; got {type(target).__module__}.{type(target).__name__}")
+    reduction = validate.reduction(reduction)
+    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
+    z = validate.non_negative(z_loss, "z_loss")
+    ignore_index = validate.integer(ignore_index, "ignore_index")
+    cap = _linear.softcap_value(_host_number(softcap, "softcap"))
+    norm = _linear.normalizer_value(_host_number(normalizer, "normalizer"), reduction)
+    v, width = _linear.check_shapes(tuple(h.shape), tuple(w.shape), None if b is None else tuple(b.shape), ("input", "linear_weight", "linear_bias"))
+    lead = tuple(h.shape[:-1])
+    n = math.prod(lead)
+    kind = validate.target_kind(xp, target, "target")
+    if kind == "int":
+        if tuple(target.shape) != lead:
+            raise ValueError(f"target of class indices must have shape {lead} (input's shape without its last dimension); got {tuple(target.shape)}")
+        validate.class_indices(xp, target, v, ignore_index, "target", value_checks())
+        t = target.reshape(n).to(device=h.device, dtype=torch.int64)
+    else:
+        if tuple(target.shape) != lead + (v,):
+            raise ValueError(f"target of probabilities must have shape {lead + (v,)}; got {tuple(target.shape)}")
+        validate.probability_targets_ignore_index(ignore_index, target.dtype, "target")
+        validate.probabilities(xp, target, "target", value_checks())
+        t = target.reshape(n, v).to(h.device)
+    class_w = None
+    if weight is not None:
+        class_w = as_float(weight, "weight")
+        validate.class_weights(xp, class_w, v, value_checks())
+        class_w = class_w.to(device=h.device, dtype=torch.float64)
+    h = h.reshape(n, width).contiguous()
+    want_grad = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in (h, w, b))
+    loss_dtype = torch.promote_types(h.dtype, w.dtype)
+    out = apply_function(
+        LinearCrossEntropyFunction, linear_cross_entropy_op,
+        h, w.contiguous(), b, t, class_w, ignore_index, eps, z, cap, reduction, norm, want_grad, loss_dtype,
+    )
+    loss = out[0]
+    return loss.reshape(lead) if reduction == "none" else loss
+
+
+class LinearCrossEntropyLoss(torch.nn.Module):
+    """Module form of :func:`linear_cross_entropy`: ``loss(input, linear_weight, target, linear_bias=None)``.
+
+    Parameters
+    ----------
+    weight : torch.Tensor of shape (V,), optional
+        Class weights, registered as a buffer.
+    reduction, ignore_index, label_smoothing, z_loss, softcap
+        As in :func:`linear_cross_entropy`.
+
+    Examples
+    --------
+    >>> import torch, softmaxkit.torch as smt
+    >>> loss = smt.LinearCrossEntropyLoss(ignore_index=-100)
+    >>> loss(torch.zeros(2, 4), torch.zeros(3, 4), torch.tensor([-100, -100]))  # torch gives nan
+    tensor(0.)
+    """
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        reduction: str = "mean",
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        *,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.reduction = validate.reduction(reduction)
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
+        self.softcap = softcap
+
+    def forward(self, input: Tensor, linear_weight: Tensor, target: Tensor, linear_bias: Tensor | None = None, normalizer: Any = None) -> Tensor:
+        return linear_cross_entropy(
+            input, linear_weight, target, linear_bias=linear_bias, weight=self.weight, reduction=self.reduction,
+            ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
+            softcap=self.softcap, normalizer=normalizer,
+        )
