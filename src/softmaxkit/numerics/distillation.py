@@ -151,12 +151,6 @@ def distillation_rows(xp, student, teacher, hot, *, divergence, beta, temperatur
     if scale_t2:
         loss = loss * (temperature * temperature)
     loss = loss[..., 0]
-    if hot is not None:
-        keep = xp.sum(hot, axis=-1, keepdims=True) != 0
-        loss = xp.where(keep[..., 0], loss, xp.zeros_like(loss))
-        if want_grad:
-            gs = xp.where(keep, gs, zero)
-            gt = xp.where(keep, gt, zero)
     if hard_label_weight:
         st_1 = st_s if temperature == 1.0 else row_stats(xp, student, None, 1.0, widened)
         coef, row_w = class_coefficients(xp, student, 0.0, hot=hot)
@@ -164,4 +158,11 @@ def distillation_rows(xp, student, teacher, hot, *, divergence, beta, temperatur
         loss = loss + hard_label_weight * ce
         if want_grad:
             gs = gs + hard_label_weight * g_ce
+    if hot is not None:
+        # Selected, not multiplied: an ignored row's NaN or inf must not leak.
+        keep = xp.sum(hot, axis=-1, keepdims=True) != 0
+        loss = xp.where(keep[..., 0], loss, xp.zeros_like(loss))
+        if want_grad:
+            gs = xp.where(keep, gs, zero)
+            gt = xp.where(keep, gt, zero)
     return loss, gs, gt
