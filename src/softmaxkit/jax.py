@@ -77,12 +77,14 @@ kernel still checks class indices when it runs: a label outside
 from softmaxkit.backends.jax.functions import cross_entropy, kl_div, log_softmax, logsumexp, softmax
 from softmaxkit.backends.jax.native import path as kernel_path
 from softmaxkit.backends.jax.distillation import distillation_loss
+from softmaxkit.backends.jax.linear import linear_cross_entropy
 
 __all__ = [
     "cross_entropy",
     "distillation_loss",
     "kernel_path",
     "kl_div",
+    "linear_cross_entropy",
     "log_softmax",
     "logsumexp",
     "softmax",
