@@ -33,8 +33,9 @@ class NumpyProducts:
 
     @staticmethod
     def add_product(acc: Any, a: Any, b: Any) -> None:
-        """``acc += a @ b`` a band of rows at a time: no temporary of ``acc``'s size."""
-        band = lin.tile_rows(acc.shape[0], acc.shape[1], acc.dtype.itemsize)
+        """``acc += a @ b`` a band of rows at a time, each band's product no
+        larger than half of ``a``: no temporary of ``acc``'s size."""
+        band = max(1, a.size // (2 * acc.shape[1]))
         for start in range(0, acc.shape[0], band):
             rows = slice(start, start + band)
             acc[rows] += a[rows] @ b
@@ -335,9 +336,9 @@ def linear_cross_entropy(
     work = xp.float64 if out_dtype == xp.float64 else xp.float32
     lead = tuple(h.shape[:-1])
     n = int(np.prod(lead, dtype=np.int64)) if lead else 1
-    h2 = xp.reshape(xp.astype(h, out_dtype), (n, width))
-    w_lin = xp.astype(w_lin, out_dtype)
-    b_lin = None if b_lin is None else xp.astype(b_lin, out_dtype)
+    h2 = xp.reshape(xp.astype(h, out_dtype, copy=False), (n, width))
+    w_lin = xp.astype(w_lin, out_dtype, copy=False)
+    b_lin = None if b_lin is None else xp.astype(b_lin, out_dtype, copy=False)
     t = validate.same_namespace(xp, targets, "targets")
     kind = validate.target_kind(xp, t, "targets")
     class_w = None
