@@ -65,18 +65,20 @@ softmaxkit by the rule itself.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
 import torch
 
 try:
-    from transformers import LogitsProcessor, LogitsProcessorList
+    from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 except ImportError as exc:  # pragma: no cover - exercised only without transformers
     raise ImportError(
         "softmaxkit.torch.integrations.transformers needs Hugging Face transformers: pip install 'transformers>=4.40'"
     ) from exc
 
+from softmaxkit.backends.torch.linear import linear_cross_entropy
 from softmaxkit.frontend import validate
 from softmaxkit.frontend.sampling import _min_p, _temperature, _top_k, _top_p, truncate
 
@@ -87,6 +89,8 @@ __all__ = [
     "TopPLogitsWarper",
     "TruncationLogitsWarper",
     "logits_processor",
+    "remove_fused_loss",
+    "use_fused_loss",
 ]
 
 
@@ -345,3 +349,282 @@ def logits_processor(
             )
         ]
     )
+
+
+# --- the training loss of a causal language model, without its logits ---------------------
+
+# Config fields of models that scale the logits after the head (Cohere, Granite): the fused loss
+# would leave the scale out.
+_LOGIT_SCALES = ("logit_scale", "logits_scaling")
+_ABSENT = object()
+
+
+def _head(model: Any) -> torch.nn.Linear:
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        raise TypeError(
+            f"model.get_output_embeddings() must be a torch.nn.Linear (the lm_head); got {type(head).__module__}.{type(head).__name__}"
+        )
+    return head
+
+
+class _FusedLossForward:
+    """The ``forward`` that :func:`use_fused_loss` sets on one model instance.
+
+    A callable object holding its model, not a closure: ``copy.deepcopy`` and
+    ``pickle`` of the model then copy it along with the model it belongs to.
+    """
+
+    def __init__(self, model: Any, previous: Any, return_logits: bool) -> None:
+        self.model = model
+        # The instance's own forward before (another wrapper), or None for the class's.
+        self.previous = previous
+        self.return_logits = return_logits
+
+    def inner(self) -> Any:
+        """The forward this one calls: the previous instance forward, or the class's, bound."""
+        if self.previous is not None:
+            return self.previous
+        return type(self.model).forward.__get__(self.model)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        # generate() and Trainer read the forward's parameters (logits_to_keep, **kwargs).
+        return inspect.signature(self.inner())
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        inner = self.inner()
+        labels = kwargs.get("labels")
+        if "labels" not in kwargs:
+            positional = [
+                p.name for p in inspect.signature(inner).parameters.values()
+                if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            ]
+            if "labels" in positional and positional.index("labels") < len(args):
+                labels = args[positional.index("labels")]
+        if labels is None:
+            return inner(*args, **kwargs)
+        return _fused_call(self.model, inner, self.return_logits, args, kwargs)
+
+
+def _fused_call(model: Any, inner: Any, return_logits: bool, args: tuple, kwargs: dict) -> Any:
+    """One forward with labels: the model's own forward, with the head's input kept (and the head
+    run on no tokens unless logits are wanted) and ``model.loss_function`` replaced for the call."""
+    head = _head(model)
+    return_dict = kwargs.pop("return_dict", None)
+    if return_dict is None:
+        return_dict = getattr(model.config, "return_dict", True)
+    hidden: list[torch.Tensor] = []
+    losses: list[torch.Tensor] = []
+
+    def keep_hidden(module: torch.nn.Module, head_args: tuple) -> tuple | None:
+        hidden.append(head_args[0])
+        if return_logits:
+            return None
+        # The positions axis is the one before the features (the boolean logits_to_keep flattens it).
+        return (head_args[0][..., :0, :],) + tuple(head_args[1:])
+
+    def loss_function(logits, labels, vocab_size=None, num_items_in_batch=None, ignore_index=-100, shift_labels=None, **_):
+        if len(hidden) != 1:
+            raise RuntimeError(
+                f"use_fused_loss: {type(model).__name__}'s forward ran its lm_head {len(hidden)} times before "
+                "computing the loss; it supports forwards that run it once, on the final hidden states"
+            )
+        loss = _causal_lm_loss(model, head, hidden[0], labels, num_items_in_batch, ignore_index, shift_labels)
+        losses.append(loss)
+        return loss
+
+    handle = head.register_forward_pre_hook(keep_hidden)
+    own = model.__dict__.get("_loss_function", _ABSENT)
+    model.loss_function = loss_function
+    try:
+        output = inner(*args, return_dict=True, **kwargs)
+    finally:
+        handle.remove()
+        if own is _ABSENT:
+            del model._loss_function
+        else:
+            model._loss_function = own
+    if not losses:
+        raise RuntimeError(
+            f"use_fused_loss: {type(model).__name__}'s forward computed its loss without self.loss_function; "
+            "it supports forwards that call it (transformers' *ForCausalLM models)"
+        )
+    if not return_logits:
+        output = type(output)(**{k: v for k, v in output.items() if k != "logits"})
+    return output if return_dict else output.to_tuple()
+
+
+def _causal_lm_loss(model, head, hidden, labels, num_items_in_batch, ignore_index, shift_labels) -> torch.Tensor:
+    """``transformers``' ``ForCausalLMLoss`` on the head's input, by :func:`linear_cross_entropy`."""
+    if shift_labels is None:
+        # As ForCausalLMLoss: position i is scored on label i + 1, the last position on none.
+        shift_labels = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    h = hidden.reshape(-1, hidden.shape[-1])
+    if h.dtype in (torch.float16, torch.bfloat16):
+        # transformers' loss of a 16-bit model is float32 (the logits are float32 in the pass anyway).
+        h = h.float()
+    target = shift_labels.reshape(-1).to(h.device)
+    if target.shape[0] != h.shape[0]:
+        raise ValueError(
+            f"labels must hold one label per position the lm_head scores: {h.shape[0]} positions "
+            f"(hidden states of shape {tuple(hidden.shape)}) but {target.shape[0]} shifted labels "
+            f"(labels of shape {tuple(labels.shape)}); with logits_to_keep, pass the labels of the kept positions"
+        )
+    return linear_cross_entropy(
+        h, head.weight, target, linear_bias=head.bias,
+        reduction="mean" if num_items_in_batch is None else "sum", normalizer=num_items_in_batch,
+        ignore_index=ignore_index, softcap=getattr(model.config, "final_logit_softcapping", None),
+    )
+
+
+def use_fused_loss(model: Any, *, return_logits: bool = False) -> Any:
+    r"""Make a causal language model compute its training loss by :func:`softmaxkit.torch.linear_cross_entropy`.
+
+    With ``labels``, the model's loss becomes
+
+    .. math:: \ell = \frac{1}{D} \sum_{i:\ t_i \ne -100} \Bigl(\log \sum_j e^{z_{ij}} - z_{i t_i}\Bigr),
+              \qquad z_i = \operatorname{cap}(W h_i + b),\quad t_i = \mathtt{labels}_{i+1}
+
+    computed from the final hidden states ``h`` and ``lm_head``'s weight
+    ``W`` (and bias ``b``) in chunks of tokens, so that the
+    ``tokens x vocabulary`` logits are never held.  ``cap`` is Gemma-2's
+    ``c tanh(z / c)`` with ``c = config.final_logit_softcapping`` (identity
+    when that is unset or absent); ``D`` is the number of labels that are
+    not ignored, or ``num_items_in_batch`` when the call passes it (then
+    the sum is divided by it, as ``transformers`` does for gradient
+    accumulation).  The labels are shifted as ``transformers``'
+    ``ForCausalLMLoss`` shifts them (or taken from ``shift_labels``);
+    ``ignore_index`` is honoured.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A ``*ForCausalLM`` whose forward computes
+        ``logits = self.lm_head(hidden_states[:, slice])`` (soft-capped by
+        ``config.final_logit_softcapping`` if set) and then
+        ``self.loss_function(logits, labels, ...)``: GPT-2, Llama, Mistral,
+        Qwen, Gemma and Gemma-2 among others.  ``lm_head`` must be a
+        ``torch.nn.Linear``.
+    return_logits : bool, default False
+        With ``labels``: False leaves ``output.logits`` None (the head runs
+        on no tokens, so no logits are formed); True computes the logits
+        as before as well (the loss is still the fused one).  Without
+        ``labels`` the model returns its logits as before either way.
+
+    Returns
+    -------
+    The model itself, changed in place: its ``forward`` is an
+    instance attribute that runs the class's forward (or the instance's
+    earlier one) unchanged when ``labels`` is None or absent, so inference
+    and ``generate()`` are as before.  Calling again only sets
+    ``return_logits`` (nothing is wrapped twice);
+    :func:`remove_fused_loss` undoes it.
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a ``transformers.PreTrainedModel``, its
+        ``get_output_embeddings()`` is not a ``torch.nn.Linear``, or
+        ``return_logits`` is not a bool.
+    ValueError
+        The forward takes no ``labels``, or the config scales the logits
+        after the head (``logit_scale`` of Cohere, ``logits_scaling`` of
+        Granite), which the fused loss would leave out.
+
+    Notes
+    -----
+    For each call with labels, a forward pre-hook on ``lm_head`` keeps its
+    input (after ``logits_to_keep``) and, without ``return_logits``, hands
+    the head no positions; ``model.loss_function`` is replaced for the
+    duration of the call by one that computes the loss from the kept input.
+    Whatever else the forward does with the loss (an auxiliary router loss,
+    say) is kept.  The call returns a ``ModelOutput`` or, with
+    ``return_dict=False``, its tuple (without the logits when they are not
+    returned).  A forward that does not call ``self.loss_function`` with the
+    head run once raises ``RuntimeError``.  One model's calls should not
+    overlap in threads.
+
+    Accuracy and edge behaviour are those of
+    :func:`softmaxkit.torch.linear_cross_entropy`: the loss and the
+    gradients meet softmaxkit's cross-entropy contract on float32 logits
+    (float64 for a float64 model), where ``transformers`` uses torch's
+    float32 cross-entropy.  The loss is float32 for float32 and 16-bit
+    models (as in ``transformers``) and float64 for a float64 model (where
+    ``transformers`` rounds the logits to float32).  Where ``transformers``
+    gives NaN, this gives 0 with zero gradients: every label ignored, or
+    ``num_items_in_batch`` 0.  A label outside ``[0, vocab_size)`` other
+    than ``ignore_index`` raises ``ValueError``.
+
+    Needs ``transformers`` 5.x (``model.loss_function`` settable per
+    instance, ``logits_to_keep``); tested with 5.24.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> from softmaxkit.torch.integrations.transformers import remove_fused_loss, use_fused_loss
+    >>> _ = torch.manual_seed(0)
+    >>> model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=40)).eval()
+    >>> ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    >>> labels = torch.tensor([[1, 2, -100, 4, 5, 6]])
+    >>> reference = model(ids, labels=labels).loss
+    >>> out = use_fused_loss(model)(ids, labels=labels)
+    >>> out.logits is None, bool(torch.isclose(out.loss, reference, rtol=1e-6))
+    (True, True)
+    >>> out.loss.backward()  # gradients reach every parameter, the tied lm_head included
+    >>> model(ids).logits.shape  # without labels, the model is as before
+    torch.Size([1, 6, 40])
+    >>> remove_fused_loss(model)(ids, labels=labels).logits.shape
+    torch.Size([1, 6, 40])
+    """
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"model must be a transformers.PreTrainedModel; got {type(model).__module__}.{type(model).__name__}")
+    if not isinstance(return_logits, bool):
+        raise TypeError(f"return_logits must be a bool; got {return_logits!r}")
+    _head(model)
+    if "labels" not in inspect.signature(model.forward).parameters:
+        raise ValueError(f"model's forward must take labels; {type(model).__name__}.forward does not")
+    for name in _LOGIT_SCALES:
+        value = getattr(model.config, name, None)
+        if value is not None and value != 1:
+            raise ValueError(
+                f"model.config.{name} is {value!r}: {type(model).__name__} scales its logits after the lm_head, "
+                "which use_fused_loss does not apply; it needs 1 or unset"
+            )
+    current = model.__dict__.get("forward")
+    if isinstance(current, _FusedLossForward):
+        current.return_logits = return_logits
+    else:
+        model.forward = _FusedLossForward(model, current, return_logits)
+    return model
+
+
+def remove_fused_loss(model: Any) -> Any:
+    """Undo :func:`use_fused_loss`: the model's forward becomes the one it had before.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+
+    Returns
+    -------
+    The model itself.  A model without the fused loss is returned unchanged.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> from softmaxkit.torch.integrations.transformers import remove_fused_loss, use_fused_loss
+    >>> model = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...                                      num_attention_heads=2, num_key_value_heads=2, vocab_size=50))
+    >>> "forward" in vars(use_fused_loss(model)), "forward" in vars(remove_fused_loss(model))
+    (True, False)
+    """
+    current = model.__dict__.get("forward")
+    if isinstance(current, _FusedLossForward):
+        if current.previous is None:
+            del model.forward
+        else:
+            model.forward = current.previous
+    return model
