@@ -583,7 +583,7 @@ def use_fused_loss(model: Any, *, return_logits: bool = False) -> Any:
     if not isinstance(return_logits, bool):
         raise TypeError(f"return_logits must be a bool; got {return_logits!r}")
     _head(model)
-    if "labels" not in inspect.signature(model.forward).parameters:
+    if "labels" not in inspect.signature(type(model).forward).parameters:
         raise ValueError(f"model's forward must take labels; {type(model).__name__}.forward does not")
     for name in _LOGIT_SCALES:
         value = getattr(model.config, name, None)
