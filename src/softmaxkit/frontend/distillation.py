@@ -156,9 +156,10 @@ def distillation_loss(
     ``S = f sum_j (p_j + q_j)(1 + |log p_j| + |log q_j|) + w_h CE`` (terms
     with ``p_j = q_j = 0`` left out): each row's loss is within 2 ULP
     (float16, bfloat16, float32) or 8 ULP (float64) of ``max(loss, S)``.
-    Each gradient entry is within 2 ULP (8 for float64) of its largest term
-    (``max(p_j, q_j)`` times the row's factor for the KL forms, with the
-    log-ratio for the centred forms).
+    Each gradient entry is within 2 ULP (8 for float64) of its own scale:
+    ``max(p_j, q_j)`` for the ``p - q`` forms, and the weighting probability
+    times ``|log p_j| + |log q_j| + |log-ratio_j| + Div`` for the centred
+    forms, times the row's factor (``1/T``, or ``T`` with the ``T**2`` rule).
 
     Edge behaviour: ``0 log 0 = 0`` (a class where the weighting
     distribution has no mass contributes 0, also where the other has none);
