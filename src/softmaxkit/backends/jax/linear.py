@@ -115,7 +115,9 @@ def _pass(h, w, b, t, class_w, denominator, o: _Options, want_grad: bool, row_sc
             g = g * sc.astype(work)[:, None]
         dh = _dot(g, w, work).astype(h.dtype)
         dw = dw + _dot(g.T, hc, work)
-        db = None if db is None else db + jnp.sum(g, axis=0, dtype=wide)
+        # A product, not jnp.sum: its order of summation does not change with
+        # the fusions around it (under an enclosing jax.jit, say).
+        db = None if db is None else db + _dot(jnp.ones((1, g.shape[0]), work), g, wide)[0]
         return (dw, db), (loss, dh)
 
     init = (
