@@ -44,6 +44,16 @@ def bits(a: Any) -> Any:
     return a.view(np.uint16) if is_bfloat16(a) else a
 
 
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` are the same elements in the same layout."""
+    return (
+        a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+        and a.shape == b.shape
+        and a.strides == b.strides
+        and a.dtype == b.dtype
+    )
+
+
 def _no_overlap(out: np.ndarray, name: str, *inputs: tuple[str, Any]) -> None:
     for input_name, a in inputs:
         if a is not None and np.may_share_memory(out, a):
@@ -113,6 +123,9 @@ def cross_entropy_into(
     2-byte integer arrays holding bfloat16 (implied when ``logits`` is an
     ``ml_dtypes.bfloat16`` array); 2-byte integer targets are then
     probabilities, not class indices.
+    ``grad`` may be ``logits`` itself (the same memory, same layout) for
+    float32 logits: each row's logits are read before its gradient is
+    written, so a fused loss needs one buffer per chunk instead of two.
     """
     k = _require()
     bf16 = bfloat16 or is_bfloat16(logits)
@@ -121,7 +134,8 @@ def cross_entropy_into(
         raise ValueError(f"grad_divisor must be > 0; got {grad_divisor!r}")
     _no_overlap(loss, "loss", ("logits", logits), ("targets", targets), ("weight", weight))
     if grad is not None:
-        _no_overlap(grad, "grad", ("logits", logits), ("targets", targets), ("weight", weight), ("loss", loss))
+        in_place = _same_memory(grad, logits) and logits.dtype == np.float32
+        _no_overlap(grad, "grad", *(() if in_place else (("logits", logits),)), ("targets", targets), ("weight", weight), ("loss", loss))
     k.cross_entropy(
         bits(logits),
         targets if index else None,

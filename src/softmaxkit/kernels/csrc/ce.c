@@ -31,6 +31,7 @@ typedef struct {
     double lse;
     double loss, coef_sum;
     double coef_rest;       /* sum of c_j over j != argmax */
+    double x_t;             /* the target's logit, read before any gradient of the row is written */
 } ce_row_t;
 
 /* The coefficients of row r (inv_unmasked: once the row is scanned). */
@@ -89,6 +90,8 @@ static void ce_limit_row(rowctx_t *R, size_t r, const ce_row_t *C) {
             loss += J->z_loss * C->row_weight * (nan ? NAN : -INFINITY) * (nan ? NAN : -INFINITY);
         J->loss[r] = loss;
     }
+    /* the gradient may be written over the logits read above */
+    sync_row(R);
     if (C->g) fill_range(J->dtype, C->g, R->len, nan ? NAN : 0.0);
 }
 
@@ -104,7 +107,7 @@ static void ce_onehot_loss(const rowctx_t *R, double a, ce_row_t *C) {
     const sk_coef *cf = &C->cf;
     C->loss = 0.0;
     if (cf->target_coef != 0.0) {
-        double x_t = load_at(J, J->x, C->r, (size_t)cf->target), lo = 0.0;
+        double x_t = C->x_t, lo = 0.0;
         if (C->inf_row) x_t = x_t == INFINITY ? 0.0 : -INFINITY;
         int comp = J->dtype == DT_F64;
         double hi = comp ? two_diff(x_t, a, &lo) : x_t - a;
@@ -213,6 +216,9 @@ void row_cross_entropy(rowctx_t *R, size_t r) {
     C.x = chunk_logits(R, chunk_in(R, J->x, R->S->tile_in, r));
     if (C.grad_chunk) C.g = J->codec ? (void *)R->S->out_f32 : (void *)C.grad_chunk;
     ce_coefficients(R, r, &C);
+    /* Read before the row's first barrier: a gradient written over the
+       logits (float32, in place) overwrites other chunks' entries after it. */
+    if (!C.prob_chunk && C.cf.target >= 0) C.x_t = load_at(J, J->x, r, (size_t)C.cf.target);
     scan_row(R, C.x, C.g != NULL, J->eps != 0.0, &C.scan);
     C.cf.inv_unmasked = 1.0 / (C.scan.unmasked == 0 ? 1.0 : (double)C.scan.unmasked);
     if (C.scan.nan || C.scan.max == -INFINITY) ce_limit_row(R, r, &C);
