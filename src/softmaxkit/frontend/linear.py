@@ -26,6 +26,9 @@ from softmaxkit.numerics import linear as lin
 class NumpyProducts:
     """The matrix products of :func:`fused_pass` for NumPy arrays (BLAS through ``np.matmul``)."""
 
+    # add_product's band: bytes per logit of a chunk
+    temporary_bytes = 2
+
     @staticmethod
     def product_into(out: Any, a: Any, b: Any) -> None:
         """``out[...] = a @ b``."""
@@ -47,6 +50,10 @@ class NumpyProducts:
 
 
 RowLoss = Callable[[Any, Any, Any], Any]
+
+# Bytes per logit of the float64 temporaries of a soft cap (the widened
+# logits, their cap and slope, the float64 gradient).
+_SOFTCAP_BYTES = 48
 
 
 def fused_pass(
@@ -86,12 +93,17 @@ def fused_pass(
     work_size = xp.finfo(work).bits // 8
     wide = xp.float64
     m = n if live is None else live.shape[0]
-    per_logit = work_size * (2 if want_grad else 1) + (16 if softcap is not None and work != wide else 0)
+    # The kernel writes a float32 gradient over its logits; a soft cap
+    # computes in float64 beside them.
+    in_place = softcap is None and work == xp.float32
+    per_logit = work_size + (0 if in_place or not want_grad else work_size) + (_SOFTCAP_BYTES if softcap is not None else 0)
     gbytes = lin.grad_bytes(n, v, width, weight.dtype.itemsize, bias is not None)
-    rows = lin.chunk_rows(m, v, gbytes, per_logit)
+    accumulator = v * width * work_size if narrow and want_grad else 0
+    held = (n * width * hidden.dtype.itemsize + v * width * work_size + (8 * v if bias is not None else 0)) if want_grad else 0
+    rows = lin.chunk_rows(m, v, gbytes, accumulator, held, per_logit + products.temporary_bytes)
     tile = lin.tile_rows(v, width, work_size) if narrow else v
     z_buf = xp.empty((rows, v), dtype=work, device=device)
-    g_buf = xp.empty((rows, v), dtype=work, device=device) if want_grad else None
+    g_buf = None if not want_grad else z_buf if in_place else xp.empty((rows, v), dtype=work, device=device)
     loss = xp.zeros((n,), dtype=wide, device=device)
     dh = xp.zeros((n, width), dtype=hidden.dtype, device=device) if want_grad else None
     dw = xp.zeros((v, width), dtype=work, device=device) if want_grad else None
@@ -135,6 +147,7 @@ def fused_pass(
         dh[index, ...] = xp.astype(dh_c, hidden.dtype)
         if db is not None:
             db += xp.sum(g, axis=0, dtype=wide)
+    del z_buf, g_buf  # freed before a 16-bit weight gradient is rounded from its accumulator
     if not want_grad:
         return loss, None, None, None
     dw = dw if dw.dtype == weight.dtype else xp.astype(dw, weight.dtype)

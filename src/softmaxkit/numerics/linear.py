@@ -11,21 +11,29 @@ from __future__ import annotations
 
 from typing import Any
 
-# One chunk's logit buffers take at most this fraction of the bytes of the
-# gradients the loss returns (and at least _MIN_CHUNK_BYTES): peak memory is
-# then about 1.25 times the gradients.
-_CHUNK_FRACTION = 0.2
+# Peak memory beyond the inputs: this many times the gradients returned,
+# plus a float32 accumulator for a 16-bit weight's gradient.  Of what the
+# gradients themselves leave free, chunks take _CHUNK_SHARE (the rest covers
+# a chunk's small temporaries), and at least _MIN_CHUNK_BYTES.
+_PEAK_FACTOR = 1.25
+_CHUNK_SHARE = 0.8
 _MIN_CHUNK_BYTES = 8 << 20
 # Rows of a 16-bit weight converted to the working dtype at a time.
 _TILE_BYTES = 16 << 20
 
 
-def chunk_rows(n_rows: int, n_classes: int, grad_bytes: int, bytes_per_logit: int) -> int:
-    """Token rows per chunk: as many as keep a chunk's logit buffers
-    (``bytes_per_logit`` bytes per logit, all buffers together) within a
-    fifth of ``grad_bytes``, the size of the gradients returned; at least one,
-    at most ``n_rows``."""
-    budget = max(_CHUNK_FRACTION * grad_bytes, _MIN_CHUNK_BYTES)
+def chunk_rows(n_rows: int, n_classes: int, grad_bytes: int, accumulator_bytes: int, held_bytes: int, bytes_per_logit: int) -> int:
+    """Token rows per chunk.
+
+    The pass may use ``1.25 * grad_bytes + accumulator_bytes`` beyond its
+    inputs (``grad_bytes``: the gradients it returns; ``accumulator_bytes``:
+    a float32 accumulator for a 16-bit weight's gradient, else 0); it holds
+    ``held_bytes`` for the whole pass (its gradients and accumulators), and a
+    chunk's buffers take ``bytes_per_logit`` per logit.  A chunk gets 80 %
+    of what is left: at least one row, at most ``n_rows``.
+    """
+    free = _PEAK_FACTOR * grad_bytes + accumulator_bytes - held_bytes
+    budget = max(_CHUNK_SHARE * free, _MIN_CHUNK_BYTES)
     rows = int(budget // max(1, n_classes * bytes_per_logit))
     return max(1, min(max(n_rows, 1), rows))
 

@@ -32,6 +32,8 @@ from softmaxkit.numerics import linear as lin
 class TorchProducts:
     """The matrix products of ``frontend.linear.fused_pass`` for torch tensors."""
 
+    temporary_bytes = 0
+
     @staticmethod
     def product_into(out: Tensor, a: Tensor, b: Tensor) -> None:
         torch.mm(a, b, out=out)
