@@ -154,11 +154,13 @@ def test_every_label_ignored_gives_zero_where_transformers_gives_nan(name):
 
 def test_float64_model_gives_a_float64_loss():
     # transformers rounds a float64 model's logits to float32 before its cross-entropy.
-    reference, patched = pair("gemma2")
+    # GPT-2: its LayerNorm keeps float64 (Llama's and Gemma's RMSNorm round to float32).
+    reference, patched = pair("gpt2_bias")
     reference, patched = reference.double(), patched.double()
     ids, labels = batch()
     logits = reference(input_ids=ids).logits
     expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1))
+    assert abs(reference(input_ids=ids, labels=labels).loss.item() - expected.item()) > 1e-9
     loss = patched(input_ids=ids, labels=labels).loss
     assert loss.dtype == torch.float64
     torch.testing.assert_close(loss, expected, rtol=1e-13, atol=0.0)
