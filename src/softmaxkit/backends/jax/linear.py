@@ -164,6 +164,23 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 _fused_jit = jax.jit(_fused, static_argnums=(6,))
 
 
+def _chunk_rows(n: int, v: int, width: int, dtype: Any, work: Any, wide: Any, bias: bool, capped: bool) -> int:
+    """Tokens per chunk, by ``numerics.linear.chunk_rows``'s peak-memory rule.
+
+    The pass holds the hidden states' gradient, the weight's accumulator in
+    ``work`` (beside a 16-bit weight's gradient: the rule's extra
+    accumulator) and the bias's in ``wide``; a chunk holds its logits and
+    their gradient in ``work``, and with a soft cap the capped logits, their
+    slope and their gradient in ``wide``.
+    """
+    item, work_size, wide_size = jnp.dtype(dtype).itemsize, jnp.dtype(work).itemsize, jnp.dtype(wide).itemsize
+    grads = lin.grad_bytes(n, v, width, item, bias)
+    accumulator = v * width * work_size if item < work_size else 0
+    held = n * width * item + v * width * work_size + (v * wide_size if bias else 0)
+    per_logit = 2 * work_size + (3 * wide_size if capped else 0)
+    return lin.chunk_rows(n, v, grads, accumulator, held, per_logit)
+
+
 def _normalizer(normalizer: Any, reduction: str, dtype: Any) -> Any:
     """A caller's normaliser as a 0-d array (read and checked on the host unless traced), or None."""
     if normalizer is None or not traced(normalizer):
@@ -323,11 +340,7 @@ def linear_cross_entropy(
         t2 = t.reshape(n, v)
     denominator = num.mean_denominator(jnp, t2, class_w, ignore_index, wide, kind != "int")
     rule, denominator = lin.normalized(reduction, denominator, norm)
-    logit_dtype = work if cap is None else wide
-    work_size = jnp.dtype(work).itemsize
-    per_logit = 2 * work_size + (2 * jnp.dtype(wide).itemsize if logit_dtype != work else 0)
-    gbytes = lin.grad_bytes(n, v, width, jnp.dtype(out_dtype).itemsize, b_lin is not None)
-    rows = lin.chunk_rows(n, v, gbytes, per_logit)
+    rows = _chunk_rows(n, v, width, out_dtype, work, wide, b_lin is not None, cap is not None)
     o = _Options(ignore_index, eps, z, cap, reduction, rule, rows, native.active())
     h2 = h.astype(out_dtype).reshape(n, width)
     b2 = None if b_lin is None else b_lin.astype(out_dtype)
