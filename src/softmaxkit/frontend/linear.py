@@ -51,6 +51,26 @@ class NumpyProducts:
 
 RowLoss = Callable[[Any, Any, Any], Any]
 
+# Bytes per logit the formulas' per-row loss allocates (its float64
+# temporaries); the native kernel allocates none.
+FORMULA_BYTES = 96
+
+
+def form_logits(xp: Any, products: Any, hidden: Any, weight: Any, bias: Any, out: Any) -> None:
+    """``out[...] = hidden @ weight.T + bias`` in ``out``'s dtype (the
+    working dtype, which ``hidden`` and ``bias`` are in already).  A
+    narrower weight is widened a tile of rows at a time, never whole."""
+    work = out.dtype
+    if weight.dtype == work:
+        products.product_into(out, hidden, xp.matrix_transpose(weight))
+    else:
+        v, width = weight.shape
+        tile = lin.tile_rows(v, width, xp.finfo(work).bits // 8)
+        for t0 in range(0, v, tile):
+            out[:, t0 : t0 + tile] = xp.matmul(hidden, xp.matrix_transpose(xp.astype(weight[t0 : t0 + tile, ...], work)))
+    if bias is not None:
+        out += bias
+
 # Bytes per logit of the float64 temporaries of a soft cap (the widened
 # logits, their cap and slope, the float64 gradient).
 _SOFTCAP_BYTES = 48
@@ -69,6 +89,7 @@ def fused_pass(
     want_grad: bool,
     live: Any = None,
     row_scale: Any = None,
+    loss_bytes: int = 0,
 ) -> tuple[Any, Any, Any, Any]:
     """One pass over the tokens: ``(loss rows, d_hidden, d_weight, d_bias)``.
 
@@ -82,7 +103,8 @@ def fused_pass(
     pass to those tokens: the others take no part in the loss (ignored
     targets), and get loss 0 and zero gradients without a product.
     ``row_scale`` (``(N,)``) multiplies each token's gradient (the
-    cotangent of a per-token loss).  The gradients accumulate in ``work``
+    cotangent of a per-token loss).  ``loss_bytes`` is what ``row_loss``
+    allocates per logit, for the chunk size.  The gradients accumulate in ``work``
     (at least float32) and are rounded to the inputs' dtypes once; the bias
     gradient sums in float64.  Without ``want_grad`` the gradients are None.
     """
@@ -100,8 +122,7 @@ def fused_pass(
     gbytes = lin.grad_bytes(n, v, width, weight.dtype.itemsize, bias is not None)
     accumulator = v * width * work_size if narrow and want_grad else 0
     held = (n * width * hidden.dtype.itemsize + v * width * work_size + (8 * v if bias is not None else 0)) if want_grad else 0
-    rows = lin.chunk_rows(m, v, gbytes, accumulator, held, per_logit + products.temporary_bytes)
-    tile = lin.tile_rows(v, width, work_size) if narrow else v
+    rows = lin.chunk_rows(m, v, gbytes, accumulator, held, per_logit + loss_bytes + products.temporary_bytes)
     z_buf = xp.empty((rows, v), dtype=work, device=device)
     g_buf = None if not want_grad else z_buf if in_place else xp.empty((rows, v), dtype=work, device=device)
     loss = xp.zeros((n,), dtype=wide, device=device)
@@ -109,18 +130,13 @@ def fused_pass(
     dw = xp.zeros((v, width), dtype=work, device=device) if want_grad else None
     db = xp.zeros((v,), dtype=wide, device=device) if want_grad and bias is not None else None
     bias_w = None if bias is None else xp.astype(bias, work)
+    tile = lin.tile_rows(v, width, work_size)
     for start in range(0, m, rows):
         k = min(rows, m - start)
         index = slice(start, start + k) if live is None else live[start : start + k]
         hc = xp.astype(hidden[index, ...], work)
         z = z_buf[:k, ...]
-        if narrow:
-            for t0 in range(0, v, tile):
-                z[:, t0 : t0 + tile] = xp.matmul(hc, xp.matrix_transpose(xp.astype(weight[t0 : t0 + tile, ...], work)))
-        else:
-            products.product_into(z, hc, xp.matrix_transpose(weight))
-        if bias_w is not None:
-            z += bias_w
+        form_logits(xp, products, hc, weight, bias_w, z)
         g = None if g_buf is None else g_buf[:k, ...]
         if softcap is None:
             loss[index] = xp.astype(row_loss(z, g, index), wide)
@@ -380,12 +396,14 @@ def linear_cross_entropy(
             live = xp.nonzero(keep)[0]
     native = registry.native()
     if native is not None and xp is _NUMPY and divisor is not None:
-        row_loss = native_row_loss(native.into, t2, class_w, ignore_index, eps, z, divisor)
+        row_loss, loss_bytes = native_row_loss(native.into, t2, class_w, ignore_index, eps, z, divisor), 0
     else:
         row_loss = formula_row_loss(xp, t2, class_w, ignore_index, eps, z, denominator, reduction_rule)
+        loss_bytes = FORMULA_BYTES
     want = return_grad and divisor is not None
     loss_rows, dh, dw, db = fused_pass(
-        xp, NumpyProducts, h2, w_lin, b_lin, row_loss, work=work, softcap=cap, want_grad=want, live=live
+        xp, NumpyProducts, h2, w_lin, b_lin, row_loss, work=work, softcap=cap, want_grad=want, live=live,
+        loss_bytes=loss_bytes,
     )
     loss, _ = num.reduce(xp, loss_rows, None, denominator, reduction_rule, True)
     loss = xp.astype(xp.reshape(loss, lead) if reduction == "none" else loss, out_dtype)

@@ -50,7 +50,7 @@ def _work(*tensors: Tensor | None) -> torch.dtype:
 def _row_loss(h: Tensor, t: Tensor, class_w: Tensor | None, ignore_index: int, eps: float, z: float, denominator: Tensor, reduction: str, divisor: float | None):
     native = registry.native()
     if native is None or h.device.type != "cpu" or divisor is None:
-        return _linear.formula_row_loss(xp, t, class_w, ignore_index, eps, z, denominator, reduction)
+        return _linear.formula_row_loss(xp, t, class_w, ignore_index, eps, z, denominator, reduction), _linear.FORMULA_BYTES
     inner = _linear.native_row_loss(
         native.into, t.numpy(), None if class_w is None else class_w.numpy(), ignore_index, eps, z, divisor
     )
@@ -59,7 +59,7 @@ def _row_loss(h: Tensor, t: Tensor, class_w: Tensor | None, ignore_index: int, e
         index = rows if isinstance(rows, slice) else rows.numpy()
         return torch.from_numpy(inner(logits.numpy(), None if grad is None else grad.numpy(), index))
 
-    return row_loss
+    return row_loss, 0
 
 
 def _rules(t: Tensor, class_w: Tensor | None, ignore_index: int, reduction: str, normalizer: float | None):
@@ -78,12 +78,12 @@ def _rules(t: Tensor, class_w: Tensor | None, ignore_index: int, reduction: str,
 
 def _pass(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, want_grad, row_scale=None):
     rule, denominator, divisor, live = _rules(t, class_w, ignore_index, reduction, normalizer)
-    row_loss = _row_loss(h, t, class_w, ignore_index, eps, z, denominator, rule, divisor)
+    row_loss, loss_bytes = _row_loss(h, t, class_w, ignore_index, eps, z, denominator, rule, divisor)
     want = want_grad and divisor is not None
     with torch.no_grad(), torch.autocast(h.device.type, enabled=False):
         loss_rows, dh, dw, db = _linear.fused_pass(
             xp, TorchProducts, h, w, b, row_loss,
-            work=_work(h, w, b), softcap=softcap, want_grad=want, live=live, row_scale=row_scale,
+            work=_work(h, w, b), softcap=softcap, want_grad=want, live=live, row_scale=row_scale, loss_bytes=loss_bytes,
         )
     if want_grad and not want:
         dh, dw = torch.zeros_like(h), torch.zeros_like(w)
