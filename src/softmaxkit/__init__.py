@@ -20,6 +20,7 @@ from softmaxkit.frontend.elementwise import log_sigmoid, sigmoid, softplus
 from softmaxkit.frontend.losses import binary_cross_entropy_with_logits, cross_entropy, nll_loss
 from softmaxkit.frontend.distillation import distillation_loss
 from softmaxkit.frontend.linear import linear_cross_entropy
+from softmaxkit.frontend.linear_distillation import linear_distillation_loss
 from softmaxkit.kernels import get_num_threads, get_output_cache, set_num_threads, set_output_cache
 from softmaxkit.calibration import expected_calibration_error, fit_temperature, reliability_diagram
 from softmaxkit.tools.cli import version as _version
@@ -50,6 +51,7 @@ __all__ = [
     "gumbel_softmax",
     "kl_div",
     "linear_cross_entropy",
+    "linear_distillation_loss",
     "log_sigmoid",
     "log_softmax",
     "log_softmax_vjp",

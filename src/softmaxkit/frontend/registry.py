@@ -43,6 +43,10 @@ class Backend:
     * ``linear_cross_entropy``: ``(hidden, linear_weight, targets, *,
       linear_bias, weight, ignore_index, label_smoothing, z_loss, softcap,
       reduction, normalizer, return_grad)``;
+    * ``linear_distillation_loss``: ``(student_hidden, student_weight,
+      teacher_hidden, teacher_weight, *, student_bias, teacher_bias, targets,
+      divergence, beta, temperature, scale_by_temperature_squared,
+      ignore_index, hard_label_weight, reduction, return_grad)``;
     * ``binary_cross_entropy_with_logits``: ``(logits, targets, *, weight,
       pos_weight, reduction, return_grad)``;
     * ``sparsemax``, ``entmax15``: ``(rows, widened)``, rows in the working
@@ -89,6 +93,7 @@ class Backend:
     working_dtype: Entry | None = None
     distillation_loss: Entry | None = None
     linear_cross_entropy: Entry | None = None
+    linear_distillation_loss: Entry | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from softmaxkit.backends.torch.functional import (
 )
 from softmaxkit.backends.torch.execution import working_dtype
 from softmaxkit.backends.torch.linear import LinearCrossEntropyLoss, linear_cross_entropy
+from softmaxkit.backends.torch.linear_distillation import LinearDistillationLoss, linear_distillation_loss
 from softmaxkit.backends.torch.elementwise import logsigmoid, sigmoid, softplus
 from softmaxkit.backends.torch.distillation import DistillationLoss, distillation_loss
 from softmaxkit.backends.torch.modules import BCEWithLogitsLoss, CrossEntropyLoss, LogSoftmax, NLLLoss, Softmax
@@ -34,6 +35,7 @@ __all__ = [
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
     "LinearCrossEntropyLoss",
+    "LinearDistillationLoss",
     "DistillationLoss",
     "LogSoftmax",
     "NLLLoss",
@@ -42,6 +44,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "linear_cross_entropy",
+    "linear_distillation_loss",
     "distillation_loss",
     "log_softmax",
     "logsigmoid",

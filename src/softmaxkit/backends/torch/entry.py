@@ -13,7 +13,7 @@ import torch
 
 from softmaxkit.frontend import validate
 from softmaxkit.frontend.layout import Layout
-from softmaxkit.backends.torch import functional, linear
+from softmaxkit.backends.torch import functional, linear, linear_distillation
 from softmaxkit.backends.torch.execution import as_float, working_dtype
 from softmaxkit.backends.torch import sparse
 from softmaxkit.backends.torch import distillation
@@ -90,29 +90,6 @@ def cross_entropy(logits, targets, *, axis, weight, ignore_index, label_smoothin
     if not validate.flag(return_grad, "return_grad"):
         return loss_fn(logits)
     return _with_grad(loss_fn, logits)
-
-
-def linear_cross_entropy(hidden, linear_weight, targets, *, linear_bias, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, normalizer, return_grad):
-    inputs = [as_float(hidden, "hidden"), _tensor(linear_weight, "linear_weight")]
-    if linear_bias is not None:
-        inputs.append(_tensor(linear_bias, "linear_bias"))
-    targets = _tensor(targets, "targets")
-    weight = None if weight is None else _tensor(weight, "weight")
-
-    def loss_fn(*args):
-        return linear.linear_cross_entropy(
-            args[0], args[1], targets, linear_bias=args[2] if len(args) > 2 else None, weight=weight,
-            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
-            softcap=softcap, normalizer=normalizer,
-        )
-
-    if not validate.flag(return_grad, "return_grad"):
-        return loss_fn(*inputs)
-    leaves = [a.detach().requires_grad_(True) for a in inputs]
-    with torch.enable_grad():
-        loss = loss_fn(*leaves)
-    grads = torch.autograd.grad(loss.sum(), leaves)
-    return loss.detach(), (grads[0], grads[1], grads[2] if len(grads) > 2 else None)
 
 
 def binary_cross_entropy_with_logits(logits, targets, *, weight, pos_weight, reduction, return_grad):
@@ -218,7 +195,8 @@ BACKEND = registry.Backend(
     log_softmax=log_softmax,
     logsumexp=logsumexp,
     cross_entropy=cross_entropy,
-    linear_cross_entropy=linear_cross_entropy,
+    linear_cross_entropy=linear.entry,
+    linear_distillation_loss=linear_distillation.entry,
     binary_cross_entropy_with_logits=binary_cross_entropy_with_logits,
     sparsemax=sparse.SparsemaxFunction.apply,
     entmax15=sparse.Entmax15Function.apply,

@@ -16,6 +16,7 @@ the custom operators ``softmaxkit::linear_cross_entropy`` and
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Optional
 
@@ -120,33 +121,84 @@ def _scaled(g: Tensor, cotangent: Tensor) -> Tensor:
     return g if bool(c == 1) else g * c
 
 
-class LinearCrossEntropyFunction(torch.autograd.Function):
-    """Eager autograd for :func:`linear_forward`: the forward pass's gradients are handed over to
-    the first backward (then dropped, so no copy is kept); later backwards recompute."""
+def _has_grads(h: Tensor, dh: Tensor) -> bool:
+    return h.numel() > 0 and dh.numel() == h.numel()
 
-    @staticmethod
-    def forward(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, want_grad, loss_dtype):
-        return linear_forward(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, want_grad, loss_dtype)
 
-    @staticmethod
+def fused_function(forward: Any, backward: Any, n_tensors: int, name: str) -> type:
+    """An eager autograd Function for a fused linear loss.
+
+    ``forward(*inputs) -> (loss, d_hidden, d_weight, d_bias)`` with the
+    inputs ``(hidden, weight, bias, <other tensors>, <options>, want_grad,
+    loss_dtype)``, the first ``n_tensors`` of them tensors (or None); the
+    gradients are the forward pass's for a cotangent of 1, or empty.  They
+    are handed over to the first backward (then dropped, so no copy is
+    kept); later backwards, and losses without them, call
+    ``backward(*tensors, cotangent, *options) -> (d_hidden, d_weight, d_bias)``.
+    """
+    n_inputs = len(inspect.signature(forward).parameters)
+
     def setup_context(ctx, inputs, output):
-        h, w, b, t, class_w, *ctx.options, _, _ = inputs
-        ctx.save_for_backward(h, w, b, t, class_w)
-        ctx.grads = output[1:] if output[1].numel() == h.numel() and h.numel() else None
+        ctx.options = inputs[n_tensors:-2]
+        ctx.save_for_backward(*inputs[:n_tensors])
+        ctx.grads = output[1:] if _has_grads(inputs[0], output[1]) else None
         ctx.mark_non_differentiable(*output[1:])
         ctx.set_materialize_grads(False)
 
-    @staticmethod
-    def backward(ctx, grad, *_):
+    def backward_rule(ctx, grad, *_):
         if grad is None:
-            return (None,) * 13
-        h, w, b, t, class_w = ctx.saved_tensors
+            return (None,) * n_inputs
+        tensors = ctx.saved_tensors
         fused, ctx.grads = ctx.grads, None
         if fused is not None:
             dh, dw, db = (_scaled(g, grad) for g in fused)
         else:
-            dh, dw, db = linear_backward(h, w, b, t, class_w, grad, *ctx.options)
-        return dh, dw, (db if b is not None else None), None, None, None, None, None, None, None, None, None, None
+            dh, dw, db = backward(*tensors, grad, *ctx.options)
+        return (dh, dw, db if tensors[2] is not None else None) + (None,) * (n_inputs - 3)
+
+    return type(name, (torch.autograd.Function,), {
+        "__doc__": f"Eager autograd of :func:`{forward.__name__}` (see :func:`fused_function`).",
+        "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward_rule),
+    })
+
+
+def fake_outputs(h: Tensor, w: Tensor, b: Tensor | None, per_row: bool, want_grad: bool, loss_dtype: torch.dtype):
+    """The shapes and dtypes of a fused linear loss operator's outputs (see :func:`fused_function`)."""
+    loss = h.new_empty((h.shape[0],) if per_row else (), dtype=loss_dtype)
+    if not want_grad or per_row:
+        return loss, h.new_empty((0,)), w.new_empty((0,)), w.new_empty((0,))
+    return loss, torch.empty_like(h), torch.empty_like(w), (w.new_empty((0,)) if b is None else torch.empty_like(b))
+
+
+def fake_gradients(h: Tensor, w: Tensor, b: Tensor | None):
+    return torch.empty_like(h), torch.empty_like(w), (w.new_empty((0,)) if b is None else torch.empty_like(b))
+
+
+def register_fused_autograd(op: Any, backward_op: Any, n_tensors: int, n_inputs: int) -> None:
+    """Autograd for a fused linear loss operator of ``n_inputs`` arguments
+    (under ``torch.compile``): the forward pass's gradients scaled by the
+    cotangent, or ``backward_op``."""
+
+    def setup(ctx, inputs, output):
+        ctx.options = inputs[n_tensors:-2]
+        ctx.has_bias = inputs[2] is not None
+        ctx.fused = _has_grads(inputs[0], output[1])
+        ctx.save_for_backward(*inputs[:n_tensors], *output[1:])
+
+    def grad_rule(ctx, grad, *_):
+        saved = ctx.saved_tensors
+        if ctx.fused:
+            dh, dw, db = (g * grad.to(g.dtype) for g in saved[n_tensors:])
+        else:
+            dh, dw, db = backward_op(*saved[:n_tensors], grad, *ctx.options)
+        return (dh, dw, db if ctx.has_bias else None) + (None,) * (n_inputs - 3)
+
+    op.register_autograd(grad_rule, setup_context=setup)
+
+
+LinearCrossEntropyFunction = fused_function(linear_forward, linear_backward, 5, "LinearCrossEntropyFunction")
 
 
 @torch.library.custom_op("softmaxkit::linear_cross_entropy", mutates_args=())
@@ -171,10 +223,7 @@ def linear_cross_entropy_op(
 
 @linear_cross_entropy_op.register_fake
 def _(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, want_grad, loss_dtype):
-    loss = h.new_empty((h.shape[0],) if reduction == "none" else (), dtype=loss_dtype)
-    if not want_grad or reduction == "none":
-        return loss, h.new_empty((0,)), w.new_empty((0,)), w.new_empty((0,))
-    return loss, torch.empty_like(h), torch.empty_like(w), (w.new_empty((0,)) if b is None else torch.empty_like(b))
+    return fake_outputs(h, w, b, reduction == "none", want_grad, loss_dtype)
 
 
 @torch.library.custom_op("softmaxkit::linear_cross_entropy_backward", mutates_args=())
@@ -198,27 +247,10 @@ def linear_cross_entropy_backward_op(
 
 @linear_cross_entropy_backward_op.register_fake
 def _(h, w, b, t, class_w, grad, ignore_index, eps, z, softcap, reduction, normalizer):
-    return torch.empty_like(h), torch.empty_like(w), (w.new_empty((0,)) if b is None else torch.empty_like(b))
+    return fake_gradients(h, w, b)
 
 
-def _op_setup(ctx, inputs, output):
-    h, w, b, t, class_w, *options, _, _ = inputs
-    ctx.options = options
-    ctx.has_bias = b is not None
-    ctx.fused = output[1].numel() == h.numel() and h.numel() > 0
-    ctx.save_for_backward(h, w, b, t, class_w, *output[1:])
-
-
-def _op_grad(ctx, grad, *_):
-    h, w, b, t, class_w, dh, dw, db = ctx.saved_tensors
-    if ctx.fused:
-        dh, dw, db = (g * grad.to(g.dtype) for g in (dh, dw, db))
-    else:
-        dh, dw, db = linear_cross_entropy_backward_op(h, w, b, t, class_w, grad, *ctx.options)
-    return dh, dw, (db if ctx.has_bias else None), None, None, None, None, None, None, None, None, None, None
-
-
-linear_cross_entropy_op.register_autograd(_op_grad, setup_context=_op_setup)
+register_fused_autograd(linear_cross_entropy_op, linear_cross_entropy_backward_op, 5, 13)
 
 
 def _host_number(value: Any, name: str) -> Any:
@@ -387,3 +419,31 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
             softcap=self.softcap, normalizer=normalizer,
         )
+
+
+def entry(hidden, linear_weight, targets, *, linear_bias, weight, ignore_index, label_smoothing, z_loss, softcap, reduction, normalizer, return_grad):
+    """``softmaxkit.linear_cross_entropy`` on torch tensors (the registry's entry)."""
+    inputs = [as_float(hidden, "hidden"), as_float(linear_weight, "linear_weight")]
+    if linear_bias is not None:
+        inputs.append(as_float(linear_bias, "linear_bias"))
+
+    def loss_fn(*args):
+        return linear_cross_entropy(
+            args[0], args[1], targets, linear_bias=args[2] if len(args) > 2 else None, weight=weight,
+            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
+            softcap=softcap, normalizer=normalizer,
+        )
+
+    return with_head_grads(loss_fn, inputs, return_grad)
+
+
+def with_head_grads(loss_fn: Any, inputs: list, return_grad: Any) -> Any:
+    """``loss_fn(hidden, weight[, bias])``, and with ``return_grad`` also the
+    gradients of ``loss.sum()`` in them (the third None without a bias)."""
+    if not validate.flag(return_grad, "return_grad"):
+        return loss_fn(*inputs)
+    leaves = [a.detach().requires_grad_(True) for a in inputs]
+    with torch.enable_grad():
+        loss = loss_fn(*leaves)
+    grads = torch.autograd.grad(loss.sum(), leaves)
+    return loss.detach(), (grads[0], grads[1], grads[2] if len(grads) > 2 else None)
