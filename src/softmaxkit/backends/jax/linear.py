@@ -254,9 +254,11 @@ def linear_cross_entropy(
     Notes
     -----
     Algorithm: ``jax.lax.scan`` goes through the tokens in chunks sized by
-    the shapes alone, so that a chunk's logits and their gradient take
-    about a fifth of the gradients' memory (the last chunk is padded with
-    ignored rows); per chunk, one product forms the logits, the
+    the shapes alone, by the peak-memory rule of the NumPy function (about
+    1.25 times the gradients beyond the inputs, plus a float32 accumulator
+    for a 16-bit weight; XLA's buffer assignment has the last word), the
+    last chunk padded with ignored rows; per chunk, one product forms the
+    logits, the
     cross-entropy rows write each row's loss and logit gradient (the native
     kernel through XLA FFI on CPU, the ``jax.numpy`` formulas elsewhere; see
     ``softmaxkit.jax``), and two more products fold that gradient into
