@@ -12,6 +12,7 @@ most 6e-7).
 """
 
 import copy
+import inspect
 
 import pytest
 
@@ -131,6 +132,8 @@ def test_shift_labels_are_used_as_given(name):
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 def test_logits_to_keep_scores_the_kept_positions(name):
     reference, patched = pair(name)
+    if "logits_to_keep" not in inspect.signature(type(reference).forward).parameters:
+        pytest.skip(f"{type(reference).__name__} takes no logits_to_keep in transformers {transformers.__version__}")
     ids, labels = batch()
     kept_labels = labels[:, -4:]
     assert_same_loss_and_grads(reference, patched, input_ids=ids, labels=kept_labels, logits_to_keep=4)
@@ -267,6 +270,17 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="logit_scale is 0.0625"):
         use_fused_loss(patched)
     assert "forward" not in vars(patched)
+
+
+def test_transformers_before_4_50_is_refused(monkeypatch):
+    _, patched = pair("gpt2")
+    remove_fused_loss(patched)
+    monkeypatch.setattr(transformers, "__version__", "4.49.0")
+    with pytest.raises(ImportError, match=r"transformers 4.50 or later.*4.49.0 is installed"):
+        use_fused_loss(patched)
+    assert "forward" not in vars(patched)
+    monkeypatch.setattr(transformers, "__version__", "4.50.0.dev0")
+    assert "forward" in vars(use_fused_loss(patched))
 
 
 class InlineLossGPT2(transformers.GPT2LMHeadModel):

@@ -1,4 +1,6 @@
-"""Logits processors for Hugging Face ``generate()`` that truncate by :func:`softmaxkit.truncate`.
+"""Hugging Face ``transformers`` integration: logits processors for ``generate()`` that truncate by
+:func:`softmaxkit.truncate`, and :func:`use_fused_loss`, a causal language model's training loss by
+:func:`softmaxkit.torch.linear_cross_entropy` without its logits.
 
 The implementation and its documentation live in
 ``softmaxkit.backends.torch.integrations.transformers``; this module is its

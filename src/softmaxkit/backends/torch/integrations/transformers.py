@@ -1,6 +1,13 @@
-r"""Logits processors for Hugging Face ``generate()`` that truncate by :func:`softmaxkit.truncate`.
+r"""Hugging Face ``transformers`` integration: logits processors for ``generate()`` that truncate by
+:func:`softmaxkit.truncate`, and a causal language model's training loss by
+:func:`softmaxkit.torch.linear_cross_entropy`.
 
-Pass them as ``model.generate(..., do_sample=True, top_k=0,
+:func:`use_fused_loss` makes a ``*ForCausalLM`` model compute its loss from
+the hidden states that reach ``lm_head`` and its weight, without forming the
+logits; :func:`remove_fused_loss` undoes it.  Their documentation states the
+contract; the rest of this text is about the logits processors.
+
+Pass the logits processors as ``model.generate(..., do_sample=True, top_k=0,
 logits_processor=...)``: each call returns :func:`softmaxkit.truncate` of
 the scores, so the classes kept at each step are exactly those
 :func:`softmaxkit.sample` would draw from.  ``generate()`` puts its own
@@ -72,6 +79,7 @@ from typing import Any
 import torch
 
 try:
+    import transformers
     from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 except ImportError as exc:  # pragma: no cover - exercised only without transformers
     raise ImportError(
@@ -353,6 +361,8 @@ def logits_processor(
 
 # --- the training loss of a causal language model, without its logits ---------------------
 
+# transformers 4.50: model.loss_function settable per instance, logits_to_keep in the Llama family.
+_FUSED_LOSS_SINCE = (4, 50)
 # Config fields of models that scale the logits after the head (Cohere, Granite): the fused loss
 # would leave the scale out.
 _LOGIT_SCALES = ("logit_scale", "logits_scaling")
@@ -556,8 +566,9 @@ def use_fused_loss(model: Any, *, return_logits: bool = False) -> Any:
     ``num_items_in_batch`` 0.  A label outside ``[0, vocab_size)`` other
     than ``ignore_index`` raises ``ValueError``.
 
-    Needs ``transformers`` 5.x (``model.loss_function`` settable per
-    instance, ``logits_to_keep``); tested with 5.24.
+    Needs ``transformers`` 4.50 or later (``model.loss_function`` settable
+    per instance), below 6; tested with 4.50.0, 4.57.1 and 5.24.0.  Older
+    versions raise ``ImportError``.
 
     Examples
     --------
@@ -578,6 +589,11 @@ def use_fused_loss(model: Any, *, return_logits: bool = False) -> Any:
     >>> remove_fused_loss(model)(ids, labels=labels).logits.shape
     torch.Size([1, 6, 40])
     """
+    if tuple(int(part) for part in transformers.__version__.split(".")[:2]) < _FUSED_LOSS_SINCE:
+        raise ImportError(
+            f"use_fused_loss needs transformers 4.50 or later (a settable model.loss_function); "
+            f"transformers {transformers.__version__} is installed: pip install 'transformers>=4.50,<6'"
+        )
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"model must be a transformers.PreTrainedModel; got {type(model).__module__}.{type(model).__name__}")
     if not isinstance(return_logits, bool):
