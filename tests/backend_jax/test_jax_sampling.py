@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from tests.reference.frequencies import chi_square_p
+
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
@@ -79,21 +81,6 @@ def reference(row, temperature=1.0, top_k=None, top_p=None, min_p=None):
         q = [v if k else mpmath.mpf(0) for k, v in zip(keep, w)]
         total = sum(q)
         return np.array([float(v / total) for v in q])
-
-
-def chi_square_p(draws, probs):
-    """p-value of the draws (class indices) under ``probs``; classes with p = 0 must not occur."""
-    probs = np.asarray(probs, dtype=np.float64)
-    draws = np.asarray(draws).ravel()
-    assert draws.min() >= 0, "drew -1 from a row with something to draw"
-    counts = np.bincount(draws, minlength=len(probs))
-    assert counts[probs == 0].sum() == 0, f"drew a class of probability 0: {counts}"
-    live = probs > 0
-    if live.sum() == 1:
-        return 1.0
-    expected = probs[live] * counts.sum()
-    assert expected.min() >= 5, "test design: expected counts too small for chi-square"
-    return stats.chisquare(counts[live], expected).pvalue
 
 
 def jitted(**settings):

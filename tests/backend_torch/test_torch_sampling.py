@@ -25,6 +25,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from tests.reference.frequencies import chi_square_p
+
 torch = pytest.importorskip("torch")
 
 import softmaxkit as smk  # noqa: E402
@@ -78,21 +80,6 @@ def reference(row, temperature=1.0, top_k=None, top_p=None, min_p=None, ties="ke
             keep = [k and w[j] >= mpmath.mpf(float(min_p)) for j, k in enumerate(keep)]
         total = sum(w[j] for j in range(len(row)) if keep[j])
         return np.array([float(w[j] / total) if keep[j] else 0.0 for j in range(len(row))])
-
-
-def chi_square_p(draws, probs):
-    """p-value of the draws (class indices) under ``probs``; classes with p = 0 must not occur."""
-    probs = np.asarray(probs, dtype=np.float64)
-    draws = np.asarray(draws).ravel()
-    assert draws.min() >= 0, "drew -1 from a row with something to draw"
-    counts = np.bincount(draws, minlength=len(probs))
-    assert counts[probs == 0].sum() == 0, f"drew a class of probability 0: {np.flatnonzero(counts * (probs == 0))}"
-    live = probs > 0
-    if live.sum() == 1:
-        return 1.0
-    expected = probs[live] * counts.sum()
-    assert expected.min() >= 5, "test design: expected counts too small for chi-square"
-    return stats.chisquare(counts[live], expected).pvalue
 
 
 def draws_of(x, seed, n, **settings):

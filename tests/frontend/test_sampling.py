@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from tests.reference.frequencies import chi_square_p
+
 import softmaxkit as smk
 from softmaxkit.frontend import random as _random
 
@@ -50,19 +52,6 @@ def truncated(p, top_k=None, top_p=None, min_p=None):
         keep &= p >= min_p * p.max()
     q = np.where(keep, p, 0.0)
     return q / q.sum()
-
-
-def chi_square_p(draws, probs):
-    """p-value of the draws (class indices) under ``probs``; classes with p = 0 must not occur."""
-    probs = np.asarray(probs, dtype=np.float64)
-    counts = np.bincount(np.asarray(draws).ravel(), minlength=len(probs))
-    assert counts[probs == 0].sum() == 0, f"drew a class of probability 0: {counts}"
-    live = probs > 0
-    if live.sum() == 1:
-        return 1.0
-    expected = probs[live] * counts.sum()
-    assert expected.min() >= 5, "test design: expected counts too small for chi-square"
-    return stats.chisquare(counts[live], expected).pvalue
 
 
 LOGITS = np.array([2.0, 1.2, 0.9, 0.1, -0.4, -1.3, -np.inf])
