@@ -23,7 +23,7 @@ import softmaxkit.backends.torch.integrations.transformers as backend
 from softmaxkit.torch.integrations.transformers import remove_fused_loss, use_fused_loss
 
 VOCAB = 97
-LOSS_TOL = dict(rtol=1e-5, atol=0.0)
+LOSS_TOL = {"rtol": 1e-5, "atol": 0.0}
 GRAD_NORMWISE = 1e-5
 
 
@@ -115,7 +115,7 @@ def test_num_items_in_batch_divides_the_sum(name):
     reference, patched = pair(name)
     ids, labels = batch()
     items = torch.tensor(40)
-    out, ref_out = assert_same_loss_and_grads(reference, patched, input_ids=ids, labels=labels, num_items_in_batch=items)
+    out, _ = assert_same_loss_and_grads(reference, patched, input_ids=ids, labels=labels, num_items_in_batch=items)
     mean = patched(input_ids=ids, labels=labels).loss
     counted = int((labels[:, 1:] != -100).sum())
     torch.testing.assert_close(out.loss, mean * counted / 40, **LOSS_TOL)
@@ -206,7 +206,7 @@ def test_logits_only_when_asked(name):
 def test_generate_is_unchanged(name):
     reference, patched = pair(name)
     prompt = torch.tensor([[5, 6, 7, 8]])
-    settings = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False, pad_token_id=0)
+    settings = {"attention_mask": torch.ones_like(prompt), "max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
     assert torch.equal(patched.generate(prompt, **settings), reference.generate(prompt, **settings))
 
 

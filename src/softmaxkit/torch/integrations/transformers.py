@@ -7,5 +7,5 @@ The implementation and its documentation live in
 public name.  Importing it imports ``transformers``.
 """
 
-from softmaxkit.backends.torch.integrations.transformers import *  # noqa: F403
+from softmaxkit.backends.torch.integrations.transformers import *
 from softmaxkit.backends.torch.integrations.transformers import __all__  # noqa: F401
