@@ -155,6 +155,22 @@ def test_every_label_ignored_gives_zero_where_transformers_gives_nan(name):
     assert patched(input_ids=ids, labels=labels, num_items_in_batch=torch.tensor(0)).loss.item() == 0.0
 
 
+def test_a_router_aux_loss_is_kept():
+    # Mixtral adds router_aux_loss_coef * aux_loss to the loss that self.loss_function returns.
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=VOCAB, num_local_experts=4, num_experts_per_tok=2, output_router_logits=True,
+        router_aux_loss_coef=0.5,
+    )
+    reference = transformers.MixtralForCausalLM(config).eval()
+    patched = use_fused_loss(copy.deepcopy(reference))
+    ids, labels = batch()
+    out, ref_out = assert_same_loss_and_grads(reference, patched, input_ids=ids, labels=labels)
+    assert out.aux_loss > 0.1
+    assert torch.equal(out.aux_loss, ref_out.aux_loss)
+
+
 def test_float64_model_gives_a_float64_loss():
     # transformers rounds a float64 model's logits to float32 before its cross-entropy.
     # GPT-2: its LayerNorm keeps float64 (Llama's and Gemma's RMSNorm round to float32).
