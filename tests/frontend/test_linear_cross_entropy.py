@@ -401,3 +401,24 @@ def test_bad_shapes_and_targets_name_the_argument():
         smt.linear_cross_entropy(torch.ones(2, 3), torch.ones(4, 3), torch.tensor([0, 7]))
     with pytest.raises(ValueError, match="no classes"):
         smk.linear_cross_entropy(h, np.ones((0, 3)), np.array([0, 1]))
+
+
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_numpy_results_do_not_depend_on_the_kernel_thread_count(threads):
+    """The chunks depend on the shapes alone, and the kernels' threads change
+    no bit.  (NumPy's products are OpenBLAS's, which rounds some products
+    differently on one thread than on several: docs/large-vocabulary.md.)"""
+    rng = np.random.default_rng(14)
+    h = rng.standard_normal((300, 64)).astype(np.float32)
+    w = rng.standard_normal((500, 64)).astype(np.float32)
+    t = rng.integers(0, 500, size=300)
+    base = smk.linear_cross_entropy(h, w, t, return_grad=True)
+    before = smk.get_num_threads()
+    try:
+        smk.set_num_threads(threads)
+        other = smk.linear_cross_entropy(h, w, t, return_grad=True)
+    finally:
+        smk.set_num_threads(before)
+    assert base[0] == other[0]
+    for a, b in zip(base[1][:2], other[1][:2]):
+        np.testing.assert_array_equal(a, b)
