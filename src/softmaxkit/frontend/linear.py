@@ -326,7 +326,8 @@ def linear_cross_entropy(
     gradients are products of that gradient, accumulated across chunks in
     float32 or wider, and rounded once to the inputs' dtype.  Chunk sizes
     depend on the shapes alone, so results are the same, bit for bit, from
-    run to run and for every thread count.
+    run to run and for every thread count of softmaxkit's kernels (NumPy's
+    BLAS may round a product differently on one thread than on several).
 
     Edge behaviour is :func:`cross_entropy`'s: every target ignored gives 0
     and zero gradients; a ``-inf`` bias masks a class; a target on a masked
