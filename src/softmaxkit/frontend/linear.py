@@ -43,11 +43,6 @@ class NumpyProducts:
             rows = slice(start, start + band)
             acc[rows] += a[rows] @ b
 
-    @staticmethod
-    def host(a: Any) -> Any:
-        """``a`` as a NumPy array the native kernels can read, or None."""
-        return a
-
 
 RowLoss = Callable[[Any, Any, Any], Any]
 
