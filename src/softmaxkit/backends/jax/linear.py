@@ -1,23 +1,29 @@
-"""Fused linear cross-entropy for JAX arrays: a ``jax.custom_vjp`` over a scan of token chunks.
+"""Fused linear losses for JAX arrays: a ``jax.custom_vjp`` over a scan of token chunks.
 
 The forward pass goes through the tokens a chunk of rows at a time
-(``numerics.linear.chunk_rows``, padded with ignored rows to a whole number
-of chunks) inside ``jax.lax.scan``: per chunk one product forms the logits,
-the cross-entropy rows of ``softmaxkit.jax`` (the native kernel through XLA
-FFI on CPU, the ``jax.numpy`` formulas elsewhere) give each row's loss and
-logit gradient, and two more products fold that gradient into the gradients
-of the hidden states and the weight, accumulated in the scan's carry.  The
-``tokens x classes`` logits are never held.  Reverse mode scales those
-gradients by the cotangent; for ``reduction="none"`` the forward pass keeps
-only its inputs and backward runs the pass again with each token's cotangent
-folded into its row of the logit gradient.
+(``numerics.linear.chunk_rows``, padded to a whole number of chunks with
+rows that take no part) inside ``jax.lax.scan``: per chunk one product forms
+the logits, the head's per-row loss (a parameter, :class:`FusedPass`) gives
+each row's loss and logit gradient, and two more products fold that
+gradient into the gradients of the hidden states and the weight,
+accumulated in the scan's carry.  The ``tokens x classes`` logits are never
+held.  Reverse mode scales those gradients by the cotangent; for
+``reduction="none"`` the forward pass keeps only its inputs and backward
+runs the pass again with each token's cotangent folded into its row of the
+logit gradient.
+
+This module states that machinery once and gives the cross-entropy head
+(:func:`linear_cross_entropy`: the cross-entropy rows of ``softmaxkit.jax``,
+the native kernel through XLA FFI on CPU, the ``jax.numpy`` formulas
+elsewhere); ``linear_distillation`` gives the distillation head.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,17 +37,31 @@ from softmaxkit.frontend.losses import cross_entropy_chunk
 from softmaxkit.numerics import linear as lin
 
 
-class _Options(NamedTuple):
-    """The static options of a call (hashable: a non-differentiable argument)."""
+@dataclass(frozen=True)
+class FusedPass:
+    """The static part of a fused call (hashable: the custom_vjp's non-differentiable argument).
 
-    ignore_index: int
-    eps: float
-    z: float
-    softcap: float | None
-    reduction: str
-    rule: str
+    ``rows`` tokens per chunk; logits formed in ``work``; ``rule`` is
+    ``numerics.reduction``'s "mean", "sum" or "none"; ``softcap`` caps the
+    logits before the loss (None: no cap).  ``head`` is the per-row loss, a
+    hashable object with two methods:
+
+    * ``head.keep(tokens)``: ``(N,)`` booleans, the tokens that take part
+      (the others get loss 0 and zero gradients, and their hidden states are
+      not read);
+    * ``head(x, tokens, consts, denominator, rule, want_grad)``: for a
+      chunk's logits ``x`` ``(k, V)`` (``work``, or its wide dtype with a
+      soft cap), the chunk's rows of every per-token array in ``tokens``,
+      the call's other arrays ``consts`` and the "mean" ``denominator``:
+      ``(per-row losses, gradient of the reduced loss in x or None)``, the
+      losses in ``x``'s wide dtype.
+    """
+
     rows: int
-    use_native: bool
+    work: Any
+    rule: str
+    softcap: float | None
+    head: Any
 
 
 def _dot(a: Any, b: Any, work: Any) -> Any:
@@ -50,67 +70,84 @@ def _dot(a: Any, b: Any, work: Any) -> Any:
     return jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST, preferred_element_type=work)
 
 
-def _row_loss(x, t, class_w, denominator, divisor, o: _Options, want_grad: bool):
-    """``(per-row losses, gradient of the reduced loss in x or None)`` of a chunk of logits ``x``."""
-    ce_work, widened = _work(x.dtype)
-    probabilities = jnp.issubdtype(t.dtype, jnp.floating)
-    w = None if class_w is None else class_w.astype(ce_work)
-    if o.use_native:
-        labels = t.astype(x.dtype) if probabilities else t
-        return native.cross_entropy(x, labels, w, divisor, o.ignore_index, o.eps, o.z, ce_work, want_grad)
-    labels = t.astype(ce_work) if probabilities else t
-    loss, g = cross_entropy_chunk(jnp, x.astype(ce_work), labels, w, o.ignore_index, o.eps, o.z, widened, want_grad)
-    return loss, (None if g is None else num.reduce_grad(jnp, g, denominator, o.rule))
+def form_logits(h: Any, w: Any, b: Any, work: Any) -> Any:
+    """A chunk's logits ``h @ w.T + b`` in ``work`` (``h`` ``(k, H)``, ``w`` ``(V, H)``, ``b`` ``(V,)`` in ``work`` or None)."""
+    x = _dot(h, w.T, work)
+    return x if b is None else x + b
 
 
-def _pass(h, w, b, t, class_w, denominator, o: _Options, want_grad: bool, row_scale=None):
+@dataclass(frozen=True)
+class _CrossEntropyHead:
+    """The cross-entropy rows of ``softmaxkit.jax``: ``tokens`` the labels (class indices, or
+    probabilities with a class axis), ``consts`` the class weights (wide dtype) or None."""
+
+    ignore_index: int
+    eps: float
+    z: float
+    use_native: bool
+
+    def keep(self, t):
+        if jnp.issubdtype(t.dtype, jnp.floating):
+            return jnp.ones(t.shape[:1], bool)
+        return t != self.ignore_index
+
+    def __call__(self, x, t, class_w, denominator, rule, want_grad):
+        ce_work, widened = _work(x.dtype)
+        probabilities = jnp.issubdtype(t.dtype, jnp.floating)
+        w = None if class_w is None else class_w.astype(ce_work)
+        if self.use_native:
+            labels = t.astype(x.dtype) if probabilities else t
+            divisor = num.gradient_divisor_array(jnp, denominator, rule)
+            return native.cross_entropy(x, labels, w, divisor, self.ignore_index, self.eps, self.z, ce_work, want_grad)
+        labels = t.astype(ce_work) if probabilities else t
+        loss, g = cross_entropy_chunk(jnp, x.astype(ce_work), labels, w, self.ignore_index, self.eps, self.z, widened, want_grad)
+        return loss, (None if g is None else num.reduce_grad(jnp, g, denominator, rule))
+
+
+def _pass(h, w, b, tokens, consts, denominator, p: FusedPass, want_grad: bool, row_scale=None):
     """``(loss, d_hidden, d_weight, d_bias)``: the reduced loss (per token for
     "none") in the wide dtype and, with ``want_grad``, its gradients (times
     ``row_scale`` per token when given) in the inputs' dtypes."""
     n, width = h.shape
     v = w.shape[0]
-    work = jnp.float64 if h.dtype == jnp.float64 else jnp.float32
+    work = p.work
     wide, _ = _work(work)
-    logit_dtype = work if o.softcap is None else wide
-    _, widened = _work(logit_dtype)
-    probabilities = jnp.issubdtype(t.dtype, jnp.floating)
-    steps = -(-n // o.rows)
-    pad = steps * o.rows - n
-    tail = ((0, 0),) * (t.ndim - 1)
-    t_pad = jnp.pad(t, ((0, pad),) + tail, constant_values=0 if probabilities else o.ignore_index)
-    keep = jnp.arange(n + pad) < n if probabilities else t_pad != o.ignore_index
+    _, widened = _work(work if p.softcap is None else wide)
+    steps = -(-n // p.rows)
+    pad = steps * p.rows - n
+
+    def chunked(a):
+        a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1))
+        return a.reshape((steps, p.rows) + a.shape[1:])
+
     xs = (
-        jnp.pad(h, ((0, pad), (0, 0))).reshape(steps, o.rows, width),
-        t_pad.reshape((steps, o.rows) + t.shape[1:]),
-        keep.reshape(steps, o.rows),
-        None if row_scale is None else jnp.pad(row_scale, (0, pad)).reshape(steps, o.rows),
+        chunked(h),
+        jax.tree.map(chunked, tokens),
+        chunked(p.head.keep(tokens)),
+        None if row_scale is None else chunked(row_scale),
     )
     bias_w = None if b is None else b.astype(work)
-    divisor = num.gradient_divisor_array(jnp, denominator, o.rule)
-    w_t = w.T
 
     def step(carry, chunk):
         dw, db = carry
         hc, tc, kc, sc = chunk
-        # Ignored tokens take no part: a NaN in their hidden states reaches
-        # neither their loss nor the weight's gradient.
+        # Tokens that take no part (ignored, or padding) are not read: a NaN
+        # in their hidden states reaches neither their loss nor the weight's
+        # gradient.
         hc = jnp.where(kc[:, None], hc, jnp.zeros_like(hc))
-        x = _dot(hc, w_t, work)
-        if bias_w is not None:
-            x = x + bias_w
+        x = form_logits(hc, w, bias_w, work)
         slope = None
-        if o.softcap is not None:
-            x, slope = lin.softcap(jnp, x.astype(wide), o.softcap)
-        loss, g = _row_loss(x, tc, class_w, denominator, divisor, o, want_grad)
+        if p.softcap is not None:
+            x, slope = lin.softcap(jnp, x.astype(wide), p.softcap)
+        loss, g = p.head(x, tc, consts, denominator, p.rule, want_grad)
         loss = jnp.where(kc, loss, jnp.zeros_like(loss))
         if g is None:
             return carry, (loss, None)
         if slope is not None:
             g = g * slope
-        g = g.astype(work)
-        if probabilities and pad:
-            # Padding rows of probability targets still carry label smoothing's mass.
-            g = jnp.where(kc[:, None], g, jnp.zeros_like(g))
+        # Selected, whatever the head gives such rows (padding rows of
+        # probability labels still carry label smoothing's mass).
+        g = jnp.where(kc[:, None], g.astype(work), jnp.zeros((), work))
         if sc is not None:
             g = g * sc.astype(work)[:, None]
         dh = _dot(g, w, work).astype(h.dtype)
@@ -125,7 +162,7 @@ def _pass(h, w, b, t, class_w, denominator, o: _Options, want_grad: bool, row_sc
         jnp.zeros((v,), wide) if want_grad and b is not None else None,
     )
     (dw, db), (loss, dh) = jax.lax.scan(step, init, xs)
-    loss, _ = num.reduce(jnp, loss.reshape(-1)[:n], None, denominator, o.rule, widened)
+    loss, _ = num.reduce(jnp, loss.reshape(-1)[:n], None, denominator, p.rule, widened)
     if not want_grad:
         return loss, None, None, None
     dh = dh.reshape(-1, width)[:n]
@@ -133,16 +170,16 @@ def _pass(h, w, b, t, class_w, denominator, o: _Options, want_grad: bool, row_sc
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _fused(h, w, b, t, class_w, denominator, o: _Options):
+def _fused(h, w, b, tokens, consts, denominator, p: FusedPass):
     """The reduced loss (per token for "none") of rows ``h`` (``(N, H)``), in the wide dtype."""
-    return _pass(h, w, b, t, class_w, denominator, o, False)[0]
+    return _pass(h, w, b, tokens, consts, denominator, p, False)[0]
 
 
-def _fused_fwd(h, w, b, t, class_w, denominator, o: _Options):
-    if o.reduction == "none":
-        loss = _pass(h, w, b, t, class_w, denominator, o, False)[0]
-        return loss, (h, w, b, t, class_w, denominator)
-    loss, dh, dw, db = _pass(h, w, b, t, class_w, denominator, o, True)
+def _fused_fwd(h, w, b, tokens, consts, denominator, p: FusedPass):
+    if p.rule == "none":
+        loss = _pass(h, w, b, tokens, consts, denominator, p, False)[0]
+        return loss, (h, w, b, tokens, consts, denominator)
+    loss, dh, dw, db = _pass(h, w, b, tokens, consts, denominator, p, True)
     return loss, (dh, dw, db)
 
 
@@ -151,33 +188,40 @@ def _scaled(g, cotangent):
     return None if g is None else (g.astype(cotangent.dtype) * cotangent).astype(g.dtype)
 
 
-def _fused_bwd(o: _Options, residuals, cotangent):
-    if o.reduction == "none":
-        h, w, b, t, class_w, denominator = residuals
-        _, dh, dw, db = _pass(h, w, b, t, class_w, denominator, o, True, row_scale=cotangent)
+def _fused_bwd(p: FusedPass, residuals, cotangent):
+    if p.rule == "none":
+        h, w, b, tokens, consts, denominator = residuals
+        _, dh, dw, db = _pass(h, w, b, tokens, consts, denominator, p, True, row_scale=cotangent)
     else:
         dh, dw, db = (_scaled(g, cotangent) for g in residuals)
+    # The per-token arrays, the other arrays and the denominator are constants of the pass.
     return dh, dw, db, None, None, None
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
-_fused_jit = jax.jit(_fused, static_argnums=(6,))
+# fused(h, w, b, tokens, consts, denominator, p): the loss of the head p.head
+# over hidden states h (N, H) and the weight w (V, H) (bias b (V,) or None),
+# reduced by p.rule (per token for "none"), in the wide dtype of p.work;
+# differentiable in reverse mode in h, w and b.  tokens is a pytree of
+# per-token arrays (first axis N), consts a pytree of other arrays.
+fused = jax.jit(_fused, static_argnums=(6,))
 
 
-def _chunk_rows(n: int, v: int, width: int, dtype: Any, work: Any, wide: Any, bias: bool, capped: bool) -> int:
+def chunk_size(n: int, v: int, width: int, dtype: Any, work: Any, wide: Any, bias: bool, capped: bool, loss_bytes: int = 0) -> int:
     """Tokens per chunk, by ``numerics.linear.chunk_rows``'s peak-memory rule.
 
     The pass holds the hidden states' gradient, the weight's accumulator in
     ``work`` (beside a 16-bit weight's gradient: the rule's extra
     accumulator) and the bias's in ``wide``; a chunk holds its logits and
-    their gradient in ``work``, and with a soft cap the capped logits, their
-    slope and their gradient in ``wide``.
+    their gradient in ``work``, with a soft cap the capped logits, their
+    slope and their gradient in ``wide``, and ``loss_bytes`` per logit for
+    the head's own temporaries.
     """
     item, work_size, wide_size = jnp.dtype(dtype).itemsize, jnp.dtype(work).itemsize, jnp.dtype(wide).itemsize
     grads = lin.grad_bytes(n, v, width, item, bias)
     accumulator = v * width * work_size if item < work_size else 0
     held = n * width * item + v * width * work_size + (v * wide_size if bias else 0)
-    per_logit = 2 * work_size + (3 * wide_size if capped else 0)
+    per_logit = 2 * work_size + (3 * wide_size if capped else 0) + loss_bytes
     return lin.chunk_rows(n, v, grads, accumulator, held, per_logit)
 
 
@@ -342,11 +386,11 @@ def linear_cross_entropy(
         t2 = t.reshape(n, v)
     denominator = num.mean_denominator(jnp, t2, class_w, ignore_index, wide, kind != "int")
     rule, denominator = lin.normalized(reduction, denominator, norm)
-    rows = _chunk_rows(n, v, width, out_dtype, work, wide, b_lin is not None, cap is not None)
-    o = _Options(ignore_index, eps, z, cap, reduction, rule, rows, native.active())
+    rows = chunk_size(n, v, width, out_dtype, work, wide, b_lin is not None, cap is not None)
+    p = FusedPass(rows, work, rule, cap, _CrossEntropyHead(ignore_index, eps, z, native.active()))
     h2 = h.astype(out_dtype).reshape(n, width)
     b2 = None if b_lin is None else b_lin.astype(out_dtype)
-    loss = _fused_jit(h2, w_lin.astype(out_dtype), b2, t2, class_w, denominator, o)
+    loss = fused(h2, w_lin.astype(out_dtype), b2, t2, class_w, denominator, p)
     loss = loss.reshape(lead) if reduction == "none" else loss
     return loss.astype(out_dtype)
 
