@@ -78,6 +78,7 @@ from softmaxkit.backends.jax.functions import cross_entropy, kl_div, log_softmax
 from softmaxkit.backends.jax.native import path as kernel_path
 from softmaxkit.backends.jax.distillation import distillation_loss
 from softmaxkit.backends.jax.linear import linear_cross_entropy
+from softmaxkit.backends.jax.linear_distillation import linear_distillation_loss
 
 __all__ = [
     "cross_entropy",
@@ -85,6 +86,7 @@ __all__ = [
     "kernel_path",
     "kl_div",
     "linear_cross_entropy",
+    "linear_distillation_loss",
     "log_softmax",
     "logsumexp",
     "softmax",

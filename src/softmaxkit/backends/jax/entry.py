@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from softmaxkit import numerics as num
-from softmaxkit.backends.jax import distillation, linear, sparse
+from softmaxkit.backends.jax import distillation, linear, linear_distillation, sparse
 from softmaxkit.backends.jax.functions import _CHECKS, _as_float, _work, traced, cross_entropy as _cross_entropy
 from softmaxkit.backends.jax.functions import log_softmax as _log_softmax, logsumexp as _logsumexp, softmax as _softmax
 from softmaxkit.frontend import registry
@@ -133,4 +133,5 @@ BACKEND = registry.Backend(
     namespace=jnp,
     distillation_loss=distillation.entry,
     linear_cross_entropy=linear.entry,
+    linear_distillation_loss=linear_distillation.entry,
 )
