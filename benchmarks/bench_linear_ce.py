@@ -64,7 +64,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _harness import add_out_argument, describe, peak_rss, reset_peak_rss, run_fresh, write_results
+from _harness import (
+    add_out_argument,
+    describe,
+    peak_rss,
+    reset_peak_rss,
+    run_fresh,
+    write_results,
+)
 
 import softmaxkit
 import softmaxkit.torch as smt
@@ -343,7 +350,21 @@ def merged(new: list[dict], out: Path) -> list[dict]:
     return sorted(rows, key=lambda r: (order.get(r["shape"], 3), list(DTYPES).index(r["dtype"]), VARIANTS.index(r["variant"])))
 
 
-def write(rows: list[dict], out: Path, quick: bool) -> None:
+def not_run(rows: list[dict]) -> list[str]:
+    """A note for each variant left out of a shape and dtype (``--variants``), with the naive variant's estimated peak."""
+    notes = []
+    for shape, dtype in dict.fromkeys((r["shape"], r["dtype"]) for r in rows):
+        present = {r["variant"] for r in rows if (r["shape"], r["dtype"]) == (shape, dtype)}
+        for variant in (v for v in VARIANTS if v not in present):
+            estimate = ""
+            if variant == "naive":
+                size = tuple(int(d) for d in shape.split("x"))
+                estimate = f" (estimated peak {naive_estimate(size, dtype) / 2**30:.1f} GiB)"
+            notes.append(f"Not run: {variant} at {shape} {dtype}{estimate}.")
+    return notes
+
+
+def write(rows: list[dict], out: Path) -> None:
     from softmaxkit import kernels
 
     path = f"native cross-entropy kernel ({kernels.isa()})" if kernels.active() else "the shared xp formulas"
@@ -372,10 +393,11 @@ def write(rows: list[dict], out: Path, quick: bool) -> None:
             "(the float64 reference of the large shape costs minutes)."
         ),
         *sorted({f"Skipped: {r['skipped']}." for r in rows if r.get("skipped")}),
+        *not_run(rows),
     ]
     write_results(
         NAME,
-        title=TITLE + (" — quick run, small shape" if quick else ""),
+        title=TITLE,
         machine=f"{describe()}; torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), "
         f"{torch.get_num_threads()} torch threads, {softmaxkit.get_num_threads()} softmaxkit threads; "
         "the cores are shared with other work, so timings are noisy",
@@ -420,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += measure_dtype(shape, dtype, variants, args.rounds, accuracy=not args.large)
     for w in {str(w.message).splitlines()[0] for w in found}:
         print(f"warning raised by a variant: {w}", file=sys.stderr)
-    write(merged(rows, args.out), args.out, args.quick)
+    write(merged(rows, args.out), args.out)
     return 0
 
 
