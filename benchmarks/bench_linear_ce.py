@@ -56,6 +56,7 @@ import csv
 import gc
 import json
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -65,6 +66,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from _harness import (
+    REPOSITORY,
     add_out_argument,
     describe,
     peak_rss,
@@ -87,6 +89,8 @@ PEERS = ["naive", "torch chunked"]
 # The naive variant's logits must fit beside everything else in this much memory.
 MEMORY_LIMIT = 24 << 30
 REFERENCE_ROWS = 256
+# The softmaxkit measured, which the fresh interpreters import too.
+SOURCE = Path(softmaxkit.__file__).resolve().parents[1]
 
 TITLE = "Fused linear cross-entropy forward + backward: softmaxkit vs naive torch and torch's chunked path (CPU)"
 NAME = "linear_ce"
@@ -105,6 +109,7 @@ CSV_FIELDS = [
     "shape",
     "dtype",
     "variant",
+    "softmaxkit",
     "rounds",
     "time_s",
     "times",
@@ -250,6 +255,16 @@ def memory_here(variant: str, dtype: str, n: int, width: int, v: int) -> None:
     print(json.dumps({"growth_mib": growth / 2**20, "time_s": seconds}))
 
 
+def source_version() -> str:
+    """The commit of the softmaxkit measured (``+dirty`` with uncommitted changes), or its folder outside this checkout."""
+    if SOURCE != REPOSITORY / "src":
+        return str(SOURCE)
+    git = ["git", "-C", str(REPOSITORY)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True, check=False).stdout.strip()
+    return (commit or "unknown") + ("+dirty" if dirty else "")
+
+
 def measure_dtype(shape: tuple[int, int, int], dtype: str, variants: list[str], rounds: int, accuracy: bool) -> list[dict]:
     """One row per variant of ``dtype``: times, peak growth against the model, accuracy."""
     skip = naive_skip_reason(shape, dtype) if "naive" in variants else None
@@ -279,14 +294,15 @@ def measure_dtype(shape: tuple[int, int, int], dtype: str, variants: list[str], 
         res.pop("dh", None)
     gc.collect()
     for variant in running:
-        fresh = run_fresh(CHILD, variant, dtype, *shape, warnings=False)
+        fresh = run_fresh(CHILD, variant, dtype, *shape, env={"PYTHONPATH": str(SOURCE)}, warnings=False)
         results[variant]["growth_mib"] = fresh["growth_mib"]
         results[variant]["fresh_time_s"] = fresh["time_s"]
         print(f"{dtype} {variant}: {fresh['growth_mib']:.0f} MiB in a fresh interpreter", file=sys.stderr, flush=True)
     model_mib = model_bytes(shape, dtype) / 2**20
+    version = source_version()
     rows = []
     for variant in variants:
-        row = {"shape": "x".join(map(str, shape)), "dtype": dtype, "variant": variant, "rounds": rounds, "model_mib": model_mib}
+        row = {"shape": "x".join(map(str, shape)), "dtype": dtype, "variant": variant, "softmaxkit": version, "rounds": rounds, "model_mib": model_mib}
         if variant not in results:
             rows.append({**row, "skipped": skip})
             continue
@@ -324,7 +340,8 @@ def _number(value: object, fmt: str) -> str:
 def _cells(r: dict) -> list[str]:
     if r.get("skipped"):
         return [r["shape"], r["dtype"], r["variant"], "skipped", "—", "—", "—", "—", "—"]
-    timed = f"{int(_float(r['rounds']))} rounds" if _float(r["rounds"]) else "fresh call"
+    rounds = int(_float(r["rounds"]) or 0)
+    timed = f"{rounds} round{'s' * (rounds > 1)}" if rounds else "fresh call"
     return [
         r["shape"],
         r["dtype"],
@@ -360,7 +377,7 @@ def not_run(rows: list[dict]) -> list[str]:
             if variant == "naive":
                 size = tuple(int(d) for d in shape.split("x"))
                 estimate = f" (estimated peak {naive_estimate(size, dtype) / 2**30:.1f} GiB)"
-            notes.append(f"Not run: {variant} at {shape} {dtype}{estimate}.")
+            notes.append(f"Not run (left out with --variants): {variant} at {shape} {dtype}{estimate}.")
     return notes
 
 
@@ -391,6 +408,10 @@ def write(rows: list[dict], out: Path) -> None:
             "Accuracy: relative error of the loss against a float64 reference on the same inputs, and the worst "
             "row-wise relative error of d_hidden, max_i max_j |dh - ref| / max_j |ref|; — where not measured "
             "(the float64 reference of the large shape costs minutes)."
+        ),
+        (
+            "Each shape is measured in a run of its own, under the load of its time: compare the variants within "
+            "a shape and dtype. The CSV's `softmaxkit` column names the code measured."
         ),
         *sorted({f"Skipped: {r['skipped']}." for r in rows if r.get("skipped")}),
         *not_run(rows),
