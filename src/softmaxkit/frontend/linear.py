@@ -51,20 +51,44 @@ RowLoss = Callable[[Any, Any, Any], Any]
 FORMULA_BYTES = 96
 
 
-def form_logits(xp: Any, products: Any, hidden: Any, weight: Any, bias: Any, out: Any) -> None:
-    """``out[...] = hidden @ weight.T + bias`` in ``out``'s dtype (the
-    working dtype, which ``hidden`` and ``bias`` are in already).  A
-    narrower weight is widened a tile of rows at a time, never whole."""
-    work = out.dtype
-    if weight.dtype == work:
-        products.product_into(out, hidden, xp.matrix_transpose(weight))
-    else:
+class WeightTiles:
+    """The weight a tile of rows at a time, for the logits' product.
+
+    A product with the whole ``(V, H)`` weight makes the BLAS pack a slab
+    of all ``V`` rows (tens of MiB for a large vocabulary); a tile bounds
+    that.  A weight narrower than the working dtype is widened tile by tile
+    into one buffer made once per pass (a loop of fresh tile-sized
+    temporaries would leave the allocator holding their memory).
+    """
+
+    def __init__(self, xp: Any, weight: Any, work: Any) -> None:
         v, width = weight.shape
-        tile = lin.tile_rows(v, width, xp.finfo(work).bits // 8)
-        for t0 in range(0, v, tile):
-            out[:, t0 : t0 + tile] = xp.matmul(hidden, xp.matrix_transpose(xp.astype(weight[t0 : t0 + tile, ...], work)))
+        self.weight = weight
+        self.tile = lin.tile_rows(v, width, xp.finfo(work).bits // 8)
+        narrow = weight.dtype != work
+        self.widened = xp.empty((self.tile, width), dtype=work, device=array_api_compat.device(weight)) if narrow else None
+
+    def __iter__(self):
+        """``(first row, last row + 1, the tile in the working dtype)`` over the weight's rows."""
+        v = self.weight.shape[0]
+        for t0 in range(0, v, self.tile):
+            t1 = min(v, t0 + self.tile)
+            w = self.weight[t0:t1, ...]
+            if self.widened is not None:
+                self.widened[: t1 - t0, ...] = w
+                w = self.widened[: t1 - t0, ...]
+            yield t0, t1, w
+
+
+def form_logits(xp: Any, products: Any, hidden: Any, tiles: WeightTiles, bias: Any, out: Any) -> None:
+    """``out[...] = hidden @ weight.T + bias`` in ``out``'s dtype (the
+    working dtype, which ``hidden`` and ``bias`` are in already), a tile of
+    the weight's rows (a block of ``out``'s columns) at a time."""
+    for t0, t1, w in tiles:
+        products.product_into(out[:, t0:t1], hidden, xp.matrix_transpose(w))
     if bias is not None:
         out += bias
+
 
 # Bytes per logit of the float64 temporaries of a soft cap (the widened
 # logits, their cap and slope, the float64 gradient).
@@ -118,47 +142,53 @@ def fused_pass(
     accumulator = v * width * work_size if narrow and want_grad else 0
     held = (n * width * hidden.dtype.itemsize + v * width * work_size + (8 * v if bias is not None else 0)) if want_grad else 0
     rows = lin.chunk_rows(m, v, gbytes, accumulator, held, per_logit + loss_bytes + products.temporary_bytes)
-    z_buf = xp.empty((rows, v), dtype=work, device=device)
-    g_buf = None if not want_grad else z_buf if in_place else xp.empty((rows, v), dtype=work, device=device)
     loss = xp.zeros((n,), dtype=wide, device=device)
     dh = xp.zeros((n, width), dtype=hidden.dtype, device=device) if want_grad else None
     dw = xp.zeros((v, width), dtype=work, device=device) if want_grad else None
     db = xp.zeros((v,), dtype=wide, device=device) if want_grad and bias is not None else None
-    bias_w = None if bias is None else xp.astype(bias, work)
-    tile = lin.tile_rows(v, width, work_size)
-    for start in range(0, m, rows):
-        k = min(rows, m - start)
-        index = slice(start, start + k) if live is None else live[start : start + k]
-        hc = xp.astype(hidden[index, ...], work)
-        z = z_buf[:k, ...]
-        form_logits(xp, products, hc, weight, bias_w, z)
-        g = None if g_buf is None else g_buf[:k, ...]
-        if softcap is None:
-            loss[index] = xp.astype(row_loss(z, g, index), wide)
-        else:
-            capped, slope = lin.softcap(xp, xp.astype(z, wide), softcap)
-            g_wide = None if g is None else xp.empty_like(capped)
-            loss[index] = xp.astype(row_loss(capped, g_wide, index), wide)
-            if g is not None:
-                g[...] = xp.astype(g_wide * slope, work)
-        if g is None:
-            continue
-        if row_scale is not None:
-            g *= xp.astype(row_scale[index], work)[:, None]
-        if narrow:
-            dh_c = xp.zeros((k, width), dtype=work, device=device)
-            for t0 in range(0, v, tile):
-                w_t = xp.astype(weight[t0 : t0 + tile, ...], work)
-                g_t = g[:, t0 : t0 + tile]
-                dh_c += xp.matmul(g_t, w_t)
-                dw[t0 : t0 + tile, ...] += xp.matmul(xp.matrix_transpose(g_t), hc)
-        else:
-            dh_c = xp.matmul(g, weight)
-            products.add_product(dw, xp.matrix_transpose(g), hc)
-        dh[index, ...] = xp.astype(dh_c, hidden.dtype)
-        if db is not None:
-            db += xp.sum(g, axis=0, dtype=wide)
-    del z_buf, g_buf  # freed before a 16-bit weight gradient is rounded from its accumulator
+
+    def chunks() -> None:
+        # Its buffers are freed on return, before a 16-bit weight gradient
+        # is rounded from its accumulator.
+        z_buf = xp.empty((rows, v), dtype=work, device=device)
+        g_buf = None if not want_grad else z_buf if in_place else xp.empty((rows, v), dtype=work, device=device)
+        bias_w = None if bias is None else xp.astype(bias, work)
+        tiles = WeightTiles(xp, weight, work)
+        dh_buf = xp.empty((rows, width), dtype=work, device=device) if want_grad else None
+        for start in range(0, m, rows):
+            k = min(rows, m - start)
+            index = slice(start, start + k) if live is None else live[start : start + k]
+            hc = xp.astype(hidden[index, ...], work)
+            z = z_buf[:k, ...]
+            form_logits(xp, products, hc, tiles, bias_w, z)
+            g = None if g_buf is None else g_buf[:k, ...]
+            if softcap is None:
+                loss[index] = xp.astype(row_loss(z, g, index), wide)
+            else:
+                capped, slope = lin.softcap(xp, xp.astype(z, wide), softcap)
+                g_wide = None if g is None else xp.empty_like(capped)
+                loss[index] = xp.astype(row_loss(capped, g_wide, index), wide)
+                if g is not None:
+                    g[...] = xp.astype(g_wide * slope, work)
+            if g is None:
+                continue
+            if row_scale is not None:
+                g *= xp.astype(row_scale[index], work)[:, None]
+            dh_c = dh_buf[:k, ...]
+            if narrow:
+                dh_c[...] = 0
+                for t0, t1, w in tiles:
+                    g_t = g[:, t0:t1]
+                    products.add_product(dh_c, g_t, w)
+                    products.add_product(dw[t0:t1, ...], xp.matrix_transpose(g_t), hc)
+            else:
+                products.product_into(dh_c, g, weight)
+                products.add_product(dw, xp.matrix_transpose(g), hc)
+            dh[index, ...] = xp.astype(dh_c, hidden.dtype)
+            if db is not None:
+                db[...] += xp.sum(g, axis=0, dtype=wide)
+
+    chunks()
     if not want_grad:
         return loss, None, None, None
     dw = dw if dw.dtype == weight.dtype else xp.astype(dw, weight.dtype)

@@ -15,7 +15,7 @@ import numpy as np
 from softmaxkit import numerics as num
 from softmaxkit.frontend import registry, validate
 from softmaxkit.frontend.distillation import Options, mean_reduction, options
-from softmaxkit.frontend.linear import NumpyProducts, RowLoss, check_shapes, form_logits, fused_pass
+from softmaxkit.frontend.linear import NumpyProducts, RowLoss, WeightTiles, check_shapes, form_logits, fused_pass
 from softmaxkit.numerics.distillation import distillation_rows
 
 # Bytes per logit of a chunk's teacher logits and the row formulas' float64
@@ -35,12 +35,16 @@ def distillation_row_loss(
     to it.
     """
     rule = mean_reduction(opts.reduction)
+    buffers = []  # the teacher's logits and weight tiles, made at the first (largest) chunk
 
     def row_loss(logits, grad, rows):
         k, v = logits.shape
         work = logits.dtype
-        teacher = xp.empty((k, v), dtype=work, device=array_api_compat.device(logits))
-        form_logits(xp, products, xp.astype(teacher_hidden[rows, ...], work), teacher_weight, teacher_bias, teacher)
+        if not buffers:
+            buffers.append(xp.empty((k, v), dtype=work, device=array_api_compat.device(logits)))
+            buffers.append(WeightTiles(xp, teacher_weight, work))
+        teacher = buffers[0][:k, ...]
+        form_logits(xp, products, xp.astype(teacher_hidden[rows, ...], work), buffers[1], teacher_bias, teacher)
         wide, widened = num.working_dtype(xp, work, logits)
         hot = None if targets is None else num.one_hot(xp, targets[rows], v, opts.ignore_index, wide)
         loss, gs, _ = distillation_rows(
