@@ -272,11 +272,11 @@ def test_leading_dimensions_and_dtypes():
     flat = smj.linear_distillation_loss(d["hs"], d["ws"], d["ht"], d["wt"], labels=d["labels"], reduction="none")
     assert loss.shape == (3, 4) and loss.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(loss).reshape(-1), flat)
-    # The teacher's logits c_j * a_i are formed from hidden states near 2**27,
-    # where float32's spacing is 16: they survive only in float64.
+    # The teacher's logits 2**27 + c_j a_i (shifted softmax inputs: the
+    # distribution of c_j a_i) survive only in float64, float32's spacing
+    # being 16 there.
     a, c = d["ht"][:, 0].astype(np.float64), d["wt"][:, 0].astype(np.float64)
-    big = np.full_like(a, 2.0**27)
-    ht, wt = np.stack([big + a, -big], axis=1), np.stack([c, c], axis=1)
+    ht, wt = np.stack([a, np.full_like(a, 2.0**27)], axis=1), np.stack([c, np.ones_like(c)], axis=1)
     with jax.enable_x64(True):
         wide = smj.linear_distillation_loss(d["hs"], d["ws"], ht, wt)
         exact = smk.linear_distillation_loss(d["hs"].astype(np.float64), d["ws"].astype(np.float64), a[:, None], c[:, None])
