@@ -22,7 +22,10 @@ from softmaxkit.backends.jax.linear import FusedPass, chunk_size, form_logits, f
 from softmaxkit.frontend import linear as _linear
 from softmaxkit.frontend import validate
 from softmaxkit.frontend.distillation import Options, mean_reduction, options
-from softmaxkit.frontend.linear_distillation import DISTILLATION_BYTES, check_teacher_shapes
+from softmaxkit.frontend.linear_distillation import (
+    DISTILLATION_BYTES,
+    check_teacher_shapes,
+)
 from softmaxkit.numerics.distillation import distillation_rows
 
 
