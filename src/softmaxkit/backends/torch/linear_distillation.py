@@ -11,7 +11,7 @@ under ``torch.compile``).
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
