@@ -141,6 +141,8 @@ def fused_pass(
     gbytes = lin.grad_bytes(n, v, width, weight.dtype.itemsize, bias is not None)
     accumulator = v * width * work_size if narrow and want_grad else 0
     held = (n * width * hidden.dtype.itemsize + v * width * work_size + (8 * v if bias is not None else 0)) if want_grad else 0
+    if narrow:
+        held += lin.tile_rows(v, width, work_size) * width * work_size  # WeightTiles' buffer
     rows = lin.chunk_rows(m, v, gbytes, accumulator, held, per_logit + loss_bytes + products.temporary_bytes)
     loss = xp.zeros((n,), dtype=wide, device=device)
     dh = xp.zeros((n, width), dtype=hidden.dtype, device=device) if want_grad else None
