@@ -262,6 +262,32 @@ def check_shapes(hidden_shape: tuple, weight_shape: tuple, bias_shape: tuple | N
     return v, width
 
 
+def check_targets(xp: Any, targets: Any, lead: tuple, v: int, ignore_index: int, name: str, checks: Any = validate.EAGER) -> bool:
+    """Check a fused linear loss's targets; True for probabilities.
+
+    Class indices have the hidden states' leading shape ``lead``;
+    probabilities ``lead + (V,)``.  Value checks follow ``checks`` (at once,
+    asynchronous under ``torch.compile``, skipped on tracers).
+    """
+    if validate.target_kind(xp, targets, name) == "int":
+        if tuple(targets.shape) != lead:
+            raise ValueError(f"{name} of class indices must have shape {lead} (the hidden states' shape without the last axis); got {tuple(targets.shape)}")
+        validate.class_indices(xp, targets, v, ignore_index, name, checks)
+        return False
+    if tuple(targets.shape) != lead + (v,):
+        raise ValueError(f"{name} of probabilities must have shape {lead + (v,)}; got {tuple(targets.shape)}")
+    validate.probability_targets_ignore_index(ignore_index, targets.dtype, name)
+    validate.probabilities(xp, targets, name, checks)
+    return True
+
+
+def live_rows(xp: Any, targets: Any, ignore_index: int) -> Any:
+    """The rows of class-index ``targets`` that take part (an index array),
+    or None when every row does: :func:`fused_pass`'s ``live``."""
+    keep = targets != ignore_index
+    return None if bool(xp.all(keep)) else xp.nonzero(keep)[0]
+
+
 def normalizer_value(normalizer: Any, reduction: str) -> float | None:
     """A caller's normaliser of a "sum" (a count, finite and >= 0), read on the host."""
     if normalizer is None:
@@ -397,31 +423,17 @@ def linear_cross_entropy(
     w_lin = xp.astype(w_lin, out_dtype, copy=False)
     b_lin = None if b_lin is None else xp.astype(b_lin, out_dtype, copy=False)
     t = validate.same_namespace(xp, targets, "targets")
-    kind = validate.target_kind(xp, t, "targets")
+    probabilities = check_targets(xp, t, lead, v, ignore_index, "targets")
     class_w = None
     if weight is not None:
         class_w = _array(xp, weight, "weight")
         validate.class_weights(xp, class_w, v)
         class_w = xp.astype(class_w, xp.float64)
-    if kind == "int":
-        if tuple(t.shape) != lead:
-            raise ValueError(f"targets of class indices must have shape {lead} (hidden's shape without its last axis); got {tuple(t.shape)}")
-        validate.class_indices(xp, t, v, ignore_index, "targets")
-        t2 = xp.reshape(xp.astype(t, xp.int64), (n,))
-    else:
-        if tuple(t.shape) != lead + (v,):
-            raise ValueError(f"targets of probabilities must have shape {lead + (v,)}; got {tuple(t.shape)}")
-        validate.probability_targets_ignore_index(ignore_index, t.dtype, "targets")
-        validate.probabilities(xp, t, "targets")
-        t2 = xp.reshape(t, (n, v))
-    denominator = num.mean_denominator(xp, t2, class_w, ignore_index, xp.float64, kind != "int")
+    t2 = xp.reshape(t, (n, v)) if probabilities else xp.reshape(xp.astype(t, xp.int64), (n,))
+    denominator = num.mean_denominator(xp, t2, class_w, ignore_index, xp.float64, probabilities)
     reduction_rule, denominator = lin.normalized(reduction, denominator, norm)
     divisor = num.gradient_divisor(denominator, reduction_rule)
-    live = None
-    if kind == "int":
-        keep = t2 != ignore_index
-        if not bool(xp.all(keep)):
-            live = xp.nonzero(keep)[0]
+    live = None if probabilities else live_rows(xp, t2, ignore_index)
     native = registry.native()
     if native is not None and xp is _NUMPY and divisor is not None:
         row_loss, loss_bytes = native_row_loss(native.into, t2, class_w, ignore_index, eps, z, divisor), 0

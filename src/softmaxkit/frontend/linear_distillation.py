@@ -15,7 +15,7 @@ import numpy as np
 from softmaxkit import numerics as num
 from softmaxkit.frontend import registry, validate
 from softmaxkit.frontend.distillation import Options, mean_reduction, options
-from softmaxkit.frontend.linear import NumpyProducts, RowLoss, WeightTiles, check_shapes, form_logits, fused_pass
+from softmaxkit.frontend.linear import NumpyProducts, RowLoss, WeightTiles, check_shapes, form_logits, fused_pass, live_rows
 from softmaxkit.numerics.distillation import distillation_rows
 
 # Bytes per logit of a chunk's teacher logits and the row formulas' float64
@@ -64,9 +64,7 @@ def denominator_and_live(xp: Any, targets: Any, n: int, ignore_index: int) -> tu
     the non-ignored rows with targets, every row without."""
     if targets is None:
         return xp.asarray(float(n), dtype=xp.float64), None
-    denominator = num.mean_denominator(xp, targets, None, ignore_index, xp.float64, False)
-    keep = targets != ignore_index
-    return denominator, (None if bool(xp.all(keep)) else xp.nonzero(keep)[0])
+    return num.mean_denominator(xp, targets, None, ignore_index, xp.float64, False), live_rows(xp, targets, ignore_index)
 
 
 def check_teacher_shapes(student_shape: tuple, teacher_shape: tuple, v: int, teacher_weight_shape: tuple, bias_shape: tuple | None, names: tuple[str, str, str]) -> None:

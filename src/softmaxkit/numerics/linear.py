@@ -16,7 +16,7 @@ from typing import Any
 # gradients themselves leave free, chunks take _CHUNK_SHARE (the rest covers
 # a chunk's small temporaries), and at least _MIN_CHUNK_BYTES.
 _PEAK_FACTOR = 1.25
-_CHUNK_SHARE = 0.75
+_CHUNK_SHARE = 0.7
 _MIN_CHUNK_BYTES = 8 << 20
 # Rows of a 16-bit weight converted to the working dtype at a time.
 _TILE_BYTES = 16 << 20
@@ -29,7 +29,7 @@ def chunk_rows(n_rows: int, n_classes: int, grad_bytes: int, accumulator_bytes: 
     inputs (``grad_bytes``: the gradients it returns; ``accumulator_bytes``:
     a float32 accumulator for a 16-bit weight's gradient, else 0); it holds
     ``held_bytes`` for the whole pass (its gradients and accumulators), and a
-    chunk's buffers take ``bytes_per_logit`` per logit.  A chunk gets 75 %
+    chunk's buffers take ``bytes_per_logit`` per logit.  A chunk gets 70 %
     of what is left: at least one row, at most ``n_rows``.
     """
     free = _PEAK_FACTOR * grad_bytes + accumulator_bytes - held_bytes

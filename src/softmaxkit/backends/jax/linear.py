@@ -367,24 +367,14 @@ def linear_cross_entropy(
     lead = tuple(h.shape[:-1])
     n = math.prod(lead)
     t = jnp.asarray(labels)
-    kind = validate.target_kind(jnp, t, "labels")
+    probabilities = _linear.check_targets(jnp, t, lead, v, ignore_index, "labels", _CHECKS)
     class_w = None
     if weight is not None:
         class_w = _as_float(weight, "weight")
         validate.class_weights(jnp, class_w, v, _CHECKS)
         class_w = class_w.astype(wide)
-    if kind == "int":
-        if tuple(t.shape) != lead:
-            raise ValueError(f"labels of class indices must have shape {lead} (hidden's shape without its last axis); got {tuple(t.shape)}")
-        validate.class_indices(jnp, t, v, ignore_index, "labels", _CHECKS)
-        t2 = t.reshape(n)
-    else:
-        if tuple(t.shape) != lead + (v,):
-            raise ValueError(f"labels of probabilities must have shape {lead + (v,)}; got {tuple(t.shape)}")
-        validate.probability_targets_ignore_index(ignore_index, t.dtype, "labels")
-        validate.probabilities(jnp, t, "labels", _CHECKS)
-        t2 = t.reshape(n, v)
-    denominator = num.mean_denominator(jnp, t2, class_w, ignore_index, wide, kind != "int")
+    t2 = t.reshape(n, v) if probabilities else t.reshape(n)
+    denominator = num.mean_denominator(jnp, t2, class_w, ignore_index, wide, probabilities)
     rule, denominator = lin.normalized(reduction, denominator, norm)
     rows = chunk_size(n, v, width, out_dtype, work, wide, b_lin is not None, cap is not None)
     p = FusedPass(rows, work, rule, cap, _CrossEntropyHead(ignore_index, eps, z, native.active()))

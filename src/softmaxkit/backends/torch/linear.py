@@ -69,11 +69,7 @@ def _rules(t: Tensor, class_w: Tensor | None, ignore_index: int, reduction: str,
     denominator = num.mean_denominator(xp, t, class_w, ignore_index, torch.float64, probabilities)
     rule, denominator = lin.normalized(reduction, denominator, None if normalizer is None else torch.tensor(normalizer, dtype=torch.float64, device=t.device))
     divisor = num.gradient_divisor(denominator, rule)
-    live = None
-    if not probabilities:
-        keep = t != ignore_index
-        if not bool(keep.all()):
-            live = torch.nonzero(keep).reshape(-1)
+    live = None if probabilities else _linear.live_rows(xp, t, ignore_index)
     return rule, denominator, divisor, live
 
 
@@ -349,18 +345,10 @@ def linear_cross_entropy(
     v, width = _linear.check_shapes(tuple(h.shape), tuple(w.shape), None if b is None else tuple(b.shape), ("input", "linear_weight", "linear_bias"))
     lead = tuple(h.shape[:-1])
     n = math.prod(lead)
-    kind = validate.target_kind(xp, target, "target")
-    if kind == "int":
-        if tuple(target.shape) != lead:
-            raise ValueError(f"target of class indices must have shape {lead} (input's shape without its last dimension); got {tuple(target.shape)}")
-        validate.class_indices(xp, target, v, ignore_index, "target", value_checks())
-        t = target.reshape(n).to(device=h.device, dtype=torch.int64)
-    else:
-        if tuple(target.shape) != lead + (v,):
-            raise ValueError(f"target of probabilities must have shape {lead + (v,)}; got {tuple(target.shape)}")
-        validate.probability_targets_ignore_index(ignore_index, target.dtype, "target")
-        validate.probabilities(xp, target, "target", value_checks())
+    if _linear.check_targets(xp, target, lead, v, ignore_index, "target", value_checks()):
         t = target.reshape(n, v).to(h.device)
+    else:
+        t = target.reshape(n).to(device=h.device, dtype=torch.int64)
     class_w = None
     if weight is not None:
         class_w = as_float(weight, "weight")
