@@ -30,6 +30,29 @@ class RowStats:
     widened: bool
 
 
+# Below this, a float64 row's s is summed again from scaled terms (_tiny_sum).
+_TINY = 2.0**-1000
+
+
+def _tiny_sum(xp, hi, lo, is_k, s):
+    """``s`` of the rows whose other terms all lie below 2^-1000, summed again.
+
+    There each term ``exp(z)`` may be a subnormal, rounded on its own to
+    the subnormal spacing: a sum of them is off by up to half a spacing per
+    term, many ULPs of a subnormal ``s`` and of ``-log1p(s)``, the
+    log-probability at the maximum.  Here ``exp(z) = exp(z/2)^2`` is formed
+    scaled by 2^512 and the sum rounded once.  Terms below 2^-2100 cannot
+    reach its last place and are left out.  Branch-free: every row is
+    recomputed and the rescued ones selected (float64 outputs only).
+    """
+    tiny = (s > 0) & (s < _TINY)
+    take = tiny & ~is_k & (hi > -1500.0)
+    h = xp.where(take, hi, xp.zeros_like(hi))
+    u = xp.exp(0.5 * h) * 2.0**256
+    terms = xp.where(take, u * u * (1.0 + xp.where(take, lo, xp.zeros_like(lo))), xp.zeros_like(h))
+    return xp.where(tiny, compensated_sum(xp, terms, False) * 2.0**-512, s)
+
+
 def row_stats(xp, x, valid=None, temperature: float = 1.0, widened: bool = True) -> RowStats:
     """Shift, exponentiate and sum each row of ``x`` (working dtype).
 
@@ -76,6 +99,8 @@ def row_stats(xp, x, valid=None, temperature: float = 1.0, widened: bool = True)
     else:
         is_k = xp.zeros(x.shape, dtype=xp.bool, device=dev)
     s = compensated_sum(xp, xp.where(is_k, zero, e), widened)
+    if not widened:
+        s = _tiny_sum(xp, hi, lo, is_k, s)
     # The argmax term is left out of s, so a row whose only entry is NaN
     # would have s = 0 and lose its NaN in the argmax forms; NaN stays in
     # its row.

@@ -195,7 +195,7 @@ static void ce_regular_row(rowctx_t *R, size_t r, ce_row_t *C) {
     double *e = !C->g ? NULL : J->dtype == DT_F64 ? (double *)C->g : R->S->e;
     /* only the one-hot gradient is streamed */
     exp_pass(R, xs, a, 1.0, e, !J->stream || C->general);
-    C->s = sum_exp_minus_1(R);
+    C->s = C->inf_row ? sum_exp_minus_1(R) : row_sum_exp_minus_1(R, C->r, a, 1.0);
     C->log_sum = log1p(C->s);
     C->lse = C->inf_row ? INFINITY : a + C->log_sum;
     int has_z = J->z_loss != 0.0;

@@ -128,6 +128,9 @@ void run_row(rowctx_t *R, size_t r);
 const char *chunk_in(const rowctx_t *R, const char *base, const char *tile, size_t r);
 char *chunk_out(const rowctx_t *R, size_t r);
 double load_at(const job_t *J, const char *base, size_t r, size_t j);
+/* s = sum of exp(z) - 1 over row r after exp_pass (the maximum a, the
+ * temperature T), rescued for float64 rows of terms below the normal range */
+double row_sum_exp_minus_1(const rowctx_t *R, size_t r, double a, double T);
 void flush_deferred(rowctx_t *R);
 double load_as_double(int dtype, const void *p, size_t j);
 void fill_range(int dtype, void *out, size_t n, double v);

@@ -312,6 +312,43 @@ double sum_exp_minus_1(const rowctx_t *R) {
     return combine_parts(p, blocks, R->J->dtype == DT_F64, maxima - 1.0);
 }
 
+/* s of a float64 row whose other terms all lie below 2^-1000: each term
+ * exp(z) = exp(z/2)^2 is formed scaled by 2^512, so that none is rounded to
+ * a subnormal on its own, and the sum is rounded once.  Summing terms
+ * already rounded to subnormals would give an error of up to half a
+ * subnormal spacing per term, many ULPs of a subnormal s (and of the
+ * log-probability -log1p(s) at the maximum).  Rare rows: one scalar pass,
+ * the same in every thread of a split row.  Terms below 2^-2100 cannot
+ * reach the result's last place and are left out. */
+static double tiny_sum_exp(const job_t *J, size_t r, double a, double T) {
+    double sum = 0.0, comp = 0.0;
+    int left_out = 0;
+    for (size_t j = 0; j < J->n; j++) {
+        double x = load_at(J, J->x, r, j), lo;
+        if (x == a && !left_out) {
+            left_out = 1;
+            continue;
+        }
+        double hi = two_diff(x, a, &lo);
+        if (T != 1.0) {
+            double q = hi / T;
+            lo = (fma(-q, T, hi) + lo) / T;
+            hi = q;
+        }
+        if (!(hi > -1500.0)) continue;
+        double u = ldexp(exp(0.5 * hi), 256);
+        compensated_add(&sum, &comp, u * u * (1.0 + lo));
+    }
+    return ldexp(sum + comp, -512);
+}
+
+double row_sum_exp_minus_1(const rowctx_t *R, size_t r, double a, double T) {
+    double s = sum_exp_minus_1(R);
+    /* not over an output written in place, which may already hold results */
+    if (R->J->dtype == DT_F64 && s > 0.0 && s < 0x1p-1000 && R->J->out != R->J->x) s = tiny_sum_exp(R->J, r, a, T);
+    return s;
+}
+
 /* Writes a row's known output, or, when rows are deferred, leaves it to the
  * next exp_pass (or to flush_deferred).  A row of the +inf stand-in is
  * written at once: the stand-in buffer is reused. */
@@ -367,7 +404,8 @@ static void row_softmax(rowctx_t *R, size_t r) {
         }
         double *e = J->log ? NULL : (J->dtype == DT_F64 ? (double *)o : R->S->e);
         exp_pass(R, x, a, J->temperature, e, !J->stream);
-        double s = sum_exp_minus_1(R);
+        /* softmax needs 1 + s alone, which a tiny s does not change */
+        double s = J->log ? row_sum_exp_minus_1(R, r, a, J->temperature) : sum_exp_minus_1(R);
         sk_write w = {.out = o,
                       .n = R->len,
                       .e = e,
@@ -394,7 +432,7 @@ static void row_logsumexp(rowctx_t *R, size_t r) {
         v = a;
     } else {
         exp_pass(R, x, a, 1.0, NULL, 0);
-        v = a + log1p(sum_exp_minus_1(R));
+        v = a + log1p(row_sum_exp_minus_1(R, r, a, 1.0));
     }
     if (R->chunk != 0) return;
     if (J->dtype == DT_F64) ((double *)J->out)[r] = v;
