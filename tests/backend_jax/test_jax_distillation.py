@@ -23,8 +23,8 @@ def _close(got, want):
     np.testing.assert_allclose(np.asarray(got, dtype=np.float64), want, rtol=1e-5, atol=1e-6 * float(np.max(np.abs(want)) + 1e-30))
 
 
-@pytest.mark.parametrize("divergence", DIVERGENCES)
-@pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
+# Each divergence once, each reduction once: every pair costs a compilation.
+@pytest.mark.parametrize(("divergence", "reduction"), [("forward_kl", "batchmean"), ("reverse_kl", "sum"), ("jsd", "none")])
 def test_jit_grad_equal_the_numpy_path(divergence, reduction):
     s, t = _pair((3, 4, 6), seed=1)
     y = np.array([[0, 5, -100, 2], [1, 1, 1, -100], [3, 4, 5, 0]])
