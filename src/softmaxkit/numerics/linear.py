@@ -18,7 +18,7 @@ from typing import Any
 _PEAK_FACTOR = 1.25
 _CHUNK_SHARE = 0.7
 _MIN_CHUNK_BYTES = 8 << 20
-# Rows of a 16-bit weight converted to the working dtype at a time.
+# A tile of the weight's rows, for one product of the logits.
 _TILE_BYTES = 16 << 20
 
 
@@ -39,7 +39,8 @@ def chunk_rows(n_rows: int, n_classes: int, grad_bytes: int, accumulator_bytes: 
 
 
 def tile_rows(n_classes: int, width: int, itemsize: int) -> int:
-    """Rows of the weight converted to the working dtype at a time (16-bit weights only)."""
+    """Rows of the weight per product of the logits (a 16-bit weight is
+    widened to the working dtype a tile at a time): about 16 MiB of them."""
     return max(1, min(n_classes, _TILE_BYTES // max(1, width * itemsize)))
 
 
