@@ -64,3 +64,9 @@ def test_partial_overlap_and_other_dtypes_are_refused():
     x64 = np.zeros((4, 6))
     with pytest.raises(ValueError, match="grad must not overlap logits"):
         kernels.into.cross_entropy_into(x64, t, np.empty(4), x64)
+
+
+def test_in_place_needs_the_classes_along_the_last_axis():
+    x = np.zeros((4, 6), dtype=np.float32)
+    with pytest.raises(ValueError, match="grad must not overlap logits"):
+        kernels.into.cross_entropy_into(x, np.zeros(6, dtype=np.int64), np.empty(6), x, axis=0)

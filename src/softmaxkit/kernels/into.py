@@ -124,8 +124,9 @@ def cross_entropy_into(
     ``ml_dtypes.bfloat16`` array); 2-byte integer targets are then
     probabilities, not class indices.
     ``grad`` may be ``logits`` itself (the same memory, same layout) for
-    float32 logits: each row's logits are read before its gradient is
-    written, so a fused loss needs one buffer per chunk instead of two.
+    float32 logits with the classes along the last axis: each row's logits
+    are read before its gradient is written, so a fused loss needs one
+    buffer per chunk instead of two.
     """
     k = _require()
     bf16 = bfloat16 or is_bfloat16(logits)
@@ -134,7 +135,7 @@ def cross_entropy_into(
         raise ValueError(f"grad_divisor must be > 0; got {grad_divisor!r}")
     _no_overlap(loss, "loss", ("logits", logits), ("targets", targets), ("weight", weight))
     if grad is not None:
-        in_place = _same_memory(grad, logits) and logits.dtype == np.float32
+        in_place = _same_memory(grad, logits) and logits.dtype == np.float32 and axis in (-1, logits.ndim - 1)
         _no_overlap(grad, "grad", *(() if in_place else (("logits", logits),)), ("targets", targets), ("weight", weight), ("loss", loss))
     k.cross_entropy(
         bits(logits),
