@@ -109,6 +109,7 @@ def fused_pass(
     live: Any = None,
     row_scale: Any = None,
     loss_bytes: int = 0,
+    computable: bool = True,
 ) -> tuple[Any, Any, Any, Any]:
     """One pass over the tokens: ``(loss rows, d_hidden, d_weight, d_bias)``.
 
@@ -122,11 +123,14 @@ def fused_pass(
     pass to those tokens: the others take no part in the loss (ignored
     targets), and get loss 0 and zero gradients without a product.
     ``row_scale`` (``(N,)``) multiplies each token's gradient (the
-    cotangent of a per-token loss).  ``loss_bytes`` is what ``row_loss``
+    cotangent of a per-token loss).  Gradients wanted where they are not
+    ``computable`` (a "mean" over a total weight of 0) are zeros, and
+    ``row_loss`` then gets no gradient buffer.  ``loss_bytes`` is what ``row_loss``
     allocates per logit, for the chunk size.  The gradients accumulate in ``work``
     (at least float32) and are rounded to the inputs' dtypes once; the bias
     gradient sums in float64.  Without ``want_grad`` the gradients are None.
     """
+    zero_grads, want_grad = want_grad and not computable, want_grad and computable
     n, width = hidden.shape
     v = weight.shape[0]
     device = array_api_compat.device(hidden)
@@ -191,6 +195,8 @@ def fused_pass(
                 db[...] += xp.sum(g, axis=0, dtype=wide)
 
     chunks()
+    if zero_grads:
+        return loss, xp.zeros_like(hidden), xp.zeros_like(weight), (None if bias is None else xp.zeros_like(bias))
     if not want_grad:
         return loss, None, None, None
     dw = dw if dw.dtype == weight.dtype else xp.astype(dw, weight.dtype)
@@ -440,17 +446,12 @@ def linear_cross_entropy(
     else:
         row_loss = formula_row_loss(xp, t2, class_w, ignore_index, eps, z, denominator, reduction_rule)
         loss_bytes = FORMULA_BYTES
-    want = return_grad and divisor is not None
     loss_rows, dh, dw, db = fused_pass(
-        xp, NumpyProducts, h2, w_lin, b_lin, row_loss, work=work, softcap=cap, want_grad=want, live=live,
-        loss_bytes=loss_bytes,
+        xp, NumpyProducts, h2, w_lin, b_lin, row_loss, work=work, softcap=cap, want_grad=return_grad, live=live,
+        loss_bytes=loss_bytes, computable=divisor is not None,
     )
     loss, _ = num.reduce(xp, loss_rows, None, denominator, reduction_rule, True)
     loss = xp.astype(xp.reshape(loss, lead) if reduction == "none" else loss, out_dtype)
     if not return_grad:
         return loss
-    if not want:
-        dh = xp.zeros((n, width), dtype=out_dtype)
-        dw = xp.zeros_like(w_lin)
-        db = None if b_lin is None else xp.zeros_like(b_lin)
     return loss, (xp.reshape(dh, tuple(h.shape)), dw, db)

@@ -67,6 +67,11 @@ def denominator_and_live(xp: Any, targets: Any, n: int, ignore_index: int) -> tu
     return num.mean_denominator(xp, targets, None, ignore_index, xp.float64, False), live_rows(xp, targets, ignore_index)
 
 
+def computable(rule: str, denominator: Any) -> bool:
+    """Whether the distillation's gradients are more than zeros: not a "mean" over no row."""
+    return not (rule == "mean" and float(denominator) == 0)
+
+
 def check_teacher_shapes(student_shape: tuple, teacher_shape: tuple, v: int, teacher_weight_shape: tuple, bias_shape: tuple | None, names: tuple[str, str, str]) -> None:
     """The teacher's head: hidden states of the student's leading shape, ``V`` classes like the student."""
     h_name, w_name, b_name = names
@@ -183,17 +188,14 @@ def linear_distillation_loss(
     row_loss = distillation_row_loss(
         xp, NumpyProducts, xp.reshape(ht, (n, ht.shape[-1])), wt, None if bt is None else xp.astype(bt, work), t2, opts, denominator
     )
-    want = return_grad and not (rule == "mean" and float(denominator) == 0)
     loss_rows, dh, dw, db = fused_pass(
         xp, NumpyProducts, xp.reshape(xp.astype(hs, out_dtype, copy=False), (n, width)), xp.astype(ws, out_dtype, copy=False),
         None if bs is None else xp.astype(bs, out_dtype, copy=False), row_loss,
-        work=work, softcap=None, want_grad=want, live=live, loss_bytes=DISTILLATION_BYTES,
+        work=work, softcap=None, want_grad=return_grad, live=live, loss_bytes=DISTILLATION_BYTES,
+        computable=computable(rule, denominator),
     )
     loss, _ = num.reduce(xp, loss_rows, None, denominator, rule, True)
     loss = xp.astype(xp.reshape(loss, lead) if rule == "none" else loss, out_dtype)
     if not return_grad:
         return loss
-    if not want:
-        dh, dw = xp.zeros((n, width), dtype=out_dtype), xp.zeros(tuple(ws.shape), dtype=out_dtype)
-        db = None if bs is None else xp.zeros(tuple(bs.shape), dtype=out_dtype)
     return loss, (xp.reshape(dh, tuple(hs.shape)), dw, db)

@@ -73,23 +73,46 @@ def _rules(t: Tensor, class_w: Tensor | None, ignore_index: int, reduction: str,
     return rule, denominator, divisor, live
 
 
+def head_pass(h, w, b, row_loss, **options):
+    """``frontend.linear.fused_pass`` with torch's products, gradient
+    recording and autocast off: ``(loss rows, d_hidden, d_weight, d_bias)``."""
+    with torch.no_grad(), torch.autocast(h.device.type, enabled=False):
+        return _linear.fused_pass(xp, TorchProducts, h, w, b, row_loss, **options)
+
+
 def _pass(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, want_grad, row_scale=None):
     rule, denominator, divisor, live = _rules(t, class_w, ignore_index, reduction, normalizer)
     row_loss, loss_bytes = _row_loss(h, t, class_w, ignore_index, eps, z, denominator, rule, divisor)
-    want = want_grad and divisor is not None
-    with torch.no_grad(), torch.autocast(h.device.type, enabled=False):
-        loss_rows, dh, dw, db = _linear.fused_pass(
-            xp, TorchProducts, h, w, b, row_loss,
-            work=_work(h, w, b), softcap=softcap, want_grad=want, live=live, row_scale=row_scale, loss_bytes=loss_bytes,
-        )
-    if want_grad and not want:
-        dh, dw = torch.zeros_like(h), torch.zeros_like(w)
-        db = None if b is None else torch.zeros_like(b)
-    return loss_rows, denominator, rule, dh, dw, db
+    grads = head_pass(
+        h, w, b, row_loss, want_grad=want_grad, computable=divisor is not None, work=_work(h, w, b), softcap=softcap,
+        live=live, row_scale=row_scale, loss_bytes=loss_bytes,
+    )
+    return grads[0], denominator, rule, grads[1:]
 
 
 def _empty(like: Tensor) -> Tensor:
     return like.new_empty((0,))
+
+
+def forward_outputs(loss_rows, denominator, rule, grads, h, w, fuse, loss_dtype):
+    """A fused loss operator's ``(loss, d_hidden, d_weight, d_bias)``: the
+    reduced loss in ``loss_dtype``, and the forward pass's gradients with
+    ``fuse`` (empty tensors otherwise, and for a missing bias)."""
+    loss, _ = num.reduce(xp, loss_rows, None, denominator, rule, True)
+    if not fuse:
+        return loss.to(loss_dtype), _empty(h), _empty(w), _empty(w)
+    return (loss.to(loss_dtype),) + backward_outputs(grads, w)
+
+
+def backward_outputs(grads, w):
+    """``(d_hidden, d_weight, d_bias)`` with an empty tensor for a missing bias."""
+    dh, dw, db = grads
+    return dh, dw, (_empty(w) if db is None else db)
+
+
+def cotangent_scale(grad: Tensor, n_rows: int) -> Tensor:
+    """Each row's cotangent in float64: one per row for "none", the scalar repeated otherwise."""
+    return grad.to(torch.float64).reshape(-1).expand(n_rows)
 
 
 def linear_forward(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, want_grad, loss_dtype):
@@ -97,18 +120,14 @@ def linear_forward(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction
     "none") in ``loss_dtype`` and, with ``want_grad`` and a reduced loss, its
     gradients for a cotangent of 1 (empty tensors otherwise)."""
     fuse = want_grad and reduction != "none"
-    loss_rows, denominator, rule, dh, dw, db = _pass(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, fuse)
-    loss, _ = num.reduce(xp, loss_rows, None, denominator, rule, True)
-    if not fuse:
-        return loss.to(loss_dtype), _empty(h), _empty(w), _empty(w)
-    return loss.to(loss_dtype), dh, dw, (_empty(w) if db is None else db)
+    loss_rows, denominator, rule, grads = _pass(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, fuse)
+    return forward_outputs(loss_rows, denominator, rule, grads, h, w, fuse, loss_dtype)
 
 
 def linear_backward(h, w, b, t, class_w, grad, ignore_index, eps, z, softcap, reduction, normalizer):
     """The gradients for the cotangent ``grad`` (a scalar, or one per token for "none"), recomputed in one pass."""
-    scale = grad.to(torch.float64).reshape(-1).expand(h.shape[0])
-    _, _, _, dh, dw, db = _pass(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, True, scale)
-    return dh, dw, (_empty(w) if db is None else db)
+    scale = cotangent_scale(grad, h.shape[0])
+    return backward_outputs(_pass(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, True, scale)[3], w)
 
 
 def _scaled(g: Tensor, cotangent: Tensor) -> Tensor:

@@ -16,16 +16,19 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from softmaxkit import numerics as num
 from softmaxkit.backends.torch.execution import apply_function, as_float, value_checks, xp
 from softmaxkit.backends.torch.linear import (
     TorchProducts,
-    _empty,
     _work,
+    backward_outputs,
+    cotangent_scale,
     fake_gradients,
     fake_outputs,
+    forward_outputs,
     fused_function,
+    head_pass,
     register_fused_autograd,
+    with_head_grads,
 )
 from softmaxkit.frontend import linear as _linear
 from softmaxkit.frontend import linear_distillation as _ld
@@ -39,34 +42,26 @@ def _pass(hs, ws, bs, ht, wt, bt, t, divergence, beta, temperature, scale_t2, ig
     denominator, live = _ld.denominator_and_live(xp, t, hs.shape[0], ignore_index)
     rule = mean_reduction(reduction)
     row_loss = _ld.distillation_row_loss(xp, TorchProducts, ht, wt, None if bt is None else bt.to(work), t, opts, denominator)
-    want = want_grad and not (rule == "mean" and float(denominator) == 0)
-    with torch.no_grad(), torch.autocast(hs.device.type, enabled=False):
-        loss_rows, dh, dw, db = _linear.fused_pass(
-            xp, TorchProducts, hs, ws, bs, row_loss,
-            work=work, softcap=None, want_grad=want, live=live, row_scale=row_scale, loss_bytes=_ld.DISTILLATION_BYTES,
-        )
-    if want_grad and not want:
-        dh, dw = torch.zeros_like(hs), torch.zeros_like(ws)
-        db = None if bs is None else torch.zeros_like(bs)
-    return loss_rows, denominator, rule, dh, dw, db
+    grads = head_pass(
+        hs, ws, bs, row_loss, want_grad=want_grad, computable=_ld.computable(rule, denominator), work=work,
+        softcap=None, live=live, row_scale=row_scale, loss_bytes=_ld.DISTILLATION_BYTES,
+    )
+    return grads[0], denominator, rule, grads[1:]
 
 
 def distillation_forward(hs, ws, bs, ht, wt, bt, t, divergence, beta, temperature, scale_t2, ignore_index, hard_w, reduction, want_grad, loss_dtype):
     """``(loss, d_student_hidden, d_student_weight, d_student_bias)``, as
     ``linear.linear_forward`` for the cross-entropy."""
     fuse = want_grad and reduction != "none"
-    loss_rows, denominator, rule, dh, dw, db = _pass(hs, ws, bs, ht, wt, bt, t, divergence, beta, temperature, scale_t2, ignore_index, hard_w, reduction, fuse)
-    loss, _ = num.reduce(xp, loss_rows, None, denominator, rule, True)
-    if not fuse:
-        return loss.to(loss_dtype), _empty(hs), _empty(ws), _empty(ws)
-    return loss.to(loss_dtype), dh, dw, (_empty(ws) if db is None else db)
+    loss_rows, denominator, rule, grads = _pass(hs, ws, bs, ht, wt, bt, t, divergence, beta, temperature, scale_t2, ignore_index, hard_w, reduction, fuse)
+    return forward_outputs(loss_rows, denominator, rule, grads, hs, ws, fuse, loss_dtype)
 
 
 def distillation_backward(hs, ws, bs, ht, wt, bt, t, grad, divergence, beta, temperature, scale_t2, ignore_index, hard_w, reduction):
     """The student's gradients for the cotangent ``grad``, recomputed in one pass."""
-    scale = grad.to(torch.float64).reshape(-1).expand(hs.shape[0])
-    _, _, _, dh, dw, db = _pass(hs, ws, bs, ht, wt, bt, t, divergence, beta, temperature, scale_t2, ignore_index, hard_w, reduction, True, scale)
-    return dh, dw, (_empty(ws) if db is None else db)
+    scale = cotangent_scale(grad, hs.shape[0])
+    grads = _pass(hs, ws, bs, ht, wt, bt, t, divergence, beta, temperature, scale_t2, ignore_index, hard_w, reduction, True, scale)[3]
+    return backward_outputs(grads, ws)
 
 
 LinearDistillationFunction = fused_function(distillation_forward, distillation_backward, 7, "LinearDistillationFunction")
@@ -295,10 +290,4 @@ def entry(student_hidden, student_weight, teacher_hidden, teacher_weight, *, stu
             hard_label_weight=hard_label_weight, reduction=reduction,
         )
 
-    if not validate.flag(return_grad, "return_grad"):
-        return loss_fn(*student)
-    leaves = [a.detach().requires_grad_(True) for a in student]
-    with torch.enable_grad():
-        loss = loss_fn(*leaves)
-    grads = torch.autograd.grad(loss.sum(), leaves)
-    return loss.detach(), (grads[0], grads[1], grads[2] if len(grads) > 2 else None)
+    return with_head_grads(loss_fn, student, return_grad)
