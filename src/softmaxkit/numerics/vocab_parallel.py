@@ -5,7 +5,7 @@ of every row; the targets are global class indices, the same on every rank.
 Every backend runs the same four steps, with these functions in between its
 collectives:
 
-1. :func:`slice_max` and :func:`picked`: each row's maximum on this slice and
+1. :func:`target_slice`, :func:`slice_max` and :func:`picked`: each row's maximum on this slice and
    the target's class weight where this slice holds the target (``-inf``
    elsewhere).  One all-reduce MAX gives the row maximum ``a`` and the
    target's weight ``w_t`` everywhere (a maximum is exact).
@@ -41,19 +41,23 @@ from softmaxkit.numerics.precision import _INF, compensated_sum, device
 from softmaxkit.numerics.rows import RowStats, shard_stats, untied, with_row_sum
 
 
-def local_targets(xp: Any, t: Any, start: int, width: int, ignore_index: int, dtype: Any) -> tuple[Any, Any, Any]:
-    """``(hot, on_slice, keep)`` of global class indices ``t`` (``(n,)``) for the slice ``[start, start + width)``.
+def target_slice(xp: Any, t: Any, start: int, width: int, ignore_index: int) -> tuple[Any, Any, Any]:
+    """``(local, on_slice, keep)`` of global class indices ``t`` (``(n,)``) for the slice ``[start, start + width)``.
 
-    ``hot`` is ``(n, width)`` in ``dtype``, zero on rows whose target is
-    ignored or on another slice; ``on_slice`` (bool) and ``keep`` (1 where
-    the target is not ignored, in ``dtype``) keep their axis.
+    ``local`` is the target's index in the slice, clipped into it (read only
+    where ``on_slice``); ``on_slice`` (bool) says the slice holds the target
+    and ``keep`` (bool) that it is not ignored.  All keep their axis.
     """
     keep = (t != ignore_index)[:, None]
     local = t[:, None] - start
     on_slice = keep & (local >= 0) & (local < width)
-    classes = xp.arange(width, dtype=t.dtype, device=device(t))
-    hot = xp.astype((classes == local) & on_slice, dtype)
-    return hot, on_slice, xp.astype(keep, dtype)
+    return xp.clip(local, 0, max(width - 1, 0)), on_slice, keep
+
+
+def slice_hot(xp: Any, local: Any, on_slice: Any, width: int, dtype: Any) -> Any:
+    """One-hot rows ``(n, width)`` of the targets this slice holds (zero elsewhere), in ``dtype``."""
+    classes = xp.arange(width, dtype=local.dtype, device=device(local))
+    return xp.astype((classes == local) & on_slice, dtype)
 
 
 def slice_max(xp: Any, x: Any) -> Any:
@@ -63,17 +67,20 @@ def slice_max(xp: Any, x: Any) -> Any:
     return xp.max(x, axis=-1, keepdims=True)
 
 
-def picked(xp: Any, hot: Any, weight: Any, on_slice: Any) -> Any:
+def picked(xp: Any, weight: Any, local: Any, on_slice: Any) -> Any:
     """The target's class weight where this slice holds the target, ``-inf`` elsewhere (axis kept)."""
-    w = xp.sum(hot * weight, axis=-1, keepdims=True)
+    if weight.shape[0] == 0:
+        return xp.full(local.shape, -_INF, dtype=weight.dtype, device=device(weight))
+    w = xp.reshape(xp.take(weight, xp.reshape(local, (-1,)), axis=0), local.shape)
     return xp.where(on_slice, w, xp.full_like(w, -_INF))
 
 
-def row_weight(xp: Any, keep: Any, picked_max: Any) -> Any:
-    """``w_t`` from the MAX of :func:`picked` (1 without class weights: pass None); 0 on ignored rows."""
+def row_weight(xp: Any, keep: Any, picked_max: Any, dtype: Any) -> Any:
+    """``w_t`` in ``dtype`` from the MAX of :func:`picked` (1 without class weights: pass None); 0 on ignored rows."""
+    ones = xp.astype(keep, dtype)
     if picked_max is None:
-        return keep
-    return xp.where(keep == 0, xp.zeros_like(keep), picked_max)
+        return ones
+    return xp.where(keep, xp.astype(picked_max, dtype), xp.zeros_like(ones))
 
 
 def shares(xp: Any, x: Any, a: Any, eps: float, weight: Any, widened: bool) -> tuple[list, RowStats]:
@@ -108,6 +115,7 @@ def row_totals(xp: Any, totals: list) -> dict:
 def coefficients(xp: Any, st: RowStats, x: Any, hot: Any, eps: float, weight: Any, w_t: Any, keep: Any, totals: dict) -> tuple[Any, Any]:
     """``(c, C)``: this slice's class coefficients and the row's total ``C = sum_j c_j`` (axis kept).
 
+    ``keep`` is 1 where the target is not ignored (working dtype).
     ``C = (1 - eps) w_t + eps keep W / K`` with ``K`` the row's classes that
     are not ``-inf`` and ``W`` their weights' sum (``K`` without weights);
     the smoothing term is 0 where ``K = 0``.
