@@ -23,6 +23,7 @@ PUBLIC = {
     "softmaxkit",
     "softmaxkit.__main__",
     "softmaxkit.torch",
+    "softmaxkit.torch.distributed",
     "softmaxkit.torch.integrations",
     "softmaxkit.torch.integrations.transformers",
     "softmaxkit.jax",
