@@ -79,6 +79,7 @@ from softmaxkit.backends.jax.native import path as kernel_path
 from softmaxkit.backends.jax.distillation import distillation_loss
 from softmaxkit.backends.jax.linear import linear_cross_entropy
 from softmaxkit.backends.jax.linear_distillation import linear_distillation_loss
+from softmaxkit.backends.jax.vocab_parallel import vocab_parallel_cross_entropy
 
 __all__ = [
     "cross_entropy",
@@ -90,4 +91,5 @@ __all__ = [
     "log_softmax",
     "logsumexp",
     "softmax",
+    "vocab_parallel_cross_entropy",
 ]

@@ -110,6 +110,8 @@ def fused_pass(
     row_scale: Any = None,
     loss_bytes: int = 0,
     computable: bool = True,
+    chunk_classes: int | None = None,
+    hidden_grad_dtype: Any = None,
 ) -> tuple[Any, Any, Any, Any]:
     """One pass over the tokens: ``(loss rows, d_hidden, d_weight, d_bias)``.
 
@@ -126,7 +128,11 @@ def fused_pass(
     cotangent of a per-token loss).  Gradients wanted where they are not
     ``computable`` (a "mean" over a total weight of 0) are zeros, and
     ``row_loss`` then gets no gradient buffer.  ``loss_bytes`` is what ``row_loss``
-    allocates per logit, for the chunk size.  The gradients accumulate in ``work``
+    allocates per logit, for the chunk size; the size is computed for
+    ``chunk_classes`` classes where given (ranks of a split vocabulary, which
+    exchange row totals per chunk, pass the widest slice's, so that their
+    chunks match).  ``hidden_grad_dtype`` (default: ``hidden``'s) is the
+    dtype of the hidden states' gradient.  The gradients accumulate in ``work``
     (at least float32) and are rounded to the inputs' dtypes once; the bias
     gradient sums in float64.  Without ``want_grad`` the gradients are None.
     """
@@ -142,14 +148,16 @@ def fused_pass(
     # computes in float64 beside them.
     in_place = softcap is None and work == xp.float32
     per_logit = work_size + (0 if in_place or not want_grad else work_size) + (_SOFTCAP_BYTES if softcap is not None else 0)
-    gbytes = lin.grad_bytes(n, v, width, weight.dtype.itemsize, bias is not None)
-    accumulator = v * width * work_size if narrow and want_grad else 0
-    held = (n * width * hidden.dtype.itemsize + v * width * work_size + (8 * v if bias is not None else 0)) if want_grad else 0
+    dh_dtype = hidden.dtype if hidden_grad_dtype is None else hidden_grad_dtype
+    vc = v if chunk_classes is None else chunk_classes
+    gbytes = lin.grad_bytes(n, vc, width, weight.dtype.itemsize, bias is not None)
+    accumulator = vc * width * work_size if narrow and want_grad else 0
+    held = (n * width * hidden.dtype.itemsize + vc * width * work_size + (8 * vc if bias is not None else 0)) if want_grad else 0
     if narrow:
-        held += lin.tile_rows(v, width, work_size) * width * work_size  # WeightTiles' buffer
-    rows = lin.chunk_rows(m, v, gbytes, accumulator, held, per_logit + loss_bytes + products.temporary_bytes)
+        held += lin.tile_rows(vc, width, work_size) * width * work_size  # WeightTiles' buffer
+    rows = lin.chunk_rows(m, vc, gbytes, accumulator, held, per_logit + loss_bytes + products.temporary_bytes)
     loss = xp.zeros((n,), dtype=wide, device=device)
-    dh = xp.zeros((n, width), dtype=hidden.dtype, device=device) if want_grad else None
+    dh = xp.zeros((n, width), dtype=dh_dtype, device=device) if want_grad else None
     dw = xp.zeros((v, width), dtype=work, device=device) if want_grad else None
     db = xp.zeros((v,), dtype=wide, device=device) if want_grad and bias is not None else None
 
@@ -190,13 +198,13 @@ def fused_pass(
             else:
                 products.product_into(dh_c, g, weight)
                 products.add_product(dw, xp.matrix_transpose(g), hc)
-            dh[index, ...] = xp.astype(dh_c, hidden.dtype)
+            dh[index, ...] = xp.astype(dh_c, dh_dtype)
             if db is not None:
                 db[...] += xp.sum(g, axis=0, dtype=wide)
 
     chunks()
     if zero_grads:
-        return loss, xp.zeros_like(hidden), xp.zeros_like(weight), (None if bias is None else xp.zeros_like(bias))
+        return loss, xp.zeros_like(hidden, dtype=dh_dtype), xp.zeros_like(weight), (None if bias is None else xp.zeros_like(bias))
     if not want_grad:
         return loss, None, None, None
     dw = dw if dw.dtype == weight.dtype else xp.astype(dw, weight.dtype)

@@ -9,8 +9,10 @@ accuracy, on every rank.  See ``docs/distributed.md``.
 
 from softmaxkit.backends.torch.distributed.cross_entropy import vocab_parallel_cross_entropy
 from softmaxkit.backends.torch.distributed.group import RankError
+from softmaxkit.backends.torch.distributed.linear import vocab_parallel_linear_cross_entropy
 
 __all__ = [
     "RankError",
     "vocab_parallel_cross_entropy",
+    "vocab_parallel_linear_cross_entropy",
 ]

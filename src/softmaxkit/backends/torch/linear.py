@@ -44,7 +44,7 @@ class TorchProducts:
         acc.addmm_(a, b)
 
 
-def _work(*tensors: Tensor | None) -> torch.dtype:
+def work_dtype(*tensors: Tensor | None) -> torch.dtype:
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
@@ -84,7 +84,7 @@ def _pass(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normali
     rule, denominator, divisor, live = _rules(t, class_w, ignore_index, reduction, normalizer)
     row_loss, loss_bytes = _row_loss(h, t, class_w, ignore_index, eps, z, denominator, rule, divisor)
     grads = head_pass(
-        h, w, b, row_loss, want_grad=want_grad, computable=divisor is not None, work=_work(h, w, b), softcap=softcap,
+        h, w, b, row_loss, want_grad=want_grad, computable=divisor is not None, work=work_dtype(h, w, b), softcap=softcap,
         live=live, row_scale=row_scale, loss_bytes=loss_bytes,
     )
     return grads[0], denominator, rule, grads[1:]

@@ -19,7 +19,7 @@ from torch import Tensor
 from softmaxkit.backends.torch.execution import apply_function, as_float, value_checks, xp
 from softmaxkit.backends.torch.linear import (
     TorchProducts,
-    _work,
+    work_dtype,
     backward_outputs,
     cotangent_scale,
     fake_gradients,
@@ -38,7 +38,7 @@ from softmaxkit.frontend.distillation import Options, mean_reduction, options
 
 def _pass(hs, ws, bs, ht, wt, bt, t, divergence, beta, temperature, scale_t2, ignore_index, hard_w, reduction, want_grad, row_scale=None):
     opts = Options(divergence, beta, temperature, scale_t2, ignore_index, hard_w, reduction)
-    work = _work(hs, ws, bs, ht, wt, bt)
+    work = work_dtype(hs, ws, bs, ht, wt, bt)
     denominator, live = _ld.denominator_and_live(xp, t, hs.shape[0], ignore_index)
     rule = mean_reduction(reduction)
     row_loss = _ld.distillation_row_loss(xp, TorchProducts, ht, wt, None if bt is None else bt.to(work), t, opts, denominator)

@@ -115,6 +115,19 @@ class Rounds:
         """What "mean" divides by: the summed target weights of the rows (float64, 0-d)."""
         return totals.w_t.to(torch.float64).sum()
 
+    def target_weight_total(self) -> torch.Tensor:
+        """What "mean" divides by, before any row total: the targets' class
+        weights summed (float64, 0-d; the count of rows that are not
+        ignored without class weights).  With class weights each rank sums
+        those of the targets it holds, and one all-gather adds them up."""
+        if self.weight is None:
+            return self.keep_w.to(torch.float64).sum()
+        held = vp.picked(xp, self.weight, self.local, self.on_slice)
+        mine = torch.where(self.on_slice, held, torch.zeros_like(held)).to(torch.float64).sum().reshape(1)
+        parts = [torch.empty_like(mine) for _ in range(self.slices.world)]
+        dist.all_gather(parts, mine, group=self.slices.group)
+        return num.compensated_sum(xp, torch.cat(parts).reshape(1, -1), False)[0, 0]
+
     def loss_rows(self, x: torch.Tensor, rows: slice, totals: Totals, grad: torch.Tensor | None = None, denominator: Any = None, row_scale: torch.Tensor | None = None) -> torch.Tensor:
         """This slice's part of each row's loss (float64 ``(n,)``); with ``grad``, its gradient written there.
 

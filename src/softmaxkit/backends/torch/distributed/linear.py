@@ -1,0 +1,187 @@
+"""``vocab_parallel_linear_cross_entropy``: the fused linear loss with the output layer's rows split across ranks.
+
+Each rank holds a slice of the weight's rows (the classes) and runs the
+single-device fused pass (``frontend.linear.fused_pass``) on it: a chunk of
+tokens at a time it forms that chunk's logits for its classes, and the ranks
+exchange the chunk's row totals (``rounds.Rounds``) before each writes its
+slice of the gradient.  Chunks are sized for the widest slice, so every rank
+runs the same number of them.  The hidden states' gradient is each rank's
+``g @ W_slice`` summed over the group in float32 (one all-reduce of
+``N x H``), then rounded once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from softmaxkit.backends.torch import linear as _torch_linear
+from softmaxkit.backends.torch.distributed import group as _group
+from softmaxkit.backends.torch.distributed.rounds import Rounds
+from softmaxkit.backends.torch.execution import as_float, xp
+from softmaxkit.frontend import linear as _linear
+from softmaxkit.frontend import validate
+
+_NAME = "vocab_parallel_linear_cross_entropy"
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def _pass(h, w, b, t, class_w, slices, ignore_index, eps, z, reduction, want_grad, row_scale=None):
+    """``(loss rows, denominator, (d_hidden, d_weight, d_bias))`` of one pass; every rank takes part."""
+    work = _torch_linear.work_dtype(h, w, b)
+    rounds = Rounds(slices, t, class_w, ignore_index, eps, z, work, h.device)
+    denominator = rounds.target_weight_total() if reduction == "mean" else None
+    divide = denominator if reduction == "mean" else None
+
+    def row_loss(logits, grad, rows):
+        totals = rounds.totals(logits, rows)
+        return rounds.loss_rows(logits, rows, totals, grad, divide)
+
+    loss, dh, dw, db = _torch_linear.head_pass(
+        h, w, b, row_loss, want_grad=want_grad, computable=reduction != "mean" or float(denominator) != 0,
+        work=work, softcap=None, live=_linear.live_rows(xp, t, ignore_index), row_scale=row_scale,
+        chunk_classes=slices.widest, hidden_grad_dtype=torch.promote_types(h.dtype, torch.float32),
+    )
+    if dh is not None:
+        dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=slices.group)
+        dh = dh.to(h.dtype)
+    return loss, rounds, denominator, (dh, dw, db)
+
+
+def linear_forward(h, w, b, t, class_w, slices, ignore_index, eps, z, reduction, want_grad, loss_dtype):
+    """``(loss, d_hidden, d_weight, d_bias)``: the loss and, for "mean" and
+    "sum" with ``want_grad``, its gradients for a cotangent of 1 (empty otherwise)."""
+    fuse = want_grad and reduction != "none"
+    rows, rounds, denominator, grads = _pass(h, w, b, t, class_w, slices, ignore_index, eps, z, reduction, fuse)
+    loss = rounds.finish(rows, reduction, denominator, loss_dtype)
+    empty = h.new_empty((0,))
+    if not fuse:
+        return loss, empty, w.new_empty((0,)), w.new_empty((0,))
+    return (loss,) + _torch_linear.backward_outputs(grads, w)
+
+
+def linear_backward(h, w, b, t, class_w, grad, slices, ignore_index, eps, z, reduction):
+    """The gradients for the cotangent ``grad``, recomputed in one pass (with the row totals' collectives)."""
+    scale = _torch_linear.cotangent_scale(grad, h.shape[0])
+    return _torch_linear.backward_outputs(_pass(h, w, b, t, class_w, slices, ignore_index, eps, z, reduction, True, scale)[3], w)
+
+
+_Function = _torch_linear.fused_function(linear_forward, linear_backward, 5, "VocabParallelLinearCrossEntropyFunction")
+
+
+def _check(input, linear_weight, target, linear_bias, weight, vocab_start, ignore_index, label_smoothing, z_loss, reduction):
+    """The checks each rank can make alone."""
+    h = as_float(input, "input")
+    w = as_float(linear_weight, "linear_weight_shard")
+    b = None if linear_bias is None else as_float(linear_bias, "linear_bias_shard")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor; got {type(target).__module__}.{type(target).__name__}")
+    reduction = validate.reduction(reduction)
+    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
+    z = validate.non_negative(z_loss, "z_loss")
+    ignore_index = validate.integer(ignore_index, "ignore_index")
+    if h.ndim < 1:
+        raise ValueError("input must have a hidden dimension (its last); got a 0-d tensor")
+    if w.ndim != 2 or w.shape[1] != h.shape[-1]:
+        raise ValueError(f"linear_weight_shard must have shape (V_local, {h.shape[-1]}) (input's hidden size last); got {tuple(w.shape)}")
+    if b is not None and tuple(b.shape) != (w.shape[0],):
+        raise ValueError(f"linear_bias_shard must have shape ({w.shape[0]},), one entry per class of the slice; got {tuple(b.shape)}")
+    if validate.target_kind(xp, target, "target") != "int":
+        raise TypeError(f"target must hold integer class indices (global ones); got dtype {target.dtype}")
+    if tuple(target.shape) != tuple(h.shape[:-1]):
+        raise ValueError(f"target must have shape {tuple(h.shape[:-1])} (input's shape without its last dimension); got {tuple(target.shape)}")
+    start = None if vocab_start is None else validate.count(vocab_start, "vocab_start", 0)
+    class_w = None
+    if weight is not None:
+        class_w = as_float(weight, "weight")
+        validate.class_weights(xp, class_w, w.shape[0])
+        class_w = class_w.to(h.device)
+    return (h.reshape(-1, h.shape[-1]), w, b, target.reshape(-1).to(h.device), class_w, start), (ignore_index, eps, z, reduction)
+
+
+def vocab_parallel_linear_cross_entropy(
+    input: torch.Tensor,
+    linear_weight_shard: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    linear_bias_shard: torch.Tensor | None = None,
+    group: Any = None,
+    vocab_start: int | None = None,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Cross-entropy of ``input @ W.T + b`` with the rows of ``W`` (the classes) split across ranks, without the logits.
+
+    Every rank passes the same ``input`` and ``target`` and its own slice of
+    the output layer; the loss is :func:`softmaxkit.torch.linear_cross_entropy`'s
+    on the whole layer, on every rank.
+
+    .. math:: \ell = \operatorname{cross\_entropy}\bigl(x W^\top + b,\; t\bigr)
+
+    Parameters
+    ----------
+    input : torch.Tensor of shape (..., H)
+        The hidden states, the same on every rank.
+    linear_weight_shard : torch.Tensor of shape (V_local, H)
+        This rank's rows of the output layer: classes
+        ``[vocab_start, vocab_start + V_local)``.
+    target : torch.Tensor of shape (...)
+        Global class indices (or ``ignore_index``), the same on every rank.
+    linear_bias_shard : torch.Tensor of shape (V_local,), optional
+    group, vocab_start, weight, ignore_index, label_smoothing, z_loss, reduction
+        As in :func:`vocab_parallel_cross_entropy`.
+
+    Returns
+    -------
+    torch.Tensor: the loss (a scalar, or of ``target``'s shape for "none"),
+    equal on every rank.  Differentiable in ``input`` (the gradient is the
+    whole layer's, summed over the group: do not sum it again), the weight
+    slice and the bias slice.
+
+    Notes
+    -----
+    No rank ever holds its ``N x V_local`` logits: tokens go through in
+    chunks, each with the two all-reduces of
+    :func:`vocab_parallel_cross_entropy` on its rows; "mean" with class
+    weights adds one all-gather of one number per rank.  The gradients are
+    computed in the forward pass (``"none"``: recomputed in backward, with
+    each token's cotangent, and the chunks' collectives again), accumulated
+    in float32 or wider, and the hidden states' gradient is summed over the
+    group in float32 (one all-reduce of ``N x H``).  Accuracy of the loss and
+    of the logits' gradient as in :func:`vocab_parallel_cross_entropy`.
+
+    Examples
+    --------
+    Run with ``torchrun --nproc-per-node 2``; see ``docs/distributed.md``.
+
+    >>> from softmaxkit.torch.distributed import vocab_parallel_linear_cross_entropy  # doctest: +SKIP
+    >>> loss = vocab_parallel_linear_cross_entropy(hidden, head.weight, target)  # doctest: +SKIP
+    """
+    g = _group.process_group(group, _NAME)
+    checked, error = _group.checked(
+        lambda: _check(input, linear_weight_shard, target, linear_bias_shard, weight, vocab_start, ignore_index, label_smoothing, z_loss, reduction)
+    )
+    call, width, prints = {}, 0, (0, 0)
+    if error is None:
+        (h, w, b, t, class_w, start), (ignore_index, eps, z, reduction) = checked
+        width, prints = w.shape[0], _group.fingerprint(w)
+        call = {
+            "rows": t.shape[0],
+            "dtype": _group.DTYPES[h.dtype] * 16 + _group.DTYPES[w.dtype],
+            "options": _group.option_bits(ignore_index, eps, z, _REDUCTIONS[reduction], h.shape[-1]),
+            "weighted": int(class_w is not None) + 2 * int(b is not None),
+        }
+        call["targets_a"], call["targets_b"] = _group.target_checksum(t)
+    else:
+        start = None
+    slices = _group.agree(g, _NAME, error, width, start, call, prints)
+    validate.class_indices(xp, t, slices.vocab, ignore_index, "target")
+    want_grad = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in (h, w, b))
+    loss_dtype = torch.promote_types(h.dtype, w.dtype)
+    loss = _Function.apply(h, w, b, t, class_w, slices, ignore_index, eps, z, reduction, want_grad, loss_dtype)[0]
+    return loss.reshape(tuple(target.shape)) if reduction == "none" else loss
