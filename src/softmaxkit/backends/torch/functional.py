@@ -19,6 +19,7 @@ from softmaxkit.backends.torch.execution import (
     xp,
 )
 from softmaxkit.backends.torch import ops
+from softmaxkit.backends.torch.distributed import dtensor
 from softmaxkit.backends.torch.functions import (
     BinaryCrossEntropyFunction,
     CrossEntropyFunction,
@@ -253,6 +254,11 @@ def cross_entropy(
     backward recomputes the softmax chunk by chunk.  Either way no tensor of
     the logits' size is kept besides the gradient.
 
+    A DTensor ``input`` with its classes sharded on a 1-D mesh takes the
+    vocabulary-parallel loss
+    (:func:`softmaxkit.torch.distributed.vocab_parallel_cross_entropy`) and
+    gives a replicated DTensor; see ``docs/distributed.md``.
+
     Examples
     --------
     >>> import torch, softmaxkit.torch as smt
@@ -261,6 +267,8 @@ def cross_entropy(
     >>> x.grad[0, 0]  # torch.nn.functional.cross_entropy gives 0
     tensor(-9.3576e-14)
     """
+    if dtensor.is_dtensor(input):
+        return dtensor.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, z_loss)
     x = as_float(input, "input")
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor; got {type(target).__module__}.{type(target).__name__}")
