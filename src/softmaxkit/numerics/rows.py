@@ -150,15 +150,16 @@ def shard_stats(xp, x, a, widened: bool = True) -> tuple[RowStats, Any]:
     that holds the maximum (:func:`untied`), these shares give the whole
     row's ``s``: the split leaves the ``log1p(s)`` form intact.  ``L`` here is
     the slice's; :func:`with_row_sum` puts in the row's.  A slice holding NaN
-    has ``s`` NaN.
+    has ``s`` NaN (whatever ``a`` is: see ``numerics.vocab_parallel.slice_max``).
     """
+    nan = xp.isnan(_row_max(xp, x))
     x, shift, masked_row, inf_row = _stand_ins(xp, x, a)
     hi, lo, e = _shifted(xp, x, shift, 1.0, widened)
     m = _row_max(xp, x)
-    holds = (m == shift) & ~masked_row
+    holds = (m == shift) & ~masked_row & ~nan
     is_k = _first_max(xp, x, holds)
     s = _rest_sum(xp, hi, lo, e, is_k, widened)
-    s = xp.where(xp.isnan(m), m, s)
+    s = xp.where(nan, xp.full_like(s, xp.nan), s)
     return RowStats(hi, lo, e, is_k, s, xp.log1p(s), a, masked_row, inf_row, widened), holds
 
 

@@ -61,10 +61,17 @@ def slice_hot(xp: Any, local: Any, on_slice: Any, width: int, dtype: Any) -> Any
 
 
 def slice_max(xp: Any, x: Any) -> Any:
-    """Each row's maximum on this slice (axis kept; ``-inf`` for an empty slice)."""
+    """Each row's maximum on this slice (axis kept; ``-inf`` for an empty slice), NaN counted as ``+inf``.
+
+    A maximum over ranks need not carry NaN through (gloo's all-reduce
+    does not: its result then depends on the order of the ranks); a row
+    with NaN gets ``a = +inf`` instead, and the NaN reaches every rank
+    through the slice's share of ``s`` (``rows.shard_stats``).
+    """
     if x.shape[-1] == 0:
         return xp.full(x.shape[:-1] + (1,), -_INF, dtype=x.dtype, device=device(x))
-    return xp.max(x, axis=-1, keepdims=True)
+    m = xp.max(x, axis=-1, keepdims=True)
+    return xp.where(xp.isnan(m), xp.full_like(m, _INF), m)
 
 
 def picked(xp: Any, weight: Any, local: Any, on_slice: Any) -> Any:
