@@ -4,9 +4,11 @@ A page is one session: its ``python`` blocks run in order in one namespace,
 inside a fresh working directory, so a later block may use what an earlier
 one defined or wrote.  Blocks written as ``>>>`` sessions are doctests.  A
 ``text`` block right after a ``python`` block that prints is that block's
-expected output.  A ``console`` block is a shell session: each ``$ softmaxkit
-...`` line runs the command in the page's directory, and what follows it is
-the expected output (``...`` stands for any text).  docs/lint-rules.md holds
+expected output.  A ``python`` block whose first line is ``# file: NAME`` is
+also written to NAME in the page's directory.  A ``console`` block is a shell
+session: each ``$ softmaxkit ...`` or ``$ torchrun ...`` line runs the
+command in the page's directory, and what follows it is the expected output
+(``...`` stands for any text).  docs/lint-rules.md holds
 snippets for the linter, not programs: with the imports that page says its
 examples assume, each rule's example must be reported by that rule and its
 replacement must not.
@@ -76,9 +78,10 @@ def run_console(text: str, cwd: Path, where: str) -> None:
     for command in re.split(r"^\$ ", text, flags=re.M)[1:]:
         line, _, expected = command.partition("\n")
         argv = shlex.split(line, comments=True)
-        assert argv[0] == "softmaxkit", f"{where}: only softmaxkit commands are run: {line!r}"
+        module = {"softmaxkit": "softmaxkit", "torchrun": "torch.distributed.run"}.get(argv[0])
+        assert module is not None, f"{where}: only softmaxkit and torchrun commands are run: {line!r}"
         done = subprocess.run(
-            [sys.executable, "-m", "softmaxkit", *argv[1:]], cwd=cwd, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", module, *argv[1:]], cwd=cwd, capture_output=True, text=True, timeout=120
         )
         assert "Traceback" not in done.stderr, f"{where}: {line}\n{done.stderr}"
         assert done.returncode in (0, 1), f"{where}: {line} exited {done.returncode}\n{done.stderr}"
@@ -99,6 +102,9 @@ def test_page_runs_as_written(page, tmp_path, monkeypatch):
             run_doctest(text, namespace, where)
             printed = None
         elif language == "python":
+            name = re.match(r"# file: (\S+)\n", text)
+            if name:
+                (tmp_path / name.group(1)).write_text(text, encoding="utf-8")
             stdout = io.StringIO()
             with contextlib.redirect_stdout(stdout):
                 exec(compile(text, where, "exec"), namespace)
