@@ -166,6 +166,16 @@ def by_rows(compute: Callable[..., tuple], *rows: torch.Tensor | None) -> tuple:
     return outs
 
 
+def loss_options(target: Any, ignore_index: Any, label_smoothing: Any, z_loss: Any, reduction: Any) -> tuple[int, float, float, str]:
+    """A cross-entropy's options checked, and ``target`` a tensor: ``(ignore_index, eps, z, reduction)``."""
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor; got {type(target).__module__}.{type(target).__name__}")
+    reduction = validate.reduction(reduction)
+    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
+    z = validate.non_negative(z_loss, "z_loss")
+    return validate.integer(ignore_index, "ignore_index"), eps, z, reduction
+
+
 def as_float(x: Any, name: str) -> torch.Tensor:
     """A floating tensor (integers promoted as in ``validate.as_float``), or a clear error."""
     if not isinstance(x, torch.Tensor):

@@ -13,6 +13,7 @@ from softmaxkit.frontend import validate
 from softmaxkit.backends.torch.execution import (
     apply_function,
     as_float,
+    loss_options,
     autocast_dtype,
     value_checks,
     working_dtype,
@@ -270,12 +271,7 @@ def cross_entropy(
     if dtensor.is_dtensor(input):
         return dtensor.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, z_loss)
     x = as_float(input, "input")
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor; got {type(target).__module__}.{type(target).__name__}")
-    reduction = validate.reduction(reduction)
-    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
-    z = validate.non_negative(z_loss, "z_loss")
-    ignore_index = validate.integer(ignore_index, "ignore_index")
+    ignore_index, eps, z, reduction = loss_options(target, ignore_index, label_smoothing, z_loss, reduction)
     if x.ndim == 0:
         raise ValueError("input must have a class dimension; got a 0-d tensor")
     cdim = 0 if x.ndim == 1 else 1

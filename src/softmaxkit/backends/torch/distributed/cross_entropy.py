@@ -8,11 +8,10 @@ import torch
 
 from softmaxkit.backends.torch.distributed import group as _group
 from softmaxkit.backends.torch.distributed.rounds import Rounds
-from softmaxkit.backends.torch.execution import as_float, xp
+from softmaxkit.backends.torch.execution import as_float, loss_options, xp
 from softmaxkit.frontend import validate
 
 _NAME = "vocab_parallel_cross_entropy"
-_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
@@ -50,12 +49,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 def _check(input: Any, target: Any, weight: Any, vocab_start: Any, ignore_index: Any, label_smoothing: Any, z_loss: Any, reduction: Any):
     """The checks each rank can make alone: ``(logits (n, V_local), targets (n,), weight, options)``."""
     x = as_float(input, "input")
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor; got {type(target).__module__}.{type(target).__name__}")
-    reduction = validate.reduction(reduction)
-    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
-    z = validate.non_negative(z_loss, "z_loss")
-    ignore_index = validate.integer(ignore_index, "ignore_index")
+    ignore_index, eps, z, reduction = loss_options(target, ignore_index, label_smoothing, z_loss, reduction)
     if x.ndim < 1:
         raise ValueError("input must have a class dimension (its last); got a 0-d tensor")
     if validate.target_kind(xp, target, "target") != "int":
@@ -167,13 +161,7 @@ def vocab_parallel_cross_entropy(
     call = {}
     if error is None:
         ignore_index, eps, z, reduction = options
-        call = {
-            "rows": t.shape[0],
-            "dtype": _group.DTYPES[x.dtype],
-            "options": _group.option_bits(ignore_index, eps, z, _REDUCTIONS[reduction]),
-            "weighted": int(w is not None),
-        }
-        call["targets_a"], call["targets_b"] = _group.target_checksum(t)
+        call = _group.describe(t, _group.DTYPES[x.dtype], _group.option_bits(ignore_index, eps, z, reduction), int(w is not None))
     slices = _group.agree(
         g, _NAME, error, 0 if x is None else x.shape[-1], start, call, (0, 0) if x is None else _group.fingerprint(x)
     )

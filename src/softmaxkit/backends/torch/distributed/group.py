@@ -67,11 +67,18 @@ def fingerprint(x: torch.Tensor) -> tuple[int, int]:
     return 1, _bits(float((row * position).sum()))
 
 
-def target_checksum(t: torch.Tensor) -> tuple[int, int]:
+def _target_checksum(t: torch.Tensor) -> tuple[int, int]:
     """Two integers that differ, almost surely, where two ranks' targets differ."""
     t = t.detach().reshape(-1).to(torch.int64)
     position = torch.arange(t.shape[0], dtype=torch.int64, device=t.device) % 65521 + 1
     return int(t.sum()), int((t * position).sum())
+
+
+def describe(t: torch.Tensor, dtypes: int, options: int, weighted: int) -> dict:
+    """A call's description for :func:`agree`: its targets ``t`` (their count and checksums)
+    and integers for its dtypes, options and optional tensors."""
+    a, b = _target_checksum(t)
+    return {"rows": t.shape[0], "dtype": dtypes, "options": options, "weighted": weighted, "targets_a": a, "targets_b": b}
 
 
 # The floating dtypes, numbered for the exchange.
@@ -153,11 +160,15 @@ def _starts(table: list, widths: list, name: str) -> list:
     return given
 
 
-def option_bits(*values: float) -> int:
-    """One integer for a call's float and integer options (for :func:`agree`)."""
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def option_bits(*values: Any) -> int:
+    """One integer for a call's options: floats, integers and a reduction's name (for :func:`agree`)."""
     h = 0
     for v in values:
-        h = (h * 1000003 + (_bits(v) if isinstance(v, float) else int(v))) & ((1 << 62) - 1)
+        code = _bits(v) if isinstance(v, float) else _REDUCTIONS[v] if isinstance(v, str) else int(v)
+        h = (h * 1000003 + code) & ((1 << 62) - 1)
     return h
 
 

@@ -20,12 +20,11 @@ import torch.distributed as dist
 from softmaxkit.backends.torch import linear as _torch_linear
 from softmaxkit.backends.torch.distributed import group as _group
 from softmaxkit.backends.torch.distributed.rounds import Rounds
-from softmaxkit.backends.torch.execution import as_float, xp
+from softmaxkit.backends.torch.execution import as_float, loss_options, xp
 from softmaxkit.frontend import linear as _linear
 from softmaxkit.frontend import validate
 
 _NAME = "vocab_parallel_linear_cross_entropy"
-_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
 def _pass(h, w, b, t, class_w, slices, ignore_index, eps, z, reduction, want_grad, row_scale=None):
@@ -76,12 +75,7 @@ def _check(input, linear_weight, target, linear_bias, weight, vocab_start, ignor
     h = as_float(input, "input")
     w = as_float(linear_weight, "linear_weight_shard")
     b = None if linear_bias is None else as_float(linear_bias, "linear_bias_shard")
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor; got {type(target).__module__}.{type(target).__name__}")
-    reduction = validate.reduction(reduction)
-    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
-    z = validate.non_negative(z_loss, "z_loss")
-    ignore_index = validate.integer(ignore_index, "ignore_index")
+    ignore_index, eps, z, reduction = loss_options(target, ignore_index, label_smoothing, z_loss, reduction)
     if h.ndim < 1:
         raise ValueError("input must have a hidden dimension (its last); got a 0-d tensor")
     if w.ndim != 2 or w.shape[1] != h.shape[-1]:
@@ -170,13 +164,10 @@ def vocab_parallel_linear_cross_entropy(
     if error is None:
         (h, w, b, t, class_w, start), (ignore_index, eps, z, reduction) = checked
         width, prints = w.shape[0], _group.fingerprint(w)
-        call = {
-            "rows": t.shape[0],
-            "dtype": _group.DTYPES[h.dtype] * 16 + _group.DTYPES[w.dtype],
-            "options": _group.option_bits(ignore_index, eps, z, _REDUCTIONS[reduction], h.shape[-1]),
-            "weighted": int(class_w is not None) + 2 * int(b is not None),
-        }
-        call["targets_a"], call["targets_b"] = _group.target_checksum(t)
+        call = _group.describe(
+            t, _group.DTYPES[h.dtype] * 16 + _group.DTYPES[w.dtype],
+            _group.option_bits(ignore_index, eps, z, reduction, h.shape[-1]), int(class_w is not None) + 2 * int(b is not None),
+        )
     else:
         start = None
     slices = _group.agree(g, _NAME, error, width, start, call, prints)
