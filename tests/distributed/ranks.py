@@ -47,12 +47,17 @@ def cases(world: int = 2) -> list[dict]:
     out = []
     v, n = 23, 9
     weight = torch.linspace(0.5, 2.0, v, dtype=torch.float64)
+    # Finite row maxima (on CPU, without smoothing, the native kernel's path).
     base = _logits(1, n, v)
-    base[1, :] = -INF  # a fully masked row
-    base[2, 3], base[2, 17] = INF, INF  # +inf on two ranks
+    base[0, 2] = 60.0  # confident
     base[3, 0] = base[3, 20] = 40.0  # the maximum tied across ranks
     base[4, 5:9] = -INF  # -inf classes
+    base[8, 6:] = -INF  # all of the last ranks' classes masked
     target = torch.tensor([0, 1, 3, 20, 6, -100, 22, 11, 2])
+    # Rows without a finite maximum (the formulas' path).
+    edges = base.clone()
+    edges[1, :] = -INF  # a fully masked row
+    edges[2, 3], edges[2, 17] = INF, INF  # +inf on two ranks
     for dtype in ("float32", "bfloat16"):
         for reduction in ("mean", "sum", "none"):
             for weighted in (False, True):
@@ -62,7 +67,9 @@ def cases(world: int = 2) -> list[dict]:
                         continue
                     out.append(dict(name=name, logits=base, target=target, dtype=dtype,
                                     weight=weight if weighted else None, eps=eps, z=z, reduction=reduction))
-    nan_row = base.clone()
+    for eps in (0.0, 0.1):
+        out.append(dict(name=f"edges-eps{eps}", logits=edges, target=target, dtype="float32", weight=weight, eps=eps, z=1e-3, reduction="none"))
+    nan_row = edges.clone()
     nan_row[7, 12] = float("nan")
     out.append(dict(name="nan-row", logits=nan_row, target=target, dtype="float32", weight=None, eps=0.0, z=0.0, reduction="none"))
     out.append(dict(name="all-ignored", logits=base, target=torch.full((n,), -100), dtype="float32", weight=None, eps=0.1, z=0.0, reduction="mean"))

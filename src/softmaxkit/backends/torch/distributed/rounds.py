@@ -36,6 +36,7 @@ from softmaxkit.backends.torch.execution import working_dtype, xp
 from softmaxkit.frontend import layout as _layout
 from softmaxkit.numerics import vocab_parallel as vp
 
+from softmaxkit.backends.torch.distributed import native
 from softmaxkit.backends.torch.distributed.group import Slices
 
 
@@ -48,9 +49,12 @@ class Totals:
     s: torch.Tensor
     n_finite: torch.Tensor | None
     finite_weight: torch.Tensor | None
+    # The slice's share and whether it holds the maximum, where the native passes run.
+    own: tuple | None = None
 
     def rows(self, index: slice) -> "Totals":
-        return Totals(*(None if v is None else v[index] for v in (self.a, self.w_t, self.s, self.n_finite, self.finite_weight)))
+        own = None if self.own is None else tuple(v[index] for v in self.own)
+        return Totals(*(None if v is None else v[index] for v in (self.a, self.w_t, self.s, self.n_finite, self.finite_weight)), own)
 
     def sums(self) -> dict:
         return {"s": self.s, "n_finite": self.n_finite, "finite_weight": self.finite_weight}
@@ -69,6 +73,7 @@ class Rounds:
         self.max_dtype = torch.float64 if wide else torch.float32
         self.weight = None if weight is None else weight.to(self.work)
         self.picked_weight = None if weight is None else weight.to(self.max_dtype)
+        self.native = native.usable(dtype, device, eps)
 
     def _chunks(self, n: int):
         step = _layout.chunk_rows(max(self.slices.width, 1), torch.finfo(self.work).bits // 8)
@@ -76,9 +81,10 @@ class Rounds:
             yield slice(start, min(n, start + step))
 
     def _sum(self, values: torch.Tensor) -> torch.Tensor:
-        """The sum over the ranks of ``values`` (working dtype), the same on every rank."""
+        """The sum over the ranks of ``values`` (working dtype, left as they are), the same on every rank."""
         group = self.slices.group
         if self.widened:
+            values = values.clone()
             dist.all_reduce(values, op=dist.ReduceOp.SUM, group=group)
             return values
         parts = [torch.empty_like(values) for _ in range(self.slices.world)]
@@ -97,6 +103,21 @@ class Rounds:
         a = top[:, :1].to(self.work)
         w_t = vp.row_weight(xp, keep, top[:, 1:] if self.weight is not None else None, self.work)
         # The share of s, and with smoothing the classes' count (and weight).
+        own = native.shares(x, a) if self.native and bool(torch.isfinite(a).all()) else None
+        if own is not None:
+            shares, holds = own[0], own[1][:, 0]
+        else:
+            shares, holds = self._shares(x, a)
+        summed = self._sum(torch.cat([shares.reshape(-1), holds.sum().reshape(1)]))
+        shares = summed[:-1].reshape(shares.shape)
+        expected = int(((a > -float("inf")) & ~torch.isnan(a)).sum())
+        holders = self._sum(holds) if int(summed[-1]) != expected else torch.ones_like(holds)
+        sums = vp.row_totals(xp, [shares[:, :1], holders[:, None]] + [shares[:, i : i + 1] for i in range(1, shares.shape[1])])
+        return Totals(a, w_t, sums["s"], sums["n_finite"], sums["finite_weight"], own)
+
+    def _shares(self, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The formulas' ``(share columns (n, m), holds (n,))``, a chunk of rows at a time."""
+        n = x.shape[0]
         n_cols = 1 + (1 if self.eps else 0) + (1 if self.eps and self.weight is not None else 0)
         shares = torch.empty((n, n_cols), dtype=self.work, device=x.device)
         holds = torch.empty((n,), dtype=self.work, device=x.device)
@@ -104,12 +125,7 @@ class Rounds:
             part, _ = vp.shares(xp, x[c].to(self.work), a[c], self.eps, self.weight, self.widened)
             holds[c] = part[1][:, 0]
             shares[c] = torch.cat([part[0]] + part[2:], dim=1)
-        summed = self._sum(torch.cat([shares.reshape(-1), holds.sum().reshape(1)]))
-        shares = summed[:-1].reshape(shares.shape)
-        expected = int(((a > -float("inf")) & ~torch.isnan(a)).sum())
-        holders = self._sum(holds) if int(summed[-1]) != expected else torch.ones_like(holds)
-        sums = vp.row_totals(xp, [shares[:, :1], holders[:, None]] + [shares[:, i : i + 1] for i in range(1, shares.shape[1])])
-        return Totals(a, w_t, sums["s"], sums["n_finite"], sums["finite_weight"])
+        return shares, holds
 
     def denominator(self, totals: Totals) -> torch.Tensor:
         """What "mean" divides by: the summed target weights of the rows (float64, 0-d)."""
@@ -135,6 +151,11 @@ class Rounds:
         (a cotangent per row) where given, divided by ``denominator`` where
         given (the "mean" rule: 0 where it is 0).
         """
+        if totals.own is not None:
+            return native.loss_rows(
+                x, self.local[rows], self.on_slice[rows], self.keep[rows], totals.w_t, totals.a, totals.s, totals.own,
+                self.z, grad, denominator, row_scale,
+            )
         local, on_slice, keep = self.local[rows], self.on_slice[rows], self.keep_w[rows]
         loss = torch.empty((x.shape[0],), dtype=self.work, device=x.device)
         for c in self._chunks(x.shape[0]):
