@@ -95,9 +95,12 @@ def linear_cases() -> list[dict]:
     target[::6] = -100
     class_w = torch.linspace(0.5, 2.0, v, dtype=torch.float64)
     out = []
-    for reduction, eps, z, weighted in (("mean", 0.0, 0.0, False), ("sum", 0.1, 1e-3, True), ("none", 0.0, 0.0, True), ("mean", 0.2, 0.0, True)):
-        out.append(dict(name=f"linear-{reduction}-eps{eps}", hidden=hidden, weight=weight, bias=bias, target=target,
-                        class_weight=class_w if weighted else None, eps=eps, z=z, reduction=reduction))
+    for reduction, eps, z, weighted, dtype in (
+        ("mean", 0.0, 0.0, False, "float32"), ("sum", 0.1, 1e-3, True, "float32"), ("none", 0.0, 0.0, True, "float32"),
+        ("mean", 0.2, 0.0, True, "float32"), ("mean", 0.0, 1e-3, True, "bfloat16"),
+    ):
+        out.append(dict(name=f"linear-{reduction}-eps{eps}-{dtype}", hidden=hidden, weight=weight, bias=bias, target=target,
+                        class_weight=class_w if weighted else None, eps=eps, z=z, reduction=reduction, dtype=dtype))
     return out
 
 
@@ -154,9 +157,10 @@ def linear(rank: int, world: int) -> dict:
     results = {}
     for case in linear_cases():
         b = bounds(world, case["weight"].shape[0])
-        h = case["hidden"].to(F32).clone().requires_grad_()
-        w = case["weight"].to(F32)[b[rank] : b[rank + 1]].clone().requires_grad_()
-        bias = case["bias"].to(F32)[b[rank] : b[rank + 1]].clone().requires_grad_()
+        dtype = getattr(torch, case["dtype"])
+        h = case["hidden"].to(dtype).clone().requires_grad_()
+        w = case["weight"].to(dtype)[b[rank] : b[rank + 1]].clone().requires_grad_()
+        bias = case["bias"].to(dtype)[b[rank] : b[rank + 1]].clone().requires_grad_()
         cw = None if case["class_weight"] is None else case["class_weight"].to(F32)[b[rank] : b[rank + 1]]
         loss = vocab_parallel_linear_cross_entropy(h, w, case["target"], linear_bias_shard=bias, weight=cw,
                                                    label_smoothing=case["eps"], z_loss=case["z"], reduction=case["reduction"])
