@@ -382,13 +382,16 @@ def test_eager_grad_matches_the_one_device_gradient(measured):
 # --- checks (one device) -------------------------------------------------------------
 
 
-def _on_one_device(fn, x, spec, check_vma=True):
-    """``fn(x)`` inside ``shard_map`` over a mesh of one device, ``x`` split by ``spec``."""
+def _on_one_device(fn, x, spec, check_vma=True, w=None):
+    """``fn(x)`` (``fn(x, w)`` with class weights ``w``) inside ``shard_map``
+    over a mesh of one device, ``x`` split by ``spec``."""
     from jax.sharding import NamedSharding
 
     mesh = jax.make_mesh((1,), ("v",), devices=jax.devices()[:1])
-    mapped = jax.shard_map(fn, mesh=mesh, in_specs=(spec,), out_specs=P(), check_vma=check_vma)
-    return mapped(jax.device_put(x, NamedSharding(mesh, spec)))
+    specs = (spec,) if w is None else (spec, P("v"))
+    args = (x,) if w is None else (x, w)
+    mapped = jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P(), check_vma=check_vma)
+    return mapped(*(jax.device_put(a, NamedSharding(mesh, sp)) for a, sp in zip(args, specs)))
 
 
 X = jnp.zeros((2, 4))
@@ -396,14 +399,20 @@ T = jnp.array([0, 3])
 
 
 def test_one_device_is_the_whole_row_loss():
-    """Without x64 (this process): compensated float32 against the native kernel."""
+    """Without x64 (this process): compensated float32 against the native
+    kernel.  The class weights get a zero cotangent."""
     x = jnp.array([[30.0, 0.0, -jnp.inf, 1.0], [2.0, 2.0, 2.0, 2.0]])
-    f = jax.value_and_grad(lambda a: _on_one_device(lambda xl: smj.vocab_parallel_cross_entropy(xl, T, axis_name="v"), a, P(None, "v")))
-    loss, grad = jax.jit(f)(x)
-    want, want_grad = jax.value_and_grad(smj.cross_entropy)(x, T)
+    w = jnp.array([1.0, 2.0, 1.0, 0.5])
+
+    def split(a, wa):
+        return _on_one_device(lambda xl, wl: smj.vocab_parallel_cross_entropy(xl, T, axis_name="v", weight=wl), a, P(None, "v"), w=wa)
+
+    loss, (grad, grad_w) = jax.jit(jax.value_and_grad(split, argnums=(0, 1)))(x, w)
+    want, want_grad = jax.value_and_grad(smj.cross_entropy)(x, T, weight=w)
     assert loss.dtype == grad.dtype == jnp.float32
     assert ulp_distance(loss, want, np.float32) <= X64_OFF_TOL[0]
     assert ulp_distance(grad, want_grad, np.float32) <= X64_OFF_TOL[1]
+    assert not np.any(np.asarray(grad_w))
 
 
 def test_unbound_axis_name_names_it():
