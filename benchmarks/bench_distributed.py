@@ -14,44 +14,50 @@ targets, ``reduction="mean"``):
   ``loss_parallel`` (the logits a ``DTensor`` leaf ``Shard(1)`` on a 1-D CPU
   mesh, ``F.cross_entropy`` and the backward inside the context manager).
 
-Every variant runs in fresh processes of its own, one variant after another
-(each needs its own process group, and the memory is measured per process);
-in each rank:
+For each rank count, every rank makes its slice of the logits (column
+blocks of ``N(0, 4)`` values, each block from a generator seeded by its
+index, so every split holds the same logits) and:
 
-1. the rank's slice is made (column blocks of ``N(0, 4)`` values, each block
-   from a generator seeded by its index, so every split holds the same
-   logits), and the variant is warmed up on a ``64 x 1024`` shape;
-2. memory: the peak resident set is reset (``_harness.reset_peak_rss``, the
-   resettable form of ``ru_maxrss``) and one forward + backward runs on the
-   whole shape; its peak growth, the gradient included, is the rank's
-   memory, and its loss is compared with a float64 reference;
-3. time: ``--repeats`` forward + backward calls, each after a barrier; a
-   repeat's time is the slowest rank's, the table gives the median;
-4. traffic: during the last timed call every collective is recorded by
-   wrapping ``torch.distributed``'s collectives (``all_reduce``,
-   ``all_gather``, ``all_gather_into_tensor``, ``all_gather_single``,
-   ``reduce_scatter``, ``reduce_scatter_tensor``, ``broadcast``,
-   ``all_gather_object``, ...) and the functional collectives that DTensor
-   issues (``torch.ops._c10d_functional.all_reduce`` and the others), with the
-   bytes of the tensor each rank contributes, ``B``.  Bytes sent per rank
-   follow the ring algorithm: all-reduce ``2 (W - 1) / W * B``, all-gather
-   ``(W - 1) * B`` (``B`` the local part), reduce-scatter ``(W - 1) / W * B``,
-   broadcast ``B``.  The gloo flight recorder (``TORCH_FR_BUFFER_SIZE``),
-   which sees every collective at the process group whatever API issued it,
-   records the same window as a cross-check;
-5. accuracy: a separate float32 batch of confident rows (18 rows of width
-   ``--acc-width``: the target logit the row's argmax with margin 5, 10, ...,
-   90 over the others, drawn from [-1, 0); the targets spread over the
-   slices), ``reduction="none"``: the worst ULP error of the per-row loss and
-   of the gradient's target entry against mpmath at 60 digits, written in the
-   log1p form (``tests/reference``).
+1. time: the variants of the rank count run in the same processes,
+   interleaved (house style): each is warmed up on a ``64 x 1024`` shape and
+   called once, untimed, on the whole shape; then ``--repeats`` rounds, the
+   order rotating every round, each call after a barrier.  A call's time is
+   the slowest rank's; the table gives the median over the rounds.
+2. traffic: during each variant's call of the last round every collective
+   is recorded by wrapping ``torch.distributed``'s collectives
+   (``all_reduce``, ``all_gather``, ``all_gather_into_tensor``,
+   ``all_gather_single``, ``reduce_scatter``, ``reduce_scatter_tensor``,
+   ``broadcast``, ``all_gather_object``, ...) and the functional collectives
+   that DTensor issues (``torch.ops._c10d_functional.all_reduce`` and the
+   others), with the bytes of the tensor each rank contributes, ``B``.
+   Bytes sent per rank follow the ring algorithm: all-reduce
+   ``2 (W - 1) / W * B``, all-gather ``(W - 1) * B`` (``B`` the local part),
+   reduce-scatter ``(W - 1) / W * B``, broadcast ``B``.  The gloo flight
+   recorder (``TORCH_FR_BUFFER_SIZE``), which sees every collective at the
+   process group whatever API issued it, records the same window as a
+   cross-check.
+3. memory: each variant alone in fresh processes, after its warm-up: the
+   peak resident set is reset (``_harness.reset_peak_rss``, the resettable
+   form of ``ru_maxrss``) and one forward + backward runs on the whole
+   shape; its peak growth, the gradient included, is the rank's memory, and
+   its loss is compared with a float64 reference.
+4. accuracy, in the same fresh processes: a separate float32 batch of
+   confident rows (18 rows of width ``--acc-width``: the target logit the
+   row's argmax with margin 5, 10, ..., 90 over the others, drawn from
+   [-1, 0); the targets spread over the slices), ``reduction="none"``: the
+   worst ULP error of the per-row loss and of the gradient's target entry
+   against mpmath at 60 digits, written in the log1p form
+   (``tests/reference``).
 
-Ranks get ``max(1, cores // W)`` torch and softmaxkit threads each.
+Megatron-core's loss overwrites its float32 input (with the softmax, then
+the gradient), so it works on a copy of the logits, restored before each
+call outside the timing.  Ranks get ``max(1, cores // W)`` torch and
+softmaxkit threads each.
 
 Usage::
 
     PYTHONPATH=src python benchmarks/bench_distributed.py [--quick] [--n 4096] [--v 131072]
-        [--ranks 1,2,4] [--variants torch,softmaxkit,megatron,dtensor] [--repeats 5] [--acc-width 1024] [--out DIR]
+        [--ranks 1,2,4] [--variants torch,softmaxkit,megatron,dtensor] [--repeats 7] [--acc-width 1024] [--out DIR]
 
 prints the table and writes DIR/distributed.md and .csv (default benchmarks/results).
 """
@@ -146,6 +152,8 @@ CSV_FIELDS = [
     "threads_per_rank",
     "repeats",
     "time_s",
+    "time_min_s",
+    "time_max_s",
     "times",
     "time_ratio",
     "sent_bytes_per_rank",
@@ -409,12 +417,13 @@ def flight_recorder_since(last: int) -> list[dict]:
 
 
 class Variant:
-    """One loss: the leaf it differentiates, one forward + backward, the local gradient."""
+    """One loss: the leaf it differentiates (sharing the logits' storage), one forward + backward, the local gradient."""
 
     def leaf(self, x: torch.Tensor) -> torch.Tensor:
-        return x.requires_grad_()
+        return x.detach().requires_grad_()
 
     def restore(self, leaf: torch.Tensor) -> None:
+        """Ready ``leaf`` for a call: no gradient (and the logits as made, for a loss that overwrites them)."""
         leaf.grad = None
 
     def local_grad(self, leaf: torch.Tensor) -> torch.Tensor:
@@ -453,7 +462,8 @@ class SoftmaxkitParallel(Variant):
 
 
 class Megatron(Variant):
-    """Megatron-core's loss, which overwrites its float32 input with the softmax and then the gradient: restored before each call."""
+    """Megatron-core's loss, which overwrites its float32 input with the softmax and then the gradient:
+    it works on a copy of the logits, restored from them before each call (outside the timing)."""
 
     def __init__(self, world: int) -> None:
         from megatron.core import parallel_state
@@ -461,16 +471,17 @@ class Megatron(Variant):
 
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=world)
         self.fn = vocab_parallel_cross_entropy
-        self.saved: dict[int, torch.Tensor] = {}
+        self.made: dict[int, torch.Tensor] = {}
 
     def leaf(self, x):
-        self.saved[id(x)] = x.clone()
-        return x.requires_grad_()
+        copy = x.detach().clone().requires_grad_()
+        self.made[id(copy)] = x
+        return copy
 
     def restore(self, leaf):
         leaf.grad = None
         with torch.no_grad():
-            leaf.copy_(self.saved[id(leaf)])
+            leaf.copy_(self.made[id(leaf)])
 
     def loss(self, x, y, reduction):
         per_token = self.fn(x, y)
@@ -491,7 +502,7 @@ class DTensorLossParallel(Variant):
     def leaf(self, x):
         n, width = x.shape
         shape = (n, width * self.world)
-        dx = self.DTensor.from_local(x, self.mesh, [self.Shard(1)], run_check=False, shape=shape, stride=(shape[1], 1))
+        dx = self.DTensor.from_local(x.detach(), self.mesh, [self.Shard(1)], run_check=False, shape=shape, stride=(shape[1], 1))
         return dx.requires_grad_()
 
     def local_grad(self, leaf):
@@ -527,7 +538,7 @@ def _barrier(world: int) -> None:
 
 
 def rank_main(rank: int, spec: dict, results) -> None:
-    """Measure ``spec['variant']`` on this rank and put a report (or the error) on ``results``."""
+    """Run ``spec['mode']`` (``"memory"`` or ``"time"``) on this rank and put a report (or the error) on ``results``."""
     report: dict = {"rank": rank}
     world = spec["world"]
     try:
@@ -543,7 +554,8 @@ def rank_main(rank: int, spec: dict, results) -> None:
                 world_size=world,
                 timeout=timedelta(seconds=COLLECTIVE_TIMEOUT),
             )
-        report.update(measure_rank(rank, world, spec))
+        measure = memory_rank if spec["mode"] == "memory" else time_rank
+        report.update(measure(rank, world, spec))
     except Exception as exc:  # noqa: BLE001 - the row keeps the variant with the reason it did not run
         report["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
     results.put(report)
@@ -551,19 +563,22 @@ def rank_main(rank: int, spec: dict, results) -> None:
         torch.distributed.destroy_process_group()
 
 
-def measure_rank(rank: int, world: int, spec: dict) -> dict:
-    """Memory, times, collectives and accuracy of one variant on this rank."""
-    variant = make_variant(spec["variant"], world)
+def warm_up(variant: Variant, rank: int, world: int) -> None:
+    """One call on the small shape ``WARM``: libraries loaded, kernels and thread pools set up."""
+    n, v = WARM
+    leaf = variant.leaf(logits_slice(n, v, rank * (v // world), v // world))
+    variant.restore(leaf)
+    variant.step(leaf, targets(n, v), "mean")
+
+
+def memory_rank(rank: int, world: int, spec: dict) -> dict:
+    """In fresh processes, one variant: the peak growth and loss of one call on the whole shape, then the confident rows."""
+    variant = make_variant(spec["variants"][0], world)
     n, v = spec["shape"]
     width = v // world
-
-    wn, wv = WARM
-    warm = variant.leaf(logits_slice(wn, wv, rank * (wv // world), wv // world))
-    variant.step(warm, targets(wn, wv), "mean")
-    variant.restore(warm)
-    del warm
-
+    warm_up(variant, rank, world)
     leaf = variant.leaf(logits_slice(n, v, rank * width, width))
+    variant.restore(leaf)
     y = targets(n, v)
     before = _checksum(leaf)
     _barrier(world)
@@ -571,35 +586,58 @@ def measure_rank(rank: int, world: int, spec: dict) -> dict:
     loss = variant.step(leaf, y, "mean")
     growth = peak_rss() - base
     report = {"growth": growth, "loss": float(loss), "input_modified": _checksum(leaf) != before}
-
-    times = []
-    for r in range(spec["repeats"]):
-        variant.restore(leaf)
-        _barrier(world)
-        last = r == spec["repeats"] - 1
-        if last:
-            LOG.calls.clear()
-            fr_last = flight_recorder_last() if world > 1 else -1
-            LOG.active = True
-        start = time.perf_counter()
-        variant.step(leaf, y, "mean")
-        times.append(time.perf_counter() - start)
-        LOG.active = False
-    report["times"] = times
-    report["calls"] = list(LOG.calls)
-    report["flight_recorder"] = flight_recorder_since(fr_last) if world > 1 and spec["repeats"] else []
     del leaf
 
     x, t = spec["accuracy"]
     aw = x.shape[1] // world
     acc = variant.leaf(torch.from_numpy(x[:, rank * aw : (rank + 1) * aw].copy()))
-    tt = torch.from_numpy(t)
-    losses = variant.step(acc, tt, "none")
+    variant.restore(acc)
+    losses = variant.step(acc, torch.from_numpy(t), "none")
     grad = variant.local_grad(acc)
-    mine = [(i, float(grad[i, ti - rank * aw])) for i, ti in enumerate(t.tolist()) if rank * aw <= ti < (rank + 1) * aw]
     report["acc_loss"] = losses.tolist()
-    report["acc_grad"] = mine
+    report["acc_grad"] = [(i, float(grad[i, ti - rank * aw])) for i, ti in enumerate(t.tolist()) if rank * aw <= ti < (rank + 1) * aw]
     return report
+
+
+def time_rank(rank: int, world: int, spec: dict) -> dict:
+    """Every variant of this rank count in the same processes, interleaved: times, and the collectives of the last round."""
+    n, v = spec["shape"]
+    width = v // world
+    variants = {name: make_variant(name, world) for name in spec["variants"]}
+    for variant in variants.values():
+        warm_up(variant, rank, world)
+    x = logits_slice(n, v, rank * width, width)
+    y = targets(n, v)
+    leaves = {name: variant.leaf(x) for name, variant in variants.items()}
+    # A first call on the whole shape, untimed.
+    for name, variant in variants.items():
+        variant.restore(leaves[name])
+        variant.step(leaves[name], y, "mean")
+        leaves[name].grad = None
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    calls: dict[str, list[dict]] = {}
+    recorded: dict[str, list[dict]] = {}
+    for r in range(spec["repeats"]):
+        last = r == spec["repeats"] - 1
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            variant, leaf = variants[name], leaves[name]
+            variant.restore(leaf)
+            _barrier(world)
+            if last:
+                LOG.calls.clear()
+                fr_last = flight_recorder_last() if world > 1 else -1
+                LOG.active = True
+            start = time.perf_counter()
+            variant.step(leaf, y, "mean")
+            times[name].append(time.perf_counter() - start)
+            LOG.active = False
+            leaf.grad = None
+            if last:
+                calls[name] = list(LOG.calls)
+                recorded[name] = flight_recorder_since(fr_last) if world > 1 else []
+    return {"times": times, "calls": calls, "flight_recorder": recorded}
 
 
 # --- launching the ranks ------------------------------------------------------------------------------
@@ -663,8 +701,9 @@ def collectives_short(calls: list[dict]) -> str:
     """Each call as ``kind op dtype[shape] (size)``, one a line, for the table."""
     if not calls:
         return "none"
-    shape = lambda c: "[" + "×".join(map(str, c["shape"])) + "]"
-    return "<br>".join(f"{c['kind']} {c['op'] + ' ' if c['op'] else ''}{c['dtype']}{shape(c)} ({_size(c['bytes'])})" for c in calls)
+    return "<br>".join(
+        f"{c['kind']} {c['op'] + ' ' if c['op'] else ''}{c['dtype']}[{'×'.join(map(str, c['shape']))}] ({_size(c['bytes'])})" for c in calls
+    )
 
 
 def flight_text(calls: list[dict], recorded: list[dict], world: int) -> str:
@@ -675,7 +714,15 @@ def flight_text(calls: list[dict], recorded: list[dict], world: int) -> str:
     return f"{'agrees' if math.isclose(sent, ours) and len(recorded) == len(calls) else 'DIFFERS'}: {len(recorded)} calls ({kinds})"
 
 
-def make_row(variant: str, world: int, spec: dict, reports: list[dict], exact: tuple, ref_loss: float) -> dict:
+def _error(reports: list[dict], world: int) -> str | None:
+    errors = [r["error"] for r in reports if "error" in r]
+    if errors:
+        return errors[0]
+    return None if len(reports) == world else "no report from every rank"
+
+
+def make_row(variant: str, world: int, spec: dict, memory: list[dict], timing: list[dict], exact: tuple, ref_loss: float) -> dict:
+    """The row of one variant: times from the interleaved run, memory and accuracy from its own fresh processes."""
     n, v = spec["shape"]
     row = {
         "ranks": world,
@@ -686,47 +733,63 @@ def make_row(variant: str, world: int, spec: dict, reports: list[dict], exact: t
         "threads_per_rank": spec["threads"],
         "repeats": spec["repeats"],
     }
-    errors = [r["error"] for r in reports if "error" in r]
-    if errors or len(reports) < world:
-        row["error"] = errors[0] if errors else "no report from every rank"
-        return row
-    per_repeat = [max(ts) for ts in zip(*(r["times"] for r in reports))]
-    calls = reports[0]["calls"]
-    growth = [r["growth"] / 2**20 for r in reports]
-    t = spec["accuracy"][1]
-    grads = dict(pair for r in reports for pair in r["acc_grad"])
-    ref = _reference()
-    row.update(
-        time_s=statistics.median(per_repeat) if per_repeat else None,
-        times=" ".join(f"{s:.3f}" for s in per_repeat),
-        sent_bytes_per_rank=sum(c["sent"] for c in calls),
-        calls=calls,
-        collectives=collectives_text(calls),
-        flight_recorder=flight_text(calls, reports[0]["flight_recorder"], world) if world > 1 else "",
-        growth_mib=max(growth),
-        growth_mib_ranks=" ".join(f"{g:.0f}" for g in growth),
-        loss=reports[0]["loss"],
-        loss_rel_error=abs(reports[0]["loss"] - ref_loss) / ref_loss,
-        loss_ulp=ref.ulp_error(np.asarray(reports[0]["acc_loss"], dtype=np.float32), exact[0], np.dtype(np.float32)),
-        grad_t_ulp=ref.ulp_error(np.asarray([grads[i] for i in range(len(t))], dtype=np.float32), exact[1], np.dtype(np.float32)),
-        input_modified=any(r["input_modified"] for r in reports),
-    )
-    if any(r["acc_loss"] != reports[0]["acc_loss"] for r in reports):
-        row["error"] = "the per-row losses differ between ranks"
+    problems = []
+    time_error = _error(timing, world)
+    if time_error is None:
+        per_repeat = [max(ts) for ts in zip(*(r["times"][variant] for r in timing))]
+        calls = timing[0]["calls"][variant]
+        row.update(
+            time_s=statistics.median(per_repeat),
+            time_min_s=min(per_repeat),
+            time_max_s=max(per_repeat),
+            times=" ".join(f"{s:.3f}" for s in per_repeat),
+            calls=calls,
+            sent_bytes_per_rank=sum(c["sent"] for c in calls),
+            collectives=collectives_text(calls),
+            flight_recorder=flight_text(calls, timing[0]["flight_recorder"][variant], world) if world > 1 else "",
+        )
+        if any(r["calls"][variant] != calls for r in timing):
+            problems.append("the ranks' collectives differ")
+    else:
+        problems.append(f"timing: {time_error}")
+    memory_error = _error(memory, world)
+    if memory_error is None:
+        t = spec["accuracy"][1]
+        grads = dict(pair for r in memory for pair in r["acc_grad"])
+        ref = _reference()
+        growth = [r["growth"] / 2**20 for r in memory]
+        f32 = np.dtype(np.float32)
+        row.update(
+            growth_mib=max(growth),
+            growth_mib_ranks=" ".join(f"{g:.0f}" for g in growth),
+            loss=memory[0]["loss"],
+            loss_rel_error=abs(memory[0]["loss"] - ref_loss) / ref_loss,
+            loss_ulp=ref.ulp_error(np.asarray(memory[0]["acc_loss"], dtype=np.float32), exact[0], f32),
+            grad_t_ulp=ref.ulp_error(np.asarray([grads[i] for i in range(len(t))], dtype=np.float32), exact[1], f32),
+            input_modified=any(r["input_modified"] for r in memory),
+        )
+        if any(r["acc_loss"] != memory[0]["acc_loss"] for r in memory):
+            problems.append("the per-row losses differ between ranks")
+    else:
+        problems.append(f"memory and accuracy: {memory_error}")
+    if problems:
+        row["error"] = "; ".join(problems)
     return row
 
 
 def add_ratios(rows: list[dict]) -> None:
     """softmaxkit's time, bytes and peak over each row's, within a rank count."""
     for row in rows:
-        ours = next((r for r in rows if r["ranks"] == row["ranks"] and r["variant"] == OURS and "time_s" in r), None)
-        if ours is None or "time_s" not in row:
+        ours = next((r for r in rows if r["ranks"] == row["ranks"] and r["variant"] == OURS), None)
+        if ours is None:
             continue
-        row["time_ratio"] = ours["time_s"] / row["time_s"] if row["time_s"] else None
-        if row["ranks"] > 1 and row["sent_bytes_per_rank"]:
+        if row.get("time_s") and ours.get("time_s"):
+            row["time_ratio"] = ours["time_s"] / row["time_s"]
+        if row["ranks"] > 1 and row.get("sent_bytes_per_rank") and ours.get("sent_bytes_per_rank"):
             row["sent_ratio"] = ours["sent_bytes_per_rank"] / row["sent_bytes_per_rank"]
         # A growth below 1 MiB is the noise of the page counts, not a footprint to divide by.
-        row["growth_ratio"] = ours["growth_mib"] / row["growth_mib"] if row["growth_mib"] >= 1 else None
+        if row.get("growth_mib", 0) >= 1 and ours.get("growth_mib") is not None:
+            row["growth_ratio"] = ours["growth_mib"] / row["growth_mib"]
 
 
 # --- results ------------------------------------------------------------------------------------------
@@ -737,29 +800,34 @@ def _num(value: object, fmt: str) -> str:
 
 
 def _ulp(value: float | None) -> str:
-    if value is None:
+    if value is None or value == "":
         return "—"
     if math.isinf(value):
         return "inf"
     return f"{value:.2g}" if value >= 1000 else f"{value:.2f}"
 
 
+def _time(r: dict) -> str:
+    if r.get("time_s") is None:
+        return "did not run"
+    return f"{r['time_s']:.3g} ({r['time_min_s']:.3g}–{r['time_max_s']:.3g})"
+
+
 def _cells(r: dict) -> list[str]:
-    if r.get("error") and "time_s" not in r:
-        return [str(r["ranks"]), r["label"], f"did not run: {r['error']}", *["—"] * 9]
+    parallel = r["ranks"] > 1
     return [
         str(r["ranks"]),
         r["label"],
-        f"{r['time_s']:.3f}",
+        _time(r),
         _num(r.get("time_ratio"), ".2f"),
-        _num(r["sent_bytes_per_rank"] / 1024, ".1f") if r["ranks"] > 1 else "—",
+        _num(r["sent_bytes_per_rank"] / 1024, ".1f") if parallel and "sent_bytes_per_rank" in r else "—",
         _num(r.get("sent_ratio"), ".2f"),
-        collectives_short(r["calls"]) if r["ranks"] > 1 else "—",
-        f"{r['growth_mib']:.0f}",
+        collectives_short(r["calls"]) if parallel and "calls" in r else "—",
+        _num(r.get("growth_mib"), ".0f"),
         _num(r.get("growth_ratio"), ".2f"),
-        f"{r['loss_rel_error']:.1e}",
-        _ulp(r["loss_ulp"]),
-        _ulp(r["grad_t_ulp"]),
+        _num(r.get("loss_rel_error"), ".1e"),
+        _ulp(r.get("loss_ulp")),
+        _ulp(r.get("grad_t_ulp")),
     ]
 
 
@@ -786,14 +854,14 @@ def write(rows: list[dict], spec: dict, out: Path) -> None:
     threads = ", ".join(f"{w} rank{'s' * (w > 1)}: {max(1, info['cores'] // w)}" for w in sorted({r["ranks"] for r in rows}))
     footer = ["Collectives per forward + backward call, as recorded by the wrappers on each rank (the same on every rank):", ""]
     for r in rows:
-        if r["ranks"] > 1 and r.get("collectives") is not None:
+        if r["ranks"] > 1 and "collectives" in r:
             footer.append(f"- {r['ranks']} ranks, {r['label']}: {r['collectives'] or 'none'}; gloo flight recorder {r['flight_recorder']}.")
     modified = [f"{r['label']} ({r['ranks']} rank{'s' * (r['ranks'] > 1)})" for r in rows if r.get("input_modified")]
     if modified:
         footer += ["", "Overwrite their float32 input logits (restored before each call, outside the timing): " + ", ".join(modified) + "."]
     failed = [r for r in rows if r.get("error")]
     if failed:
-        footer += ["", *(f"{r['label']} on {r['ranks']} rank(s): {r['error']}" for r in failed)]
+        footer += ["", *(f"Not measured: {r['label']} on {r['ranks']} rank(s): {r['error']}." for r in failed)]
     notes = [
         (
             f"Logits N x V = {n} x {v}, float32, N(0, 4); uniform class-index targets; reduction='mean'; forward + "
@@ -806,15 +874,15 @@ def write(rows: list[dict], spec: dict, out: Path) -> None:
             "torch.distributed.tensor.parallel.loss_parallel()."
         ),
         (
-            f"Time: seconds per forward + backward; each of {spec['repeats']} repeats starts after a barrier and "
-            "counts the slowest rank; the median of the repeats, after a warm-up call on a 64 x 1024 shape and one "
-            "untimed call on the whole shape (the memory call). Torch and softmaxkit threads per rank: "
+            "Time: seconds per forward + backward, median (min–max) of the rounds. The variants of one rank count run "
+            "in the same processes, interleaved: a warm-up call of each on a 64 x 1024 shape and one untimed call on the "
+            f"whole shape, then {spec['repeats']} rounds, the order rotating every round; each call starts after a "
+            "barrier and counts the slowest rank. Torch and softmaxkit threads per rank: "
             f"{threads}; with more ranks than cores the ranks share them. `softmaxkit / this`: softmaxkit's over the "
-            "row's, within a rank count (below 1: softmaxkit is better). Variants run one after another, each in "
-            "fresh processes, not interleaved."
+            "row's, within a rank count (below 1: softmaxkit is better)."
         ),
         (
-            "Sent per rank: bytes one rank sends during one call, from the tensors passed to the collectives "
+            "Sent per rank: bytes one rank sends during one call (each variant's call of the last round), from the tensors passed to the collectives "
             "(torch.distributed's all_reduce, all_gather, all_gather_into_tensor, all_gather_single, reduce_scatter, "
             "reduce_scatter_tensor, broadcast, all_gather_object, ... and torch.ops._c10d_functional's, which "
             "DTensor uses, wrapped on each rank), converted with the ring algorithms: all-reduce 2(W-1)/W·B, "
@@ -822,17 +890,18 @@ def write(rows: list[dict], spec: dict, out: Path) -> None:
             "(TORCH_FR_BUFFER_SIZE), which sees every collective at the process group, checks the count."
         ),
         (
-            "Peak growth per rank: resident-set peak (VmHWM, the resettable ru_maxrss) growth of the memory call "
-            "over its value just before, in the fresh process of each variant; the worst rank; the gradient included."
+            "Peak growth per rank: in fresh processes of each variant alone, after its warm-up, the resident-set peak "
+            "(VmHWM, the resettable ru_maxrss) growth of one call on the whole shape over its value just before; the "
+            "worst rank; the gradient included."
         ),
         (
-            f"Accuracy: `loss rel. error` of the memory call's mean loss against float64 on the same logits. `loss ULP` "
+            f"Accuracy: `loss rel. error` of that call's mean loss against float64 on the same logits. `loss ULP` "
             f"and `grad[t] ULP`: worst float32 ULP error on {len(MARGINS)} confident rows of width "
             f"{spec['accuracy'][0].shape[1]} (the target the argmax by a margin of 5, 10, ..., 90 over values in "
             "[-1, 0), targets on every slice), reduction='none': the per-row loss and the gradient's target entry, "
             "against mpmath at 60 digits in the log1p form."
         ),
-        "The CSV's `softmaxkit` column names the code measured; its `times` the per-repeat slowest-rank seconds.",
+        "The CSV's `softmaxkit` column names the code measured (each launch's); its `times` the per-round slowest-rank seconds.",
     ]
     write_results(
         NAME,
@@ -880,13 +949,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--v", type=int, help=f"classes, divisible by every rank count (default {DEFAULT[1]})")
     parser.add_argument("--ranks", default="1,2,4", help="comma-separated rank counts; 1: the single-process variants")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
-    parser.add_argument("--repeats", type=int, help="timed calls per variant (default 5; 3 with --quick)")
+    parser.add_argument("--repeats", type=int, help="timed rounds (default 7; 3 with --quick)")
     parser.add_argument("--acc-width", type=int, help=f"width of the confident rows (default {ACC_WIDTH}; {QUICK_ACC_WIDTH} with --quick)")
     add_out_argument(parser)
     args = parser.parse_args(argv)
     n = args.n or (QUICK if args.quick else DEFAULT)[0]
     v = args.v or (QUICK if args.quick else DEFAULT)[1]
-    repeats = args.repeats if args.repeats is not None else 3 if args.quick else 5
+    repeats = args.repeats if args.repeats is not None else 3 if args.quick else 7
     acc_width = args.acc_width or (QUICK_ACC_WIDTH if args.quick else ACC_WIDTH)
     ranks = _ints(args.ranks, "--ranks")
     variants = _names(args.variants)
@@ -906,20 +975,22 @@ def main(argv: list[str] | None = None) -> int:
     base = {"shape": (n, v), "repeats": repeats, "accuracy": (x_acc, t_acc)}
     rows = []
     for world in ranks:
-        for variant in (SINGLE if world == 1 else PARALLEL):
-            if variant not in variants:
-                continue
-            spec = {**base, "variant": variant, "world": world, "threads": max(1, cores // world)}
-            started = time.perf_counter()
-            reports = launch(spec)
-            row = make_row(variant, world, spec, reports, exact, ref_loss)
+        names = [name for name in (SINGLE if world == 1 else PARALLEL) if name in variants]
+        if not names:
+            continue
+        spec = {**base, "world": world, "threads": max(1, cores // world)}
+        started, version = time.perf_counter(), source_version()
+        timing = launch({**spec, "mode": "time", "variants": names})
+        print(f"{world} rank(s), interleaved times: {_error(timing, world) or 'done'} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+        for name in names:
+            started, versions = time.perf_counter(), {version, source_version()}
+            memory = launch({**spec, "mode": "memory", "variants": [name]})
+            row = make_row(name, world, spec, memory, timing, exact, ref_loss)
+            row.update(softmaxkit=" ".join(sorted(versions)), torch=torch.__version__, megatron_core=megatron_version())
             rows.append(row)
             status = row.get("error") or f"{row['time_s']:.3f} s, {row['growth_mib']:.0f} MiB"
-            print(f"{world} rank(s) {variant}: {status} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+            print(f"{world} rank(s) {name}: {status} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     add_ratios(rows)
-    softmaxkit_version, torch_version, mcore = source_version(), torch.__version__, megatron_version()
-    for row in rows:
-        row.update(softmaxkit=softmaxkit_version, torch=torch_version, megatron_core=mcore)
     write(rows, base, args.out)
     return 0
 
