@@ -104,9 +104,10 @@ def _first_max(xp, x, eligible=None):
 
 
 def _rest_sum(xp, hi, lo, e, is_k, widened):
-    """``s``: the sum of the terms other than ``is_k``, rescued where tiny (float64)."""
+    """``s``: the sum of the terms other than ``is_k``, rescued where tiny (float64 only: no
+    float32 sum reaches 2^-1000)."""
     s = compensated_sum(xp, xp.where(is_k, xp.zeros_like(e), e), widened)
-    return s if widened else _tiny_sum(xp, hi, lo, is_k, s)
+    return s if widened or e.dtype != xp.float64 else _tiny_sum(xp, hi, lo, is_k, s)
 
 
 def _row_max(xp, x):
