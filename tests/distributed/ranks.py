@@ -235,7 +235,7 @@ def _rank(rank: int, world: int, port: int, scenarios: list, out_dir: str) -> No
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=10 if "dead" in scenarios else 60))
+                            timeout=datetime.timedelta(seconds=5 if "dead" in scenarios else 60))
     results = {}
     for name in scenarios:
         try:
