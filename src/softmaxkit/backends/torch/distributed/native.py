@@ -57,9 +57,10 @@ def shares(x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     if width == 0:
         zero = torch.zeros((n, 1), dtype=torch.float64)
         return zero, zero
-    m = x.amax(dim=1, keepdim=True).to(torch.float64)
+    m, k = x.max(dim=1, keepdim=True)
+    m = m.to(torch.float64)
     log_sum = np.empty(n, dtype=np.float64)
-    _kernel(x, x.argmax(dim=1), log_sum, None, 0.0)
+    _kernel(x, k[:, 0], log_sum, None, 0.0)
     log_sum = torch.from_numpy(log_sum)[:, None]
     holds = m == a
     share = torch.where(holds, torch.expm1(log_sum), torch.exp((m - a) + log_sum))
@@ -96,5 +97,5 @@ def loss_rows(x, local, on_slice, keep, w_t, a, s, own, z, grad, denominator, ro
         out[c] = torch.where(on_slice[c, 0], w_t[c, 0] * torch.from_numpy(loss), 0.0)
         if g is None:
             continue
-        grad[c] = (g[:, :width] * factor[c]).to(grad.dtype)
+        grad[c].copy_(g[:, :width].mul_(factor[c]))
     return out
