@@ -419,10 +419,7 @@ def linear_cross_entropy(
             normalizer=normalizer, return_grad=return_grad,
         )
     return_grad = validate.flag(return_grad, "return_grad")
-    reduction = validate.reduction(reduction)
-    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
-    z = validate.non_negative(z_loss, "z_loss")
-    ignore_index = validate.integer(ignore_index, "ignore_index")
+    ignore_index, eps, z, reduction = validate.loss_options(ignore_index, label_smoothing, z_loss, reduction)
     cap = softcap_value(softcap)
     norm = normalizer_value(normalizer, reduction)
     xp, h, h_dtype = validate.real_array(hidden, "hidden")

@@ -185,10 +185,7 @@ def cross_entropy(
             reduction=reduction, z_loss=z_loss, return_grad=return_grad,
         )
     return_grad = validate.flag(return_grad, "return_grad")
-    reduction = validate.reduction(reduction)
-    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
-    z = validate.non_negative(z_loss, "z_loss")
-    ignore_index = validate.integer(ignore_index, "ignore_index")
+    ignore_index, eps, z, reduction = validate.loss_options(ignore_index, label_smoothing, z_loss, reduction)
     if isinstance(targets, np.ndarray) and (targets.dtype.kind == "f" or (targets.dtype.kind == "V" and targets.dtype.name == "bfloat16")):  # the native kernels' probability targets
         validate.probability_targets_ignore_index(ignore_index, targets.dtype, "targets")
     native = registry.native()

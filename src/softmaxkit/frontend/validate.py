@@ -233,6 +233,15 @@ def reduction(value: Any) -> str:
     return value
 
 
+def loss_options(ignore_index: Any, label_smoothing: Any, z_loss: Any, mode: Any) -> tuple[int, float, float, str]:
+    """A cross-entropy's options checked: ``(ignore_index, label_smoothing, z_loss, reduction)``
+    (``mode`` is the reduction)."""
+    mode = reduction(mode)
+    eps = in_unit_interval(label_smoothing, "label_smoothing")
+    z = non_negative(z_loss, "z_loss")
+    return integer(ignore_index, "ignore_index"), eps, z, mode
+
+
 def integer(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int; got {describe(value)}")

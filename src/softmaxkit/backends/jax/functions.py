@@ -449,10 +449,7 @@ def cross_entropy(
     >>> float(g[0, 0])  # jax.nn / optax give 0
     -9.357...e-14
     """
-    reduction = validate.reduction(reduction)
-    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
-    z = validate.non_negative(z_loss, "z_loss")
-    ignore_index = validate.integer(ignore_index, "ignore_index")
+    ignore_index, eps, z, reduction = validate.loss_options(ignore_index, label_smoothing, z_loss, reduction)
     x = _as_float(logits, "logits")
     labels = jnp.asarray(labels)
     if x.ndim == 0:

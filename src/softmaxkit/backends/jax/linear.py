@@ -349,10 +349,7 @@ def linear_cross_entropy(
     >>> float(dh[0, 0])  # a confident token: naive float32 code, computing p_t - 1, gives -1.7e-14
     -1.937...e-12
     """
-    reduction = validate.reduction(reduction)
-    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
-    z = validate.non_negative(z_loss, "z_loss")
-    ignore_index = validate.integer(ignore_index, "ignore_index")
+    ignore_index, eps, z, reduction = validate.loss_options(ignore_index, label_smoothing, z_loss, reduction)
     cap = _linear.softcap_value(softcap)
     h = _as_float(hidden, "hidden")
     w_lin = _as_float(linear_weight, "linear_weight")

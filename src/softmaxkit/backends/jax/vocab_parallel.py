@@ -263,10 +263,7 @@ def vocab_parallel_cross_entropy(
     >>> float(jax.jit(jax.grad(split))(x, jnp.array([0]))[0, 0])  # jax.nn gives 0
     -2.807...e-13
     """
-    reduction = validate.reduction(reduction)
-    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
-    z = validate.non_negative(z_loss, "z_loss")
-    ignore_index = validate.integer(ignore_index, "ignore_index")
+    ignore_index, eps, z, reduction = validate.loss_options(ignore_index, label_smoothing, z_loss, reduction)
     x = _as_float(local_logits, "local_logits")
     if x.ndim != 2:
         raise ValueError(f"local_logits must have shape (N, V_local), this device's slice of the classes; got shape {tuple(x.shape)}")

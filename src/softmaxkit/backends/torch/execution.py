@@ -170,10 +170,7 @@ def loss_options(target: Any, ignore_index: Any, label_smoothing: Any, z_loss: A
     """A cross-entropy's options checked, and ``target`` a tensor: ``(ignore_index, eps, z, reduction)``."""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor; got {type(target).__module__}.{type(target).__name__}")
-    reduction = validate.reduction(reduction)
-    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
-    z = validate.non_negative(z_loss, "z_loss")
-    return validate.integer(ignore_index, "ignore_index"), eps, z, reduction
+    return validate.loss_options(ignore_index, label_smoothing, z_loss, reduction)
 
 
 def as_float(x: Any, name: str) -> torch.Tensor:

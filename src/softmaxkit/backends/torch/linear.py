@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from softmaxkit import numerics as num
-from softmaxkit.backends.torch.execution import apply_function, as_float, value_checks, xp
+from softmaxkit.backends.torch.execution import apply_function, as_float, loss_options, value_checks, xp
 from softmaxkit.frontend import linear as _linear
 from softmaxkit.frontend import registry, validate
 from softmaxkit.numerics import linear as lin
@@ -353,12 +353,7 @@ def linear_cross_entropy(
     h = as_float(input, "input")
     w = as_float(linear_weight, "linear_weight")
     b = None if linear_bias is None else as_float(linear_bias, "linear_bias")
-    if not isinstance(target, Tensor):
-        raise TypeError(f"target must be a torch.Tensor; got {type(target).__module__}.{type(target).__name__}")
-    reduction = validate.reduction(reduction)
-    eps = validate.in_unit_interval(label_smoothing, "label_smoothing")
-    z = validate.non_negative(z_loss, "z_loss")
-    ignore_index = validate.integer(ignore_index, "ignore_index")
+    ignore_index, eps, z, reduction = loss_options(target, ignore_index, label_smoothing, z_loss, reduction)
     cap = _linear.softcap_value(_host_number(softcap, "softcap"))
     norm = _linear.normalizer_value(_host_number(normalizer, "normalizer"), reduction)
     v, width = _linear.check_shapes(tuple(h.shape), tuple(w.shape), None if b is None else tuple(b.shape), ("input", "linear_weight", "linear_bias"))
