@@ -74,7 +74,7 @@ def test_hessian_matches_finite_differences_of_grad(name):
 
     with jax.enable_x64(True):
         x = _x64(5)
-        h = jax.hessian(scalar)(x).reshape(x.size, x.size)
+        h = jax.jit(jax.hessian(scalar))(x).reshape(x.size, x.size)
         grad = jax.jit(jax.grad(scalar))
         step = 1e-6
         columns = []
@@ -83,7 +83,7 @@ def test_hessian_matches_finite_differences_of_grad(name):
             columns.append(((grad(x + e) - grad(x - e)) / (2 * step)).reshape(-1))
         np.testing.assert_allclose(h, np.stack(columns, axis=1), atol=1e-7, rtol=1e-6)
         # Forward-over-reverse and reverse-over-reverse agree.
-        np.testing.assert_allclose(h, jax.jacrev(jax.grad(scalar))(x).reshape(x.size, x.size), atol=1e-13, rtol=1e-11)
+        np.testing.assert_allclose(h, jax.jit(jax.jacrev(jax.grad(scalar)))(x).reshape(x.size, x.size), atol=1e-13, rtol=1e-11)
 
 
 def test_jvp_with_respect_to_probability_labels_and_weight():
