@@ -182,6 +182,8 @@ def dtensor(rank: int, world: int) -> dict:
     loss = smt.cross_entropy(d, case["target"], weight=weight, label_smoothing=0.1)
     loss.backward()
     out = {"loss": _encode(loss.to_local()), "placements": str(loss.placements), "grad": _encode(d.grad.full_tensor())}
+    module = smt.CrossEntropyLoss(reduction="none")(distribute_tensor(full, mesh, [Shard(1)]), case["target"])
+    out["module"] = _encode(module.to_local())
     out["rows"] = _call(lambda: smt.cross_entropy(distribute_tensor(full, mesh, [Shard(0)]), case["target"]))
     if world == 4:
         mesh2 = init_device_mesh("cpu", (2, 2))
@@ -227,7 +229,25 @@ def dead(rank: int, world: int) -> dict:
     return {"got": got, "seconds": time.monotonic() - start}
 
 
-SCENARIOS = {"plain": plain, "linear": linear, "dtensor": dtensor, "faults": faults, "dead": dead}
+def subgroup(rank: int, world: int) -> dict:
+    """Ranks 1 and 2 of 4 split the classes in a group of their own; the others stay out."""
+    import torch.distributed as dist
+    from softmaxkit.torch.distributed import vocab_parallel_cross_entropy
+
+    group = dist.new_group([1, 2])
+    if rank not in (1, 2):
+        return {}
+    case = cases()[0]
+    full = case["logits"].to(F32)
+    half = full.shape[1] // 2
+    part = full[:, :half] if rank == 1 else full[:, half:]
+    x = part.clone().requires_grad_()
+    loss = vocab_parallel_cross_entropy(x, case["target"], group=group, reduction="sum")
+    loss.backward()
+    return {"loss": _encode(loss), "grad": _encode(x.grad), "start": 0 if rank == 1 else half}
+
+
+SCENARIOS = {"subgroup": subgroup, "plain": plain, "linear": linear, "dtensor": dtensor, "faults": faults, "dead": dead}
 
 
 def _rank(rank: int, world: int, port: int, scenarios: list, out_dir: str) -> None:

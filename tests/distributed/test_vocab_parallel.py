@@ -57,7 +57,7 @@ def _run(world: int, scenarios: str, tmp: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vocab_parallel")
-    return {world: _run(world, SCENARIOS, tmp) for world in WORLDS}
+    return {world: _run(world, SCENARIOS + (",subgroup" if world == 4 else ""), tmp) for world in WORLDS}
 
 
 def _np_dtype(name: str):
@@ -176,6 +176,7 @@ def test_dtensor_sharded_classes(runs, world):
         assert mine["placements"] == "(Replicate(),)"
         assert ulps.ulp_distance(np.asarray(mine["loss"]), loss.detach().double().numpy(), np.float32) <= 1
         assert ulps.ulp_distance(np.asarray(mine["grad"]), x.grad.double().numpy(), np.float32) <= 1
+        assert ulps.ulp_distance(np.asarray(mine["module"]), smt.cross_entropy(x.detach(), case["target"], reduction="none").double().numpy(), np.float32) <= 1
         assert mine["rows"][:2] == ["error", "ValueError"] and "do not shard the classes" in mine["rows"][2]
         if world == 4:
             assert mine["mesh2d"][:2] == ["error", "ValueError"] and "2-D device mesh" in mine["mesh2d"][2]
@@ -197,6 +198,21 @@ def test_a_bad_argument_on_any_rank_stops_every_rank(runs, world):
         assert f["overlap"][1] == "ValueError" and "overlap" in f["overlap"][2]
         # The group is still usable afterwards.
         assert f["after"][0] == "ok"
+
+
+def test_a_group_of_some_ranks(runs):
+    """group= a subgroup: ranks 1 and 2 of 4 split the classes; ranks 0 and 3 take no part."""
+    case = ranks.cases()[0]
+    x = case["logits"].to(torch.float32).clone().requires_grad_()
+    loss = smt.cross_entropy(x, case["target"], reduction="sum")
+    loss.backward()
+    for rank in (1, 2):
+        mine = runs[4][rank]["subgroup"]
+        assert ulps.ulp_distance(np.asarray(mine["loss"]), loss.detach().double().numpy(), np.float32) <= 1
+        grad = np.asarray(mine["grad"], dtype=np.float64)
+        part = x.grad.double().numpy()[:, mine["start"] : mine["start"] + grad.shape[1]]
+        assert ulps.ulp_distance(grad, part, np.float32) <= 1
+    assert runs[4][0]["subgroup"] == {} and runs[4][3]["subgroup"] == {}
 
 
 def test_a_dead_rank_ends_the_others_with_an_error(tmp_path):
