@@ -148,6 +148,12 @@ def plain(rank: int, world: int) -> dict:
     loss = vocab_parallel_cross_entropy(x, case["target"], vocab_start=starts[mine])
     loss.backward()
     results["vocab-start"] = {"loss": _encode(loss), "grad": _encode(x.grad), "start": starts[mine]}
+    # Under torch.compile: one opaque call between compiled code.
+    x = full[:, b[rank] : b[rank + 1]].clone().requires_grad_()
+    step = torch.compile(lambda a, t: vocab_parallel_cross_entropy(a * 2.0, t, label_smoothing=0.1) + 1.0, backend="eager")
+    loss = step(x, case["target"])
+    loss.backward()
+    results["compiled"] = {"loss": _encode(loss), "grad": _encode(x.grad)}
     return results
 
 

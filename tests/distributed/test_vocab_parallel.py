@@ -137,6 +137,18 @@ def test_slices_in_any_order_by_vocab_start(runs, world):
 
 
 @pytest.mark.parametrize("world", WORLDS)
+def test_under_torch_compile(runs, world):
+    case = ranks.cases()[0]
+    x = case["logits"].to(torch.float32).clone().requires_grad_()
+    loss = smt.cross_entropy(x * 2.0, case["target"], label_smoothing=0.1) + 1.0
+    loss.backward()
+    for rank, got in enumerate(runs[world]):
+        mine = got["plain"]["compiled"]
+        assert ulps.ulp_distance(np.asarray(mine["loss"]), loss.detach().double().numpy(), np.float32) <= 1
+        assert ulps.ulp_distance(np.asarray(mine["grad"], dtype=np.float64), _slice(x.grad.double().numpy(), world, rank), np.float32) <= 1
+
+
+@pytest.mark.parametrize("world", WORLDS)
 def test_fused_linear_loss_agrees_with_one_device(runs, world):
     """The loss within 1 ULP.  The gradients sum float32 entries of the logits' gradient (each
     within 1 ULP of one device's) over many tokens, where they cancel, and the weight's and the

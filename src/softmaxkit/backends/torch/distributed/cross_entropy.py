@@ -66,6 +66,8 @@ def _check(input: Any, target: Any, weight: Any, vocab_start: Any, ignore_index:
     return x.reshape(target.numel(), width), target.reshape(-1).to(x.device), w, start, (ignore_index, eps, z, reduction)
 
 
+# Collectives and host-side checks: one opaque call under torch.compile.
+@torch.compiler.disable
 def vocab_parallel_cross_entropy(
     input: torch.Tensor,
     target: torch.Tensor,

@@ -32,6 +32,8 @@ def _replicated(value: Any, name: str) -> Any:
     return value.to_local()
 
 
+# Collectives and host-side checks: one opaque call under torch.compile.
+@torch.compiler.disable
 def cross_entropy(input: Any, target: Any, weight: Any, ignore_index: int, reduction: str, label_smoothing: float, z_loss: float) -> Any:
     """The vocabulary-parallel loss of a class-sharded DTensor, as a replicated DTensor."""
     from torch.distributed.tensor import DTensor, Replicate, Shard

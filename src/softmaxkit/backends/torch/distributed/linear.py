@@ -95,6 +95,8 @@ def _check(input, linear_weight, target, linear_bias, weight, vocab_start, ignor
     return (h.reshape(-1, h.shape[-1]), w, b, target.reshape(-1).to(h.device), class_w, start), (ignore_index, eps, z, reduction)
 
 
+# Collectives and host-side checks: one opaque call under torch.compile.
+@torch.compiler.disable
 def vocab_parallel_linear_cross_entropy(
     input: torch.Tensor,
     linear_weight_shard: torch.Tensor,
