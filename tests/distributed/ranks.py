@@ -95,12 +95,14 @@ def linear_cases() -> list[dict]:
     target[::6] = -100
     class_w = torch.linspace(0.5, 2.0, v, dtype=torch.float64)
     out = []
-    for reduction, eps, z, weighted, dtype in (
-        ("mean", 0.0, 0.0, False, "float32"), ("sum", 0.1, 1e-3, True, "float32"), ("none", 0.0, 0.0, True, "float32"),
-        ("mean", 0.2, 0.0, True, "float32"), ("mean", 0.0, 1e-3, True, "bfloat16"),
+    for reduction, eps, z, weighted, dtype, softcap, normalizer in (
+        ("mean", 0.0, 0.0, False, "float32", None, None), ("sum", 0.1, 1e-3, True, "float32", None, None),
+        ("none", 0.0, 0.0, True, "float32", None, None), ("mean", 0.2, 0.0, True, "float32", None, None),
+        ("mean", 0.0, 1e-3, True, "bfloat16", None, None), ("sum", 0.1, 0.0, False, "float32", 3.0, 100.0),
     ):
-        out.append(dict(name=f"linear-{reduction}-eps{eps}-{dtype}", hidden=hidden, weight=weight, bias=bias, target=target,
-                        class_weight=class_w if weighted else None, eps=eps, z=z, reduction=reduction, dtype=dtype))
+        out.append(dict(name=f"linear-{reduction}-eps{eps}-{dtype}-cap{softcap}", hidden=hidden, weight=weight, bias=bias, target=target,
+                        class_weight=class_w if weighted else None, eps=eps, z=z, reduction=reduction, dtype=dtype,
+                        softcap=softcap, normalizer=normalizer))
     return out
 
 
@@ -169,7 +171,8 @@ def linear(rank: int, world: int) -> dict:
         bias = case["bias"].to(dtype)[b[rank] : b[rank + 1]].clone().requires_grad_()
         cw = None if case["class_weight"] is None else case["class_weight"].to(F32)[b[rank] : b[rank + 1]]
         loss = vocab_parallel_linear_cross_entropy(h, w, case["target"], linear_bias_shard=bias, weight=cw,
-                                                   label_smoothing=case["eps"], z_loss=case["z"], reduction=case["reduction"])
+                                                   label_smoothing=case["eps"], z_loss=case["z"], reduction=case["reduction"],
+                                                   softcap=case["softcap"], normalizer=case["normalizer"])
         (loss.sum() if case["reduction"] == "none" else loss).backward()
         results[case["name"]] = {"loss": _encode(loss), "d_hidden": _encode(h.grad), "d_weight": _encode(w.grad), "d_bias": _encode(bias.grad)}
     return results

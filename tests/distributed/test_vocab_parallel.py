@@ -161,7 +161,8 @@ def test_fused_linear_loss_agrees_with_one_device(runs, world):
         w = case["weight"].to(dtype).clone().requires_grad_()
         b = case["bias"].to(dtype).clone().requires_grad_()
         cw = None if case["class_weight"] is None else case["class_weight"].to(torch.float32)
-        loss = smt.linear_cross_entropy(h, w, case["target"], linear_bias=b, weight=cw, label_smoothing=case["eps"], z_loss=case["z"], reduction=case["reduction"])
+        loss = smt.linear_cross_entropy(h, w, case["target"], linear_bias=b, weight=cw, label_smoothing=case["eps"], z_loss=case["z"],
+                                        reduction=case["reduction"], softcap=case["softcap"], normalizer=case["normalizer"])
         (loss.sum() if case["reduction"] == "none" else loss).backward()
         bounds = ranks.bounds(world, w.shape[0])
         for rank, got in enumerate(runs[world]):

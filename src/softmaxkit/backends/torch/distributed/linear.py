@@ -23,54 +23,58 @@ from softmaxkit.backends.torch.distributed.rounds import Rounds
 from softmaxkit.backends.torch.execution import as_float, loss_options, xp
 from softmaxkit.frontend import linear as _linear
 from softmaxkit.frontend import validate
+from softmaxkit.numerics import linear as lin
 
 _NAME = "vocab_parallel_linear_cross_entropy"
 
 
-def _pass(h, w, b, t, class_w, slices, ignore_index, eps, z, reduction, want_grad, row_scale=None):
-    """``(loss rows, denominator, (d_hidden, d_weight, d_bias))`` of one pass; every rank takes part."""
+def _pass(h, w, b, t, class_w, slices, ignore_index, eps, z, softcap, reduction, normalizer, want_grad, row_scale=None):
+    """``(loss rows, rounds, reduction rule, denominator, (d_hidden, d_weight, d_bias))`` of one pass; every rank takes part."""
     work = _torch_linear.work_dtype(h, w, b)
-    rounds = Rounds(slices, t, class_w, ignore_index, eps, z, work, h.device)
-    denominator = rounds.target_weight_total() if reduction == "mean" else None
-    divide = denominator if reduction == "mean" else None
+    # A soft cap hands each chunk's capped logits over in float64 (fused_pass).
+    rounds = Rounds(slices, t, class_w, ignore_index, eps, z, torch.float64 if softcap is not None else work, h.device)
+    total = rounds.target_weight_total() if reduction == "mean" else None
+    rule, denominator = lin.normalized(reduction, total, None if normalizer is None else torch.tensor(normalizer, dtype=torch.float64))
+    divide = denominator if rule == "mean" else None
 
     def row_loss(logits, grad, rows):
         totals = rounds.totals(logits, rows)
         return rounds.loss_rows(logits, rows, totals, grad, divide)
 
     loss, dh, dw, db = _torch_linear.head_pass(
-        h, w, b, row_loss, want_grad=want_grad, computable=reduction != "mean" or float(denominator) != 0,
-        work=work, softcap=None, live=_linear.live_rows(xp, t, ignore_index), row_scale=row_scale,
+        h, w, b, row_loss, want_grad=want_grad, computable=rule != "mean" or float(denominator) != 0,
+        work=work, softcap=softcap, live=_linear.live_rows(xp, t, ignore_index), row_scale=row_scale,
         chunk_classes=slices.widest, hidden_grad_dtype=torch.promote_types(h.dtype, torch.float32),
     )
     if dh is not None:
         dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=slices.group)
         dh = dh.to(h.dtype)
-    return loss, rounds, denominator, (dh, dw, db)
+    return loss, rounds, rule, denominator, (dh, dw, db)
 
 
-def linear_forward(h, w, b, t, class_w, slices, ignore_index, eps, z, reduction, want_grad, loss_dtype):
+def linear_forward(h, w, b, t, class_w, slices, ignore_index, eps, z, softcap, reduction, normalizer, want_grad, loss_dtype):
     """``(loss, d_hidden, d_weight, d_bias)``: the loss and, for "mean" and
     "sum" with ``want_grad``, its gradients for a cotangent of 1 (empty otherwise)."""
     fuse = want_grad and reduction != "none"
-    rows, rounds, denominator, grads = _pass(h, w, b, t, class_w, slices, ignore_index, eps, z, reduction, fuse)
-    loss = rounds.finish(rows, reduction, denominator, loss_dtype)
+    rows, rounds, rule, denominator, grads = _pass(h, w, b, t, class_w, slices, ignore_index, eps, z, softcap, reduction, normalizer, fuse)
+    loss = rounds.finish(rows, rule, denominator, loss_dtype)
     empty = h.new_empty((0,))
     if not fuse:
         return loss, empty, w.new_empty((0,)), w.new_empty((0,))
     return (loss,) + _torch_linear.backward_outputs(grads, w)
 
 
-def linear_backward(h, w, b, t, class_w, grad, slices, ignore_index, eps, z, reduction):
+def linear_backward(h, w, b, t, class_w, grad, slices, ignore_index, eps, z, softcap, reduction, normalizer):
     """The gradients for the cotangent ``grad``, recomputed in one pass (with the row totals' collectives)."""
     scale = _torch_linear.cotangent_scale(grad, h.shape[0])
-    return _torch_linear.backward_outputs(_pass(h, w, b, t, class_w, slices, ignore_index, eps, z, reduction, True, scale)[3], w)
+    grads = _pass(h, w, b, t, class_w, slices, ignore_index, eps, z, softcap, reduction, normalizer, True, scale)[4]
+    return _torch_linear.backward_outputs(grads, w)
 
 
 _Function = _torch_linear.fused_function(linear_forward, linear_backward, 5, "VocabParallelLinearCrossEntropyFunction")
 
 
-def _check(input, linear_weight, target, linear_bias, weight, vocab_start, ignore_index, label_smoothing, z_loss, reduction):
+def _check(input, linear_weight, target, linear_bias, weight, vocab_start, ignore_index, label_smoothing, z_loss, reduction, softcap, normalizer):
     """The checks each rank can make alone."""
     h = as_float(input, "input")
     w = as_float(linear_weight, "linear_weight_shard")
@@ -92,7 +96,9 @@ def _check(input, linear_weight, target, linear_bias, weight, vocab_start, ignor
         class_w = as_float(weight, "weight")
         validate.class_weights(xp, class_w, w.shape[0])
         class_w = class_w.to(h.device)
-    return (h.reshape(-1, h.shape[-1]), w, b, target.reshape(-1).to(h.device), class_w, start), (ignore_index, eps, z, reduction)
+    cap = _linear.softcap_value(softcap)
+    divisor = _linear.normalizer_value(normalizer, reduction)
+    return (h.reshape(-1, h.shape[-1]), w, b, target.reshape(-1).to(h.device), class_w, start), (ignore_index, eps, z, cap, reduction, divisor)
 
 
 # Collectives and host-side checks: one opaque call under torch.compile.
@@ -109,7 +115,9 @@ def vocab_parallel_linear_cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    softcap: float | None = None,
     reduction: str = "mean",
+    normalizer: Any = None,
 ) -> torch.Tensor:
     r"""Cross-entropy of ``input @ W.T + b`` with the rows of ``W`` (the classes) split across ranks, without the logits.
 
@@ -131,6 +139,11 @@ def vocab_parallel_linear_cross_entropy(
     linear_bias_shard : torch.Tensor of shape (V_local,), optional
     group, vocab_start, weight, ignore_index, label_smoothing, z_loss, reduction
         As in :func:`vocab_parallel_cross_entropy`.
+    softcap, normalizer
+        As in :func:`softmaxkit.torch.linear_cross_entropy`: Gemma-2's
+        ``c tanh(z / c)`` on the logits (with it the chunks' rows go
+        through the compensated float64 formulas, slower), and the number a
+        ``reduction="sum"`` is divided by (gradient accumulation).
 
     Returns
     -------
@@ -160,15 +173,18 @@ def vocab_parallel_linear_cross_entropy(
     """
     g = _group.process_group(group, _NAME)
     checked, error = _group.checked(
-        lambda: _check(input, linear_weight_shard, target, linear_bias_shard, weight, vocab_start, ignore_index, label_smoothing, z_loss, reduction)
+        lambda: _check(
+            input, linear_weight_shard, target, linear_bias_shard, weight, vocab_start, ignore_index, label_smoothing, z_loss, reduction,
+            softcap, normalizer,
+        )
     )
     call, width, prints = {}, 0, (0, 0)
     if error is None:
-        (h, w, b, t, class_w, start), (ignore_index, eps, z, reduction) = checked
+        (h, w, b, t, class_w, start), (ignore_index, eps, z, cap, reduction, divisor) = checked
         width, prints = w.shape[0], _group.fingerprint(w)
         call = _group.describe(
             t, _group.DTYPES[h.dtype] * 16 + _group.DTYPES[w.dtype],
-            _group.option_bits(ignore_index, eps, z, reduction, h.shape[-1]), int(class_w is not None) + 2 * int(b is not None),
+            _group.option_bits(ignore_index, eps, z, reduction, h.shape[-1], -1.0 if cap is None else cap, -1.0 if divisor is None else divisor), int(class_w is not None) + 2 * int(b is not None),
         )
     else:
         start = None
@@ -176,5 +192,5 @@ def vocab_parallel_linear_cross_entropy(
     validate.class_indices(xp, t, slices.vocab, ignore_index, "target")
     want_grad = torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in (h, w, b))
     loss_dtype = torch.promote_types(h.dtype, w.dtype)
-    loss = _Function.apply(h, w, b, t, class_w, slices, ignore_index, eps, z, reduction, want_grad, loss_dtype)[0]
+    loss = _Function.apply(h, w, b, t, class_w, slices, ignore_index, eps, z, cap, reduction, divisor, want_grad, loss_dtype)[0]
     return loss.reshape(tuple(target.shape)) if reduction == "none" else loss
