@@ -120,13 +120,15 @@ def vocab_parallel_cross_entropy(
 
     Notes
     -----
-    Communication per call (``n`` rows): one all-reduce MAX of ``n`` float32
+    Communication per call (``n`` rows): one all-gather of 11 integers per
+    rank (the collective check below), one all-reduce MAX of ``n`` float32
     values (``2n`` with class weights; float64 for float64 logits), one
     all-reduce SUM of ``n + 1`` float64 values (``2n + 1`` with smoothing,
     ``3n + 1`` with smoothing and weights), one all-gather of one float64
     per rank ("mean", "sum") or an all-reduce of ``n`` values ("none");
     never the logits.  A tie of the row maximum across ranks costs one more
-    all-reduce of ``n`` float64.  Backward communicates nothing.
+    all-reduce of ``n`` float64.  Backward communicates nothing.  Under
+    ``torch.compile`` the call is one opaque call (a graph break).
 
     Accuracy: the rank holding the row maximum leaves it out of its share
     of ``s`` (the ``log1p(s)`` form survives the split) and the target's
