@@ -23,7 +23,6 @@ if not torch.distributed.is_available():
     pytest.skip("this PyTorch build has no torch.distributed", allow_module_level=True)
 
 import softmaxkit.torch as smt
-from tests import reference as ref
 from tests.reference import exact, ulps
 
 HERE = Path(__file__).parent

@@ -119,7 +119,7 @@ def row_totals(xp: Any, totals: list) -> dict:
     return out
 
 
-def coefficients(xp: Any, st: RowStats, x: Any, hot: Any, eps: float, weight: Any, w_t: Any, keep: Any, totals: dict) -> tuple[Any, Any]:
+def coefficients(xp: Any, x: Any, hot: Any, eps: float, weight: Any, w_t: Any, keep: Any, totals: dict) -> tuple[Any, Any]:
     """``(c, C)``: this slice's class coefficients and the row's total ``C = sum_j c_j`` (axis kept).
 
     ``keep`` is 1 where the target is not ignored (working dtype).

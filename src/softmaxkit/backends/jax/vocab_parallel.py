@@ -64,7 +64,7 @@ def _forward(x, t, w, o: _Options):
     summed = jax.lax.psum(jnp.concatenate(cols, axis=-1), o.axis_name)
     totals = vp.row_totals(jnp, [summed[:, i : i + 1] for i in range(len(cols))])
     st = with_row_sum(st, jnp, totals["s"])
-    coef, _ = vp.coefficients(jnp, st, xw, hot, o.eps, w, w_t, keep.astype(work), totals)
+    coef, _ = vp.coefficients(jnp, xw, hot, o.eps, w, w_t, keep.astype(work), totals)
     part = vp.slice_loss(jnp, st, coef, o.z, w_t, on_slice)
     if o.reduction != "none":
         part = num.compensated_sum(jnp, part[None, :], widened)[0]
@@ -95,7 +95,7 @@ def _vocab_parallel_ce_bwd(o: _Options, residuals, cotangent):
     _, _, keep, hot = _slice_targets(t, x.shape[-1], o, work)
     st = vp.row_stats_of_slice(jnp, xw, a, s, widened)
     totals = {"s": s, "n_finite": n_finite, "finite_weight": finite_weight}
-    coef, c_sum = vp.coefficients(jnp, st, xw, hot, o.eps, w, w_t, keep.astype(work), totals)
+    coef, c_sum = vp.coefficients(jnp, xw, hot, o.eps, w, w_t, keep.astype(work), totals)
     grad = num.reduce_grad(jnp, vp.slice_grad(jnp, st, coef, c_sum, o.z, w_t), denominator, o.reduction)
     g = cotangent.astype(work)
     grad = grad * (g[:, None] if o.reduction == "none" else g)

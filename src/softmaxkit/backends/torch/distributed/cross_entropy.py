@@ -46,24 +46,31 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None
 
 
+def check_slice_arguments(input: torch.Tensor, target: Any, width: int, weight: Any, vocab_start: Any):
+    """``(targets (n,), class weights or None, vocab_start or None)`` once checked: global
+    class indices of ``input``'s shape without its last dimension, ``width`` class
+    weights (this rank's slice), a first class ``>= 0``."""
+    if validate.target_kind(xp, target, "target") != "int":
+        raise TypeError(f"target must hold integer class indices (global ones); got dtype {target.dtype}")
+    if tuple(target.shape) != tuple(input.shape[:-1]):
+        raise ValueError(f"target must have shape {tuple(input.shape[:-1])} (input's shape without its last dimension); got {tuple(target.shape)}")
+    start = None if vocab_start is None else validate.count(vocab_start, "vocab_start", 0)
+    w = None
+    if weight is not None:
+        w = as_float(weight, "weight")
+        validate.class_weights(xp, w, width)
+        w = w.to(input.device)
+    return target.reshape(-1).to(input.device), w, start
+
+
 def _check(input: Any, target: Any, weight: Any, vocab_start: Any, ignore_index: Any, label_smoothing: Any, z_loss: Any, reduction: Any):
     """The checks each rank can make alone: ``(logits (n, V_local), targets (n,), weight, options)``."""
     x = as_float(input, "input")
     ignore_index, eps, z, reduction = loss_options(target, ignore_index, label_smoothing, z_loss, reduction)
     if x.ndim < 1:
         raise ValueError("input must have a class dimension (its last); got a 0-d tensor")
-    if validate.target_kind(xp, target, "target") != "int":
-        raise TypeError(f"target must hold integer class indices (global ones); got dtype {target.dtype}")
-    if tuple(target.shape) != tuple(x.shape[:-1]):
-        raise ValueError(f"target must have shape {tuple(x.shape[:-1])} (input's shape without its last dimension, the classes); got {tuple(target.shape)}")
-    start = None if vocab_start is None else validate.count(vocab_start, "vocab_start", 0)
-    width = x.shape[-1]
-    w = None
-    if weight is not None:
-        w = as_float(weight, "weight")
-        validate.class_weights(xp, w, width)
-        w = w.to(x.device)
-    return x.reshape(target.numel(), width), target.reshape(-1).to(x.device), w, start, (ignore_index, eps, z, reduction)
+    t, w, start = check_slice_arguments(x, target, x.shape[-1], weight, vocab_start)
+    return x.reshape(target.numel(), x.shape[-1]), t, w, start, (ignore_index, eps, z, reduction)
 
 
 # Collectives and host-side checks: one opaque call under torch.compile.

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from softmaxkit.backends.torch import linear as _torch_linear
 from softmaxkit.backends.torch.distributed import group as _group
+from softmaxkit.backends.torch.distributed.cross_entropy import check_slice_arguments
 from softmaxkit.backends.torch.distributed.rounds import Rounds
 from softmaxkit.backends.torch.execution import as_float, loss_options, xp
 from softmaxkit.frontend import linear as _linear
@@ -86,19 +87,10 @@ def _check(input, linear_weight, target, linear_bias, weight, vocab_start, ignor
         raise ValueError(f"linear_weight_shard must have shape (V_local, {h.shape[-1]}) (input's hidden size last); got {tuple(w.shape)}")
     if b is not None and tuple(b.shape) != (w.shape[0],):
         raise ValueError(f"linear_bias_shard must have shape ({w.shape[0]},), one entry per class of the slice; got {tuple(b.shape)}")
-    if validate.target_kind(xp, target, "target") != "int":
-        raise TypeError(f"target must hold integer class indices (global ones); got dtype {target.dtype}")
-    if tuple(target.shape) != tuple(h.shape[:-1]):
-        raise ValueError(f"target must have shape {tuple(h.shape[:-1])} (input's shape without its last dimension); got {tuple(target.shape)}")
-    start = None if vocab_start is None else validate.count(vocab_start, "vocab_start", 0)
-    class_w = None
-    if weight is not None:
-        class_w = as_float(weight, "weight")
-        validate.class_weights(xp, class_w, w.shape[0])
-        class_w = class_w.to(h.device)
+    t, class_w, start = check_slice_arguments(h, target, w.shape[0], weight, vocab_start)
     cap = _linear.softcap_value(softcap)
     divisor = _linear.normalizer_value(normalizer, reduction)
-    return (h.reshape(-1, h.shape[-1]), w, b, target.reshape(-1).to(h.device), class_w, start), (ignore_index, eps, z, cap, reduction, divisor)
+    return (h.reshape(-1, h.shape[-1]), w, b, t, class_w, start), (ignore_index, eps, z, cap, reduction, divisor)
 
 
 # Collectives and host-side checks: one opaque call under torch.compile.

@@ -94,7 +94,6 @@ class Rounds:
     def totals(self, x: torch.Tensor, rows: slice) -> Totals:
         """The row totals of the logits ``x`` (this slice of rows ``rows`` of the targets)."""
         local, on_slice, keep = self.local[rows], self.on_slice[rows], self.keep[rows]
-        n = x.shape[0]
         cols = [vp.slice_max(xp, x).to(self.max_dtype)]
         if self.weight is not None:
             cols.append(vp.picked(xp, self.picked_weight, local, on_slice))
@@ -163,7 +162,7 @@ class Rounds:
             tc = totals.rows(c)
             st = vp.row_stats_of_slice(xp, xw, tc.a, tc.s, self.widened)
             hot = vp.slice_hot(xp, local[c], on_slice[c], self.slices.width, self.work)
-            coef, c_sum = vp.coefficients(xp, st, xw, hot, self.eps, self.weight, tc.w_t, keep[c], tc.sums())
+            coef, c_sum = vp.coefficients(xp, xw, hot, self.eps, self.weight, tc.w_t, keep[c], tc.sums())
             loss[c] = vp.slice_loss(xp, st, coef, self.z, tc.w_t, on_slice[c])
             if grad is None:
                 continue
