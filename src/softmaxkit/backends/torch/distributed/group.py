@@ -98,7 +98,9 @@ def agree(group: Any, name: str, error: Exception | None, width: int, start: int
     """
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     row = [int(error is not None), width, -1 if start is None else start, *print_bits] + [call.get(k, 0) for k in _AGREED]
-    mine = torch.tensor(row, dtype=torch.int64)
+    # NCCL takes tensors on the current GPU only; gloo takes host ones.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu")
+    mine = torch.tensor(row, dtype=torch.int64, device=device)
     table = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(table, mine, group=group)
     table = [t.tolist() for t in table]
