@@ -221,6 +221,15 @@ def peak_rss() -> int:
 # --- results ------------------------------------------------------------------------------
 
 
+def option_names(text: str, allowed: Sequence[str], option: str) -> list[str]:
+    """A comma-separated option's names, each one of ``allowed``; exits with a usage message otherwise."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in names if t not in allowed]
+    if bad or not names:
+        raise SystemExit(f"{option} must be a comma-separated subset of {list(allowed)}; got {text!r}")
+    return names
+
+
 def add_out_argument(parser: argparse.ArgumentParser) -> None:
     """``--out DIR``: where the tables go (default ``benchmarks/results``)."""
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the .md and .csv tables")

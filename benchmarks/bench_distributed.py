@@ -87,6 +87,7 @@ import torch.multiprocessing as mp
 from _harness import (
     REPOSITORY,
     add_out_argument,
+    option_names,
     describe,
     machine,
     peak_rss,
@@ -934,14 +935,6 @@ def _ints(text: str, option: str) -> list[int]:
     return values
 
 
-def _names(text: str) -> list[str]:
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in names if t not in VARIANTS]
-    if bad or not names:
-        raise SystemExit(f"--variants must be a comma-separated subset of {VARIANTS}; got {text!r}")
-    return names
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"N, V = {QUICK}, acc width {QUICK_ACC_WIDTH}, 3 repeats: checks that the script runs")
@@ -958,7 +951,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats if args.repeats is not None else 3 if args.quick else 7
     acc_width = args.acc_width or (QUICK_ACC_WIDTH if args.quick else ACC_WIDTH)
     ranks = _ints(args.ranks, "--ranks")
-    variants = _names(args.variants)
+    variants = option_names(args.variants, VARIANTS, "--variants")
     for w in ranks:
         for what, size in (("--v", v), ("--acc-width", acc_width), ("the warm-up width", WARM[1])):
             if size % w:

@@ -68,6 +68,7 @@ import torch.nn.functional as F
 from _harness import (
     REPOSITORY,
     add_out_argument,
+    option_names,
     describe,
     peak_rss,
     reset_peak_rss,
@@ -432,14 +433,6 @@ def write(rows: list[dict], out: Path) -> None:
     )
 
 
-def _names(text: str, allowed: list[str], option: str) -> list[str]:
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in names if t not in allowed]
-    if bad or not names:
-        raise SystemExit(f"{option} must be a comma-separated subset of {allowed}; got {text!r}")
-    return names
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
@@ -452,8 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 0:
         parser.error(f"--rounds must be >= 0; got {args.rounds}")
-    dtypes = _names(args.dtypes, list(DTYPES), "--dtypes")
-    variants = _names(args.variants, VARIANTS, "--variants")
+    dtypes = option_names(args.dtypes, list(DTYPES), "--dtypes")
+    variants = option_names(args.variants, VARIANTS, "--variants")
     shape = QUICK if args.quick else LARGE if args.large else DEFAULT
     print(describe(), file=sys.stderr)
     rows: list[dict] = []
