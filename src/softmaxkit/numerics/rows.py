@@ -110,7 +110,8 @@ def _rest_sum(xp, hi, lo, e, is_k, widened):
     return s if widened or e.dtype != xp.float64 else _tiny_sum(xp, hi, lo, is_k, s)
 
 
-def _row_max(xp, x):
+def row_max(xp, x):
+    """Each row's maximum, axis kept; ``-inf`` for rows of no entries."""
     dev = device(x)
     return xp.max(x, axis=-1, keepdims=True) if x.shape[-1] else xp.full(x.shape[:-1] + (1,), -_INF, dtype=x.dtype, device=dev)
 
@@ -126,7 +127,7 @@ def row_stats(xp, x, valid=None, temperature: float = 1.0, widened: bool = True)
     # Allocations name the input's device: a GPU array must not meet a host one.
     if valid is not None:
         x = xp.where(valid, x, xp.asarray(-_INF, dtype=x.dtype, device=device(x)))
-    a = _row_max(xp, x)
+    a = row_max(xp, x)
     x, shift, masked_row, inf_row = _stand_ins(xp, x, a)
     hi, lo, e = _shifted(xp, x, shift, temperature, widened)
     is_k = _first_max(xp, x)
@@ -153,10 +154,10 @@ def shard_stats(xp, x, a, widened: bool = True) -> tuple[RowStats, Any]:
     the slice's; :func:`with_row_sum` puts in the row's.  A slice holding NaN
     has ``s`` NaN (whatever ``a`` is: see ``numerics.vocab_parallel.slice_max``).
     """
-    nan = xp.isnan(_row_max(xp, x))
+    nan = xp.isnan(row_max(xp, x))
     x, shift, masked_row, inf_row = _stand_ins(xp, x, a)
     hi, lo, e = _shifted(xp, x, shift, 1.0, widened)
-    m = _row_max(xp, x)
+    m = row_max(xp, x)
     holds = (m == shift) & ~masked_row & ~nan
     is_k = _first_max(xp, x, holds)
     s = _rest_sum(xp, hi, lo, e, is_k, widened)

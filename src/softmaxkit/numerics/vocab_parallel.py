@@ -38,7 +38,7 @@ from softmaxkit.numerics.cross_entropy import (
     z_loss_term,
 )
 from softmaxkit.numerics.precision import _INF, compensated_sum, device
-from softmaxkit.numerics.rows import RowStats, shard_stats, untied, with_row_sum
+from softmaxkit.numerics.rows import RowStats, row_max, shard_stats, untied, with_row_sum
 
 
 def target_slice(xp: Any, t: Any, start: int, width: int, ignore_index: int) -> tuple[Any, Any, Any]:
@@ -68,9 +68,7 @@ def slice_max(xp: Any, x: Any) -> Any:
     with NaN gets ``a = +inf`` instead, and the NaN reaches every rank
     through the slice's share of ``s`` (``rows.shard_stats``).
     """
-    if x.shape[-1] == 0:
-        return xp.full(x.shape[:-1] + (1,), -_INF, dtype=x.dtype, device=device(x))
-    m = xp.max(x, axis=-1, keepdims=True)
+    m = row_max(xp, x)
     return xp.where(xp.isnan(m), xp.full_like(m, _INF), m)
 
 

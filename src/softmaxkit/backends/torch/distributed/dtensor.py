@@ -55,14 +55,14 @@ def cross_entropy(input: Any, target: Any, weight: Any, ignore_index: int, reduc
     # Shard(dim) splits like torch.chunk: slices of ceil(C / world) classes.
     step = -(-classes // world)
     start = min(rank * step, classes)
+    local = input.to_local()
     w = weight
     if is_dtensor(w):
         if tuple(w.placements) != (Shard(0),):
             raise ValueError(f"weight: a DTensor of class weights must be sharded like the classes (Shard(0)); got placements {tuple(w.placements)}")
         w = w.to_local()
     elif w is not None and isinstance(w, torch.Tensor) and w.ndim == 1 and w.shape[0] == classes:
-        w = w[start : start + input.to_local().shape[cdim]]
-    local = input.to_local()
+        w = w[start : start + local.shape[cdim]]
     if cdim != local.ndim - 1:
         local = local.movedim(cdim, -1)
     loss = vocab_parallel_cross_entropy(
