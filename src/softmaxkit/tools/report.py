@@ -3,6 +3,11 @@
 The figures are computed on a float64 host copy of the logits, except the
 two float32 ones (softmax collapse and the zero target gradient), which are
 defined by float32 arithmetic and computed in it.
+
+The rules behind those two figures and the margin (:func:`float32_terms`,
+:func:`collapsed`, :func:`zero_target_grad`, :func:`top2_margins`) take the
+arrays of any array-API namespace (NumPy, torch), so that ``softmaxkit.torch.monitor`` applies the same rules
+to tensors on their device.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from softmaxkit.frontend import validate
@@ -316,8 +322,7 @@ def diagnose(logits: Any, targets: Any = None, *, axis: int = -1, ignore_index: 
 
     two_finite = finite.sum(axis=-1) >= 2
     if two_finite.any():
-        top2 = np.partition(finite_or_ninf[two_finite], n_classes - 2, axis=-1)[:, -2:]
-        max_margin = float((top2[:, 1] - top2[:, 0]).max())
+        max_margin = float(top2_margins(finite_or_ninf[two_finite]).max())
     else:
         max_margin = None
 
@@ -350,14 +355,99 @@ def _float32_figures(rows, row_max, t, ignore):
     # x - max is formed in float64 and rounded once, which equals the float32
     # subtraction wherever the logits fit in float32 and cannot overflow where
     # they do not.
-    z = (rows - row_max[:, None]).astype(np.float32)
-    e = np.exp(z)
-    total = e.sum(axis=-1, dtype=np.float32)
-    collapsed = int((total == np.float32(1)).sum())
+    e, total = float32_terms(rows, row_max)
+    n_collapsed = int(collapsed(total).sum())
     if t is None:
-        return collapsed, None, None
+        return n_collapsed, None, None
     keep = t != ignore
     idx = np.nonzero(keep)[0]
-    p_t = e[idx, t[keep]] / total[idx]
-    zero = int((p_t - np.float32(1) == 0).sum())
-    return collapsed, int(keep.sum()), zero
+    zero = int(zero_target_grad(e[idx, t[keep]], total[idx]).sum())
+    return n_collapsed, int(keep.sum()), zero
+
+
+def float32_terms(rows: Any, row_max: Any) -> tuple[Any, Any]:
+    """The float32 terms ``e = exp(float32(x - max))`` of each row and their float32 sums.
+
+    Parameters
+    ----------
+    rows : array of shape (R, C)
+        Real logits (NumPy, torch or another array-API namespace), float32 or wider; ``x - max`` is formed in their dtype
+        and rounded once to float32, which is exactly the float32
+        subtraction for float32 logits.
+    row_max : array of shape (R,)
+        Each row's largest logit.
+
+    Returns
+    -------
+    e : float32 array of shape (R, C)
+    total : float32 array of shape (R,)
+        ``sum(e)`` along the row, summed in float32 by the namespace's own
+        reduction (NumPy's is pairwise).  Rows with NaN, ``+inf`` or no
+        finite logit give NaN totals.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> e, total = float32_terms(np.array([[0.0, -20.0], [0.0, -1.0]]), np.array([0.0, 0.0]))
+    >>> total.tolist()
+    [1.0, 1.3678793907165527]
+    """
+    xp = array_api_compat.array_namespace(rows)
+    e = xp.exp(xp.astype(rows - row_max[:, None], xp.float32))
+    return e, xp.sum(e, axis=-1, dtype=xp.float32)
+
+
+def collapsed(total: Any) -> Any:
+    """Softmax collapse (Prieto et al. 2025): a row's float32 ``sum(exp(x - max)) == 1``.
+
+    ``total`` comes from :func:`float32_terms`.  Every other term is then
+    below half a float32 ULP of 1, the row's float32 softmax is exactly
+    one-hot, and a naive cross-entropy gradient at its argmax is 0.  NaN
+    totals (rows that are not regular) are not collapsed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> collapsed(np.array([1.0, 1.25], dtype=np.float32)).tolist()
+    [True, False]
+    """
+    return total == 1
+
+
+def zero_target_grad(e_t: Any, total: Any) -> Any:
+    """Rows whose naive float32 target gradient ``p_t - 1``, with ``p_t = e_t / total``, is exactly 0.
+
+    ``e_t`` is the target's term and ``total`` the row's sum, both from
+    :func:`float32_terms`.  Such a row stops learning under a naive
+    cross-entropy; :func:`softmaxkit.cross_entropy` keeps its gradient.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> one = np.float32(1)
+    >>> zero_target_grad(np.array([one, one]), np.array([one, np.float32(1.5)])).tolist()
+    [True, False]
+    """
+    return e_t / total - 1 == 0
+
+
+def top2_margins(rows: Any) -> Any:
+    """``top-1 - top-2`` of each row of ``rows`` (shape (R, C), C >= 2).
+
+    Non-finite logits should be replaced by ``-inf`` first; a row with fewer
+    than two finite logits then gives ``inf`` or NaN, and is left out by the
+    caller.  A tie for the largest value gives 0: only one position of the
+    maximum is set aside.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> top2_margins(np.array([[3.0, 1.0, 2.0], [5.0, 5.0, 0.0]])).tolist()
+    [1.0, 0.0]
+    """
+    xp = array_api_compat.array_namespace(rows)
+    top1 = xp.max(rows, axis=-1)
+    first = xp.argmax(rows, axis=-1)
+    positions = xp.arange(rows.shape[-1], device=array_api_compat.device(rows))
+    rest = xp.where(positions[None, :] == first[:, None], -math.inf, rows)
+    return top1 - xp.max(rest, axis=-1)
