@@ -7,9 +7,19 @@ import textwrap
 import jsonschema
 import pytest
 
-from softmaxkit.tools.lint import ALL_RULES
+from softmaxkit.tools.cli import lint as cli
+from softmaxkit.tools.lint import ALL_RULES, RULES, Finding, output
 
+# SMK102 on line 3 and SMK302 on line 4.
 BUGGY = "import torch\nimport torch.nn.functional as F\ny = torch.log(F.softmax(x, dim=1))\nz = torch.exp(x) - 1\n"
+# The severities these tests assume; the rules' own are pinned to them.
+WARNINGS = {"SMK106", "SMK302"}
+
+
+@pytest.fixture(autouse=True)
+def _severities(monkeypatch):
+    for rule in RULES:
+        monkeypatch.setattr(type(rule), "severity", "warning" if rule.code in WARNINGS else "error")
 
 
 def write(path, text):
@@ -31,8 +41,8 @@ def test_findings_exit_1_with_locations_and_summary(run_lint, tmp_path):
     assert code == 1
     lines = out.splitlines()
     assert lines[0].startswith(f"{path}:3:5: SMK102 [*] ")
-    assert lines[1].startswith(f"{path}:4:5: SMK302 [*] ")
-    assert lines[2] == "Found 2 errors."
+    assert lines[1].startswith(f"{path}:4:5: SMK302 [*] warning: ")
+    assert lines[2] == "Found 1 error and 1 warning."
     assert lines[3] == "[*] 2 fixable with the `--fix` option."
 
 
@@ -192,6 +202,12 @@ def test_json_shape(run_lint, tmp_path):
     assert second["code"] == "SMK302" and second["fix"]["edits"][0]["content"] == "torch.expm1(x)"
 
 
+def test_json_severity(run_lint, tmp_path):
+    path = write(tmp_path / "j.py", BUGGY)
+    _, out, _ = run_lint(path, "--output-format", "json")
+    assert [(f["code"], f["severity"]) for f in json.loads(out)] == [("SMK102", "error"), ("SMK302", "warning")]
+
+
 def test_json_empty_list_when_clean(run_lint, tmp_path):
     path = write(tmp_path / "ok.py", "x = 1\n")
     code, out, _ = run_lint(path, "--output-format", "json")
@@ -283,11 +299,13 @@ def test_sarif_valid_against_minimal_schema_and_content(run_lint, tmp_path):
     results = run["results"]
     assert [(r["ruleId"], r["level"]) for r in results] == [
         ("SMK102", "error"),
-        ("SMK302", "error"),
+        ("SMK302", "warning"),
         ("SMK106", "warning"),
     ]
     for result in results:
         assert rules[result["ruleIndex"]]["id"] == result["ruleId"]
+    levels = {rule["id"]: rule["defaultConfiguration"]["level"] for rule in rules}
+    assert levels["SMK102"] == "error" and levels["SMK302"] == "warning" and levels["SMK000"] == "error"
     region = results[0]["locations"][0]["physicalLocation"]["region"]
     assert region == {"startLine": 3, "startColumn": 5, "endLine": 3, "endColumn": 35}
 
@@ -303,6 +321,7 @@ def test_github_annotations(run_lint, tmp_path):
     assert code == 1
     first = out.splitlines()[0]
     assert first.startswith(f"::error file={path},line=3,col=5,endLine=3,endColumn=35,title=SMK102::SMK102 ")
+    assert out.splitlines()[1].startswith(f"::warning file={path},line=4,col=5,")
     assert "Found" not in out
 
 
@@ -378,3 +397,106 @@ def test_package_cli_runs_lint(tmp_path, capsys):
     args = parser.parse_args(["lint", str(write(tmp_path / "m.py", BUGGY))])
     assert args.func(args) == 1
     assert "SMK102" in capsys.readouterr().out
+
+
+# ---- severity and --fail-on --------------------------------------------------------
+
+ERROR_ONLY = "import torch\nimport torch.nn.functional as F\ny = torch.log(F.softmax(x, dim=1))\n"
+WARNING_ONLY = "import torch\nz = torch.exp(x) - 1\n"
+
+
+@pytest.mark.parametrize(
+    "text, options, expected",
+    [
+        (WARNING_ONLY, [], 0),
+        (WARNING_ONLY, ["--fail-on", "error"], 0),
+        (WARNING_ONLY, ["--fail-on", "warning"], 1),
+        (WARNING_ONLY, ["--fail-on", "never"], 0),
+        (ERROR_ONLY, [], 1),
+        (ERROR_ONLY, ["--fail-on", "warning"], 1),
+        (ERROR_ONLY, ["--fail-on", "never"], 0),
+        ("x = (\n", ["--fail-on", "never"], 1),
+        ("x = 1\n", ["--fail-on", "warning"], 0),
+    ],
+)
+def test_fail_on(run_lint, tmp_path, text, options, expected):
+    # Warnings set exit status 1, so nanoGPT's causal masks failed CI (SMK106).
+    path = write(tmp_path / "m.py", text)
+    code, _, _ = run_lint(path, *options)
+    assert code == expected
+
+
+def test_warnings_are_reported_and_labelled_when_they_do_not_fail(run_lint, tmp_path):
+    path = write(tmp_path / "w.py", WARNING_ONLY)
+    code, out, _ = run_lint(path)
+    assert code == 0
+    assert out == (
+        f"{path}:2:5: SMK302 [*] warning: `exp(x) - 1` loses precision for small `x`; use `expm1(x)`\n"
+        "Found 1 warning.\n[*] 1 fixable with the `--fix` option.\n"
+    )
+    _, out, _ = run_lint(path, "--output-format", "full")
+    assert out.startswith(f"{path}:2:5: SMK302 [*] warning: ")
+
+
+def test_unknown_fail_on_is_a_usage_error(run_lint, tmp_path):
+    code, _, err = run_lint(write(tmp_path / "m.py", BUGGY), "--fail-on", "warnings")
+    assert code == 2 and "--fail-on" in err
+
+
+def test_fail_on_from_the_configuration_and_the_flag_wins(run_lint, tmp_path):
+    write(tmp_path / "pyproject.toml", '[tool.softmaxkit.lint]\nfail-on = "warning"\n')
+    path = write(tmp_path / "w.py", WARNING_ONLY)
+    assert run_lint(path)[0] == 1
+    assert run_lint(path, "--fail-on", "error")[0] == 0
+
+
+def test_fail_on_applies_per_configuration(run_lint, tmp_path):
+    # Each file's findings count under the policy of the pyproject.toml that configures it.
+    write(tmp_path / "strict" / "pyproject.toml", '[tool.softmaxkit.lint]\nfail-on = "warning"\n')
+    write(tmp_path / "lenient" / "w.py", WARNING_ONLY)
+    assert run_lint(tmp_path / "lenient")[0] == 0
+    write(tmp_path / "strict" / "w.py", WARNING_ONLY)
+    assert run_lint(tmp_path)[0] == 1
+
+
+@pytest.mark.parametrize("value", ['"sometimes"', "1", '["warning"]'])
+def test_bad_fail_on_in_the_configuration_is_a_usage_error(run_lint, tmp_path, value):
+    write(tmp_path / "pyproject.toml", f"[tool.softmaxkit.lint]\nfail-on = {value}\n")
+    code, _, err = run_lint(write(tmp_path / "m.py", BUGGY))
+    assert code == 2
+    assert "fail-on" in err and "'error', 'warning', 'never'" in err
+
+
+@pytest.mark.parametrize(
+    "severities, expected",
+    [
+        (["error"], "Found 1 error."),
+        (["error", "error"], "Found 2 errors."),
+        (["warning"], "Found 1 warning."),
+        (["warning", "error", "warning"], "Found 1 error and 2 warnings."),
+    ],
+)
+def test_summary_counts_errors_and_warnings(severities, expected):
+    findings = [Finding("SMK102", "n", "m", severity, 1, 1, 1, 2) for severity in severities]
+    assert output.summary(findings).splitlines()[0] == expected
+
+
+def test_fix_summary_counts_the_fixed_findings_by_severity():
+    remaining = [Finding("SMK104", "n", "m", "error", 1, 1, 1, 2)]
+    fixed = [Finding("SMK301", "n", "m", "warning", 1, 1, 1, 2)] * 2
+    text = output.summary(remaining, fixed, fix_mode=True)
+    assert text == "Found 1 error and 2 warnings (2 fixed, 1 remaining).\n"
+
+
+@pytest.mark.parametrize(
+    "code, severity, policy, fails",
+    [
+        ("SMK102", "error", "error", True),
+        ("SMK102", "warning", "error", False),
+        ("SMK102", "warning", "warning", True),
+        ("SMK102", "error", "never", False),
+        ("SMK000", "error", "never", True),
+    ],
+)
+def test_fails(code, severity, policy, fails):
+    assert cli.fails(Finding(code, "n", "m", severity, 1, 1, 1, 2), policy) is fails

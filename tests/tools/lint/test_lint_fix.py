@@ -42,6 +42,14 @@ UNSAFE = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _every_rule_an_error(monkeypatch):
+    # These tests are about files and fixes, not about the exit policy: every
+    # finding counts as an error, whatever severity its rule has.
+    for rule in RULES:
+        monkeypatch.setattr(type(rule), "severity", "error")
+
+
 def _codes(source):
     return [f.code for f in lint_source(source)]
 

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from softmaxkit.tools.lint import files, fix, lint_source, linter
+from softmaxkit.tools.lint import RULES, files, fix, lint_source, linter
 
 needs_libcst = pytest.mark.skipif(not fix.libcst_available(), reason="--fix and --diff need LibCST")
 # Symlinks, FIFOs, sockets and /dev/zero as a POSIX system has them.
@@ -20,6 +20,14 @@ FIXABLE = HEADER + "y = torch.log(F.softmax(x, dim=1))\n"
 FIXED = HEADER + "y = F.log_softmax(x, dim=1)\n"
 # A file with one finding, to show the run went on past the odd entry.
 REAL = "import numpy as np\ny = np.log(1 + x)\n"
+
+
+@pytest.fixture(autouse=True)
+def _every_rule_an_error(monkeypatch):
+    # These tests are about files and fixes, not about the exit policy: every
+    # finding counts as an error, whatever severity its rule has.
+    for rule in RULES:
+        monkeypatch.setattr(type(rule), "severity", "error")
 
 
 def _warnings(err):

@@ -21,24 +21,29 @@ from softmaxkit.tools.lint.fix import (
 from softmaxkit.tools.lint.linter import FileResult, check_source, lint_file
 from softmaxkit.tools.lint.noqa import apply_noqa
 from softmaxkit.tools.lint.rule import Finding, Rule
-from softmaxkit.tools.lint.rules import ALL_RULES, find_rule
+from softmaxkit.tools.lint.rules import ALL_RULES, PARSE_FAILURE, find_rule
 from softmaxkit.tools.lint.selection import enabled_rules, parse_selectors
-from softmaxkit.tools.lint.settings import UsageError
+from softmaxkit.tools.lint.settings import FAIL_ON, UsageError
 from softmaxkit.tools.lint.source import split_lines
 
 _DESCRIPTION = """\
 Find numerically unstable or wrong uses of softmax, log, exp and
 cross-entropy in Python files and Jupyter notebooks (code cells).
 
-Exit status: 0 when nothing is found, 1 when something is (or a file cannot
-be parsed, or a Python file cannot be read), 2 for a usage or configuration
-error. Entries that are not regular files (FIFOs, devices, broken symbolic
-links) are skipped with a warning and do not change the status.
+Each rule is an error (the code is wrong whenever it runs) or a warning (it
+can fail on some inputs). Exit status: 0 when nothing fails the run, 1 when
+something does: by default an error, not a warning (see --fail-on); always
+a file that cannot be parsed (SMK000) or a Python file or notebook that
+cannot be read. 2 for a usage or configuration error. Entries that are not
+regular files (FIFOs, devices, broken symbolic links) are skipped with a
+warning and do not change the status.
 """
 
 _EPILOG = """\
 Configuration: [tool.softmaxkit.lint] in the nearest pyproject.toml above each
-file, with keys select, ignore and exclude (lists of strings).
+file, with keys select, ignore and exclude (lists of strings), fail-on
+(error, warning or never) and a [tool.softmaxkit.lint.functions] table that
+declares the project's own wrappers ("mypkg.utils.softmax" = "softmax").
 Suppress one finding with `# noqa` or `# noqa: SMK102` on its first line.
 Rules and their fixes: softmaxkit lint --list-rules, softmaxkit lint --explain CODE.
 """
@@ -62,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="concise",
         help="concise (default): one line per finding; full: with the source line; "
         "json, sarif (2.1.0), github (Actions annotations)",
+    )
+    parser.add_argument(
+        "--fail-on",
+        choices=FAIL_ON,
+        help="which findings make the exit status 1: error (default; warnings are reported and exit 0), "
+        "warning (either), never (only SMK000 and unreadable files do); overrides fail-on in pyproject.toml",
     )
     parser.add_argument("--select", metavar="CODES", help="comma-separated codes or prefixes to check (SMK1, SMK203, ALL)")
     parser.add_argument("--ignore", metavar="CODES", help="comma-separated codes or prefixes not to check")
@@ -98,101 +109,144 @@ def _run(args: argparse.Namespace) -> int:
     fixing = args.fix or args.diff
     if fixing and not libcst_available():
         raise UsageError(MISSING_LIBCST)
-    configs = ConfigFinder()
+    configs = ConfigFinder(_warn)
     paths = args.paths or ["."]
     files = collect_files(paths, configs)
     roots = [Path(name).resolve() for name in paths]
     findings: list[Finding] = []
-    fixed = 0
+    fixed: list[Finding] = []
     diffs = []
     unchecked = 0
+    failed = False
+    positions: output.Positions = {}
     for path in files:
-        rules = enabled_rules(configs.for_path(path), select, ignore)
-        result = lint_file(path, rules)
+        config = configs.for_path(path)
+        rules = enabled_rules(config, select, ignore)
+        result = lint_file(path, rules, config.functions)
         if result.skipped is not None:
             _warn(path, f"skipped, {result.skipped}")
             unchecked += result.unchecked
             continue
         if fixing and not result.notebook and result.source is not None:
-            result, applied = _fix_file(path, result, rules, args, roots, diffs)
-            fixed += applied
+            result, applied = _fix_file(path, result, rules, config.functions, args, roots, diffs)
+            fixed.extend(applied)
         findings.extend(result.findings)
+        positions[result.path] = result.file_positions
+        policy = args.fail_on or config.fail_on or "error"
+        failed = failed or any(fails(finding, policy) for finding in result.findings)
     findings.sort(key=Finding.sort_key)
     if args.diff:
         out.write("".join(diffs))
         count = len(diffs)
         print(f"Would fix {count} {'file' if count == 1 else 'files'}." if count else "No fixes available.", file=sys.stderr)
         return 1 if diffs or unchecked else 0
-    _write(out, args, findings, fixed, unchecked)
-    return 1 if findings or unchecked else 0
+    _write(out, args, findings, fixed, unchecked, positions)
+    return 1 if failed or unchecked else 0
+
+
+def fails(finding: Finding, policy: str) -> bool:
+    """Whether ``finding`` makes the exit status 1 under ``--fail-on policy``.
+
+    ``error`` fails on errors, ``warning`` on errors and warnings, ``never``
+    on neither. SMK000 fails under every policy: its file went unchecked.
+    """
+    if finding.code == PARSE_FAILURE.code:
+        return True
+    return policy == "warning" or (policy == "error" and finding.severity == "error")
 
 
 def _fix_file(
-    path: Path, result: FileResult, rules: list[Rule], args: argparse.Namespace, roots: list[Path], diffs: list[str]
-) -> tuple[FileResult, int]:
+    path: Path,
+    result: FileResult,
+    rules: list[Rule],
+    functions: dict[str, str],
+    args: argparse.Namespace,
+    roots: list[Path],
+    diffs: list[str],
+) -> tuple[FileResult, list[Finding]]:
     """Fixes one linted file, or adds its diff to ``diffs`` with ``--diff``.
 
     Returns the result to report (the file linted again once fixes were
-    written) and the number of fixes written.
+    written) and the findings whose fixes were written.
     """
     try:
-        new_source, applied = fix_source(result.source, rules, args.unsafe_fixes)
+        new_source, applied = _fix_rounds(result.source, rules, args.unsafe_fixes, functions)
     except RecursionError:
         # LibCST's visitor recurses per node: about 70 nested calls are too many.
         _warn(path, "not fixed, too deeply nested for the fixer")
-        return result, 0
+        return result, []
     if not applied:
-        return result, 0
+        return result, []
     refusal = write_refusal(path, roots)
     if refusal is not None:
         _warn(path, f"not fixed, {refusal}")
-        return result, 0
+        return result, []
     if args.diff:
         diffs.append(_diff(result.path, result.source, new_source))
-        return result, 0
+        return result, []
     try:
         write_atomic(path, new_source.encode(result.encoding))
     except OSError as error:
         _warn(path, f"not fixed, could not write it: {error}")
-        return result, 0
-    return lint_file(path, rules), applied
+        return result, []
+    return lint_file(path, rules, functions), applied
 
 
 def _warn(path: Path, text: str) -> None:
     print(f"softmaxkit lint: warning: {path}: {text}", file=sys.stderr)
 
 
-def _write(out, args: argparse.Namespace, findings: list[Finding], fixed: int, unchecked: int) -> None:
+def _write(
+    out,
+    args: argparse.Namespace,
+    findings: list[Finding],
+    fixed: list[Finding],
+    unchecked: int,
+    positions: output.Positions,
+) -> None:
     fmt = args.output_format
     if fmt == "json":
         out.write(output.as_json(findings))
     elif fmt == "sarif":
-        out.write(output.as_sarif(findings, _version()))
+        out.write(output.as_sarif(findings, _version(), positions))
     elif fmt == "github":
-        out.write(output.github(findings))
+        out.write(output.github(findings, positions))
     else:
         render = output.full if fmt == "full" else output.concise
         out.write(render(findings, args.unsafe_fixes))
         out.write(output.summary(findings, fixed, args.unsafe_fixes, fix_mode=args.fix, unchecked=unchecked))
 
 
-def fix_source(source: str, rules: list[Rule], unsafe_fixes: bool = False) -> tuple[str, int]:
-    """Applies the fixes of ``rules`` to ``source`` until none is left; returns it and the count."""
-    total = 0
+def fix_source(
+    source: str, rules: list[Rule], unsafe_fixes: bool = False, functions: dict[str, str] | None = None
+) -> tuple[str, int]:
+    """Applies the fixes of ``rules`` to ``source`` until none is left; returns it and the count.
+
+    ``functions`` declares the project's wrappers, as for ``check_source``.
+    """
+    source, done = _fix_rounds(source, rules, unsafe_fixes, functions)
+    return source, len(done)
+
+
+def _fix_rounds(
+    source: str, rules: list[Rule], unsafe_fixes: bool, functions: dict[str, str] | None
+) -> tuple[str, list[Finding]]:
+    """The fixed source and the findings whose fixes were applied."""
+    done: list[Finding] = []
     for _ in range(_FIX_ROUNDS):
-        findings = check_source(source, rules)
-        fixes = [
-            f.fix
+        findings = check_source(source, rules, functions=functions)
+        fixable = {
+            id(f.fix): f
             for f in apply_noqa(findings, split_lines(source))
             if f.fix is not None and (f.fix.applicability == "safe" or unsafe_fixes)
-        ]
-        if not fixes:
+        }
+        if not fixable:
             break
-        source, applied = apply_fixes(source, fixes)
+        source, applied = apply_fixes(source, [f.fix for f in fixable.values()])
         if not applied:
             break
-        total += applied
-    return source, total
+        done.extend(fixable[id(fix)] for fix in applied)
+    return source, done
 
 
 def _diff(name: str, old: str, new: str) -> str:

@@ -18,8 +18,8 @@ def libcst_available() -> bool:
     return importlib.util.find_spec("libcst") is not None
 
 
-def apply_fixes(source: str, fixes: list[Fix]) -> tuple[str, int]:
-    """Applies the fixes that do not overlap; returns the new source and how many applied.
+def apply_fixes(source: str, fixes: list[Fix]) -> tuple[str, list[Fix]]:
+    """Applies the fixes that do not overlap; returns the new source and the fixes applied.
 
     A fix nested inside another is left for the next round, after the outer
     one has been applied to the re-linted source.
@@ -39,7 +39,7 @@ def apply_fixes(source: str, fixes: list[Fix]) -> tuple[str, int]:
 
         def __init__(self, default_indent: str) -> None:
             super().__init__()
-            self.applied = 0
+            self.applied: list[Fix] = []
             self.default_indent = default_indent
             self.indents: list[str] = []
 
@@ -57,7 +57,7 @@ def apply_fixes(source: str, fixes: list[Fix]) -> tuple[str, int]:
                     key = ((span.start.line, span.start.column + 1), (span.end.line, span.end.column + 1))
                     fix = chosen.pop(key, None)
                     if fix is not None:
-                        self.applied += 1
+                        self.applied.append(fix)
                         replacement = cst.parse_expression(_dedent(fix.content, "".join(self.indents)))
                         return replacement.with_changes(lpar=updated_node.lpar, rpar=updated_node.rpar)
             return updated_node
@@ -66,7 +66,7 @@ def apply_fixes(source: str, fixes: list[Fix]) -> tuple[str, int]:
         module = cst.parse_module(source)
     except cst.ParserSyntaxError:
         # Syntax newer than the installed LibCST understands: leave the file as it is.
-        return source, 0
+        return source, []
     wrapper = cst.MetadataWrapper(module)
     rewriter = Rewriter(module.default_indent)
     new_module = wrapper.visit(rewriter)

@@ -24,7 +24,9 @@ class FileResult:
     ``skipped`` says why a file was not read at all; ``unchecked`` is true
     when that file was a regular file whose code therefore went unchecked
     (unreadable, too large), false for entries that hold no code (a FIFO, a
-    device, a broken symbolic link).
+    device, a broken symbolic link). In a notebook, ``file_positions`` maps
+    each ``(cell, row, column)`` where a finding starts or ends to the line
+    and column of the notebook file that hold it.
     """
 
     path: str
@@ -34,6 +36,7 @@ class FileResult:
     notebook: bool = False
     skipped: str | None = None
     unchecked: bool = False
+    file_positions: dict[tuple[int, int, int], tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 def parse_failure(message: str, row: int = 1, column: int = 1, cell: int | None = None) -> Finding:
@@ -56,12 +59,17 @@ def parse(source: str, filename: str = "<string>") -> ast.Module | Finding:
         return parse_failure("too deeply nested to parse")
 
 
-def check_source(source: str, rules: list[Rule], filename: str = "<string>") -> list[Finding]:
+def check_source(
+    source: str, rules: list[Rule], filename: str = "<string>", functions: dict[str, str] | None = None
+) -> list[Finding]:
     """Findings for Python source, before ``# noqa`` is applied.
 
-    Source the parser rejects gives one SMK000 finding, and so does a tree
-    the analysis cannot follow without overflowing Python's recursion limit
-    (it follows long chains without recursing, so this is a safety net).
+    ``functions`` maps the dotted names of a project's own wrappers to the
+    operations they compute (``{"mypkg.utils.softmax": "softmax"}``, from
+    ``[tool.softmaxkit.lint.functions]``). Source the parser rejects gives
+    one SMK000 finding, and so does a tree the analysis cannot follow
+    without overflowing Python's recursion limit (it follows long chains
+    without recursing, so this is a safety net).
     """
     tree = parse(source, filename)
     if isinstance(tree, Finding):
@@ -69,19 +77,24 @@ def check_source(source: str, rules: list[Rule], filename: str = "<string>") -> 
     if not rules:
         return []
     try:
+        if functions:
+            return Checker(tree, source, rules, functions=functions).run()
         return Checker(tree, source, rules).run()
     except RecursionError:
         return [parse_failure("too deeply nested to analyse")]
 
 
-def lint_file(path: Path, rules: list[Rule]) -> FileResult:
-    """Lints one file; one that cannot be read comes back with ``skipped`` set."""
+def lint_file(path: Path, rules: list[Rule], functions: dict[str, str] | None = None) -> FileResult:
+    """Lints one file; one that cannot be read comes back with ``skipped`` set.
+
+    ``functions`` is passed on to :func:`check_source`.
+    """
     if path.suffix == ".ipynb":
-        return lint_notebook(path, rules)
-    return lint_python(path, rules)
+        return lint_notebook(path, rules, functions)
+    return lint_python(path, rules, functions)
 
 
-def lint_python(path: Path, rules: list[Rule]) -> FileResult:
+def lint_python(path: Path, rules: list[Rule], functions: dict[str, str] | None = None) -> FileResult:
     try:
         raw = read_file(path, MAX_SOURCE_BYTES)
     except Unreadable as error:
@@ -92,35 +105,40 @@ def lint_python(path: Path, rules: list[Rule]) -> FileResult:
     except (SyntaxError, LookupError, UnicodeDecodeError) as error:
         return FileResult(str(path), [parse_failure(f"could not decode the file: {error}")])
     lines = split_lines(source)
-    findings = check_source(source, rules, str(path))
+    findings = check_source(source, rules, str(path), functions)
     if len(findings) == 1 and findings[0].message.startswith("SyntaxError"):
-        findings = _check_ipython(lines, rules, str(path)) or findings
+        findings = _check_ipython(lines, rules, str(path), functions) or findings
     for finding in findings:
         finding.filename = str(path)
     return FileResult(str(path), apply_noqa(findings, lines), source, encoding)
 
 
-def _check_ipython(lines: list[str], rules: list[Rule], filename: str) -> list[Finding] | None:
+def _check_ipython(
+    lines: list[str], rules: list[Rule], filename: str, functions: dict[str, str] | None
+) -> list[Finding] | None:
     """Findings for a file that is Python once IPython syntax is blanked out as in notebook cells.
 
-    None when there is no such syntax to blank. Like a notebook's, the
-    findings have no fix: LibCST cannot parse the file to apply one.
+    A percent-format script (``# %%`` cells) is read cell by cell, so a
+    ``%%bash`` cell is left out whole. None when there is no such syntax to
+    blank. Like a notebook's, the findings have no fix: LibCST cannot parse
+    the file to apply one.
     """
-    cleaned = notebooks.cell_lines("\n".join(lines))
-    if cleaned is None or cleaned == lines:
+    cleaned = notebooks.script_lines("\n".join(lines))
+    if cleaned is None:
         return None
-    findings = check_source("\n".join(cleaned), rules, filename)
+    findings = check_source("\n".join(cleaned), rules, filename, functions)
     for finding in findings:
         finding.fix = None
     return findings
 
 
-def lint_notebook(path: Path, rules: list[Rule]) -> FileResult:
+def lint_notebook(path: Path, rules: list[Rule], functions: dict[str, str] | None = None) -> FileResult:
     """Lints the code cells as one module, so names flow from cell to cell."""
     name = str(path)
     result = FileResult(name, [], notebook=True)
     try:
-        data = notebooks.load(read_file(path, MAX_NOTEBOOK_BYTES))
+        raw = read_file(path, MAX_NOTEBOOK_BYTES)
+        data = notebooks.load(raw)
     except Unreadable as error:
         return FileResult(name, [], notebook=True, skipped=error.reason, unchecked=error.unchecked)
     except notebooks.InvalidNotebook as error:
@@ -129,15 +147,26 @@ def lint_notebook(path: Path, rules: list[Rule]) -> FileResult:
     if notebooks.language(data) != "python":
         return result
     module, origins, sources = _join_cells(data["cells"], result.findings)
-    for finding in check_source(module, rules, name):
+    for finding in check_source(module, rules, name, functions):
         cell, row = origins[finding.row - 1]
         end_cell, end_row = origins[finding.end_row - 1]
         finding.cell = cell
-        finding.end_row = end_row if end_cell == cell else row
+        if end_cell != cell:
+            finding.end_row, finding.end_column = row, len(sources[cell].split("\n")[row - 1]) + 1
+        else:
+            finding.end_row = end_row
         finding.row = row
         # Fixes rewrite files; a notebook's JSON is left alone.
         finding.fix = None
         result.findings.extend(apply_noqa([finding], sources[cell].split("\n")))
+    if any(finding.cell is not None for finding in result.findings):
+        places = notebooks.SourceMap(raw.decode("utf-8"))
+        for finding in result.findings:
+            if finding.cell is not None:
+                for key in ((finding.cell, finding.row, finding.column), (finding.cell, finding.end_row, finding.end_column)):
+                    position = places.position(*key)
+                    if position is not None:
+                        result.file_positions[key] = position
     return _named(result)
 
 

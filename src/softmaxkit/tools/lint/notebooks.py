@@ -1,4 +1,5 @@
-"""Jupyter notebooks: their JSON, and IPython syntax blanked out of code cells."""
+"""Jupyter notebooks and IPython syntax: the notebook's JSON, code cells with IPython syntax blanked out,
+percent-format scripts, and where a cell's source lies in the notebook file."""
 
 from __future__ import annotations
 
@@ -7,8 +8,16 @@ import re
 
 # Cell magics whose body is still Python.
 _PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug"})
+# Cells hold IPython syntax only when some line could start with it; the
+# others are returned as they are, without scanning them character by character.
+_MAYBE_IPYTHON = re.compile(r"^\s*[%!?]|=\s*[!%]|\?\s*$", re.M)
 _MAGIC_ASSIGNMENT = re.compile(r"^(\s*[\w.,\s\[\]]+?=\s*)[!%]")
-_HELP_LINE = re.compile(r"^\s*[\w.]+\?{1,2}\s*$")
+_HELP_LINE = re.compile(r"^\s*[\w.*]+\?{1,2}\s*$")
+# ``# %%`` (jupytext, VS Code, Spyder, PyCharm) starts a cell of a percent-format script.
+_PERCENT_CELL = re.compile(r"^#\s?%%")
+# Outside a string: what can open or close a string, a bracket or a comment.
+_CODE_TOKEN = re.compile(r"""('''|\"\"\"|'|")|[#\\()\[\]{}]""")
+_STRING_END = {quote: re.compile(r"\\.|\\\Z|" + re.escape(quote), re.S) for quote in ("'''", '"""', "'", '"')}
 
 
 class InvalidNotebook(Exception):
@@ -47,22 +56,230 @@ def language(data: dict) -> str:
 
 
 def cell_lines(source: str) -> list[str] | None:
-    """The cell's lines with IPython syntax blanked out; None for a non-Python cell."""
+    """The cell's lines with IPython syntax blanked out; None for a non-Python cell.
+
+    The lines keep their number, so positions in the result are positions in
+    the cell. As in IPython, only the first line that is not blank can hold
+    a cell magic (``%%bash``: the cell is not Python; ``%%time``: the line
+    is blanked), and a line magic, shell command (``!ls``, ``files = !ls``)
+    or help request (``x?``, ``??x``) is recognised only where a statement
+    can start, not inside brackets or a string. A shell or magic line that
+    ends with a backslash goes on to the next line, which is blanked too.
+    """
     lines = source.split("\n")
-    first = lines[0].strip() if lines else ""
-    if first.startswith("%%"):
-        words = first[2:].split()
+    first = next((number for number, line in enumerate(lines) if line.strip()), None)
+    if first is not None and lines[first].lstrip().startswith("%%"):
+        words = lines[first].lstrip()[2:].split()
         if not words or words[0] not in _PYTHON_CELL_MAGICS:
             return None
-        lines[0] = ""
+        lines[first] = ""
+    if not _MAYBE_IPYTHON.search(source):
+        return lines
     cleaned = []
+    scanner = _Continuation()
+    continued = False
     for line in lines:
-        stripped = line.lstrip()
-        indent = line[: len(line) - len(stripped)]
-        if stripped.startswith(("%", "!")) or _HELP_LINE.match(line):
-            # ``pass`` keeps an indented block valid and the line numbers unchanged.
-            cleaned.append(indent + "pass")
-        else:
+        if continued:
+            cleaned.append("")
+            continued = line.endswith("\\")
+            continue
+        if scanner.at_statement_start():
+            stripped = line.lstrip()
+            indent = line[: len(line) - len(stripped)]
+            if stripped.startswith(("%", "!", "?")) or _HELP_LINE.match(line):
+                # ``pass`` keeps an indented block valid and the line numbers unchanged.
+                cleaned.append(indent + "pass")
+                continued = line.endswith("\\")
+                continue
             match = _MAGIC_ASSIGNMENT.match(line)
-            cleaned.append(match.group(1) + "None" if match else line)
+            if match:
+                cleaned.append(match.group(1) + "None")
+                continued = line.endswith("\\")
+                continue
+        cleaned.append(line)
+        scanner.feed(line)
     return cleaned
+
+
+class _Continuation:
+    """Follows Python lines to tell whether the next one starts a statement.
+
+    It does not when a bracket or a triple-quoted string is still open, or
+    the line ended with a backslash.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.quote: str | None = None
+        self.backslash = False
+
+    def at_statement_start(self) -> bool:
+        return self.depth == 0 and self.quote is None and not self.backslash
+
+    def feed(self, line: str) -> None:
+        self.backslash = False
+        position = 0
+        while position < len(line):
+            if self.quote is not None:
+                match = _STRING_END[self.quote].search(line, position)
+                if match is None:
+                    if len(self.quote) == 1:
+                        self.quote = None  # an unterminated string: the parser will say so
+                    return
+                position = match.end()
+                if match.group() == self.quote:
+                    self.quote = None
+                elif match.group() == "\\":
+                    self.backslash = len(self.quote) == 1
+                    return
+                continue
+            match = _CODE_TOKEN.search(line, position)
+            if match is None:
+                return
+            position = match.end()
+            token = match.group()
+            if match.group(1):
+                self.quote = match.group(1)
+            elif token == "#":
+                return
+            elif token == "\\":
+                self.backslash = position == len(line)
+            elif token in "([{":
+                self.depth += 1
+            else:
+                self.depth = max(0, self.depth - 1)
+
+
+def script_lines(source: str) -> list[str] | None:
+    """A Python file's lines with IPython syntax blanked out; None when there is none to blank.
+
+    A percent-format script (cells begun by ``# %%`` lines) is read cell by
+    cell: a cell that starts with a cell magic other than ``%%time`` and the
+    like is blanked whole. The lines keep their number.
+    """
+    lines = source.split("\n")
+    starts = [0, *(number for number, line in enumerate(lines) if number and _PERCENT_CELL.match(line)), len(lines)]
+    cleaned: list[str] = []
+    for start, end in zip(starts, starts[1:]):
+        cell = lines[start:end]
+        header = [cell.pop(0)] if cell and _PERCENT_CELL.match(cell[0]) else []
+        body = cell_lines("\n".join(cell)) if cell else []
+        cleaned.extend(header)
+        cleaned.extend([""] * len(cell) if body is None else body)
+    return None if cleaned == lines else cleaned
+
+
+# A JSON token: a string, a structural character, or a literal (number, true, false, null).
+_JSON_TOKEN = re.compile(r'\s*(?:("[^"\\]*(?:\\.[^"\\]*)*")|([{}\[\],:])|([^\s{}\[\],:"]+))', re.S)
+# A piece of a JSON string's text: a run without escapes, a surrogate pair, or one escape.
+_JSON_PIECE = re.compile(r"[^\\]+|\\u[dD][89abAB]\w\w\\u[dD][c-fC-F]\w\w|\\u\w{4}|\\.", re.S)
+
+
+class SourceMap:
+    """Where the source of each code cell lies in the notebook file's text.
+
+    nbformat writes a cell's source as a list of strings, one line of the
+    cell per line of the file when the JSON is indented; a single string is
+    allowed too and lies on one line of the file. ``text`` is the file
+    decoded, already known to be valid JSON.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.strings = _source_strings(text)
+        self._decoded: dict[int, list[str]] = {}
+
+    def position(self, cell: int, row: int, column: int) -> tuple[int, int] | None:
+        """The file's line and column (from 1, in characters) of a position in a cell.
+
+        ``row`` and ``column`` count from 1 within the cell's source. None
+        when the cell's source is not in the file as a string or a list of
+        strings.
+        """
+        strings = self.strings.get(cell)
+        if not strings:
+            return None
+        decoded = self._decoded.get(cell)
+        if decoded is None:
+            decoded = self._decoded[cell] = [json.loads(raw) for _, raw in strings]
+        offset = _offset("".join(decoded), row, column)
+        for (start, raw), text in zip(strings, decoded):
+            if offset < len(text) or (start, raw) == strings[-1]:
+                return self._line_and_column(start + 1 + _raw_index(raw[1:-1], offset))
+            offset -= len(text)
+        return None
+
+    def _line_and_column(self, index: int) -> tuple[int, int]:
+        line_start = self.text.rfind("\n", 0, index) + 1
+        return self.text.count("\n", 0, index) + 1, index - line_start + 1
+
+
+def _offset(source: str, row: int, column: int) -> int:
+    """The index in ``source`` of a 1-based row and column (the start of the source when out of range)."""
+    start = 0
+    for _ in range(row - 1):
+        start = source.find("\n", start) + 1
+        if start == 0:
+            return 0
+    return min(start + column - 1, len(source))
+
+
+def _raw_index(raw: str, wanted: int) -> int:
+    """The index in a JSON string's escaped text of the ``wanted``-th character of its value."""
+    index = count = 0
+    for piece in _JSON_PIECE.finditer(raw):
+        text = piece.group()
+        size = len(text) if text[0] != "\\" else 1
+        if count + size > wanted:
+            return index + (wanted - count if text[0] != "\\" else 0)
+        count += size
+        index = piece.end()
+    return index
+
+
+def _source_strings(text: str) -> dict[int, list[tuple[int, str]]]:
+    """Per cell (from 1), the strings of its ``source``: where each starts in ``text`` and its escaped text."""
+    found: dict[int, list[tuple[int, str]]] = {}
+    # One frame per open container: [is an object, current key or index, expecting a key].
+    stack: list[list] = []
+    position = 0
+    while True:
+        match = _JSON_TOKEN.match(text, position)
+        if match is None:
+            return found
+        position = match.end()
+        string, mark = match.group(1), match.group(2)
+        if mark in ("{", "["):
+            if _is_cell_source(stack):
+                found[stack[1][1] + 1] = []
+            stack.append([mark == "{", 0, mark == "{"])
+        elif mark in ("}", "]"):
+            stack.pop()
+            if not stack:
+                return found
+        elif mark == ",":
+            frame = stack[-1]
+            if frame[0]:
+                frame[2] = True
+            else:
+                frame[1] += 1
+        elif string is not None and stack and stack[-1][0] and stack[-1][2]:
+            stack[-1][1] = json.loads(string)
+            stack[-1][2] = False
+        elif string is not None:
+            if _is_cell_source(stack):
+                found[stack[1][1] + 1] = [(match.start(1), string)]
+            elif len(stack) == 4 and _is_cell_source(stack[:3]) and not stack[3][0]:
+                found[stack[1][1] + 1].append((match.start(1), string))
+
+
+def _is_cell_source(stack: list[list]) -> bool:
+    """Whether the value about to be read is ``cells[i]["source"]``."""
+    return (
+        len(stack) == 3
+        and stack[0][0]
+        and stack[0][1] == "cells"
+        and not stack[1][0]
+        and stack[2][0]
+        and stack[2][1] == "source"
+    )

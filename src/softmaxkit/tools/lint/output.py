@@ -1,8 +1,20 @@
-"""Output formats: concise, full, json, sarif, github."""
+"""Output formats: concise, full, json, sarif, github.
+
+Every format says each finding's severity: concise and full mark a warning
+with ``warning:`` before its message (an unmarked finding is an error),
+json has a ``severity`` field, SARIF a ``level``, and GitHub annotations are
+``::error`` or ``::warning``.
+
+A notebook finding's ``row`` and ``column`` count within its cell. The
+formats read by other tools (github, sarif) point at the notebook file
+itself; ``positions`` gives, per notebook, the file's line and column for
+each ``(cell, row, column)`` (see ``FileResult.file_positions``).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -11,6 +23,8 @@ from softmaxkit.tools.lint.rules import ALL_RULES
 
 FORMATS = ("concise", "full", "json", "sarif", "github")
 _SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
+# Per notebook file name: (cell, row, column) -> the file's (line, column).
+Positions = dict[str, dict[tuple[int, int, int], tuple[int, int]]]
 
 
 def _where(finding: Finding) -> str:
@@ -25,16 +39,21 @@ def _marker(finding: Finding, unsafe_fixes: bool) -> str:
     return ""
 
 
+def _headline(finding: Finding, unsafe_fixes: bool) -> str:
+    label = " warning:" if finding.severity == "warning" else ""
+    return f"{_where(finding)}: {finding.code}{_marker(finding, unsafe_fixes)}{label} {finding.message}\n"
+
+
 def concise(findings: list[Finding], unsafe_fixes: bool = False) -> str:
-    return "".join(
-        f"{_where(f)}: {f.code}{_marker(f, unsafe_fixes)} {f.message}\n" for f in findings
-    )
+    """One line per finding: ``path:row:column: CODE [*] warning: message`` (``[*]``: fixable)."""
+    return "".join(_headline(f, unsafe_fixes) for f in findings)
 
 
 def full(findings: list[Finding], unsafe_fixes: bool = False) -> str:
+    """Each finding's line as in :func:`concise`, then its source line underlined and its fix."""
     out = []
     for f in findings:
-        out.append(f"{_where(f)}: {f.code}{_marker(f, unsafe_fixes)} {f.message}\n")
+        out.append(_headline(f, unsafe_fixes))
         line = f.line_text.expandtabs(1)
         if line:
             number = str(f.row)
@@ -48,23 +67,37 @@ def full(findings: list[Finding], unsafe_fixes: bool = False) -> str:
     return "".join(out)
 
 
+def _counted(findings: Sequence[Finding]) -> str:
+    """``2 errors``, ``1 warning`` or ``2 errors and 1 warning``."""
+    warnings = sum(1 for f in findings if f.severity == "warning")
+    errors = len(findings) - warnings
+    parts = []
+    if errors or not warnings:
+        parts.append(f"{errors} {'error' if errors == 1 else 'errors'}")
+    if warnings:
+        parts.append(f"{warnings} {'warning' if warnings == 1 else 'warnings'}")
+    return " and ".join(parts)
+
+
 def summary(
     findings: list[Finding],
-    fixed: int = 0,
+    fixed: Sequence[Finding] = (),
     unsafe_fixes: bool = False,
     fix_mode: bool = False,
     unchecked: int = 0,
 ) -> str:
-    """The closing lines; ``unchecked`` counts the files that could not be read."""
+    """The closing lines: errors and warnings found, fixed and fixable, and files not checked.
+
+    ``fixed`` are the findings ``--fix`` removed, ``unchecked`` counts the
+    files that could not be read. Example: ``Found 2 errors and 1 warning.``
+    """
     count = len(findings)
     skipped = f"{unchecked} {'file' if unchecked == 1 else 'files'} not checked (see the warnings).\n" if unchecked else ""
-    if count == 0 and fixed == 0:
+    if count == 0 and not fixed:
         return "No errors found.\n" + skipped if unchecked else "All checks passed!\n"
-    noun = "error" if count == 1 else "errors"
     if fix_mode:
-        total = count + fixed
-        return f"Found {total} {'error' if total == 1 else 'errors'} ({fixed} fixed, {count} remaining).\n" + skipped
-    lines = [f"Found {count} {noun}.\n"]
+        return f"Found {_counted([*findings, *fixed])} ({len(fixed)} fixed, {count} remaining).\n" + skipped
+    lines = [f"Found {_counted(findings)}.\n"]
     safe = sum(1 for f in findings if f.fix is not None and f.fix.applicability == "safe")
     unsafe = sum(1 for f in findings if f.fix is not None and f.fix.applicability == "unsafe")
     fixable = safe + (unsafe if unsafe_fixes else 0)
@@ -74,6 +107,25 @@ def summary(
         lines.append(f"({unsafe} more fixable with `--fix --unsafe-fixes`.)\n")
     lines.append(skipped)
     return "".join(lines)
+
+
+def _in_file(finding: Finding, positions: Positions | None) -> tuple[int, int, int, int] | None:
+    """Start and end line and column of ``finding`` in its file; None for a notebook finding not mapped."""
+    if finding.cell is None:
+        return finding.row, finding.column, finding.end_row, finding.end_column
+    places = (positions or {}).get(finding.filename, {})
+    start = places.get((finding.cell, finding.row, finding.column))
+    if start is None:
+        return None
+    end = places.get((finding.cell, finding.end_row, finding.end_column), start)
+    return (*start, *end)
+
+
+def _text(finding: Finding) -> str:
+    """The message, led by the cell and the line within it for a notebook finding."""
+    if finding.cell is None:
+        return finding.message
+    return f"cell {finding.cell}, line {finding.row}: {finding.message}"
 
 
 def _position(row: int, column: int) -> dict:
@@ -120,7 +172,12 @@ def _uri(filename: str) -> str:
     return quote(path.as_posix())
 
 
-def as_sarif(findings: list[Finding], version: str | None) -> str:
+def as_sarif(findings: list[Finding], version: str | None, positions: Positions | None = None) -> str:
+    """A SARIF 2.1.0 log with one run.
+
+    A notebook finding's region is its place in the notebook file; the cell
+    and the region within the cell are in its ``properties``.
+    """
     rules = []
     index = {}
     for i, rule in enumerate(ALL_RULES):
@@ -138,28 +195,19 @@ def as_sarif(findings: list[Finding], version: str | None) -> str:
         )
     results = []
     for f in findings:
-        text = f.message if f.cell is None else f"cell {f.cell}: {f.message}"
+        location: dict = {"artifactLocation": {"uri": _uri(f.filename)}}
+        place = _in_file(f, positions)
+        if place is not None:
+            location["region"] = _region(*place)
         result = {
             "ruleId": f.code,
             "ruleIndex": index[f.code],
             "level": f.severity,
-            "message": {"text": text},
-            "locations": [
-                {
-                    "physicalLocation": {
-                        "artifactLocation": {"uri": _uri(f.filename)},
-                        "region": {
-                            "startLine": f.row,
-                            "startColumn": f.column,
-                            "endLine": f.end_row,
-                            "endColumn": f.end_column,
-                        },
-                    }
-                }
-            ],
+            "message": {"text": _text(f)},
+            "locations": [{"physicalLocation": location}],
         }
         if f.cell is not None:
-            result["properties"] = {"cell": f.cell}
+            result["properties"] = {"cell": f.cell, "cellRegion": _region(f.row, f.column, f.end_row, f.end_column)}
         results.append(result)
     driver = {"name": "softmaxkit", "rules": rules}
     if version:
@@ -172,6 +220,10 @@ def as_sarif(findings: list[Finding], version: str | None) -> str:
     return json.dumps(log, indent=2) + "\n"
 
 
+def _region(row: int, column: int, end_row: int, end_column: int) -> dict:
+    return {"startLine": row, "startColumn": column, "endLine": end_row, "endColumn": end_column}
+
+
 def _escape_data(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
@@ -180,19 +232,19 @@ def _escape_property(text: str) -> str:
     return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def github(findings: list[Finding]) -> str:
+def github(findings: list[Finding], positions: Positions | None = None) -> str:
+    """GitHub Actions workflow commands: ``::error file=...,line=...::CODE message`` (``::warning`` for warnings).
+
+    A notebook finding points at its line of the notebook file, and its
+    message names the cell and the line within it.
+    """
     out = []
     for f in findings:
-        text = f.message if f.cell is None else f"cell {f.cell}: {f.message}"
-        properties = ",".join(
-            [
-                f"file={_escape_property(f.filename)}",
-                f"line={f.row}",
-                f"col={f.column}",
-                f"endLine={f.end_row}",
-                f"endColumn={f.end_column}",
-                f"title={f.code}",
-            ]
-        )
-        out.append(f"::{f.severity} {properties}::{_escape_data(f'{f.code} {text}')}\n")
+        properties = [f"file={_escape_property(f.filename)}"]
+        place = _in_file(f, positions)
+        if place is not None:
+            row, column, end_row, end_column = place
+            properties += [f"line={row}", f"col={column}", f"endLine={end_row}", f"endColumn={end_column}"]
+        properties.append(f"title={f.code}")
+        out.append(f"::{f.severity} {','.join(properties)}::{_escape_data(f'{f.code} {_text(f)}')}\n")
     return "".join(out)
