@@ -19,19 +19,34 @@ _INERT = (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)
 _INERT_FIELDS = frozenset(
     {"ctx", "op", "ops", "id", "attr", "arg", "name", "names", "module", "level", "conversion", "is_async", "kind", "type_comment"}
 )
+# Reporting passes over one file at most: a fact learned in one pass (what a
+# function returns, what its callers pass) may change what the next pass
+# learns; real code settles in one or two.
+MAX_PASSES = 4
+_ENDS_BLOCK = (ast.Return, ast.Raise, ast.Continue, ast.Break)
 
 
 class Checker:
     """Runs the rules over one parsed file; the :class:`~softmaxkit.tools.lint.rule.Context` they receive.
 
-    The file is walked twice. The first pass learns what module-level names,
-    functions and classes hold, so that code above a definition sees it; the
-    second pass hands the nodes to the rules.
+    The first pass learns what module-level names, functions and classes
+    hold, so that code above a definition sees it. Reporting passes follow:
+    each hands the nodes to the rules and records what every call of a
+    function of the file passes to its parameters. When a pass changed what
+    the file's functions, classes and module-level names hold (a parameter
+    bound by a call, a return value that depends on it), its findings are
+    dropped and the pass repeats, at most ``MAX_PASSES`` times.
+
+    ``functions`` maps qualified names of the user's own wrappers to the
+    operation each computes (``{"fairseq.utils.softmax": "softmax"}``), used
+    like the library functions the linter knows.
     """
 
-    def __init__(self, tree: ast.Module, source: str, rules: list[Rule]) -> None:
+    def __init__(
+        self, tree: ast.Module, source: str, rules: list[Rule], functions: dict[str, str] | None = None
+    ) -> None:
         self.tree = tree
-        self.semantic = SemanticModel(tree)
+        self.semantic = SemanticModel(tree, functions)
         self.locator = Locator(source)
         self.imports = self.semantic.imports
         self.by_type: dict[type, list[Rule]] = {}
@@ -43,12 +58,29 @@ class Checker:
         self.reporting = False
 
     def run(self) -> list[Finding]:
+        semantic = self.semantic
         self._module_pass()
-        self.semantic.module_final = Scope(None)
-        self.semantic.module_final.vars = dict(self.semantic.scope.vars)
         self.reporting = True
-        self._module_pass()
+        for _ in range(MAX_PASSES):
+            before = self._facts()
+            semantic.module_final = Scope(None)
+            semantic.module_final.vars = dict(semantic.scope.vars)
+            self.findings = []
+            self._module_pass()
+            calls_changed = semantic.settle_calls()
+            if not calls_changed and self._facts() == before:
+                break
         return self.findings
+
+    def _facts(self) -> tuple:
+        """What the passes learn about the file as a whole, to tell whether a pass changed it."""
+        facts = []
+        for info in self.semantic.infos.values():
+            if type(info) is FuncInfo:
+                facts.append(info.return_tag)
+            else:
+                facts.append((info.call_tag, dict(info.attrs), dict(info.methods)))
+        return (dict(self.semantic.scope.vars), facts)
 
     # ---- the context rules query ------------------------------------------
 
@@ -60,6 +92,9 @@ class Checker:
 
     def is_neg_inf(self, expr: ast.expr | None) -> bool:
         return self.semantic.is_neg_inf(expr)
+
+    def reciprocal_tag(self, expr: ast.expr) -> object:
+        return self.semantic.reciprocal_tag(expr)
 
     def loss_call(self, call: ast.Call) -> tuple[str, ast.expr | None] | None:
         return self.semantic.loss_call(call)
@@ -107,9 +142,8 @@ class Checker:
             self._dispatch(node.value, node)
             for target in node.targets:
                 self._dispatch(target, node)
-            tag = semantic.tag(node.value)
             for target in node.targets:
-                semantic.bind(target, tag)
+                semantic.assign(target, node.value)
         elif kind is ast.AnnAssign:
             if node.value is not None:
                 self._dispatch(node.value, node)
@@ -126,7 +160,7 @@ class Checker:
             semantic.scope.returns.append(None if node.value is None else semantic.tag(node.value))
         elif kind is ast.FunctionDef or kind is ast.AsyncFunctionDef:
             self._header(node)
-            semantic.scope.vars[node.name] = self._function(node, None, None)
+            semantic.scope.vars[node.name] = self._function(node, None, None, semantic.function_info(node))
         elif kind is ast.ClassDef:
             for expr in (*node.bases, *(k.value for k in node.keywords), *node.decorator_list):
                 self._dispatch(expr, node)
@@ -135,16 +169,20 @@ class Checker:
             self._compound(node)
 
     def _compound(self, node: ast.stmt) -> None:
-        """Branches, loops, ``with``, ``try`` and ``match``, in source order; other statements' expressions."""
+        """Branches, loops, ``with``, ``try`` and ``match``, merged where they meet; other statements' expressions."""
         kind = type(node)
-        if kind is ast.If or kind is ast.While:
+        if kind is ast.If:
             self._dispatch(node.test, node)
-            self._block(node.body)
+            self._branches([node.body, node.orelse])
+        elif kind is ast.While:
+            self._dispatch(node.test, node)
+            # The body may run no time at all.
+            self._branches([node.body, []])
             self._block(node.orelse)
         elif kind is ast.For or kind is ast.AsyncFor:
             self._dispatch(node.iter, node)
-            self.semantic.bind(node.target, None)
-            self._block(node.body)
+            self.semantic.bind_loop(node.target, node.iter)
+            self._branches([node.body, []])
             self._block(node.orelse)
         elif kind is ast.With or kind is ast.AsyncWith:
             for item in node.items:
@@ -153,44 +191,80 @@ class Checker:
                     self.semantic.bind(item.optional_vars, None)
             self._block(node.body)
         elif kind is ast.Try or kind.__name__ == "TryStar":
-            self._block(node.body)
-            for handler in node.handlers:
-                if handler.type is not None:
-                    self._dispatch(handler.type, handler)
-                if handler.name:
-                    self.semantic.scope.vars[handler.name] = None
-                self._block(handler.body)
-            self._block(node.orelse)
-            self._block(node.finalbody)
+            self._try(node)
         elif kind is ast.Match:
             self._dispatch(node.subject, node)
             for case in node.cases:
                 if case.guard is not None:
                     self._dispatch(case.guard, case)
-                self._block(case.body)
+            exhaustive = any(type(c.pattern) is ast.MatchAs and c.pattern.pattern is None for c in node.cases)
+            self._branches([case.body for case in node.cases] + ([] if exhaustive else [[]]))
         else:
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, ast.expr):
                     self._dispatch(child, node)
+
+    def _branches(self, blocks: list[list[ast.stmt]]) -> None:
+        """Runs each block from the same names and merges the names of those that reach their end."""
+        scope = self.semantic.scope
+        start = scope.vars
+        ends = []
+        for block in blocks:
+            scope.vars = dict(start)
+            self._block(block)
+            if not _ends(block):
+                ends.append(scope.vars)
+        scope.vars = _merge(ends) if ends else start
+
+    def _try(self, node: ast.Try) -> None:
+        """The body, then each handler from any point of the body, then ``else``; ``finally`` after their join."""
+        semantic = self.semantic
+        scope = semantic.scope
+        start = scope.vars
+        scope.vars = dict(start)
+        self._block(node.body)
+        body_end = scope.vars
+        handler_start = _merge([start, body_end])
+        ends = []
+        for handler in node.handlers:
+            if handler.type is not None:
+                self._dispatch(handler.type, handler)
+            scope.vars = dict(handler_start)
+            if handler.name:
+                scope.vars[handler.name] = None
+            self._block(handler.body)
+            if not _ends(handler.body):
+                ends.append(scope.vars)
+        scope.vars = body_end
+        self._block(node.orelse)
+        if not _ends(node.body) and not _ends(node.orelse):
+            ends.append(scope.vars)
+        scope.vars = _merge(ends) if ends else body_end
+        self._block(node.finalbody)
 
     def _header(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         args = node.args
         for expr in (*node.decorator_list, *args.defaults, *(d for d in args.kw_defaults if d is not None)):
             self._dispatch(expr, node)
 
-    def _function(self, node, cls: ClassInfo | None, self_name: str | None) -> FuncInfo:
+    def _function(self, node, cls: ClassInfo | None, self_name: str | None, info: FuncInfo) -> FuncInfo:
         semantic = self.semantic
-        info = semantic.function_info(node)
         outer = semantic.scope
         scope = semantic.function_scope(cls, self_name)
         args = node.args
+        params = info.param_tags
         for arg in (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg):
             if arg is not None:
-                scope.vars[arg.arg] = None
+                scope.vars[arg.arg] = params.get(arg.arg)
+        if self_name is not None:
+            scope.vars[self_name] = None
         semantic.scope = scope
+        outer_function = semantic.function
+        semantic.function = info
         self._block(node.body)
         self._end_scope(scope)
         semantic.scope = outer
+        semantic.function = outer_function
         info.return_tag = join(scope.returns)
         return info
 
@@ -229,7 +303,9 @@ class Checker:
         positional = [*method.args.posonlyargs, *method.args.args]
         if positional and not static:
             self_name = positional[0].arg
-        result = self._function(method, info, self_name).return_tag
+        function = self.semantic.function_info(method, method=self_name is not None)
+        info.functions[method.name] = function
+        result = self._function(method, info, self_name, function).return_tag
         info.methods[method.name] = result
         if method.name in ("forward", "__call__"):
             info.call_tag = result
@@ -249,6 +325,8 @@ class Checker:
         while stack:
             node = stack.pop()
             kind = type(node)
+            if kind is ast.Call:
+                self.semantic.call_site(node)
             rules = by_type.get(kind)
             if rules:
                 for rule in rules:
@@ -266,6 +344,26 @@ class Checker:
                 elif value is not None:
                     parents[value] = node
                     stack.append(value)
+
+
+def _ends(block: list[ast.stmt]) -> bool:
+    """Whether control never leaves ``block`` at its end (it returns, raises, breaks or continues)."""
+    if not block:
+        return False
+    last = block[-1]
+    if type(last) in _ENDS_BLOCK:
+        return True
+    return type(last) is ast.If and _ends(last.body) and _ends(last.orelse)
+
+
+def _merge(ends: list[dict[str, object]]) -> dict[str, object]:
+    """The names after branches meet: each keeps the join of its kinds in the branches where it is bound."""
+    if len(ends) == 1:
+        return ends[0]
+    merged = {}
+    for name in {name for end in ends for name in end}:
+        merged[name] = join([end[name] for end in ends if name in end])
+    return merged
 
 
 def _child_fields(kind: type) -> tuple[str, ...]:

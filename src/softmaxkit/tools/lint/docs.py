@@ -17,7 +17,8 @@ def render_rules_markdown() -> str:
         "# softmaxkit lint rules\n\n",
         "Generated from the rule docstrings; `softmaxkit lint --explain CODE` prints the same text.\n",
         "Fix: *safe* fixes apply with `--fix`, *unsafe* ones also need `--unsafe-fixes`, *none* means no fix.\n"
-        "The examples assume `import numpy as np`, `import torch` and `import torch.nn.functional as F`.\n\n",
+        "Level: an *error* is code that is wrong (or NaN) whenever it runs, a *warning* code that fails on some inputs.\n"
+        "The examples assume nothing beyond their own imports: each gives its rule's finding as written, its replacement none.\n\n",
         "| Code | Name | Fix | Level | Message |\n",
         "| --- | --- | --- | --- | --- |\n",
     ]

@@ -65,6 +65,9 @@ class Context(Protocol):
     def is_neg_inf(self, expr: ast.expr | None) -> bool:
         """Whether ``expr`` is a spelling of -inf (or a constant tensor holding it)."""
 
+    def reciprocal_tag(self, expr: ast.expr) -> object:
+        """The kind of ``y`` when ``expr`` is ``y ** -1`` (or ``1 / y``), else None."""
+
     def loss_call(self, call: ast.Call) -> tuple[str, ast.expr | None] | None:
         """``(kind, input)`` when ``call`` computes a torch loss, else None."""
 
@@ -94,8 +97,9 @@ class Rule:
     """One check. The class docstring is the rule's explanation (``--explain``).
 
     Subclasses set ``code``, ``name``, ``message``, ``fix_safety`` ("safe",
-    "unsafe" or "none": the best fix the rule can offer) and ``node_types``,
-    and implement ``check``. Rules that decide only at the end of a scope (a
+    "unsafe" or "none": the best fix the rule can offer), ``severity``
+    ("error": the code is wrong, or NaN, whenever it runs; "warning": it
+    fails only on some inputs) and ``node_types``, and implement ``check``. Rules that decide only at the end of a scope (a
     guard may come after the line it protects) also implement ``end_scope``.
     """
 
@@ -103,7 +107,7 @@ class Rule:
     name: ClassVar[str]
     message: ClassVar[str]
     fix_safety: ClassVar[str] = "none"
-    severity: ClassVar[str] = "error"
+    severity: ClassVar[str]
     node_types: ClassVar[tuple[type[ast.AST], ...]] = ()
 
     def check(self, node: ast.AST, ctx: Context) -> None:

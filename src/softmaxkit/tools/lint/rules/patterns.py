@@ -5,11 +5,14 @@ from __future__ import annotations
 import ast
 
 from softmaxkit.tools.lint.rule import Context, Rule
+from softmaxkit.tools.lint.semantic.model import names_integer_type
+from softmaxkit.tools.lint.semantic.names import FUNCTIONS
 from softmaxkit.tools.lint.semantic.ops import Op, is_one
-from softmaxkit.tools.lint.semantic.tags import PROB, SIGMOID
+from softmaxkit.tools.lint.semantic.tags import INTEGER, PROB, SIGMOID
 
 _REDUCTIONS = frozenset({"sum", "mean"})
 _INDEXING_METHODS = frozenset({"gather", "take_along_dim", "index_select"})
+_ROUNDING_METHODS = frozenset({"long", "int", "floor", "ceil", "round", "__int__"})
 
 
 def log_op(call: ast.Call, ctx: Context) -> Op | None:
@@ -26,8 +29,11 @@ def renamed_callee(op: Op, ctx: Context, qualname: str) -> str | None:
     """Source text that calls ``qualname`` in place of ``op``'s function.
 
     Keeps the user's spelling of the module (``F.softmax`` becomes
-    ``F.log_softmax``) when the new function lives beside the old one.
+    ``F.log_softmax``) when the new function lives beside the old one. A
+    wrapper declared in the configuration has no known neighbours: None.
     """
+    if op.qualname not in FUNCTIONS:
+        return None
     func = op.call.func
     module, _, name = qualname.rpartition(".")
     if type(func) is ast.Attribute and op.qualname.rpartition(".")[0] == module:
@@ -40,6 +46,36 @@ def renamed_beside(op: Op, ctx: Context, name: str) -> str | None:
     if op.method:
         return f"{ctx.text(op.call.func.value)}.{name}"
     return renamed_callee(op, ctx, op.qualname.rpartition(".")[0] + "." + name)
+
+
+def is_rounded(node: ast.expr, ctx: Context) -> bool:
+    """Whether the value of ``node`` is rounded to an integer at once.
+
+    ``int(...)``, ``round``, ``math.floor``/``ceil``, ``np.floor``,
+    ``.astype(int)``, ``.long()``, also after arithmetic:
+    ``math.ceil(math.log(1 + n) / math.log(2))``.
+    """
+    child = node
+    parent = ctx.parent(node)
+    while type(parent) is ast.BinOp:
+        child, parent = parent, ctx.parent(parent)
+    kind = type(parent)
+    if kind is ast.Call:
+        op = ctx.op(parent)
+        return op is not None and op.name == "integer" and child in parent.args
+    if kind is ast.Attribute:
+        call = ctx.parent(parent)
+        if type(call) is not ast.Call or call.func is not parent:
+            return False
+        if parent.attr in _ROUNDING_METHODS:
+            return True
+        return parent.attr == "astype" and bool(call.args) and names_integer_type(call.args[0])
+    return False
+
+
+def is_integer(expr: ast.expr, ctx: Context) -> bool:
+    """Whether ``expr`` is integer-valued: a literal, ``len``, ``.shape[i]``, ``.size(i)``, a ``range`` index, ``int(...)``."""
+    return ctx.tag(expr) == INTEGER
 
 
 def sole_argument(op: Op) -> ast.expr | None:

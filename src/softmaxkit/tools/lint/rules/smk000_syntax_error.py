@@ -20,16 +20,22 @@ class ParseFailure(Rule):
     This code is always reported: `--select`, `--ignore` and `# noqa` do not
     apply to it.
 
+    This rule is an error: nothing in the file was checked.
+
     ## Why is this bad?
     Nothing in the file was checked.
 
     ## Example
     ```python
+    import torch.nn.functional as F
+
     loss = F.cross_entropy(logits, target
     ```
 
     ## Use instead
     ```python
+    import torch.nn.functional as F
+
     loss = F.cross_entropy(logits, target)
     ```
 
@@ -43,3 +49,4 @@ class ParseFailure(Rule):
     code = "SMK000"
     name = "syntax-error"
     message = "the file could not be parsed"
+    severity = "error"

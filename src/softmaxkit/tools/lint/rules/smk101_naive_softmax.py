@@ -15,7 +15,12 @@ class NaiveSoftmax(Rule):
     the maximum first, in NumPy, PyTorch and JAX spellings, as functions
     (`np.exp(x) / np.sum(np.exp(x))`) and as methods
     (`x.exp() / x.exp().sum(-1, keepdim=True)`), also through a variable
-    (`e = np.exp(x); e / e.sum()`).
+    (`e = np.exp(x); e / e.sum()`) and as a product with the reciprocal
+    (`e * e.sum() ** -1`).
+
+    This rule is a warning: the result is right as long as every logit
+    stays below about 88 (float32) and some logit of each row above about -87;
+    it fails only on inputs outside that range.
 
     ## Why is this bad?
     `exp` overflows to `inf` once a logit exceeds about 88.7 in float32
@@ -56,8 +61,19 @@ class NaiveSoftmax(Rule):
     code = "SMK101"
     name = "naive-softmax"
     message = "`exp(x) / sum(exp(x))` overflows to NaN for large logits; subtract the row max first or call a softmax function"
+    severity = "warning"
     node_types = (ast.BinOp,)
 
     def check(self, node: ast.BinOp, ctx: Context) -> None:
-        if type(node.op) is ast.Div and ctx.tag(node.left) == EXP and ctx.tag(node.right) == SUM_EXP:
+        kind = type(node.op)
+        if kind is ast.Div:
+            found = ctx.tag(node.left) == EXP and ctx.tag(node.right) == SUM_EXP
+        elif kind is ast.Mult:
+            found = any(
+                ctx.tag(a) == EXP and ctx.reciprocal_tag(b) == SUM_EXP
+                for a, b in ((node.left, node.right), (node.right, node.left))
+            )
+        else:
+            found = False
+        if found:
             ctx.report(self, node)

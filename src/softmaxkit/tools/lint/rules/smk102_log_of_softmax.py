@@ -16,6 +16,9 @@ class LogOfSoftmax(Rule):
     `np.log(scipy.special.softmax(x))`, `x.softmax(-1).log()`, and the log of
     the output of an `nn.Softmax` module, directly or through variables.
 
+    This rule is a warning: the value is finite, if inaccurate, as long
+    as no probability underflows to 0.
+
     ## Why is this bad?
     Softmax rounds small probabilities to 0 (below about 1e-45 in float32),
     and the log of 0 is `-inf`; a later `-inf * 0` or gradient gives NaN.
@@ -25,11 +28,19 @@ class LogOfSoftmax(Rule):
 
     ## Example
     ```python
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(8, 10)
     log_probs = torch.log(F.softmax(logits, dim=-1))
     ```
 
     ## Use instead
     ```python
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(8, 10)
     log_probs = F.log_softmax(logits, dim=-1)
     ```
 
@@ -46,6 +57,7 @@ class LogOfSoftmax(Rule):
     code = "SMK102"
     name = "log-of-softmax"
     message = "`log(softmax(x))` loses precision and gives `-inf` on underflow; use `log_softmax(x)`"
+    severity = "warning"
     fix_safety = "safe"
     node_types = (ast.Call,)
 

@@ -29,6 +29,9 @@ class ManualLogSumExp(Rule):
     the sum is kept in a variable. The stable spelling
     `m + log(sum(exp(x - m)))` with `m = max(x)` is not reported.
 
+    This rule is a warning: the value is right as long as no element
+    overflows `exp` and some element does not underflow it.
+
     ## Why is this bad?
     `exp(x)` overflows to `inf` once an element exceeds about 88.7 in float32
     (709.8 in float64), so the result is `inf`; when all elements are very
@@ -37,11 +40,17 @@ class ManualLogSumExp(Rule):
 
     ## Example
     ```python
+    import torch
+
+    scores = torch.randn(8, 10)
     lse = torch.log(torch.sum(torch.exp(scores), dim=-1))
     ```
 
     ## Use instead
     ```python
+    import torch
+
+    scores = torch.randn(8, 10)
     lse = torch.logsumexp(scores, dim=-1)
     ```
     (`scipy.special.logsumexp` for NumPy, `jax.nn.logsumexp` for JAX).
@@ -61,6 +70,7 @@ class ManualLogSumExp(Rule):
     code = "SMK103"
     name = "manual-logsumexp"
     message = "`log(sum(exp(x)))` overflows to `inf` for large `x`; use `logsumexp(x)`"
+    severity = "warning"
     fix_safety = "safe"
     node_types = (ast.Call,)
 

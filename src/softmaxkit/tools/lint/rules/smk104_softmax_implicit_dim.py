@@ -19,6 +19,9 @@ class SoftmaxImplicitDim(Rule):
     `dim`, and for `nn.Softmax()`, `nn.LogSoftmax()` and `nn.Softmin()`
     created without `dim`.
 
+    This rule is a warning: for 2-D input the guessed axis is the class
+    axis, so the code is wrong only for inputs of other ranks.
+
     ## Why is this bad?
     Without `dim`, PyTorch guesses the axis from the number of dimensions:
     dim 0 for 0-, 1- and 3-D inputs, dim 1 otherwise. For a 3-D batch of
@@ -28,14 +31,24 @@ class SoftmaxImplicitDim(Rule):
 
     ## Example
     ```python
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    logits = torch.randn(4, 5, 10)
     probs = F.softmax(logits)
-    self.act = nn.Softmax()
+    act = nn.Softmax()
     ```
 
     ## Use instead
     ```python
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    logits = torch.randn(4, 5, 10)
     probs = F.softmax(logits, dim=-1)
-    self.act = nn.Softmax(dim=-1)
+    act = nn.Softmax(dim=-1)
     ```
 
     ## Fix safety
@@ -49,6 +62,7 @@ class SoftmaxImplicitDim(Rule):
     code = "SMK104"
     name = "softmax-implicit-dim"
     message = "softmax without `dim` guesses the axis (dim 0 for 3-D input); pass `dim=` explicitly"
+    severity = "warning"
     node_types = (ast.Call,)
 
     def check(self, node: ast.Call, ctx: Context) -> None:

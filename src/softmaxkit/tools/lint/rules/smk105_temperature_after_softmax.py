@@ -41,6 +41,9 @@ class TemperatureAfterSoftmax(Rule):
     `probs ** (1 / T)`, `probs /= self.temperature`. A temperature is a name
     such as `T`, `tau`, `temp`, `temperature` or one ending in `_temperature`.
 
+    This rule is an error: the result is not the tempered distribution
+    for any input with `T != 1`.
+
     ## Why is this bad?
     Temperature scaling means `softmax(x / T)`. Dividing probabilities by `T`
     only rescales them, so they no longer sum to 1, and dividing
@@ -50,11 +53,21 @@ class TemperatureAfterSoftmax(Rule):
 
     ## Example
     ```python
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(8, 10)
+    temperature = 2.0
     probs = F.softmax(logits, dim=-1) / temperature
     ```
 
     ## Use instead
     ```python
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(8, 10)
+    temperature = 2.0
     probs = F.softmax(logits / temperature, dim=-1)
     ```
 
@@ -70,6 +83,7 @@ class TemperatureAfterSoftmax(Rule):
     code = "SMK105"
     name = "temperature-after-softmax"
     message = "temperature applied to probabilities; divide the logits instead: `softmax(x / T)`"
+    severity = "error"
     node_types = (ast.BinOp, ast.AugAssign)
 
     def check(self, node: ast.BinOp | ast.AugAssign, ctx: Context) -> None:

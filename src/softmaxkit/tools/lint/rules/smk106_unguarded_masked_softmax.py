@@ -15,10 +15,17 @@ class UnguardedMaskedSoftmax(Rule):
     ## What it does
     Checks for softmax (or log_softmax) over scores masked with `-inf`
     (`masked_fill(mask, float('-inf'))`, `-math.inf`, `-torch.inf`,
-    `-np.inf`, `torch.where(mask, s, -inf)`) when nothing guards the rows in
-    which every entry is masked: no `nan_to_num`, `where`, `masked_fill` or
-    `clamp` applied to the result. Masking with a finite large negative value
-    (`-1e9`, `torch.finfo(dtype).min`) is not reported.
+    `-np.inf`, `torch.where(mask, s, -inf)`, `s[mask] = -inf`) by a mask that
+    can leave a row with no entry, when nothing guards those rows: no
+    `nan_to_num`, `where`, `masked_fill` or `clamp` applied to the result.
+    Masking with a finite large negative value (`-1e9`,
+    `torch.finfo(dtype).min`) is not reported, and neither are masks that
+    always keep an entry of each row: causal and sliding-window masks built
+    with `tril`/`triu` or by comparing positions (`arange`), also when kept
+    with `register_buffer` and sliced (`self.bias[:, :, :T, :T] == 0`), and
+    top-k masks (`logits < v[:, [-1]]` with `v, _ = torch.topk(logits, k)`).
+    Padding and key masks stay reported, also when combined with a causal
+    one.
 
     This rule is a warning: the code is correct as long as no row is ever
     fully masked, which the linter cannot know.
@@ -31,14 +38,22 @@ class UnguardedMaskedSoftmax(Rule):
 
     ## Example
     ```python
-    scores = scores.masked_fill(~mask, float("-inf"))
-    attn = F.softmax(scores, dim=-1)
+    import torch
+    import torch.nn.functional as F
+
+    def attend(scores, key_padding_mask):
+        scores = scores.masked_fill(key_padding_mask, float("-inf"))
+        return F.softmax(scores, dim=-1)
     ```
 
     ## Use instead
     ```python
-    scores = scores.masked_fill(~mask, float("-inf"))
-    attn = F.softmax(scores, dim=-1).nan_to_num(0.0)
+    import torch
+    import torch.nn.functional as F
+
+    def attend(scores, key_padding_mask):
+        scores = scores.masked_fill(key_padding_mask, float("-inf"))
+        return F.softmax(scores, dim=-1).nan_to_num(0.0)
     ```
     or `softmaxkit.torch.softmax`, which returns 0 on fully masked rows.
 

@@ -18,6 +18,8 @@ class SoftmaxBeforeCrossEntropy(Rule):
     `nn.Sequential` that ends in `nn.Softmax`, and through a module of the
     same file whose `forward` returns softmax output.
 
+    This rule is an error: the loss is wrong for every input.
+
     ## Why is this bad?
     `cross_entropy` applies `log_softmax` to its input itself. Given
     probabilities, it computes the loss of `softmax(softmax(x))`, whose
@@ -27,13 +29,44 @@ class SoftmaxBeforeCrossEntropy(Rule):
 
     ## Example
     ```python
-    probs = F.softmax(logits, dim=1)
-    loss = F.cross_entropy(probs, target)
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return F.softmax(self.fc(x), dim=-1)
+
+
+    model = Classifier()
+    x, target = torch.randn(8, 16), torch.randint(10, (8,))
+    loss = F.cross_entropy(model(x), target)
     ```
 
     ## Use instead
     ```python
-    loss = F.cross_entropy(logits, target)
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(x)
+
+
+    model = Classifier()
+    x, target = torch.randn(8, 16), torch.randint(10, (8,))
+    loss = F.cross_entropy(model(x), target)
     ```
     and apply softmax only where probabilities are read.
 
@@ -50,6 +83,7 @@ class SoftmaxBeforeCrossEntropy(Rule):
     code = "SMK201"
     name = "softmax-before-cross-entropy"
     message = "`cross_entropy` applies log_softmax itself and expects logits, not probabilities; pass the logits"
+    severity = "error"
     fix_safety = "unsafe"
     node_types = (ast.Call,)
 

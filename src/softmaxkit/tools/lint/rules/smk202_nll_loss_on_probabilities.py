@@ -14,6 +14,8 @@ class NllLossOnProbabilities(LogProbabilityLoss):
     `F.nll_loss` or of an `nn.NLLLoss` instance, directly or through
     variables and modules of the same file.
 
+    This rule is an error: the loss is wrong for every input.
+
     ## Why is this bad?
     `nll_loss` expects log-probabilities and returns `-input[target]`. Given
     probabilities it returns `-p[target]`, a value in `[-1, 0]` that is not
@@ -22,11 +24,21 @@ class NllLossOnProbabilities(LogProbabilityLoss):
 
     ## Example
     ```python
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(8, 10)
+    target = torch.randint(10, (8,))
     loss = F.nll_loss(F.softmax(logits, dim=1), target)
     ```
 
     ## Use instead
     ```python
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(8, 10)
+    target = torch.randint(10, (8,))
     loss = F.nll_loss(F.log_softmax(logits, dim=1), target)
     ```
     or `F.cross_entropy(logits, target)`.
@@ -44,6 +56,7 @@ class NllLossOnProbabilities(LogProbabilityLoss):
     code = "SMK202"
     name = "nll-loss-on-probabilities"
     message = "`nll_loss` expects log-probabilities, not probabilities; use `log_softmax` (or `cross_entropy` on logits)"
+    severity = "error"
     fix_safety = "unsafe"
     node_types = (ast.Call,)
     kind = "nll_loss"

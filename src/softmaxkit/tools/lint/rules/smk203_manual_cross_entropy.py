@@ -18,6 +18,9 @@ class ManualCrossEntropy(Rule):
     `np.sum(-y * np.log(p))`. Probabilities clipped or offset before the log
     (`np.log(p + eps)`, `np.log(np.clip(p, eps, 1 - eps))`) are not reported.
 
+    This rule is a warning: the loss is right until a probability
+    underflows to 0 (or, for `log(1 - p)`, rounds to 1).
+
     ## Why is this bad?
     A probability that rounds to 0 makes the loss `inf` and its gradient NaN.
     In float32 this happens once the target's logit trails the largest one by
@@ -27,12 +30,22 @@ class ManualCrossEntropy(Rule):
 
     ## Example
     ```python
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(8, 10)
+    y = torch.randint(10, (8,))
     probs = F.softmax(logits, dim=1)
     loss = -torch.log(probs[torch.arange(len(y)), y]).mean()
     ```
 
     ## Use instead
     ```python
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(8, 10)
+    y = torch.randint(10, (8,))
     loss = F.cross_entropy(logits, y)
     ```
     (`softmaxkit.cross_entropy` for NumPy,
@@ -50,6 +63,7 @@ class ManualCrossEntropy(Rule):
     code = "SMK203"
     name = "manual-cross-entropy"
     message = "cross-entropy computed from probabilities gives `inf` when a probability underflows; compute it from logits (`cross_entropy`, `log_softmax`)"
+    severity = "warning"
     node_types = (ast.UnaryOp, ast.Call)
 
     def check(self, node: ast.AST, ctx: Context) -> None:

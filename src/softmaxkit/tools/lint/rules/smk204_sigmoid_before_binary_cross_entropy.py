@@ -16,6 +16,9 @@ class SigmoidBeforeBinaryCrossEntropy(Rule):
     `F.binary_cross_entropy` or of an `nn.BCELoss` instance, directly or
     through variables and modules of the same file.
 
+    This rule is a warning: the loss is right, if less accurate, while
+    every logit stays within about ±17 (float32).
+
     ## Why is this bad?
     In float32, `sigmoid(x)` rounds to exactly 1 once `x` exceeds about 17,
     and `log(1 - 1)` is `-inf`; PyTorch clamps the log at -100, so the loss
@@ -25,12 +28,34 @@ class SigmoidBeforeBinaryCrossEntropy(Rule):
 
     ## Example
     ```python
-    loss = F.binary_cross_entropy(torch.sigmoid(logits), target)
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(8)
+    target = torch.rand(8)
+
+
+    def bce(p, y):
+        return F.binary_cross_entropy(p, y)
+
+
+    loss = bce(torch.sigmoid(logits), target)
     ```
 
     ## Use instead
     ```python
-    loss = F.binary_cross_entropy_with_logits(logits, target)
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(8)
+    target = torch.rand(8)
+
+
+    def bce(z, y):
+        return F.binary_cross_entropy_with_logits(z, y)
+
+
+    loss = bce(logits, target)
     ```
     (`nn.BCEWithLogitsLoss` for the module form).
 
@@ -47,6 +72,7 @@ class SigmoidBeforeBinaryCrossEntropy(Rule):
     code = "SMK204"
     name = "sigmoid-before-binary-cross-entropy"
     message = "`binary_cross_entropy` on `sigmoid` output saturates for large logits; use `binary_cross_entropy_with_logits` on the logits"
+    severity = "warning"
     fix_safety = "safe"
     node_types = (ast.Call,)
 

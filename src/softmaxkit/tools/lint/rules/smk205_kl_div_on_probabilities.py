@@ -14,6 +14,8 @@ class KlDivOnProbabilities(LogProbabilityLoss):
     `F.kl_div` or of an `nn.KLDivLoss` instance. The target (second argument)
     may be probabilities; `kl_div(log_softmax(s), softmax(t))` is correct.
 
+    This rule is an error: the divergence is wrong for every input.
+
     ## Why is this bad?
     `kl_div(input, target)` computes `target * (log(target) - input)`: it
     expects `input` to be log-probabilities. Given probabilities it computes
@@ -22,11 +24,19 @@ class KlDivOnProbabilities(LogProbabilityLoss):
 
     ## Example
     ```python
+    import torch
+    import torch.nn.functional as F
+
+    student, teacher = torch.randn(8, 10), torch.randn(8, 10)
     loss = F.kl_div(F.softmax(student, dim=-1), F.softmax(teacher, dim=-1), reduction="batchmean")
     ```
 
     ## Use instead
     ```python
+    import torch
+    import torch.nn.functional as F
+
+    student, teacher = torch.randn(8, 10), torch.randn(8, 10)
     loss = F.kl_div(F.log_softmax(student, dim=-1), F.softmax(teacher, dim=-1), reduction="batchmean")
     ```
 
@@ -43,6 +53,7 @@ class KlDivOnProbabilities(LogProbabilityLoss):
     code = "SMK205"
     name = "kl-div-on-probabilities"
     message = "`kl_div` expects log-probabilities as its input; pass `log_softmax(x)`"
+    severity = "error"
     fix_safety = "unsafe"
     node_types = (ast.Call,)
     kind = "kl_div"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 
 from softmaxkit.tools.lint.rule import Context, Rule
-from softmaxkit.tools.lint.rules.patterns import log_op, renamed_beside
+from softmaxkit.tools.lint.rules.patterns import is_integer, is_rounded, log_op, renamed_beside
 from softmaxkit.tools.lint.semantic.ops import is_one
 
 
@@ -13,8 +13,14 @@ class LogOnePlus(Rule):
     """
     ## What it does
     Checks for `log(1 + x)` and `log(x + 1)` with NumPy, PyTorch, JAX or
-    `math`, in function or method spelling. It is reported for any `x`: the
-    rewrite is always valid. `np.log(x)` alone is not reported.
+    `math`, in function or method spelling. `np.log(x)` alone is not
+    reported, and neither is `x` that holds integers (a literal, `len(...)`,
+    `.shape[i]`, `.size(i)`, a `range` index, `int(...)`), for which `1 + x`
+    is exact, nor a result rounded at once (`int(...)`, `round`,
+    `math.floor`/`ceil`, `.astype(int)`, `.long()`), whose rounding hides
+    the lost digits.
+
+    This rule is a warning: only small `|x|` loses accuracy.
 
     ## Why is this bad?
     When `|x|` is below the machine epsilon (1.2e-7 in float32), `1 + x`
@@ -24,11 +30,17 @@ class LogOnePlus(Rule):
 
     ## Example
     ```python
+    import numpy as np
+
+    x = np.array([1e-10, 1e-3])
     y = np.log(1 + x)
     ```
 
     ## Use instead
     ```python
+    import numpy as np
+
+    x = np.array([1e-10, 1e-3])
     y = np.log1p(x)
     ```
 
@@ -44,6 +56,7 @@ class LogOnePlus(Rule):
     code = "SMK301"
     name = "log-one-plus"
     message = "`log(1 + x)` loses precision for small `x`; use `log1p(x)`"
+    severity = "warning"
     fix_safety = "safe"
     node_types = (ast.Call,)
 
@@ -59,6 +72,8 @@ class LogOnePlus(Rule):
         elif is_one(argument.right):
             x = argument.left
         else:
+            return
+        if is_integer(x, ctx) or is_rounded(node, ctx):
             return
         fix = None
         callee = renamed_beside(op, ctx, "log1p")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 
 from softmaxkit.tools.lint.rule import Context, Rule
-from softmaxkit.tools.lint.rules.patterns import renamed_beside
+from softmaxkit.tools.lint.rules.patterns import is_integer, is_rounded, renamed_beside
 from softmaxkit.tools.lint.semantic.ops import is_one
 
 
@@ -13,7 +13,12 @@ class ExpMinusOne(Rule):
     """
     ## What it does
     Checks for `exp(x) - 1` with NumPy, PyTorch, JAX or `math`, in function
-    or method spelling.
+    or method spelling. Integer `x` (a literal, `len(...)`, `.shape[i]`,
+    `.size(i)`, a `range` index, `int(...)`), for which `exp(x)` is 1 or far
+    from it, and results rounded at once (`int(...)`, `round`,
+    `math.floor`/`ceil`, `.astype(int)`, `.long()`) are not reported.
+
+    This rule is a warning: only small `|x|` loses accuracy.
 
     ## Why is this bad?
     For small `|x|`, `exp(x)` is close to 1 and the subtraction cancels the
@@ -22,11 +27,17 @@ class ExpMinusOne(Rule):
 
     ## Example
     ```python
+    import torch
+
+    x = torch.tensor([1e-10, 1e-3])
     y = torch.exp(x) - 1
     ```
 
     ## Use instead
     ```python
+    import torch
+
+    x = torch.tensor([1e-10, 1e-3])
     y = torch.expm1(x)
     ```
 
@@ -43,6 +54,7 @@ class ExpMinusOne(Rule):
     code = "SMK302"
     name = "exp-minus-one"
     message = "`exp(x) - 1` loses precision for small `x`; use `expm1(x)`"
+    severity = "warning"
     fix_safety = "safe"
     node_types = (ast.BinOp,)
 
@@ -51,6 +63,8 @@ class ExpMinusOne(Rule):
             return
         op = ctx.op(node.left)
         if op is None or op.name != "exp" or op.input is None:
+            return
+        if is_integer(op.input, ctx) or is_rounded(node, ctx):
             return
         fix = None
         callee = renamed_beside(op, ctx, "expm1")

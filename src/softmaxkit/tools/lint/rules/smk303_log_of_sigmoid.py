@@ -26,6 +26,9 @@ class LogOfSigmoid(Rule):
     `np.log(scipy.special.expit(x))`, and the log of `1 / (1 + exp(-x))`,
     directly or through variables.
 
+    This rule is a warning: the value is finite, if inaccurate, until
+    the sigmoid underflows to 0.
+
     ## Why is this bad?
     For very negative `x`, `sigmoid(x)` underflows to 0 (below about -88 in
     float32, -104 with subnormals) and its log is `-inf`, while the true
@@ -34,11 +37,19 @@ class LogOfSigmoid(Rule):
 
     ## Example
     ```python
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(8)
     log_p = torch.log(torch.sigmoid(logits))
     ```
 
     ## Use instead
     ```python
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.randn(8)
     log_p = F.logsigmoid(logits)
     ```
     (`jax.nn.log_sigmoid`, `scipy.special.log_expit`).
@@ -55,6 +66,7 @@ class LogOfSigmoid(Rule):
     code = "SMK303"
     name = "log-of-sigmoid"
     message = "`log(sigmoid(x))` gives `-inf` for very negative `x`; use `logsigmoid(x)`"
+    severity = "warning"
     fix_safety = "safe"
     node_types = (ast.Call,)
 

@@ -3,12 +3,25 @@
 A value kind ("tag") says, for example, that an expression holds softmax
 probabilities or the exponential of unshifted logits. Tags follow local
 variables in statement order, module-level names, ``self.attr`` assignments
-made in any method of a class, ``nn.Sequential`` containers, and the return
-values of functions and ``forward`` methods defined in the same file.
+made in any method of a class (``register_buffer`` included), ``nn.Sequential``
+containers, reshapes, indexing and concatenation, the return values of
+functions and ``forward`` methods defined in the same file, and the
+parameters of those functions: a parameter holds the join of what the
+file's calls pass it (``model(x)`` binds the parameter of ``forward``).
 
-The analysis is flow-insensitive inside a statement and takes branches in
-source order, which is enough for the straight-line code that builds losses.
-The checker walks the statements and binds names here; rules ask questions.
+Branches are merged where they meet (after ``if``/``else``, loops, ``try``
+and ``match``): a name keeps its kind after the join only when every branch
+that reaches the join agrees on it; a branch that returns, raises, breaks or
+continues does not reach it, and neither does one in which the name is
+unbound. Agreement keeps the analysis precise: a value that is
+probabilities on one path and logits on another is not reported. Scores
+masked with ``-inf`` are the one exception: a fully masked row is a hazard
+on the path that masks it, so ``if mask is not None: s = s.masked_fill(...)``
+leaves ``s`` masked (see :func:`.scopes.join`).
+
+The analysis is flow-insensitive inside a statement. The checker walks the
+statements and binds names here, repeating its passes over the file until
+the functions' facts settle (a bounded number of times); rules ask questions.
 """
 
 from __future__ import annotations
@@ -17,19 +30,27 @@ import ast
 
 from softmaxkit.tools.lint.semantic.names import CLASSES, FUNCTIONS, LOSSES, PASSTHROUGH_METHODS, Imports
 from softmaxkit.tools.lint.semantic.ops import Op, is_one, keyword, resolve
-from softmaxkit.tools.lint.semantic.scopes import ClassInfo, FuncInfo, Instance, Scope, called
+from softmaxkit.tools.lint.semantic.scopes import ClassInfo, FuncInfo, Instance, Scope, called, join
 from softmaxkit.tools.lint.semantic.tags import (
     EXP,
     EXP_SHIFTED,
     INDEXABLE,
+    INTEGER,
     LOGPROB,
     MASKED,
+    MASKED_PARTIAL,
     MAX,
+    OFFSETS,
+    POSITIONS,
     PROB,
+    ROW_PRESERVING,
     SHIFTED,
     SIGMOID,
+    STRUCTURAL,
     SUM_EXP,
     SUM_EXP_SHIFTED,
+    TOPK,
+    TOPK_MASK,
     Calls,
     Loss,
 )
@@ -40,6 +61,15 @@ _INF_NAMES = frozenset(
 _SELF_RETURNING = frozenset({"eval", "train", "to", "cuda", "cpu", "float", "double", "half", "requires_grad_"})
 # Expressions whose tag depends on one of their operands'.
 _LINKS = (ast.BinOp, ast.Call, ast.Attribute, ast.Subscript, ast.NamedExpr)
+# Methods whose result is an integer, or a tensor of integers.
+_INTEGER_METHODS = frozenset({"size", "numel", "dim", "long", "int", "__len__", "bit_length"})
+_INTEGER_ATTRIBUTES = frozenset({"shape", "ndim", "size"})
+# Arithmetic that keeps integers integers.
+_INTEGER_OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod, ast.Pow)
+# What a recursive call passes when it hands a parameter on unchanged.
+_SAME = object()
+# Kinds a tuple-returning call gives its first element: ``m, _ = x.max(dim)``.
+_FIRST_OF_PAIR = frozenset({MAX, TOPK})
 
 
 class SemanticModel:
@@ -50,13 +80,18 @@ class SemanticModel:
     sees names assigned below its definition.
     """
 
-    def __init__(self, tree: ast.Module) -> None:
+    def __init__(self, tree: ast.Module, functions: dict[str, str] | None = None) -> None:
         self.imports = Imports(tree)
+        self.functions = {**FUNCTIONS, **functions} if functions else FUNCTIONS
         self.scope = Scope(None)
         self.module_final: Scope | None = None
         self.infos: dict[ast.AST, FuncInfo | ClassInfo] = {}
         self.ops: dict[ast.Call, Op | None] = {}
         self.memo: dict[ast.AST, object] = {}
+        # What each call of a function of the file passed, in the current pass.
+        self.sites: dict[FuncInfo, list[dict[str, object]]] = {}
+        # The function whose body is being walked, if any.
+        self.function: FuncInfo | None = None
 
     # ---- binding (called by the checker) ------------------------------------
 
@@ -74,10 +109,46 @@ class SemanticModel:
             if scope.cls is not None and type(target.value) is ast.Name and target.value.id == scope.self_name:
                 scope.cls.attrs[target.attr] = tag
         elif kind is ast.Tuple or kind is ast.List:
+            # ``m, _ = x.max(dim)`` and ``v, _ = torch.topk(x, k)``: the values come first.
+            first = tag if tag in _FIRST_OF_PAIR else None
             for element in target.elts:
-                self.bind(element, None)
+                self.bind(element, first)
+                first = None
         elif kind is ast.Starred:
             self.bind(target.value, None)
+
+    def assign(self, target: ast.expr, value: ast.expr) -> None:
+        """Records the assignment ``target = value``."""
+        kind = type(target)
+        if (kind is ast.Tuple or kind is ast.List) and type(value) in (ast.Tuple, ast.List):
+            if len(value.elts) == len(target.elts) and not any(type(e) is ast.Starred for e in target.elts):
+                tags = [self.tag(element) for element in value.elts]
+                for element, tag in zip(target.elts, tags):
+                    self.bind(element, tag)
+                return
+        if kind is ast.Subscript:
+            # ``logits[logits < v[:, [-1]]] = -float("inf")`` masks the array in place.
+            if self.is_neg_inf(value) and type(target.value) in (ast.Name, ast.Attribute):
+                self.bind(target.value, self.masked(target.value, target.slice))
+            return
+        self.bind(target, self.tag(value))
+
+    def bind_loop(self, target: ast.expr, iterable: ast.expr) -> None:
+        """Records the target of ``for target in iterable``: indices of ``range`` and ``enumerate`` are integers."""
+        first = None
+        if type(iterable) is ast.Call:
+            qualname = self.imports.qualname(iterable.func)
+            if qualname == "builtins.range":
+                self.bind(target, INTEGER)
+                return
+            if qualname == "builtins.enumerate":
+                first = INTEGER
+        if first is not None and type(target) is ast.Tuple and target.elts:
+            self.bind(target.elts[0], first)
+            for element in target.elts[1:]:
+                self.bind(element, None)
+            return
+        self.bind(target, None)
 
     def in_place(self, expr: ast.expr) -> None:
         """Records what an expression statement that modifies a name in place (``masked_fill_``) stored."""
@@ -85,14 +156,101 @@ class SemanticModel:
             return
         op = self.op(expr)
         if op is not None and op.name == "masked_fill_" and type(op.input) is ast.Name:
-            self.scope.vars[op.input.id] = MASKED if self.is_neg_inf(op.arg(1, "value")) else None
+            value = op.arg(1, "value")
+            self.scope.vars[op.input.id] = self.masked(op.input, op.arg(0, "mask")) if self.is_neg_inf(value) else None
+            return
+        func = expr.func
+        scope = self.scope
+        if (
+            type(func) is ast.Attribute
+            and func.attr == "register_buffer"
+            and scope.cls is not None
+            and type(func.value) is ast.Name
+            and func.value.id == scope.self_name
+            and len(expr.args) >= 2
+            and type(expr.args[0]) is ast.Constant
+            and type(expr.args[0].value) is str
+        ):
+            scope.cls.attrs[expr.args[0].value] = self.tag(expr.args[1])
 
-    def function_info(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> FuncInfo:
-        """The record of a function, kept from one pass to the next."""
+    def function_info(self, node: ast.FunctionDef | ast.AsyncFunctionDef, method: bool = False) -> FuncInfo:
+        """The record of a function, kept from one pass to the next; a method's leaves out ``self``."""
         info = self.infos.get(node)
         if info is None:
-            info = self.infos[node] = FuncInfo()
+            args = node.args
+            params = tuple(arg.arg for arg in (*args.posonlyargs, *args.args))
+            info = self.infos[node] = FuncInfo(params[1:] if method else params)
         return info
+
+    def call_site(self, call: ast.Call) -> None:
+        """Records what ``call`` passes to the parameters of a function of the file, if it calls one."""
+        info = self._callee(call.func)
+        if info is None:
+            return
+        params = info.params
+        passed: dict[str, object] = {}
+        args = call.args
+        if any(type(a) is ast.Starred for a in args) or any(k.arg is None for k in call.keywords):
+            self.sites.setdefault(info, []).append(passed)
+            return
+        recursive = info is self.function
+        for name, arg in zip(params, args):
+            # A recursive call that passes a parameter on unchanged adds nothing to what it holds.
+            passed[name] = _SAME if recursive and type(arg) is ast.Name and arg.id == name else self.tag(arg)
+        for item in call.keywords:
+            value = item.value
+            passed[item.arg] = _SAME if recursive and type(value) is ast.Name and value.id == item.arg else self.tag(value)
+        self.sites.setdefault(info, []).append(passed)
+
+    def _callee(self, func: ast.expr) -> FuncInfo | None:
+        kind = type(func)
+        if kind is ast.Name:
+            target = self.scope.lookup(func.id)
+        elif kind is ast.Attribute:
+            scope = self.scope
+            value = func.value
+            if scope.cls is not None and type(value) is ast.Name and value.id == scope.self_name:
+                own = scope.cls.functions.get(func.attr)
+                if own is not None:
+                    return own
+                target = scope.cls.attrs.get(func.attr)
+            else:
+                if type(value) is not ast.Name:
+                    return None
+                base = self.scope.lookup(value.id)
+                if type(base) is not Instance:
+                    return None
+                return base.info.functions.get(func.attr)
+        else:
+            return None
+        kind = type(target)
+        if kind is FuncInfo:
+            return target
+        if kind is ClassInfo:
+            return target.functions.get("__init__")
+        if kind is Instance:
+            functions = target.info.functions
+            return functions.get("forward") or functions.get("__call__")
+        return None
+
+    def settle_calls(self) -> bool:
+        """Gives each function's parameters the join of this pass's calls; whether any changed."""
+        changed = False
+        sites = self.sites
+        for info in self.infos.values():
+            if type(info) is not FuncInfo:
+                continue
+            calls = sites.get(info, ())
+            tags = {}
+            for name in info.params:
+                passed = [site.get(name) for site in calls if site.get(name) is not _SAME]
+                tags[name] = join(passed)
+            tags = {name: tag for name, tag in tags.items() if tag is not None}
+            if tags != info.param_tags:
+                info.param_tags = tags
+                changed = True
+        self.sites = {}
+        return changed
 
     def class_info(self, node: ast.ClassDef) -> ClassInfo:
         """The record of a class, kept from one pass to the next."""
@@ -143,19 +301,42 @@ class SemanticModel:
             value = expr.value
             if scope.cls is not None and type(value) is ast.Name and value.id == scope.self_name:
                 return scope.cls.attrs.get(expr.attr)
+            attr = expr.attr
+            if attr in _INTEGER_ATTRIBUTES:
+                return INTEGER
             base = self.tag(value)
-            if expr.attr in ("values", "data"):
+            if attr in ("values", "data", "T", "mT"):
                 return base if type(base) is str else None
             if type(base) is Instance:
-                return base.info.attrs.get(expr.attr)
+                return base.info.attrs.get(attr)
             return None
         if kind is ast.Subscript:
             base = self.tag(expr.value)
             return base if base in INDEXABLE else None
         if kind is ast.BinOp:
             return self.binop_tag(expr.left, expr.op, expr.right)
+        if kind is ast.Compare:
+            return self._compare_tag(expr)
+        if kind is ast.UnaryOp:
+            operand = self.tag(expr.operand)
+            if type(expr.op) in (ast.Not, ast.Invert):
+                return operand if operand in ROW_PRESERVING else None
+            return operand if operand == INTEGER else None
         if kind is ast.NamedExpr:
             return self.tag(expr.value)
+        if kind is ast.Constant:
+            return INTEGER if type(expr.value) is int else None
+        return None
+
+    def _compare_tag(self, expr: ast.Compare) -> object:
+        """Masks: ``bias[:, :, :T, :T] == 0`` is causal, ``logits < v[:, [-1]]`` top-k, ``j > i`` positional."""
+        tags = [self.tag(expr.left), *(self.tag(c) for c in expr.comparators)]
+        if STRUCTURAL in tags:
+            return STRUCTURAL
+        if TOPK in tags or TOPK_MASK in tags:
+            return TOPK_MASK
+        if tags.count(POSITIONS) >= 2 or OFFSETS in tags:
+            return STRUCTURAL
         return None
 
     def binop_tag(self, left: ast.expr, op: ast.operator, right: ast.expr) -> object:
@@ -164,9 +345,20 @@ class SemanticModel:
         if kind is ast.Sub:
             if self.is_max_like(right):
                 return SHIFTED
-            return MASKED if self.tag(left) == MASKED else None
         lt = self.tag(left)
         rt = self.tag(right)
+        if kind in _INTEGER_OPERATORS and lt == INTEGER and rt == INTEGER:
+            return INTEGER
+        if kind is ast.Sub and lt == POSITIONS and rt == POSITIONS:
+            return OFFSETS
+        if kind is ast.Sub or kind is ast.Add:
+            for moving in (POSITIONS, OFFSETS):
+                if moving in (lt, rt) and lt in (moving, INTEGER) and rt in (moving, INTEGER):
+                    return moving
+        if kind is ast.Sub:
+            return lt if lt in (MASKED, MASKED_PARTIAL) else None
+        if kind is ast.BitAnd or kind is ast.BitOr:
+            return lt if lt == rt and lt in ROW_PRESERVING else None
         if kind is ast.Div:
             if lt in (EXP, EXP_SHIFTED) and rt in (SUM_EXP, SUM_EXP_SHIFTED):
                 return PROB
@@ -179,11 +371,35 @@ class SemanticModel:
         if kind is ast.Add:
             if MASKED in (lt, rt):
                 return MASKED
+            if MASKED_PARTIAL in (lt, rt):
+                return MASKED_PARTIAL
+            # An additive causal mask: ``qk + mask[:n, :n]`` with ``mask = full(-inf).triu_(1)``.
+            if STRUCTURAL in (lt, rt):
+                return MASKED_PARTIAL
             if lt in (SUM_EXP, SUM_EXP_SHIFTED) and type(right) is ast.Constant:
                 return lt
             return None
-        if kind is ast.Mult and MASKED in (lt, rt):
-            return MASKED
+        if kind is ast.Mult:
+            if MASKED in (lt, rt):
+                return MASKED
+            if MASKED_PARTIAL in (lt, rt):
+                return MASKED_PARTIAL
+            # ``e * e.sum() ** -1`` is ``e / e.sum()``.
+            if lt in (EXP, EXP_SHIFTED) and self.reciprocal_tag(right) in (SUM_EXP, SUM_EXP_SHIFTED):
+                return PROB
+            if rt in (EXP, EXP_SHIFTED) and self.reciprocal_tag(left) in (SUM_EXP, SUM_EXP_SHIFTED):
+                return PROB
+        return None
+
+    def reciprocal_tag(self, expr: ast.expr) -> object:
+        """The kind of ``y`` when ``expr`` is ``y ** -1`` (or ``1 / y``), else None."""
+        if type(expr) is not ast.BinOp:
+            return None
+        kind = type(expr.op)
+        if kind is ast.Pow and _is_minus_one(expr.right):
+            return self.tag(expr.left)
+        if kind is ast.Div and is_one(expr.left):
+            return self.tag(expr.right)
         return None
 
     def _is_exp_call(self, expr: ast.expr) -> bool:
@@ -210,10 +426,14 @@ class SemanticModel:
         if qualname is not None:
             kind = CLASSES.get(qualname)
             return None if kind is None else self._construct(kind, call)
-        if type(func) is ast.Attribute and func.attr in PASSTHROUGH_METHODS:
-            base = self.tag(func.value)
-            if type(base) is str or type(base) is Instance:
-                return base
+        if type(func) is ast.Attribute:
+            attr = func.attr
+            if attr in PASSTHROUGH_METHODS:
+                base = self.tag(func.value)
+                if type(base) is str or type(base) is Instance:
+                    return base
+            elif attr in _INTEGER_METHODS or (attr == "astype" and call.args and names_integer_type(call.args[0])):
+                return INTEGER
         result = called(self.tag(func))
         if result is not None:
             return result
@@ -266,18 +486,49 @@ class SemanticModel:
         if name in ("max", "logsumexp"):
             return MAX
         if name in ("masked_fill", "masked_fill_"):
-            return MASKED if self.is_neg_inf(op.arg(1, "value")) else None
+            return self.masked(op.input, op.arg(0, "mask")) if self.is_neg_inf(op.arg(1, "value")) else None
         if name == "where":
-            if self.is_neg_inf(op.arg(0, "input", "x")) or self.is_neg_inf(op.arg(1, "other", "y")):
-                return MASKED
+            x, y = op.arg(0, "input", "x"), op.arg(1, "other", "y")
+            if self.is_neg_inf(y):
+                return self.masked(x, op.input)
+            if self.is_neg_inf(x):
+                return self.masked(y, op.input)
+            return None
+        if name == "reshape":
+            inner = self.tag(op.input)
+            return inner if inner in INDEXABLE else None
+        if name == "concat":
+            parts = op.input
+            if type(parts) in (ast.List, ast.Tuple) and parts.elts:
+                inner = join([self.tag(part) for part in parts.elts])
+                return inner if inner in INDEXABLE else None
+            return None
+        if name == "topk":
+            return TOPK
+        if name == "tril" or name == "triu":
+            return STRUCTURAL
+        if name == "arange":
+            return POSITIONS
+        if name == "integer":
+            return INTEGER
         return None
+
+    def masked(self, scores: ast.expr | None, mask: ast.expr | None) -> str:
+        """The kind of ``scores`` once the entries ``mask`` selects (or keeps) are set to ``-inf``.
+
+        Causal, band and top-k masks leave every row an entry; any other
+        mask, or one applied to scores already masked so, may empty a row.
+        """
+        if self.tag(scores) == MASKED or mask is None or self.tag(mask) not in ROW_PRESERVING:
+            return MASKED
+        return MASKED_PARTIAL
 
     def op(self, call: ast.Call) -> Op | None:
         """The known operation ``call`` performs, if any."""
         ops = self.ops
         if call in ops:
             return ops[call]
-        result = ops[call] = resolve(call, self.imports, self.scope.self_name)
+        result = ops[call] = resolve(call, self.imports, self.scope.self_name, self.functions)
         return result
 
     def is_shifted(self, expr: ast.expr) -> bool:
@@ -307,7 +558,7 @@ class SemanticModel:
             qualname = self.imports.qualname(expr.func)
             if qualname == "builtins.float":
                 return _float_literal(expr) in ("-inf", "-infinity")
-            if FUNCTIONS.get(qualname) == "constant":
+            if self.functions.get(qualname) == "constant":
                 return any(self.is_neg_inf(arg) for arg in expr.args)
         if kind is ast.Attribute:
             return self.imports.qualname(expr) == "numpy.NINF"
@@ -344,6 +595,23 @@ def _inner(expr: ast.expr) -> ast.expr | None:
     if kind is ast.Attribute or kind is ast.Subscript or kind is ast.NamedExpr:
         return expr.value
     return None
+
+
+def _is_minus_one(expr: ast.expr) -> bool:
+    return type(expr) is ast.UnaryOp and type(expr.op) is ast.USub and is_one(expr.operand)
+
+
+def names_integer_type(expr: ast.expr) -> bool:
+    """Whether ``expr`` names an integer type: ``int``, ``np.int64``, ``"int32"``, ``torch.long``."""
+    if type(expr) is ast.Name:
+        name = expr.id
+    elif type(expr) is ast.Attribute:
+        name = expr.attr
+    elif type(expr) is ast.Constant and type(expr.value) is str:
+        name = expr.value
+    else:
+        return False
+    return name.startswith(("int", "uint", "long"))
 
 
 def _float_literal(call: ast.Call) -> str | None:

@@ -57,6 +57,12 @@ _add(
     "jax.nn.log_softmax",
 )
 _add("softmin", "torch.nn.functional.softmin")
+# flax.linen and flax.nnx re-export jax.nn's activations under their own names.
+for _module in ("flax.linen", "flax.linen.activation", "flax.nnx", "flax.nnx.nn.activations"):
+    _add("softmax", f"{_module}.softmax")
+    _add("log_softmax", f"{_module}.log_softmax")
+    _add("sigmoid", f"{_module}.sigmoid")
+    _add("logsumexp", f"{_module}.logsumexp")
 _add(
     "sigmoid",
     "torch.sigmoid",
@@ -66,11 +72,64 @@ _add(
     "jax.nn.sigmoid",
     "jax.scipy.special.expit",
 )
-_add("cross_entropy", "torch.nn.functional.cross_entropy")
+_add(
+    "cross_entropy",
+    "torch.nn.functional.cross_entropy",
+    # optax's losses take logits, like torch's cross_entropy.
+    "optax.softmax_cross_entropy",
+    "optax.softmax_cross_entropy_with_integer_labels",
+    "optax.losses.softmax_cross_entropy",
+    "optax.losses.softmax_cross_entropy_with_integer_labels",
+)
 _add("nll_loss", "torch.nn.functional.nll_loss")
 _add("binary_cross_entropy", "torch.nn.functional.binary_cross_entropy")
-_add("kl_div", "torch.nn.functional.kl_div")
+_add("kl_div", "torch.nn.functional.kl_div", "optax.kl_divergence", "optax.losses.kl_divergence")
 _add("masked_fill", "torch.masked_fill")
+_add("topk", "torch.topk", "jax.lax.top_k")
+_add("tril", "torch.tril", "numpy.tril", "jax.numpy.tril")
+_add("triu", "torch.triu", "numpy.triu", "jax.numpy.triu")
+_add("arange", "torch.arange", "numpy.arange", "jax.numpy.arange")
+_add("concat", "torch.cat", "torch.concat", "torch.stack", "numpy.concatenate", "numpy.stack", "jax.numpy.concatenate", "jax.numpy.stack")
+# Functions whose result holds the kind of values of their first argument.
+_add(
+    "reshape",
+    "torch.reshape",
+    "torch.flatten",
+    "torch.permute",
+    "torch.transpose",
+    "torch.squeeze",
+    "torch.unsqueeze",
+    "numpy.reshape",
+    "numpy.transpose",
+    "numpy.squeeze",
+    "numpy.expand_dims",
+    "numpy.moveaxis",
+    "numpy.swapaxes",
+    "jax.numpy.reshape",
+    "jax.numpy.transpose",
+    "jax.numpy.squeeze",
+    "jax.numpy.expand_dims",
+    "jax.numpy.moveaxis",
+    "jax.numpy.swapaxes",
+)
+# Integer-valued results (sizes, counts) and rounding.
+_add(
+    "integer",
+    "builtins.len",
+    "builtins.int",
+    "builtins.round",
+    "math.floor",
+    "math.ceil",
+    "math.comb",
+    "math.factorial",
+    "numpy.floor",
+    "numpy.ceil",
+    "numpy.round",
+    "numpy.rint",
+    "torch.floor",
+    "torch.ceil",
+    "torch.round",
+)
 _add("where", "torch.where", "numpy.where", "jax.numpy.where")
 _add("nan_to_num", "torch.nan_to_num", "numpy.nan_to_num", "jax.numpy.nan_to_num")
 _add("clamp", "torch.clamp", "torch.clip", "numpy.clip", "jax.numpy.clip")
@@ -109,12 +168,19 @@ METHODS: dict[str, str] = {
     "clamp_": "clamp",
     "clamp_min": "clamp",
     "clip": "clamp",
+    "topk": "topk",
+    "tril": "tril",
+    "tril_": "tril",
+    "triu": "triu",
+    "triu_": "triu",
 }
 
 # Methods whose result holds the same kind of values as their receiver.
 PASSTHROUGH_METHODS = frozenset(
     {
+        "abs",
         "bfloat16",
+        "bool",
         "clone",
         "contiguous",
         "cpu",
@@ -124,6 +190,7 @@ PASSTHROUGH_METHODS = frozenset(
         "flatten",
         "float",
         "half",
+        "logical_not",
         "numpy",
         "permute",
         "reshape",
@@ -154,7 +221,7 @@ CLASSES: dict[str, str] = {
 
 LOSSES = frozenset({"cross_entropy", "nll_loss", "binary_cross_entropy", "kl_div"})
 
-_BUILTINS = frozenset({"sum", "max", "float"})
+_BUILTINS = frozenset({"sum", "max", "float", "len", "int", "round", "range", "enumerate"})
 
 
 class Imports:

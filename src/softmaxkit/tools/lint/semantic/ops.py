@@ -40,18 +40,24 @@ class Op:
         return root
 
 
-def resolve(call: ast.Call, imports: Imports, self_name: str | None) -> Op | None:
-    """The known operation ``call`` performs, if any; ``self_name`` names the method's instance."""
+def resolve(
+    call: ast.Call, imports: Imports, self_name: str | None, functions: dict[str, str] = FUNCTIONS
+) -> Op | None:
+    """The known operation ``call`` performs, if any.
+
+    ``self_name`` names the method's instance; ``functions`` maps qualified
+    names to operations (:data:`.names.FUNCTIONS` and the user's wrappers).
+    """
     func = call.func
     qualname = imports.qualname(func)
     if qualname is not None:
-        name = FUNCTIONS.get(qualname)
+        name = functions.get(qualname)
         if name is None:
             return None
         args = call.args
         if args and type(args[0]) is not ast.Starred:
             return Op(name, call, False, qualname, args[0], args[1:])
-        return Op(name, call, False, qualname, keyword(call, ("input", "x", "a")), args)
+        return Op(name, call, False, qualname, keyword(call, ("input", "x", "a", "logits", "tensors", "arrays")), args)
     if type(func) is ast.Attribute:
         name = METHODS.get(func.attr)
         if name is None:

@@ -4,30 +4,40 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from softmaxkit.tools.lint.semantic.tags import Calls
+from softmaxkit.tools.lint.semantic.tags import MASKED, MASKED_PARTIAL, Calls
 
 if TYPE_CHECKING:
     from softmaxkit.tools.lint.rule import Rule
 
 
 class FuncInfo:
-    """A function of the file: the kind of value it returns."""
+    """A function of the file: the kind of value it returns and of what its callers pass.
 
-    __slots__ = ("return_tag",)
+    ``params`` names the parameters in the order positional arguments bind
+    them (``self`` left out of a method's); ``param_tags`` holds, for each
+    parameter, the join of what the file's calls pass it (None when a call
+    passes something unknown, or nothing).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("return_tag", "params", "param_tags")
+
+    def __init__(self, params: tuple[str, ...] = ()) -> None:
         self.return_tag: object = None
+        self.params = params
+        self.param_tags: dict[str, object] = {}
 
 
 class ClassInfo:
     """A class of the file: its attributes, its methods' results and what calling an instance gives."""
 
-    __slots__ = ("attrs", "methods", "call_tag")
+    __slots__ = ("attrs", "methods", "call_tag", "functions")
 
     def __init__(self) -> None:
         self.attrs: dict[str, object] = {}
         self.methods: dict[str, object] = {}
         self.call_tag: object = None
+        # The methods' records by name, so that calls bind their parameters.
+        self.functions: dict[str, FuncInfo] = {}
 
 
 class Instance:
@@ -37,6 +47,12 @@ class Instance:
 
     def __init__(self, info: ClassInfo) -> None:
         self.info = info
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Instance and other.info is self.info
+
+    def __hash__(self) -> int:
+        return id(self.info)
 
 
 class Scope:
@@ -80,12 +96,26 @@ def called(tag: object) -> object:
 
 
 def join(tags: list[object]) -> object:
-    """The kind a function returns, given the kinds of its ``return`` statements."""
-    # A function has a kind only when every return agrees: a forward that
-    # returns logits in training and probabilities otherwise is fine.
+    """The kind of a value that may come from any of ``tags``: their common kind, or None.
+
+    Used wherever paths meet: the ``return`` statements of a function, the
+    calls of a function (for each parameter), the branches of an ``if``.
+    A value has a kind only when every path agrees: a forward that returns
+    logits in training and probabilities otherwise is fine. Masked scores are
+    the exception: a row emptied on one path gives NaN on that path, so
+    scores masked with ``-inf`` on any path stay masked after the join
+    (``if mask is not None: s = s.masked_fill(...)``).
+    """
     if not tags:
         return None
+    if MASKED in tags:
+        return MASKED
+    if MASKED_PARTIAL in tags:
+        return MASKED_PARTIAL
     first = tags[0]
-    if first is None or any(tag is not first for tag in tags):
+    if first is None:
         return None
+    for tag in tags:
+        if tag is not first and tag != first:
+            return None
     return first

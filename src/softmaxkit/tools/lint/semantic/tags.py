@@ -15,10 +15,48 @@ SUM_EXP = "sum_exp"
 SUM_EXP_SHIFTED = "sum_exp_shifted"
 SHIFTED = "shifted"
 MAX = "max"
+# Scores with entries set to -inf where some row may lose every entry.
 MASKED = "masked"
+# Scores with entries set to -inf by a mask that leaves every row an entry:
+# causal, sliding-window (band) and top-k masks.
+MASKED_PARTIAL = "masked_partial"
+# A mask built from tril/triu or from comparing positions (causal, band).
+STRUCTURAL = "structural"
+# The values of a top-k, and the mask that compares scores with them.
+TOPK = "topk"
+TOPK_MASK = "topk_mask"
+# Positions (arange); comparing two of them gives a structural mask, while one
+# compared with lengths gives a padding mask.
+POSITIONS = "positions"
+# Differences of positions (``i - j``), which compared with anything give a
+# structural (causal or band) mask.
+OFFSETS = "offsets"
+# Integer-valued: sizes, counts, lengths, loop indices, rounded values.
+INTEGER = "integer"
 
-# Indexing a tensor keeps the kind of its values.
-INDEXABLE = frozenset({PROB, LOGPROB, SIGMOID, EXP, EXP_SHIFTED, SUM_EXP, SUM_EXP_SHIFTED, MAX, MASKED})
+# Indexing, reshaping and concatenating a tensor keeps the kind of its values.
+INDEXABLE = frozenset(
+    {
+        PROB,
+        LOGPROB,
+        SIGMOID,
+        EXP,
+        EXP_SHIFTED,
+        SUM_EXP,
+        SUM_EXP_SHIFTED,
+        MAX,
+        MASKED,
+        MASKED_PARTIAL,
+        STRUCTURAL,
+        TOPK,
+        TOPK_MASK,
+        POSITIONS,
+        OFFSETS,
+        INTEGER,
+    }
+)
+# Masks whose True (or kept) entries leave every row at least one entry.
+ROW_PRESERVING = frozenset({STRUCTURAL, TOPK_MASK})
 
 
 class Calls:
@@ -29,6 +67,12 @@ class Calls:
     def __init__(self, result: object) -> None:
         self.result = result
 
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Calls and other.result == self.result
+
+    def __hash__(self) -> int:
+        return hash((Calls, self.result))
+
 
 class Loss:
     """An instance of a torch loss class."""
@@ -37,3 +81,9 @@ class Loss:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Loss and other.kind == self.kind
+
+    def __hash__(self) -> int:
+        return hash((Loss, self.kind))

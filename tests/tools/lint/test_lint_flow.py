@@ -1,0 +1,412 @@
+"""How kinds of values flow through a file: calls, branch joins, reshapes, masks and integers.
+
+Each behaviour has a case that must be reported and a look-alike that must
+not; the rules' own cases are their fixtures (``test_lint_fixtures.py``).
+"""
+
+import ast
+
+import pytest
+
+from softmaxkit.tools.lint import RULES
+from softmaxkit.tools.lint.checker import Checker
+from tests.tools.lint._lint_helpers import codes
+
+TORCH = "import math\nimport numpy as np\nimport torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
+
+
+def _codes(body, header=TORCH):
+    return codes(header + body)
+
+
+# ---- through parameters and return values -----------------------------------
+
+
+def test_module_whose_forward_returns_softmax_fed_to_a_loss_in_another_function():
+    # fairseq's bug: the model's output reaches cross_entropy through a parameter.
+    source = (
+        "class Net(nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return torch.softmax(self.fc(x), dim=-1)\n"
+        "def train_step(model, x, t):\n"
+        "    out = model(x)\n"
+        "    return F.cross_entropy(out, t)\n"
+        "def main(x, t):\n"
+        "    net = Net()\n"
+        "    return train_step(net, x, t)\n"
+    )
+    assert _codes(source) == ["SMK201"]
+    assert _codes(source.replace("torch.softmax(self.fc(x), dim=-1)", "self.fc(x)")) == []
+
+
+def test_criterion_passed_as_a_parameter():
+    source = (
+        "def step(criterion, logits, t):\n"
+        "    return criterion(logits, t)\n"
+        "step(nn.CrossEntropyLoss(), F.softmax(z, dim=-1), t)\n"
+    )
+    assert _codes(source) == ["SMK201"]
+    assert _codes(source.replace("F.softmax(z, dim=-1)", "z")) == []
+
+
+def test_sigmoid_output_passed_to_binary_cross_entropy_in_a_helper():
+    source = (
+        "def bce(p, y):\n"
+        "    return F.binary_cross_entropy(p, y)\n"
+        "loss = bce(torch.sigmoid(z), y)\n"
+    )
+    assert _codes(source) == ["SMK204"]
+
+
+def test_parameter_is_the_join_of_the_call_sites():
+    source = (
+        "def bce(p, y):\n"
+        "    return F.binary_cross_entropy(p, y)\n"
+        "a = bce(torch.sigmoid(z), y)\n"
+        "b = bce(probabilities_from_elsewhere, y)\n"
+    )
+    assert _codes(source) == []
+
+
+def test_parameter_flows_through_two_functions_and_a_return():
+    source = (
+        "def identity(p):\n"
+        "    return p\n"
+        "def loss(p, t):\n"
+        "    return F.cross_entropy(identity(p), t)\n"
+        "loss(F.softmax(z, dim=1), t)\n"
+    )
+    assert _codes(source) == ["SMK201"]
+
+
+def test_method_parameters_are_bound_by_calls_on_self():
+    source = (
+        "class Trainer:\n"
+        "    def loss(self, logits, t):\n"
+        "        return F.cross_entropy(logits, t)\n"
+        "    def step(self, x, t):\n"
+        "        return self.loss(F.softmax(x, dim=-1), t)\n"
+    )
+    assert _codes(source) == ["SMK201"]
+
+
+def test_parameter_with_starred_call_is_unknown():
+    source = (
+        "def loss(p, t):\n"
+        "    return F.cross_entropy(p, t)\n"
+        "loss(*pair)\n"
+        "loss(F.softmax(z, dim=1), t)\n"
+    )
+    assert _codes(source) == []
+
+
+def test_passes_are_bounded_on_recursion():
+    source = (
+        "def f(p, n):\n"
+        "    if n == 0:\n"
+        "        return F.cross_entropy(p, t)\n"
+        "    return f(p, n - 1)\n"
+        "f(F.softmax(z, dim=1), 3)\n"
+    )
+    assert _codes(source) == ["SMK201"]
+
+
+# ---- branch joins -------------------------------------------------------------
+
+
+def test_name_keeps_its_kind_when_both_branches_agree():
+    source = (
+        "if flag:\n"
+        "    p = F.softmax(z, dim=1)\n"
+        "else:\n"
+        "    p = torch.softmax(z.float(), dim=1)\n"
+        "loss = F.cross_entropy(p, t)\n"
+    )
+    assert _codes(source) == ["SMK201"]
+
+
+def test_name_loses_its_kind_when_branches_disagree():
+    source = (
+        "if flag:\n"
+        "    p = F.softmax(z, dim=1)\n"
+        "else:\n"
+        "    p = z\n"
+        "loss = F.cross_entropy(p, t)\n"
+    )
+    assert _codes(source) == []
+
+
+def test_branch_that_returns_does_not_reach_the_join():
+    source = (
+        "def f(z, t, eval_mode):\n"
+        "    p = F.softmax(z, dim=1)\n"
+        "    if eval_mode:\n"
+        "        p = z\n"
+        "        return p\n"
+        "    return F.cross_entropy(p, t)\n"
+    )
+    assert _codes(source) == ["SMK201"]
+
+
+def test_optional_mask_stays_masked_after_the_join():
+    source = (
+        "def attend(s, mask=None):\n"
+        "    if mask is not None:\n"
+        "        s = s.masked_fill(mask == 0, float('-inf'))\n"
+        "    return F.softmax(s, dim=-1)\n"
+    )
+    assert _codes(source) == ["SMK106"]
+
+
+def test_loop_body_may_not_run():
+    source = "p = z\nfor _ in range(3):\n    p = F.softmax(z, dim=1)\nloss = F.cross_entropy(p, t)\n"
+    assert _codes(source) == []
+    assert _codes(source.replace("p = z\n", "")) == ["SMK201"]
+
+
+def test_try_and_its_handler_join():
+    source = (
+        "try:\n"
+        "    p = F.softmax(z, dim=1)\n"
+        "except ValueError:\n"
+        "    p = z\n"
+        "loss = F.cross_entropy(p, t)\n"
+    )
+    assert _codes(source) == []
+    assert _codes(source.replace("    p = z\n", "    raise\n")) == ["SMK201"]
+
+
+# ---- reshapes, concatenation, indexing, reciprocal --------------------------
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "torch.cat([p, p], dim=0)",
+        "torch.stack((p, p))",
+        "p.view(-1, 10)",
+        "torch.reshape(p, (-1, 10))",
+        "p.flatten(0, 1)",
+        "p.permute(1, 0)",
+        "p.transpose(0, 1)",
+        "torch.unsqueeze(p, 0)",
+        "p[:, :10]",
+    ],
+)
+def test_kind_flows_through_reshapes_and_concatenation(expression):
+    source = f"p = F.softmax(z, dim=1)\nloss = F.cross_entropy({expression}, t)\n"
+    assert _codes(source) == ["SMK201"]
+    assert _codes(source.replace("F.softmax(z, dim=1)", "z")) == []
+
+
+def test_concatenation_of_different_kinds_has_none():
+    assert _codes("p = F.softmax(z, dim=1)\nloss = F.cross_entropy(torch.cat([p, z]), t)\n") == []
+
+
+def test_numpy_expand_dims_keeps_the_kind():
+    source = "import scipy.special\np = np.expand_dims(scipy.special.softmax(z, axis=1), 0)\ny = np.log(p)\n"
+    assert _codes(source) == ["SMK102"]
+
+
+def test_product_with_the_reciprocal_of_the_sum_is_a_softmax():
+    naive = "e = torch.exp(x)\np = e * e.sum(-1, keepdim=True) ** -1\nloss = F.cross_entropy(p, t)\n"
+    assert sorted(_codes(naive)) == ["SMK101", "SMK201"]
+    stable = naive.replace("torch.exp(x)", "torch.exp(x - x.max(-1, keepdim=True).values)")
+    assert _codes(stable) == ["SMK201"]
+    assert _codes(naive.replace("** -1", "** 2")) == []
+
+
+# ---- the max in tuple unpacking -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["m, _ = x.max(dim=-1, keepdim=True)", "m = x.max(dim=-1, keepdim=True).values", "m = torch.max(x, -1, True)[0]"],
+)
+def test_max_is_recognised(line):
+    source = f"{line}\ne = torch.exp(x - m)\ny = e / e.sum(-1, keepdim=True)\n"
+    assert _codes(source) == []
+    assert _codes(source.replace("x - m", "x")) == ["SMK101"]
+
+
+def test_second_element_of_max_is_not_the_max():
+    source = "_, m = x.max(dim=-1, keepdim=True)\ne = torch.exp(x - m)\ny = e / e.sum(-1, keepdim=True)\n"
+    assert _codes(source) == ["SMK101"]
+
+
+# ---- flax, optax and user wrappers -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header, call",
+    [
+        ("import flax.linen as nn\n", "nn.log_softmax(x)"),
+        ("import flax.linen\n", "flax.linen.log_softmax(x)"),
+        ("from flax import nnx\n", "nnx.log_softmax(x)"),
+    ],
+)
+def test_flax_reexports_are_known(header, call):
+    source = f"import jax.numpy as jnp\n{header}y = jnp.log(jnp.exp({call}))\nz = jnp.log({call.replace('log_softmax', 'softmax')})\n"
+    assert codes(source) == ["SMK102"]
+
+
+def test_optax_cross_entropy_takes_logits():
+    source = "import jax\nimport optax\nloss = optax.softmax_cross_entropy(jax.nn.softmax(x), y)\n"
+    assert codes(source) == ["SMK201"]
+    assert codes(source.replace("jax.nn.softmax(x)", "x")) == []
+
+
+def _with_functions(source, functions):
+    tree = ast.parse(source)
+    return [f.code for f in Checker(tree, source, list(RULES), functions=functions).run()]
+
+
+def test_user_wrappers_are_known_operations():
+    source = (
+        "from fairseq import utils\n"
+        "import torch.nn.functional as F\n"
+        "probs = utils.softmax(x, dim=-1)\n"
+        "loss = F.cross_entropy(probs, t)\n"
+        "lp = utils.log_softmax(x, dim=-1)\n"
+        "loss2 = xent.xent(F.softmax(x, dim=-1), t)\n"
+    )
+    functions = {"fairseq.utils.softmax": "softmax", "fairseq.utils.log_softmax": "log_softmax"}
+    assert _with_functions(source, functions) == ["SMK201"]
+    assert _with_functions(source, None) == []
+    source_with_loss = source.replace("loss2 = xent", "import mypkg.losses as xent\nloss2 = xent")
+    assert _with_functions(source_with_loss.replace("xent.xent", "xent.xent"), {"mypkg.losses.xent": "cross_entropy"}) == [
+        "SMK201"
+    ]
+
+
+def test_user_wrapper_findings_offer_no_fix_through_unknown_neighbours():
+    source = "from fairseq import utils\nimport torch\ny = torch.log(utils.softmax(x, dim=-1))\n"
+    tree = ast.parse(source)
+    findings = Checker(tree, source, list(RULES), functions={"fairseq.utils.softmax": "softmax"}).run()
+    assert [f.code for f in findings] == ["SMK102"] and findings[0].fix is None
+
+
+# ---- SMK106: masks that can and cannot empty a row --------------------------
+
+NANOGPT = """\
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.register_buffer("bias", torch.tril(torch.ones(8, 8)).view(1, 1, 8, 8))
+
+    def forward(self, q, k):
+        T = q.size(-2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float('-inf'))
+        return F.softmax(att, dim=-1)
+"""
+
+
+def test_causal_mask_from_a_registered_buffer_is_not_reported():
+    assert _codes(NANOGPT) == []
+
+
+def test_padding_mask_added_to_a_causal_one_is_reported():
+    source = NANOGPT.replace(
+        "        return F.softmax", "        att = att.masked_fill(pad == 0, float('-inf'))\n        return F.softmax"
+    )
+    assert _codes(source) == ["SMK106"]
+
+
+def test_register_buffer_of_an_unknown_mask_is_reported():
+    assert _codes(NANOGPT.replace("torch.tril(torch.ones(8, 8))", "make_mask(8)")) == ["SMK106"]
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        "torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)",
+        "torch.ones(T, T).tril() == 0",
+        "~torch.ones(T, T, dtype=torch.bool).tril()",
+        "torch.arange(T)[None, :] > torch.arange(T)[:, None]",
+        "(torch.arange(T)[:, None] - torch.arange(T)[None, :]).abs() > window",
+        "torch.ones(T, T).triu(1).bool() | torch.ones(T, T).tril(-window).bool()",
+    ],
+)
+def test_causal_and_band_masks_are_not_reported(mask):
+    source = f"def f(s, T, window):\n    s = s.masked_fill({mask}, float('-inf'))\n    return F.softmax(s, dim=-1)\n"
+    assert _codes(source) == []
+    assert _codes(source.replace(mask, "key_padding_mask")) == ["SMK106"]
+
+
+def test_additive_causal_mask_is_not_reported():
+    source = (
+        "mask = torch.empty(8, 8).fill_(-np.inf).triu_(1)\n"
+        "def f(qk):\n"
+        "    qk = qk + mask[:8, :8]\n"
+        "    return F.softmax(qk, dim=-1)\n"
+    )
+    assert _codes(source) == []
+
+
+def test_top_k_mask_is_not_reported():
+    source = (
+        "def sample(logits, k):\n"
+        "    v, _ = torch.topk(logits, min(k, logits.size(-1)))\n"
+        "    logits[logits < v[:, [-1]]] = -float('Inf')\n"
+        "    return F.softmax(logits, dim=-1)\n"
+    )
+    assert _codes(source) == []
+    assert _codes(source.replace("logits < v[:, [-1]]", "banned")) == ["SMK106"]
+
+
+def test_top_k_mask_with_masked_fill_and_values_is_not_reported():
+    source = (
+        "def sample(logits, k):\n"
+        "    kth = torch.topk(logits, k).values[..., -1, None]\n"
+        "    logits = logits.masked_fill(logits < kth, float('-inf'))\n"
+        "    return F.softmax(logits, dim=-1)\n"
+    )
+    assert _codes(source) == []
+
+
+# ---- SMK301/SMK302: integer-valued and rounded --------------------------------
+
+
+@pytest.mark.parametrize(
+    "argument",
+    ["3", "len(xs)", "xs.shape[0]", "xs.size(0)", "i", "int(x)", "n_tokens", "xs.shape[0] * 2"],
+)
+def test_integer_arguments_are_not_reported(argument):
+    source = f"n_tokens = len(xs)\nfor i in range(4):\n    a = math.log(1 + {argument})\n    b = math.exp({argument}) - 1\n"
+    assert _codes(source) == []
+
+
+@pytest.mark.parametrize("argument", ["x", "x / 2", "xs.mean()"])
+def test_real_arguments_are_reported(argument):
+    source = f"a = math.log(1 + {argument})\nb = math.exp({argument}) - 1\n"
+    assert _codes(source) == ["SMK301", "SMK302"]
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        "int({})",
+        "round({})",
+        "math.floor({})",
+        "math.ceil({} / math.log(2))",
+        "np.floor({})",
+        "({}).astype(int)",
+        "({}).astype(np.int64)",
+        "({}).long()",
+    ],
+)
+def test_rounded_results_are_not_reported(wrap):
+    source = f"a = {wrap.format('np.log(1 + x)')}\nb = {wrap.format('np.exp(x) - 1')}\n"
+    assert _codes(source) == []
+    assert _codes(f"a = np.log(1 + x) + 0.5\nb = np.exp(x) - 1\n") == ["SMK301", "SMK302"]
+
+
+def test_padding_mask_built_from_lengths_is_reported():
+    source = (
+        "def f(s, lengths, T):\n"
+        "    pad = torch.arange(T)[None, :] >= lengths[:, None]\n"
+        "    s = s.masked_fill(pad, float('-inf'))\n"
+        "    return F.softmax(s, dim=-1)\n"
+    )
+    assert _codes(source) == ["SMK106"]
