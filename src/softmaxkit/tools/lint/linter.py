@@ -77,9 +77,7 @@ def check_source(
     if not rules:
         return []
     try:
-        if functions:
-            return Checker(tree, source, rules, functions=functions).run()
-        return Checker(tree, source, rules).run()
+        return Checker(tree, source, rules, functions=functions).run()
     except RecursionError:
         return [parse_failure("too deeply nested to analyse")]
 

@@ -231,7 +231,7 @@ def _raw_index(raw: str, wanted: int) -> int:
         text = piece.group()
         size = len(text) if text[0] != "\\" else 1
         if count + size > wanted:
-            return index + (wanted - count if text[0] != "\\" else 0)
+            return index + wanted - count
         count += size
         index = piece.end()
     return index
