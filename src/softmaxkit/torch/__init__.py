@@ -4,7 +4,8 @@ Functions follow ``torch.nn.functional`` (``input``, ``target``, ``dim``,
 ``reduction``) and modules follow ``torch.nn``, so switching is a change of
 import.  Forward and backward passes use the same formulas as the NumPy API
 (``softmaxkit.numerics``).  See ``docs/torch.md``.  ``watch`` stops a model
-at the first NaN or inf.
+at the first NaN or inf; ``monitor`` records softmax health over a training
+run (``docs/monitor.md``).
 """
 
 try:
@@ -13,6 +14,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("softmaxkit.torch needs PyTorch: pip install 'softmaxkit[torch]'") from exc
 
 from softmaxkit.tools.watch import NonFiniteError, watch
+from softmaxkit.tools.monitor import Monitor, monitor
 from softmaxkit.backends.torch.functional import (
     binary_cross_entropy_with_logits,
     cross_entropy,
@@ -38,6 +40,7 @@ __all__ = [
     "LinearDistillationLoss",
     "DistillationLoss",
     "LogSoftmax",
+    "Monitor",
     "NLLLoss",
     "NonFiniteError",
     "Softmax",
@@ -49,6 +52,7 @@ __all__ = [
     "log_softmax",
     "logsigmoid",
     "logsumexp",
+    "monitor",
     "nll_loss",
     "sigmoid",
     "softmax",

@@ -18,6 +18,7 @@ _SUBCOMMANDS = (
     "softmaxkit.tools.cli.lint",
     "softmaxkit.tools.cli.check",
     "softmaxkit.tools.cli.calibrate",
+    "softmaxkit.tools.cli.report",
 )
 
 
