@@ -15,14 +15,20 @@ Three kinds of hook watch a model:
   also hooks each function's autograd node, so a NaN made by the backward of
   ``torch.sqrt`` is named as such.
 
-A check is one ``sum`` per tensor: a finite sum proves every element finite,
-and only a non-finite sum (a non-finite element, or a sum that overflowed)
-pays for the exact ``isfinite`` test.  Statistics are computed only for a
-report.
+A check is one ``aminmax`` per tensor: the larger of ``-min`` and ``max`` is
+finite exactly when every element is (NaN propagates through both), and it
+is also the tensor's abs-max.  The abs-max of each module's outputs is kept
+for the last few steps (a ring buffer of one float per module and step), so
+that a report can name the module where values started to grow, not only
+the one where they overflowed.  While watching, a post-hook on every
+optimizer step checks the watched model's parameters, and compiled code runs
+eagerly (``torch.compiler.set_stance("force_eager")``) so that the hooks see
+every module.  Statistics are computed only for a report.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -31,6 +37,7 @@ from typing import Any, Callable
 
 try:
     import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
     from torch.overrides import TorchFunctionMode
 except ImportError:
     raise ImportError("softmaxkit.torch needs PyTorch: pip install 'softmaxkit[torch]'") from None
@@ -40,6 +47,9 @@ from softmaxkit.tools.report import diagnose
 from softmaxkit.tools.stats import array_stats
 
 __all__ = [
+    "GradientTrail",
+    "Growth",
+    "ModuleTrail",
     "NonFiniteError",
     "NonFiniteReport",
     "TensorStats",
@@ -53,6 +63,13 @@ _MODES = ("raise", "record")
 # Reports list at most this many tensors of each side; a torch.cat of
 # hundreds of tensors would otherwise bury the one that matters.
 _MAX_LISTED = 8
+# Steps of module abs-maxima kept for a report, and the factor by which a
+# module's outputs must rise, over the steps kept or above everything before
+# it in one step, to be named as where values grew.
+_TRAIL_STEPS = 8
+_GROWTH = 100.0
+# Rows of the trail printed in a report (the report holds every module).
+_TRAIL_ROWS = 8
 
 # Turns torch-function handling off, the function mode included, for the
 # watch's own tensor calls.  Private, but the one switch that also covers
@@ -91,14 +108,81 @@ class TensorStats:
 
 
 @dataclass(frozen=True)
+class ModuleTrail:
+    """The abs-max of one module's outputs over the steps of a report's trail.
+
+    ``abs_max[i]`` belongs to step ``NonFiniteReport.trail_steps[i]``; it is
+    the largest ``|value|`` over the module's floating outputs in that step
+    (the largest of its calls), NaN or inf when one was not finite, and None
+    when the module did not run in that step.
+    """
+
+    module: str
+    module_type: str
+    abs_max: tuple[float | None, ...]
+
+
+@dataclass(frozen=True)
+class GradientTrail:
+    """The abs-max of one parameter's gradient over the steps of a report's trail.
+
+    ``parameter`` is the qualified name, as in ``model.named_parameters()``;
+    ``abs_max[i]`` belongs to step ``NonFiniteReport.trail_steps[i]``, None
+    when no gradient reached the parameter in that step.
+    """
+
+    parameter: str
+    abs_max: tuple[float | None, ...]
+
+
+@dataclass(frozen=True)
+class Growth:
+    """Where the values started to grow, found from the trail.
+
+    Either over steps: the module's output abs-max rose from ``baseline`` at
+    ``baseline_step`` to ``abs_max`` at ``step``; or within one step
+    (``baseline_step`` None): its output abs-max was ``abs_max``, and the
+    largest value before it in that step (the model's inputs and the outputs
+    of the modules that finished before it) was ``baseline``.  Modules
+    downstream rise with it; the one named is the first, in order of
+    execution, whose rise is at least the square root of the largest rise
+    (half of it in orders of magnitude), and a rise counts from 100 times.
+    """
+
+    module: str
+    module_type: str
+    step: int
+    abs_max: float
+    baseline: float
+    baseline_step: int | None
+
+    @property
+    def factor(self) -> float:
+        return self.abs_max / self.baseline
+
+    def __str__(self) -> str:
+        since = (
+            "the largest value before it in that step"
+            if self.baseline_step is None
+            else f"its {self.baseline:.3g} at step {self.baseline_step}"
+        )
+        return (
+            f"{self.module or '(root model)'} ({self.module_type}): output abs-max {self.abs_max:.3g} "
+            f"at step {self.step}, {self.factor:.3g} times {since}"
+        )
+
+
+@dataclass(frozen=True)
 class NonFiniteReport:
-    """Where and when the first non-finite value appeared.
+    """Where and when the first non-finite value appeared, and where it came from.
 
     Attributes
     ----------
     step : int
         The watcher's step (see :class:`Watch`).
-    phase : {"forward", "backward"}
+    phase : {"forward", "backward", "optimizer"}
+        ``"optimizer"``: an optimizer's ``step()`` left a parameter
+        non-finite.
     module : str or None
         Qualified name of the module, as in ``model.named_modules()``
         (``""`` is the root model); None for code outside the model run
@@ -107,15 +191,36 @@ class NonFiniteReport:
         The module's class name.
     function : str or None
         The torch function whose output (forward) or whose backward
-        (backward) was non-finite, when the function check found it.
+        (backward) was non-finite, when the function check found it; in
+        the optimizer phase, the optimizer's step and its learning rate
+        (``"SGD.step, lr=1e+20"``).
     tensor : str
         Which tensor: ``"output[0]"``, ``"input[1]"`` (root model inputs),
-        ``"grad of output[0]"``, ``"grad of parameter weight"`` or
-        ``"grad_input[0]"`` (a function's backward).
+        ``"grad of output[0]"``, ``"grad of parameter weight"``,
+        ``"grad_input[0]"`` (a function's backward) or ``"parameter
+        weight"`` (optimizer).
     kind : {"NaN", "inf", "NaN and inf"}
     inputs, outputs : tuple of TensorStats
         The tensors that went in and came out (in backward: the gradients
-        that arrived and those produced).
+        that arrived and those produced; in the optimizer phase: the
+        parameter's gradient, and the parameter).
+    growth : Growth or None
+        The module where values started to grow, found from the trail;
+        None when no module's outputs rose 100 times (a NaN made from
+        finite, ordinary values, such as ``log`` of a negative number).
+    parameters : tuple of TensorStats
+        The parameters of the ``growth`` module (else of ``module``), and
+        their gradients where they still have one (``"grad of weight"``;
+        ``optimizer.zero_grad()`` drops them, which is why ``grad_trail``
+        keeps their abs-max).
+    trail_steps : tuple of int
+        The steps of the trail, oldest first (up to the last 8).
+    trail : tuple of ModuleTrail
+        Per module, in order of execution, the abs-max of its outputs in
+        each of ``trail_steps``.
+    grad_trail : tuple of GradientTrail
+        For the parameters in ``parameters``, the abs-max of their gradient
+        in each of ``trail_steps``.
     """
 
     step: int
@@ -127,6 +232,11 @@ class NonFiniteReport:
     kind: str
     inputs: tuple[TensorStats, ...]
     outputs: tuple[TensorStats, ...]
+    growth: Growth | None = None
+    parameters: tuple[TensorStats, ...] = ()
+    trail_steps: tuple[int, ...] = ()
+    trail: tuple[ModuleTrail, ...] = ()
+    grad_trail: tuple[GradientTrail, ...] = ()
 
     @property
     def location(self) -> str:
@@ -139,12 +249,57 @@ class NonFiniteReport:
         if self.function is not None:
             what += f", {'backward of ' if self.phase == 'backward' else ''}{self.function}"
         lines = [what, f"  tensor   {self.tensor}"]
-        for label, stats in (("inputs", self.inputs), ("outputs", self.outputs)):
-            for i, s in enumerate(stats[:_MAX_LISTED]):
-                lines.append(f"  {label if i == 0 else '':<8} {s}")
-            if len(stats) > _MAX_LISTED:
-                lines.append(f"  {'':<8} ... and {len(stats) - _MAX_LISTED} more")
+        lines.extend(_listed("inputs", self.inputs))
+        lines.extend(_listed("outputs", self.outputs))
+        if self.growth is not None:
+            lines.append(f"  grew at  {self.growth}")
+        # The parameters are the growth module's, else the reported module's.
+        lines.extend(_listed("params", self.parameters))
+        lines.extend(self._trail_lines())
         return "\n".join(lines)
+
+    def _trail_lines(self) -> list[str]:
+        """The trail's most telling rows: the growth, the module before it, the largest."""
+        if not self.trail:
+            return []
+        names = [t.module for t in self.trail]
+        keep = set()
+        if self.growth is not None and self.growth.module in names:
+            at = names.index(self.growth.module)
+            keep.update(names[max(at - 1, 0) : at + 1])
+        by_size = sorted(self.trail, key=lambda t: _latest(t.abs_max), reverse=True)
+        for t in by_size:
+            if len(keep) >= _TRAIL_ROWS:
+                break
+            keep.add(t.module)
+        rows = [t for t in self.trail if t.module in keep]
+        head = "".join(f"{f'step {s}':>10}" for s in self.trail_steps)
+        shown = f"{len(rows)} of {len(self.trail)} modules" if len(rows) < len(self.trail) else "every module"
+        labelled = [
+            ("> " if self.growth is not None and t.module == self.growth.module else "  ", t.module or "(root model)", t.abs_max)
+            for t in rows
+        ] + [("  ", f"grad of {g.parameter}", g.abs_max) for g in self.grad_trail]
+        width = max(len(name) for _, name, _ in labelled)
+        out = [f"  trail    abs-max of module outputs ({shown}, in order of execution)", f"  {'':<8} {'':<{width}}  {head}"]
+        for mark, name, values in labelled:
+            cells = "".join(f"{'-' if v is None else f'{v:.3g}':>10}" for v in values)
+            out.append(f"  {'':<7}{mark}{name:<{width}}  {cells}")
+        return out
+
+
+def _listed(label: str, stats: tuple[TensorStats, ...]) -> list[str]:
+    lines = [f"  {label if i == 0 else '':<8} {s}" for i, s in enumerate(stats[:_MAX_LISTED])]
+    if len(stats) > _MAX_LISTED:
+        lines.append(f"  {'':<8} ... and {len(stats) - _MAX_LISTED} more")
+    return lines
+
+
+def _latest(values: tuple[float | None, ...]) -> float:
+    """The last value of a trail row that is not None; a non-finite one ranks highest."""
+    for v in reversed(values):
+        if v is not None:
+            return math.inf if math.isnan(v) else v
+    return -math.inf
 
 
 class NonFiniteError(FloatingPointError):
@@ -176,16 +331,28 @@ def _checkable(t: torch.Tensor) -> bool:
     return t.is_floating_point() and t.layout == torch.strided
 
 
-def _is_finite(t: torch.Tensor) -> bool:
-    # A finite sum proves every element finite; a non-finite one may only
-    # have overflowed, so it is confirmed exactly.
+def _abs_max(t: torch.Tensor) -> float:
+    """The largest ``|value|`` of ``t``: NaN or inf exactly when some element is not finite.
+
+    One ``aminmax``, which propagates NaN, so the finite check and the
+    figure the trail keeps are the same reduction.
+    """
     t = t.detach()
-    return math.isfinite(t.sum().item()) or bool(torch.isfinite(t).all())
+    if t.numel() == 0:
+        return 0.0
+    if t.element_size() == 1:
+        t = t.float()  # aminmax has no float8 kernels
+    lo, hi = torch.aminmax(t)
+    if t.device.type == "cpu":
+        lo, hi = lo.item(), hi.item()
+    else:
+        lo, hi = torch.stack((lo, hi)).tolist()  # one synchronisation, not two
+    return math.nan if math.isnan(hi) else max(-lo, hi)
 
 
 def _first_bad(named: list[tuple[str, torch.Tensor]]) -> tuple[str, torch.Tensor] | None:
     for name, t in named:
-        if _checkable(t) and not _is_finite(t):
+        if _checkable(t) and not math.isfinite(_abs_max(t)):
             return name, t
     return None
 
@@ -232,7 +399,7 @@ class _FunctionCheck(TorchFunctionMode):
         owner = self.owner
         # Property reads (``.grad``, ``.data``, ``.T``) return tensors that
         # were checked when they were made.
-        if owner._active and getattr(func, "__name__", None) != "__get__":
+        if owner._active and not owner._in_optimizer and getattr(func, "__name__", None) != "__get__":
             owner._after_function(func, args, kwargs, out)
         return out
 
@@ -254,6 +421,7 @@ class Watch:
 
     def __init__(self, model, mode, functions, diagnose_logits, diagnose_every):
         self.model = model
+        self._root = model
         self.mode = mode
         self.functions = functions
         self.diagnose_logits = diagnose_logits
@@ -265,15 +433,20 @@ class Watch:
         self._forwards = 0
         self._active = False
         self._stack: list[tuple[str, torch.nn.Module]] = []
-        # The tensor checked last (and its version counter) and the one given
-        # backward hooks last: a container's output is its last child's
-        # output, and a module's output the last function's, so neither needs
-        # a second look.
-        self._last_checked: tuple[torch.Tensor, int] | None = None
+        # The tensor checked last (its version counter and abs-max) and the
+        # one given backward hooks last: a container's output is its last
+        # child's output, and a module's output the last function's, so
+        # neither needs a second look.
+        self._last_checked: tuple[torch.Tensor, int, float] | None = None
         self._last_hooked: torch.Tensor | None = None
         self._handles: list[Any] = []
         self._mode_ctx: _FunctionCheck | None = None
         self._reported: set[tuple[int, str]] = set()
+        self._trail: collections.deque[_StepTrail] = collections.deque(maxlen=_TRAIL_STEPS)
+        self._modules: dict[str, torch.nn.Module] = {}
+        self._params: dict[int, tuple[str, torch.nn.Module, str]] = {}
+        self._stance: Any = None
+        self._in_optimizer = False
 
     # --- public API ---------------------------------------------------------
 
@@ -281,20 +454,46 @@ class Watch:
         """Install the hooks (and the function mode); returns ``self``."""
         if self._active:
             raise RuntimeError("this watch is already started; call stop() first")
-        for path, module in self.model.named_modules():
+        self._root, compiled = _uncompiled(self.model)
+        set_stance = getattr(torch.compiler, "set_stance", None)
+        if compiled and set_stance is None:
+            logger.warning(
+                "softmaxkit.watch: torch %s cannot run a compiled model eagerly (torch.compiler.set_stance needs "
+                "torch 2.6), so only its parameter gradients and optimizer steps are checked; watch the "
+                "uncompiled model to check every module",
+                torch.__version__,
+            )
+        elif compiled:
+            logger.warning(
+                "softmaxkit.watch: the model is compiled; it runs eagerly while watched "
+                "(torch.compiler.set_stance('force_eager')) so that every module can be checked"
+            )
+        modules = [] if compiled and set_stance is None else list(self._root.named_modules())
+        for path, module in modules:
             # The module stack serves only the function mode.
-            if self.functions or module is self.model:
+            if self.functions or module is self._root:
                 self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(path, module)))
             self._handles.append(module.register_forward_hook(self._make_post_hook(path, module), always_call=True))
-        seen = set()  # a tied parameter is checked once, under its first owner
-        for path, module in self.model.named_modules():
+        self._modules = dict(self._root.named_modules())
+        self._params = {}  # a tied parameter is checked once, under its first owner
+        for path, module in self._modules.items():
             for name, p in module.named_parameters(recurse=False):
-                if p.requires_grad and id(p) not in seen:
-                    seen.add(id(p))
-                    hook = self._make_grad_hook(path, module, f"grad of parameter {name}")
+                if p.requires_grad and id(p) not in self._params:
+                    self._params[id(p)] = (path, module, name)
+                    hook = self._make_grad_hook(path, module, f"grad of parameter {name}", f"{path}.{name}" if path else name)
                     self._handles.append(p.register_hook(hook))
+        # Every optimizer, so that none has to be passed in; only the watched
+        # model's parameters are checked.
+        self._handles.append(register_optimizer_step_pre_hook(self._before_optimizer_step))
+        self._handles.append(register_optimizer_step_post_hook(self._after_optimizer_step))
         self._stack = []
+        self._trail.clear()
+        self._in_optimizer = False
         self._active = True
+        if set_stance is not None:
+            # The hooks synchronise and read values: under Dynamo each one
+            # would be a graph break with a page of warnings.
+            self._stance = set_stance("force_eager")
         if self.functions:
             self._mode_ctx = _FunctionCheck(self)
             self._mode_ctx.__enter__()
@@ -308,6 +507,9 @@ class Watch:
         if self._mode_ctx is not None:
             self._mode_ctx.__exit__(None, None, None)
             self._mode_ctx = None
+        if self._stance is not None:
+            self._stance.__exit__(None, None, None)  # the stance from before start()
+            self._stance = None
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -339,25 +541,26 @@ class Watch:
     # ``__torch_function__`` the mode is off by itself.)
 
     def _make_pre_hook(self, path: str, module: torch.nn.Module):
-        is_root = module is self.model
+        is_root = module is self._root
 
         def pre_hook(mod, args):
             if not self._active:
                 return
             if is_root:
                 self._stack = []
+                self._in_optimizer = False
                 if not self._manual_steps:
                     self.current_step = self._forwards
                     self._forwards += 1
                 with _mode_off():
-                    self._check_forward(path, mod, None, _tensors(args, "input"), args, None, [])
+                    self._check_forward(path, mod, None, _tensors(args, "input"), args, None, "inputs")
             if self.functions:
                 self._stack.append((path, mod))
 
         return pre_hook
 
     def _make_post_hook(self, path: str, module: torch.nn.Module):
-        is_root = module is self.model
+        is_root = module is self._root
 
         def post_hook(mod, args, output):
             if not self._active:
@@ -368,7 +571,7 @@ class Watch:
                 return
             with _mode_off():
                 named = _tensors(output, "output")
-                self._check_forward(path, mod, None, self._unchecked(named), args, None, named)
+                self._check_forward(path, mod, None, named, args, None, "outputs")
                 if torch.is_grad_enabled():
                     self._hook_backward(path, mod, named)
                 if is_root and self.diagnose_logits and self.current_step % self.diagnose_every == 0:
@@ -398,12 +601,6 @@ class Watch:
             of_node = "" if func is not None else f" of {node.name()}"
             node.register_hook(self._make_node_hook(path, mod, func, of_node))
 
-    def _unchecked(self, named):
-        last = self._last_checked
-        if last is None:
-            return named
-        return [(n, t) for n, t in named if t is not last[0] or t._version != last[1]]
-
     def _after_function(self, func, args, kwargs, out) -> None:
         named = [("output", out)] if type(out) is torch.Tensor else _tensors(out, "output")
         # A view shares the memory of a tensor that was checked when made.
@@ -411,19 +608,37 @@ class Watch:
         if not named:
             return
         path, mod = self._stack[-1] if self._stack else (None, None)
-        self._check_forward(path, mod, func, named, args, kwargs, named)
+        self._check_forward(path, mod, func, named, args, kwargs, None)
         if torch.is_grad_enabled():
             self._hook_nodes(path, mod, func, [t for _, t in named])
 
-    def _check_forward(self, path, mod, func, candidates, args, kwargs, outputs) -> None:
-        if not candidates:
-            return
-        bad = _first_bad(candidates)
+    def _check_forward(self, path, mod, func, named, args, kwargs, trail) -> None:
+        """Check ``named`` tensors; keep their abs-max in the trail as ``trail`` ("inputs", "outputs" or None)."""
+        largest = None
+        bad = None
+        for name, t in named:
+            if not _checkable(t):
+                continue
+            last = self._last_checked
+            if last is not None and t is last[0] and t._version == last[1]:
+                value = last[2]
+            else:
+                value = _abs_max(t)
+                self._last_checked = (t, t._version, value)
+            largest = value if largest is None else _larger(largest, value)
+            if not math.isfinite(value):
+                bad = (name, t)
+                break
+        if largest is not None and trail is not None:
+            self._step_trail().add(trail, path, largest)
         if bad is not None:
             inputs = _tensors(args, "input") + _tensors(kwargs or {}, "input")
-            self._report("forward", path, mod, func, bad[0], bad[1], inputs, outputs)
-        last = candidates[-1][1]
-        self._last_checked = (last, last._version)
+            self._report("forward", path, mod, func, bad[0], bad[1], inputs, [] if trail == "inputs" else named)
+
+    def _step_trail(self) -> _StepTrail:
+        if not self._trail or self._trail[-1].step != self.current_step:
+            self._trail.append(_StepTrail(self.current_step))
+        return self._trail[-1]
 
     def _diagnose(self, output: Any) -> None:
         pick = self.diagnose_logits
@@ -438,12 +653,15 @@ class Watch:
 
     # --- backward -----------------------------------------------------------
 
-    def _make_grad_hook(self, path, mod, what):
+    def _make_grad_hook(self, path, mod, what, parameter=None):
         def grad_hook(grad):
-            if not self._active:
+            if not self._active or not _checkable(grad):
                 return
             with _mode_off():
-                if _checkable(grad) and not _is_finite(grad):
+                value = _abs_max(grad)
+                if parameter is not None:
+                    self._step_trail().add("grads", parameter, value)
+                if not math.isfinite(value):
                     self._report("backward", path, mod, None, what, grad, [], [(what, grad)])
 
         return grad_hook
@@ -463,28 +681,191 @@ class Watch:
 
         return node_hook
 
+    # --- optimizer ----------------------------------------------------------
+
+    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
+        # The function mode would see the update's own arithmetic and report
+        # it as a function outside the model; the post-hook names the step.
+        self._in_optimizer = self._active
+
+    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        self._in_optimizer = False
+        if not self._active:
+            return
+        with _mode_off():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    owner = self._params.get(id(p))
+                    if owner is None or math.isfinite(_abs_max(p)):
+                        continue
+                    path, mod, name = owner
+                    what = f"{type(optimizer).__name__}.step"
+                    lr = group.get("lr")
+                    if isinstance(lr, (int, float, torch.Tensor)):
+                        what += f", lr={float(lr):.3g}"
+                    grads = [] if p.grad is None else [(f"grad of {name}", p.grad)]
+                    self._report("optimizer", path, mod, what, f"parameter {name}", p, grads, [(name, p)])
+                    return
+
     # --- reporting ----------------------------------------------------------
 
     def _report(self, phase, path, mod, func, tensor_name, bad, inputs, outputs) -> None:
         key = (self.current_step, phase)
         if self.mode == "record" and key in self._reported:
             return
+        types = {p: type(m).__name__ for p, m in self._modules.items()}
+        growth = _find_growth(self._trail, types)
+        # The parameters of where the values grew, else of the module that
+        # made the value; a bad input to the model is no module's doing.
+        owner = growth.module if growth is not None else None if tensor_name.startswith("input") else path
+        steps, trail = _trail_rows(self._trail, types)
+        params = self._owned_parameters(owner)
         report = NonFiniteReport(
             step=self.current_step,
             phase=phase,
             module=path,
             module_type=None if mod is None else type(mod).__name__,
-            function=None if func is None else _function_name(func),
+            function=None if func is None else func if isinstance(func, str) else _function_name(func),
             tensor=tensor_name,
             kind=_kind(bad),
             inputs=tuple(_stats(n, t) for n, t in inputs if _checkable(t)),
             outputs=tuple(_stats(n, t) for n, t in outputs if _checkable(t)),
+            growth=growth,
+            parameters=tuple(_parameter_stats(params)),
+            trail_steps=steps,
+            trail=trail,
+            grad_trail=tuple(
+                GradientTrail(name, tuple(rec.grads.get(name) for rec in self._trail)) for name, _ in params
+            ),
         )
         if self.mode == "raise":
             raise NonFiniteError(report)
         self._reported.add(key)
         self.reports.append(report)
         logger.warning("non-finite value: %s", report)
+
+    def _owned_parameters(self, path: str | None) -> list[tuple[str, torch.nn.Parameter]]:
+        """The first few parameters of module ``path`` (its own, else its children's), with qualified names."""
+        module = self._modules.get(path) if path is not None else None
+        if module is None:
+            return []
+        params = list(module.named_parameters(recurse=False)) or list(module.named_parameters())
+        return [(f"{path}.{name}" if path else name, p) for name, p in params[:_MAX_LISTED]]
+
+
+def _parameter_stats(params):
+    """Each parameter's statistics (named as in its module), and its gradient's where it has one."""
+    for qualified, p in params:
+        name = qualified.rsplit(".", 1)[-1]
+        yield _stats(name, p)
+        if p.grad is not None and _checkable(p.grad):
+            yield _stats(f"grad of {name}", p.grad)
+
+
+class _StepTrail:
+    """One step's abs-maxima: of the root model's inputs, and of each module's outputs in order of execution."""
+
+    __slots__ = ("step", "inputs", "outputs", "grads")
+
+    def __init__(self, step: int):
+        self.step = step
+        self.inputs: float | None = None
+        self.outputs: dict[str, float] = {}
+        self.grads: dict[str, float] = {}
+
+    def add(self, which: str, name: str, value: float) -> None:
+        """Keep ``value`` for the model's inputs, a module's outputs or a parameter's gradient (``which``)."""
+        # A module called twice in a step (shared, or accumulated
+        # micro-batches) keeps the larger value; a forward post-hook runs
+        # when a module finishes, so the order is that of completion.
+        if which == "inputs":
+            self.inputs = value if self.inputs is None else _larger(self.inputs, value)
+            return
+        kept = self.outputs if which == "outputs" else self.grads
+        old = kept.get(name)
+        kept[name] = value if old is None else _larger(old, value)
+
+
+def _larger(a: float, b: float) -> float:
+    """The larger of two abs-maxima, NaN if either is NaN."""
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
+
+
+def _execution_order(trail) -> list[str]:
+    """Module paths in order of execution, from the step that ran the most modules."""
+    fullest = max(reversed(trail), key=lambda rec: len(rec.outputs))
+    order = list(fullest.outputs)
+    seen = set(order)
+    for rec in trail:
+        order.extend(p for p in rec.outputs if p not in seen)
+        seen.update(rec.outputs)
+    return order
+
+
+def _trail_rows(trail, types) -> tuple[tuple[int, ...], tuple[ModuleTrail, ...]]:
+    if not trail:
+        return (), ()
+    rows = tuple(
+        ModuleTrail(path, types.get(path, "?"), tuple(rec.outputs.get(path) for rec in trail))
+        for path in _execution_order(trail)
+    )
+    return tuple(rec.step for rec in trail), rows
+
+
+def _first_large(rises: dict[str, float], order: list[str]) -> str | None:
+    """The first module in ``order`` whose rise is at least the square root of the largest, if that is >= 100.
+
+    A rise propagates downstream (the residual stream carries it), so the
+    module that made it is the first with a rise of the same order.
+    """
+    if not rises or max(rises.values()) < _GROWTH:
+        return None
+    half = math.log(max(rises.values())) / 2
+    return next(p for p in order if p in rises and math.log(rises[p]) >= half)
+
+
+def _find_growth(trail, types) -> Growth | None:
+    """Where the values started to grow: over the steps kept, else within the last step."""
+    if not trail:
+        return None
+    order = _execution_order(trail)
+    first: dict[str, tuple[int, float]] = {}
+    last: dict[str, tuple[int, float]] = {}
+    for rec in trail:
+        for path, value in rec.outputs.items():
+            if math.isfinite(value) and value > 0:
+                first.setdefault(path, (rec.step, value))
+                last[path] = (rec.step, value)
+    over_steps = {p: last[p][1] / first[p][1] for p in last if last[p][0] != first[p][0]}
+    path = _first_large(over_steps, order)
+    if path is not None:
+        return Growth(path, types.get(path, "?"), last[path][0], last[path][1], first[path][1], first[path][0])
+    # One step (the first NaN came in the first step, or values jumped at
+    # once): each module against the largest value before it in that step.
+    rec = trail[-1]
+    before = rec.inputs if rec.inputs is not None and math.isfinite(rec.inputs) else 0.0
+    jumps: dict[str, float] = {}
+    bases: dict[str, float] = {}
+    for p, value in rec.outputs.items():
+        if not math.isfinite(value):
+            break  # the non-finite value itself; what follows is its consequence
+        if before > 0:
+            jumps[p], bases[p] = value / before, before
+        before = max(before, value)
+    path = _first_large(jumps, list(rec.outputs))
+    if path is None:
+        return None
+    return Growth(path, types.get(path, "?"), rec.step, rec.outputs[path], bases[path], None)
+
+
+def _uncompiled(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
+    """The module that ``model`` runs, unwrapped from ``torch.compile``, and whether any of it is compiled."""
+    root = model
+    while isinstance(getattr(root, "_orig_mod", None), torch.nn.Module):  # torch.compile(module) wraps it
+        root = root._orig_mod
+    # module.compile() compiles in place.
+    compiled = root is not model or any(getattr(m, "_compiled_call_impl", None) is not None for m in root.modules())
+    return root, compiled
 
 
 def watch(
