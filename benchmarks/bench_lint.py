@@ -37,7 +37,6 @@ Run with:
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import functools
 import io
@@ -245,10 +244,9 @@ def compare(findings: list[dict], table: dict[str, dict[str, list[dict]]], root:
     for k in expected:
         for score in (by_repository[k[0].split("/", 1)[0]], total):
             score.expected += 1
-    false_positives = sorted((k, rejected[k]) for k in found if k in rejected)
+    false_positives = sorted(((k, rejected[k]) for k in found if k in rejected), key=lambda kw: _order(kw[0]))
     unjudged = sorted((k for k in found if k not in expected and k not in rejected), key=_order)
     misses = sorted(((k, why) for k, why in expected.items() if k not in found), key=lambda kw: _order(kw[0]))
-    false_positives.sort(key=lambda kw: _order(kw[0]))
     return Comparison(by_repository, total, false_positives, unjudged, misses)
 
 
@@ -281,47 +279,51 @@ def _percent(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def _against(what: str, value: float, target: float) -> str:
+    verdict = "meets" if value >= target else "MISSES"
+    return f"- {what} {_percent(value)} (target at least {_percent(target)}): {verdict}"
+
+
 def report(comparison: Comparison, lines: int, files: int, seconds: float) -> str:
     """The markdown of ``benchmarks/results/lint.md``."""
-    total = comparison.total
+    columns = ["repository", "findings", "actionable", "not actionable", "known hazards", "missed", "precision", "recall"]
+    scores = [*comparison.by_repository.items(), ("**all**", comparison.total)]
     rows = [
         (name, s.findings, s.matched, s.findings - s.matched, s.expected, s.expected - s.matched,
          _percent(s.precision) if s.findings else "-", _percent(s.recall) if s.expected else "-")
-        for name, s in comparison.by_repository.items()
+        for name, s in scores
     ]
-    rows.append(("**all**", total.findings, total.matched, total.findings - total.matched, total.expected,
-                 total.expected - total.matched, _percent(total.precision), _percent(total.recall)))
-    verdict = {True: "meets", False: "MISSES"}
-    lines_out = [
+    total = comparison.total
+    corpus = (
+        f"Corpus: tests/tools/lint/realcode, {len(comparison.by_repository)} repositories, {files} files, "
+        f"{lines:,} lines of code (notebooks: code cells). Findings match judged.json on (file, cell, line, "
+        "code); `python benchmarks/bench_lint.py --corpus` regenerates this page."
+    )
+    text = [
         "# softmaxkit lint on real code",
         "",
         f"Machine: {describe()}, Python {sys.version.split()[0]}.",
-        f"Corpus: tests/tools/lint/realcode, {len(comparison.by_repository)} repositories, {files} files, "
-        f"{lines:,} lines of code (notebooks: code cells). Findings matched on (file, cell, line, code) "
-        "against judged.json; `python benchmarks/bench_lint.py --corpus` regenerates this page.",
+        corpus,
         "",
-        *markdown_table(
-            ["repository", "findings", "actionable", "not actionable", "known hazards", "missed", "precision", "recall"],
-            rows,
-            "lrrrrrrr",
-        ),
+        *markdown_table(columns, rows, "lrrrrrrr"),
         "",
-        f"- precision {_percent(total.precision)} (target at least {_percent(TARGET_PRECISION)}): "
-        f"{verdict[total.precision >= TARGET_PRECISION]}",
-        f"- recall {_percent(total.recall)} (target at least {_percent(TARGET_RECALL)}): "
-        f"{verdict[total.recall >= TARGET_RECALL]}",
-        f"- speed on the corpus: {lines / seconds:,.0f} lines/s (median of the timed runs, {seconds:.2f} s)",
+        _against("precision", total.precision, TARGET_PRECISION),
+        _against("recall", total.recall, TARGET_RECALL),
+        f"- speed on the corpus: {lines / seconds:,.0f} lines/s ({seconds:.2f} s, median of the timed runs)",
         "",
         "## False positives",
         "",
-        *([f"- {where(k)}: {why}" for k, why in comparison.false_positives] or ["None."]),
-        *([f"- {where(k)}: not judged yet" for k in comparison.unjudged]),
+        *(
+            [f"- {where(k)}: {why}" for k, why in comparison.false_positives]
+            + [f"- {where(k)}: not judged yet" for k in comparison.unjudged]
+            or ["None."]
+        ),
         "",
         "## Misses",
         "",
         *([f"- {where(k)}: {why}" for k, why in comparison.misses] or ["None."]),
     ]
-    return "\n".join(lines_out) + "\n"
+    return "\n".join(text) + "\n"
 
 
 def corpus(repeats: int, out: Path) -> None:

@@ -9,7 +9,9 @@ repository; without them (a fresh clone) the tests that lint them skip, and
 ``python benchmarks/bench_lint.py --restore-corpus DIR`` writes them.
 """
 
+import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
-import bench_lint  # noqa: E402
+import bench_lint
 
 REALCODE = bench_lint.REALCODE
 MANIFEST = bench_lint.manifest()
@@ -57,10 +59,45 @@ def test_judged_entries_are_well_formed():
     assert sum(len(v["expected"]) for v in JUDGED.values()) >= 10
 
 
+needs_files = pytest.mark.skipif(
+    bool(MISSING), reason="the corpus files are not here: python benchmarks/bench_lint.py --restore-corpus DIR"
+)
+
+
+def _lines(name, cell):
+    text = (REALCODE / name).read_text(encoding="utf-8")
+    if cell is None:
+        return text.split("\n")
+    source = json.loads(text)["cells"][cell - 1]["source"]
+    return ("".join(source) if isinstance(source, list) else source).split("\n")
+
+
+@needs_files
+def test_judged_lines_hold_code():
+    for name, verdicts in JUDGED.items():
+        for entry in (e for v in verdicts.values() for e in v):
+            lines = _lines(name, entry["cell"])
+            assert entry["line"] <= len(lines) and lines[entry["line"] - 1].strip(), (name, entry)
+
+
+@needs_files
+def test_a_run_over_the_tree_skips_the_corpus():
+    # the corpus's pyproject.toml excludes everything under it from directory walks
+    findings, status, errors = bench_lint.lint_json([REALCODE])
+    assert (findings, status) == ([], 0), errors
+
+
+def test_pytest_collects_nothing_from_the_corpus():
+    # --co (collect only), -p no:cacheprovider and -n 0: no cache and no workers
+    command = [sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", "-n", "0", str(REALCODE)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REALCODE.parents[3])
+    assert result.returncode == 5, result.stdout + result.stderr  # 5: no tests collected
+
+
 @pytest.fixture(scope="module")
 def comparison():
     if MISSING:
-        pytest.skip(f"the corpus files are not here ({len(MISSING)} missing): bench_lint.py --restore-corpus DIR")
+        pytest.skip("the corpus files are not here: python benchmarks/bench_lint.py --restore-corpus DIR")
     return bench_lint.compare(bench_lint.lint_corpus(), JUDGED)
 
 
