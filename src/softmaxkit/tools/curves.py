@@ -232,7 +232,7 @@ def summarize(records: list[dict[str, Any]], threshold: float = 0.5) -> RunSumma
 
 # (title, [(figure, label)], logarithmic y) of each panel of the picture.
 _PANELS = (
-    ("loss", [("loss", "loss")], False),
+    ("loss", [("loss", "loss")], True),
     ("logits", [("logit_max", "max"), ("logit_min", "min"), ("max_margin", "largest margin")], False),
     ("entropy (nats)", [("entropy_mean", "mean"), ("entropy_min", "min")], False),
     ("max probability", [("max_prob_mean", "mean"), ("max_prob_max", "max")], False),
@@ -271,7 +271,9 @@ def plot(records: list[dict[str, Any]], path: str | Path, summary: RunSummary | 
                 steps, values = zip(*points)
                 ax.plot(steps, values, label=label, linewidth=1.4)
                 drawn = True
-        if drawn and log_y and all(v is None or v > 0 for _, v in points):
+        # Logarithmic where the values are positive and finite (a loss of
+        # exactly 0, or a NaN, keeps the linear scale).
+        if drawn and log_y and all(0 < v < math.inf for v in values):
             ax.set_yscale("log")
         if not drawn:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes, color="grey")
