@@ -42,7 +42,7 @@ class ConfigFinder:
             visited.append(current)
             candidate = current / "pyproject.toml"
             if candidate.is_file():
-                config = self._read(candidate)
+                config = self._read(_shown(candidate))
                 if config is not None:
                     break
             if current.parent == current:
@@ -69,6 +69,14 @@ class ConfigFinder:
         if "lint" not in ours:
             return None
         return _parse_config(ours["lint"], path)
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it, as the user named the files."""
+    try:
+        return path.relative_to(Path.cwd().resolve())
+    except (ValueError, OSError):
+        return path
 
 
 class _Unreadable(Exception):
