@@ -3,6 +3,7 @@ findings placed on their line of the .ipynb file."""
 
 import ast
 import json
+import warnings
 
 import pytest
 
@@ -194,3 +195,13 @@ def test_source_map_of_a_cell_without_source_strings():
     assert places.position(2, 2, 1) == (1, text.index('"y"') + 2)
     # A position past the end of the cell falls back to the start of the cell.
     assert places.position(2, 9, 1) == (1, text.index('"x\\n"') + 2)
+
+
+def test_compiler_warnings_about_the_linted_file_are_not_printed(run_lint, tmp_path):
+    # Files with '\m' in a string made the run print DeprecationWarning or SyntaxWarning lines.
+    path = tmp_path / "w.py"
+    path.write_text('x = "\\m"\nif x is 1:\n    pass\n', encoding="utf-8")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err = run_lint(path)
+    assert (code, out, err, caught) == (0, "All checks passed!\n", "", [])

@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import io
 import tokenize
+import warnings
 from pathlib import Path
 
 from softmaxkit.tools.lint import notebooks
@@ -46,9 +47,15 @@ def parse_failure(message: str, row: int = 1, column: int = 1, cell: int | None 
 
 
 def parse(source: str, filename: str = "<string>") -> ast.Module | Finding:
-    """The module, or the SMK000 finding that says why there is none."""
+    """The module, or the SMK000 finding that says why there is none.
+
+    The compiler's warnings about the file (an invalid escape sequence,
+    ``is`` with a literal) are not the linter's to print.
+    """
     try:
-        return ast.parse(source, filename)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ast.parse(source, filename)
     except SyntaxError as error:
         return parse_failure(f"SyntaxError: {error.msg}", error.lineno or 1, error.offset or 1)
     except ValueError as error:
