@@ -1,16 +1,19 @@
-"""Overhead of softmaxkit.torch.watch on a small transformer training step (CPU).
+"""Overhead of softmaxkit.torch.watch and monitor on a small transformer training step (CPU).
 
 Compares, in one process and interleaved, a plain training step (forward,
 cross-entropy, backward, SGD step) with the same step run under
 ``watch(model)`` (module and gradient checks, the default),
-``watch(model, functions=True)`` (every torch function checked too) and
-``torch.autograd.detect_anomaly()``, on two transformer sizes.  Each repeat
-times a block of steps per variant, in rotating order; the table gives the
-median over repeats of the per-step time, and its ratio to the plain step.
+``watch(model, functions=True)`` (every torch function checked too),
+``torch.autograd.detect_anomaly()``, and ``monitor(model.head, every=k)``
+(softmax health of the output head's logits every k steps, written as JSON
+lines and, when tensorboard is installed, TensorBoard scalars), on two
+transformer sizes.  Each repeat times a block of steps per variant, in
+rotating order; the table gives the median over repeats of the per-step
+time, and its ratio to the plain step.
 
 Run from the repository root::
 
-    PYTHONPATH=src python benchmarks/bench_watch.py [--repeats 15] [--steps 5] [--threads 1] [--out DIR]
+    PYTHONPATH=src python benchmarks/bench_watch.py [--repeats 15] [--steps 10] [--threads 1] [--out DIR]
 
 Writes benchmarks/results/watch.md and watch.csv.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +39,7 @@ from _harness import (
 )
 from torch import nn
 
-from softmaxkit.torch import watch
+from softmaxkit.torch import monitor, watch
 
 # name: (vocab, d_model, heads, dim_feedforward, layers, batch, seq)
 SIZES = {
@@ -76,18 +80,49 @@ def make_step(model, opt, tokens, targets):
 
 @dataclass(frozen=True)
 class Case:
-    """One variant of the step; ``setup`` takes the model and returns the factory of the context the step runs in."""
+    """One variant of the step.
+
+    ``setup`` takes the model, its optimizer and a scratch folder, and
+    returns the factory of the context the step runs in.
+    """
 
     variant: str
-    setup: Callable[[nn.Module], Callable[[], contextlib.AbstractContextManager]]
+    setup: Callable[[nn.Module, torch.optim.Optimizer, str], Callable[[], contextlib.AbstractContextManager]]
+
+
+def monitored(every):
+    """The setup of a monitor on the head whose step count runs on across blocks.
+
+    Each block attaches a fresh monitor (so that no other variant's steps
+    pass through its hooks), stepped by the optimizer and started at the
+    step the previous block reached, so that one step in ``every`` is
+    recorded whatever the block length.  Every record is written inside the
+    timed steps: the optimizer's step ends it.
+    """
+
+    def setup(model, opt, folder):
+        reached = [0]
+
+        @contextlib.contextmanager
+        def block():
+            with monitor(model.head, log_dir=folder, every=every, optimizer=opt) as mon:
+                mon.step(reached[0])
+                yield
+                reached[0] = mon.current_step
+
+        return block
+
+    return setup
 
 
 # The first case is the reference of the ratios.
 CASES = [
-    Case("plain", lambda model: contextlib.nullcontext),
-    Case("watch()", lambda model: lambda: watch(model)),
-    Case("watch(functions=True)", lambda model: lambda: watch(model, functions=True)),
-    Case("detect_anomaly()", lambda model: torch.autograd.detect_anomaly),
+    Case("plain", lambda model, opt, folder: contextlib.nullcontext),
+    Case("watch()", lambda model, opt, folder: lambda: watch(model)),
+    Case("watch(functions=True)", lambda model, opt, folder: lambda: watch(model, functions=True)),
+    Case("detect_anomaly()", lambda model, opt, folder: torch.autograd.detect_anomaly),
+    Case("monitor(head, every=1)", monitored(1)),
+    Case("monitor(head, every=10)", monitored(10)),
 ]
 
 
@@ -105,14 +140,26 @@ def measure(size, repeats, steps):
     tokens = torch.randint(0, vocab, (batch, seq))
     targets = torch.randint(0, vocab, (batch, seq))
     step = make_step(model, opt, tokens, targets)
-    blocks = {c.variant: functools.partial(time_block, c.setup(model), step, steps) for c in CASES}
-    seconds = medians(interleaved(blocks, repeats))
+    with tempfile.TemporaryDirectory() as folder:
+        blocks = {
+            c.variant: functools.partial(time_block, c.setup(model, opt, f"{folder}/{i}"), step, steps)
+            for i, c in enumerate(CASES)
+        }
+        seconds = medians(interleaved(blocks, repeats))
     setup = (
         f"{size}: {layers} x TransformerEncoderLayer(d_model={d_model}, nhead={heads}, dim_feedforward={ff}), "
         f"{vocab} classes, batch {batch} x {seq} tokens"
     )
     plain = seconds[CASES[0].variant]
     return setup, [(size, name, s * 1e3, s / plain) for name, s in seconds.items()]
+
+
+def tensorboard_version() -> str:
+    try:
+        import tensorboard
+    except ImportError:
+        return "tensorboard not installed: JSON lines only"
+    return f"tensorboard {tensorboard.__version__}"
 
 
 def write(setups: list[str], rows: list[tuple], args: argparse.Namespace) -> None:
@@ -126,6 +173,11 @@ def write(setups: list[str], rows: list[tuple], args: argparse.Namespace) -> Non
                 "Step: forward + cross-entropy + backward + SGD step, all inside the watch "
                 "(each timed block enters it afresh); "
                 f"median of {args.repeats} interleaved repeats of {args.steps} steps after a warm-up."
+            ),
+            "",
+            (
+                "monitor(head, every=k): softmaxkit.torch.monitor on the output head, stepped by the optimizer, "
+                f"records every k-th step as JSON lines and TensorBoard scalars ({tensorboard_version()})."
             ),
             "",
             *(f"- {s}" for s in setups),
@@ -145,7 +197,9 @@ def write(setups: list[str], rows: list[tuple], args: argparse.Namespace) -> Non
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
+    parser.add_argument(
+        "--steps", type=int, default=10, help="steps per timed block (a multiple of 10: monitor(every=10) records one in ten)"
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared machine)"
     )
