@@ -188,6 +188,21 @@ def test_syntax_error_in_a_cell_is_annotated_on_its_line(run_lint, tmp_path):
     assert message.startswith("SMK000 cell 3, line 2: SyntaxError")
 
 
+def test_source_map_finds_the_cells_whatever_the_order_of_the_keys():
+    decoy = {"cells": [{"cell_type": "code", "source": ["decoy\n"]}]}
+    cells = [
+        {"source": ["a\n", "b = 1"], "outputs": [{"text": ["b = 1\n"], "data": {"source": ["x"]}}]},
+        {"outputs": [{"text": ["out\n"] * 3}], "metadata": decoy, "source": "c\nd = 2"},
+    ]
+    text = json.dumps({"metadata": decoy, "nbformat": 4, "cells": cells}, indent=2)
+    lines = text.split("\n")
+    places = notebooks.SourceMap(text)
+    row = next(n for n, line in enumerate(lines, 1) if '"b = 1"' in line)
+    assert places.position(1, 2, 5) == (row, lines[row - 1].index('"b = 1"') + 6)
+    row = next(n for n, line in enumerate(lines, 1) if "d = 2" in line)
+    assert places.position(2, 2, 1) == (row, lines[row - 1].index("d = 2") + 1)
+
+
 def test_source_map_of_a_cell_without_source_strings():
     text = json.dumps({"cells": [{"cell_type": "code", "source": 5}, {"cell_type": "code", "source": ["x\n", "y"]}]})
     places = notebooks.SourceMap(text)

@@ -171,6 +171,7 @@ def script_lines(source: str) -> list[str] | None:
 
 # A JSON token: a string, a structural character, or a literal (number, true, false, null).
 _JSON_TOKEN = re.compile(r'\s*(?:("[^"\\]*(?:\\.[^"\\]*)*")|([{}\[\],:])|([^\s{}\[\],:"]+))', re.S)
+_JSON_COLON = re.compile(r"\s*:\s*")
 # A piece of a JSON string's text: a run without escapes, a surrogate pair, or one escape.
 _JSON_PIECE = re.compile(r"[^\\]+|\\u[dD][89abAB]\w\w\\u[dD][c-fC-F]\w\w|\\u\w{4}|\\.", re.S)
 
@@ -185,7 +186,6 @@ class SourceMap:
     """
 
     def __init__(self, text: str) -> None:
-        self.text = text
         self.strings = _source_strings(text)
         self._decoded: dict[int, list[str]] = {}
 
@@ -201,17 +201,15 @@ class SourceMap:
             return None
         decoded = self._decoded.get(cell)
         if decoded is None:
-            decoded = self._decoded[cell] = [json.loads(raw) for _, raw in strings]
+            decoded = self._decoded[cell] = [json.loads(raw) for _, _, raw in strings]
         offset = _offset("".join(decoded), row, column)
-        for (start, raw), text in zip(strings, decoded):
-            if offset < len(text) or (start, raw) == strings[-1]:
-                return self._line_and_column(start + 1 + _raw_index(raw[1:-1], offset))
+        last = len(strings) - 1
+        for number, ((line, quote, raw), text) in enumerate(zip(strings, decoded)):
+            if offset < len(text) or number == last:
+                # A JSON string holds no newline: the whole string lies on its line.
+                return line, quote + 1 + _raw_index(raw[1:-1], offset)
             offset -= len(text)
         return None
-
-    def _line_and_column(self, index: int) -> tuple[int, int]:
-        line_start = self.text.rfind("\n", 0, index) + 1
-        return self.text.count("\n", 0, index) + 1, index - line_start + 1
 
 
 def _offset(source: str, row: int, column: int) -> int:
@@ -237,16 +235,33 @@ def _raw_index(raw: str, wanted: int) -> int:
     return index
 
 
-def _source_strings(text: str) -> dict[int, list[tuple[int, str]]]:
-    """Per cell (from 1), the strings of its ``source``: where each starts in ``text`` and its escaped text."""
-    found: dict[int, list[tuple[int, str]]] = {}
+def _source_strings(text: str) -> dict[int, list[tuple[int, int, str]]]:
+    """Per cell (from 1), the strings of its ``source``: the line and column of each one's opening quote, and its escaped text.
+
+    Only ``cells`` and each cell's ``source`` are walked token by token; any
+    other value (outputs, metadata) is skipped by the C decoder in one call.
+    """
+    found: dict[int, list[tuple[int, int, str]]] = {}
+    skip = json.JSONDecoder().raw_decode
     # One frame per open container: [is an object, current key or index, expecting a key].
     stack: list[list] = []
     position = 0
+    line, line_start = 1, 0
+
+    def advance(end: int) -> None:
+        nonlocal position, line, line_start
+        newlines = text.count("\n", position, end)
+        if newlines:
+            line += newlines
+            line_start = text.rfind("\n", position, end) + 1
+        position = end
+
     while True:
         match = _JSON_TOKEN.match(text, position)
         if match is None:
             return found
+        start = match.start(match.lastindex)
+        advance(start)
         position = match.end()
         string, mark = match.group(1), match.group(2)
         if mark in ("{", "["):
@@ -264,13 +279,17 @@ def _source_strings(text: str) -> dict[int, list[tuple[int, str]]]:
             else:
                 frame[1] += 1
         elif string is not None and stack and stack[-1][0] and stack[-1][2]:
-            stack[-1][1] = json.loads(string)
+            key = stack[-1][1] = json.loads(string)
             stack[-1][2] = False
+            wanted = (len(stack) == 1 and key == "cells") or _is_cell_source(stack)
+            if not wanted:
+                advance(_JSON_COLON.match(text, position).end())
+                advance(skip(text, position)[1])
         elif string is not None:
             if _is_cell_source(stack):
-                found[stack[1][1] + 1] = [(match.start(1), string)]
+                found[stack[1][1] + 1] = [(line, start - line_start + 1, string)]
             elif len(stack) == 4 and _is_cell_source(stack[:3]) and not stack[3][0]:
-                found[stack[1][1] + 1].append((match.start(1), string))
+                found[stack[1][1] + 1].append((line, start - line_start + 1, string))
 
 
 def _is_cell_source(stack: list[list]) -> bool:
