@@ -18,6 +18,8 @@ matches a judged one on (file, notebook cell, line, code).
   (``expected``), which includes the hazards read in the files that the
   linter does not report.
 
+JUDGING is the rule each judgement follows.
+
 Targets: both at least 90 %. It prints the false positives (findings judged
 not actionable, and findings nobody judged yet), the misses and the speed on
 the corpus, and writes ``benchmarks/results/lint.md``.
@@ -58,6 +60,14 @@ REALCODE = REPOSITORY / "tests" / "tools" / "lint" / "realcode"
 TARGET_SECONDS = 10.0
 TARGET_PRECISION = 0.90
 TARGET_RECALL = 0.90
+JUDGING = (
+    "A finding is actionable when the failure its rule documents can happen for some value that reaches "
+    "that code: trained weights, model outputs, data and function arguments can take any value. It is not "
+    "actionable when the code itself rules the failure out: a causal, sliding-window or top-k mask keeps an "
+    "entry in every row; the argument is integer-valued or rounded at once; every value is a literal constant "
+    "of the notebook; the maximum is subtracted, or a clamp or offset guards the log; or the rewrite the rule "
+    "asks for computes the same thing (softmax(log_probs / T) is softmax(logits / T))."
+)
 FILES_PER_FOLDER = 50
 
 
@@ -304,6 +314,8 @@ def report(comparison: Comparison, lines: int, files: int, seconds: float) -> st
         "",
         f"Machine: {describe()}, Python {sys.version.split()[0]}.",
         corpus,
+        "",
+        f"Judging: {JUDGING}",
         "",
         *markdown_table(columns, rows, "lrrrrrrr"),
         "",
