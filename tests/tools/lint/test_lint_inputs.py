@@ -188,6 +188,14 @@ def test_syntax_error_in_a_cell_is_annotated_on_its_line(run_lint, tmp_path):
     assert message.startswith("SMK000 cell 3, line 2: SyntaxError")
 
 
+def test_notebook_that_is_not_json_is_annotated_where_the_decoder_stopped(run_lint, tmp_path):
+    path = tmp_path / "nb.ipynb"
+    path.write_text('{\n "cells": [\n  {"cell_type": "code",, "source": []}\n ]\n}\n', encoding="utf-8")
+    code, out, _ = run_lint(path, "--output-format", "github")
+    assert code == 1
+    assert out.startswith(f"::error file={path},line=3,col=24,endLine=3,endColumn=24,title=SMK000::SMK000 invalid notebook: ")
+
+
 def test_source_map_finds_the_cells_whatever_the_order_of_the_keys():
     decoy = {"cells": [{"cell_type": "code", "source": ["decoy\n"]}]}
     cells = [

@@ -147,7 +147,7 @@ def lint_notebook(path: Path, rules: list[Rule], functions: dict[str, str] | Non
     except Unreadable as error:
         return FileResult(name, [], notebook=True, skipped=error.reason, unchecked=error.unchecked)
     except notebooks.InvalidNotebook as error:
-        result.findings.append(parse_failure(f"invalid notebook: {error}"))
+        result.findings.append(parse_failure(f"invalid notebook: {error}", error.row, error.column))
         return _named(result)
     if notebooks.language(data) != "python":
         return result

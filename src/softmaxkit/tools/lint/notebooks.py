@@ -21,15 +21,22 @@ _STRING_END = {quote: re.compile(r"\\.|\\\Z|" + re.escape(quote), re.S) for quot
 
 
 class InvalidNotebook(Exception):
-    """A notebook file that is not JSON or not shaped like a notebook."""
+    """A notebook file that is not JSON or not shaped like a notebook; ``row`` and ``column`` say where, when known."""
+
+    def __init__(self, message: str, row: int = 1, column: int = 1) -> None:
+        super().__init__(message)
+        self.row = row
+        self.column = column
 
 
 def load(raw: bytes) -> dict:
     """The notebook's JSON; raises ``InvalidNotebook`` saying what is wrong with it."""
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except UnicodeDecodeError as error:
         raise InvalidNotebook(str(error)) from None
+    except json.JSONDecodeError as error:
+        raise InvalidNotebook(str(error), error.lineno, error.colno) from None
     except RecursionError:
         raise InvalidNotebook("its JSON is nested too deeply") from None
     problem = _problem(data)
