@@ -149,6 +149,10 @@ def fails(finding: Finding, policy: str) -> bool:
 
     ``error`` fails on errors, ``warning`` on errors and warnings, ``never``
     on neither. SMK000 fails under every policy: its file went unchecked.
+
+    >>> warning = Finding("SMK301", "log-one-plus", "...", "warning", 1, 1, 1, 2)
+    >>> fails(warning, "error"), fails(warning, "warning")
+    (False, True)
     """
     if finding.code == PARSE_FAILURE.code:
         return True

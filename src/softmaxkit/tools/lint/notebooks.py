@@ -63,7 +63,7 @@ def language(data: dict) -> str:
 
 
 def cell_lines(source: str) -> list[str] | None:
-    """The cell's lines with IPython syntax blanked out; None for a non-Python cell.
+    r"""The cell's lines with IPython syntax blanked out; None for a non-Python cell.
 
     The lines keep their number, so positions in the result are positions in
     the cell. As in IPython, only the first line that is not blank can hold
@@ -72,6 +72,9 @@ def cell_lines(source: str) -> list[str] | None:
     or help request (``x?``, ``??x``) is recognised only where a statement
     can start, not inside brackets or a string. A shell or magic line that
     ends with a backslash goes on to the next line, which is blanked too.
+
+    >>> cell_lines("!pip install \\\n  numpy\nfiles = !ls\nx = (a\n     % b)")
+    ['pass', '', 'files = None', 'x = (a', '     % b)']
     """
     lines = source.split("\n")
     first = next((number for number, line in enumerate(lines) if line.strip()), None)
@@ -158,11 +161,14 @@ class _Continuation:
 
 
 def script_lines(source: str) -> list[str] | None:
-    """A Python file's lines with IPython syntax blanked out; None when there is none to blank.
+    r"""A Python file's lines with IPython syntax blanked out; None when there is none to blank.
 
     A percent-format script (cells begun by ``# %%`` lines) is read cell by
     cell: a cell that starts with a cell magic other than ``%%time`` and the
     like is blanked whole. The lines keep their number.
+
+    >>> script_lines("# %%\n%matplotlib inline\n# %%\n%%bash\nls\n")
+    ['# %%', 'pass', '# %%', '', '', '']
     """
     lines = source.split("\n")
     starts = [0, *(number for number, line in enumerate(lines) if number and _PERCENT_CELL.match(line)), len(lines)]
@@ -197,11 +203,15 @@ class SourceMap:
         self._decoded: dict[int, list[str]] = {}
 
     def position(self, cell: int, row: int, column: int) -> tuple[int, int] | None:
-        """The file's line and column (from 1, in characters) of a position in a cell.
+        r"""The file's line and column (from 1, in characters) of a position in a cell.
 
         ``row`` and ``column`` count from 1 within the cell's source. None
         when the cell's source is not in the file as a string or a list of
         strings.
+
+        >>> text = '{"cells": [\n {"source": ["import numpy as np\\n",\n             "y = np.log(1 + x)"]}]}'
+        >>> SourceMap(text).position(1, 2, 5)
+        (3, 19)
         """
         strings = self.strings.get(cell)
         if not strings:
