@@ -144,9 +144,10 @@ class Growth:
     (``baseline_step`` None): its output abs-max was ``abs_max``, and the
     largest value before it in that step (the model's inputs and the outputs
     of the modules that finished before it) was ``baseline``.  Modules
-    downstream rise with it; the one named is the first, in order of
-    execution, whose rise is at least the square root of the largest rise
-    (half of it in orders of magnitude), and a rise counts from 100 times.
+    downstream rise with it, or faster (a product of two grown values squares
+    the rise); the one named is the first, in order of execution, whose rise
+    is at least the fourth root of the largest rise (a quarter of it in
+    orders of magnitude), and a rise counts from 100 times.
     """
 
     module: str
@@ -792,14 +793,8 @@ def _larger(a: float, b: float) -> float:
 
 
 def _execution_order(trail) -> list[str]:
-    """Module paths in order of execution, from the step that ran the most modules."""
-    fullest = max(reversed(trail), key=lambda rec: len(rec.outputs))
-    order = list(fullest.outputs)
-    seen = set(order)
-    for rec in trail:
-        order.extend(p for p in rec.outputs if p not in seen)
-        seen.update(rec.outputs)
-    return order
+    """Module paths in order of execution, oldest step first (only the newest step can be cut short)."""
+    return list(dict.fromkeys(path for rec in trail for path in rec.outputs))
 
 
 def _trail_rows(trail, types) -> tuple[tuple[int, ...], tuple[ModuleTrail, ...]]:
@@ -813,15 +808,17 @@ def _trail_rows(trail, types) -> tuple[tuple[int, ...], tuple[ModuleTrail, ...]]
 
 
 def _first_large(rises: dict[str, float], order: list[str]) -> str | None:
-    """The first module in ``order`` whose rise is at least the square root of the largest, if that is >= 100.
+    """The first module in ``order`` whose rise is at least the fourth root of the largest, if that is >= 100.
 
-    A rise propagates downstream (the residual stream carries it), so the
-    module that made it is the first with a rise of the same order.
+    A rise propagates downstream (the residual stream carries it), and a
+    product of two grown values (``q @ k.T``, ``x * x``) squares it, so the
+    module that made it is the first with a rise of a comparable order, not
+    the one with the largest.
     """
     if not rises or max(rises.values()) < _GROWTH:
         return None
-    half = math.log(max(rises.values())) / 2
-    return next(p for p in order if p in rises and math.log(rises[p]) >= half)
+    quarter = math.log(max(rises.values())) / 4
+    return next(p for p in order if p in rises and math.log(rises[p]) >= quarter)
 
 
 def _find_growth(trail, types) -> Growth | None:

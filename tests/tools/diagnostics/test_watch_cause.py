@@ -128,6 +128,28 @@ class TestWhereValuesGrew:
         assert r.grad_trail[0].abs_max[-1] is None and r.grad_trail[0].abs_max[0] > 0  # no backward in the last step
         assert "grad of h.1.mlp.2.weight" in str(r)
 
+    def test_first_to_grow_not_the_fastest(self):
+        # The cube of the grown values rises three times as fast, in orders
+        # of magnitude, as the layer that grew.
+        class Cube(nn.Module):
+            def forward(self, x):
+                return x * x * x
+
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(D, D), nn.Linear(D, D), Cube(), nn.Linear(D, 1))
+
+        def grow(model):
+            model[1].weight.mul_(30.0)
+
+        x = torch.randn(4, D)
+        with pytest.raises(NonFiniteError) as exc, watch(model):
+            for _ in range(20):
+                model(x).sum().backward()
+                with torch.no_grad():
+                    grow(model)
+        r = exc.value.report
+        assert (r.module, r.growth.module) == ("2", "1")
+
     def test_sudden_jump_is_found_in_one_step(self):
         def corrupt(model):
             if not hasattr(model, "done"):
