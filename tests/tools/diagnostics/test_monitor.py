@@ -13,6 +13,7 @@ nn = torch.nn
 
 import softmaxkit as smk  # noqa: E402
 from softmaxkit.tools import monitor as monitor_module  # noqa: E402
+from softmaxkit.tools.cli import main  # noqa: E402
 from softmaxkit.tools.curves import RECORDS_FILE, read_records  # noqa: E402
 from softmaxkit.torch import monitor  # noqa: E402
 
@@ -120,6 +121,14 @@ class TestFigures:
         assert r["grad_nonfinite"] == 0
         assert r["zero_grad_fraction"] is None and r["loss"] is None  # a head sees no targets
 
+    def test_nonfinite_gradients_are_counted(self, tmp_path):
+        head = nn.Linear(3, 4)
+        with monitor(head, log_dir=tmp_path, tensorboard=False) as mon:
+            (head(torch.randn(2, 3)) * torch.tensor([nan, 1.0, 1.0, inf])).sum().backward()
+        (r,) = mon.records
+        assert r["grad_nonfinite"] == 4 and math.isnan(r["grad_norm"])
+        assert r["nan_count"] == 0
+
     def test_loss_layout_classes_on_dim_1_and_the_modules_ignore_index(self, tmp_path):
         x, t = special_logits()
         # (N, C, d) as cross_entropy takes it: rows are (n, d) pairs
@@ -145,7 +154,7 @@ def separable(seed=0, n=64, d=8, c=4, noise=0.3):
 
 
 class TestTraining:
-    def test_collapse_rises_before_the_loss_stalls(self, tmp_path):
+    def test_collapse_rises_before_the_loss_stalls(self, tmp_path, capsys):
         # A linear classifier on separable data with a large learning rate:
         # the margins grow until every row's float32 softmax is one-hot; from
         # then on torch's float32 loss is exactly 0, and so is the gradient at
@@ -170,6 +179,9 @@ class TestTraining:
         assert all(loss[i] < loss[i - 1] for i in range(1, half + 1))  # still learning when half collapsed
         assert collapse[stalled] == 1.0 and loss[stalled] == 0.0
         assert records[stalled]["zero_grad_fraction"] == 1.0 and records[stalled]["grad_norm"] < 1e-6
+        # softmaxkit report reads the same run back
+        assert main(["report", str(tmp_path), "--no-png"]) == 0
+        assert f"collapse fraction first above 0.5        step {half}\n" in capsys.readouterr().out
 
     def test_every_and_gradient_accumulation(self, tmp_path):
         x, y = separable()
