@@ -134,6 +134,8 @@ def test_name_loses_its_kind_when_branches_disagree():
         "loss = F.cross_entropy(p, t)\n"
     )
     assert _codes(source) == []
+    swapped = source.replace("    p = F.softmax(z, dim=1)\n", "    p = Q\n").replace("    p = z\n", "    p = F.softmax(z, dim=1)\n")
+    assert _codes(swapped.replace("p = Q", "p = z")) == []
 
 
 def test_branch_that_returns_does_not_reach_the_join():
@@ -410,3 +412,198 @@ def test_padding_mask_built_from_lengths_is_reported():
         "    return F.softmax(s, dim=-1)\n"
     )
     assert _codes(source) == ["SMK106"]
+
+
+# ---- more flow: tuples, conditional expressions, modes, duck typing ----------
+
+
+def test_tuple_returned_by_forward_is_unpacked():
+    # pytorch/examples' VAE: forward returns (decode(z), mu, logvar), decode ends in sigmoid.
+    source = (
+        "class VAE(nn.Module):\n"
+        "    def decode(self, z):\n"
+        "        return torch.sigmoid(self.fc(z))\n"
+        "    def forward(self, x):\n"
+        "        return self.decode(x), x, x\n"
+        "def loss_function(recon_x, x):\n"
+        "    return F.binary_cross_entropy(recon_x, x)\n"
+        "model = VAE()\n"
+        "recon, mu, logvar = model(data)\n"
+        "loss = loss_function(recon, data)\n"
+    )
+    assert _codes(source) == ["SMK204"]
+    assert _codes(source.replace("recon, mu, logvar = model(data)", "mu, recon, logvar = model(data)")) == []
+
+
+def test_conditional_expression_joins_its_branches():
+    source = (
+        "def add_mask(scores, mask=None):\n"
+        "    return scores if mask is None else scores + mask\n"
+        "bias = torch.zeros(4, 4).masked_fill(key_mask, float('-inf'))\n"
+        "attn = add_mask(scores, bias).softmax(dim=-1)\n"
+    )
+    assert _codes(source) == ["SMK106"]
+
+
+def test_mode_dependent_output_meets_the_loss_of_the_same_mode():
+    # fairseq's pitch predictor: sigmoid in "mean" mode, softmax in "argmax" mode,
+    # and the training loop picks the loss with the same test.
+    source = (
+        "class Predictor(nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        x = self.proj(x)\n"
+        "        if self.mode == 'mean':\n"
+        "            x = torch.sigmoid(x)\n"
+        "        elif self.mode == 'argmax':\n"
+        "            x = torch.softmax(x, dim=-1)\n"
+        "        return x\n"
+        "def run(model: Predictor, cfg):\n"
+        "    yhat = model(x)\n"
+        "    if cfg.mode == 'mean':\n"
+        "        loss = F.binary_cross_entropy(yhat[m], y[m])\n"
+        "    elif cfg.mode == 'argmax':\n"
+        "        loss = F.cross_entropy(yhat.view(-1, 8), y)\n"
+        "    else:\n"
+        "        loss = F.cross_entropy(yhat, y)\n"
+        "run(Predictor(), cfg)\n"
+    )
+    assert _codes(source) == ["SMK204", "SMK201"]
+    assert _codes(source.replace("cfg.mode == 'mean'", "cfg.other == 'mean'").replace("cfg.mode == 'argmax'", "cfg.other == 'argmax'")) == []
+
+
+def test_returns_under_a_mode_test():
+    source = (
+        "def head(x, kind):\n"
+        "    if kind == 'probs':\n"
+        "        return F.softmax(x, dim=-1)\n"
+        "    return x\n"
+        "def train(x, t, kind):\n"
+        "    out = head(x, kind)\n"
+        "    if kind == 'probs':\n"
+        "        return F.cross_entropy(out, t)\n"
+        "    return F.cross_entropy(out, t)\n"
+    )
+    assert _codes(source) == ["SMK201"]
+
+
+def test_parameter_of_unknown_origin_typed_by_a_method_only_one_class_defines():
+    source = (
+        "class Net(nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return torch.softmax(self.fc(x), dim=-1)\n"
+        "    def inference(self, x):\n"
+        "        return self(x).argmax(-1)\n"
+        "def run_epoch(model, x, t):\n"
+        "    preds = model.inference(x)\n"
+        "    return F.cross_entropy(model(x), t)\n"
+    )
+    assert _codes(source) == ["SMK201"]
+    assert _codes(source.replace("model.inference(x)", "model.eval()")) == []
+    two_classes = source.replace("class Net(nn.Module):", "class Other:\n    def inference(self, x):\n        return x\nclass Net(nn.Module):")
+    assert _codes(two_classes) == []
+
+
+def test_data_parallel_calls_the_module():
+    source = (
+        "class D(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.main = nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())\n"
+        "    def forward(self, x):\n"
+        "        if self.ngpu > 1:\n"
+        "            out = nn.parallel.data_parallel(self.main, x, range(2))\n"
+        "        else:\n"
+        "            out = self.main(x)\n"
+        "        return out.view(-1)\n"
+        "criterion = nn.BCELoss()\n"
+        "net = D()\n"
+        "loss = criterion(net(x), y)\n"
+    )
+    assert _codes(source) == ["SMK204"]
+
+
+def test_reciprocal_kept_in_a_name():
+    # makemore: counts_sum_inv = counts_sum**-1; probs = counts * counts_sum_inv
+    source = (
+        "norm = logits - logits.max(1, keepdim=True).values\n"
+        "counts = norm.exp()\n"
+        "counts_sum_inv = counts.sum(1, keepdims=True) ** -1\n"
+        "probs = counts * counts_sum_inv\n"
+        "logprobs = probs.log()\n"
+    )
+    assert _codes(source) == ["SMK102"]
+    assert _codes(source.replace("** -1", "** 2")) == []
+
+
+def test_weighted_exponentials_are_exponentials():
+    source = "p = torch.sum(pi * torch.exp(log_prob), 2)\nloss = -torch.mean(torch.log(1e-5 + p))\n"
+    assert _codes(source) == ["SMK103"]
+    assert _codes(source.replace("torch.exp(log_prob)", "torch.exp(log_prob - log_prob.max())")) == []
+
+
+def test_exponentials_sampled_by_multinomial_are_a_naive_softmax():
+    source = "w = out.div(temperature).exp().cpu()\nidx = torch.multinomial(w, 1)\n"
+    assert _codes(source) == ["SMK101"]
+    assert _codes(source.replace("out.div(temperature)", "(out - out.max()).div(temperature)")) == []
+
+
+def test_einops_rearrange_keeps_the_kind():
+    source = "from einops import rearrange\np = F.softmax(z, -1)\nloss = F.cross_entropy(rearrange(p, 'b t d -> (b t) d'), t)\n"
+    assert _codes(source) == ["SMK201"]
+
+
+def test_literal_inputs_cannot_saturate():
+    source = (
+        "x1 = torch.tensor([1.1])\n"
+        "w1 = torch.tensor([2.2], requires_grad=True)\n"
+        "z = x1 * w1 + 0.5\n"
+        "loss = F.binary_cross_entropy(torch.sigmoid(z), y)\n"
+        "e = torch.exp(z)\n"
+        "p = e / e.sum()\n"
+    )
+    assert _codes(source) == []
+    assert _codes(source.replace("[2.2]", "[22.0]")) == ["SMK204"]
+    assert _codes(source.replace("[2.2]", "[220.0]")) == ["SMK204", "SMK101"]
+
+
+def test_tempered_log_probabilities_normalised_again_are_not_reported():
+    source = "q = torch.distributions.Categorical(logits=F.log_softmax(x, -1) / temperature)\n"
+    assert _codes(source) == []
+    assert _codes("lp = F.log_softmax(x, -1) / temperature\n") == ["SMK105"]
+    assert _codes("q = torch.distributions.Categorical(probs=F.softmax(x, -1) / temperature)\n") == ["SMK105"]
+
+
+def test_nn_softmax_module_over_masked_scores_is_reported():
+    source = (
+        "class GAT(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.softmax = nn.Softmax(dim=1)\n"
+        "    def forward(self, e, adj):\n"
+        "        e = e.masked_fill(adj == 0, float('-inf'))\n"
+        "        return self.softmax(e)\n"
+    )
+    assert _codes(source) == ["SMK106"]
+    assert _codes(source.replace("float('-inf')", "-1e9")) == []
+
+
+def test_column_ranges_masked_alike_in_every_row_are_not_reported():
+    # whisper's logit filters: the same columns of every row.
+    source = (
+        "def f(logits, suppress, k, begin):\n"
+        "    logits[:, suppress] = -np.inf\n"
+        "    logits[k, begin:] = -np.inf\n"
+        "    return F.log_softmax(logits, dim=-1)\n"
+    )
+    assert _codes(source) == []
+    assert _codes(source.replace("logits[:, suppress]", "logits[row_mask]")) == ["SMK106"]
+
+
+def test_where_with_keywords_and_a_top_k_condition_is_not_reported():
+    source = (
+        "top, _ = torch.topk(logits, 3)\n"
+        "new = torch.where(condition=logits < top[-1], input=torch.tensor(float('-inf')), other=logits)\n"
+        "p = torch.softmax(new, dim=0)\n"
+    )
+    assert _codes(source) == []
+    assert _codes(source.replace("logits < top[-1]", "banned")) == ["SMK106"]

@@ -8,6 +8,7 @@ from softmaxkit.tools.lint.rule import Finding, Fix, Rule
 from softmaxkit.tools.lint.semantic.model import SemanticModel
 from softmaxkit.tools.lint.semantic.ops import Op
 from softmaxkit.tools.lint.semantic.scopes import ClassInfo, FuncInfo, Scope, join
+from softmaxkit.tools.lint.semantic.tags import Modal
 from softmaxkit.tools.lint.source import Locator
 
 # Per node type, the fields that may hold nodes worth visiting: contexts
@@ -66,6 +67,7 @@ class Checker:
             semantic.module_final = Scope(None)
             semantic.module_final.vars = dict(semantic.scope.vars)
             self.findings = []
+            semantic.learn_classes()
             self._module_pass()
             calls_changed = semantic.settle_calls()
             if not calls_changed and self._facts() == before:
@@ -157,7 +159,11 @@ class Checker:
         elif kind is ast.Return:
             if node.value is not None:
                 self._dispatch(node.value, node)
-            semantic.scope.returns.append(None if node.value is None else semantic.tag(node.value))
+            tag = None if node.value is None else semantic.tag(node.value)
+            if len(semantic.modes) == 1 and tag is not None:
+                # ``if self.mode == "mean": return torch.sigmoid(x)``: returned in that mode only.
+                tag = Modal({next(iter(semantic.modes.items())): tag}, None)
+            semantic.scope.returns.append(tag)
         elif kind is ast.FunctionDef or kind is ast.AsyncFunctionDef:
             self._header(node)
             semantic.scope.vars[node.name] = self._function(node, None, None, semantic.function_info(node))
@@ -173,7 +179,7 @@ class Checker:
         kind = type(node)
         if kind is ast.If:
             self._dispatch(node.test, node)
-            self._branches([node.body, node.orelse])
+            self._if(node)
         elif kind is ast.While:
             self._dispatch(node.test, node)
             # The body may run no time at all.
@@ -216,6 +222,35 @@ class Checker:
                 ends.append(scope.vars)
         scope.vars = _merge(ends) if ends else start
 
+    def _if(self, node: ast.If) -> None:
+        """Both branches, merged; a test of a mode (``if cfg.mode == "mean":``) makes the values that differ mode-dependent."""
+        mode = _mode(node.test)
+        if mode is None:
+            self._branches([node.body, node.orelse])
+            return
+        semantic = self.semantic
+        scope = semantic.scope
+        start = scope.vars
+        outer_modes = semantic.modes
+        scope.vars = dict(start)
+        semantic.modes = {**outer_modes, mode[0]: mode[1]}
+        self._block(node.body)
+        body = None if _ends(node.body) else scope.vars
+        semantic.modes = outer_modes
+        scope.vars = dict(start)
+        self._block(node.orelse)
+        orelse = None if _ends(node.orelse) else scope.vars
+        if body is None or orelse is None:
+            scope.vars = body if orelse is None and body is not None else orelse if orelse is not None else start
+            return
+        merged = {}
+        for name in body.keys() | orelse.keys():
+            if name not in body or name not in orelse:
+                merged[name] = body.get(name, orelse.get(name))
+                continue
+            merged[name] = _mode_join(mode, body[name], orelse[name])
+        scope.vars = merged
+
     def _try(self, node: ast.Try) -> None:
         """The body, then each handler from any point of the body, then ``else``; ``finally`` after their join."""
         semantic = self.semantic
@@ -255,17 +290,21 @@ class Checker:
         params = info.param_tags
         for arg in (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg):
             if arg is not None:
-                scope.vars[arg.arg] = params.get(arg.arg)
+                name = arg.arg
+                tag = params.get(name)
+                if tag is None and name != self_name:
+                    tag = semantic.duck_type(node, name)
+                scope.vars[name] = tag
         if self_name is not None:
             scope.vars[self_name] = None
         semantic.scope = scope
-        outer_function = semantic.function
-        semantic.function = info
+        outer_function, outer_modes = semantic.function, semantic.modes
+        semantic.function, semantic.modes = info, {}
         self._block(node.body)
         self._end_scope(scope)
         semantic.scope = outer
-        semantic.function = outer_function
-        info.return_tag = join(scope.returns)
+        semantic.function, semantic.modes = outer_function, outer_modes
+        info.return_tag = _join_returns(scope.returns)
         return info
 
     def _class(self, node: ast.ClassDef) -> None:
@@ -364,6 +403,53 @@ def _merge(ends: list[dict[str, object]]) -> dict[str, object]:
     for name in {name for end in ends for name in end}:
         merged[name] = join([end[name] for end in ends if name in end])
     return merged
+
+
+def _mode(test: ast.expr) -> tuple[str, object] | None:
+    """``("mode", "mean")`` for a test ``x.mode == "mean"`` (or ``mode == "mean"``), else None."""
+    if type(test) is not ast.Compare or len(test.ops) != 1 or type(test.ops[0]) is not ast.Eq:
+        return None
+    subject, constant = test.left, test.comparators[0]
+    if type(constant) is not ast.Constant or type(constant.value) not in (str, int):
+        return None
+    if type(subject) is ast.Attribute:
+        return subject.attr, constant.value
+    if type(subject) is ast.Name:
+        return subject.id, constant.value
+    return None
+
+
+def _mode_join(mode: tuple[str, object], body: object, orelse: object) -> object:
+    """The kind after ``if <mode>: ... else: ...`` of a name that holds ``body`` in the first branch, ``orelse`` in the second."""
+    joined = join([body, orelse])
+    if joined is not None or (body is None and orelse is None):
+        return joined
+    if type(orelse) is Modal and mode[0] in {name for name, _ in orelse.cases}:
+        # An ``elif`` chain over the same mode.
+        return Modal({mode: body, **orelse.cases}, orelse.default)
+    return Modal({mode: body}, orelse)
+
+
+def _join_returns(returns: list[object]) -> object:
+    """The kind a function returns: the join of its returns, mode-dependent where returns under mode tests differ."""
+    joined = join([_unmoded(tag) for tag in returns])
+    if joined is not None or not any(type(tag) is Modal for tag in returns):
+        return joined
+    cases = {}
+    rest = []
+    for tag in returns:
+        if type(tag) is Modal and tag.default is None and len(tag.cases) == 1:
+            cases.update(tag.cases)
+        else:
+            rest.append(tag)
+    return Modal(cases, join(rest)) if cases else None
+
+
+def _unmoded(tag: object) -> object:
+    """A return made under a mode test, taken on every path (as if the test were unknown)."""
+    if type(tag) is Modal and tag.default is None and len(tag.cases) == 1:
+        return next(iter(tag.cases.values()))
+    return tag
 
 
 def _child_fields(kind: type) -> tuple[str, ...]:

@@ -66,7 +66,7 @@ class Context(Protocol):
         """Whether ``expr`` is a spelling of -inf (or a constant tensor holding it)."""
 
     def reciprocal_tag(self, expr: ast.expr) -> object:
-        """The kind of ``y`` when ``expr`` is ``y ** -1`` (or ``1 / y``), else None."""
+        """The kind of ``y`` when ``expr`` holds ``y ** -1`` (or ``1 / y``) of a sum of exponentials, else None."""
 
     def loss_call(self, call: ast.Call) -> tuple[str, ast.expr | None] | None:
         """``(kind, input)`` when ``call`` computes a torch loss, else None."""

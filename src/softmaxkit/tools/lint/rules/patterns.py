@@ -8,7 +8,7 @@ from softmaxkit.tools.lint.rule import Context, Rule
 from softmaxkit.tools.lint.semantic.model import names_integer_type
 from softmaxkit.tools.lint.semantic.names import FUNCTIONS
 from softmaxkit.tools.lint.semantic.ops import Op, is_one
-from softmaxkit.tools.lint.semantic.tags import INTEGER, PROB, SIGMOID
+from softmaxkit.tools.lint.semantic.tags import INTEGER, OFFSETS, POSITIONS, PROB, SIGMOID
 
 _REDUCTIONS = frozenset({"sum", "mean"})
 _INDEXING_METHODS = frozenset({"gather", "take_along_dim", "index_select"})
@@ -74,8 +74,8 @@ def is_rounded(node: ast.expr, ctx: Context) -> bool:
 
 
 def is_integer(expr: ast.expr, ctx: Context) -> bool:
-    """Whether ``expr`` is integer-valued: a literal, ``len``, ``.shape[i]``, ``.size(i)``, a ``range`` index, ``int(...)``."""
-    return ctx.tag(expr) == INTEGER
+    """Whether ``expr`` is integer-valued: a literal, ``len``, ``.shape[i]``, ``.size(i)``, a ``range`` index, ``int(...)``, ``arange``."""
+    return ctx.tag(expr) in (INTEGER, POSITIONS, OFFSETS)
 
 
 def sole_argument(op: Op) -> ast.expr | None:

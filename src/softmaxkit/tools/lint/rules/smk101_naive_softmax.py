@@ -15,8 +15,9 @@ class NaiveSoftmax(Rule):
     the maximum first, in NumPy, PyTorch and JAX spellings, as functions
     (`np.exp(x) / np.sum(np.exp(x))`) and as methods
     (`x.exp() / x.exp().sum(-1, keepdim=True)`), also through a variable
-    (`e = np.exp(x); e / e.sum()`) and as a product with the reciprocal
-    (`e * e.sum() ** -1`).
+    (`e = np.exp(x); e / e.sum()`), as a product with the reciprocal
+    (`e * e.sum() ** -1`), and as unshifted exponentials handed to
+    `torch.multinomial`, which divides by their sum itself.
 
     This rule is a warning: the result is right as long as every logit
     stays below about 88 (float32) and some logit of each row above about -87;
@@ -62,9 +63,15 @@ class NaiveSoftmax(Rule):
     name = "naive-softmax"
     message = "`exp(x) / sum(exp(x))` overflows to NaN for large logits; subtract the row max first or call a softmax function"
     severity = "warning"
-    node_types = (ast.BinOp,)
+    node_types = (ast.BinOp, ast.Call)
 
-    def check(self, node: ast.BinOp, ctx: Context) -> None:
+    def check(self, node: ast.BinOp | ast.Call, ctx: Context) -> None:
+        if type(node) is ast.Call:
+            # ``torch.multinomial(exp(x / T), 1)`` normalises the exponentials itself.
+            op = ctx.op(node)
+            if op is not None and op.name == "multinomial" and ctx.tag(op.input) == EXP:
+                ctx.report(self, op.input)
+            return
         kind = type(node.op)
         if kind is ast.Div:
             found = ctx.tag(node.left) == EXP and ctx.tag(node.right) == SUM_EXP

@@ -33,6 +33,21 @@ def _is_inverse_temperature(expr: ast.expr) -> bool:
     )
 
 
+def _renormalised(node: ast.AST, ctx: Context) -> bool:
+    """Whether ``node`` is normalised again as logits: ``Categorical(logits=...)``, ``softmax(...)``.
+
+    ``log_softmax(x) / T`` differs from ``x / T`` by a constant per row, so
+    normalised again it gives exactly ``softmax(x / T)``.
+    """
+    parent = ctx.parent(node)
+    if type(parent) is ast.keyword:
+        return parent.arg == "logits"
+    if type(parent) is ast.Call:
+        op = ctx.op(parent)
+        return op is not None and op.name in ("softmax", "log_softmax") and op.input is node
+    return False
+
+
 class TemperatureAfterSoftmax(Rule):
     """
     ## What it does
@@ -40,6 +55,9 @@ class TemperatureAfterSoftmax(Rule):
     instead of logits: `softmax(x) / T`, `log_softmax(x) * (1 / T)`,
     `probs ** (1 / T)`, `probs /= self.temperature`. A temperature is a name
     such as `T`, `tau`, `temp`, `temperature` or one ending in `_temperature`.
+    Log-probabilities divided by a temperature and normalised again
+    (`Categorical(logits=log_softmax(x) / T)`, `softmax(log_softmax(x) / T)`)
+    are not reported: that is `softmax(x / T)` exactly.
 
     This rule is an error: the result is not the tempered distribution
     for any input with `T != 1`.
@@ -104,5 +122,5 @@ class TemperatureAfterSoftmax(Rule):
             found = ctx.tag(left) in probabilities and (_is_temperature(right) or _is_inverse_temperature(right))
         else:
             found = False
-        if found:
+        if found and not (ctx.tag(left) == LOGPROB and _renormalised(node, ctx)):
             ctx.report(self, node)

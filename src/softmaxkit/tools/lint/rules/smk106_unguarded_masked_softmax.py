@@ -5,9 +5,18 @@ from __future__ import annotations
 import ast
 
 from softmaxkit.tools.lint.rule import Context, Rule
-from softmaxkit.tools.lint.semantic.tags import MASKED
+from softmaxkit.tools.lint.semantic.tags import LOGPROB, MASKED, PROB, Calls
 
 _GUARDS = frozenset({"nan_to_num", "where", "clamp", "masked_fill", "masked_fill_"})
+_SOFTMAX_KINDS = frozenset({PROB, LOGPROB})
+
+
+def _module_softmax_input(call: ast.Call, ctx: Context) -> ast.expr | None:
+    """The scores of a call of an ``nn.Softmax``/``nn.LogSoftmax`` instance (``self.softmax(scores)``), if it is one."""
+    callee = ctx.tag(call.func)
+    if type(callee) is Calls and callee.result in _SOFTMAX_KINDS and call.args and type(call.args[0]) is not ast.Starred:
+        return call.args[0]
+    return None
 
 
 class UnguardedMaskedSoftmax(Rule):
@@ -15,7 +24,8 @@ class UnguardedMaskedSoftmax(Rule):
     ## What it does
     Checks for softmax (or log_softmax) over scores masked with `-inf`
     (`masked_fill(mask, float('-inf'))`, `-math.inf`, `-torch.inf`,
-    `-np.inf`, `torch.where(mask, s, -inf)`, `s[mask] = -inf`) by a mask that
+    `-np.inf`, `torch.where(mask, s, -inf)`, `s[mask] = -inf`), or an
+    `nn.Softmax` module applied to them, by a mask that
     can leave a row with no entry, when nothing guards those rows: no
     `nan_to_num`, `where`, `masked_fill` or `clamp` applied to the result.
     Masking with a finite large negative value (`-1e9`,
@@ -23,7 +33,9 @@ class UnguardedMaskedSoftmax(Rule):
     always keep an entry of each row: causal and sliding-window masks built
     with `tril`/`triu` or by comparing positions (`arange`), also when kept
     with `register_buffer` and sliced (`self.bias[:, :, :T, :T] == 0`), and
-    top-k masks (`logits < v[:, [-1]]` with `v, _ = torch.topk(logits, k)`).
+    top-k masks (`logits < v[:, [-1]]` with `v, _ = torch.topk(logits, k)`),
+    and column ranges or sets masked alike in every row
+    (`logits[:, suppressed] = -inf`, `logits[:, :n] = -inf`).
     Padding and key masks stay reported, also when combined with a causal
     one.
 
@@ -75,14 +87,16 @@ class UnguardedMaskedSoftmax(Rule):
     def check(self, node: ast.Call, ctx: Context) -> None:
         op = ctx.op(node)
         if op is None:
-            return
-        if op.name in _GUARDS and not (op.name.startswith("masked_fill") and ctx.is_neg_inf(op.arg(1, "value"))):
+            scores = _module_softmax_input(node, ctx)
+            if scores is None or ctx.tag(scores) != MASKED:
+                return
+        elif op.name in _GUARDS and not (op.name.startswith("masked_fill") and ctx.is_neg_inf(op.arg(1, "value"))):
             guards = ctx.state(self).setdefault("guards", {})
             for arg in (op.input, *node.args, *(k.value for k in node.keywords)):
                 if type(arg) is ast.Name:
                     guards.setdefault(arg.id, []).append(node.lineno)
             return
-        if op.name not in ("softmax", "log_softmax") or ctx.tag(op.input) != MASKED:
+        elif op.name not in ("softmax", "log_softmax") or ctx.tag(op.input) != MASKED:
             return
         if any(k.arg == "where" for k in node.keywords):
             return

@@ -43,6 +43,8 @@ from softmaxkit.tools.lint.semantic.tags import (
     OFFSETS,
     POSITIONS,
     PROB,
+    RECIP_SUM_EXP,
+    RECIP_SUM_EXP_SHIFTED,
     ROW_PRESERVING,
     SHIFTED,
     SIGMOID,
@@ -51,8 +53,11 @@ from softmaxkit.tools.lint.semantic.tags import (
     SUM_EXP_SHIFTED,
     TOPK,
     TOPK_MASK,
+    Bounded,
     Calls,
+    Items,
     Loss,
+    Modal,
 )
 
 _INF_NAMES = frozenset(
@@ -66,6 +71,44 @@ _INTEGER_METHODS = frozenset({"size", "numel", "dim", "long", "int", "__len__", 
 _INTEGER_ATTRIBUTES = frozenset({"shape", "ndim", "size"})
 # Arithmetic that keeps integers integers.
 _INTEGER_OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Mod, ast.Pow)
+# Methods of torch.nn.Module and of common objects: calling one says nothing about the class.
+_COMMON_METHODS = frozenset(
+    {
+        "forward",
+        "train",
+        "eval",
+        "to",
+        "cuda",
+        "cpu",
+        "float",
+        "half",
+        "parameters",
+        "named_parameters",
+        "modules",
+        "children",
+        "state_dict",
+        "load_state_dict",
+        "zero_grad",
+        "step",
+        "reset",
+        "reset_parameters",
+        "init_weights",
+        "extra_repr",
+        "update",
+        "get",
+        "run",
+        "close",
+        "save",
+        "load",
+    }
+)
+_RECIPROCALS = {SUM_EXP: RECIP_SUM_EXP, SUM_EXP_SHIFTED: RECIP_SUM_EXP_SHIFTED}
+_RECIPROCAL_OF = {recip: total for total, recip in _RECIPROCALS.items()}
+# Array constructors whose argument may be a literal list of numbers.
+_LITERAL_ARRAYS = frozenset({"torch.tensor", "torch.as_tensor", "numpy.array", "jax.numpy.array"})
+# Literal inputs below these bounds cannot saturate a float32 sigmoid or overflow (or wholly underflow) exp.
+_SIGMOID_SAFE = 15.0
+_EXP_SAFE = 80.0
 # What a recursive call passes when it hands a parameter on unchanged.
 _SAME = object()
 # Kinds a tuple-returning call gives its first element: ``m, _ = x.max(dim)``.
@@ -92,6 +135,12 @@ class SemanticModel:
         self.sites: dict[FuncInfo, list[dict[str, object]]] = {}
         # The function whose body is being walked, if any.
         self.function: FuncInfo | None = None
+        # The modes tested by the enclosing ``if`` statements: ``if cfg.mode == "mean"`` gives {"mode": "mean"}.
+        self.modes: dict[str, object] = {}
+        # Methods that exactly one class of the file defines, and that class.
+        self.unique_methods: dict[str, ClassInfo] = {}
+        # Per function, the methods its body calls on each parameter.
+        self.method_calls: dict[ast.AST, dict[str, set[str]]] = {}
 
     # ---- binding (called by the checker) ------------------------------------
 
@@ -109,6 +158,10 @@ class SemanticModel:
             if scope.cls is not None and type(target.value) is ast.Name and target.value.id == scope.self_name:
                 scope.cls.attrs[target.attr] = tag
         elif kind is ast.Tuple or kind is ast.List:
+            if type(tag) is Items and len(tag.tags) == len(target.elts):
+                for element, item in zip(target.elts, tag.tags):
+                    self.bind(element, item)
+                return
             # ``m, _ = x.max(dim)`` and ``v, _ = torch.topk(x, k)``: the values come first.
             first = tag if tag in _FIRST_OF_PAIR else None
             for element in target.elts:
@@ -129,7 +182,14 @@ class SemanticModel:
         if kind is ast.Subscript:
             # ``logits[logits < v[:, [-1]]] = -float("inf")`` masks the array in place.
             if self.is_neg_inf(value) and type(target.value) in (ast.Name, ast.Attribute):
-                self.bind(target.value, self.masked(target.value, target.slice))
+                index = target.slice
+                if type(index) is ast.Tuple and any(type(e) is ast.Slice for e in index.elts):
+                    # ``logits[:, suppressed] = -inf``, ``logits[k, a:b] = -inf``: the same
+                    # columns of each row, never all of them.
+                    tag = MASKED if self.tag(target.value) == MASKED else MASKED_PARTIAL
+                else:
+                    tag = self.masked(target.value, index)
+                self.bind(target.value, tag)
             return
         self.bind(target, self.tag(value))
 
@@ -181,6 +241,33 @@ class SemanticModel:
             params = tuple(arg.arg for arg in (*args.posonlyargs, *args.args))
             info = self.infos[node] = FuncInfo(params[1:] if method else params)
         return info
+
+    def learn_classes(self) -> None:
+        """Notes which methods exactly one class of the file defines (after a pass has seen them all)."""
+        owners: dict[str, list[ClassInfo]] = {}
+        for info in self.infos.values():
+            if type(info) is ClassInfo:
+                for name in info.functions:
+                    if not name.startswith("__") and name not in _COMMON_METHODS:
+                        owners.setdefault(name, []).append(info)
+        self.unique_methods = {name: infos[0] for name, infos in owners.items() if len(infos) == 1}
+
+    def duck_type(self, node: ast.FunctionDef | ast.AsyncFunctionDef, param: str) -> Instance | None:
+        """An instance of the one class of the file that defines a method the body calls on ``param``, if any.
+
+        ``def run_epoch(model, ...)`` that calls ``model.inference(...)``, in a
+        file where only ``CnnPredictor`` defines ``inference``, takes ``model``
+        to be a ``CnnPredictor``.
+        """
+        if not self.unique_methods:
+            return None
+        calls = self.method_calls.get(node)
+        if calls is None:
+            calls = self.method_calls[node] = _method_calls(node)
+        owners = {id(self.unique_methods[name]): self.unique_methods[name] for name in calls.get(param, ()) if name in self.unique_methods}
+        if len(owners) != 1:
+            return None
+        return Instance(next(iter(owners.values())))
 
     def call_site(self, call: ast.Call) -> None:
         """Records what ``call`` passes to the parameters of a function of the file, if it calls one."""
@@ -290,12 +377,25 @@ class SemanticModel:
         tag = memo[expr] = self._tag(expr)
         return tag
 
+    def resolve(self, tag: object) -> object:
+        """The kind of a mode-dependent value under the modes the enclosing ``if`` statements test."""
+        if type(tag) is not Modal or not self.modes:
+            return tag
+        modes = self.modes
+        tested = False
+        for (name, constant), kind in tag.cases.items():
+            if name in modes:
+                if modes[name] == constant:
+                    return kind
+                tested = True
+        return tag.default if tested else tag
+
     def _tag(self, expr: ast.expr) -> object:
         kind = type(expr)
         if kind is ast.Name:
-            return self.scope.lookup(expr.id)
+            return self.resolve(self.scope.lookup(expr.id))
         if kind is ast.Call:
-            return self._call_tag(expr)
+            return self.resolve(self._call_tag(expr))
         if kind is ast.Attribute:
             scope = self.scope
             value = expr.value
@@ -312,7 +412,17 @@ class SemanticModel:
             return None
         if kind is ast.Subscript:
             base = self.tag(expr.value)
+            if type(base) is Items:
+                index = expr.slice
+                if type(index) is ast.Constant and type(index.value) is int and -len(base.tags) <= index.value < len(base.tags):
+                    return base.tags[index.value]
+                return None
             return base if base in INDEXABLE else None
+        if kind is ast.Tuple:
+            tags = tuple(self.tag(element) for element in expr.elts)
+            return Items(tags) if any(tag is not None for tag in tags) else None
+        if kind is ast.IfExp:
+            return join([self.tag(expr.body), self.tag(expr.orelse)])
         if kind is ast.BinOp:
             return self.binop_tag(expr.left, expr.op, expr.right)
         if kind is ast.Compare:
@@ -349,6 +459,8 @@ class SemanticModel:
         rt = self.tag(right)
         if kind in _INTEGER_OPERATORS and lt == INTEGER and rt == INTEGER:
             return INTEGER
+        if type(lt) is Bounded or type(rt) is Bounded:
+            return _bounded(kind, _bound(left, lt), _bound(right, rt))
         if kind is ast.Sub and lt == POSITIONS and rt == POSITIONS:
             return OFFSETS
         if kind is ast.Sub or kind is ast.Add:
@@ -359,11 +471,16 @@ class SemanticModel:
             return lt if lt in (MASKED, MASKED_PARTIAL) else None
         if kind is ast.BitAnd or kind is ast.BitOr:
             return lt if lt == rt and lt in ROW_PRESERVING else None
+        if kind is ast.Pow and _is_minus_one(right) and lt in _RECIPROCALS:
+            return _RECIPROCALS[lt]
         if kind is ast.Div:
             if lt in (EXP, EXP_SHIFTED) and rt in (SUM_EXP, SUM_EXP_SHIFTED):
                 return PROB
-            if lt == MASKED:
-                return MASKED
+            if is_one(left) and rt in _RECIPROCALS:
+                return _RECIPROCALS[rt]
+            if lt in (MASKED, SHIFTED):
+                # Dividing by a (positive) temperature keeps shifted logits at most 0.
+                return lt
             if is_one(left) and type(right) is ast.BinOp and type(right.op) is ast.Add:
                 if any(self._is_exp_call(side) for side in (right.left, right.right)):
                     return SIGMOID
@@ -378,6 +495,8 @@ class SemanticModel:
                 return MASKED_PARTIAL
             if lt in (SUM_EXP, SUM_EXP_SHIFTED) and type(right) is ast.Constant:
                 return lt
+            if rt in (SUM_EXP, SUM_EXP_SHIFTED) and type(left) is ast.Constant:
+                return rt
             return None
         if kind is ast.Mult:
             if MASKED in (lt, rt):
@@ -389,18 +508,16 @@ class SemanticModel:
                 return PROB
             if rt in (EXP, EXP_SHIFTED) and self.reciprocal_tag(left) in (SUM_EXP, SUM_EXP_SHIFTED):
                 return PROB
+            # Weighted exponentials, ``pi * exp(log_prob)``, overflow like the exponentials.
+            if lt in (EXP, EXP_SHIFTED) and rt in (None, INTEGER):
+                return lt
+            if rt in (EXP, EXP_SHIFTED) and lt in (None, INTEGER):
+                return rt
         return None
 
     def reciprocal_tag(self, expr: ast.expr) -> object:
-        """The kind of ``y`` when ``expr`` is ``y ** -1`` (or ``1 / y``), else None."""
-        if type(expr) is not ast.BinOp:
-            return None
-        kind = type(expr.op)
-        if kind is ast.Pow and _is_minus_one(expr.right):
-            return self.tag(expr.left)
-        if kind is ast.Div and is_one(expr.left):
-            return self.tag(expr.right)
-        return None
+        """The kind of ``y`` when ``expr`` holds ``y ** -1`` (or ``1 / y``) of a sum of exponentials, else None."""
+        return _RECIPROCAL_OF.get(self.tag(expr))
 
     def _is_exp_call(self, expr: ast.expr) -> bool:
         if type(expr) is not ast.Call:
@@ -430,8 +547,10 @@ class SemanticModel:
             attr = func.attr
             if attr in PASSTHROUGH_METHODS:
                 base = self.tag(func.value)
-                if type(base) is str or type(base) is Instance:
+                if type(base) in (str, Instance, Bounded):
                     return base
+            elif attr == "div" and call.args and self.tag(func.value) == SHIFTED:
+                return SHIFTED
             elif attr in _INTEGER_METHODS or (attr == "astype" and call.args and names_integer_type(call.args[0])):
                 return INTEGER
         result = called(self.tag(func))
@@ -471,11 +590,20 @@ class SemanticModel:
         if name == "log_softmax":
             return LOGPROB
         if name == "sigmoid":
-            return SIGMOID
+            inner = self.tag(op.input)
+            return None if type(inner) is Bounded and inner.bound < _SIGMOID_SAFE else SIGMOID
         if name == "exp":
             if op.input is None or op.library == "math":
                 return None
+            inner = self.tag(op.input)
+            if type(inner) is Bounded and inner.bound < _EXP_SAFE:
+                return None
             return EXP_SHIFTED if self.is_shifted(op.input) else EXP
+        if name == "constant":
+            if op.qualname in _LITERAL_ARRAYS and op.input is not None:
+                bound = _literal_bound(op.input)
+                return None if bound is None else Bounded(bound)
+            return None
         if name == "sum":
             inner = self.tag(op.input)
             if inner == EXP:
@@ -488,12 +616,18 @@ class SemanticModel:
         if name in ("masked_fill", "masked_fill_"):
             return self.masked(op.input, op.arg(0, "mask")) if self.is_neg_inf(op.arg(1, "value")) else None
         if name == "where":
-            x, y = op.arg(0, "input", "x"), op.arg(1, "other", "y")
+            call = op.call
+            condition = op.input if call.args else keyword(call, ("condition",))
+            args = call.args
+            x = args[1] if len(args) > 1 else keyword(call, ("input", "x"))
+            y = args[2] if len(args) > 2 else keyword(call, ("other", "y"))
             if self.is_neg_inf(y):
-                return self.masked(x, op.input)
+                return self.masked(x, condition)
             if self.is_neg_inf(x):
-                return self.masked(y, op.input)
+                return self.masked(y, condition)
             return None
+        if name == "apply_module":
+            return called(self.tag(op.input))
         if name == "reshape":
             inner = self.tag(op.input)
             return inner if inner in INDEXABLE else None
@@ -583,6 +717,50 @@ class SemanticModel:
             first = args[0] if args and type(args[0]) is not ast.Starred else keyword(call, ("input",))
             return callee.kind, first
         return None
+
+
+def _literal_bound(expr: ast.expr) -> float | None:
+    """The largest magnitude in a literal (nested lists of numbers), or None when it is not one."""
+    kind = type(expr)
+    if kind is ast.Constant:
+        value = expr.value
+        return abs(float(value)) if type(value) in (int, float) else None
+    if kind is ast.UnaryOp and type(expr.op) in (ast.USub, ast.UAdd):
+        return _literal_bound(expr.operand)
+    if (kind is ast.List or kind is ast.Tuple) and expr.elts:
+        bounds = [_literal_bound(element) for element in expr.elts]
+        return None if None in bounds else max(bounds)
+    return None
+
+
+def _bound(expr: ast.expr, tag: object) -> float | None:
+    if type(tag) is Bounded:
+        return tag.bound
+    if type(expr) is ast.Constant and type(expr.value) in (int, float):
+        return abs(float(expr.value))
+    return None
+
+
+def _bounded(kind: type, left: float | None, right: float | None) -> Bounded | None:
+    """The bound of ``left <op> right`` for bounded operands, when the operator keeps one."""
+    if left is None or right is None:
+        return None
+    if kind is ast.Add or kind is ast.Sub:
+        return Bounded(left + right)
+    if kind is ast.Mult:
+        return Bounded(left * right)
+    return None
+
+
+def _method_calls(node: ast.AST) -> dict[str, set[str]]:
+    """The methods called on each plain name in the body of ``node``: ``{"model": {"inference"}}``."""
+    calls: dict[str, set[str]] = {}
+    for child in ast.walk(node):
+        if type(child) is ast.Call:
+            func = child.func
+            if type(func) is ast.Attribute and type(func.value) is ast.Name:
+                calls.setdefault(func.value.id, set()).add(func.attr)
+    return calls
 
 
 def _inner(expr: ast.expr) -> ast.expr | None:

@@ -111,7 +111,12 @@ _add(
     "jax.numpy.expand_dims",
     "jax.numpy.moveaxis",
     "jax.numpy.swapaxes",
+    "einops.rearrange",
+    "einops.repeat",
 )
+# Calls the module given first on the arguments that follow.
+_add("apply_module", "torch.nn.parallel.data_parallel")
+_add("multinomial", "torch.multinomial", "numpy.random.multinomial")
 # Integer-valued results (sizes, counts) and rounding.
 _add(
     "integer",

@@ -13,6 +13,9 @@ EXP = "exp"
 EXP_SHIFTED = "exp_shifted"
 SUM_EXP = "sum_exp"
 SUM_EXP_SHIFTED = "sum_exp_shifted"
+# ``sum ** -1`` (or ``1 / sum``) of the sums above.
+RECIP_SUM_EXP = "recip_sum_exp"
+RECIP_SUM_EXP_SHIFTED = "recip_sum_exp_shifted"
 SHIFTED = "shifted"
 MAX = "max"
 # Scores with entries set to -inf where some row may lose every entry.
@@ -44,6 +47,8 @@ INDEXABLE = frozenset(
         EXP_SHIFTED,
         SUM_EXP,
         SUM_EXP_SHIFTED,
+        RECIP_SUM_EXP,
+        RECIP_SUM_EXP_SHIFTED,
         MAX,
         MASKED,
         MASKED_PARTIAL,
@@ -57,6 +62,63 @@ INDEXABLE = frozenset(
 )
 # Masks whose True (or kept) entries leave every row at least one entry.
 ROW_PRESERVING = frozenset({STRUCTURAL, TOPK_MASK})
+
+
+class Bounded:
+    """An array built from numeric literals, whose entries are at most ``bound`` in magnitude.
+
+    ``torch.tensor([1.1]) * torch.tensor([2.2])`` is ``Bounded(2.42)``: its
+    sigmoid cannot saturate and its exponential cannot overflow.
+    """
+
+    __slots__ = ("bound",)
+
+    def __init__(self, bound: float) -> None:
+        self.bound = bound
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Bounded and other.bound == self.bound
+
+    def __hash__(self) -> int:
+        return hash((Bounded, self.bound))
+
+
+class Items:
+    """A tuple whose elements hold values of the kinds ``tags`` (``return probs, mu, logvar``)."""
+
+    __slots__ = ("tags",)
+
+    def __init__(self, tags: tuple[object, ...]) -> None:
+        self.tags = tags
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Items and other.tags == self.tags
+
+    def __hash__(self) -> int:
+        return hash((Items, self.tags))
+
+
+class Modal:
+    """A value whose kind depends on a mode: ``cases`` maps ``(name, constant)`` to a kind.
+
+    ``if self.mode == "mean": x = sigmoid(x) elif self.mode == "argmax": x =
+    softmax(x)`` gives ``x`` the cases ``("mode", "mean")`` and ``("mode",
+    "argmax")``; where code tests the same name against the same constant
+    (``if cfg.mode == "mean":``), the value has that case's kind, and where
+    it tests it against another, ``default``'s. Elsewhere it has no kind.
+    """
+
+    __slots__ = ("cases", "default")
+
+    def __init__(self, cases: dict[tuple[str, object], object], default: object) -> None:
+        self.cases = cases
+        self.default = default
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Modal and other.cases == self.cases and other.default == self.default
+
+    def __hash__(self) -> int:
+        return hash((Modal, tuple(self.cases)))
 
 
 class Calls:
