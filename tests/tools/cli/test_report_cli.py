@@ -137,6 +137,13 @@ def test_summarize_ignores_figures_that_are_not_numbers():
     assert (loss.first, loss.last, loss.min_step) == (1.5, 1.5, 1)
 
 
+def test_min_and_max_are_over_finite_values_even_after_a_nan_first():
+    s = summarize([{"step": 0, "loss": math.nan}, {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}])
+    (loss,) = s.metrics
+    assert math.isnan(loss.first) and (loss.min, loss.min_step, loss.max, loss.max_step) == (1.0, 2, 2.0, 1)
+    assert s.first_nonfinite_loss == 0
+
+
 def test_read_records_reads_what_the_monitor_writes(run):
     records = read_records(run)
     assert [r["step"] for r in records] == [0, 10, 20, 30] and math.isnan(records[-1]["loss"])
