@@ -8,7 +8,10 @@ user's own :meth:`Monitor.observe` call.  On a sampled step (every
 hooks the logits' gradient for its norm, and keeps the figures as device
 tensors; they come to the host once per record, when the step ends, and are
 written as one JSON line and, when ``tensorboard`` is installed, as
-TensorBoard scalars.  Steps that are not sampled cost one hook call.
+TensorBoard scalars.  Besides, one host read per chunk of logits and one per
+gradient say whether every value is finite, which spares the non-finite
+masks in the usual case.  Steps that are not sampled cost one hook call.
+Under ``torch.compile`` the hooks run eagerly, at a graph break.
 
 The float32 collapse and zero-target-gradient rules and the margin are those
 of :func:`softmaxkit.diagnose` (``softmaxkit.tools.report``), applied to the
@@ -247,12 +250,15 @@ class Monitor:
         self._file = open(self.path, "a", encoding="utf-8")
         self._writer = _summary_writer(self.log_dir) if tensorboard else None
         self._closed = False
+        # Under torch.compile the hooks run eagerly, at a graph break, instead
+        # of being traced (their host reads and file writes are not graph code).
+        eager = torch.compiler.disable
         if head is not None:
-            self._handles.append(head.register_forward_hook(self._head_hook))
+            self._handles.append(head.register_forward_hook(eager(self._head_hook)))
         self.loss = loss
         if isinstance(loss, torch.nn.Module):
-            self._handles.append(loss.register_forward_pre_hook(self._loss_pre_hook, with_kwargs=True))
-            self._handles.append(loss.register_forward_hook(self._loss_post_hook))
+            self._handles.append(loss.register_forward_pre_hook(eager(self._loss_pre_hook), with_kwargs=True))
+            self._handles.append(loss.register_forward_hook(eager(self._loss_post_hook)))
         elif loss is not None:
             self.loss = self._wrap(loss)
         if optimizer is not None:
@@ -359,7 +365,7 @@ class Monitor:
                 part = None if t is None else t[start : start + step]
                 acc.add(*_figures(rows[start : start + step], part, ignore_index, dtype))
         if logits.requires_grad and torch.is_grad_enabled():
-            logits.register_hook(functools.partial(self._grad_hook, acc))
+            logits.register_hook(torch.compiler.disable(functools.partial(self._grad_hook, acc)))
         return acc
 
     @staticmethod
@@ -420,11 +426,16 @@ class Monitor:
         self._loss_end(output)
 
     def _wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        begin = torch.compiler.disable(self._loss_begin)
+        end = torch.compiler.disable(self._loss_end)
+
         @functools.wraps(fn)
         def loss(*args, **kwargs):
-            self._loss_begin(args, kwargs, -100)
+            if self._closed:
+                return fn(*args, **kwargs)
+            begin(args, kwargs, -100)
             out = fn(*args, **kwargs)
-            self._loss_end(out)
+            end(out)
             return out
 
         return loss
@@ -514,8 +525,11 @@ def monitor(
     ``torch.no_grad()`` (evaluation) are not recorded.
 
     The figures are reductions on the logits' device, in chunks of about
-    16M elements, and reach the host once per record.  Recorded steps cost
-    a few passes over the logits; the others, one hook call.  NaN is seen
+    16M elements; they reach the host once per record, and one host read
+    per chunk and per gradient says whether every value is finite (so a
+    recorded step synchronises with a GPU a few times).  Recorded steps
+    cost a few passes over the logits; the others, one hook call.  Under
+    ``torch.compile`` the hooks run eagerly, at a graph break.  NaN is seen
     only on recorded steps: use :func:`softmaxkit.torch.watch` to find where
     it is made.
 

@@ -233,6 +233,28 @@ class TestTraining:
         assert r["zero_grad_fraction"] == d.zero_grad_fraction and d.target_rows < 64
 
 
+    def test_compiled_model_and_loss(self, tmp_path):
+        # The hooks run eagerly at a graph break: Dynamo neither traces them
+        # (with a warning for each host call) nor drops them.
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        criterion = nn.CrossEntropyLoss()
+        x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+        step = torch.compile(lambda x, y: criterion(model(x), y), backend="aot_eager")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with monitor(loss=criterion, log_dir=tmp_path / "compiled", every=2, tensorboard=False) as compiled:
+                for _ in range(3):
+                    step(x, y).backward()
+        assert not [w for w in caught if "Dynamo" in str(w.message)]
+        with monitor(loss=criterion, log_dir=tmp_path / "eager", every=2, tensorboard=False) as eager:
+            for _ in range(3):
+                criterion(model(x), y).backward()
+        assert [r["step"] for r in compiled.records] == [0, 2]
+        for a, b in zip(compiled.records, eager.records):
+            assert (a["loss"], a["grad_norm"], a["entropy_mean"]) == pytest.approx((b["loss"], b["grad_norm"], b["entropy_mean"]))
+
+
 class TestFiles:
     def test_tensorboard_event_files_hold_the_records(self, tmp_path):
         pytest.importorskip("tensorboard")
