@@ -18,7 +18,9 @@ matches a judged one on (file, notebook cell, line, code).
   (``expected``), which includes the hazards read in the files that the
   linter does not report.
 
-JUDGING is the rule each judgement follows.
+Findings are counted once per (file, cell, line, code). Every judgement
+follows the rule ``JUDGING`` below: whether the failure the rule documents
+can happen there, not whether the pattern matches.
 
 Targets: both at least 90 %. It prints the false positives (findings judged
 not actionable, and findings nobody judged yet), the misses and the speed on
@@ -51,7 +53,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from _harness import REPOSITORY, RESULTS, describe, interleaved, markdown_table, medians, timed
+from _harness import (
+    REPOSITORY,
+    RESULTS,
+    describe,
+    interleaved,
+    markdown_table,
+    medians,
+    timed,
+)
 
 from softmaxkit.tools.cli.lint import main as lint_main
 
