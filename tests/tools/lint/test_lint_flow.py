@@ -538,6 +538,7 @@ def test_reciprocal_kept_in_a_name():
 def test_weighted_exponentials_are_exponentials():
     source = "p = torch.sum(pi * torch.exp(log_prob), 2)\nloss = -torch.mean(torch.log(1e-5 + p))\n"
     assert _codes(source) == ["SMK103"]
+    assert _codes(source.replace("pi * torch.exp(log_prob)", "torch.exp(log_prob) * pi")) == ["SMK103"]
     assert _codes(source.replace("torch.exp(log_prob)", "torch.exp(log_prob - log_prob.max())")) == []
 
 

@@ -25,6 +25,7 @@ _INERT_FIELDS = frozenset(
 # learns; real code settles in one or two.
 MAX_PASSES = 4
 _ENDS_BLOCK = (ast.Return, ast.Raise, ast.Continue, ast.Break)
+_UNBOUND = object()
 
 
 class Checker:
@@ -292,9 +293,7 @@ class Checker:
             if arg is not None:
                 name = arg.arg
                 tag = params.get(name)
-                if tag is None and name != self_name:
-                    tag = semantic.duck_type(node, name)
-                scope.vars[name] = tag
+                scope.vars[name] = info.duck.get(name) if tag is None else tag
         if self_name is not None:
             scope.vars[self_name] = None
         semantic.scope = scope
@@ -399,9 +398,14 @@ def _merge(ends: list[dict[str, object]]) -> dict[str, object]:
     """The names after branches meet: each keeps the join of its kinds in the branches where it is bound."""
     if len(ends) == 1:
         return ends[0]
-    merged = {}
-    for name in {name for end in ends for name in end}:
-        merged[name] = join([end[name] for end in ends if name in end])
+    merged = dict(ends[0])
+    for end in ends[1:]:
+        for name, tag in end.items():
+            held = merged.get(name, _UNBOUND)
+            if held is _UNBOUND:
+                merged[name] = tag
+            elif held is not tag:
+                merged[name] = join([held, tag])
     return merged
 
 

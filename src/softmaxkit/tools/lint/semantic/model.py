@@ -109,6 +109,10 @@ _LITERAL_ARRAYS = frozenset({"torch.tensor", "torch.as_tensor", "numpy.array", "
 # Literal inputs below these bounds cannot saturate a float32 sigmoid or overflow (or wholly underflow) exp.
 _SIGMOID_SAFE = 15.0
 _EXP_SAFE = 80.0
+# Kinds that parameters carry from the calls of a function into its body.
+_CARRIED = frozenset(
+    {PROB, LOGPROB, SIGMOID, EXP, EXP_SHIFTED, SUM_EXP, SUM_EXP_SHIFTED, MASKED, MASKED_PARTIAL, STRUCTURAL, TOPK, TOPK_MASK}
+)
 # What a recursive call passes when it hands a parameter on unchanged.
 _SAME = object()
 # Kinds a tuple-returning call gives its first element: ``m, _ = x.max(dim)``.
@@ -139,8 +143,6 @@ class SemanticModel:
         self.modes: dict[str, object] = {}
         # Methods that exactly one class of the file defines, and that class.
         self.unique_methods: dict[str, ClassInfo] = {}
-        # Per function, the methods its body calls on each parameter.
-        self.method_calls: dict[ast.AST, dict[str, set[str]]] = {}
 
     # ---- binding (called by the checker) ------------------------------------
 
@@ -252,26 +254,25 @@ class SemanticModel:
                         owners.setdefault(name, []).append(info)
         self.unique_methods = {name: infos[0] for name, infos in owners.items() if len(infos) == 1}
 
-    def duck_type(self, node: ast.FunctionDef | ast.AsyncFunctionDef, param: str) -> Instance | None:
+    def _duck_type(self, info: FuncInfo, param: str) -> Instance | None:
         """An instance of the one class of the file that defines a method the body calls on ``param``, if any.
 
         ``def run_epoch(model, ...)`` that calls ``model.inference(...)``, in a
         file where only ``CnnPredictor`` defines ``inference``, takes ``model``
         to be a ``CnnPredictor``.
         """
-        if not self.unique_methods:
-            return None
-        calls = self.method_calls.get(node)
-        if calls is None:
-            calls = self.method_calls[node] = _method_calls(node)
-        owners = {id(self.unique_methods[name]): self.unique_methods[name] for name in calls.get(param, ()) if name in self.unique_methods}
+        unique = self.unique_methods
+        owners = {id(unique[name]): unique[name] for name in info.method_calls.get(param, ()) if name in unique}
         if len(owners) != 1:
             return None
         return Instance(next(iter(owners.values())))
 
     def call_site(self, call: ast.Call) -> None:
         """Records what ``call`` passes to the parameters of a function of the file, if it calls one."""
-        info = self._callee(call.func)
+        func = call.func
+        if self.function is not None and type(func) is ast.Attribute and type(func.value) is ast.Name:
+            self.function.method_calls.setdefault(func.value.id, set()).add(func.attr)
+        info = self._callee(func)
         if info is None:
             return
         params = info.params
@@ -330,12 +331,22 @@ class SemanticModel:
             calls = sites.get(info, ())
             tags = {}
             for name in info.params:
-                passed = [site.get(name) for site in calls if site.get(name) is not _SAME]
-                tags[name] = join(passed)
-            tags = {name: tag for name, tag in tags.items() if tag is not None}
+                tag = join([site.get(name) for site in calls if site.get(name) is not _SAME])
+                if _carries(tag):
+                    tags[name] = tag
             if tags != info.param_tags:
                 info.param_tags = tags
                 changed = True
+            if self.unique_methods:
+                duck = {}
+                for name in info.params:
+                    if name not in tags:
+                        instance = self._duck_type(info, name)
+                        if instance is not None:
+                            duck[name] = instance
+                if duck != info.duck:
+                    info.duck = duck
+                    changed = True
         self.sites = {}
         return changed
 
@@ -719,6 +730,23 @@ class SemanticModel:
         return None
 
 
+def _carries(tag: object) -> bool:
+    """Whether a parameter is worth binding to ``tag``: a kind some rule acts on, not a size or a config object.
+
+    Binding fewer parameters keeps the passes over a file few: each change
+    to what a parameter holds repeats a pass.
+    """
+    kind = type(tag)
+    if kind is str:
+        return tag in _CARRIED
+    if kind is Instance:
+        info = tag.info
+        return _carries(info.call_tag) or any(map(_carries, info.methods.values())) or any(map(_carries, info.attrs.values()))
+    if kind is Items:
+        return any(map(_carries, tag.tags))
+    return kind is Calls or kind is Loss or kind is Modal or kind is FuncInfo or kind is ClassInfo
+
+
 def _literal_bound(expr: ast.expr) -> float | None:
     """The largest magnitude in a literal (nested lists of numbers), or None when it is not one."""
     kind = type(expr)
@@ -750,17 +778,6 @@ def _bounded(kind: type, left: float | None, right: float | None) -> Bounded | N
     if kind is ast.Mult:
         return Bounded(left * right)
     return None
-
-
-def _method_calls(node: ast.AST) -> dict[str, set[str]]:
-    """The methods called on each plain name in the body of ``node``: ``{"model": {"inference"}}``."""
-    calls: dict[str, set[str]] = {}
-    for child in ast.walk(node):
-        if type(child) is ast.Call:
-            func = child.func
-            if type(func) is ast.Attribute and type(func.value) is ast.Name:
-                calls.setdefault(func.value.id, set()).add(func.attr)
-    return calls
 
 
 def _inner(expr: ast.expr) -> ast.expr | None:

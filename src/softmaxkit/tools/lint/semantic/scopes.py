@@ -16,15 +16,21 @@ class FuncInfo:
     ``params`` names the parameters in the order positional arguments bind
     them (``self`` left out of a method's); ``param_tags`` holds, for each
     parameter, the join of what the file's calls pass it (None when a call
-    passes something unknown, or nothing).
+    passes something unknown, or nothing); ``duck`` the parameters of
+    unknown origin on which the body calls a method that only one class of
+    the file defines.
     """
 
-    __slots__ = ("return_tag", "params", "param_tags")
+    __slots__ = ("return_tag", "params", "param_tags", "method_calls", "duck")
 
     def __init__(self, params: tuple[str, ...] = ()) -> None:
         self.return_tag: object = None
         self.params = params
         self.param_tags: dict[str, object] = {}
+        # The methods the body calls on each plain name (``model.inference(x)``),
+        # and the parameters those calls show to be instances of a class of the file.
+        self.method_calls: dict[str, set[str]] = {}
+        self.duck: dict[str, Instance] = {}
 
 
 class ClassInfo:
