@@ -130,12 +130,12 @@ def _figures(rows: torch.Tensor, target: torch.Tensor | None, ignore_index: int,
     """(sums, mins, maxs) of one chunk of rows (shape (R, C), C >= 1), on its device."""
     inf = math.inf
     device = rows.device
-    zero = torch.zeros((), device=device)
+    zero = torch.zeros((), device=device, dtype=dtype)
     # A finite sum proves every logit finite (as in watch): the usual case
     # needs none of the masks below, which take most of the passes.
     if math.isfinite(rows.sum().item()):
         v, regular = rows, None
-        counts = [torch.tensor(rows.shape[0], device=device), zero, zero, zero, zero]
+        counts = [torch.tensor(rows.shape[0], device=device, dtype=dtype), zero, zero, zero, zero]
         logit_min = rows.amin()
         two_finite = None
     else:
@@ -145,7 +145,7 @@ def _figures(rows: torch.Tensor, target: torch.Tensor | None, ignore_index: int,
         neginf = rows == -inf
         regular = finite.any(-1) & ~(nan | posinf).any(-1)
         v = torch.where(finite, rows, -inf)
-        counts = [regular.sum(), neginf.all(-1).sum(), nan.sum(), posinf.sum(), neginf.sum()]
+        counts = [m.sum(dtype=dtype) for m in (regular, neginf.all(-1), nan, posinf, neginf)]
         logit_min = torch.where(finite, rows, inf).amin()
         two_finite = finite.sum(-1) >= 2
 
@@ -170,13 +170,13 @@ def _figures(rows: torch.Tensor, target: torch.Tensor | None, ignore_index: int,
         keep = over_regular(target != ignore_index, False)
         index = torch.where(keep, target, 0).clamp(0, rows.shape[-1] - 1)
         e_t = e.gather(-1, index[:, None])[:, 0]
-        target_rows = keep.sum()
-        zero_grad = (zero_target_grad(e_t, total) & keep).sum()
+        target_rows = keep.sum(dtype=dtype)
+        zero_grad = (zero_target_grad(e_t, total) & keep).sum(dtype=dtype)
     regular_rows, masked_rows, nan_count, posinf_count, neginf_count = counts
     figures = [
-        torch.tensor(rows.shape[0], device=device),
+        torch.tensor(rows.shape[0], device=device, dtype=dtype),
         regular_rows,
-        over_regular(collapsed(total), False).sum(),
+        over_regular(collapsed(total), False).sum(dtype=dtype),
         target_rows,
         zero_grad,
         masked_rows,
@@ -191,7 +191,7 @@ def _figures(rows: torch.Tensor, target: torch.Tensor | None, ignore_index: int,
         zero,
         zero,
     ]
-    sums = torch.stack([f.to(dtype) for f in figures])
+    sums = torch.stack(figures)
     mins = torch.stack([logit_min, over_regular(entropy, inf).amin()])
     maxs = torch.stack([row_max.amax(), margin, over_regular(max_prob, -inf).amax()])
     return sums, mins.to(dtype), maxs.to(dtype)
