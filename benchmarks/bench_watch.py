@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import tempfile
 import warnings
@@ -82,47 +83,45 @@ def make_step(model, opt, tokens, targets):
 class Case:
     """One variant of the step.
 
-    ``setup`` takes the model, its optimizer and a scratch folder, and
-    returns the factory of the context the step runs in.
+    ``setup`` takes the model, its optimizer, a scratch folder and an exit
+    stack (closed after the measurement), and returns the factory of the
+    context each timed block of steps runs in.  A case with ``own_model``
+    trains a copy of the model, with an optimizer of its own.
     """
 
     variant: str
-    setup: Callable[[nn.Module, torch.optim.Optimizer, str], Callable[[], contextlib.AbstractContextManager]]
+    setup: Callable[
+        [nn.Module, torch.optim.Optimizer, str, contextlib.ExitStack], Callable[[], contextlib.AbstractContextManager]
+    ]
+    own_model: bool = False
 
 
 def monitored(every):
-    """The setup of a monitor on the head whose step count runs on across blocks.
+    """The setup of ``monitor(model.head, every=every)``, attached once for the whole measurement.
 
-    Each block attaches a fresh monitor (so that no other variant's steps
-    pass through its hooks), stepped by the optimizer and started at the
-    step the previous block reached, so that one step in ``every`` is
-    recorded whatever the block length.  Every record is written inside the
-    timed steps: the optimizer's step ends it.
+    A monitor lives as long as the run it watches (it is attached at once,
+    and a fresh one would start its step count, its files and its
+    TensorBoard writer again), so the case trains its own copy of the model,
+    whose steps no other variant takes, and its monitor stays attached
+    between its blocks.  The optimizer ends each step, so every record is
+    written inside the timed steps.
     """
 
-    def setup(model, opt, folder):
-        reached = [0]
-
-        @contextlib.contextmanager
-        def block():
-            with monitor(model.head, log_dir=folder, every=every, optimizer=opt) as mon:
-                mon.step(reached[0])
-                yield
-                reached[0] = mon.current_step
-
-        return block
+    def setup(model, opt, folder, stack):
+        stack.enter_context(monitor(model.head, log_dir=folder, every=every, optimizer=opt))
+        return contextlib.nullcontext
 
     return setup
 
 
 # The first case is the reference of the ratios.
 CASES = [
-    Case("plain", lambda model, opt, folder: contextlib.nullcontext),
-    Case("watch()", lambda model, opt, folder: lambda: watch(model)),
-    Case("watch(functions=True)", lambda model, opt, folder: lambda: watch(model, functions=True)),
-    Case("detect_anomaly()", lambda model, opt, folder: torch.autograd.detect_anomaly),
-    Case("monitor(head, every=1)", monitored(1)),
-    Case("monitor(head, every=10)", monitored(10)),
+    Case("plain", lambda model, opt, folder, stack: contextlib.nullcontext),
+    Case("watch()", lambda model, opt, folder, stack: lambda: watch(model)),
+    Case("watch(functions=True)", lambda model, opt, folder, stack: lambda: watch(model, functions=True)),
+    Case("detect_anomaly()", lambda model, opt, folder, stack: torch.autograd.detect_anomaly),
+    Case("monitor(head, every=1)", monitored(1), own_model=True),
+    Case("monitor(head, every=10)", monitored(10), own_model=True),
 ]
 
 
@@ -136,15 +135,19 @@ def measure(size, repeats, steps):
     vocab, d_model, heads, ff, layers, batch, seq = SIZES[size]
     torch.manual_seed(0)
     model = TinyTransformer(vocab, d_model, heads, ff, layers)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     tokens = torch.randint(0, vocab, (batch, seq))
     targets = torch.randint(0, vocab, (batch, seq))
-    step = make_step(model, opt, tokens, targets)
-    with tempfile.TemporaryDirectory() as folder:
-        blocks = {
-            c.variant: functools.partial(time_block, c.setup(model, opt, f"{folder}/{i}"), step, steps)
-            for i, c in enumerate(CASES)
-        }
+    shared = model, torch.optim.SGD(model.parameters(), lr=1e-3)
+    blocks = {}
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
+        for i, case in enumerate(CASES):
+            if case.own_model:
+                m = copy.deepcopy(model)
+                opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+            else:
+                m, opt = shared
+            factory = case.setup(m, opt, f"{folder}/{i}", stack)
+            blocks[case.variant] = functools.partial(time_block, factory, make_step(m, opt, tokens, targets), steps)
         seconds = medians(interleaved(blocks, repeats))
     setup = (
         f"{size}: {layers} x TransformerEncoderLayer(d_model={d_model}, nhead={heads}, dim_feedforward={ff}), "
@@ -177,7 +180,8 @@ def write(setups: list[str], rows: list[tuple], args: argparse.Namespace) -> Non
             "",
             (
                 "monitor(head, every=k): softmaxkit.torch.monitor on the output head, stepped by the optimizer, "
-                f"records every k-th step as JSON lines and TensorBoard scalars ({tensorboard_version()})."
+                f"records every k-th step as JSON lines and TensorBoard scalars ({tensorboard_version()}); "
+                "it is attached once for the whole measurement, to a copy of the model that only its rows train."
             ),
             "",
             *(f"- {s}" for s in setups),

@@ -153,8 +153,7 @@ def _figures(rows: torch.Tensor, target: torch.Tensor | None, ignore_index: int,
         return x if regular is None else torch.where(regular, x, fill)
 
     row_max = v.amax(-1)
-    e, total = float32_terms(v, row_max)
-    z = (v - row_max[:, None]).to(torch.float32)
+    z, e, total = float32_terms(v, row_max)
     # H = log(total) - sum(e z) / total; a -inf logit has e = 0 and adds nothing.
     ez = e * z if regular is None else torch.where(e > 0, e * z, 0.0)
     entropy = torch.log(total) - ez.sum(-1) / total

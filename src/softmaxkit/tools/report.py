@@ -355,7 +355,7 @@ def _float32_figures(rows, row_max, t, ignore):
     # x - max is formed in float64 and rounded once, which equals the float32
     # subtraction wherever the logits fit in float32 and cannot overflow where
     # they do not.
-    e, total = float32_terms(rows, row_max)
+    _, e, total = float32_terms(rows, row_max)
     n_collapsed = int(collapsed(total).sum())
     if t is None:
         return n_collapsed, None, None
@@ -365,21 +365,22 @@ def _float32_figures(rows, row_max, t, ignore):
     return n_collapsed, int(keep.sum()), zero
 
 
-def float32_terms(rows: Any, row_max: Any) -> tuple[Any, Any]:
-    """The float32 terms ``e = exp(float32(x - max))`` of each row and their float32 sums.
+def float32_terms(rows: Any, row_max: Any) -> tuple[Any, Any, Any]:
+    """The float32 shifted logits ``z = float32(x - max)``, their ``e = exp(z)`` and the float32 row sums of ``e``.
 
     Parameters
     ----------
     rows : array of shape (R, C)
-        Real logits (NumPy, torch or another array-API namespace), float32 or wider; ``x - max`` is formed in their dtype
-        and rounded once to float32, which is exactly the float32
-        subtraction for float32 logits.
+        Real logits (NumPy, torch or another array-API namespace), float32
+        or wider; ``x - max`` is formed in their dtype and rounded once to
+        float32, which is exactly the float32 subtraction for float32
+        logits.
     row_max : array of shape (R,)
         Each row's largest logit.
 
     Returns
     -------
-    e : float32 array of shape (R, C)
+    z, e : float32 arrays of shape (R, C)
     total : float32 array of shape (R,)
         ``sum(e)`` along the row, summed in float32 by the namespace's own
         reduction (NumPy's is pairwise).  Rows with NaN, ``+inf`` or no
@@ -388,13 +389,14 @@ def float32_terms(rows: Any, row_max: Any) -> tuple[Any, Any]:
     Examples
     --------
     >>> import numpy as np
-    >>> e, total = float32_terms(np.array([[0.0, -20.0], [0.0, -1.0]]), np.array([0.0, 0.0]))
+    >>> z, e, total = float32_terms(np.array([[0.0, -20.0], [0.0, -1.0]]), np.array([0.0, 0.0]))
     >>> total.tolist()
     [1.0, 1.3678793907165527]
     """
     xp = array_api_compat.array_namespace(rows)
-    e = xp.exp(xp.astype(rows - row_max[:, None], xp.float32))
-    return e, xp.sum(e, axis=-1, dtype=xp.float32)
+    z = xp.astype(rows - row_max[:, None], xp.float32, copy=False)
+    e = xp.exp(z)
+    return z, e, xp.sum(e, axis=-1, dtype=xp.float32)
 
 
 def collapsed(total: Any) -> Any:
@@ -450,4 +452,4 @@ def top2_margins(rows: Any) -> Any:
     # The largest value below the maximum, unless the maximum is there twice
     # (no argmax: on CPU torch's costs twenty times a max).
     below = xp.max(xp.where(is_top, -math.inf, rows), axis=-1)
-    return xp.where(xp.sum(xp.astype(is_top, xp.int32), axis=-1) > 1, 0.0, top1 - below)
+    return xp.where(xp.count_nonzero(is_top, axis=-1) > 1, 0.0, top1 - below)
