@@ -227,3 +227,140 @@ class TestUsage:
         with pytest.raises(SystemExit):
             main(["--help"])
         assert "check" in capsys.readouterr().out
+
+
+HAZARDS = np.array(
+    [[30.0, 0.0, 1.0], [1.0, 0.5, np.nan], [-np.inf, -np.inf, -np.inf], [100.0, 1.0, 2.0], [1.0, 2.0, 3.0]],
+    dtype=np.float32,
+)
+
+
+class TestFailOn:
+    @pytest.fixture
+    def clean(self, tmp_path):
+        path = tmp_path / "clean.npz"
+        np.savez(path, logits=np.array([[1.0, 0.5, 0.0], [0.0, 2.0, 1.0]], np.float32), targets=np.array([0, 1]))
+        return path
+
+    @pytest.mark.parametrize(
+        "logits, condition",
+        [
+            (np.array([[1.0, np.nan]], np.float32), "nan"),
+            (np.array([[1.0, np.inf]], np.float32), "overflow"),
+            (np.array([[100.0, 99.5]], np.float32), "overflow"),
+            (np.array([[30.0, 0.0]], np.float32), "collapse"),
+        ],
+    )
+    def test_each_condition_fails_only_when_listed(self, tmp_path, capsys, logits, condition):
+        path = tmp_path / "logits.npy"
+        np.save(path, logits)
+        others = [c for c in ("nan", "overflow", "collapse") if c != condition]
+        code, out, _ = run(capsys, path, "--fail-on", ",".join(others))
+        assert code == 0 and "check failed" not in out
+        code, out, _ = run(capsys, path, "--fail-on", condition)
+        assert code == 1
+        assert out.rstrip().endswith(f"check failed: {condition} found (--fail-on {condition})")
+        assert f"[fails: --fail-on {condition}]" in out
+
+    def test_zero_grad(self, tmp_path, capsys):
+        path = tmp_path / "batch.npz"
+        np.savez(path, logits=np.array([[20.0, 0.0], [1.0, 0.0]], np.float32), targets=np.array([0, 1]))
+        assert run(capsys, path, "--fail-on", "zero-grad")[0] == 1
+        np.savez(path, logits=np.array([[20.0, 0.0], [1.0, 0.0]], np.float32), targets=np.array([1, 1]))
+        assert run(capsys, path, "--fail-on", "zero-grad")[0] == 0  # a wrong confident row keeps its gradient
+
+    def test_zero_grad_without_targets_is_an_error(self, tmp_path, capsys):
+        path = tmp_path / "logits.npy"
+        np.save(path, LOGITS)
+        assert_one_line_error(*run(capsys, path, "--fail-on", "zero-grad"), "--fail-on zero-grad needs targets")
+
+    def test_clean_file_passes_everything(self, clean, capsys):
+        code, out, _ = run(capsys, clean, "--fail-on", "nan,overflow,collapse,zero-grad")
+        assert code == 0 and "found" not in out
+
+    def test_default_never_fails(self, tmp_path, capsys):
+        path = tmp_path / "batch.npz"
+        np.savez(path, logits=HAZARDS, targets=np.array([0, 1, 2, 0, 2]))
+        code, out, _ = run(capsys, path)
+        assert code == 0 and "[fails" not in out and "check failed" not in out
+
+    def test_every_finding_has_one_line_of_advice(self, tmp_path, capsys):
+        path = tmp_path / "batch.npz"
+        logits = np.concatenate([HAZARDS, np.array([[np.inf, 0.0, 0.0], [-200.0, -200.0, -201.0]], np.float32)])
+        np.savez(path, logits=logits, targets=np.array([0, 1, 2, 0, 2, 0, 0]))
+        code, out, _ = run(capsys, path)
+        lines = out.split("\n\n")[1].splitlines()
+        found, advice = lines[0::2], lines[1::2]
+        assert len(found) == len(advice) == 7  # NaN, +inf, overflow, underflow, masked, collapse, zero grad
+        assert all(line.startswith("found  ") for line in found)
+        assert all(line.startswith("  do   ") and "softmaxkit" in line for line in advice)
+        assert "use softmaxkit.torch.cross_entropy, which keeps the gradient of confident rows" in out
+        assert "softmaxkit.torch.watch" in advice[0]
+
+    def test_json(self, tmp_path, capsys):
+        path = tmp_path / "batch.npz"
+        np.savez(path, logits=HAZARDS, targets=np.array([0, 1, 2, 0, 2]))
+        code, out, _ = run(capsys, path, "--format", "json", "--fail-on", "collapse,nan")
+        report = json.loads(out)
+        assert code == 1 and report["failed"] == ["collapse", "nan"]
+        conditions = {f["condition"]: f["fails"] for f in report["findings"]}
+        assert conditions == {"nan": True, "overflow": False, None: False, "collapse": True, "zero-grad": False}
+        assert all(f["advice"] for f in report["findings"])
+
+    @pytest.mark.parametrize("text", ["nan,bogus", "", ",", "NaN"])
+    def test_unknown_condition_is_a_usage_error(self, capsys, text):
+        with pytest.raises(SystemExit) as exc:
+            main(["check", "x.npy", "--fail-on", text])
+        assert exc.value.code == 2
+        assert "--fail-on: expected a comma-separated list of nan, overflow, collapse, zero-grad" in capsys.readouterr().err
+
+
+class TestShift:
+    def lm_batch(self):
+        # Position t predicts token t + 1: the logits at (0, 1) are confident
+        # in class 3, which is the label at (0, 2).
+        logits = np.zeros((2, 4, 5), np.float32)
+        logits[0, 1, 3] = 40.0
+        labels = np.ones((2, 4), np.int64)
+        labels[0, 2] = 3
+        labels[:, 0] = -100  # the first label has no logits before it
+        return logits, labels
+
+    def test_pairs_logits_with_the_next_label(self, tmp_path, capsys):
+        logits, labels = self.lm_batch()
+        path = tmp_path / "lm.npz"
+        np.savez(path, logits=logits, labels=labels)
+        code, out, _ = run(capsys, path, "--shift", "--format", "json")
+        report = json.loads(out)
+        assert code == 0 and report["shape"] == [2, 3, 5]
+        assert (report["target_rows"], report["zero_grad_rows"]) == (6, 1)
+        code, out, _ = run(capsys, path, "--format", "json")
+        report = json.loads(out)
+        assert (report["target_rows"], report["zero_grad_rows"]) == (6, 0)  # unshifted: -100 rows left out
+        assert run(capsys, path, "--shift", "--fail-on", "zero-grad")[0] == 1
+
+    def test_class_axis_first(self, tmp_path, capsys):
+        logits, labels = self.lm_batch()
+        path = tmp_path / "lm.npz"
+        np.savez(path, logits=np.moveaxis(logits, -1, 1).copy(), labels=labels)  # (B, V, T): no
+        code, out, _ = run(capsys, path, "--shift", "--axis", "1", "--format", "json")
+        # With the classes on axis 1 the axis before them is the batch axis.
+        assert code == 0 and json.loads(out)["shape"] == [1, 5, 4]
+
+    def test_torch_file(self, tmp_path, capsys):
+        torch = pytest.importorskip("torch")
+        logits, labels = self.lm_batch()
+        path = tmp_path / "lm.pt"
+        torch.save({"logits": torch.from_numpy(logits), "labels": torch.from_numpy(labels)}, path)
+        code, out, _ = run(capsys, path, "--shift", "--format", "json")
+        assert code == 0 and json.loads(out)["zero_grad_rows"] == 1
+
+    def test_needs_targets(self, tmp_path, capsys):
+        path = tmp_path / "logits.npy"
+        np.save(path, np.zeros((2, 3, 4), np.float32))
+        assert_one_line_error(*run(capsys, path, "--shift"), "--shift pairs logits with the next position's targets")
+
+    def test_needs_a_sequence_axis(self, tmp_path, capsys):
+        path = tmp_path / "batch.npz"
+        np.savez(path, logits=LOGITS, targets=TARGETS)
+        assert_one_line_error(*run(capsys, path, "--shift", "--axis", "0"), "--shift needs a sequence axis before the class axis")
