@@ -8,7 +8,7 @@ import ast
 
 import pytest
 
-from softmaxkit.tools.lint import RULES
+from softmaxkit.tools.lint import RULES, lint_source
 from softmaxkit.tools.lint.checker import Checker
 from tests.tools.lint._lint_helpers import codes
 
@@ -61,7 +61,8 @@ def test_sigmoid_output_passed_to_binary_cross_entropy_in_a_helper():
 def test_parameter_is_the_join_of_the_call_sites():
     source = (
         "def bce(p, y):\n"
-        "    return F.binary_cross_entropy(p, y)\n"
+        "    loss = F.binary_cross_entropy(p, y)\n"
+        "    return loss\n"
         "a = bce(torch.sigmoid(z), y)\n"
         "b = bce(probabilities_from_elsewhere, y)\n"
     )
@@ -93,7 +94,8 @@ def test_method_parameters_are_bound_by_calls_on_self():
 def test_parameter_with_starred_call_is_unknown():
     source = (
         "def loss(p, t):\n"
-        "    return F.cross_entropy(p, t)\n"
+        "    value = F.cross_entropy(p, t)\n"
+        "    return value\n"
         "loss(*pair)\n"
         "loss(F.softmax(z, dim=1), t)\n"
     )
@@ -608,3 +610,68 @@ def test_where_with_keywords_and_a_top_k_condition_is_not_reported():
     )
     assert _codes(source) == []
     assert _codes(source.replace("logits < top[-1]", "banned")) == ["SMK106"]
+
+
+def test_one_line_wrapper_is_checked_where_it_is_called():
+    # PyTorch-GAN's softmax GAN: log(Z) with a helper log(x) = torch.log(x + 1e-8).
+    source = (
+        "def log(x):\n"
+        "    return torch.log(x + 1e-8)\n"
+        "def step(d_real, d_fake):\n"
+        "    Z = torch.sum(torch.exp(-d_real)) + torch.sum(torch.exp(-d_fake))\n"
+        "    d_loss = torch.sum(d_real) + log(Z)\n"
+        "    g_loss = torch.sum(d_fake) + log(Z)\n"
+        "    return d_loss, g_loss\n"
+    )
+    findings = lint_source(TORCH + source)
+    assert [(f.code, f.row - TORCH.count("\n")) for f in findings] == [("SMK103", 5), ("SMK103", 6)]
+    assert all(f.fix is None for f in findings)
+    assert _codes(source.replace("torch.sum(torch.exp(-d_fake))", "torch.sum(d_fake)").replace("+ torch.sum(d_real)", "")) == []
+
+
+def test_wrapped_bce_is_reported_at_each_call():
+    source = (
+        "def bce(p, y):\n"
+        "    return F.binary_cross_entropy(p, y)\n"
+        "a = bce(torch.sigmoid(z), y)\n"
+        "b = bce(probabilities_from_elsewhere, y)\n"
+    )
+    findings = lint_source(TORCH + source)
+    assert [(f.code, f.row - TORCH.count("\n")) for f in findings] == [("SMK204", 3)]
+
+
+def test_sequential_moved_to_a_device_keeps_its_output_kind():
+    source = (
+        "D = nn.Sequential(nn.Linear(4, 1), nn.Sigmoid())\n"
+        "D = D.to(device)\n"
+        "criterion = nn.BCELoss()\n"
+        "loss = criterion(D(images), labels)\n"
+    )
+    assert _codes(source) == ["SMK204"]
+    assert _codes(source.replace("nn.Sigmoid()", "nn.ReLU()")) == []
+
+
+def test_parameter_annotated_int_is_an_integer():
+    source = "def f(num_words: int, x: float):\n    return np.log(num_words + 1), np.log(x + 1)\n"
+    assert _codes(source) == ["SMK301"]
+
+
+def test_softmax_without_dim_of_a_vector_is_not_reported():
+    source = "scores = torch.zeros(n_step)\nfor i in range(n_step):\n    scores[i] = score(i)\np = F.softmax(scores)\n"
+    assert _codes(source) == []
+    assert _codes(source.replace("torch.zeros(n_step)", "torch.zeros(n_step, 4)")) == ["SMK104"]
+
+
+def test_binary_cross_entropy_written_out_per_element():
+    source = (
+        "def sigmoid(x):\n"
+        "    return 1 / (1 + np.exp(-x))\n"
+        "def error_formula(y, output):\n"
+        "    return - y*np.log(output) - (1 - y) * np.log(1-output)\n"
+        "out = sigmoid(np.dot(x, w))\n"
+        "err = error_formula(y, out)\n"
+    )
+    # Both: the per-element loss, and the log of the sigmoid with its own fix (logsigmoid).
+    assert _codes(source) == ["SMK203", "SMK303"]
+    assert _codes(source.replace("out = sigmoid(np.dot(x, w))", "out = np.dot(x, w)")) == []
+    assert _codes("d = np.log(p) - np.log(q)\n") == []

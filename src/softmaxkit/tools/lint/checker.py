@@ -8,7 +8,7 @@ from softmaxkit.tools.lint.rule import Finding, Fix, Rule
 from softmaxkit.tools.lint.semantic.model import SemanticModel
 from softmaxkit.tools.lint.semantic.ops import Op
 from softmaxkit.tools.lint.semantic.scopes import ClassInfo, FuncInfo, Scope, join
-from softmaxkit.tools.lint.semantic.tags import Modal
+from softmaxkit.tools.lint.semantic.tags import INTEGER, Modal
 from softmaxkit.tools.lint.source import Locator
 
 # Per node type, the fields that may hold nodes worth visiting: contexts
@@ -293,7 +293,9 @@ class Checker:
             if arg is not None:
                 name = arg.arg
                 tag = params.get(name)
-                scope.vars[name] = info.duck.get(name) if tag is None else tag
+                if tag is None:
+                    tag = info.duck.get(name) or _annotated(arg)
+                scope.vars[name] = tag
         if self_name is not None:
             scope.vars[self_name] = None
         semantic.scope = scope
@@ -407,6 +409,12 @@ def _merge(ends: list[dict[str, object]]) -> dict[str, object]:
             elif held is not tag:
                 merged[name] = join([held, tag])
     return merged
+
+
+def _annotated(arg: ast.arg) -> str | None:
+    """The kind a parameter's annotation promises: ``num_words: int`` is an integer."""
+    annotation = arg.annotation
+    return INTEGER if type(annotation) is ast.Name and annotation.id == "int" else None
 
 
 def _mode(test: ast.expr) -> tuple[str, object] | None:

@@ -159,8 +159,21 @@ def _terms(expr: ast.expr) -> list[ast.expr]:
 
 
 def is_manual_cross_entropy(node: ast.AST, ctx: Context) -> bool:
-    """``-log(p[i, y]).mean()``, ``-(y * log(p)).sum()``, ``sum(-y * log(p))`` and kin."""
+    """``-log(p[i, y]).mean()``, ``-(y * log(p)).sum()``, ``sum(-y * log(p))``, ``-y * log(p) - (1 - y) * log(1 - p)`` and kin."""
     kind = type(node)
+    if kind is ast.BinOp:
+        # Unreduced, per element: the outermost sum or difference of the terms.
+        if type(node.op) not in (ast.Add, ast.Sub):
+            return False
+        parent = ctx.parent(node)
+        if isinstance(parent, (ast.BinOp, ast.UnaryOp)) or (type(parent) is ast.Call and _is_reduction(parent, ctx)):
+            return False
+        terms = _terms(node)
+        negations = [t for t in terms if type(t) is ast.UnaryOp and type(t.op) is ast.USub]
+        logs = any(is_log_of_probability(t, ctx) for t in terms) or any(
+            is_log_of_probability(t.operand, ctx) for t in negations
+        )
+        return bool(negations) and logs
     if kind is ast.UnaryOp:
         if type(node.op) is not ast.USub:
             return False

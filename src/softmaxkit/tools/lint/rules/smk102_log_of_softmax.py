@@ -68,7 +68,7 @@ class LogOfSoftmax(Rule):
         fix = None
         inner = op.input
         inner_op = ctx.op(inner) if type(inner) is ast.Call else None
-        if inner_op is not None and inner_op.name == "softmax" and op.library != "math":
+        if inner_op is not None and inner_op.name == "softmax" and op.library != "math" and not op.wrapper:
             content = softmax_to_log_softmax(inner_op, ctx)
             if content is not None:
                 fix = ctx.fix("safe", "Use `log_softmax`", node, content)

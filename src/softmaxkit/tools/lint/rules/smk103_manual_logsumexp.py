@@ -81,7 +81,7 @@ class ManualLogSumExp(Rule):
         ctx.report(self, node, self._fix(node, op, ctx))
 
     def _fix(self, node: ast.Call, op, ctx: Context):
-        if op.library == "math" or type(op.input) is not ast.Call:
+        if op.library == "math" or op.wrapper or type(op.input) is not ast.Call:
             return None
         sum_op = ctx.op(op.input)
         if sum_op is None or sum_op.name != "sum" or type(sum_op.input) is not ast.Call:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 
 from softmaxkit.tools.lint.rule import Context, Rule
+from softmaxkit.tools.lint.semantic.tags import POSITIONS, VECTOR
 
 _IMPLICIT_DIM_FUNCTIONS = frozenset(
     {"torch.nn.functional.softmax", "torch.nn.functional.log_softmax", "torch.nn.functional.softmin"}
@@ -17,7 +18,8 @@ class SoftmaxImplicitDim(Rule):
     ## What it does
     Checks for `F.softmax`, `F.log_softmax` and `F.softmin` called without
     `dim`, and for `nn.Softmax()`, `nn.LogSoftmax()` and `nn.Softmin()`
-    created without `dim`.
+    created without `dim`. A call on an array known to have one axis
+    (`torch.zeros(n)`, `torch.arange(n)`) is not reported.
 
     This rule is a warning: for 2-D input the guessed axis is the class
     axis, so the code is wrong only for inputs of other ranks.
@@ -73,6 +75,9 @@ class SoftmaxImplicitDim(Rule):
             if op.method or op.qualname not in _IMPLICIT_DIM_FUNCTIONS:
                 return
             dim = op.arg(0, "dim")
+            if ctx.tag(op.input) in (VECTOR, POSITIONS):
+                # One axis: the guess (dim 0) is the only axis there is.
+                return
         elif ctx.imports.qualname(node.func) in _IMPLICIT_DIM_CLASSES:
             dim = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "dim"), None)
         else:

@@ -15,8 +15,10 @@ class ManualCrossEntropy(Rule):
     sigmoid output): `-torch.log(p[range(n), y]).mean()`,
     `-(y * np.log(p)).sum(axis=1).mean()`,
     `-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))`,
-    `np.sum(-y * np.log(p))`. Probabilities clipped or offset before the log
-    (`np.log(p + eps)`, `np.log(np.clip(p, eps, 1 - eps))`) are not reported.
+    `np.sum(-y * np.log(p))`, and per element,
+    `-y * np.log(p) - (1 - y) * np.log(1 - p)`. Probabilities clipped or
+    offset before the log (`np.log(p + eps)`,
+    `np.log(np.clip(p, eps, 1 - eps))`) are not reported.
 
     This rule is a warning: the loss is right until a probability
     underflows to 0 (or, for `log(1 - p)`, rounds to 1).
@@ -64,7 +66,7 @@ class ManualCrossEntropy(Rule):
     name = "manual-cross-entropy"
     message = "cross-entropy computed from probabilities gives `inf` when a probability underflows; compute it from logits (`cross_entropy`, `log_softmax`)"
     severity = "warning"
-    node_types = (ast.UnaryOp, ast.Call)
+    node_types = (ast.UnaryOp, ast.Call, ast.BinOp)
 
     def check(self, node: ast.AST, ctx: Context) -> None:
         if is_manual_cross_entropy(node, ctx):

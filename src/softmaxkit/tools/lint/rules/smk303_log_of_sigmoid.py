@@ -76,10 +76,12 @@ class LogOfSigmoid(Rule):
             return
         fix = None
         inner = ctx.op(op.input) if type(op.input) is ast.Call else None
-        if inner is not None and inner.name == "sigmoid" and op.library != "math":
+        if inner is not None and inner.name == "sigmoid" and op.library != "math" and not op.wrapper:
             logits = sole_argument(inner)
-            target = "torch.nn.functional.logsigmoid" if inner.method else _LOG_SIGMOID[inner.qualname]
-            callee = ctx.imports.spell(target) if inner.method else renamed_callee(inner, ctx, target)
+            target = "torch.nn.functional.logsigmoid" if inner.method else _LOG_SIGMOID.get(inner.qualname)
+            callee = None
+            if target is not None:
+                callee = ctx.imports.spell(target) if inner.method else renamed_callee(inner, ctx, target)
             if logits is not None and callee is not None:
                 fix = ctx.fix("safe", "Use `logsigmoid`", node, f"{callee}({ctx.text(logits)})")
         ctx.report(self, node, fix)

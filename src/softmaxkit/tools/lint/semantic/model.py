@@ -53,6 +53,7 @@ from softmaxkit.tools.lint.semantic.tags import (
     SUM_EXP_SHIFTED,
     TOPK,
     TOPK_MASK,
+    VECTOR,
     Bounded,
     Calls,
     Items,
@@ -109,6 +110,10 @@ _LITERAL_ARRAYS = frozenset({"torch.tensor", "torch.as_tensor", "numpy.array", "
 # Literal inputs below these bounds cannot saturate a float32 sigmoid or overflow (or wholly underflow) exp.
 _SIGMOID_SAFE = 15.0
 _EXP_SAFE = 80.0
+# Operations whose one-line wrappers (``def log(x): return torch.log(x + 1e-8)``) count as the operation.
+_WRAPPABLE = frozenset(
+    {"softmax", "log_softmax", "logsumexp", "sigmoid", "exp", "log", "cross_entropy", "nll_loss", "binary_cross_entropy", "kl_div"}
+)
 # Kinds that parameters carry from the calls of a function into its body.
 _CARRIED = frozenset(
     {PROB, LOGPROB, SIGMOID, EXP, EXP_SHIFTED, SUM_EXP, SUM_EXP_SHIFTED, MASKED, MASKED_PARTIAL, STRUCTURAL, TOPK, TOPK_MASK}
@@ -130,6 +135,7 @@ class SemanticModel:
     def __init__(self, tree: ast.Module, functions: dict[str, str] | None = None) -> None:
         self.imports = Imports(tree)
         self.functions = {**FUNCTIONS, **functions} if functions else FUNCTIONS
+        self.wrappers = _wrappers(tree, self.imports, self.functions)
         self.scope = Scope(None)
         self.module_final: Scope | None = None
         self.infos: dict[ast.AST, FuncInfo | ClassInfo] = {}
@@ -293,6 +299,9 @@ class SemanticModel:
     def _callee(self, func: ast.expr) -> FuncInfo | None:
         kind = type(func)
         if kind is ast.Name:
+            if func.id in self.wrappers:
+                # Its calls are the operation it wraps, checked where they are made.
+                return None
             target = self.scope.lookup(func.id)
         elif kind is ast.Attribute:
             scope = self.scope
@@ -504,6 +513,9 @@ class SemanticModel:
             # An additive causal mask: ``qk + mask[:n, :n]`` with ``mask = full(-inf).triu_(1)``.
             if STRUCTURAL in (lt, rt):
                 return MASKED_PARTIAL
+            if lt in (SUM_EXP, SUM_EXP_SHIFTED) and rt in (SUM_EXP, SUM_EXP_SHIFTED):
+                # A partition function summed in parts: ``exp(a).sum() + exp(b).sum()``.
+                return SUM_EXP if SUM_EXP in (lt, rt) else SUM_EXP_SHIFTED
             if lt in (SUM_EXP, SUM_EXP_SHIFTED) and type(right) is ast.Constant:
                 return lt
             if rt in (SUM_EXP, SUM_EXP_SHIFTED) and type(left) is ast.Constant:
@@ -573,6 +585,9 @@ class SemanticModel:
                 if func.attr in _SELF_RETURNING:
                     return base
                 return base.info.methods.get(func.attr)
+            # ``D = D.to(device)`` keeps an ``nn.Sequential(..., nn.Sigmoid())`` what it was.
+            if type(base) is Calls and func.attr in _SELF_RETURNING:
+                return base
         return None
 
     def _construct(self, kind: str, call: ast.Call) -> object:
@@ -654,6 +669,14 @@ class SemanticModel:
             return STRUCTURAL
         if name == "arange":
             return POSITIONS
+        if name == "vector":
+            # ``torch.zeros(n)``: one size argument, so one axis.
+            call = op.call
+            if len(call.args) == 1 and type(call.args[0]) not in (ast.Tuple, ast.List, ast.Starred) and not any(
+                k.arg in ("size", None) for k in call.keywords
+            ):
+                return VECTOR
+            return None
         if name == "integer":
             return INTEGER
         return None
@@ -673,7 +696,13 @@ class SemanticModel:
         ops = self.ops
         if call in ops:
             return ops[call]
-        result = ops[call] = resolve(call, self.imports, self.scope.self_name, self.functions)
+        result = resolve(call, self.imports, self.scope.self_name, self.functions)
+        func = call.func
+        if result is None and type(func) is ast.Name and func.id in self.wrappers:
+            args = call.args
+            if args and type(args[0]) is not ast.Starred:
+                result = Op(self.wrappers[func.id], call, False, "", args[0], args[1:])
+        ops[call] = result
         return result
 
     def is_shifted(self, expr: ast.expr) -> bool:
@@ -728,6 +757,37 @@ class SemanticModel:
             first = args[0] if args and type(args[0]) is not ast.Starred else keyword(call, ("input",))
             return callee.kind, first
         return None
+
+
+def _wrappers(tree: ast.Module, imports: Imports, functions: dict[str, str]) -> dict[str, str]:
+    """Module-level functions that only apply a known operation to their first parameter.
+
+    ``def log(x): return torch.log(x + 1e-8)`` maps ``"log"`` to ``"log"``:
+    a call ``log(z)`` is then checked as the logarithm of ``z``, where it is
+    made, rather than inside the function for all its callers at once.
+    """
+    wrappers = {}
+    for node in tree.body:
+        if type(node) is not ast.FunctionDef or not node.args.args:
+            continue
+        body = node.body
+        if len(body) > 1 and type(body[0]) is ast.Expr and type(body[0].value) is ast.Constant:
+            body = body[1:]
+        if len(body) != 1 or type(body[0]) is not ast.Return or type(body[0].value) is not ast.Call:
+            continue
+        op = resolve(body[0].value, imports, None, functions)
+        if op is None or op.name not in _WRAPPABLE:
+            continue
+        argument = op.input
+        if type(argument) is ast.BinOp and type(argument.op) is ast.Add:
+            # ``log(x + eps)``: the offset guards underflow, not overflow or NaN.
+            if type(argument.right) is ast.Constant:
+                argument = argument.left
+            elif type(argument.left) is ast.Constant:
+                argument = argument.right
+        if type(argument) is ast.Name and argument.id == node.args.args[0].arg:
+            wrappers[node.name] = op.name
+    return wrappers
 
 
 def _carries(tag: object) -> bool:

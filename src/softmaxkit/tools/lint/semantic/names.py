@@ -89,6 +89,7 @@ _add("topk", "torch.topk", "jax.lax.top_k")
 _add("tril", "torch.tril", "numpy.tril", "jax.numpy.tril")
 _add("triu", "torch.triu", "numpy.triu", "jax.numpy.triu")
 _add("arange", "torch.arange", "numpy.arange", "jax.numpy.arange")
+_add("vector", "torch.zeros", "torch.ones", "torch.empty", "torch.randn", "torch.rand")
 _add("concat", "torch.cat", "torch.concat", "torch.stack", "numpy.concatenate", "numpy.stack", "jax.numpy.concatenate", "jax.numpy.stack")
 # Functions whose result holds the kind of values of their first argument.
 _add(

@@ -12,6 +12,8 @@ class Op:
 
     ``input`` is the array operated on: the first argument of a function, the
     receiver of a method. ``rest`` holds the remaining positional arguments.
+    ``qualname`` is empty for a function of the file that wraps the
+    operation (see :attr:`wrapper`).
     """
 
     __slots__ = ("name", "call", "method", "qualname", "input", "rest")
@@ -28,6 +30,11 @@ class Op:
         if index < len(self.rest) and type(self.rest[index]) is not ast.Starred:
             return self.rest[index]
         return keyword(self.call, keywords)
+
+    @property
+    def wrapper(self) -> bool:
+        """Whether the call is to a function of the file that wraps the operation; fixes leave those alone."""
+        return self.qualname == ""
 
     @property
     def library(self) -> str | None:

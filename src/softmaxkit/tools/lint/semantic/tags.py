@@ -34,6 +34,8 @@ POSITIONS = "positions"
 # Differences of positions (``i - j``), which compared with anything give a
 # structural (causal or band) mask.
 OFFSETS = "offsets"
+# An array with one axis (``torch.zeros(n)``), whatever it holds.
+VECTOR = "vector"
 # Integer-valued: sizes, counts, lengths, loop indices, rounded values.
 INTEGER = "integer"
 
