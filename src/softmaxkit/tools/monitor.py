@@ -225,8 +225,8 @@ class Monitor:
         The JSON lines file.
     current_step : int
         The step the logits seen now are filed under (see :func:`monitor`).
-    records : list of dict
-        Every record written so far, as written.
+    last_record : dict or None
+        The latest record written, as written.
     loss : callable or torch.nn.Module or None
         The loss to call when a loss was given: the module itself (hooked), or
         a wrapper around a plain function that records its arguments.
@@ -238,7 +238,7 @@ class Monitor:
         self.dim = dim
         self.ignore_index = ignore_index
         self.current_step = 0
-        self.records: list[dict[str, Any]] = []
+        self.last_record: dict[str, Any] | None = None
         self._manual_steps = optimizer is not None
         self._calls = 0
         self._pending: _Step | None = None
@@ -247,6 +247,8 @@ class Monitor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.log_dir / RECORDS_FILE
         self._file = open(self.path, "a", encoding="utf-8")
+        # The file may hold an earlier run's records: this monitor's start here.
+        self._start = self._file.tell()
         self._writer = _summary_writer(self.log_dir) if tensorboard else None
         self._closed = False
         # Under torch.compile the hooks run eagerly, at a graph break, instead
@@ -278,6 +280,19 @@ class Monitor:
             raise TypeError(f"target must be a torch.Tensor or None; got {validate.describe(target)}")
         if self._begin():
             self._add(logits, target, self.dim, -100 if self.ignore_index is None else self.ignore_index)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The records this monitor has written, read back from its file.
+
+        Kept on disk, not in memory, so that a long run does not grow; NaN
+        and infinity come back as floats.
+        """
+        if not self._closed:
+            self._file.flush()
+        with open(self.path, encoding="utf-8") as f:
+            f.seek(self._start)
+            return [json.loads(line) for line in f if line.strip()]
 
     def step(self, value: int | None = None) -> int:
         """End the current step (its record is written) and advance by one, or go to ``value``.
@@ -329,7 +344,7 @@ class Monitor:
         if acc is None:
             return
         record = acc.record()
-        self.records.append(record)
+        self.last_record = record
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._writer is not None:

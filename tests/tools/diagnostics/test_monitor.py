@@ -308,6 +308,8 @@ class TestFiles:
         assert (first["step"], first["nan_count"], first["masked_rows"], first["regular_rows"]) == (0, 1, 1, 0)
         assert first["collapse_fraction"] is None and first["logit_max"] == 1.0
         assert second["step"] == 20
+        # each monitor reads back only its own records; the last one is kept in memory
+        assert [r["step"] for r in mon.records] == [20] and mon.last_record == second
 
     def test_close_is_idempotent_and_removes_the_hooks(self, tmp_path):
         head = nn.Linear(3, 4)
