@@ -202,14 +202,15 @@ def judged_keys(table: dict[str, dict[str, list[dict]]], verdict: str) -> dict[K
 
 
 def lint_json(paths: Iterable[Path]) -> tuple[list[dict], int, str]:
-    """The findings of ``softmaxkit lint --output-format json PATHS``, the exit status and the standard error.
+    """The findings of ``softmaxkit lint --output-format json --fail-on never PATHS``, the exit status and the standard error.
 
     Each file gets the configuration of the nearest ``pyproject.toml`` above it,
-    as in any run; the exit status depends on the findings and is not an error.
+    as in any run. The status is 1 only for a file that could not be parsed or
+    read (reported as a finding too), and 2 for a usage or configuration error.
     """
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = lint_main(["--output-format", "json", *map(str, paths)])
+        status = lint_main(["--output-format", "json", "--fail-on", "never", *map(str, paths)])
     text = out.getvalue()
     return (json.loads(text) if text.strip() else []), status, err.getvalue()
 
