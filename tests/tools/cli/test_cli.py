@@ -24,6 +24,34 @@ def test_demo_runs_and_shows_failure_and_exact_values(capsys):
     assert "Temperature" in out and "entropy" in out
 
 
+def test_demo_shows_torch_nan_beside_softmaxkit_torch(capsys):
+    pytest.importorskip("torch")
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    section = out.split("5. PyTorch")[1].split("6. Where next")[0]
+    assert re.search(r"^fully masked row.* +\[nan, nan, nan\] +\[0, 0, 0\]$", section, flags=re.M)
+    assert re.search(r"^every target ignored.* +nan +0$", section, flags=re.M)
+    assert re.search(r"^\+inf logit.* +\[nan, nan, nan\] +\[1, 0, 0\]$", section, flags=re.M)
+    # torch's target gradient of a confident float32 row is 0; softmaxkit's is exact
+    assert re.search(r"^confident row.* +\[0, 2\.0612e-09\] +\[-2\.0612e-09, 2\.0612e-09\]$", section, flags=re.M)
+
+
+def test_demo_without_torch(capsys, monkeypatch):
+    # The torch-free CI runs the demo: the NumPy sections still run.
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped: PyTorch is not installed" in out
+    assert "667.2748786602" in out and "6. Where next" in out
+
+
+def test_demo_ends_with_where_to_go_next(capsys):
+    assert main(["demo"]) == 0
+    tail = capsys.readouterr().out.split("6. Where next")[1]
+    for tool in ("softmaxkit check FILE", "softmaxkit.torch.watch(model)", "softmaxkit.torch.monitor(", "softmaxkit lint PATH"):
+        assert sum(line.lstrip().startswith(tool) for line in tail.splitlines()) == 1, tool
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])

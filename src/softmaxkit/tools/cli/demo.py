@@ -1,7 +1,10 @@
 """``softmaxkit demo``: the naive recipe fails, softmaxkit does not.
 
 The references are computed at run time with Python's ``decimal`` module at
-50 significant digits, so the demo needs nothing beyond NumPy.
+50 significant digits, so the demo needs nothing beyond NumPy.  When PyTorch
+is installed it also shows where ``torch.nn.functional`` gives NaN (or a
+zero gradient) and ``softmaxkit.torch`` gives the defined answer.  It ends
+with the diagnostic tools to try next.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ def register(subparsers) -> None:
         "demo",
         help="show naive softmax failing and softmaxkit's exact answers",
         description="Take a tutorial batch through the textbook recipe and through softmaxkit, "
-        "beside a 50-digit reference computed at run time.",
+        "beside a 50-digit reference computed at run time; with PyTorch installed, show where "
+        "torch.nn.functional gives NaN and softmaxkit.torch does not; then list the diagnostic tools.",
     )
     parser.set_defaults(func=run)
 
@@ -147,4 +151,65 @@ def run(args: argparse.Namespace) -> int:
         h = entropy(x[0] / T)
         print(f"  {T:<5g}{_row(pt)}{_fmt(h)}")
     print("Low T sharpens toward argmax, high T flattens toward uniform (entropy -> log 3 = 1.0986).")
+
+    _torch_section(5)
+    _next_steps(6)
     return 0
+
+
+def _torch_section(n: int) -> None:
+    """torch.nn.functional beside softmaxkit.torch where they differ, when torch is installed."""
+    text = "PyTorch: torch.nn.functional (F) beside softmaxkit.torch (smk)"
+    try:
+        import torch
+        import torch.nn.functional as F
+
+        import softmaxkit.torch as smk
+    except ImportError:
+        _heading(n, text)
+        print("skipped: PyTorch is not installed (pip install 'softmaxkit[torch]')")
+        return
+    _heading(n, text)
+    inf = math.inf
+    masked = torch.full((1, 3), -inf)
+    batch = torch.tensor([[2.0, 1.0, 0.1], [3.0, 2.0, 1.0]])
+    ignored = torch.tensor([-100, -100])
+    with_inf = torch.tensor([[inf, 0.0, 1.0]])
+
+    def confident_grad(loss_fn):
+        row = torch.tensor([[20.0, 0.0]], requires_grad=True)
+        loss_fn(row, torch.tensor([0])).backward()
+        return row.grad[0]
+
+    def show(t) -> str:
+        values = t.reshape(-1).tolist()
+        return f"[{', '.join(f'{v:.5g}' for v in values)}]" if len(values) > 1 else f"{values[0]:.5g}"
+
+    cases = [
+        ("fully masked row (all -inf), softmax", F.softmax(masked, -1), smk.softmax(masked, -1)),
+        ("every target ignored, cross_entropy", F.cross_entropy(batch, ignored), smk.cross_entropy(batch, ignored)),
+        ("+inf logit [inf, 0, 1], softmax", F.softmax(with_inf, -1), smk.softmax(with_inf, -1)),
+        (
+            "confident row [20, 0], target 0: gradient",
+            confident_grad(F.cross_entropy),
+            confident_grad(smk.cross_entropy),
+        ),
+    ]
+    print(f"{'case':<44}{'F':<18}smk")
+    for label, theirs, ours in cases:
+        print(f"{label:<44}{show(theirs):<18}{show(ours)}")
+    print("F's target gradient p_t - 1 rounds to 0 in float32 while the other class keeps 2.06e-09:")
+    print("the row stops learning.  smk's is the exact -2.06e-09, and the gradient sums to 0.")
+
+
+def _next_steps(n: int) -> None:
+    _heading(n, "Where next")
+    steps = [
+        ("softmaxkit check FILE", "saved logits: hazards, what to do, --fail-on for CI"),
+        ("softmaxkit.torch.watch(model)", "stops at the first NaN or inf; names the module where values grew"),
+        ("softmaxkit.torch.monitor(...)", "softmax health over training; softmaxkit report RUN_DIR"),
+        ("softmaxkit lint PATH", "softmax, log and cross-entropy hazards in source code"),
+    ]
+    for command, what in steps:
+        print(f"  {command:<31} {what}")
+    print("Documentation: docs/diagnostics.md, docs/monitor.md and docs/lint.md.")
