@@ -621,12 +621,14 @@ def test_one_line_wrapper_is_checked_where_it_is_called():
         "    Z = torch.sum(torch.exp(-d_real)) + torch.sum(torch.exp(-d_fake))\n"
         "    d_loss = torch.sum(d_real) + log(Z)\n"
         "    g_loss = torch.sum(d_fake) + log(Z)\n"
-        "    return d_loss, g_loss\n"
+        "    h = log(torch.sum(torch.exp(d_real), dim=1))\n"
+        "    return d_loss, g_loss, h\n"
     )
     findings = lint_source(TORCH + source)
-    assert [(f.code, f.row - TORCH.count("\n")) for f in findings] == [("SMK103", 5), ("SMK103", 6)]
+    assert [(f.code, f.row - TORCH.count("\n")) for f in findings] == [("SMK103", 5), ("SMK103", 6), ("SMK103", 7)]
     assert all(f.fix is None for f in findings)
-    assert _codes(source.replace("torch.sum(torch.exp(-d_fake))", "torch.sum(d_fake)").replace("+ torch.sum(d_real)", "")) == []
+    stable = source.replace("torch.sum(torch.exp(-d_fake))", "torch.sum(d_fake)").replace("torch.exp(d_real)", "d_real")
+    assert _codes(stable.replace("torch.sum(torch.exp(-d_real))", "torch.sum(d_real)")) == []
 
 
 def test_wrapped_bce_is_reported_at_each_call():
@@ -675,3 +677,14 @@ def test_binary_cross_entropy_written_out_per_element():
     assert _codes(source) == ["SMK203", "SMK303"]
     assert _codes(source.replace("out = sigmoid(np.dot(x, w))", "out = np.dot(x, w)")) == []
     assert _codes("d = np.log(p) - np.log(q)\n") == []
+
+
+def test_long_chains_are_followed_without_recursing():
+    # Each of these once overflowed the analysis ("too deeply nested to analyse").
+    unary = "y = " + "-" * 900 + "torch.exp(x)\n"
+    conditional = "y = " + "a if c else " * 900 + "b\n"
+    elifs = "if a == 0:\n    p = F.softmax(z, 1)\n" + "".join(f"elif a == {i}:\n    p = F.softmax(z, 1)\n" for i in range(1, 1500))
+    elifs += "else:\n    p = F.softmax(z, 0)\nloss = F.cross_entropy(p, t)\n"
+    assert _codes(unary) == []
+    assert _codes(conditional) == []
+    assert _codes(elifs) == ["SMK201"]

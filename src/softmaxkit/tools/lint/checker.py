@@ -224,33 +224,44 @@ class Checker:
         scope.vars = _merge(ends) if ends else start
 
     def _if(self, node: ast.If) -> None:
-        """Both branches, merged; a test of a mode (``if cfg.mode == "mean":``) makes the values that differ mode-dependent."""
-        mode = _mode(node.test)
-        if mode is None:
-            self._branches([node.body, node.orelse])
-            return
+        """An ``if``/``elif``/``else`` chain: each branch from the same names, merged where they meet.
+
+        A branch under a test of a mode (``if cfg.mode == "mean":``) makes the
+        names whose kinds differ between branches mode-dependent. The chain
+        is walked as a list, however many ``elif`` it has.
+        """
         semantic = self.semantic
         scope = semantic.scope
         start = scope.vars
         outer_modes = semantic.modes
-        scope.vars = dict(start)
-        semantic.modes = {**outer_modes, mode[0]: mode[1]}
-        self._block(node.body)
-        body = None if _ends(node.body) else scope.vars
-        semantic.modes = outer_modes
-        scope.vars = dict(start)
-        self._block(node.orelse)
-        orelse = None if _ends(node.orelse) else scope.vars
-        if body is None or orelse is None:
-            scope.vars = body if orelse is None and body is not None else orelse if orelse is not None else start
-            return
-        merged = {}
-        for name in body.keys() | orelse.keys():
-            if name not in body or name not in orelse:
-                merged[name] = body.get(name, orelse.get(name))
+        ends: list[tuple[tuple[str, object] | None, dict]] = []
+        link = node
+        while True:
+            scope.vars = dict(start)
+            if link is not node:
+                self._dispatch(link.test, link)
+            mode = _mode(link.test)
+            if mode is not None:
+                semantic.modes = {**outer_modes, mode[0]: mode[1]}
+            self._block(link.body)
+            semantic.modes = outer_modes
+            if not _ends(link.body):
+                ends.append((mode, scope.vars))
+            orelse = link.orelse
+            if len(orelse) == 1 and type(orelse[0]) is ast.If:
+                link = orelse[0]
                 continue
-            merged[name] = _mode_join(mode, body[name], orelse[name])
-        scope.vars = merged
+            scope.vars = dict(start)
+            self._block(orelse)
+            if not _ends(orelse):
+                ends.append((None, scope.vars))
+            break
+        if not ends:
+            scope.vars = start
+        elif all(mode is None for mode, _ in ends):
+            scope.vars = _merge([names for _, names in ends])
+        else:
+            scope.vars = _merge_modes(ends)
 
     def _try(self, node: ast.Try) -> None:
         """The body, then each handler from any point of the body, then ``else``; ``finally`` after their join."""
@@ -388,12 +399,31 @@ class Checker:
 
 def _ends(block: list[ast.stmt]) -> bool:
     """Whether control never leaves ``block`` at its end (it returns, raises, breaks or continues)."""
-    if not block:
-        return False
-    last = block[-1]
-    if type(last) in _ENDS_BLOCK:
-        return True
-    return type(last) is ast.If and _ends(last.body) and _ends(last.orelse)
+    while block:
+        last = block[-1]
+        if type(last) in _ENDS_BLOCK:
+            return True
+        if type(last) is not ast.If or not _ends(last.body):
+            return False
+        # An ``elif`` chain nests in ``orelse``: follow it without recursing.
+        block = last.orelse
+    return False
+
+
+def _merge_modes(ends: list[tuple[tuple[str, object] | None, dict[str, object]]]) -> dict[str, object]:
+    """The names after an ``if`` chain with mode tests: a kind per mode where the branches disagree."""
+    merged = {}
+    for name in {name for _, names in ends for name in names}:
+        reached = [(mode, names[name]) for mode, names in ends if name in names]
+        tags = [tag for _, tag in reached]
+        joined = join(tags)
+        if joined is not None or all(tag is None for tag in tags):
+            merged[name] = joined
+            continue
+        cases = {mode: tag for mode, tag in reached if mode is not None}
+        default = join([tag for mode, tag in reached if mode is None])
+        merged[name] = Modal(cases, default) if cases else None
+    return merged
 
 
 def _merge(ends: list[dict[str, object]]) -> dict[str, object]:
@@ -429,17 +459,6 @@ def _mode(test: ast.expr) -> tuple[str, object] | None:
     if type(subject) is ast.Name:
         return subject.id, constant.value
     return None
-
-
-def _mode_join(mode: tuple[str, object], body: object, orelse: object) -> object:
-    """The kind after ``if <mode>: ... else: ...`` of a name that holds ``body`` in the first branch, ``orelse`` in the second."""
-    joined = join([body, orelse])
-    if joined is not None or (body is None and orelse is None):
-        return joined
-    if type(orelse) is Modal and mode[0] in {name for name, _ in orelse.cases}:
-        # An ``elif`` chain over the same mode.
-        return Modal({mode: body, **orelse.cases}, orelse.default)
-    return Modal({mode: body}, orelse)
 
 
 def _join_returns(returns: list[object]) -> object:

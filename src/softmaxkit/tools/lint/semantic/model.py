@@ -66,7 +66,7 @@ _INF_NAMES = frozenset(
 )
 _SELF_RETURNING = frozenset({"eval", "train", "to", "cuda", "cpu", "float", "double", "half", "requires_grad_"})
 # Expressions whose tag depends on one of their operands'.
-_LINKS = (ast.BinOp, ast.Call, ast.Attribute, ast.Subscript, ast.NamedExpr)
+_LINKS = (ast.BinOp, ast.Call, ast.Attribute, ast.Subscript, ast.NamedExpr, ast.UnaryOp, ast.IfExp)
 # Methods whose result is an integer, or a tensor of integers.
 _INTEGER_METHODS = frozenset({"size", "numel", "dim", "long", "int", "__len__", "bit_length"})
 _INTEGER_ATTRIBUTES = frozenset({"shape", "ndim", "size"})
@@ -849,6 +849,10 @@ def _inner(expr: ast.expr) -> ast.expr | None:
         return expr.func
     if kind is ast.Attribute or kind is ast.Subscript or kind is ast.NamedExpr:
         return expr.value
+    if kind is ast.UnaryOp:
+        return expr.operand
+    if kind is ast.IfExp:
+        return expr.orelse
     return None
 
 
