@@ -688,3 +688,21 @@ def test_long_chains_are_followed_without_recursing():
     assert _codes(unary) == []
     assert _codes(conditional) == []
     assert _codes(elifs) == ["SMK201"]
+
+
+def test_softmax_module_without_dim_applied_only_to_matrices_is_not_reported():
+    # PyTorch-GAN's auxiliary classifier: flattened features, nn.Linear, nn.Softmax().
+    source = (
+        "class D(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.aux = nn.Sequential(nn.Linear(64, 10), nn.Softmax())\n"
+        "    def forward(self, img):\n"
+        "        out = self.conv(img)\n"
+        "        out = out.view(out.shape[0], -1)\n"
+        "        return self.aux(out)\n"
+    )
+    assert _codes(source) == []
+    assert _codes(source.replace("out.view(out.shape[0], -1)", "out.view(out.shape[0], 4, -1)")) == ["SMK104"]
+    assert _codes(source.replace("        return self.aux(out)\n", "        return out\n")) == ["SMK104"]
+    assert _codes(source.replace("out.view(out.shape[0], -1)", "out.flatten(1)")) == []

@@ -56,6 +56,7 @@ class Checker:
             for node_type in rule.node_types:
                 self.by_type.setdefault(node_type, []).append(rule)
         self.findings: list[Finding] = []
+        self.file_states: dict[Rule, dict] = {}
         self.parents: dict[ast.AST, ast.AST] = {}
         self.reporting = False
 
@@ -68,8 +69,11 @@ class Checker:
             semantic.module_final = Scope(None)
             semantic.module_final.vars = dict(semantic.scope.vars)
             self.findings = []
+            self.file_states = {}
             semantic.learn_classes()
             self._module_pass()
+            for rule, state in self.file_states.items():
+                rule.end_file(self, state)
             calls_changed = semantic.settle_calls()
             if not calls_changed and self._facts() == before:
                 break
@@ -107,6 +111,9 @@ class Checker:
 
     def state(self, rule: Rule) -> dict:
         return self.semantic.scope.state.setdefault(rule, {})
+
+    def file_state(self, rule: Rule) -> dict:
+        return self.file_states.setdefault(rule, {})
 
     def text(self, node: ast.AST) -> str:
         return self.locator.text(node)

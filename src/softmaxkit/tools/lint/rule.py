@@ -77,6 +77,9 @@ class Context(Protocol):
     def state(self, rule: Rule) -> dict:
         """Per-scope storage for a rule that decides at the end of the scope."""
 
+    def file_state(self, rule: Rule) -> dict:
+        """Per-file storage for a rule that decides at the end of the file."""
+
     def text(self, node: ast.AST) -> str:
         """The source of ``node``."""
 
@@ -115,6 +118,9 @@ class Rule:
 
     def end_scope(self, ctx: Context, state: dict) -> None:
         """Called when a scope that has ``state`` for this rule ends."""
+
+    def end_file(self, ctx: Context, state: dict) -> None:
+        """Called at the end of the file when this rule has ``file_state``."""
 
     @classmethod
     def explanation(cls) -> str:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import ast
 
 from softmaxkit.tools.lint.rule import Context, Rule
-from softmaxkit.tools.lint.semantic.tags import POSITIONS, VECTOR
+from softmaxkit.tools.lint.semantic.tags import MATRIX, POSITIONS, VECTOR, Calls
 
 _IMPLICIT_DIM_FUNCTIONS = frozenset(
     {"torch.nn.functional.softmax", "torch.nn.functional.log_softmax", "torch.nn.functional.softmin"}
 )
 _IMPLICIT_DIM_CLASSES = frozenset({"torch.nn.Softmax", "torch.nn.LogSoftmax", "torch.nn.Softmin"})
+# Arrays of one or two axes, for which the guess (dim 0 for 1-D, 1 for 2-D) is the last axis.
+_KNOWN_RANKS = (VECTOR, MATRIX, POSITIONS)
 
 
 class SoftmaxImplicitDim(Rule):
@@ -18,8 +20,11 @@ class SoftmaxImplicitDim(Rule):
     ## What it does
     Checks for `F.softmax`, `F.log_softmax` and `F.softmin` called without
     `dim`, and for `nn.Softmax()`, `nn.LogSoftmax()` and `nn.Softmin()`
-    created without `dim`. A call on an array known to have one axis
-    (`torch.zeros(n)`, `torch.arange(n)`) is not reported.
+    created without `dim`. A call on an array known to have one or two
+    axes (`torch.zeros(n)`, `torch.arange(n)`, `x.view(n, -1)`,
+    `x.flatten(1)`) is not reported, and neither is a module that every
+    application in the file gives such an array (directly or through an
+    `nn.Sequential` of which it is the last layer).
 
     This rule is a warning: for 2-D input the guessed axis is the class
     axis, so the code is wrong only for inputs of other ranks.
@@ -68,6 +73,7 @@ class SoftmaxImplicitDim(Rule):
     node_types = (ast.Call,)
 
     def check(self, node: ast.Call, ctx: Context) -> None:
+        self._note_application(node, ctx)
         if any(k.arg is None for k in node.keywords) or any(type(a) is ast.Starred for a in node.args):
             return
         op = ctx.op(node)
@@ -75,12 +81,28 @@ class SoftmaxImplicitDim(Rule):
             if op.method or op.qualname not in _IMPLICIT_DIM_FUNCTIONS:
                 return
             dim = op.arg(0, "dim")
-            if ctx.tag(op.input) in (VECTOR, POSITIONS):
-                # One axis: the guess (dim 0) is the only axis there is.
+            if ctx.tag(op.input) in _KNOWN_RANKS:
                 return
-        elif ctx.imports.qualname(node.func) in _IMPLICIT_DIM_CLASSES:
-            dim = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "dim"), None)
-        else:
+            if dim is None or (type(dim) is ast.Constant and dim.value is None):
+                ctx.report(self, node)
             return
+        if ctx.imports.qualname(node.func) not in _IMPLICIT_DIM_CLASSES:
+            return
+        dim = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "dim"), None)
         if dim is None or (type(dim) is ast.Constant and dim.value is None):
-            ctx.report(self, node)
+            # Decided at the end of the file, once the module's applications are known.
+            ctx.file_state(self).setdefault("modules", {})[node] = []
+
+    def _note_application(self, node: ast.Call, ctx: Context) -> None:
+        """Records whether a call applies a pending module to an array of known rank."""
+        modules = ctx.file_state(self).get("modules")
+        if not modules or not node.args:
+            return
+        callee = ctx.tag(node.func)
+        if type(callee) is Calls and callee.origin in modules:
+            modules[callee.origin].append(ctx.tag(node.args[0]) in _KNOWN_RANKS)
+
+    def end_file(self, ctx: Context, state: dict) -> None:
+        for node, known in state.get("modules", {}).items():
+            if not known or not all(known):
+                ctx.report(self, node)

@@ -54,6 +54,7 @@ from softmaxkit.tools.lint.semantic.tags import (
     TOPK,
     TOPK_MASK,
     VECTOR,
+    MATRIX,
     Bounded,
     Calls,
     Items,
@@ -572,6 +573,8 @@ class SemanticModel:
                 base = self.tag(func.value)
                 if type(base) in (str, Instance, Bounded):
                     return base
+                if base is None:
+                    return _rank_of(attr, call)
             elif attr == "div" and call.args and self.tag(func.value) == SHIFTED:
                 return SHIFTED
             elif attr in _INTEGER_METHODS or (attr == "astype" and call.args and names_integer_type(call.args[0])):
@@ -592,9 +595,9 @@ class SemanticModel:
 
     def _construct(self, kind: str, call: ast.Call) -> object:
         if kind == "softmax":
-            return Calls(PROB)
+            return Calls(PROB, call)
         if kind == "log_softmax":
-            return Calls(LOGPROB)
+            return Calls(LOGPROB, call)
         if kind == "sigmoid":
             return Calls(SIGMOID)
         if kind == "sequential":
@@ -757,6 +760,18 @@ class SemanticModel:
             first = args[0] if args and type(args[0]) is not ast.Starred else keyword(call, ("input",))
             return callee.kind, first
         return None
+
+
+def _rank_of(method: str, call: ast.Call) -> str | None:
+    """``MATRIX`` for ``x.view(n, -1)``, ``x.reshape(n, m)`` and ``x.flatten(1)``: arrays known to have two axes."""
+    args = call.args
+    if call.keywords or any(type(a) is ast.Starred for a in args):
+        return None
+    if method in ("view", "reshape") and len(args) == 2:
+        return MATRIX
+    if method == "flatten" and len(args) == 1 and type(args[0]) is ast.Constant and args[0].value == 1:
+        return MATRIX
+    return None
 
 
 def _wrappers(tree: ast.Module, imports: Imports, functions: dict[str, str]) -> dict[str, str]:

@@ -34,8 +34,9 @@ POSITIONS = "positions"
 # Differences of positions (``i - j``), which compared with anything give a
 # structural (causal or band) mask.
 OFFSETS = "offsets"
-# An array with one axis (``torch.zeros(n)``), whatever it holds.
+# An array with one axis (``torch.zeros(n)``), or two (``x.view(n, -1)``), whatever it holds.
 VECTOR = "vector"
+MATRIX = "matrix"
 # Integer-valued: sizes, counts, lengths, loop indices, rounded values.
 INTEGER = "integer"
 
@@ -124,12 +125,17 @@ class Modal:
 
 
 class Calls:
-    """A callable object whose calls return values of kind ``result``."""
+    """A callable object whose calls return values of kind ``result``.
 
-    __slots__ = ("result",)
+    ``origin`` is the call that built it (``nn.Softmax()``), where known; it
+    does not take part in comparisons.
+    """
 
-    def __init__(self, result: object) -> None:
+    __slots__ = ("result", "origin")
+
+    def __init__(self, result: object, origin: object = None) -> None:
         self.result = result
+        self.origin = origin
 
     def __eq__(self, other: object) -> bool:
         return type(other) is Calls and other.result == self.result
