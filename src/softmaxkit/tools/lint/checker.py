@@ -378,13 +378,14 @@ class Checker:
             return
         by_type = self.by_type
         parents = self.parents
+        call_site = self.semantic.call_site
         parents[expr] = parent
         stack = [expr]
         while stack:
             node = stack.pop()
             kind = type(node)
             if kind is ast.Call:
-                self.semantic.call_site(node)
+                call_site(node)
             rules = by_type.get(kind)
             if rules:
                 for rule in rules:

@@ -170,10 +170,11 @@ def is_manual_cross_entropy(node: ast.AST, ctx: Context) -> bool:
             return False
         terms = _terms(node)
         negations = [t for t in terms if type(t) is ast.UnaryOp and type(t.op) is ast.USub]
-        logs = any(is_log_of_probability(t, ctx) for t in terms) or any(
+        if not negations:
+            return False
+        return any(is_log_of_probability(t, ctx) for t in terms) or any(
             is_log_of_probability(t.operand, ctx) for t in negations
         )
-        return bool(negations) and logs
     if kind is ast.UnaryOp:
         if type(node.op) is not ast.USub:
             return False

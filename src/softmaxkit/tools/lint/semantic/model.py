@@ -277,7 +277,7 @@ class SemanticModel:
     def call_site(self, call: ast.Call) -> None:
         """Records what ``call`` passes to the parameters of a function of the file, if it calls one."""
         func = call.func
-        if self.function is not None and type(func) is ast.Attribute and type(func.value) is ast.Name:
+        if self.unique_methods and self.function is not None and type(func) is ast.Attribute and type(func.value) is ast.Name:
             self.function.method_calls.setdefault(func.value.id, set()).add(func.attr)
         info = self._callee(func)
         if info is None:
