@@ -26,7 +26,9 @@ class ManualLogSumExp(Rule):
     ## What it does
     Checks for `log(sum(exp(x)))` written out, in NumPy, PyTorch and JAX
     spellings, as functions or methods (`x.exp().sum(-1).log()`), also when
-    the sum is kept in a variable. The stable spelling
+    the sum is kept in a variable, weighted (`sum(w * exp(x))`), added to
+    another such sum or to a constant, or handed to a one-line helper such
+    as `def log(x): return torch.log(x + 1e-8)`. The stable spelling
     `m + log(sum(exp(x - m)))` with `m = max(x)` is not reported.
 
     This rule is a warning: the value is right as long as no element

@@ -14,9 +14,13 @@ class SoftmaxBeforeCrossEntropy(Rule):
     ## What it does
     Checks for probabilities (softmax output) given as the input of
     `F.cross_entropy`, of an `nn.CrossEntropyLoss` instance, or of
-    `nn.CrossEntropyLoss()(...)`: directly, through variables, through an
-    `nn.Sequential` that ends in `nn.Softmax`, and through a module of the
-    same file whose `forward` returns softmax output.
+    `nn.CrossEntropyLoss()(...)` (and of `optax.softmax_cross_entropy`):
+    directly, through variables, reshapes and concatenation, through an
+    `nn.Sequential` that ends in `nn.Softmax`, through a module of the same
+    file whose `forward` returns softmax output (also when it does so in one
+    mode, `if self.mode == "argmax":`, and the loss is computed under the
+    same test), and through the parameters of functions of the file that
+    every call passes such output.
 
     This rule is an error: the loss is wrong for every input.
 

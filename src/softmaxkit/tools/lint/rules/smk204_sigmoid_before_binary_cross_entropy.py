@@ -14,7 +14,11 @@ class SigmoidBeforeBinaryCrossEntropy(Rule):
     ## What it does
     Checks for sigmoid output given as the input of
     `F.binary_cross_entropy` or of an `nn.BCELoss` instance, directly or
-    through variables and modules of the same file.
+    through variables, modules (an `nn.Sequential` ending in `nn.Sigmoid`, a
+    `forward` or a method that returns sigmoid output, also inside a tuple)
+    and function parameters of the same file. Sigmoid of arrays built from
+    small literals (`torch.tensor([1.1]) * 2.2`), which cannot saturate, is
+    not reported.
 
     This rule is a warning: the loss is right, if less accurate, while
     every logit stays within about ±17 (float32).
