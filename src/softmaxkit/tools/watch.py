@@ -15,9 +15,11 @@ Three kinds of hook watch a model:
   also hooks each function's autograd node, so a NaN made by the backward of
   ``torch.sqrt`` is named as such.
 
-A check is one ``aminmax`` per tensor: the larger of ``-min`` and ``max`` is
-finite exactly when every element is (NaN propagates through both), and it
-is also the tensor's abs-max.  The abs-max of each module's outputs is kept
+A check of a module's output or a parameter's gradient is one ``aminmax``:
+the larger of ``-min`` and ``max`` is finite exactly when every element is
+(NaN propagates through both), and it is also the tensor's abs-max.  Other
+gradients are checked with one ``sum`` (a finite sum proves every element
+finite; a non-finite one, which may only have overflowed, is confirmed).  The abs-max of each module's outputs is kept
 for the last few steps (a ring buffer of one float per module and step), so
 that a report can name the module where values started to grow, not only
 the one where they overflowed.  While watching, a post-hook on every
@@ -338,22 +340,44 @@ def _abs_max(t: torch.Tensor) -> float:
     One ``aminmax``, which propagates NaN, so the finite check and the
     figure the trail keeps are the same reduction.
     """
-    t = t.detach()
-    if t.numel() == 0:
+    if not t.numel():
         return 0.0
     if t.element_size() == 1:
         t = t.float()  # aminmax has no float8 kernels
-    lo, hi = torch.aminmax(t)
-    if t.device.type == "cpu":
-        lo, hi = lo.item(), hi.item()
-    else:
-        lo, hi = torch.stack((lo, hi)).tolist()  # one synchronisation, not two
-    return math.nan if math.isnan(hi) else max(-lo, hi)
+    lo, hi = torch.aminmax(t.detach())
+    if t.is_cpu:
+        hi = hi.item()
+        return hi if hi != hi else max(-lo.item(), hi)  # hi != hi: NaN
+    lo, hi = torch.stack((lo, hi)).tolist()  # one synchronisation, not two
+    return hi if hi != hi else max(-lo, hi)
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """True only if every element of every tensor is finite; False may be an overflow, to be confirmed.
+
+    One ``sum`` per tensor and one synchronisation per device: a finite
+    total of the sums proves every sum, hence every element, finite.
+    """
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t.detach().sum(dtype=torch.float32) if t.element_size() == 1 else t.detach().sum())
+    return all(math.isfinite(torch.stack([s.float() for s in sums]).sum().item()) for sums in by_device.values())
+
+
+def _is_finite(t: torch.Tensor) -> bool:
+    """Whether every element is finite, for a tensor whose abs-max is not kept.
+
+    A ``sum`` is cheaper than ``aminmax`` on large tensors; a finite sum
+    proves every element finite, and a non-finite one, which may only have
+    overflowed, is confirmed exactly.
+    """
+    t = t.detach()
+    return math.isfinite(t.sum().item()) or bool(torch.isfinite(t).all())
 
 
 def _first_bad(named: list[tuple[str, torch.Tensor]]) -> tuple[str, torch.Tensor] | None:
     for name, t in named:
-        if _checkable(t) and not math.isfinite(_abs_max(t)):
+        if _checkable(t) and not _is_finite(t):
             return name, t
     return None
 
@@ -659,10 +683,14 @@ class Watch:
             if not self._active or not _checkable(grad):
                 return
             with _mode_off():
-                value = _abs_max(grad)
-                if parameter is not None:
+                # Only a parameter's gradient has its abs-max kept.
+                if parameter is None:
+                    finite = _is_finite(grad)
+                else:
+                    value = _abs_max(grad)
                     self._step_trail().add("grads", parameter, value)
-                if not math.isfinite(value):
+                    finite = math.isfinite(value)
+                if not finite:
                     self._report("backward", path, mod, None, what, grad, [], [(what, grad)])
 
         return grad_hook
@@ -694,19 +722,20 @@ class Watch:
         if not self._active:
             return
         with _mode_off():
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    owner = self._params.get(id(p))
-                    if owner is None or math.isfinite(_abs_max(p)):
-                        continue
-                    path, mod, name = owner
-                    what = f"{type(optimizer).__name__}.step"
-                    lr = group.get("lr")
-                    if isinstance(lr, (int, float, torch.Tensor)):
-                        what += f", lr={float(lr):.3g}"
-                    grads = [] if p.grad is None else [(f"grad of {name}", p.grad)]
-                    self._report("optimizer", path, mod, what, f"parameter {name}", p, grads, [(name, p)])
-                    return
+            watched = [(group, p) for group in optimizer.param_groups for p in group["params"] if id(p) in self._params]
+            if not watched or _all_finite([p for _, p in watched]):
+                return
+            for group, p in watched:
+                if math.isfinite(_abs_max(p)):
+                    continue
+                path, mod, name = self._params[id(p)]
+                what = f"{type(optimizer).__name__}.step"
+                lr = group.get("lr")
+                if isinstance(lr, (int, float, torch.Tensor)):
+                    what += f", lr={float(lr):.3g}"
+                grads = [] if p.grad is None else [(f"grad of {name}", p.grad)]
+                self._report("optimizer", path, mod, what, f"parameter {name}", p, grads, [(name, p)])
+                return
 
     # --- reporting ----------------------------------------------------------
 
