@@ -39,7 +39,10 @@ from typing import Any, Callable
 
 try:
     import torch
-    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+    from torch.optim.optimizer import (
+        register_optimizer_step_post_hook,
+        register_optimizer_step_pre_hook,
+    )
     from torch.overrides import TorchFunctionMode
 except ImportError:
     raise ImportError("softmaxkit.torch needs PyTorch: pip install 'softmaxkit[torch]'") from None
@@ -347,9 +350,9 @@ def _abs_max(t: torch.Tensor) -> float:
     lo, hi = torch.aminmax(t.detach())
     if t.is_cpu:
         hi = hi.item()
-        return hi if hi != hi else max(-lo.item(), hi)  # hi != hi: NaN
+        return hi if math.isnan(hi) else max(-lo.item(), hi)
     lo, hi = torch.stack((lo, hi)).tolist()  # one synchronisation, not two
-    return hi if hi != hi else max(-lo, hi)
+    return hi if math.isnan(hi) else max(-lo, hi)
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
@@ -795,7 +798,7 @@ def _parameter_stats(params):
 class _StepTrail:
     """One step's abs-maxima: of the root model's inputs, and of each module's outputs in order of execution."""
 
-    __slots__ = ("step", "inputs", "outputs", "grads")
+    __slots__ = ("grads", "inputs", "outputs", "step")
 
     def __init__(self, step: int):
         self.step = step
@@ -902,11 +905,14 @@ def watch(
     diagnose_logits: bool | Callable[[Any], torch.Tensor] | None = None,
     diagnose_every: int = 1,
 ) -> Watch:
-    """Watch a model for the first NaN or inf, forward and backward.
+    """Watch a model for the first NaN or inf, forward, backward and in optimizer steps.
 
     Use it as a context manager, ``with watch(model): ...``, or call
     ``w = watch(model); w.start(); ...; w.stop()``.  Only the code run while
-    it is started is watched.
+    it is started is watched.  A report says where the non-finite value was
+    made and, from the abs-max of each module's outputs over the last 8
+    steps, in which module the values started to grow (``report.growth``),
+    with that module's parameters and the abs-max of their gradients.
 
     Parameters
     ----------
@@ -946,10 +952,27 @@ def watch(
     backward pass is filed under the latest forward; call ``w.step()`` (or
     ``w.step(n)``) to number steps yourself instead.  Gradients are checked
     where they arrive at each module's outputs and at each parameter, and,
-    with ``functions=True``, as each function's backward makes them.  Only
-    real floating, strided tensors are checked.  On a GPU every check
-    synchronises with the device, so watch is a debugging tool, not one to
-    leave on.  The function mode sees only the calling thread.
+    with ``functions=True``, as each function's backward makes them.  After
+    every optimizer's ``step()`` (a global post-hook, so no optimizer needs
+    to be passed in) the model's parameters are checked, and an update that
+    made one non-finite is reported in the phase ``"optimizer"``.  Only
+    real floating, strided tensors are checked.
+
+    Where values grew: a module's output abs-max that rose at least 100
+    times, over the steps kept or above every value before it in one step;
+    of the modules downstream that rose with it, the first in order of
+    execution whose rise is at least the fourth root of the largest (see
+    :class:`Growth`).
+
+    Compiled models (``torch.compile(model)``, ``model.compile()``) run
+    eagerly while watched: ``start()`` sets
+    ``torch.compiler.set_stance("force_eager")`` and ``stop()`` restores the
+    previous stance, and one line on the ``softmaxkit.watch`` logger says
+    so.  Before torch 2.6, which has no stance, one line says that only the
+    parameters' gradients and the optimizer steps of a compiled model are
+    checked.  On a GPU every check synchronises with the device, so watch
+    is a debugging tool, not one to leave on.  The function mode sees only
+    the calling thread.
 
     Examples
     --------

@@ -289,6 +289,7 @@ class TestFailOn:
         logits = np.concatenate([HAZARDS, np.array([[np.inf, 0.0, 0.0], [-200.0, -200.0, -201.0]], np.float32)])
         np.savez(path, logits=logits, targets=np.array([0, 1, 2, 0, 2, 0, 0]))
         code, out, _ = run(capsys, path)
+        assert code == 0
         lines = out.split("\n\n")[1].splitlines()
         found, advice = lines[0::2], lines[1::2]
         assert len(found) == len(advice) == 7  # NaN, +inf, overflow, underflow, masked, collapse, zero grad

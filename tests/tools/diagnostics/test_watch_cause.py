@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from softmaxkit.tools.watch import GradientTrail, Growth, ModuleTrail  # noqa: E402
-from softmaxkit.torch import NonFiniteError, watch  # noqa: E402
+from softmaxkit.tools.watch import GradientTrail, Growth, ModuleTrail
+from softmaxkit.torch import NonFiniteError, watch
 
 D = 16
 
@@ -240,12 +240,13 @@ class TestCompiled:
         assert torch._dynamo.eval_frame._stance.stance == before
         watch_lines = [rec.getMessage() for rec in caplog.records if rec.name == "softmaxkit.watch"]
         assert watch_lines == [
-            "softmaxkit.watch: the model is compiled; it runs eagerly while watched "
-            "(torch.compiler.set_stance('force_eager')) so that every module can be checked"
+            (
+                "softmaxkit.watch: the model is compiled; it runs eagerly while watched "
+                "(torch.compiler.set_stance('force_eager')) so that every module can be checked"
+            )
         ]
         assert [rec for rec in caplog.records if rec.levelno >= logging.WARNING and rec.name != "softmaxkit.watch"] == []
-        out, err = capfd.readouterr()
-        assert "Graph break" not in out + err and "W" + "1" not in err[:2]
+        assert capfd.readouterr() == ("", "")  # no Dynamo warnings about the hooks
 
     def test_without_set_stance_says_it_cannot_in_one_line(self, monkeypatch, caplog):
         monkeypatch.delattr(torch.compiler, "set_stance")
