@@ -706,3 +706,32 @@ def test_softmax_module_without_dim_applied_only_to_matrices_is_not_reported():
     assert _codes(source.replace("out.view(out.shape[0], -1)", "out.view(out.shape[0], 4, -1)")) == ["SMK104"]
     assert _codes(source.replace("        return self.aux(out)\n", "        return out\n")) == ["SMK104"]
     assert _codes(source.replace("out.view(out.shape[0], -1)", "out.flatten(1)")) == []
+
+
+def test_maximum_with_infinities_replaced_is_still_a_maximum():
+    # torch._refs.logsumexp: maxes = masked_fill(amax(x), maxes.abs() == inf, 0)
+    source = (
+        "maxes = torch.amax(x, dim, keepdim=True)\n"
+        "maxes = torch.masked_fill(maxes, maxes.abs() == float('inf'), 0)\n"
+        "result = torch.sum(torch.exp(x - maxes), dim).log()\n"
+    )
+    assert _codes(source) == []
+    assert _codes(source.replace("torch.amax(x, dim, keepdim=True)", "x.mean(dim, keepdim=True)")) == ["SMK103"]
+
+
+def test_class_whose_method_returns_its_own_instance():
+    # torch.nn.utils.spectral_norm: SpectralNorm.apply returns a SpectralNorm.
+    source = (
+        "class Norm:\n"
+        "    @staticmethod\n"
+        "    def apply(module):\n"
+        "        fn = Norm()\n"
+        "        return fn\n"
+        "def spectral_norm(module):\n"
+        "    Norm.apply(module)\n"
+        "    return module\n"
+        "def use(norm):\n"
+        "    return norm\n"
+        "use(Norm())\n"
+    )
+    assert _codes(source) == []

@@ -643,7 +643,10 @@ class SemanticModel:
         if name in ("max", "logsumexp"):
             return MAX
         if name in ("masked_fill", "masked_fill_"):
-            return self.masked(op.input, op.arg(0, "mask")) if self.is_neg_inf(op.arg(1, "value")) else None
+            if self.is_neg_inf(op.arg(1, "value")):
+                return self.masked(op.input, op.arg(0, "mask"))
+            # ``masked_fill(maxes, maxes.abs() == inf, 0)``: still a maximum to shift by.
+            return MAX if self.tag(op.input) == MAX else None
         if name == "where":
             call = op.call
             condition = op.input if call.args else keyword(call, ("condition",))
@@ -805,20 +808,25 @@ def _wrappers(tree: ast.Module, imports: Imports, functions: dict[str, str]) -> 
     return wrappers
 
 
-def _carries(tag: object) -> bool:
+def _carries(tag: object, seen: set[int] | None = None) -> bool:
     """Whether a parameter is worth binding to ``tag``: a kind some rule acts on, not a size or a config object.
 
     Binding fewer parameters keeps the passes over a file few: each change
-    to what a parameter holds repeats a pass.
+    to what a parameter holds repeats a pass. ``seen`` holds the classes
+    already looked into: a method may return an instance of its own class.
     """
     kind = type(tag)
     if kind is str:
         return tag in _CARRIED
     if kind is Instance:
         info = tag.info
-        return _carries(info.call_tag) or any(map(_carries, info.methods.values())) or any(map(_carries, info.attrs.values()))
+        seen = set() if seen is None else seen
+        if id(info) in seen:
+            return False
+        seen.add(id(info))
+        return any(_carries(t, seen) for t in (info.call_tag, *info.methods.values(), *info.attrs.values()))
     if kind is Items:
-        return any(map(_carries, tag.tags))
+        return any(_carries(t, seen) for t in tag.tags)
     return kind is Calls or kind is Loss or kind is Modal or kind is FuncInfo or kind is ClassInfo
 
 
@@ -827,7 +835,7 @@ def _literal_bound(expr: ast.expr) -> float | None:
     kind = type(expr)
     if kind is ast.Constant:
         value = expr.value
-        return abs(float(value)) if type(value) in (int, float) else None
+        return abs(value) if type(value) in (int, float) else None
     if kind is ast.UnaryOp and type(expr.op) in (ast.USub, ast.UAdd):
         return _literal_bound(expr.operand)
     if (kind is ast.List or kind is ast.Tuple) and expr.elts:
@@ -840,7 +848,7 @@ def _bound(expr: ast.expr, tag: object) -> float | None:
     if type(tag) is Bounded:
         return tag.bound
     if type(expr) is ast.Constant and type(expr.value) in (int, float):
-        return abs(float(expr.value))
+        return abs(expr.value)
     return None
 
 
