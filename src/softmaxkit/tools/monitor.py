@@ -155,7 +155,8 @@ def _figures(rows: torch.Tensor, target: torch.Tensor | None, ignore_index: int,
     row_max = v.amax(-1)
     z, e, total = float32_terms(v, row_max)
     # H = log(total) - sum(e z) / total; a -inf logit has e = 0 and adds nothing.
-    ez = e * z if regular is None else torch.where(e > 0, e * z, 0.0)
+    # z is ours (a difference), so e z is formed in its place.
+    ez = z.mul_(e) if regular is None else torch.where(e > 0, e * z, 0.0)
     entropy = torch.log(total) - ez.sum(-1) / total
     max_prob = 1.0 / total
     if rows.shape[-1] >= 2:
@@ -385,8 +386,10 @@ class Monitor:
     @staticmethod
     def _grad_hook(acc: _Step, grad: torch.Tensor) -> None:
         g = grad.detach()
-        norm = torch.linalg.vector_norm(g, dtype=acc.sums.dtype)
-        acc.add_one("grad_sq", norm.square())
+        # In float32 (float64 for float64 gradients): a float64 copy of the
+        # gradient would cost more than the rest of the record.
+        norm = torch.linalg.vector_norm(g, dtype=torch.float64 if g.dtype == torch.float64 else torch.float32)
+        acc.add_one("grad_sq", norm.to(acc.sums.dtype).square())
         # A finite norm proves every element finite; only a non-finite one is counted.
         if not math.isfinite(norm.item()):
             acc.add_one("grad_nonfinite", (~torch.isfinite(g)).sum())

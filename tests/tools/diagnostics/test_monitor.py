@@ -117,7 +117,7 @@ class TestFigures:
             logits.retain_grad()
             nn.functional.cross_entropy(logits, torch.randint(0, 5, (8,))).backward()
         (r,) = mon.records
-        assert r["grad_norm"] == pytest.approx(logits.grad.double().norm().item(), rel=1e-12)
+        assert r["grad_norm"] == pytest.approx(logits.grad.double().norm().item(), rel=1e-6)
         assert r["grad_nonfinite"] == 0
         assert r["zero_grad_fraction"] is None and r["loss"] is None  # a head sees no targets
 
@@ -205,7 +205,7 @@ class TestTraining:
         assert last["rows"] == 64
         # the norm over both micro-batches' logits
         expected = math.sqrt(sum(p.grad.double().square().sum().item() for p in parts))
-        assert last["grad_norm"] == pytest.approx(expected, rel=1e-12)
+        assert last["grad_norm"] == pytest.approx(expected, rel=1e-6)
 
     def test_calls_are_steps_until_step_is_called(self, tmp_path):
         head = nn.Linear(3, 4)
