@@ -403,7 +403,7 @@ def test_real_arguments_are_reported(argument):
 def test_rounded_results_are_not_reported(wrap):
     source = f"a = {wrap.format('np.log(1 + x)')}\nb = {wrap.format('np.exp(x) - 1')}\n"
     assert _codes(source) == []
-    assert _codes(f"a = np.log(1 + x) + 0.5\nb = np.exp(x) - 1\n") == ["SMK301", "SMK302"]
+    assert _codes("a = np.log(1 + x) + 0.5\nb = np.exp(x) - 1\n") == ["SMK301", "SMK302"]
 
 
 def test_padding_mask_built_from_lengths_is_reported():
