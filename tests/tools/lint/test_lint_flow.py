@@ -735,3 +735,10 @@ def test_class_whose_method_returns_its_own_instance():
         "use(Norm())\n"
     )
     assert _codes(source) == []
+
+
+def test_exp_in_extended_precision_is_not_a_naive_softmax():
+    source = "def softmax(x):\n    x = np.array(x, dtype=np.float128)\n    e = np.exp(x)\n    return e / e.sum(axis=0)\n"
+    assert _codes(source) == []
+    assert _codes(source.replace("np.float128", "np.float64")) == ["SMK101"]
+    assert _codes(source.replace("np.array(x, dtype=np.float128)", "x.astype(np.longdouble)")) == []

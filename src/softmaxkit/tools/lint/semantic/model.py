@@ -34,6 +34,7 @@ from softmaxkit.tools.lint.semantic.scopes import ClassInfo, FuncInfo, Instance,
 from softmaxkit.tools.lint.semantic.tags import (
     EXP,
     EXP_SHIFTED,
+    EXTENDED,
     INDEXABLE,
     INTEGER,
     LOGPROB,
@@ -579,6 +580,8 @@ class SemanticModel:
                 return SHIFTED
             elif attr in _INTEGER_METHODS or (attr == "astype" and call.args and names_integer_type(call.args[0])):
                 return INTEGER
+            elif attr == "astype" and call.args and _names_extended(call.args[0]):
+                return EXTENDED
         result = called(self.tag(func))
         if result is not None:
             return result
@@ -625,10 +628,12 @@ class SemanticModel:
             if op.input is None or op.library == "math":
                 return None
             inner = self.tag(op.input)
-            if type(inner) is Bounded and inner.bound < _EXP_SAFE:
+            if (type(inner) is Bounded and inner.bound < _EXP_SAFE) or inner == EXTENDED:
                 return None
             return EXP_SHIFTED if self.is_shifted(op.input) else EXP
         if name == "constant":
+            if _names_extended(keyword(op.call, ("dtype",))):
+                return EXTENDED
             if op.qualname in _LITERAL_ARRAYS and op.input is not None:
                 bound = _literal_bound(op.input)
                 return None if bound is None else Bounded(bound)
@@ -879,6 +884,17 @@ def _inner(expr: ast.expr) -> ast.expr | None:
     return None
 
 
+def _names_extended(expr: ast.expr | None) -> bool:
+    """Whether ``expr`` names an extended-precision type: ``np.float128``, ``np.longdouble``."""
+    if type(expr) is ast.Attribute:
+        name = expr.attr
+    elif type(expr) is ast.Constant and type(expr.value) is str:
+        name = expr.value
+    else:
+        return False
+    return name in ("float128", "longdouble", "longfloat")
+
+
 def _is_minus_one(expr: ast.expr) -> bool:
     return type(expr) is ast.UnaryOp and type(expr.op) is ast.USub and is_one(expr.operand)
 
@@ -893,7 +909,7 @@ def names_integer_type(expr: ast.expr) -> bool:
         name = expr.value
     else:
         return False
-    return name.startswith(("int", "uint", "long"))
+    return name.startswith(("int", "uint")) or name in ("long", "short")
 
 
 def _float_literal(call: ast.Call) -> str | None:

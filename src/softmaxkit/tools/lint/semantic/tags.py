@@ -37,6 +37,8 @@ OFFSETS = "offsets"
 # An array with one axis (``torch.zeros(n)``), or two (``x.view(n, -1)``), whatever it holds.
 VECTOR = "vector"
 MATRIX = "matrix"
+# An array in extended precision (``np.float128``): its exp overflows only above about 11356.
+EXTENDED = "extended"
 # Integer-valued: sizes, counts, lengths, loop indices, rounded values.
 INTEGER = "integer"
 
