@@ -18,15 +18,15 @@ Three kinds of hook watch a model:
 A check of a module's output or a parameter's gradient is one reduction
 (``aminmax`` on the CPU, the inf-norm on an accelerator): the abs-max is
 finite exactly when every element is (NaN propagates through it), and the
-trail keeps it.  Other
-gradients are checked with one ``sum`` (a finite sum proves every element
-finite; a non-finite one, which may only have overflowed, is confirmed).  The abs-max of each module's outputs is kept
-for the last few steps (a ring buffer of one float per module and step), so
-that a report can name the module where values started to grow, not only
-the one where they overflowed.  While watching, a post-hook on every
-optimizer step checks the watched model's parameters, and compiled code runs
-eagerly (``torch.compiler.set_stance("force_eager")``) so that the hooks see
-every module.  Statistics are computed only for a report.
+trail keeps it.  Other gradients are checked with one ``sum`` (a finite sum
+proves every element finite; a non-finite one, which may only have
+overflowed, is confirmed).  The abs-max of each module's outputs is kept for
+the last few steps (a ring buffer of one float per module and step), so that
+a report can name the module where values started to grow, not only the one
+where they overflowed.  While watching, a post-hook on every optimizer step
+checks the watched model's parameters, and compiled code runs eagerly
+(``torch.compiler.set_stance("force_eager")``) so that the hooks see every
+module.  Statistics are computed only for a report.
 """
 
 from __future__ import annotations
