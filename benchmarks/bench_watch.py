@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import copy
 import functools
+import statistics
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -148,13 +149,17 @@ def measure(size, repeats, steps):
                 m, opt = shared
             factory = case.setup(m, opt, f"{folder}/{i}", stack)
             blocks[case.variant] = functools.partial(time_block, factory, make_step(m, opt, tokens, targets), steps)
-        seconds = medians(interleaved(blocks, repeats))
+        rounds = interleaved(blocks, repeats)
     setup = (
         f"{size}: {layers} x TransformerEncoderLayer(d_model={d_model}, nhead={heads}, dim_feedforward={ff}), "
         f"{vocab} classes, batch {batch} x {seq} tokens"
     )
-    plain = seconds[CASES[0].variant]
-    return setup, [(size, name, s * 1e3, s / plain) for name, s in seconds.items()]
+    seconds = medians(rounds)
+    plain = rounds[CASES[0].variant]
+    # Each round's ratio, then their median: the machine's speed drifts
+    # between rounds more than within one.
+    ratios = {name: statistics.median(t / p for t, p in zip(times, plain)) for name, times in rounds.items()}
+    return setup, [(size, name, s * 1e3, ratios[name]) for name, s in seconds.items()]
 
 
 def tensorboard_version() -> str:
@@ -175,7 +180,8 @@ def write(setups: list[str], rows: list[tuple], args: argparse.Namespace) -> Non
             (
                 "Step: forward + cross-entropy + backward + SGD step, all inside the watch "
                 "(each timed block enters it afresh); "
-                f"median of {args.repeats} interleaved repeats of {args.steps} steps after a warm-up."
+                f"median of {args.repeats} interleaved repeats of {args.steps} steps after a warm-up; "
+                "the ratio is the median over the repeats of each repeat's ratio to the plain step."
             ),
             "",
             (
