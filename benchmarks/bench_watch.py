@@ -173,7 +173,7 @@ def tensorboard_version() -> str:
 def write(setups: list[str], rows: list[tuple], args: argparse.Namespace) -> None:
     write_results(
         "watch",
-        title="watch overhead",
+        title="watch and monitor overhead",
         machine=f"{describe()} (shared), torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
         notes=[
             "",
