@@ -296,6 +296,13 @@ class Monitor:
             raise TypeError(f"logits must be a torch.Tensor; got {validate.describe(logits)}")
         if target is not None and not isinstance(target, torch.Tensor):
             raise TypeError(f"target must be a torch.Tensor or None; got {validate.describe(target)}")
+        if target is not None and not target.is_floating_point() and logits.ndim > 0:
+            row_shape = tuple(logits.movedim(self.dim, -1).shape[:-1])
+            if target.numel() != math.prod(row_shape):
+                raise ValueError(
+                    f"target must hold one class index per row of the logits, shape {row_shape}; "
+                    f"got shape {tuple(target.shape)}"
+                )
         if self._begin():
             self._add(logits, target, self.dim, -100 if self.ignore_index is None else self.ignore_index)
 

@@ -339,6 +339,13 @@ class TestErrors:
         with pytest.raises(TypeError, match="log_dir"):
             monitor(head, log_dir=None)
 
+    def test_observe_checks_its_targets(self, tmp_path):
+        with monitor(log_dir=tmp_path, tensorboard=False) as mon:
+            with pytest.raises(ValueError, match=r"one class index per row of the logits, shape \(2, 3\); got shape \(5,\)"):
+                mon.observe(torch.randn(2, 3, 4), torch.zeros(5, dtype=torch.long))
+            with pytest.raises(TypeError, match="target must be a torch.Tensor or None; got \\[0, 1\\]"):
+                mon.observe(torch.randn(2, 4), [0, 1])
+
     def test_a_head_whose_output_is_not_a_tensor(self, tmp_path):
         class Pair(nn.Module):
             def forward(self, x):
