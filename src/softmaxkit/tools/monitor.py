@@ -388,7 +388,7 @@ class Monitor:
         x = logits.detach()
         x = x.movedim(dim, -1)
         classes = x.shape[-1]
-        rows = x.reshape(-1, classes)
+        rows = x.reshape(math.prod(x.shape[:-1]), classes)
         if rows.dtype not in (torch.float32, torch.float64):
             rows = rows.float()  # bfloat16 and float16 convert exactly
         t = None

@@ -97,6 +97,16 @@ class TestFigures:
         assert r["collapse_fraction"] == d.collapse_fraction > 0
         assert (r["logit_min"], r["logit_max"], r["max_margin"]) == (d.min, d.max, d.max_margin)
 
+    @pytest.mark.parametrize("shape, fill", [((0, 5), 0.0), ((3, 0), 0.0), ((2, 3), -inf), ((2,), 1.0)])
+    def test_empty_masked_and_single_row_logits(self, tmp_path, shape, fill):
+        x = torch.full(shape, fill)
+        with monitor(log_dir=tmp_path, tensorboard=False) as mon:
+            mon.observe(x)
+        (r,) = mon.records
+        d = smk.diagnose(x)
+        assert (r["rows"], r["regular_rows"], r["masked_rows"]) == (d.rows, d.regular_rows, d.masked_rows)
+        assert (r["collapse_fraction"], r["logit_max"], r["max_margin"]) == (d.collapse_fraction, d.max, d.max_margin)
+
     def test_chunks_give_the_figures_of_the_whole(self, tmp_path, monkeypatch):
         x, t = special_logits()
         with monitor(log_dir=tmp_path / "whole", tensorboard=False) as whole:
