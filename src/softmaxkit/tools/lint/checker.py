@@ -63,6 +63,7 @@ class Checker:
     def run(self) -> list[Finding]:
         semantic = self.semantic
         self._module_pass()
+        semantic.settle_calls()
         self.reporting = True
         for _ in range(MAX_PASSES):
             before = self._facts()
@@ -113,7 +114,10 @@ class Checker:
         return self.semantic.scope.state.setdefault(rule, {})
 
     def file_state(self, rule: Rule) -> dict:
-        return self.file_states.setdefault(rule, {})
+        state = self.file_states.get(rule)
+        if state is None:
+            state = self.file_states[rule] = {}
+        return state
 
     def text(self, node: ast.AST) -> str:
         return self.locator.text(node)
@@ -375,6 +379,11 @@ class Checker:
 
     def _dispatch(self, expr: ast.AST, parent: ast.AST) -> None:
         if not self.reporting:
+            # The first pass walks no expressions, but records the calls that
+            # make up whole statements (``train(model, loader)``), so that the
+            # first reporting pass usually finds the parameters bound already.
+            if type(expr) is ast.Call:
+                self.semantic.call_site(expr)
             return
         by_type = self.by_type
         parents = self.parents

@@ -68,6 +68,9 @@ class NaiveSoftmax(Rule):
     def check(self, node: ast.BinOp | ast.Call, ctx: Context) -> None:
         if type(node) is ast.Call:
             # ``torch.multinomial(exp(x / T), 1)`` normalises the exponentials itself.
+            func = node.func
+            if (func.attr if type(func) is ast.Attribute else getattr(func, "id", None)) != "multinomial":
+                return
             op = ctx.op(node)
             if op is not None and op.name == "multinomial" and ctx.tag(op.input) == EXP:
                 ctx.report(self, op.input)

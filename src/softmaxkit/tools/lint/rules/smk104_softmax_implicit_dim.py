@@ -95,8 +95,10 @@ class SoftmaxImplicitDim(Rule):
 
     def _note_application(self, node: ast.Call, ctx: Context) -> None:
         """Records whether a call applies a pending module to an array of known rank."""
+        if not node.args:
+            return
         modules = ctx.file_state(self).get("modules")
-        if not modules or not node.args:
+        if not modules:
             return
         callee = ctx.tag(node.func)
         if type(callee) is Calls and callee.origin in modules:

@@ -12,11 +12,12 @@ _SOFTMAX_KINDS = frozenset({PROB, LOGPROB})
 
 
 def _module_softmax_input(call: ast.Call, ctx: Context) -> ast.expr | None:
-    """The scores of a call of an ``nn.Softmax``/``nn.LogSoftmax`` instance (``self.softmax(scores)``), if it is one."""
+    """The masked scores given to an ``nn.Softmax``/``nn.LogSoftmax`` instance (``self.softmax(scores)``), if any."""
+    args = call.args
+    if len(args) != 1 or type(args[0]) is ast.Starred or ctx.tag(args[0]) != MASKED:
+        return None
     callee = ctx.tag(call.func)
-    if type(callee) is Calls and callee.result in _SOFTMAX_KINDS and call.args and type(call.args[0]) is not ast.Starred:
-        return call.args[0]
-    return None
+    return args[0] if type(callee) is Calls and callee.result in _SOFTMAX_KINDS else None
 
 
 class UnguardedMaskedSoftmax(Rule):
@@ -87,8 +88,7 @@ class UnguardedMaskedSoftmax(Rule):
     def check(self, node: ast.Call, ctx: Context) -> None:
         op = ctx.op(node)
         if op is None:
-            scores = _module_softmax_input(node, ctx)
-            if scores is None or ctx.tag(scores) != MASKED:
+            if _module_softmax_input(node, ctx) is None:
                 return
         elif op.name in _GUARDS and not (op.name.startswith("masked_fill") and ctx.is_neg_inf(op.arg(1, "value"))):
             guards = ctx.state(self).setdefault("guards", {})

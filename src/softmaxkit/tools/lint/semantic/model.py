@@ -151,6 +151,9 @@ class SemanticModel:
         self.modes: dict[str, object] = {}
         # Methods that exactly one class of the file defines, and that class.
         self.unique_methods: dict[str, ClassInfo] = {}
+        # The names of the methods and instance attributes of the file's classes:
+        # ``x.name(...)`` can call a function of the file only with one of these.
+        self.member_names: set[str] | None = None
 
     # ---- binding (called by the checker) ------------------------------------
 
@@ -255,12 +258,16 @@ class SemanticModel:
     def learn_classes(self) -> None:
         """Notes which methods exactly one class of the file defines (after a pass has seen them all)."""
         owners: dict[str, list[ClassInfo]] = {}
+        members: set[str] = set()
         for info in self.infos.values():
             if type(info) is ClassInfo:
+                members.update(info.functions)
+                members.update(info.attrs)
                 for name in info.functions:
                     if not name.startswith("__") and name not in _COMMON_METHODS:
                         owners.setdefault(name, []).append(info)
         self.unique_methods = {name: infos[0] for name, infos in owners.items() if len(infos) == 1}
+        self.member_names = members
 
     def _duck_type(self, info: FuncInfo, param: str) -> Instance | None:
         """An instance of the one class of the file that defines a method the body calls on ``param``, if any.
@@ -306,6 +313,9 @@ class SemanticModel:
                 return None
             target = self.scope.lookup(func.id)
         elif kind is ast.Attribute:
+            members = self.member_names
+            if members is not None and func.attr not in members:
+                return None
             scope = self.scope
             value = func.value
             if scope.cls is not None and type(value) is ast.Name and value.id == scope.self_name:
@@ -415,9 +425,11 @@ class SemanticModel:
     def _tag(self, expr: ast.expr) -> object:
         kind = type(expr)
         if kind is ast.Name:
-            return self.resolve(self.scope.lookup(expr.id))
+            tag = self.scope.lookup(expr.id)
+            return self.resolve(tag) if type(tag) is Modal else tag
         if kind is ast.Call:
-            return self.resolve(self._call_tag(expr))
+            tag = self._call_tag(expr)
+            return self.resolve(tag) if type(tag) is Modal else tag
         if kind is ast.Attribute:
             scope = self.scope
             value = expr.value
