@@ -228,6 +228,9 @@ class Checker:
         start = scope.vars
         ends = []
         for block in blocks:
+            if not block:
+                ends.append(start)
+                continue
             scope.vars = dict(start)
             self._block(block)
             if not _ends(block):
@@ -262,10 +265,13 @@ class Checker:
             if len(orelse) == 1 and type(orelse[0]) is ast.If:
                 link = orelse[0]
                 continue
-            scope.vars = dict(start)
-            self._block(orelse)
-            if not _ends(orelse):
-                ends.append((None, scope.vars))
+            if orelse:
+                scope.vars = dict(start)
+                self._block(orelse)
+                if not _ends(orelse):
+                    ends.append((None, scope.vars))
+            else:
+                ends.append((None, start))
             break
         if not ends:
             scope.vars = start
