@@ -5,9 +5,14 @@ probabilities or the exponential of unshifted logits. Tags follow local
 variables in statement order, module-level names, ``self.attr`` assignments
 made in any method of a class (``register_buffer`` included), ``nn.Sequential``
 containers, reshapes, indexing and concatenation, the return values of
-functions and ``forward`` methods defined in the same file, and the
-parameters of those functions: a parameter holds the join of what the
-file's calls pass it (``model(x)`` binds the parameter of ``forward``).
+functions and ``forward`` methods defined in the same file (tuples
+included), and the parameters of those functions: a parameter holds the
+join of what the file's calls pass it (``model(x)`` binds the parameter of
+``forward``). A parameter of unknown origin on which the body calls a
+method that only one class of the file defines is an instance of that
+class. A module-level function that only applies a known operation to its
+first parameter (``def log(x): return torch.log(x + 1e-8)``) counts as that
+operation where it is called.
 
 Branches are merged where they meet (after ``if``/``else``, loops, ``try``
 and ``match``): a name keeps its kind after the join only when every branch
@@ -17,7 +22,11 @@ unbound. Agreement keeps the analysis precise: a value that is
 probabilities on one path and logits on another is not reported. Scores
 masked with ``-inf`` are the one exception: a fully masked row is a hazard
 on the path that masks it, so ``if mask is not None: s = s.masked_fill(...)``
-leaves ``s`` masked (see :func:`.scopes.join`).
+leaves ``s`` masked (see :func:`.scopes.join`). Where the branches test a
+mode (``if self.mode == "mean":``) and disagree, the value is mode-dependent
+(:class:`.tags.Modal`): it has the kind of a branch where code tests the
+same name against the same constant (``if cfg.mode == "mean":``), and no
+kind elsewhere.
 
 The analysis is flow-insensitive inside a statement. The checker walks the
 statements and binds names here, repeating its passes over the file until
