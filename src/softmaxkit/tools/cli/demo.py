@@ -164,7 +164,7 @@ def _torch_section(n: int) -> None:
         import torch
         import torch.nn.functional as F
 
-        import softmaxkit.torch as smk
+        from softmaxkit.backends.torch import functional as smk
     except ImportError:
         _heading(n, text)
         print("skipped: PyTorch is not installed (pip install 'softmaxkit[torch]')")
