@@ -8,7 +8,7 @@ user's own :meth:`Monitor.observe` call.  On a sampled step (every
 hooks the logits' gradient for its norm, and keeps the figures as device
 tensors; they come to the host once per record, when the step ends, and are
 written as one JSON line and, when ``tensorboard`` is installed, as
-TensorBoard scalars.  Besides, one host read per chunk of logits and one per
+TensorBoard scalars.  Besides, one host read for the logits and one per
 gradient say whether every value is finite, which spares the non-finite
 masks in the usual case.  Steps that are not sampled cost one hook call.
 Under ``torch.compile`` the hooks run eagerly, at a graph break.
@@ -126,14 +126,19 @@ class _Step:
         }
 
 
-def _figures(rows: torch.Tensor, target: torch.Tensor | None, ignore_index: int, dtype: torch.dtype):
-    """(sums, mins, maxs) of one chunk of rows (shape (R, C), C >= 1), on its device."""
+def _figures(rows: torch.Tensor, target: torch.Tensor | None, ignore_index: int, dtype: torch.dtype, finite: bool):
+    """(sums, mins, maxs) of one chunk of rows (shape (R, C), C >= 1), on its device.
+
+    ``finite`` says that every logit of the chunk is known to be finite: the
+    usual case, which needs none of the masks below (they take most of the
+    passes).
+    """
     inf = math.inf
     device = rows.device
     zero = torch.zeros((), device=device, dtype=dtype)
-    # A finite sum proves every logit finite (as in watch): the usual case
-    # needs none of the masks below, which take most of the passes.
-    if math.isfinite(rows.sum().item()):
+    if rows.dtype not in (torch.float32, torch.float64):
+        rows = rows.float()  # bfloat16 and float16 convert exactly, one chunk at a time
+    if finite:
         v, regular = rows, None
         counts = [torch.tensor(rows.shape[0], device=device, dtype=dtype), zero, zero, zero, zero]
         logit_min = rows.amin()
@@ -389,18 +394,20 @@ class Monitor:
         x = x.movedim(dim, -1)
         classes = x.shape[-1]
         rows = x.reshape(math.prod(x.shape[:-1]), classes)
-        if rows.dtype not in (torch.float32, torch.float64):
-            rows = rows.float()  # bfloat16 and float16 convert exactly
         t = None
         if target is not None and not target.is_floating_point() and target.numel() == rows.shape[0]:
             t = target.detach().reshape(-1).to(rows.device)
         if classes == 0:
             acc.add_one("rows", torch.tensor(rows.shape[0], device=rows.device))
         else:
+            # One sum over every logit, one host read: a finite sum proves
+            # every logit finite (as in watch), and the chunks skip the masks.
+            total = rows.sum(dtype=torch.float64 if rows.dtype == torch.float64 else torch.float32)
+            finite = math.isfinite(total.item())
             step = max(1, _CHUNK_ELEMENTS // classes)
             for start in range(0, rows.shape[0], step):
                 part = None if t is None else t[start : start + step]
-                acc.add(*_figures(rows[start : start + step], part, ignore_index, dtype))
+                acc.add(*_figures(rows[start : start + step], part, ignore_index, dtype, finite))
         if logits.requires_grad and torch.is_grad_enabled():
             logits.register_hook(torch.compiler.disable(functools.partial(self._grad_hook, acc)))
         return acc
@@ -565,8 +572,8 @@ def monitor(
 
     The figures are reductions on the logits' device, in chunks of about
     16M elements; they reach the host once per record, and one host read
-    per chunk and per gradient says whether every value is finite (so a
-    recorded step synchronises with a GPU a few times).  Recorded steps
+    for the logits and one per gradient say whether every value is finite
+    (so a recorded step synchronises with a GPU a few times).  Recorded steps
     cost a few passes over the logits; the others, one hook call.  Under
     ``torch.compile`` the hooks run eagerly, at a graph break.  NaN is seen
     only on recorded steps: use :func:`softmaxkit.torch.watch` to find where
