@@ -381,6 +381,11 @@ def test_integer_arguments_are_not_reported(argument):
     assert _codes(source) == []
 
 
+def test_literal_arguments_that_are_not_small_are_not_reported():
+    assert _codes("a = math.exp(2.1) - 1\nb = np.log(1 + 0.5)\nc = math.exp(-0.25) - 1\n") == []
+    assert _codes("a = math.exp(1e-5) - 1\nb = np.log(1 + 1e-9)\n") == ["SMK302", "SMK301"]
+
+
 @pytest.mark.parametrize("argument", ["x", "x / 2", "xs.mean()"])
 def test_real_arguments_are_reported(argument):
     source = f"a = math.log(1 + {argument})\nb = math.exp({argument}) - 1\n"

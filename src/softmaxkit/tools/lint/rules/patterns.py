@@ -78,6 +78,18 @@ def is_integer(expr: ast.expr, ctx: Context) -> bool:
     return ctx.tag(expr) in (INTEGER, POSITIONS, OFFSETS)
 
 
+def is_not_small(expr: ast.expr) -> bool:
+    """Whether ``expr`` is a number literal of magnitude at least 0.01 (``2.1``, ``-0.5``).
+
+    ``log(1 + x)`` and ``exp(x) - 1`` lose digits only for small ``|x|``; at
+    0.01 the loss is about two digits of float64's sixteen, and a literal's
+    value is what the author meant.
+    """
+    if type(expr) is ast.UnaryOp and type(expr.op) in (ast.USub, ast.UAdd):
+        expr = expr.operand
+    return type(expr) is ast.Constant and type(expr.value) in (int, float) and abs(expr.value) >= 0.01
+
+
 def sole_argument(op: Op) -> ast.expr | None:
     """The array ``op`` is applied to, when the call has no other argument."""
     call = op.call

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 
 from softmaxkit.tools.lint.rule import Context, Rule
-from softmaxkit.tools.lint.rules.patterns import is_integer, is_rounded, log_op, renamed_beside
+from softmaxkit.tools.lint.rules.patterns import is_integer, is_not_small, is_rounded, log_op, renamed_beside
 from softmaxkit.tools.lint.semantic.ops import is_one
 
 
@@ -16,7 +16,8 @@ class LogOnePlus(Rule):
     `math`, in function or method spelling. `np.log(x)` alone is not
     reported, and neither is `x` that holds integers (a literal, `len(...)`,
     `.shape[i]`, `.size(i)`, a `range` index, `int(...)`), for which `1 + x`
-    is exact, nor a result rounded at once (`int(...)`, `round`,
+    is exact, a number literal of magnitude at least 0.01, nor a result
+    rounded at once (`int(...)`, `round`,
     `math.floor`/`ceil`, `.astype(int)`, `.long()`), whose rounding hides
     the lost digits.
 
@@ -73,7 +74,7 @@ class LogOnePlus(Rule):
             x = argument.left
         else:
             return
-        if is_integer(x, ctx) or is_rounded(node, ctx):
+        if is_integer(x, ctx) or is_not_small(x) or is_rounded(node, ctx):
             return
         fix = None
         callee = renamed_beside(op, ctx, "log1p")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 
 from softmaxkit.tools.lint.rule import Context, Rule
-from softmaxkit.tools.lint.rules.patterns import is_integer, is_rounded, renamed_beside
+from softmaxkit.tools.lint.rules.patterns import is_integer, is_not_small, is_rounded, renamed_beside
 from softmaxkit.tools.lint.semantic.ops import is_one
 
 
@@ -15,7 +15,8 @@ class ExpMinusOne(Rule):
     Checks for `exp(x) - 1` with NumPy, PyTorch, JAX or `math`, in function
     or method spelling. Integer `x` (a literal, `len(...)`, `.shape[i]`,
     `.size(i)`, a `range` index, `int(...)`), for which `exp(x)` is 1 or far
-    from it, and results rounded at once (`int(...)`, `round`,
+    from it, number literals of magnitude at least 0.01, and results rounded
+    at once (`int(...)`, `round`,
     `math.floor`/`ceil`, `.astype(int)`, `.long()`) are not reported.
 
     This rule is a warning: only small `|x|` loses accuracy.
@@ -64,7 +65,7 @@ class ExpMinusOne(Rule):
         op = ctx.op(node.left)
         if op is None or op.name != "exp" or op.input is None:
             return
-        if is_integer(op.input, ctx) or is_rounded(node, ctx):
+        if is_integer(op.input, ctx) or is_not_small(op.input) or is_rounded(node, ctx):
             return
         fix = None
         callee = renamed_beside(op, ctx, "expm1")
