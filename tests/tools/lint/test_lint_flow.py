@@ -747,3 +747,34 @@ def test_exp_in_extended_precision_is_not_a_naive_softmax():
     assert _codes(source) == []
     assert _codes(source.replace("np.float128", "np.float64")) == ["SMK101"]
     assert _codes(source.replace("np.array(x, dtype=np.float128)", "x.astype(np.longdouble)")) == []
+
+
+def test_top_p_mask_is_not_reported():
+    source = (
+        "def nucleus(logits, top_p):\n"
+        "    sorted_logits, sorted_indices = torch.sort(logits, descending=True)\n"
+        "    cumulative = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)\n"
+        "    remove = cumulative > top_p\n"
+        "    remove[..., 1:] = remove[..., :-1].clone()\n"
+        "    remove[..., 0] = 0\n"
+        "    remove = remove.scatter(-1, sorted_indices, remove)\n"
+        "    logits[remove] = float('-inf')\n"
+        "    return torch.softmax(logits, dim=-1)\n"
+    )
+    assert _codes(source) == []
+    assert _codes(source.replace("torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)", "torch.cumsum(w, dim=-1)")) == ["SMK106"]
+
+
+def test_threshold_relative_to_the_row_maximum_is_not_reported():
+    # Mixtral-style sparse gating: entries far below the row maximum are masked.
+    source = (
+        "def gate(scores, eps):\n"
+        "    m, _ = scores.max(dim=-1, keepdim=True)\n"
+        "    far = ((m - scores) / scores.abs().clamp(min=m)) > 2 * eps\n"
+        "    return torch.softmax(scores.masked_fill(far, float('-inf')), dim=-1)\n"
+    )
+    assert _codes(source) == []
+    assert _codes(source.replace("m, _ = scores.max(dim=-1, keepdim=True)", "m = scores.mean(dim=-1, keepdim=True)")) == ["SMK106"]
+    # A length mask whose size is a maximum is still a padding mask.
+    padding = "def f(s, lengths):\n    pad = torch.arange(lengths.max())[None, :] >= lengths[:, None]\n    return torch.softmax(s.masked_fill(pad, float('-inf')), -1)\n"
+    assert _codes(padding) == ["SMK106"]

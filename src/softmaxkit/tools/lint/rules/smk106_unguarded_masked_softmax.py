@@ -35,7 +35,9 @@ class UnguardedMaskedSoftmax(Rule):
     with `tril`/`triu` or by comparing positions (`arange`), also when kept
     with `register_buffer` and sliced (`self.bias[:, :, :T, :T] == 0`), and
     top-k masks (`logits < v[:, [-1]]` with `v, _ = torch.topk(logits, k)`),
-    and column ranges or sets masked alike in every row
+    top-p masks (a threshold on `cumsum(softmax(...))`), thresholds
+    relative to the row maximum (`(m - s) / f > eps`), and column ranges or
+    sets masked alike in every row
     (`logits[:, suppressed] = -inf`, `logits[:, :n] = -inf`).
     Padding and key masks stay reported, also when combined with a causal
     one.

@@ -65,6 +65,7 @@ from softmaxkit.tools.lint.semantic.tags import (
     TOPK_MASK,
     VECTOR,
     MATRIX,
+    CUMULATIVE_PROB,
     Bounded,
     Calls,
     Items,
@@ -482,15 +483,37 @@ class SemanticModel:
         return None
 
     def _compare_tag(self, expr: ast.Compare) -> object:
-        """Masks: ``bias[:, :, :T, :T] == 0`` is causal, ``logits < v[:, [-1]]`` top-k, ``j > i`` positional."""
-        tags = [self.tag(expr.left), *(self.tag(c) for c in expr.comparators)]
+        """Masks: ``bias[:, :, :T, :T] == 0`` is causal, ``logits < v[:, [-1]]`` top-k, ``j > i`` positional.
+
+        Thresholds relative to the row maximum (``(m - s) / f > eps``) and to
+        the cumulative probability (top-p, ``cumsum(softmax(s)) > p``) keep
+        the row's largest entry, like top-k masks.
+        """
+        operands = [expr.left, *expr.comparators]
+        tags = [self.tag(operand) for operand in operands]
         if STRUCTURAL in tags:
             return STRUCTURAL
-        if TOPK in tags or TOPK_MASK in tags:
+        if TOPK in tags or TOPK_MASK in tags or CUMULATIVE_PROB in tags:
             return TOPK_MASK
         if tags.count(POSITIONS) >= 2 or OFFSETS in tags:
             return STRUCTURAL
+        if any(self._relative_to_max(operand) for operand in operands):
+            return TOPK_MASK
         return None
+
+    def _relative_to_max(self, expr: ast.expr) -> bool:
+        """Whether the arithmetic of ``expr`` (not the arguments of its calls) involves a maximum."""
+        pending = [expr]
+        while pending:
+            node = pending.pop()
+            if type(node) is ast.BinOp:
+                pending.append(node.left)
+                pending.append(node.right)
+            elif type(node) is ast.UnaryOp:
+                pending.append(node.operand)
+            elif self.tag(node) == MAX:
+                return True
+        return False
 
     def binop_tag(self, left: ast.expr, op: ast.operator, right: ast.expr) -> object:
         """The kind of ``left <op> right`` (also of an augmented assignment)."""
@@ -697,6 +720,8 @@ class SemanticModel:
             return None
         if name == "topk":
             return TOPK
+        if name == "cumsum":
+            return CUMULATIVE_PROB if self.tag(op.input) == PROB else None
         if name == "tril" or name == "triu":
             return STRUCTURAL
         if name == "arange":

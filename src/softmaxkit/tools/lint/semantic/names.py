@@ -86,6 +86,7 @@ _add("binary_cross_entropy", "torch.nn.functional.binary_cross_entropy")
 _add("kl_div", "torch.nn.functional.kl_div", "optax.kl_divergence", "optax.losses.kl_divergence")
 _add("masked_fill", "torch.masked_fill")
 _add("topk", "torch.topk", "jax.lax.top_k")
+_add("cumsum", "torch.cumsum", "numpy.cumsum", "jax.numpy.cumsum")
 _add("tril", "torch.tril", "numpy.tril", "jax.numpy.tril")
 _add("triu", "torch.triu", "numpy.triu", "jax.numpy.triu")
 _add("arange", "torch.arange", "numpy.arange", "jax.numpy.arange")
@@ -175,6 +176,7 @@ METHODS: dict[str, str] = {
     "clamp_min": "clamp",
     "clip": "clamp",
     "topk": "topk",
+    "cumsum": "cumsum",
     "tril": "tril",
     "tril_": "tril",
     "triu": "triu",
@@ -201,6 +203,7 @@ PASSTHROUGH_METHODS = frozenset(
         "permute",
         "reshape",
         "reshape_as",
+        "scatter",
         "squeeze",
         "to",
         "transpose",

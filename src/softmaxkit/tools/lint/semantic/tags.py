@@ -28,6 +28,8 @@ STRUCTURAL = "structural"
 # The values of a top-k, and the mask that compares scores with them.
 TOPK = "topk"
 TOPK_MASK = "topk_mask"
+# The cumulative sum of probabilities, which top-p (nucleus) sampling thresholds.
+CUMULATIVE_PROB = "cumulative_prob"
 # Positions (arange); comparing two of them gives a structural mask, while one
 # compared with lengths gives a padding mask.
 POSITIONS = "positions"
@@ -60,6 +62,7 @@ INDEXABLE = frozenset(
         STRUCTURAL,
         TOPK,
         TOPK_MASK,
+        CUMULATIVE_PROB,
         POSITIONS,
         OFFSETS,
         INTEGER,
