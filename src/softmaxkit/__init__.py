@@ -16,6 +16,7 @@ from softmaxkit.frontend.softmax import (
     softmax,
     softmax_vjp,
 )
+from softmaxkit.frontend.attention import attention, merge_attention_states
 from softmaxkit.frontend.elementwise import log_sigmoid, sigmoid, softplus
 from softmaxkit.frontend.losses import binary_cross_entropy_with_logits, cross_entropy, nll_loss
 from softmaxkit.frontend.distillation import distillation_loss
@@ -36,6 +37,7 @@ _registry.register("jax", "Array", "softmaxkit.backends.jax.entry:BACKEND")
 _registry.load_imported()
 
 __all__ = [
+    "attention",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "diagnose",
@@ -57,6 +59,7 @@ __all__ = [
     "log_softmax_vjp",
     "logsumexp",
     "logsumexp_vjp",
+    "merge_attention_states",
     "nll_loss",
     "reliability_diagram",
     "sample",
