@@ -930,15 +930,21 @@ def _inner(expr: ast.expr) -> ast.expr | None:
     return None
 
 
+def _type_name(expr: ast.expr | None) -> str | None:
+    """The last part of a type's spelling: ``int``, ``np.int64`` and ``"int64"`` give ``int``, ``int64``, ``int64``."""
+    kind = type(expr)
+    if kind is ast.Name:
+        return expr.id
+    if kind is ast.Attribute:
+        return expr.attr
+    if kind is ast.Constant and type(expr.value) is str:
+        return expr.value
+    return None
+
+
 def _names_extended(expr: ast.expr | None) -> bool:
     """Whether ``expr`` names an extended-precision type: ``np.float128``, ``np.longdouble``."""
-    if type(expr) is ast.Attribute:
-        name = expr.attr
-    elif type(expr) is ast.Constant and type(expr.value) is str:
-        name = expr.value
-    else:
-        return False
-    return name in ("float128", "longdouble", "longfloat")
+    return type(expr) is not ast.Name and _type_name(expr) in ("float128", "longdouble", "longfloat")
 
 
 def _is_minus_one(expr: ast.expr) -> bool:
@@ -947,15 +953,8 @@ def _is_minus_one(expr: ast.expr) -> bool:
 
 def names_integer_type(expr: ast.expr) -> bool:
     """Whether ``expr`` names an integer type: ``int``, ``np.int64``, ``"int32"``, ``torch.long``."""
-    if type(expr) is ast.Name:
-        name = expr.id
-    elif type(expr) is ast.Attribute:
-        name = expr.attr
-    elif type(expr) is ast.Constant and type(expr.value) is str:
-        name = expr.value
-    else:
-        return False
-    return name.startswith(("int", "uint")) or name in ("long", "short")
+    name = _type_name(expr)
+    return name is not None and (name.startswith(("int", "uint")) or name in ("long", "short"))
 
 
 def _float_literal(call: ast.Call) -> str | None:
