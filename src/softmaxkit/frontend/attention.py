@@ -125,13 +125,19 @@ def attention(
     no ``L x S`` array is formed.  The result of a row does not depend on
     the other rows or on the batch size (bit for bit).
 
-    Accuracy (``u`` the input format's unit roundoff, float32 and narrower
-    computed in float64 and rounded once; float64 with compensated dot
-    products and an exact shift): the log-sum-exp within 2 ULP (float32,
-    bfloat16, float16) or 4 ULP (float64); the weights within 2 (4) ULP of
-    those of the exact scores; each output entry within
-    ``c u sum_j P_ij |v_j|`` with ``c = 2`` (``c = 4`` for float64).  See
-    ``docs/attention.md`` for the measured figures.
+    Accuracy against the exact attention of the inputs (``u`` the output
+    format's unit roundoff; float32 and narrower computed in float64 and
+    rounded once; float64 with compensated dot products and an exact
+    shift): the log-sum-exp within 2 ULP of float32 (float32, bfloat16,
+    float16 inputs) or 4 ULP (float64); the weights within 2 (4) ULP; each
+    output entry within ``c u sum_j P_ij |v_j| + eta`` with ``c = 2``
+    (``c = 8`` for float64) and ``eta`` half the smallest subnormal.  A
+    float64 log-sum-exp near 0 through cancellation is within 4 ULP of the
+    largest ``|score|``.  float64 with a soft cap ``cap`` adds ``tanh``'s
+    rounding: ``cap`` ULP on the log-sum-exp and the weights, ``cap / 2`` on
+    ``c``.  An additive mask is added exactly while ``|s + B| <= 2**20`` and
+    rounded in float64 above.  See ``docs/attention.md`` for the measured
+    figures.
 
     Edge behaviour: a row with no key to attend to gives output 0 and
     log-sum-exp ``-inf`` (with a sink: 0 and the sink); masked keys and

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from softmaxkit.numerics.precision import _INF, compensated_sum, compensated_sum_pair, device, two_diff, two_prod
+from softmaxkit.numerics.precision import _INF, compensated_sum, compensated_sum_pair, device, divide_pair, two_diff, two_prod
 from softmaxkit.numerics.rows import _first_max, _rest_sum, _stand_ins, row_max
 
 # Keys per block of the online softmax.  Fixed (never derived from the
@@ -64,12 +64,18 @@ def scores(xp, q, k, scale: float, widened: bool):
 
 
 def soft_cap(xp, hi, lo, cap: float):
-    """``cap * tanh(s / cap)`` of ``s = hi + lo``; ``lo`` follows to first order (``tanh' = 1 - tanh^2``)."""
-    t = xp.tanh(hi / cap)
-    out = cap * t
+    """``cap * tanh(s / cap)`` of ``s = hi + lo``.
+
+    As a pair: the quotient exactly (:func:`divide_pair`), its remainder
+    carried through ``tanh' = 1 - tanh^2``, and the product by ``cap``
+    exactly (:func:`two_prod`); what remains is ``tanh``'s own rounding.
+    """
     if lo is None:
-        return out, None
-    return out, (1.0 - t * t) * lo
+        return cap * xp.tanh(hi / cap), None
+    qh, ql = divide_pair(xp, hi, lo, cap)
+    t = xp.tanh(qh)
+    out, err = two_prod(xp, t, xp.asarray(cap, dtype=t.dtype))
+    return out, err + cap * ((1.0 - t * t) * ql)
 
 
 # Below this magnitude the rounding of score + bias is kept in the pair; above
