@@ -337,3 +337,19 @@ def test_shape_errors_name_the_argument(shapes, words):
         smk.attention(q, k, v)
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+def test_array_api_arrays_give_the_numpy_results_bit_for_bit():
+    xs = pytest.importorskip("array_api_strict")
+    rng = np.random.default_rng(8)
+    for dt in (np.float32, np.float64):
+        q, k, v = rng.normal(size=(1, 2, 3, 4)).astype(dt), rng.normal(size=(1, 1, 5, 4)).astype(dt), rng.normal(size=(1, 1, 5, 2)).astype(dt)
+        mask, sinks = rng.random((3, 5)) < 0.7, np.array([0.0, 1.0])
+        opts = {"causal": "top_left", "return_lse": True, "softcap": 3.0}
+        out, lse = smk.attention(q, k, v, mask=mask, sinks=sinks, **opts)
+        got, got_lse = smk.attention(xs.asarray(q), xs.asarray(k), xs.asarray(v), mask=xs.asarray(mask), sinks=xs.asarray(sinks), **opts)
+        assert type(got).__module__.startswith("array_api_strict")
+        np.testing.assert_array_equal(np.asarray(got), out)
+        np.testing.assert_array_equal(np.asarray(got_lse), lse)
+        merged = smk.merge_attention_states(xs.asarray(out[0]), xs.asarray(lse[0]))
+        np.testing.assert_array_equal(np.asarray(merged[0]), smk.merge_attention_states(out[0], lse[0])[0])
