@@ -3,8 +3,9 @@
 Both validate once, convert to the working dtype, call the formulas of
 ``numerics.attention`` and round once to the output dtype.  ``attention``
 goes through the query rows a chunk at a time and through the keys a block
-at a time (``numerics.attention.BLOCK``), so its peak memory is the output
-plus a few MiB, never ``L x S`` scores.
+at a time (``numerics.attention.BLOCK``), so its peak memory is the output,
+the inputs in the working dtype and a few tens of MiB, never ``L x S``
+scores.
 """
 
 from __future__ import annotations
@@ -190,9 +191,9 @@ def attention(
     lse_dtype = out_dtype if out_dtype in (xp.float32, xp.float64) else xp.float32
     group = n_q_heads // n_kv_heads
     lead = batch + (n_kv_heads, group)
-    qg = xp.reshape(xp.astype(q, work), lead + (n_rows, depth))
-    kg = xp.reshape(xp.astype(k, work), batch + (n_kv_heads, 1, n_keys, depth))
-    vg = xp.reshape(xp.astype(v, work), batch + (n_kv_heads, 1, n_keys, v_depth))
+    qg = xp.reshape(xp.astype(q, work, copy=False), lead + (n_rows, depth))
+    kg = xp.reshape(xp.astype(k, work, copy=False), batch + (n_kv_heads, 1, n_keys, depth))
+    vg = xp.reshape(xp.astype(v, work, copy=False), batch + (n_kv_heads, 1, n_keys, v_depth))
 
     attend_all, bias_all = None, None
     if mask is not None:
