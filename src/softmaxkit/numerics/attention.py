@@ -51,14 +51,13 @@ def scores(xp, q, k, scale: float, widened: bool):
     their errors added: within about one rounding of the exact dot product
     (for ``|q|, |k|`` below about ``1e150``, where the splits stay finite).
     """
-    prod = q[..., :, None, :] * k[..., None, :, :]
     if widened:
-        return xp.sum(prod, axis=-1) * scale, None
+        return xp.sum(q[..., :, None, :] * k[..., None, :, :], axis=-1) * scale, None
     p, e = two_prod(xp, q[..., :, None, :], k[..., None, :, :])
     hi, lo = compensated_sum_pair(xp, p, False)
     lo = (lo if lo is not None else xp.zeros_like(hi)) + xp.sum(e, axis=-1, keepdims=True)
     hi, lo = hi[..., 0], lo[..., 0]
-    sh, se = two_prod(xp, hi, xp.asarray(scale, dtype=hi.dtype))
+    sh, se = two_prod(xp, hi, xp.asarray(scale, dtype=hi.dtype, device=device(hi)))
     lo = se + lo * scale
     return sh, xp.where(xp.isfinite(sh), lo, xp.zeros_like(lo))
 
@@ -74,7 +73,7 @@ def soft_cap(xp, hi, lo, cap: float):
         return cap * xp.tanh(hi / cap), None
     qh, ql = divide_pair(xp, hi, lo, cap)
     t = xp.tanh(qh)
-    out, err = two_prod(xp, t, xp.asarray(cap, dtype=t.dtype))
+    out, err = two_prod(xp, t, xp.asarray(cap, dtype=t.dtype, device=device(t)))
     return out, err + cap * ((1.0 - t * t) * ql)
 
 
@@ -167,7 +166,7 @@ def combine(xp, m, s, acc, widened: bool, base2: bool = False):
             dh = dh * _LN2
         else:
             d = dh
-            dh, err = two_prod(xp, d, xp.asarray(_LN2_HI, dtype=d.dtype))
+            dh, err = two_prod(xp, d, xp.asarray(_LN2_HI, dtype=d.dtype, device=device(d)))
             dl = xp.where(xp.isfinite(dh), err + dl * _LN2_HI + d * _LN2_LO, xp.zeros_like(dl))
     w = xp.exp(dh) if widened else xp.exp(dh) * (1.0 + dl)
     # Below a +inf top (or an empty one) the weight is 0; ties weigh 1.
@@ -219,9 +218,10 @@ def attention_rows(xp, q, k, v, *, scale, softcap, widened, attend_block, bias_b
     :func:`combine`.
     """
     shape = tuple(q.shape[:-1])
-    m = xp.full(shape, -_INF, dtype=q.dtype)
-    s = xp.zeros(shape, dtype=q.dtype)
-    acc = xp.zeros(shape + (v.shape[-1],), dtype=q.dtype)
+    dev = device(q)
+    m = xp.full(shape, -_INF, dtype=q.dtype, device=dev)
+    s = xp.zeros(shape, dtype=q.dtype, device=dev)
+    acc = xp.zeros(shape + (v.shape[-1],), dtype=q.dtype, device=dev)
     n_keys = k.shape[-2]
     for j0 in range(0, n_keys, BLOCK):
         j1 = min(j0 + BLOCK, n_keys)
@@ -236,7 +236,7 @@ def attention_rows(xp, q, k, v, *, scale, softcap, widened, attend_block, bias_b
             attend = no_inf if attend is None else (attend & no_inf)
             hi, lo = add_bias(xp, hi, lo, bias)
         if attend is None:
-            attend = xp.ones(hi.shape, dtype=xp.bool)
+            attend = xp.ones(hi.shape, dtype=xp.bool, device=dev)
         bm, bs, bacc = block_state(xp, hi, lo, attend, v[..., j0:j1, :], widened, p_dtype)
         m, s, acc = combine(xp, xp.stack([m, bm]), xp.stack([s, bs]), xp.stack([acc, bacc]), widened)
     if sink is not None:
