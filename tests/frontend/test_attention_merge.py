@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import softmaxkit as smk
-
 from tests import reference as ref
 from tests.reference import FLOAT_DTYPES
 from tests.reference import attention as aref

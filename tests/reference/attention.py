@@ -141,7 +141,7 @@ def attention(q, k, v, mask=None, causal=None, scale=None, softcap=None, sinks=N
     bound = np.empty(out.shape, dtype=object)
     lse = np.empty(tuple(batch) + (hq, L), dtype=object)
     for idx in np.ndindex(*batch, hq, L):
-        *b, h, i = idx
+        *b, h, _ = idx
         kh = tuple(b) + (h // group,)
         s = exact_scores(q[idx], k[kh], scale, softcap, None if bias is None else bias[idx])
         sink = None if sinks is None else float(np.asarray(sinks, dtype=np.float64)[h])

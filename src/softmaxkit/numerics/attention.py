@@ -28,7 +28,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from softmaxkit.numerics.precision import _INF, compensated_sum, compensated_sum_pair, device, divide_pair, two_diff, two_prod
+from softmaxkit.numerics.precision import (
+    _INF,
+    compensated_sum,
+    compensated_sum_pair,
+    device,
+    divide_pair,
+    two_diff,
+    two_prod,
+)
 from softmaxkit.numerics.rows import _first_max, _rest_sum, _stand_ins, row_max
 
 # Keys per block of the online softmax.  Fixed (never derived from the
