@@ -251,3 +251,214 @@ def attention_rows(xp, q, k, v, *, scale, softcap, widened, attend_block, bias_b
         sm = xp.broadcast_to(sink, shape)
         m, s, acc = combine(xp, xp.stack([m, sm]), xp.stack([s, xp.zeros_like(s)]), xp.stack([acc, xp.zeros_like(acc)]), widened)
     return m, s, acc
+
+
+# --- gradients ----------------------------------------------------------------
+# FlashAttention-2's backward (Dao 2023, Algorithm 2): the weights are
+# recomputed a block at a time from the forward's log-sum-exp,
+# P_ij = exp(s_ij - lse_i), and with D_i = dO_i . O_i,
+#
+#     dS_ij = P_ij (dO_i . v_j - D_i + dlse_i),
+#
+# then the soft cap's and the scale's chain rules.  Every gradient term is a
+# selection on the keys a row reads, so a masked key, value or score (NaN or
+# inf there included) is never multiplied.
+
+
+def _weights(xp, hi, lo, lse, read, widened: bool):
+    """``exp(s - lse)`` where ``read``, 0 elsewhere (the stand-in ``s = lse``
+    keeps unread entries out of the arithmetic).  float64: the exact
+    difference ``hi - lse`` with the score's remainder, as in the forward."""
+    lse = xp.broadcast_to(lse[..., None], hi.shape)
+    x = xp.where(read, hi, lse)
+    if widened:
+        p = xp.exp(x - lse)
+    else:
+        zh, zl = two_diff(xp, x, lse)
+        p = xp.exp(zh) * (1.0 + zl + xp.where(read, lo, xp.zeros_like(lo)))
+    return xp.where(read, p, xp.zeros_like(p))
+
+
+def attention_vjp_rows(xp, q, k, v, o, lse, do, dlse, *, scale, softcap, widened, attend_block, bias_block, sink, want_bias=False):
+    """The gradients of :func:`attention_rows` for query rows ``q`` (..., L, D).
+
+    ``k`` (..., S, D) and ``v`` (..., S, Dv) broadcast against ``q``'s
+    leading dimensions (grouped-query heads share a key head); ``o`` and
+    ``do`` (..., L, Dv) are the output and its cotangent, ``lse`` (..., L)
+    the forward's log-sum-exp and ``dlse`` its cotangent or None;
+    ``attend_block``, ``bias_block`` and ``sink`` are those of the forward.
+    Returns ``(dq, dk, dv, dsink, dbias)``: ``dk`` and ``dv`` with ``q``'s
+    leading dimensions (the caller sums a group's heads), ``dsink`` per row
+    (..., L) or None, ``dbias`` (..., L, S) when ``want_bias`` or None.
+
+    With ``g_i = dlse_i - dO_i . O_i`` and ``P_ij = exp(s_ij - lse_i)``:
+    ``dS_ij = P_ij (dO_i . v_j + g_i)``; ``dbias = dS``; through the soft cap
+    ``dT = dS (1 - (s/c)^2)`` (``s`` the capped score); ``dq_i = scale
+    sum_j dT_ij k_j``, ``dk_j = scale sum_i dT_ij q_i``, ``dv_j = sum_i
+    P_ij dO_i``; and the sink's ``dsink_i = P_sink,i g_i``.
+
+    Edge rows: an empty row (``lse = -inf``) has ``P = 0`` and zero
+    gradients; a row with an attended ``+inf`` score (``lse = +inf``) takes
+    zero gradients too (the limit is constant in the finite scores); a NaN
+    ``lse`` makes the row's gradients NaN.
+    """
+    dev = device(q)
+    live = ~xp.isinf(lse)
+    g = -xp.sum(xp.where(live[..., None], do * o, xp.zeros_like(o)), axis=-1)
+    if dlse is not None:
+        g = g + dlse
+    g = xp.where(live, g, xp.zeros_like(g))
+    dq = xp.zeros(q.shape, dtype=q.dtype, device=dev)
+    lead = tuple(q.shape[:-2])
+    dks, dvs, dbiases = [], [], []
+    n_keys = k.shape[-2]
+    for j0 in range(0, n_keys, BLOCK):
+        j1 = min(j0 + BLOCK, n_keys)
+        kb, vb = k[..., j0:j1, :], v[..., j0:j1, :]
+        hi, lo = scores(xp, q, kb, scale, widened)
+        if softcap is not None:
+            hi, lo = soft_cap(xp, hi, lo, softcap)
+            tanh = hi / softcap
+            slope = 1.0 - tanh * tanh
+        attend = attend_block(j0, j1)
+        bias = bias_block(j0, j1)
+        if bias is not None:
+            no_inf = bias != -_INF
+            attend = no_inf if attend is None else (attend & no_inf)
+            hi, lo = add_bias(xp, hi, lo, bias)
+        read = (hi != -_INF) & live[..., None]
+        if attend is not None:
+            read = read & attend
+        p = _weights(xp, hi, lo, lse, read, widened)
+        dp = xp.sum(do[..., :, None, :] * vb[..., None, :, :], axis=-1)
+        ds = xp.where(read, p * (dp + g[..., None]), xp.zeros_like(p))
+        if want_bias:
+            dbiases.append(xp.broadcast_to(ds, lead + tuple(ds.shape[-2:])))
+        dt = ds if softcap is None else ds * slope
+        r = read[..., :, :, None]
+        zero = xp.zeros_like(dt[..., :, :, None])
+        dq = dq + scale * xp.sum(xp.where(r, dt[..., :, :, None] * kb[..., None, :, :], zero), axis=-2)
+        dk = scale * xp.sum(xp.where(r, dt[..., :, :, None] * q[..., :, None, :], zero), axis=-3)
+        dv = xp.sum(xp.where(r, p[..., :, :, None] * do[..., :, None, :], zero), axis=-3)
+        dks.append(xp.broadcast_to(dk, lead + tuple(dk.shape[-2:])))
+        dvs.append(xp.broadcast_to(dv, lead + tuple(dv.shape[-2:])))
+    if n_keys:
+        dk, dv = xp.concat(dks, axis=-2), xp.concat(dvs, axis=-2)
+    else:
+        dk = xp.zeros(lead + (0, k.shape[-1]), dtype=q.dtype, device=dev)
+        dv = xp.zeros(lead + (0, v.shape[-1]), dtype=q.dtype, device=dev)
+    dsink = None
+    if sink is not None:
+        sk = xp.broadcast_to(sink, lse.shape)
+        ok = live & (sk != -_INF)
+        psink = xp.exp(xp.where(ok, sk - xp.where(ok, lse, sk), xp.zeros_like(sk)))
+        dsink = xp.where(ok, psink * g, xp.zeros_like(g))
+    dbias = None
+    if want_bias:
+        dbias = xp.concat(dbiases, axis=-1) if n_keys else xp.zeros(lead + (q.shape[-2], 0), dtype=q.dtype, device=dev)
+    return dq, dk, dv, dsink, dbias
+
+
+def merge_vjp(xp, m, acc, lse, out, dout, dlse, base2: bool = False):
+    """The gradients of the merge (:func:`combine` then :func:`finish`) with
+    respect to the states' log-sum-exps ``m`` (k, ...) and outputs ``acc``
+    (k, ..., Dv), given the merged ``lse`` (...) and ``out`` (..., Dv) and
+    their cotangents (``dlse`` may be None).
+
+    With ``pi_i = exp(m_i - lse)`` (``2**(m_i - lse)`` with ``base2``), the
+    share of state ``i`` in the union: ``d acc_i = pi_i dout`` and
+    ``d m_i = pi_i (dlse + c dout . (acc_i - out))`` with ``c = 1`` (``ln 2``
+    with ``base2``).  An empty state (``m = -inf``) gets zero gradients and
+    its output is never read; when the merged lse is ``+inf`` the ``+inf``
+    states share it equally and the gradient in ``m`` is 0.
+    """
+    empty = m == -_INF
+    top_inf = xp.broadcast_to(lse[None, ...] == _INF, m.shape)
+    on_top = m == _INF
+    n_top = xp.sum(xp.astype(on_top, m.dtype), axis=0, keepdims=True)
+    live = ~empty & ~top_inf
+    lse_b = xp.broadcast_to(lse[None, ...], m.shape)
+    d = xp.where(live, m - xp.where(live, lse_b, m), xp.zeros_like(m))
+    pi = xp.exp(d * _LN2) if base2 else xp.exp(d)
+    pi = xp.where(live, pi, xp.zeros_like(pi))
+    pi = xp.where(top_inf & on_top, 1.0 / xp.where(n_top > 0, n_top, xp.ones_like(n_top)), pi)
+    read = (live | (top_inf & on_top))[..., None]
+    zero = xp.zeros_like(acc)
+    d_acc = xp.where(read, pi[..., None] * dout[None, ...], zero)
+    spread = xp.sum(xp.where(read, dout[None, ...] * (acc - out[None, ...]), zero), axis=-1)
+    if base2:
+        spread = spread * _LN2
+    dm = spread if dlse is None else spread + dlse[None, ...]
+    dm = xp.where(live, pi * dm, xp.zeros_like(dm))
+    return dm, d_acc
+
+
+def attention_vjp(xp, q, k, v, o, lse, do, dlse, *, attend, bias, causal, scale, softcap, sinks, widened, want_bias=False, rows_per_chunk=None):
+    """The gradients of attention over heads: ``(dq, dk, dv, dsinks, dbias)``.
+
+    ``q`` (..., Hq, L, D), ``k`` (..., Hkv, S, D), ``v`` (..., Hkv, S, Dv),
+    ``o``/``do`` (..., Hq, L, Dv), ``lse``/``dlse`` (..., Hq, L) (``dlse``
+    may be None), all in the working dtype and checked by the caller.
+    ``attend`` (boolean) or ``bias`` (additive), broadcastable to
+    (..., Hq, L, S), or None; ``causal`` None, ``"top_left"`` or
+    ``"bottom_right"``; ``sinks`` (Hq,) or None.  A group's query heads
+    share key head ``h // (Hq // Hkv)``, so its ``dk``/``dv`` sum over the
+    group; ``dsinks`` (Hq,) sums over the batch and the rows; ``dbias`` is
+    (..., Hq, L, S) when ``want_bias``.  Query rows go ``rows_per_chunk``
+    at a time (all at once when None); see :func:`attention_vjp_rows`.
+    """
+    *batch, n_q, n_rows, depth = q.shape
+    n_kv, n_keys, dv_depth = k.shape[-3], k.shape[-2], v.shape[-1]
+    batch = tuple(batch)
+    group = n_q // n_kv
+    lead = batch + (n_kv, group)
+    dev = device(q)
+    qg = xp.reshape(q, lead + (n_rows, depth))
+    kg = xp.reshape(k, batch + (n_kv, 1, n_keys, depth))
+    vg = xp.reshape(v, batch + (n_kv, 1, n_keys, dv_depth))
+    og = xp.reshape(o, lead + (n_rows, dv_depth))
+    dog = xp.reshape(do, lead + (n_rows, dv_depth))
+    lg = xp.reshape(lse, lead + (n_rows,))
+    dlg = None if dlse is None else xp.reshape(dlse, lead + (n_rows,))
+    full = batch + (n_q, n_rows, n_keys)
+    attend = None if attend is None else xp.reshape(xp.broadcast_to(attend, full), lead + (n_rows, n_keys))
+    bias = None if bias is None else xp.reshape(xp.broadcast_to(bias, full), lead + (n_rows, n_keys))
+    sink = None if sinks is None else xp.reshape(sinks, (n_kv, group, 1))
+    step = n_rows if rows_per_chunk is None else max(1, rows_per_chunk)
+    dq_parts, db_parts = [], []
+    dk = xp.zeros(lead + (n_keys, depth), dtype=q.dtype, device=dev)
+    dv = xp.zeros(lead + (n_keys, dv_depth), dtype=q.dtype, device=dev)
+    dsink = xp.zeros(lead + (1,), dtype=q.dtype, device=dev)
+    for l0 in range(0, max(n_rows, 1), step):
+        l1 = min(l0 + step, n_rows)
+
+        def attend_block(j0, j1, l0=l0, l1=l1):
+            keep = None if attend is None else attend[..., l0:l1, j0:j1]
+            if causal is not None:
+                c = causal_keep(xp.arange(l0, l1, device=dev), xp.arange(j0, j1, device=dev), n_rows, n_keys, causal)
+                keep = c if keep is None else (keep & c)
+            return keep
+
+        def bias_block(j0, j1, l0=l0, l1=l1):
+            return None if bias is None else bias[..., l0:l1, j0:j1]
+
+        part = attention_vjp_rows(
+            xp, qg[..., l0:l1, :], kg, vg, og[..., l0:l1, :], lg[..., l0:l1], dog[..., l0:l1, :],
+            None if dlg is None else dlg[..., l0:l1], scale=scale, softcap=softcap, widened=widened,
+            attend_block=attend_block, bias_block=bias_block, sink=sink, want_bias=want_bias,
+        )
+        dq_parts.append(part[0])
+        dk, dv = dk + part[1], dv + part[2]
+        if part[3] is not None:
+            dsink = dsink + xp.sum(part[3], axis=-1, keepdims=True)
+        if want_bias:
+            db_parts.append(part[4])
+    dq = xp.reshape(xp.concat(dq_parts, axis=-2), q.shape)
+    dk = xp.reshape(xp.sum(dk, axis=-3), k.shape)
+    dv = xp.reshape(xp.sum(dv, axis=-3), v.shape)
+    dsinks = None
+    if sinks is not None:
+        dsinks = xp.reshape(dsink, (-1, n_q))
+        dsinks = xp.sum(dsinks, axis=0)
+    dbias = xp.reshape(xp.concat(db_parts, axis=-2), full) if want_bias else None
+    return dq, dk, dv, dsinks, dbias
