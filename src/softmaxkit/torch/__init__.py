@@ -24,6 +24,7 @@ from softmaxkit.backends.torch.functional import (
     softmax,
 )
 from softmaxkit.backends.torch.execution import working_dtype
+from softmaxkit.backends.torch.attention import merge_attention_states, scaled_dot_product_attention
 from softmaxkit.backends.torch.linear import LinearCrossEntropyLoss, linear_cross_entropy
 from softmaxkit.backends.torch.linear_distillation import LinearDistillationLoss, linear_distillation_loss
 from softmaxkit.backends.torch.elementwise import logsigmoid, sigmoid, softplus
@@ -52,8 +53,10 @@ __all__ = [
     "log_softmax",
     "logsigmoid",
     "logsumexp",
+    "merge_attention_states",
     "monitor",
     "nll_loss",
+    "scaled_dot_product_attention",
     "sigmoid",
     "softmax",
     "softplus",
