@@ -6,17 +6,25 @@ device, through ``array_api_compat.torch``); the backward passes are the
 VJPs of ``numerics/attention.py`` (FlashAttention-2's backward, the weights
 recomputed from the saved log-sum-exp) in the working precision of
 :func:`.execution.working_dtype`.  Nothing here restates a formula.
+
+Attention runs as an autograd Function in eager code and as the custom
+operators ``torch.ops.softmaxkit.attention`` and ``attention_backward``
+(fake implementations and a registered autograd formula, as in ``ops.py``)
+under ``torch.compile``, where it is one opaque node forward and backward
+(:func:`.execution.apply_function`).  The merge is an autograd Function
+only.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 import torch
+from torch import Tensor
 
-from softmaxkit.backends.torch.execution import as_float, working_dtype, xp
+from softmaxkit.backends.torch.execution import apply_function, as_float, working_dtype, xp
 from softmaxkit.frontend import attention as _front
 from softmaxkit.frontend import validate
 from softmaxkit.numerics import attention as att
@@ -192,8 +200,67 @@ def scaled_dot_product_attention(
     tau = 1.0 / math.sqrt(max(q.shape[-1], 1)) if scale is None else validate.positive_finite(scale, "scale")
     cap = None if softcap is None else validate.positive_finite(softcap, "softcap")
     causal = "top_left" if is_causal else None
-    out, lse = AttentionFunction.apply(q, k, v, attn_mask, sinks, causal, tau, cap)
+    out, lse = apply_function(AttentionFunction, attention_op, q, k, v, attn_mask, sinks, causal, tau, cap)
     return (out, lse) if return_lse else out
+
+
+# --- the custom operators (torch.compile) ------------------------------------
+
+
+def _out_dtypes(q: Tensor, k: Tensor, v: Tensor) -> tuple[torch.dtype, torch.dtype]:
+    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    return dtype, (dtype if dtype in (torch.float32, torch.float64) else torch.float32)
+
+
+@torch.library.custom_op("softmaxkit::attention", mutates_args=())
+def attention_op(
+    q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], sinks: Optional[Tensor], causal: Optional[str], scale: float, softcap: Optional[float]
+) -> tuple[Tensor, Tensor]:
+    out, lse = attention_forward(q, k, v, mask, sinks, causal, scale, softcap)
+    return out.contiguous(), lse.contiguous()
+
+
+@attention_op.register_fake
+def _(q, k, v, mask, sinks, causal, scale, softcap):
+    dtype, lse_dtype = _out_dtypes(q, k, v)
+    return q.new_empty(q.shape[:-1] + v.shape[-1:], dtype=dtype), q.new_empty(q.shape[:-1], dtype=lse_dtype)
+
+
+@torch.library.custom_op("softmaxkit::attention_backward", mutates_args=())
+def attention_backward_op(
+    q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], sinks: Optional[Tensor], causal: Optional[str], scale: float,
+    softcap: Optional[float], out: Tensor, lse: Tensor, grad_out: Optional[Tensor], grad_lse: Optional[Tensor], want_mask: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv, dsinks, dmask)``; an empty tensor stands for a gradient not computed."""
+    grads = attention_backward(q, k, v, mask, sinks, causal, scale, softcap, out, lse, grad_out, grad_lse, want_mask)
+    return tuple(q.new_empty(0) if g is None else g.contiguous() for g in grads)
+
+
+@attention_backward_op.register_fake
+def _(q, k, v, mask, sinks, causal, scale, softcap, out, lse, grad_out, grad_lse, want_mask):
+    dsinks = q.new_empty(0) if sinks is None else torch.empty_like(sinks)
+    bias = mask is not None and mask.dtype != torch.bool and want_mask
+    dmask = torch.empty_like(mask, memory_format=torch.contiguous_format) if bias else q.new_empty(0)
+    like = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v)]
+    return (*like, dsinks, dmask)
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, mask, sinks, ctx.causal, ctx.scale, ctx.softcap = inputs
+    ctx.has_sinks, ctx.has_mask = sinks is not None, mask is not None
+    ctx.save_for_backward(q, k, v, mask, sinks, *output)
+
+
+def _attention_grad(ctx, grad_out, grad_lse):
+    q, k, v, mask, sinks, out, lse = ctx.saved_tensors
+    dq, dk, dv, dsinks, dmask = attention_backward_op(
+        q, k, v, mask, sinks, ctx.causal, ctx.scale, ctx.softcap, out, lse, grad_out, grad_lse, ctx.needs_input_grad[3]
+    )
+    dmask = dmask if ctx.has_mask and ctx.needs_input_grad[3] else None
+    return dq, dk, dv, dmask, dsinks if ctx.has_sinks else None, None, None, None
+
+
+attention_op.register_autograd(_attention_grad, setup_context=_attention_setup)
 
 
 # --- merge of partial attention states ---------------------------------------
