@@ -123,7 +123,7 @@ def test_bce_with_logits_under_jit_and_vmap():
     eager_loss, eager_grad = jax.value_and_grad(f)(x, y)
     np.testing.assert_allclose(loss, eager_loss, rtol=1e-6)
     np.testing.assert_allclose(grad, eager_grad, rtol=1e-6)
-    rows = jax.vmap(jax.grad(lambda a, b: smk.binary_cross_entropy_with_logits(a, b, reduction="sum")))(x, y)
+    rows = jax.jit(jax.vmap(jax.grad(lambda a, b: smk.binary_cross_entropy_with_logits(a, b, reduction="sum"))))(x, y)
     np.testing.assert_allclose(rows, jax.grad(lambda a: smk.binary_cross_entropy_with_logits(a, y, reduction="sum"))(x), rtol=1e-6)
 
 
@@ -136,19 +136,28 @@ def test_bce_with_logits_on_jax_arrays_matches_numpy_path():
         y[1] = [0, 1, 0, 1, 1]
         w = rng.random(size=(5,)) + 0.5
         beta = rng.random(size=(4, 5)) * 3
-        for reduction in ("mean", "sum", "none"):
+        reductions = ("mean", "sum", "none")
+
+        # One compilation for the three reductions (eager, every operation
+        # would compile on its own).
+        @jax.jit
+        def on_jax_arrays(a, yj, wj, bj):
+            out = {}
+            for r in reductions:
+
+                def total(c, r=r):
+                    return smk.binary_cross_entropy_with_logits(c, yj, weight=wj, pos_weight=bj, reduction=r).sum()
+
+                got = smk.binary_cross_entropy_with_logits(a, yj, weight=wj, pos_weight=bj, reduction=r, return_grad=True)
+                out[r] = got, jax.grad(total)(a)
+            return out
+
+        results = on_jax_arrays(*map(jnp.asarray, (x, y, w, beta)))
+        for reduction in reductions:
             expected = smk.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=beta, reduction=reduction, return_grad=True)
-            got = smk.binary_cross_entropy_with_logits(
-                jnp.asarray(x), jnp.asarray(y), weight=jnp.asarray(w), pos_weight=jnp.asarray(beta), reduction=reduction, return_grad=True
-            )
+            got, auto = results[reduction]
             np.testing.assert_allclose(got[0], expected[0], rtol=1e-14)
             np.testing.assert_allclose(got[1], expected[1], rtol=1e-14, atol=1e-300)
-            yj, wj, bj = jnp.asarray(y), jnp.asarray(w), jnp.asarray(beta)
-
-            def total(a, r=reduction, yj=yj, wj=wj, bj=bj):
-                return smk.binary_cross_entropy_with_logits(a, yj, weight=wj, pos_weight=bj, reduction=r).sum()
-
-            auto = jax.grad(total)(jnp.asarray(x))
             np.testing.assert_allclose(auto, expected[1], rtol=1e-13, atol=1e-300)
 
 
