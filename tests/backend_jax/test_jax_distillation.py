@@ -45,9 +45,9 @@ def test_jit_grad_equal_the_numpy_path(divergence, reduction):
 
 def test_vmap_over_rows_equals_reduction_none():
     s, t = _pair((5, 7), seed=2)
-    per_row = jax.vmap(lambda a, b: smj.distillation_loss(a, b, divergence="jsd", beta=0.2))(s, t)
+    per_row = jax.jit(jax.vmap(lambda a, b: smj.distillation_loss(a, b, divergence="jsd", beta=0.2)))(s, t)
     _close(per_row, smk.distillation_loss(s, t, divergence="jsd", beta=0.2, reduction="none"))
-    grads = jax.vmap(jax.grad(lambda a, b: smj.distillation_loss(a, b, temperature=3.0)))(s, t)
+    grads = jax.jit(jax.vmap(jax.grad(lambda a, b: smj.distillation_loss(a, b, temperature=3.0))))(s, t)
     _, (ns, _) = smk.distillation_loss(s, t, temperature=3.0, reduction="sum", return_grad=True)
     _close(grads, ns)
 
@@ -76,7 +76,7 @@ def test_grad_matches_finite_differences_float64():
 def test_cotangent_scales_the_gradients():
     s, t = _pair((3, 4), seed=5)
     w = jnp.array([0.5, -2.0, 3.0])
-    g = jax.grad(lambda a: jnp.sum(w * smj.distillation_loss(a, t, divergence="jsd", reduction="none")))(s)
+    g = jax.jit(jax.grad(lambda a: jnp.sum(w * smj.distillation_loss(a, t, divergence="jsd", reduction="none"))))(s)
     _, (ns, _) = smk.distillation_loss(s, t, divergence="jsd", reduction="none", return_grad=True)
     _close(g, np.asarray(ns) * np.asarray(w)[:, None])
 
@@ -84,20 +84,31 @@ def test_cotangent_scales_the_gradients():
 def test_confident_row_and_edges():
     s = jnp.array([[30.0, 0.0, 0.0], [-jnp.inf, -jnp.inf, -jnp.inf]])
     t = jnp.array([[0.0, -jnp.inf, -jnp.inf], [-jnp.inf, -jnp.inf, -jnp.inf]])
-    loss = smj.distillation_loss(s, t, reduction="none")
-    g = jax.grad(lambda a: smj.distillation_loss(a, t, reduction="sum"))(s)
+
+    @jax.jit  # one compilation (eager, every operation would compile on its own)
+    def edges(a, b):
+        loss = smj.distillation_loss(a, b, reduction="none")
+        g = jax.grad(lambda c: smj.distillation_loss(c, b, reduction="sum"))(a)
+        return loss, g, smj.distillation_loss(jnp.array([0.0, -jnp.inf]), jnp.array([0.0, 0.0]))
+
+    loss, g, inf_loss = edges(s, t)
     assert float(loss[1]) == 0 and bool(jnp.all(g[1] == 0))
     assert float(g[0, 0]) < 0  # p - q at the argmax, where jax.nn.softmax(s) - q gives 0
-    inf_loss = smj.distillation_loss(jnp.array([0.0, -jnp.inf]), jnp.array([0.0, 0.0]))
     assert float(inf_loss) == np.inf
 
 
 def test_ignored_labels_and_dispatch():
     s, t = _pair((4, 5), seed=4)
     y = jnp.array([1, -100, -100, 4])
-    loss = smj.distillation_loss(s, t, labels=y, hard_label_weight=0.5)
     keep = np.array([True, False, False, True])
-    _close(loss, smj.distillation_loss(s[keep], t[keep], labels=y[keep], hard_label_weight=0.5))
+
+    @jax.jit  # one compilation for both losses (eager, every operation would compile on its own)
+    def losses(a, b, lab):
+        kept = smj.distillation_loss(a[keep], b[keep], labels=lab[keep], hard_label_weight=0.5)
+        return smj.distillation_loss(a, b, labels=lab, hard_label_weight=0.5), kept
+
+    loss, kept = losses(s, t, y)
+    _close(loss, kept)
     out, (gs, gt) = smk.distillation_loss(jnp.asarray(s), jnp.asarray(t), divergence="reverse_kl", return_grad=True)
     assert isinstance(out, jax.Array) and gs.shape == s.shape
     _close(gt, smk.distillation_loss(s, t, divergence="reverse_kl", return_grad=True)[1][1])
