@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
+import torch.nn.functional as F
 
-import softmaxkit as smk  # noqa: E402
-import softmaxkit.torch as smt  # noqa: E402
+import softmaxkit as smk
+import softmaxkit.torch as smt
 
 F64 = torch.float64
 
@@ -47,7 +47,7 @@ def test_parity_with_torch_sdpa(kind, gqa, dtype):
     ours = smt.scaled_dot_product_attention(q, k, v, scale=0.5, **opts)
     theirs = F.scaled_dot_product_attention(q, k, v, scale=0.5, **opts)
     assert ours.dtype == dtype
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-13}
     torch.testing.assert_close(ours, theirs, **tol)
     wrt = [q, k, v] + ([opts["attn_mask"]] if kind == "float" else [])
     cot = torch.randn(ours.shape, generator=g, dtype=F64).to(dtype)
@@ -57,8 +57,8 @@ def test_parity_with_torch_sdpa(kind, gqa, dtype):
 
 
 @pytest.mark.parametrize("options", [
-    dict(softcap=2.0, sinks=True, mask="float"),
-    dict(sinks=True, causal=True, mask="bool"),
+    {"softcap": 2.0, "sinks": True, "mask": "float"},
+    {"sinks": True, "causal": True, "mask": "bool"},
 ], ids=["softcap-sinks-float-mask", "sinks-causal-bool-mask"])
 def test_gradients_against_finite_differences(options):
     q, k, v, g = _inputs(2, F64, hq=2, hkv=1, L=3, S=4, D=2, Dv=2)
@@ -91,7 +91,7 @@ def test_forward_is_the_numpy_attention_bit_for_bit():
 
 def test_empty_rows_give_zero_output_and_zero_finite_gradients():
     # torch gives NaN on a fully masked row (values and gradients).
-    q, k, v, g = _inputs(4, torch.float32)
+    q, k, v, _ = _inputs(4, torch.float32)
     mask = torch.ones(5, 7, dtype=torch.bool)
     mask[2] = False
     mask[:, 6] = False
@@ -144,7 +144,7 @@ def test_merge_forward_and_gradients():
     outs = torch.randn(3, 4, 2, generator=g, dtype=F64)
     lses = torch.randn(3, 4, generator=g, dtype=F64) * 3
     for base in ("e", 2):
-        assert torch.autograd.gradcheck(lambda o, l: smt.merge_attention_states(o, l, dim=0, base=base), (outs.clone().requires_grad_(), lses.clone().requires_grad_()))
+        assert torch.autograd.gradcheck(lambda o, l, base=base: smt.merge_attention_states(o, l, dim=0, base=base), (outs.clone().requires_grad_(), lses.clone().requires_grad_()))
     # dim and a list of states
     o_list = [outs[i].clone().requires_grad_() for i in range(3)]
     o, l = smt.merge_attention_states(o_list, list(lses), dim=-1)

@@ -41,7 +41,7 @@ def problem(seed, *, mask_kind=None, causal=None, softcap=None, sinks=False, sca
     q = rng.normal(size=(2, 4, 3, 3))
     k = rng.normal(size=(2, 2, 5, 3))
     v = rng.normal(size=(2, 2, 5, 2))
-    opts = dict(causal=causal, softcap=softcap, scale=scale)
+    opts = {"causal": causal, "softcap": softcap, "scale": scale}
     if mask_kind == "bool":
         m = rng.random((3, 5)) < 0.7
         m[1] = False  # an empty row
@@ -56,13 +56,13 @@ def problem(seed, *, mask_kind=None, causal=None, softcap=None, sinks=False, sca
 
 
 CASES = [
-    dict(),
-    dict(mask_kind="bool"),
-    dict(mask_kind="float"),
-    dict(causal="top_left"),
-    dict(causal="bottom_right", sinks=True),
-    dict(softcap=2.0, scale=0.8),
-    dict(mask_kind="bool", sinks=True, softcap=3.0),
+    {},
+    {"mask_kind": "bool"},
+    {"mask_kind": "float"},
+    {"causal": "top_left"},
+    {"causal": "bottom_right", "sinks": True},
+    {"softcap": 2.0, "scale": 0.8},
+    {"mask_kind": "bool", "sinks": True, "softcap": 3.0},
 ]
 
 
@@ -144,7 +144,7 @@ def test_merge_vjp_matches_finite_differences():
     for base, base2 in (("e", False), (2, True)):
         o, l = smk.merge_attention_states(outs, lses, base=base)
 
-        def loss():
+        def loss(base=base):
             oo, ll = smk.merge_attention_states(outs, lses, base=base)
             return float(np.sum(oo * dout) + np.sum(ll * dl))
 
@@ -155,3 +155,14 @@ def test_merge_vjp_matches_finite_differences():
         np.testing.assert_allclose(dm[live], numeric_grad(loss, lses)[live], rtol=1e-6, atol=1e-8)
         np.testing.assert_allclose(da, numeric_grad(loss, outs), rtol=1e-6, atol=1e-8)
         assert np.all(dm[~live] == 0) and np.all(da[~live] == 0)
+
+
+def test_rows_with_an_attended_inf_score_get_zero_gradients():
+    # The output is the mean of the +inf keys' values whatever the finite scores.
+    q, k, v, do, dlse, _ = problem(10)
+    bias = np.zeros((3, 5))
+    bias[1, 2] = INF
+    dq, dk, dv, _, dbias = vjp(q, k, v, do, dlse, mask=bias)
+    assert np.all(np.isfinite(dq)) and np.all(np.isfinite(dk)) and np.all(np.isfinite(dv)) and np.all(np.isfinite(dbias))
+    assert np.all(dq[:, :, 1] == 0) and np.all(dbias[:, :, 1] == 0)
+    assert np.all(dq[:, :, 0] != 0)

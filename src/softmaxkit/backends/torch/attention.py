@@ -24,7 +24,12 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from softmaxkit.backends.torch.execution import apply_function, as_float, working_dtype, xp
+from softmaxkit.backends.torch.execution import (
+    apply_function,
+    as_float,
+    working_dtype,
+    xp,
+)
 from softmaxkit.frontend import attention as _front
 from softmaxkit.frontend import validate
 from softmaxkit.numerics import attention as att
@@ -285,7 +290,7 @@ class MergeFunction(torch.autograd.Function):
         outputs, lses, out, lse = ctx.saved_tensors
         if grad_out is None and grad_lse is None:
             return (None,) * 5
-        work, widened = working_dtype(torch.promote_types(outputs.dtype, lses.dtype), outputs.device)
+        work, _ = working_dtype(torch.promote_types(outputs.dtype, lses.dtype), outputs.device)
         dim = ctx.dim % lses.ndim
         m = lses.to(work).movedim(dim, 0)
         acc = outputs.to(work).movedim(dim, 0)
