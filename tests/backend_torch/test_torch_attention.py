@@ -181,3 +181,11 @@ def test_compiled_fullgraph_matches_eager_and_opcheck():
         assert torch.equal(a, b)
     result = torch.library.opcheck(torch.ops.softmaxkit.attention.default, (q, k, v, mask, sinks, None, 0.5, None))
     assert all(r == "SUCCESS" for r in result.values())
+
+
+def test_no_silent_second_derivative():
+    q = torch.randn(1, 1, 2, 3, dtype=F64, requires_grad=True)
+    for out in (smt.scaled_dot_product_attention(q, q, q), smt.merge_attention_states(q[0, 0], q[0, 0, :, 0])[0]):
+        (g,) = torch.autograd.grad(out.sum(), q, create_graph=True)
+        with pytest.raises(RuntimeError):
+            g.sum().backward()

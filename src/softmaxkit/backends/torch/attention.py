@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from softmaxkit.backends.torch.execution import (
     apply_function,
@@ -91,6 +92,7 @@ class AttentionFunction(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, mask, sinks, *output)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out, grad_lse):
         q, k, v, mask, sinks, out, lse = ctx.saved_tensors
         if grad_out is None and grad_lse is None:
@@ -286,6 +288,7 @@ class MergeFunction(torch.autograd.Function):
         ctx.save_for_backward(outputs, lses, *output)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out, grad_lse):
         outputs, lses, out, lse = ctx.saved_tensors
         if grad_out is None and grad_lse is None:
