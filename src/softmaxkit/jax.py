@@ -3,6 +3,15 @@
 The forward passes call the formulas in ``softmaxkit.numerics`` with
 ``xp = jax.numpy``, so results agree with the NumPy and PyTorch APIs.
 
+Attention
+---------
+``dot_product_attention`` (``jax.nn.dot_product_attention``'s layout and
+arguments, plus ``softcap``, ``sinks`` and ``return_lse``) and
+``merge_attention_states`` run the formulas of :func:`softmaxkit.attention`
+and :func:`softmaxkit.merge_attention_states` on ``jax.numpy``; each is a
+``jax.custom_vjp`` whose backward is the VJP of ``numerics.attention``
+(reverse mode only).  Empty rows give 0 and zero gradients.
+
 Derivatives
 -----------
 Each function is a ``jax.custom_jvp`` with an exact tangent rule, so
@@ -74,6 +83,7 @@ kernel still checks class indices when it runs: a label outside
 (``JaxRuntimeError``, naming ``labels``) instead of giving a loss.
 """
 
+from softmaxkit.backends.jax.attention import dot_product_attention, merge_attention_states
 from softmaxkit.backends.jax.functions import cross_entropy, kl_div, log_softmax, logsumexp, softmax
 from softmaxkit.backends.jax.native import path as kernel_path
 from softmaxkit.backends.jax.distillation import distillation_loss
@@ -84,12 +94,14 @@ from softmaxkit.backends.jax.vocab_parallel import vocab_parallel_cross_entropy
 __all__ = [
     "cross_entropy",
     "distillation_loss",
+    "dot_product_attention",
     "kernel_path",
     "kl_div",
     "linear_cross_entropy",
     "linear_distillation_loss",
     "log_softmax",
     "logsumexp",
+    "merge_attention_states",
     "softmax",
     "vocab_parallel_cross_entropy",
 ]
