@@ -80,6 +80,9 @@ def _attention_bwd(o: _Static, residuals, cotangents):
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
+# Compiled as a whole (and so is its backward under ``grad``) rather than
+# dispatched one operation at a time.
+_attention_jit = jax.jit(_attention, static_argnums=(5,))
 
 
 def _heads_last(x: Any) -> Any:
@@ -229,7 +232,7 @@ def dot_product_attention(
         combined = b if keep is None else jnp.where(keep, b, jnp.asarray(-_INF, dtype=b.dtype))
     if sinks is not None:
         sinks = _as_float(sinks, "sinks")
-    out, lse = _attention(_heads_last(q), _heads_last(k), _heads_last(v), combined, sinks, _Static("top_left" if is_causal else None, tau, cap))
+    out, lse = _attention_jit(_heads_last(q), _heads_last(k), _heads_last(v), combined, sinks, _Static("top_left" if is_causal else None, tau, cap))
     out = _heads_last(out)
     return (out, lse) if return_lse else out
 
@@ -269,6 +272,7 @@ def _merge_bwd(o: _MergeStatic, residuals, cotangents):
 
 
 _merge.defvjp(_merge_fwd, _merge_bwd)
+_merge_jit = jax.jit(_merge, static_argnums=(2,))
 
 
 def merge_attention_states(outputs: Any, lses: Any, *, axis: int = 0, base: Any = "e", empty_lse: str = "-inf") -> tuple[Any, Any]:
@@ -331,4 +335,4 @@ def merge_attention_states(outputs: Any, lses: Any, *, axis: int = 0, base: Any 
         raise ValueError(f"base must be 'e' or 2; got {validate.describe(base)}")
     if empty_lse not in _front.EMPTY_LSE:
         raise ValueError(f"empty_lse must be '-inf' or '+inf'; got {validate.describe(empty_lse)}")
-    return _merge(outputs, lses, _MergeStatic(ax, base, empty_lse))
+    return _merge_jit(outputs, lses, _MergeStatic(ax, base, empty_lse))
