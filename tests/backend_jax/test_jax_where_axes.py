@@ -52,8 +52,8 @@ def test_cross_entropy_where_equals_slicing(options):
             return smj.cross_entropy(a[:, KEEP], sliced_labels, **sliced_opts)
 
         np.testing.assert_allclose(masked(x), sliced(x), rtol=1e-14)
-        g_masked = jax.jacrev(masked)(x)
-        g_sliced = jax.jacrev(sliced)(x)
+        g_masked = jax.jit(jax.jacrev(masked))(x)
+        g_sliced = jax.jit(jax.jacrev(sliced))(x)
         np.testing.assert_allclose(g_masked[..., KEEP], g_sliced[..., KEEP], rtol=1e-13, atol=1e-16)
         assert not np.asarray(g_masked[..., ~KEEP]).any()
 
@@ -91,13 +91,18 @@ def test_cross_entropy_rows_with_no_class_left_take_no_part():
     x = jnp.asarray(_rng(3).normal(size=(4, 3)).astype(np.float32))
     labels = jnp.array([0, 2, 1, 1])
     rows = jnp.array([True, False, True, False])
+
+    @jax.jit  # one compilation per kind of target (eager, every operation would compile on its own)
+    def losses(a, t):
+        masked = jax.value_and_grad(lambda b: smj.cross_entropy(b, t, where=rows[:, None]))(a)
+        kept = jax.value_and_grad(lambda b: smj.cross_entropy(b, t[rows]))(a[rows])
+        return masked, kept, smj.cross_entropy(a, t, where=rows[:, None], reduction="none", z_loss=0.1)
+
     for target in (labels, jax.nn.one_hot(labels, 3)):
-        loss, grad = jax.value_and_grad(lambda a, t=target: smj.cross_entropy(a, t, where=rows[:, None]))(x)
-        kept_loss, kept_grad = jax.value_and_grad(lambda a, t=target: smj.cross_entropy(a, t[rows]))(x[rows])
+        (loss, grad), (kept_loss, kept_grad), per_row = losses(x, target)
         np.testing.assert_allclose(loss, kept_loss, rtol=1e-6)
         np.testing.assert_allclose(grad[rows], kept_grad, rtol=1e-6)
         assert not grad[~rows].any()
-        per_row = smj.cross_entropy(x, target, where=rows[:, None], reduction="none", z_loss=0.1)
         assert per_row[1] == 0 and per_row[3] == 0
     everything = smj.cross_entropy(x, labels, where=jnp.zeros((4, 3), dtype=bool))
     assert float(everything) == 0.0
@@ -120,7 +125,8 @@ def test_cross_entropy_where_under_jit_vmap_and_forward_mode():
         return smj.cross_entropy(a, b, where=where, label_smoothing=0.1)
 
     batched = jax.jit(jax.vmap(f))(x, labels)
-    np.testing.assert_allclose(batched, jnp.stack([f(x[i], labels[i]) for i in range(3)]), rtol=1e-6)
+    one = jax.jit(f)  # compiled once, called per element
+    np.testing.assert_allclose(batched, jnp.stack([one(x[i], labels[i]) for i in range(3)]), rtol=1e-6)
     with jax.enable_x64(True):
         x64 = jnp.asarray(_rng(6).normal(size=(3, 6)))
         check_grads(jax.jit(lambda a: smj.cross_entropy(a, jnp.array([0, 2, 4]), where=where, z_loss=0.01)), (x64,), order=2, modes=["fwd", "rev"])
@@ -159,7 +165,8 @@ def test_cross_entropy_tuple_axis_equals_flattened_classes(axes):
         q = smj.softmax(jnp.asarray(rng.normal(size=x.shape)), axis=axes)
         qflat = jnp.transpose(q, rest + list(axes)).reshape(flat.shape)
         np.testing.assert_allclose(smj.cross_entropy(x, q, axis=axes), smj.cross_entropy(flat, qflat), rtol=1e-14)
-        check_grads(lambda a: smj.cross_entropy(a, labels, axis=axes, z_loss=0.01), (x,), order=1, modes=["fwd", "rev"])
+        # jit: the finite differences call the loss again and again (eager, each runs op by op)
+        check_grads(jax.jit(lambda a: smj.cross_entropy(a, labels, axis=axes, z_loss=0.01)), (x,), order=1, modes=["fwd", "rev"])
 
 
 def test_cross_entropy_axis_none_is_one_distribution():
@@ -239,7 +246,8 @@ def test_kl_div_derivatives_match_finite_differences(log_probs):
         if log_probs:
             p, q = smj.log_softmax(p), smj.log_softmax(q)
         where = jnp.array([True, True, False, True, True])
-        check_grads(lambda a, b: smj.kl_div(a, b, where=where, log_probs=log_probs), (p, q), order=2, modes=["fwd", "rev"])
+        # jit: the finite differences call the divergence again and again (eager, each runs op by op)
+        check_grads(jax.jit(lambda a, b: smj.kl_div(a, b, where=where, log_probs=log_probs)), (p, q), order=2, modes=["fwd", "rev"])
 
 
 def test_kl_div_gradients_exact_formulas_and_infinite_rows():
