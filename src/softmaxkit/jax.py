@@ -83,12 +83,21 @@ kernel still checks class indices when it runs: a label outside
 (``JaxRuntimeError``, naming ``labels``) instead of giving a loss.
 """
 
-from softmaxkit.backends.jax.attention import dot_product_attention, merge_attention_states
-from softmaxkit.backends.jax.functions import cross_entropy, kl_div, log_softmax, logsumexp, softmax
-from softmaxkit.backends.jax.native import path as kernel_path
+from softmaxkit.backends.jax.attention import (
+    dot_product_attention,
+    merge_attention_states,
+)
 from softmaxkit.backends.jax.distillation import distillation_loss
+from softmaxkit.backends.jax.functions import (
+    cross_entropy,
+    kl_div,
+    log_softmax,
+    logsumexp,
+    softmax,
+)
 from softmaxkit.backends.jax.linear import linear_cross_entropy
 from softmaxkit.backends.jax.linear_distillation import linear_distillation_loss
+from softmaxkit.backends.jax.native import path as kernel_path
 from softmaxkit.backends.jax.vocab_parallel import vocab_parallel_cross_entropy
 
 __all__ = [

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
+import jax.numpy as jnp
 
-import softmaxkit as smk  # noqa: E402
-import softmaxkit.jax as smj  # noqa: E402
+import softmaxkit as smk
+import softmaxkit.jax as smj
 
 U32 = float(np.finfo(np.float32).eps) / 2
 
@@ -45,13 +45,13 @@ def test_values_and_gradients_equal_jax_nn(case):
     if case == "vmapped_unbatched":
         q, k, v = _qkv(N=4, K=4, seed=1)
         q = q * 3.0  # confident rows too
-        bias, kw = None, dict(batched=False)
+        bias, kw = None, {"batched": False}
     else:
         q, k, v = _qkv(N=4, K=2, seed=1)
         bias = jnp.asarray(rng.normal(size=(1, 4, 5, 7)), jnp.float32)
         keep = rng.random((2, 1, 5, 7)) > 0.3
         keep[..., 0] = True  # every row attends somewhere: jax.nn's empty rows differ by design
-        kw = dict(mask=jnp.asarray(keep), is_causal=True)
+        kw = {"mask": jnp.asarray(keep), "is_causal": True}
     got, g_got = _run(smj.dot_product_attention, q, k, v, bias, **kw)
     want, g_want = _run(jax.nn.dot_product_attention, q, k, v, bias, **kw)
     assert got.dtype == jnp.float32 and got.shape == want.shape
