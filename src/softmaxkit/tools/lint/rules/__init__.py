@@ -1,7 +1,7 @@
 """The rules, one module per rule named after its code and name, in code order.
 
-SMK000 reports files that cannot be checked; SMK1xx softmax, log-softmax and
-logsumexp; SMK2xx losses given the wrong kind of input; SMK3xx element-wise
+SMK000 reports files that cannot be checked; SMK1xx softmax, log-softmax,
+logsumexp and attention masks; SMK2xx losses given the wrong kind of input; SMK3xx element-wise
 log and exp that lose accuracy. Patterns shared by several rules live in
 ``patterns``.
 """
@@ -16,6 +16,8 @@ from softmaxkit.tools.lint.rules.smk103_manual_logsumexp import ManualLogSumExp
 from softmaxkit.tools.lint.rules.smk104_softmax_implicit_dim import SoftmaxImplicitDim
 from softmaxkit.tools.lint.rules.smk105_temperature_after_softmax import TemperatureAfterSoftmax
 from softmaxkit.tools.lint.rules.smk106_unguarded_masked_softmax import UnguardedMaskedSoftmax
+from softmaxkit.tools.lint.rules.smk107_min_sentinel_mask_sum import MinSentinelMaskSum
+from softmaxkit.tools.lint.rules.smk108_multihead_attention_padded_weights import MultiheadAttentionPaddedWeights
 from softmaxkit.tools.lint.rules.smk201_softmax_before_cross_entropy import SoftmaxBeforeCrossEntropy
 from softmaxkit.tools.lint.rules.smk202_nll_loss_on_probabilities import NllLossOnProbabilities
 from softmaxkit.tools.lint.rules.smk203_manual_cross_entropy import ManualCrossEntropy
@@ -36,6 +38,8 @@ RULES: tuple[Rule, ...] = (
     SoftmaxImplicitDim(),
     TemperatureAfterSoftmax(),
     UnguardedMaskedSoftmax(),
+    MinSentinelMaskSum(),
+    MultiheadAttentionPaddedWeights(),
     SoftmaxBeforeCrossEntropy(),
     NllLossOnProbabilities(),
     ManualCrossEntropy(),
