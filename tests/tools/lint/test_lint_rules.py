@@ -77,3 +77,64 @@ def test_manual_cross_entropy_is_reported_once():
 def test_unresolved_names_are_not_guessed():
     # Without imports nothing is known to be numpy or torch.
     assert codes("y = log(softmax(x))\nz = exp(x) - 1\n") == []
+
+
+def test_sentinel_mask_sum_reads_names_as_they_were_before_the_statement():
+    # The sum reads the old ``mask`` (a cast), not the sentinel mask the statement assigns.
+    source = HEADER + (
+        "def f(a, c, dtype):\n"
+        "    mask = a.float()\n"
+        "    mask = torch.where(c, mask + (1.0 - a) * torch.finfo(dtype).min, torch.finfo(dtype).min)\n"
+        "    return mask + (1.0 - c) * torch.finfo(dtype).min\n"
+    )
+    assert codes(source, select=["SMK107"]) == ["SMK107"]
+
+
+def test_sentinel_mask_reassigned_a_name_no_longer_holds_it():
+    source = HEADER + (
+        "def f(a, b, dtype):\n"
+        "    mask = (1.0 - a) * torch.finfo(dtype).min\n"
+        "    mask = b\n"
+        "    return mask + (1.0 - a) * torch.finfo(dtype).min\n"
+    )
+    assert codes(source, select=["SMK107"]) == []
+
+
+def test_sentinel_masks_of_another_function_are_not_seen():
+    source = HEADER + (
+        "def build(a, dtype):\n"
+        "    mask = (1.0 - a) * torch.finfo(dtype).min\n"
+        "    return mask\n"
+        "def combine(mask, b, dtype):\n"
+        "    return mask + (1.0 - b) * torch.finfo(dtype).min\n"
+    )
+    assert codes(source, select=["SMK107"]) == []
+
+
+def test_sentinel_mask_sum_in_a_branch_is_reported():
+    source = HEADER + (
+        "def f(a, b, causal, dtype):\n"
+        "    mask = (1.0 - a) * torch.finfo(dtype).min\n"
+        "    if causal:\n"
+        "        mask = mask + torch.triu(torch.full((4, 4), torch.finfo(dtype).min), 1)\n"
+        "    return mask\n"
+    )
+    assert codes(source, select=["SMK107"]) == ["SMK107"]
+
+
+def test_multihead_attention_at_module_level_called_in_a_function():
+    source = HEADER + (
+        "def encode(x, padding):\n"
+        "    return ATTN(x, x, x, key_padding_mask=padding)[0]\n"
+        "ATTN = nn.MultiheadAttention(64, 4)\n"
+    )
+    assert codes(source, select=["SMK108"]) == ["SMK108"]
+
+
+def test_multihead_attention_unpacked_keywords_are_not_guessed():
+    source = HEADER + (
+        "def encode(x, padding, options):\n"
+        "    attn = nn.MultiheadAttention(64, 4)\n"
+        "    return attn(x, x, x, key_padding_mask=padding, **options)[0]\n"
+    )
+    assert codes(source, select=["SMK108"]) == []

@@ -54,10 +54,9 @@ _CARRIERS = frozenset(
 )
 # The most nodes one look at an operand follows.
 _BUDGET = 64
-# Sums, and the values whose sentinel an assignment records. A name assigned
-# a bare name or constant keeps what it held: skipping those, the most common
-# nodes, keeps the rule cheap.
-_STATEMENT_EXPRESSIONS = (ast.BinOp, ast.Call, ast.UnaryOp, ast.Attribute, ast.Subscript, ast.IfExp)
+# Sums, and the values whose sentinel an assignment records (a name or a
+# constant assigned clears what the target held).
+_STATEMENT_EXPRESSIONS = (ast.BinOp, ast.Call, ast.UnaryOp, ast.Attribute, ast.Subscript, ast.IfExp, ast.Name, ast.Constant)
 
 
 def _is_finfo(expr: ast.expr, ctx: Context, attr: str) -> bool:
@@ -142,14 +141,17 @@ class MinSentinelMaskSum(Rule):
     `-torch.finfo(dtype).max`, `np.finfo(...).min`, or a constant such as
     `-5e4`, `-65504` or `-3.4e38`, filled in with `masked_fill`,
     `torch.where`, `torch.full` or `(1 - mask) * sentinel`. Both sides must
-    be known to hold a sentinel: a name assigned from one in the same
-    function, or the sentinel itself. A sum is reported when it can leave
+    be known to hold a sentinel: a name assigned one earlier in the same
+    function (or at module level, for module-level code), or the sentinel
+    itself. A sum is reported when it can leave
     the finite range: always for `finfo.min` (twice the largest finite
     value of any float type), and for constants whose magnitudes sum above
     65504, float16's largest value. `-1e4` masks are not reported, since
-    two of them sum to `-2e4`. Results bounded afterwards with
-    `torch.max(x, finfo.min)`, `clamp` or `clip` count as the fix, and the
-    sentinels inside such calls are not counted.
+    two of them sum to `-2e4`, and neither are sentinels halved
+    (`-finfo.max / 2`), whose sum stays finite. Values are followed through
+    arithmetic, indexing, fills, selections, casts and reshapes only: the
+    result of `torch.max(x, finfo.min)` or `clamp` (which bound a sum) or of
+    a helper function is not taken for a sentinel mask.
 
     This rule is a warning: only positions that both masks mask become
     `-inf`, and only a row made wholly of them gives NaN, which depends on
@@ -213,9 +215,12 @@ class MinSentinelMaskSum(Rule):
     def check(self, node: ast.AST, ctx: Context) -> None:
         # What a statement binds is applied when the next statement starts, so
         # that the sums inside ``mask = mask + causal`` see the old ``mask``.
+        kind = type(node)
+        statement = node if kind is ast.AugAssign else ctx.parent(node)
+        if (kind is ast.Name or kind is ast.Constant) and type(statement) is not ast.Assign:
+            return
         state = ctx.state(self)
         names = state.setdefault("names", {})
-        statement = node if type(node) is ast.AugAssign else ctx.parent(node)
         top = isinstance(statement, ast.stmt)
         if top and statement is not state.get("statement"):
             names.update(state.pop("pending", {}))
