@@ -49,13 +49,17 @@ class MultiheadAttentionPaddedWeights(Rule):
     weights with a plain softmax over scores filled with `-inf` at padded
     keys. A sequence whose keys are all padding gives a row of `-inf`,
     whose softmax is NaN: the output and the returned weights of that
-    sequence are NaN in torch releases up to at least 2.11
+    sequence are NaN in torch releases up to at least 2.13
     ([pytorch#41508](https://github.com/pytorch/pytorch/issues/41508), open
-    since 2020; still reproduced on 2.11), and in training the NaN reaches
-    the gradients of the shared projections, so one empty sequence spoils
-    the whole batch. With `need_weights=False` the module's computation
-    calls `scaled_dot_product_attention` instead, which since torch 2.5 returns 0 for
-    such rows (torch 2.4 and earlier give NaN on that path too).
+    since 2020), and in training the NaN reaches the gradients of the
+    shared projections, so one empty sequence spoils the whole batch. With
+    `need_weights=False` the module's computation calls
+    `scaled_dot_product_attention` instead, which since torch 2.5 returns 0
+    for such rows (torch 2.4 and earlier give NaN there too). One path
+    still gives NaN with `need_weights=False`: the inference fast path
+    (`batch_first=True`, evaluation mode, no gradients), checked on torch
+    2.13. Only keeping a key of each such sequence unmasked avoids the NaN
+    on every path.
 
     ## Example
     ```python
@@ -81,16 +85,18 @@ class MultiheadAttentionPaddedWeights(Rule):
             self.attn = nn.MultiheadAttention(64, 4, batch_first=True)
 
         def forward(self, x, padding):
-            out, _ = self.attn(x, x, x, key_padding_mask=padding, need_weights=False)
-            return out
+            empty = padding.all(-1, keepdim=True)
+            out, _ = self.attn(x, x, x, key_padding_mask=padding & ~empty, need_weights=False)
+            return out.masked_fill(empty[..., None], 0.0)
     ```
-    When the weights are needed, keep one key of each fully padded sequence
-    unmasked (for example `padding & ~padding.all(-1, keepdim=True)`) and
-    zero those sequences' outputs afterwards.
+    The sequences that are all padding attend to every key, which keeps
+    their rows finite, and their output is then set to 0. When the weights
+    are needed, the same guard makes `need_weights=True` safe as well.
 
     ## Fix safety
     No fix is offered: with `need_weights=False` the call returns `None`
-    for the weights, which the caller may use.
+    for the weights, which the caller may use, and the guard depends on
+    the layout of the mask.
 
     ## References
     - [pytorch#41508](https://github.com/pytorch/pytorch/issues/41508):
@@ -103,7 +109,7 @@ class MultiheadAttentionPaddedWeights(Rule):
     name = "multihead-attention-padded-weights"
     message = (
         "`nn.MultiheadAttention` with a `key_padding_mask` and `need_weights=True` (the default) gives NaN "
-        "for a sequence that is all padding; pass `need_weights=False`"
+        "for a sequence that is all padding; pass `need_weights=False` and unmask the keys of such sequences"
     )
     severity = "warning"
     node_types = (ast.Call,)
