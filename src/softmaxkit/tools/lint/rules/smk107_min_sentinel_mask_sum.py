@@ -56,12 +56,25 @@ _CARRIERS = frozenset(
 _BUDGET = 64
 # Sums, and the values whose sentinel an assignment records (a name or a
 # constant assigned clears what the target held).
-_STATEMENT_EXPRESSIONS = (ast.BinOp, ast.Call, ast.UnaryOp, ast.Attribute, ast.Subscript, ast.IfExp, ast.Name, ast.Constant)
+_STATEMENT_EXPRESSIONS = (
+    ast.BinOp,
+    ast.Call,
+    ast.UnaryOp,
+    ast.Attribute,
+    ast.Subscript,
+    ast.IfExp,
+    ast.Name,
+    ast.Constant,
+)
 
 
 def _is_finfo(expr: ast.expr, ctx: Context, attr: str) -> bool:
     """Whether ``expr`` is ``<finfo>(...).<attr>`` for torch, NumPy or JAX's ``finfo``."""
-    if type(expr) is not ast.Attribute or expr.attr != attr or type(expr.value) is not ast.Call:
+    if (
+        type(expr) is not ast.Attribute
+        or expr.attr != attr
+        or type(expr.value) is not ast.Call
+    ):
         return False
     qualname = ctx.imports.qualname(expr.value.func)
     return qualname is not None and qualname.split(".")[-1] == "finfo"
@@ -110,8 +123,14 @@ def _fraction(expr: ast.expr, ctx: Context, names: dict[str, float]) -> float:
                 stack.append((operand, scale))
         elif kind is ast.BinOp:
             right = node.right
-            if type(node.op) is ast.Div and type(right) is ast.Constant and type(right.value) in (int, float):
-                stack.append((node.left, scale / right.value if right.value >= 1 else scale))
+            if (
+                type(node.op) is ast.Div
+                and type(right) is ast.Constant
+                and type(right.value) in (int, float)
+            ):
+                stack.append(
+                    (node.left, scale / right.value if right.value >= 1 else scale)
+                )
             else:
                 stack.append((node.left, scale))
                 stack.append((right, scale))
@@ -124,11 +143,19 @@ def _fraction(expr: ast.expr, ctx: Context, names: dict[str, float]) -> float:
             stack.extend((e, scale) for e in node.elts)
         elif kind is ast.Call:
             func = node.func
-            called = func.attr if type(func) is ast.Attribute else func.id if type(func) is ast.Name else None
+            called = (
+                func.attr
+                if type(func) is ast.Attribute
+                else func.id
+                if type(func) is ast.Name
+                else None
+            )
             if called in _CARRIERS:
                 stack.extend((part, scale) for part in node.args)
                 stack.extend((k.value, scale) for k in node.keywords)
-                if type(func) is ast.Attribute and not ctx.imports.is_module_name(func.value):
+                if type(func) is ast.Attribute and not ctx.imports.is_module_name(
+                    func.value
+                ):
                     stack.append((func.value, scale))
     return best
 
@@ -217,7 +244,9 @@ class MinSentinelMaskSum(Rule):
         # that the sums inside ``mask = mask + causal`` see the old ``mask``.
         kind = type(node)
         statement = node if kind is ast.AugAssign else ctx.parent(node)
-        if (kind is ast.Name or kind is ast.Constant) and type(statement) is not ast.Assign:
+        if (kind is ast.Name or kind is ast.Constant) and type(
+            statement
+        ) is not ast.Assign:
             return
         state = ctx.state(self)
         names = state.setdefault("names", {})
@@ -226,21 +255,32 @@ class MinSentinelMaskSum(Rule):
             names.update(state.pop("pending", {}))
             state["statement"] = statement
         if type(node) is ast.BinOp:
-            if type(node.op) is ast.Add and _overflows(node.left, node.right, ctx, names):
+            if type(node.op) is ast.Add and _overflows(
+                node.left, node.right, ctx, names
+            ):
                 ctx.report(self, node)
         elif type(node) is ast.AugAssign:
-            if type(node.op) is ast.Add and _overflows(node.target, node.value, ctx, names):
+            if type(node.op) is ast.Add and _overflows(
+                node.target, node.value, ctx, names
+            ):
                 ctx.report(self, node)
             if type(node.target) is ast.Name:
-                fraction = max(_fraction(node.target, ctx, names), _fraction(node.value, ctx, names))
+                fraction = max(
+                    _fraction(node.target, ctx, names),
+                    _fraction(node.value, ctx, names),
+                )
                 state["pending"] = {node.target.id: fraction}
             return
         if top and type(statement) is ast.Assign and node is statement.value:
             fraction = _fraction(node, ctx, names)
-            state["pending"] = {t.id: fraction for t in statement.targets if type(t) is ast.Name}
+            state["pending"] = {
+                t.id: fraction for t in statement.targets if type(t) is ast.Name
+            }
 
 
-def _overflows(left: ast.expr, right: ast.expr, ctx: Context, names: dict[str, float]) -> bool:
+def _overflows(
+    left: ast.expr, right: ast.expr, ctx: Context, names: dict[str, float]
+) -> bool:
     """Whether both sides hold sentinels that together leave their dtype's finite range."""
     a = _fraction(left, ctx, names)
     if a == 0:

@@ -6,7 +6,9 @@ import ast
 
 from softmaxkit.tools.lint.rule import Context, Rule
 
-_MULTIHEAD_ATTENTION = frozenset({"torch.nn.MultiheadAttention", "torch.nn.modules.activation.MultiheadAttention"})
+_MULTIHEAD_ATTENTION = frozenset(
+    {"torch.nn.MultiheadAttention", "torch.nn.modules.activation.MultiheadAttention"}
+)
 # ``forward(query, key, value, key_padding_mask=None, need_weights=True, ...)``
 _KEY_PADDING_MASK_POSITION = 3
 _NEED_WEIGHTS_POSITION = 4
@@ -25,7 +27,11 @@ def _module_key(func: ast.expr) -> tuple[str, str] | None:
     """``("self", "attn")`` for ``self.attn``, ``("name", "attn")`` for ``attn``; None for other callees."""
     if type(func) is ast.Name:
         return ("name", func.id)
-    if type(func) is ast.Attribute and type(func.value) is ast.Name and func.value.id == "self":
+    if (
+        type(func) is ast.Attribute
+        and type(func.value) is ast.Name
+        and func.value.id == "self"
+    ):
         return ("self", func.attr)
     return None
 
@@ -131,7 +137,9 @@ class MultiheadAttentionPaddedWeights(Rule):
         if mask is None or (type(mask) is ast.Constant and mask.value is None):
             return
         need_weights = _argument(node, _NEED_WEIGHTS_POSITION, "need_weights")
-        if need_weights is None or (type(need_weights) is ast.Constant and need_weights.value is True):
+        if need_weights is None or (
+            type(need_weights) is ast.Constant and need_weights.value is True
+        ):
             state.setdefault("calls", []).append((key, node))
 
     def end_file(self, ctx: Context, state: dict) -> None:
