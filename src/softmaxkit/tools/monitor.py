@@ -13,6 +13,9 @@ gradient say whether every value is finite, which spares the non-finite
 masks in the usual case.  Steps that are not sampled cost one hook call.
 Under ``torch.compile`` the hooks run eagerly, at a graph break.
 
+:meth:`Monitor.attention` is softmaxkit's attention with the entropy of each
+query head recorded: the k-th call of a step is layer k of its record.
+
 The float32 collapse and zero-target-gradient rules and the margin are those
 of :func:`softmaxkit.diagnose` (``softmaxkit.tools.report``), applied to the
 tensors where they are.
@@ -34,6 +37,7 @@ try:
 except ImportError:
     raise ImportError("softmaxkit.torch needs PyTorch: pip install 'softmaxkit[torch]'") from None
 
+from softmaxkit.backends.torch.attention import scaled_dot_product_attention
 from softmaxkit.frontend import validate
 from softmaxkit.tools.curves import RECORDS_FILE
 from softmaxkit.tools.report import collapsed, float32_terms, top2_margins, zero_target_grad
@@ -80,6 +84,8 @@ class _Step:
         self.sums = torch.zeros(len(_SUMS), device=device, dtype=dtype)
         self.mins = torch.full((len(_MINS),), math.inf, device=device, dtype=dtype)
         self.maxs = torch.full((len(_MAXS),), -math.inf, device=device, dtype=dtype)
+        # One (entropy sums, rows, minima, empty rows) per attention call, in call order.
+        self.attention: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def add(self, sums: torch.Tensor, mins: torch.Tensor, maxs: torch.Tensor) -> None:
         self.sums += sums
@@ -123,7 +129,19 @@ class _Step:
             "grad_norm": math.sqrt(sums["grad_sq"]) if sums["grads"] else None,
             "grad_nonfinite": int(sums["grad_nonfinite"]) if sums["grads"] else None,
             "loss": share(sums["loss_sum"], sums["losses"]),
+            **self._attention_record(),
         }
+
+    def _attention_record(self) -> dict[str, Any]:
+        if not self.attention:
+            return {}
+        means, minima, empty = [], [], []
+        for sums, rows, mins, empty_rows in self.attention:
+            sums, rows, mins = sums.tolist(), rows.tolist(), mins.tolist()
+            means.append([None if n == 0 else s / n for s, n in zip(sums, rows)])
+            minima.append([None if n == 0 else m for m, n in zip(mins, rows)])
+            empty.append(int(empty_rows.item()))
+        return {"attention_entropy": means, "attention_entropy_min": minima, "attention_empty_rows": empty}
 
 
 def _figures(rows: torch.Tensor, target: torch.Tensor | None, ignore_index: int, dtype: torch.dtype, finite: bool):
@@ -202,6 +220,62 @@ def _figures(rows: torch.Tensor, target: torch.Tensor | None, ignore_index: int,
     return sums, mins.to(dtype), maxs.to(dtype)
 
 
+def _attention_figures(q, k, lse, mask, causal, scale, softcap, sinks, dtype):
+    """(entropy sums, rows, minima) per query head, and the empty rows, of one attention call.
+
+    ``H_i = lse_i - sum_j P_ij s_ij - P_sink sink`` with ``P_ij = exp(s_ij - lse_i)``
+    over the attended keys, in ``dtype``, in chunks of query rows; ``lse``
+    (the call's) gives the shape of the rows.
+    """
+    if q.ndim == 2:
+        q, k = q[None], k[None]
+    heads, kv_heads = q.shape[-3], k.shape[-3]
+    lead, rows = tuple(lse.shape[:-1]), lse.shape[-1]
+    keys = k.shape[-2]
+    # Query head h reads key head h // (heads // kv_heads): the query heads are grouped.
+    q = q.detach().to(dtype).unflatten(-3, (kv_heads, heads // kv_heads))
+    kt = k.detach().to(dtype).unsqueeze(-3).transpose(-1, -2)
+    if mask is not None:
+        mask = torch.broadcast_to(mask.detach(), lead + (rows, keys))
+    sink = None if sinks is None else sinks.detach().to(dtype)[:, None]
+    device = lse.device
+    sums = torch.zeros(heads, device=device, dtype=dtype)
+    counts = torch.zeros(heads, device=device, dtype=dtype)
+    mins = torch.full((heads,), math.inf, device=device, dtype=dtype)
+    empty = torch.zeros((), device=device, dtype=dtype)
+    step = max(1, _CHUNK_ELEMENTS // max(1, math.prod(lead) * keys))
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        s = (q[..., start:stop, :] @ kt).flatten(-4, -3) * scale
+        if softcap is not None:
+            s = softcap * torch.tanh(s / softcap)
+        attend = torch.ones((), dtype=torch.bool, device=s.device)
+        if mask is not None and mask.dtype == torch.bool:
+            attend = mask[..., start:stop, :]
+        elif mask is not None:
+            s = s + mask[..., start:stop, :].to(dtype)
+        if causal:
+            i = torch.arange(start, stop, device=s.device)[:, None]
+            attend = attend & (torch.arange(keys, device=s.device) <= i)
+        attend = attend & (s > -math.inf)
+        # The call's lse is float32 for float32 inputs: its rounding would
+        # show in H (about 1e-7 of lse), so it is formed again here.
+        l_i = torch.logsumexp(torch.where(attend, s, -math.inf), -1)
+        if sink is not None:
+            l_i = torch.logaddexp(l_i, sink)
+        terms = torch.where(attend, torch.exp(s - l_i[..., None]) * s, 0.0).sum(-1)
+        entropy = l_i - terms
+        if sink is not None:
+            entropy = entropy - torch.exp(sink - l_i) * sink
+        per_head = entropy.movedim(-2, 0).reshape(heads, -1)
+        kept = attend.any(-1).movedim(-2, 0).reshape(heads, -1)
+        sums += torch.where(kept, per_head, 0.0).sum(-1)
+        counts += kept.sum(-1, dtype=dtype)
+        torch.minimum(mins, torch.where(kept, per_head, math.inf).amin(-1), out=mins)
+        empty += (~kept).sum(dtype=dtype)
+    return sums, counts, mins, empty
+
+
 def _summary_writer(log_dir: Path):
     """A SummaryWriter on ``log_dir``, or None (with a note, once) when tensorboard is missing."""
     global _tensorboard_note_given
@@ -227,12 +301,21 @@ def _write_scalars(writer, record: dict[str, Any]) -> None:
     # One event holds every figure, as TensorFlow's own writers do: an event
     # per figure (add_scalar) costs a hand-over to the writer's thread each,
     # more than computing the figures.
+    figures = [(name, value) for name, value in record.items() if name not in ("step", "time")]
     values = [
         v
-        for name, value in record.items()
-        if name not in ("step", "time") and value is not None
+        for name, value in figures
+        if value is not None and not isinstance(value, list)
         for v in scalar(f"softmax/{name}", value).value
     ]
+    # Attention figures: one scalar per layer (and per head).
+    for name in ("attention_entropy", "attention_entropy_min"):
+        for layer, heads in enumerate(record.get(name, [])):
+            for head, value in enumerate(heads):
+                if value is not None:
+                    values.extend(scalar(f"softmax/{name}/layer{layer}/head{head}", value).value)
+    for layer, value in enumerate(record.get("attention_empty_rows", [])):
+        values.extend(scalar(f"softmax/attention_empty_rows/layer{layer}", value).value)
     writer.file_writer.add_summary(Summary(value=values), record["step"], record["time"])
 
 
@@ -311,6 +394,67 @@ class Monitor:
         if self._begin():
             self._add(logits, target, self.dim, -100 if self.ignore_index is None else self.ignore_index)
 
+    def attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        r"""softmaxkit's ``scaled_dot_product_attention(query, key, value, ...)``, recording its entropy per head.
+
+        Takes the arguments of
+        :func:`softmaxkit.torch.scaled_dot_product_attention` and returns what
+        it returns.  On a recorded step, with gradients enabled, the k-th
+        call of the step is layer k of the record: for query head h,
+        ``attention_entropy[k][h]`` is the mean over the batch and the query
+        rows of
+
+        .. math:: H_i = \mathrm{lse}_i - \sum_{j \in A_i} P_{ij} s_{ij}
+                  \;(- P_\sigma \sigma_h \text{ with a sink}),\quad
+                  P_{ij} = e^{s_{ij} - \mathrm{lse}_i}
+
+        in nats (``s`` the scores after scale, softcap and float mask,
+        ``A_i`` the attended keys), ``attention_entropy_min[k][h]`` its
+        minimum, and ``attention_empty_rows[k]`` the rows with no key to
+        attend to, which are left out (a head with only such rows has
+        ``None``).  It is computed in float64 (float32 on MPS) from the
+        scores, the log-sum-exp formed again in that precision (the call's
+        is float32 for float32 inputs), in chunks of query rows of about
+        16M scores: one more pass over the scores per recorded call.  Attention calls do not advance the step: without a
+        head, loss or optimizer, call ``mon.step()``.
+
+        Examples
+        --------
+        >>> import tempfile, torch
+        >>> from softmaxkit.torch import monitor
+        >>> q, k, v = torch.ones(1, 2, 3, 4), torch.ones(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
+        >>> with tempfile.TemporaryDirectory() as run:
+        ...     with monitor(log_dir=run, tensorboard=False) as mon:
+        ...         out = mon.attention(q, k, v)
+        ...     [[round(h, 4) for h in heads] for heads in mon.records[0]["attention_entropy"]]
+        [[1.6094, 1.6094]]
+        """
+        if self._closed or not torch.is_grad_enabled():
+            return scaled_dot_product_attention(query, key, value, *args, **kwargs)
+        return_lse = validate.flag(kwargs.get("return_lse", False), "return_lse")
+        out, lse = scaled_dot_product_attention(query, key, value, *args, **{**kwargs, "return_lse": True})
+        # Under torch.compile the figures are taken eagerly, at a graph break, as in the hooks.
+        torch.compiler.disable(self._observe_attention)(query, key, lse, args, kwargs)
+        return (out, lse) if return_lse else out
+
+    def _observe_attention(self, query, key, lse, args, kwargs) -> None:
+        given = {**dict(zip(("attn_mask", "dropout_p", "is_causal", "scale"), args)), **kwargs}
+        step = self.current_step if self._manual_steps else self._calls
+        if self._pending is not None and self._pending.step != step:
+            self._flush()
+        if step % self.every == 0:
+            dtype = torch.float32 if lse.device.type == "mps" else torch.float64
+            if self._pending is None:
+                self._pending = _Step(step, lse.device, dtype)
+            scale = given.get("scale")
+            scale = 1.0 / math.sqrt(max(query.shape[-1], 1)) if scale is None else scale
+            self._pending.attention.append(
+                _attention_figures(
+                    query, key, lse, given.get("attn_mask"), given.get("is_causal", False), scale,
+                    given.get("softcap"), given.get("sinks"), dtype,
+                )
+            )
+
     @property
     def records(self) -> list[dict[str, Any]]:
         """The records this monitor has written, read back from its file.
@@ -364,8 +508,10 @@ class Monitor:
             raise RuntimeError("this monitor is closed")
         if not self._manual_steps:
             if self._calls > 0:
-                self._flush()
                 self.current_step = self._calls
+                # The step's attention calls, made before its head or loss, opened it.
+                if self._pending is not None and self._pending.step != self.current_step:
+                    self._flush()
             self._calls += 1
         return self.current_step % self.every == 0
 

@@ -365,3 +365,114 @@ class TestErrors:
         with monitor(pair, log_dir=tmp_path, tensorboard=False):
             with pytest.raises(TypeError, match="the head's output must be a tensor of logits; got \\(tensor"):
                 pair(torch.randn(2, 3))
+
+
+def attention_entropy_reference(q, k, mask, scale):
+    """Per head, the entropies of the non-empty rows, and the empty rows: float64, directly."""
+    group = q.shape[-3] // k.shape[-3]
+    k = k.double().repeat_interleave(group, dim=-3)
+    s = (q.double() @ k.transpose(-1, -2)) * scale
+    s = torch.where(mask, s, -inf)
+    p = torch.softmax(s, -1)
+    entropy = -torch.where(p > 0, p * torch.log(p), 0.0).sum(-1)
+    full = mask.expand(s.shape).any(-1)
+    heads = [entropy[:, h][full[:, h]] for h in range(q.shape[-3])]
+    return heads, int((~full).sum())
+
+
+class TestAttention:
+    def case(self):
+        torch.manual_seed(1)
+        q = (3 * torch.randn(2, 4, 5, 3)).requires_grad_()  # GQA: 4 query heads on 2 key heads
+        k, v = 3 * torch.randn(2, 2, 6, 3), torch.randn(2, 2, 6, 3)
+        mask = torch.rand(2, 1, 5, 6) > 0.4
+        mask[0, 0, 2] = False  # an empty row, in every head
+        mask[1, 0, 4] = False
+        mask[1, 0, 4, 5] = True  # one key: entropy 0
+        return q, k, v, mask
+
+    def test_entropy_per_head_against_float64(self, tmp_path, monkeypatch):
+        q, k, v, mask = self.case()
+        heads, empty = attention_entropy_reference(q.detach(), k, mask, 0.5)
+        assert empty == 4
+        # chunks of one query row give the figures of the whole
+        for chunk in (1 << 24, 6):
+            monkeypatch.setattr(monitor_module, "_CHUNK_ELEMENTS", chunk)
+            with monitor(log_dir=tmp_path / str(chunk), tensorboard=False) as mon:
+                out, lse = mon.attention(q, k, v, mask, scale=0.5, enable_gqa=True, return_lse=True)
+                out.sum().backward()
+            want_out, want_lse = smk.torch.scaled_dot_product_attention(q, k, v, mask, scale=0.5, enable_gqa=True, return_lse=True)
+            assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+            (record,) = mon.records
+            assert record["attention_entropy"] == [pytest.approx([float(h.mean()) for h in heads], rel=1e-9)]
+            assert record["attention_entropy_min"] == [pytest.approx([float(h.min()) for h in heads], rel=1e-9, abs=1e-12)]
+            assert record["attention_empty_rows"] == [empty]
+
+    def test_calls_are_layers_within_a_step(self, tmp_path, monkeypatch):
+        monkeypatch.setattr(monitor_module, "_CHUNK_ELEMENTS", 48)  # two query rows a chunk
+        q, k, v, mask = self.case()
+        q, k = q.detach()[:, :2], k.double()
+        head = nn.Linear(3, 4)
+        with monitor(head, log_dir=tmp_path, every=2, tensorboard=False) as mon:
+            for step in range(3):
+                a = mon.attention(q.double(), k, v.double(), mask)
+                b = mon.attention(q.double(), k, v.double(), is_causal=True)
+                head(torch.randn(5, 3)).sum().backward()
+            with torch.no_grad():
+                mon.attention(q, k.float(), v, mask)
+        assert torch.equal(a, smk.torch.scaled_dot_product_attention(q.double(), k, v.double(), mask))
+        assert torch.equal(b, smk.torch.scaled_dot_product_attention(q.double(), k, v.double(), is_causal=True))
+        records = mon.records
+        assert [r["step"] for r in records] == [0, 2]
+        causal = torch.ones(5, 6, dtype=torch.bool).tril()
+        for r in records:
+            assert r["rows"] == 5
+            layers = [attention_entropy_reference(q, k, m, 1 / math.sqrt(3)) for m in (mask, causal)]
+            assert r["attention_entropy"] == [pytest.approx([float(h.mean()) for h in heads], rel=1e-9) for heads, _ in layers]
+            assert r["attention_empty_rows"] == [2, 0]
+
+    def test_softcap_and_sinks(self, tmp_path):
+        # The sink is one more logit of each head's distribution, in the normaliser only.
+        torch.manual_seed(2)
+        q, k, v = torch.randn(1, 2, 4, 3, dtype=torch.float64), torch.randn(1, 2, 5, 3, dtype=torch.float64), torch.randn(1, 2, 5, 3)
+        sinks = torch.tensor([0.5, 3.0], dtype=torch.float64)
+        with monitor(log_dir=tmp_path, tensorboard=False) as mon:
+            mon.attention(q, k, v.double(), is_causal=True, scale=2.0, softcap=1.5, sinks=sinks)
+        s = 1.5 * torch.tanh(2.0 * q @ k.transpose(-1, -2) / 1.5)
+        s = torch.where(torch.ones(4, 5, dtype=torch.bool).tril(), s, -inf)
+        s = torch.cat([s, sinks[:, None, None].expand(1, 2, 4, 1)], -1)
+        p = torch.softmax(s, -1)
+        entropy = -torch.where(p > 0, p * torch.log(p), 0.0).sum(-1)
+        (record,) = mon.records
+        assert record["attention_entropy"] == [pytest.approx(entropy.mean((0, 2)).tolist(), rel=1e-12)]
+        assert record["attention_entropy_min"] == [pytest.approx(entropy.amin((0, 2)).tolist(), rel=1e-12)]
+
+    def test_not_recorded_under_no_grad(self, tmp_path):
+        q, k, v, mask = self.case()
+        with monitor(log_dir=tmp_path, tensorboard=False) as mon:
+            with torch.no_grad():
+                out = mon.attention(q, k, v, mask, enable_gqa=True)
+            mon.step()
+        assert out.shape == (2, 4, 5, 3)
+        assert mon.records == []
+
+    def test_tensorboard_scalars_per_layer_and_head(self, tmp_path):
+        pytest.importorskip("tensorboard")
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        q, k, v, mask = self.case()
+        with monitor(log_dir=tmp_path, every=1) as mon:
+            for _ in range(2):
+                mon.attention(q, k, v, mask, enable_gqa=True)
+                mon.attention(q, k, v, enable_gqa=True)
+                mon.step()
+        events = EventAccumulator(str(tmp_path))
+        events.Reload()
+        records = mon.records
+        for layer in range(2):
+            for head in range(4):
+                got = [(e.step, e.value) for e in events.Scalars(f"softmax/attention_entropy/layer{layer}/head{head}")]
+                assert got == [(r["step"], pytest.approx(r["attention_entropy"][layer][head], rel=1e-6)) for r in records]
+            got = [e.value for e in events.Scalars(f"softmax/attention_empty_rows/layer{layer}")]
+            assert got == [r["attention_empty_rows"][layer] for r in records] == [[4, 0][layer]] * 2
+        assert "softmax/attention_entropy_min/layer1/head3" in events.Tags()["scalars"]
