@@ -213,6 +213,28 @@ def causal_keep(rows, keys, length_q: int, length_k: int, align: str):
     return keys[None, :] <= rows[:, None] + offset
 
 
+def block_scores(xp, q, k, j0: int, j1: int, *, scale, softcap, widened, attend_block, bias_block):
+    """The scores of query rows ``q`` against keys ``k`` (the block ``j0:j1``) as a pair ``(hi, lo)``,
+    soft-capped and with the additive mask added; the keys they attend
+    (None: every key); and, under a soft cap, ``tanh(s / c)`` for the
+    backward's chain rule (else None).
+
+    A ``-inf`` bias masks: its key is never read, even where the score is NaN.
+    """
+    hi, lo = scores(xp, q, k, scale, widened)
+    tanh = None
+    if softcap is not None:
+        hi, lo = soft_cap(xp, hi, lo, softcap)
+        tanh = hi / softcap
+    attend = attend_block(j0, j1)
+    bias = bias_block(j0, j1)
+    if bias is not None:
+        no_inf = bias != -_INF
+        attend = no_inf if attend is None else (attend & no_inf)
+        hi, lo = add_bias(xp, hi, lo, bias)
+    return hi, lo, attend, tanh
+
+
 def attention_rows(xp, q, k, v, *, scale, softcap, widened, attend_block, bias_block, sink, p_dtype=None):
     """Attention of query rows ``q`` (..., L, D) over keys ``k`` (..., S, D)
     and values ``v`` (..., S, Dv): the running state ``(m, s, acc)``.
@@ -233,16 +255,10 @@ def attention_rows(xp, q, k, v, *, scale, softcap, widened, attend_block, bias_b
     n_keys = k.shape[-2]
     for j0 in range(0, n_keys, BLOCK):
         j1 = min(j0 + BLOCK, n_keys)
-        hi, lo = scores(xp, q, k[..., j0:j1, :], scale, widened)
-        if softcap is not None:
-            hi, lo = soft_cap(xp, hi, lo, softcap)
-        attend = attend_block(j0, j1)
-        bias = bias_block(j0, j1)
-        if bias is not None:
-            # A -inf bias masks: its key is never read, even where the score is NaN.
-            no_inf = bias != -_INF
-            attend = no_inf if attend is None else (attend & no_inf)
-            hi, lo = add_bias(xp, hi, lo, bias)
+        hi, lo, attend, _ = block_scores(
+            xp, q, k[..., j0:j1, :], j0, j1, scale=scale, softcap=softcap, widened=widened,
+            attend_block=attend_block, bias_block=bias_block,
+        )
         if attend is None:
             attend = xp.ones(hi.shape, dtype=xp.bool, device=dev)
         bm, bs, bacc = block_state(xp, hi, lo, attend, v[..., j0:j1, :], widened, p_dtype)
@@ -315,17 +331,10 @@ def attention_vjp_rows(xp, q, k, v, o, lse, do, dlse, *, scale, softcap, widened
     for j0 in range(0, n_keys, BLOCK):
         j1 = min(j0 + BLOCK, n_keys)
         kb, vb = k[..., j0:j1, :], v[..., j0:j1, :]
-        hi, lo = scores(xp, q, kb, scale, widened)
-        if softcap is not None:
-            hi, lo = soft_cap(xp, hi, lo, softcap)
-            tanh = hi / softcap
-            slope = 1.0 - tanh * tanh
-        attend = attend_block(j0, j1)
-        bias = bias_block(j0, j1)
-        if bias is not None:
-            no_inf = bias != -_INF
-            attend = no_inf if attend is None else (attend & no_inf)
-            hi, lo = add_bias(xp, hi, lo, bias)
+        hi, lo, attend, tanh = block_scores(
+            xp, q, kb, j0, j1, scale=scale, softcap=softcap, widened=widened,
+            attend_block=attend_block, bias_block=bias_block,
+        )
         read = (hi != -_INF) & live[..., None]
         if attend is not None:
             read = read & attend
@@ -334,7 +343,7 @@ def attention_vjp_rows(xp, q, k, v, o, lse, do, dlse, *, scale, softcap, widened
         ds = xp.where(read, p * (dp + g[..., None]), xp.zeros_like(p))
         if want_bias:
             dbiases.append(xp.broadcast_to(ds, lead + tuple(ds.shape[-2:])))
-        dt = ds if softcap is None else ds * slope
+        dt = ds if tanh is None else ds * (1.0 - tanh * tanh)
         r = read[..., :, :, None]
         zero = xp.zeros_like(dt[..., :, :, None])
         dq = dq + scale * xp.sum(xp.where(r, dt[..., :, :, None] * kb[..., None, :, :], zero), axis=-2)
