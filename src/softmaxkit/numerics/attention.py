@@ -235,6 +235,37 @@ def block_scores(xp, q, k, j0: int, j1: int, *, scale, softcap, widened, attend_
     return hi, lo, attend, tanh
 
 
+def empty_state(xp, shape, depth: int, dtype, dev):
+    """The state of no keys, ``(-inf, 0, 0)``, for rows of ``shape`` and values of ``depth``."""
+    m = xp.full(shape, -_INF, dtype=dtype, device=dev)
+    s = xp.zeros(shape, dtype=dtype, device=dev)
+    acc = xp.zeros(shape + (depth,), dtype=dtype, device=dev)
+    return m, s, acc
+
+
+def absorb_block(xp, state, q, k, v, j0, j1, *, scale, softcap, widened, attend_block, bias_block, p_dtype=None):
+    """``state`` merged (:func:`combine`) with the :func:`block_state` of
+    keys ``k`` (..., B, D) and values ``v`` (..., B, Dv), the keys
+    ``j0:j1``; ``attend_block`` and ``bias_block`` as in
+    :func:`attention_rows`.  ``j0`` and ``j1`` are only passed on to them
+    (they may be traced values)."""
+    m, s, acc = state
+    hi, lo, attend, _ = block_scores(
+        xp, q, k, j0, j1, scale=scale, softcap=softcap, widened=widened, attend_block=attend_block, bias_block=bias_block,
+    )
+    if attend is None:
+        attend = xp.ones(hi.shape, dtype=xp.bool, device=device(q))
+    bm, bs, bacc = block_state(xp, hi, lo, attend, v, widened, p_dtype)
+    return combine(xp, xp.stack([m, bm]), xp.stack([s, bs]), xp.stack([acc, bacc]), widened)
+
+
+def absorb_sink(xp, state, sink, widened):
+    """``state`` merged with the sink's state ``(sink, 0, 0)`` (``sink`` broadcastable to its rows)."""
+    m, s, acc = state
+    sm = xp.broadcast_to(sink, m.shape)
+    return combine(xp, xp.stack([m, sm]), xp.stack([s, xp.zeros_like(s)]), xp.stack([acc, xp.zeros_like(acc)]), widened)
+
+
 def attention_rows(xp, q, k, v, *, scale, softcap, widened, attend_block, bias_block, sink, p_dtype=None):
     """Attention of query rows ``q`` (..., L, D) over keys ``k`` (..., S, D)
     and values ``v`` (..., S, Dv): the running state ``(m, s, acc)``.
@@ -244,29 +275,19 @@ def attention_rows(xp, q, k, v, *, scale, softcap, widened, attend_block, bias_b
     the additive mask or None.  ``sink`` (broadcastable to (..., L)) or
     None joins as one more state ``(sink, 0, 0)``: it counts in the
     normaliser and adds nothing to the output.  Keys go in blocks of
-    :data:`BLOCK`; each block is one :func:`block_state` merged by
-    :func:`combine`.
+    :data:`BLOCK`; each block is one :func:`absorb_block`.
     """
-    shape = tuple(q.shape[:-1])
-    dev = device(q)
-    m = xp.full(shape, -_INF, dtype=q.dtype, device=dev)
-    s = xp.zeros(shape, dtype=q.dtype, device=dev)
-    acc = xp.zeros(shape + (v.shape[-1],), dtype=q.dtype, device=dev)
+    state = empty_state(xp, tuple(q.shape[:-1]), v.shape[-1], q.dtype, device(q))
     n_keys = k.shape[-2]
     for j0 in range(0, n_keys, BLOCK):
         j1 = min(j0 + BLOCK, n_keys)
-        hi, lo, attend, _ = block_scores(
-            xp, q, k[..., j0:j1, :], j0, j1, scale=scale, softcap=softcap, widened=widened,
-            attend_block=attend_block, bias_block=bias_block,
+        state = absorb_block(
+            xp, state, q, k[..., j0:j1, :], v[..., j0:j1, :], j0, j1, scale=scale, softcap=softcap, widened=widened,
+            attend_block=attend_block, bias_block=bias_block, p_dtype=p_dtype,
         )
-        if attend is None:
-            attend = xp.ones(hi.shape, dtype=xp.bool, device=dev)
-        bm, bs, bacc = block_state(xp, hi, lo, attend, v[..., j0:j1, :], widened, p_dtype)
-        m, s, acc = combine(xp, xp.stack([m, bm]), xp.stack([s, bs]), xp.stack([acc, bacc]), widened)
     if sink is not None:
-        sm = xp.broadcast_to(sink, shape)
-        m, s, acc = combine(xp, xp.stack([m, sm]), xp.stack([s, xp.zeros_like(s)]), xp.stack([acc, xp.zeros_like(acc)]), widened)
-    return m, s, acc
+        state = absorb_sink(xp, state, sink, widened)
+    return state
 
 
 # --- gradients ----------------------------------------------------------------
