@@ -19,7 +19,9 @@ Working precision
   cascaded sums) that ``softmaxkit.numerics`` uses when no wider type is available;
   float16 and bfloat16 get float32 as their wider type.  float64 runs at a
   small fraction of float32 speed on most GPUs, and the compensated float32
-  path stays within a few ULP.
+  path stays within a few ULP.  Where :func:`triton_ready` holds, the passes
+  run the Triton kernels (``softmaxkit.kernels.triton``), which restate that
+  compensated float32 path.
 
 Checks under compilation and transforms
 ---------------------------------------
@@ -42,6 +44,7 @@ which Dynamo cannot trace; under ``torch.compile`` the custom operators of
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any, Callable
 
@@ -213,6 +216,37 @@ def native_ready(*tensors: torch.Tensor) -> bool:
     return registry.native() is not None and plain_eager(*tensors) and all(
         t.device.type == "cpu" and t.dtype in _NATIVE_DTYPES for t in tensors
     )
+
+
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# The Triton kernels live in a layer above this one (kernels/triton); like the
+# registry's backends they are named, and imported on first use.
+_TRITON = "softmaxkit.kernels.triton"
+
+
+def triton_ready(*tensors: torch.Tensor) -> bool:
+    """Whether the Triton kernels take these tensors.
+
+    True when every tensor is float16, bfloat16 or float32 (float64 keeps
+    the formulas' path) on CUDA, or on CPU with the switch on
+    (``SOFTMAXKIT_TRITON_ON_CPU=1`` at import, or the attribute
+    ``softmaxkit.kernels.triton.on_cpu`` that tests flip), in plain eager
+    mode (:func:`plain_eager`: the custom operators run their passes that
+    way under ``torch.compile`` too), and ``triton`` imports.  Checked in
+    that order, so that CPU code with the switch off never imports triton.
+    """
+    if not tensors or any(t.dtype not in _TRITON_DTYPES for t in tensors):
+        return False
+    kernels = triton_kernels()
+    if not all(t.device.type == "cuda" or (t.device.type == "cpu" and kernels.on_cpu) for t in tensors):
+        return False
+    return plain_eager(*tensors) and kernels.available()
+
+
+def triton_kernels(name: str = "") -> Any:
+    """The module ``softmaxkit.kernels.triton`` (or its submodule ``name``, e.g. ``"softmax"``)."""
+    return importlib.import_module(f"{_TRITON}.{name}" if name else _TRITON)
 
 
 def as_numpy(t: torch.Tensor):
