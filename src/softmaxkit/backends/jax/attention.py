@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from softmaxkit.backends.jax.functions import _as_float, _work
 from softmaxkit.frontend import attention as _front
@@ -39,6 +40,10 @@ def _sum_to(grad: Any, shape: tuple[int, ...]) -> Any:
 
 # --- dot-product attention -----------------------------------------------------
 
+# Elements of one block's products (query rows x keys x head dim) per chunk of
+# query rows: the same bound as the NumPy front end's.
+_CHUNK_ELEMENTS = 2**19
+
 
 class _Static(NamedTuple):
     """The non-differentiable options of a call (hashable: the custom_vjp's static argument)."""
@@ -48,11 +53,169 @@ class _Static(NamedTuple):
     softcap: float | None
 
 
+def _split(n: int, most: int) -> tuple[int, int]:
+    """``(count, size)``: ``n`` items in ``count`` equal pieces of at most ``most``, padded by fewer than ``count``."""
+    count = -(-n // most)
+    return count, (-(-n // count) if count else 0)
+
+
+def _pad(x: Any, axis: int, size: int, fill: Any) -> Any:
+    """``x`` padded with ``fill`` at the end of ``axis`` to ``size``."""
+    extra = size - x.shape[axis]
+    if not extra:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths, constant_values=fill)
+
+
+class _Tiles:
+    """Query rows in chunks and keys in blocks of ``att.BLOCK``, each a
+    ``lax.scan`` step, so that the traced program has one copy of the
+    formulas whatever the lengths.
+
+    Grouped layout: queries (..., Hkv, G, L, D) and keys (..., Hkv, 1, S, D),
+    as :func:`softmaxkit.attention`'s.  Lengths are padded to whole chunks
+    and blocks: padded keys are never attended, padded rows are dropped (and
+    given the empty row's log-sum-exp ``-inf`` in the backward, so that they
+    contribute nothing).  The chunk size depends on the shapes only, never
+    on values, as in the NumPy front end.
+    """
+
+    def __init__(self, q_shape: tuple[int, ...], k_shape: tuple[int, ...], v_shape: tuple[int, ...]):
+        *batch, self.n_q, self.n_rows, depth = q_shape
+        self.n_kv, self.n_keys = k_shape[-3], k_shape[-2]
+        self.batch = tuple(batch)
+        self.group = self.n_q // self.n_kv
+        self.lead = self.batch + (self.n_kv, self.group)
+        per_row = max(1, math.prod(self.lead) * att.BLOCK * max(depth, v_shape[-1], 1))
+        self.n_chunks, self.rows = _split(self.n_rows, max(1, _CHUNK_ELEMENTS // per_row))
+        self.n_blocks = -(-self.n_keys // att.BLOCK)
+
+    def grouped_queries(self, x: Any) -> Any:
+        """(..., Hq, L, ...) -> (..., Hkv, G, L, ...) for ``x`` with ``extra`` trailing axes after L."""
+        return jnp.reshape(x, self.lead + tuple(x.shape[len(self.batch) + 1 :]))
+
+    def chunks(self, x: Any, fill: Any) -> Any:
+        """Grouped (..., L) or (..., L, D) -> (chunks, ..., rows[, D]), padded with ``fill``."""
+        axis = len(self.lead)
+        x = _pad(x, axis, self.n_chunks * self.rows, fill)
+        x = jnp.reshape(x, x.shape[:axis] + (self.n_chunks, self.rows) + x.shape[axis + 1 :])
+        return jnp.moveaxis(x, axis, 0)
+
+    def unchunk(self, y: Any) -> Any:
+        """(chunks, ..., rows[, D]) -> (..., L[, D])."""
+        axis = len(self.lead)
+        y = jnp.moveaxis(y, 0, axis)
+        y = jnp.reshape(y, y.shape[:axis] + (self.n_chunks * self.rows,) + y.shape[axis + 2 :])
+        return lax.slice_in_dim(y, 0, self.n_rows, axis=axis)
+
+    def blocks(self, x: Any) -> Any:
+        """(..., S, D) -> (blocks, ..., BLOCK, D), padded with zeros (never read)."""
+        x = _pad(x, -2, self.n_blocks * att.BLOCK, 0)
+        x = jnp.reshape(x, x.shape[:-2] + (self.n_blocks, att.BLOCK, x.shape[-1]))
+        return jnp.moveaxis(x, -3, 0)
+
+    def unblock(self, y: Any, axis: int) -> Any:
+        """(blocks, ..., BLOCK at ``axis``, ...) -> (..., S, ...)."""
+        y = jnp.moveaxis(y, 0, axis - 1 if axis < 0 else axis)
+        y = jnp.reshape(y, y.shape[: axis - 1] + (self.n_blocks * att.BLOCK,) + (y.shape[axis + 1 :] if axis != -1 else ()))
+        return lax.slice_in_dim(y, 0, self.n_keys, axis=axis)
+
+    def grouped_mask(self, mask: Any, fill: Any) -> Any:
+        """``mask`` (broadcastable to (..., Hq, L, S)) in the grouped layout,
+        broadcast dimensions kept at 1, L and S padded with ``fill``."""
+        mask = jnp.reshape(mask, (1,) * (len(self.batch) + 3 - mask.ndim) + tuple(mask.shape))
+        heads = (self.n_kv, self.group) if mask.shape[-3] != 1 else (1, 1)
+        mask = jnp.reshape(mask, mask.shape[:-3] + heads + mask.shape[-2:])
+        if mask.shape[-2] != 1:
+            mask = _pad(mask, -2, self.n_chunks * self.rows, fill)
+        if mask.shape[-1] != 1:
+            mask = _pad(mask, -1, self.n_blocks * att.BLOCK, fill)
+        return mask
+
+    def selection(self, attend: Any, bias: Any, causal: str | None, l0: Any, j0: Any):
+        """``(attend_block, bias_block)`` of the numerics for the chunk of rows
+        at ``l0`` and the block of keys at ``j0`` (both traced): they take
+        offsets within the block."""
+
+        def window(m: Any, a: int, b: int) -> Any:
+            if m.shape[-2] != 1:
+                m = lax.dynamic_slice_in_dim(m, l0, self.rows, axis=-2)
+            if m.shape[-1] != 1:
+                m = lax.dynamic_slice_in_dim(m, j0 + a, b - a, axis=-1)
+            return m
+
+        def attend_block(a: int, b: int) -> Any:
+            keep = None if attend is None else window(attend, a, b)
+            keys = j0 + a + jnp.arange(b - a)
+            if causal is not None:
+                c = att.causal_keep(l0 + jnp.arange(self.rows), keys, self.n_rows, self.n_keys, causal)
+                keep = c if keep is None else (keep & c)
+            if self.n_keys % att.BLOCK:
+                real = keys < self.n_keys
+                keep = real if keep is None else (keep & real)
+            return keep
+
+        def bias_block(a: int, b: int) -> Any:
+            return None if bias is None else window(bias, a, b)
+
+        return attend_block, bias_block
+
+
+def _split_mask(mask: Any, work: Any) -> tuple[Any, Any]:
+    """``(attend, bias)``: a boolean mask selects, any other is added (in ``work``)."""
+    if mask is None:
+        return None, None
+    if mask.dtype == jnp.bool_:
+        return mask, None
+    return None, mask.astype(work)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _attention(q, k, v, mask, sinks, o: _Static):
     """``(output, lse)`` of ``q`` (..., Hq, L, D), ``k`` (..., Hkv, S, D), ``v``
-    (..., Hkv, S, Dv); ``mask`` boolean (True attends), additive or None."""
-    return _front.attention(q, k, v, mask=mask, causal=o.causal, scale=o.scale, softcap=o.softcap, sinks=sinks, return_lse=True)
+    (..., Hkv, S, Dv); ``mask`` boolean (True attends), additive or None.
+
+    The forward of :func:`softmaxkit.attention` with its loops as
+    ``lax.scan``: each step is ``numerics.attention.absorb_block``, the
+    sink ``absorb_sink``, the result ``finish``.
+    """
+    out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
+    work, widened = _work(out_dtype)
+    lse_dtype = out_dtype if out_dtype in (jnp.float32, jnp.float64) else jnp.float32
+    t = _Tiles(q.shape, k.shape, v.shape)
+    attend, bias = _split_mask(mask, work)
+    attend = None if attend is None else t.grouped_mask(attend, False)
+    bias = None if bias is None else t.grouped_mask(bias, 0.0)
+    qc = t.chunks(t.grouped_queries(q.astype(work)), 0.0)
+    kb = t.blocks(jnp.expand_dims(k.astype(work), -3))
+    vb = t.blocks(jnp.expand_dims(v.astype(work), -3))
+    sink = None if sinks is None else jnp.reshape(sinks.astype(work), (t.n_kv, t.group, 1))
+    starts = jnp.arange(t.n_blocks) * att.BLOCK
+    options = {"scale": o.scale, "softcap": o.softcap, "widened": widened}
+
+    def chunk(xs):
+        l0, qrows = xs
+
+        def block(state, ys):
+            j0, kblock, vblock = ys
+            attend_block, bias_block = t.selection(attend, bias, o.causal, l0, j0)
+            state = att.absorb_block(
+                jnp, state, qrows, kblock, vblock, 0, att.BLOCK, attend_block=attend_block, bias_block=bias_block, **options
+            )
+            return state, None
+
+        state = att.empty_state(jnp, tuple(qrows.shape[:-1]), v.shape[-1], work, None)
+        state, _ = lax.scan(block, state, (starts, kb, vb))
+        if sink is not None:
+            state = att.absorb_sink(jnp, state, sink, widened)
+        out, lse = att.finish(jnp, *state)
+        return out.astype(out_dtype), lse.astype(lse_dtype)
+
+    out, lse = lax.map(chunk, (jnp.arange(t.n_chunks) * t.rows, qc))
+    out = jnp.reshape(t.unchunk(out), t.batch + (t.n_q, t.n_rows, v.shape[-1]))
+    return out, jnp.reshape(t.unchunk(lse), t.batch + (t.n_q, t.n_rows))
 
 
 def _attention_fwd(q, k, v, mask, sinks, o: _Static):
@@ -61,21 +224,62 @@ def _attention_fwd(q, k, v, mask, sinks, o: _Static):
 
 
 def _attention_bwd(o: _Static, residuals, cotangents):
+    """``numerics.attention.attention_vjp_rows`` a chunk of rows and a block
+    of keys at a time (two nested ``lax.scan``), the sinks' gradient from
+    one call without keys."""
     q, k, v, mask, sinks, out, lse = residuals
     grad_out, grad_lse = cotangents
     work, widened = _work(jnp.result_type(q.dtype, k.dtype, v.dtype))
-    bool_mask = mask is not None and mask.dtype == jnp.bool_
-    attend = mask if bool_mask else None
-    bias = None if mask is None or bool_mask else mask.astype(work)
-    lead = math.prod(q.shape[:-2])
-    step = max(1, _front._CHUNK_ELEMENTS // max(1, lead * att.BLOCK * max(q.shape[-1], v.shape[-1], 1)))
-    dq, dk, dv, dsinks, dbias = att.attention_vjp(
-        jnp, q.astype(work), k.astype(work), v.astype(work), out.astype(work), lse.astype(work), grad_out.astype(work),
-        grad_lse.astype(work), attend=attend, bias=bias, causal=o.causal, scale=o.scale, softcap=o.softcap,
-        sinks=None if sinks is None else sinks.astype(work), widened=widened, want_bias=bias is not None, rows_per_chunk=step,
-    )
-    dmask = None if bias is None else _sum_to(dbias, tuple(mask.shape)).astype(mask.dtype)
-    dsinks = None if sinks is None else dsinks.astype(sinks.dtype)
+    t = _Tiles(q.shape, k.shape, v.shape)
+    attend, bias = _split_mask(mask, work)
+    attend = None if attend is None else t.grouped_mask(attend, False)
+    bias = None if bias is None else t.grouped_mask(bias, 0.0)
+    rows = [t.grouped_queries(a.astype(work)) for a in (q, out, grad_out, lse, grad_lse)]
+    kg = jnp.expand_dims(k.astype(work), -3)
+    vg = jnp.expand_dims(v.astype(work), -3)
+    options = {"scale": o.scale, "softcap": o.softcap, "widened": widened}
+    # Padded rows get lse = -inf: empty rows, whose gradients are zero.
+    fills = (0.0, 0.0, 0.0, -_INF, 0.0)
+    chunked = [t.chunks(a, fill) for a, fill in zip(rows, fills)]
+    kb, vb = t.blocks(kg), t.blocks(vg)
+    starts = jnp.arange(t.n_blocks) * att.BLOCK
+    want_bias = bias is not None
+
+    def chunk(acc, xs):
+        l0, qrows, orows, dorows, lrows, dlrows = xs
+
+        def block(dq, ys):
+            j0, kblock, vblock = ys
+            attend_block, bias_block = t.selection(attend, bias, o.causal, l0, j0)
+            dq_b, dk_b, dv_b, _, db_b = att.attention_vjp_rows(
+                jnp, qrows, kblock, vblock, orows, lrows, dorows, dlrows, attend_block=attend_block,
+                bias_block=bias_block, sink=None, want_bias=want_bias, **options,
+            )
+            return dq + dq_b, (dk_b, dv_b, db_b)
+
+        dq, (dk, dv, db) = lax.scan(block, jnp.zeros_like(qrows), (starts, kb, vb))
+        return (acc[0] + dk, acc[1] + dv), (dq, db)
+
+    zero_k = jnp.zeros((t.n_blocks,) + t.lead + (att.BLOCK, k.shape[-1]), work)
+    zero_v = jnp.zeros((t.n_blocks,) + t.lead + (att.BLOCK, v.shape[-1]), work)
+    (dk, dv), (dq, db) = lax.scan(chunk, (zero_k, zero_v), (jnp.arange(t.n_chunks) * t.rows, *chunked))
+    dq = jnp.reshape(t.unchunk(dq), q.shape)
+    dk = jnp.reshape(jnp.sum(t.unblock(dk, -2), axis=-3), k.shape)
+    dv = jnp.reshape(jnp.sum(t.unblock(dv, -2), axis=-3), v.shape)
+    dmask = None
+    if want_bias:
+        # (chunks, blocks, ..., rows, BLOCK) -> (..., L, S)
+        db = t.unchunk(jnp.moveaxis(db, 1, -2))
+        db = t.unblock(jnp.moveaxis(db, -2, 0), -1)
+        dmask = _sum_to(jnp.reshape(db, t.batch + (t.n_q, t.n_rows, t.n_keys)), tuple(mask.shape)).astype(mask.dtype)
+    dsinks = None
+    if sinks is not None:
+        sink = jnp.reshape(sinks.astype(work), (t.n_kv, t.group, 1))
+        none = lax.slice_in_dim(kg, 0, 0, axis=-2), lax.slice_in_dim(vg, 0, 0, axis=-2)
+        per_row = att.attention_vjp_rows(
+            jnp, rows[0], *none, rows[1], rows[3], rows[2], rows[4], attend_block=None, bias_block=None, sink=sink, **options
+        )[3]
+        dsinks = jnp.sum(jnp.reshape(jnp.sum(per_row, axis=-1), (-1, t.n_q)), axis=0).astype(sinks.dtype)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dmask, dsinks
 
 
@@ -98,6 +302,28 @@ def _length_mask(lengths: Any, size: int, batch: int, name: str) -> Any:
     if tuple(n.shape) != (batch,):
         raise ValueError(f"{name} must have shape ({batch},), one length per batch element; got {tuple(n.shape)}")
     return (jnp.arange(size) < n[:, None])[:, None, :]
+
+
+def _check_shapes(q: Any, k: Any, v: Any) -> None:
+    """query (..., T, N, H), key (..., S, K, H), value (..., S, K, Hv), N a multiple of K."""
+    if tuple(k.shape[:-3]) != tuple(q.shape[:-3]):
+        raise ValueError(f"key must have query's batch size; got query of shape {tuple(q.shape)} and key of shape {tuple(k.shape)}")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"key's last dimension (H) must equal query's {q.shape[-1]}; got key of shape {tuple(k.shape)}")
+    if tuple(v.shape[:-1]) != tuple(k.shape[:-1]):
+        want = tuple(k.shape[:-1]) + ("Hv",)
+        raise ValueError(f"value must have shape {want} (key's batch, length and heads); got {tuple(v.shape)}")
+    n_q, n_kv = q.shape[-2], k.shape[-2]
+    if n_kv == 0 or n_q % n_kv:
+        raise ValueError(f"query's heads N={n_q} must be a multiple of key's heads K={n_kv} (K >= 1)")
+
+
+def _check_scores_shape(m: Any, name: str, q: Any, k: Any) -> None:
+    """``m`` broadcastable to the scores (B, N, T, S) (or (N, T, S) unbatched)."""
+    target = tuple(q.shape[:-3]) + (q.shape[-2], q.shape[-3], k.shape[-3])
+    shape = tuple(m.shape)
+    if len(shape) > len(target) or any(a not in (1, b) for a, b in zip(reversed(shape), reversed(target))):
+        raise ValueError(f"{name} must be broadcastable to the scores {target} (batch, query heads, query length, key length); got shape {shape}")
 
 
 def dot_product_attention(
@@ -207,6 +433,7 @@ def dot_product_attention(
             raise ValueError(f"{name} must have shape (B, T, N, H) or (T, N, H); got shape {tuple(a.shape)}")
     if not q.ndim == k.ndim == v.ndim:
         raise ValueError(f"query, key and value must have the same number of dimensions; got shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    _check_shapes(q, k, v)
     tau = 1.0 / math.sqrt(max(q.shape[-1], 1)) if scale is None else validate.positive_finite(scale, "scale")
     cap = None if softcap is None else validate.positive_finite(softcap, "softcap")
     keep = None
@@ -214,6 +441,7 @@ def dot_product_attention(
         keep = jnp.asarray(mask)
         if keep.dtype != jnp.bool_:
             raise TypeError(f"mask must be a boolean array (True attends); got dtype {keep.dtype}; pass additive masks as bias")
+        _check_scores_shape(keep, "mask", q, k)
     if query_seq_lengths is not None or key_value_seq_lengths is not None:
         if q.ndim != 4:
             raise ValueError(f"query_seq_lengths and key_value_seq_lengths need batched inputs (B, T, N, H); got query of shape {tuple(q.shape)}")
@@ -227,11 +455,14 @@ def dot_product_attention(
     combined = keep
     if bias is not None:
         b = _as_float(bias, "bias")
+        _check_scores_shape(b, "bias", q, k)
         # A boolean mask selects: masked entries become -inf, which the
         # numerics never read (an inf or NaN bias there changes nothing).
         combined = b if keep is None else jnp.where(keep, b, jnp.asarray(-_INF, dtype=b.dtype))
     if sinks is not None:
         sinks = _as_float(sinks, "sinks")
+        if tuple(sinks.shape) != (q.shape[-2],):
+            raise ValueError(f"sinks must have shape ({q.shape[-2]},), one logit per query head; got {tuple(sinks.shape)}")
     out, lse = _attention_jit(_heads_last(q), _heads_last(k), _heads_last(v), combined, sinks, _Static("top_left" if is_causal else None, tau, cap))
     out = _heads_last(out)
     return (out, lse) if return_lse else out
