@@ -19,6 +19,8 @@ from softmaxkit.backends.torch.execution import (
     plain_eager,
     restore_layout,
     rows_view,
+    triton_kernels,
+    triton_ready,
     working_dtype,
     xp,
 )
@@ -259,6 +261,29 @@ def _target_rows(t, cdim, hard):
     return t.reshape(-1) if hard else rows_view(t, cdim)
 
 
+def _triton_ok(x, t, hard) -> bool:
+    """Whether the Triton kernel takes a pass: the logits (and probability
+    targets) in its dtypes, on its devices (see :func:`~.execution.triton_ready`)."""
+    return triton_ready(x) if hard else triton_ready(x, t)
+
+
+def _triton_cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, scale, want_target, divisor):
+    """:func:`_cross_entropy_pass` by the Triton kernel (classes read along
+    ``cdim`` where they lie): the per-row losses in the working dtype, or the
+    gradients.  A ``divisor`` (a float, or a 0-d tensor on the logits'
+    device) stands for a uniform ``scale``; otherwise each row's gradient is
+    multiplied by its ``scale``."""
+    rows = triton_kernels("cross_entropy").cross_entropy_rows
+    if scale is None:
+        loss, _, _ = rows(x, t, cdim, w, ignore_index, eps, z)
+        return (loss.to(working_dtype(x.dtype, x.device)[0]),)
+    _, gx, gt = rows(
+        x, t, cdim, w, ignore_index, eps, z, want_grad=True, want_target_grad=want_target,
+        divisor=1.0 if divisor is None else divisor, scale=scale if divisor is None else None,
+    )
+    return (gx, gt) if want_target else (gx,)
+
+
 def _cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, scale=None, want_target=False, divisor=None):
     """One pass over the logits, classes along ``cdim``.
 
@@ -271,8 +296,11 @@ def _cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, scale=None, w
     :func:`_native_divisor`).  Forward and backward both come here: on CPU the
     native kernel (``softmaxkit.kernels``, same formulas) takes over where it
     can, without moving the class axis; otherwise the xp formulas run by
-    chunks of rows.
+    chunks of rows.  The Triton kernel (:func:`_triton_cross_entropy_pass`)
+    comes first where it runs.
     """
+    if _triton_ok(x, t, hard):
+        return _triton_cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, scale, want_target, divisor)
     divisor = _native_divisor(x, t, scale, want_target, divisor)
     if divisor is not None:
         loss, grad = _native_cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, divisor, scale is not None)
@@ -311,12 +339,14 @@ def cross_entropy_forward(x, t, cdim, weight, ignore_index, eps, z, reduction, h
     row for "none"), the "mean" denominator (working dtype, 0-d) and, with
     ``fuse``, the gradient.
 
-    ``fuse`` asks the native kernel to write, in the same pass over the
-    logits, the gradient of the reduced loss for a cotangent of 1 (of each
-    row's loss for "none"): a training step then reads the logits once, and
-    backward has nothing left to compute.  The gradient is None where the
-    kernel cannot do it (see :func:`_native_divisor`), or for a "mean" over a
-    total weight that is not positive.
+    ``fuse`` asks the native or Triton kernel to write, in the same pass
+    over the logits, the gradient of the reduced loss for a cotangent of 1
+    (of each row's loss for "none"): a training step then reads the logits
+    once, and backward has nothing left to compute.  The gradient is None
+    where no kernel can do it (see :func:`_native_divisor`), or, for the
+    native kernel, for a "mean" over a total weight that is not positive.
+    The Triton kernel reads the divisor on the device
+    (``numerics.gradient_divisor_array``): no host round trip.
     """
     work, widened = working_dtype(x.dtype, x.device)
     w = None if weight is None else weight.to(work)
@@ -324,7 +354,12 @@ def cross_entropy_forward(x, t, cdim, weight, ignore_index, eps, z, reduction, h
     divisor = None
     if fuse and _native_divisor(x, t, None, False) is not None:
         divisor = num.gradient_divisor(denominator, reduction)
-    if divisor is not None and divisor > 0:
+    if _triton_ok(x, t, hard):
+        rows = triton_kernels("cross_entropy").cross_entropy_rows
+        div = num.gradient_divisor_array(xp, denominator, reduction) if fuse else 1.0
+        loss, grad, _ = rows(x, t, cdim, w, ignore_index, eps, z, want_grad=fuse, divisor=div)
+        loss = loss.to(work)
+    elif divisor is not None and divisor > 0:
         loss, grad = _native_cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, divisor, True)
     else:
         (loss,), grad = _cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard), None
@@ -354,6 +389,11 @@ def cross_entropy_backward(x, t, cdim, weight, denominator, grad, ignore_index, 
     work, _ = working_dtype(x.dtype, x.device)
     w = None if weight is None else weight.to(work)
     g = grad.to(work)
+    # The Triton kernel divides by the reduced loss's divisor over the
+    # cotangent, on the device, as the forward pass's fused gradient does.
+    triton_divisor = None
+    if reduction != "none" and _triton_ok(x, t, hard):
+        triton_divisor = num.gradient_divisor_array(xp, denominator, reduction) / g
     if reduction == "mean":
         # The mean's rule, 0 over a total weight of 0, is num.reduce's alone.
         _, g = num.reduce(xp, xp.zeros_like(g)[None], g, denominator, "mean", True)
@@ -361,7 +401,7 @@ def cross_entropy_backward(x, t, cdim, weight, denominator, grad, ignore_index, 
     # have no batching rule for the latter.
     n_rows = x.numel() // max(x.shape[cdim], 1)
     scale = g.reshape(-1) if reduction == "none" else g.expand(n_rows)
-    divisor = _reduced_divisor(denominator, grad, reduction) if native_ready(x) else None
+    divisor = _reduced_divisor(denominator, grad, reduction) if native_ready(x) else triton_divisor
     parts = _cross_entropy_pass(x, t, cdim, w, ignore_index, eps, z, hard, scale, want_target, divisor)
     return parts[0], (parts[1] if want_target else None)
 
