@@ -26,6 +26,10 @@ SOURCES = [
         "isa_baseline.c",
         "isa_avx2.c",
         "isa_avx512.c",
+        "attention.c",
+        "attention_baseline.c",
+        "attention_avx2.c",
+        "attention_avx512.c",
     )
 ]
 HEADERS = [
@@ -42,6 +46,8 @@ HEADERS = [
         "simd.h",
         "family.h",
         "isa.h",
+        "attention.h",
+        "attention_body.h",
     )
 ]
 

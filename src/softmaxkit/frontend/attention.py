@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from softmaxkit import numerics as num
-from softmaxkit.frontend import validate
+from softmaxkit.frontend import registry, validate
 from softmaxkit.frontend.layout import put
 from softmaxkit.numerics import attention as att
 
@@ -49,6 +49,28 @@ def _float_dtype(xp: Any, value: Any, name: str) -> Any:
         except (TypeError, ValueError):
             pass
     raise TypeError(f"{name} must be None or a real floating dtype (such as float16 or bfloat16); got {validate.describe(value)}")
+
+
+def _native_eligible(q: Any, k: Any, v: Any, mask: Any) -> bool:
+    """Whether the native kernel takes these (validated) arrays: NumPy
+    float32 or bfloat16 inputs of one dtype, a bool or float mask."""
+    if not (type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
+        return False
+    if not (q.dtype == k.dtype == v.dtype) or not (q.dtype == np.float32 or q.dtype.name == "bfloat16"):
+        return False
+    return mask is None or type(mask) is np.ndarray
+
+
+def _native_attention(into: Any, q, k, v, mask, causal, scale, softcap, sinks):
+    """``(output, lse)`` from the native kernel (``kernels.into.attention_forward_into``)."""
+    if mask is not None and mask.dtype != np.bool_ and mask.dtype not in (np.float32, np.float64):
+        # float16 and bfloat16 masks widen exactly (at the mask's own shape, not the scores')
+        mask = np.asarray(mask, dtype=np.float32)
+    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    out = np.empty(q.shape[:-1] + v.shape[-1:], dtype=q.dtype)
+    lse = np.empty(q.shape[:-1], dtype=np.float32)
+    sk = None if sinks is None else np.asarray(sinks, dtype=np.float64)
+    return into.attention_forward_into(q, k, v, out, lse, mask=mask, causal=causal, scale=scale, softcap=softcap, sinks=sk)
 
 
 @validate.quiet
@@ -195,13 +217,13 @@ def attention(
     kg = xp.reshape(xp.astype(k, work, copy=False), batch + (n_kv_heads, 1, n_keys, depth))
     vg = xp.reshape(xp.astype(v, work, copy=False), batch + (n_kv_heads, 1, n_keys, v_depth))
 
-    attend_all, bias_all = None, None
+    attend_all, bias_all, mask_full = None, None, None
     if mask is not None:
         m = validate.same_namespace(xp, mask, "mask")
         kind = validate._kind(xp, m.dtype)
         if kind not in ("bool", "float"):
             raise TypeError(f"mask must be a boolean array (True attends) or a floating array (added to the scores); got dtype {m.dtype}")
-        m = validate.broadcast_to(xp, m, batch + (n_q_heads, n_rows, n_keys), "mask", "the scores (..., Hq, L, S)")
+        m = mask_full = validate.broadcast_to(xp, m, batch + (n_q_heads, n_rows, n_keys), "mask", "the scores (..., Hq, L, S)")
         m = xp.reshape(m, lead + (n_rows, n_keys))
         attend_all, bias_all = (m, None) if kind == "bool" else (None, m)
 
@@ -211,6 +233,11 @@ def attention(
         if tuple(sk.shape) != (n_q_heads,):
             raise ValueError(f"sinks must have shape ({n_q_heads},), one logit per query head; got {tuple(sk.shape)}")
         sink = xp.reshape(xp.astype(sk, work), (n_kv_heads, group, 1))
+
+    native = registry.native()
+    if native is not None and p_dtype is None and _native_eligible(q, k, v, mask_full):
+        out, lse = _native_attention(native.into, q, k, v, mask_full, causal, tau, cap, sinks)
+        return (out, lse) if return_lse else out
 
     dev = num.device(q)
     out = xp.empty(lead + (n_rows, v_depth), dtype=out_dtype, device=dev)

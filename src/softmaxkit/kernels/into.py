@@ -175,3 +175,115 @@ def log_softmax_vjp_into(
     _no_overlap(out, "out", ("log_probs", log_probs), ("cotangent", cotangent))
     _require().vjp(bits(log_probs), bits(cotangent), bits(out), True, bfloat16 or is_bfloat16(log_probs), operator.index(axis))
     return out
+
+
+# --- attention ------------------------------------------------------------------
+
+_CAUSAL = {None: 0, "top_left": 1, "bottom_right": 2}
+
+
+def _attention_args(query, key, value, mask, causal, scale, softcap, sinks, bfloat16):
+    """The leading arguments of the extension's attention calls, checked for format."""
+    bf16 = bfloat16 or is_bfloat16(query)
+    if causal not in _CAUSAL:
+        raise ValueError(f"causal must be None, 'top_left' or 'bottom_right'; got {causal!r}")
+    if query.ndim < 3 or key.ndim < 3:
+        raise ValueError(f"query and key must have at least 3 dimensions (..., H, L, D); got {query.shape} and {key.shape}")
+    if mask is not None:
+        mask = np.broadcast_to(mask, tuple(query.shape[:-1]) + (key.shape[-2],))
+    if sinks is not None:
+        sinks = np.ascontiguousarray(sinks, dtype=np.float64)
+    return (
+        bits(query), bits(key), bits(value), mask, sinks, _CAUSAL[causal], float(scale),
+        None if softcap is None else float(softcap), bf16,
+    )
+
+
+def attention_forward_into(
+    query: np.ndarray,
+    key: np.ndarray,
+    value: np.ndarray,
+    out: np.ndarray,
+    lse: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    causal: str | None = None,
+    scale: float,
+    softcap: float | None = None,
+    sinks: np.ndarray | None = None,
+    bfloat16: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scaled dot-product attention into ``out`` and its log-sum-exp into ``lse``; returns ``(out, lse)``.
+
+    ``query`` (..., Hq, L, D), ``key`` (..., Hkv, S, D) and ``value``
+    (..., Hkv, S, Dv): C-contiguous, one dtype, float32 or bfloat16 (an
+    ``ml_dtypes.bfloat16`` array, or its bits as uint16 with
+    ``bfloat16=True``), the same leading dimensions, ``Hq`` a multiple of
+    ``Hkv`` (query head ``h`` reads key head ``h // (Hq // Hkv)``).
+    ``out`` (..., Hq, L, Dv) in the inputs' dtype and ``lse`` (..., Hq, L)
+    float32, C-contiguous and writable.
+
+    ``mask``: None, or a bool (True attends), float32 or float64 (added to
+    the scores; ``-inf`` masks) array broadcastable to (..., Hq, L, S), read
+    through its strides (a broadcast mask is never expanded).  ``causal``:
+    None, ``"top_left"`` (key ``j <= i``) or ``"bottom_right"`` (``j <= i +
+    S - L``).  ``scale`` > 0, ``softcap`` None or > 0 (``c tanh(s / c)``
+    after the scale, before the mask), ``sinks`` None or (Hq,) logits.
+
+    The formulas of :func:`softmaxkit.attention` (``numerics.attention``),
+    computed in float64 and rounded once: the same accuracy contract and
+    edge rules.  Work runs on the kernels' threads; results are bitwise the
+    same for every thread count.  Memory: a few tiles per thread, never an
+    ``L x S`` array.  Arguments are checked for format and shape, not value.
+    """
+    args = _attention_args(query, key, value, mask, causal, scale, softcap, sinks, bfloat16)
+    _no_overlap(out, "out", ("query", query), ("key", key), ("value", value))
+    _require().attention_forward(*args, bits(out), lse)
+    return out, lse
+
+
+def attention_backward_into(
+    query: np.ndarray,
+    key: np.ndarray,
+    value: np.ndarray,
+    out: np.ndarray,
+    lse: np.ndarray,
+    dout: np.ndarray,
+    dlse: np.ndarray | None,
+    dq: np.ndarray,
+    dk: np.ndarray,
+    dv: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    causal: str | None = None,
+    scale: float,
+    softcap: float | None = None,
+    sinks: np.ndarray | None = None,
+    dsinks: np.ndarray | None = None,
+    dmask: np.ndarray | None = None,
+    bfloat16: bool = False,
+) -> None:
+    """The gradients of :func:`attention_forward_into` into ``dq``, ``dk``, ``dv`` (and ``dsinks``, ``dmask``).
+
+    ``out`` and ``lse`` are the forward's results (float32 ``lse``),
+    ``dout`` the output's cotangent (the inputs' dtype) and ``dlse`` the
+    log-sum-exp's (float32) or None; the other arguments as for the forward.
+    ``dq``, ``dk``, ``dv`` have the shapes of ``query``, ``key``, ``value``
+    and their dtype.  ``dsinks`` (Hq,) float64 is required exactly when
+    ``sinks`` is given (it gets the sum over the batch and the rows).
+    ``dmask``, with a float mask only: a float64 array (..., Hq, L, S) for
+    the gradient of the additive mask before any reduction to the mask's own
+    shape (that is O(L S), the only output that is).
+
+    FlashAttention-2's backward from ``numerics.attention.attention_vjp_rows``:
+    the weights recomputed from ``lse``, ``dS = P (dO . v + g)`` with ``g =
+    dlse - dO . O``; in float64 and rounded once.  dq is computed per query
+    block and dk, dv per key block, each by one thread in a fixed order, so
+    results are bitwise the same for every thread count.  Rows with no key
+    (``lse = -inf``) or an attended ``+inf`` score get zero gradients; masked
+    keys, values and rows are never read.
+    """
+    args = _attention_args(query, key, value, mask, causal, scale, softcap, sinks, bfloat16)
+    for name, a in (("dq", dq), ("dk", dk), ("dv", dv)):
+        _no_overlap(a, name, ("query", query), ("key", key), ("value", value), ("out", out), ("dout", dout))
+    _require().attention_backward(*args, bits(out), lse, bits(dout), dlse, bits(dq), bits(dk), bits(dv), dsinks, dmask)

@@ -47,4 +47,37 @@ void sk_narrow_f64(const double *src, float *dst, size_t n);
  * in use; on one thread */
 void sk_convert(int dtype, int narrow, const void *src, void *dst, size_t n);
 
+/* Scaled dot-product attention (attention.c): q (batch, Hq, L, D), k (batch,
+ * Hkv, S, D), v (batch, Hkv, S, Dv), C-contiguous, float32 or bfloat16 bits
+ * (dtype); query head h reads key head h / (Hq / Hkv).  The mask, when
+ * mask_kind is not SK_MASK_NONE, is indexed by byte strides: nb batch
+ * dimensions of shapes bshape (their product is batch, in row-major order)
+ * and strides bstride, then the head, row and key strides (0 for a
+ * broadcast dimension).  causal: 0 none, 1 j <= i, 2 j <= i + S - L.
+ * softcap 0: none.  sinks: Hq float64 logits or NULL.  The formulas are
+ * those of softmaxkit.numerics.attention, computed in float64. */
+enum { SK_MASK_NONE = 0, SK_MASK_BOOL = 1, SK_MASK_F32 = 2, SK_MASK_F64 = 3 };
+#define SK_ATTN_MAX_DIMS 32
+typedef struct {
+    int dtype;
+    size_t batch, hq, hkv, L, S, D, Dv;
+    const void *q, *k, *v;
+    int mask_kind;
+    const char *mask;
+    int nb;
+    int64_t bshape[SK_ATTN_MAX_DIMS], bstride[SK_ATTN_MAX_DIMS];
+    int64_t stride_h, stride_l, stride_s;
+    int causal;
+    double scale, softcap;
+    const double *sinks;
+} sk_attn_problem;
+/* out (batch, Hq, L, Dv) in the input dtype; lse (batch, Hq, L) float32 */
+int sk_attention_forward(const sk_attn_problem *P, void *out, float *lse);
+/* From the forward's out and lse (float32), the cotangents dout (input
+ * dtype) and dlse (float32, or NULL): dq, dk, dv in the input dtype, dsinks
+ * (Hq float64; NULL without sinks) and, when dbias is not NULL, the
+ * gradient of an additive mask, (batch, Hq, L, S) float64. */
+int sk_attention_backward(const sk_attn_problem *P, const void *out, const float *lse, const void *dout,
+                          const float *dlse, void *dq, void *dk, void *dv, double *dsinks, double *dbias);
+
 #endif

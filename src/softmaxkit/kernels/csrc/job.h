@@ -65,6 +65,9 @@ typedef struct job {
     size_t *chunk_argmax, *chunk_unmasked;
     int *chunk_nan;
     sk_part *parts;            /* 4 * blocks shared block partials (wide) */
+    /* a task (sk_run_tasks) instead of rows: each thread calls it once */
+    void (*task)(void *ctx, int tid);
+    void *task_ctx;
 } job_t;
 
 /* A thread's buffers for one job. */

@@ -92,6 +92,11 @@ void sk_fp_leave(unsigned old) { (void)old; }
 
 static void run_thread(job_t *J, int tid) {
     unsigned fp_mode = sk_fp_enter();
+    if (J->task) {
+        J->task(J->task_ctx, tid);
+        sk_fp_leave(fp_mode);
+        return;
+    }
     scratch_t S;
     rowctx_t R;
     memset(&R, 0, sizeof R);
@@ -291,4 +296,28 @@ int run_job(job_t *J, int threads) {
     if (locked) pthread_mutex_unlock(&pool_busy);
     free_shared(J);
     return J->err;
+}
+
+int sk_run_tasks(void (*fn)(void *ctx, int tid), void *ctx, int threads) {
+    job_t J;
+    memset(&J, 0, sizeof J);
+    J.task = fn;
+    J.task_ctx = ctx;
+    int locked = 0;
+    if (threads > 1) {
+        locked = pthread_mutex_trylock(&pool_busy) == 0;
+        if (!locked) threads = 1;
+    }
+    J.threads = 1;
+    if (threads > 1) {
+        pthread_once(&atfork_once, atfork_install);
+        J.threads = pool_grow(threads);
+    }
+    if (J.threads > 1) {
+        pool_run(&J);
+    } else {
+        run_thread(&J, 0);
+    }
+    if (locked) pthread_mutex_unlock(&pool_busy);
+    return J.threads;
 }

@@ -17,6 +17,11 @@ struct job;
  * and returns its error code. */
 int run_job(struct job *J, int threads);
 
+/* Calls fn(ctx, tid) on up to `threads` threads of the pool (the calling
+ * thread is tid 0) and returns how many ran it; the task shares out its own
+ * work.  As run_job, a call that finds the pool busy runs on one thread. */
+int sk_run_tasks(void (*fn)(void *ctx, int tid), void *ctx, int threads);
+
 /* The numerics assume IEEE arithmetic: rounding to nearest, subnormal inputs
  * and results kept.  A caller may run with flush-to-zero or
  * denormals-are-zero set (XLA does, on the threads that call its FFI

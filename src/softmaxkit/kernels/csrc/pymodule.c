@@ -323,6 +323,218 @@ end:
     Py_RETURN_NONE;
 }
 
+/* --- attention ------------------------------------------------------------------- */
+
+/* The buffers of one attention call; released by attn_release. */
+typedef struct {
+    buf_t q, k, v, mask, sinks;
+} attn_bufs;
+
+static void attn_release(attn_bufs *B) {
+    release(&B->q);
+    release(&B->k);
+    release(&B->v);
+    release(&B->mask);
+    release(&B->sinks);
+}
+
+/* A float32 (or, with bf16, bfloat16 bits) buffer of `count` elements, of dtype dt. */
+static int attn_float(PyObject *o, buf_t *b, int writable, int dt, int bf16, size_t count, const char *name) {
+    if (get(o, b, writable, name) || check_float(b, dt, bf16, name)) return -1;
+    return check_len(b, count, name);
+}
+
+/* A float32 buffer of `count` elements. */
+static int attn_f32(PyObject *o, buf_t *b, int writable, size_t count, const char *name) {
+    if (get(o, b, writable, name)) return -1;
+    if (float_kind(&b->v, 0) != DT_F32) {
+        PyErr_Format(PyExc_TypeError, "%s must hold float32", name);
+        return -1;
+    }
+    return check_len(b, count, name);
+}
+
+/* The problem from (q, k, v, mask, sinks, causal, scale, softcap, bfloat16). */
+static int attn_problem(PyObject *const *a, attn_bufs *B, sk_attn_problem *P) {
+    memset(P, 0, sizeof *P);
+    int bf16 = PyObject_IsTrue(a[8]);
+    if (bf16 < 0) return -1;
+    long causal = PyLong_AsLong(a[5]);
+    double scale = PyFloat_AsDouble(a[6]);
+    double cap = a[7] == Py_None ? 0.0 : PyFloat_AsDouble(a[7]);
+    if (PyErr_Occurred()) return -1;
+    if (causal < 0 || causal > 2) {
+        PyErr_Format(PyExc_ValueError, "causal must be 0 (none), 1 (top left) or 2 (bottom right); got %ld", causal);
+        return -1;
+    }
+    if (!(isfinite(scale) && scale > 0) || !(isfinite(cap) && cap >= 0)) {
+        PyErr_Format(PyExc_ValueError, "scale must be finite and > 0 and softcap None or finite and > 0; got %R and %R",
+                     a[6], a[7]);
+        return -1;
+    }
+    if (get(a[0], &B->q, 0, "q") || get(a[1], &B->k, 0, "k") || get(a[2], &B->v, 0, "v") ||
+        check_float(&B->q, -1, bf16, "q"))
+        return -1;
+    int dt = float_kind(&B->q.v, bf16);
+    if (dt != DT_F32 && dt != DT_BF16) {
+        PyErr_SetString(PyExc_TypeError, "q must hold float32, or bfloat16 bits with bfloat16 set");
+        return -1;
+    }
+    if (check_float(&B->k, dt, bf16, "k") || check_float(&B->v, dt, bf16, "v")) return -1;
+    int nd = B->q.v.ndim;
+    if (nd < 3 || nd - 3 > SK_ATTN_MAX_DIMS || B->k.v.ndim != nd || B->v.v.ndim != nd) {
+        PyErr_Format(PyExc_ValueError, "q, k and v must have the same number of dimensions, 3 to %d", SK_ATTN_MAX_DIMS + 3);
+        return -1;
+    }
+    const Py_ssize_t *qs = B->q.v.shape, *ks = B->k.v.shape, *vs = B->v.v.shape;
+    P->nb = nd - 3;
+    P->batch = 1;
+    for (int d = 0; d < P->nb; d++) {
+        if (ks[d] != qs[d] || vs[d] != qs[d]) {
+            PyErr_SetString(PyExc_ValueError, "q, k and v must have the same leading (batch) dimensions");
+            return -1;
+        }
+        P->bshape[d] = qs[d];
+        P->batch *= (size_t)qs[d];
+    }
+    P->hq = (size_t)qs[nd - 3];
+    P->L = (size_t)qs[nd - 2];
+    P->D = (size_t)qs[nd - 1];
+    P->hkv = (size_t)ks[nd - 3];
+    P->S = (size_t)ks[nd - 2];
+    P->Dv = (size_t)vs[nd - 1];
+    if (P->hkv == 0 || P->hq % P->hkv || (size_t)ks[nd - 1] != P->D || (size_t)vs[nd - 3] != P->hkv ||
+        (size_t)vs[nd - 2] != P->S) {
+        PyErr_SetString(PyExc_ValueError,
+                        "k must be (..., Hkv, S, D) and v (..., Hkv, S, Dv) with Hkv >= 1 dividing q's Hq");
+        return -1;
+    }
+    P->dtype = dt;
+    P->q = B->q.v.buf;
+    P->k = B->k.v.buf;
+    P->v = B->v.v.buf;
+    P->causal = (int)causal;
+    P->scale = scale;
+    P->softcap = cap;
+    if (a[3] != Py_None) {
+        if (PyObject_GetBuffer(a[3], &B->mask.v, PyBUF_STRIDED_RO | PyBUF_FORMAT) < 0) return -1;
+        B->mask.held = 1;
+        const Py_buffer *m = &B->mask.v;
+        const char *f = strip_order(m->format);
+        if (f[1] == '\0' && *f == '?' && m->itemsize == 1) P->mask_kind = SK_MASK_BOOL;
+        else if (f[1] == '\0' && *f == 'f' && m->itemsize == 4) P->mask_kind = SK_MASK_F32;
+        else if (f[1] == '\0' && *f == 'd' && m->itemsize == 8) P->mask_kind = SK_MASK_F64;
+        else {
+            PyErr_Format(PyExc_TypeError, "mask must hold bool, float32 or float64; got format '%s'", m->format);
+            return -1;
+        }
+        int ok = m->ndim == nd && m->strides != NULL;
+        for (int d = 0; ok && d < P->nb; d++) ok = m->shape[d] == qs[d];
+        ok = ok && (size_t)m->shape[nd - 3] == P->hq && (size_t)m->shape[nd - 2] == P->L &&
+             (size_t)m->shape[nd - 1] == P->S;
+        if (!ok) {
+            PyErr_SetString(PyExc_ValueError, "mask must have the shape (..., Hq, L, S) of the scores (broadcast by strides)");
+            return -1;
+        }
+        P->mask = m->buf;
+        for (int d = 0; d < P->nb; d++) P->bstride[d] = m->strides[d];
+        P->stride_h = m->strides[nd - 3];
+        P->stride_l = m->strides[nd - 2];
+        P->stride_s = m->strides[nd - 1];
+    }
+    if (a[4] != Py_None) {
+        if (get_float64(a[4], &B->sinks, 0, "sinks", P->hq)) return -1;
+        P->sinks = B->sinks.v.buf;
+    }
+    return 0;
+}
+
+#define ATTN_ARGS "q, k, v, mask, sinks, causal, scale, softcap, bfloat16"
+
+/* attention_forward(q, k, v, mask, sinks, causal, scale, softcap, bfloat16, out, lse) */
+static PyObject *py_attention_forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 11) {
+        PyErr_Format(PyExc_TypeError, "attention_forward() takes 11 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    attn_bufs B;
+    memset(&B, 0, sizeof B);
+    buf_t out = {0}, lse = {0};
+    sk_attn_problem P;
+    int rc = -1;
+    if (attn_problem(args, &B, &P)) goto end;
+    size_t rows = P.batch * P.hq * P.L;
+    int bf16 = P.dtype == DT_BF16;
+    if (attn_float(args[9], &out, 1, P.dtype, bf16, rows * P.Dv, "out") || attn_f32(args[10], &lse, 1, rows, "lse"))
+        goto end;
+    Py_BEGIN_ALLOW_THREADS
+    rc = sk_attention_forward(&P, out.v.buf, lse.v.buf);
+    Py_END_ALLOW_THREADS
+    rc = raise_rc(rc);
+end:
+    attn_release(&B);
+    release(&out);
+    release(&lse);
+    if (rc) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* attention_backward(q, k, v, mask, sinks, causal, scale, softcap, bfloat16, out, lse, dout, dlse, dq, dk, dv,
+ * dsinks, dbias) */
+static PyObject *py_attention_backward(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 18) {
+        PyErr_Format(PyExc_TypeError, "attention_backward() takes 18 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    attn_bufs B;
+    memset(&B, 0, sizeof B);
+    buf_t o = {0}, lse = {0}, dout = {0}, dlse = {0}, dq = {0}, dk = {0}, dv = {0}, dsinks = {0}, dbias = {0};
+    sk_attn_problem P;
+    int rc = -1;
+    if (attn_problem(args, &B, &P)) goto end;
+    size_t rows = P.batch * P.hq * P.L, keys = P.batch * P.hkv * P.S;
+    int bf16 = P.dtype == DT_BF16;
+    if (attn_float(args[9], &o, 0, P.dtype, bf16, rows * P.Dv, "out") || attn_f32(args[10], &lse, 0, rows, "lse") ||
+        attn_float(args[11], &dout, 0, P.dtype, bf16, rows * P.Dv, "dout") ||
+        (args[12] != Py_None && attn_f32(args[12], &dlse, 0, rows, "dlse")) ||
+        attn_float(args[13], &dq, 1, P.dtype, bf16, rows * P.D, "dq") ||
+        attn_float(args[14], &dk, 1, P.dtype, bf16, keys * P.D, "dk") ||
+        attn_float(args[15], &dv, 1, P.dtype, bf16, keys * P.Dv, "dv"))
+        goto end;
+    if ((args[16] == Py_None) != (P.sinks == NULL)) {
+        PyErr_SetString(PyExc_TypeError, "pass dsinks exactly when sinks is given");
+        goto end;
+    }
+    if (args[16] != Py_None && get_float64(args[16], &dsinks, 1, "dsinks", P.hq)) goto end;
+    if (args[17] != Py_None) {
+        if (P.mask_kind != SK_MASK_F32 && P.mask_kind != SK_MASK_F64) {
+            PyErr_SetString(PyExc_TypeError, "dbias needs a float (additive) mask");
+            goto end;
+        }
+        if (get_float64(args[17], &dbias, 1, "dbias", rows * P.S)) goto end;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = sk_attention_backward(&P, o.v.buf, lse.v.buf, dout.v.buf, dlse.held ? dlse.v.buf : NULL, dq.v.buf, dk.v.buf,
+                               dv.v.buf, dsinks.held ? dsinks.v.buf : NULL, dbias.held ? dbias.v.buf : NULL);
+    Py_END_ALLOW_THREADS
+    rc = raise_rc(rc);
+end:
+    attn_release(&B);
+    release(&o);
+    release(&lse);
+    release(&dout);
+    release(&dlse);
+    release(&dq);
+    release(&dk);
+    release(&dv);
+    release(&dsinks);
+    release(&dbias);
+    if (rc) return NULL;
+    Py_RETURN_NONE;
+}
+
 /* The most threads a call may use: more cannot help on any machine this
  * runs on, and each is a pooled OS thread. */
 #define MAX_THREADS 4096
@@ -409,6 +621,10 @@ static PyMethodDef methods[] = {
     {"cross_entropy", (PyCFunction)(void (*)(void))py_cross_entropy, METH_FASTCALL,
      "cross_entropy(logits, targets, probs, weight, loss, grad, ignore_index, eps, z, grad_divisor[, bfloat16[, axis]])"},
     {"vjp", (PyCFunction)(void (*)(void))py_vjp, METH_FASTCALL, "vjp(y, cotangent, out, log[, bfloat16[, axis]])"},
+    {"attention_forward", (PyCFunction)(void (*)(void))py_attention_forward, METH_FASTCALL,
+     "attention_forward(" ATTN_ARGS ", out, lse)"},
+    {"attention_backward", (PyCFunction)(void (*)(void))py_attention_backward, METH_FASTCALL,
+     "attention_backward(" ATTN_ARGS ", out, lse, dout, dlse, dq, dk, dv, dsinks, dbias)"},
     {"convert", (PyCFunction)(void (*)(void))py_convert, METH_FASTCALL,
      "convert(src, dst, bfloat16): a 16-bit format widened to float32, or float32 rounded to it"},
     {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n)"},
