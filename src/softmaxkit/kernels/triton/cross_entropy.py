@@ -58,12 +58,6 @@ def _two_sum(a, b):
 
 
 @triton.jit
-def _pair_add(a_hi, a_lo, b_hi, b_lo):
-    s, e = _two_sum(a_hi, b_hi)
-    return s, (a_lo + b_lo) + e
-
-
-@triton.jit
 def _accumulate(acc_hi, acc_lo, v):
     """Add ``v`` lane by lane into the pair ``(acc_hi, acc_lo)`` (Neumaier)."""
     s, e = _two_sum(acc_hi, v)
@@ -71,10 +65,17 @@ def _accumulate(acc_hi, acc_lo, v):
 
 
 @triton.jit
-def _total(acc_hi, acc_lo):
-    """The compensated total of a lane pair: a tree of TwoSums, errors collected."""
-    hi, lo = tl.reduce((acc_hi, acc_lo), 0, _pair_add)
-    return hi + lo
+def _total(acc_hi, acc_lo, LOG: tl.constexpr):
+    """The compensated total of ``2^LOG`` lane pairs: a halving tree of
+    TwoSums with the errors collected (``numerics.compensated_sum_pair``)."""
+    hi = acc_hi
+    lo = acc_lo
+    for _ in tl.static_range(LOG):
+        u, w = tl.split(tl.reshape(hi, [hi.shape[0] // 2, 2]))
+        lu, lw = tl.split(tl.reshape(lo, [lo.shape[0] // 2, 2]))
+        hi, e = _two_sum(u, w)
+        lo = (lu + lw) + e
+    return tl.sum(hi, 0) + tl.sum(lo, 0)
 
 
 @triton.jit
@@ -119,7 +120,7 @@ def _log1p(s):
     bits = u.to(tl.int32, bitcast=True)
     k0 = ((bits >> 23) & 0xFF) - 127
     # the rounding of 1 + s, carried as a correction
-    c = tl.where(k0 > 0, 1.0 - (u - s), s - (u - 1.0)) / u
+    c = tl.math.div_rn(tl.where(k0 > 0, 1.0 - (u - s), s - (u - 1.0)), u)
     c = tl.where(k0 > 0, c, 0.0)
     m = ((bits & 0x7FFFFF) | 0x3F800000).to(tl.float32, bitcast=True)
     big = m > 1.4142135
@@ -128,7 +129,7 @@ def _log1p(s):
     f = tl.where(k == 0, s, m - 1.0)
     c = tl.where(k == 0, 0.0, c)
     hfsq = 0.5 * f * f
-    t = f / (2.0 + f)
+    t = tl.math.div_rn(f, 2.0 + f)
     z = t * t
     R = 1.4798198640e-01
     R = R * z + 1.5313838422e-01
@@ -223,7 +224,7 @@ def _ce_kernel(
     ignore_index, eps, z, n, inner,
     PROBS: tl.constexpr, HAS_W: tl.constexpr, SMOOTH: tl.constexpr, HAS_Z: tl.constexpr,
     GRAD: tl.constexpr, GRAD_T: tl.constexpr, HAS_SCALE: tl.constexpr,
-    BLOCK: tl.constexpr, ONE_PASS: tl.constexpr,
+    BLOCK: tl.constexpr, LOG: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
     r = tl.program_id(0).to(tl.int64)
     base = (r // inner) * n * inner + r % inner
@@ -273,7 +274,7 @@ def _ce_kernel(
                 W + start, T, base + start * inner, inner, PROBS, HAS_W, SMOOTH)
     nan_row = any_nan != 0
     a = tl.where(nan_row, float("nan"), m)
-    s = tl.where(nan_row, float("nan"), _total(s_hi, s_lo))
+    s = tl.where(nan_row, float("nan"), _total(s_hi, s_lo, LOG))
     masked = a == -float("inf")
     inf_row = a == float("inf")
     L = _log1p(s)
@@ -288,15 +289,15 @@ def _ce_kernel(
     smooth_unit = 0.0
     if SMOOTH:
         count = tl.sum(n_fin, 0)
-        smooth_unit = eps * keep / tl.where(count == 0.0, 1.0, count)
+        smooth_unit = tl.math.div_rn(eps * keep, tl.where(count == 0.0, 1.0, count))
     c_hi = 0.0
     c_lo = 0.0
     if PROBS:
-        c_hi = target_coef * _total(q_hi, q_lo)
+        c_hi = target_coef * _total(q_hi, q_lo, LOG)
     else:
         c_hi = target_coef
     if SMOOTH:
-        c_hi, c_lo = _two_sum(c_hi, smooth_unit * _total(w_fin_hi, w_fin_lo))
+        c_hi, c_lo = _two_sum(c_hi, smooth_unit * _total(w_fin_hi, w_fin_lo, LOG))
     coef_sum = c_hi + c_lo
     k_safe = tl.minimum(k, n - 1)
     if HAS_W:
@@ -344,7 +345,7 @@ def _ce_kernel(
                                         l_hi, l_lo, W + start, T, G, DQ, base + start * inner, inner,
                                         PROBS, HAS_W, SMOOTH, GENERAL, GRAD, GRAD_T)
         if GENERAL:
-            loss = _total(l_hi, l_lo)
+            loss = _total(l_hi, l_lo, LOG)
     if HAS_Z:
         loss += tl.where(row_w == 0.0, 0.0, z * row_w * lse * lse)
     tl.store(LOSS + r, loss)
@@ -484,7 +485,7 @@ def cross_entropy_rows(
             int(ignore_index), float(label_smoothing), float(z_loss), geometry.n, geometry.inner,
             PROBS=not hard, HAS_W=w is not None, SMOOTH=label_smoothing != 0.0, HAS_Z=z_loss != 0.0,
             GRAD=grad is not None, GRAD_T=dq is not None, HAS_SCALE=sc is not None,
-            grid=(n_rows,), BLOCK=geometry.block, ONE_PASS=geometry.one_pass, num_warps=geometry.num_warps,
+            grid=(n_rows,), BLOCK=geometry.block, LOG=geometry.block.bit_length() - 1, ONE_PASS=geometry.one_pass, num_warps=geometry.num_warps,
         )
     return (
         loss,
