@@ -39,7 +39,10 @@ def _bf16(t: torch.Tensor) -> bool:
 
 def softmax_forward(x: torch.Tensor, dim: int, temperature: float, log: bool) -> torch.Tensor:
     """softmax or log_softmax along ``dim``: the native kernel where it can
-    run (any dim, without moving it), else the shared formulas by chunks of rows."""
+    run (any dim, without moving it), else the shared formulas by chunks of rows.
+    The Triton kernel comes first where :func:`~.execution.triton_ready` holds."""
+    if triton_ready(x):
+        return triton_kernels("softmax").softmax(x, dim, temperature, log)
     if native_ready(x):
         order, axis, (c,) = kernel_layout(dim, x)
         out = native_empty_like(c)
@@ -64,6 +67,8 @@ def softmax_backward(y: torch.Tensor, grad: torch.Tensor, dim: int, temperature:
     with differentiable torch operations on ``y``, so that double backward
     differentiates through it.
     """
+    if triton_ready(y, grad):
+        return triton_kernels("softmax").softmax_vjp(y, grad, dim, temperature, log)
     if native_ready(y, grad) and grad.dtype == y.dtype:
         order, axis, (c, g) = kernel_layout(dim, y, grad)
         out = native_empty_like(c)
@@ -132,6 +137,8 @@ class SoftmaxFunction(torch.autograd.Function):
 
 def logsumexp_forward(x: torch.Tensor, dim: int) -> torch.Tensor:
     """logsumexp along ``dim`` (removed from the shape)."""
+    if triton_ready(x):
+        return triton_kernels("softmax").logsumexp(x, dim)
     if native_ready(x):
         order, axis, (c,) = kernel_layout(dim, x)
         out = torch.empty(c.shape[:axis] + c.shape[axis + 1 :], dtype=c.dtype)
@@ -148,6 +155,8 @@ def logsumexp_forward(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 def logsumexp_backward(x: torch.Tensor, grad: torch.Tensor, dim: int) -> torch.Tensor:
     """``softmax(x) * grad`` along ``dim``, recomputed from the input (0 where the softmax is 0)."""
+    if triton_ready(x, grad):
+        return triton_kernels("softmax").logsumexp_vjp(x, grad, dim)
     if native_ready(x, grad):
         p = softmax_forward(x, dim, 1.0, False)
         return num.logsumexp_vjp(xp, p, grad.to(x.dtype).unsqueeze(dim))

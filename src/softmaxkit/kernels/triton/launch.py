@@ -19,6 +19,21 @@ import torch
 
 from softmaxkit.backends.torch.execution import kernel_layout, restore_layout
 
+
+def helper(fn):
+    """Decorate a device function that kernels call (``@helper`` in place of ``@triton.jit``).
+
+    Compiled, it is ``triton.jit(fn)``.  Under Triton's interpreter
+    (``TRITON_INTERPRET=1`` when the decorating module is imported) it is
+    ``fn`` itself: the interpreter runs kernels as Python with
+    ``triton.language`` patched for the whole call, so a plain function
+    computes the same thing, while a jitted one re-patches the language on
+    every call (the softmax kernel took 1.35 times as long that way).
+    """
+    import triton
+
+    return fn if triton.knobs.runtime.interpret else triton.jit(fn)
+
 #: The widest block one program holds (a power of two).  Rows wider than
 #: this are read in several blocks; tests lower it to reach that path on
 #: small rows.
