@@ -15,6 +15,13 @@ import softmaxkit.torch as smt
 F64 = torch.float64
 
 
+@pytest.fixture(autouse=True)
+def _both_paths(numeric_path):
+    """Every test runs through the native kernel (CPU float32 and bfloat16)
+    and through the generic formulas."""
+    return numeric_path
+
+
 def _inputs(seed, dtype=torch.float32, hq=4, hkv=2, L=5, S=7, D=8, Dv=3):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(2, hq, L, D, generator=g, dtype=F64).to(dtype).requires_grad_()

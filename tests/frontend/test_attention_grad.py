@@ -1,17 +1,51 @@
-"""The attention VJP (``numerics.attention.attention_vjp``) against float64
-central finite differences of ``softmaxkit.attention``, and its edge rows."""
+"""The attention VJP against float64 central finite differences of
+``softmaxkit.attention``, and its edge rows: the numerics
+(``numerics.attention.attention_vjp``) at float64 inputs, and the native
+kernel (``kernels.into.attention_backward_into``) at float32 inputs, whose
+float64 values the finite differences then differentiate exactly."""
 
 import numpy as np
 import pytest
 
 import softmaxkit as smk
+from softmaxkit import kernels
 from softmaxkit.numerics import attention as att
 
 INF = np.inf
 
 
+@pytest.fixture(autouse=True)
+def _both_paths(numeric_path):
+    """Every test runs through the native kernel and through the numerics."""
+    return numeric_path
+
+
+def tol():
+    """float32 results from float32 output and lse (native), or float64 throughout."""
+    return {"rtol": 1e-5, "atol": 1e-6} if kernels.active() else {"rtol": 1e-6, "atol": 1e-8}
+
+
+def native_vjp(q, k, v, do, dlse, *, mask=None, causal=None, scale=None, softcap=None, sinks=None):
+    """The native kernel's gradients at the float32 values of the inputs, as float64."""
+    q, k, v, do, dlse = (np.asarray(a, dtype=np.float32) for a in (q, k, v, do, dlse))
+    o, lse = smk.attention(q, k, v, mask=mask, causal=causal, scale=scale, softcap=softcap, sinks=sinks, return_lse=True)
+    tau = 1 / np.sqrt(q.shape[-1]) if scale is None else scale
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    dsinks = None if sinks is None else np.empty(sinks.shape)
+    float_mask = mask is not None and mask.dtype != bool
+    dbias = np.empty(q.shape[:-1] + k.shape[-2:-1]) if float_mask else None
+    kernels.into.attention_backward_into(
+        q, k, v, o, lse, do, dlse, dq, dk, dv, mask=mask, causal=causal, scale=tau, softcap=softcap, sinks=sinks,
+        dsinks=dsinks, dmask=dbias,
+    )
+    return dq.astype(np.float64), dk.astype(np.float64), dv.astype(np.float64), dsinks, dbias
+
+
 def vjp(q, k, v, do, dlse, *, mask=None, causal=None, scale=None, softcap=None, sinks=None, rows_per_chunk=None):
-    """The numerics' gradients at float64 inputs, from the forward's output and lse."""
+    """The gradients from the forward's output and lse: the native kernel's
+    while it is active (unless row chunks are asked for), else the numerics'."""
+    if kernels.active() and rows_per_chunk is None:
+        return native_vjp(q, k, v, do, dlse, mask=mask, causal=causal, scale=scale, softcap=softcap, sinks=sinks)
     o, lse = smk.attention(q, k, v, mask=mask, causal=causal, scale=scale, softcap=softcap, sinks=sinks, return_lse=True)
     bool_mask = mask is not None and mask.dtype == bool
     tau = 1 / np.sqrt(q.shape[-1]) if scale is None else scale
@@ -36,11 +70,16 @@ def numeric_grad(f, x, h=1e-6):
     return g
 
 
+def _f32(a):
+    """float64 values that float32 holds exactly: the native path's inputs."""
+    return a.astype(np.float32).astype(np.float64)
+
+
 def problem(seed, *, mask_kind=None, causal=None, softcap=None, sinks=False, scale=None):
     rng = np.random.default_rng(seed)
-    q = rng.normal(size=(2, 4, 3, 3))
-    k = rng.normal(size=(2, 2, 5, 3))
-    v = rng.normal(size=(2, 2, 5, 2))
+    q = _f32(rng.normal(size=(2, 4, 3, 3)))
+    k = _f32(rng.normal(size=(2, 2, 5, 3)))
+    v = _f32(rng.normal(size=(2, 2, 5, 2)))
     opts = {"causal": causal, "softcap": softcap, "scale": scale}
     if mask_kind == "bool":
         m = rng.random((3, 5)) < 0.7
@@ -50,8 +89,8 @@ def problem(seed, *, mask_kind=None, causal=None, softcap=None, sinks=False, sca
         opts["mask"] = np.where(rng.random((4, 3, 5)) < 0.3, -INF, rng.normal(size=(4, 3, 5)))
     if sinks:
         opts["sinks"] = rng.normal(size=4)
-    do = rng.normal(size=(2, 4, 3, 2))
-    dlse = rng.normal(size=(2, 4, 3))
+    do = _f32(rng.normal(size=(2, 4, 3, 2)))
+    dlse = _f32(rng.normal(size=(2, 4, 3)))
     return q, k, v, do, dlse, opts
 
 
@@ -84,16 +123,16 @@ def test_gradients_match_finite_differences(case):
         reduced = dbias.sum(axis=0)  # the mask (Hq, L, S) broadcast over the batch
         finite = np.isfinite(mask)
         fd = numeric_grad(loss, mask)
-        np.testing.assert_allclose(np.where(finite, reduced, 0), np.where(finite, fd, 0), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(np.where(finite, reduced, 0), np.where(finite, fd, 0), **tol())
         assert np.all(reduced[~finite] == 0)
     for g, x in checks:
         assert g.shape == x.shape
-        np.testing.assert_allclose(g, numeric_grad(loss, x), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(g, numeric_grad(loss, x), **tol())
 
 
 def test_row_chunks_give_the_same_gradients():
     q, k, v, do, dlse, opts = problem(5, mask_kind="float", sinks=True)
-    whole = vjp(q, k, v, do, dlse, **opts)
+    whole = vjp(q, k, v, do, dlse, rows_per_chunk=3, **opts)
     chunked = vjp(q, k, v, do, dlse, rows_per_chunk=2, **opts)
     # A row's own gradients (dq, dbias) do not depend on the other rows; the
     # sums over rows (dk, dv, dsinks) only group their terms differently.
@@ -122,7 +161,7 @@ def test_empty_row_with_a_sink_passes_dlse_to_the_sink():
     sinks = np.zeros(4)
     dq, dk, dv, dsinks, _ = vjp(q, k, v, do, dlse, mask=mask, sinks=sinks)
     assert np.all(dq == 0) and np.all(dk == 0) and np.all(dv == 0)
-    np.testing.assert_allclose(dsinks, dlse.sum(axis=(0, 2)))
+    np.testing.assert_allclose(dsinks, dlse.sum(axis=(0, 2)), **tol())
 
 
 def test_nan_in_an_attended_value_stays_in_its_rows():

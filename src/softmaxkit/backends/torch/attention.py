@@ -7,6 +7,12 @@ VJPs of ``numerics/attention.py`` (FlashAttention-2's backward, the weights
 recomputed from the saved log-sum-exp) in the working precision of
 :func:`.execution.working_dtype`.  Nothing here restates a formula.
 
+On the CPU, float32 and bfloat16 attention goes to the native kernel while
+it is active (``softmaxkit.kernels``): the forward is the NumPy front end
+on zero-copy NumPy views of the tensors (bfloat16 through
+``ml_dtypes.bfloat16`` views of their bits), which calls the kernel, and the
+backward calls ``kernels.into.attention_backward_into`` on such views.
+
 Attention runs as an autograd Function in eager code and as the custom
 operators ``torch.ops.softmaxkit.attention`` and ``attention_backward``
 (fake implementations and a registered autograd formula, as in ``ops.py``)
@@ -32,7 +38,7 @@ from softmaxkit.backends.torch.execution import (
     xp,
 )
 from softmaxkit.frontend import attention as _front
-from softmaxkit.frontend import validate
+from softmaxkit.frontend import registry, validate
 from softmaxkit.numerics import attention as att
 
 
@@ -47,10 +53,81 @@ def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 # --- scaled dot-product attention --------------------------------------------
 
 
+def _native(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, sinks: Tensor | None) -> Any:
+    """The native kernels when they take these tensors: CPU, one dtype,
+    float32 or bfloat16 (with ml_dtypes for the NumPy views); else None."""
+    native = registry.native()
+    if native is None or not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    if any(t is not None and t.device.type != "cpu" for t in (q, k, v, mask, sinks)):
+        return None
+    if q.dtype == torch.bfloat16 or (mask is not None and mask.dtype == torch.bfloat16):
+        try:
+            import ml_dtypes  # noqa: F401
+        except ImportError:
+            return None
+    return native
+
+
+def _as_numpy(t: Tensor | None) -> Any:
+    """A NumPy view of a CPU tensor (bfloat16 as ``ml_dtypes.bfloat16``), or None."""
+    if t is None:
+        return None
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.uint16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def _bits(t: Tensor) -> Any:
+    """A C-contiguous CPU tensor as the kernels' NumPy buffer (bfloat16 as its uint16 bits)."""
+    t = t.detach().contiguous()
+    return t.view(torch.uint16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def _from_numpy(a: Any, dtype: torch.dtype) -> Tensor:
+    """A tensor of ``dtype`` sharing the memory of the front end's NumPy result."""
+    if dtype == torch.bfloat16:
+        import numpy as np
+
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
 def attention_forward(q, k, v, mask, sinks, causal, scale, softcap):
     """``(output, lse)``: the front end's attention on the tensors, without recording."""
     with torch.no_grad():
+        if _native(q, k, v, mask, sinks) is not None:
+            out, lse = _front.attention(
+                _as_numpy(q), _as_numpy(k), _as_numpy(v), mask=_as_numpy(mask), causal=causal, scale=scale,
+                softcap=softcap, sinks=_as_numpy(sinks), return_lse=True,
+            )
+            return _from_numpy(out, q.dtype), torch.from_numpy(lse)
         return _front.attention(q, k, v, mask=mask, causal=causal, scale=scale, softcap=softcap, sinks=sinks, return_lse=True)
+
+
+def _native_backward(native, q, k, v, mask, sinks, causal, scale, softcap, out, lse, grad_out, grad_lse, want_bias):
+    """``(dq, dk, dv, dsinks, dbias)`` from the native kernel; ``dbias`` (..., Hq, L, S) float64 or None."""
+    dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype) for t in (q, k, v))
+    dsinks = None if sinks is None else torch.empty(sinks.shape, dtype=torch.float64)
+    dbias = torch.empty(q.shape[:-1] + k.shape[-2:-1], dtype=torch.float64) if want_bias else None
+    m = None
+    if mask is not None:
+        m = mask.detach()
+        if m.dtype not in (torch.bool, torch.float32, torch.float64):
+            m = m.to(torch.float32)
+        m = m.numpy()
+    native.into.attention_backward_into(
+        _bits(q), _bits(k), _bits(v), _bits(out.to(q.dtype)), _bits(lse.to(torch.float32)), _bits(grad_out.to(q.dtype)),
+        None if grad_lse is None else _bits(grad_lse.to(torch.float32)), _bits(dq), _bits(dk), _bits(dv),
+        mask=m, causal=causal, scale=scale, softcap=softcap,
+        sinks=None if sinks is None else sinks.detach().to(torch.float64).numpy(),
+        dsinks=None if dsinks is None else dsinks.numpy(), dmask=None if dbias is None else dbias.numpy(),
+        bfloat16=q.dtype == torch.bfloat16,
+    )
+    return dq, dk, dv, dsinks, dbias
 
 
 def attention_backward(q, k, v, mask, sinks, causal, scale, softcap, out, lse, grad_out, grad_lse, want_mask):
@@ -64,15 +141,21 @@ def attention_backward(q, k, v, mask, sinks, causal, scale, softcap, out, lse, g
     want_bias = want_mask and bias is not None
     if grad_out is None:
         grad_out = torch.zeros_like(out)
-    lead = math.prod(q.shape[:-2])
-    step = max(1, _front._CHUNK_ELEMENTS // max(1, lead * att.BLOCK * max(q.shape[-1], v.shape[-1], 1)))
-    with torch.no_grad():
-        dq, dk, dv, dsinks, dbias = att.attention_vjp(
-            xp, q.to(work), k.to(work), v.to(work), out.to(work), lse.to(work), grad_out.to(work),
-            None if grad_lse is None else grad_lse.to(work),
-            attend=attend, bias=bias, causal=causal, scale=scale, softcap=softcap,
-            sinks=None if sinks is None else sinks.to(work), widened=widened, want_bias=want_bias, rows_per_chunk=step,
+    native = _native(q, k, v, mask, sinks)
+    if native is not None:
+        dq, dk, dv, dsinks, dbias = _native_backward(
+            native, q, k, v, mask, sinks, causal, scale, softcap, out, lse, grad_out, grad_lse, want_bias
         )
+    else:
+        lead = math.prod(q.shape[:-2])
+        step = max(1, _front._CHUNK_ELEMENTS // max(1, lead * att.BLOCK * max(q.shape[-1], v.shape[-1], 1)))
+        with torch.no_grad():
+            dq, dk, dv, dsinks, dbias = att.attention_vjp(
+                xp, q.to(work), k.to(work), v.to(work), out.to(work), lse.to(work), grad_out.to(work),
+                None if grad_lse is None else grad_lse.to(work),
+                attend=attend, bias=bias, causal=causal, scale=scale, softcap=softcap,
+                sinks=None if sinks is None else sinks.to(work), widened=widened, want_bias=want_bias, rows_per_chunk=step,
+            )
     dsinks = None if dsinks is None else dsinks.to(sinks.dtype)
     dmask = _sum_to(dbias, mask.shape).to(mask.dtype) if want_bias else None
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dsinks, dmask
