@@ -40,20 +40,23 @@ the others go on; the script exits with 1 when a softmaxkit variant fails.
 
 Running it
 ----------
-It needs torch with CUDA, triton, numpy and mpmath (ml_dtypes for the
-bfloat16 accuracy rows); ``liger-kernel`` and ``cut-cross-entropy`` are
-optional peers.  From the repository root, with softmaxkit importable
-from ``src`` (its C extension is not used on CUDA tensors)::
+It needs torch with CUDA, triton, numpy, mpmath and softmaxkit's own
+dependency array-api-compat (ml_dtypes for the bfloat16 accuracy rows);
+``liger-kernel`` and ``cut-cross-entropy`` are optional peers.  From the
+repository root, with softmaxkit importable from ``src`` (its C extension
+is not used on CUDA tensors, so it need not be built)::
 
     PYTHONPATH=src python benchmarks/bench_gpu.py --out DIR
 
 writes DIR/gpu.md and DIR/gpu.csv (default ``benchmarks/results``) and
-takes under 6 minutes on one H200, most of it compiling.  On a machine
-without network access, take the optional peers as wheels (they are pure
-Python; their other needs, torch and triton, are there already)::
+prints the time each case ended at; the whole run is meant to take under
+6 minutes on one H200, most of it compiling.  On a GPU machine without
+network access, bring the missing packages as wheels, all pure Python
+(their other needs, torch and triton, come with the machine's torch)::
 
-    python -m pip download --no-deps --only-binary=:all: -d wheels liger-kernel cut-cross-entropy
-    # on the GPU machine:
+    python -m pip download --no-deps --only-binary=:all: -d wheels \
+        array-api-compat liger-kernel cut-cross-entropy
+    # then, on the GPU machine:
     python -m pip install --no-index --no-deps --target /tmp/peers wheels/*.whl
     PYTHONPATH=/tmp/peers:src python benchmarks/bench_gpu.py --out DIR
 
@@ -72,6 +75,7 @@ table.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib
 import importlib.metadata
@@ -89,16 +93,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _harness import REPOSITORY, RESULTS, describe, interleaved, markdown_table, peak_rss, reset_peak_rss, write_results
+from _harness import (
+    REPOSITORY,
+    RESULTS,
+    describe,
+    interleaved,
+    markdown_table,
+    peak_rss,
+    reset_peak_rss,
+    write_results,
+)
 
 sys.path.insert(0, str(REPOSITORY))
 
-from tests import reference as ref  # noqa: E402
+from tests import reference as ref
 
 NAME = "gpu"
 TITLE = "GPU: softmaxkit's kernels against torch eager, torch compiled, Liger-Kernel and Cut Cross-Entropy"
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-OPS = ["softmax", "log_softmax", "cross_entropy", "linear_cross_entropy"]
 OP_TITLES = {
     "softmax": "softmax",
     "log_softmax": "log_softmax",
@@ -122,12 +134,33 @@ class Sizes:
     confident_rows: slice  # of bench_accuracy's confident rows
 
 
-FULL = Sizes((4096, 131072), (8192, 128256), (8192, 128256, 4096), 20, 15, 5, 10, 7, slice(None))
+FULL = Sizes(
+    (4096, 131072), (8192, 128256), (8192, 128256, 4096), 20, 15, 5, 10, 7, slice(None)
+)
 # Triton's interpreter takes about 0.1 s per row and kernel: few rows, and three of the confident ones.
 SMOKE = Sizes((2, 512), (2, 1024), (4, 512, 64), 1, 2, 1, 2, 2, slice(None, None, 8))
 
-ROWS = ["case", "dtype", "variant", "time (ms)", "softmaxkit / this", "GB/s", "% of copy", "peak (MiB)", "/ gradients"]
-ACCURACY_ROWS = ["dtype", "library", "softmax", "log_softmax", "CE loss", "CE gradient", "linear CE loss", "linear CE d_hidden"]
+ROWS = [
+    "case",
+    "dtype",
+    "variant",
+    "time (ms)",
+    "softmaxkit / this",
+    "GB/s",
+    "% of copy",
+    "peak (MiB)",
+    "/ gradients",
+]
+ACCURACY_ROWS = [
+    "dtype",
+    "library",
+    "softmax",
+    "log_softmax",
+    "CE loss",
+    "CE gradient",
+    "linear CE loss",
+    "linear CE d_hidden",
+]
 METRICS = ["softmax", "log_softmax", "ce_loss", "ce_grad", "linear_loss", "linear_dh"]
 CSV_FIELDS = [
     "section",
@@ -212,7 +245,9 @@ def configure(smoke: bool) -> Device:
     if torch.cuda.is_available():
         return Device("cuda")
     if not smoke:
-        raise SystemExit("no CUDA device: the benchmark needs one (--smoke runs on the CPU)")
+        raise SystemExit(
+            "no CUDA device: the benchmark needs one (--smoke runs on the CPU)"
+        )
     os.environ["TRITON_INTERPRET"] = "1"
     os.environ["SOFTMAXKIT_TRITON_ON_CPU"] = "1"
     return Device("cpu")
@@ -230,7 +265,7 @@ def attempt(fn: Callable[[], object]) -> tuple[object, str | None]:
     """``(fn(), None)``, or ``(None, failure(exc))`` with the traceback printed to stderr."""
     try:
         return fn(), None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any error of a variant goes into its row, and the run goes on
         traceback.print_exc()
         return None, failure(exc)
 
@@ -242,7 +277,7 @@ def attempt(fn: Callable[[], object]) -> tuple[object, str | None]:
 class Library:
     """One library's functions on tensors, by operation, or why it has none.
 
-    ``ops`` maps an operation of :data:`OPS` to a function: ``softmax(x)``,
+    ``ops`` maps an operation to a function: ``softmax(x)``,
     ``log_softmax(x)``, ``cross_entropy(x, t, reduction)``,
     ``linear_cross_entropy(h, w, t, reduction)``; ``missing`` maps an
     operation the library is expected to have to the reason it is absent
@@ -265,8 +300,12 @@ def _softmaxkit() -> Library:
     ops = {
         "softmax": lambda x: smt.softmax(x, -1),
         "log_softmax": lambda x: smt.log_softmax(x, -1),
-        "cross_entropy": lambda x, t, reduction: smt.cross_entropy(x, t, reduction=reduction),
-        "linear_cross_entropy": lambda h, w, t, reduction: smt.linear_cross_entropy(h, w, t, reduction=reduction),
+        "cross_entropy": lambda x, t, reduction: smt.cross_entropy(
+            x, t, reduction=reduction
+        ),
+        "linear_cross_entropy": lambda h, w, t, reduction: smt.linear_cross_entropy(
+            h, w, t, reduction=reduction
+        ),
     }
     return Library("softmaxkit", softmaxkit_version(), ops, {})
 
@@ -275,7 +314,9 @@ def _torch_eager() -> Library:
     ops = {
         "softmax": lambda x: torch.softmax(x, -1),
         "log_softmax": lambda x: torch.log_softmax(x, -1),
-        "cross_entropy": lambda x, t, reduction: F.cross_entropy(x, t, reduction=reduction),
+        "cross_entropy": lambda x, t, reduction: F.cross_entropy(
+            x, t, reduction=reduction
+        ),
         "linear_cross_entropy": _naive_linear,
     }
     return Library("torch eager", torch.__version__, ops, {})
@@ -283,18 +324,30 @@ def _torch_eager() -> Library:
 
 def _torch_compiled(backend: str) -> Library:
     # One compiled function per operation; each shape and dtype compiles once (the warm-up).
-    ops = {name: torch.compile(fn, dynamic=False, backend=backend) for name, fn in _torch_eager().ops.items()}
+    ops = {
+        name: torch.compile(fn, dynamic=False, backend=backend)
+        for name, fn in _torch_eager().ops.items()
+    }
     return Library("torch compiled", f"{torch.__version__}, {backend}", ops, {})
 
 
 def _torch_chunked() -> Library:
     if not hasattr(F, "linear_cross_entropy"):
-        return Library("torch chunked", torch.__version__, {}, {"linear_cross_entropy": f"not in torch {torch.__version__}"})
+        return Library(
+            "torch chunked",
+            torch.__version__,
+            {},
+            {"linear_cross_entropy": f"not in torch {torch.__version__}"},
+        )
 
     def loss(h, w, t, reduction):
-        return F.linear_cross_entropy(h, w, t, reduction=reduction, options=torch.nn.LinearCrossEntropyOptions())
+        return F.linear_cross_entropy(
+            h, w, t, reduction=reduction, options=torch.nn.LinearCrossEntropyOptions()
+        )
 
-    return Library("torch chunked", torch.__version__, {"linear_cross_entropy": loss}, {})
+    return Library(
+        "torch chunked", torch.__version__, {"linear_cross_entropy": loss}, {}
+    )
 
 
 def _liger() -> Library:
@@ -310,7 +363,9 @@ def _liger() -> Library:
         return result[0] if isinstance(result, tuple) else result
 
     ops = {
-        "cross_entropy": lambda x, t, reduction: first(functional.liger_cross_entropy(x, t, reduction=reduction)),
+        "cross_entropy": lambda x, t, reduction: first(
+            functional.liger_cross_entropy(x, t, reduction=reduction)
+        ),
         "linear_cross_entropy": lambda h, w, t, reduction: first(
             functional.liger_fused_linear_cross_entropy(h, w, t, reduction=reduction)
         ),
@@ -327,12 +382,19 @@ def _cce() -> Library:
     try:
         cce = importlib.import_module("cut_cross_entropy")
     except ImportError:
-        return Library("Cut Cross-Entropy", "", {}, {"linear_cross_entropy": "not installed"})
+        return Library(
+            "Cut Cross-Entropy", "", {}, {"linear_cross_entropy": "not installed"}
+        )
 
     def loss(h, w, t, reduction):
         return cce.linear_cross_entropy(h, w, t, reduction=reduction)
 
-    return Library("Cut Cross-Entropy", importlib.metadata.version("cut-cross-entropy"), {"linear_cross_entropy": loss}, {})
+    return Library(
+        "Cut Cross-Entropy",
+        importlib.metadata.version("cut-cross-entropy"),
+        {"linear_cross_entropy": loss},
+        {},
+    )
 
 
 def load_libraries(smoke: bool) -> list[Library]:
@@ -343,10 +405,14 @@ def load_libraries(smoke: bool) -> list[Library]:
 
 
 def softmaxkit_version() -> str:
-    """The softmaxkit measured: its commit in this checkout (``+dirty`` with changes in ``src``)."""
+    """The softmaxkit measured: its commit in this checkout (``+dirty`` with changes in ``src``),
+    ``unknown`` where git cannot say (a copy of the files without git)."""
     from bench_linear_ce import source_version
 
-    return source_version()
+    try:
+        return source_version()
+    except OSError:
+        return "unknown"
 
 
 def softmaxkit_path(device: Device) -> str:
@@ -364,7 +430,13 @@ def softmaxkit_path(device: Device) -> str:
 # --- measuring --------------------------------------------------------------------------------
 
 
-def measure(device: Device, calls: dict[str, Callable[[], object]], number: int, rounds: int, before_round=None):
+def measure(
+    device: Device,
+    calls: dict[str, Callable[[], object]],
+    number: int,
+    rounds: int,
+    before_round=None,
+):
     """Each call's times (seconds, the harness's interleaved rounds) and the failures.
 
     A call that raises is reported in ``errors`` and left out of the later rounds.
@@ -383,20 +455,42 @@ def measure(device: Device, calls: dict[str, Callable[[], object]], number: int,
 
         return one
 
-    times = interleaved({name: guarded(name, fn) for name, fn in calls.items()}, rounds, before_round)
-    return {n: [t for t in ts if t is not None] for n, ts in times.items() if n not in errors}, errors
+    times = interleaved(
+        {name: guarded(name, fn) for name, fn in calls.items()}, rounds, before_round
+    )
+    return {
+        n: [t for t in ts if t is not None]
+        for n, ts in times.items()
+        if n not in errors
+    }, errors
 
 
-def variant_rows(case: str, dtype: str, op: str, libraries: list[Library]) -> list[dict]:
+def variant_rows(
+    case: str, dtype: str, op: str, libraries: list[Library]
+) -> list[dict]:
     """One row per library that has ``op`` or is expected to, its reason kept when absent."""
     rows = []
     for lib in libraries:
         if op in lib.ops or op in lib.missing:
-            rows.append({"section": "speed", "case": case, "dtype": dtype, "variant": lib.name, "status": lib.missing.get(op, "")})
+            rows.append(
+                {
+                    "section": "speed",
+                    "case": case,
+                    "dtype": dtype,
+                    "variant": lib.name,
+                    "status": lib.missing.get(op, ""),
+                }
+            )
     return rows
 
 
-def fill_times(rows: list[dict], times: dict[str, list[float]], errors: dict[str, str], number: int, moved: int | None):
+def fill_times(
+    rows: list[dict],
+    times: dict[str, list[float]],
+    errors: dict[str, str],
+    number: int,
+    moved: int | None,
+):
     """Median time, ratio to softmaxkit and GB/s into ``rows``; failures as their status."""
     for row in rows:
         name = row["variant"]
@@ -404,26 +498,44 @@ def fill_times(rows: list[dict], times: dict[str, list[float]], errors: dict[str
             row["status"] = errors[name]
         if name not in times:
             continue
-        row.update(time_s=statistics.median(times[name]), times=" ".join(f"{t:.6f}" for t in times[name]))
+        row.update(
+            time_s=statistics.median(times[name]),
+            times=" ".join(f"{t:.6f}" for t in times[name]),
+        )
         row.update(calls=number, rounds=len(times[name]))
         if moved:
             row["gbs"] = moved / row["time_s"] / 1e9
-    ours = next((r for r in rows if r["variant"] == "softmaxkit" and "time_s" in r), None)
+    ours = next(
+        (r for r in rows if r["variant"] == "softmaxkit" and "time_s" in r), None
+    )
     for row in rows:
         if ours is not None and "time_s" in row:
             row["softmaxkit_over_this"] = ours["time_s"] / row["time_s"]
 
 
-def normalisations(device: Device, case: str, dtype: str, op: str, libraries: list[Library], sizes: Sizes) -> list[dict]:
+def normalisations(
+    device: Device,
+    case: str,
+    dtype: str,
+    op: str,
+    libraries: list[Library],
+    sizes: Sizes,
+) -> list[dict]:
     """softmax or log_softmax forward, every library, with the copy bandwidth timed in the same rounds."""
     n, v = sizes.softmax
     x = (torch.randn(n, v, device=device.kind) * 3).to(DTYPES[dtype])
     rows = variant_rows(case, dtype, op, libraries)
-    calls = {lib.name: (lambda fn=lib.ops[op]: fn(x)) for lib in libraries if op in lib.ops}
-    dst = torch.empty_like(x)
+    calls = {
+        lib.name: (lambda fn=lib.ops[op]: fn(x)) for lib in libraries if op in lib.ops
+    }
+    dst = torch.empty_like(x).copy_(x)
     copy_times: list[float] = []
-    yardstick = lambda: copy_times.append(device.timed(lambda: dst.copy_(x), sizes.softmax_calls))  # noqa: E731
-    times, errors = measure(device, calls, sizes.softmax_calls, sizes.softmax_rounds, yardstick)
+    yardstick = lambda: copy_times.append(
+        device.timed(lambda: dst.copy_(x), sizes.softmax_calls)
+    )
+    times, errors = measure(
+        device, calls, sizes.softmax_calls, sizes.softmax_rounds, yardstick
+    )
     moved = 2 * x.numel() * x.element_size()
     fill_times(rows, times, errors, sizes.softmax_calls, moved)
     copy_gbs = moved / statistics.median(copy_times) / 1e9
@@ -431,13 +543,25 @@ def normalisations(device: Device, case: str, dtype: str, op: str, libraries: li
         row["copy_gbs"] = copy_gbs
         if "gbs" in row:
             row["of_copy"] = row["gbs"] / copy_gbs
-    copy = {"section": "speed", "case": case, "dtype": dtype, "variant": "copy_ (yardstick)", "time_s": statistics.median(copy_times)}
-    copy.update(times=" ".join(f"{t:.6f}" for t in copy_times), calls=sizes.softmax_calls, rounds=len(copy_times))
+    copy = {
+        "section": "speed",
+        "case": case,
+        "dtype": dtype,
+        "variant": "copy_ (yardstick)",
+        "time_s": statistics.median(copy_times),
+    }
+    copy.update(
+        times=" ".join(f"{t:.6f}" for t in copy_times),
+        calls=sizes.softmax_calls,
+        rounds=len(copy_times),
+    )
     copy.update(gbs=copy_gbs, copy_gbs=copy_gbs, of_copy=1.0)
     return [copy, *rows]
 
 
-def losses(device: Device, libraries: list[Library], sizes: Sizes, op: str) -> list[dict]:
+def losses(
+    device: Device, libraries: list[Library], sizes: Sizes, op: str
+) -> list[dict]:
     """Cross-entropy or linear cross-entropy forward + backward in bfloat16: time, then each variant's peak memory."""
     gen = torch.Generator(device=device.kind).manual_seed(0)
     dtype = torch.bfloat16
@@ -446,20 +570,43 @@ def losses(device: Device, libraries: list[Library], sizes: Sizes, op: str) -> l
         x = (torch.randn(n, v, device=device.kind, generator=gen) * 3).to(dtype)
         t = torch.randint(0, v, (n,), device=device.kind, generator=gen)
         # Liger-Kernel writes the gradient over its logits: each variant gets its own.
-        leaves = {lib.name: [x.clone().requires_grad_()] for lib in libraries if op in lib.ops}
+        leaves = {
+            lib.name: [x.clone().requires_grad_()] for lib in libraries if op in lib.ops
+        }
         del x
         args = {name: (*tensors, t) for name, tensors in leaves.items()}
         gradient_bytes = n * v * dtype.itemsize
-        case, moved, number, rounds = f"{n}x{v}", 2 * gradient_bytes, sizes.loss_calls, sizes.loss_rounds
+        case, moved, number, rounds = (
+            f"{n}x{v}",
+            2 * gradient_bytes,
+            sizes.loss_calls,
+            sizes.loss_rounds,
+        )
     else:
         n, v, width = sizes.linear
-        h = torch.randn(n, width, device=device.kind, generator=gen).to(dtype).requires_grad_()
-        w = (torch.randn(v, width, device=device.kind, generator=gen) * (2 / width**0.5)).to(dtype).requires_grad_()
+        h = (
+            torch.randn(n, width, device=device.kind, generator=gen)
+            .to(dtype)
+            .requires_grad_()
+        )
+        w = (
+            (
+                torch.randn(v, width, device=device.kind, generator=gen)
+                * (2 / width**0.5)
+            )
+            .to(dtype)
+            .requires_grad_()
+        )
         t = torch.randint(0, v, (n,), device=device.kind, generator=gen)
         leaves = {lib.name: [h, w] for lib in libraries if op in lib.ops}
         args = {name: (h, w, t) for name in leaves}
         gradient_bytes = (n * width + v * width) * dtype.itemsize
-        case, moved, number, rounds = f"N={n} V={v} H={width}", None, 1, sizes.linear_rounds
+        case, moved, number, rounds = (
+            f"N={n} V={v} H={width}",
+            None,
+            1,
+            sizes.linear_rounds,
+        )
 
     def step(name: str, fn: Callable) -> Callable[[], None]:
         def call() -> None:
@@ -469,7 +616,9 @@ def losses(device: Device, libraries: list[Library], sizes: Sizes, op: str) -> l
 
         return call
 
-    calls = {lib.name: step(lib.name, lib.ops[op]) for lib in libraries if op in lib.ops}
+    calls = {
+        lib.name: step(lib.name, lib.ops[op]) for lib in libraries if op in lib.ops
+    }
     rows = variant_rows(f"{OP_TITLES[op]} {case}", "bfloat16", op, libraries)
     times, errors = measure(device, calls, number, rounds)
     fill_times(rows, times, errors, number, moved)
@@ -479,11 +628,15 @@ def losses(device: Device, libraries: list[Library], sizes: Sizes, op: str) -> l
             continue
         for leaf in (leaf for tensors in leaves.values() for leaf in tensors):
             leaf.grad = None
-        growth, error = attempt(lambda: device.peak_growth(calls[name]))
+        growth, error = attempt(functools.partial(device.peak_growth, calls[name]))
         if error:
             row["status"] = f"memory: {error}"
             continue
-        row.update(peak_mib=growth / 2**20, gradients_mib=gradient_bytes / 2**20, peak_over_gradients=growth / gradient_bytes)
+        row.update(
+            peak_mib=growth / 2**20,
+            gradients_mib=gradient_bytes / 2**20,
+            peak_over_gradients=growth / gradient_bytes,
+        )
     return rows
 
 
@@ -508,11 +661,22 @@ def exact(x: np.ndarray, t: np.ndarray) -> dict[str, list]:
 
 def ulps(result: torch.Tensor, values: list) -> float:
     """Worst error of ``result`` in ULPs of its own dtype against exact values."""
-    dtype = ref.BFLOAT16 if result.dtype == torch.bfloat16 else np.dtype(str(result.dtype).removeprefix("torch."))
+    dtype = (
+        ref.BFLOAT16
+        if result.dtype == torch.bfloat16
+        else np.dtype(str(result.dtype).removeprefix("torch."))
+    )
     return ref.ulp_error(result.detach().float().cpu().numpy(), values, dtype)
 
 
-def library_errors(device: Device, lib: Library, x32: np.ndarray, t: np.ndarray, dtype: torch.dtype, values: dict) -> dict:
+def library_errors(
+    device: Device,
+    lib: Library,
+    x32: np.ndarray,
+    t: np.ndarray,
+    dtype: torch.dtype,
+    values: dict,
+) -> dict:
     """Each metric of one library on the rows: worst ULP, or the failure's text."""
 
     def rows():
@@ -549,7 +713,9 @@ def library_errors(device: Device, lib: Library, x32: np.ndarray, t: np.ndarray,
         if error:
             out.update(dict.fromkeys(metrics, error))
             continue
-        keys = {"softmax": ["softmax"], "log_softmax": ["log_softmax"]}.get(op, ["loss", "grad"])
+        keys = {"softmax": ["softmax"], "log_softmax": ["log_softmax"]}.get(
+            op, ["loss", "grad"]
+        )
         for metric, result, key in zip(metrics, results, keys):
             out[metric] = ulps(result.reshape(-1), values[key])
     return out
@@ -564,7 +730,10 @@ def accuracy(device: Device, libraries: list[Library], sizes: Sizes) -> list[dic
     rows = []
     for dtype in ("float32", "bfloat16"):
         if dtype == "bfloat16" and ref.BFLOAT16 is None:
-            print("accuracy in bfloat16 skipped: ml_dtypes is not installed", file=sys.stderr)
+            print(
+                "accuracy in bfloat16 skipped: ml_dtypes is not installed",
+                file=sys.stderr,
+            )
             continue
         # The rows as the dtype holds them, and the exact values of those.
         held = torch.tensor(x).to(DTYPES[dtype]).float().numpy()
@@ -573,8 +742,22 @@ def accuracy(device: Device, libraries: list[Library], sizes: Sizes) -> list[dic
             if not lib.ops:
                 continue
             errors = library_errors(device, lib, held, t, DTYPES[dtype], values)
-            rows.append({"section": "accuracy", "case": "confident rows", "dtype": dtype, "variant": lib.name, **{f"{m}_ulp": errors.get(m) for m in METRICS}})
-            print(dtype, lib.name, {m: errors.get(m) for m in METRICS}, file=sys.stderr, flush=True)
+            rows.append(
+                {
+                    "section": "accuracy",
+                    "case": "confident rows",
+                    "dtype": dtype,
+                    "variant": lib.name,
+                    **{f"{m}_ulp": errors.get(m) for m in METRICS},
+                }
+            )
+            print(
+                dtype,
+                lib.name,
+                {m: errors.get(m) for m in METRICS},
+                file=sys.stderr,
+                flush=True,
+            )
     return rows
 
 
@@ -582,7 +765,9 @@ def accuracy(device: Device, libraries: list[Library], sizes: Sizes) -> list[dic
 
 
 def _ms(row: dict) -> str:
-    return f"{row['time_s'] * 1e3:.3f}" if "time_s" in row else (row.get("status") or "—")
+    return (
+        f"{row['time_s'] * 1e3:.3f}" if "time_s" in row else (row.get("status") or "—")
+    )
 
 
 def _number(value: object, fmt: str) -> str:
@@ -594,7 +779,13 @@ def _ulp(value: object) -> str:
         return "—"
     if isinstance(value, str):
         return value
-    return "inf" if value == float("inf") else f"{value:.3g}" if value >= 1000 else f"{value:.2f}"
+    return (
+        "inf"
+        if value == float("inf")
+        else f"{value:.3g}"
+        if value >= 1000
+        else f"{value:.2f}"
+    )
 
 
 def speed_cells(row: dict) -> list[str]:
@@ -613,13 +804,33 @@ def speed_cells(row: dict) -> list[str]:
     ]
 
 
-def write(rows: list[dict], device: Device, libraries: list[Library], smoke: bool, seconds: float, out: Path) -> None:
+def write(
+    rows: list[dict],
+    device: Device,
+    libraries: list[Library],
+    smoke: bool,
+    seconds: float,
+    out: Path,
+) -> None:
     speed = [r for r in rows if r["section"] == "speed"]
     accurate = [r for r in rows if r["section"] == "accuracy"]
-    versions = ", ".join(f"{lib.name} {lib.version}" if lib.version else f"{lib.name}: not installed" for lib in libraries)
-    triton = importlib.metadata.version("triton") if importlib.util.find_spec("triton") else "not installed"
+    versions = ", ".join(
+        f"{lib.name} {lib.version}" if lib.version else f"{lib.name}: not installed"
+        for lib in libraries
+    )
+    triton = (
+        importlib.metadata.version("triton")
+        if importlib.util.find_spec("triton")
+        else "not installed"
+    )
     notes = [
-        *(["**Smoke run: tiny shapes, two rounds and three of the confident rows, to check the script; not measurements.**"] if smoke else []),
+        *(
+            [
+                "**Smoke run: tiny shapes, two rounds and three of the confident rows, to check the script; not measurements.**"
+            ]
+            if smoke
+            else []
+        ),
         f"Versions: {versions}; triton {triton}. {softmaxkit_path(device)}.",
         (
             "Time: milliseconds per call, the median of the rounds interleaved in one process after one warm-up "
@@ -634,7 +845,13 @@ def write(rows: list[dict], device: Device, libraries: list[Library], smoke: boo
         ),
         f"The run took {seconds:.0f} s.",
     ]
-    accuracy_table = markdown_table(ACCURACY_ROWS, ([r["dtype"], r["variant"], *(_ulp(r[f"{m}_ulp"]) for m in METRICS)] for r in accurate))
+    accuracy_table = markdown_table(
+        ACCURACY_ROWS,
+        (
+            [r["dtype"], r["variant"], *(_ulp(r[f"{m}_ulp"]) for m in METRICS)]
+            for r in accurate
+        ),
+    )
     footer = [
         "## Accuracy on confident rows",
         "",
@@ -666,15 +883,26 @@ def softmaxkit_failures(rows: list[dict]) -> list[str]:
     failed = []
     for row in (r for r in rows if r["variant"] == "softmaxkit"):
         errors = [row["status"]] if row.get("status") else []
-        errors += [row[f"{m}_ulp"] for m in METRICS if isinstance(row.get(f"{m}_ulp"), str)]
+        errors += [
+            row[f"{m}_ulp"] for m in METRICS if isinstance(row.get(f"{m}_ulp"), str)
+        ]
         failed += [f"{row['case']} {row['dtype']}: {error}" for error in errors]
     return failed
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes, two rounds; on the CPU through Triton's interpreter without CUDA")
-    parser.add_argument("--out", type=Path, default=None, help=f"folder for gpu.md and gpu.csv (default {RESULTS}; none for --smoke)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny shapes, two rounds; on the CPU through Triton's interpreter without CUDA",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"folder for gpu.md and gpu.csv (default {RESULTS}; none for --smoke)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     device = configure(args.smoke)
@@ -684,13 +912,28 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for op in ("softmax", "log_softmax"):
         for dtype in DTYPES:
-            rows += normalisations(device, f"{op} {sizes.softmax[0]}x{sizes.softmax[1]}", dtype, op, libraries, sizes)
+            rows += normalisations(
+                device,
+                f"{op} {sizes.softmax[0]}x{sizes.softmax[1]}",
+                dtype,
+                op,
+                libraries,
+                sizes,
+            )
             device.free()
-            print(f"{op} {dtype} done at {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"{op} {dtype} done at {time.perf_counter() - started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     for op in ("cross_entropy", "linear_cross_entropy"):
         rows += losses(device, libraries, sizes, op)
         device.free()
-        print(f"{op} done at {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"{op} done at {time.perf_counter() - started:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     rows += accuracy(device, libraries, sizes)
     seconds = time.perf_counter() - started
     if args.out is None and args.smoke:

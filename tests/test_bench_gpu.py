@@ -16,7 +16,7 @@ pytest.importorskip("mpmath")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bench_gpu as bench  # noqa: E402
+import bench_gpu as bench
 
 CASES = [f"{op} 2x512" for op in ("softmax", "log_softmax")]
 LOSSES = ["cross-entropy fwd+bwd 2x1024", "linear cross-entropy fwd+bwd N=4 V=512 H=64"]
@@ -26,11 +26,20 @@ LOSSES = ["cross-entropy fwd+bwd 2x1024", "linear cross-entropy fwd+bwd N=4 V=51
 def smoke(tmp_path_factory):
     """The tables of one ``--smoke`` run in a fresh interpreter, which sets the interpreter switches itself."""
     out = tmp_path_factory.mktemp("gpu")
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "SOFTMAXKIT_TRITON_ON_CPU")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TRITON_INTERPRET", "SOFTMAXKIT_TRITON_ON_CPU")
+    }
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
     script = ROOT / "benchmarks" / "bench_gpu.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--smoke", "--out", str(out)], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, str(script), "--smoke", "--out", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     with open(out / "gpu.csv") as f:
@@ -39,7 +48,11 @@ def smoke(tmp_path_factory):
 
 
 def _row(rows, case, dtype, variant):
-    found = [r for r in rows if r["case"] == case and r["dtype"] == dtype and r["variant"] == variant]
+    found = [
+        r
+        for r in rows
+        if r["case"] == case and r["dtype"] == dtype and r["variant"] == variant
+    ]
     assert len(found) == 1, (case, dtype, variant)
     return found[0]
 
@@ -53,8 +66,13 @@ def test_smoke_run_times_every_case_against_the_copy_yardstick(smoke):
             for variant in ("softmaxkit", "torch eager", "torch compiled"):
                 row = _row(rows, case, dtype, variant)
                 assert float(row["time_s"]) > 0 and row["status"] == ""
-                assert float(row["of_copy"]) == pytest.approx(float(row["gbs"]) / float(copy["gbs"]))
-            assert float(_row(rows, case, dtype, "softmaxkit")["softmaxkit_over_this"]) == 1
+                assert float(row["of_copy"]) == pytest.approx(
+                    float(row["gbs"]) / float(copy["gbs"])
+                )
+            assert (
+                float(_row(rows, case, dtype, "softmaxkit")["softmaxkit_over_this"])
+                == 1
+            )
     for case in LOSSES:
         for variant in ("softmaxkit", "torch eager", "torch compiled"):
             row = _row(rows, case, "bfloat16", variant)
@@ -65,7 +83,10 @@ def test_smoke_run_times_every_case_against_the_copy_yardstick(smoke):
 
 def test_peers_not_installed_are_reported_in_their_rows(smoke):
     _, rows = smoke
-    expected = {"Liger-Kernel": ("liger_kernel", CASES[:1] + LOSSES), "Cut Cross-Entropy": ("cut_cross_entropy", LOSSES[1:])}
+    expected = {
+        "Liger-Kernel": ("liger_kernel", CASES[:1] + LOSSES),
+        "Cut Cross-Entropy": ("cut_cross_entropy", LOSSES[1:]),
+    }
     for variant, (module, cases) in expected.items():
         if importlib.util.find_spec(module) is not None:
             continue
@@ -75,11 +96,16 @@ def test_peers_not_installed_are_reported_in_their_rows(smoke):
 
 def test_accuracy_rows_hold_a_number_for_each_metric(smoke):
     _, rows = smoke
-    accuracy = {(r["dtype"], r["variant"]): r for r in rows if r["section"] == "accuracy"}
+    accuracy = {
+        (r["dtype"], r["variant"]): r for r in rows if r["section"] == "accuracy"
+    }
     metrics = [f"{m}_ulp" for m in bench.METRICS]
     for dtype in ("float32", "bfloat16"):
         for library in ("softmaxkit", "torch eager", "torch compiled"):
-            assert all(float(accuracy[dtype, library][m]) >= 0 for m in metrics), (dtype, library)
+            assert all(float(accuracy[dtype, library][m]) >= 0 for m in metrics), (
+                dtype,
+                library,
+            )
     # torch's float32 log_softmax at the maximum of a confident row is 0 where the exact value is tiny.
     assert float(accuracy["float32", "torch eager"]["log_softmax_ulp"]) > 1e6
 
@@ -98,7 +124,10 @@ def test_a_failing_variant_is_reported_and_left_out_of_later_rounds():
     device = bench.Device("cpu")
     measured = {
         "ok": count("ok"),
-        "oom": count("oom", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")),
+        "oom": count(
+            "oom",
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        ),
         "broken": count("broken", ValueError("a | b\nsecond line")),
     }
     times, errors = bench.measure(device, measured, number=2, rounds=3)
@@ -110,11 +139,30 @@ def test_a_failing_variant_is_reported_and_left_out_of_later_rounds():
 def test_softmaxkit_failures_make_the_exit_status():
     rows = [
         {"variant": "softmaxkit", "case": "softmax", "dtype": "float32", "status": ""},
-        {"variant": "Liger-Kernel", "case": "softmax", "dtype": "float32", "status": "out of memory"},
-        {"variant": "softmaxkit", "case": "confident rows", "dtype": "bfloat16", "softmax_ulp": 0.5, "ce_loss_ulp": "failed: E"},
-        {"variant": "softmaxkit", "case": "cross-entropy", "dtype": "bfloat16", "status": "out of memory"},
+        {
+            "variant": "Liger-Kernel",
+            "case": "softmax",
+            "dtype": "float32",
+            "status": "out of memory",
+        },
+        {
+            "variant": "softmaxkit",
+            "case": "confident rows",
+            "dtype": "bfloat16",
+            "softmax_ulp": 0.5,
+            "ce_loss_ulp": "failed: E",
+        },
+        {
+            "variant": "softmaxkit",
+            "case": "cross-entropy",
+            "dtype": "bfloat16",
+            "status": "out of memory",
+        },
     ]
-    assert bench.softmaxkit_failures(rows) == ["confident rows bfloat16: failed: E", "cross-entropy bfloat16: out of memory"]
+    assert bench.softmaxkit_failures(rows) == [
+        "confident rows bfloat16: failed: E",
+        "cross-entropy bfloat16: out of memory",
+    ]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
