@@ -25,7 +25,7 @@ from softmaxkit.frontend.linear_distillation import linear_distillation_loss
 from softmaxkit.kernels import get_num_threads, get_output_cache, set_num_threads, set_output_cache
 from softmaxkit.calibration import expected_calibration_error, fit_temperature, reliability_diagram
 from softmaxkit.tools.cli import version as _version
-from softmaxkit.tools.report import diagnose
+from softmaxkit.tools.report import diagnose, diagnose_attention
 from softmaxkit.sampling import gumbel_max, gumbel_softmax, sample, truncate
 from softmaxkit.sparse import entmax15, entmax15_vjp, sparsemax, sparsemax_vjp
 
@@ -41,6 +41,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "diagnose",
+    "diagnose_attention",
     "distillation_loss",
     "entmax15",
     "entmax15_vjp",

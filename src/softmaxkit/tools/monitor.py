@@ -40,7 +40,7 @@ except ImportError:
 from softmaxkit.backends.torch.attention import scaled_dot_product_attention
 from softmaxkit.frontend import validate
 from softmaxkit.tools.curves import RECORDS_FILE
-from softmaxkit.tools.report import collapsed, float32_terms, top2_margins, zero_target_grad
+from softmaxkit.tools.report import attention_entropy, collapsed, float32_terms, top2_margins, zero_target_grad
 
 __all__ = [
     "Monitor",
@@ -224,8 +224,9 @@ def _attention_figures(q, k, lse, mask, causal, scale, softcap, sinks, dtype):
     """(entropy sums, rows, minima) per query head, and the empty rows, of one attention call.
 
     ``H_i = lse_i - sum_j P_ij s_ij - P_sink sink`` with ``P_ij = exp(s_ij - lse_i)``
-    over the attended keys, in ``dtype``, in chunks of query rows; ``lse``
-    (the call's) gives the shape of the rows.
+    over the attended keys (:func:`softmaxkit.tools.report.attention_entropy`),
+    from the scores in ``dtype``, in chunks of query rows; ``lse`` (the
+    call's) gives the shape of the rows.
     """
     if q.ndim == 2:
         q, k = q[None], k[None]
@@ -258,15 +259,9 @@ def _attention_figures(q, k, lse, mask, causal, scale, softcap, sinks, dtype):
             i = torch.arange(start, stop, device=s.device)[:, None]
             attend = attend & (torch.arange(keys, device=s.device) <= i)
         attend = attend & (s > -math.inf)
-        # The call's lse is float32 for float32 inputs: its rounding would
-        # show in H (about 1e-7 of lse), so it is formed again here.
-        l_i = torch.logsumexp(torch.where(attend, s, -math.inf), -1)
-        if sink is not None:
-            l_i = torch.logaddexp(l_i, sink)
-        terms = torch.where(attend, torch.exp(s - l_i[..., None]) * s, 0.0).sum(-1)
-        entropy = l_i - terms
-        if sink is not None:
-            entropy = entropy - torch.exp(sink - l_i) * sink
+        # From the scores, not the call's lse (float32 for float32 inputs,
+        # whose rounding would show in H at about 1e-7 of lse).
+        entropy = attention_entropy(s, attend, sink)
         per_head = entropy.movedim(-2, 0).reshape(heads, -1)
         kept = attend.any(-1).movedim(-2, 0).reshape(heads, -1)
         sums += torch.where(kept, per_head, 0.0).sum(-1)
