@@ -350,12 +350,26 @@ def _torch_chunked() -> Library:
     )
 
 
+def peer_module(name: str) -> tuple[object, str]:
+    """``(module, "")``, or ``(None, reason)``: ``not installed`` when the package is
+    absent, the error otherwise (a peer built for another torch or triton, say)."""
+    try:
+        return importlib.import_module(name), ""
+    except ModuleNotFoundError as exc:
+        if exc.name == name.split(".")[0]:
+            return None, "not installed"
+        traceback.print_exc()
+        return None, f"import {failure(exc)}"
+    except Exception as exc:  # noqa: BLE001 - a peer that cannot be imported is reported, and the run goes on
+        traceback.print_exc()
+        return None, f"import {failure(exc)}"
+
+
 def _liger() -> Library:
     expected = ["softmax", "cross_entropy", "linear_cross_entropy"]
-    try:
-        functional = importlib.import_module("liger_kernel.transformers.functional")
-    except ImportError:
-        return Library("Liger-Kernel", "", {}, dict.fromkeys(expected, "not installed"))
+    functional, reason = peer_module("liger_kernel.transformers.functional")
+    if functional is None:
+        return Library("Liger-Kernel", "", {}, dict.fromkeys(expected, reason))
     version = importlib.metadata.version("liger-kernel")
 
     def first(result):
@@ -379,12 +393,9 @@ def _liger() -> Library:
 
 
 def _cce() -> Library:
-    try:
-        cce = importlib.import_module("cut_cross_entropy")
-    except ImportError:
-        return Library(
-            "Cut Cross-Entropy", "", {}, {"linear_cross_entropy": "not installed"}
-        )
+    cce, reason = peer_module("cut_cross_entropy")
+    if cce is None:
+        return Library("Cut Cross-Entropy", "", {}, {"linear_cross_entropy": reason})
 
     def loss(h, w, t, reduction):
         return cce.linear_cross_entropy(h, w, t, reduction=reduction)
@@ -815,7 +826,9 @@ def write(
     speed = [r for r in rows if r["section"] == "speed"]
     accurate = [r for r in rows if r["section"] == "accuracy"]
     versions = ", ".join(
-        f"{lib.name} {lib.version}" if lib.version else f"{lib.name}: not installed"
+        f"{lib.name} {lib.version}"
+        if lib.version
+        else f"{lib.name}: {next(iter(lib.missing.values()))}"
         for lib in libraries
     )
     triton = (
@@ -841,7 +854,8 @@ def write(
         (
             "Peak: the allocator's peak during one forward + backward beyond the memory allocated before it, "
             "gradients included; `/ gradients` divides by the gradients' bytes. torch eager and compiled form "
-            "the N x V logits for the linear loss."
+            "the N x V logits for the linear loss. Liger-Kernel's cross-entropy writes the logits' gradient over "
+            "its input, so its growth leaves that gradient out (each variant has its own copy of the logits)."
         ),
         f"The run took {seconds:.0f} s.",
     ]

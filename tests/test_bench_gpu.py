@@ -1,6 +1,7 @@
 """benchmarks/bench_gpu.py: the smoke run (Triton's interpreter on the CPU), and how failing variants are reported."""
 
 import csv
+import importlib
 import importlib.util
 import os
 import subprocess
@@ -169,3 +170,24 @@ def test_softmaxkit_failures_make_the_exit_status():
 def test_a_full_run_needs_cuda():
     with pytest.raises(SystemExit, match="no CUDA device"):
         bench.configure(smoke=False)
+
+
+def test_a_peer_that_cannot_be_imported_is_reported(tmp_path, monkeypatch):
+    (tmp_path / "peer_for_bench_gpu.py").write_text(
+        "raise RuntimeError('built for another torch')\n"
+    )
+    (tmp_path / "peer_needing_more.py").write_text(
+        "import module_nowhere_to_be_found\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert bench.peer_module("package_nowhere_to_be_found.functional") == (
+        None,
+        "not installed",
+    )
+    assert bench.peer_module("peer_for_bench_gpu") == (
+        None,
+        "import failed: RuntimeError: built for another torch",
+    )
+    module, reason = bench.peer_module("peer_needing_more")
+    assert module is None and reason.startswith("import failed: ModuleNotFoundError")
+    assert bench.peer_module("json")[0] is importlib.import_module("json")
