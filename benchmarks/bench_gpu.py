@@ -140,7 +140,7 @@ FULL = Sizes(
 # Triton's interpreter takes about 0.1 s per row and kernel: few rows, and three of the confident ones.
 SMOKE = Sizes((2, 512), (2, 1024), (4, 512, 64), 1, 2, 1, 2, 2, slice(None, None, 8))
 
-ROWS = [
+COLUMNS = [
     "case",
     "dtype",
     "variant",
@@ -151,7 +151,7 @@ ROWS = [
     "peak (MiB)",
     "/ gradients",
 ]
-ACCURACY_ROWS = [
+ACCURACY_COLUMNS = [
     "dtype",
     "library",
     "softmax",
@@ -860,7 +860,7 @@ def write(
         f"The run took {seconds:.0f} s.",
     ]
     accuracy_table = markdown_table(
-        ACCURACY_ROWS,
+        ACCURACY_COLUMNS,
         (
             [r["dtype"], r["variant"], *(_ulp(r[f"{m}_ulp"]) for m in METRICS)]
             for r in accurate
@@ -882,7 +882,7 @@ def write(
         title=TITLE,
         machine=device.describe(),
         notes=notes,
-        columns=ROWS,
+        columns=COLUMNS,
         align="lllrrrrrr",
         rows=map(speed_cells, speed),
         csv_fields=CSV_FIELDS,
