@@ -18,7 +18,7 @@
 
 #include "api.h"
 
-#define SK_ATTN_TQ 32
+#define SK_ATTN_TQ 64
 #define SK_ATTN_BK 128
 #define SK_ATTN_TK 64
 #define SK_ATTN_BQ 64

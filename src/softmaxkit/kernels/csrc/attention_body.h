@@ -119,28 +119,35 @@ static void at_row_scores(const sk_attn_problem *P, const char *mrow, size_t i, 
     for (size_t j = nb; j < AT_BK; j++) x[j] = -INF;
 }
 
+/* Vectors per register block of the products below: as many as the
+ * registers hold (32 on AVX-512, 16 elsewhere). */
+#if VW >= 8
+#define AT_NV 4
+#else
+#define AT_NV 2
+#endif
+
 /* c[r * ldc + j] = sum_k a[r * lda + k] bt[k * ldb + j] for rows r < R and
- * columns j < ncols (whole pairs of vectors), summed in order of k.  With
- * products exact in float64 this is the same for any row grouping and
+ * columns j < ncols (whole blocks of AT_NV vectors), summed in order of k.
+ * With products exact in float64 this is the same for any row grouping and
  * instruction set. */
 static inline __attribute__((always_inline)) void at_dot_rows(const double *a, size_t lda, const double *bt,
                                                               size_t ldb, size_t K, double *c, size_t ldc,
                                                               size_t ncols, const int R) {
-    for (size_t j = 0; j < ncols; j += 2 * VW) {
-        vd c0[4], c1[4];
-        for (int r = 0; r < R; r++) c0[r] = c1[r] = splat(0.0);
+    for (size_t j = 0; j < ncols; j += AT_NV * VW) {
+        vd acc[4][AT_NV];
+        for (int r = 0; r < R; r++)
+            for (int u = 0; u < AT_NV; u++) acc[r][u] = splat(0.0);
         for (size_t k = 0; k < K; k++) {
-            vd b0 = ld_d(bt + k * ldb + j), b1 = ld_d(bt + k * ldb + j + VW);
+            vd bv[AT_NV];
+            for (int u = 0; u < AT_NV; u++) bv[u] = ld_d(bt + k * ldb + j + u * VW);
             for (int r = 0; r < R; r++) {
                 vd ar = splat(a[r * lda + k]);
-                c0[r] = SK_FMA(ar, b0, c0[r]);
-                c1[r] = SK_FMA(ar, b1, c1[r]);
+                for (int u = 0; u < AT_NV; u++) acc[r][u] = SK_FMA(ar, bv[u], acc[r][u]);
             }
         }
-        for (int r = 0; r < R; r++) {
-            st_d(c + r * ldc + j, c0[r]);
-            st_d(c + r * ldc + j + VW, c1[r]);
-        }
+        for (int r = 0; r < R; r++)
+            for (int u = 0; u < AT_NV; u++) st_d(c + r * ldc + j + u * VW, acc[r][u]);
     }
 }
 
@@ -162,33 +169,29 @@ static inline __attribute__((always_inline)) void at_axpy_rows(const double *w, 
                                                                size_t ldb, size_t n, double *c, size_t ldc,
                                                                size_t ncols, const int R) {
     size_t d = 0;
-    for (; d + 2 * VW <= ncols; d += 2 * VW) {
-        vd c0[4], c1[4];
-        for (int r = 0; r < R; r++) {
-            c0[r] = ld_d(c + r * ldc + d);
-            c1[r] = ld_d(c + r * ldc + d + VW);
-        }
+    for (; d + AT_NV * VW <= ncols; d += AT_NV * VW) {
+        vd acc[4][AT_NV];
+        for (int r = 0; r < R; r++)
+            for (int u = 0; u < AT_NV; u++) acc[r][u] = ld_d(c + r * ldc + d + u * VW);
         for (size_t j = 0; j < n; j++) {
-            vd b0 = ld_d(b + j * ldb + d), b1 = ld_d(b + j * ldb + d + VW);
+            vd bv[AT_NV];
+            for (int u = 0; u < AT_NV; u++) bv[u] = ld_d(b + j * ldb + d + u * VW);
             for (int r = 0; r < R; r++) {
                 vd wr = splat(w[r * ldw + j]);
-                c0[r] = SK_FMA(wr, b0, c0[r]);
-                c1[r] = SK_FMA(wr, b1, c1[r]);
+                for (int u = 0; u < AT_NV; u++) acc[r][u] = SK_FMA(wr, bv[u], acc[r][u]);
             }
         }
-        for (int r = 0; r < R; r++) {
-            st_d(c + r * ldc + d, c0[r]);
-            st_d(c + r * ldc + d + VW, c1[r]);
-        }
+        for (int r = 0; r < R; r++)
+            for (int u = 0; u < AT_NV; u++) st_d(c + r * ldc + d + u * VW, acc[r][u]);
     }
-    if (d < ncols) {
-        vd c0[4];
-        for (int r = 0; r < R; r++) c0[r] = ld_d(c + r * ldc + d);
+    for (; d < ncols; d += VW) {
+        vd acc[4];
+        for (int r = 0; r < R; r++) acc[r] = ld_d(c + r * ldc + d);
         for (size_t j = 0; j < n; j++) {
             vd b0 = ld_d(b + j * ldb + d);
-            for (int r = 0; r < R; r++) c0[r] = SK_FMA(splat(w[r * ldw + j]), b0, c0[r]);
+            for (int r = 0; r < R; r++) acc[r] = SK_FMA(splat(w[r * ldw + j]), b0, acc[r]);
         }
-        for (int r = 0; r < R; r++) st_d(c + r * ldc + d, c0[r]);
+        for (int r = 0; r < R; r++) st_d(c + r * ldc + d, acc[r]);
     }
 }
 
@@ -222,26 +225,43 @@ static void at_axpy_sel(const double *w, const unsigned char *rd, size_t ldw, co
  * whether all are finite. */
 static int at_rows_in(int dt, const void *src, size_t off, size_t ld, size_t rows, size_t cols, double *dst,
                       size_t ldd) {
-    int finite = 1;
+    vl bad = (vl){0};
     for (size_t r = 0; r < rows; r++) {
         double *row = dst + r * ldd;
-        for (size_t c = 0; c < cols; c++) {
-            double v = at_load(dt, src, off + r * ld + c);
-            finite &= isfinite(v);
-            row[c] = v;
+        if (dt == DT_BF16) {
+            const uint16_t *in = (const uint16_t *)src + off + r * ld;
+            for (size_t c = 0; c < cols; c++) row[c] = at_load(DT_BF16, in, c);
+        } else {
+            const float *in = (const float *)src + off + r * ld;
+            for (size_t c = 0; c < cols; c++) row[c] = (double)in[c];
         }
         for (size_t c = cols; c < ldd; c++) row[c] = 0.0;
+        /* finite: v - v is 0, else NaN */
+        for (size_t c = 0; c + VW <= ldd; c += VW) {
+            vd v = ld_d(row + c);
+            bad |= NE(v - v, splat(0.0));
+        }
+        for (size_t c = ldd / VW * VW; c < ldd; c++) bad[0] |= !isfinite(row[c]);
     }
-    return finite;
+    return hcount(bad) == 0;
 }
 
-/* The same, transposed: dst[c * ldd + r], zero for r in [rows, ldd). */
+/* The same, transposed: dst[c * ldd + r], zero for r in [rows, ldd).  Read
+ * column by column: the source rows stay in the first-level cache, and the
+ * stores are contiguous. */
 static void at_rows_in_t(int dt, const void *src, size_t off, size_t ld, size_t rows, size_t cols, double *dst,
                          size_t ldd) {
-    for (size_t r = 0; r < rows; r++)
-        for (size_t c = 0; c < cols; c++) dst[c * ldd + r] = at_load(dt, src, off + r * ld + c);
-    for (size_t c = 0; c < cols; c++)
-        for (size_t r = rows; r < ldd; r++) dst[c * ldd + r] = 0.0;
+    for (size_t c = 0; c < cols; c++) {
+        double *col = dst + c * ldd;
+        if (dt == DT_BF16) {
+            const uint16_t *in = (const uint16_t *)src + off + c;
+            for (size_t r = 0; r < rows; r++) col[r] = at_load(DT_BF16, in, r * ld);
+        } else {
+            const float *in = (const float *)src + off + c;
+            for (size_t r = 0; r < rows; r++) col[r] = (double)in[r * ld];
+        }
+        for (size_t r = rows; r < ldd; r++) col[r] = 0.0;
+    }
 }
 
 /* Merges the state (m1, s1, acc1) of keys disjoint from those of (*m0, *s0,
@@ -283,6 +303,14 @@ static double at_max(const double *x, size_t n, int *nan) {
     }
     *nan = hcount(bad) != 0;
     return hmax(mx);
+}
+
+/* The first index of n (whole vectors) values equal to a, which one is. */
+static size_t at_first(const double *x, double a) {
+    size_t j = 0;
+    while (hcount(EQ(ld_d(x + j), splat(a))) == 0) j += VW;
+    while (!(x[j] == a)) j++;
+    return j;
 }
 
 static void *at_alloc(size_t doubles) {
@@ -335,15 +363,14 @@ static void at_forward_item(sk_attn_run *R, at_fwd_scratch *W, size_t item) {
             int nan;
             double a = at_max(x, AT_BK, &nan);
             W->nan[i] |= nan;
-            for (size_t j = 0; j < AT_BK; j++) rd[j] = x[j] != -INF;
             W->bm[i] = a;
             W->bs[i] = 0.0;
             if (a == -INF) {
                 memset(e, 0, AT_BK * sizeof(double));
+                memset(rd, 0, AT_BK);
                 continue;
             }
-            size_t k = 0;
-            while (k < AT_BK && !(x[k] == a)) k++;
+            size_t k = at_first(x, a);
             if (a == INF) {
                 /* the +inf scores share the mass: weight 1 each, nothing else read */
                 double count = 0.0;
@@ -358,7 +385,9 @@ static void at_forward_item(sk_attn_run *R, at_fwd_scratch *W, size_t item) {
             vd zero = splat(0.0), va = splat(a), ninf = splat(-INF);
             for (size_t j = 0; j < AT_BK; j += VW) {
                 vd xv = ld_d(x + j);
-                st_d(e + j, sel(NE(xv, ninf), vexp(xv - va, zero, 1, 0), zero));
+                vl read = NE(xv, ninf);
+                st_d(e + j, sel(read, vexp(xv - va, zero, 1, 0), zero));
+                for (int l = 0; l < VW; l++) rd[j + l] = read[l] != 0;
             }
             e[k] = 0.0;
             vd sum = zero;
