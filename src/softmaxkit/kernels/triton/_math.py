@@ -178,3 +178,31 @@ def add_pair(hi, lo, b_hi, b_lo):
     """``(hi + lo) + (b_hi + b_lo)`` as a pair (TwoSum of the high parts)."""
     s, e = two_sum(hi, b_hi)
     return s, lo + (e + b_lo)
+
+
+@helper
+def load(ptr, offsets, mask, other):
+    """Values at ``ptr + offsets`` as float32 (``other`` where ``mask`` is False); bfloat16
+    is widened from its bits (``bits << 16``, exact)."""
+    if ptr.dtype.element_ty == tl.bfloat16:
+        bits = tl.load(ptr.to(tl.pointer_type(tl.int16)) + offsets, mask=mask, other=0)
+        x = (bits.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+        return tl.where(mask, x, other)
+    return tl.load(ptr + offsets, mask=mask, other=other).to(tl.float32)
+
+
+@helper
+def store(ptr, offsets, value, mask):
+    """Store float32 ``value`` rounded once to ``ptr``'s type (to nearest, ties to even).
+
+    bfloat16 is rounded on the bits: Triton's interpreter truncates float32
+    to bfloat16 and mangles subnormals; this gives the GPU's rounding
+    everywhere (NaN stays NaN, overflow gives inf).
+    """
+    if ptr.dtype.element_ty == tl.bfloat16:
+        bits = value.to(tl.int32, bitcast=True)
+        rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+        rounded = tl.where(value != value, 0x7FC0, rounded)
+        tl.store(ptr.to(tl.pointer_type(tl.int16)) + offsets, rounded.to(tl.int16), mask=mask)
+    else:
+        tl.store(ptr + offsets, value.to(ptr.dtype.element_ty), mask=mask)

@@ -52,7 +52,7 @@ _RESCALE_AT = 64.0
 
 @helper
 def _load(ptr, base, idx, n, inner, other):
-    return tl.load(ptr + base + idx.to(tl.int64) * inner, mask=idx < n, other=other).to(tl.float32)
+    return m.load(ptr, base + idx.to(tl.int64) * inner, idx < n, other)
 
 
 @helper
@@ -156,20 +156,20 @@ def _softmax_kernel(x_ptr, out_ptr, g_ptr, t_hi, t_lo, rescale_at, n, inner,
     if MODE == 2:
         lse = tl.where(n_inf > 0, float("inf"), mx + big_l)
         lse = tl.where(n_nan > 0, float("nan"), lse)
-        tl.store(out_ptr + row, lse.to(out_ptr.dtype.element_ty))
+        m.store(out_ptr, row, lse, True)
     else:
         g = 0.0
         if MODE == 3:
-            g = tl.load(g_ptr + row).to(tl.float32)
+            g = m.load(g_ptr, row, True, 0.0)
         if ONE_PASS:
             out = _outputs(xr, mx, s_hi, s_lo, big_l, n_inf, n_nan, g, t_hi, t_lo, MODE, HALVE, TEMPERED)
-            tl.store(out_ptr + base + lanes.to(tl.int64) * inner, out.to(out_ptr.dtype.element_ty), mask=lanes < n)
+            m.store(out_ptr, base + lanes.to(tl.int64) * inner, out, lanes < n)
         else:
             for start in range(0, n, BLOCK):
                 idx = start + lanes
                 xr = _load(x_ptr, base, idx, n, inner, float("-inf"))
                 out = _outputs(xr, mx, s_hi, s_lo, big_l, n_inf, n_nan, g, t_hi, t_lo, MODE, HALVE, TEMPERED)
-                tl.store(out_ptr + base + idx.to(tl.int64) * inner, out.to(out_ptr.dtype.element_ty), mask=idx < n)
+                m.store(out_ptr, base + idx.to(tl.int64) * inner, out, idx < n)
 
 
 @helper
@@ -207,7 +207,7 @@ def _softmax_vjp_kernel(y_ptr, g_ptr, out_ptr, t, n, inner,
         g = _load(g_ptr, base, lanes, n, inner, 0.0)
         d_hi, d_lo = _vjp_terms(y, g, LOG, B_LOG2)
         out = _vjp_outputs(y, g, d_hi + d_lo, t, LOG, TEMPERED)
-        tl.store(out_ptr + base + lanes.to(tl.int64) * inner, out.to(out_ptr.dtype.element_ty), mask=lanes < n)
+        m.store(out_ptr, base + lanes.to(tl.int64) * inner, out, lanes < n)
     else:
         d_hi = 0.0
         d_lo = 0.0
@@ -222,7 +222,7 @@ def _softmax_vjp_kernel(y_ptr, g_ptr, out_ptr, t, n, inner,
             y = _load(y_ptr, base, idx, n, inner, absent)
             g = _load(g_ptr, base, idx, n, inner, 0.0)
             out = _vjp_outputs(y, g, dot, t, LOG, TEMPERED)
-            tl.store(out_ptr + base + idx.to(tl.int64) * inner, out.to(out_ptr.dtype.element_ty), mask=idx < n)
+            m.store(out_ptr, base + idx.to(tl.int64) * inner, out, idx < n)
 
 
 # --- launches -------------------------------------------------------------------
