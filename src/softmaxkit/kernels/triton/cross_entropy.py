@@ -56,6 +56,18 @@ def _load(ptr, base, idx, n, inner, other):
 
 
 @helper
+def _narrow(v, dtype: tl.constexpr):
+    """``v`` rounded to the output ``dtype``; to bfloat16 by the bits, to
+    nearest even: Triton's interpreter truncates that conversion and
+    mistakes subnormal results, which a GPU's ``cvt.rn`` does not."""
+    if dtype == tl.bfloat16:
+        bits = v.to(tl.int32, bitcast=True)
+        bits = tl.where(v != v, 0x7FC00000, bits + (0x7FFF + ((bits >> 16) & 1)))
+        return (bits >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    return v.to(dtype)
+
+
+@helper
 def _stats(xr, lanes, start, mx, ref, s_hi, s_lo, n_inf, n_nan, k_fin, k_inf, rescale_at, B_LOG2: tl.constexpr):
     """The softmax kernels' online step (``softmax._absorb``) and the row's
     first argmax: of the finite entries, and of the ``+inf`` ones apart."""
@@ -263,9 +275,9 @@ def _ce_kernel(
                                         eps, PROBS, SMOOTH)
             l_hi, l_lo = m.block_sum(terms, B_LOG2)
             if GRAD:
-                tl.store(G + base + lanes.to(tl.int64) * inner, g.to(G.dtype.element_ty), mask=live0)
+                tl.store(G + base + lanes.to(tl.int64) * inner, _narrow(g, G.dtype.element_ty), mask=live0)
             if GRAD_T:
-                tl.store(DQ + base + lanes.to(tl.int64) * inner, dq.to(DQ.dtype.element_ty), mask=live0)
+                tl.store(DQ + base + lanes.to(tl.int64) * inner, _narrow(dq, DQ.dtype.element_ty), mask=live0)
         else:
             for start in range(0, n, BLOCK):
                 idx = start + lanes
@@ -284,9 +296,9 @@ def _ce_kernel(
                 b_hi, b_lo = m.block_sum(terms, B_LOG2)
                 l_hi, l_lo = m.add_pair(l_hi, l_lo, b_hi, b_lo)
                 if GRAD:
-                    tl.store(G + base + idx.to(tl.int64) * inner, g.to(G.dtype.element_ty), mask=live)
+                    tl.store(G + base + idx.to(tl.int64) * inner, _narrow(g, G.dtype.element_ty), mask=live)
                 if GRAD_T:
-                    tl.store(DQ + base + idx.to(tl.int64) * inner, dq.to(DQ.dtype.element_ty), mask=live)
+                    tl.store(DQ + base + idx.to(tl.int64) * inner, _narrow(dq, DQ.dtype.element_ty), mask=live)
         if GENERAL:
             loss = l_hi + l_lo
     if HAS_Z:
