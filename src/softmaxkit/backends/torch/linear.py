@@ -24,7 +24,15 @@ import torch
 from torch import Tensor
 
 from softmaxkit import numerics as num
-from softmaxkit.backends.torch.execution import apply_function, as_float, loss_options, value_checks, xp
+from softmaxkit.backends.torch.execution import (
+    apply_function,
+    as_float,
+    loss_options,
+    triton_kernels,
+    triton_ready,
+    value_checks,
+    xp,
+)
 from softmaxkit.frontend import linear as _linear
 from softmaxkit.frontend import registry, validate
 from softmaxkit.numerics import linear as lin
@@ -48,7 +56,12 @@ def work_dtype(*tensors: Tensor | None) -> torch.dtype:
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _row_loss(h: Tensor, t: Tensor, class_w: Tensor | None, ignore_index: int, eps: float, z: float, denominator: Tensor, reduction: str, divisor: float | None):
+def _row_loss(h: Tensor, t: Tensor, class_w: Tensor | None, ignore_index: int, eps: float, z: float, denominator: Tensor, reduction: str, divisor: float | None, softcap: float | None, work: torch.dtype):
+    """``(row_loss, bytes per logit it allocates)`` for :func:`head_pass`: the
+    Triton kernel where it runs (float32 chunk logits, no soft cap), else the
+    native kernel on CPU, else the shared formulas."""
+    if softcap is None and work == torch.float32 and triton_ready(h):
+        return _triton_row_loss(t, class_w, ignore_index, eps, z, 1.0 if divisor is None else divisor), 0
     native = registry.native()
     if native is None or h.device.type != "cpu" or divisor is None:
         return _linear.formula_row_loss(xp, t, class_w, ignore_index, eps, z, denominator, reduction), _linear.FORMULA_BYTES
@@ -61,6 +74,22 @@ def _row_loss(h: Tensor, t: Tensor, class_w: Tensor | None, ignore_index: int, e
         return torch.from_numpy(inner(logits.numpy(), None if grad is None else grad.numpy(), index))
 
     return row_loss, 0
+
+
+def _triton_row_loss(t: Tensor, class_w: Tensor | None, ignore_index: int, eps: float, z: float, divisor: float):
+    """The per-row loss by the Triton cross-entropy kernel: a chunk's float32
+    logits are read where they lie and the gradient, divided by ``divisor``,
+    written into the pass's buffer (over the logits themselves, when that is
+    the buffer: the kernel reads each entry before writing it)."""
+    rows_fn = triton_kernels("cross_entropy").cross_entropy_rows
+    weight = None if class_w is None else class_w.to(torch.float32)
+
+    def row_loss(logits, grad, rows):
+        want = grad is not None
+        loss, _, _ = rows_fn(logits, t[rows], 1, weight, ignore_index, eps, z, want_grad=want, divisor=divisor, grad_out=grad)
+        return loss
+
+    return row_loss
 
 
 def _rules(t: Tensor, class_w: Tensor | None, ignore_index: int, reduction: str, normalizer: float | None):
@@ -82,9 +111,10 @@ def head_pass(h, w, b, row_loss, **options):
 
 def _pass(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normalizer, want_grad, row_scale=None):
     rule, denominator, divisor, live = _rules(t, class_w, ignore_index, reduction, normalizer)
-    row_loss, loss_bytes = _row_loss(h, t, class_w, ignore_index, eps, z, denominator, rule, divisor)
+    work = work_dtype(h, w, b)
+    row_loss, loss_bytes = _row_loss(h, t, class_w, ignore_index, eps, z, denominator, rule, divisor, softcap, work)
     grads = head_pass(
-        h, w, b, row_loss, want_grad=want_grad, computable=divisor is not None, work=work_dtype(h, w, b), softcap=softcap,
+        h, w, b, row_loss, want_grad=want_grad, computable=divisor is not None, work=work, softcap=softcap,
         live=live, row_scale=row_scale, loss_bytes=loss_bytes,
     )
     return grads[0], denominator, rule, grads[1:]

@@ -265,7 +265,11 @@ def _ce_kernel(
         nlp = tl.where(masked, float("inf"), (big_l - hi_t) - lo_t)
         loss = tl.where(target_coef == 0.0, 0.0, target_coef * nlp)
 
-    # pass 2: the loss terms and the gradients
+    # pass 2: the loss terms and the gradients.  The gradient may be written
+    # over the logits (the fused linear loss's chunks): every warp has read
+    # the target's and the argmax's logits before any writes.
+    if GRAD:
+        tl.debug_barrier()
     if GENERAL or GRAD or GRAD_T:
         l_hi = 0.0
         l_lo = 0.0
@@ -331,6 +335,7 @@ def cross_entropy_rows(
     want_target_grad: bool = False,
     divisor: float | torch.Tensor = 1.0,
     scale: torch.Tensor | None = None,
+    grad_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     r"""Per-row cross-entropy of logits with classes along ``cdim``, and its gradients, in one kernel.
 
@@ -363,6 +368,10 @@ def cross_entropy_rows(
         read by the kernel without a host round trip.
     scale : torch.Tensor of shape (rows,), optional
         A float32 factor per row (the cotangents of per-row losses).
+    grad_out : torch.Tensor, optional
+        Where to write the gradient (with ``want_grad``): a contiguous tensor
+        of ``x``'s shape and dtype, for a contiguous ``x``; it may be ``x``
+        itself (each entry is read before it is written).
 
     Returns
     -------
@@ -393,7 +402,9 @@ def cross_entropy_rows(
         t = tc
     n_rows = geometry.n_rows
     loss = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    grad = torch.empty_like(c) if want_grad else None
+    grad = None
+    if want_grad:
+        grad = torch.empty_like(c) if grad_out is None else grad_out
     dq = torch.empty_like(tc) if want_target_grad and tc is not None else None
     w = None if weight is None else weight.to(device=x.device, dtype=torch.float32).contiguous()
     sc = None if scale is None else scale.to(device=x.device, dtype=torch.float32).reshape(-1).contiguous()
