@@ -40,16 +40,20 @@ def _run(attention, q, k, v, bias, *, batched=True, **kw):
 @pytest.mark.parametrize("case", ["vmapped_unbatched", "gqa_mask_bias_causal"])
 def test_values_and_gradients_equal_jax_nn(case):
     """No mask (through vmap of the unbatched (T, N, H) form), and GQA with a
-    boolean mask, a broadcast bias and is_causal together."""
+    boolean mask, a broadcast bias and is_causal together over several query
+    chunks and key blocks."""
     rng = np.random.default_rng(2)
     if case == "vmapped_unbatched":
         q, k, v = _qkv(N=4, K=4, seed=1)
         q = q * 3.0  # confident rows too
         bias, kw = None, {"batched": False}
     else:
-        q, k, v = _qkv(N=4, K=2, seed=1)
-        bias = jnp.asarray(rng.normal(size=(1, 4, 5, 7)), jnp.float32)
-        keep = rng.random((2, 1, 5, 7)) > 0.3
+        # Several chunks of query rows (8 rows per chunk at this size: 21 rows
+        # in 3 chunks of 7, one padded) and blocks of keys (300 keys: 3 blocks,
+        # the last partial): the scans' offsets, padding and mask windows.
+        q, k, v = _qkv(T=21, S=300, N=4, K=2, H=64, seed=1)
+        bias = jnp.asarray(rng.normal(size=(1, 4, 21, 300)), jnp.float32)
+        keep = rng.random((2, 1, 21, 300)) > 0.3
         keep[..., 0] = True  # every row attends somewhere: jax.nn's empty rows differ by design
         kw = {"mask": jnp.asarray(keep), "is_causal": True}
     got, g_got = _run(smj.dot_product_attention, q, k, v, bias, **kw)
@@ -168,3 +172,38 @@ def test_merge_of_a_key_split_equals_the_unsplit_attention_with_gradients():
     for a, b in zip(g_s, g_w):
         assert bool(jnp.all(jnp.isfinite(a)))
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _equations(jaxpr) -> int:
+    """The equations of ``jaxpr`` and of every jaxpr nested in them (scan bodies, custom VJPs, jit calls)."""
+    from jax.extend import core
+
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += 1
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                if isinstance(sub, core.ClosedJaxpr):
+                    n += _equations(sub.jaxpr)
+                elif isinstance(sub, core.Jaxpr):
+                    n += _equations(sub)
+    return n
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "grad"])
+def test_traced_program_does_not_grow_with_the_lengths(grad):
+    """Compile time: the loops over query chunks and key blocks are scans, so
+    the traced program is the same size at T = S = 256 (4 chunks of 64 rows,
+    2 blocks of 128 keys) and T = S = 2048 (32 chunks, 16 blocks); unrolled,
+    it grew with T x S."""
+
+    def size(T, S):
+        q = jax.ShapeDtypeStruct((1, T, 4, 16), jnp.float32)
+        k = jax.ShapeDtypeStruct((1, S, 2, 16), jnp.float32)
+        bias = jax.ShapeDtypeStruct((1, 4, T, S), jnp.float32)
+        f = lambda q, k, v, b: smj.dot_product_attention(q, k, v, b, is_causal=True, sinks=jnp.zeros(4)).sum()
+        if grad:
+            f = jax.grad(f, argnums=(0, 1, 2, 3))
+        return _equations(jax.make_jaxpr(f)(q, k, k, bias).jaxpr)
+
+    assert size(256, 256) == size(2048, 2048)

@@ -69,10 +69,19 @@ def _pad(x: Any, axis: int, size: int, fill: Any) -> Any:
     return jnp.pad(x, widths, constant_values=fill)
 
 
+def _scan(body: Any, carry: Any, xs: Any) -> tuple[Any, Any]:
+    """``lax.scan(body, carry, xs)``; one step is called directly (a loop of
+    one trip only costs compile time)."""
+    if jax.tree.leaves(xs)[0].shape[0] != 1:
+        return lax.scan(body, carry, xs)
+    carry, y = body(carry, jax.tree.map(lambda x: x[0], xs))
+    return carry, jax.tree.map(lambda x: x[None], y)
+
+
 class _Tiles:
-    """Query rows in chunks and keys in blocks of ``att.BLOCK``, each a
-    ``lax.scan`` step, so that the traced program has one copy of the
-    formulas whatever the lengths.
+    """Query rows in chunks and keys in blocks of ``att.BLOCK`` (one block of
+    all keys when fewer), each a ``lax.scan`` step, so that the traced
+    program has one copy of the formulas whatever the lengths.
 
     Grouped layout: queries (..., Hkv, G, L, D) and keys (..., Hkv, 1, S, D),
     as :func:`softmaxkit.attention`'s.  Lengths are padded to whole chunks
@@ -88,7 +97,8 @@ class _Tiles:
         self.batch = tuple(batch)
         self.group = self.n_q // self.n_kv
         self.lead = self.batch + (self.n_kv, self.group)
-        per_row = max(1, math.prod(self.lead) * att.BLOCK * max(depth, v_shape[-1], 1))
+        self.width = min(self.n_keys, att.BLOCK)
+        per_row = max(1, math.prod(self.lead) * self.width * max(depth, v_shape[-1], 1))
         self.n_chunks, self.rows = _split(self.n_rows, max(1, _CHUNK_ELEMENTS // per_row))
         self.n_blocks = -(-self.n_keys // att.BLOCK)
 
@@ -112,14 +122,14 @@ class _Tiles:
 
     def blocks(self, x: Any) -> Any:
         """(..., S, D) -> (blocks, ..., BLOCK, D), padded with zeros (never read)."""
-        x = _pad(x, -2, self.n_blocks * att.BLOCK, 0)
-        x = jnp.reshape(x, x.shape[:-2] + (self.n_blocks, att.BLOCK, x.shape[-1]))
+        x = _pad(x, -2, self.n_blocks * self.width, 0)
+        x = jnp.reshape(x, x.shape[:-2] + (self.n_blocks, self.width, x.shape[-1]))
         return jnp.moveaxis(x, -3, 0)
 
     def unblock(self, y: Any, axis: int) -> Any:
         """(blocks, ..., BLOCK at ``axis``, ...) -> (..., S, ...)."""
         y = jnp.moveaxis(y, 0, axis - 1 if axis < 0 else axis)
-        y = jnp.reshape(y, y.shape[: axis - 1] + (self.n_blocks * att.BLOCK,) + (y.shape[axis + 1 :] if axis != -1 else ()))
+        y = jnp.reshape(y, y.shape[: axis - 1] + (self.n_blocks * self.width,) + (y.shape[axis + 1 :] if axis != -1 else ()))
         return lax.slice_in_dim(y, 0, self.n_keys, axis=axis)
 
     def grouped_mask(self, mask: Any, fill: Any) -> Any:
@@ -131,7 +141,7 @@ class _Tiles:
         if mask.shape[-2] != 1:
             mask = _pad(mask, -2, self.n_chunks * self.rows, fill)
         if mask.shape[-1] != 1:
-            mask = _pad(mask, -1, self.n_blocks * att.BLOCK, fill)
+            mask = _pad(mask, -1, self.n_blocks * self.width, fill)
         return mask
 
     def selection(self, attend: Any, bias: Any, causal: str | None, l0: Any, j0: Any):
@@ -152,7 +162,7 @@ class _Tiles:
             if causal is not None:
                 c = att.causal_keep(l0 + jnp.arange(self.rows), keys, self.n_rows, self.n_keys, causal)
                 keep = c if keep is None else (keep & c)
-            if self.n_keys % att.BLOCK:
+            if self.n_keys % max(self.width, 1):
                 real = keys < self.n_keys
                 keep = real if keep is None else (keep & real)
             return keep
@@ -192,28 +202,28 @@ def _attention(q, k, v, mask, sinks, o: _Static):
     kb = t.blocks(jnp.expand_dims(k.astype(work), -3))
     vb = t.blocks(jnp.expand_dims(v.astype(work), -3))
     sink = None if sinks is None else jnp.reshape(sinks.astype(work), (t.n_kv, t.group, 1))
-    starts = jnp.arange(t.n_blocks) * att.BLOCK
+    starts = jnp.arange(t.n_blocks) * t.width
     options = {"scale": o.scale, "softcap": o.softcap, "widened": widened}
 
-    def chunk(xs):
+    def chunk(_, xs):
         l0, qrows = xs
 
         def block(state, ys):
             j0, kblock, vblock = ys
             attend_block, bias_block = t.selection(attend, bias, o.causal, l0, j0)
             state = att.absorb_block(
-                jnp, state, qrows, kblock, vblock, 0, att.BLOCK, attend_block=attend_block, bias_block=bias_block, **options
+                jnp, state, qrows, kblock, vblock, 0, t.width, attend_block=attend_block, bias_block=bias_block, **options
             )
             return state, None
 
         state = att.empty_state(jnp, tuple(qrows.shape[:-1]), v.shape[-1], work, None)
-        state, _ = lax.scan(block, state, (starts, kb, vb))
+        state, _ = _scan(block, state, (starts, kb, vb))
         if sink is not None:
             state = att.absorb_sink(jnp, state, sink, widened)
         out, lse = att.finish(jnp, *state)
-        return out.astype(out_dtype), lse.astype(lse_dtype)
+        return None, (out.astype(out_dtype), lse.astype(lse_dtype))
 
-    out, lse = lax.map(chunk, (jnp.arange(t.n_chunks) * t.rows, qc))
+    _, (out, lse) = _scan(chunk, None, (jnp.arange(t.n_chunks) * t.rows, qc))
     out = jnp.reshape(t.unchunk(out), t.batch + (t.n_q, t.n_rows, v.shape[-1]))
     return out, jnp.reshape(t.unchunk(lse), t.batch + (t.n_q, t.n_rows))
 
@@ -242,7 +252,7 @@ def _attention_bwd(o: _Static, residuals, cotangents):
     fills = (0.0, 0.0, 0.0, -_INF, 0.0)
     chunked = [t.chunks(a, fill) for a, fill in zip(rows, fills)]
     kb, vb = t.blocks(kg), t.blocks(vg)
-    starts = jnp.arange(t.n_blocks) * att.BLOCK
+    starts = jnp.arange(t.n_blocks) * t.width
     want_bias = bias is not None
 
     def chunk(acc, xs):
@@ -257,12 +267,12 @@ def _attention_bwd(o: _Static, residuals, cotangents):
             )
             return dq + dq_b, (dk_b, dv_b, db_b)
 
-        dq, (dk, dv, db) = lax.scan(block, jnp.zeros_like(qrows), (starts, kb, vb))
+        dq, (dk, dv, db) = _scan(block, jnp.zeros_like(qrows), (starts, kb, vb))
         return (acc[0] + dk, acc[1] + dv), (dq, db)
 
-    zero_k = jnp.zeros((t.n_blocks,) + t.lead + (att.BLOCK, k.shape[-1]), work)
-    zero_v = jnp.zeros((t.n_blocks,) + t.lead + (att.BLOCK, v.shape[-1]), work)
-    (dk, dv), (dq, db) = lax.scan(chunk, (zero_k, zero_v), (jnp.arange(t.n_chunks) * t.rows, *chunked))
+    zero_k = jnp.zeros((t.n_blocks,) + t.lead + (t.width, k.shape[-1]), work)
+    zero_v = jnp.zeros((t.n_blocks,) + t.lead + (t.width, v.shape[-1]), work)
+    (dk, dv), (dq, db) = _scan(chunk, (zero_k, zero_v), (jnp.arange(t.n_chunks) * t.rows, *chunked))
     dq = jnp.reshape(t.unchunk(dq), q.shape)
     dk = jnp.reshape(jnp.sum(t.unblock(dk, -2), axis=-3), k.shape)
     dv = jnp.reshape(jnp.sum(t.unblock(dv, -2), axis=-3), v.shape)
