@@ -1,0 +1,142 @@
+"""The fused linear cross-entropy with the Triton kernel computing each chunk's
+loss and logit gradient: against the other path (native or formulas) for
+every option and reduction, against mpmath on exactly representable logits,
+and under torch.compile.
+
+Without a GPU the kernel runs in Triton's interpreter (see conftest.py);
+``wide_rows`` makes the 50 classes four blocks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+import softmaxkit.kernels.triton as kernels  # noqa: E402
+import softmaxkit.torch as smt  # noqa: E402
+from tests import reference as ref  # noqa: E402
+from tests.backend_triton.test_triton_cross_entropy import ULP, _same  # noqa: E402
+
+V, H = 50, 8
+
+
+def _inputs(dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(6, H, generator=g).to(dtype).to(device)
+    w = (torch.randn(V, H, generator=g) * 2).to(dtype).to(device)
+    b = torch.randn(V, generator=g).to(dtype).to(device)
+    t = torch.tensor([1, 4, -100, 49, 0, 7], device=device)
+    return h, w, b, t
+
+
+def _run(h, w, b, t, cotangent=2.0, **options):
+    """The loss and the gradients of ``cotangent * loss.sum()`` in the hidden states, weight and bias."""
+    leaves = [v.detach().requires_grad_(True) for v in (h, w, b)]
+    loss = smt.linear_cross_entropy(leaves[0], leaves[1], t, linear_bias=leaves[2], **options)
+    grads = torch.autograd.grad(loss.sum() * cotangent, leaves)
+    return (loss,) + grads
+
+
+def _same_sums(g, g0, dtype):
+    """Gradients that are sums over tokens (which may cancel): within the
+    contract's ULPs of the tensor's largest entry."""
+    _same(g.reshape(1, -1), g0.reshape(1, -1), dtype, rowwise=True)
+
+
+def _both_paths(fn):
+    with_triton = fn()
+    kernels.on_cpu = False
+    try:
+        without = fn()
+    finally:
+        kernels.on_cpu = True
+    return with_triton, without
+
+
+OPTIONS = [
+    ("mean", {}),
+    ("sum", {"label_smoothing": 0.1, "z_loss": 1e-4, "weighted": True}),
+    ("none", {"label_smoothing": 0.1}),
+]
+
+
+@pytest.mark.parametrize("blocks", [False, True], ids=["one_pass", "blocks"])
+@pytest.mark.parametrize(("reduction", "options"), OPTIONS, ids=[r for r, _ in OPTIONS])
+def test_linear_loss_matches_the_other_path(request, launches, triton_path, blocks, reduction, options):
+    if blocks:
+        request.getfixturevalue("wide_rows")
+    h, w, b, t = _inputs(torch.float32, triton_path)
+    options = dict(options)
+    if options.pop("weighted", False):
+        options["weight"] = torch.rand(V, generator=torch.Generator().manual_seed(2)).to(triton_path) + 0.5
+    # a cotangent of 2 (the forward pass's gradients scaled) and of 3 (recomputed)
+    for cotangent in (2.0, 3.0):
+        got, other = _both_paths(lambda: _run(h, w, b, t, cotangent, reduction=reduction, **options))
+        _same(got[0], other[0], torch.float32)
+        for g, g0 in zip(got[1:], other[1:]):
+            assert g.dtype == torch.float32
+            _same_sums(g, g0, torch.float32)
+    assert "_ce_kernel" in launches
+
+
+def test_bfloat16_linear_loss_matches_the_other_path(launches, triton_path):
+    h, w, b, t = _inputs(torch.bfloat16, triton_path)
+    got, other = _both_paths(lambda: _run(h, w, b, t, label_smoothing=0.05))
+    assert "_ce_kernel" in launches
+    assert all(v.dtype == torch.bfloat16 for v in got)
+    _same(got[0], other[0], torch.bfloat16)
+    for g, g0 in zip(got[1:], other[1:]):
+        _same_sums(g, g0, torch.bfloat16)
+
+
+def test_linear_loss_rows_are_exact_on_confident_rows(launches, triton_path):
+    """Logits that float32 forms exactly (integers times eighths), leading
+    by 6 to 60: each token's loss within the contract of the mpmath value."""
+    rng = np.random.default_rng(4)
+    h = rng.integers(-3, 4, size=(5, H)).astype(np.float32)
+    w = (rng.integers(-8, 9, size=(V, H)) / 8).astype(np.float32)
+    h[:, 0] = [2, 6, 20, 40, 60]
+    w[:, 0] = 0
+    w[7, 0] = 1  # class 7 leads by about h[:, 0]
+    t = np.array([7, 7, 7, 3, 7])
+    loss = smt.linear_cross_entropy(
+        torch.tensor(h).to(triton_path), torch.tensor(w).to(triton_path), torch.tensor(t).to(triton_path), reduction="none"
+    )
+    assert "_ce_kernel" in launches
+    logits = h.astype(np.float64) @ w.astype(np.float64).T
+    for i, row in enumerate(logits):
+        exact, _ = ref.cross_entropy(ref.to_mp(row), ref.hard_coef(V, int(t[i]))[0])
+        assert ref.ulp_error([float(loss[i])], [exact], np.float32) <= ULP[torch.float32]
+
+
+def test_soft_cap_keeps_the_float64_cap(launches, triton_path):
+    """A soft cap is applied in float64 before the loss; those chunks take the other path, with the same results."""
+    h, w, b, t = _inputs(torch.float32, triton_path)
+    got, other = _both_paths(lambda: _run(h, w, b, t, softcap=5.0))
+    assert "_ce_kernel" not in launches
+    for v, v0 in zip(got, other):
+        torch.testing.assert_close(v, v0, rtol=0, atol=0)
+
+
+def test_compiled_linear_loss_runs_the_kernel(launches, triton_path):
+    h, w, b, t = _inputs(torch.float32, triton_path)
+
+    def step(h, w, b):
+        return smt.linear_cross_entropy(h, w, t, linear_bias=b, label_smoothing=0.1)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    leaves = [v.detach().requires_grad_(True) for v in (h, w, b)]
+    loss = compiled(*leaves)
+    grads = torch.autograd.grad(loss, leaves)
+    assert "_ce_kernel" in launches
+    kernels.on_cpu = False
+    try:
+        other = _run(h, w, b, t, 1.0, label_smoothing=0.1)
+    finally:
+        kernels.on_cpu = True
+    _same(loss, other[0], torch.float32)
+    for g, g0 in zip(grads, other[1:]):
+        _same_sums(g, g0, torch.float32)
