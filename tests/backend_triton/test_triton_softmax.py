@@ -18,9 +18,12 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
+
+import triton.language as tl  # noqa: E402
 
 import softmaxkit.torch as smt  # noqa: E402
+from softmaxkit.kernels.triton import _math  # noqa: E402
 from softmaxkit.backends.torch import execution  # noqa: E402
 from tests import reference as ref  # noqa: E402
 from tests.frontend.test_no_float64_device import FLOAT32_ULP  # noqa: E402
@@ -52,12 +55,14 @@ def _rows(width: int) -> np.ndarray:
 
 def _wide_rows() -> np.ndarray:
     """Rows of 40 (three blocks of 16): the maximum in the first, middle and
-    last block, and maxima rising by more than 64 in later blocks (the sum's
-    reference moves)."""
+    last block, and maxima rising by more than 64 T in later blocks (the
+    sum's reference moves, once past a first block that holds a large share
+    of the sum)."""
     x = _rows(40)
     x[0, 37] = x[0].max() + 3.0
     x[1, 20:] += 150.0
     x[2, 33] = x[2].max() + 30.0
+    x[8, 30] += 250.0
     return x
 
 
@@ -101,7 +106,11 @@ def _contract(x: torch.Tensor, temperatures) -> None:
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 def test_narrow_rows_meet_the_contract(triton_path, launches, dtype):
     temperatures = [1.0, 0.7, 3.3] if dtype == torch.float32 else [1.0, 0.7]
-    _contract(_tensor(_rows(24), dtype, triton_path), temperatures)
+    x = _tensor(_rows(24), dtype, triton_path)
+    _contract(x, temperatures)
+    if dtype != torch.float32:
+        # the float32 result of the same (widened) input, rounded once to nearest
+        assert torch.equal(smt.softmax(x, dim=1), smt.softmax(x.float(), dim=1).to(dtype))
     assert set(launches) == {"_softmax_kernel"}
 
 
@@ -120,6 +129,22 @@ def test_confident_rows_are_exact_where_the_naive_form_collapses(triton_path):
     assert torch.log_softmax(x, dim=1)[0, 8] == 0
     assert lp[0, 8] < 0
     assert _ulp(lp, _exact(x, "log_softmax"), torch.float32) <= FLOAT32_ULP
+
+
+@triton.jit
+def _block_sum_kernel(v_ptr, out_ptr, BLOCK: tl.constexpr, B_LOG2: tl.constexpr):
+    hi, lo = _math.block_sum(tl.load(v_ptr + tl.arange(0, BLOCK)), B_LOG2)
+    tl.store(out_ptr, hi)
+    tl.store(out_ptr + 1, lo)
+
+
+def test_block_sums_are_exact_pairs_where_a_plain_sum_loses_everything(triton_path):
+    # 2**24 absorbs each 1 on its own; the sum of the ones survives only in lo
+    v = torch.tensor([2.0**24] + [1.0] * 14 + [-(2.0**24)], device=triton_path)
+    out = torch.empty(2, device=triton_path)
+    _block_sum_kernel[(1,)](v, out, BLOCK=16, B_LOG2=4)
+    assert out.double().sum().item() == 14.0
+    assert float(v[0] + v[1]) == float(v[0])  # a running float32 sum loses each 1
 
 
 # --- gradients -----------------------------------------------------------------------
@@ -217,9 +242,12 @@ def test_edge_table(triton_path, launches, wide_rows, dtype, width):
     assert (lp[0] == -INF).all() and torch.equal(lp[1].detach().cpu(), torch.log(half))
     assert torch.isnan(lp[2]).all() and torch.isfinite(lp[3]).all()
     assert lse[0] == -INF and lse[1] == INF and torch.isnan(lse[2]) and torch.isfinite(lse[3])
-    ones = torch.ones_like(x)
+    # an infinite cotangent where the softmax is 0 (the log-probability
+    # -inf) takes no part
+    g = torch.ones_like(x)
+    g[0, 0] = g[1, 0] = INF
     for out in (p, lp):
-        (grad,) = torch.autograd.grad(out, x, ones)
+        (grad,) = torch.autograd.grad(out, x, g)
         assert (grad[0] == 0).all() and not torch.isnan(grad[1]).any() and not torch.isnan(grad[3]).any()
     (grad,) = torch.autograd.grad(lse, x, torch.ones_like(lse))
     assert (grad[0] == 0).all() and torch.equal(grad[1].detach().cpu(), half)
