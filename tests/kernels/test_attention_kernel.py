@@ -218,3 +218,18 @@ def test_format_errors_name_the_argument():
         forward(q, k, v, scale=1.0, causal="left")
     with pytest.raises(ValueError, match="dividing"):
         forward(np.ones((1, 3, 3, 4), np.float32), np.ones((1, 2, 5, 4), np.float32), np.ones((1, 2, 5, 2), np.float32), scale=1.0)
+
+
+def test_a_row_does_not_depend_on_the_batch_or_other_rows(isa):
+    """float32 through the kernel: a lone row (its causal keys given as a
+    boolean mask) has the bits it has among 150 rows and two batch entries,
+    and NaN in another batch entry's queries changes nothing elsewhere."""
+    q, k, v, _, _, _ = problem(5, hq=2, hkv=2)
+    full, lse = smk.attention(q, k, v, causal="bottom_right", return_lse=True)
+    keep = np.arange(300) <= 97 + 300 - 150
+    alone, lse1 = smk.attention(q[1:2, :, 97:98], k[1:2], v[1:2], mask=keep, return_lse=True)
+    np.testing.assert_array_equal(alone[0, :, 0], full[1, :, 97])
+    np.testing.assert_array_equal(lse1[0, :, 0], lse[1, :, 97])
+    q2 = q.copy()
+    q2[0] = np.nan
+    np.testing.assert_array_equal(smk.attention(q2, k, v, causal="bottom_right")[1:], full[1:])

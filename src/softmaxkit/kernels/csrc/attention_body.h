@@ -123,8 +123,10 @@ static void at_row_scores(const sk_attn_problem *P, const char *mrow, size_t i, 
  * registers hold (32 on AVX-512, 16 elsewhere). */
 #if VW >= 8
 #define AT_NV 4
+#define AT_R 4
 #else
 #define AT_NV 2
+#define AT_R 4
 #endif
 
 /* c[r * ldc + j] = sum_k a[r * lda + k] bt[k * ldb + j] for rows r < R and
@@ -135,7 +137,7 @@ static inline __attribute__((always_inline)) void at_dot_rows(const double *a, s
                                                               size_t ldb, size_t K, double *c, size_t ldc,
                                                               size_t ncols, const int R) {
     for (size_t j = 0; j < ncols; j += AT_NV * VW) {
-        vd acc[4][AT_NV];
+        vd acc[AT_R][AT_NV];
         for (int r = 0; r < R; r++)
             for (int u = 0; u < AT_NV; u++) acc[r][u] = splat(0.0);
         for (size_t k = 0; k < K; k++) {
@@ -154,13 +156,9 @@ static inline __attribute__((always_inline)) void at_dot_rows(const double *a, s
 static void at_dot(const double *a, size_t lda, const double *bt, size_t ldb, size_t K, double *c, size_t ldc,
                    size_t ncols, size_t rows) {
     size_t r = 0;
-    for (; r + 4 <= rows; r += 4) at_dot_rows(a + r * lda, lda, bt, ldb, K, c + r * ldc, ldc, ncols, 4);
-    switch (rows - r) {
-    case 3: at_dot_rows(a + r * lda, lda, bt, ldb, K, c + r * ldc, ldc, ncols, 3); break;
-    case 2: at_dot_rows(a + r * lda, lda, bt, ldb, K, c + r * ldc, ldc, ncols, 2); break;
-    case 1: at_dot_rows(a + r * lda, lda, bt, ldb, K, c + r * ldc, ldc, ncols, 1); break;
-    default: break;
-    }
+    for (; r + AT_R <= rows; r += AT_R) at_dot_rows(a + r * lda, lda, bt, ldb, K, c + r * ldc, ldc, ncols, AT_R);
+    for (; r + 2 <= rows; r += 2) at_dot_rows(a + r * lda, lda, bt, ldb, K, c + r * ldc, ldc, ncols, 2);
+    if (r < rows) at_dot_rows(a + r * lda, lda, bt, ldb, K, c + r * ldc, ldc, ncols, 1);
 }
 
 /* c[r * ldc + :] += sum_{j < n} w[r * ldw + j] b[j * ldb + :] for rows
@@ -170,7 +168,7 @@ static inline __attribute__((always_inline)) void at_axpy_rows(const double *w, 
                                                                size_t ncols, const int R) {
     size_t d = 0;
     for (; d + AT_NV * VW <= ncols; d += AT_NV * VW) {
-        vd acc[4][AT_NV];
+        vd acc[AT_R][AT_NV];
         for (int r = 0; r < R; r++)
             for (int u = 0; u < AT_NV; u++) acc[r][u] = ld_d(c + r * ldc + d + u * VW);
         for (size_t j = 0; j < n; j++) {
@@ -185,7 +183,7 @@ static inline __attribute__((always_inline)) void at_axpy_rows(const double *w, 
             for (int u = 0; u < AT_NV; u++) st_d(c + r * ldc + d + u * VW, acc[r][u]);
     }
     for (; d < ncols; d += VW) {
-        vd acc[4];
+        vd acc[AT_R];
         for (int r = 0; r < R; r++) acc[r] = ld_d(c + r * ldc + d);
         for (size_t j = 0; j < n; j++) {
             vd b0 = ld_d(b + j * ldb + d);
@@ -198,13 +196,9 @@ static inline __attribute__((always_inline)) void at_axpy_rows(const double *w, 
 static void at_axpy(const double *w, size_t ldw, const double *b, size_t ldb, size_t n, double *c, size_t ldc,
                     size_t ncols, size_t rows) {
     size_t r = 0;
-    for (; r + 4 <= rows; r += 4) at_axpy_rows(w + r * ldw, ldw, b, ldb, n, c + r * ldc, ldc, ncols, 4);
-    switch (rows - r) {
-    case 3: at_axpy_rows(w + r * ldw, ldw, b, ldb, n, c + r * ldc, ldc, ncols, 3); break;
-    case 2: at_axpy_rows(w + r * ldw, ldw, b, ldb, n, c + r * ldc, ldc, ncols, 2); break;
-    case 1: at_axpy_rows(w + r * ldw, ldw, b, ldb, n, c + r * ldc, ldc, ncols, 1); break;
-    default: break;
-    }
+    for (; r + AT_R <= rows; r += AT_R) at_axpy_rows(w + r * ldw, ldw, b, ldb, n, c + r * ldc, ldc, ncols, AT_R);
+    for (; r + 2 <= rows; r += 2) at_axpy_rows(w + r * ldw, ldw, b, ldb, n, c + r * ldc, ldc, ncols, 2);
+    if (r < rows) at_axpy_rows(w + r * ldw, ldw, b, ldb, n, c + r * ldc, ldc, ncols, 1);
 }
 
 /* at_axpy where b holds values that are not finite: only the terms with
