@@ -5,7 +5,9 @@ Both validate once, convert to the working dtype, call the formulas of
 goes through the query rows a chunk at a time and through the keys a block
 at a time (``numerics.attention.BLOCK``), so its peak memory is the output,
 the inputs in the working dtype and a few tens of MiB, never ``L x S``
-scores.
+scores.  NumPy float32 and bfloat16 inputs (one dtype, no ``p_dtype``) go to
+the native kernel instead, through the registry (``kernels.into
+.attention_forward_into``): the same formulas in C, on the kernels' threads.
 """
 
 from __future__ import annotations
@@ -146,7 +148,11 @@ def attention(
     block's state is merged into the running one by the formula of
     :func:`merge_attention_states`, and query rows go a chunk at a time, so
     no ``L x S`` array is formed.  The result of a row does not depend on
-    the other rows or on the batch size (bit for bit).
+    the other rows or on the batch size (bit for bit).  NumPy float32 and
+    bfloat16 inputs of one dtype (without ``p_dtype``) run in the native C
+    kernel (``softmaxkit.kernels``; the same formulas and contract, results
+    bitwise the same for every thread count); other inputs, and builds
+    without the kernels, run the formulas on ``xp`` arrays.
 
     Accuracy against the exact attention of the inputs (``u`` the output
     format's unit roundoff; float32 and narrower computed in float64 and
@@ -213,10 +219,6 @@ def attention(
     lse_dtype = out_dtype if out_dtype in (xp.float32, xp.float64) else xp.float32
     group = n_q_heads // n_kv_heads
     lead = batch + (n_kv_heads, group)
-    qg = xp.reshape(xp.astype(q, work, copy=False), lead + (n_rows, depth))
-    kg = xp.reshape(xp.astype(k, work, copy=False), batch + (n_kv_heads, 1, n_keys, depth))
-    vg = xp.reshape(xp.astype(v, work, copy=False), batch + (n_kv_heads, 1, n_keys, v_depth))
-
     attend_all, bias_all, mask_full = None, None, None
     if mask is not None:
         m = validate.same_namespace(xp, mask, "mask")
@@ -238,6 +240,10 @@ def attention(
     if native is not None and p_dtype is None and _native_eligible(q, k, v, mask_full):
         out, lse = _native_attention(native.into, q, k, v, mask_full, causal, tau, cap, sinks)
         return (out, lse) if return_lse else out
+
+    qg = xp.reshape(xp.astype(q, work, copy=False), lead + (n_rows, depth))
+    kg = xp.reshape(xp.astype(k, work, copy=False), batch + (n_kv_heads, 1, n_keys, depth))
+    vg = xp.reshape(xp.astype(v, work, copy=False), batch + (n_kv_heads, 1, n_keys, v_depth))
 
     dev = num.device(q)
     out = xp.empty(lead + (n_rows, v_depth), dtype=out_dtype, device=dev)

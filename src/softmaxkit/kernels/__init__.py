@@ -19,6 +19,11 @@ along that axis at one position of the others):
 * the softmax VJP (from probabilities) and the log_softmax VJP (from
   log-probabilities).
 
+and scaled dot-product attention (``csrc/attention*.c``): a tiled
+online-softmax forward and FlashAttention-2's backward, float32 and
+bfloat16, for :func:`softmaxkit.attention` and the torch CPU path (see
+"Attention" below).
+
 Along the last axis a row's elements are adjacent and are read in place.
 Along another axis, of shape (outer, n, inner) about it, they lie ``inner``
 apart: each thread gathers a tile of neighbouring rows (which share cache
@@ -81,6 +86,27 @@ The public functions take the memory of large results from an output cache
 (:func:`set_output_cache`), so that a loop does not make the operating system
 fault in and zero a new output on every call.
 
+Attention
+---------
+The formulas of ``numerics.attention`` for inputs narrower than float64,
+computed in float64 and rounded once to the inputs' dtype (the log-sum-exp
+to float32): scores as sums of exact products in order of the head
+dimension, the scale, the soft cap and the additive mask, the keys a row
+does not attend selected out; per block of 128 keys the block's state (its
+maximum, the sum of exponentials without the first argmax term, the
+weighted values; ``csrc/simd.h``'s float64 exp), merged into the running
+state by the formula of ``numerics.attention.combine``; the sink as one more
+state; then ``acc / (1 + s)`` and ``m + log1p(s)``.  The backward recomputes
+the weights from the saved log-sum-exp: a dq pass per block of query rows,
+then a dk/dv pass per block of keys (each key block reads every query row of
+its group of heads, in order), so no two threads write the same output and
+results are bitwise the same for every thread count.  Work items are fixed
+(64 query rows, or 64 keys, of one head), claimed by the pool's threads.
+Memory: tiles per thread (a few hundred KiB), never an ``L x S`` array;
+masks are read through their strides, so a broadcast mask is never
+expanded.  Masked keys, values and rows are never read: a product with an
+operand that is not finite is a selection.
+
 ``SOFTMAXKIT_DISABLE_NATIVE=1`` (read at import) or the :func:`disabled`
 context manager make every public function take the generic path.
 
@@ -129,6 +155,19 @@ except that ``out`` may be ``x`` itself for ``softmax_into`` and
   of bounds.
 * ``softmax_vjp_into(probs, cotangent, out, *, axis=-1, bfloat16=False)``
 * ``log_softmax_vjp_into(log_probs, cotangent, out, *, axis=-1, bfloat16=False)``
+* ``attention_forward_into(query, key, value, out, lse, *, mask=None,
+  causal=None, scale, softcap=None, sinks=None, bfloat16=False)``:
+  query (..., Hq, L, D), key (..., Hkv, S, D), value (..., Hkv, S, Dv)
+  C-contiguous float32 or bfloat16 of one dtype; ``out`` (..., Hq, L, Dv)
+  in that dtype, ``lse`` (..., Hq, L) float32; ``mask`` bool or float32/64
+  broadcastable to (..., Hq, L, S); ``causal`` None, ``"top_left"`` or
+  ``"bottom_right"``.
+* ``attention_backward_into(query, key, value, out, lse, dout, dlse, dq, dk,
+  dv, *, mask=None, causal=None, scale, softcap=None, sinks=None,
+  dsinks=None, dmask=None, bfloat16=False)``: the gradients, from the
+  forward's ``out`` and ``lse`` and the cotangents (``dlse`` float32 or
+  None); ``dsinks`` (Hq,) float64 with sinks; ``dmask`` (..., Hq, L, S)
+  float64 for a float mask's gradient.
 """
 
 from softmaxkit.frontend import registry
@@ -145,6 +184,8 @@ from softmaxkit.kernels.config import (
     set_output_cache,
 )
 from softmaxkit.kernels.into import (
+    attention_backward_into,
+    attention_forward_into,
     cross_entropy_into,
     log_softmax_into,
     log_softmax_vjp_into,
@@ -155,6 +196,8 @@ from softmaxkit.kernels.into import (
 
 __all__ = [
     "active",
+    "attention_backward_into",
+    "attention_forward_into",
     "available",
     "cross_entropy_into",
     "disabled",

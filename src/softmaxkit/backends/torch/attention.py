@@ -249,7 +249,8 @@ def scaled_dot_product_attention(
     -----
     The forward is :func:`softmaxkit.attention` on the tensors' device:
     the same results bit for bit, and its accuracy contract (float32 and
-    narrower computed in float64 and rounded once).  The backward is
+    narrower computed in float64 and rounded once); on the CPU, float32 and
+    bfloat16 run in the native kernel, forward and backward.  The backward is
     FlashAttention-2's, computed blockwise in the working precision of
     :func:`softmaxkit.torch.working_dtype` from the saved output and
     log-sum-exp (which carry the output dtype's and float32's rounding
