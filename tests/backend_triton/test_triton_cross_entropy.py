@@ -162,7 +162,8 @@ def test_probability_targets_meet_the_contract(rows_path, triton_path, dtype):
 
 def _edge_batch(device, dtype):
     """Edge rows: fully masked, two ``+inf``, a NaN, a target on a ``-inf``
-    logit, an ignored target, a masked class under smoothing, a plain row."""
+    logit, an ignored target, a masked class under smoothing, a plain row, a
+    fully masked row with its target ignored."""
     x = torch.tensor([
         [-INF, -INF, -INF, -INF, -INF],
         [1.0, INF, 0.0, INF, -2.0],
@@ -171,8 +172,9 @@ def _edge_batch(device, dtype):
         [3.0, 1.0, 0.0, 2.0, -1.0],
         [0.5, -INF, 2.0, 1.0, -1.0],
         [0.25, 1.5, -3.0, 2.0, 0.0],
+        [-INF, -INF, -INF, -INF, -INF],
     ], dtype=torch.float64).to(dtype).to(device)  # fmt: skip
-    return x, torch.tensor([2, 1, 3, 1, -100, 0, 4], device=device)
+    return x, torch.tensor([2, 1, 3, 1, -100, 0, 4, -100], device=device)
 
 
 def _both_paths(fn):
@@ -225,6 +227,7 @@ def test_edge_rows_follow_the_table(rows_path, triton_path, dtype, options):
     assert np.isnan(loss[2]) and np.isnan(grad[2]).all() and not np.isnan(grad[3:]).any()  # NaN stays in its row
     assert loss[3] == INF and np.isfinite(grad[3]).all()  # target on a -inf logit
     assert loss[4] == 0 and (grad[4] == 0).all()  # ignored
+    assert loss[7] == 0 and (grad[7] == 0).all()  # ignored, on a masked row
     assert grad[5, 1] == 0  # smoothing gives a masked class no mass
 
 
