@@ -231,9 +231,10 @@ def test_edge_rows_follow_the_table(rows_path, triton_path, dtype, options):
     assert grad[5, 1] == 0  # smoothing gives a masked class no mass
 
 
-def test_all_targets_ignored_give_zero_and_zero_gradient(rows_path, triton_path):
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_all_targets_ignored_give_zero_and_zero_gradient(rows_path, triton_path, reduction):
     x = torch.randn(3, 7, device=triton_path, requires_grad=True)
-    loss = smt.cross_entropy(x, torch.full((3,), -100, device=triton_path), label_smoothing=0.1)
+    loss = smt.cross_entropy(x, torch.full((3,), -100, device=triton_path), label_smoothing=0.1, reduction=reduction)
     (grad,) = torch.autograd.grad(loss, x)
     assert float(loss.detach()) == 0 and not grad.any()
 
