@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from softmaxkit.backends.jax import native
 from softmaxkit.backends.jax.functions import _as_float, _work
 from softmaxkit.frontend import attention as _front
 from softmaxkit.frontend import validate
@@ -51,6 +52,23 @@ class _Static(NamedTuple):
     causal: str | None
     scale: float
     softcap: float | None
+    native: bool
+
+
+# The dtypes the native kernel takes, and its codes for the causal masks.
+_NATIVE_DTYPES = (jnp.float32, jnp.bfloat16)
+_NATIVE_CAUSAL = {None: 0, "top_left": 1, "bottom_right": 2}
+
+
+def _native_operands(q: Any, mask: Any, sinks: Any) -> tuple[Any, Any]:
+    """The mask at query's rank (a float mask in float32 unless float64) and the sinks (float32 unless float64)."""
+    if mask is not None:
+        mask = jnp.reshape(mask, (1,) * (q.ndim - mask.ndim) + tuple(mask.shape))
+        if mask.dtype not in (jnp.bool_, jnp.float32, jnp.float64):
+            mask = mask.astype(jnp.float32)
+    if sinks is not None and sinks.dtype not in (jnp.float32, jnp.float64):
+        sinks = sinks.astype(jnp.float32)
+    return mask, sinks
 
 
 def _split(n: int, most: int) -> tuple[int, int]:
@@ -189,8 +207,12 @@ def _attention(q, k, v, mask, sinks, o: _Static):
 
     The forward of :func:`softmaxkit.attention` with its loops as
     ``lax.scan``: each step is ``numerics.attention.absorb_block``, the
-    sink ``absorb_sink``, the result ``finish``.
+    sink ``absorb_sink``, the result ``finish``.  With ``o.native`` (float32
+    or bfloat16 inputs of one dtype, on the CPU) the native kernel instead.
     """
+    if o.native:
+        m, sk = _native_operands(q, mask, sinks)
+        return native.attention_forward(q, k, v, m, sk, _NATIVE_CAUSAL[o.causal], o.scale, o.softcap)
     out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
     work, widened = _work(out_dtype)
     lse_dtype = out_dtype if out_dtype in (jnp.float32, jnp.float64) else jnp.float32
@@ -239,6 +261,15 @@ def _attention_bwd(o: _Static, residuals, cotangents):
     one call without keys."""
     q, k, v, mask, sinks, out, lse = residuals
     grad_out, grad_lse = cotangents
+    if o.native:
+        m, sk = _native_operands(q, mask, sinks)
+        want_bias = mask is not None and mask.dtype != jnp.bool_
+        dq, dk, dv, dsinks, dbias = native.attention_backward(
+            q, k, v, m, sk, out, lse, grad_out.astype(q.dtype), grad_lse.astype(jnp.float32), _NATIVE_CAUSAL[o.causal],
+            o.scale, o.softcap, want_bias,
+        )
+        dmask = _sum_to(dbias, tuple(mask.shape)).astype(mask.dtype) if want_bias else None
+        return dq, dk, dv, dmask, (None if sinks is None else dsinks.astype(sinks.dtype))
     work, widened = _work(jnp.result_type(q.dtype, k.dtype, v.dtype))
     t = _Tiles(q.shape, k.shape, v.shape)
     attend, bias = _split_mask(mask, work)
@@ -473,7 +504,12 @@ def dot_product_attention(
         sinks = _as_float(sinks, "sinks")
         if tuple(sinks.shape) != (q.shape[-2],):
             raise ValueError(f"sinks must have shape ({q.shape[-2]},), one logit per query head; got {tuple(sinks.shape)}")
-    out, lse = _attention_jit(_heads_last(q), _heads_last(k), _heads_last(v), combined, sinks, _Static("top_left" if is_causal else None, tau, cap))
+    dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
+    use_native = dtype in _NATIVE_DTYPES and native.active()
+    if use_native:
+        q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
+    static = _Static("top_left" if is_causal else None, tau, cap, use_native)
+    out, lse = _attention_jit(_heads_last(q), _heads_last(k), _heads_last(v), combined, sinks, static)
     out = _heads_last(out)
     return (out, lse) if return_lse else out
 

@@ -42,7 +42,7 @@ from softmaxkit.frontend import registry
 _HERE = Path(__file__).resolve().parent
 _SOURCE = _HERE / "ffi.cc"
 _API = _HERE.parent.parent / "kernels" / "csrc" / "api.h"
-_TARGETS = ("softmax", "logsumexp", "cross_entropy")
+_TARGETS = ("softmax", "logsumexp", "cross_entropy", "attention_forward", "attention_backward")
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
@@ -194,3 +194,52 @@ def cross_entropy(x, labels, weight, divisor, ignore_index, eps, z, loss_dtype, 
         x, labels, w, divisor, ignore_index=np.int64(ignore_index), eps=np.float64(eps), z=np.float64(z)
     )
     return loss, (grad if want_grad else None)
+
+
+def _attention_operands(mask: Any, sinks: Any) -> tuple[Any, Any]:
+    """The mask (bool, float32 or float64, of query's rank) and the sinks, or empty stand-ins."""
+    return (np.zeros((0,), np.float32) if mask is None else mask), (np.zeros((0,), np.float32) if sinks is None else sinks)
+
+
+def attention_forward(q, k, v, mask, sinks, causal: int, scale: float, softcap: float | None) -> tuple[Any, Any]:
+    """``(out, lse)`` of ``q`` (..., Hq, L, D), ``k`` (..., Hkv, S, D), ``v``
+    (..., Hkv, S, Dv), float32 or bfloat16 of one dtype: ``out`` in it, ``lse``
+    float32.
+
+    ``mask``: None, or bool (True attends) / float32 / float64 (added) of
+    ``q``'s rank, each dimension 1 or that of the scores (..., Hq, L, S);
+    ``sinks``: None or (Hq,) float32/float64; ``causal`` 0 none, 1 top left,
+    2 bottom right; ``softcap`` None or > 0.
+    """
+    m, s = _attention_operands(mask, sinks)
+    results = (_shape(q.shape[:-1] + (v.shape[-1],), q.dtype), _shape(q.shape[:-1], np.float32))
+    call = jax.ffi.ffi_call(_registered("attention_forward"), results, vmap_method="broadcast_all")
+    return call(
+        q, k, v, m, s, causal=np.int64(causal), scale=np.float64(scale), softcap=np.float64(softcap or 0.0),
+        has_mask=np.int64(mask is not None),
+    )
+
+
+def attention_backward(q, k, v, mask, sinks, out, lse, dout, dlse, causal: int, scale: float, softcap: float | None, want_bias: bool):
+    """``(dq, dk, dv, dsinks, dbias)`` of :func:`attention_forward` from its
+    ``out`` and ``lse`` and their cotangents ``dout`` and ``dlse`` (float32).
+
+    ``dsinks`` (Hq,) in the sinks' dtype (None without sinks): the sum over
+    the batch and the rows.  ``dbias`` (..., Hq, L, S) in the float mask's
+    dtype with ``want_bias``, else None.
+    """
+    m, s = _attention_operands(mask, sinks)
+    scores = q.shape[:-1] + (k.shape[-2],)
+    results = (
+        _shape(q),
+        _shape(k),
+        _shape(v),
+        _shape(s),
+        _shape(scores if want_bias else (0,), m.dtype if want_bias else np.float32),
+    )
+    call = jax.ffi.ffi_call(_registered("attention_backward"), results, vmap_method="broadcast_all")
+    dq, dk, dv, dsinks, dbias = call(
+        q, k, v, m, s, out, lse, dout, dlse, causal=np.int64(causal), scale=np.float64(scale),
+        softcap=np.float64(softcap or 0.0), has_mask=np.int64(mask is not None), want_bias=np.int64(want_bias),
+    )
+    return dq, dk, dv, (None if sinks is None else dsinks), (dbias if want_bias else None)
