@@ -130,13 +130,14 @@ static void at_row_scores(const sk_attn_problem *P, const char *mrow, size_t i, 
 #endif
 
 /* c[r * ldc + j] = sum_k a[r * lda + k] bt[k * ldb + j] for rows r < R and
- * columns j < ncols (whole blocks of AT_NV vectors), summed in order of k.
- * With products exact in float64 this is the same for any row grouping and
+ * columns j < ncols (whole vectors), summed in order of k.  With products
+ * exact in float64 this is the same for any row or column grouping and
  * instruction set. */
 static inline __attribute__((always_inline)) void at_dot_rows(const double *a, size_t lda, const double *bt,
                                                               size_t ldb, size_t K, double *c, size_t ldc,
                                                               size_t ncols, const int R) {
-    for (size_t j = 0; j < ncols; j += AT_NV * VW) {
+    size_t j = 0;
+    for (; j + AT_NV * VW <= ncols; j += AT_NV * VW) {
         vd acc[AT_R][AT_NV];
         for (int r = 0; r < R; r++)
             for (int u = 0; u < AT_NV; u++) acc[r][u] = splat(0.0);
@@ -150,6 +151,15 @@ static inline __attribute__((always_inline)) void at_dot_rows(const double *a, s
         }
         for (int r = 0; r < R; r++)
             for (int u = 0; u < AT_NV; u++) st_d(c + r * ldc + j + u * VW, acc[r][u]);
+    }
+    for (; j < ncols; j += VW) {
+        vd acc[AT_R];
+        for (int r = 0; r < R; r++) acc[r] = splat(0.0);
+        for (size_t k = 0; k < K; k++) {
+            vd b0 = ld_d(bt + k * ldb + j);
+            for (int r = 0; r < R; r++) acc[r] = SK_FMA(splat(a[r * lda + k]), b0, acc[r]);
+        }
+        for (int r = 0; r < R; r++) st_d(c + r * ldc + j, acc[r]);
     }
 }
 
@@ -240,11 +250,11 @@ static int at_rows_in(int dt, const void *src, size_t off, size_t ld, size_t row
     return hcount(bad) == 0;
 }
 
-/* The same, transposed: dst[c * ldd + r], zero for r in [rows, ldd).  Read
+/* The same, transposed: dst[c * ldd + r], zero for r in [rows, pad).  Read
  * column by column: the source rows stay in the first-level cache, and the
  * stores are contiguous. */
 static void at_rows_in_t(int dt, const void *src, size_t off, size_t ld, size_t rows, size_t cols, double *dst,
-                         size_t ldd) {
+                         size_t ldd, size_t pad) {
     for (size_t c = 0; c < cols; c++) {
         double *col = dst + c * ldd;
         if (dt == DT_BF16) {
@@ -254,7 +264,7 @@ static void at_rows_in_t(int dt, const void *src, size_t off, size_t ld, size_t 
             const float *in = (const float *)src + off + c;
             for (size_t r = 0; r < rows; r++) col[r] = (double)in[r * ld];
         }
-        for (size_t r = rows; r < ldd; r++) col[r] = 0.0;
+        for (size_t r = rows; r < pad; r++) col[r] = 0.0;
     }
 }
 
@@ -346,7 +356,7 @@ static void at_forward_item(sk_attn_run *R, at_fwd_scratch *W, size_t item) {
     size_t jend = at_key_end(P, l0 + nr - 1);
     for (size_t j0 = 0; j0 < jend; j0 += AT_BK) {
         size_t nb = S - j0 < AT_BK ? S - j0 : AT_BK;
-        at_rows_in_t(P->dtype, P->k, koff + j0 * D, D, nb, D, W->kt, AT_BK);
+        at_rows_in_t(P->dtype, P->k, koff + j0 * D, D, nb, D, W->kt, AT_BK, AT_BK);
         int vfin = at_rows_in(P->dtype, P->v, voff + j0 * Dv, Dv, nb, Dv, W->vb, Dvp);
         at_dot(W->qd, D, W->kt, AT_BK, D, W->x, AT_BK, AT_BK, nr);
         for (size_t i = 0; i < nr; i++) {
@@ -511,8 +521,8 @@ static void at_backward_q_item(sk_attn_run *R, at_bwdq_scratch *W, size_t item) 
     size_t jend = at_key_end(P, l0 + nr - 1);
     for (size_t j0 = 0; j0 < jend; j0 += AT_BK) {
         size_t nb = S - j0 < AT_BK ? S - j0 : AT_BK;
-        at_rows_in_t(P->dtype, P->k, koff + j0 * D, D, nb, D, W->kt, AT_BK);
-        at_rows_in_t(P->dtype, P->v, voff + j0 * Dv, Dv, nb, Dv, W->vt, AT_BK);
+        at_rows_in_t(P->dtype, P->k, koff + j0 * D, D, nb, D, W->kt, AT_BK, AT_BK);
+        at_rows_in_t(P->dtype, P->v, voff + j0 * Dv, Dv, nb, Dv, W->vt, AT_BK, AT_BK);
         int kfin = at_rows_in(P->dtype, P->k, koff + j0 * D, D, nb, D, W->kb, Dp);
         at_dot(W->qd, D, W->kt, AT_BK, D, W->x, AT_BK, AT_BK, nr);
         at_dot(W->dod, Dv, W->vt, AT_BK, Dv, W->dp, AT_BK, AT_BK, nr);
@@ -591,28 +601,28 @@ static void at_backward_kv_item(sk_attn_run *R, at_bwdkv_scratch *W, size_t item
         size_t h = hk * R->group + hh;
         const char *mbase = P->mask_kind ? P->mask + at_batch_offset(P, b) + (int64_t)h * P->stride_h : NULL;
         for (size_t i0 = 0; i0 < L; i0 += AT_BQ) {
-            size_t nq = L - i0 < AT_BQ ? L - i0 : AT_BQ;
+            size_t nq = L - i0 < AT_BQ ? L - i0 : AT_BQ, nqp = at_pad(nq);
             if (P->causal && (int64_t)(i0 + nq - 1) + off < (int64_t)j0) continue;
             size_t qrow = (b * P->hq + h) * L + i0;
-            at_rows_in_t(P->dtype, P->q, qrow * D, D, nq, D, W->qt, AT_BQ);
-            at_rows_in_t(P->dtype, R->dout, qrow * Dv, Dv, nq, Dv, W->dot, AT_BQ);
+            at_rows_in_t(P->dtype, P->q, qrow * D, D, nq, D, W->qt, AT_BQ, nqp);
+            at_rows_in_t(P->dtype, R->dout, qrow * Dv, Dv, nq, Dv, W->dot, AT_BQ, nqp);
             int qfin = at_rows_in(P->dtype, P->q, qrow * D, D, nq, D, W->qb, Dp);
             int dofin = at_rows_in(P->dtype, R->dout, qrow * Dv, Dv, nq, Dv, W->dob, Dvp);
-            for (size_t ii = 0; ii < AT_BQ; ii++) {
+            for (size_t ii = 0; ii < nqp; ii++) {
                 W->lse[ii] = ii < nq ? (double)R->lse[qrow + ii] : -INF;
                 W->g[ii] = ii < nq ? R->g[qrow + ii] : 0.0;
             }
-            at_dot(W->kd, D, W->qt, AT_BQ, D, W->x, AT_BQ, AT_BQ, nk);
-            at_dot(W->vdd, Dv, W->dot, AT_BQ, Dv, W->dp, AT_BQ, AT_BQ, nk);
+            at_dot(W->kd, D, W->qt, AT_BQ, D, W->x, AT_BQ, nqp, nk);
+            at_dot(W->vdd, Dv, W->dot, AT_BQ, Dv, W->dp, AT_BQ, nqp, nk);
             for (size_t jj = 0; jj < nk; jj++) {
                 double *x = W->x + jj * AT_BQ, *tc = W->tc + jj * AT_BQ;
-                for (size_t ii = 0; ii < AT_BQ; ii++) {
+                for (size_t ii = 0; ii < nqp; ii++) {
                     const char *mrow = mbase ? mbase + (int64_t)(i0 + ii) * P->stride_l : NULL;
                     x[ii] = ii < nq ? at_score(P, mrow, i0 + ii, j0 + jj, x[ii], tc + ii) : -INF;
                 }
                 /* per query lse and g: the vector helper takes one row's; go lane by lane */
                 vd zero = splat(0.0), ninf = splat(-INF), one = splat(1.0);
-                for (size_t ii = 0; ii < AT_BQ; ii += VW) {
+                for (size_t ii = 0; ii < nqp; ii += VW) {
                     vd xv = ld_d(x + ii), lv = ld_d(W->lse + ii), gv = ld_d(W->g + ii);
                     vl read = NE(xv, ninf) & NE(lv, ninf) & NE(lv, splat(INF));
                     vd pv = sel(read, vexp(sel(read, xv, lv) - lv, zero, 1, 1), zero);
