@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-import softmaxkit.kernels.triton as kernels  # noqa: E402
-import softmaxkit.torch as smt  # noqa: E402
-from tests import reference as ref  # noqa: E402
-from tests.frontend.test_contract import logit_rows  # noqa: E402
-from tests.frontend.test_no_float64_device import FLOAT32_ULP  # noqa: E402
+import softmaxkit.kernels.triton as kernels
+import softmaxkit.torch as smt
+from tests import reference as ref
+from tests.frontend.test_contract import logit_rows
+from tests.frontend.test_no_float64_device import FLOAT32_ULP
 
 INF = float("inf")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -15,10 +15,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-import softmaxkit.kernels.triton as kernels  # noqa: E402
-import softmaxkit.torch as smt  # noqa: E402
-from tests import reference as ref  # noqa: E402
-from tests.backend_triton.test_triton_cross_entropy import ULP, _same  # noqa: E402
+import softmaxkit.kernels.triton as kernels
+import softmaxkit.torch as smt
+from tests import reference as ref
+from tests.backend_triton.test_triton_cross_entropy import ULP, _same
 
 V, H = 50, 8
 
@@ -74,7 +74,7 @@ def test_linear_loss_matches_the_other_path(request, launches, triton_path, bloc
         options["weight"] = torch.rand(V, generator=torch.Generator().manual_seed(2)).to(triton_path) + 0.5
     # a cotangent of 2 (the forward pass's gradients scaled) and of 3 (recomputed)
     for cotangent in (2.0, 3.0):
-        got, other = _both_paths(lambda: _run(h, w, b, t, cotangent, reduction=reduction, **options))
+        got, other = _both_paths(lambda c=cotangent: _run(h, w, b, t, c, reduction=reduction, **options))
         _same(got[0], other[0], torch.float32)
         for g, g0 in zip(got[1:], other[1:]):
             assert g.dtype == torch.float32

@@ -47,7 +47,12 @@ import triton.language as tl
 from softmaxkit.kernels.triton import _math as m
 from softmaxkit.kernels.triton import launch
 from softmaxkit.kernels.triton.launch import helper
-from softmaxkit.kernels.triton.softmax import _RESCALE_AT, _absorb, _finish, _finite_part
+from softmaxkit.kernels.triton.softmax import (
+    _RESCALE_AT,
+    _absorb,
+    _finish,
+    _finite_part,
+)
 
 
 @helper
@@ -62,7 +67,8 @@ def _narrow(v, dtype: tl.constexpr):
     mistakes subnormal results, which a GPU's ``cvt.rn`` does not."""
     if dtype == tl.bfloat16:
         bits = v.to(tl.int32, bitcast=True)
-        bits = tl.where(v != v, 0x7FC00000, bits + (0x7FFF + ((bits >> 16) & 1)))
+        # v != v: NaN (triton.language has no isnan that runs in the interpreter)
+        bits = tl.where(v != v, 0x7FC00000, bits + (0x7FFF + ((bits >> 16) & 1)))  # noqa: PLR0124
         return (bits >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
     return v.to(dtype)
 
@@ -394,11 +400,11 @@ def cross_entropy_rows(
     """
     hard = not target.is_floating_point()
     if hard:
-        order, axis, (c,), geometry = launch.prepare(cdim, x)
+        order, _, (c,), geometry = launch.prepare(cdim, x)
         t = target.reshape(-1).contiguous()
         tc = None
     else:
-        order, axis, (c, tc), geometry = launch.prepare(cdim, x, target)
+        order, _, (c, tc), geometry = launch.prepare(cdim, x, target)
         t = tc
     n_rows = geometry.n_rows
     loss = torch.empty(n_rows, dtype=torch.float32, device=x.device)
