@@ -126,7 +126,7 @@ def test_nan_in_masked_keys_values_and_rows_never_leaks(isa, kind):
 
 
 def test_nan_in_an_attended_value_makes_only_its_column_of_its_rows_nan(isa):
-    q, k, v, do, dlse, _ = problem(3, L=10, S=300, D=8, Dv=4)
+    q, k, v, _, _, _ = problem(3, L=10, S=300, D=8, Dv=4)
     v[0, 0, 200, 1] = np.nan  # key head 0 serves query heads 0 and 1
     out, lse = forward(q, k, v, scale=0.5)
     assert np.all(np.isfinite(lse))
@@ -188,7 +188,7 @@ _MEMORY = textwrap.dedent(
 def test_no_scores_sized_allocation():
     """At L = S = 4096 one float32 score array would be 64 MiB: the kernel
     grows the peak memory by a few tiles per thread only."""
-    done = subprocess.run([sys.executable, "-c", _MEMORY], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", _MEMORY], check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) < 16 * 1024, f"peak memory grew by {int(done.stdout)} KiB"
 
