@@ -1,6 +1,12 @@
 """softmaxkit.jax.dot_product_attention and merge_attention_states: parity with
 jax.nn.dot_product_attention, edge rows, float64 finite differences, jit, vmap,
-bfloat16, and the merge of a key split."""
+bfloat16, the merge of a key split, the size of the traced program, and the
+native kernel (float32 and bfloat16 on the CPU) against the float64 numerics.
+
+Tests marked with the ``jax_path`` fixture run on both paths: the native
+kernel through XLA FFI and the ``jax.numpy`` formulas."""
+
+import functools
 
 import numpy as np
 import pytest
@@ -10,8 +16,25 @@ import jax.numpy as jnp
 
 import softmaxkit as smk
 import softmaxkit.jax as smj
+from softmaxkit import kernels
+from softmaxkit.backends.jax import native
+from softmaxkit.numerics import attention as att
 
 U32 = float(np.finfo(np.float32).eps) / 2
+NATIVE = native.active()
+
+
+@pytest.fixture(params=["native", "formulas"])
+def jax_path(request):
+    """Functions traced inside the test take this path (the choice is made
+    when ``dot_product_attention`` is called, outside its compiled core)."""
+    if request.param == "native":
+        if not NATIVE:
+            pytest.skip(smj.kernel_path())
+        yield "native"
+    else:
+        with kernels.disabled():
+            yield "formulas"
 
 
 def _qkv(B=2, T=5, S=7, N=4, K=2, H=8, seed=0, dtype=np.float32):
@@ -37,11 +60,9 @@ def _run(attention, q, k, v, bias, *, batched=True, **kw):
     return out, grads
 
 
-@pytest.mark.parametrize("case", ["vmapped_unbatched", "gqa_mask_bias_causal"])
-def test_values_and_gradients_equal_jax_nn(case):
-    """No mask (through vmap of the unbatched (T, N, H) form), and GQA with a
-    boolean mask, a broadcast bias and is_causal together over several query
-    chunks and key blocks."""
+@functools.cache
+def _parity_case(case):
+    """The inputs, options and jax.nn's results of a parity case (computed once for both paths)."""
     rng = np.random.default_rng(2)
     if case == "vmapped_unbatched":
         q, k, v = _qkv(N=4, K=4, seed=1)
@@ -56,8 +77,16 @@ def test_values_and_gradients_equal_jax_nn(case):
         keep = rng.random((2, 1, 21, 300)) > 0.3
         keep[..., 0] = True  # every row attends somewhere: jax.nn's empty rows differ by design
         kw = {"mask": jnp.asarray(keep), "is_causal": True}
+    return q, k, v, bias, kw, _run(jax.nn.dot_product_attention, q, k, v, bias, **kw)
+
+
+@pytest.mark.parametrize("case", ["vmapped_unbatched", "gqa_mask_bias_causal"])
+def test_values_and_gradients_equal_jax_nn(case, jax_path):
+    """No mask (through vmap of the unbatched (T, N, H) form), and GQA with a
+    boolean mask, a broadcast bias and is_causal together over several query
+    chunks and key blocks."""
+    q, k, v, bias, kw, (want, g_want) = _parity_case(case)
     got, g_got = _run(smj.dot_product_attention, q, k, v, bias, **kw)
-    want, g_want = _run(jax.nn.dot_product_attention, q, k, v, bias, **kw)
     assert got.dtype == jnp.float32 and got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     for a, b in zip(g_got, g_want):
@@ -71,7 +100,7 @@ def test_values_and_gradients_equal_jax_nn(case):
         np.testing.assert_allclose(np.swapaxes(np.asarray(got, np.float64), 1, 2), ref, rtol=0, atol=bound)
 
 
-def test_empty_rows_give_zero_output_and_zero_finite_gradients():
+def test_empty_rows_give_zero_output_and_zero_finite_gradients(jax_path):
     q, k, v = _qkv(B=2, N=2, K=2, seed=4)
     keep = np.ones((2, 2, 5, 7), bool)
     keep[0, 1, 3] = False  # one fully masked row
@@ -122,7 +151,7 @@ def test_float64_finite_differences_with_every_extra():
             np.testing.assert_allclose(float(jnp.sum(g * d)), float(fd), rtol=1e-7, atol=1e-8, err_msg=f"argument {i}")
 
 
-def test_bfloat16_in_bfloat16_out():
+def test_bfloat16_in_bfloat16_out(jax_path):
     q, k, v = (a.astype(jnp.bfloat16) for a in _qkv(seed=7))
 
     @jax.jit
@@ -206,4 +235,52 @@ def test_traced_program_does_not_grow_with_the_lengths(grad):
             f = jax.grad(f, argnums=(0, 1, 2, 3))
         return _equations(jax.make_jaxpr(f)(q, k, k, bias).jaxpr)
 
-    assert size(256, 256) == size(2048, 2048)
+    with kernels.disabled():  # the formulas' program (the native one is a single call)
+        assert size(256, 256) == size(2048, 2048)
+
+
+@pytest.mark.skipif(not NATIVE, reason=f"the native JAX path is not in use: {smj.kernel_path()}")
+def test_native_kernel_under_vmap_with_every_extra_equals_the_float64_numerics():
+    """GQA, a broadcast bias, a boolean mask, is_causal, a soft cap and sinks
+    (a different set per element of the vmapped axis), 200 keys: the output,
+    the log-sum-exp and every gradient against ``numerics.attention`` in
+    float64 on NumPy (the float32 inputs' exact values), per vmapped element."""
+    rng = np.random.default_rng(11)
+    V, B, T, S, N, K, H = 2, 2, 6, 200, 4, 2, 8
+    q = rng.normal(size=(V, B, T, N, H)).astype(np.float32)
+    k = rng.normal(size=(V, B, S, K, H)).astype(np.float32)
+    v = rng.normal(size=(V, B, S, K, H)).astype(np.float32)
+    bias = rng.normal(size=(V, 1, N, T, S)).astype(np.float32)
+    sinks = rng.normal(size=(V, N)).astype(np.float32)
+    keep = rng.random((B, 1, T, S)) > 0.2
+    keep[0, 0, 2] = False  # an empty row (its sink still counts)
+    w_out = rng.normal(size=(B, T, N, H)).astype(np.float32)
+    w_lse = rng.normal(size=(B, N, T)).astype(np.float32)
+
+    def loss(q, k, v, bias, sinks):
+        out, lse = smj.dot_product_attention(
+            q, k, v, bias, jnp.asarray(keep), is_causal=True, softcap=4.0, sinks=sinks, return_lse=True
+        )
+        return jnp.sum(out * w_out) + jnp.sum(lse * w_lse), (out, lse)
+
+    grad = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True)))
+    grads, (out, lse) = grad(*(jnp.asarray(a) for a in (q, k, v, bias, sinks)))
+    assert out.dtype == jnp.float32 and lse.dtype == jnp.float32
+    for i in range(V):
+        heads = [np.swapaxes(a[i].astype(np.float64), 1, 2) for a in (q, k, v)]  # (B, N, T, H)
+        options = {"causal": "top_left", "scale": 1 / np.sqrt(H), "softcap": 4.0, "sinks": sinks[i].astype(np.float64)}
+        additive = np.where(keep, bias[i].astype(np.float64), -np.inf)
+        o, l = smk.attention(*heads, mask=additive, return_lse=True, **options)
+        np.testing.assert_allclose(np.swapaxes(out[i], 1, 2), o, rtol=0, atol=4 * U32 * np.abs(o).max())
+        np.testing.assert_allclose(lse[i], l, rtol=4 * U32)
+        with np.errstate(all="ignore"):  # the numerics select past inf - inf, as the front end does
+            want = att.attention_vjp(
+                np, *heads, o, l, np.swapaxes(w_out, 1, 2).astype(np.float64), w_lse.astype(np.float64), attend=None,
+                bias=additive, widened=False, want_bias=True, **options,
+            )
+        dq, dk, dv, dsinks, dbias = want
+        dbias = np.where(keep, dbias, 0.0).sum(axis=0, keepdims=True)
+        for name, g, r in zip("q k v bias sinks".split(), [a[i] for a in grads], [dq, dk, dv, dbias, dsinks]):
+            g = np.asarray(g, np.float64)
+            g = np.swapaxes(g, 1, 2) if name in "qkv" else g
+            np.testing.assert_allclose(g, r, rtol=0, atol=1e-6 * np.abs(r).max(), err_msg=name)
