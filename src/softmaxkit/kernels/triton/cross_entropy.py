@@ -57,20 +57,7 @@ from softmaxkit.kernels.triton.softmax import (
 
 @helper
 def _load(ptr, base, idx, n, inner, other):
-    return tl.load(ptr + base + idx.to(tl.int64) * inner, mask=idx < n, other=other).to(tl.float32)
-
-
-@helper
-def _narrow(v, dtype: tl.constexpr):
-    """``v`` rounded to the output ``dtype``; to bfloat16 by the bits, to
-    nearest even: Triton's interpreter truncates that conversion and
-    mistakes subnormal results, which a GPU's ``cvt.rn`` does not."""
-    if dtype == tl.bfloat16:
-        bits = v.to(tl.int32, bitcast=True)
-        # v != v: NaN (triton.language has no isnan that runs in the interpreter)
-        bits = tl.where(v != v, 0x7FC00000, bits + (0x7FFF + ((bits >> 16) & 1)))  # noqa: PLR0124
-        return (bits >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
-    return v.to(dtype)
+    return m.load(ptr + base, idx.to(tl.int64) * inner, idx < n, other)
 
 
 @helper
@@ -285,9 +272,9 @@ def _ce_kernel(
                                         eps, PROBS, SMOOTH)
             l_hi, l_lo = m.block_sum(terms, B_LOG2)
             if GRAD:
-                tl.store(G + base + lanes.to(tl.int64) * inner, _narrow(g, G.dtype.element_ty), mask=live0)
+                m.store(G + base, lanes.to(tl.int64) * inner, g, live0)
             if GRAD_T:
-                tl.store(DQ + base + lanes.to(tl.int64) * inner, _narrow(dq, DQ.dtype.element_ty), mask=live0)
+                m.store(DQ + base, lanes.to(tl.int64) * inner, dq, live0)
         else:
             for start in range(0, n, BLOCK):
                 idx = start + lanes
@@ -306,9 +293,9 @@ def _ce_kernel(
                 b_hi, b_lo = m.block_sum(terms, B_LOG2)
                 l_hi, l_lo = m.add_pair(l_hi, l_lo, b_hi, b_lo)
                 if GRAD:
-                    tl.store(G + base + idx.to(tl.int64) * inner, _narrow(g, G.dtype.element_ty), mask=live)
+                    m.store(G + base, idx.to(tl.int64) * inner, g, live)
                 if GRAD_T:
-                    tl.store(DQ + base + idx.to(tl.int64) * inner, _narrow(dq, DQ.dtype.element_ty), mask=live)
+                    m.store(DQ + base, idx.to(tl.int64) * inner, dq, live)
         if GENERAL:
             loss = l_hi + l_lo
     if HAS_Z:
