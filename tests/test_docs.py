@@ -34,7 +34,7 @@ FENCE = re.compile(r"^```(\w*)\n(.*?)^```", flags=re.S | re.M)
 MATCH = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 # Libraries a page may need that softmaxkit does not depend on; softmaxkit.torch
 # and softmaxkit.jax need the library they are named after.
-OPTIONAL = ("torch", "jax", "matplotlib", "transformers")
+OPTIONAL = ("torch", "jax", "matplotlib", "transformers", "triton")
 IMPORT = re.compile(r"^(?:>>> )?(?:from\s+([\w.]+)\s+import\b|import\s+(.+))")
 
 

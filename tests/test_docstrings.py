@@ -16,7 +16,7 @@ import pytest
 
 import softmaxkit
 
-OPTIONAL = ("torch", "jax", "matplotlib", "transformers")
+OPTIONAL = ("torch", "jax", "matplotlib", "transformers", "triton")
 MATCH = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 PACKAGE = Path(softmaxkit.__file__).parent
 
