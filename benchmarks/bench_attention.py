@@ -40,7 +40,7 @@ one L×S float32 array.
 
 Usage::
 
-    PYTHONPATH=src python benchmarks/bench_attention.py [--rounds 5] [--budget 3] [-k SUBSTRING] [--quick] [--out DIR]
+    PYTHONPATH=src python benchmarks/bench_attention.py [--rounds 5] [--budget 10] [-k SUBSTRING] [--quick] [--out DIR]
 
 writes benchmarks/results/attention.md and attention.csv.
 """
@@ -119,7 +119,7 @@ SAMPLE_ROWS = {"train": 8, "decode": 2}
 QUICK_SAMPLE_ROWS = 2
 MEMORY_HEADS = 2
 MEMORY_D = 64
-MEMORY_SIZES = {"forward": (1024, 2048, 4096), "forward+backward": (512, 1024)}
+MEMORY_SIZES = {"forward": (1024, 2048, 4096), "forward+backward": (1024, 2048, 4096)}
 QUICK_MEMORY_SIZES = {"forward": (128,), "forward+backward": ()}
 
 
