@@ -280,7 +280,7 @@ def test_native_kernel_under_vmap_with_every_extra_equals_the_float64_numerics()
             )
         dq, dk, dv, dsinks, dbias = want
         dbias = np.where(keep, dbias, 0.0).sum(axis=0, keepdims=True)
-        for name, g, r in zip("q k v bias sinks".split(), [a[i] for a in grads], [dq, dk, dv, dbias, dsinks]):
+        for name, g, r in zip(["q", "k", "v", "bias", "sinks"], [a[i] for a in grads], [dq, dk, dv, dbias, dsinks]):
             g = np.asarray(g, np.float64)
-            g = np.swapaxes(g, 1, 2) if name in "qkv" else g
+            g = np.swapaxes(g, 1, 2) if name in ("q", "k", "v") else g
             np.testing.assert_allclose(g, r, rtol=0, atol=1e-6 * np.abs(r).max(), err_msg=name)

@@ -1,13 +1,24 @@
 """dot_product_attention and merge_attention_states for JAX arrays, each a ``jax.custom_vjp``.
 
-The forward passes are the NumPy / array-API functions of
-``frontend/attention.py`` run with ``xp = jax.numpy``; the backward passes
-are the VJPs of ``numerics/attention.py`` (FlashAttention-2's backward, the
-weights recomputed from the saved log-sum-exp) in the working precision of
-``numerics.working_dtype``.  Nothing here restates a formula; this module
-maps ``jax.nn.dot_product_attention``'s layout (B, T, N, H) onto the
-numerics' (..., N, T, H) and its masks onto one boolean or additive mask.
-Works under ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
+Attention takes one of two paths, chosen when it is called:
+
+- On the CPU, float32 and bfloat16 inputs run the native kernel
+  (``kernels/csrc/attention.c``) through the XLA FFI handlers of
+  ``native.py``, forward and backward.
+- Otherwise the formulas of ``numerics/attention.py`` run on ``jax.numpy``
+  in the working precision of ``numerics.working_dtype``: the forward's
+  loops over query chunks and key blocks are ``lax.scan`` whose step is
+  ``absorb_block`` (then ``absorb_sink`` and ``finish``), the backward's
+  step is ``attention_vjp_rows`` on one chunk and one block (FlashAttention-2's
+  backward, the weights recomputed from the saved log-sum-exp).  The traced
+  program therefore has one copy of the formulas, and compile time does not
+  grow with the lengths.
+
+The merge runs the NumPy / array-API function of ``frontend/attention.py``
+with ``xp = jax.numpy`` and ``merge_vjp`` backward.  Nothing here restates a
+formula; this module maps ``jax.nn.dot_product_attention``'s layout (B, T,
+N, H) onto the numerics' (..., N, T, H) and its masks onto one boolean or
+additive mask.  Works under ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
 """
 
 from __future__ import annotations
@@ -431,15 +442,21 @@ def dot_product_attention(
 
     Notes
     -----
-    The forward is :func:`softmaxkit.attention` on ``jax.numpy``; the
-    backward is FlashAttention-2's, from the saved output and log-sum-exp
+    On the CPU, float32 and bfloat16 inputs run softmaxkit's native kernel
+    (XLA FFI custom calls; :func:`softmaxkit.jax.kernel_path` says whether
+    it is in use), computed in float64 and rounded once, with the accuracy
+    contract of :func:`softmaxkit.attention`.  Otherwise the forward is the
+    formulas of :func:`softmaxkit.attention` on ``jax.numpy``, their loops
+    over query chunks and key blocks of 128 as ``lax.scan`` (compile time
+    does not grow with ``T`` or ``S``).  Either way the backward is
+    FlashAttention-2's, from the saved output and log-sum-exp
     (``jax.custom_vjp``; forward mode is not defined).  Gradients flow to
     ``query``, ``key``, ``value``, ``bias`` and ``sinks``.
 
-    Precision: with ``jax_enable_x64``, float32 and narrower inputs are
-    computed in float64 and rounded once, float64 with compensated dot
-    products, with the accuracy contract of :func:`softmaxkit.attention`.
-    Without x64 (JAX's default), bfloat16 and float16 are computed in
+    Precision of the formulas: with ``jax_enable_x64``, float32 and narrower
+    inputs are computed in float64 and rounded once, float64 with
+    compensated dot products, with the accuracy contract of
+    :func:`softmaxkit.attention`.  Without x64 (JAX's default), bfloat16 and float16 are computed in
     float32 and rounded once; float32 is computed in float32 with the same
     compensations as float64 (TwoProduct scores, exact shift ``exp(hi)(1 +
     lo)``, compensated sums), so the error stays a few float32 roundings
