@@ -284,3 +284,25 @@ def test_native_kernel_under_vmap_with_every_extra_equals_the_float64_numerics()
             g = np.asarray(g, np.float64)
             g = np.swapaxes(g, 1, 2) if name in ("q", "k", "v") else g
             np.testing.assert_allclose(g, r, rtol=0, atol=1e-6 * np.abs(r).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("T, S", [(3, 0), (0, 5)])
+def test_zero_length_keys_or_queries(T, S, jax_path):
+    """No keys: output 0, the sink as log-sum-exp, zero gradients in query,
+    key and value, and the sink's gradient the number of its rows; no
+    queries: empty results and zero gradients."""
+    q, k, v = jnp.ones((2, T, 2, 4)), jnp.ones((2, S, 1, 4)), jnp.ones((2, S, 1, 3))
+    sinks = jnp.array([0.5, -1.0])
+
+    def f(q, k, v, sinks):
+        out, lse = smj.dot_product_attention(q, k, v, sinks=sinks, return_lse=True)
+        return jnp.sum(out) + jnp.sum(lse), (out, lse)
+
+    (dq, dk, dv, dsinks), (out, lse) = jax.jit(jax.grad(f, argnums=(0, 1, 2, 3), has_aux=True))(q, k, v, sinks)
+    assert out.shape == (2, T, 2, 3) and lse.shape == (2, 2, T)
+    assert np.all(np.asarray(out) == 0.0)
+    np.testing.assert_array_equal(lse, np.broadcast_to(np.asarray(sinks)[None, :, None], (2, 2, T)))
+    for g in (dq, dk, dv):
+        assert np.all(np.asarray(g) == 0.0)
+    # Each row's lse is its sink: d lse / d sink is 1 per row, 2 batch elements x T rows.
+    np.testing.assert_array_equal(dsinks, np.full(2, 2.0 * T, np.float32))
