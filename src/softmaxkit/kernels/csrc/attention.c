@@ -55,8 +55,17 @@ int sk_attention_backward(const sk_attn_problem *P, const void *out, const float
     int rc = SK_ENOMEM;
     if (R.g && (!P->sinks || R.dsink_rows)) {
         const sk_attn_isa *isa = pick();
-        rc = run(&R, isa->backward_q, P->batch * P->hq * ((P->L + SK_ATTN_TQ - 1) / SK_ATTN_TQ));
-        if (!rc) rc = run(&R, isa->backward_kv, P->batch * P->hkv * ((P->S + SK_ATTN_TK - 1) / SK_ATTN_TK));
+        /* Enough key heads for the threads: one pass per key head (five
+         * products per score); else a dq pass and a dk/dv pass (seven).
+         * Both add every term in the same order; the choice depends on the
+         * shape only, never on the thread count. */
+        R.fused = P->batch * P->hkv >= SK_ATTN_FUSED_HEADS;
+        if (R.fused) {
+            rc = run(&R, isa->backward_q, P->batch * P->hkv);
+        } else {
+            rc = run(&R, isa->backward_q, P->batch * P->hq * ((P->L + SK_ATTN_TQ - 1) / SK_ATTN_TQ));
+            if (!rc) rc = run(&R, isa->backward_kv, P->batch * P->hkv * ((P->S + SK_ATTN_TK - 1) / SK_ATTN_TK));
+        }
     }
     if (!rc && P->sinks) {
         /* each head's sum over the batch and the rows, in that order */

@@ -22,6 +22,9 @@
 #define SK_ATTN_BK 128
 #define SK_ATTN_TK 64
 #define SK_ATTN_BQ 64
+/* Key heads (batch x Hkv) from which the backward runs one fused pass per
+ * key head (its dK and dV, S x (D + Dv) float64, in the thread's scratch). */
+#define SK_ATTN_FUSED_HEADS 16
 
 typedef struct {
     const sk_attn_problem *P;
@@ -39,6 +42,7 @@ typedef struct {
     double *g;                 /* (batch, Hq, L): dlse - dO . O on live rows, else 0 (dq pass) */
     double *dsink_rows;        /* (batch, Hq, L): each row's sink gradient (dq pass), or NULL */
     double *dbias;             /* (batch, Hq, L, S) or NULL */
+    int fused;                 /* the dq pass also makes dk and dv, one key head per item */
 } sk_attn_run;
 
 typedef struct {

@@ -171,9 +171,10 @@ static void at_dot(const double *a, size_t lda, const double *bt, size_t ldb, si
     if (r < rows) at_dot_rows(a + r * lda, lda, bt, ldb, K, c + r * ldc, ldc, ncols, 1);
 }
 
-/* c[r * ldc + :] += sum_{j < n} w[r * ldw + j] b[j * ldb + :] for rows
- * r < R, over ncols columns (whole vectors), in order of j. */
-static inline __attribute__((always_inline)) void at_axpy_rows(const double *w, size_t ldw, const double *b,
+/* c[r * ldc + :] += sum_{j < n} w[r * ldw + j * sw] b[j * ldb + :] for
+ * rows r < R, over ncols columns (whole vectors), in order of j (sw 1: the
+ * weights by rows; ldw 1: by columns, a transposed tile read in place). */
+static inline __attribute__((always_inline)) void at_axpy_rows(const double *w, size_t ldw, size_t sw, const double *b,
                                                                size_t ldb, size_t n, double *c, size_t ldc,
                                                                size_t ncols, const int R) {
     size_t d = 0;
@@ -185,7 +186,7 @@ static inline __attribute__((always_inline)) void at_axpy_rows(const double *w, 
             vd bv[AT_NV];
             for (int u = 0; u < AT_NV; u++) bv[u] = ld_d(b + j * ldb + d + u * VW);
             for (int r = 0; r < R; r++) {
-                vd wr = splat(w[r * ldw + j]);
+                vd wr = splat(w[r * ldw + j * sw]);
                 for (int u = 0; u < AT_NV; u++) acc[r][u] = SK_FMA(wr, bv[u], acc[r][u]);
             }
         }
@@ -197,28 +198,28 @@ static inline __attribute__((always_inline)) void at_axpy_rows(const double *w, 
         for (int r = 0; r < R; r++) acc[r] = ld_d(c + r * ldc + d);
         for (size_t j = 0; j < n; j++) {
             vd b0 = ld_d(b + j * ldb + d);
-            for (int r = 0; r < R; r++) acc[r] = SK_FMA(splat(w[r * ldw + j]), b0, acc[r]);
+            for (int r = 0; r < R; r++) acc[r] = SK_FMA(splat(w[r * ldw + j * sw]), b0, acc[r]);
         }
         for (int r = 0; r < R; r++) st_d(c + r * ldc + d, acc[r]);
     }
 }
 
-static void at_axpy(const double *w, size_t ldw, const double *b, size_t ldb, size_t n, double *c, size_t ldc,
-                    size_t ncols, size_t rows) {
+static void at_axpy(const double *w, size_t ldw, size_t sw, const double *b, size_t ldb, size_t n, double *c,
+                    size_t ldc, size_t ncols, size_t rows) {
     size_t r = 0;
-    for (; r + AT_R <= rows; r += AT_R) at_axpy_rows(w + r * ldw, ldw, b, ldb, n, c + r * ldc, ldc, ncols, AT_R);
-    for (; r + 2 <= rows; r += 2) at_axpy_rows(w + r * ldw, ldw, b, ldb, n, c + r * ldc, ldc, ncols, 2);
-    if (r < rows) at_axpy_rows(w + r * ldw, ldw, b, ldb, n, c + r * ldc, ldc, ncols, 1);
+    for (; r + AT_R <= rows; r += AT_R) at_axpy_rows(w + r * ldw, ldw, sw, b, ldb, n, c + r * ldc, ldc, ncols, AT_R);
+    for (; r + 2 <= rows; r += 2) at_axpy_rows(w + r * ldw, ldw, sw, b, ldb, n, c + r * ldc, ldc, ncols, 2);
+    if (r < rows) at_axpy_rows(w + r * ldw, ldw, sw, b, ldb, n, c + r * ldc, ldc, ncols, 1);
 }
 
 /* at_axpy where b holds values that are not finite: only the terms with
- * rd[r * ldw + j] set are added (the same fused operation as at_axpy). */
-static void at_axpy_sel(const double *w, const unsigned char *rd, size_t ldw, const double *b, size_t ldb, size_t n,
-                        double *c, size_t ldc, size_t ncols, size_t rows) {
+ * rd[r * ldw + j * sw] set are added (the same fused operation as at_axpy). */
+static void at_axpy_sel(const double *w, const unsigned char *rd, size_t ldw, size_t sw, const double *b, size_t ldb,
+                        size_t n, double *c, size_t ldc, size_t ncols, size_t rows) {
     for (size_t r = 0; r < rows; r++)
         for (size_t j = 0; j < n; j++) {
-            if (!rd[r * ldw + j]) continue;
-            vd wr = splat(w[r * ldw + j]);
+            if (!rd[r * ldw + j * sw]) continue;
+            vd wr = splat(w[r * ldw + j * sw]);
             for (size_t d = 0; d < ncols; d += VW)
                 st_d(c + r * ldc + d, SK_FMA(wr, ld_d(b + j * ldb + d), ld_d(c + r * ldc + d)));
         }
@@ -400,8 +401,8 @@ static void at_forward_item(sk_attn_run *R, at_fwd_scratch *W, size_t item) {
             W->bs[i] = hsum(sum);
         }
         memset(W->bacc, 0, nr * Dvp * sizeof(double));
-        if (vfin) at_axpy(W->e, AT_BK, W->vb, Dvp, nb, W->bacc, Dvp, Dvp, nr);
-        else at_axpy_sel(W->e, W->rd, AT_BK, W->vb, Dvp, nb, W->bacc, Dvp, Dvp, nr);
+        if (vfin) at_axpy(W->e, AT_BK, 1, W->vb, Dvp, nb, W->bacc, Dvp, Dvp, nr);
+        else at_axpy_sel(W->e, W->rd, AT_BK, 1, W->vb, Dvp, nb, W->bacc, Dvp, Dvp, nr);
         for (size_t i = 0; i < nr; i++)
             if (!W->nan[i]) at_merge(W->m + i, W->s + i, W->acc + i * Dvp, W->bm[i], W->bs[i], W->bacc + i * Dvp, Dv);
     }
@@ -462,6 +463,9 @@ static void at_forward_task(void *arg, int tid) {
 typedef struct {
     double *qd, *dod, *kt, *vt, *kb, *x, *dp, *tc, *dqa, *lse, *g;
     unsigned char *rd;
+    /* the fused pass only: q and dO padded, P, and a key head's dK and dV
+     * accumulators */
+    double *qb, *dob, *p, *dka, *dva;
 } at_bwdq_scratch;
 
 /* One row's dT from its scores x (in place): P = exp(x - lse) where read
@@ -469,7 +473,7 @@ typedef struct {
  * rule dT = dS (1 - t^2).  `rd` marks the entries read; dS goes to db (its
  * first nb entries) when db is not NULL: the additive mask's gradient. */
 static inline void at_ds_row(const sk_attn_problem *P, double *x, const double *dp, const double *tc, double lse,
-                             double g, unsigned char *rd, double *db, size_t nb) {
+                             double g, unsigned char *rd, double *db, size_t nb, double *p) {
     int live = !isinf(lse);
     vd zero = splat(0.0), vlse = splat(lse), vg = splat(g), ninf = splat(-INF), one = splat(1.0);
     for (size_t j = 0; j < AT_BK; j += VW) {
@@ -485,21 +489,30 @@ static inline void at_ds_row(const sk_attn_problem *P, double *x, const double *
             ds = ds * (one - t * t);
         }
         for (int l = 0; l < VW; l++) rd[j + l] = read[l] != 0;
+        if (p) st_d(p + j, pv);
         st_d(x + j, ds);
     }
 }
 
-static void at_backward_q_item(sk_attn_run *R, at_bwdq_scratch *W, size_t item) {
+/* dq, g and the sink's gradient of query tile t of head h in batch entry b;
+ * with dka and dva (the fused pass), also their terms of dK and dV for the
+ * key head, added in order of the rows. */
+static void at_backward_q_rows(sk_attn_run *R, at_bwdq_scratch *W, size_t b, size_t h, size_t t, double *dka,
+                               double *dva) {
     const sk_attn_problem *P = R->P;
-    size_t D = P->D, Dv = P->Dv, Dp = at_pad(D), L = P->L, S = P->S;
-    size_t tiles = (L + AT_TQ - 1) / AT_TQ;
-    size_t t = item % tiles, bh = item / tiles, h = bh % P->hq, b = bh / P->hq, hk = h / R->group;
+    size_t D = P->D, Dv = P->Dv, Dp = at_pad(D), Dvp = at_pad(Dv), L = P->L, S = P->S;
+    size_t hk = h / R->group;
     size_t l0 = t * AT_TQ, nr = L - l0 < AT_TQ ? L - l0 : AT_TQ;
     size_t qrow = (b * P->hq + h) * L + l0;
     size_t koff = (b * P->hkv + hk) * S * D, voff = (b * P->hkv + hk) * S * Dv;
     const char *mbase = P->mask_kind ? P->mask + at_batch_offset(P, b) + (int64_t)h * P->stride_h : NULL;
     at_rows_in(P->dtype, P->q, qrow * D, D, nr, D, W->qd, D);
     at_rows_in(P->dtype, R->dout, qrow * Dv, Dv, nr, Dv, W->dod, Dv);
+    int qfin = 1, dofin = 1;
+    if (dka) {
+        qfin = at_rows_in(P->dtype, P->q, qrow * D, D, nr, D, W->qb, Dp);
+        dofin = at_rows_in(P->dtype, R->dout, qrow * Dv, Dv, nr, Dv, W->dob, Dvp);
+    }
     for (size_t i = 0; i < nr; i++) {
         size_t row = qrow + i;
         double lse = (double)R->lse[row];
@@ -531,10 +544,17 @@ static void at_backward_q_item(sk_attn_run *R, at_bwdq_scratch *W, size_t item) 
             const char *mrow = mbase ? mbase + (int64_t)(l0 + i) * P->stride_l : NULL;
             at_row_scores(P, mrow, l0 + i, j0, nb, x, W->tc + i * AT_BK);
             at_ds_row(P, x, W->dp + i * AT_BK, W->tc + i * AT_BK, W->lse[i], W->g[i], W->rd + i * AT_BK,
-                      R->dbias ? R->dbias + (qrow + i) * S + j0 : NULL, nb);
+                      R->dbias ? R->dbias + (qrow + i) * S + j0 : NULL, nb, dka ? W->p + i * AT_BK : NULL);
         }
-        if (kfin) at_axpy(W->x, AT_BK, W->kb, Dp, nb, W->dqa, Dp, Dp, nr);
-        else at_axpy_sel(W->x, W->rd, AT_BK, W->kb, Dp, nb, W->dqa, Dp, Dp, nr);
+        if (kfin) at_axpy(W->x, AT_BK, 1, W->kb, Dp, nb, W->dqa, Dp, Dp, nr);
+        else at_axpy_sel(W->x, W->rd, AT_BK, 1, W->kb, Dp, nb, W->dqa, Dp, Dp, nr);
+        if (dka) {
+            /* dK_j += sum_i dT_ij q_i, dV_j += sum_i P_ij dO_i: the tiles read by columns */
+            if (qfin) at_axpy(W->x, 1, AT_BK, W->qb, Dp, nr, dka + j0 * Dp, Dp, Dp, nb);
+            else at_axpy_sel(W->x, W->rd, 1, AT_BK, W->qb, Dp, nr, dka + j0 * Dp, Dp, Dp, nb);
+            if (dofin) at_axpy(W->p, 1, AT_BK, W->dob, Dvp, nr, dva + j0 * Dvp, Dvp, Dvp, nb);
+            else at_axpy_sel(W->p, W->rd, 1, AT_BK, W->dob, Dvp, nr, dva + j0 * Dvp, Dvp, Dvp, nb);
+        }
     }
     for (size_t i = 0; i < nr; i++) {
         size_t row = qrow + i;
@@ -547,14 +567,39 @@ static void at_backward_q_item(sk_attn_run *R, at_bwdq_scratch *W, size_t item) 
     }
 }
 
+static void at_backward_q_item(sk_attn_run *R, at_bwdq_scratch *W, size_t item) {
+    size_t tiles = (R->P->L + AT_TQ - 1) / AT_TQ;
+    size_t t = item % tiles, bh = item / tiles;
+    at_backward_q_rows(R, W, bh / R->P->hq, bh % R->P->hq, t, NULL, NULL);
+}
+
+/* The fused pass: one key head of one batch entry, its query heads and
+ * their tiles in order; dK and dV are complete at the end. */
+static void at_backward_head_item(sk_attn_run *R, at_bwdq_scratch *W, size_t item) {
+    const sk_attn_problem *P = R->P;
+    size_t D = P->D, Dv = P->Dv, Dp = at_pad(D), Dvp = at_pad(Dv), S = P->S;
+    size_t hk = item % P->hkv, b = item / P->hkv, tiles = (P->L + AT_TQ - 1) / AT_TQ;
+    memset(W->dka, 0, S * Dp * sizeof(double));
+    memset(W->dva, 0, S * Dvp * sizeof(double));
+    for (size_t hh = 0; hh < R->group; hh++)
+        for (size_t t = 0; t < tiles; t++) at_backward_q_rows(R, W, b, hk * R->group + hh, t, W->dka, W->dva);
+    size_t krow = (b * P->hkv + hk) * S;
+    for (size_t j = 0; j < S; j++) {
+        for (size_t d = 0; d < D; d++) at_store(P->dtype, R->dk, (krow + j) * D + d, P->scale * W->dka[j * Dp + d]);
+        for (size_t d = 0; d < Dv; d++) at_store(P->dtype, R->dv, (krow + j) * Dv + d, W->dva[j * Dvp + d]);
+    }
+}
+
 static void at_backward_q_task(void *arg, int tid) {
     (void)tid;
     sk_attn_run *R = arg;
     const sk_attn_problem *P = R->P;
     size_t D = P->D, Dv = P->Dv, Dp = at_pad(D);
     size_t TB = AT_TQ * AT_BK;
+    size_t Dvp = at_pad(Dv), S = P->S;
+    size_t fused = R->fused ? AT_TQ * Dp + AT_TQ * Dvp + TB + S * Dp + S * Dvp : 0;
     double *buf = at_alloc(AT_TQ * D + AT_TQ * Dv + D * AT_BK + Dv * AT_BK + AT_BK * Dp + 3 * TB + AT_TQ * Dp +
-                           2 * AT_TQ + TB / 8);
+                           2 * AT_TQ + TB / 8 + fused);
     if (!buf) {
         __atomic_store_n(&R->err, SK_ENOMEM, __ATOMIC_RELAXED);
         return;
@@ -572,9 +617,18 @@ static void at_backward_q_task(void *arg, int tid) {
     W.dod = p, p += AT_TQ * Dv;
     W.lse = p, p += AT_TQ;
     W.g = p, p += AT_TQ;
-    W.rd = (unsigned char *)p;
+    W.rd = (unsigned char *)p, p += TB / 8;
     size_t item;
-    while (at_claim(R, &item)) at_backward_q_item(R, &W, item);
+    if (R->fused) {
+        W.qb = p, p += AT_TQ * Dp;
+        W.dob = p, p += AT_TQ * Dvp;
+        W.p = p, p += TB;
+        W.dka = p, p += S * Dp;
+        W.dva = p;
+        while (at_claim(R, &item)) at_backward_head_item(R, &W, item);
+    } else {
+        while (at_claim(R, &item)) at_backward_q_item(R, &W, item);
+    }
     free(buf);
 }
 
@@ -636,10 +690,10 @@ static void at_backward_kv_item(sk_attn_run *R, at_bwdkv_scratch *W, size_t item
                     st_d(x + ii, ds);
                 }
             }
-            if (qfin) at_axpy(W->x, AT_BQ, W->qb, Dp, nq, W->dka, Dp, Dp, nk);
-            else at_axpy_sel(W->x, W->rd, AT_BQ, W->qb, Dp, nq, W->dka, Dp, Dp, nk);
-            if (dofin) at_axpy(W->p, AT_BQ, W->dob, Dvp, nq, W->dva, Dvp, Dvp, nk);
-            else at_axpy_sel(W->p, W->rd, AT_BQ, W->dob, Dvp, nq, W->dva, Dvp, Dvp, nk);
+            if (qfin) at_axpy(W->x, AT_BQ, 1, W->qb, Dp, nq, W->dka, Dp, Dp, nk);
+            else at_axpy_sel(W->x, W->rd, AT_BQ, 1, W->qb, Dp, nq, W->dka, Dp, Dp, nk);
+            if (dofin) at_axpy(W->p, AT_BQ, 1, W->dob, Dvp, nq, W->dva, Dvp, Dvp, nk);
+            else at_axpy_sel(W->p, W->rd, AT_BQ, 1, W->dob, Dvp, nq, W->dva, Dvp, Dvp, nk);
         }
     }
     for (size_t jj = 0; jj < nk; jj++) {
