@@ -52,11 +52,6 @@ def _sum_to(grad: Any, shape: tuple[int, ...]) -> Any:
 
 # --- dot-product attention -----------------------------------------------------
 
-# Elements of one block's products (query rows x keys x head dim) per chunk of
-# query rows: the same bound as the NumPy front end's.
-_CHUNK_ELEMENTS = 2**19
-
-
 class _Static(NamedTuple):
     """The non-differentiable options of a call (hashable: the custom_vjp's static argument)."""
 
@@ -128,7 +123,7 @@ class _Tiles:
         self.lead = self.batch + (self.n_kv, self.group)
         self.width = min(self.n_keys, att.BLOCK)
         per_row = max(1, math.prod(self.lead) * self.width * max(depth, v_shape[-1], 1))
-        self.n_chunks, self.rows = _split(self.n_rows, max(1, _CHUNK_ELEMENTS // per_row))
+        self.n_chunks, self.rows = _split(self.n_rows, max(1, _front._CHUNK_ELEMENTS // per_row))
         self.n_blocks = -(-self.n_keys // att.BLOCK)
 
     def grouped_queries(self, x: Any) -> Any:
