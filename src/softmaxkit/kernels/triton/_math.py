@@ -20,18 +20,18 @@ from softmaxkit.kernels.triton.launch import helper
 
 import triton.language as tl  # noqa: E402
 
-_LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(1.4426950408889634)
 # ln 2 = _LN2_HI + _LN2_LO; _LN2_HI is float32(ln 2), and k * _LN2_HI is
 # subtracted with one fma, so the reduced argument is rounded once.
-_LN2_HI = 0.693147182464599609375
-_LN2_LO = -1.904654323148236e-09
+_LN2_HI = tl.constexpr(0.693147182464599609375)
+_LN2_LO = tl.constexpr(-1.904654323148236e-09)
 # musl's logf (from FreeBSD's e_logf.c): ln 2 split so that k * ln2_hi is exact.
-_LOG_LN2_HI = 6.9313812256e-01
-_LOG_LN2_LO = 9.0580006145e-06
-_LG1 = 0.66666662693
-_LG2 = 0.40000972152
-_LG3 = 0.28498786688
-_LG4 = 0.24279078841
+_LOG_LN2_HI = tl.constexpr(6.9313812256e-01)
+_LOG_LN2_LO = tl.constexpr(9.0580006145e-06)
+_LG1 = tl.constexpr(0.66666662693)
+_LG2 = tl.constexpr(0.40000972152)
+_LG3 = tl.constexpr(0.28498786688)
+_LG4 = tl.constexpr(0.24279078841)
 
 
 @helper
