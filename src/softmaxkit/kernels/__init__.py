@@ -97,12 +97,17 @@ maximum, the sum of exponentials without the first argmax term, the
 weighted values; ``csrc/simd.h``'s float64 exp), merged into the running
 state by the formula of ``numerics.attention.combine``; the sink as one more
 state; then ``acc / (1 + s)`` and ``m + log1p(s)``.  The backward recomputes
-the weights from the saved log-sum-exp: a dq pass per block of query rows,
-then a dk/dv pass per block of keys (each key block reads every query row of
-its group of heads, in order), so no two threads write the same output and
-results are bitwise the same for every thread count.  Work items are fixed
-(64 query rows, or 64 keys, of one head), claimed by the pool's threads.
-Memory: tiles per thread (a few hundred KiB), never an ``L x S`` array;
+the weights from the saved log-sum-exp.  With at least 16 key heads (batch
+x Hkv) it runs one pass per key head, which makes its dq, dk and dv (five
+products per score, dk and dv accumulated in the thread's scratch);
+otherwise a dq pass per block of query rows, then a dk/dv pass per block of
+keys that reads every query row of its group of heads in order (seven
+products per score).  Both add every term in the same order, and the choice
+depends on the shape only; no two threads write the same output, so results
+are bitwise the same for every thread count.  Work items are fixed (64 query
+rows, 64 keys or a key head), claimed by the pool's threads.  Memory: tiles
+per thread (a few hundred KiB; the fused backward also the key head's dk
+and dv in float64, S x (D + Dv)), never an ``L x S`` array;
 masks are read through their strides, so a broadcast mask is never
 expanded.  Masked keys, values and rows are never read: a product with an
 operand that is not finite is a selection.
