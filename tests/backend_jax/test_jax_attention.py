@@ -69,12 +69,12 @@ def _parity_case(case):
         q = q * 3.0  # confident rows too
         bias, kw = None, {"batched": False}
     else:
-        # Several chunks of query rows (8 rows per chunk at this size: 21 rows
-        # in 3 chunks of 7, one padded) and blocks of keys (300 keys: 3 blocks,
-        # the last partial): the scans' offsets, padding and mask windows.
-        q, k, v = _qkv(T=21, S=300, N=4, K=2, H=64, seed=1)
-        bias = jnp.asarray(rng.normal(size=(1, 4, 21, 300)), jnp.float32)
-        keep = rng.random((2, 1, 21, 300)) > 0.3
+        # Several chunks of query rows (64 rows per chunk at this size: 70 rows
+        # in 2 chunks of 35) and blocks of keys (300 keys: 3 blocks, the last
+        # partial): the scans' offsets, padding and mask windows.
+        q, k, v = _qkv(T=70, S=300, N=4, K=2, H=8, seed=1)
+        bias = jnp.asarray(rng.normal(size=(1, 4, 70, 300)), jnp.float32)
+        keep = rng.random((2, 1, 70, 300)) > 0.3
         keep[..., 0] = True  # every row attends somewhere: jax.nn's empty rows differ by design
         kw = {"mask": jnp.asarray(keep), "is_causal": True}
     return q, k, v, bias, kw, _run(jax.nn.dot_product_attention, q, k, v, bias, **kw)
@@ -310,11 +310,11 @@ def test_zero_length_keys_or_queries(T, S, jax_path):
 
 def test_a_row_does_not_depend_on_the_batch(jax_path):
     """Bit for bit, the first batch element alone and within four: the
-    formulas then run 3 chunks of 4 query rows rather than one of 12 (the
+    formulas then run 2 chunks of 105 query rows rather than one of 210 (the
     chunk size follows the batch), the kernel different work items."""
     rng = np.random.default_rng(12)
-    q = jnp.asarray(rng.normal(size=(4, 12, 4, 64)), jnp.float32)
-    k = jnp.asarray(rng.normal(size=(4, 130, 2, 64)), jnp.float32)
+    q = jnp.asarray(rng.normal(size=(4, 210, 4, 8)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(4, 20, 2, 8)), jnp.float32)
 
     def f(q, k):
         return smj.dot_product_attention(q, k, k, is_causal=True, return_lse=True)
