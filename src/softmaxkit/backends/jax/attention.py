@@ -52,6 +52,7 @@ def _sum_to(grad: Any, shape: tuple[int, ...]) -> Any:
 
 # --- dot-product attention -----------------------------------------------------
 
+
 class _Static(NamedTuple):
     """The non-differentiable options of a call (hashable: the custom_vjp's static argument)."""
 
@@ -127,7 +128,7 @@ class _Tiles:
         self.n_blocks = -(-self.n_keys // att.BLOCK)
 
     def grouped_queries(self, x: Any) -> Any:
-        """(..., Hq, L, ...) -> (..., Hkv, G, L, ...) for ``x`` with ``extra`` trailing axes after L."""
+        """(..., Hq, L[, D]) -> (..., Hkv, G, L[, D])."""
         return jnp.reshape(x, self.lead + tuple(x.shape[len(self.batch) + 1 :]))
 
     def chunks(self, x: Any, fill: Any) -> Any:
@@ -151,8 +152,8 @@ class _Tiles:
         return jnp.moveaxis(x, -3, 0)
 
     def unblock(self, y: Any, axis: int) -> Any:
-        """(blocks, ..., BLOCK at ``axis``, ...) -> (..., S, ...)."""
-        y = jnp.moveaxis(y, 0, axis - 1 if axis < 0 else axis)
+        """(blocks, ..., BLOCK at ``axis`` (negative), ...) -> (..., S, ...)."""
+        y = jnp.moveaxis(y, 0, axis - 1)
         y = jnp.reshape(y, y.shape[: axis - 1] + (self.n_blocks * self.width,) + (y.shape[axis + 1 :] if axis != -1 else ()))
         return lax.slice_in_dim(y, 0, self.n_keys, axis=axis)
 
