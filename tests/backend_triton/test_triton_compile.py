@@ -73,9 +73,7 @@ def ce_variant(dt, block, one_pass, probs=False, w=False, smooth=False, z=False,
     const = {"PROBS": probs, "HAS_W": w, "SMOOTH": smooth, "HAS_Z": z, "GRAD": grad, "GRAD_T": grad_t,
              "HAS_SCALE": scale, "SOFTCAP": cap, "BLOCK": block, "ONE_PASS": one_pass,
              "B_LOG2": block.bit_length() - 1}
-    kernel = ce._ce_kernel
-    names = kernel.arg_names
-    return kernel, {k: v for k, v in sig.items() if k in names}, {k: v for k, v in const.items() if k in names}
+    return ce._ce_kernel, sig, const
 
 
 # each kernel in each dtype, one-pass and online, and each mode and option

@@ -1,6 +1,7 @@
 """The fused linear cross-entropy with the Triton kernel computing each chunk's
 loss and logit gradient: against the other path (native or formulas) for
-every option and reduction, against mpmath on exactly representable logits,
+every option and reduction (a soft cap too, applied inside the kernel),
+against mpmath on exactly representable logits, with and without the cap,
 and under torch.compile.
 
 Without a GPU the kernel runs in Triton's interpreter (see conftest.py);
@@ -18,7 +19,7 @@ pytest.importorskip("triton")
 import softmaxkit.kernels.triton as kernels
 import softmaxkit.torch as smt
 from tests import reference as ref
-from tests.backend_triton.test_triton_cross_entropy import ULP, _same
+from tests.backend_triton.test_triton_cross_entropy import NP_DTYPE, ULP, _same
 
 V, H = 50, 8
 
@@ -111,13 +112,55 @@ def test_linear_loss_rows_are_exact_on_confident_rows(launches, triton_path):
         assert ref.ulp_error([float(loss[i])], [exact], np.float32) <= ULP[torch.float32]
 
 
-def test_soft_cap_keeps_the_float64_cap(launches, triton_path):
-    """A soft cap is applied in float64 before the loss; those chunks take the other path, with the same results."""
+@pytest.mark.parametrize("blocks", [False, True], ids=["one-pass", "blocks"])
+def test_soft_cap_in_the_kernel_matches_the_other_path(request, launches, triton_path, blocks):
+    """The cap and its slope inside the kernel (float64 there) against the
+    float64 cap of the other path: loss and gradients, with smoothing, z-loss,
+    a -inf bias entry (a masked class stays masked) and a recomputing cotangent."""
+    if blocks:
+        request.getfixturevalue("wide_rows")
     h, w, b, t = _inputs(torch.float32, triton_path)
-    got, other = _both_paths(lambda: _run(h, w, b, t, softcap=5.0))
-    assert "_ce_kernel" not in launches
-    for v, v0 in zip(got, other):
-        torch.testing.assert_close(v, v0, rtol=0, atol=0)
+    b = b.clone()
+    b[11] = -float("inf")
+    for options in ({"softcap": 5.0}, {"softcap": 2.5, "label_smoothing": 0.1, "z_loss": 1e-4, "reduction": "none"}):
+        got, other = _both_paths(lambda o=options: _run(h, w, b, t, 3.0, **o))
+        _same(got[0], other[0], torch.float32)
+        for g, g0 in zip(got[1:], other[1:]):
+            _same_sums(g, g0, torch.float32)
+    assert "_ce_kernel" in launches
+
+
+def _capped_confident_rows(cap):
+    """Hidden states and weights whose float32 logits are exact (integers
+    times eighths): class 7 leads by 6 to 90 before the cap, so that after it
+    the loss of a row whose target is 7 is a sum of a few ``exp(cap(x_j) -
+    cap(x_7))`` below 1e-4, where a float32 rounding of ``cap(x_7)`` would
+    show; row 3's target is another class."""
+    rng = np.random.default_rng(5)
+    h = rng.integers(-3, 4, size=(6, H)).astype(np.float32)
+    w = (rng.integers(-8, 9, size=(V, H)) / 8).astype(np.float32)
+    h[:, 0] = [6, 20, 40, 60, 90, 45]
+    w[:, 0] = 0
+    w[7, 0] = 1
+    return h, w, np.array([7, 7, 7, 3, 7, 7])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_soft_cap_rows_are_exact_on_confident_rows(launches, triton_path, dtype):
+    """Each token's loss within the contract of mpmath's, the cap applied in mpmath."""
+    cap = 50.0
+    h, w, t = _capped_confident_rows(cap)
+    loss = smt.linear_cross_entropy(
+        torch.tensor(h).to(dtype).to(triton_path), torch.tensor(w).to(dtype).to(triton_path),
+        torch.tensor(t).to(triton_path), reduction="none", softcap=cap,
+    )
+    assert "_ce_kernel" in launches
+    assert loss.dtype == dtype
+    logits = h.astype(np.float64) @ w.astype(np.float64).T
+    for i, row in enumerate(logits):
+        capped = [cap * ref.mp.tanh(v / cap) for v in ref.to_mp(row)]
+        exact, _ = ref.cross_entropy(capped, ref.hard_coef(V, int(t[i]))[0])
+        assert ref.ulp_error([float(loss[i])], [exact], NP_DTYPE[dtype]) <= ULP[dtype]
 
 
 def test_compiled_linear_loss_runs_the_kernel(launches, triton_path):

@@ -58,10 +58,11 @@ def work_dtype(*tensors: Tensor | None) -> torch.dtype:
 
 def _row_loss(h: Tensor, t: Tensor, class_w: Tensor | None, ignore_index: int, eps: float, z: float, denominator: Tensor, reduction: str, divisor: float | None, softcap: float | None, work: torch.dtype):
     """``(row_loss, bytes per logit it allocates)`` for :func:`head_pass`: the
-    Triton kernel where it runs (float32 chunk logits, no soft cap), else the
-    native kernel on CPU, else the shared formulas."""
-    if softcap is None and work == torch.float32 and triton_ready(h):
-        return _triton_row_loss(t, class_w, ignore_index, eps, z, 1.0 if divisor is None else divisor), 0
+    Triton kernel where it runs (float32 chunk logits, the soft cap applied
+    inside it: :func:`_capped_by_kernel`), else the native kernel on CPU,
+    else the shared formulas."""
+    if _capped_by_kernel(h, work):
+        return _triton_row_loss(t, class_w, ignore_index, eps, z, 1.0 if divisor is None else divisor, softcap), 0
     native = registry.native()
     if native is None or h.device.type != "cpu" or divisor is None:
         return _linear.formula_row_loss(xp, t, class_w, ignore_index, eps, z, denominator, reduction), _linear.FORMULA_BYTES
@@ -76,9 +77,17 @@ def _row_loss(h: Tensor, t: Tensor, class_w: Tensor | None, ignore_index: int, e
     return row_loss, 0
 
 
-def _triton_row_loss(t: Tensor, class_w: Tensor | None, ignore_index: int, eps: float, z: float, divisor: float):
+def _capped_by_kernel(h: Tensor, work: torch.dtype) -> bool:
+    """Whether the chunks go to the Triton kernel, which then also applies a
+    soft cap (``c tanh(x / c)`` and its slope in float64, inside the kernel),
+    so that the pass hands it the uncapped float32 logits."""
+    return work == torch.float32 and triton_ready(h)
+
+
+def _triton_row_loss(t: Tensor, class_w: Tensor | None, ignore_index: int, eps: float, z: float, divisor: float, softcap: float | None):
     """The per-row loss by the Triton cross-entropy kernel: a chunk's float32
-    logits are read where they lie and the gradient, divided by ``divisor``,
+    logits are read where they lie, capped in the kernel with ``softcap``,
+    and the gradient in the uncapped logits, divided by ``divisor``,
     written into the pass's buffer (over the logits themselves, when that is
     the buffer: the kernel reads each entry before writing it)."""
     rows_fn = triton_kernels("cross_entropy").cross_entropy_rows
@@ -86,7 +95,9 @@ def _triton_row_loss(t: Tensor, class_w: Tensor | None, ignore_index: int, eps: 
 
     def row_loss(logits, grad, rows):
         want = grad is not None
-        loss, _, _ = rows_fn(logits, t[rows], 1, weight, ignore_index, eps, z, want_grad=want, divisor=divisor, grad_out=grad)
+        loss, _, _ = rows_fn(
+            logits, t[rows], 1, weight, ignore_index, eps, z, want_grad=want, divisor=divisor, grad_out=grad, softcap=softcap
+        )
         return loss
 
     return row_loss
@@ -114,7 +125,8 @@ def _pass(h, w, b, t, class_w, ignore_index, eps, z, softcap, reduction, normali
     work = work_dtype(h, w, b)
     row_loss, loss_bytes = _row_loss(h, t, class_w, ignore_index, eps, z, denominator, rule, divisor, softcap, work)
     grads = head_pass(
-        h, w, b, row_loss, want_grad=want_grad, computable=divisor is not None, work=work, softcap=softcap,
+        h, w, b, row_loss, want_grad=want_grad, computable=divisor is not None, work=work,
+        softcap=None if _capped_by_kernel(h, work) else softcap,
         live=live, row_scale=row_scale, loss_bytes=loss_bytes,
     )
     return grads[0], denominator, rule, grads[1:]

@@ -13,7 +13,13 @@ a weighted one-hot target, smoothing over the classes whose logit is not
 * ``grad_j = ((C p_j - c_j) + zg p_j) / divisor * scale``, ``p_j = exp(hi_j +
   lo_j) / (1 + s)``, ``zg = 2 z w lse``; at the argmax, where ``s < 1`` and
   ``c_k != 0``, ``C p_k - c_k`` is ``(C - c_k) - C s / (1 + s)``: the target
-  gradient of a confident row is ``-s / (1 + s)``, never ``p_t - 1``.
+  gradient of a confident row is ``-s / (1 + s)``, never ``p_t - 1``;
+* with a soft cap (the fused linear loss's ``softcap``), the same on the
+  capped logits ``cap(x) = softcap tanh(x / softcap)``, computed in float64 with a
+  float64 exp written here: the shift ``cap(x_j) - cap(a)`` is formed in
+  float64 and carried as a float32 pair ``hi + lo``, so that the cap adds a
+  float64 rounding, not a float32 one, to each shift; the gradient in ``x``
+  is ``grad_j sech^2(x_j / softcap)``, the product taken in float64.
 
 Pass 1 reads the row once for its statistics with the softmax kernels'
 online step (:func:`.softmax._absorb`: a running maximum kept out of a
@@ -23,8 +29,10 @@ and the probability targets' weighted mass.  Pass 2 reads the row again
 for the loss terms (where the coefficients are not a single class's) and
 writes the gradients.  A row of one block is loaded once.  A one-hot target
 without smoothing needs no second pass for its loss: its logit is read
-alone.  The float32 arithmetic (exact shift, exp, log1p, compensated block
-sums) is :mod:`._math`'s.
+alone.  With a soft cap, one more pass between them sums the capped row
+(its maximum and argmax are those of the row: the cap is increasing).  The
+float32 arithmetic (exact shift, exp, log1p, compensated block sums) is
+:mod:`._math`'s.
 
 Edge rows follow the README's table: a fully masked row has loss ``+inf``
 where a coefficient is not 0 (0 otherwise) and zero gradient; a row with
@@ -111,13 +119,98 @@ def _shifted(x, mx, n_inf):
     return m.shift(x, shift, 1.0, 0.0, False, False)
 
 
+# exp in float64 for the soft cap: ln 2 in two parts (fdlibm's), the head of
+# 32 significant bits, so that k * _LN2_HI64 is exact for every k used here.
+_LOG2E64 = tl.constexpr(1.4426950408889634)
+_LN2_HI64 = tl.constexpr(6.93147180369123816490e-01)
+_LN2_LO64 = tl.constexpr(1.90821492927058770002e-10)
+
+
+@helper
+def _exp_neg64(t):
+    """``exp(t)`` for float64 ``t <= 0`` within a few float64 roundings (0 below -708).
+
+    ``t = k ln 2 + r`` with ``|r| <= ln 2 / 2`` (the head's product exact),
+    a degree-13 Taylor polynomial (truncation below ``2**-58``), and ``2**k``
+    from the bits.
+    """
+    tc = tl.maximum(t, -708.0)
+    kf = tl.floor(tc * _LOG2E64 + 0.5)
+    r = (tc - kf * _LN2_HI64) - kf * _LN2_LO64
+    p = r * (1.0 / 6227020800.0) + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    y = 1.0 + (r + (r * r) * p)
+    scale = ((kf.to(tl.int64) + 1023) << 52).to(tl.float64, bitcast=True)
+    return tl.where(t < -708.0, 0.0, y * scale)
+
+
+@helper
+def _cap64(x, c):
+    """``(c tanh(x / c), sech(x / c)^2)`` in float64 for float32 ``x`` and float64 ``c``
+    (``numerics.linear.softcap``): ``tanh|y| = (1 - e) / (1 + e)`` and
+    ``sech^2 y = 4 e / (1 + e)^2`` with ``e = exp(-2|y|)``, each within a
+    few float64 roundings of ``c`` and of 1.  Infinite ``x`` keeps its value
+    with slope 0, NaN stays NaN."""
+    x64 = x.to(tl.float64)
+    y = x64 / c
+    finite = tl.abs(y) < float("inf")
+    ay = tl.where(finite, tl.abs(y), 0.0)
+    e = _exp_neg64(-2.0 * ay)
+    t = (1.0 - e) / (1.0 + e)
+    capped = tl.where(finite, c * tl.where(y < 0.0, -t, t), x64)
+    slope = tl.where(finite, (4.0 * e) / ((1.0 + e) * (1.0 + e)), 0.0)
+    return capped, slope
+
+
+@helper
+def _capped_pair(x, a, c):
+    """``cap(x) - cap(a)`` as a float32 pair ``(hi, lo)``: the float64 difference and its rounding."""
+    z, _ = _cap64(x, c)
+    za, _ = _cap64(a, c)
+    d = z - za
+    hi = d.to(tl.float32)
+    return hi, tl.where(tl.abs(hi) < float("inf"), (d - hi.to(tl.float64)).to(tl.float32), 0.0)
+
+
+@helper
+def _capped_shift(x, mx, n_inf, c):
+    """:func:`_shifted` for the capped logits: ``cap(x) - cap(a)`` as a pair, with the same
+    stand-ins (the cap is increasing: ``cap(a)`` is the capped row's maximum)."""
+    has_inf = n_inf > 0
+    hi, lo = _capped_pair(x, tl.where(has_inf | (mx == float("-inf")), 0.0, mx), c)
+    hi = tl.where(has_inf, tl.where(x == float("inf"), 0.0, float("-inf")), hi)
+    return hi, tl.where(has_inf, 0.0, lo)
+
+
+@helper
+def _capped_sum(xr, idx, mx, k, c, B_LOG2: tl.constexpr):
+    """A block's share of the capped row's ``s = sum_{j != k} exp(cap(x_j) - cap(a))`` as a pair."""
+    xf, _, _ = _finite_part(xr)
+    hi, lo = _capped_pair(xf, tl.where(mx == float("-inf"), 0.0, mx), c)
+    terms = tl.where((xf == float("-inf")) | (idx == k), 0.0, m.exp(hi, lo))
+    return m.block_sum(terms, B_LOG2)
+
+
 @helper
 def _class_terms(x, live, idx, w, q, t, mx, n_inf, masked, nan_row, big_l, d_hi, d_lo, s, k, target_coef,
-                 smooth_unit, coef_sum, coef_rest, zg, divisor, row_scale, eps,
-                 PROBS: tl.constexpr, SMOOTH: tl.constexpr):
-    """Pass 2 over one block: ``(c_j (-log p_j), grad_j, target grad_j)``."""
+                 smooth_unit, coef_sum, coef_rest, zg, divisor, row_scale, eps, cap,
+                 PROBS: tl.constexpr, SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr):
+    """Pass 2 over one block: ``(c_j (-log p_j), grad_j, target grad_j)``;
+    with ``SOFTCAP`` of the capped logits, the gradient in the logits before the cap."""
     c = _coefficients(idx, live, x, w, q, t, target_coef, smooth_unit, PROBS, SMOOTH)
-    hi, lo = _shifted(x, mx, n_inf)
+    if SOFTCAP:
+        hi, lo = _capped_shift(x, mx, n_inf, cap)
+    else:
+        hi, lo = _shifted(x, mx, n_inf)
     nlp = tl.where(masked, float("inf"), (big_l - hi) - lo)
     terms = tl.where(c == 0.0, 0.0, c * nlp)
     p = tl.math.div_rn(m.exp(hi, lo), d_hi)
@@ -127,6 +220,9 @@ def _class_terms(x, live, idx, w, q, t, mx, n_inf, masked, nan_row, big_l, d_hi,
     at_k = (coef_rest - coef_sum * tl.math.div_rn(s, d_hi)) + zg * p
     g = tl.where(tl.where(s < 1.0, (idx == k) & (c != 0.0), False), at_k, g)
     g = tl.where(masked, 0.0, tl.math.div_rn(g, divisor) * row_scale)
+    if SOFTCAP:
+        _, slope = _cap64(x, cap)
+        g = (g.to(tl.float64) * slope).to(tl.float32)
     dq = tl.math.div_rn((1.0 - eps) * nlp * w, divisor) * row_scale
     return terms, tl.where(nan_row, float("nan"), g), tl.where(nan_row, float("nan"), dq)
 
@@ -134,9 +230,9 @@ def _class_terms(x, live, idx, w, q, t, mx, n_inf, masked, nan_row, big_l, d_hi,
 @triton.jit
 def _ce_kernel(
     X, T, W, LOSS, G, DQ, SCALE, DIV,
-    ignore_index, eps, z, rescale_at, n, inner,
+    ignore_index, eps, z, cap_hi, cap_lo, rescale_at, n, inner,
     PROBS: tl.constexpr, HAS_W: tl.constexpr, SMOOTH: tl.constexpr, HAS_Z: tl.constexpr,
-    GRAD: tl.constexpr, GRAD_T: tl.constexpr, HAS_SCALE: tl.constexpr,
+    GRAD: tl.constexpr, GRAD_T: tl.constexpr, HAS_SCALE: tl.constexpr, SOFTCAP: tl.constexpr,
     BLOCK: tl.constexpr, ONE_PASS: tl.constexpr, B_LOG2: tl.constexpr,
 ):
     r = tl.program_id(0).to(tl.int64)
@@ -202,6 +298,22 @@ def _ce_kernel(
                                                                      n_nan, k_fin, k_inf, rescale_at, B_LOG2)
             n_fin, wf_hi, wf_lo, q_hi, q_lo = _side_sums(xb, live, wb, qb, n_fin, wf_hi, wf_lo, q_hi, q_lo,
                                                          PROBS, SMOOTH, B_LOG2)
+    cap = 0.0
+    if SOFTCAP:
+        # The capped row has the same maximum and argmax (the cap is
+        # increasing); its sum is read again, relative to cap(a), without
+        # rescaling (every term is at most 1).
+        cap = tl.cast(cap_hi, tl.float64) + tl.cast(cap_lo, tl.float64)
+        s_hi = 0.0
+        s_lo = 0.0
+        if ONE_PASS:
+            s_hi, s_lo = _capped_sum(x0, lanes, mx, k_fin, cap, B_LOG2)
+        else:
+            for start in range(0, n, BLOCK):
+                xb = _load(X, base, start + lanes, n, inner, float("-inf"))
+                b_hi, b_lo = _capped_sum(xb, start + lanes, mx, k_fin, cap, B_LOG2)
+                s_hi, s_lo = m.add_pair(s_hi, s_lo, b_hi, b_lo)
+        ref = mx
     s_hi, s_lo, big_l = _finish(mx, ref, s_hi, s_lo, n_inf, 1.0, 0.0, False, False)
     nan_row = n_nan > 0
     masked = (mx == float("-inf")) & (n_inf == 0)
@@ -209,7 +321,11 @@ def _ce_kernel(
     k = tl.where(n_inf > 0, k_inf, k_fin)
     s = tl.where(nan_row, float("nan"), s_hi + s_lo)
     big_l = tl.where(nan_row, float("nan"), big_l)
-    lse = tl.where(nan_row, float("nan"), tl.where(n_inf > 0, float("inf"), tl.where(masked, mx, mx + big_l)))
+    top = mx + big_l
+    if SOFTCAP:
+        top64, _ = _cap64(mx, cap)
+        top = (top64 + big_l.to(tl.float64)).to(tl.float32)
+    lse = tl.where(nan_row, float("nan"), tl.where(n_inf > 0, float("inf"), tl.where(masked, mx, top)))
     d_hi, d_lo = m.two_sum(1.0, s_hi)
     d_lo = d_lo + s_lo
 
@@ -254,7 +370,10 @@ def _ce_kernel(
     loss = 0.0
     if not GENERAL:
         x_t = _load(X, base, tl.maximum(t, 0), n, inner, float("-inf"))
-        hi_t, lo_t = _shifted(x_t, mx, n_inf)
+        if SOFTCAP:
+            hi_t, lo_t = _capped_shift(x_t, mx, n_inf, cap)
+        else:
+            hi_t, lo_t = _shifted(x_t, mx, n_inf)
         nlp = tl.where(masked, float("inf"), (big_l - hi_t) - lo_t)
         loss = tl.where(target_coef == 0.0, 0.0, target_coef * nlp)
 
@@ -269,7 +388,7 @@ def _ce_kernel(
         if ONE_PASS:
             terms, g, dq = _class_terms(x0, live0, lanes, w0, q0, t, mx, n_inf, masked, nan_row, big_l, d_hi, d_lo,
                                         s, k, target_coef, smooth_unit, coef_sum, coef_rest, zg, divisor, row_scale,
-                                        eps, PROBS, SMOOTH)
+                                        eps, cap, PROBS, SMOOTH, SOFTCAP)
             l_hi, l_lo = m.block_sum(terms, B_LOG2)
             if GRAD:
                 m.store(G + base, lanes.to(tl.int64) * inner, g, live0)
@@ -289,7 +408,7 @@ def _ce_kernel(
                     qb = _load(T, base, idx, n, inner, 0.0)
                 terms, g, dq = _class_terms(xb, live, idx, wb, qb, t, mx, n_inf, masked, nan_row, big_l, d_hi,
                                             d_lo, s, k, target_coef, smooth_unit, coef_sum, coef_rest, zg, divisor,
-                                            row_scale, eps, PROBS, SMOOTH)
+                                            row_scale, eps, cap, PROBS, SMOOTH, SOFTCAP)
                 b_hi, b_lo = m.block_sum(terms, B_LOG2)
                 l_hi, l_lo = m.add_pair(l_hi, l_lo, b_hi, b_lo)
                 if GRAD:
@@ -329,6 +448,7 @@ def cross_entropy_rows(
     divisor: float | torch.Tensor = 1.0,
     scale: torch.Tensor | None = None,
     grad_out: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     r"""Per-row cross-entropy of logits with classes along ``cdim``, and its gradients, in one kernel.
 
@@ -365,6 +485,10 @@ def cross_entropy_rows(
         Where to write the gradient (with ``want_grad``): a contiguous tensor
         of ``x``'s shape and dtype, for a contiguous ``x``; it may be ``x``
         itself (each entry is read before it is written).
+    softcap : float > 0, optional
+        Cap the logits with ``c tanh(x / c)`` first (``numerics.linear.softcap``:
+        infinite logits keep their value); the gradient is in the uncapped
+        logits, through the slope ``sech^2(x / c)``.
 
     Returns
     -------
@@ -375,7 +499,8 @@ def cross_entropy_rows(
     -----
     float32 statistics with an exact shift, an accurate exp and log1p and
     compensated sums: float32 within 6 ULP, 16-bit within 2 ULP of the exact
-    values.  Edge rows as in the module docstring.
+    values (with a soft cap, of the values at the exactly capped logits: the
+    cap is computed in float64).  Edge rows as in the module docstring.
 
     Examples
     --------
@@ -384,6 +509,8 @@ def cross_entropy_rows(
     ...     x = torch.tensor([[30.0, 0.0, -1.0]])
     ...     loss, grad, _ = cross_entropy_rows(x, torch.tensor([0]), 1, None, -100, 0.0, 0.0, want_grad=True)
     ...     assert grad[0, 0] < 0  # -s / (1 + s), where p_t - 1 rounds to 0
+    ...     capped, _, _ = cross_entropy_rows(x, torch.tensor([0]), 1, None, -100, 0.0, 0.0, softcap=10.0)
+    ...     assert 0 < capped[0] < 1e-3  # the leading logit capped to 10 tanh(3)
     """
     hard = not target.is_floating_point()
     if hard:
@@ -402,13 +529,15 @@ def cross_entropy_rows(
     w = None if weight is None else weight.to(device=x.device, dtype=torch.float32).contiguous()
     sc = None if scale is None else scale.to(device=x.device, dtype=torch.float32).reshape(-1).contiguous()
     div = torch.as_tensor(divisor, dtype=torch.float32, device=x.device).reshape(1)
+    cap = 1.0 if softcap is None else float(softcap)
+    cap_hi = float(np.float32(cap))
     if n_rows and geometry.n:
         _launch(
             geometry, c, t, c if w is None else w, loss, c if grad is None else grad, c if dq is None else dq,
             loss if sc is None else sc, div, int(ignore_index), float(label_smoothing), float(z_loss),
-            _RESCALE_AT,
+            cap_hi, cap - cap_hi, _RESCALE_AT,
             PROBS=not hard, HAS_W=w is not None, SMOOTH=label_smoothing != 0.0, HAS_Z=z_loss != 0.0,
-            GRAD=grad is not None, GRAD_T=dq is not None, HAS_SCALE=sc is not None,
+            GRAD=grad is not None, GRAD_T=dq is not None, HAS_SCALE=sc is not None, SOFTCAP=softcap is not None,
             B_LOG2=geometry.block.bit_length() - 1,
         )
     return (
