@@ -130,6 +130,24 @@ def test_soft_cap_in_the_kernel_matches_the_other_path(request, launches, triton
     assert "_ce_kernel" in launches
 
 
+def test_soft_cap_edge_rows_match_the_other_path(launches, triton_path):
+    """Infinite logits keep their value under the cap, with slope 0: a +inf
+    class takes every row's mass (loss 0 on it, +inf elsewhere), a target on
+    a -inf class has loss +inf, and the gradients stay finite."""
+    h, w, b, _ = _inputs(torch.float32, triton_path)
+    b = b.clone()
+    b[3] = float("inf")
+    b[11] = -float("inf")
+    t = torch.tensor([3, 4, -100, 49, 0, 11], device=triton_path)
+    got, other = _both_paths(lambda: _run(h, w, b, t, 3.0, softcap=4.0, reduction="none"))
+    assert "_ce_kernel" in launches
+    assert got[0].tolist()[:3] == [0.0, float("inf"), 0.0]
+    _same(got[0], other[0], torch.float32)
+    for g, g0 in zip(got[1:], other[1:]):
+        assert torch.isfinite(g).all()
+        _same_sums(g, g0, torch.float32)
+
+
 def _capped_confident_rows(cap):
     """Hidden states and weights whose float32 logits are exact (integers
     times eighths): class 7 leads by 6 to 90 before the cap, so that after it
