@@ -209,7 +209,7 @@ def attention(
         raise ValueError(f"query's heads Hq={n_q_heads} must be a multiple of key's heads Hkv={n_kv_heads} (Hkv >= 1)")
     if causal is not None and causal not in CAUSAL:
         raise ValueError(f"causal must be None, 'top_left' or 'bottom_right'; got {validate.describe(causal)}")
-    tau = 1.0 / math.sqrt(max(depth, 1)) if scale is None else validate.positive_finite(scale, "scale")
+    tau = validate.attention_scale(scale, depth)
     cap = None if softcap is None else validate.positive_finite(softcap, "softcap")
     if p_dtype is not None:
         p_dtype = _float_dtype(xp, p_dtype, "p_dtype")

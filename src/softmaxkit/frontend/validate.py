@@ -461,3 +461,9 @@ def positive_finite(value: Any, name: str) -> float:
     if not (math.isfinite(x) and x > 0):
         raise ValueError(f"{name} must be finite and > 0; got {x!r}")
     return x
+
+
+def attention_scale(scale: Any, depth: int) -> float:
+    """Attention's score scale: ``scale`` checked (finite, > 0), or ``1 / sqrt(depth)``
+    by default (``depth`` the query's last dimension; 1 when it is 0)."""
+    return 1.0 / math.sqrt(max(depth, 1)) if scale is None else positive_finite(scale, "scale")

@@ -24,6 +24,7 @@ tensors where they are.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 import os
@@ -38,7 +39,9 @@ except ImportError:
     raise ImportError("softmaxkit.torch needs PyTorch: pip install 'softmaxkit[torch]'") from None
 
 from softmaxkit.backends.torch.attention import scaled_dot_product_attention
+from softmaxkit.backends.torch.execution import xp
 from softmaxkit.frontend import validate
+from softmaxkit.numerics import attention as att
 from softmaxkit.tools.curves import RECORDS_FILE
 from softmaxkit.tools.report import attention_entropy, collapsed, float32_terms, top2_margins, zero_target_grad
 
@@ -249,15 +252,16 @@ def _attention_figures(q, k, lse, mask, causal, scale, softcap, sinks, dtype):
         stop = min(rows, start + step)
         s = (q[..., start:stop, :] @ kt).flatten(-4, -3) * scale
         if softcap is not None:
-            s = softcap * torch.tanh(s / softcap)
+            s, _ = att.soft_cap(xp, s, None, softcap)
         attend = torch.ones((), dtype=torch.bool, device=s.device)
         if mask is not None and mask.dtype == torch.bool:
             attend = mask[..., start:stop, :]
         elif mask is not None:
             s = s + mask[..., start:stop, :].to(dtype)
         if causal:
-            i = torch.arange(start, stop, device=s.device)[:, None]
-            attend = attend & (torch.arange(keys, device=s.device) <= i)
+            attend = attend & att.causal_keep(
+                torch.arange(start, stop, device=s.device), torch.arange(keys, device=s.device), rows, keys, "top_left"
+            )
         attend = attend & (s > -math.inf)
         # From the scores, not the call's lse (float32 for float32 inputs,
         # whose rounding would show in H at about 1e-7 of lse).
@@ -433,7 +437,7 @@ class Monitor:
         return (out, lse) if return_lse else out
 
     def _observe_attention(self, query, key, lse, args, kwargs) -> None:
-        given = {**dict(zip(("attn_mask", "dropout_p", "is_causal", "scale"), args)), **kwargs}
+        given = inspect.signature(scaled_dot_product_attention).bind(query, key, None, *args, **kwargs).arguments
         step = self.current_step if self._manual_steps else self._calls
         if self._pending is not None and self._pending.step != step:
             self._flush()
@@ -441,8 +445,7 @@ class Monitor:
             dtype = torch.float32 if lse.device.type == "mps" else torch.float64
             if self._pending is None:
                 self._pending = _Step(step, lse.device, dtype)
-            scale = given.get("scale")
-            scale = 1.0 / math.sqrt(max(query.shape[-1], 1)) if scale is None else scale
+            scale = validate.attention_scale(given.get("scale"), query.shape[-1])
             self._pending.attention.append(
                 _attention_figures(
                     query, key, lse, given.get("attn_mask"), given.get("is_causal", False), scale,

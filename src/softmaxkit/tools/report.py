@@ -671,7 +671,7 @@ def _score_source(scores, query, key, scale, softcap):
         raise ValueError(f"key must have shape (..., Hkv, S, {depth}) with query's leading dimensions {tuple(batch)}; got {tuple(k.shape)}")
     if kv_heads == 0 or heads % kv_heads:
         raise ValueError(f"query's heads Hq={heads} must be a multiple of key's heads Hkv={kv_heads} (Hkv >= 1)")
-    tau = 1.0 / math.sqrt(max(depth, 1)) if scale is None else validate.positive_finite(scale, "scale")
+    tau = validate.attention_scale(scale, depth)
     cap = None if softcap is None else validate.positive_finite(softcap, "softcap")
     group = heads // kv_heads
     # Query head h reads key head h // group, as in softmaxkit.attention.

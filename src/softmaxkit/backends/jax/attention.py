@@ -488,7 +488,7 @@ def dot_product_attention(
     if not q.ndim == k.ndim == v.ndim:
         raise ValueError(f"query, key and value must have the same number of dimensions; got shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     _check_shapes(q, k, v)
-    tau = 1.0 / math.sqrt(max(q.shape[-1], 1)) if scale is None else validate.positive_finite(scale, "scale")
+    tau = validate.attention_scale(scale, q.shape[-1])
     cap = None if softcap is None else validate.positive_finite(softcap, "softcap")
     keep = None
     if mask is not None:

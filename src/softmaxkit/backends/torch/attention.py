@@ -288,7 +288,7 @@ def scaled_dot_product_attention(
         raise ValueError(
             f"query's heads ({q.shape[-3]}) differ from key's ({k.shape[-3]}): pass enable_gqa=True for grouped-query attention"
         )
-    tau = 1.0 / math.sqrt(max(q.shape[-1], 1)) if scale is None else validate.positive_finite(scale, "scale")
+    tau = validate.attention_scale(scale, q.shape[-1])
     cap = None if softcap is None else validate.positive_finite(softcap, "softcap")
     causal = "top_left" if is_causal else None
     out, lse = apply_function(AttentionFunction, attention_op, q, k, v, attn_mask, sinks, causal, tau, cap)
