@@ -16,9 +16,12 @@ from __future__ import annotations
 
 # launch first: it needs torch, which tells a test collector the optional
 # library that is missing
+# isort: off
 from softmaxkit.kernels.triton.launch import helper
 
-import triton.language as tl  # noqa: E402
+import triton.language as tl
+
+# isort: on
 
 _LOG2E = tl.constexpr(1.4426950408889634)
 # ln 2 = _LN2_HI + _LN2_LO; _LN2_HI is float32(ln 2), and k * _LN2_HI is
@@ -204,7 +207,8 @@ def store(ptr, offsets, value, mask):
     if ptr.dtype.element_ty == tl.bfloat16:
         bits = value.to(tl.int32, bitcast=True)
         rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
-        rounded = tl.where(value != value, 0x7FC0, rounded)
+        # NaN, the one value unequal to itself, stores the quiet NaN
+        rounded = tl.where(value != value, 0x7FC0, rounded)  # noqa: PLR0124
         tl.store(ptr.to(tl.pointer_type(tl.int16)) + offsets, rounded.to(tl.int16), mask=mask)
     else:
         tl.store(ptr + offsets, value.to(ptr.dtype.element_ty), mask=mask)
