@@ -40,7 +40,8 @@ XLA custom calls (``jax.ffi`` handlers compiled on first use against the
 installed jaxlib; see ``softmaxkit.backends.jax.native``): softmax,
 log_softmax, logsumexp, and cross-entropy, whose loss and gradient come
 from one pass over the logits (float16, bfloat16, float32, float64; any
-axis, batch dimensions and ``vmap``).  The derivative rules above are the
+axis, batch dimensions and ``vmap``); and ``dot_product_attention``,
+forward and backward, for float32 and bfloat16.  The derivative rules above are the
 same on both paths: their tangents are ``jax.numpy`` expressions XLA fuses.
 On GPU and TPU, with the kernels switched off (``SOFTMAXKIT_DISABLE_NATIVE``
 or ``softmaxkit.kernels.disabled()`` when a function is traced), or where
