@@ -1,7 +1,17 @@
+import importlib.util
 import os
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+# Without a GPU the Triton kernels run in Triton's interpreter.  The variable
+# is read when a kernel module is first imported, and tests/test_docstrings.py
+# imports every module at collection, so it is set here, before any of them.
+if "TRITON_INTERPRET" not in os.environ and importlib.util.find_spec("triton") and importlib.util.find_spec("torch"):
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 
 settings.register_profile(
     "softmaxkit",
