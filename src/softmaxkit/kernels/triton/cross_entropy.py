@@ -69,6 +69,23 @@ def _load(ptr, base, idx, n, inner, other):
 
 
 @helper
+def _block(X, T, W, base, idx, n, inner, PROBS: tl.constexpr, HAS_W: tl.constexpr):
+    """A block of the row: ``(x, live, w, q)``, its logits (``-inf`` past the
+    row), which lanes hold classes, the class weights (0 past the row) and
+    the probability targets (0 past the row, or without them)."""
+    live = idx < n
+    x = _load(X, base, idx, n, inner, float("-inf"))
+    if HAS_W:
+        w = tl.load(W + idx, mask=live, other=0.0)
+    else:
+        w = tl.where(live, 1.0, 0.0)
+    q = tl.zeros_like(x)
+    if PROBS:
+        q = _load(T, base, idx, n, inner, 0.0)
+    return x, live, w, q
+
+
+@helper
 def _stats(xr, lanes, start, mx, ref, s_hi, s_lo, n_inf, n_nan, k_fin, k_inf, rescale_at, B_LOG2: tl.constexpr):
     """The softmax kernels' online step (``softmax._absorb``) and the row's
     first argmax: of the finite entries, and of the ``+inf`` ones apart."""
@@ -269,31 +286,14 @@ def _ce_kernel(
     q_hi = 0.0
     q_lo = 0.0
     if ONE_PASS:
-        live0 = lanes < n
-        x0 = _load(X, base, lanes, n, inner, float("-inf"))
-        if HAS_W:
-            w0 = tl.load(W + lanes, mask=live0, other=0.0)
-        else:
-            w0 = tl.where(live0, 1.0, 0.0)
-        q0 = tl.zeros([BLOCK], dtype=tl.float32)
-        if PROBS:
-            q0 = _load(T, base, lanes, n, inner, 0.0)
+        x0, live0, w0, q0 = _block(X, T, W, base, lanes, n, inner, PROBS, HAS_W)
         mx, ref, s_hi, s_lo, n_inf, n_nan, k_fin, k_inf = _stats(x0, lanes, 0, mx, ref, s_hi, s_lo, n_inf, n_nan,
                                                                  k_fin, k_inf, rescale_at, B_LOG2)
         n_fin, wf_hi, wf_lo, q_hi, q_lo = _side_sums(x0, live0, w0, q0, n_fin, wf_hi, wf_lo, q_hi, q_lo,
                                                      PROBS, SMOOTH, B_LOG2)
     else:
         for start in range(0, n, BLOCK):
-            idx = start + lanes
-            live = idx < n
-            xb = _load(X, base, idx, n, inner, float("-inf"))
-            if HAS_W:
-                wb = tl.load(W + idx, mask=live, other=0.0)
-            else:
-                wb = tl.where(live, 1.0, 0.0)
-            qb = tl.zeros([BLOCK], dtype=tl.float32)
-            if PROBS:
-                qb = _load(T, base, idx, n, inner, 0.0)
+            xb, live, wb, qb = _block(X, T, W, base, start + lanes, n, inner, PROBS, HAS_W)
             mx, ref, s_hi, s_lo, n_inf, n_nan, k_fin, k_inf = _stats(xb, lanes, start, mx, ref, s_hi, s_lo, n_inf,
                                                                      n_nan, k_fin, k_inf, rescale_at, B_LOG2)
             n_fin, wf_hi, wf_lo, q_hi, q_lo = _side_sums(xb, live, wb, qb, n_fin, wf_hi, wf_lo, q_hi, q_lo,
@@ -397,15 +397,7 @@ def _ce_kernel(
         else:
             for start in range(0, n, BLOCK):
                 idx = start + lanes
-                live = idx < n
-                xb = _load(X, base, idx, n, inner, float("-inf"))
-                if HAS_W:
-                    wb = tl.load(W + idx, mask=live, other=0.0)
-                else:
-                    wb = tl.where(live, 1.0, 0.0)
-                qb = tl.zeros([BLOCK], dtype=tl.float32)
-                if PROBS:
-                    qb = _load(T, base, idx, n, inner, 0.0)
+                xb, live, wb, qb = _block(X, T, W, base, idx, n, inner, PROBS, HAS_W)
                 terms, g, dq = _class_terms(xb, live, idx, wb, qb, t, mx, n_inf, masked, nan_row, big_l, d_hi,
                                             d_lo, s, k, target_coef, smooth_unit, coef_sum, coef_rest, zg, divisor,
                                             row_scale, eps, cap, PROBS, SMOOTH, SOFTCAP)
