@@ -58,6 +58,7 @@ from softmaxkit.kernels.triton.launch import helper
 from softmaxkit.kernels.triton.softmax import (
     _RESCALE_AT,
     _absorb,
+    _empty_row,
     _finish,
     _finite_part,
 )
@@ -272,12 +273,7 @@ def _ce_kernel(
             row_w = keep
 
     # pass 1: the statistics
-    mx = float("-inf")
-    ref = float("-inf")
-    s_hi = 0.0
-    s_lo = 0.0
-    n_inf = 0
-    n_nan = 0
+    mx, ref, s_hi, s_lo, n_inf, n_nan = _empty_row()
     k_fin = 0
     k_inf = 2147483647
     n_fin = 0.0

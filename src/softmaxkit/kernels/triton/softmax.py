@@ -64,6 +64,13 @@ def _finite_part(xr):
 
 
 @helper
+def _empty_row():
+    """The online state of a row before its first block, ``(mx, ref, s_hi, s_lo, n_inf, n_nan)``:
+    no maximum and no reference (``-inf``), an empty sum, no ``+inf`` and no NaN."""
+    return float("-inf"), float("-inf"), 0.0, 0.0, 0, 0
+
+
+@helper
 def _absorb(xr, lanes, mx, ref, s_hi, s_lo, n_inf, n_nan, t_hi, t_lo, rescale_at,
             B_LOG2: tl.constexpr, HALVE: tl.constexpr, TEMPERED: tl.constexpr):
     """The row state after one more block ``xr`` (online softmax, argmax term left out)."""
@@ -137,12 +144,7 @@ def _softmax_kernel(x_ptr, out_ptr, g_ptr, t_hi, t_lo, rescale_at, n, inner,
     row = tl.program_id(0).to(tl.int64)
     base = (row // inner) * n * inner + row % inner
     lanes = tl.arange(0, BLOCK)
-    mx = float("-inf")
-    ref = float("-inf")
-    s_hi = 0.0
-    s_lo = 0.0
-    n_inf = 0
-    n_nan = 0
+    mx, ref, s_hi, s_lo, n_inf, n_nan = _empty_row()
     if ONE_PASS:
         xr = _load(x_ptr, base, lanes, n, inner, float("-inf"))
         mx, ref, s_hi, s_lo, n_inf, n_nan = _absorb(xr, lanes, mx, ref, s_hi, s_lo, n_inf, n_nan, t_hi, t_lo,
