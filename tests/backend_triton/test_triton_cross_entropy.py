@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-import softmaxkit.kernels.triton as kernels
 import softmaxkit.torch as smt
 from tests import reference as ref
+from tests.backend_triton._paths import both_paths, other_path
 from tests.frontend.test_contract import logit_rows
 from tests.frontend.test_no_float64_device import FLOAT32_ULP
 
@@ -177,17 +177,6 @@ def _edge_batch(device, dtype):
     return x, torch.tensor([2, 1, 3, 1, -100, 0, 4, -100], device=device)
 
 
-def _both_paths(fn):
-    """``fn()`` through the Triton kernel and through the other path (the native or generic one)."""
-    with_triton = fn()
-    kernels.on_cpu = False
-    try:
-        without = fn()
-    finally:
-        kernels.on_cpu = True
-    return with_triton, without
-
-
 def _same(a, b, dtype, rowwise=False):
     """Equal NaN and infinity patterns; finite entries within twice the
     contract's ULPs of each other, or (``rowwise``, for gradients whose
@@ -218,7 +207,7 @@ def test_edge_rows_follow_the_table(rows_path, triton_path, dtype, options):
     def run():
         return _loss_and_grad(x, t, **options)
 
-    (loss, grad), (loss0, grad0) = _both_paths(run)
+    (loss, grad), (loss0, grad0) = both_paths(run)
     _same(torch.tensor(loss), torch.tensor(loss0), dtype)
     _same(torch.tensor(grad), torch.tensor(grad0), dtype, rowwise=True)
     assert loss[0] == INF and (grad[0] == 0).all()  # fully masked, target kept
@@ -262,7 +251,7 @@ def test_reductions_and_cotangents_match_the_other_path(request, launches, trito
         (grad,) = torch.autograd.grad(loss, xr, cot.to(loss.dtype).to(triton_path))
         return loss, grad
 
-    (loss, grad), (loss0, grad0) = _both_paths(run)
+    (loss, grad), (loss0, grad0) = both_paths(run)
     assert "_ce_kernel" in launches
     assert loss.dtype == loss0.dtype and grad.dtype == dtype
     _same(loss, loss0, dtype)
@@ -280,11 +269,11 @@ def test_compiled_cross_entropy_runs_the_kernel(triton_path, launches):
     loss = compiled(x, t)
     (grad,) = torch.autograd.grad(loss, x)
     assert "_ce_kernel" in launches
-    kernels.on_cpu = False
-    try:
+
+    def uncompiled():
         loss0 = step(x, t)
-        (grad0,) = torch.autograd.grad(loss0, x)
-    finally:
-        kernels.on_cpu = True
+        return loss0, torch.autograd.grad(loss0, x)[0]
+
+    loss0, grad0 = other_path(uncompiled)
     _same(loss, loss0, torch.float32)
     _same(grad, grad0, torch.float32, rowwise=True)

@@ -16,9 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-import softmaxkit.kernels.triton as kernels
 import softmaxkit.torch as smt
 from tests import reference as ref
+from tests.backend_triton._paths import both_paths, other_path
 from tests.backend_triton.test_triton_cross_entropy import NP_DTYPE, ULP, _same
 
 V, H = 50, 8
@@ -47,16 +47,6 @@ def _same_sums(g, g0, dtype):
     _same(g.reshape(1, -1), g0.reshape(1, -1), dtype, rowwise=True)
 
 
-def _both_paths(fn):
-    with_triton = fn()
-    kernels.on_cpu = False
-    try:
-        without = fn()
-    finally:
-        kernels.on_cpu = True
-    return with_triton, without
-
-
 CASES = [
     ("mean", {}, False),
     ("sum", {"label_smoothing": 0.1, "z_loss": 1e-4, "weighted": True}, True),
@@ -74,7 +64,7 @@ def test_linear_loss_matches_the_other_path(request, launches, triton_path, redu
         options["weight"] = torch.rand(V, generator=torch.Generator().manual_seed(2)).to(triton_path) + 0.5
     # a cotangent of 2 (the forward pass's gradients scaled) and of 3 (recomputed)
     for cotangent in (2.0, 3.0):
-        got, other = _both_paths(lambda c=cotangent: _run(h, w, b, t, c, reduction=reduction, **options))
+        got, other = both_paths(lambda c=cotangent: _run(h, w, b, t, c, reduction=reduction, **options))
         _same(got[0], other[0], torch.float32)
         for g, g0 in zip(got[1:], other[1:]):
             assert g.dtype == torch.float32
@@ -84,7 +74,7 @@ def test_linear_loss_matches_the_other_path(request, launches, triton_path, redu
 
 def test_bfloat16_linear_loss_matches_the_other_path(launches, triton_path):
     h, w, b, t = _inputs(torch.bfloat16, triton_path)
-    got, other = _both_paths(lambda: _run(h, w, b, t, label_smoothing=0.05))
+    got, other = both_paths(lambda: _run(h, w, b, t, label_smoothing=0.05))
     assert "_ce_kernel" in launches
     assert all(v.dtype == torch.bfloat16 for v in got)
     _same(got[0], other[0], torch.bfloat16)
@@ -123,7 +113,7 @@ def test_soft_cap_in_the_kernel_matches_the_other_path(request, launches, triton
     b = b.clone()
     b[11] = -float("inf")
     for options in ({"softcap": 5.0}, {"softcap": 2.5, "label_smoothing": 0.1, "z_loss": 1e-4, "reduction": "none"}):
-        got, other = _both_paths(lambda o=options: _run(h, w, b, t, 3.0, **o))
+        got, other = both_paths(lambda o=options: _run(h, w, b, t, 3.0, **o))
         _same(got[0], other[0], torch.float32)
         for g, g0 in zip(got[1:], other[1:]):
             _same_sums(g, g0, torch.float32)
@@ -139,7 +129,7 @@ def test_soft_cap_edge_rows_match_the_other_path(launches, triton_path):
     b[3] = float("inf")
     b[11] = -float("inf")
     t = torch.tensor([3, 4, -100, 49, 0, 11], device=triton_path)
-    got, other = _both_paths(lambda: _run(h, w, b, t, 3.0, softcap=4.0, reduction="none"))
+    got, other = both_paths(lambda: _run(h, w, b, t, 3.0, softcap=4.0, reduction="none"))
     assert "_ce_kernel" in launches
     assert got[0].tolist()[:3] == [0.0, float("inf"), 0.0]
     _same(got[0], other[0], torch.float32)
@@ -192,11 +182,7 @@ def test_compiled_linear_loss_runs_the_kernel(launches, triton_path):
     loss = compiled(*leaves)
     grads = torch.autograd.grad(loss, leaves)
     assert "_ce_kernel" in launches
-    kernels.on_cpu = False
-    try:
-        other = _run(h, w, b, t, 1.0, label_smoothing=0.1)
-    finally:
-        kernels.on_cpu = True
+    other = other_path(lambda: _run(h, w, b, t, 1.0, label_smoothing=0.1))
     _same(loss, other[0], torch.float32)
     for g, g0 in zip(grads, other[1:]):
         _same_sums(g, g0, torch.float32)
