@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -337,6 +338,26 @@ ffi::Error AttentionBackward(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer 
     return ffi::Error::Success();
 }
 
+// The buffers attention_setup reads, first in both attention handlers: q, k, v, mask, sinks.
+auto attention_inputs() {
+    return ffi::Ffi::Bind()
+        .Arg<ffi::AnyBuffer>()
+        .Arg<ffi::AnyBuffer>()
+        .Arg<ffi::AnyBuffer>()
+        .Arg<ffi::AnyBuffer>()
+        .Arg<ffi::AnyBuffer>();
+}
+
+// The attributes attention_setup reads, after a handler's buffers.
+template <typename Binding>
+auto attention_attrs(Binding binding) {
+    return std::move(binding)
+        .template Attr<int64_t>("causal")
+        .template Attr<double>("scale")
+        .template Attr<double>("softcap")
+        .template Attr<int64_t>("has_mask");
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(skjax_softmax, Softmax,
@@ -362,40 +383,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(skjax_cross_entropy, CrossEntropy,
                                   .Attr<double>("eps")
                                   .Attr<double>("z"));
 
+// (q, k, v, mask, sinks) -> (out, lse)
 XLA_FFI_DEFINE_HANDLER_SYMBOL(skjax_attention_forward, AttentionForward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("causal")
-                                  .Attr<double>("scale")
-                                  .Attr<double>("softcap")
-                                  .Attr<int64_t>("has_mask"));
+                              attention_attrs(attention_inputs().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()));
 
+// (q, k, v, mask, sinks, out, lse, dout, dlse) -> (dq, dk, dv, dsinks, dbias)
 XLA_FFI_DEFINE_HANDLER_SYMBOL(skjax_attention_backward, AttentionBackward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("causal")
-                                  .Attr<double>("scale")
-                                  .Attr<double>("softcap")
-                                  .Attr<int64_t>("has_mask")
+                              attention_attrs(attention_inputs()
+                                                  .Arg<ffi::AnyBuffer>()
+                                                  .Arg<ffi::AnyBuffer>()
+                                                  .Arg<ffi::AnyBuffer>()
+                                                  .Arg<ffi::AnyBuffer>()
+                                                  .Ret<ffi::AnyBuffer>()
+                                                  .Ret<ffi::AnyBuffer>()
+                                                  .Ret<ffi::AnyBuffer>()
+                                                  .Ret<ffi::AnyBuffer>()
+                                                  .Ret<ffi::AnyBuffer>())
                                   .Attr<int64_t>("want_bias"));
 
 // The kernels' entry points, from the softmaxkit.kernels extension.
