@@ -219,17 +219,25 @@ def _capped_sum(xr, idx, mx, k, c, B_LOG2: tl.constexpr):
 
 
 @helper
+def _neg_log_p(x, mx, n_inf, masked, big_l, cap, SOFTCAP: tl.constexpr):
+    """``(-log p_j, hi_j, lo_j)``: ``log1p(s) - (hi_j + lo_j)`` with the exact shift
+    ``x_j - a = hi_j + lo_j`` (of the capped logits with ``SOFTCAP``); ``+inf`` on a
+    fully masked row."""
+    if SOFTCAP:
+        hi, lo = _capped_shift(x, mx, n_inf, cap)
+    else:
+        hi, lo = _shifted(x, mx, n_inf)
+    return tl.where(masked, float("inf"), (big_l - hi) - lo), hi, lo
+
+
+@helper
 def _class_terms(x, live, idx, w, q, t, mx, n_inf, masked, nan_row, big_l, d_hi, d_lo, s, k, target_coef,
                  smooth_unit, coef_sum, coef_rest, zg, divisor, row_scale, eps, cap,
                  PROBS: tl.constexpr, SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr):
     """Pass 2 over one block: ``(c_j (-log p_j), grad_j, target grad_j)``;
     with ``SOFTCAP`` of the capped logits, the gradient in the logits before the cap."""
     c = _coefficients(idx, live, x, w, q, t, target_coef, smooth_unit, PROBS, SMOOTH)
-    if SOFTCAP:
-        hi, lo = _capped_shift(x, mx, n_inf, cap)
-    else:
-        hi, lo = _shifted(x, mx, n_inf)
-    nlp = tl.where(masked, float("inf"), (big_l - hi) - lo)
+    nlp, hi, lo = _neg_log_p(x, mx, n_inf, masked, big_l, cap, SOFTCAP)
     terms = tl.where(c == 0.0, 0.0, c * nlp)
     p = tl.math.div_rn(m.exp(hi, lo), d_hi)
     p = p - p * tl.math.div_rn(d_lo, d_hi)
@@ -366,11 +374,7 @@ def _ce_kernel(
     loss = 0.0
     if not GENERAL:
         x_t = _load(X, base, tl.maximum(t, 0), n, inner, float("-inf"))
-        if SOFTCAP:
-            hi_t, lo_t = _capped_shift(x_t, mx, n_inf, cap)
-        else:
-            hi_t, lo_t = _shifted(x_t, mx, n_inf)
-        nlp = tl.where(masked, float("inf"), (big_l - hi_t) - lo_t)
+        nlp, _, _ = _neg_log_p(x_t, mx, n_inf, masked, big_l, cap, SOFTCAP)
         loss = tl.where(target_coef == 0.0, 0.0, target_coef * nlp)
 
     # pass 2: the loss terms and the gradients.  The gradient may be written
