@@ -86,6 +86,8 @@ def test_hessian_matches_finite_differences_of_grad(name):
         np.testing.assert_allclose(h, jax.jit(jax.jacrev(jax.grad(scalar)))(x).reshape(x.size, x.size), atol=1e-13, rtol=1e-11)
 
 
+# On the CPU backend this runs the native custom calls (their derivative rules
+# are the same jax.numpy expressions on both paths).
 def test_jvp_with_respect_to_probability_labels_and_weight():
     with jax.enable_x64(True):
         rng = np.random.default_rng(6)
