@@ -24,19 +24,6 @@ U32 = float(np.finfo(np.float32).eps) / 2
 NATIVE = native.active()
 
 
-@pytest.fixture(params=["native", "formulas"])
-def jax_path(request):
-    """Functions traced inside the test take this path (the choice is made
-    when ``dot_product_attention`` is called, outside its compiled core)."""
-    if request.param == "native":
-        if not NATIVE:
-            pytest.skip(smj.kernel_path())
-        yield "native"
-    else:
-        with kernels.disabled():
-            yield "formulas"
-
-
 def _qkv(B=2, T=5, S=7, N=4, K=2, H=8, seed=0, dtype=np.float32):
     rng = np.random.default_rng(seed)
     q = rng.normal(size=(B, T, N, H)).astype(dtype)

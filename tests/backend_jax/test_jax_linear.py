@@ -26,7 +26,6 @@ from jax.test_util import check_grads  # noqa: E402
 
 import softmaxkit as smk  # noqa: E402
 import softmaxkit.jax as smj  # noqa: E402
-from softmaxkit import kernels  # noqa: E402
 from softmaxkit.backends.jax import native  # noqa: E402
 from softmaxkit.numerics import linear as lin  # noqa: E402
 from tests.reference import exact  # noqa: E402
@@ -39,19 +38,6 @@ TOL = {"native": 2.0, "formulas": 4.0}
 TINY = float(np.finfo(np.float32).tiny)
 # The path of the tests that run on one: the native kernels where they run.
 PATH = "native" if NATIVE else "formulas"
-
-
-@pytest.fixture(params=["native", "formulas"])
-def jax_path(request):
-    """The path of the functions traced inside the test (read when traced:
-    each option set below is a new trace)."""
-    if request.param == "native":
-        if not NATIVE:
-            pytest.skip(smj.kernel_path())
-        yield "native"
-    else:
-        with kernels.disabled():
-            yield "formulas"
 
 
 def run(h, w, t, *, bias=None, jit=False, **options):

@@ -33,20 +33,6 @@ FORMULAS_FLOAT32 = 4
 needs_native = pytest.mark.skipif(not NATIVE, reason=f"the native JAX path is not in use: {smj.kernel_path()}")
 
 
-@pytest.fixture(params=["native", "formulas"])
-def jax_path(request):
-    """Functions traced inside the test take this path.  jax.jit caches traces
-    by function, so the tests jit new lambdas rather than the public functions
-    themselves."""
-    if request.param == "native":
-        if not NATIVE:
-            pytest.skip(smj.kernel_path())
-        yield "native"
-    else:
-        with kernels.disabled():
-            yield "formulas"
-
-
 def _rand(*shape, seed=0, scale=3.0, dtype=np.float32):
     return jnp.asarray((np.random.default_rng(seed).normal(size=shape) * scale).astype(dtype))
 
