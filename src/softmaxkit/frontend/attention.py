@@ -205,8 +205,7 @@ def attention(
     if (tuple(v_batch), v_heads, v_keys) != (batch, n_kv_heads, n_keys):
         want = batch + (n_kv_heads, n_keys, "Dv")
         raise ValueError(f"value must have shape {want} (key's leading dimensions, heads and length); got {tuple(v.shape)}")
-    if n_kv_heads == 0 or n_q_heads % n_kv_heads:
-        raise ValueError(f"query's heads Hq={n_q_heads} must be a multiple of key's heads Hkv={n_kv_heads} (Hkv >= 1)")
+    group = validate.grouped_heads(n_q_heads, n_kv_heads)
     if causal is not None and causal not in CAUSAL:
         raise ValueError(f"causal must be None, 'top_left' or 'bottom_right'; got {validate.describe(causal)}")
     tau = validate.attention_scale(scale, depth)
@@ -217,7 +216,6 @@ def attention(
     out_dtype = xp.result_type(q_dtype, k_dtype, v_dtype)
     work, widened = num.working_dtype(xp, out_dtype, q)
     lse_dtype = out_dtype if out_dtype in (xp.float32, xp.float64) else xp.float32
-    group = n_q_heads // n_kv_heads
     lead = batch + (n_kv_heads, group)
     attend_all, bias_all, mask_full = None, None, None
     if mask is not None:

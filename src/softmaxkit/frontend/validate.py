@@ -463,6 +463,17 @@ def positive_finite(value: Any, name: str) -> float:
     return x
 
 
+def grouped_heads(n_q_heads: int, n_kv_heads: int, q_letter: str = "Hq", kv_letter: str = "Hkv") -> int:
+    """Grouped-query attention's heads: query head ``h`` reads key head
+    ``h // group``; returns ``group = n_q_heads // n_kv_heads``.  The letters
+    name the two head counts in the caller's layout."""
+    if n_kv_heads == 0 or n_q_heads % n_kv_heads:
+        raise ValueError(
+            f"query's heads {q_letter}={n_q_heads} must be a multiple of key's heads {kv_letter}={n_kv_heads} ({kv_letter} >= 1)"
+        )
+    return n_q_heads // n_kv_heads
+
+
 def attention_scale(scale: Any, depth: int) -> float:
     """Attention's score scale: ``scale`` checked (finite, > 0), or ``1 / sqrt(depth)``
     by default (``depth`` the query's last dimension; 1 when it is 0)."""

@@ -669,11 +669,9 @@ def _score_source(scores, query, key, scale, softcap):
     *k_batch, kv_heads, n_keys, k_depth = k.shape
     if tuple(k_batch) != tuple(batch) or k_depth != depth:
         raise ValueError(f"key must have shape (..., Hkv, S, {depth}) with query's leading dimensions {tuple(batch)}; got {tuple(k.shape)}")
-    if kv_heads == 0 or heads % kv_heads:
-        raise ValueError(f"query's heads Hq={heads} must be a multiple of key's heads Hkv={kv_heads} (Hkv >= 1)")
+    group = validate.grouped_heads(heads, kv_heads)
     tau = validate.attention_scale(scale, depth)
     cap = None if softcap is None else validate.positive_finite(softcap, "softcap")
-    group = heads // kv_heads
     # Query head h reads key head h // group, as in softmaxkit.attention.
     qg = host_float64(q).reshape(tuple(batch) + (kv_heads, group, n_rows, depth))
     kg = host_float64(k).reshape(tuple(batch) + (kv_heads, 1, n_keys, depth))

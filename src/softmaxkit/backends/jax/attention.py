@@ -361,9 +361,7 @@ def _check_shapes(q: Any, k: Any, v: Any) -> None:
     if tuple(v.shape[:-1]) != tuple(k.shape[:-1]):
         want = tuple(k.shape[:-1]) + ("Hv",)
         raise ValueError(f"value must have shape {want} (key's batch, length and heads); got {tuple(v.shape)}")
-    n_q, n_kv = q.shape[-2], k.shape[-2]
-    if n_kv == 0 or n_q % n_kv:
-        raise ValueError(f"query's heads N={n_q} must be a multiple of key's heads K={n_kv} (K >= 1)")
+    validate.grouped_heads(q.shape[-2], k.shape[-2], "N", "K")
 
 
 def _check_scores_shape(m: Any, name: str, q: Any, k: Any) -> None:
